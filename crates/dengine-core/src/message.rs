@@ -1,0 +1,182 @@
+//! Messages exchanged between Raft nodes.
+//!
+//! Every message carries the sender's current term (§5.1: "if one server's current term is
+//! smaller than the other's, it updates its current term"). Pre-vote requests and granted
+//! pre-vote responses are the exception: they carry the term the candidate *would* campaign in,
+//! and receiving them does not change anyone's term (thesis §9.6).
+
+use crate::types::{Entry, EntryId, LogIndex, NodeId, Term};
+
+/// Identifies a read request chosen by the runtime; echoed back in the read's outcome.
+pub type ReadCtx = u64;
+
+/// A message from one node to another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Sender.
+    pub from: NodeId,
+    /// Recipient.
+    pub to: NodeId,
+    /// Sender's term (or the proposed term, for pre-votes).
+    pub term: Term,
+    /// What the message says.
+    pub body: MessageBody,
+}
+
+/// The kinds of message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessageBody {
+    /// RequestVote (§5.2), or a pre-vote probe when `pre_vote` is set (thesis §9.6).
+    VoteRequest(VoteRequest),
+    /// Answer to a [`MessageBody::VoteRequest`].
+    VoteResponse(VoteResponse),
+    /// AppendEntries carrying entries (§5.3).
+    Append(AppendRequest),
+    /// Answer to an [`MessageBody::Append`].
+    AppendResponse(AppendResponse),
+    /// Leader heartbeat (an AppendEntries without entries that only asserts leadership).
+    Heartbeat(Heartbeat),
+    /// Answer to a [`MessageBody::Heartbeat`].
+    HeartbeatResponse(HeartbeatResponse),
+    /// A follower forwards a client read to the leader (thesis §6.4).
+    ReadIndexRequest(ReadIndexRequest),
+    /// The leader's answer to a forwarded read.
+    ReadIndexResponse(ReadIndexResponse),
+}
+
+/// RequestVote arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VoteRequest {
+    /// A pre-vote asks "would you vote for me?" without changing any state (thesis §9.6).
+    pub pre_vote: bool,
+    /// The candidate's last log entry, for the up-to-date check (§5.4.1).
+    pub last_log: EntryId,
+    /// Set when the election was asked for by the current leader (leader transfer, thesis
+    /// §3.10); such a request is granted even by followers that recently heard from a leader.
+    pub leader_transfer: bool,
+}
+
+/// RequestVote results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VoteResponse {
+    /// Whether this answers a pre-vote.
+    pub pre_vote: bool,
+    /// Whether the vote was granted.
+    pub granted: bool,
+}
+
+/// AppendEntries arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendRequest {
+    /// The entry immediately preceding `entries` (prevLogIndex, prevLogTerm in §5.3).
+    pub prev: EntryId,
+    /// Entries to store, consecutive from `prev.index + 1`; may be empty.
+    pub entries: Vec<Entry>,
+    /// The leader's commit index.
+    pub commit: LogIndex,
+}
+
+/// AppendEntries results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendResponse {
+    /// The follower's log now matches the leader's up to and including `last` (and that is
+    /// durable on the follower).
+    Accepted {
+        /// Last entry known to match the leader's log.
+        last: EntryId,
+    },
+    /// The follower's log did not contain `prev`.
+    Rejected {
+        /// The `prev.index` of the rejected request, so the leader can tell stale rejections
+        /// from current ones.
+        rejected_index: LogIndex,
+        /// Where the follower's log diverges, to skip a whole term per round trip.
+        hint: ConflictHint,
+    },
+}
+
+/// Fast log backtracking hint sent with a rejection (§5.3, "the follower can include the term
+/// of the conflicting entry and the first index it stores for that term").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConflictHint {
+    /// The follower's log is shorter than `prev.index`; it ends at `last_index`.
+    LogTooShort {
+        /// The follower's last log index.
+        last_index: LogIndex,
+    },
+    /// The follower holds an entry of `term` at `prev.index`; its entries of that term start at
+    /// `first_index`.
+    TermConflict {
+        /// Term of the follower's entry at `prev.index`.
+        term: Term,
+        /// First index at which the follower stores an entry of `term`.
+        first_index: LogIndex,
+    },
+}
+
+/// Heartbeat arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The leader's commit index, capped at what the leader knows the follower holds, so a
+    /// follower never commits entries it has not been shown to match.
+    pub commit: LogIndex,
+    /// Heartbeat round number; echoed back, it confirms leadership for ReadIndex and leases.
+    pub round: u64,
+}
+
+/// Heartbeat results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeartbeatResponse {
+    /// The round being answered.
+    pub round: u64,
+}
+
+/// A read forwarded from a follower to the leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadIndexRequest {
+    /// The follower's request id, echoed back.
+    pub ctx: ReadCtx,
+    /// Whether the leader may answer from its lease instead of a heartbeat round.
+    pub lease: bool,
+}
+
+/// The leader's answer to a forwarded read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadIndexResponse {
+    /// The follower's request id.
+    pub ctx: ReadCtx,
+    /// The index the follower must have applied before serving the read, or `None` if the
+    /// leader could not serve it (not leader, or not yet committed an entry of its term).
+    pub index: Option<LogIndex>,
+}
+
+impl MessageBody {
+    /// A short name for traces and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MessageBody::VoteRequest(r) if r.pre_vote => "PreVote",
+            MessageBody::VoteRequest(_) => "Vote",
+            MessageBody::VoteResponse(r) if r.pre_vote => "PreVoteResponse",
+            MessageBody::VoteResponse(_) => "VoteResponse",
+            MessageBody::Append(_) => "Append",
+            MessageBody::AppendResponse(_) => "AppendResponse",
+            MessageBody::Heartbeat(_) => "Heartbeat",
+            MessageBody::HeartbeatResponse(_) => "HeartbeatResponse",
+            MessageBody::ReadIndexRequest(_) => "ReadIndex",
+            MessageBody::ReadIndexResponse(_) => "ReadIndexResponse",
+        }
+    }
+
+    /// Whether this message is a response, which must not leave the node before the state it
+    /// reports is durable (Raft paper Figure 2: "respond to RPCs only after updating stable
+    /// storage").
+    pub fn is_response(&self) -> bool {
+        matches!(
+            self,
+            MessageBody::VoteResponse(_)
+                | MessageBody::AppendResponse(_)
+                | MessageBody::HeartbeatResponse(_)
+                | MessageBody::ReadIndexResponse(_)
+        )
+    }
+}

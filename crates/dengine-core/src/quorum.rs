@@ -1,0 +1,119 @@
+//! Majority arithmetic: who has won an election and which index a quorum holds.
+//!
+//! Kept apart from the protocol so it can be table-tested on its own (§5.2 elections, §5.3
+//! commitment: "replicated on a majority of servers").
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::types::{LogIndex, NodeId};
+
+/// Outcome of counting votes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum VoteResult {
+    /// A majority granted.
+    Won,
+    /// A majority can no longer grant.
+    Lost,
+    /// Not decided yet.
+    Pending,
+}
+
+/// Smallest number of voters that forms a majority.
+pub(crate) fn majority(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
+/// Counts `votes` (voter → granted) among `voters`; votes from non-voters are ignored.
+pub(crate) fn vote_result(voters: &BTreeSet<NodeId>, votes: &BTreeMap<NodeId, bool>) -> VoteResult {
+    if voters.is_empty() {
+        // No configuration: nobody can win. Joining nodes sit here until they learn one.
+        return VoteResult::Lost;
+    }
+    let (mut granted, mut rejected) = (0, 0);
+    for v in voters {
+        match votes.get(v) {
+            Some(true) => granted += 1,
+            Some(false) => rejected += 1,
+            None => {}
+        }
+    }
+    let need = majority(voters.len());
+    if granted >= need {
+        VoteResult::Won
+    } else if voters.len() - rejected < need {
+        VoteResult::Lost
+    } else {
+        VoteResult::Pending
+    }
+}
+
+/// The largest value that at least a majority of `voters` have reached, given each voter's
+/// value (e.g. match index → committable index, acknowledged heartbeat round → confirmed
+/// round). Returns 0 for an empty configuration.
+pub(crate) fn quorum_value(voters: &BTreeSet<NodeId>, value: impl Fn(NodeId) -> u64) -> LogIndex {
+    if voters.is_empty() {
+        return 0;
+    }
+    let mut values: Vec<u64> = voters.iter().map(|&v| value(v)).collect();
+    values.sort_unstable_by(|a, b| b.cmp(a));
+    values[majority(values.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn majority_sizes() {
+        for (n, m) in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (6, 4), (7, 4)] {
+            assert_eq!(majority(n), m, "majority of {n}");
+        }
+    }
+
+    #[test]
+    fn vote_results_table() {
+        let voters = set(&[1, 2, 3]);
+        let table: &[(&[(NodeId, bool)], VoteResult)] = &[
+            (&[], VoteResult::Pending),
+            (&[(1, true)], VoteResult::Pending),
+            (&[(1, true), (2, true)], VoteResult::Won),
+            (&[(1, true), (2, false)], VoteResult::Pending),
+            (&[(1, true), (2, false), (3, false)], VoteResult::Lost),
+            (&[(1, true), (9, true)], VoteResult::Pending),
+        ];
+        for (votes, want) in table {
+            let votes: BTreeMap<_, _> = votes.iter().copied().collect();
+            assert_eq!(vote_result(&voters, &votes), *want, "{votes:?}");
+        }
+        assert_eq!(vote_result(&set(&[]), &BTreeMap::new()), VoteResult::Lost);
+        let four = set(&[1, 2, 3, 4]);
+        let two_two: BTreeMap<_, _> = [(1, true), (2, true), (3, false), (4, false)].into();
+        assert_eq!(
+            vote_result(&four, &two_two),
+            VoteResult::Lost,
+            "2 of 4 is no majority"
+        );
+    }
+
+    #[test]
+    fn quorum_value_table() {
+        let table: &[(&[u64], u64)] = &[
+            (&[5], 5),
+            (&[5, 3], 3),
+            (&[5, 3, 1], 3),
+            (&[1, 5, 3, 2], 2),
+            (&[9, 9, 1, 1, 1], 1),
+            (&[9, 9, 9, 1, 1], 9),
+        ];
+        for (values, want) in table {
+            let voters: BTreeSet<NodeId> = (1..=values.len() as u64).collect();
+            let got = quorum_value(&voters, |id| values[(id - 1) as usize]);
+            assert_eq!(got, *want, "{values:?}");
+        }
+        assert_eq!(quorum_value(&set(&[]), |_| 7), 0);
+    }
+}

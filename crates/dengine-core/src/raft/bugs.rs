@@ -1,0 +1,61 @@
+//! Deliberate protocol bugs, compiled in only with the `fault-injection` feature, so the
+//! simulator can show that it catches each classic Raft mistake (`docs/correctness.md`).
+
+use super::Raft;
+
+/// A classic Raft bug that [`Raft::inject_bug`] re-introduces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InjectedBug {
+    /// Commit an entry of an earlier term by counting replicas (Figure 8, §5.4.2).
+    Figure8Commit,
+    /// Send a vote grant before the vote is durable (Figure 2).
+    VoteBeforePersist,
+    /// Acknowledge appended entries before they are durable (Figure 2).
+    AckBeforePersist,
+    /// The leader counts itself toward a majority for entries it has not persisted
+    /// (thesis §10.2.1).
+    LeaderCountsUnpersisted,
+    /// A follower truncates its log after every append's `prev`, even when the entries after
+    /// it match (a stale append then erases acknowledged entries; §5.3).
+    TruncateMatchingSuffix,
+    /// Serve ReadIndex before the leader has committed an entry of its term (thesis §6.4).
+    ReadIndexBeforeFirstCommit,
+}
+
+impl InjectedBug {
+    /// Every injectable bug.
+    pub const ALL: [InjectedBug; 6] = [
+        InjectedBug::Figure8Commit,
+        InjectedBug::VoteBeforePersist,
+        InjectedBug::AckBeforePersist,
+        InjectedBug::LeaderCountsUnpersisted,
+        InjectedBug::TruncateMatchingSuffix,
+        InjectedBug::ReadIndexBeforeFirstCommit,
+    ];
+
+    /// The bug's name in kebab case, as the simulator's command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            InjectedBug::Figure8Commit => "figure8-commit",
+            InjectedBug::VoteBeforePersist => "vote-before-persist",
+            InjectedBug::AckBeforePersist => "ack-before-persist",
+            InjectedBug::LeaderCountsUnpersisted => "leader-counts-unpersisted",
+            InjectedBug::TruncateMatchingSuffix => "truncate-matching-suffix",
+            InjectedBug::ReadIndexBeforeFirstCommit => "read-index-before-first-commit",
+        }
+    }
+
+    /// Parses [`InjectedBug::name`].
+    pub fn from_name(name: &str) -> Option<InjectedBug> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+impl<L> Raft<L> {
+    /// Makes this node misbehave in the given way. For the simulator's bug-catching tests only.
+    pub fn inject_bug(&mut self, bug: InjectedBug) {
+        if !self.injected_bugs.contains(&bug) {
+            self.injected_bugs.push(bug);
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Assembling the output bundle and taking I/O completions back (see [`crate::Ready`] for the
+//! contract a runtime follows).
+
+use super::Raft;
+use crate::ready::{PersistRequest, Persisted, Ready};
+use crate::storage::LogReader;
+use crate::types::{LogIndex, Role};
+
+impl<L: LogReader> Raft<L> {
+    /// Whether [`ready`](Raft::ready) has anything to hand out.
+    pub fn has_ready(&self) -> bool {
+        !self.messages.is_empty()
+            || self.has_unsynced_state()
+            || self.hard_state() != self.written_hard_state
+            || self.log.has_next_committed()
+            || !self.read_states.is_empty()
+            || !self.failed_reads.is_empty()
+            || !self.storage_errors.is_empty()
+            || self.soft_state() != self.reported_soft_state
+            || (self.role == Role::Leader && self.broadcast_pending)
+            || self.reads_round_due()
+    }
+
+    /// Takes everything the runtime must now do. Entries proposed since the last call are
+    /// sent to followers here, in as few messages as the size limits allow.
+    pub fn ready(&mut self) -> Ready {
+        self.flush_read_round();
+        self.flush_broadcast();
+
+        let mut ready = Ready::default();
+        let soft = self.soft_state();
+        if soft != self.reported_soft_state {
+            self.reported_soft_state = soft;
+            ready.soft_state = Some(soft);
+        }
+
+        let hard = self.hard_state();
+        let sync_needed = self.has_unsynced_state();
+        if sync_needed || hard != self.written_hard_state {
+            let hard_state = (hard != self.written_hard_state).then_some(hard);
+            let entries = self.log.take_unwritten();
+            let write_id = self.next_write_id;
+            self.next_write_id += 1;
+            if sync_needed {
+                self.last_sync_write = write_id;
+            }
+            if self.has_unsynced_term() {
+                self.last_term_write = write_id;
+            }
+            if let Some(last) = entries.last() {
+                self.last_written_entry = Some(last.id());
+            }
+            self.written_hard_state = hard;
+            ready.persist = Some(PersistRequest {
+                write_id,
+                hard_state,
+                entries,
+                must_sync: sync_needed,
+                covers_entry: self.last_written_entry,
+            });
+        }
+
+        ready.messages = std::mem::take(&mut self.messages);
+        match self.log.next_committed(self.cfg.max_apply_batch_bytes) {
+            Ok(entries) => ready.committed_entries = entries,
+            Err(e) => self.storage_errors.push(e),
+        }
+        ready.read_states = std::mem::take(&mut self.read_states);
+        ready.failed_reads = std::mem::take(&mut self.failed_reads);
+        ready.storage_errors = std::mem::take(&mut self.storage_errors);
+        ready
+    }
+
+    /// Reports that a [`PersistRequest`] (and every earlier one) is durable, and that the log
+    /// reader now shows its entries. Releases the responses that waited for it; on a leader,
+    /// counts the entries toward commitment.
+    pub fn on_persisted(&mut self, done: Persisted) {
+        if done.write_id <= self.acked_write || done.write_id >= self.next_write_id {
+            // Already acknowledged, or never issued: nothing to do.
+            return;
+        }
+        self.acked_write = done.write_id;
+        if let Some(last) = done.last_entry
+            && self.log.on_persisted(last)
+            && self.role == Role::Leader
+        {
+            self.maybe_commit();
+        }
+        while self
+            .gated
+            .front()
+            .is_some_and(|(gate, _)| *gate <= self.acked_write)
+        {
+            if let Some((_, msg)) = self.gated.pop_front() {
+                // Its write is durable now: release it without gating it again.
+                if msg.to == self.id() {
+                    self.step_inner(msg);
+                } else {
+                    self.messages.push(msg);
+                }
+            }
+        }
+    }
+
+    /// Reports that the state machine has applied every entry up to `index` (from the
+    /// committed entries handed out so far). Releases reads waiting for that index.
+    pub fn on_applied(&mut self, index: LogIndex) {
+        let index = index.min(self.log.applying);
+        if index > self.log.applied {
+            self.log.applied = index;
+            self.release_reads();
+        }
+    }
+
+    fn reads_round_due(&self) -> bool {
+        self.role == Role::Leader && self.reads_round_needed()
+    }
+}

@@ -1,0 +1,155 @@
+//! The output of the core: one [`Ready`] bundle per turn, and the acknowledgement types that
+//! feed I/O completion back in. The contract is documented on [`Ready`].
+
+use crate::message::{Message, ReadCtx};
+use crate::storage::LogError;
+use crate::types::{Entry, EntryId, HardState, LogIndex, NodeId, SoftState};
+
+/// Everything the core asks the runtime to do after a batch of inputs.
+///
+/// The I/O-ordering contract, in the order a runtime must honour it:
+/// 1. **Persist** [`Ready::persist`] (hard state and entries). Entries overwrite the log from
+///    the first entry's index on. Writes become durable in the order they are handed out.
+/// 2. **Send** [`Ready::messages`] at any time, in parallel with (1): the core only puts a
+///    message there once everything it depends on is durable. Responses that depend on a
+///    write (vote grants, append acknowledgements) are held inside the core and appear in a
+///    later `Ready`, after the runtime has reported the write with
+///    [`Raft::on_persisted`](crate::Raft::on_persisted). A runtime therefore cannot send one
+///    early: it never sees it before the write is done.
+/// 3. **Apply** [`Ready::committed_entries`] in order, then report with
+///    [`Raft::on_applied`](crate::Raft::on_applied). Serve [`Ready::read_states`] (they are
+///    released only once the state machine has applied up to their index).
+///
+/// `docs/protocol.md` in the repository explains the contract at length.
+#[derive(Debug, Default)]
+#[must_use = "a Ready carries writes and messages the runtime must carry out"]
+pub struct Ready {
+    /// Role, term or leader changed since the last `Ready`.
+    pub soft_state: Option<SoftState>,
+    /// State to make durable; report completion with
+    /// [`Raft::on_persisted`](crate::Raft::on_persisted)`(persist.done())`.
+    pub persist: Option<PersistRequest>,
+    /// Messages that may be sent now.
+    pub messages: Vec<Message>,
+    /// Committed entries to apply to the state machine, in order.
+    pub committed_entries: Vec<Entry>,
+    /// Reads that may now be served from the local state machine.
+    pub read_states: Vec<ReadState>,
+    /// Reads that cannot be served; the client should retry (possibly elsewhere).
+    pub failed_reads: Vec<FailedRead>,
+    /// Storage reads that failed while the core handled inputs. The core carries on where it
+    /// safely can (skipping a send, rejecting a message) but the runtime should surface these.
+    pub storage_errors: Vec<LogError>,
+}
+
+/// A write the runtime must make durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use = "the runtime must persist this and report it with Raft::on_persisted"]
+pub struct PersistRequest {
+    pub(crate) write_id: u64,
+    /// New hard state to save, if it changed.
+    pub hard_state: Option<HardState>,
+    /// Entries to write: first discard every stored entry at or after `entries[0].index`, then
+    /// append these.
+    pub entries: Vec<Entry>,
+    /// Whether the write must be synced to disk before it is reported done. False only when
+    /// nothing but the commit index changed, which may be written lazily (losing it is safe).
+    pub must_sync: bool,
+    /// The last entry written by this write or an earlier one: acknowledging this write
+    /// acknowledges it too (writes are durable in order).
+    pub(crate) covers_entry: Option<EntryId>,
+}
+
+impl PersistRequest {
+    /// The acknowledgement to pass to [`Raft::on_persisted`](crate::Raft::on_persisted) once
+    /// this write (and every earlier one) is durable.
+    pub fn done(&self) -> Persisted {
+        Persisted {
+            write_id: self.write_id,
+            last_entry: self.covers_entry,
+        }
+    }
+}
+
+/// Acknowledgement that a [`PersistRequest`] is durable. Writes are acknowledged in order: an
+/// acknowledgement covers every earlier write too. It names the last entry by (term, index),
+/// so an entry overwritten in the meantime is never mistaken for the one written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persisted {
+    pub(crate) write_id: u64,
+    pub(crate) last_entry: Option<EntryId>,
+}
+
+/// A read that may be served: the state machine has applied at least up to `index`, which
+/// was the leader's commit index when its leadership was confirmed (thesis §6.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    /// The runtime's id for the request.
+    pub ctx: ReadCtx,
+    /// The read index.
+    pub index: LogIndex,
+}
+
+/// A read that will not be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailedRead {
+    /// The runtime's id for the request.
+    pub ctx: ReadCtx,
+    /// Why.
+    pub error: ReadError,
+}
+
+/// Why a proposal was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// Only the leader accepts proposals; `leader` is the one this node knows of, if any.
+    #[error("not the leader (leader is {leader:?}); send the proposal to the leader")]
+    NotLeader {
+        /// The current leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// The payload exceeds `max_proposal_bytes`.
+    #[error("proposal of {size} bytes exceeds max_proposal_bytes = {max}; split it")]
+    TooLarge {
+        /// Payload size.
+        size: u64,
+        /// The configured limit.
+        max: u64,
+    },
+    /// Too many bytes are appended but not committed (followers are slow or unreachable).
+    #[error(
+        "{uncommitted} bytes are waiting to commit (max_uncommitted_bytes = {max}); retry later"
+    )]
+    UncommittedLimit {
+        /// Bytes appended by this leader and not yet committed.
+        uncommitted: u64,
+        /// The configured limit.
+        max: u64,
+    },
+}
+
+/// Why a read could not be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// This node is not the leader and does not know one to forward to, or it lost
+    /// leadership before the read was confirmed.
+    #[error("not the leader (leader is {leader:?}); retry on the leader")]
+    NotLeader {
+        /// The current leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// The leader has not yet committed an entry of its term, so it does not know the latest
+    /// commit index (thesis §6.4); retry shortly.
+    #[error("the leader has not yet committed an entry in its term; retry shortly")]
+    LeaderNotReady,
+}
+
+/// How a read is confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// ReadIndex: confirm leadership with a heartbeat round to a quorum (thesis §6.4).
+    ReadIndex,
+    /// Lease read: serve without a round trip while the leader's lease holds (thesis §6.4.1).
+    /// Needs `check_quorum`; falls back to ReadIndex when the lease is not valid.
+    Lease,
+}

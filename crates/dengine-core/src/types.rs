@@ -1,0 +1,192 @@
+//! The vocabulary of the protocol: identifiers, log entries, hard state and membership.
+//!
+//! Everything here is plain data. Names follow the Raft paper: a log *entry* has a *term* and an
+//! *index*; *HardState* is what a server must persist before answering RPCs (§5.1, Figure 2).
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use bytes::Bytes;
+
+/// Identifies a server in the cluster. `0` is reserved and never a valid id.
+pub type NodeId = u64;
+/// A Raft term (§5.1). Term 0 is the term of the empty log before any election.
+pub type Term = u64;
+/// A position in the replicated log, starting at 1. Index 0 is the empty prefix.
+pub type LogIndex = u64;
+
+/// The (term, index) pair that identifies one log entry uniquely (Log Matching, §5.3).
+///
+/// Acknowledgements carry an `EntryId` rather than an index alone: an index can be overwritten
+/// by a later leader with an entry of another term, and an ack for the old entry must not count
+/// for the new one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryId {
+    /// Term in which the entry was created by a leader.
+    pub term: Term,
+    /// Position of the entry in the log.
+    pub index: LogIndex,
+}
+
+impl EntryId {
+    /// The id of the empty log prefix: term 0, index 0.
+    pub const ZERO: EntryId = EntryId { term: 0, index: 0 };
+
+    /// Creates an id from a term and an index.
+    pub const fn new(term: Term, index: LogIndex) -> Self {
+        EntryId { term, index }
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@t{}", self.index, self.term)
+    }
+}
+
+/// What an entry carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryPayload {
+    /// The no-op entry a new leader appends to commit entries of earlier terms (§5.4.2, §8).
+    Blank,
+    /// A client command, opaque to Raft, handed to the state machine when committed.
+    Normal(Bytes),
+    /// A cluster membership configuration; it takes effect when appended (§6, thesis §4.1).
+    Membership(Membership),
+}
+
+/// One log entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Term in which a leader created the entry.
+    pub term: Term,
+    /// Position of the entry in the log.
+    pub index: LogIndex,
+    /// What the entry carries.
+    pub payload: EntryPayload,
+}
+
+/// Fixed per-entry accounting overhead, so that limits on bytes also bound the count of tiny
+/// entries (term, index and a tag).
+pub const ENTRY_OVERHEAD_BYTES: u64 = 24;
+
+impl Entry {
+    /// Creates an entry.
+    pub fn new(term: Term, index: LogIndex, payload: EntryPayload) -> Self {
+        Entry {
+            term,
+            index,
+            payload,
+        }
+    }
+
+    /// The entry's (term, index) identity.
+    pub fn id(&self) -> EntryId {
+        EntryId::new(self.term, self.index)
+    }
+
+    /// Approximate size in bytes, used by every byte limit (message size, in-flight bytes,
+    /// uncommitted bytes, apply batches).
+    pub fn size_bytes(&self) -> u64 {
+        ENTRY_OVERHEAD_BYTES + self.payload_bytes()
+    }
+
+    /// Size of the payload alone (0 for blank entries).
+    pub fn payload_bytes(&self) -> u64 {
+        match &self.payload {
+            EntryPayload::Blank => 0,
+            EntryPayload::Normal(data) => data.len() as u64,
+            EntryPayload::Membership(m) => 8 * (m.voters.len() + m.learners.len()) as u64,
+        }
+    }
+}
+
+/// The state a server persists before it answers any RPC (Raft paper Figure 2).
+///
+/// `commit` is persisted too so that a restarted node can apply what it knew to be committed
+/// without waiting for a leader; losing it is harmless (it is only a lower bound).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HardState {
+    /// Latest term this server has seen.
+    pub term: Term,
+    /// Candidate that received this server's vote in `term`, if any.
+    pub vote: Option<NodeId>,
+    /// Highest index known to be committed.
+    pub commit: LogIndex,
+}
+
+/// Who takes part in the cluster: voters decide elections and commitment, learners only
+/// receive the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Membership {
+    /// Servers whose votes and acknowledgements count toward a majority.
+    pub voters: BTreeSet<NodeId>,
+    /// Non-voting servers that replicate the log.
+    pub learners: BTreeSet<NodeId>,
+}
+
+impl Membership {
+    /// A configuration of the given voters and no learners.
+    pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Self {
+        Membership {
+            voters: voters.into_iter().collect(),
+            learners: BTreeSet::new(),
+        }
+    }
+
+    /// The same configuration with the given learners added.
+    pub fn with_learners(mut self, learners: impl IntoIterator<Item = NodeId>) -> Self {
+        self.learners.extend(learners);
+        self
+    }
+
+    /// Whether `id` is a voter.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.contains(&id)
+    }
+
+    /// Whether `id` is a voter or a learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+
+    /// Every member, voters first then learners, each set in ascending order.
+    pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(self.learners.iter()).copied()
+    }
+}
+
+/// The role a node plays in its current term (§5.1, thesis §9.6 for pre-candidates).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asks for pre-votes before starting a real election, without raising its term.
+    PreCandidate,
+    /// Campaigns for votes in a new term.
+    Candidate,
+    /// Accepts proposals and replicates the log.
+    Leader,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        })
+    }
+}
+
+/// Volatile leadership information, reported in a [`Ready`](crate::Ready) when it changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SoftState {
+    /// This node's role.
+    pub role: Role,
+    /// The current term.
+    pub term: Term,
+    /// The leader this node knows of in `term`, if any.
+    pub leader: Option<NodeId>,
+}
