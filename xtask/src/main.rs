@@ -2,6 +2,8 @@
 //!
 //! Commands:
 //! - `ci`: runs `.ci/run`, exactly what CI runs (format check, clippy, tests, heavier suites).
+//! - `sim`: the deterministic simulator (`dengine-sim`), built in release mode; all further
+//!   arguments are passed on (`cargo xtask sim --help`).
 //! - `cluster-demo`: not yet available (it arrives with the example KV server).
 
 use std::path::PathBuf;
@@ -11,6 +13,9 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   ci             run exactly what CI runs (.ci/run): fmt check, clippy -D warnings, tests
+  sim [ARGS]     run the deterministic simulator in release mode, e.g.
+                 `cargo xtask sim --seeds 1000` or `cargo xtask sim --seed 42 --verbose`
+                 (`cargo xtask sim --help` lists every option)
   cluster-demo   start a local 3-node cluster and show failover (not yet available: it
                  arrives with the example KV server, see README)";
 
@@ -18,6 +23,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("sim") => sim(&args[1..]),
         Some("cluster-demo") => {
             eprintln!(
                 "cargo xtask cluster-demo is not available yet: it needs the example KV server \
@@ -66,6 +72,33 @@ fn ci() -> ExitCode {
         }
         Err(e) => {
             eprintln!("xtask ci: could not start bash to run .ci/run: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Builds and runs the simulator in release mode (it is CPU-bound; debug is ~10x slower).
+fn sim(args: &[String]) -> ExitCode {
+    let root = workspace_root();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "dengine-sim",
+            "--bin",
+            "dengine-sim",
+            "--",
+        ])
+        .args(args)
+        .current_dir(&root)
+        .status();
+    match status {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask sim: could not start cargo: {e}");
             ExitCode::FAILURE
         }
     }
