@@ -97,7 +97,9 @@ pub use message::{
 pub use progress::ReplicationState;
 #[cfg(feature = "fault-injection")]
 pub use raft::InjectedBug;
-pub use raft::{InitialState, PeerProgress, Raft, StepError};
+pub use raft::{
+    InitialState, MembershipChange, MembershipError, PeerProgress, Raft, StepError, TransferError,
+};
 pub use ready::{
     FailedRead, PersistRequest, Persisted, ProposeError, ReadError, ReadMode, ReadState, Ready,
 };

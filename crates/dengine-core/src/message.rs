@@ -42,6 +42,9 @@ pub enum MessageBody {
     ReadIndexRequest(ReadIndexRequest),
     /// The leader's answer to a forwarded read.
     ReadIndexResponse(ReadIndexResponse),
+    /// The leader asks the recipient to start an election now (leader transfer, thesis
+    /// §3.10).
+    TimeoutNow,
 }
 
 /// RequestVote arguments.
@@ -164,6 +167,7 @@ impl MessageBody {
             MessageBody::HeartbeatResponse(_) => "HeartbeatResponse",
             MessageBody::ReadIndexRequest(_) => "ReadIndex",
             MessageBody::ReadIndexResponse(_) => "ReadIndexResponse",
+            MessageBody::TimeoutNow => "TimeoutNow",
         }
     }
 

@@ -59,6 +59,39 @@ pub(crate) fn quorum_value(voters: &BTreeSet<NodeId>, value: impl Fn(NodeId) -> 
     values[majority(values.len()) - 1]
 }
 
+/// Election outcome under joint consensus (§6, thesis §4.3): a candidate needs a majority of
+/// the incoming *and*, while joint, of the outgoing voters.
+pub(crate) fn joint_vote_result(
+    incoming: &BTreeSet<NodeId>,
+    outgoing: &BTreeSet<NodeId>,
+    votes: &BTreeMap<NodeId, bool>,
+) -> VoteResult {
+    let a = vote_result(incoming, votes);
+    if outgoing.is_empty() {
+        return a;
+    }
+    match (a, vote_result(outgoing, votes)) {
+        (VoteResult::Won, VoteResult::Won) => VoteResult::Won,
+        (VoteResult::Lost, _) | (_, VoteResult::Lost) => VoteResult::Lost,
+        _ => VoteResult::Pending,
+    }
+}
+
+/// The largest value a majority of the incoming *and*, while joint, of the outgoing voters
+/// have reached (commitment under joint consensus, thesis §4.3).
+pub(crate) fn joint_quorum_value(
+    incoming: &BTreeSet<NodeId>,
+    outgoing: &BTreeSet<NodeId>,
+    value: impl Fn(NodeId) -> u64,
+) -> u64 {
+    let a = quorum_value(incoming, &value);
+    if outgoing.is_empty() {
+        a
+    } else {
+        a.min(quorum_value(outgoing, &value))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +148,53 @@ mod tests {
             assert_eq!(got, *want, "{values:?}");
         }
         assert_eq!(quorum_value(&set(&[]), |_| 7), 0);
+    }
+
+    #[test]
+    fn joint_votes_need_both_majorities() {
+        let old = set(&[1, 2, 3]);
+        let new = set(&[3, 4, 5]);
+        let table: &[(&[(NodeId, bool)], VoteResult)] = &[
+            // A majority of the old configuration alone is not enough...
+            (&[(1, true), (2, true)], VoteResult::Pending),
+            // ...nor of the new one alone.
+            (&[(4, true), (5, true)], VoteResult::Pending),
+            (&[(1, true), (3, true), (4, true)], VoteResult::Won),
+            (
+                &[(1, true), (2, true), (4, true), (5, true)],
+                VoteResult::Won,
+            ),
+            // Losing either side loses.
+            (
+                &[(4, false), (5, false), (1, true), (2, true)],
+                VoteResult::Lost,
+            ),
+            (
+                &[(1, false), (2, false), (4, true), (5, true)],
+                VoteResult::Lost,
+            ),
+        ];
+        for (votes, want) in table {
+            let votes: BTreeMap<_, _> = votes.iter().copied().collect();
+            assert_eq!(joint_vote_result(&new, &old, &votes), *want, "{votes:?}");
+        }
+        let votes: BTreeMap<_, _> = [(1, true), (2, true)].into();
+        assert_eq!(
+            joint_vote_result(&old, &set(&[]), &votes),
+            VoteResult::Won,
+            "not joint: incoming only"
+        );
+    }
+
+    #[test]
+    fn joint_commit_is_the_lower_of_both_majorities() {
+        let old = set(&[1, 2, 3]);
+        let new = set(&[3, 4, 5]);
+        // match: 1->9, 2->9, 3->5, 4->2, 5->1
+        let m = |id: NodeId| [0, 9, 9, 5, 2, 1][id as usize];
+        assert_eq!(quorum_value(&old, m), 9);
+        assert_eq!(quorum_value(&new, m), 2);
+        assert_eq!(joint_quorum_value(&new, &old, m), 2);
+        assert_eq!(joint_quorum_value(&old, &set(&[]), m), 9, "not joint");
     }
 }

@@ -116,6 +116,12 @@ pub enum ProposeError {
         /// The configured limit.
         max: u64,
     },
+    /// A leader transfer is in progress; retry on the new leader shortly.
+    #[error("leadership is being transferred to node {to}; retry shortly")]
+    TransferInProgress {
+        /// The transfer target.
+        to: NodeId,
+    },
     /// Too many bytes are appended but not committed (followers are slow or unreachable).
     #[error(
         "{uncommitted} bytes are waiting to commit (max_uncommitted_bytes = {max}); retry later"

@@ -96,7 +96,9 @@ impl Entry {
         match &self.payload {
             EntryPayload::Blank => 0,
             EntryPayload::Normal(data) => data.len() as u64,
-            EntryPayload::Membership(m) => 8 * (m.voters.len() + m.learners.len()) as u64,
+            EntryPayload::Membership(m) => {
+                8 * (m.voters.len() + m.voters_outgoing.len() + m.learners.len()) as u64
+            }
         }
     }
 }
@@ -116,11 +118,16 @@ pub struct HardState {
 }
 
 /// Who takes part in the cluster: voters decide elections and commitment, learners only
-/// receive the log.
+/// receive the log. While a joint change is in progress (Raft paper §6, thesis §4.3) the
+/// configuration is *joint*: decisions need a majority of `voters` (the incoming
+/// configuration) and a majority of `voters_outgoing` (the old one).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Membership {
-    /// Servers whose votes and acknowledgements count toward a majority.
+    /// Servers whose votes and acknowledgements count toward a majority (the incoming
+    /// configuration while joint).
     pub voters: BTreeSet<NodeId>,
+    /// The outgoing voters of a joint configuration; empty when not joint.
+    pub voters_outgoing: BTreeSet<NodeId>,
     /// Non-voting servers that replicate the log.
     pub learners: BTreeSet<NodeId>,
 }
@@ -130,6 +137,7 @@ impl Membership {
     pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Self {
         Membership {
             voters: voters.into_iter().collect(),
+            voters_outgoing: BTreeSet::new(),
             learners: BTreeSet::new(),
         }
     }
@@ -140,19 +148,43 @@ impl Membership {
         self
     }
 
-    /// Whether `id` is a voter.
+    /// Whether a joint change is in progress.
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
+    }
+
+    /// Whether `id` votes (in the incoming or, while joint, the outgoing configuration).
     pub fn is_voter(&self, id: NodeId) -> bool {
-        self.voters.contains(&id)
+        self.voters.contains(&id) || self.voters_outgoing.contains(&id)
+    }
+
+    /// Whether `id` is a learner.
+    pub fn is_learner(&self, id: NodeId) -> bool {
+        self.learners.contains(&id)
     }
 
     /// Whether `id` is a voter or a learner.
     pub fn contains(&self, id: NodeId) -> bool {
-        self.voters.contains(&id) || self.learners.contains(&id)
+        self.is_voter(id) || self.learners.contains(&id)
     }
 
-    /// Every member, voters first then learners, each set in ascending order.
+    /// Every member (voters of both configurations, then learners), each once, ascending
+    /// within each group.
     pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.voters.iter().chain(self.learners.iter()).copied()
+        self.voters
+            .iter()
+            .chain(
+                self.voters_outgoing
+                    .iter()
+                    .filter(|v| !self.voters.contains(v)),
+            )
+            .chain(self.learners.iter())
+            .copied()
+    }
+
+    /// Every voter of either configuration, ascending.
+    pub fn all_voters(&self) -> BTreeSet<NodeId> {
+        self.voters.union(&self.voters_outgoing).copied().collect()
     }
 }
 

@@ -864,6 +864,8 @@ impl Sim {
     fn rejected(&mut self, c: usize, e: ProposeError) {
         match e {
             ProposeError::NotLeader { leader } => self.redirect(c, leader),
+            // Leadership is moving: try the new leader.
+            ProposeError::TransferInProgress { to } => self.redirect(c, Some(to)),
             // Back-pressure: retry later on the same node.
             ProposeError::UncommittedLimit { .. } | ProposeError::TooLarge { .. } => {}
         }

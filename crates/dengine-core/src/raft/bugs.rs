@@ -20,17 +20,25 @@ pub enum InjectedBug {
     TruncateMatchingSuffix,
     /// Serve ReadIndex before the leader has committed an entry of its term (thesis §6.4).
     ReadIndexBeforeFirstCommit,
+    /// Allow a membership change before the leader has committed an entry of its term (the
+    /// 2015 single-server change bug).
+    SingleChangeBeforeCommit,
+    /// Count only the incoming majority of a joint configuration for commitment and
+    /// CheckQuorum (thesis §4.3 requires both).
+    JointQuorumIncomingOnly,
 }
 
 impl InjectedBug {
     /// Every injectable bug.
-    pub const ALL: [InjectedBug; 6] = [
+    pub const ALL: [InjectedBug; 8] = [
         InjectedBug::Figure8Commit,
         InjectedBug::VoteBeforePersist,
         InjectedBug::AckBeforePersist,
         InjectedBug::LeaderCountsUnpersisted,
         InjectedBug::TruncateMatchingSuffix,
         InjectedBug::ReadIndexBeforeFirstCommit,
+        InjectedBug::SingleChangeBeforeCommit,
+        InjectedBug::JointQuorumIncomingOnly,
     ];
 
     /// The bug's name in kebab case, as the simulator's command line spells it.
@@ -42,6 +50,8 @@ impl InjectedBug {
             InjectedBug::LeaderCountsUnpersisted => "leader-counts-unpersisted",
             InjectedBug::TruncateMatchingSuffix => "truncate-matching-suffix",
             InjectedBug::ReadIndexBeforeFirstCommit => "read-index-before-first-commit",
+            InjectedBug::SingleChangeBeforeCommit => "single-change-before-commit",
+            InjectedBug::JointQuorumIncomingOnly => "joint-quorum-incoming-only",
         }
     }
 

@@ -1,9 +1,9 @@
 //! Elections: timeouts, pre-vote, RequestVote on both sides, leader stickiness, and becoming
 //! leader (Raft paper §5.2, §5.4.1; thesis §9.6 pre-vote, §4.2.3 stickiness, §8 blank entry).
 
-use super::Raft;
+use super::{Raft, bug};
 use crate::message::{MessageBody, VoteRequest, VoteResponse};
-use crate::quorum::{VoteResult, vote_result};
+use crate::quorum::{VoteResult, joint_vote_result};
 use crate::storage::LogReader;
 use crate::types::{Entry, EntryPayload, NodeId, Role, Term};
 
@@ -72,9 +72,8 @@ impl<L: LogReader> Raft<L> {
         let me = self.id();
         let voters: Vec<NodeId> = self
             .membership
-            .voters
-            .iter()
-            .copied()
+            .all_voters()
+            .into_iter()
             .filter(|&v| v != me)
             .collect();
         for to in voters {
@@ -153,7 +152,13 @@ impl<L: LogReader> Raft<L> {
     }
 
     fn count_votes(&mut self) {
-        match vote_result(&self.membership.voters, &self.votes) {
+        let m = &self.membership;
+        let outcome = if bug!(self, JointQuorumIncomingOnly) {
+            crate::quorum::vote_result(&m.voters, &self.votes)
+        } else {
+            joint_vote_result(&m.voters, &m.voters_outgoing, &self.votes)
+        };
+        match outcome {
             VoteResult::Won => match self.role {
                 Role::PreCandidate => self.become_candidate(false),
                 Role::Candidate => self.become_leader(),

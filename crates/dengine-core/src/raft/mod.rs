@@ -9,9 +9,14 @@
 #[cfg(feature = "fault-injection")]
 mod bugs;
 mod election;
+mod membership;
 mod read;
 mod ready;
 mod replication;
+mod transfer;
+
+pub use membership::{MembershipChange, MembershipError};
+pub use transfer::TransferError;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -98,6 +103,14 @@ pub struct Raft<L> {
     leader: Option<NodeId>,
     log: RaftLog<L>,
     membership: Membership,
+    /// Configuration entries in the log from the newest committed one on, as (index,
+    /// configuration); the first may be the base configuration at index 0 or the snapshot.
+    configs: Vec<(LogIndex, Membership)>,
+    /// A leadership transfer in progress (leader only).
+    transfer: Option<transfer::Transfer>,
+    /// Lease reads are not served before this tick (a transfer may elect someone else while
+    /// followers still honour our lease).
+    lease_blocked_until: u64,
 
     /// Ticks since this node was created; the core's only clock.
     now: u64,
@@ -167,6 +180,9 @@ impl<L: LogReader> Raft<L> {
             role: Role::Follower,
             leader: None,
             reads: read::ReadQueue::default(),
+            configs: vec![(0, initial.membership.clone())],
+            transfer: None,
+            lease_blocked_until: 0,
             membership: initial.membership,
             now: 0,
             restarted: hs.term > 0,
@@ -200,6 +216,7 @@ impl<L: LogReader> Raft<L> {
             cfg: config,
         };
         raft.reset_election_timer();
+        raft.recover_configs();
         Ok(raft)
     }
 
@@ -319,6 +336,7 @@ impl<L: LogReader> Raft<L> {
 
     fn tick_leader(&mut self) {
         self.heartbeat_elapsed += 1;
+        self.tick_transfer();
         if self.election_elapsed >= self.cfg.election_timeout_ticks {
             self.election_elapsed = 0;
             // CheckQuorum (thesis §6.2): a leader that has not heard from a majority within an
@@ -336,7 +354,7 @@ impl<L: LogReader> Raft<L> {
 
     fn quorum_recently_active(&mut self) -> bool {
         let me = self.id();
-        let active = crate::quorum::quorum_value(&self.membership.voters, |v| {
+        let active = self.quorum_value(|v| {
             u64::from(v == me || self.progress.get(&v).is_some_and(|p| p.recent_active))
         });
         for p in self.progress.values_mut() {
@@ -403,6 +421,7 @@ impl<L: LogReader> Raft<L> {
             MessageBody::HeartbeatResponse(resp) => self.handle_heartbeat_response(msg.from, resp),
             MessageBody::ReadIndexRequest(req) => self.handle_read_index_request(msg.from, req),
             MessageBody::ReadIndexResponse(resp) => self.handle_read_index_response(msg.from, resp),
+            MessageBody::TimeoutNow => self.handle_timeout_now(msg.from),
         }
     }
 
@@ -471,6 +490,7 @@ impl<L: LogReader> Raft<L> {
     }
 
     fn stop_leading(&mut self) {
+        self.transfer = None;
         self.progress.clear();
         self.uncommitted.clear();
         self.uncommitted_bytes = 0;
@@ -551,5 +571,35 @@ impl<L: LogReader> Raft<L> {
 
     fn voters_contain(&self, id: NodeId) -> bool {
         self.membership.is_voter(id)
+    }
+
+    /// The largest value a quorum of the current (possibly joint) configuration has reached.
+    fn quorum_value(&self, value: impl Fn(NodeId) -> u64) -> u64 {
+        let m = &self.membership;
+        if bug!(self, JointQuorumIncomingOnly) {
+            return crate::quorum::quorum_value(&m.voters, value);
+        }
+        crate::quorum::joint_quorum_value(&m.voters, &m.voters_outgoing, value)
+    }
+
+    /// Re-reads configuration entries from the log after a restart: the newest one in the
+    /// log is the configuration in effect (thesis §4.1), committed or not.
+    fn recover_configs(&mut self) {
+        let mut next = self.log.first_index();
+        let end = self.log.last_index() + 1;
+        while next < end {
+            match self.log.entries(next, end, 4 << 20) {
+                Ok(batch) if !batch.is_empty() => {
+                    next = batch.last().map_or(end, |e| e.index + 1);
+                    self.track_config_entries(&batch);
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    self.storage_errors.push(e);
+                    break;
+                }
+            }
+        }
+        self.compact_configs();
     }
 }

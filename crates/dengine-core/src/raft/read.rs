@@ -11,7 +11,6 @@ use std::collections::VecDeque;
 
 use super::{Raft, bug};
 use crate::message::{MessageBody, ReadCtx, ReadIndexRequest, ReadIndexResponse};
-use crate::quorum::quorum_value;
 use crate::ready::{FailedRead, ReadError, ReadMode, ReadState};
 use crate::storage::LogReader;
 use crate::types::{LogIndex, NodeId, Role};
@@ -107,7 +106,7 @@ impl<L: LogReader> Raft<L> {
         }
         let index = self.log.committed;
         let me = self.id();
-        let sole_voter = self.membership.voters.len() == 1 && self.membership.is_voter(me);
+        let sole_voter = self.membership.all_voters().into_iter().eq([me]);
         if sole_voter || (lease && self.lease_valid()) {
             self.read_confirmed(ctx, origin, index);
             return Ok(());
@@ -128,7 +127,7 @@ impl<L: LogReader> Raft<L> {
     fn quorum_round(&self) -> u64 {
         let me = self.id();
         let own = self.reads.round;
-        quorum_value(&self.membership.voters, |v| {
+        self.quorum_value(|v| {
             if v == me {
                 own
             } else {
@@ -142,7 +141,11 @@ impl<L: LogReader> Raft<L> {
     /// they received it, which was later. The drift margin covers clocks that run at
     /// different rates. Without CheckQuorum, followers do not honour leases at all.
     fn lease_valid(&self) -> bool {
-        if !self.cfg.check_quorum || self.role != Role::Leader {
+        if !self.cfg.check_quorum
+            || self.role != Role::Leader
+            || self.transfer.is_some()
+            || self.now < self.lease_blocked_until
+        {
             return false;
         }
         let Some(sent) = self.reads.sent_at(self.quorum_round()) else {

@@ -8,7 +8,6 @@ use crate::message::{
     AppendRequest, AppendResponse, ConflictHint, Heartbeat, HeartbeatResponse, MessageBody,
 };
 use crate::progress::ReplicationState;
-use crate::quorum::quorum_value;
 use crate::ready::ProposeError;
 use crate::storage::{LogError, LogReader};
 use crate::types::{Entry, EntryId, EntryPayload, LogIndex, NodeId, Role};
@@ -23,6 +22,9 @@ impl<L: LogReader> Raft<L> {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
             });
+        }
+        if let Some(t) = self.transfer {
+            return Err(ProposeError::TransferInProgress { to: t.target });
         }
         let size = data.len() as u64;
         if size > self.cfg.max_proposal_bytes {
@@ -81,7 +83,11 @@ impl<L: LogReader> Raft<L> {
             let needs_commit = p.sent_commit < self.log.committed
                 && p.state == ReplicationState::Replicate
                 && commit_only_ok;
-            if !has_entries && !needs_commit {
+            // A peer we know nothing about (e.g. just added) gets an empty probe at
+            // next_index - 1 to find where its log stands.
+            let needs_probe =
+                p.state == ReplicationState::Probe && p.match_index + 1 < p.next_index;
+            if !has_entries && !needs_commit && !needs_probe {
                 return;
             }
             if !self.send_one_append(peer) || !has_entries {
@@ -184,6 +190,7 @@ impl<L: LogReader> Raft<L> {
                     self.maybe_commit();
                 }
                 self.send_appends(from, false);
+                self.maybe_send_timeout_now();
             }
             AppendResponse::Rejected {
                 rejected_index,
@@ -259,7 +266,7 @@ impl<L: LogReader> Raft<L> {
         } else {
             self.log.persisted
         };
-        let index = quorum_value(&self.membership.voters, |v| {
+        let index = self.quorum_value(|v| {
             if v == me {
                 own
             } else {
@@ -278,6 +285,7 @@ impl<L: LogReader> Raft<L> {
         }
         self.broadcast_pending = true;
         self.advance_reads();
+        self.after_commit_membership();
     }
 
     // ----- follower: receiving -----------------------------------------------------------------
@@ -346,13 +354,17 @@ impl<L: LogReader> Raft<L> {
                 return;
             }
             self.log.truncate_and_append(&req.entries[pos..]);
+            self.on_log_truncated(req.entries[pos].index);
+            self.track_config_entries(&req.entries[pos..]);
         }
         let last = req
             .entries
             .last()
             .map_or(req.prev, |e| EntryId::new(e.term, e.index));
         // Commit only what the leader has shown to match: a longer tail of ours may differ.
-        self.log.commit_to(req.commit.min(last.index));
+        if self.log.commit_to(req.commit.min(last.index)) {
+            self.compact_configs();
+        }
         self.respond_append(from, AppendResponse::Accepted { last });
     }
 

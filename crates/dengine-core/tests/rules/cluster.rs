@@ -232,6 +232,12 @@ impl Cluster {
         self.blocked.insert((from, to));
     }
 
+    /// Restores the link between `a` and `b`, both ways.
+    pub fn unblock_pair(&mut self, a: u64, b: u64) {
+        self.blocked.remove(&(a, b));
+        self.blocked.remove(&(b, a));
+    }
+
     pub fn heal(&mut self) {
         self.blocked.clear();
     }
@@ -271,6 +277,11 @@ impl Cluster {
             applied,
         };
         self.nodes.insert(id, Raft::new(c, log, initial).unwrap());
+    }
+
+    /// Adds a brand-new node that knows no configuration yet (it learns it from the leader).
+    pub fn add_empty_node(&mut self, id: u64) {
+        self.nodes.insert(id, new_node(id, &[], &self.tweak));
     }
 
     pub fn leaders(&self) -> Vec<u64> {

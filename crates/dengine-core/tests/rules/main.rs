@@ -12,9 +12,11 @@
 
 mod cluster;
 mod election;
+mod membership;
 mod proposals;
 mod reads;
 mod ready_contract;
 mod replication;
 mod safety;
 mod scenarios;
+mod transfer;

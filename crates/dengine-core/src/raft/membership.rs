@@ -1,0 +1,299 @@
+//! Cluster membership changes: joint consensus for changes of any size and single-server
+//! changes as a shortcut (Raft paper §6, thesis §4.1–§4.3), learners, and removing the leader.
+//!
+//! A configuration takes effect on a node as soon as its entry is in the node's log, committed
+//! or not (thesis §4.1), and is rolled back if that entry is truncated. Every configuration
+//! entry in the log after the commit point is remembered so that rollback needs no storage
+//! read.
+
+use super::{Raft, bug};
+use crate::storage::LogReader;
+use crate::types::{Entry, EntryId, EntryPayload, LogIndex, Membership, NodeId, Role};
+
+/// One change to the cluster's membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MembershipChange {
+    /// Make `id` a voter (a new node, or promote a learner).
+    AddVoter(NodeId),
+    /// Add `id` as a learner: it receives the log but does not vote.
+    AddLearner(NodeId),
+    /// Remove `id` from the cluster, voter or learner.
+    Remove(NodeId),
+}
+
+/// Why a membership change was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// Only the leader changes membership.
+    #[error("not the leader (leader is {leader:?}); send the change to the leader")]
+    NotLeader {
+        /// The current leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// Another change is still in progress (its entry is not committed, or the joint
+    /// configuration has not been left yet): one change at a time (thesis §4.1).
+    #[error("membership change at index {index} is still in progress; retry when it commits")]
+    ChangeInProgress {
+        /// Index of the configuration entry still pending.
+        index: LogIndex,
+    },
+    /// A new leader must first commit an entry of its own term (the 2015 single-server
+    /// change fix, thesis §4.1 and raft-dev "bug in single-server membership changes").
+    #[error("the leader has not yet committed an entry in its term; retry shortly")]
+    LeaderNotReady,
+    /// A leader transfer is in progress.
+    #[error("a leader transfer is in progress; retry after it completes")]
+    TransferInProgress,
+    /// The change makes no sense for the current configuration.
+    #[error("invalid membership change: {0}")]
+    Invalid(String),
+}
+
+impl<L: LogReader> Raft<L> {
+    /// Proposes a membership change of any size through joint consensus: first the joint
+    /// configuration C_old,new (decisions need majorities of both), then, automatically once it
+    /// commits, C_new. Returns the id of the joint entry.
+    pub fn change_membership(
+        &mut self,
+        changes: &[MembershipChange],
+    ) -> Result<EntryId, MembershipError> {
+        self.check_can_change()?;
+        let mut next = self.membership.clone();
+        apply_changes(&mut next, changes)?;
+        if next.voters == self.membership.voters {
+            // Only learners change: no joint phase needed, nothing about quorums changes.
+            return Ok(self.append_membership(next));
+        }
+        next.voters_outgoing = self.membership.voters.clone();
+        if let Some(&both) = next
+            .learners
+            .iter()
+            .find(|l| next.voters_outgoing.contains(l))
+        {
+            return Err(MembershipError::Invalid(format!(
+                "node {both} cannot turn from voter into learner in one change; remove it \
+                 first, then add it as a learner"
+            )));
+        }
+        Ok(self.append_membership(next))
+    }
+
+    /// Proposes a single-server change: at most one voter is added or removed, and the new
+    /// configuration is used directly, without a joint phase (thesis §4.2). Any two
+    /// majorities of configurations that differ by one voter overlap, which is what makes
+    /// this safe — together with the rule that a new leader first commits an entry of its
+    /// term.
+    pub fn change_membership_single(
+        &mut self,
+        change: MembershipChange,
+    ) -> Result<EntryId, MembershipError> {
+        self.check_can_change()?;
+        let mut next = self.membership.clone();
+        apply_changes(&mut next, &[change])?;
+        let diff = next
+            .voters
+            .symmetric_difference(&self.membership.voters)
+            .count();
+        if diff > 1 {
+            return Err(MembershipError::Invalid(format!(
+                "a single-server change may change one voter, this changes {diff}"
+            )));
+        }
+        Ok(self.append_membership(next))
+    }
+
+    /// How far behind the leader's log `peer` is, in entries (the leader's last index minus
+    /// the peer's match index); `None` if this node does not lead or `peer` is not a member.
+    /// A runtime promotes a learner once its lag is small.
+    pub fn replication_lag(&self, peer: NodeId) -> Option<u64> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        let matched = if peer == self.id() {
+            self.log.persisted
+        } else {
+            self.progress.get(&peer)?.match_index
+        };
+        Some(self.log.last_index().saturating_sub(matched))
+    }
+
+    fn check_can_change(&self) -> Result<(), MembershipError> {
+        if self.role != Role::Leader {
+            return Err(MembershipError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if self.transfer.is_some() {
+            return Err(MembershipError::TransferInProgress);
+        }
+        // The 2015 fix: until a leader commits an entry of its term, an uncommitted
+        // configuration of a previous leader may still be in the logs, and a second change
+        // on top of it could produce two disjoint majorities.
+        if !self.committed_in_current_term() && !bug!(self, SingleChangeBeforeCommit) {
+            return Err(MembershipError::LeaderNotReady);
+        }
+        let (index, _) = self.latest_config();
+        if index > self.log.committed || self.membership.is_joint() {
+            return Err(MembershipError::ChangeInProgress { index });
+        }
+        Ok(())
+    }
+
+    fn append_membership(&mut self, next: Membership) -> EntryId {
+        let id = EntryId::new(self.term, self.log.last_index() + 1);
+        let entry = Entry::new(id.term, id.index, EntryPayload::Membership(next));
+        self.log.append([entry.clone()]);
+        self.track_config_entries(std::slice::from_ref(&entry));
+        self.broadcast_pending = true;
+        id
+    }
+
+    /// The newest configuration entry in the log (or the base configuration).
+    pub(super) fn latest_config(&self) -> (LogIndex, &Membership) {
+        match self.configs.last() {
+            Some((i, m)) => (*i, m),
+            None => (0, &self.membership),
+        }
+    }
+
+    /// Records configuration entries just written to the log; the newest takes effect.
+    pub(super) fn track_config_entries(&mut self, entries: &[Entry]) {
+        let mut newest = None;
+        for e in entries {
+            if let EntryPayload::Membership(m) = &e.payload {
+                self.configs.push((e.index, m.clone()));
+                newest = Some(m.clone());
+            }
+        }
+        if let Some(m) = newest {
+            self.set_membership(m);
+        }
+    }
+
+    /// The log was truncated from `from` on: configurations in the removed part are undone.
+    pub(super) fn on_log_truncated(&mut self, from: LogIndex) {
+        let before = self.configs.len();
+        while self.configs.len() > 1 && self.configs.last().is_some_and(|&(i, _)| i >= from) {
+            self.configs.pop();
+        }
+        if self.configs.len() != before
+            && let Some((_, m)) = self.configs.last()
+        {
+            let m = m.clone();
+            self.set_membership(m);
+        }
+    }
+
+    /// Forgets configurations older than the newest committed one.
+    pub(super) fn compact_configs(&mut self) {
+        let committed = self.log.committed;
+        let keep_from = self
+            .configs
+            .iter()
+            .rposition(|&(i, _)| i <= committed)
+            .unwrap_or(0);
+        if keep_from > 0 {
+            self.configs.drain(..keep_from);
+        }
+    }
+
+    fn set_membership(&mut self, m: Membership) {
+        self.membership = m;
+        if self.role != Role::Leader {
+            return;
+        }
+        let me = self.id();
+        let members: Vec<NodeId> = self.membership.members().filter(|&id| id != me).collect();
+        self.progress.retain(|id, _| members.contains(id));
+        for id in members {
+            if !self.progress.contains_key(&id) {
+                let mut p = self.new_progress();
+                p.recent_active = true;
+                self.progress.insert(id, p);
+                self.broadcast_pending = true;
+            }
+        }
+    }
+
+    /// After the commit index advanced on a leader: leave a committed joint configuration
+    /// (thesis §4.3), and step down if the committed configuration no longer has this node
+    /// as a voter (thesis §4.2.2).
+    pub(super) fn after_commit_membership(&mut self) {
+        self.compact_configs();
+        if self.role != Role::Leader {
+            return;
+        }
+        let (index, latest) = self.latest_config();
+        if index > self.log.committed {
+            return;
+        }
+        if latest.is_joint() {
+            let next = Membership {
+                voters: latest.voters.clone(),
+                voters_outgoing: Default::default(),
+                learners: latest.learners.clone(),
+            };
+            self.append_membership(next);
+        } else if !latest.is_voter(self.id()) {
+            let term = self.term;
+            self.become_follower(term, None);
+        }
+    }
+}
+
+/// Applies `changes` to `m` (incoming voters and learners), checking each makes sense.
+fn apply_changes(m: &mut Membership, changes: &[MembershipChange]) -> Result<(), MembershipError> {
+    let mut seen = Vec::new();
+    for &change in changes {
+        let id = match change {
+            MembershipChange::AddVoter(id)
+            | MembershipChange::AddLearner(id)
+            | MembershipChange::Remove(id) => id,
+        };
+        if id == 0 {
+            return Err(MembershipError::Invalid("node id 0 is reserved".into()));
+        }
+        if seen.contains(&id) {
+            return Err(MembershipError::Invalid(format!(
+                "node {id} appears twice in one change"
+            )));
+        }
+        seen.push(id);
+        match change {
+            MembershipChange::AddVoter(_) => {
+                if m.voters.contains(&id) {
+                    return Err(MembershipError::Invalid(format!(
+                        "node {id} is already a voter"
+                    )));
+                }
+                m.learners.remove(&id);
+                m.voters.insert(id);
+            }
+            MembershipChange::AddLearner(_) => {
+                if m.voters.contains(&id) {
+                    return Err(MembershipError::Invalid(format!(
+                        "node {id} is a voter; remove it first to make it a learner"
+                    )));
+                }
+                if !m.learners.insert(id) {
+                    return Err(MembershipError::Invalid(format!(
+                        "node {id} is already a learner"
+                    )));
+                }
+            }
+            MembershipChange::Remove(_) => {
+                if !m.voters.remove(&id) && !m.learners.remove(&id) {
+                    return Err(MembershipError::Invalid(format!(
+                        "node {id} is not a member"
+                    )));
+                }
+            }
+        }
+    }
+    if m.voters.is_empty() {
+        return Err(MembershipError::Invalid(
+            "the change would leave no voters".into(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,319 @@
+//! Membership changes: joint consensus (Raft paper §6, thesis §4.3), single-server changes
+//! and their 2015 safety rule (thesis §4.1–§4.2), learners (thesis §4.2.1) and removing the
+//! leader (thesis §4.2.2).
+
+use std::collections::BTreeSet;
+
+use dengine_core::{EntryPayload, MembershipChange, MembershipError, Role};
+
+use crate::cluster::Cluster;
+
+use MembershipChange::{AddLearner, AddVoter, Remove};
+
+fn set(ids: &[u64]) -> BTreeSet<u64> {
+    ids.iter().copied().collect()
+}
+
+/// Thesis §4.3: a change of several voters goes through C_old,new, and the leader leaves the
+/// joint configuration on its own once C_old,new commits.
+#[test]
+fn joint_change_grows_three_to_five_and_leaves_the_joint_configuration() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.add_empty_node(4);
+    c.add_empty_node(5);
+    let joint = c
+        .node_mut(1)
+        .change_membership(&[AddVoter(4), AddVoter(5)])
+        .unwrap();
+    let m = c.node(1).membership().clone();
+    assert!(m.is_joint(), "C_old,new takes effect on append");
+    assert_eq!(m.voters, set(&[1, 2, 3, 4, 5]));
+    assert_eq!(m.voters_outgoing, set(&[1, 2, 3]));
+    c.stabilize();
+    assert!(
+        c.node(1).commit_index() > joint.index,
+        "C_new appended and committed"
+    );
+    for id in 1..=5 {
+        let m = c.node(id).membership();
+        assert!(!m.is_joint(), "node {id} left the joint configuration");
+        assert_eq!(m.voters, set(&[1, 2, 3, 4, 5]), "node {id}");
+    }
+    c.propose(1, "after");
+    c.stabilize();
+    assert_eq!(c.applied_data(5), ["after"]);
+}
+
+/// Thesis §4.3: in C_old,new, commitment needs a majority of both configurations. Replacing
+/// {2, 3} with {4, 5} while 4 and 5 are unreachable: the old majority holds the joint entry,
+/// but it must not commit.
+#[test]
+fn joint_configuration_commits_only_with_majorities_of_both() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.add_empty_node(4);
+    c.add_empty_node(5);
+    c.isolate(4);
+    c.isolate(5);
+    let joint = c
+        .node_mut(1)
+        .change_membership(&[Remove(2), Remove(3), AddVoter(4), AddVoter(5)])
+        .unwrap();
+    c.stabilize();
+    assert_eq!(
+        c.node(2).last_log_id().index,
+        joint.index,
+        "the old majority has it"
+    );
+    assert!(
+        c.node(1).commit_index() < joint.index,
+        "but the new majority {{1, 4, 5}} does not"
+    );
+    c.heal();
+    c.tick_all(5);
+    let m = c.node(1).membership();
+    assert_eq!(m.voters, set(&[1, 4, 5]));
+    assert!(!m.is_joint());
+    assert!(c.node(1).commit_index() > joint.index);
+}
+
+/// Thesis §4.1: a server uses the newest configuration in its log, committed or not.
+#[test]
+fn configuration_takes_effect_when_appended_not_when_committed() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.add_empty_node(4);
+    c.block(2, 1); // 2's acks are lost: nothing new commits with 3 isolated
+    c.isolate(3);
+    let id = c.node_mut(1).change_membership_single(AddVoter(4)).unwrap();
+    c.stabilize();
+    assert!(c.node(1).commit_index() < id.index);
+    assert!(
+        c.node(2).membership().voters.contains(&4),
+        "in effect on the follower"
+    );
+    assert!(c.node(2).commit_index() < id.index, "though not committed");
+}
+
+/// A configuration entry that is truncated away is undone: the node falls back to the
+/// newest configuration left in its log.
+#[test]
+fn truncated_configuration_entry_is_rolled_back() {
+    let mut c = Cluster::new(5);
+    c.elect(1);
+    c.add_empty_node(6);
+    c.isolate(1);
+    c.unblock_pair(1, 2); // only 1 and 2 talk: the entry reaches 2 and stays uncommitted
+    c.node_mut(1).change_membership_single(AddVoter(6)).unwrap();
+    c.stabilize();
+    assert!(c.node(2).membership().voters.contains(&6));
+    // One of 3, 4, 5 (whose logs lack the entry) leads a new term and overwrites it on 2.
+    c.heal();
+    c.isolate(1);
+    let mut leader = None;
+    for _ in 0..100 {
+        for id in [3, 4, 5] {
+            c.tick(id);
+        }
+        c.stabilize();
+        leader = c.leaders().into_iter().find(|l| [3, 4, 5].contains(l));
+        if leader.is_some() {
+            break;
+        }
+    }
+    let leader = leader.expect("3, 4 or 5 wins without node 2's vote");
+    c.propose(leader, "x");
+    c.stabilize();
+    assert_eq!(c.node(2).membership().voters, set(&[1, 2, 3, 4, 5]));
+    assert_eq!(c.applied_data(2), ["x"]);
+}
+
+/// Thesis §4.2: a single-server change uses the new configuration directly (no joint
+/// phase) and may change one voter only.
+#[test]
+fn single_server_change_adds_one_voter_without_a_joint_phase() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.add_empty_node(4);
+    c.node_mut(1).change_membership_single(AddVoter(4)).unwrap();
+    assert!(!c.node(1).membership().is_joint());
+    c.stabilize();
+    assert_eq!(c.node(4).membership().voters, set(&[1, 2, 3, 4]));
+    let err = c
+        .node_mut(1)
+        .change_membership_single(Remove(4))
+        .and_then(|_| c.node_mut(1).change_membership_single(Remove(3)));
+    assert!(
+        matches!(err, Err(MembershipError::ChangeInProgress { .. })),
+        "{err:?}"
+    );
+}
+
+/// Thesis §4.1: one change at a time; a second change while the first is uncommitted is
+/// refused with a clear error.
+#[test]
+fn second_change_while_one_is_pending_is_refused() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(2);
+    c.isolate(3);
+    let first = c
+        .node_mut(1)
+        .change_membership_single(AddLearner(7))
+        .unwrap();
+    assert_eq!(
+        c.node_mut(1).change_membership_single(AddLearner(8)),
+        Err(MembershipError::ChangeInProgress { index: first.index })
+    );
+    assert_eq!(
+        c.node_mut(1).change_membership(&[AddVoter(8), AddVoter(9)]),
+        Err(MembershipError::ChangeInProgress { index: first.index })
+    );
+}
+
+/// The 2015 fix (thesis §4.1): a leader appends a configuration only after it has committed
+/// an entry of its own term.
+#[test]
+fn new_leader_refuses_changes_until_it_commits_in_its_term() {
+    let mut c = Cluster::new(3);
+    c.campaign_until_leader(1);
+    assert!(!c.node(1).committed_in_current_term());
+    assert_eq!(
+        c.node_mut(1).change_membership_single(AddLearner(4)),
+        Err(MembershipError::LeaderNotReady)
+    );
+    assert_eq!(
+        c.node_mut(1).change_membership(&[AddVoter(4), AddVoter(5)]),
+        Err(MembershipError::LeaderNotReady)
+    );
+    c.stabilize();
+    assert!(c.node(1).committed_in_current_term());
+    assert!(
+        c.node_mut(1)
+            .change_membership_single(AddLearner(4))
+            .is_ok()
+    );
+}
+
+/// Invalid changes are refused with a message that says what is wrong.
+#[test]
+fn invalid_changes_are_refused_with_a_reason() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let cases: &[(&[MembershipChange], &str)] = &[
+        (&[AddVoter(2)], "already a voter"),
+        (&[Remove(9)], "not a member"),
+        (&[AddLearner(3)], "remove it first"),
+        (&[AddVoter(4), Remove(4)], "twice"),
+        (&[Remove(1), Remove(2), Remove(3)], "no voters"),
+        (&[AddVoter(0)], "reserved"),
+    ];
+    for (changes, want) in cases {
+        match c.node_mut(1).change_membership(changes) {
+            Err(MembershipError::Invalid(msg)) => assert!(msg.contains(want), "{msg}"),
+            other => panic!("{changes:?}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        c.node_mut(2).change_membership_single(AddVoter(5)),
+        Err(MembershipError::NotLeader { leader: Some(1) })
+    );
+}
+
+/// Thesis §4.2.1: a learner receives the log but never votes, never campaigns and never
+/// counts toward a majority; the leader reports its lag so it can be promoted when caught up.
+#[test]
+fn learner_replicates_but_never_counts_and_can_be_promoted() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.add_empty_node(4);
+    c.node_mut(1)
+        .change_membership_single(AddLearner(4))
+        .unwrap();
+    c.stabilize();
+    c.propose(1, "a");
+    c.stabilize();
+    assert_eq!(c.applied_data(4), ["a"]);
+    assert_eq!(c.node(1).replication_lag(4), Some(0));
+    // With both voters away, the learner's ack is not a majority.
+    c.isolate(2);
+    c.isolate(3);
+    let id = c.propose(1, "b");
+    c.stabilize();
+    assert!(c.node(1).commit_index() < id.index);
+    assert_eq!(
+        c.node(4).last_log_id().index,
+        id.index,
+        "the learner has it"
+    );
+    // The learner never campaigns.
+    for _ in 0..100 {
+        c.tick(4);
+    }
+    assert_eq!(c.node(4).role(), Role::Follower);
+    c.heal();
+    c.tick_all(3);
+    c.node_mut(1).change_membership_single(AddVoter(4)).unwrap();
+    c.stabilize();
+    assert!(c.node(4).membership().voters.contains(&4), "promoted");
+    assert!(c.node(4).membership().learners.is_empty());
+}
+
+/// Thesis §4.2.2: a leader removed from the configuration keeps leading until the change
+/// commits, then steps down; the rest elect a new leader and the removed node does not
+/// disrupt them.
+#[test]
+fn removed_leader_steps_down_after_commit_and_does_not_disrupt() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let id = c.node_mut(1).change_membership(&[Remove(1)]).unwrap();
+    assert_eq!(
+        c.node(1).role(),
+        Role::Leader,
+        "still leads the joint phase"
+    );
+    c.stabilize();
+    assert!(c.node(2).commit_index() >= id.index);
+    assert_eq!(
+        c.node(1).role(),
+        Role::Follower,
+        "stepped down once C_new committed"
+    );
+    for _ in 0..60 {
+        c.tick_all(1);
+        if c.leaders().len() == 1 {
+            break;
+        }
+    }
+    let leaders = c.leaders();
+    assert_eq!(leaders.len(), 1);
+    assert_ne!(leaders[0], 1);
+    let term = c.node(leaders[0]).term();
+    for _ in 0..200 {
+        c.tick(1);
+        c.stabilize();
+    }
+    assert_eq!(
+        c.node(leaders[0]).term(),
+        term,
+        "the removed node did not disrupt"
+    );
+    assert_eq!(c.node(1).role(), Role::Follower);
+}
+
+/// A restarted node recovers its configuration from the configuration entries in its log.
+#[test]
+fn restart_recovers_the_configuration_from_the_log() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.add_empty_node(4);
+    c.node_mut(1).change_membership_single(AddVoter(4)).unwrap();
+    c.stabilize();
+    c.restart(2);
+    assert_eq!(c.node(2).membership().voters, set(&[1, 2, 3, 4]));
+    let has_config_entry = c.applied[&2]
+        .iter()
+        .any(|e| matches!(e.payload, EntryPayload::Membership(_)));
+    assert!(has_config_entry);
+}
