@@ -45,6 +45,9 @@ pub struct Config {
     /// absorb clock-rate differences between nodes. Must be below the election timeout.
     /// Default 2.
     pub lease_drift_ticks: u64,
+    /// Entries kept in the log behind a snapshot, so followers that lag a little catch up from
+    /// the log rather than by a whole snapshot. Default 1024.
+    pub snapshot_trailing_entries: u64,
     /// Seed for the election-timeout jitter. The core has no randomness of its own: the same
     /// seed and inputs give the same outputs. Default 0 (mixed with `id`, so nodes differ).
     pub seed: u64,
@@ -65,6 +68,7 @@ impl Config {
             max_uncommitted_bytes: 64 << 20,
             max_apply_batch_bytes: 4 << 20,
             lease_drift_ticks: 2,
+            snapshot_trailing_entries: 1024,
             seed: 0,
         }
     }

@@ -98,7 +98,8 @@ pub use progress::ReplicationState;
 #[cfg(feature = "fault-injection")]
 pub use raft::InjectedBug;
 pub use raft::{
-    InitialState, MembershipChange, MembershipError, PeerProgress, Raft, StepError, TransferError,
+    InitialState, MembershipChange, MembershipError, PeerProgress, Raft, SnapshotError, StepError,
+    TransferError,
 };
 pub use ready::{
     FailedRead, PersistRequest, Persisted, ProposeError, ReadError, ReadMode, ReadState, Ready,
@@ -106,5 +107,5 @@ pub use ready::{
 pub use storage::{LogError, LogReader, MemoryLog};
 pub use types::{
     ENTRY_OVERHEAD_BYTES, Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId,
-    Role, SoftState, Term,
+    Role, SnapshotMeta, SoftState, Term,
 };

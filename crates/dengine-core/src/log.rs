@@ -200,6 +200,18 @@ impl<L: LogReader> RaftLog<L> {
         true
     }
 
+    /// The runtime replaced the log with a snapshot ending at `last`: everything before and
+    /// at it is durable, committed and applied; the reader's log now starts after it.
+    pub(crate) fn restore(&mut self, last: EntryId) {
+        self.unstable.clear();
+        self.unstable_offset = last.index + 1;
+        self.unwritten_from = last.index + 1;
+        self.committed = self.committed.max(last.index);
+        self.persisted = last.index;
+        self.applying = last.index;
+        self.applied = last.index;
+    }
+
     pub(crate) fn commit_to(&mut self, index: LogIndex) -> bool {
         let index = index.min(self.last_index());
         if index > self.committed {

@@ -5,7 +5,7 @@
 //! pre-vote responses are the exception: they carry the term the candidate *would* campaign in,
 //! and receiving them does not change anyone's term (thesis §9.6).
 
-use crate::types::{Entry, EntryId, LogIndex, NodeId, Term};
+use crate::types::{Entry, EntryId, LogIndex, NodeId, SnapshotMeta, Term};
 
 /// Identifies a read request chosen by the runtime; echoed back in the read's outcome.
 pub type ReadCtx = u64;
@@ -45,6 +45,10 @@ pub enum MessageBody {
     /// The leader asks the recipient to start an election now (leader transfer, thesis
     /// §3.10).
     TimeoutNow,
+    /// InstallSnapshot (§7): the follower needs entries the leader has compacted. The core
+    /// sends only the metadata; the runtime's transport streams the state machine's snapshot
+    /// data with it and hands both to the receiving runtime.
+    InstallSnapshot(SnapshotMeta),
 }
 
 /// RequestVote arguments.
@@ -168,6 +172,7 @@ impl MessageBody {
             MessageBody::ReadIndexRequest(_) => "ReadIndex",
             MessageBody::ReadIndexResponse(_) => "ReadIndexResponse",
             MessageBody::TimeoutNow => "TimeoutNow",
+            MessageBody::InstallSnapshot(_) => "InstallSnapshot",
         }
     }
 

@@ -16,6 +16,12 @@ pub enum ReplicationState {
     Probe,
     /// Logs match up to `match_index`; appends are pipelined within the in-flight window.
     Replicate,
+    /// The follower needs entries the leader has compacted: a snapshot covering `index` is
+    /// being sent; appends wait until it is installed or reported failed.
+    Snapshot {
+        /// Last index covered by the snapshot being sent.
+        index: LogIndex,
+    },
 }
 
 /// Unacknowledged append messages to one follower: (last index sent, entry bytes).
@@ -113,7 +119,15 @@ impl Progress {
         match self.state {
             ReplicationState::Probe => self.probe_sent,
             ReplicationState::Replicate => self.inflights.is_full(),
+            ReplicationState::Snapshot { .. } => true,
         }
+    }
+
+    /// Starts sending a snapshot covering `index`.
+    pub(crate) fn become_snapshot(&mut self, index: LogIndex) {
+        self.state = ReplicationState::Snapshot { index };
+        self.inflights.clear();
+        self.probe_sent = false;
     }
 
     /// Records that the peer holds the log up to `index`. Returns whether it was news.
@@ -140,6 +154,8 @@ impl Progress {
         }
         match self.state {
             ReplicationState::Replicate => self.become_probe(),
+            // An old rejection while a snapshot is on its way changes nothing.
+            ReplicationState::Snapshot { .. } => return false,
             ReplicationState::Probe => {
                 // Only the answer to the probe in flight (prev = next_index - 1) counts.
                 if rejected + 1 != self.next_index {
@@ -162,6 +178,7 @@ impl Progress {
                 self.inflights.add(last, bytes);
             }
             ReplicationState::Probe => self.probe_sent = true,
+            ReplicationState::Snapshot { .. } => {}
         }
     }
 }

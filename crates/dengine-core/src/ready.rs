@@ -3,7 +3,7 @@
 
 use crate::message::{Message, ReadCtx};
 use crate::storage::LogError;
-use crate::types::{Entry, EntryId, HardState, LogIndex, NodeId, SoftState};
+use crate::types::{Entry, EntryId, HardState, LogIndex, NodeId, SnapshotMeta, SoftState};
 
 /// Everything the core asks the runtime to do after a batch of inputs.
 ///
@@ -33,6 +33,14 @@ pub struct Ready {
     pub messages: Vec<Message>,
     /// Committed entries to apply to the state machine, in order.
     pub committed_entries: Vec<Entry>,
+    /// A snapshot from the leader to install: load its data (which arrived with the
+    /// `InstallSnapshot` message) into the state machine, reset the log store to start right
+    /// after `last_included` and save the metadata durably, then call
+    /// [`Raft::on_snapshot_installed`](crate::Raft::on_snapshot_installed).
+    pub snapshot_to_install: Option<SnapshotMeta>,
+    /// Entries up to and including this index may now be purged from the log store (they
+    /// are covered by a snapshot). Purging is not urgent and need not be synced.
+    pub compact_log_to: Option<LogIndex>,
     /// Reads that may now be served from the local state machine.
     pub read_states: Vec<ReadState>,
     /// Reads that cannot be served; the client should retry (possibly elsewhere).

@@ -118,8 +118,20 @@ impl MemoryLog {
         Ok(())
     }
 
+    /// Replaces the whole log by a snapshot ending at `last` (a follower installing a
+    /// snapshot from its leader).
+    pub fn restore_snapshot(&mut self, last: crate::types::EntryId) {
+        self.entries.clear();
+        self.offset = last.index;
+        self.offset_term = last.term;
+        if self.hard_state.commit < last.index {
+            self.hard_state.commit = last.index;
+        }
+    }
+
     /// Discards every entry up to and including `index`, as after a snapshot.
     pub fn compact(&mut self, index: LogIndex) -> Result<(), LogError> {
+        let index = index.min(self.last_index());
         if index <= self.offset {
             return Ok(());
         }

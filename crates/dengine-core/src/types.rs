@@ -188,6 +188,17 @@ impl Membership {
     }
 }
 
+/// What a state-machine snapshot covers: every entry up to `last_included`, and the
+/// configuration in effect at that point (thesis §5.1). Stored with the snapshot; sent ahead
+/// of the snapshot's data when a follower must be caught up by snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SnapshotMeta {
+    /// The last entry included in the snapshot.
+    pub last_included: EntryId,
+    /// The membership as of `last_included`.
+    pub membership: Membership,
+}
+
 /// The role a node plays in its current term (§5.1, thesis §9.6 for pre-candidates).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {

@@ -76,6 +76,7 @@ impl SimNode {
             hard_state: self.durable.hard_state(),
             membership: self.membership.clone(),
             applied: 0,
+            snapshot: None,
         };
         // Invariant: the configuration was validated when the simulation was set up.
         #[allow(clippy::expect_used)]

@@ -197,7 +197,7 @@ impl<L: LogReader> Raft<L> {
         }
     }
 
-    fn set_membership(&mut self, m: Membership) {
+    pub(super) fn set_membership(&mut self, m: Membership) {
         self.membership = m;
         if self.role != Role::Leader {
             return;

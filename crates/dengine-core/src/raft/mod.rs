@@ -13,9 +13,11 @@ mod membership;
 mod read;
 mod ready;
 mod replication;
+mod snapshot;
 mod transfer;
 
 pub use membership::{MembershipChange, MembershipError};
+pub use snapshot::SnapshotError;
 pub use transfer::TransferError;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -58,6 +60,9 @@ pub struct InitialState {
     pub membership: Membership,
     /// The index the state machine has applied durably (0 for a fresh state machine).
     pub applied: LogIndex,
+    /// The newest snapshot, if the node has one; its configuration then takes the place of
+    /// `membership` as the base that configuration entries in the log build on.
+    pub snapshot: Option<crate::types::SnapshotMeta>,
 }
 
 /// Why an input message was refused without being processed.
@@ -108,6 +113,15 @@ pub struct Raft<L> {
     configs: Vec<(LogIndex, Membership)>,
     /// A leadership transfer in progress (leader only).
     transfer: Option<transfer::Transfer>,
+    /// The newest snapshot (created here or installed), sent to followers that need
+    /// compacted entries.
+    snapshot: Option<crate::types::SnapshotMeta>,
+    /// A snapshot from the leader that the runtime is installing.
+    installing: Option<crate::types::SnapshotMeta>,
+    /// Whether `installing` has been handed out in a `Ready`.
+    install_reported: bool,
+    /// The log may be purged up to here (reported in the next `Ready`).
+    compact_to: Option<LogIndex>,
     /// Lease reads are not served before this tick (a transfer may elect someone else while
     /// followers still honour our lease).
     lease_blocked_until: u64,
@@ -180,10 +194,20 @@ impl<L: LogReader> Raft<L> {
             role: Role::Follower,
             leader: None,
             reads: read::ReadQueue::default(),
-            configs: vec![(0, initial.membership.clone())],
+            configs: vec![match &initial.snapshot {
+                Some(snap) => (snap.last_included.index, snap.membership.clone()),
+                None => (0, initial.membership.clone()),
+            }],
+            snapshot: initial.snapshot.clone(),
+            installing: None,
+            install_reported: false,
+            compact_to: None,
             transfer: None,
             lease_blocked_until: 0,
-            membership: initial.membership,
+            membership: match initial.snapshot {
+                Some(snap) => snap.membership,
+                None => initial.membership,
+            },
             now: 0,
             restarted: hs.term > 0,
             election_elapsed: 0,
@@ -422,6 +446,7 @@ impl<L: LogReader> Raft<L> {
             MessageBody::ReadIndexRequest(req) => self.handle_read_index_request(msg.from, req),
             MessageBody::ReadIndexResponse(resp) => self.handle_read_index_response(msg.from, resp),
             MessageBody::TimeoutNow => self.handle_timeout_now(msg.from),
+            MessageBody::InstallSnapshot(meta) => self.handle_install_snapshot(msg.from, meta),
         }
     }
 

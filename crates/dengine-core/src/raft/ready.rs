@@ -19,6 +19,8 @@ impl<L: LogReader> Raft<L> {
             || self.soft_state() != self.reported_soft_state
             || (self.role == Role::Leader && self.broadcast_pending)
             || self.reads_round_due()
+            || (self.installing.is_some() && !self.install_reported)
+            || self.compact_to.is_some()
     }
 
     /// Takes everything the runtime must now do. Entries proposed since the last call are
@@ -65,6 +67,13 @@ impl<L: LogReader> Raft<L> {
             Ok(entries) => ready.committed_entries = entries,
             Err(e) => self.storage_errors.push(e),
         }
+        if let Some(meta) = &self.installing
+            && !self.install_reported
+        {
+            self.install_reported = true;
+            ready.snapshot_to_install = Some(meta.clone());
+        }
+        ready.compact_log_to = self.compact_to.take();
         ready.read_states = std::mem::take(&mut self.read_states);
         ready.failed_reads = std::mem::take(&mut self.failed_reads);
         ready.storage_errors = std::mem::take(&mut self.storage_errors);

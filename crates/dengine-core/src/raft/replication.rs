@@ -106,23 +106,22 @@ impl<L: LogReader> Raft<L> {
         let prev_index = next - 1;
         let prev_term = match self.log.term(prev_index) {
             Ok(t) => t,
+            // The follower needs entries we have compacted: send the snapshot (§7).
+            Err(LogError::Compacted { .. }) => return self.send_snapshot(peer),
             Err(e) => {
-                // Compacted: the follower needs a snapshot (dengine-core part II).
                 self.storage_errors.push(e);
                 return false;
             }
         };
-        let entries =
-            match self
-                .log
-                .entries(next, self.log.last_index() + 1, self.cfg.max_message_bytes)
-            {
-                Ok(entries) => entries,
-                Err(e) => {
-                    self.storage_errors.push(e);
-                    return false;
-                }
-            };
+        let high = self.log.last_index() + 1;
+        let entries = match self.log.entries(next, high, self.cfg.max_message_bytes) {
+            Ok(entries) => entries,
+            Err(LogError::Compacted { .. }) => return self.send_snapshot(peer),
+            Err(e) => {
+                self.storage_errors.push(e);
+                return false;
+            }
+        };
         let commit = self.log.committed;
         let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
         let last_sent = prev_index + entries.len() as u64;
@@ -172,19 +171,27 @@ impl<L: LogReader> Raft<L> {
         match resp {
             AppendResponse::Accepted { last } => {
                 // Acknowledged by (term, index): an ack for an entry we do not hold (from a
-                // confused or stale peer) must not count toward commitment.
-                if !self.log.matches(last) {
+                // confused or stale peer) must not count toward commitment. Entries we have
+                // compacted are committed, and every follower's committed prefix matches.
+                if !self.log.matches(last) && last.index >= self.log.first_index() {
                     return;
                 }
                 let Some(p) = self.progress.get_mut(&from) else {
                     return;
                 };
-                let was_probe = p.state == ReplicationState::Probe;
+                let state = p.state;
                 let updated = p.maybe_update(last.index);
                 p.inflights.free_to(last.index);
-                // The follower matched us at `last`: stop probing and stream from there.
-                if was_probe && last.index >= p.match_index {
-                    p.become_replicate();
+                match state {
+                    // The follower matched us at `last`: stop probing and stream from there.
+                    ReplicationState::Probe if last.index >= p.match_index => {
+                        p.become_replicate();
+                    }
+                    // The snapshot is installed: stream the entries after it.
+                    ReplicationState::Snapshot { index } if p.match_index >= index => {
+                        p.become_replicate();
+                    }
+                    _ => {}
                 }
                 if updated {
                     self.maybe_commit();
@@ -292,7 +299,9 @@ impl<L: LogReader> Raft<L> {
 
     /// AppendEntries receiver (§5.3).
     pub(super) fn handle_append(&mut self, from: NodeId, mut req: AppendRequest) {
-        if self.role == Role::Leader {
+        if self.role == Role::Leader || self.is_installing_snapshot() {
+            // A leader: see below. Installing a snapshot: the log is about to be replaced;
+            // the leader sends again once the snapshot is acknowledged.
             // Two leaders in one term cannot happen (Election Safety, §5.2); a peer claiming
             // otherwise is broken, and following it could lose committed entries.
             return;
@@ -410,7 +419,7 @@ impl<L: LogReader> Raft<L> {
 
     /// A valid AppendEntries or heartbeat in our term comes from the one leader of the term
     /// (Election Safety): follow it and reset the election timer (§5.2).
-    fn accept_leader(&mut self, from: NodeId) {
+    pub(super) fn accept_leader(&mut self, from: NodeId) {
         if self.role != Role::Follower {
             let term = self.term;
             self.become_follower(term, Some(from));

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 use dengine_core::{
     Config, Entry, EntryId, EntryPayload, FailedRead, InitialState, Membership, MemoryLog, Message,
-    PersistRequest, Raft, ReadState, Ready, Role,
+    PersistRequest, Raft, ReadState, Ready, Role, SnapshotMeta,
 };
 
 pub type Node = Raft<MemoryLog>;
@@ -41,10 +41,15 @@ pub fn node_with_log(id: u64, voters: &[u64], entries: &[Entry], term: u64) -> N
         },
         membership: Membership::new(voters.iter().copied()),
         applied: 0,
+        snapshot: None,
     };
     let mut c = config(id);
     c.check_quorum = false; // no restart lease: these tests probe single rules
     Raft::new(c, log, initial).unwrap()
+}
+
+fn id_of(node: &Node) -> u64 {
+    node.id()
 }
 
 pub fn data(s: &str) -> Bytes {
@@ -79,6 +84,10 @@ pub struct Cluster {
     pub applied: BTreeMap<u64, Vec<Entry>>,
     pub reads: BTreeMap<u64, Vec<ReadState>>,
     pub failed_reads: BTreeMap<u64, Vec<FailedRead>>,
+    /// Every snapshot taken: its metadata and the entries applied up to it (the "data").
+    pub snapshots: BTreeMap<EntryId, (SnapshotMeta, Vec<Entry>)>,
+    /// Each node's newest durable snapshot.
+    pub node_snapshot: BTreeMap<u64, EntryId>,
     tweak: Box<dyn Fn(&mut Config)>,
     voters: Vec<u64>,
 }
@@ -103,6 +112,8 @@ impl Cluster {
             applied: BTreeMap::new(),
             reads: BTreeMap::new(),
             failed_reads: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
+            node_snapshot: BTreeMap::new(),
             tweak: Box::new(tweak),
             voters,
         }
@@ -131,6 +142,17 @@ impl Cluster {
                     node.log_reader_mut().persist(&write).unwrap();
                     node.on_persisted(write.done());
                 }
+            }
+            if let Some(to) = ready.compact_log_to {
+                node.log_reader_mut().compact(to).unwrap();
+            }
+            if let Some(meta) = &ready.snapshot_to_install {
+                let id = meta.last_included;
+                let (_, data) = self.snapshots[&id].clone();
+                node.log_reader_mut().restore_snapshot(id);
+                self.applied.insert(id_of(node), data);
+                self.node_snapshot.insert(id_of(node), id);
+                node.on_snapshot_installed(id);
             }
             for e in &ready.committed_entries {
                 node.on_applied(e.index);
@@ -271,12 +293,40 @@ impl Cluster {
             .get(&id)
             .and_then(|a| a.last())
             .map_or(0, |e| e.index);
+        let snapshot = self
+            .node_snapshot
+            .get(&id)
+            .map(|sid| self.snapshots[sid].0.clone());
         let initial = InitialState {
             hard_state: log.hard_state(),
             membership: Membership::new(self.voters.iter().copied()),
             applied,
+            snapshot,
         };
         self.nodes.insert(id, Raft::new(c, log, initial).unwrap());
+    }
+
+    /// Takes a snapshot of node `id`'s state machine at its applied index and tells the core.
+    pub fn take_snapshot(&mut self, id: u64) -> EntryId {
+        let node = &self.nodes[&id];
+        let index = node.applied_index();
+        let last = EntryId::new(node.log_term(index).unwrap(), index);
+        let meta = SnapshotMeta {
+            last_included: last,
+            membership: node.membership().clone(),
+        };
+        let data: Vec<Entry> = self
+            .applied
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.index <= index)
+            .cloned()
+            .collect();
+        self.snapshots.insert(last, (meta.clone(), data));
+        self.node_snapshot.insert(id, last);
+        self.node_mut(id).on_snapshot_created(meta).unwrap();
+        last
     }
 
     /// Adds a brand-new node that knows no configuration yet (it learns it from the leader).

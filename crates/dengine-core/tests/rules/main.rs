@@ -19,4 +19,5 @@ mod ready_contract;
 mod replication;
 mod safety;
 mod scenarios;
+mod snapshots;
 mod transfer;
