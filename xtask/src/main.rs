@@ -47,8 +47,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// The workspace root (the parent of this crate's directory).
+/// The workspace root: the nearest directory, from the current one upward, whose
+/// `Cargo.toml` declares the workspace (as cargo itself finds it). Falls back to where this
+/// crate was built.
 fn workspace_root() -> PathBuf {
+    if let Ok(mut dir) = std::env::current_dir() {
+        loop {
+            let manifest = dir.join("Cargo.toml");
+            if std::fs::read_to_string(&manifest).is_ok_and(|t| t.contains("[workspace]")) {
+                return dir;
+            }
+            if !dir.pop() {
+                break;
+            }
+        }
+    }
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest_dir
         .parent()

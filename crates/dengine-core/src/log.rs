@@ -32,10 +32,13 @@ impl<L: LogReader> RaftLog<L> {
     pub(crate) fn new(store: L, committed: LogIndex, applied: LogIndex) -> Self {
         let last = store.last_index();
         let first = store.first_index();
-        // Whatever storage holds is durable; commit and applied can only be lower bounds
-        // of what it holds (an applied index below the compaction point is raised to it).
-        let committed = committed.min(last).max(first.saturating_sub(1));
-        let applied = applied.min(committed).max(first.saturating_sub(1));
+        // Whatever storage holds is durable. The saved commit index is only a lower bound
+        // (it is written lazily): what the state machine applied was committed too, and so
+        // is everything a snapshot covers. Taking the lower of the two would hand entries the
+        // state machine already holds back to it after a restart.
+        let floor = first.saturating_sub(1);
+        let committed = committed.max(applied).max(floor).min(last.max(floor));
+        let applied = applied.max(floor).min(committed);
         RaftLog {
             store,
             unstable: VecDeque::new(),
@@ -333,6 +336,17 @@ mod tests {
         assert_eq!(log.take_unwritten(), vec![e(2, 3)]);
         assert!(log.on_persisted(EntryId::new(2, 3)));
         assert_eq!(log.persisted, 3);
+    }
+
+    #[test]
+    fn restart_never_hands_applied_entries_back() {
+        // The commit index is saved lazily; the state machine had applied further (found by
+        // the simulator: re-applied compare-and-sets diverged the state).
+        let mut store = MemoryLog::new();
+        store.append(&[e(1, 1), e(1, 2), e(1, 3), e(1, 4)]).unwrap();
+        let mut log = RaftLog::new(store, 1, 3);
+        assert_eq!((log.committed, log.applied), (3, 3));
+        assert_eq!(log.next_committed(u64::MAX).unwrap(), vec![]);
     }
 
     #[test]

@@ -33,10 +33,12 @@ pub struct Ready {
     pub messages: Vec<Message>,
     /// Committed entries to apply to the state machine, in order.
     pub committed_entries: Vec<Entry>,
-    /// A snapshot from the leader to install: load its data (which arrived with the
-    /// `InstallSnapshot` message) into the state machine, reset the log store to start right
-    /// after `last_included` and save the metadata durably, then call
-    /// [`Raft::on_snapshot_installed`](crate::Raft::on_snapshot_installed).
+    /// A snapshot from the leader to install: finish applying the committed entries handed
+    /// out earlier, then load its data (which arrived with the `InstallSnapshot` message)
+    /// into the state machine, reset the log store to start right after `last_included` and
+    /// save the metadata durably, then call
+    /// [`Raft::on_snapshot_installed`](crate::Raft::on_snapshot_installed). No committed
+    /// entries are handed out until then.
     pub snapshot_to_install: Option<SnapshotMeta>,
     /// Entries up to and including this index may now be purged from the log store (they
     /// are covered by a snapshot). Purging is not urgent and need not be synced.

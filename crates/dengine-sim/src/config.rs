@@ -30,6 +30,16 @@ pub struct Faults {
     /// Flow control under test: one entry per append and a small in-flight window (`None`:
     /// the defaults). Splits replication into many small steps.
     pub small_window: Option<usize>,
+    /// Membership churn: the cluster starts with three voters and the leader is asked to
+    /// grow, shrink and replace voters, add and promote learners, remove nodes (itself
+    /// included). Removed nodes are stopped once their removal commits, as an operator would.
+    pub membership_changes: bool,
+    /// Chance per tick that the leader is asked to transfer leadership, per mille.
+    pub transfer_per_mille: u64,
+    /// Nodes snapshot their state machine every this many applied entries (`None`: never).
+    pub snapshot_every: Option<u64>,
+    /// Entries kept in the log behind a snapshot.
+    pub snapshot_trailing: u64,
 }
 
 impl Faults {
@@ -59,6 +69,10 @@ impl Faults {
             pre_vote: rng.chance(750),
             check_quorum: rng.chance(750),
             small_window: rng.chance(300).then(|| rng.between(1, 8) as usize),
+            membership_changes: rng.chance(500),
+            transfer_per_mille: rng.between(0, 8),
+            snapshot_every: rng.chance(600).then(|| rng.between(10, 80)),
+            snapshot_trailing: rng.between(0, 10),
         }
     }
 
@@ -74,6 +88,10 @@ impl Faults {
         pre_vote: true,
         check_quorum: true,
         small_window: None,
+        membership_changes: false,
+        transfer_per_mille: 0,
+        snapshot_every: None,
+        snapshot_trailing: 0,
     };
 }
 

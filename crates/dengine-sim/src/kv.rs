@@ -72,7 +72,7 @@ impl Command {
 }
 
 /// The store: one register per key.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvStore {
     values: HashMap<u64, u64>,
 }

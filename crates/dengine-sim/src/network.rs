@@ -53,10 +53,17 @@ pub struct Network {
 
 impl Network {
     /// Queues `msg` for delivery, applying loss, duplication and delay.
-    pub fn send(&mut self, msg: Message, now: u64, faults: &NetworkFaults, rng: &mut SimRng) {
+    /// Returns the message back if it was lost (so a snapshot's sender can be told).
+    pub fn send(
+        &mut self,
+        msg: Message,
+        now: u64,
+        faults: &NetworkFaults,
+        rng: &mut SimRng,
+    ) -> Option<Message> {
         if rng.chance(faults.loss_per_mille) {
             self.dropped += 1;
-            return;
+            return Some(msg);
         }
         let copies = if rng.chance(faults.duplicate_per_mille) {
             self.duplicated += 1;
@@ -73,12 +80,18 @@ impl Network {
                 msg: msg.clone(),
             });
         }
+        None
     }
 
     /// Removes and returns the messages due at `now`, in (time, send order) order, except
     /// those whose recipient is not ready to receive (`deferred(to)`), which wait. Messages on
     /// a cut link are dropped.
-    pub fn due(&mut self, now: u64, deferred: impl Fn(NodeId) -> bool) -> Vec<Message> {
+    /// Messages dropped on a cut link are returned in the second list.
+    pub fn due(
+        &mut self,
+        now: u64,
+        deferred: impl Fn(NodeId) -> bool,
+    ) -> (Vec<Message>, Vec<Message>) {
         let mut due: Vec<InFlight> = Vec::new();
         let mut keep = VecDeque::with_capacity(self.in_flight.len());
         for f in self.in_flight.drain(..) {
@@ -91,15 +104,17 @@ impl Network {
         self.in_flight = keep;
         due.sort_by_key(|f| (f.deliver_at, f.seq));
         let mut out = Vec::with_capacity(due.len());
+        let mut lost = Vec::new();
         for f in due {
             if self.blocked.contains(&(f.msg.from, f.msg.to)) {
                 self.dropped += 1;
+                lost.push(f.msg);
             } else {
                 self.delivered += 1;
                 out.push(f.msg);
             }
         }
-        out
+        (out, lost)
     }
 
     /// Cuts the link from `from` to `to` (one way).
@@ -130,10 +145,13 @@ impl Network {
     }
 
     /// Drops every message addressed to `node` (it crashed: its sockets are gone).
-    pub fn drop_to(&mut self, node: NodeId) {
-        let before = self.in_flight.len();
-        self.in_flight.retain(|f| f.msg.to != node);
-        self.dropped += (before - self.in_flight.len()) as u64;
+    /// Returns the dropped messages.
+    pub fn drop_to(&mut self, node: NodeId) -> Vec<Message> {
+        let (lost, keep): (VecDeque<InFlight>, VecDeque<InFlight>) =
+            self.in_flight.drain(..).partition(|f| f.msg.to == node);
+        self.in_flight = keep;
+        self.dropped += lost.len() as u64;
+        lost.into_iter().map(|f| f.msg).collect()
     }
 
     /// Messages still in flight.

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 
 use dengine_core::{
     Config, Entry, EntryPayload, InitialState, Membership, MemoryLog, NodeId, PersistRequest, Raft,
+    SnapshotMeta,
 };
 
 use crate::kv::{Command, KvStore};
@@ -38,6 +39,13 @@ pub struct SimNode {
     pub missed_ticks: u64,
     /// Skips one tick every `skew_period` ticks (clock-rate skew); 0 = no skew.
     pub skew_period: u64,
+    /// The newest durable snapshot: its metadata and the store as of its last entry.
+    pub snapshot: Option<(SnapshotMeta, KvStore)>,
+    /// The configuration as of the last applied entry (recorded in snapshots).
+    pub applied_membership: Membership,
+    /// Stopped by the operator after being removed from the cluster; started again when
+    /// added back.
+    pub decommissioned: bool,
     config: Config,
     membership: Membership,
 }
@@ -64,6 +72,9 @@ impl SimNode {
             paused_until: None,
             missed_ticks: 0,
             skew_period,
+            snapshot: None,
+            applied_membership: membership.clone(),
+            decommissioned: false,
             config,
             membership,
         };
@@ -75,8 +86,11 @@ impl SimNode {
         let initial = InitialState {
             hard_state: self.durable.hard_state(),
             membership: self.membership.clone(),
-            applied: 0,
-            snapshot: None,
+            applied: self
+                .snapshot
+                .as_ref()
+                .map_or(0, |(m, _)| m.last_included.index),
+            snapshot: self.snapshot.as_ref().map(|(m, _)| m.clone()),
         };
         // Invariant: the configuration was validated when the simulation was set up.
         #[allow(clippy::expect_used)]
@@ -87,7 +101,17 @@ impl SimNode {
         )
         .expect("simulation config is valid");
         self.raft = Some(raft);
-        self.kv = KvStore::default();
+        // The state machine restarts from the snapshot (or empty) and re-applies the log.
+        match &self.snapshot {
+            Some((meta, kv)) => {
+                self.kv = kv.clone();
+                self.applied_membership = meta.membership.clone();
+            }
+            None => {
+                self.kv = KvStore::default();
+                self.applied_membership = self.membership.clone();
+            }
+        }
     }
 
     /// Whether the node is up (not crashed).
@@ -154,7 +178,11 @@ impl SimNode {
         for e in entries {
             let effect = match &e.payload {
                 EntryPayload::Normal(data) => Command::decode(data).map(|c| self.kv.apply(c)),
-                _ => None,
+                EntryPayload::Membership(m) => {
+                    self.applied_membership = m.clone();
+                    None
+                }
+                EntryPayload::Blank => None,
             };
             out.push(Applied { id: e.id(), effect });
         }
@@ -162,6 +190,41 @@ impl SimNode {
             raft.on_applied(last.index);
         }
         out
+    }
+
+    /// Takes a snapshot of the state machine at the applied index, if at least `every` entries
+    /// were applied since the last one; returns its metadata.
+    pub fn maybe_snapshot(&mut self, every: u64) -> Option<SnapshotMeta> {
+        let raft = self.raft.as_mut()?;
+        let applied = raft.applied_index();
+        let last = self
+            .snapshot
+            .as_ref()
+            .map_or(0, |(m, _)| m.last_included.index);
+        if applied < last + every {
+            return None;
+        }
+        let term = raft.log_term(applied).ok()?;
+        let meta = SnapshotMeta {
+            last_included: dengine_core::EntryId::new(term, applied),
+            membership: self.applied_membership.clone(),
+        };
+        raft.on_snapshot_created(meta.clone()).ok()?;
+        self.snapshot = Some((meta.clone(), self.kv.clone()));
+        Some(meta)
+    }
+
+    /// Installs a snapshot received from the leader: state machine, log and metadata.
+    pub fn install_snapshot(&mut self, meta: SnapshotMeta, kv: KvStore) {
+        let Some(raft) = self.raft.as_mut() else {
+            return;
+        };
+        let last = meta.last_included;
+        raft.log_reader_mut().restore_snapshot(last);
+        self.kv = kv.clone();
+        self.applied_membership = meta.membership.clone();
+        self.snapshot = Some((meta, kv));
+        raft.on_snapshot_installed(last);
     }
 
     /// The durable log (what a crash keeps).

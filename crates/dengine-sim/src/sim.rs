@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 
 use dengine_core::{
-    Config, EntryId, EntryPayload, LogIndex, Membership, NodeId, ProposeError, ReadCtx, ReadMode,
-    Role,
+    Config, EntryId, EntryPayload, LogIndex, LogReader, Membership, NodeId, ProposeError, ReadCtx,
+    ReadMode, Role,
 };
 
 use crate::config::{Faults, SimConfig};
 use crate::invariants::{Invariants, log_matching, payload_hash};
-use crate::kv::Command;
+use crate::kv::{Command, KvStore};
 use crate::linearizability::{self, History, Op, OpResult, Operation, Outcome, Verdict};
 use crate::network::Network;
 use crate::node::SimNode;
@@ -136,6 +136,13 @@ struct Sim {
     writes: HashMap<(NodeId, LogIndex), usize>,
     reads: HashMap<(NodeId, ReadCtx), usize>,
     acked: Vec<EntryId>,
+    /// Every snapshot taken by any node, by last included entry: what a leader streams to a
+    /// follower that needs it.
+    snapshots: HashMap<EntryId, KvStore>,
+    /// The newest configuration known committed (applied somewhere), with its index.
+    committed_config: (LogIndex, Membership),
+    /// Nodes being added are not stopped before this tick, even if not yet members.
+    joining_until: Vec<u64>,
     inv: Invariants,
     roles: Vec<(Role, u64)>,
     stats: Stats,
@@ -173,7 +180,14 @@ impl Sim {
         let mut rng = SimRng::new(cfg.seed);
         let faults = cfg.faults.unwrap_or_else(|| Faults::from_rng(&mut rng));
         let ids: Vec<NodeId> = (1..=cfg.nodes).collect();
-        let membership = Membership::new(ids.iter().copied());
+        // With membership churn the cluster starts with three voters; the other nodes start
+        // empty and join when the leader adds them.
+        let initial_voters = if faults.membership_changes {
+            3
+        } else {
+            cfg.nodes
+        };
+        let membership = Membership::new(ids.iter().copied().take(initial_voters as usize));
         let nodes = ids
             .iter()
             .map(|&id| {
@@ -181,6 +195,7 @@ impl Sim {
                 c.seed = cfg.seed;
                 c.pre_vote = faults.pre_vote;
                 c.check_quorum = faults.check_quorum;
+                c.snapshot_trailing_entries = faults.snapshot_trailing;
                 if let Some(window) = faults.small_window {
                     c.max_message_bytes = 1;
                     c.max_inflight_messages = window;
@@ -190,7 +205,12 @@ impl Sim {
                 } else {
                     0
                 };
-                let mut node = SimNode::new(c, membership.clone(), skew);
+                let initial = if membership.contains(id) {
+                    membership.clone()
+                } else {
+                    Membership::default()
+                };
+                let mut node = SimNode::new(c, initial, skew);
                 if let Some(raft) = node.raft.as_mut() {
                     for &bug in &cfg.bugs {
                         raft.inject_bug(bug);
@@ -228,6 +248,9 @@ impl Sim {
             writes: HashMap::new(),
             reads: HashMap::new(),
             acked: Vec::new(),
+            snapshots: HashMap::new(),
+            committed_config: (0, membership.clone()),
+            joining_until: vec![0; cfg.nodes as usize],
             inv: Invariants::default(),
             stats: Stats::default(),
             hash: 0xcbf2_9ce4_8422_2325,
@@ -273,13 +296,14 @@ impl Sim {
             if self.now - start > self.cfg.heal_ticks {
                 return Err(format!(
                     "liveness: no convergence {} ticks after healing (leaders: {:?}, clients \
-                     waiting: {})",
+                     waiting: {}; nodes: {})",
                     self.cfg.heal_ticks,
                     self.leaders(),
                     self.clients
                         .iter()
                         .filter(|c| c.pending.is_some() || c.next.is_some())
-                        .count()
+                        .count(),
+                    self.describe_nodes()
                 ));
             }
         }
@@ -306,20 +330,55 @@ impl Sim {
             .collect()
     }
 
+    fn describe_nodes(&self) -> String {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            out.push(match &n.raft {
+                Some(r) => format!(
+                    "{}: {} t{} commit {} applied {} members {:?}/{:?}{}",
+                    n.id,
+                    r.role(),
+                    r.term(),
+                    r.commit_index(),
+                    r.applied_index(),
+                    r.membership().voters,
+                    r.membership().learners,
+                    if r.membership().is_joint() {
+                        " joint"
+                    } else {
+                        ""
+                    }
+                ),
+                None => format!(
+                    "{}: down{}",
+                    n.id,
+                    if n.decommissioned { " (removed)" } else { "" }
+                ),
+            });
+        }
+        out.join("; ")
+    }
+
     /// Ends the fault phase: heal the network, restart crashed nodes, resume paused ones.
     fn heal(&mut self) {
         self.healing = true;
+        // The faults stop; the protocol settings and the operator's habits (snapshots,
+        // stopping removed nodes) stay. Membership changes and transfers stop too.
         self.faults = Faults {
-            pre_vote: self.faults.pre_vote,
-            check_quorum: self.faults.check_quorum,
-            small_window: self.faults.small_window,
-            ..Faults::NONE
+            network: Faults::NONE.network,
+            partition_per_mille: 0,
+            crash_per_mille: 0,
+            pause_per_mille: 0,
+            max_disk_delay: Faults::NONE.max_disk_delay,
+            tick_skew: false,
+            transfer_per_mille: 0,
+            ..self.faults
         };
         self.slow_disk = None;
         self.net.heal();
         self.partition_until = None;
         for id in self.ids.clone() {
-            if !self.node(id).is_up() {
+            if !self.node(id).is_up() && !self.node(id).decommissioned {
                 self.restart(id);
             }
             let now = self.now;
@@ -335,23 +394,30 @@ impl Sim {
     /// After healing: a leader that committed in its term, every client done, every node
     /// caught up with the leader.
     fn converged(&self) -> bool {
-        let leaders = self.leaders();
-        let [leader] = leaders[..] else {
+        // One leader among the members of the committed configuration, in the newest term
+        // any of them has reached, with every member caught up with it.
+        let members: Vec<NodeId> = self.committed_config.1.members().collect();
+        let rafts: Vec<_> = members
+            .iter()
+            .filter_map(|&id| self.node(id).raft.as_ref())
+            .collect();
+        if rafts.len() != members.len() {
+            return false;
+        }
+        let max_term = rafts.iter().map(|r| r.term()).max().unwrap_or(0);
+        let newest_commit = rafts.iter().map(|r| r.commit_index()).max().unwrap_or(0);
+        let leaders: Vec<_> = rafts.iter().filter(|r| r.role() == Role::Leader).collect();
+        let [l] = leaders[..] else {
             return false;
         };
-        let Some(l) = self.node(leader).raft.as_ref() else {
-            return false;
-        };
-        l.committed_in_current_term()
+        l.term() == max_term
+            && l.commit_index() >= newest_commit
+            && l.committed_in_current_term()
             && self
                 .clients
                 .iter()
                 .all(|c| c.pending.is_none() && c.next.is_none())
-            && self.nodes.iter().all(|n| {
-                n.raft
-                    .as_ref()
-                    .is_some_and(|r| r.applied_index() >= l.commit_index())
-            })
+            && rafts.iter().all(|r| r.applied_index() >= l.commit_index())
     }
 
     fn step(&mut self) -> Result<(), String> {
@@ -401,6 +467,12 @@ impl Sim {
             {
                 self.crash(id);
             }
+        }
+        if self.faults.membership_changes && !self.healing && self.rng.chance(15) {
+            self.change_membership();
+        }
+        if self.rng.chance(self.faults.transfer_per_mille) {
+            self.transfer_leadership();
         }
         if self.rng.chance(self.faults.pause_per_mille) {
             let running: Vec<NodeId> = self
@@ -492,7 +564,9 @@ impl Sim {
 
     fn crash(&mut self, id: NodeId) {
         self.node_mut(id).crash();
-        self.net.drop_to(id);
+        for m in self.net.drop_to(id) {
+            self.snapshot_outcome(&m, false);
+        }
         // Quick restarts matter: a node back within an election can vote again in a term it
         // voted in before the crash.
         let downtime = if self.rng.chance(500) {
@@ -532,7 +606,9 @@ impl Sim {
     fn resume_and_restart(&mut self) {
         let now = self.now;
         for id in self.ids.clone() {
-            if self.restart_at[(id - 1) as usize].is_some_and(|t| t <= now) {
+            if self.restart_at[(id - 1) as usize].is_some_and(|t| t <= now)
+                && !self.node(id).decommissioned
+            {
                 self.restart(id);
             }
             let node = self.node_mut(id);
@@ -577,12 +653,17 @@ impl Sim {
     fn deliver(&mut self) -> Result<(), String> {
         let now = self.now;
         let nodes = &self.nodes;
-        let due = self.net.due(now, |to| {
+        let (due, lost) = self.net.due(now, |to| {
             nodes
                 .get((to - 1) as usize)
                 .is_some_and(|n| n.is_up() && !n.is_running(now))
         });
+        for m in &lost {
+            self.snapshot_outcome(m, false);
+        }
         for m in due {
+            let delivered_to = self.node(m.to).is_up();
+            self.snapshot_outcome(&m, delivered_to);
             let (from, to, term) = (m.from, m.to, m.term);
             let kind = m.body.kind();
             self.note(&[8, from, to, term], || {
@@ -619,7 +700,9 @@ impl Sim {
             }
             for m in ready.messages {
                 let faults = self.faults.network;
-                self.net.send(m, now, &faults, &mut self.rng);
+                if let Some(lost) = self.net.send(m, now, &faults, &mut self.rng) {
+                    self.snapshot_outcome(&lost, false);
+                }
             }
             if let Some(write) = ready.persist {
                 let mut delay = self.rng.below(self.faults.max_disk_delay + 1);
@@ -630,6 +713,29 @@ impl Sim {
                 node.submit_write(write, now + delay);
                 node.complete_writes(now)?;
             }
+            if let Some(to) = ready.compact_log_to
+                && let Some(raft) = self.node_mut(id).raft.as_mut()
+            {
+                raft.log_reader_mut()
+                    .compact(to)
+                    .map_err(|e| format!("node {id}: compaction failed: {e}"))?;
+            }
+            if let Some(meta) = ready.snapshot_to_install {
+                let last = meta.last_included;
+                let Some(kv) = self.snapshots.get(&last).cloned() else {
+                    return Err(format!(
+                        "node {id}: asked to install unknown snapshot {last}"
+                    ));
+                };
+                // Storage applies operations in order: log writes issued before the install
+                // land first (the install then replaces them).
+                let node = self.node_mut(id);
+                node.complete_writes(u64::MAX)?;
+                node.install_snapshot(meta, kv);
+                self.note(&[12, id, last.index], || {
+                    format!("node {id} installs snapshot {last}")
+                });
+            }
             if !ready.committed_entries.is_empty() {
                 let max_term = self.max_term();
                 for e in &ready.committed_entries {
@@ -639,10 +745,20 @@ impl Sim {
                         EntryPayload::Membership(_) => 2,
                     };
                     self.inv.applied(id, e.id(), hash, max_term)?;
+                    if let EntryPayload::Membership(m) = &e.payload
+                        && e.index > self.committed_config.0
+                    {
+                        self.committed_config = (e.index, m.clone());
+                    }
                 }
                 let applied = self.node_mut(id).apply(&ready.committed_entries);
                 for a in applied {
                     self.on_applied(id, a.id, a.effect);
+                }
+                if let Some(every) = self.faults.snapshot_every
+                    && let Some(meta) = self.node_mut(id).maybe_snapshot(every)
+                {
+                    self.record_snapshot(id, meta.last_included)?;
                 }
             }
             for r in ready.read_states {
@@ -671,8 +787,16 @@ impl Sim {
             self.stats.elections += 1;
             self.inv.leader(term, id)?;
             if let Some(raft) = self.node(id).raft.as_ref() {
-                self.inv
-                    .leader_complete(id, term, |i| raft.log_term(i).ok())?;
+                // Entries compacted into the leader's snapshot are covered by it (and state
+                // machine safety is checked on every snapshot); the rest must be in its log.
+                let first = raft.log_reader().first_index();
+                self.inv.leader_complete(id, term, |i| {
+                    if i < first {
+                        None
+                    } else {
+                        Some(raft.log_term(i).ok())
+                    }
+                })?;
             }
             self.note(&[9, id, term], || format!("node {id} leads term {term}"));
         }
@@ -682,6 +806,9 @@ impl Sim {
 
     fn check_step(&mut self) -> Result<(), String> {
         let now = self.now;
+        if self.faults.membership_changes {
+            self.decommission_removed();
+        }
         for i in 0..self.nodes.len() {
             let node = &self.nodes[i];
             let Some(raft) = node.raft.as_ref() else {
@@ -718,14 +845,24 @@ impl Sim {
         }
         // Durability: after every crash and restart, every write a client was told succeeded
         // is still in every node's log (all nodes are up and caught up by now).
+        let members: Vec<NodeId> = self.committed_config.1.members().collect();
         for &id in &self.acked {
-            for node in &self.nodes {
-                let term = node.raft.as_ref().and_then(|r| r.log_term(id.index).ok());
+            for node in self.nodes.iter().filter(|n| members.contains(&n.id)) {
+                let Some(raft) = node.raft.as_ref() else {
+                    continue;
+                };
+                if id.index < raft.log_reader().first_index() {
+                    continue; // compacted into a snapshot
+                }
+                let term = raft.log_term(id.index).ok();
                 if term != Some(id.term) {
                     return Err(format!(
                         "durability: acknowledged write {id} is missing from node {} (term \
-                         there: {term:?})",
-                        node.id
+                         there: {term:?}; log {}..={}; nodes: {})",
+                        node.id,
+                        raft.log_reader().first_index(),
+                        raft.log_reader().last_index(),
+                        self.describe_nodes()
                     ));
                 }
             }
@@ -734,6 +871,197 @@ impl Sim {
         match linearizability::check(&self.history) {
             Verdict::Linearizable => Ok(()),
             verdict => Err(format!("linearizability: {verdict}")),
+        }
+    }
+
+    // ----- membership, transfers, snapshots ----------------------------------------------------
+
+    /// Asks the leader for a random membership change: a joint change to a random voter set
+    /// (grow, shrink, replace), or a single-server change (add or promote a learner, add or
+    /// remove a node — the leader included).
+    fn change_membership(&mut self) {
+        use dengine_core::MembershipChange::{AddLearner, AddVoter, Remove};
+        let Some(&leader) = self.leaders().first() else {
+            return;
+        };
+        let Some(raft) = self.node(leader).raft.as_ref() else {
+            return;
+        };
+        let m = raft.membership().clone();
+        let outsiders: Vec<NodeId> = self
+            .ids
+            .iter()
+            .copied()
+            .filter(|&i| !m.contains(i))
+            .collect();
+        let learners: Vec<NodeId> = m.learners.iter().copied().collect();
+        let voters: Vec<NodeId> = m.voters.iter().copied().collect();
+        let (joint, changes) = match self.rng.below(5) {
+            0 => {
+                let size = self.rng.between(3, self.cfg.nodes.min(5));
+                let mut target = Vec::new();
+                while (target.len() as u64) < size {
+                    let id = 1 + self.rng.below(self.cfg.nodes);
+                    if !target.contains(&id) {
+                        target.push(id);
+                    }
+                }
+                let mut changes: Vec<_> = voters
+                    .iter()
+                    .filter(|v| !target.contains(v))
+                    .map(|&v| Remove(v))
+                    .collect();
+                changes.extend(
+                    target
+                        .iter()
+                        .filter(|t| !m.voters.contains(t))
+                        .map(|&t| AddVoter(t)),
+                );
+                (true, changes)
+            }
+            1 => match self.rng.pick(&outsiders) {
+                Some(id) => (false, vec![AddLearner(id)]),
+                None => return,
+            },
+            2 => match self.rng.pick(&learners) {
+                Some(id) => (false, vec![AddVoter(id)]),
+                None => return,
+            },
+            3 if voters.len() > 3 => match self.rng.pick(&voters) {
+                Some(id) => (false, vec![Remove(id)]),
+                None => return,
+            },
+            3 => match self.rng.pick(&learners) {
+                Some(id) => (false, vec![Remove(id)]),
+                None => return,
+            },
+            _ => match self.rng.pick(&outsiders) {
+                Some(id) => (false, vec![AddVoter(id)]),
+                None => return,
+            },
+        };
+        if changes.is_empty() {
+            return;
+        }
+        // Nodes being added are started (again) first, as an operator would.
+        for c in &changes {
+            if let AddVoter(id) | AddLearner(id) = *c {
+                self.joining_until[(id - 1) as usize] = self.now + 300;
+                if self.node(id).decommissioned {
+                    self.node_mut(id).decommissioned = false;
+                    if !self.node(id).is_up() {
+                        self.restart(id);
+                    }
+                }
+            }
+        }
+        let Some(raft) = self.node_mut(leader).raft.as_mut() else {
+            return;
+        };
+        let result = if joint {
+            raft.change_membership(&changes)
+        } else {
+            raft.change_membership_single(changes[0])
+        };
+        if let Ok(id) = result {
+            self.note(&[13, leader, id.index], || {
+                format!("leader {leader} proposes membership change {changes:?} at {id}")
+            });
+        }
+    }
+
+    /// Stops nodes that are not members of the committed configuration (removed ones would
+    /// otherwise keep asking for votes with a configuration nobody else uses); they are
+    /// started again when added back.
+    fn decommission_removed(&mut self) {
+        // A node is wanted while it is a member of the committed configuration or of the
+        // configuration any of those members is using (a change in progress), or while it is
+        // being added.
+        let now = self.now;
+        let committed: Vec<NodeId> = self.committed_config.1.members().collect();
+        let mut wanted = committed.clone();
+        for &id in &committed {
+            if let Some(r) = self.node(id).raft.as_ref() {
+                wanted.extend(r.membership().members());
+            }
+        }
+        for id in self.ids.clone() {
+            let slot = (id - 1) as usize;
+            let want = wanted.contains(&id) || self.joining_until[slot] > now;
+            let node = self.node(id);
+            if want && node.decommissioned {
+                self.node_mut(id).decommissioned = false;
+                self.restart(id);
+            } else if !want && !node.decommissioned && !self.committed_config.1.is_joint() {
+                if node.is_up() {
+                    self.node_mut(id).crash();
+                    for m in self.net.drop_to(id) {
+                        self.snapshot_outcome(&m, false);
+                    }
+                }
+                self.node_mut(id).decommissioned = true;
+                self.restart_at[slot] = None;
+                self.note(&[14, id], || format!("node {id} is not a member: stopped"));
+            }
+        }
+    }
+
+    fn transfer_leadership(&mut self) {
+        let Some(&leader) = self.leaders().first() else {
+            return;
+        };
+        let Some(raft) = self.node(leader).raft.as_ref() else {
+            return;
+        };
+        let voters: Vec<NodeId> = raft
+            .membership()
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != leader)
+            .collect();
+        let Some(to) = self.rng.pick(&voters) else {
+            return;
+        };
+        if let Some(raft) = self.node_mut(leader).raft.as_mut()
+            && raft.transfer_leader(to).is_ok()
+        {
+            self.note(&[15, leader, to], || {
+                format!("leader {leader} transfers leadership to {to}")
+            });
+        }
+    }
+
+    /// The transport tells the sender of a snapshot whether it arrived (a stream completing
+    /// or failing, in a real runtime).
+    fn snapshot_outcome(&mut self, m: &dengine_core::Message, delivered: bool) {
+        if !matches!(m.body, dengine_core::MessageBody::InstallSnapshot(_)) {
+            return;
+        }
+        if let Some(raft) = self.node_mut(m.from).raft.as_mut() {
+            raft.report_snapshot(m.to, delivered);
+        }
+    }
+
+    /// Keeps a snapshot's data for followers that will need it, and checks that every node's
+    /// snapshot at the same entry holds the same state (state machine safety).
+    fn record_snapshot(&mut self, node: NodeId, last: EntryId) -> Result<(), String> {
+        let Some((_, kv)) = self.node(node).snapshot.clone() else {
+            return Ok(());
+        };
+        match self.snapshots.get(&last) {
+            Some(other) if *other != kv => Err(format!(
+                "state machine safety: node {node}'s snapshot at {last} differs from another \
+                 node's snapshot there"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.snapshots.insert(last, kv);
+                self.note(&[16, node, last.index], || {
+                    format!("node {node} snapshots at {last}")
+                });
+                Ok(())
+            }
         }
     }
 

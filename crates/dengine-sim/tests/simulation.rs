@@ -107,7 +107,7 @@ fn catches_read_index_before_first_commit() {
     caught(
         InjectedBug::ReadIndexBeforeFirstCommit,
         5,
-        14,
+        10,
         "linearizability",
     );
 }
@@ -124,12 +124,12 @@ fn catches_truncating_matching_entries() {
 
 #[test]
 fn catches_ack_before_persist() {
-    caught(InjectedBug::AckBeforePersist, 5, 8, "liveness");
+    caught(InjectedBug::AckBeforePersist, 5, 8, "leader completeness");
 }
 
 #[test]
 fn catches_vote_before_persist() {
-    caught(InjectedBug::VoteBeforePersist, 3, 77, "election safety");
+    caught(InjectedBug::VoteBeforePersist, 3, 10, "election safety");
 }
 
 #[test]
@@ -137,7 +137,32 @@ fn catches_leader_counting_unpersisted_entries() {
     caught(
         InjectedBug::LeaderCountsUnpersisted,
         3,
-        11,
+        62,
         "leader completeness",
     );
+}
+
+#[test]
+fn catches_membership_change_before_first_commit_of_term() {
+    caught(
+        InjectedBug::SingleChangeBeforeCommit,
+        5,
+        2527,
+        "leader completeness",
+    );
+}
+
+#[test]
+fn catches_joint_quorum_counting_only_the_incoming_majority() {
+    caught(
+        InjectedBug::JointQuorumIncomingOnly,
+        5,
+        86,
+        "leader completeness",
+    );
+}
+
+#[test]
+fn catches_figure_8_commit_of_an_old_term_entry() {
+    caught(InjectedBug::Figure8Commit, 5, 1074, "state machine safety");
 }

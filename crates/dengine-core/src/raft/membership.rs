@@ -117,6 +117,12 @@ impl<L: LogReader> Raft<L> {
         Some(self.log.last_index().saturating_sub(matched))
     }
 
+    /// Index of the configuration entry in effect (0 for the initial configuration, or the
+    /// snapshot's index). The configuration is committed once the commit index reaches it.
+    pub fn membership_index(&self) -> LogIndex {
+        self.latest_config().0
+    }
+
     fn check_can_change(&self) -> Result<(), MembershipError> {
         if self.role != Role::Leader {
             return Err(MembershipError::NotLeader {

@@ -12,7 +12,7 @@ impl<L: LogReader> Raft<L> {
         !self.messages.is_empty()
             || self.has_unsynced_state()
             || self.hard_state() != self.written_hard_state
-            || self.log.has_next_committed()
+            || (self.log.has_next_committed() && self.installing.is_none())
             || !self.read_states.is_empty()
             || !self.failed_reads.is_empty()
             || !self.storage_errors.is_empty()
@@ -63,9 +63,13 @@ impl<L: LogReader> Raft<L> {
         }
 
         ready.messages = std::mem::take(&mut self.messages);
-        match self.log.next_committed(self.cfg.max_apply_batch_bytes) {
-            Ok(entries) => ready.committed_entries = entries,
-            Err(e) => self.storage_errors.push(e),
+        // While a snapshot from the leader is being installed it supersedes the log: entries
+        // are handed out again only after it.
+        if self.installing.is_none() {
+            match self.log.next_committed(self.cfg.max_apply_batch_bytes) {
+                Ok(entries) => ready.committed_entries = entries,
+                Err(e) => self.storage_errors.push(e),
+            }
         }
         if let Some(meta) = &self.installing
             && !self.install_reported

@@ -72,13 +72,18 @@ impl<L: LogReader> Raft<L> {
         self.snapshot.as_ref()
     }
 
-    /// The runtime could not deliver the snapshot to `peer`: go back to probing it, which
-    /// sends the snapshot again if it is still needed.
-    pub fn report_snapshot_failed(&mut self, peer: NodeId) {
+    /// The runtime's transport finished sending the snapshot to `peer` (`delivered`) or gave
+    /// up (`!delivered`). Either way the leader goes back to probing the peer: after a
+    /// delivered snapshot it continues right after it (the peer's answer confirms), after a
+    /// failed one it sends the snapshot again if it is still needed.
+    pub fn report_snapshot(&mut self, peer: NodeId, delivered: bool) {
         if let Some(p) = self.progress.get_mut(&peer)
-            && matches!(p.state, ReplicationState::Snapshot { .. })
+            && let ReplicationState::Snapshot { index } = p.state
         {
             p.become_probe();
+            if delivered {
+                p.next_index = p.next_index.max(index + 1);
+            }
             self.broadcast_pending = true;
         }
     }

@@ -207,7 +207,8 @@ fn conflicting_log_is_replaced_by_the_snapshot() {
     assert_eq!((node.commit_index(), node.applied_index()), (5, 5));
 }
 
-/// A failed snapshot transfer puts the follower back in probe; the snapshot is sent again.
+/// A failed snapshot transfer (reported by the runtime) puts the follower back in probe; the
+/// snapshot is sent again.
 #[test]
 fn snapshot_failure_goes_back_to_probe_and_retries() {
     let mut c = Cluster::with_config(3, |c| c.snapshot_trailing_entries = 0);
@@ -225,7 +226,7 @@ fn snapshot_failure_goes_back_to_probe_and_retries() {
         c.node(1).peer_progress(3).unwrap().state,
         ReplicationState::Snapshot { .. }
     ));
-    c.node_mut(1).report_snapshot_failed(3);
+    c.node_mut(1).report_snapshot(3, false);
     assert_eq!(
         c.node(1).peer_progress(3).unwrap().state,
         ReplicationState::Probe
