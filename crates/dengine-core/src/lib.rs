@@ -87,6 +87,7 @@ mod raft;
 mod ready;
 mod rng;
 mod storage;
+pub mod store;
 mod types;
 
 pub use config::{Config, ConfigError, ConfigProblem};
@@ -105,6 +106,7 @@ pub use ready::{
     FailedRead, PersistRequest, Persisted, ProposeError, ReadError, ReadMode, ReadState, Ready,
 };
 pub use storage::{LogError, LogReader, MemoryLog};
+pub use store::{LogStore, StateMachine, StorageError, StoredState};
 pub use types::{
     ENTRY_OVERHEAD_BYTES, Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId,
     Role, SnapshotMeta, SoftState, Term,

@@ -1,0 +1,396 @@
+//! In-memory [`LogStore`] and [`StateMachine`]: for tests, the simulator and examples.
+//!
+//! "Durable" here means "survives as long as any clone of the value": a test that reopens a
+//! `MemoryStore` keeps a clone of it and hands that out again.
+
+use std::collections::BTreeMap;
+use std::future::{Future, ready};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::{
+    Snapshot, SnapshotMeta, StateMachine, StorageError, StoredState, validate_persist,
+    validate_range, validate_snapshot,
+};
+use crate::ready::PersistRequest;
+use crate::storage::{LogError, LogReader};
+use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, Term};
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// The last purged entry (index 0, term 0 for a log never compacted).
+    compacted: EntryId,
+    /// Entries `compacted.index + 1 ..`.
+    entries: Vec<Entry>,
+    hard_state: HardState,
+    snapshot_meta: Option<SnapshotMeta>,
+}
+
+impl Inner {
+    fn last_index(&self) -> LogIndex {
+        self.compacted.index + self.entries.len() as u64
+    }
+
+    fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        if index < self.compacted.index {
+            return Err(StorageError::Compacted {
+                index,
+                first_index: self.compacted.index + 1,
+            });
+        }
+        if index == self.compacted.index {
+            return Ok(self.compacted.term);
+        }
+        self.slot(index)
+            .map(|e| e.term)
+            .ok_or(StorageError::Unavailable {
+                index,
+                last_index: self.last_index(),
+            })
+    }
+
+    fn slot(&self, index: LogIndex) -> Option<&Entry> {
+        let offset = index.checked_sub(self.compacted.index + 1)?;
+        self.entries.get(usize::try_from(offset).ok()?)
+    }
+
+    fn read(
+        &self,
+        low: LogIndex,
+        high: LogIndex,
+        max_bytes: u64,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), StorageError> {
+        validate_range(low, high, self.compacted.index + 1, self.last_index())?;
+        let mut bytes = 0u64;
+        for index in low..high {
+            let Some(entry) = self.slot(index) else { break };
+            bytes = bytes.saturating_add(entry.size_bytes());
+            if bytes > max_bytes && index > low {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        Ok(())
+    }
+}
+
+/// An in-memory [`LogStore`](super::LogStore). Clones share the same log; the
+/// [`Reader`](super::LogStore::Reader) is such a clone.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave `Inner` half-updated in a way that
+        // matters to tests (every mutation is a single assignment or a truncate + extend), so
+        // a poisoned lock is used as is rather than turned into a panic here.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn persist_now(&self, req: &PersistRequest) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        validate_persist(req, inner.compacted.index, inner.last_index())?;
+        if let Some(hs) = req.hard_state {
+            inner.hard_state = hs;
+        }
+        if let Some(first) = req.entries.first() {
+            let keep = (first.index - inner.compacted.index - 1) as usize;
+            inner.entries.truncate(keep);
+            inner.entries.extend_from_slice(&req.entries);
+        }
+        Ok(())
+    }
+
+    fn purge_now(&self, up_to: LogIndex) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        // Past the end, purge the whole log (as `MemoryLog::compact` does): the runtime may
+        // pass a purge point from a snapshot that covers more than this log holds.
+        let up_to = up_to.min(inner.last_index());
+        if up_to <= inner.compacted.index {
+            return Ok(());
+        }
+        let term = inner.term(up_to)?;
+        let drop = (up_to - inner.compacted.index) as usize;
+        inner.entries.drain(..drop);
+        inner.compacted = EntryId::new(term, up_to);
+        Ok(())
+    }
+
+    fn snapshot_now(&self, meta: &SnapshotMeta, reset: bool) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        let at = meta.last_included;
+        let term_at = inner.slot(at.index).map(|e| e.term);
+        validate_snapshot(meta, inner.compacted, term_at, reset)?;
+        if reset {
+            inner.entries.clear();
+            inner.compacted = at;
+        }
+        inner.snapshot_meta = Some(meta.clone());
+        Ok(())
+    }
+}
+
+impl super::LogStore for MemoryStore {
+    type Reader = MemoryStore;
+
+    fn reader(&self) -> Self::Reader {
+        self.clone()
+    }
+
+    fn load_state(&self) -> impl Future<Output = Result<StoredState, StorageError>> + Send {
+        let inner = self.lock();
+        ready(Ok(StoredState {
+            hard_state: inner.hard_state,
+            first_index: inner.compacted.index + 1,
+            last_index: inner.last_index(),
+            snapshot_meta: inner.snapshot_meta.clone(),
+        }))
+    }
+
+    fn persist(
+        &self,
+        req: &PersistRequest,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send {
+        ready(self.persist_now(req))
+    }
+
+    fn read_entries(
+        &self,
+        low: LogIndex,
+        high: LogIndex,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Vec<Entry>, StorageError>> + Send {
+        let mut out = Vec::new();
+        let result = self.lock().read(low, high, max_bytes, &mut out);
+        ready(result.map(|()| out))
+    }
+
+    fn purge(&self, up_to: LogIndex) -> impl Future<Output = Result<(), StorageError>> + Send {
+        ready(self.purge_now(up_to))
+    }
+
+    fn save_snapshot_meta(
+        &self,
+        meta: &SnapshotMeta,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send {
+        ready(self.snapshot_now(meta, false))
+    }
+
+    fn reset_to_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send {
+        ready(self.snapshot_now(meta, true))
+    }
+
+    fn sync(&self) -> impl Future<Output = Result<(), StorageError>> + Send {
+        ready(Ok(()))
+    }
+}
+
+impl LogReader for MemoryStore {
+    fn first_index(&self) -> LogIndex {
+        self.lock().compacted.index + 1
+    }
+
+    fn last_index(&self) -> LogIndex {
+        self.lock().last_index()
+    }
+
+    fn term(&self, index: LogIndex) -> Result<Term, LogError> {
+        Ok(self.lock().term(index)?)
+    }
+
+    fn entries(
+        &self,
+        low: LogIndex,
+        high: LogIndex,
+        max_bytes: u64,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), LogError> {
+        Ok(self.lock().read(low, high, max_bytes, out)?)
+    }
+}
+
+/// A tiny key-value [`StateMachine`] kept in memory, for tests and examples.
+///
+/// A normal entry's payload `key=value` sets `key` and answers the previous value (empty if
+/// none); a payload without `=` is a no-op answering empty. [`query`](StateMachine::query)
+/// with a key answers its value (empty if none). It is not durable: after a restart it starts
+/// empty and is rebuilt from the log or a snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStateMachine {
+    data: BTreeMap<Bytes, Bytes>,
+    applied: EntryId,
+    membership: Membership,
+}
+
+impl MemoryStateMachine {
+    /// An empty state machine that has applied nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
+        self.data.get(key)
+    }
+
+    fn apply_one(&mut self, entry: &Entry) -> Bytes {
+        self.applied = entry.id();
+        match &entry.payload {
+            EntryPayload::Blank => Bytes::new(),
+            EntryPayload::Membership(m) => {
+                self.membership = m.clone();
+                Bytes::new()
+            }
+            EntryPayload::Normal(cmd) => match cmd.iter().position(|&b| b == b'=') {
+                Some(eq) => {
+                    let key = cmd.slice(..eq);
+                    let value = cmd.slice(eq + 1..);
+                    self.data.insert(key, value).unwrap_or_default()
+                }
+                None => Bytes::new(),
+            },
+        }
+    }
+
+    fn encode(&self) -> Bytes {
+        // Length-prefixed pairs; the format only has to round-trip within this type.
+        let mut buf = BytesMut::new();
+        buf.put_u64(self.data.len() as u64);
+        for (k, v) in &self.data {
+            buf.put_u32(k.len() as u32);
+            buf.put_slice(k);
+            buf.put_u32(v.len() as u32);
+            buf.put_slice(v);
+        }
+        buf.freeze()
+    }
+
+    fn decode(mut data: Bytes) -> Result<BTreeMap<Bytes, Bytes>, StorageError> {
+        fn take(data: &mut Bytes) -> Result<Bytes, StorageError> {
+            if data.remaining() < 4 {
+                return Err(truncated());
+            }
+            let len = data.get_u32() as usize;
+            if data.remaining() < len {
+                return Err(truncated());
+            }
+            Ok(data.split_to(len))
+        }
+        fn truncated() -> StorageError {
+            StorageError::InvalidArgument("memory state machine snapshot is truncated".into())
+        }
+        if data.remaining() < 8 {
+            return Err(truncated());
+        }
+        let count = data.get_u64();
+        let mut map = BTreeMap::new();
+        for _ in 0..count {
+            let k = take(&mut data)?;
+            let v = take(&mut data)?;
+            map.insert(k, v);
+        }
+        if data.has_remaining() {
+            return Err(StorageError::InvalidArgument(format!(
+                "memory state machine snapshot has {} trailing bytes",
+                data.remaining()
+            )));
+        }
+        Ok(map)
+    }
+}
+
+impl StateMachine for MemoryStateMachine {
+    fn apply(
+        &mut self,
+        entries: &[Entry],
+    ) -> impl Future<Output = Result<Vec<Bytes>, StorageError>> + Send {
+        ready(Ok(entries.iter().map(|e| self.apply_one(e)).collect()))
+    }
+
+    fn applied_index(&self) -> LogIndex {
+        self.applied.index
+    }
+
+    fn membership(&self) -> Membership {
+        self.membership.clone()
+    }
+
+    fn snapshot(&mut self) -> impl Future<Output = Result<Snapshot, StorageError>> + Send {
+        ready(Ok(Snapshot {
+            meta: SnapshotMeta {
+                last_included: self.applied,
+                membership: self.membership.clone(),
+            },
+            data: self.encode(),
+        }))
+    }
+
+    fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: Bytes,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send {
+        let result = Self::decode(data).map(|map| {
+            self.data = map;
+            self.applied = meta.last_included;
+            self.membership = meta.membership.clone();
+        });
+        ready(result)
+    }
+
+    fn query(&self, request: Bytes) -> impl Future<Output = Result<Bytes, StorageError>> + Send {
+        ready(Ok(self.data.get(&request).cloned().unwrap_or_default()))
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::store::testing::{MemoryFactory, block_on, run_conformance};
+
+    #[test]
+    fn memory_store_passes_the_conformance_suite() {
+        block_on(run_conformance(&mut MemoryFactory::default()));
+    }
+
+    #[test]
+    fn state_machine_applies_and_round_trips_a_snapshot() {
+        let mut sm = MemoryStateMachine::new();
+        let entries = vec![
+            Entry::new(1, 1, EntryPayload::Blank),
+            Entry::new(1, 2, EntryPayload::Normal(Bytes::from_static(b"a=1"))),
+            Entry::new(1, 3, EntryPayload::Normal(Bytes::from_static(b"a=2"))),
+            Entry::new(1, 4, EntryPayload::Membership(Membership::new([1, 2]))),
+        ];
+        let out = block_on(sm.apply(&entries)).unwrap();
+        assert_eq!(
+            out,
+            vec![Bytes::new(), Bytes::new(), Bytes::from("1"), Bytes::new()]
+        );
+        assert_eq!(sm.applied_index(), 4);
+        assert_eq!(sm.membership(), Membership::new([1, 2]));
+        let snap = block_on(sm.snapshot()).unwrap();
+        assert_eq!(snap.meta.last_included, EntryId::new(1, 4));
+
+        let mut other = MemoryStateMachine::new();
+        block_on(other.install_snapshot(&snap.meta, snap.data.clone())).unwrap();
+        assert_eq!(block_on(other.query(Bytes::from("a"))).unwrap(), "2");
+        assert_eq!(other.applied_index(), 4);
+        assert!(
+            block_on(other.install_snapshot(&snap.meta, snap.data.slice(..5))).is_err(),
+            "a truncated snapshot is an error, not a panic"
+        );
+    }
+}
