@@ -13,6 +13,10 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   ci             run exactly what CI runs (.ci/run): fmt check, clippy -D warnings, tests
+  bench storage [--seconds N]
+                 append throughput of the redb and sled log stores (batches of 1, 16,
+                 256 entries of 256 bytes, fsync each) next to the disk's raw fdatasync
+                 rate, measured in the same run
   sim [ARGS]     run the deterministic simulator in release mode, e.g.
                  `cargo xtask sim --seeds 1000` or `cargo xtask sim --seed 42 --verbose`
                  (`cargo xtask sim --help` lists every option)
@@ -24,6 +28,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("sim") => sim(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         Some("cluster-demo") => {
             eprintln!(
                 "cargo xtask cluster-demo is not available yet: it needs the example KV server \
@@ -90,29 +95,56 @@ fn ci() -> ExitCode {
     }
 }
 
-/// Builds and runs the simulator in release mode (it is CPU-bound; debug is ~10x slower).
-fn sim(args: &[String]) -> ExitCode {
+/// `cargo xtask bench <what>`: only `storage` exists so far.
+fn bench(args: &[String]) -> ExitCode {
+    match args.first().map(String::as_str) {
+        Some("storage") => {
+            for (krate, example) in [
+                ("dengine-storage-redb", "redb_storage_bench"),
+                ("dengine-storage-sled", "sled_storage_bench"),
+            ] {
+                eprintln!("xtask bench storage: {krate} (release build)");
+                let ok = cargo_release_run(&["-p", krate, "--example", example], &args[1..]);
+                if !ok {
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        other => {
+            eprintln!(
+                "unknown benchmark {other:?}: available is `cargo xtask bench storage`; the core, \
+                 network and end-to-end benchmarks arrive with their issues"
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo run --release <target> -- <args>` in the workspace root; whether it succeeded.
+fn cargo_release_run(target: &[&str], args: &[String]) -> bool {
     let root = workspace_root();
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "dengine-sim",
-            "--bin",
-            "dengine-sim",
-            "--",
-        ])
+        .args(["run", "--quiet", "--release"])
+        .args(target)
+        .arg("--")
         .args(args)
         .current_dir(&root)
         .status();
     match status {
-        Ok(s) if s.success() => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::FAILURE,
+        Ok(s) => s.success(),
         Err(e) => {
-            eprintln!("xtask sim: could not start cargo: {e}");
-            ExitCode::FAILURE
+            eprintln!("xtask: could not start cargo: {e}");
+            false
         }
+    }
+}
+
+/// Builds and runs the simulator in release mode (it is CPU-bound; debug is ~10x slower).
+fn sim(args: &[String]) -> ExitCode {
+    if cargo_release_run(&["-p", "dengine-sim", "--bin", "dengine-sim"], args) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
