@@ -86,7 +86,7 @@
 //! (step 4).
 //! The conformance test is `tests/conformance.rs` (step 6).
 
-mod marker;
+use dengine_storage_common::marker;
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};

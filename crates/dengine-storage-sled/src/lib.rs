@@ -78,7 +78,7 @@
 //! without multi-key read transactions: the batch in `persist_blocking`, and the reader lock
 //! that stands in for a read transaction.
 
-mod marker;
+use dengine_storage_common::marker;
 
 use std::collections::HashSet;
 use std::ffi::OsString;

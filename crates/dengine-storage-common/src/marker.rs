@@ -1,6 +1,6 @@
 //! The store directory and its marker file: which backend and format version wrote it.
 //!
-//! Checked before the database is touched, so that pointing this backend at a sled store, a
+//! Checked before the database is touched, so that pointing a backend at a store written by another backend, a
 //! store written by a newer format, or an unrelated directory fails with a message that says
 //! so, instead of an engine error (or, worse, a fresh empty log that forgets votes).
 
@@ -13,7 +13,7 @@ use dengine_core::store::codec::{MARKER_FILE, Marker};
 
 /// What [`prepare`] found.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum DirState {
+pub enum DirState {
     /// The marker is there: an existing store whose database must exist too.
     Existing,
     /// A new store: the caller creates the database, then calls [`write`]. The marker is the
@@ -25,7 +25,7 @@ pub(crate) enum DirState {
 /// Checks the marker in `dir`. Without a marker, a missing directory or one holding nothing
 /// but `leftovers` of an interrupted creation is a new store if `create` (the leftovers are
 /// removed), [`StorageError::NotFound`] otherwise; anything else there is refused.
-pub(crate) fn prepare(
+pub fn prepare(
     dir: &Path,
     expected: &Marker,
     create: bool,
@@ -116,7 +116,7 @@ fn tmp_name() -> String {
 
 /// Writes the marker atomically: temporary file, fsync, rename, fsync of the directory, so
 /// that a crash leaves either no marker or a complete one.
-pub(crate) fn write(dir: &Path, marker: &Marker) -> Result<(), StorageError> {
+pub fn write(dir: &Path, marker: &Marker) -> Result<(), StorageError> {
     let tmp = dir.join(tmp_name());
     let path = dir.join(MARKER_FILE);
     let io = |path: &Path, op: &'static str| {

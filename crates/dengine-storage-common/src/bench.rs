@@ -1,0 +1,126 @@
+//! Storage throughput: synced appends per second for batch sizes 1, 16 and 256 (256-byte
+//! payloads, `must_sync = true`, one `persist` per batch as the runtime's group commit does),
+//! next to the raw `fdatasync` rate of the same disk as the ceiling.
+//!
+//! ```text
+//! cargo xtask bench storage [--seconds N] [--dir PATH]
+//! ```
+//!
+//! Each backend's example (`redb_storage_bench`, `sled_storage_bench`) is a call to [`main`].
+//!
+//! `--dir` should be on the disk you care about (the default is `target/storage-bench` under
+//! the current directory; a tmpfs would make fsync free and the numbers meaningless).
+// A command-line benchmark: a bad argument or a failing disk ends it with a message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dengine_core::store::testing::persist_request;
+use dengine_core::{Entry, EntryPayload, LogStore};
+
+use crate::crash::Opener;
+
+const PAYLOAD: usize = 256;
+const BATCHES: [u64; 3] = [1, 16, 256];
+
+/// Runs the benchmark for one backend (`backend` names it in the output) with the arguments
+/// of the current process.
+pub fn main<S: LogStore>(backend: &str, open_or_create: Opener<S>) {
+    let mut seconds = 3.0f64;
+    let mut dir = PathBuf::from("target/storage-bench");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .expect("--seconds N")
+            }
+            "--dir" => dir = args.next().map(PathBuf::from).expect("--dir PATH"),
+            "--bench" => {} // passed by `cargo bench`-style runners; ignored
+            other => panic!("unknown argument {other:?}; use --seconds N and --dir PATH"),
+        }
+    }
+    let per_case = Duration::from_secs_f64(seconds);
+    fs::create_dir_all(&dir).unwrap();
+    println!(
+        "storage bench: {backend}, {PAYLOAD}-byte payloads, fsync on every append, {seconds}s per case, in {}",
+        fs::canonicalize(&dir).unwrap().display()
+    );
+    println!(
+        "{:<22} {:>7} {:>12} {:>12} {:>10} {:>12}",
+        "case", "batch", "appends/s", "entries/s", "MiB/s", "us/append"
+    );
+    let syncs = raw_fdatasync(&dir.join("raw-fdatasync"), per_case);
+    row("raw write+fdatasync", 1, syncs, per_case);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for batch in BATCHES {
+        let store_dir = dir.join(format!("{backend}-batch-{batch}"));
+        let _ = fs::remove_dir_all(&store_dir);
+        let appends = runtime.block_on(appends(&store_dir, batch, per_case, open_or_create));
+        row(&format!("{backend} persist"), batch, appends, per_case);
+        let _ = fs::remove_dir_all(&store_dir);
+    }
+}
+
+fn row(case: &str, batch: u64, ops: u64, elapsed: Duration) {
+    let secs = elapsed.as_secs_f64();
+    let per_sec = ops as f64 / secs;
+    let entries = per_sec * batch as f64;
+    println!(
+        "{case:<22} {batch:>7} {per_sec:>12.0} {entries:>12.0} {:>10.2} {:>12.0}",
+        entries * PAYLOAD as f64 / (1024.0 * 1024.0),
+        if ops == 0 {
+            0.0
+        } else {
+            secs * 1e6 / ops as f64
+        },
+    );
+}
+
+/// Appends `PAYLOAD` bytes and fdatasyncs, as often as possible for `duration`.
+fn raw_fdatasync(path: &Path, duration: Duration) -> u64 {
+    let mut file = fs::File::create(path).unwrap();
+    let block = vec![0xa5u8; PAYLOAD];
+    let started = Instant::now();
+    let mut ops = 0;
+    while started.elapsed() < duration {
+        file.write_all(&block).unwrap();
+        file.sync_data().unwrap();
+        ops += 1;
+    }
+    drop(file);
+    let _ = fs::remove_file(path);
+    ops
+}
+
+async fn appends<S: LogStore>(
+    dir: &Path,
+    batch: u64,
+    duration: Duration,
+    open_or_create: Opener<S>,
+) -> u64 {
+    let store = open_or_create(dir).unwrap();
+    let payload = Bytes::from(vec![0x5au8; PAYLOAD]);
+    let started = Instant::now();
+    let mut next = 1;
+    let mut ops = 0;
+    while started.elapsed() < duration {
+        let entries: Vec<Entry> = (next..next + batch)
+            .map(|i| Entry::new(1, i, EntryPayload::Normal(payload.clone())))
+            .collect();
+        store
+            .persist(&persist_request(None, entries, true))
+            .await
+            .unwrap();
+        next += batch;
+        ops += 1;
+    }
+    ops
+}
