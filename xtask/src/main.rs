@@ -17,6 +17,10 @@ commands:
                  append throughput of the redb and sled log stores (batches of 1, 16,
                  256 entries of 256 bytes, fsync each) next to the disk's raw fdatasync
                  rate, measured in the same run
+  bench net [--seconds N] [--windows 1,64]
+                 append round trips/s and MB/s between two gRPC transports on loopback,
+                 1, 16 and 256 entries of 256 bytes per message, one at a time and
+                 pipelined
   sim [ARGS]     run the deterministic simulator in release mode, e.g.
                  `cargo xtask sim --seeds 1000` or `cargo xtask sim --seed 42 --verbose`
                  (`cargo xtask sim --help` lists every option)
@@ -95,7 +99,7 @@ fn ci() -> ExitCode {
     }
 }
 
-/// `cargo xtask bench <what>`: only `storage` exists so far.
+/// `cargo xtask bench <what>`.
 fn bench(args: &[String]) -> ExitCode {
     match args.first().map(String::as_str) {
         Some("storage") => {
@@ -111,10 +115,20 @@ fn bench(args: &[String]) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Some("net") => {
+            eprintln!("xtask bench net: dengine-net-grpc (release build)");
+            let target = ["-p", "dengine-net-grpc", "--example", "net_bench"];
+            if cargo_release_run(&target, &args[1..]) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         other => {
             eprintln!(
-                "unknown benchmark {other:?}: available is `cargo xtask bench storage`; the core, \
-                 network and end-to-end benchmarks arrive with their issues"
+                "unknown benchmark {other:?}: available are `cargo xtask bench storage` and \
+                 `cargo xtask bench net`; the core and end-to-end benchmarks arrive with their \
+                 issues"
             );
             ExitCode::FAILURE
         }

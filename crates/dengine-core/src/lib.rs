@@ -7,10 +7,12 @@
 //! order documented on [`Ready`]. Completion comes back through
 //! [`Raft::on_persisted`] and [`Raft::on_applied`].
 //!
-//! Implemented (part I): elections with pre-vote and check-quorum, leader stickiness,
-//! pipelined replication with flow control and fast conflict backtracking, the current-term
-//! commit rule, ReadIndex and lease reads, forwarded follower reads, proposal limits.
-//! Membership changes, leader transfer and snapshots come in part II.
+//! Implemented: elections with pre-vote and check-quorum, leader stickiness, pipelined
+//! replication with flow control and fast conflict backtracking, the current-term commit rule,
+//! ReadIndex and lease reads, forwarded follower reads, proposal limits, joint-consensus and
+//! single-server membership changes with learners, leader transfer, snapshots and compaction.
+//! The contracts that outer crates implement live in [`store`] (`LogStore`, `StateMachine`)
+//! and [`transport`] (`Transport`, `Inbox`).
 //!
 //! ## Example: three nodes elect a leader and commit an entry
 //!
@@ -88,6 +90,7 @@ mod ready;
 mod rng;
 mod storage;
 pub mod store;
+pub mod transport;
 mod types;
 
 pub use config::{Config, ConfigError, ConfigProblem};
@@ -107,6 +110,7 @@ pub use ready::{
 };
 pub use storage::{LogError, LogReader, MemoryLog};
 pub use store::{LogStore, StateMachine, StorageError, StoredState};
+pub use transport::{Inbox, InboxError, Transport, TransportError};
 pub use types::{
     ENTRY_OVERHEAD_BYTES, Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId,
     Role, SnapshotMeta, SoftState, Term,

@@ -3,7 +3,7 @@
 //! Everything here is plain data. Names follow the Raft paper: a log *entry* has a *term* and an
 //! *index*; *HardState* is what a server must persist before answering RPCs (§5.1, Figure 2).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use bytes::Bytes;
@@ -97,7 +97,9 @@ impl Entry {
             EntryPayload::Blank => 0,
             EntryPayload::Normal(data) => data.len() as u64,
             EntryPayload::Membership(m) => {
-                8 * (m.voters.len() + m.voters_outgoing.len() + m.learners.len()) as u64
+                let ids = m.voters.len() + m.voters_outgoing.len() + m.learners.len();
+                let addresses: usize = m.addresses.values().map(|a| 12 + a.len()).sum();
+                (8 * ids + addresses) as u64
             }
         }
     }
@@ -130,6 +132,10 @@ pub struct Membership {
     pub voters_outgoing: BTreeSet<NodeId>,
     /// Non-voting servers that replicate the log.
     pub learners: BTreeSet<NodeId>,
+    /// Where members are reached (e.g. `"10.0.0.7:7000"`), replicated with the configuration
+    /// so that every node (and every future leader) knows how to reach a node that joined.
+    /// Opaque to the protocol; a member may have no address (in-process clusters).
+    pub addresses: BTreeMap<NodeId, String>,
 }
 
 impl Membership {
@@ -139,7 +145,19 @@ impl Membership {
             voters: voters.into_iter().collect(),
             voters_outgoing: BTreeSet::new(),
             learners: BTreeSet::new(),
+            addresses: BTreeMap::new(),
         }
+    }
+
+    /// The same configuration with `address` recorded for `id`.
+    pub fn with_address(mut self, id: NodeId, address: impl Into<String>) -> Self {
+        self.addresses.insert(id, address.into());
+        self
+    }
+
+    /// The address recorded for `id`, if any.
+    pub fn address(&self, id: NodeId) -> Option<&str> {
+        self.addresses.get(&id).map(String::as_str)
     }
 
     /// The same configuration with the given learners added.

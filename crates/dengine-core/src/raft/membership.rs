@@ -6,6 +6,8 @@
 //! entry in the log after the commit point is remembered so that rollback needs no storage
 //! read.
 
+use std::collections::BTreeMap;
+
 use super::{Raft, bug};
 use crate::storage::LogReader;
 use crate::types::{Entry, EntryId, EntryPayload, LogIndex, Membership, NodeId, Role};
@@ -57,9 +59,29 @@ impl<L: LogReader> Raft<L> {
         &mut self,
         changes: &[MembershipChange],
     ) -> Result<EntryId, MembershipError> {
+        self.change_membership_with_addresses(changes, &BTreeMap::new())
+    }
+
+    /// [`change_membership`](Self::change_membership), also recording where nodes are reached
+    /// ([`Membership::addresses`]); typically the addresses of the nodes being added. The
+    /// addresses travel in the configuration entry, so every node learns them. Addresses of
+    /// removed nodes are dropped.
+    pub fn change_membership_with_addresses(
+        &mut self,
+        changes: &[MembershipChange],
+        addresses: &BTreeMap<NodeId, String>,
+    ) -> Result<EntryId, MembershipError> {
         self.check_can_change()?;
         let mut next = self.membership.clone();
         apply_changes(&mut next, changes)?;
+        for (&id, address) in addresses {
+            if !next.contains(id) {
+                return Err(MembershipError::Invalid(format!(
+                    "an address is given for node {id}, which is not a member after the change"
+                )));
+            }
+            next.addresses.insert(id, address.clone());
+        }
         if next.voters == self.membership.voters {
             // Only learners change: no joint phase needed, nothing about quorums changes.
             return Ok(self.append_membership(next));
@@ -145,7 +167,11 @@ impl<L: LogReader> Raft<L> {
         Ok(())
     }
 
-    fn append_membership(&mut self, next: Membership) -> EntryId {
+    fn append_membership(&mut self, mut next: Membership) -> EntryId {
+        // Addresses are kept while a node is a member of either configuration (a removed
+        // voter stays reachable until the joint phase ends).
+        let members: Vec<NodeId> = next.members().collect();
+        next.addresses.retain(|id, _| members.contains(id));
         let id = EntryId::new(self.term, self.log.last_index() + 1);
         let entry = Entry::new(id.term, id.index, EntryPayload::Membership(next));
         self.log.append([entry.clone()]);
@@ -238,6 +264,7 @@ impl<L: LogReader> Raft<L> {
                 voters: latest.voters.clone(),
                 voters_outgoing: Default::default(),
                 learners: latest.learners.clone(),
+                addresses: latest.addresses.clone(),
             };
             self.append_membership(next);
         } else if !latest.is_voter(self.id()) {

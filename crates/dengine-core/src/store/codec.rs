@@ -16,7 +16,7 @@ use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership
 use super::SnapshotMeta;
 
 /// Version byte at the start of every record this module writes.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
 
 /// Name of the marker file that every directory-based backend writes next to its data.
 pub const MARKER_FILE: &str = "DENGINE_STORE";
@@ -92,6 +92,17 @@ impl Cursor<'_> {
         Ok(u32::from_be_bytes(*head))
     }
 
+    fn take(&mut self, len: usize, what: &str) -> Result<&[u8], CodecError> {
+        if self.0.len() < len {
+            return Err(CodecError(format!(
+                "{what} of {len} bytes exceeds the record length"
+            )));
+        }
+        let (head, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Ok(head)
+    }
+
     fn u8(&mut self, what: &str) -> Result<u8, CodecError> {
         let Some((head, rest)) = self.0.split_first() else {
             return Err(CodecError(format!("record ends inside the {what} field")));
@@ -130,16 +141,33 @@ fn put_membership(buf: &mut Vec<u8>, m: &Membership) {
             buf.extend_from_slice(&id.to_be_bytes());
         }
     }
+    buf.extend_from_slice(&(m.addresses.len() as u32).to_be_bytes());
+    for (id, address) in &m.addresses {
+        buf.extend_from_slice(&id.to_be_bytes());
+        buf.extend_from_slice(&(address.len() as u32).to_be_bytes());
+        buf.extend_from_slice(address.as_bytes());
+    }
 }
 
 fn get_membership(cur: &mut Cursor<'_>) -> Result<Membership, CodecError> {
     let voters = cur.ids("voters")?;
     let voters_outgoing = cur.ids("outgoing voters")?;
     let learners = cur.ids("learners")?;
+    let count = cur.u32("address count")?;
+    let mut addresses = std::collections::BTreeMap::new();
+    for _ in 0..count {
+        let id = cur.u64("address node id")?;
+        let len = cur.u32("address length")? as usize;
+        let bytes = cur.take(len, "address")?;
+        let address = String::from_utf8(bytes.to_vec())
+            .map_err(|_| CodecError(format!("the address of node {id} is not UTF-8")))?;
+        addresses.insert(id, address);
+    }
     Ok(Membership {
         voters: voters.into_iter().collect(),
         voters_outgoing: voters_outgoing.into_iter().collect(),
         learners: learners.into_iter().collect(),
+        addresses,
     })
 }
 
@@ -329,7 +357,7 @@ mod tests {
                 10,
                 EntryPayload::Membership(Membership {
                     voters_outgoing: [1, 2, 5].into_iter().collect(),
-                    ..Membership::new([1, 2, 3])
+                    ..Membership::new([1, 2, 3]).with_address(5, "10.0.0.5:7000")
                 }),
             ),
         ];
@@ -358,7 +386,7 @@ mod tests {
         assert_eq!(decode_entry_id(&encode_entry_id(id)), Ok(id));
         let meta = SnapshotMeta {
             last_included: id,
-            membership: Membership::new([1]),
+            membership: Membership::new([1]).with_address(1, "node-1:7000"),
         };
         assert_eq!(decode_snapshot_meta(&encode_snapshot_meta(&meta)), Ok(meta));
     }

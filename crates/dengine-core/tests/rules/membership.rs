@@ -317,3 +317,51 @@ fn restart_recovers_the_configuration_from_the_log() {
         .any(|e| matches!(e.payload, EntryPayload::Membership(_)));
     assert!(has_config_entry);
 }
+
+/// Addresses travel with the configuration entry (so a future leader can reach a node that
+/// joined under another leader), stay while a removed voter is still in the outgoing
+/// configuration, and go once it has left; an address for a non-member is refused.
+#[test]
+fn addresses_replicate_with_the_configuration_and_leave_with_the_node() {
+    use std::collections::BTreeMap;
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.add_empty_node(4);
+    let addresses = BTreeMap::from([(4, "10.0.0.4:7000".to_string())]);
+    c.node_mut(1)
+        .change_membership_with_addresses(&[AddLearner(4)], &addresses)
+        .unwrap();
+    c.stabilize();
+    for id in 1..=4 {
+        assert_eq!(
+            c.node(id).membership().address(4),
+            Some("10.0.0.4:7000"),
+            "node {id}"
+        );
+    }
+    let bogus = BTreeMap::from([(9, "nowhere:1".to_string())]);
+    assert!(matches!(
+        c.node_mut(1)
+            .change_membership_with_addresses(&[AddVoter(4)], &bogus),
+        Err(MembershipError::Invalid(_))
+    ));
+    let joint = c
+        .node_mut(1)
+        .change_membership(&[AddVoter(4), Remove(3)])
+        .unwrap();
+    let m = c.node(1).membership().clone();
+    assert!(m.is_joint());
+    assert_eq!(m.address(4), Some("10.0.0.4:7000"));
+    c.stabilize();
+    assert!(c.node(1).commit_index() > joint.index);
+    let m = c.node(1).membership();
+    assert!(!m.is_joint());
+    assert_eq!(m.address(4), Some("10.0.0.4:7000"), "4 is now a voter");
+    let removed = c.node_mut(1).change_membership(&[Remove(4)]).unwrap();
+    assert!(
+        c.node(1).membership().address(4).is_some(),
+        "4 is still an outgoing voter at {removed:?}"
+    );
+    c.stabilize();
+    assert_eq!(c.node(1).membership().address(4), None, "4 has left");
+}

@@ -1,0 +1,112 @@
+//! The [`Transport`] contract: how a runtime's messages reach its peers, and the [`Inbox`]
+//! through which a transport hands messages from peers to the runtime.
+//!
+//! The core never calls these traits (it is sans-I/O); the runtime does. Raft tolerates lost,
+//! duplicated and reordered messages (§5.3: "if followers crash or run slowly, or if network
+//! packets are lost, the leader retries AppendEntries indefinitely"), so a transport is free
+//! to drop a message rather than wait: it must never block the runtime's event loop.
+//!
+//! Implementations in this workspace: `dengine-net-grpc` (tonic; with a fault-injecting
+//! wrapper for tests) and the simulator's in-process network.
+
+use std::future::Future;
+
+use bytes::Bytes;
+
+use crate::message::Message;
+use crate::types::NodeId;
+
+/// Sends messages to peers. One transport serves one node.
+///
+/// # Contract
+///
+/// * **Never blocks.** [`send`](Transport::send) queues the message and returns at once. When a
+///   peer's queue is full, the peer is unknown or unreachable, the message is dropped and the
+///   drop is counted; Raft resends what matters.
+/// * **Per-peer order is best effort.** Messages to one peer usually arrive in the order sent;
+///   the core copes when they do not.
+/// * **Gating is the runtime's job.** The core only hands out a response after the state it
+///   reports is durable (see `Ready`); the transport sends what it is given.
+/// * **Snapshots are streamed separately.** An `InstallSnapshot` message (metadata only) goes
+///   through [`send_snapshot`](Transport::send_snapshot) together with the state machine's
+///   snapshot data; the runtime reports the outcome to the core with `Raft::report_snapshot`.
+pub trait Transport: Send + Sync + 'static {
+    /// Queues `message` for `message.to`; drops it if it cannot be queued now.
+    fn send(&self, message: Message);
+
+    /// Streams a snapshot to `message.to` (`message.body` is `InstallSnapshot`). Resolves `Ok`
+    /// once the receiving node has accepted the whole snapshot, verified.
+    fn send_snapshot(
+        &self,
+        message: Message,
+        data: Bytes,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Sets (or changes) the address at which peer `id` is reached, e.g. when it joins.
+    fn set_peer(&self, id: NodeId, address: String);
+
+    /// Forgets peer `id` (it left the cluster): its queue is dropped, its connection closed.
+    fn remove_peer(&self, id: NodeId);
+}
+
+/// Where a transport delivers what peers sent. Implemented by the runtime (usually by pushing
+/// into its event loop's queue). Both methods must return quickly and never block.
+pub trait Inbox: Send + Sync + 'static {
+    /// A message from a peer, already checked to be addressed to this node.
+    fn deliver(&self, message: Message) -> Result<(), InboxError>;
+
+    /// A complete snapshot from a peer whose checksums were verified: `message.body` is
+    /// `InstallSnapshot` with the metadata, `data` the state machine's serialized state.
+    fn deliver_snapshot(&self, message: Message, data: Bytes) -> Result<(), InboxError>;
+}
+
+/// Why an [`Inbox`] did not take a message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InboxError {
+    /// The node's queue is full; the sender should treat the message as lost.
+    #[error("the node's inbound queue is full; the message was dropped")]
+    Full,
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a snapshot (or another transport operation) failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// No address is known for the peer.
+    #[error("no address is known for node {peer}; add it with set_peer")]
+    UnknownPeer {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// The peer could not be reached or the connection broke.
+    #[error("node {peer} is unreachable: {detail}")]
+    Unreachable {
+        /// The peer.
+        peer: NodeId,
+        /// What the network layer reported.
+        detail: String,
+    },
+    /// The peer answered with a refusal (wrong cluster, bad checksum, full queue, ...).
+    #[error("node {peer} refused: {detail}")]
+    Rejected {
+        /// The peer.
+        peer: NodeId,
+        /// The peer's reason.
+        detail: String,
+    },
+    /// A step of the operation took longer than its timeout.
+    #[error("timed out talking to node {peer}: {detail}")]
+    Timeout {
+        /// The peer.
+        peer: NodeId,
+        /// Which step timed out.
+        detail: String,
+    },
+    /// The transport is shutting down.
+    #[error("the transport is shutting down")]
+    ShuttingDown,
+}

@@ -1,0 +1,16 @@
+//! Compiles `proto/` with protox (a pure-Rust protobuf compiler), so building needs no
+//! system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // `proto` is a symlink to the workspace's `proto/` directory (packaged as a copy).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+    let file = root.join("dengine/raft/v1/peer.proto");
+    println!("cargo:rerun-if-changed={}", root.display());
+    let fds = protox::compile([&file], [&root])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .bytes(".")
+        .compile_fds(fds)?;
+    Ok(())
+}

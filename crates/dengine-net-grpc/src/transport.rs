@@ -1,0 +1,635 @@
+//! [`GrpcTransport`]: the client side (per-peer queues, streams, reconnects) and the shared
+//! state the server side uses to route responses back on inbound streams.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dengine_core::{Inbox, Message, MessageBody, NodeId, Transport, TransportError};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::GrpcError;
+use crate::config::GrpcConfig;
+use crate::convert::{self, DecodeLimits};
+use crate::pb;
+use crate::pb::peer_client::PeerClient;
+use crate::stats::{Counters, TransportStats};
+
+/// What every task of one transport shares: configuration, credentials, counters and the inbox.
+pub(crate) struct Common {
+    pub(crate) config: GrpcConfig,
+    pub(crate) tls: Option<LoadedTls>,
+    pub(crate) stats: Counters,
+    pub(crate) inbox: std::sync::RwLock<Option<Arc<dyn Inbox>>>,
+    pub(crate) limits: DecodeLimits,
+}
+
+/// TLS material read from the configured files.
+pub(crate) struct LoadedTls {
+    pub(crate) identity: Identity,
+    pub(crate) ca: Certificate,
+    pub(crate) require_client_cert: bool,
+    pub(crate) server_name: Option<String>,
+}
+
+impl Common {
+    /// Hands a checked, decoded message from a peer to the inbox.
+    pub(crate) fn deliver(&self, wire: &pb::RaftMessage) -> Result<(), Status> {
+        let cfg = &self.config;
+        if let Err(e) = convert::check_header(wire.header.as_ref(), cfg.cluster_id, cfg.id) {
+            Counters::add(&self.stats.refused);
+            tracing::warn!(node = cfg.id, "refused a peer message: {e}");
+            return Err(Status::failed_precondition(e.to_string()));
+        }
+        let message = match convert::decode_message(wire, &self.limits) {
+            Ok(m) => m,
+            Err(e) => {
+                Counters::add(&self.stats.refused);
+                tracing::warn!(node = cfg.id, "refused a malformed peer message: {e}");
+                return Err(Status::invalid_argument(e.to_string()));
+            }
+        };
+        self.hand_to_inbox(message);
+        Ok(())
+    }
+
+    /// The inbox in force (replaced when a server is started again).
+    pub(crate) fn inbox(&self) -> Option<Arc<dyn Inbox>> {
+        self.inbox.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn hand_to_inbox(&self, message: Message) {
+        match self.inbox() {
+            Some(inbox) => match inbox.deliver(message) {
+                Ok(()) => Counters::add(&self.stats.received),
+                Err(_) => Counters::add(&self.stats.dropped_inbox_full),
+            },
+            None => Counters::add(&self.stats.dropped_inbox_full),
+        }
+    }
+
+    fn endpoint(&self, address: &str) -> Result<Endpoint, GrpcError> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let uri = if address.contains("://") {
+            address.to_string()
+        } else {
+            format!("{scheme}://{address}")
+        };
+        let mut endpoint = Endpoint::from_shared(uri.clone())
+            .map_err(|e| GrpcError::Address {
+                address: address.to_string(),
+                detail: e.to_string(),
+            })?
+            .connect_timeout(self.config.connect_timeout)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10));
+        if let Some(tls) = &self.tls {
+            let host = tls.server_name.clone().unwrap_or_else(|| host_of(address));
+            let client_tls = ClientTlsConfig::new()
+                .ca_certificate(tls.ca.clone())
+                .identity(tls.identity.clone())
+                .domain_name(host);
+            endpoint = endpoint
+                .tls_config(client_tls)
+                .map_err(|e| GrpcError::Tls {
+                    detail: e.to_string(),
+                })?;
+        }
+        Ok(endpoint)
+    }
+
+    pub(crate) async fn connect(&self, address: &str) -> Result<PeerClient<Channel>, GrpcError> {
+        let channel = self
+            .endpoint(address)?
+            .connect()
+            .await
+            .map_err(|e| GrpcError::Connect {
+                address: address.to_string(),
+                detail: error_chain(&e),
+            })?;
+        let mut client = PeerClient::new(channel)
+            .max_decoding_message_size(self.config.max_message_bytes)
+            .max_encoding_message_size(self.config.max_message_bytes);
+        if self.config.compression {
+            client = client
+                .send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip);
+        }
+        Ok(client)
+    }
+}
+
+/// HTTP/2 flow-control windows. The defaults (64 KiB) stall a pipelined append stream after
+/// one large message per round trip.
+pub(crate) const STREAM_WINDOW: u32 = 8 << 20;
+pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// The host part of `host:port` (or of a URI).
+fn host_of(address: &str) -> String {
+    let rest = address.split("://").last().unwrap_or(address);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    if let Some(stripped) = hostport.strip_prefix('[') {
+        return stripped.split(']').next().unwrap_or(stripped).to_string();
+    }
+    hostport
+        .rsplit_once(':')
+        .map_or(hostport, |(h, _)| h)
+        .to_string()
+}
+
+/// A tonic error with its sources, which is where the useful part usually is.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// A task that is aborted when its handle is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Peer {
+    address: String,
+    data: mpsc::Sender<Message>,
+    elect: mpsc::Sender<Message>,
+    _task: AbortOnDrop,
+}
+
+/// An inbound stream from a peer, on which responses to that peer travel back.
+struct Route {
+    generation: u64,
+    tx: mpsc::Sender<Result<pb::RaftMessage, Status>>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) common: Arc<Common>,
+    peers: Mutex<HashMap<NodeId, Peer>>,
+    routes: Mutex<HashMap<NodeId, Route>>,
+    next_generation: std::sync::atomic::AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the maps inconsistent (every
+    // critical section is a single insert/remove/lookup), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Records the inbound stream from `from`; returns its generation for
+    /// [`unregister_route`](Self::unregister_route).
+    pub(crate) fn register_route(
+        &self,
+        from: NodeId,
+        tx: mpsc::Sender<Result<pb::RaftMessage, Status>>,
+    ) -> u64 {
+        let generation = self
+            .next_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.routes).insert(from, Route { generation, tx });
+        generation
+    }
+
+    pub(crate) fn unregister_route(&self, from: NodeId, generation: u64) {
+        let mut routes = lock(&self.routes);
+        if routes
+            .get(&from)
+            .is_some_and(|r| r.generation == generation)
+        {
+            routes.remove(&from);
+        }
+    }
+}
+
+/// Election traffic travels on its own unary calls so that a replication backlog never delays
+/// an election.
+fn is_election(body: &MessageBody) -> bool {
+    matches!(
+        body,
+        MessageBody::VoteRequest(_) | MessageBody::VoteResponse(_) | MessageBody::TimeoutNow
+    )
+}
+
+/// The gRPC [`Transport`]: one bounded queue and one long-lived stream per peer.
+///
+/// Cheap to clone; all clones share the peers, connections and counters. Dropping the last
+/// clone (and the server built from it) closes every connection.
+#[derive(Clone)]
+pub struct GrpcTransport {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for GrpcTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcTransport")
+            .field("id", &self.shared.common.config.id)
+            .field("cluster_id", &self.shared.common.config.cluster_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrpcTransport {
+    /// A transport for the node `config.id`. Reads the TLS files now, so that a bad path is
+    /// reported at startup rather than at the first connection. Must be called inside a tokio
+    /// runtime only when peers are added (each peer runs a task).
+    pub fn new(config: GrpcConfig) -> Result<Self, GrpcError> {
+        if config.id == 0 {
+            return Err(GrpcError::Config("node id 0 is reserved".into()));
+        }
+        if config.peer_queue_len == 0 || config.snapshot_chunk_bytes == 0 {
+            return Err(GrpcError::Config(
+                "peer_queue_len and snapshot_chunk_bytes must be at least 1".into(),
+            ));
+        }
+        let tls = match &config.tls {
+            None => None,
+            Some(t) => {
+                let read = |path: &std::path::Path, what: &'static str| {
+                    std::fs::read(path).map_err(|e| GrpcError::TlsFile {
+                        what,
+                        path: path.to_path_buf(),
+                        detail: e.to_string(),
+                    })
+                };
+                Some(LoadedTls {
+                    identity: Identity::from_pem(
+                        read(&t.cert, "certificate")?,
+                        read(&t.key, "private key")?,
+                    ),
+                    ca: Certificate::from_pem(read(&t.ca, "CA certificate")?),
+                    require_client_cert: t.require_client_cert,
+                    server_name: t.server_name.clone(),
+                })
+            }
+        };
+        let limits = DecodeLimits {
+            max_entry_bytes: config.max_message_bytes as u64,
+            ..DecodeLimits::default()
+        };
+        Ok(GrpcTransport {
+            shared: Arc::new(Shared {
+                common: Arc::new(Common {
+                    config,
+                    tls,
+                    stats: Counters::default(),
+                    inbox: std::sync::RwLock::new(None),
+                    limits,
+                }),
+                peers: Mutex::new(HashMap::new()),
+                routes: Mutex::new(HashMap::new()),
+                next_generation: std::sync::atomic::AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.common.config.id
+    }
+
+    /// The transport's counters.
+    pub fn stats(&self) -> TransportStats {
+        self.shared.common.stats.snapshot()
+    }
+
+    /// Sets the inbox that messages from peers are delivered to (replacing an earlier one).
+    /// Done by [`serve`](Self::serve) and [`peer_service`](Self::peer_service).
+    pub fn set_inbox(&self, inbox: Arc<dyn Inbox>) {
+        *self
+            .shared
+            .common
+            .inbox
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(inbox);
+    }
+
+    /// The current address of `peer`, if known.
+    pub fn peer_address(&self, peer: NodeId) -> Option<String> {
+        lock(&self.shared.peers)
+            .get(&peer)
+            .map(|p| p.address.clone())
+    }
+
+    fn enqueue(&self, message: Message) {
+        let stats = &self.shared.common.stats;
+        let election = is_election(&message.body);
+        if message.body.is_response() && !election {
+            let mut routes = lock(&self.shared.routes);
+            if let Some(route) = routes.get(&message.to) {
+                let wire = convert::encode_message(self.shared.common.config.cluster_id, &message);
+                match route.tx.try_send(Ok(wire)) {
+                    Ok(()) => {
+                        Counters::add(&stats.sent);
+                        return;
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        Counters::add(&stats.dropped_queue_full);
+                        return;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        routes.remove(&message.to);
+                    }
+                }
+            }
+        }
+        let peers = lock(&self.shared.peers);
+        let Some(peer) = peers.get(&message.to) else {
+            Counters::add(&stats.dropped_unknown_peer);
+            return;
+        };
+        let queue = if election { &peer.elect } else { &peer.data };
+        match queue.try_send(message) {
+            Ok(()) => {}
+            Err(_) => Counters::add(&stats.dropped_queue_full),
+        }
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, message: Message) {
+        self.enqueue(message);
+    }
+
+    fn send_snapshot(
+        &self,
+        message: Message,
+        data: Bytes,
+    ) -> impl std::future::Future<Output = Result<(), TransportError>> + Send {
+        let common = self.shared.common.clone();
+        let address = self.peer_address(message.to);
+        async move {
+            let Some(address) = address else {
+                return Err(TransportError::UnknownPeer { peer: message.to });
+            };
+            crate::snapshot::send(&common, &address, message, data).await
+        }
+    }
+
+    fn set_peer(&self, id: NodeId, address: String) {
+        if id == self.id() {
+            return;
+        }
+        let mut peers = lock(&self.shared.peers);
+        if peers.get(&id).is_some_and(|p| p.address == address) {
+            return;
+        }
+        let len = self.shared.common.config.peer_queue_len;
+        let (data, data_rx) = mpsc::channel(len);
+        let (elect, elect_rx) = mpsc::channel(64.min(len).max(1));
+        let task = tokio::spawn(run_peer(
+            self.shared.common.clone(),
+            id,
+            address.clone(),
+            data_rx,
+            elect_rx,
+        ));
+        peers.insert(
+            id,
+            Peer {
+                address,
+                data,
+                elect,
+                _task: AbortOnDrop(task),
+            },
+        );
+    }
+
+    fn remove_peer(&self, id: NodeId) {
+        lock(&self.shared.peers).remove(&id);
+        lock(&self.shared.routes).remove(&id);
+    }
+}
+
+/// Exponential backoff with ±50 % jitter, from a small deterministic generator.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+    rng: u64,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration, seed: u64) -> Self {
+        Backoff {
+            initial,
+            max,
+            current: initial,
+            rng: seed | 1,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        // xorshift64
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let base = self.current;
+        self.current = (self.current * 2).min(self.max);
+        // Uniform in [base / 2, base * 3 / 2).
+        let jitter = (self.rng % 1000) as u32;
+        base / 2 + base * jitter / 1000
+    }
+
+    fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+enum SessionEnd {
+    /// The connection broke; reconnect.
+    Broken,
+    /// The peer was removed or the transport dropped.
+    Closed,
+}
+
+/// One peer's lifetime: connect, stream until the connection breaks, back off, reconnect.
+async fn run_peer(
+    common: Arc<Common>,
+    peer: NodeId,
+    address: String,
+    mut data_rx: mpsc::Receiver<Message>,
+    mut elect_rx: mpsc::Receiver<Message>,
+) {
+    let me = common.config.id;
+    let mut backoff = Backoff::new(
+        common.config.reconnect_initial,
+        common.config.reconnect_max,
+        me.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ peer,
+    );
+    loop {
+        match common.connect(&address).await {
+            Ok(client) => {
+                Counters::add(&common.stats.connects);
+                tracing::debug!(node = me, peer, %address, "connected");
+                match session(
+                    &common,
+                    peer,
+                    client,
+                    &mut data_rx,
+                    &mut elect_rx,
+                    &mut backoff,
+                )
+                .await
+                {
+                    SessionEnd::Closed => return,
+                    SessionEnd::Broken => {
+                        tracing::debug!(node = me, peer, "stream to peer broke; reconnecting");
+                    }
+                }
+            }
+            Err(e) => {
+                Counters::add(&common.stats.connect_failures);
+                tracing::debug!(node = me, peer, "connect failed: {e}");
+            }
+        }
+        // While the peer is down, what is queued for it is dropped: Raft resends what
+        // matters, and stale appends would only delay fresh ones.
+        let pause = tokio::time::sleep(backoff.next());
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = &mut pause => break,
+                m = data_rx.recv() => match m {
+                    Some(_) => Counters::add(&common.stats.dropped_unreachable),
+                    None => return,
+                },
+                m = elect_rx.recv() => match m {
+                    Some(_) => Counters::add(&common.stats.dropped_unreachable),
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+async fn session(
+    common: &Arc<Common>,
+    peer: NodeId,
+    mut client: PeerClient<Channel>,
+    data_rx: &mut mpsc::Receiver<Message>,
+    elect_rx: &mut mpsc::Receiver<Message>,
+    backoff: &mut Backoff,
+) -> SessionEnd {
+    let cluster = common.config.cluster_id;
+    let (tx, rx) = mpsc::channel::<pb::RaftMessage>(256);
+    let mut inbound = match client.stream(ReceiverStream::new(rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            tracing::debug!(
+                node = common.config.id,
+                peer,
+                "opening the stream failed: {status}"
+            );
+            return SessionEnd::Broken;
+        }
+    };
+    backoff.reset();
+    let reader = {
+        let common = common.clone();
+        async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(m)) => {
+                        let _ = common.deliver(&m);
+                    }
+                    Ok(None) => return,
+                    Err(status) => {
+                        if status.code() == tonic::Code::FailedPrecondition {
+                            tracing::warn!(
+                                node = common.config.id,
+                                peer,
+                                "peer refused our stream: {}",
+                                status.message()
+                            );
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    tokio::pin!(reader);
+    loop {
+        tokio::select! {
+            () = &mut reader => return SessionEnd::Broken,
+            m = data_rx.recv() => {
+                let Some(m) = m else { return SessionEnd::Closed };
+                if tx.send(convert::encode_message(cluster, &m)).await.is_err() {
+                    Counters::add(&common.stats.dropped_unreachable);
+                    return SessionEnd::Broken;
+                }
+                Counters::add(&common.stats.sent);
+            }
+            m = elect_rx.recv() => {
+                let Some(m) = m else { return SessionEnd::Closed };
+                let wire = convert::encode_message(cluster, &m);
+                let mut client = client.clone();
+                let common = common.clone();
+                tokio::spawn(async move {
+                    let call = client.deliver(wire);
+                    match tokio::time::timeout(common.config.deliver_timeout, call).await {
+                        Ok(Ok(_)) => Counters::add(&common.stats.sent),
+                        Ok(Err(status)) => {
+                            Counters::add(&common.stats.dropped_unreachable);
+                            if status.code() == tonic::Code::FailedPrecondition {
+                                tracing::warn!(
+                                    node = common.config.id,
+                                    peer,
+                                    "peer refused an election message: {}",
+                                    status.message()
+                                );
+                            }
+                        }
+                        Err(_) => Counters::add(&common.stats.dropped_unreachable),
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_with_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800), 7);
+        let delays: Vec<Duration> = (0..6).map(|_| b.next()).collect();
+        for (i, d) in delays.iter().enumerate() {
+            let base = Duration::from_millis(100 * (1 << i.min(3)));
+            assert!(
+                *d >= base / 2 && *d < base * 3 / 2,
+                "{i}: {d:?} vs {base:?}"
+            );
+        }
+        b.reset();
+        assert!(b.next() < Duration::from_millis(150));
+    }
+
+    #[test]
+    fn host_of_strips_port_scheme_and_brackets() {
+        assert_eq!(host_of("127.0.0.1:7000"), "127.0.0.1");
+        assert_eq!(host_of("https://node-1.example:7000"), "node-1.example");
+        assert_eq!(host_of("[::1]:7000"), "::1");
+        assert_eq!(host_of("localhost"), "localhost");
+    }
+}
