@@ -4,9 +4,12 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `proto` is a symlink to the workspace's `proto/` directory (packaged as a copy).
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
-    let file = root.join("dengine/raft/v1/peer.proto");
+    let files = [
+        root.join("dengine/raft/v1/peer.proto"),
+        root.join("dengine/admin/v1/admin.proto"),
+    ];
     println!("cargo:rerun-if-changed={}", root.display());
-    let fds = protox::compile([&file], [&root])?;
+    let fds = protox::compile(&files, [&root])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -156,7 +156,8 @@ fn encode_entry(e: &Entry) -> pb::Entry {
     }
 }
 
-fn encode_membership(m: &Membership) -> pb::Membership {
+/// Encodes a membership.
+pub fn encode_membership(m: &Membership) -> pb::Membership {
     pb::Membership {
         voters: m.voters.iter().copied().collect(),
         voters_outgoing: m.voters_outgoing.iter().copied().collect(),

@@ -17,6 +17,10 @@
 //! * **Clusters cannot mix.** Every request carries the cluster id and the sender and
 //!   recipient ids; a mismatch is refused with `FAILED_PRECONDITION` and logged.
 //! * **TLS and mutual TLS** (rustls) from PEM files; optional gzip compression.
+//! * With feature `node` (on by default), [`AdminService`] serves a node's administration
+//!   API (`dengine.admin.v1.Admin`: status, membership, leader transfer, snapshots),
+//!   [`GrpcConfig::from_settings`] reads `dengine_node::Settings`, and
+//!   [`GrpcTransport::serve_node`] serves the peer and admin services of a node on one port.
 //! * [`fault::FaultyTransport`] wraps any transport to drop, delay, duplicate or block
 //!   messages, for tests and chaos runs.
 //!
@@ -71,6 +75,8 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+#[cfg(feature = "node")]
+mod admin;
 mod config;
 pub mod convert;
 pub mod fault;
@@ -82,16 +88,41 @@ mod transport;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+#[cfg(feature = "node")]
+pub use admin::{AdminService, admin_status};
 pub use config::{GrpcConfig, TlsConfig};
 pub use server::{PeerService, ServerHandle};
 pub use stats::TransportStats;
+/// The tonic version this crate is built on, for building clients and servers that match.
+pub use tonic;
 pub use transport::GrpcTransport;
 
-/// The generated wire types and gRPC stubs of `dengine.raft.v1`.
+/// The generated wire types and gRPC stubs, one module per protobuf package.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
-pub mod pb {
-    tonic::include_proto!("dengine.raft.v1");
+pub mod proto {
+    /// `dengine.*` packages.
+    pub mod dengine {
+        /// `dengine.raft.*`.
+        pub mod raft {
+            /// `dengine.raft.v1`: the peer protocol.
+            pub mod v1 {
+                tonic::include_proto!("dengine.raft.v1");
+            }
+        }
+        /// `dengine.admin.*`.
+        pub mod admin {
+            /// `dengine.admin.v1`: the admin service.
+            pub mod v1 {
+                tonic::include_proto!("dengine.admin.v1");
+            }
+        }
+    }
 }
+
+/// The admin service's wire types and stubs (`dengine.admin.v1`).
+pub use proto::dengine::admin::v1 as admin_pb;
+/// The peer protocol's wire types and stubs (`dengine.raft.v1`).
+pub use proto::dengine::raft::v1 as pb;
 
 /// Why the transport could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::codec::CompressionEncoding;
+use tonic::transport::server::Router;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -84,6 +85,16 @@ impl GrpcTransport {
         addr: SocketAddr,
         inbox: Arc<dyn Inbox>,
     ) -> Result<ServerHandle, GrpcError> {
+        self.serve_with(addr, inbox, |router| router).await
+    }
+
+    /// [`serve`](Self::serve), with more services added to the same server by `add`.
+    pub async fn serve_with(
+        &self,
+        addr: SocketAddr,
+        inbox: Arc<dyn Inbox>,
+        add: impl FnOnce(Router) -> Router,
+    ) -> Result<ServerHandle, GrpcError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| GrpcError::Bind {
@@ -106,7 +117,7 @@ impl GrpcTransport {
             })?;
         }
         let (close, closed) = watch::channel(false);
-        let router = builder.add_service(self.service_with(inbox, closed));
+        let router = add(builder.add_service(self.service_with(inbox, closed)));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let id = self.id();
         let task = tokio::spawn(async move {

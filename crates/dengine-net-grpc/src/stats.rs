@@ -24,6 +24,13 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a dropped message here and in the `dengine_messages_dropped_total{reason}`
+    /// metric (the name `dengine_node::metric_names` documents).
+    pub(crate) fn dropped(counter: &AtomicU64, reason: &'static str) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("dengine_messages_dropped_total", "reason" => reason).increment(1);
+    }
+
     pub(crate) fn snapshot(&self) -> TransportStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         TransportStats {

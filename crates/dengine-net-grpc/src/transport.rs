@@ -341,7 +341,7 @@ impl GrpcTransport {
                         return;
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        Counters::add(&stats.dropped_queue_full);
+                        Counters::dropped(&stats.dropped_queue_full, "queue_full");
                         return;
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -352,13 +352,13 @@ impl GrpcTransport {
         }
         let peers = lock(&self.shared.peers);
         let Some(peer) = peers.get(&message.to) else {
-            Counters::add(&stats.dropped_unknown_peer);
+            Counters::dropped(&stats.dropped_unknown_peer, "unknown_peer");
             return;
         };
         let queue = if election { &peer.elect } else { &peer.data };
         match queue.try_send(message) {
             Ok(()) => {}
-            Err(_) => Counters::add(&stats.dropped_queue_full),
+            Err(_) => Counters::dropped(&stats.dropped_queue_full, "queue_full"),
         }
     }
 }
@@ -508,11 +508,11 @@ async fn run_peer(
             tokio::select! {
                 () = &mut pause => break,
                 m = data_rx.recv() => match m {
-                    Some(_) => Counters::add(&common.stats.dropped_unreachable),
+                    Some(_) => Counters::dropped(&common.stats.dropped_unreachable, "unreachable"),
                     None => return,
                 },
                 m = elect_rx.recv() => match m {
-                    Some(_) => Counters::add(&common.stats.dropped_unreachable),
+                    Some(_) => Counters::dropped(&common.stats.dropped_unreachable, "unreachable"),
                     None => return,
                 },
             }
@@ -573,7 +573,7 @@ async fn session(
             m = data_rx.recv() => {
                 let Some(m) = m else { return SessionEnd::Closed };
                 if tx.send(convert::encode_message(cluster, &m)).await.is_err() {
-                    Counters::add(&common.stats.dropped_unreachable);
+                    Counters::dropped(&common.stats.dropped_unreachable, "unreachable");
                     return SessionEnd::Broken;
                 }
                 Counters::add(&common.stats.sent);
@@ -588,7 +588,7 @@ async fn session(
                     match tokio::time::timeout(common.config.deliver_timeout, call).await {
                         Ok(Ok(_)) => Counters::add(&common.stats.sent),
                         Ok(Err(status)) => {
-                            Counters::add(&common.stats.dropped_unreachable);
+                            Counters::dropped(&common.stats.dropped_unreachable, "unreachable");
                             if status.code() == tonic::Code::FailedPrecondition {
                                 tracing::warn!(
                                     node = common.config.id,
@@ -598,7 +598,7 @@ async fn session(
                                 );
                             }
                         }
-                        Err(_) => Counters::add(&common.stats.dropped_unreachable),
+                        Err(_) => Counters::dropped(&common.stats.dropped_unreachable, "unreachable"),
                     }
                 });
             }

@@ -1,0 +1,343 @@
+//! [`NodeBuilder`]: assembles a node from [`Settings`], a [`LogStore`], a [`StateMachine`]
+//! and a [`Transport`], and starts it in one of two explicit modes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dengine_core::{
+    EntryId, InitialState, LogStore, Membership, NodeId, Raft, SnapshotMeta, StateMachine,
+    StoredState, Transport,
+};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::Instrument;
+
+use crate::error::StartError;
+use crate::inbox::{NodeInbox, PeerInput};
+use crate::node::{Node, Shared};
+use crate::runtime::{Parts, Runtime};
+use crate::settings::Settings;
+use crate::snapshot_dir::SnapshotDir;
+
+/// Room in the request queue for administrative requests beyond `client.max_pending`.
+const ADMIN_QUEUE: usize = 1024;
+
+/// Assembles a node. Give it a log store, a state machine and a transport, then start it with
+/// [`bootstrap`](NodeBuilder::bootstrap) (a brand-new cluster) or
+/// [`start`](NodeBuilder::start) (restart, or join an existing cluster).
+///
+/// The transport needs the node's [`NodeInbox`] to deliver what peers send; take it from
+/// [`inbox`](NodeBuilder::inbox) before building the transport. Messages delivered before
+/// the node starts wait in the inbox.
+///
+/// The start methods spawn tasks and must be called within a tokio runtime.
+pub struct NodeBuilder<S = (), M = (), T = ()> {
+    settings: Settings,
+    store: S,
+    state_machine: M,
+    transport: T,
+    peer_tx: mpsc::Sender<PeerInput>,
+    peer_rx: mpsc::Receiver<PeerInput>,
+    snapshot_dir: Option<PathBuf>,
+}
+
+impl NodeBuilder {
+    /// A builder for the node configured by `settings`.
+    pub fn new(settings: Settings) -> Self {
+        let (peer_tx, peer_rx) = mpsc::channel(settings.network.peer_queue_len.max(1));
+        NodeBuilder {
+            settings,
+            store: (),
+            state_machine: (),
+            transport: (),
+            peer_tx,
+            peer_rx,
+            snapshot_dir: None,
+        }
+    }
+}
+
+impl<S, M, T> NodeBuilder<S, M, T> {
+    /// Uses `store` for the Raft log and hard state.
+    pub fn log_store<S2: LogStore>(self, store: S2) -> NodeBuilder<S2, M, T> {
+        NodeBuilder {
+            settings: self.settings,
+            store,
+            state_machine: self.state_machine,
+            transport: self.transport,
+            peer_tx: self.peer_tx,
+            peer_rx: self.peer_rx,
+            snapshot_dir: self.snapshot_dir,
+        }
+    }
+
+    /// Applies committed entries to `state_machine`.
+    pub fn state_machine<M2: StateMachine>(self, state_machine: M2) -> NodeBuilder<S, M2, T> {
+        NodeBuilder {
+            settings: self.settings,
+            store: self.store,
+            state_machine,
+            transport: self.transport,
+            peer_tx: self.peer_tx,
+            peer_rx: self.peer_rx,
+            snapshot_dir: self.snapshot_dir,
+        }
+    }
+
+    /// Sends messages to peers through `transport`.
+    pub fn transport<T2: Transport>(self, transport: T2) -> NodeBuilder<S, M, T2> {
+        NodeBuilder {
+            settings: self.settings,
+            store: self.store,
+            state_machine: self.state_machine,
+            transport,
+            peer_tx: self.peer_tx,
+            peer_rx: self.peer_rx,
+            snapshot_dir: self.snapshot_dir,
+        }
+    }
+
+    /// Keeps the newest snapshots as files in `dir` (created if missing; typically
+    /// `<node.data_dir>/snapshots`). On start, a snapshot newer than what the state machine
+    /// has applied is installed into it first. Needed for a state machine that is not
+    /// durable (such as `MemoryStateMachine`) once the log is compacted: without the file,
+    /// the compacted entries could not be replayed and the node refuses to start
+    /// ([`StartError::StateMachineBehindLog`]).
+    pub fn snapshot_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.snapshot_dir = Some(dir.into());
+        self
+    }
+
+    /// The inbox the transport delivers peer messages into.
+    pub fn inbox(&self) -> NodeInbox {
+        NodeInbox::new(self.peer_tx.clone())
+    }
+
+    /// The settings the node will run with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
+    /// Starts the first node(s) of a brand-new cluster whose voters are `members` (id →
+    /// address peers use; an empty address records none). Every initial member is
+    /// bootstrapped with the same `members`.
+    ///
+    /// Refuses ([`StartError::AlreadyInitialized`]) a log store that already holds state:
+    /// bootstrapping twice could elect two leaders. Restart such a node with
+    /// [`start`](NodeBuilder::start).
+    pub async fn bootstrap(self, members: BTreeMap<NodeId, String>) -> Result<Node, StartError> {
+        let id = self.settings.node.id;
+        if members.is_empty() {
+            return Err(StartError::InvalidMembers("no members given".into()));
+        }
+        if members.contains_key(&0) {
+            return Err(StartError::InvalidMembers("node id 0 is reserved".into()));
+        }
+        if !members.contains_key(&id) {
+            return Err(StartError::InvalidMembers(format!(
+                "this node ({id}) is not among the initial members {:?}",
+                members.keys().collect::<Vec<_>>()
+            )));
+        }
+        let mut membership = Membership::new(members.keys().copied());
+        for (member, address) in members {
+            if !address.is_empty() {
+                membership = membership.with_address(member, address);
+            }
+        }
+        self.launch(Some(membership)).await
+    }
+
+    /// Starts from what the log store holds: a restart when it holds state (never
+    /// bootstrapping again), or, for an empty store, a new node that waits to be added to an
+    /// existing cluster (as a learner, through [`Node::add_learner`] on the leader).
+    pub async fn start(self) -> Result<Node, StartError> {
+        self.launch(None).await
+    }
+
+    /// [`start`](NodeBuilder::start) for a node that is about to be added to an existing
+    /// cluster, telling the transport where the current members are (`peers`: id →
+    /// address), so that it can answer the leader before the configuration that adds it
+    /// (and carries every member's address) has reached its log. On a store that already
+    /// holds state this is a plain restart; the addresses in the stored membership win.
+    pub async fn join(self, peers: BTreeMap<NodeId, String>) -> Result<Node, StartError> {
+        let me = self.settings.node.id;
+        for (id, address) in peers {
+            if id != me && id != 0 && !address.is_empty() {
+                self.transport.set_peer(id, address);
+            }
+        }
+        self.launch(None).await
+    }
+
+    /// [`bootstrap`](NodeBuilder::bootstrap) with `settings.node.initial_members` if the log
+    /// store is empty and initial members are configured; otherwise
+    /// [`start`](NodeBuilder::start). Never bootstraps a store that holds state.
+    pub async fn start_or_bootstrap(self) -> Result<Node, StartError> {
+        let stored = self.store.load_state().await?;
+        let members = self.settings.node.initial_members.clone();
+        if is_empty(&stored) && !members.is_empty() {
+            self.bootstrap(members).await
+        } else {
+            self.start().await
+        }
+    }
+
+    async fn launch(self, bootstrap: Option<Membership>) -> Result<Node, StartError> {
+        let NodeBuilder {
+            settings,
+            store,
+            state_machine,
+            transport,
+            peer_tx,
+            peer_rx,
+            snapshot_dir,
+        } = self;
+        settings.validate()?;
+        let id = settings.node.id;
+        let mut stored = store.load_state().await?;
+        let snapshot_dir = snapshot_dir.map(SnapshotDir::new);
+        let mut snapshot_file = None;
+        if let Some(dir) = &snapshot_dir {
+            snapshot_file = dir.load_latest().await.map_err(StartError::SnapshotFile)?;
+        }
+        if bootstrap.is_some() && !is_empty(&stored) {
+            return Err(StartError::AlreadyInitialized {
+                term: stored.hard_state.term,
+                last_index: stored.last_index,
+            });
+        }
+        if let Some(file) = &snapshot_file
+            && is_empty(&stored)
+        {
+            return Err(StartError::SnapshotFile(format!(
+                "the snapshot directory holds a snapshot at {} but the log store is empty;                  refusing to mix state of another incarnation: remove the snapshot files or                  restore the log store",
+                file.meta.last_included
+            )));
+        }
+        let mut base = match bootstrap {
+            Some(membership) => {
+                // The initial configuration is in no log entry: record it as the snapshot at
+                // index 0, so that a restart finds it.
+                let meta = SnapshotMeta {
+                    last_included: EntryId::ZERO,
+                    membership,
+                };
+                store.save_snapshot_meta(&meta).await?;
+                Some(meta)
+            }
+            None => stored.snapshot_meta.clone(),
+        };
+        let mut state_machine = state_machine;
+        if let Some(file) = &snapshot_file {
+            let index = file.meta.last_included.index;
+            if index > stored.last_index {
+                // A snapshot from the leader was saved, but the node stopped before the log
+                // store was reset to it: finish that now, or the log would lag the state.
+                store.reset_to_snapshot(&file.meta).await?;
+                stored = store.load_state().await?;
+            }
+            if index > state_machine.applied_index() {
+                tracing::info!(
+                    node = id,
+                    index,
+                    "restoring the state machine from its snapshot file"
+                );
+                state_machine
+                    .install_snapshot(&file.meta, file.data.clone())
+                    .await?;
+            }
+            if base.as_ref().is_none_or(|b| b.last_included.index <= index) {
+                base = Some(file.meta.clone());
+            }
+        }
+        let initial_snapshot = snapshot_file
+            .filter(|f| base.as_ref().map(|b| b.last_included) == Some(f.meta.last_included));
+        let compacted = stored.first_index.saturating_sub(1);
+        let applied = state_machine.applied_index();
+        if applied < compacted {
+            return Err(StartError::StateMachineBehindLog { applied, compacted });
+        }
+        let sm_membership = state_machine.membership();
+        let applied_membership = if applied > 0 && sm_membership != Membership::default() {
+            sm_membership
+        } else {
+            base.as_ref()
+                .map(|meta| meta.membership.clone())
+                .unwrap_or_default()
+        };
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ id.rotate_left(32);
+        let config = settings.core_config(seed);
+        let initial = InitialState {
+            hard_state: stored.hard_state,
+            membership: Membership::default(),
+            applied,
+            snapshot: base,
+        };
+        let raft = Raft::new(config, store.reader(), initial)?;
+        tracing::info!(
+            node = id,
+            term = stored.hard_state.term,
+            last_index = stored.last_index,
+            applied,
+            "starting node"
+        );
+
+        let max_pending = settings
+            .client
+            .max_pending
+            .clamp(1, Semaphore::MAX_PERMITS / 2);
+        let (req_tx, req_rx) = mpsc::channel(max_pending + ADMIN_QUEUE);
+        let fatal = Arc::new(Mutex::new(None));
+        let settings = Arc::new(settings);
+        let parts = Parts {
+            id,
+            settings: settings.clone(),
+            store,
+            transport: Arc::new(transport),
+            req_rx,
+            peer_rx,
+            peer_tx: peer_tx.clone(),
+            fatal: fatal.clone(),
+            snapshot_dir,
+            initial_snapshot,
+        };
+        let runtime = Runtime::new(parts, raft, state_machine, applied_membership);
+        let task = tokio::spawn(
+            runtime
+                .run()
+                .instrument(tracing::info_span!("dengine_node", node = id)),
+        );
+        let client = &settings.client;
+        let propose_timeout = Duration::from_millis(client.propose_timeout_ms);
+        let election = Duration::from_millis(settings.raft.election_timeout_ms);
+        let shared = Shared {
+            id,
+            req_tx,
+            inbox: NodeInbox::new(peer_tx),
+            pending: Arc::new(Semaphore::new(max_pending)),
+            closing: AtomicBool::new(false),
+            fatal,
+            task: Mutex::new(Some(task)),
+            propose_timeout,
+            read_timeout: Duration::from_millis(client.read_timeout_ms),
+            admin_timeout: propose_timeout.max(election * 4),
+            max_proposal_bytes: settings.raft.max_proposal_bytes,
+        };
+        Ok(Node::new(Arc::new(shared)))
+    }
+}
+
+/// Whether a store was never written: no term, no entries, no snapshot.
+fn is_empty(stored: &StoredState) -> bool {
+    stored.hard_state == Default::default()
+        && stored.last_index == 0
+        && stored.snapshot_meta.is_none()
+}

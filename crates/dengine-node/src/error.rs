@@ -1,0 +1,183 @@
+//! The errors of the node's public API: starting a node, proposing, reading and
+//! administration. Every variant says what the caller can do about it.
+
+use dengine_core::{ConfigError, LogIndex, MembershipError, NodeId, StorageError, TransferError};
+
+/// Why a proposal did not produce a response.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    /// This node does not lead; send the command to `leader` (at `leader_address`), if known.
+    /// The command was not applied.
+    #[error("not the leader (leader is {leader:?} at {leader_address:?}); send the command there")]
+    NotLeader {
+        /// The current leader, if this node knows one.
+        leader: Option<NodeId>,
+        /// Where the leader is reached, from the membership's addresses.
+        leader_address: Option<String>,
+    },
+    /// The command is larger than `raft.max_proposal_bytes`. It was not applied.
+    #[error("command of {size} bytes exceeds raft.max_proposal_bytes = {max}; split it")]
+    TooLarge {
+        /// The command's size.
+        size: u64,
+        /// The configured limit.
+        max: u64,
+    },
+    /// Too many requests are pending (`client.max_pending`), or too many bytes wait to be
+    /// committed (`raft.max_uncommitted_bytes`). The command was not applied; retry later.
+    #[error("the node is busy ({0}); the command was not applied, retry later")]
+    Busy(&'static str),
+    /// Leadership is being handed to node `to`; the command was not applied. Retry shortly
+    /// (on the new leader).
+    #[error("leadership is being transferred to node {to}; retry shortly")]
+    TransferInProgress {
+        /// The transfer target.
+        to: NodeId,
+    },
+    /// No outcome within `client.propose_timeout_ms`. **The outcome is unknown**: the command
+    /// may still be applied later. Retry only if the command is idempotent.
+    #[error(
+        "no response within the proposal timeout; the outcome is unknown (the command may \
+         still be applied)"
+    )]
+    Timeout,
+    /// The request was accepted but its fate could not be followed to the end (its entry
+    /// was folded into a snapshot received from the leader). **The outcome is unknown.**
+    #[error("the outcome of the command is unknown: {0}")]
+    Interrupted(&'static str),
+    /// The node is shutting down. A command accepted before the shutdown began has an
+    /// **unknown outcome**; a new one was not applied.
+    #[error("the node is shutting down (a command already accepted has an unknown outcome)")]
+    ShuttingDown,
+    /// The node stopped after a fatal error; the outcome of an accepted command is unknown.
+    #[error("the node stopped: {reason}")]
+    Stopped {
+        /// The fatal error.
+        reason: String,
+    },
+}
+
+/// Why a read did not produce an answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The read could not be confirmed within `client.read_timeout_ms` (no leader, or the
+    /// leader could not reach a majority). Retry.
+    #[error("the read could not be confirmed within the read timeout; retry")]
+    Timeout,
+    /// Too many requests are pending (`client.max_pending`); retry later.
+    #[error("the node is busy (too many pending requests); retry later")]
+    Busy,
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// The node stopped after a fatal error.
+    #[error("the node stopped: {reason}")]
+    Stopped {
+        /// The fatal error.
+        reason: String,
+    },
+    /// The state machine failed to answer the query.
+    #[error("the state machine failed the query: {0}")]
+    StateMachine(String),
+}
+
+/// Why an administrative operation (membership change, leader transfer, snapshot) failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// This node does not lead; send the request to `leader` (at `leader_address`).
+    #[error("not the leader (leader is {leader:?} at {leader_address:?}); send the request there")]
+    NotLeader {
+        /// The current leader, if known.
+        leader: Option<NodeId>,
+        /// Where the leader is reached, from the membership's addresses.
+        leader_address: Option<String>,
+    },
+    /// The core refused the membership change.
+    #[error("membership change refused: {0}")]
+    Membership(MembershipError),
+    /// The core refused the leader transfer.
+    #[error("leader transfer refused: {0}")]
+    Transfer(TransferError),
+    /// The leader transfer did not complete in time (the target may be unreachable or far
+    /// behind); the old leader resumed.
+    #[error("leadership did not move to node {to} in time ({detail})")]
+    TransferFailed {
+        /// The transfer target.
+        to: NodeId,
+        /// What happened instead.
+        detail: String,
+    },
+    /// The configuration entry was overwritten by a new leader: the change did not happen.
+    #[error("the membership change at index {index} was overwritten by a new leader; retry")]
+    Overwritten {
+        /// Index of the lost configuration entry.
+        index: LogIndex,
+    },
+    /// The operation did not complete in time; its outcome is unknown (check `status()`).
+    #[error("the operation did not complete in time; check status() for its outcome")]
+    Timeout,
+    /// Building or recording a snapshot failed.
+    #[error("snapshot failed: {0}")]
+    Snapshot(String),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// The node stopped after a fatal error.
+    #[error("the node stopped: {reason}")]
+    Stopped {
+        /// The fatal error.
+        reason: String,
+    },
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// `bootstrap` was asked of a store that already holds Raft state. Bootstrapping twice
+    /// would forget votes and entries and could elect two leaders; restart the node with
+    /// `start()` instead.
+    #[error(
+        "refusing to bootstrap: the log store already holds state (term {term}, last index \
+         {last_index}); restart the node with start() instead"
+    )]
+    AlreadyInitialized {
+        /// The stored term.
+        term: u64,
+        /// The stored last log index.
+        last_index: LogIndex,
+    },
+    /// The initial members given to `bootstrap` are unusable.
+    #[error("invalid initial members: {0}")]
+    InvalidMembers(String),
+    /// The settings failed validation ([`Settings::validate`](crate::Settings::validate)).
+    #[error("{0}")]
+    InvalidSettings(#[from] crate::settings::SettingsError),
+    /// The settings do not make a valid protocol configuration.
+    #[error("invalid settings: {0}")]
+    Config(#[from] ConfigError),
+    /// The snapshot directory could not be read.
+    #[error("snapshot directory: {0}")]
+    SnapshotFile(String),
+    /// The log store failed while starting.
+    #[error("log store error while starting: {0}")]
+    Storage(#[from] StorageError),
+    /// The state machine has applied less than the log store still holds: the entries in
+    /// between were compacted, so the node cannot rebuild its state. The state machine must
+    /// be durable (or restored from its snapshot) when the log is compacted.
+    #[error(
+        "the state machine has applied up to index {applied}, but the log store was compacted \
+         up to index {compacted}; entries {from}..={compacted} are gone. Use a durable state \
+         machine or restore it from its snapshot before restarting",
+        from = applied + 1
+    )]
+    StateMachineBehindLog {
+        /// The state machine's applied index.
+        applied: LogIndex,
+        /// The log store's compaction point.
+        compacted: LogIndex,
+    },
+}

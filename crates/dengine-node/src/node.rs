@@ -1,0 +1,432 @@
+//! [`Node`]: the handle applications use — client API (propose, read), administration
+//! (membership, leader transfer, snapshots, status) and shutdown.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dengine_core::{
+    LogIndex, Membership, MembershipChange, NodeId, PeerProgress, Role, SnapshotMeta, Term,
+};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::error::{AdminError, ProposeError, ReadError};
+use crate::inbox::NodeInbox;
+use crate::metric_names as m;
+use crate::runtime::request::Request;
+
+/// How a read is confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Consistency {
+    /// Linearizable through ReadIndex (thesis §6.4): the leader confirms its leadership with
+    /// a heartbeat round to a majority, then the read is served once the local state machine
+    /// has applied the leader's commit index. Followers forward the request to the leader.
+    Linearizable,
+    /// Linearizable through the leader's lease (thesis §6.4.1): no round trip while the lease
+    /// holds; relies on bounded clock drift (`raft.lease_drift_ms`). Falls back to ReadIndex
+    /// when the lease is not valid.
+    Lease,
+    /// From the local state machine right away: may miss recent writes (or, on a
+    /// partitioned node, be arbitrarily old), never sees uncommitted ones.
+    Stale,
+}
+
+/// The leader's view of one peer, in [`Status::peers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Replication progress.
+    pub progress: PeerProgress,
+    /// Entries the peer is behind the leader's last index.
+    pub lag: u64,
+}
+
+/// A node's view of itself and the cluster, from [`Node::status`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// Its current term.
+    pub term: Term,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Where the leader is reached, if the membership records it.
+    pub leader_address: Option<String>,
+    /// Highest index known committed.
+    pub commit_index: LogIndex,
+    /// Highest index applied to the state machine.
+    pub applied_index: LogIndex,
+    /// Index of the last log entry.
+    pub last_log_index: LogIndex,
+    /// The configuration in effect.
+    pub membership: Membership,
+    /// Index of the configuration entry in effect.
+    pub membership_index: LogIndex,
+    /// The newest snapshot this node has.
+    pub snapshot: Option<SnapshotMeta>,
+    /// On the leader: progress of every other member; empty elsewhere.
+    pub peers: BTreeMap<NodeId, PeerStatus>,
+}
+
+/// State shared by every [`Node`] handle.
+pub(crate) struct Shared {
+    pub(crate) id: NodeId,
+    pub(crate) req_tx: mpsc::Sender<Request>,
+    pub(crate) inbox: NodeInbox,
+    pub(crate) pending: Arc<Semaphore>,
+    pub(crate) closing: AtomicBool,
+    pub(crate) fatal: Arc<Mutex<Option<String>>>,
+    pub(crate) task: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) propose_timeout: Duration,
+    pub(crate) read_timeout: Duration,
+    pub(crate) admin_timeout: Duration,
+    pub(crate) max_proposal_bytes: u64,
+}
+
+/// A running node: a cheap, cloneable handle (`Send + Sync`) on its event loop.
+///
+/// Requests are answered by the event loop; the calls are safe to make from many tasks at
+/// once. Dropping every handle stops the node (without the graceful steps of
+/// [`shutdown`](Node::shutdown)); the transport's [`NodeInbox`] does not keep it alive.
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.shared.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Node { shared }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    /// The inbox a transport delivers peer messages to.
+    pub fn inbox(&self) -> NodeInbox {
+        self.shared.inbox.clone()
+    }
+
+    /// The fatal error that stopped the node, if it stopped on one.
+    pub fn fatal_error(&self) -> Option<String> {
+        lock(&self.shared.fatal).clone()
+    }
+
+    /// Whether the event loop has stopped (after a shutdown, a kill or a fatal error).
+    pub fn is_stopped(&self) -> bool {
+        self.shared.req_tx.is_closed()
+    }
+
+    /// Replicates `command` and returns the state machine's response once the entry is
+    /// applied on this node (the leader).
+    ///
+    /// Fails fast with [`ProposeError::NotLeader`] on a follower (with the leader's address
+    /// when known), [`ProposeError::TooLarge`], or [`ProposeError::Busy`] when
+    /// `client.max_pending` requests are already waiting. [`ProposeError::Timeout`] after
+    /// `client.propose_timeout_ms` means the outcome is unknown.
+    pub async fn propose(&self, command: Bytes) -> Result<Bytes, ProposeError> {
+        let started = Instant::now();
+        let span = tracing::info_span!(
+            "propose",
+            node = self.shared.id,
+            index = tracing::field::Empty
+        );
+        let result = self
+            .propose_inner(command, span.clone())
+            .instrument(span)
+            .await;
+        let label = match &result {
+            Ok(_) => {
+                metrics::histogram!(m::PROPOSAL_LATENCY_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                m::RESULT_OK
+            }
+            Err(ProposeError::NotLeader { .. } | ProposeError::TransferInProgress { .. }) => {
+                m::RESULT_NOT_LEADER
+            }
+            Err(ProposeError::Timeout | ProposeError::Interrupted(_)) => m::RESULT_TIMEOUT,
+            Err(ProposeError::Busy(_)) => m::RESULT_BUSY,
+            Err(ProposeError::TooLarge { .. }) => m::RESULT_TOO_LARGE,
+            Err(ProposeError::ShuttingDown | ProposeError::Stopped { .. }) => {
+                m::RESULT_SHUTTING_DOWN
+            }
+        };
+        metrics::counter!(m::PROPOSALS_TOTAL, m::LABEL_RESULT => label).increment(1);
+        result
+    }
+
+    async fn propose_inner(
+        &self,
+        command: Bytes,
+        span: tracing::Span,
+    ) -> Result<Bytes, ProposeError> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(self.stopped_or(ProposeError::ShuttingDown, |reason| {
+                ProposeError::Stopped { reason }
+            }));
+        }
+        let size = command.len() as u64;
+        if size > self.shared.max_proposal_bytes {
+            return Err(ProposeError::TooLarge {
+                size,
+                max: self.shared.max_proposal_bytes,
+            });
+        }
+        let Ok(_permit) = self.shared.pending.clone().try_acquire_owned() else {
+            return Err(ProposeError::Busy(
+                "client.max_pending requests are waiting",
+            ));
+        };
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .req_tx
+            .try_send(Request::Propose { command, span, tx })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    ProposeError::Busy("the request queue is full")
+                }
+                mpsc::error::TrySendError::Closed(_) => self
+                    .stopped_or(ProposeError::ShuttingDown, |reason| ProposeError::Stopped {
+                        reason,
+                    }),
+            })?;
+        match tokio::time::timeout(self.shared.propose_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => {
+                Err(
+                    self.stopped_or(ProposeError::ShuttingDown, |reason| ProposeError::Stopped {
+                        reason,
+                    }),
+                )
+            }
+            Err(_) => Err(ProposeError::Timeout),
+        }
+    }
+
+    /// Answers `query` from the state machine with the given [`Consistency`].
+    ///
+    /// Linearizable and lease reads wait (up to `client.read_timeout_ms`) until the read is
+    /// confirmed and the local state machine has caught up to the read index; a follower
+    /// forwards the confirmation to its leader, so any node can serve them. While there is no
+    /// leader the read is retried until the timeout.
+    pub async fn read(&self, query: Bytes, consistency: Consistency) -> Result<Bytes, ReadError> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(
+                self.stopped_or(ReadError::ShuttingDown, |reason| ReadError::Stopped {
+                    reason,
+                }),
+            );
+        }
+        let Ok(_permit) = self.shared.pending.clone().try_acquire_owned() else {
+            return Err(ReadError::Busy);
+        };
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .req_tx
+            .try_send(Request::Read {
+                query,
+                consistency,
+                tx,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ReadError::Busy,
+                mpsc::error::TrySendError::Closed(_) => self
+                    .stopped_or(ReadError::ShuttingDown, |reason| ReadError::Stopped {
+                        reason,
+                    }),
+            })?;
+        match tokio::time::timeout(self.shared.read_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => {
+                Err(
+                    self.stopped_or(ReadError::ShuttingDown, |reason| ReadError::Stopped {
+                        reason,
+                    }),
+                )
+            }
+            Err(_) => Err(ReadError::Timeout),
+        }
+    }
+
+    /// This node's view of itself and the cluster.
+    pub async fn status(&self) -> Result<Status, AdminError> {
+        let (tx, rx) = oneshot::channel();
+        self.admin(Request::Status { tx }, rx).await
+    }
+
+    /// Adds `id` as a learner reached at `address`: it receives the log but does not vote.
+    /// Resolves once the configuration is committed and applied here (the leader).
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        address: impl Into<String>,
+    ) -> Result<Membership, AdminError> {
+        let addresses = BTreeMap::from([(id, address.into())]);
+        self.change_membership(vec![MembershipChange::AddLearner(id)], addresses)
+            .await
+    }
+
+    /// Makes the learner `id` a voter (through a joint configuration). Promote a learner once
+    /// its lag in [`Status::peers`] is small. Resolves once the final configuration is
+    /// committed and applied here.
+    pub async fn promote(&self, id: NodeId) -> Result<Membership, AdminError> {
+        self.change_membership(vec![MembershipChange::AddVoter(id)], BTreeMap::new())
+            .await
+    }
+
+    /// Removes `id` (voter or learner) from the cluster. Resolves once the final
+    /// configuration is committed and applied here. Stop the removed node afterwards.
+    pub async fn remove(&self, id: NodeId) -> Result<Membership, AdminError> {
+        self.change_membership(vec![MembershipChange::Remove(id)], BTreeMap::new())
+            .await
+    }
+
+    /// Changes any number of members at once through joint consensus (thesis §4.3),
+    /// recording `addresses` (usually of the nodes being added) in the configuration.
+    /// Transient refusals (a new leader not ready yet, another change still in progress) are
+    /// retried until the admin timeout. Resolves with the final configuration once it is
+    /// committed and applied here.
+    pub async fn change_membership(
+        &self,
+        changes: Vec<MembershipChange>,
+        addresses: BTreeMap<NodeId, String>,
+    ) -> Result<Membership, AdminError> {
+        let (tx, rx) = oneshot::channel();
+        let deadline = Instant::now() + self.shared.admin_timeout;
+        let req = Request::ChangeMembership {
+            changes,
+            addresses,
+            deadline,
+            tx,
+        };
+        self.admin(req, rx).await?
+    }
+
+    /// Hands leadership to the voter `to` (thesis §3.10). Resolves once this node sees `to`
+    /// lead, or fails with [`AdminError::TransferFailed`] when the transfer is abandoned.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), AdminError> {
+        let (tx, rx) = oneshot::channel();
+        let deadline = Instant::now() + self.shared.admin_timeout;
+        self.admin(Request::TransferLeader { to, deadline, tx }, rx)
+            .await?
+    }
+
+    /// Takes a snapshot of the state machine now and lets the log be compacted behind it.
+    /// Resolves with what the snapshot covers.
+    pub async fn trigger_snapshot(&self) -> Result<SnapshotMeta, AdminError> {
+        let (tx, rx) = oneshot::channel();
+        self.admin(Request::TriggerSnapshot { tx }, rx).await?
+    }
+
+    /// Starts an election on this node now, as if its election timeout had fired. For tests
+    /// and tools; a healthy cluster elects on its own.
+    pub async fn campaign(&self) -> Result<(), AdminError> {
+        self.send_admin(Request::Campaign).await
+    }
+
+    async fn send_admin(&self, req: Request) -> Result<(), AdminError> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(
+                self.stopped_or(AdminError::ShuttingDown, |reason| AdminError::Stopped {
+                    reason,
+                }),
+            );
+        }
+        match tokio::time::timeout(self.shared.admin_timeout, self.shared.req_tx.send(req)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => {
+                Err(
+                    self.stopped_or(AdminError::ShuttingDown, |reason| AdminError::Stopped {
+                        reason,
+                    }),
+                )
+            }
+            Err(_) => Err(AdminError::Timeout),
+        }
+    }
+
+    async fn admin<R>(&self, req: Request, rx: oneshot::Receiver<R>) -> Result<R, AdminError> {
+        self.send_admin(req).await?;
+        // The loop enforces the operation's own deadline; this one only guards against a
+        // loop that never answers.
+        let guard = self.shared.admin_timeout + Duration::from_secs(1);
+        match tokio::time::timeout(guard, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => {
+                Err(
+                    self.stopped_or(AdminError::ShuttingDown, |reason| AdminError::Stopped {
+                        reason,
+                    }),
+                )
+            }
+            Err(_) => Err(AdminError::Timeout),
+        }
+    }
+
+    /// Stops the node gracefully: new requests are refused with `ShuttingDown`; a leader
+    /// first hands leadership to the most up-to-date voter (waiting up to
+    /// `shutdown.transfer_timeout_ms`); pending requests then fail with `ShuttingDown`
+    /// (outcome unknown), the log store is synced and the tasks stop. Returns once they have.
+    pub async fn shutdown(&self) {
+        self.shared.closing.store(true, Ordering::Release);
+        let (tx, rx) = oneshot::channel();
+        if self
+            .shared
+            .req_tx
+            .send(Request::Shutdown { tx })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+        let task = lock(&self.shared.task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// Simulates a crash: aborts the event loop and every task of the node at once, without
+    /// handing over leadership, answering requests or syncing storage. Writes a `persist` call
+    /// had not finished may be lost, exactly as in a process crash. For tests.
+    pub async fn kill(&self) {
+        self.shared.closing.store(true, Ordering::Release);
+        let task = lock(&self.shared.task).take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until the event loop has stopped (after [`shutdown`](Node::shutdown), a kill
+    /// or a fatal error).
+    pub async fn stopped(&self) {
+        self.shared.req_tx.closed().await;
+    }
+
+    fn stopped_or<E>(&self, shutting_down: E, stopped: impl FnOnce(String) -> E) -> E {
+        match self.fatal_error() {
+            Some(reason) => stopped(reason),
+            None => shutting_down,
+        }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The protected values are plain options assigned in one step; a poisoned lock still
+    // holds a consistent value.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

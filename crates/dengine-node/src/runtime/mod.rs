@@ -1,0 +1,687 @@
+//! The event loop: one tokio task per node that owns the Raft core, feeds it time, peer
+//! messages and client requests, and carries out each `Ready` in the order
+//! `docs/protocol.md` prescribes.
+//!
+//! One turn: wake on one input, drain every other queued input (so that all proposals of the
+//! turn go into one `LogStore::persist` call: group commit), then loop over `Ready`:
+//! send the messages (the core holds back every response that depends on a write until that
+//! write is reported durable, so sending in parallel with the leader's own write is safe,
+//! thesis §10.2.1), persist with one call and one sync, report it, hand the committed entries
+//! to the apply task, serve the reads that became safe, compact, install snapshots.
+//!
+//! Reading order: this file (state, inputs, `Ready`); `apply.rs` (the apply task);
+//! `snapshots.rs` (building, sending and installing snapshots); `admin.rs` (membership
+//! changes, leader transfer, status); `stop.rs` (graceful shutdown); `request.rs` (what flows
+//! in).
+
+mod admin;
+pub(crate) mod apply;
+pub(crate) mod request;
+mod snapshots;
+mod stop;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dengine_core::store::Snapshot;
+use dengine_core::{
+    Entry, EntryPayload, LogIndex, LogStore, Membership, MessageBody, NodeId, Raft, ReadCtx,
+    ReadMode, Role, SnapshotMeta, SoftState, Term, Transport,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+
+use self::apply::{ApplyCmd, Responder};
+use self::request::{Event, Request};
+use crate::error::{AdminError, ProposeError, ReadError};
+use crate::inbox::PeerInput;
+use crate::metric_names as m;
+use crate::node::Consistency;
+use crate::settings::Settings;
+use crate::snapshot_dir::SnapshotDir;
+
+/// Most inputs of one kind taken in one turn before the `Ready` is processed, so that a flood
+/// of one kind cannot starve the others.
+const DRAIN_LIMIT: usize = 4096;
+
+/// Ticks between sweeps of abandoned requests and updates of the per-peer lag gauges.
+const SWEEP_TICKS: u64 = 20;
+
+/// A fatal error: the node must stop (never continue after a failed persist).
+type Fatal = String;
+
+/// Someone waiting for the entry at some index to be applied.
+enum Waiter {
+    Proposal {
+        term: Term,
+        tx: oneshot::Sender<Result<Bytes, ProposeError>>,
+        span: tracing::Span,
+    },
+    Config {
+        term: Term,
+        deadline: Instant,
+        tx: oneshot::Sender<Result<Membership, AdminError>>,
+    },
+}
+
+/// A membership change whose configuration entry was applied; it resolves once the
+/// configuration is final (not joint) and applied.
+struct ConfigWaiter {
+    index: LogIndex,
+    deadline: Instant,
+    tx: oneshot::Sender<Result<Membership, AdminError>>,
+}
+
+/// A membership change refused for a transient reason, retried on every tick.
+struct PendingChange {
+    changes: Vec<dengine_core::MembershipChange>,
+    addresses: BTreeMap<NodeId, String>,
+    deadline: Instant,
+    tx: oneshot::Sender<Result<Membership, AdminError>>,
+}
+
+struct TransferWaiter {
+    to: NodeId,
+    deadline: Instant,
+    tx: oneshot::Sender<Result<(), AdminError>>,
+}
+
+struct PendingRead {
+    query: Bytes,
+    mode: ReadMode,
+    tx: oneshot::Sender<Result<Bytes, ReadError>>,
+}
+
+/// A graceful shutdown in progress.
+struct Stopping {
+    deadline: Instant,
+    done: Vec<oneshot::Sender<()>>,
+}
+
+/// Aborts the apply task if the loop is dropped (killed) without finishing.
+struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Everything the event loop owns.
+pub(crate) struct Runtime<S: LogStore, T: Transport> {
+    pub(crate) id: NodeId,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) raft: Raft<S::Reader>,
+    pub(crate) store: S,
+    pub(crate) transport: Arc<T>,
+    pub(crate) req_rx: mpsc::Receiver<Request>,
+    pub(crate) peer_rx: mpsc::Receiver<PeerInput>,
+    /// Keeps the inbound channel open while the loop runs (transports hold the other ends).
+    pub(crate) _peer_tx: mpsc::Sender<PeerInput>,
+    pub(crate) events_rx: mpsc::UnboundedReceiver<Event>,
+    pub(crate) events_tx: mpsc::UnboundedSender<Event>,
+    pub(crate) apply_tx: Option<mpsc::Sender<ApplyCmd>>,
+    pub(crate) fatal: Arc<Mutex<Option<String>>>,
+    snapshot_dir: Option<SnapshotDir>,
+    apply_task: AbortOnDrop,
+    snapshot_senders: JoinSet<()>,
+
+    waiters: BTreeMap<LogIndex, Waiter>,
+    config_waiters: Vec<ConfigWaiter>,
+    pending_changes: Vec<PendingChange>,
+    transfers: Vec<TransferWaiter>,
+    reads: HashMap<ReadCtx, PendingRead>,
+    retry_reads: Vec<ReadCtx>,
+    next_read_ctx: ReadCtx,
+    snapshot_waiters: Vec<oneshot::Sender<Result<SnapshotMeta, AdminError>>>,
+    building_snapshot: bool,
+    since_snapshot_entries: u64,
+    since_snapshot_bytes: u64,
+    /// The newest snapshot's data, streamed to followers that need compacted entries.
+    snapshot_cache: Option<Snapshot>,
+    /// The newest snapshot received from a peer, until the core asks to install it.
+    incoming_snapshot: Option<(SnapshotMeta, Bytes)>,
+    /// Peers whose snapshot could not be sent; reported failed on the next tick (reporting at
+    /// once would make the core ask again in the same turn).
+    failed_snapshot_sends: Vec<NodeId>,
+    known_members: Membership,
+    last_leader: Option<NodeId>,
+    stopping: Option<Stopping>,
+    handles_gone: bool,
+    ticks: u64,
+}
+
+/// What [`Runtime::new`] needs besides the core.
+pub(crate) struct Parts<S, T> {
+    pub(crate) id: NodeId,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) store: S,
+    pub(crate) transport: Arc<T>,
+    pub(crate) req_rx: mpsc::Receiver<Request>,
+    pub(crate) peer_rx: mpsc::Receiver<PeerInput>,
+    pub(crate) peer_tx: mpsc::Sender<PeerInput>,
+    pub(crate) fatal: Arc<Mutex<Option<String>>>,
+    pub(crate) snapshot_dir: Option<SnapshotDir>,
+    /// The snapshot file the node started from, if it matches the core's snapshot.
+    pub(crate) initial_snapshot: Option<Snapshot>,
+}
+
+impl<S: LogStore, T: Transport> Runtime<S, T> {
+    /// Assembles the loop and spawns the apply task that owns `state_machine`.
+    pub(crate) fn new<M: dengine_core::StateMachine>(
+        parts: Parts<S, T>,
+        raft: Raft<S::Reader>,
+        state_machine: M,
+        applied_membership: Membership,
+    ) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        // Bounded: when the state machine falls behind, the loop waits for it instead of
+        // queueing committed entries without limit.
+        let (apply_tx, apply_rx) = mpsc::channel(64);
+        let apply_task = tokio::spawn(apply::run(
+            state_machine,
+            apply_rx,
+            events_tx.clone(),
+            applied_membership,
+        ));
+        Runtime {
+            id: parts.id,
+            settings: parts.settings,
+            raft,
+            store: parts.store,
+            transport: parts.transport,
+            req_rx: parts.req_rx,
+            peer_rx: parts.peer_rx,
+            _peer_tx: parts.peer_tx,
+            events_rx,
+            events_tx,
+            apply_tx: Some(apply_tx),
+            fatal: parts.fatal,
+            snapshot_dir: parts.snapshot_dir,
+            apply_task: AbortOnDrop(Some(apply_task)),
+            snapshot_senders: JoinSet::new(),
+            waiters: BTreeMap::new(),
+            config_waiters: Vec::new(),
+            pending_changes: Vec::new(),
+            transfers: Vec::new(),
+            reads: HashMap::new(),
+            retry_reads: Vec::new(),
+            next_read_ctx: 1,
+            snapshot_waiters: Vec::new(),
+            building_snapshot: false,
+            since_snapshot_entries: 0,
+            since_snapshot_bytes: 0,
+            snapshot_cache: parts.initial_snapshot,
+            incoming_snapshot: None,
+            failed_snapshot_sends: Vec::new(),
+            known_members: Membership::default(),
+            last_leader: None,
+            stopping: None,
+            handles_gone: false,
+            ticks: 0,
+        }
+    }
+
+    /// Runs the loop until shutdown, until every handle is dropped, or until a fatal error.
+    pub(crate) async fn run(mut self) {
+        self.sync_transport_peers();
+        self.update_gauges();
+        metrics::gauge!(m::APPLIED_INDEX).set(self.raft.applied_index() as f64);
+        let tick = Duration::from_millis(self.settings.raft.tick_ms.max(1));
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+        let fatal = loop {
+            let woke = tokio::select! {
+                _ = ticker.tick() => self.on_tick(),
+                Some(event) = self.events_rx.recv() => self.on_event(event).await,
+                Some(input) = self.peer_rx.recv() => {
+                    self.on_peer_input(input);
+                    Ok(())
+                }
+                request = self.req_rx.recv() => match request {
+                    Some(request) => self.on_request(request).await,
+                    None => {
+                        self.handles_gone = true;
+                        Ok(())
+                    }
+                },
+            };
+            let turn = match woke {
+                Ok(()) => self.turn().await,
+                Err(e) => Err(e),
+            };
+            if let Err(reason) = turn {
+                break Some(reason);
+            }
+            if self.handles_gone || self.stop_due() {
+                break None;
+            }
+        };
+        self.finish(fatal).await;
+    }
+
+    /// The rest of a turn: drain queued inputs, then carry out `Ready` until there is none.
+    async fn turn(&mut self) -> Result<(), Fatal> {
+        for _ in 0..DRAIN_LIMIT {
+            match self.events_rx.try_recv() {
+                Ok(event) => self.on_event(event).await?,
+                Err(_) => break,
+            }
+        }
+        for _ in 0..DRAIN_LIMIT {
+            match self.peer_rx.try_recv() {
+                Ok(input) => self.on_peer_input(input),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..DRAIN_LIMIT {
+            match self.req_rx.try_recv() {
+                Ok(request) => self.on_request(request).await?,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.handles_gone = true;
+                    break;
+                }
+            }
+        }
+        self.process_ready().await?;
+        self.check_waiters();
+        Ok(())
+    }
+
+    // ----- inputs ------------------------------------------------------------------------------
+
+    fn on_tick(&mut self) -> Result<(), Fatal> {
+        self.ticks += 1;
+        self.raft.tick();
+        for peer in std::mem::take(&mut self.failed_snapshot_sends) {
+            self.raft.report_snapshot(peer, false);
+        }
+        // Reads refused for a transient reason (no leader yet, a new leader not ready) are
+        // asked again while their caller still waits.
+        for ctx in std::mem::take(&mut self.retry_reads) {
+            self.issue_read(ctx);
+        }
+        for change in std::mem::take(&mut self.pending_changes) {
+            self.try_change_membership(change);
+        }
+        while self.snapshot_senders.try_join_next().is_some() {}
+        if self.ticks.is_multiple_of(SWEEP_TICKS) {
+            self.sweep_abandoned();
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    fn on_peer_input(&mut self, input: PeerInput) {
+        let msg = match input {
+            PeerInput::Message(msg) => {
+                if matches!(msg.body, MessageBody::InstallSnapshot(_)) {
+                    // A snapshot needs its data, which only arrives through deliver_snapshot.
+                    tracing::warn!(from = msg.from, "InstallSnapshot without data dropped");
+                    return;
+                }
+                msg
+            }
+            PeerInput::Snapshot(msg, data) => {
+                let MessageBody::InstallSnapshot(meta) = &msg.body else {
+                    tracing::warn!(from = msg.from, "snapshot data with a non-snapshot message");
+                    return;
+                };
+                let newer = self
+                    .incoming_snapshot
+                    .as_ref()
+                    .is_none_or(|(have, _)| have.last_included.index <= meta.last_included.index);
+                if newer {
+                    self.incoming_snapshot = Some((meta.clone(), data));
+                }
+                msg
+            }
+        };
+        if let Err(e) = self.raft.step(msg) {
+            tracing::warn!(error = %e, "misrouted message dropped");
+        }
+    }
+
+    async fn on_request(&mut self, request: Request) -> Result<(), Fatal> {
+        match request {
+            Request::Propose { command, span, tx } => self.propose(command, span, tx),
+            Request::Read {
+                query,
+                consistency,
+                tx,
+            } => {
+                let mode = match consistency {
+                    Consistency::Stale => {
+                        return self.send_apply(ApplyCmd::Query { query, tx }).await;
+                    }
+                    Consistency::Linearizable => ReadMode::ReadIndex,
+                    Consistency::Lease => ReadMode::Lease,
+                };
+                let ctx = self.next_read_ctx;
+                self.next_read_ctx += 1;
+                self.reads.insert(ctx, PendingRead { query, mode, tx });
+                self.issue_read(ctx);
+            }
+            Request::Status { tx } => {
+                let _ = tx.send(self.status());
+            }
+            Request::ChangeMembership {
+                changes,
+                addresses,
+                deadline,
+                tx,
+            } => self.try_change_membership(PendingChange {
+                changes,
+                addresses,
+                deadline,
+                tx,
+            }),
+            Request::TransferLeader { to, deadline, tx } => self.transfer_leader(to, deadline, tx),
+            Request::TriggerSnapshot { tx } => {
+                self.snapshot_waiters.push(tx);
+                if !self.building_snapshot {
+                    self.build_snapshot().await?;
+                }
+            }
+            Request::Campaign => self.raft.campaign(),
+            Request::Shutdown { tx } => self.begin_shutdown(tx),
+        }
+        Ok(())
+    }
+
+    fn propose(
+        &mut self,
+        command: Bytes,
+        span: tracing::Span,
+        tx: oneshot::Sender<Result<Bytes, ProposeError>>,
+    ) {
+        if self.stopping.is_some() {
+            let _ = tx.send(Err(ProposeError::ShuttingDown));
+            return;
+        }
+        match self.raft.propose(command) {
+            Ok(id) => {
+                span.record("index", id.index);
+                tracing::debug!(parent: &span, term = id.term, index = id.index, "appended");
+                let waiter = Waiter::Proposal {
+                    term: id.term,
+                    tx,
+                    span,
+                };
+                if let Some(old) = self.waiters.insert(id.index, waiter) {
+                    // The index was reused by this leader: the old entry was overwritten.
+                    self.fail_overwritten(id.index, old);
+                }
+            }
+            Err(e) => {
+                let error = match e {
+                    dengine_core::ProposeError::NotLeader { leader } => ProposeError::NotLeader {
+                        leader,
+                        leader_address: self.address_of(leader),
+                    },
+                    dengine_core::ProposeError::TooLarge { size, max } => {
+                        ProposeError::TooLarge { size, max }
+                    }
+                    dengine_core::ProposeError::TransferInProgress { to } => {
+                        ProposeError::TransferInProgress { to }
+                    }
+                    dengine_core::ProposeError::UncommittedLimit { .. } => ProposeError::Busy(
+                        "raft.max_uncommitted_bytes of entries are waiting to commit",
+                    ),
+                };
+                let _ = tx.send(Err(error));
+            }
+        }
+    }
+
+    fn issue_read(&mut self, ctx: ReadCtx) {
+        let Some(read) = self.reads.get(&ctx) else {
+            return;
+        };
+        if read.tx.is_closed() {
+            self.reads.remove(&ctx);
+            return;
+        }
+        if self.stopping.is_some() {
+            if let Some(read) = self.reads.remove(&ctx) {
+                let _ = read.tx.send(Err(ReadError::ShuttingDown));
+            }
+            return;
+        }
+        if self.raft.read_index(ctx, read.mode).is_err() {
+            self.retry_reads.push(ctx);
+        }
+    }
+
+    // ----- events from the helper tasks --------------------------------------------------------
+
+    async fn on_event(&mut self, event: Event) -> Result<(), Fatal> {
+        match event {
+            Event::Applied { index } => self.raft.on_applied(index),
+            Event::SnapshotBuilt(result) => self.on_snapshot_built(result).await?,
+            Event::Installed { meta, data, result } => {
+                self.on_snapshot_loaded(meta, data, result).await?;
+            }
+            Event::SnapshotSent { peer, delivered } => {
+                if delivered {
+                    metrics::counter!(m::SNAPSHOTS_SENT_TOTAL).increment(1);
+                } else {
+                    tracing::warn!(peer, "sending a snapshot failed; it will be retried");
+                }
+                self.raft.report_snapshot(peer, delivered);
+            }
+            Event::Fatal(reason) => return Err(reason),
+        }
+        Ok(())
+    }
+
+    // ----- Ready -------------------------------------------------------------------------------
+
+    async fn process_ready(&mut self) -> Result<(), Fatal> {
+        while self.raft.has_ready() {
+            let ready = self.raft.ready();
+            if let Some(soft) = ready.soft_state {
+                self.on_soft_state(soft);
+            }
+            for msg in ready.messages {
+                self.send(msg);
+            }
+            if let Some(mut write) = ready.persist {
+                if !self.settings.storage.fsync {
+                    // storage.fsync = false (tests, benchmarks): acknowledged writes may be
+                    // lost on power loss, as the setting documents.
+                    write.must_sync = false;
+                }
+                let started = Instant::now();
+                if let Err(e) = self.store.persist(&write).await {
+                    return Err(format!("persisting to the log store failed: {e}"));
+                }
+                metrics::histogram!(m::APPEND_LATENCY_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                if !write.entries.is_empty() {
+                    metrics::histogram!(m::APPEND_BATCH_ENTRIES).record(write.entries.len() as f64);
+                }
+                self.raft.on_persisted(write.done());
+            }
+            if !ready.committed_entries.is_empty() {
+                self.hand_to_apply(ready.committed_entries).await?;
+            }
+            for read in ready.read_states {
+                if let Some(pending) = self.reads.remove(&read.ctx) {
+                    let query = ApplyCmd::Query {
+                        query: pending.query,
+                        tx: pending.tx,
+                    };
+                    self.send_apply(query).await?;
+                }
+            }
+            for failed in ready.failed_reads {
+                if self.reads.contains_key(&failed.ctx) {
+                    self.retry_reads.push(failed.ctx);
+                }
+            }
+            for e in ready.storage_errors {
+                tracing::warn!(error = %e, "the core could not read the log");
+            }
+            if let Some(to) = ready.compact_log_to
+                && let Err(e) = self.store.purge(to).await
+            {
+                return Err(format!("compacting the log up to {to} failed: {e}"));
+            }
+            if let Some(meta) = ready.snapshot_to_install {
+                self.install(meta).await?;
+            }
+        }
+        self.sync_transport_peers();
+        Ok(())
+    }
+
+    fn on_soft_state(&mut self, soft: SoftState) {
+        metrics::gauge!(m::TERM).set(soft.term as f64);
+        metrics::gauge!(m::ROLE).set(role_code(soft.role));
+        tracing::debug!(role = %soft.role, term = soft.term, leader = ?soft.leader, "role or leader changed");
+        if soft.leader != self.last_leader {
+            metrics::counter!(m::LEADER_CHANGES_TOTAL).increment(1);
+            self.last_leader = soft.leader;
+            if soft.leader == Some(self.id) {
+                tracing::info!(term = soft.term, "became leader");
+            }
+        }
+    }
+
+    async fn hand_to_apply(&mut self, entries: Vec<Entry>) -> Result<(), Fatal> {
+        let mut responders = Vec::new();
+        let mut bytes = 0u64;
+        for entry in &entries {
+            bytes += entry.payload_bytes();
+            let Some(waiter) = self.waiters.remove(&entry.index) else {
+                continue;
+            };
+            match waiter {
+                Waiter::Proposal { term, tx, span } if term == entry.term => {
+                    tracing::debug!(parent: &span, index = entry.index, "committed");
+                    responders.push(Responder {
+                        index: entry.index,
+                        tx,
+                        span,
+                    });
+                }
+                Waiter::Config { term, deadline, tx } if term == entry.term => {
+                    self.config_waiters.push(ConfigWaiter {
+                        index: entry.index,
+                        deadline,
+                        tx,
+                    });
+                }
+                other => self.fail_overwritten(entry.index, other),
+            }
+            if let EntryPayload::Membership(m) = &entry.payload {
+                tracing::info!(index = entry.index, voters = ?m.voters, learners = ?m.learners, "configuration committed");
+            }
+        }
+        self.since_snapshot_entries += entries.len() as u64;
+        self.since_snapshot_bytes += bytes;
+        self.send_apply(ApplyCmd::Apply {
+            entries,
+            responders,
+        })
+        .await?;
+        let policy = &self.settings.snapshot;
+        let due = (policy.every_entries > 0 && self.since_snapshot_entries >= policy.every_entries)
+            || (policy.every_bytes > 0 && self.since_snapshot_bytes >= policy.every_bytes);
+        if due && !self.building_snapshot {
+            self.build_snapshot().await?;
+        }
+        Ok(())
+    }
+
+    async fn send_apply(&mut self, cmd: ApplyCmd) -> Result<(), Fatal> {
+        let Some(apply) = &self.apply_tx else {
+            return Err("the apply task is gone".into());
+        };
+        apply
+            .send(cmd)
+            .await
+            .map_err(|_| Fatal::from("the apply task stopped"))
+    }
+
+    // ----- housekeeping ------------------------------------------------------------------------
+
+    fn fail_overwritten(&self, index: LogIndex, waiter: Waiter) {
+        match waiter {
+            Waiter::Proposal { tx, .. } => {
+                let leader = self.raft.leader();
+                let _ = tx.send(Err(ProposeError::NotLeader {
+                    leader,
+                    leader_address: self.address_of(leader),
+                }));
+            }
+            Waiter::Config { tx, .. } => {
+                let _ = tx.send(Err(AdminError::Overwritten { index }));
+            }
+        }
+    }
+
+    /// Forgets requests whose callers gave up (timed out), so nothing grows without bound.
+    fn sweep_abandoned(&mut self) {
+        self.reads.retain(|_, r| !r.tx.is_closed());
+        self.waiters.retain(|_, w| match w {
+            Waiter::Proposal { tx, .. } => !tx.is_closed(),
+            Waiter::Config { tx, .. } => !tx.is_closed(),
+        });
+        self.snapshot_waiters.retain(|tx| !tx.is_closed());
+    }
+
+    /// Tells the transport where members are reached, after every configuration change.
+    fn sync_transport_peers(&mut self) {
+        let current = self.raft.membership();
+        if *current == self.known_members {
+            return;
+        }
+        for (&id, address) in &current.addresses {
+            if id != self.id && self.known_members.address(id) != Some(address.as_str()) {
+                self.transport.set_peer(id, address.clone());
+            }
+        }
+        for id in self.known_members.members() {
+            if id != self.id && !current.contains(id) {
+                self.transport.remove_peer(id);
+            }
+        }
+        self.known_members = current.clone();
+    }
+
+    fn update_gauges(&self) {
+        metrics::gauge!(m::TERM).set(self.raft.term() as f64);
+        metrics::gauge!(m::ROLE).set(role_code(self.raft.role()));
+        metrics::gauge!(m::COMMIT_INDEX).set(self.raft.commit_index() as f64);
+        if self.raft.role() == Role::Leader && self.ticks.is_multiple_of(SWEEP_TICKS) {
+            for peer in self.raft.membership().members() {
+                if peer == self.id {
+                    continue;
+                }
+                if let Some(lag) = self.raft.replication_lag(peer) {
+                    metrics::gauge!(m::REPLICATION_LAG_ENTRIES, m::LABEL_PEER => peer.to_string())
+                        .set(lag as f64);
+                }
+            }
+        }
+    }
+
+    fn address_of(&self, id: Option<NodeId>) -> Option<String> {
+        id.and_then(|id| self.raft.membership().address(id).map(str::to_owned))
+    }
+}
+
+fn role_code(role: Role) -> f64 {
+    match role {
+        Role::Follower => 0.0,
+        Role::PreCandidate => 1.0,
+        Role::Candidate => 2.0,
+        Role::Leader => 3.0,
+    }
+}

@@ -1,0 +1,190 @@
+//! Snapshots on the event loop: building one through the apply task and recording it
+//! (snapshot file, log store metadata, core), streaming it to followers that need compacted
+//! entries, and installing one received from the leader (§7, thesis §5).
+
+use bytes::Bytes;
+use dengine_core::store::Snapshot;
+use dengine_core::{LogStore, Message, MessageBody, SnapshotMeta, StorageError, Transport};
+
+use super::apply::ApplyCmd;
+use super::request::Event;
+use super::{Fatal, Runtime, Waiter};
+use crate::error::{AdminError, ProposeError};
+use crate::metric_names as m;
+
+impl<S: LogStore, T: Transport> Runtime<S, T> {
+    pub(super) async fn on_snapshot_built(
+        &mut self,
+        result: Result<Snapshot, String>,
+    ) -> Result<(), Fatal> {
+        self.building_snapshot = false;
+        let snapshot = match result {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                tracing::warn!(error = %e, "building a snapshot failed");
+                self.answer_snapshot_waiters(Err(AdminError::Snapshot(e)));
+                return Ok(());
+            }
+        };
+        let meta = snapshot.meta.clone();
+        let known = self
+            .raft
+            .latest_snapshot()
+            .map_or(0, |s| s.last_included.index);
+        if meta.last_included.index > known {
+            // The file first: the log is compacted only behind a snapshot that survives a
+            // restart.
+            if let Some(dir) = &self.snapshot_dir
+                && let Err(e) = dir.save(&snapshot).await
+            {
+                tracing::warn!(error = %e, "snapshot not saved; the log is not compacted");
+                self.answer_snapshot_waiters(Err(AdminError::Snapshot(e)));
+                return Ok(());
+            }
+            match self.store.save_snapshot_meta(&meta).await {
+                Ok(()) => {}
+                Err(StorageError::InvalidArgument(detail)) => {
+                    // The log moved under the snapshot (a snapshot from the leader was
+                    // installed meanwhile): skip this one.
+                    tracing::warn!(%detail, "snapshot not recorded");
+                    self.answer_snapshot_waiters(Err(AdminError::Snapshot(detail)));
+                    return Ok(());
+                }
+                Err(e) => return Err(format!("recording snapshot metadata failed: {e}")),
+            }
+            if let Err(e) = self.raft.on_snapshot_created(meta.clone()) {
+                tracing::warn!(error = %e, "the core refused the snapshot");
+                self.answer_snapshot_waiters(Err(AdminError::Snapshot(e.to_string())));
+                return Ok(());
+            }
+            tracing::info!(index = meta.last_included.index, "snapshot built");
+        }
+        let keep = self.raft.latest_snapshot().map(|s| s.last_included) == Some(meta.last_included);
+        if keep {
+            self.snapshot_cache = Some(snapshot);
+        }
+        self.answer_snapshot_waiters(Ok(meta));
+        Ok(())
+    }
+
+    pub(super) async fn on_snapshot_loaded(
+        &mut self,
+        meta: SnapshotMeta,
+        data: Bytes,
+        result: Result<(), String>,
+    ) -> Result<(), Fatal> {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, index = meta.last_included.index, "installing a snapshot failed");
+            self.raft.abort_snapshot_install();
+            return Ok(());
+        }
+        if let Some(dir) = &self.snapshot_dir {
+            let snapshot = Snapshot {
+                meta: meta.clone(),
+                data: data.clone(),
+            };
+            // The log is about to be discarded up to the snapshot: without the file a
+            // restart could not rebuild the state machine.
+            dir.save(&snapshot).await?;
+        }
+        if let Err(e) = self.store.reset_to_snapshot(&meta).await {
+            return Err(format!(
+                "resetting the log store to snapshot {} failed: {e}",
+                meta.last_included
+            ));
+        }
+        let last = meta.last_included;
+        self.raft.on_snapshot_installed(last);
+        metrics::counter!(m::SNAPSHOTS_INSTALLED_TOTAL).increment(1);
+        tracing::info!(index = last.index, term = last.term, "snapshot installed");
+        self.since_snapshot_entries = 0;
+        self.since_snapshot_bytes = 0;
+        // Entries folded into the snapshot were never handed out here: their waiters cannot
+        // learn their fate.
+        let rest = self.waiters.split_off(&(last.index + 1));
+        for (_, waiter) in std::mem::replace(&mut self.waiters, rest) {
+            match waiter {
+                Waiter::Proposal { tx, .. } => {
+                    let _ = tx.send(Err(ProposeError::Interrupted(
+                        "its entry was folded into a snapshot received from the leader",
+                    )));
+                }
+                Waiter::Config { tx, .. } => {
+                    let _ = tx.send(Err(AdminError::Timeout));
+                }
+            }
+        }
+        self.snapshot_cache = Some(Snapshot { meta, data });
+        Ok(())
+    }
+
+    pub(super) fn send(&mut self, msg: Message) {
+        let MessageBody::InstallSnapshot(meta) = &msg.body else {
+            self.transport.send(msg);
+            return;
+        };
+        let peer = msg.to;
+        let data = self
+            .snapshot_cache
+            .as_ref()
+            .filter(|s| s.meta.last_included == meta.last_included)
+            .map(|s| s.data.clone());
+        let Some(data) = data else {
+            // The core knows a snapshot whose data this process does not hold (it was recorded
+            // before a restart): build a fresh one and let the core retry.
+            self.failed_snapshot_sends.push(peer);
+            let covered = meta.last_included.index;
+            if !self.building_snapshot && self.raft.applied_index() >= covered {
+                self.building_snapshot = true;
+                if let Some(apply) = &self.apply_tx
+                    && apply.try_send(ApplyCmd::BuildSnapshot).is_err()
+                {
+                    self.building_snapshot = false;
+                }
+            }
+            return;
+        };
+        tracing::info!(peer, index = meta.last_included.index, "sending a snapshot");
+        let transport = self.transport.clone();
+        let events = self.events_tx.clone();
+        self.snapshot_senders.spawn(async move {
+            let delivered = match transport.send_snapshot(msg, data).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(peer, error = %e, "snapshot stream failed");
+                    false
+                }
+            };
+            let _ = events.send(Event::SnapshotSent { peer, delivered });
+        });
+    }
+
+    pub(super) async fn build_snapshot(&mut self) -> Result<(), Fatal> {
+        self.building_snapshot = true;
+        self.since_snapshot_entries = 0;
+        self.since_snapshot_bytes = 0;
+        self.send_apply(ApplyCmd::BuildSnapshot).await
+    }
+
+    pub(super) async fn install(&mut self, meta: SnapshotMeta) -> Result<(), Fatal> {
+        let data = match self.incoming_snapshot.take() {
+            Some((have, data)) if have.last_included == meta.last_included => data,
+            other => {
+                self.incoming_snapshot = other;
+                tracing::warn!(
+                    index = meta.last_included.index,
+                    "no data for the snapshot to install"
+                );
+                self.raft.abort_snapshot_install();
+                return Ok(());
+            }
+        };
+        self.send_apply(ApplyCmd::Install { meta, data }).await
+    }
+
+    pub(super) fn answer_snapshot_waiters(&mut self, result: Result<SnapshotMeta, AdminError>) {
+        for tx in std::mem::take(&mut self.snapshot_waiters) {
+            let _ = tx.send(result.clone());
+        }
+    }
+}

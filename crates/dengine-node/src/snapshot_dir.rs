@@ -1,0 +1,195 @@
+//! [`SnapshotDir`]: the newest state-machine snapshots kept as files, so that a state machine
+//! that is not durable can be restored after a restart even when the log behind its snapshot
+//! was compacted away.
+//!
+//! One file per snapshot, `snapshot-<index>-<term>.dsnap`, written to a temporary name,
+//! synced, then renamed (so a crash leaves either the old set or the new file complete):
+//!
+//! ```text
+//! "DSNAP001" | u32 meta_len | meta record (store::codec, with its CRC) |
+//! u64 data_len | u32 crc32(data) | data
+//! ```
+//!
+//! The two newest files are kept; a file that fails its checks is skipped for an older one.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use dengine_core::store::Snapshot;
+use dengine_core::store::codec::{decode_snapshot_meta, encode_snapshot_meta};
+
+const MAGIC: &[u8; 8] = b"DSNAP001";
+const SUFFIX: &str = ".dsnap";
+const KEEP: usize = 2;
+
+/// A directory of snapshot files.
+#[derive(Clone, Debug)]
+pub(crate) struct SnapshotDir {
+    path: PathBuf,
+}
+
+impl SnapshotDir {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        SnapshotDir { path }
+    }
+
+    /// Writes `snapshot` durably and removes older files beyond the newest [`KEEP`].
+    pub(crate) async fn save(&self, snapshot: &Snapshot) -> Result<(), String> {
+        let dir = self.path.clone();
+        let snapshot = snapshot.clone();
+        tokio::task::spawn_blocking(move || save_blocking(&dir, &snapshot))
+            .await
+            .map_err(|e| format!("snapshot writer task failed: {e}"))?
+            .map_err(|e| format!("writing a snapshot into {}: {e}", self.path.display()))
+    }
+
+    /// The newest snapshot that passes its checks, if any.
+    pub(crate) async fn load_latest(&self) -> Result<Option<Snapshot>, String> {
+        let dir = self.path.clone();
+        tokio::task::spawn_blocking(move || load_blocking(&dir))
+            .await
+            .map_err(|e| format!("snapshot reader task failed: {e}"))?
+            .map_err(|e| format!("reading snapshots in {}: {e}", self.path.display()))
+    }
+}
+
+fn file_name(snapshot: &Snapshot) -> String {
+    let id = snapshot.meta.last_included;
+    format!("snapshot-{:020}-{:020}{SUFFIX}", id.index, id.term)
+}
+
+fn save_blocking(dir: &Path, snapshot: &Snapshot) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let name = file_name(snapshot);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let meta = encode_snapshot_meta(&snapshot.meta);
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(MAGIC)?;
+        f.write_all(&(meta.len() as u32).to_be_bytes())?;
+        f.write_all(&meta)?;
+        f.write_all(&(snapshot.data.len() as u64).to_be_bytes())?;
+        f.write_all(&crc32fast::hash(&snapshot.data).to_be_bytes())?;
+        f.write_all(&snapshot.data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(&name))?;
+    // Make the rename durable.
+    fs::File::open(dir)?.sync_all()?;
+    let mut names = snapshot_files(dir)?;
+    names.sort();
+    let old = names.len().saturating_sub(KEEP);
+    for stale in &names[..old] {
+        let _ = fs::remove_file(dir.join(stale));
+    }
+    Ok(())
+}
+
+fn snapshot_files(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with("snapshot-") && name.ends_with(SUFFIX) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+fn load_blocking(dir: &Path) -> io::Result<Option<Snapshot>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let mut names = snapshot_files(dir)?;
+    names.sort();
+    for name in names.iter().rev() {
+        let path = dir.join(name);
+        match decode(&fs::read(&path)?) {
+            Ok(snapshot) => return Ok(Some(snapshot)),
+            Err(detail) => {
+                tracing::warn!(path = %path.display(), %detail, "skipping a damaged snapshot file");
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
+    let rest = bytes.strip_prefix(MAGIC).ok_or("bad magic")?;
+    let (len, rest) = split_u32(rest)?;
+    let len = len as usize;
+    if rest.len() < len {
+        return Err("truncated metadata".into());
+    }
+    let (meta, rest) = rest.split_at(len);
+    let meta = decode_snapshot_meta(meta).map_err(|e| e.to_string())?;
+    if rest.len() < 12 {
+        return Err("truncated header".into());
+    }
+    let (data_len, rest) = rest.split_at(8);
+    let data_len = u64::from_be_bytes(data_len.try_into().map_err(|_| "bad length")?);
+    let (crc, data) = split_u32(rest)?;
+    if data.len() as u64 != data_len {
+        return Err(format!("data is {} bytes, expected {data_len}", data.len()));
+    }
+    if crc32fast::hash(data) != crc {
+        return Err("data checksum mismatch".into());
+    }
+    Ok(Snapshot {
+        meta,
+        data: Bytes::copy_from_slice(data),
+    })
+}
+
+fn split_u32(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
+    if bytes.len() < 4 {
+        return Err("truncated".into());
+    }
+    let (head, rest) = bytes.split_at(4);
+    let value = u32::from_be_bytes(head.try_into().map_err(|_| "bad u32")?);
+    Ok((value, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dengine_core::{EntryId, Membership, SnapshotMeta};
+
+    fn snap(index: u64, data: &'static [u8]) -> Snapshot {
+        Snapshot {
+            meta: SnapshotMeta {
+                last_included: EntryId::new(2, index),
+                membership: Membership::new([1, 2, 3]).with_address(1, "a:1"),
+            },
+            data: Bytes::from_static(data),
+        }
+    }
+
+    #[tokio::test]
+    async fn saves_loads_and_keeps_the_newest_two() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::new(tmp.path().join("snaps"));
+        assert_eq!(dir.load_latest().await.unwrap(), None);
+        for i in 1..=4 {
+            dir.save(&snap(i * 10, b"state")).await.unwrap();
+        }
+        assert_eq!(dir.load_latest().await.unwrap(), Some(snap(40, b"state")));
+        assert_eq!(snapshot_files(&tmp.path().join("snaps")).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_file_falls_back_to_the_older_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::new(tmp.path().to_path_buf());
+        dir.save(&snap(10, b"old")).await.unwrap();
+        dir.save(&snap(20, b"new")).await.unwrap();
+        let newest = tmp.path().join(file_name(&snap(20, b"new")));
+        let mut bytes = fs::read(&newest).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&newest, bytes).unwrap();
+        assert_eq!(dir.load_latest().await.unwrap(), Some(snap(10, b"old")));
+    }
+}

@@ -1,0 +1,230 @@
+//! [`LocalNetwork`]: an in-process [`Transport`] for tests and examples. Messages go straight
+//! into the receiving node's [`NodeInbox`] (a tokio channel); the network can isolate nodes,
+//! cut single links and drop a fraction of messages at random.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use dengine_core::{Inbox, InboxError, Message, NodeId, Transport, TransportError};
+
+use crate::inbox::NodeInbox;
+use crate::node::lock;
+
+#[derive(Default)]
+struct NetState {
+    inboxes: HashMap<NodeId, NodeInbox>,
+    isolated: HashSet<NodeId>,
+    /// Cut links, one direction each: (from, to).
+    cut: HashSet<(NodeId, NodeId)>,
+    /// Probability, in parts per million, that a message is dropped.
+    drop_ppm: u32,
+    rng: u64,
+    /// Addresses each node's transport was told about (`set_peer`).
+    peers: HashMap<NodeId, BTreeMap<NodeId, String>>,
+    delivered: u64,
+    dropped: u64,
+}
+
+impl NetState {
+    fn link_up(&self, from: NodeId, to: NodeId) -> bool {
+        !self.isolated.contains(&from)
+            && !self.isolated.contains(&to)
+            && !self.cut.contains(&(from, to))
+    }
+
+    /// xorshift64*: deterministic enough for tests, no dependency.
+    fn chance_drop(&mut self) -> bool {
+        if self.drop_ppm == 0 {
+            return false;
+        }
+        let mut x = self.rng.max(1);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) % 1_000_000) < u64::from(self.drop_ppm)
+    }
+
+    /// The inbox of `to` if the message may pass.
+    fn route(&mut self, from: NodeId, to: NodeId) -> Option<NodeInbox> {
+        if !self.link_up(from, to) || self.chance_drop() {
+            self.dropped += 1;
+            return None;
+        }
+        let inbox = self.inboxes.get(&to).cloned();
+        if inbox.is_none() {
+            self.dropped += 1;
+        }
+        inbox
+    }
+}
+
+/// An in-process network connecting nodes of one test. Cheap to clone; clones share the
+/// network.
+///
+/// Register each node's inbox with [`register`](LocalNetwork::register) (again after a
+/// restart) and give each node the transport from [`transport`](LocalNetwork::transport).
+/// Nodes are addressed by id; the addresses in the membership are recorded (see
+/// [`peers_of`](LocalNetwork::peers_of)) but not needed for routing.
+#[derive(Clone, Default)]
+pub struct LocalNetwork {
+    state: Arc<Mutex<NetState>>,
+}
+
+impl std::fmt::Debug for LocalNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = lock(&self.state);
+        f.debug_struct("LocalNetwork")
+            .field("nodes", &s.inboxes.keys().collect::<Vec<_>>())
+            .field("isolated", &s.isolated)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalNetwork {
+    /// An empty network.
+    pub fn new() -> Self {
+        LocalNetwork {
+            state: Arc::new(Mutex::new(NetState {
+                rng: 0x9E37_79B9_7F4A_7C15,
+                ..NetState::default()
+            })),
+        }
+    }
+
+    /// Delivers messages for `id` to `inbox` from now on (replacing an earlier inbox).
+    pub fn register(&self, id: NodeId, inbox: NodeInbox) {
+        lock(&self.state).inboxes.insert(id, inbox);
+    }
+
+    /// Stops delivering to `id` (its messages are dropped).
+    pub fn unregister(&self, id: NodeId) {
+        lock(&self.state).inboxes.remove(&id);
+    }
+
+    /// The transport of node `id`.
+    pub fn transport(&self, id: NodeId) -> LocalTransport {
+        LocalTransport {
+            id,
+            net: self.clone(),
+        }
+    }
+
+    /// Cuts every link to and from `id`.
+    pub fn isolate(&self, id: NodeId) {
+        lock(&self.state).isolated.insert(id);
+    }
+
+    /// Reconnects an isolated node.
+    pub fn reconnect(&self, id: NodeId) {
+        lock(&self.state).isolated.remove(&id);
+    }
+
+    /// Cuts the link from `from` to `to` (one direction).
+    pub fn cut(&self, from: NodeId, to: NodeId) {
+        lock(&self.state).cut.insert((from, to));
+    }
+
+    /// Restores every link and stops random drops.
+    pub fn heal(&self) {
+        let mut s = lock(&self.state);
+        s.isolated.clear();
+        s.cut.clear();
+        s.drop_ppm = 0;
+    }
+
+    /// Drops each message with probability `p` (0.0 to 1.0).
+    pub fn set_drop_probability(&self, p: f64) {
+        lock(&self.state).drop_ppm = (p.clamp(0.0, 1.0) * 1_000_000.0) as u32;
+    }
+
+    /// The peer addresses node `id`'s transport was told about with `set_peer`.
+    pub fn peers_of(&self, id: NodeId) -> BTreeMap<NodeId, String> {
+        lock(&self.state)
+            .peers
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Messages delivered and dropped so far.
+    pub fn counts(&self) -> (u64, u64) {
+        let s = lock(&self.state);
+        (s.delivered, s.dropped)
+    }
+
+    fn deliver(&self, msg: Message) {
+        let (from, to) = (msg.from, msg.to);
+        let Some(inbox) = lock(&self.state).route(from, to) else {
+            return;
+        };
+        let ok = inbox.deliver(msg).is_ok();
+        let mut s = lock(&self.state);
+        if ok {
+            s.delivered += 1;
+        } else {
+            s.dropped += 1;
+        }
+    }
+
+    fn deliver_snapshot(&self, msg: Message, data: Bytes) -> Result<(), TransportError> {
+        let (from, to) = (msg.from, msg.to);
+        let Some(inbox) = lock(&self.state).route(from, to) else {
+            return Err(TransportError::Unreachable {
+                peer: to,
+                detail: "link down in the local network".into(),
+            });
+        };
+        inbox
+            .deliver_snapshot(msg, data)
+            .map_err(|e| TransportError::Rejected {
+                peer: to,
+                detail: match e {
+                    InboxError::Full => "inbox full".into(),
+                    other => other.to_string(),
+                },
+            })
+    }
+}
+
+/// One node's [`Transport`] on a [`LocalNetwork`].
+#[derive(Clone, Debug)]
+pub struct LocalTransport {
+    id: NodeId,
+    net: LocalNetwork,
+}
+
+impl Transport for LocalTransport {
+    fn send(&self, message: Message) {
+        self.net.deliver(message);
+    }
+
+    fn send_snapshot(
+        &self,
+        message: Message,
+        data: Bytes,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        let result = self.net.deliver_snapshot(message, data);
+        async move {
+            // Let the receiver run first, as a real stream would take a while.
+            tokio::task::yield_now().await;
+            result
+        }
+    }
+
+    fn set_peer(&self, id: NodeId, address: String) {
+        lock(&self.net.state)
+            .peers
+            .entry(self.id)
+            .or_default()
+            .insert(id, address);
+    }
+
+    fn remove_peer(&self, id: NodeId) {
+        if let Some(peers) = lock(&self.net.state).peers.get_mut(&self.id) {
+            peers.remove(&id);
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Fatal storage errors, dropping every handle, and a state machine that cannot be rebuilt.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dengine_core::store::{MemoryStateMachine, MemoryStore};
+use dengine_core::{
+    Entry, Inbox, InboxError, LogIndex, LogStore, Message, MessageBody, NodeId, PersistRequest,
+    SnapshotMeta, StorageError, StoredState,
+};
+use dengine_node::testing::LocalNetwork;
+use dengine_node::{Node, NodeBuilder, ProposeError, Settings, StartError};
+
+use crate::common::{address, eventually, settings};
+
+/// A MemoryStore whose `persist` fails once `fail` is set (a dying disk).
+#[derive(Clone, Default)]
+struct FailingStore {
+    inner: MemoryStore,
+    fail: Arc<AtomicBool>,
+}
+
+impl LogStore for FailingStore {
+    type Reader = MemoryStore;
+
+    fn reader(&self) -> MemoryStore {
+        self.inner.reader()
+    }
+    fn load_state(&self) -> impl Future<Output = Result<StoredState, StorageError>> + Send {
+        self.inner.load_state()
+    }
+    fn persist(
+        &self,
+        req: &PersistRequest,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send {
+        let write = (!self.fail.load(Ordering::SeqCst)).then(|| self.inner.persist(req));
+        async move {
+            match write {
+                Some(write) => write.await,
+                None => Err(StorageError::Io {
+                    path: "/dev/broken".into(),
+                    op: "writing",
+                    source: std::io::Error::other("injected disk failure"),
+                }),
+            }
+        }
+    }
+    fn read_entries(
+        &self,
+        low: LogIndex,
+        high: LogIndex,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Vec<Entry>, StorageError>> + Send {
+        self.inner.read_entries(low, high, max_bytes)
+    }
+    fn purge(&self, up_to: LogIndex) -> impl Future<Output = Result<(), StorageError>> + Send {
+        self.inner.purge(up_to)
+    }
+    fn save_snapshot_meta(
+        &self,
+        meta: &SnapshotMeta,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send {
+        self.inner.save_snapshot_meta(meta)
+    }
+    fn reset_to_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send {
+        self.inner.reset_to_snapshot(meta)
+    }
+    fn sync(&self) -> impl Future<Output = Result<(), StorageError>> + Send {
+        self.inner.sync()
+    }
+}
+
+async fn single<S: LogStore>(store: S, s: Settings) -> Result<Node, StartError> {
+    let net = LocalNetwork::new();
+    let b = NodeBuilder::new(s)
+        .log_store(store)
+        .state_machine(MemoryStateMachine::new())
+        .transport(net.transport(1));
+    net.register(1, b.inbox());
+    b.bootstrap([(1, address(1))].into()).await
+}
+
+async fn wait_leader(node: &Node) {
+    eventually("the single node to lead", || {
+        let node = node.clone();
+        async move {
+            let st = node.status().await.ok()?;
+            (st.role == dengine_core::Role::Leader && st.applied_index >= 1).then_some(())
+        }
+    })
+    .await;
+}
+
+#[test]
+fn node_handles_are_send_and_sync() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<Node>();
+    check::<dengine_node::NodeInbox>();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_persist_stops_the_node_with_a_clear_error() {
+    let store = FailingStore::default();
+    let node = single(store.clone(), settings(1)).await.unwrap();
+    wait_leader(&node).await;
+    node.propose(Bytes::from_static(b"a=1")).await.unwrap();
+
+    store.fail.store(true, Ordering::SeqCst);
+    match node.propose(Bytes::from_static(b"b=2")).await {
+        Err(ProposeError::Stopped { reason }) => {
+            assert!(reason.contains("injected disk failure"), "{reason}");
+        }
+        other => panic!("expected Stopped, got {other:?}"),
+    }
+    tokio::time::timeout(Duration::from_secs(10), node.stopped())
+        .await
+        .unwrap();
+    assert!(node.is_stopped());
+    assert!(node.fatal_error().unwrap().contains("persisting"));
+    // Later calls fail at once with the same reason.
+    assert!(matches!(
+        node.propose(Bytes::from_static(b"c=3")).await,
+        Err(ProposeError::Stopped { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_stops_the_node() {
+    let node = single(MemoryStore::new(), settings(1)).await.unwrap();
+    wait_leader(&node).await;
+    let inbox = node.inbox();
+    drop(node);
+    let msg = Message {
+        from: 2,
+        to: 1,
+        term: 1,
+        body: MessageBody::TimeoutNow,
+    };
+    eventually("the loop to stop", || {
+        let inbox = inbox.clone();
+        let msg = msg.clone();
+        async move { (inbox.deliver(msg) == Err(InboxError::ShuttingDown)).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_log_needs_a_durable_state_machine_or_the_snapshot_files() {
+    fn compacting(id: NodeId) -> Settings {
+        let mut s = settings(id);
+        s.snapshot.every_entries = 5;
+        s.snapshot.trailing_entries = 0;
+        s
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new();
+    let net = LocalNetwork::new();
+    let builder = |store: MemoryStore| {
+        let b = NodeBuilder::new(compacting(1))
+            .log_store(store)
+            .state_machine(MemoryStateMachine::new())
+            .transport(net.transport(1));
+        net.register(1, b.inbox());
+        b
+    };
+    let node = builder(store.clone())
+        .snapshot_dir(tmp.path())
+        .bootstrap([(1, address(1))].into())
+        .await
+        .unwrap();
+    wait_leader(&node).await;
+    for i in 0..12 {
+        node.propose(Bytes::from(format!("k{i}=v{i}")))
+            .await
+            .unwrap();
+    }
+    eventually("the log to be compacted", || {
+        let store = store.clone();
+        async move {
+            let st = store.load_state().await.ok()?;
+            (st.first_index > 5).then_some(())
+        }
+    })
+    .await;
+    node.shutdown().await;
+
+    // Without the snapshot files an empty state machine cannot be rebuilt.
+    match builder(store.clone()).start().await {
+        Err(StartError::StateMachineBehindLog { applied, compacted }) => {
+            assert_eq!(applied, 0);
+            assert!(compacted >= 5);
+        }
+        other => panic!("expected StateMachineBehindLog, got {other:?}"),
+    }
+    // With them it is restored from the newest snapshot, then the log.
+    let node = builder(store.clone())
+        .snapshot_dir(tmp.path())
+        .start()
+        .await
+        .unwrap();
+    wait_leader(&node).await;
+    for i in [0, 6, 11] {
+        let v = node
+            .read(
+                Bytes::from(format!("k{i}")),
+                dengine_node::Consistency::Linearizable,
+            )
+            .await
+            .unwrap();
+        assert_eq!(v, format!("v{i}"));
+    }
+    node.shutdown().await;
+
+    // Snapshot files next to an empty log store belong to something else: refused.
+    assert!(matches!(
+        builder(MemoryStore::new())
+            .snapshot_dir(tmp.path())
+            .bootstrap([(1, address(1))].into())
+            .await,
+        Err(StartError::SnapshotFile(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_settings_are_refused() {
+    let mut s = settings(1);
+    s.raft.tick_ms = 0;
+    assert!(matches!(
+        single(MemoryStore::new(), s).await,
+        Err(StartError::InvalidSettings(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_inbox_refuses_messages_instead_of_blocking() {
+    let mut s = settings(1);
+    s.network.peer_queue_len = 2;
+    let builder = NodeBuilder::new(s);
+    let inbox = builder.inbox();
+    let msg = Message {
+        from: 2,
+        to: 1,
+        term: 1,
+        body: MessageBody::TimeoutNow,
+    };
+    // Nothing drains the queue before the node starts.
+    assert_eq!(inbox.deliver(msg.clone()), Ok(()));
+    assert_eq!(inbox.deliver(msg.clone()), Ok(()));
+    assert_eq!(inbox.deliver(msg), Err(InboxError::Full));
+}

@@ -1,0 +1,74 @@
+//! # dengine
+//!
+//! A Raft consensus engine: embed it to build replicated, strongly consistent services
+//! without writing consensus yourself. You implement a [`StateMachine`]; dengine replicates
+//! the commands proposed to it through Raft and applies them, in the same order, on every
+//! node.
+//!
+//! This crate gathers the workspace's crates behind features:
+//!
+//! | Feature | Default | Brings |
+//! |---|---|---|
+//! | `redb` | yes | [`RedbStore`], the durable log store on redb |
+//! | `sled` | no | `SledStore`, the durable log store on sled |
+//! | `grpc` | yes | [`grpc`]: the gRPC peer transport and admin service |
+//!
+//! With the defaults, [`start`] runs a node in one call: redb log under `node.data_dir`,
+//! snapshots beside it, gRPC peer and admin services on `node.listen_addr`, metrics and
+//! traces as `[observability]` says.
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "redb", feature = "grpc"))]
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use dengine::core::store::MemoryStateMachine;
+//! use dengine::{Consistency, Settings};
+//!
+//! // node.toml sets node.id, node.listen_addr, node.data_dir and, on first start,
+//! // node.initial_members; DENGINE_* environment variables override it.
+//! let settings = Settings::load(Some("node.toml".as_ref()))?;
+//! let running = dengine::start(settings, MemoryStateMachine::new()).await?;
+//! let node = running.node();
+//! node.propose("x=1".into()).await?;
+//! let x = node.read("x".into(), Consistency::Linearizable).await?;
+//! assert_eq!(x, "1");
+//! running.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The pieces are documented in their crates: [`core`] (the protocol), [`dengine_node`]
+//! (runtime, [`Settings`], [`Node`]), `dengine_storage_redb`, `dengine_net_grpc`.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+/// The sans-I/O protocol core (`dengine-core`): the `Raft` state machine and the contracts
+/// (`LogStore`, `StateMachine`, `Transport`).
+pub use dengine_core as core;
+pub use dengine_core::{
+    Entry, EntryPayload, LogStore, Membership, MembershipChange, NodeId, SnapshotMeta,
+    StateMachine, StorageError, Transport, store::Snapshot,
+};
+/// The gRPC transport and admin service (`dengine-net-grpc`).
+#[cfg(feature = "grpc")]
+pub use dengine_net_grpc as grpc;
+pub use dengine_node::{
+    AdminError, Consistency, Node, NodeBuilder, ProposeError, ReadError, StartError, Status,
+    metric_names, observability, settings, settings::Settings,
+};
+#[cfg(feature = "redb")]
+pub use dengine_storage_redb::RedbStore;
+#[cfg(feature = "sled")]
+pub use dengine_storage_sled::SledStore;
+
+#[cfg(all(feature = "redb", feature = "grpc"))]
+mod start;
+#[cfg(all(feature = "redb", feature = "grpc"))]
+pub use start::{Running, StartNodeError, start};
+
+/// The README's Rust examples, compiled as doc tests so they stay true.
+#[cfg(all(doctest, feature = "redb", feature = "grpc"))]
+#[doc = include_str!("../../../README.md")]
+mod readme {}

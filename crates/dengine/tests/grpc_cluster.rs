@@ -1,0 +1,241 @@
+//! Nodes started with `dengine::start`: real gRPC on loopback, redb in temporary
+//! directories. Failover after a crash and after a graceful shutdown, no acknowledged write
+//! lost, a restarted node catching up, and the admin service over gRPC.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dengine::core::store::MemoryStateMachine;
+use dengine::grpc::admin_pb::admin_client::AdminClient;
+use dengine::grpc::admin_pb::{AddLearnerRequest, NodeRequest, StatusRequest};
+use dengine::{Consistency, Node, ProposeError, Running, Settings};
+
+/// Free loopback ports (bound, then released just before the nodes bind them).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+fn settings(id: u64, port: u16, dir: &Path, members: &BTreeMap<u64, String>) -> Settings {
+    let mut s = Settings::default();
+    s.node.id = id;
+    s.node.cluster_id = 99;
+    s.node.listen_addr = format!("127.0.0.1:{port}");
+    s.node.data_dir = dir.join(format!("node{id}"));
+    s.node.initial_members = members.clone();
+    s.raft.tick_ms = 20;
+    s.raft.election_timeout_ms = 300;
+    s.raft.heartbeat_interval_ms = 60;
+    s.raft.lease_drift_ms = 60;
+    s.network.reconnect_initial_ms = 20;
+    s.network.reconnect_max_ms = 300;
+    s.shutdown.transfer_timeout_ms = 1000;
+    s
+}
+
+async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn leader_of(nodes: &[&Node]) -> Node {
+    wait_for("a leader", async || {
+        for n in nodes {
+            if let Ok(s) = n.status().await
+                && s.role == dengine::core::Role::Leader
+            {
+                return Some((*n).clone());
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// Proposes through any node, following NotLeader hints; retries unknown outcomes only for
+/// idempotent commands (ours are `key=value` sets).
+async fn put(nodes: &[&Node], key: &str, value: &str) {
+    let cmd = Bytes::from(format!("{key}={value}"));
+    wait_for("a write", async || {
+        for n in nodes {
+            match n.propose(cmd.clone()).await {
+                Ok(_) => return Some(()),
+                Err(ProposeError::NotLeader { .. }) => continue,
+                Err(e) => {
+                    eprintln!("propose {key} on node {}: {e}", n.id());
+                    continue;
+                }
+            }
+        }
+        None
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_cluster_fails_over_without_losing_acknowledged_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let members: BTreeMap<u64, String> = (1..=3)
+        .map(|id| (id, format!("127.0.0.1:{}", ports[id as usize - 1])))
+        .collect();
+    let mut running: BTreeMap<u64, Running> = BTreeMap::new();
+    for id in 1..=3 {
+        let s = settings(id, ports[id as usize - 1], dir.path(), &members);
+        running.insert(
+            id,
+            dengine::start(s, MemoryStateMachine::new()).await.unwrap(),
+        );
+    }
+    let handles: Vec<Node> = running.values().map(|r| r.node().clone()).collect();
+    let refs: Vec<&Node> = handles.iter().collect();
+    for i in 0..20 {
+        put(&refs, &format!("k{i}"), &format!("v{i}")).await;
+    }
+
+    // Crash the leader.
+    let leader = leader_of(&refs).await;
+    let crashed = leader.id();
+    running.remove(&crashed).unwrap().kill().await;
+    let survivors: Vec<&Node> = refs.iter().copied().filter(|n| n.id() != crashed).collect();
+    let new_leader = leader_of(&survivors).await;
+    assert_ne!(new_leader.id(), crashed);
+    for i in 20..30 {
+        put(&survivors, &format!("k{i}"), &format!("v{i}")).await;
+    }
+    for i in 0..30 {
+        let v = new_leader
+            .read(Bytes::from(format!("k{i}")), Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(v, format!("v{i}"), "acknowledged write k{i} survived");
+    }
+
+    // Restart the crashed node from its data directory: it catches up.
+    let s = settings(crashed, ports[crashed as usize - 1], dir.path(), &members);
+    let restarted = dengine::start(s, MemoryStateMachine::new()).await.unwrap();
+    let node = restarted.node().clone();
+    wait_for("the restarted node to catch up", async || {
+        let v = node
+            .read(Bytes::from_static(b"k29"), Consistency::Stale)
+            .await
+            .ok()?;
+        (v == "v29").then_some(())
+    })
+    .await;
+    running.insert(crashed, restarted);
+
+    // Graceful shutdown of the current leader hands leadership over.
+    let handles: Vec<Node> = running.values().map(|r| r.node().clone()).collect();
+    let refs: Vec<&Node> = handles.iter().collect();
+    let leader = leader_of(&refs).await;
+    let id = leader.id();
+    running.remove(&id).unwrap().shutdown().await;
+    let rest: Vec<&Node> = refs.iter().copied().filter(|n| n.id() != id).collect();
+    put(&rest, "after", "shutdown").await;
+    for (_, r) in running {
+        r.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_service_adds_promotes_and_removes_nodes_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(4);
+    let members: BTreeMap<u64, String> = (1..=3)
+        .map(|id| (id, format!("127.0.0.1:{}", ports[id as usize - 1])))
+        .collect();
+    let mut running = Vec::new();
+    for id in 1..=3 {
+        let s = settings(id, ports[id as usize - 1], dir.path(), &members);
+        running.push(dengine::start(s, MemoryStateMachine::new()).await.unwrap());
+    }
+    let nodes: Vec<Node> = running.iter().map(|r| r.node().clone()).collect();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    put(&refs, "a", "1").await;
+    let leader = leader_of(&refs).await;
+    let leader_addr = members[&leader.id()].clone();
+
+    // Node 4 starts empty (no initial members) and waits to be added.
+    let s4 = settings(4, ports[3], dir.path(), &BTreeMap::new());
+    let four = dengine::start(s4, MemoryStateMachine::new()).await.unwrap();
+
+    let mut admin = AdminClient::connect(format!("http://{leader_addr}"))
+        .await
+        .unwrap();
+    let status = admin.status(StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.role, "leader");
+    assert_eq!(status.membership.as_ref().unwrap().voters.len(), 3);
+
+    let reply = admin
+        .add_learner(AddLearnerRequest {
+            id: 4,
+            address: format!("127.0.0.1:{}", ports[3]),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.membership.unwrap().learners, vec![4]);
+    let node4 = four.node().clone();
+    wait_for("the learner to catch up", async || {
+        let v = node4
+            .read(Bytes::from_static(b"a"), Consistency::Stale)
+            .await
+            .ok()?;
+        (v == "1").then_some(())
+    })
+    .await;
+    let reply = admin
+        .promote(NodeRequest { id: 4 })
+        .await
+        .unwrap()
+        .into_inner();
+    let m = reply.membership.unwrap();
+    assert!(m.voters.contains(&4), "{m:?}");
+
+    // A follower answers admin requests with where the leader is.
+    let follower = nodes.iter().find(|n| n.id() != leader.id()).unwrap();
+    let mut follower_admin = AdminClient::connect(format!("http://{}", members[&follower.id()]))
+        .await
+        .unwrap();
+    let err = follower_admin
+        .remove(NodeRequest { id: 4 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic_code_failed_precondition());
+    assert!(
+        err.message().contains("not the leader"),
+        "{}",
+        err.message()
+    );
+
+    let reply = admin
+        .remove(NodeRequest { id: 4 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!reply.membership.unwrap().voters.contains(&4));
+    four.shutdown().await;
+    for r in running {
+        r.shutdown().await;
+    }
+}
+
+fn tonic_code_failed_precondition() -> dengine::grpc::tonic::Code {
+    dengine::grpc::tonic::Code::FailedPrecondition
+}
