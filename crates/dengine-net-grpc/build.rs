@@ -3,7 +3,9 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `proto` is a symlink to the workspace's `proto/` directory (packaged as a copy).
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+    // Read at run time: `env!` would bake in the path the build script was compiled at, which
+    // is wrong when a target directory is shared between checkouts.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("proto");
     let files = [
         root.join("dengine/raft/v1/peer.proto"),
         root.join("dengine/admin/v1/admin.proto"),

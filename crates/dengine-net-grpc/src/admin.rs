@@ -238,8 +238,8 @@ impl crate::GrpcTransport {
         node: &Node,
     ) -> Result<crate::ServerHandle, crate::GrpcError> {
         let admin = AdminService::new(node.clone()).server();
-        self.serve_with(addr, std::sync::Arc::new(node.inbox()), move |router| {
-            router.add_service(admin)
+        self.serve_with(addr, std::sync::Arc::new(node.inbox()), move |routes| {
+            routes.add_service(admin)
         })
         .await
     }

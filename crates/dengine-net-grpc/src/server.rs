@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::codec::CompressionEncoding;
-use tonic::transport::server::Router;
+use tonic::service::Routes;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -85,15 +85,16 @@ impl GrpcTransport {
         addr: SocketAddr,
         inbox: Arc<dyn Inbox>,
     ) -> Result<ServerHandle, GrpcError> {
-        self.serve_with(addr, inbox, |router| router).await
+        self.serve_with(addr, inbox, |routes| routes).await
     }
 
-    /// [`serve`](Self::serve), with more services added to the same server by `add`.
+    /// [`serve`](Self::serve), with more services added to the same server by `add` (e.g.
+    /// `|routes| routes.add_service(my_service)`).
     pub async fn serve_with(
         &self,
         addr: SocketAddr,
         inbox: Arc<dyn Inbox>,
-        add: impl FnOnce(Router) -> Router,
+        add: impl FnOnce(Routes) -> Routes,
     ) -> Result<ServerHandle, GrpcError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -117,7 +118,8 @@ impl GrpcTransport {
             })?;
         }
         let (close, closed) = watch::channel(false);
-        let router = add(builder.add_service(self.service_with(inbox, closed)));
+        let routes = add(Routes::new(self.service_with(inbox, closed)));
+        let router = builder.add_routes(routes);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let id = self.id();
         let task = tokio::spawn(async move {

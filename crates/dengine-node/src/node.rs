@@ -411,6 +411,25 @@ impl Node {
         }
     }
 
+    /// Shuts the node down gracefully (as [`shutdown`](Node::shutdown)) once `signal`
+    /// completes — a cancellation token's `cancelled()`, `tokio::signal::ctrl_c()`, a
+    /// oneshot receiver. Returns at once; the shutdown runs in a spawned task.
+    pub fn shutdown_on<F>(&self, signal: F)
+    where
+        F: std::future::Future + Send + 'static,
+    {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let signalled = tokio::select! {
+                _ = signal => true,
+                () = node.stopped() => false,
+            };
+            if signalled {
+                node.shutdown().await;
+            }
+        });
+    }
+
     /// Waits until the event loop has stopped (after [`shutdown`](Node::shutdown), a kill
     /// or a fatal error).
     pub async fn stopped(&self) {

@@ -486,6 +486,14 @@ impl Settings {
     /// `DENGINE_*` variables of the process environment (see [`apply_env`](Self::apply_env)),
     /// then [`validate`](Self::validate).
     pub fn load(path: Option<&Path>) -> Result<Self, SettingsError> {
+        let settings = Self::load_unvalidated(path)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// [`load`](Self::load) without the final [`validate`](Self::validate): for programs
+    /// that apply their own overrides (command-line flags) on top and validate afterwards.
+    pub fn load_unvalidated(path: Option<&Path>) -> Result<Self, SettingsError> {
         let env: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(k, v)| {
                 let k = k.to_string_lossy().into_owned();
@@ -493,7 +501,21 @@ impl Settings {
                     .then(|| (k, v.to_string_lossy().into_owned()))
             })
             .collect();
-        Self::load_with_env(path, env)
+        let mut settings = Self::from_file_or_default(path)?;
+        settings.apply_env(env)?;
+        Ok(settings)
+    }
+
+    /// The TOML file at `path` parsed, or the defaults when `None`.
+    fn from_file_or_default(path: Option<&Path>) -> Result<Self, SettingsError> {
+        let Some(path) = path else {
+            return Ok(Settings::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_toml(&text, &path.display().to_string())
     }
 
     /// [`load`](Self::load) with the environment given explicitly (for tests and embedders);
@@ -504,16 +526,7 @@ impl Settings {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        let mut settings = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                Self::parse_toml(&text, &path.display().to_string())?
-            }
-            None => Settings::default(),
-        };
+        let mut settings = Self::from_file_or_default(path)?;
         settings.apply_env(env)?;
         settings.validate()?;
         Ok(settings)

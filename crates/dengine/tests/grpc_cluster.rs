@@ -39,6 +39,9 @@ fn settings(id: u64, port: u16, dir: &Path, members: &BTreeMap<u64, String>) -> 
     s.network.reconnect_initial_ms = 20;
     s.network.reconnect_max_ms = 300;
     s.shutdown.transfer_timeout_ms = 1000;
+    // Snapshot and compact often, so a node that was down catches up by snapshot.
+    s.snapshot.every_entries = 8;
+    s.snapshot.trailing_entries = 2;
     s
 }
 
@@ -126,7 +129,14 @@ async fn a_grpc_cluster_fails_over_without_losing_acknowledged_writes() {
         assert_eq!(v, format!("v{i}"), "acknowledged write k{i} survived");
     }
 
-    // Restart the crashed node from its data directory: it catches up.
+    // The survivors compacted past what the crashed node has.
+    let leader_snapshot = new_leader.status().await.unwrap().snapshot.unwrap();
+    assert!(
+        leader_snapshot.last_included.index > 20,
+        "{leader_snapshot:?}"
+    );
+
+    // Restart the crashed node from its data directory: it catches up, by snapshot over gRPC.
     let s = settings(crashed, ports[crashed as usize - 1], dir.path(), &members);
     let restarted = dengine::start(s, MemoryStateMachine::new()).await.unwrap();
     let node = restarted.node().clone();
@@ -138,6 +148,11 @@ async fn a_grpc_cluster_fails_over_without_losing_acknowledged_writes() {
         (v == "v29").then_some(())
     })
     .await;
+    let installed = node.status().await.unwrap().snapshot.unwrap();
+    assert!(
+        installed.last_included.index >= leader_snapshot.last_included.index,
+        "caught up through the leader's snapshot: {installed:?}"
+    );
     running.insert(crashed, restarted);
 
     // Graceful shutdown of the current leader hands leadership over.

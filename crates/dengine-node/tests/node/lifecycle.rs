@@ -131,6 +131,28 @@ async fn a_failed_persist_stops_the_node_with_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_signal_shuts_the_node_down_gracefully() {
+    let node = single(MemoryStore::new(), settings(1)).await.unwrap();
+    wait_leader(&node).await;
+    let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+    node.shutdown_on(cancelled);
+    node.propose(Bytes::from_static(b"a=1")).await.unwrap();
+    assert!(!node.is_stopped(), "nothing happens before the signal");
+    cancel.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), node.stopped())
+        .await
+        .unwrap();
+    assert!(
+        node.fatal_error().is_none(),
+        "a graceful stop, not a failure"
+    );
+    assert!(matches!(
+        node.propose(Bytes::from_static(b"b=2")).await,
+        Err(ProposeError::ShuttingDown)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_every_handle_stops_the_node() {
     let node = single(MemoryStore::new(), settings(1)).await.unwrap();
     wait_leader(&node).await;

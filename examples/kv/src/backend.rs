@@ -1,0 +1,372 @@
+//! [`KvBackend`]: what the gRPC services need from the replication layer (propose a write,
+//! read with or without linearizability, membership and status), and [`LocalBackend`], a
+//! single-node stand-in without Raft for tests.
+//!
+//! A Raft-backed implementation wraps a dengine node whose state machine is a
+//! [`KvStateMachine`]: `propose` goes through the log, `read` through a read index (or the
+//! local state when `serializable`).
+
+use std::future::Future;
+use std::sync::{Mutex, PoisonError};
+
+use bytes::Bytes;
+use dengine_core::store::StorageError;
+use dengine_core::{Entry, EntryPayload, Membership, NodeId, StateMachine};
+use tonic::{Code, Status};
+
+use crate::state_machine::KvStateMachine;
+use crate::watch::WatchHub;
+
+/// Why the replication layer could not carry out a request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// This member is not the leader and does not forward the request; the client should
+    /// retry on the leader.
+    #[error("etcdserver: not leader{}", leader_hint(*.leader_id, .leader_address.as_deref()))]
+    NotLeader {
+        /// The leader this member knows of, if any.
+        leader_id: Option<NodeId>,
+        /// Where the leader can be reached, if known.
+        leader_address: Option<String>,
+    },
+    /// No leader is known (an election is in progress or the member is partitioned).
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The request was submitted but no answer came in time: for a write the outcome is
+    /// unknown (it may still be applied).
+    #[error("etcdserver: request timed out ({0}); a write may or may not have been applied")]
+    Timeout(String),
+    /// The member cannot serve the request now (shutting down, overloaded, too far behind).
+    #[error("etcdserver: unavailable: {0}")]
+    Unavailable(String),
+    /// The request is not acceptable (for example an invalid membership change).
+    #[error("etcdserver: {0}")]
+    InvalidArgument(String),
+    /// The member named in a membership request does not exist.
+    #[error("etcdserver: member not found")]
+    MemberNotFound(NodeId),
+    /// A membership change is already in progress, or would leave the cluster without a
+    /// quorum; retry later.
+    #[error("etcdserver: {0}")]
+    FailedPrecondition(String),
+    /// Something failed that the client cannot fix (a storage failure on this member).
+    #[error("etcdserver: internal error: {0}")]
+    Internal(String),
+}
+
+fn leader_hint(id: Option<NodeId>, address: Option<&str>) -> String {
+    match (id, address) {
+        (Some(id), Some(a)) => format!("; the leader is member {id:x} at {a}"),
+        (Some(id), None) => format!("; the leader is member {id:x}"),
+        _ => String::new(),
+    }
+}
+
+impl BackendError {
+    /// The gRPC status for this error. A lost leader or an unavailable member is
+    /// `UNAVAILABLE` (clients retry elsewhere); a timeout is `DEADLINE_EXCEEDED`, the status
+    /// gRPC defines for "may have completed".
+    pub fn to_status(&self) -> Status {
+        let code = match self {
+            BackendError::NotLeader { .. } | BackendError::NoLeader => Code::Unavailable,
+            BackendError::Unavailable(_) => Code::Unavailable,
+            BackendError::Timeout(_) => Code::DeadlineExceeded,
+            BackendError::InvalidArgument(_) => Code::InvalidArgument,
+            BackendError::MemberNotFound(_) => Code::NotFound,
+            BackendError::FailedPrecondition(_) => Code::FailedPrecondition,
+            BackendError::Internal(_) => Code::Internal,
+        };
+        Status::new(code, self.to_string())
+    }
+}
+
+impl From<BackendError> for Status {
+    fn from(err: BackendError) -> Self {
+        err.to_status()
+    }
+}
+
+/// The member-specific fields of etcd's `ResponseHeader` (the revision comes from the store).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeaderInfo {
+    /// Identifies the cluster.
+    pub cluster_id: u64,
+    /// This member's id.
+    pub member_id: u64,
+    /// This member's current Raft term.
+    pub raft_term: u64,
+}
+
+/// One cluster member, as etcd's `Member` reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// The member's id (the Raft node id).
+    pub id: u64,
+    /// A human-readable name (may be empty).
+    pub name: String,
+    /// URLs the members use to reach it.
+    pub peer_urls: Vec<String>,
+    /// URLs clients use to reach it (may be empty if unknown).
+    pub client_urls: Vec<String>,
+    /// Whether it is a learner (non-voting).
+    pub is_learner: bool,
+}
+
+/// The members of a Raft [`Membership`]: voters of both configurations, then learners, with
+/// the recorded address as the single peer URL and `node-<id>` as the name.
+pub fn members_of(membership: &Membership) -> Vec<MemberInfo> {
+    membership
+        .members()
+        .map(|id| MemberInfo {
+            id,
+            name: format!("node-{id}"),
+            peer_urls: membership
+                .address(id)
+                .map(|a| a.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
+            client_urls: Vec::new(),
+            is_learner: membership.is_learner(id),
+        })
+        .collect()
+}
+
+/// This member's view of the cluster, for `Maintenance.Status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatusInfo {
+    /// The leader this member knows of (0: none).
+    pub leader: u64,
+    /// The last log index (etcd's `raftIndex`).
+    pub raft_index: u64,
+    /// The current term.
+    pub raft_term: u64,
+    /// The last applied log index.
+    pub raft_applied_index: u64,
+    /// Whether this member is a learner.
+    pub is_learner: bool,
+    /// Problems the member knows of (etcd's alarms and errors).
+    pub errors: Vec<String>,
+}
+
+/// What the KV gRPC services need from the replication layer. Commands and queries are the
+/// encoded [`KvStateMachine`](crate::KvStateMachine) messages; responses are what its
+/// `apply` and `query` return.
+pub trait KvBackend: Send + Sync + 'static {
+    /// Replicates and applies a write command; resolves to the state machine's response for
+    /// it once applied on this member.
+    fn propose(&self, command: Bytes) -> impl Future<Output = Result<Bytes, BackendError>> + Send;
+
+    /// Answers a query. `serializable == false` asks for a linearizable read (read index);
+    /// `true` allows answering from this member's state as it is (possibly stale).
+    fn read(
+        &self,
+        query: Bytes,
+        serializable: bool,
+    ) -> impl Future<Output = Result<Bytes, BackendError>> + Send;
+
+    /// The member fields of response headers. Called for every response: must be cheap.
+    fn header(&self) -> HeaderInfo;
+
+    /// The current members.
+    fn members(&self) -> impl Future<Output = Result<Vec<MemberInfo>, BackendError>> + Send;
+
+    /// This member's status.
+    fn status(&self) -> impl Future<Output = Result<StatusInfo, BackendError>> + Send;
+
+    /// Adds a member reached at `peer_urls`, as a learner or a voter; resolves to the new
+    /// member once the change is committed.
+    fn add_member(
+        &self,
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    ) -> impl Future<Output = Result<MemberInfo, BackendError>> + Send;
+
+    /// Removes a member; resolves once the change is committed.
+    fn remove_member(&self, id: u64) -> impl Future<Output = Result<(), BackendError>> + Send;
+}
+
+/// A single-member [`KvBackend`] without Raft, for tests and examples: every command is
+/// applied at once to a [`KvStateMachine`] behind a mutex, at term 1. Membership changes are
+/// applied as membership entries, so they show in the state machine's membership.
+#[derive(Debug)]
+pub struct LocalBackend {
+    sm: tokio::sync::Mutex<KvStateMachine>,
+    /// Mirror of the state machine's membership and applied index, readable without waiting.
+    meta: Mutex<(Membership, u64)>,
+    member_id: u64,
+}
+
+/// The cluster id [`LocalBackend`] reports.
+pub const LOCAL_CLUSTER_ID: u64 = 0x1_0ca1;
+
+impl LocalBackend {
+    /// A backend whose state machine publishes to `hub`, with one member (id 1) whose peer
+    /// URL is `peer_url`.
+    pub async fn new(hub: WatchHub, peer_url: &str) -> Result<Self, StorageError> {
+        let mut sm = KvStateMachine::new(hub);
+        let membership = Membership::new([1]).with_address(1, peer_url);
+        sm.apply(&[Entry::new(
+            1,
+            1,
+            EntryPayload::Membership(membership.clone()),
+        )])
+        .await?;
+        Ok(LocalBackend {
+            sm: tokio::sync::Mutex::new(sm),
+            meta: Mutex::new((membership, 1)),
+            member_id: 1,
+        })
+    }
+
+    /// Applies one entry payload at the next index and returns its response.
+    async fn apply(&self, payload: EntryPayload) -> Result<Bytes, BackendError> {
+        let mut sm = self.sm.lock().await;
+        let index = sm.applied_index() + 1;
+        let mut responses = sm
+            .apply(&[Entry::new(1, index, payload)])
+            .await
+            .map_err(|e| BackendError::Internal(e.to_string()))?;
+        *self.meta.lock().unwrap_or_else(PoisonError::into_inner) = (sm.membership(), index);
+        responses
+            .pop()
+            .ok_or_else(|| BackendError::Internal("no response from the state machine".into()))
+    }
+
+    fn membership(&self) -> Membership {
+        self.meta
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone()
+    }
+}
+
+impl KvBackend for LocalBackend {
+    async fn propose(&self, command: Bytes) -> Result<Bytes, BackendError> {
+        self.apply(EntryPayload::Normal(command)).await
+    }
+
+    async fn read(&self, query: Bytes, _serializable: bool) -> Result<Bytes, BackendError> {
+        // One member, no replication: every read is linearizable.
+        let sm = self.sm.lock().await;
+        sm.query(query)
+            .await
+            .map_err(|e| BackendError::Internal(e.to_string()))
+    }
+
+    fn header(&self) -> HeaderInfo {
+        HeaderInfo {
+            cluster_id: LOCAL_CLUSTER_ID,
+            member_id: self.member_id,
+            raft_term: 1,
+        }
+    }
+
+    async fn members(&self) -> Result<Vec<MemberInfo>, BackendError> {
+        Ok(members_of(&self.membership()))
+    }
+
+    async fn status(&self) -> Result<StatusInfo, BackendError> {
+        let applied = self.meta.lock().unwrap_or_else(PoisonError::into_inner).1;
+        Ok(StatusInfo {
+            leader: self.member_id,
+            raft_index: applied,
+            raft_term: 1,
+            raft_applied_index: applied,
+            is_learner: false,
+            errors: Vec::new(),
+        })
+    }
+
+    async fn add_member(
+        &self,
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    ) -> Result<MemberInfo, BackendError> {
+        if peer_urls.is_empty() {
+            return Err(BackendError::InvalidArgument(
+                "member add needs a peer URL".into(),
+            ));
+        }
+        let mut membership = self.membership();
+        let id = membership.members().max().unwrap_or(0) + 1;
+        if is_learner {
+            membership.learners.insert(id);
+        } else {
+            membership.voters.insert(id);
+        }
+        membership.addresses.insert(id, peer_urls.join(","));
+        self.apply(EntryPayload::Membership(membership.clone()))
+            .await?;
+        members_of(&membership)
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or_else(|| BackendError::Internal("added member vanished".into()))
+    }
+
+    async fn remove_member(&self, id: u64) -> Result<(), BackendError> {
+        let mut membership = self.membership();
+        if !membership.contains(id) {
+            return Err(BackendError::MemberNotFound(id));
+        }
+        if id == self.member_id {
+            return Err(BackendError::FailedPrecondition(
+                "the local backend cannot remove its only voter".into(),
+            ));
+        }
+        membership.voters.remove(&id);
+        membership.learners.remove(&id);
+        membership.addresses.remove(&id);
+        self.apply(EntryPayload::Membership(membership)).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_errors_map_to_grpc_statuses_with_clear_messages() {
+        let not_leader = BackendError::NotLeader {
+            leader_id: Some(0x2a),
+            leader_address: Some("10.0.0.2:2380".into()),
+        }
+        .to_status();
+        assert_eq!(not_leader.code(), Code::Unavailable);
+        assert_eq!(
+            not_leader.message(),
+            "etcdserver: not leader; the leader is member 2a at 10.0.0.2:2380"
+        );
+        let timeout = BackendError::Timeout("no commit within 5s".into()).to_status();
+        assert_eq!(timeout.code(), Code::DeadlineExceeded);
+        assert!(
+            timeout
+                .message()
+                .contains("may or may not have been applied")
+        );
+        assert_eq!(BackendError::NoLeader.to_status().code(), Code::Unavailable);
+        let unavailable = BackendError::Unavailable("shutting down".into()).to_status();
+        assert_eq!(
+            (unavailable.code(), unavailable.message()),
+            (Code::Unavailable, "etcdserver: unavailable: shutting down")
+        );
+        assert_eq!(
+            BackendError::MemberNotFound(9).to_status().code(),
+            Code::NotFound
+        );
+    }
+
+    #[test]
+    fn members_of_lists_voters_then_learners_with_addresses() {
+        let m = Membership::new([1, 2])
+            .with_learners([3])
+            .with_address(1, "http://a:1")
+            .with_address(3, "http://c:1,http://c:2");
+        let members = members_of(&m);
+        let ids: Vec<_> = members.iter().map(|m| (m.id, m.is_learner)).collect();
+        assert_eq!(ids, [(1, false), (2, false), (3, true)]);
+        assert_eq!(members[0].peer_urls, ["http://a:1"]);
+        assert!(members[1].peer_urls.is_empty());
+        assert_eq!(members[2].peer_urls, ["http://c:1", "http://c:2"]);
+    }
+}

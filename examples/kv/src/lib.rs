@@ -1,0 +1,63 @@
+//! # dengine-kv
+//!
+//! An etcd v3 API compatible key-value store replicated with dengine: the state machine, the
+//! watch machinery and the gRPC services. `etcdctl` and etcd client libraries talk to it.
+//!
+//! * [`KvStateMachine`] implements [`dengine_core::StateMachine`] with etcd's semantics:
+//!   a store-wide revision, per-key create/mod revisions and versions, ranges and prefixes,
+//!   transactions with compares, compaction, snapshots. Its state is in memory.
+//! * [`WatchHub`] keeps a bounded history of recent events; the state machine publishes to
+//!   it, the Watch service reads from it.
+//! * [`kv_services`] builds the tonic routes of the `KV`, `Watch`, `Cluster` and
+//!   `Maintenance` services over a [`KvBackend`], the small trait through which the services
+//!   reach the replication layer (propose a write, read, membership, status).
+//!   [`LocalBackend`] is a single-member backend without Raft, for tests.
+//!
+//! What is and is not supported is listed in the crate's `README.md`. In short: no leases,
+//! no auth, no MVCC history (reads at past revisions are refused with UNIMPLEMENTED; watches
+//! can start at any revision still in the event history).
+//!
+//! ## Example: a store without Raft
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use bytes::Bytes;
+//! use dengine_kv::proto::dengine::kv::v1::{command, command_response};
+//! use dengine_kv::proto::etcdserverpb::PutRequest;
+//! use dengine_kv::{KvBackend, LocalBackend, WatchHub, decode_command_response, encode_command};
+//!
+//! let backend = LocalBackend::new(WatchHub::default(), "http://127.0.0.1:2380").await.unwrap();
+//! let put = PutRequest { key: Bytes::from("k"), value: Bytes::from("v"), ..Default::default() };
+//! let response = backend.propose(encode_command(command::Op::Put(put))).await.unwrap();
+//! match decode_command_response(&response).unwrap() {
+//!     command_response::Result::Put(r) => assert_eq!(r.header.unwrap().revision, 1),
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//! # });
+//! ```
+
+mod backend;
+mod error;
+mod member;
+mod node_backend;
+pub mod proto;
+mod service;
+mod state_machine;
+mod store;
+mod unsupported;
+mod validate;
+mod watch;
+mod watch_service;
+
+pub use backend::{
+    BackendError, HeaderInfo, KvBackend, LOCAL_CLUSTER_ID, LocalBackend, MemberInfo, StatusInfo,
+    members_of,
+};
+pub use error::KvError;
+pub use member::{Member, MemberError};
+pub use node_backend::NodeBackend;
+pub use service::{ETCD_API_VERSION, KvConfig, add_kv_services, kv_services};
+pub use state_machine::{
+    KvStateMachine, decode_command_response, decode_query_response, encode_command, encode_query,
+};
+pub use watch::{Compacted, EventBatch, WatchConfig, WatchFilter, WatchHub};

@@ -1,0 +1,296 @@
+//! [`NodeBackend`]: the [`KvBackend`] of a real, replicated member: a `dengine_node::Node`
+//! whose state machine is a [`KvStateMachine`](crate::KvStateMachine).
+//!
+//! Writes go through the Raft log; a follower passes them on to the leader with the internal
+//! `dengine.kv.v1.Forward` service (served next to the etcd API), so a client may write
+//! through any member. Linearizable reads use the node's read index (a follower asks the
+//! leader for it and serves the read locally); serializable reads answer from the local state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dengine_core::{MembershipChange, NodeId, Role};
+use dengine_node::{AdminError, Consistency, Node, ProposeError, ReadError};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use crate::backend::{BackendError, HeaderInfo, KvBackend, MemberInfo, StatusInfo, members_of};
+use crate::proto::dengine::kv::v1::forward_client::ForwardClient;
+use crate::proto::dengine::kv::v1::forward_server::{Forward, ForwardServer};
+use crate::proto::dengine::kv::v1::{ForwardReply, ForwardRequest};
+
+/// A replicated member's backend. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct NodeBackend {
+    node: Node,
+    cluster_id: u64,
+    /// The term, refreshed in the background: response headers need it on every call.
+    term: Arc<AtomicU64>,
+    leaders: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl NodeBackend {
+    /// The backend of `node` in cluster `cluster_id`. Spawns a task that keeps the term
+    /// for response headers fresh (every 100 ms) while the node runs.
+    pub fn new(node: Node, cluster_id: u64) -> Self {
+        let term = Arc::new(AtomicU64::new(0));
+        let watched = node.clone();
+        let t = term.clone();
+        tokio::spawn(async move {
+            while !watched.is_stopped() {
+                if let Ok(s) = watched.status().await {
+                    t.store(s.term, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        NodeBackend {
+            node,
+            cluster_id,
+            term,
+            leaders: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The internal service through which followers forward writes to this member.
+    pub fn forward_service(&self) -> ForwardServer<NodeBackend> {
+        ForwardServer::new(self.clone())
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, BackendError> {
+        let mut leaders = self.leaders.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = leaders.get(address) {
+            return Ok(c.clone());
+        }
+        let uri = if address.contains("://") {
+            address.to_string()
+        } else {
+            format!("http://{address}")
+        };
+        let channel = Endpoint::from_shared(uri)
+            .map_err(|e| BackendError::Unavailable(format!("bad leader address {address}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy();
+        leaders.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    async fn forward(&self, address: &str, command: Bytes) -> Result<Bytes, BackendError> {
+        let mut client = ForwardClient::new(self.channel(address)?);
+        match client.propose(ForwardRequest { command }).await {
+            Ok(reply) => Ok(reply.into_inner().response),
+            Err(status) => Err(from_status(&status)),
+        }
+    }
+}
+
+/// The error for a failed forwarded write. The leader's own refusals (its `BackendError`s,
+/// whose messages start with `etcdserver:`) keep their meaning; anything else is a transport
+/// failure after which the write may or may not have been applied, so it is reported as an
+/// unknown outcome, never as "retry elsewhere".
+fn from_status(status: &Status) -> BackendError {
+    let msg = status.message().to_string();
+    if !msg.starts_with("etcdserver:") {
+        return BackendError::Timeout(format!("forwarding to the leader failed: {msg}"));
+    }
+    match status.code() {
+        Code::DeadlineExceeded => BackendError::Timeout(msg),
+        Code::InvalidArgument => BackendError::InvalidArgument(msg),
+        Code::FailedPrecondition => BackendError::FailedPrecondition(msg),
+        Code::Internal => BackendError::Internal(msg),
+        _ => BackendError::Unavailable(msg),
+    }
+}
+
+fn propose_error(e: ProposeError) -> BackendError {
+    match e {
+        ProposeError::NotLeader {
+            leader: None,
+            leader_address: _,
+        } => BackendError::NoLeader,
+        ProposeError::NotLeader {
+            leader,
+            leader_address,
+        } => BackendError::NotLeader {
+            leader_id: leader,
+            leader_address,
+        },
+        ProposeError::TooLarge { .. } => BackendError::InvalidArgument(e.to_string()),
+        ProposeError::Timeout | ProposeError::Interrupted(_) => {
+            BackendError::Timeout(e.to_string())
+        }
+        ProposeError::Stopped { .. } => BackendError::Internal(e.to_string()),
+        _ => BackendError::Unavailable(e.to_string()),
+    }
+}
+
+fn read_error(e: ReadError) -> BackendError {
+    match e {
+        ReadError::Timeout => BackendError::Timeout(e.to_string()),
+        ReadError::StateMachine(_) | ReadError::Stopped { .. } => {
+            BackendError::Internal(e.to_string())
+        }
+        _ => BackendError::Unavailable(e.to_string()),
+    }
+}
+
+fn admin_error(e: AdminError) -> BackendError {
+    match e {
+        AdminError::NotLeader {
+            leader,
+            leader_address,
+        } => BackendError::NotLeader {
+            leader_id: leader,
+            leader_address,
+        },
+        AdminError::Membership(_) | AdminError::Transfer(_) => {
+            BackendError::FailedPrecondition(e.to_string())
+        }
+        AdminError::Timeout => BackendError::Timeout(e.to_string()),
+        _ => BackendError::Unavailable(e.to_string()),
+    }
+}
+
+/// `http://host:port` for an address recorded as `host:port`.
+fn url(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
+}
+
+/// `host:port` from a peer URL such as `http://host:port`.
+fn address_of(peer_url: &str) -> Result<String, BackendError> {
+    let rest = peer_url.split("://").last().unwrap_or(peer_url);
+    let hostport = rest.trim_end_matches('/');
+    if hostport
+        .rsplit_once(':')
+        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+    {
+        return Err(BackendError::InvalidArgument(format!(
+            "peer URL {peer_url:?} is not of the form http://host:port"
+        )));
+    }
+    Ok(hostport.to_string())
+}
+
+impl KvBackend for NodeBackend {
+    async fn propose(&self, command: Bytes) -> Result<Bytes, BackendError> {
+        match self.node.propose(command.clone()).await {
+            Ok(response) => Ok(response),
+            Err(ProposeError::NotLeader {
+                leader: Some(leader),
+                leader_address: Some(address),
+            }) if leader != self.node.id() => self.forward(&address, command).await,
+            Err(e) => Err(propose_error(e)),
+        }
+    }
+
+    async fn read(&self, query: Bytes, serializable: bool) -> Result<Bytes, BackendError> {
+        let consistency = if serializable {
+            Consistency::Stale
+        } else {
+            Consistency::Linearizable
+        };
+        self.node.read(query, consistency).await.map_err(read_error)
+    }
+
+    fn header(&self) -> HeaderInfo {
+        HeaderInfo {
+            cluster_id: self.cluster_id,
+            member_id: self.node.id(),
+            raft_term: self.term.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn members(&self) -> Result<Vec<MemberInfo>, BackendError> {
+        let status = self.node.status().await.map_err(admin_error)?;
+        // One port serves peers and clients: both URL lists name it.
+        Ok(members_of(&status.membership)
+            .into_iter()
+            .map(|mut m| {
+                m.peer_urls = m.peer_urls.iter().map(|a| url(a)).collect();
+                m.client_urls = m.peer_urls.clone();
+                m
+            })
+            .collect())
+    }
+
+    async fn status(&self) -> Result<StatusInfo, BackendError> {
+        let s = self.node.status().await.map_err(admin_error)?;
+        self.term.store(s.term, Ordering::Relaxed);
+        Ok(StatusInfo {
+            leader: s.leader.unwrap_or(0),
+            raft_index: s.commit_index,
+            raft_term: s.term,
+            raft_applied_index: s.applied_index,
+            is_learner: s.membership.is_learner(s.id),
+            errors: self.node.fatal_error().into_iter().collect(),
+        })
+    }
+
+    async fn add_member(
+        &self,
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    ) -> Result<MemberInfo, BackendError> {
+        let first = peer_urls
+            .first()
+            .ok_or_else(|| BackendError::InvalidArgument("a new member needs a peer URL".into()))?;
+        let address = address_of(first)?;
+        let status = self.node.status().await.map_err(admin_error)?;
+        if status.role != Role::Leader {
+            return Err(BackendError::NotLeader {
+                leader_id: status.leader,
+                leader_address: status.leader_address,
+            });
+        }
+        // Member ids are small integers here; a new member gets the next free one.
+        let id: NodeId = status.membership.members().max().unwrap_or(0) + 1;
+        let change = if is_learner {
+            MembershipChange::AddLearner(id)
+        } else {
+            MembershipChange::AddVoter(id)
+        };
+        let m = self
+            .node
+            .change_membership(vec![change], BTreeMap::from([(id, address.clone())]))
+            .await
+            .map_err(admin_error)?;
+        Ok(MemberInfo {
+            id,
+            name: format!("node-{id}"),
+            peer_urls: vec![url(&address)],
+            client_urls: vec![url(&address)],
+            is_learner: m.is_learner(id),
+        })
+    }
+
+    async fn remove_member(&self, id: u64) -> Result<(), BackendError> {
+        let status = self.node.status().await.map_err(admin_error)?;
+        if !status.membership.contains(id) {
+            return Err(BackendError::MemberNotFound(id));
+        }
+        self.node.remove(id).await.map_err(admin_error)?;
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Forward for NodeBackend {
+    async fn propose(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardReply>, Status> {
+        // Forwarded once only: a member that is not the leader either refuses.
+        let command = request.into_inner().command;
+        match self.node.propose(command).await {
+            Ok(response) => Ok(Response::new(ForwardReply { response })),
+            Err(e) => Err(propose_error(e).to_status()),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The protobuf types and gRPC service stubs generated from `proto/` at build time: the etcd v3
+//! API subset ([`etcdserverpb`], [`mvccpb`]) and dengine-kv's internal encoding of commands,
+//! queries and snapshots ([`dengine::kv::v1`]).
+
+#![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+
+/// etcd's storage types (`mvccpb`): `KeyValue` and `Event`.
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd's v3 RPC messages and services (`etcdserverpb`), the subset dengine-kv serves.
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// dengine-kv's own messages (package `dengine.kv.v1`).
+pub mod dengine {
+    /// dengine-kv's own messages (package `dengine.kv.v1`).
+    pub mod kv {
+        /// Commands, command responses, queries and snapshots of the KV state machine.
+        pub mod v1 {
+            tonic::include_proto!("dengine.kv.v1");
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The etcd v3 gRPC services `KV`, `Cluster` and `Maintenance` over a [`KvBackend`], and
+//! [`kv_services`], which bundles them with `Watch` into one set of tonic routes.
+
+use std::sync::Arc;
+
+use tonic::service::Routes;
+use tonic::{Request, Response, Status};
+
+use crate::backend::{KvBackend, MemberInfo};
+use crate::error::KvError;
+use crate::proto::dengine::kv::v1::{
+    StatsRequest, command, command_response, query, query_response,
+};
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Member,
+    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    MemberRemoveRequest, MemberRemoveResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, ResponseHeader, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    cluster_server::{Cluster, ClusterServer},
+    kv_server::{Kv, KvServer},
+    maintenance_server::{Maintenance, MaintenanceServer},
+    response_op::Response as OpResponse,
+    watch_server::WatchServer,
+};
+use crate::state_machine::{
+    decode_command_response, decode_query_response, encode_command, encode_query,
+};
+use crate::unsupported::{self, Unsupported};
+use crate::validate;
+use crate::watch::WatchHub;
+use crate::watch_service::WatchService;
+
+/// The etcd API version reported by `Maintenance.Status`: the API level dengine-kv speaks.
+/// Clients that gate features on the server version compare against it.
+pub const ETCD_API_VERSION: &str = "3.5.0";
+
+/// Limits of the KV service.
+#[derive(Clone, Debug)]
+pub struct KvConfig {
+    /// Most operations in one branch (and most compares) of a transaction (etcd's
+    /// `--max-txn-ops`, default 128).
+    pub max_txn_ops: usize,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        KvConfig { max_txn_ops: 128 }
+    }
+}
+
+/// What every service shares.
+#[derive(Debug)]
+pub(crate) struct Shared<B> {
+    pub(crate) backend: Arc<B>,
+    pub(crate) hub: WatchHub,
+    pub(crate) config: KvConfig,
+}
+
+impl<B: KvBackend> Shared<B> {
+    /// A header with this member's fields and the given store revision.
+    pub(crate) fn header(&self, revision: i64) -> ResponseHeader {
+        let info = self.backend.header();
+        ResponseHeader {
+            cluster_id: info.cluster_id,
+            member_id: info.member_id,
+            revision,
+            raft_term: info.raft_term,
+        }
+    }
+
+    /// Completes a header the state machine filled with its revision.
+    fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let revision = header
+            .as_ref()
+            .map_or_else(|| self.hub.revision(), |h| h.revision);
+        *header = Some(self.header(revision));
+    }
+
+    async fn propose(&self, op: command::Op) -> Result<command_response::Result, Status> {
+        let response = self.backend.propose(encode_command(op)).await?;
+        Ok(decode_command_response(&response)?)
+    }
+
+    async fn query(
+        &self,
+        op: query::Op,
+        serializable: bool,
+    ) -> Result<query_response::Result, Status> {
+        let response = self.backend.read(encode_query(op), serializable).await?;
+        Ok(decode_query_response(&response)?)
+    }
+}
+
+fn unexpected(what: &str) -> Status {
+    KvError::Internal(format!(
+        "the state machine answered a {what} with another response type"
+    ))
+    .to_status()
+}
+
+/// The `KV` service.
+#[derive(Debug)]
+pub(crate) struct KvService<B> {
+    shared: Arc<Shared<B>>,
+}
+
+#[tonic::async_trait]
+impl<B: KvBackend> Kv for KvService<B> {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_range(&req)?;
+        let serializable = req.serializable;
+        match self
+            .shared
+            .query(query::Op::Range(req), serializable)
+            .await?
+        {
+            query_response::Result::Range(mut resp) => {
+                self.shared.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            _ => Err(unexpected("range")),
+        }
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_put(&req)?;
+        match self.shared.propose(command::Op::Put(req)).await? {
+            command_response::Result::Put(mut resp) => {
+                self.shared.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            _ => Err(unexpected("put")),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_delete(&req)?;
+        match self.shared.propose(command::Op::DeleteRange(req)).await? {
+            command_response::Result::DeleteRange(mut resp) => {
+                self.shared.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            _ => Err(unexpected("delete")),
+        }
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = request.into_inner();
+        if validate::txn_ops(&req) > self.shared.config.max_txn_ops {
+            return Err(
+                KvError::InvalidArgument("too many operations in txn request".into()).into(),
+            );
+        }
+        validate::check_txn(&req)?;
+        match self.shared.propose(command::Op::Txn(req)).await? {
+            command_response::Result::Txn(mut resp) => {
+                self.shared.fill(&mut resp.header);
+                for op in &mut resp.responses {
+                    fill_op(&self.shared, op.response.as_mut());
+                }
+                Ok(Response::new(resp))
+            }
+            _ => Err(unexpected("txn")),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let req = request.into_inner();
+        match self.shared.propose(command::Op::Compact(req)).await? {
+            command_response::Result::Compact(mut resp) => {
+                self.shared.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            _ => Err(unexpected("compaction")),
+        }
+    }
+}
+
+fn fill_op<B: KvBackend>(shared: &Shared<B>, op: Option<&mut OpResponse>) {
+    match op {
+        Some(OpResponse::ResponseRange(r)) => shared.fill(&mut r.header),
+        Some(OpResponse::ResponsePut(r)) => shared.fill(&mut r.header),
+        Some(OpResponse::ResponseDeleteRange(r)) => shared.fill(&mut r.header),
+        Some(OpResponse::ResponseTxn(t)) => {
+            shared.fill(&mut t.header);
+            for op in &mut t.responses {
+                fill_op(shared, op.response.as_mut());
+            }
+        }
+        None => {}
+    }
+}
+
+/// The `Cluster` service (MemberList, MemberAdd, MemberRemove).
+#[derive(Debug)]
+pub(crate) struct ClusterService<B> {
+    shared: Arc<Shared<B>>,
+}
+
+fn to_member(m: MemberInfo) -> Member {
+    Member {
+        id: m.id,
+        name: m.name,
+        peer_ur_ls: m.peer_urls,
+        client_ur_ls: m.client_urls,
+        is_learner: m.is_learner,
+    }
+}
+
+impl<B: KvBackend> ClusterService<B> {
+    async fn member_list(&self) -> Result<Vec<Member>, Status> {
+        Ok(self
+            .shared
+            .backend
+            .members()
+            .await?
+            .into_iter()
+            .map(to_member)
+            .collect())
+    }
+}
+
+#[tonic::async_trait]
+impl<B: KvBackend> Cluster for ClusterService<B> {
+    async fn member_add(
+        &self,
+        request: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        let req = request.into_inner();
+        if req.peer_ur_ls.is_empty() {
+            return Err(
+                KvError::InvalidArgument("member add needs at least one peer URL".into()).into(),
+            );
+        }
+        let member = self
+            .shared
+            .backend
+            .add_member(req.peer_ur_ls, req.is_learner)
+            .await?;
+        Ok(Response::new(MemberAddResponse {
+            header: Some(self.shared.header(self.shared.hub.revision())),
+            member: Some(to_member(member)),
+            members: self.member_list().await?,
+        }))
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.shared
+            .backend
+            .remove_member(request.into_inner().id)
+            .await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: Some(self.shared.header(self.shared.hub.revision())),
+            members: self.member_list().await?,
+        }))
+    }
+
+    async fn member_list(
+        &self,
+        request: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        if request.into_inner().linearizable {
+            // A linearizable read first: this member has then applied every membership
+            // change committed before the request.
+            self.shared
+                .query(query::Op::Stats(StatsRequest {}), false)
+                .await?;
+        }
+        Ok(Response::new(MemberListResponse {
+            header: Some(self.shared.header(self.shared.hub.revision())),
+            members: self.member_list().await?,
+        }))
+    }
+}
+
+/// The `Maintenance` service (Status only).
+#[derive(Debug)]
+pub(crate) struct MaintenanceService<B> {
+    shared: Arc<Shared<B>>,
+}
+
+#[tonic::async_trait]
+impl<B: KvBackend> Maintenance for MaintenanceService<B> {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let stats = match self
+            .shared
+            .query(query::Op::Stats(StatsRequest {}), true)
+            .await?
+        {
+            query_response::Result::Stats(s) => s,
+            _ => return Err(unexpected("status")),
+        };
+        let status = self.shared.backend.status().await?;
+        let db_size = i64::try_from(stats.size_bytes).unwrap_or(i64::MAX);
+        Ok(Response::new(StatusResponse {
+            header: Some(self.shared.header(stats.revision)),
+            version: ETCD_API_VERSION.to_string(),
+            db_size,
+            leader: status.leader,
+            raft_index: status.raft_index,
+            raft_term: status.raft_term,
+            raft_applied_index: status.raft_applied_index,
+            errors: status.errors,
+            db_size_in_use: db_size,
+            is_learner: status.is_learner,
+        }))
+    }
+}
+
+/// The four etcd services over one backend: `KV`, `Watch`, `Cluster` and `Maintenance`
+/// (plus stand-ins that answer every `Lease`, `Auth`, `Election` and `Lock` call with
+/// `UNIMPLEMENTED` and a message saying why).
+/// `hub` must be the one the backend's [`KvStateMachine`](crate::KvStateMachine) publishes to.
+///
+/// Serve them with tonic:
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use dengine_kv::{KvConfig, LocalBackend, WatchHub, kv_services};
+///
+/// let hub = WatchHub::default();
+/// let backend = Arc::new(LocalBackend::new(hub.clone(), "http://127.0.0.1:2380").await?);
+/// let routes = kv_services(backend, hub, KvConfig::default());
+/// tonic::transport::Server::builder()
+///     .add_routes(routes)
+///     .serve("127.0.0.1:2379".parse()?)
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub fn kv_services<B: KvBackend>(backend: Arc<B>, hub: WatchHub, config: KvConfig) -> Routes {
+    add_kv_services(Routes::default(), backend, hub, config)
+}
+
+/// [`kv_services`], added to existing `routes` (to serve them on a port shared with other
+/// services, such as dengine's peer and admin services).
+pub fn add_kv_services<B: KvBackend>(
+    routes: Routes,
+    backend: Arc<B>,
+    hub: WatchHub,
+    config: KvConfig,
+) -> Routes {
+    let shared = Arc::new(Shared {
+        backend,
+        hub,
+        config,
+    });
+    routes
+        .add_service(KvServer::new(KvService {
+            shared: shared.clone(),
+        }))
+        .add_service(WatchServer::new(WatchService::new(shared.clone())))
+        .add_service(ClusterServer::new(ClusterService {
+            shared: shared.clone(),
+        }))
+        .add_service(MaintenanceServer::new(MaintenanceService { shared }))
+        .add_service(Unsupported::<unsupported::Lease>::new())
+        .add_service(Unsupported::<unsupported::Auth>::new())
+        .add_service(Unsupported::<unsupported::Election>::new())
+        .add_service(Unsupported::<unsupported::Lock>::new())
+}

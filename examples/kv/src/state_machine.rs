@@ -1,0 +1,301 @@
+//! [`KvStateMachine`]: the etcd-style store as a dengine [`StateMachine`]. Decodes commands
+//! from the log, applies them to the [`KvStore`], publishes their events to the
+//! [`WatchHub`], and encodes the etcd responses; answers queries; takes and installs
+//! snapshots.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use dengine_core::store::{Snapshot, StorageError};
+use dengine_core::{
+    Entry, EntryId, EntryPayload, LogIndex, Membership, SnapshotMeta, StateMachine,
+};
+use prost::Message;
+
+use crate::error::KvError;
+use crate::proto::dengine::kv::v1::{
+    Command, CommandResponse, Query, QueryResponse, SnapshotMembership, Stats, StoreSnapshot,
+    command, command_response, query, query_response,
+};
+use crate::proto::etcdserverpb::CompactionResponse;
+use crate::store::{self, KvStore};
+use crate::watch::WatchHub;
+
+/// Version of the [`StoreSnapshot`] encoding written by this build.
+const SNAPSHOT_FORMAT: u32 = 1;
+
+/// The replicated key-value store with etcd v3 semantics.
+///
+/// Commands are [`Command`] messages (see [`encode_command`]); each response is an encoded
+/// [`CommandResponse`] holding the etcd response, or a [`KvError`] when the store refused the
+/// command (the command then had no effect). Queries are [`Query`] messages answered with a
+/// [`QueryResponse`]. Blank and membership entries get an empty response.
+///
+/// The state lives in memory: after a restart it is rebuilt from the log and snapshots, so
+/// [`applied_index`](StateMachine::applied_index) starts at 0.
+#[derive(Debug)]
+pub struct KvStateMachine {
+    store: KvStore,
+    hub: WatchHub,
+    applied: EntryId,
+    membership: Membership,
+}
+
+impl KvStateMachine {
+    /// An empty store at revision 0 that publishes its changes to `hub`.
+    pub fn new(hub: WatchHub) -> Self {
+        KvStateMachine {
+            store: KvStore::default(),
+            hub,
+            applied: EntryId::ZERO,
+            membership: Membership::default(),
+        }
+    }
+
+    /// The hub this state machine publishes to.
+    pub fn watch_hub(&self) -> &WatchHub {
+        &self.hub
+    }
+
+    /// The current store revision.
+    pub fn revision(&self) -> i64 {
+        self.store.revision()
+    }
+
+    /// The last compaction revision (0 if never compacted).
+    pub fn compact_revision(&self) -> i64 {
+        self.store.compact_revision()
+    }
+
+    /// Applies one normal entry's command and returns the encoded response. Never fails: a
+    /// command that cannot be decoded or is refused gets an error response, identically on
+    /// every replica.
+    fn apply_command(&mut self, data: &[u8]) -> CommandResponse {
+        use command_response::Result as R;
+        let command = match Command::decode(data) {
+            Ok(Command { op: Some(op) }) => op,
+            Ok(Command { op: None }) => {
+                return error_response(KvError::InvalidArgument("empty command".into()));
+            }
+            Err(e) => {
+                return error_response(KvError::InvalidArgument(format!(
+                    "undecodable command: {e}"
+                )));
+            }
+        };
+        let result = match command {
+            command::Op::Put(req) => self.store.put(&req).map(|out| {
+                self.hub_publish(out.revision, out.events);
+                R::Put(out.response)
+            }),
+            command::Op::DeleteRange(req) => self.store.delete_range(&req).map(|out| {
+                self.hub_publish(out.revision, out.events);
+                R::DeleteRange(out.response)
+            }),
+            command::Op::Txn(req) => self.store.txn(&req).map(|out| {
+                self.hub_publish(out.revision, out.events);
+                R::Txn(out.response)
+            }),
+            command::Op::Compact(req) => self.store.compact(req.revision).map(|revision| {
+                self.hub.compact(req.revision);
+                R::Compact(CompactionResponse {
+                    header: Some(store::header(revision)),
+                })
+            }),
+        };
+        CommandResponse {
+            result: Some(result.unwrap_or_else(|e| R::Error(e.to_proto()))),
+        }
+    }
+
+    fn hub_publish(&self, revision: i64, events: Vec<crate::proto::mvccpb::Event>) {
+        if !events.is_empty() {
+            self.hub.publish(revision, events);
+        }
+    }
+
+    fn answer(&self, request: &[u8]) -> QueryResponse {
+        use query_response::Result as R;
+        let result = match Query::decode(request) {
+            Ok(Query {
+                op: Some(query::Op::Range(req)),
+            }) => self.store.range(&req).map(R::Range),
+            Ok(Query {
+                op: Some(query::Op::Stats(_)),
+            }) => Ok(R::Stats(Stats {
+                revision: self.store.revision(),
+                compact_revision: self.store.compact_revision(),
+                keys: self.store.key_count(),
+                size_bytes: self.store.size_bytes(),
+            })),
+            Ok(Query { op: None }) => Err(KvError::InvalidArgument("empty query".into())),
+            Err(e) => Err(KvError::InvalidArgument(format!("undecodable query: {e}"))),
+        };
+        QueryResponse {
+            result: Some(result.unwrap_or_else(|e| R::Error(e.to_proto()))),
+        }
+    }
+
+    fn encode_snapshot(&self) -> Bytes {
+        let snapshot = StoreSnapshot {
+            format: SNAPSHOT_FORMAT,
+            applied_index: self.applied.index,
+            applied_term: self.applied.term,
+            revision: self.store.revision(),
+            compact_revision: self.store.compact_revision(),
+            kvs: self.store.key_values().collect(),
+            membership: Some(SnapshotMembership {
+                voters: self.membership.voters.iter().copied().collect(),
+                voters_outgoing: self.membership.voters_outgoing.iter().copied().collect(),
+                learners: self.membership.learners.iter().copied().collect(),
+                addresses: self
+                    .membership
+                    .addresses
+                    .iter()
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect::<BTreeMap<_, _>>(),
+            }),
+        };
+        Bytes::from(snapshot.encode_to_vec())
+    }
+}
+
+fn error_response(err: KvError) -> CommandResponse {
+    CommandResponse {
+        result: Some(command_response::Result::Error(err.to_proto())),
+    }
+}
+
+fn corrupt_snapshot(index: LogIndex, detail: String) -> StorageError {
+    StorageError::Corrupt {
+        path: "<kv snapshot>".into(),
+        index,
+        detail,
+    }
+}
+
+impl StateMachine for KvStateMachine {
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StorageError> {
+        let mut responses = Vec::with_capacity(entries.len());
+        for entry in entries {
+            // The contract: consecutive entries, each once. Applying out of order would make
+            // this replica diverge, so refuse loudly (the runtime stops the node).
+            if entry.index != self.applied.index + 1 {
+                return Err(StorageError::InvalidArgument(format!(
+                    "kv state machine: entry {} applied after entry {}; entries must be \
+                     consecutive",
+                    entry.index, self.applied.index
+                )));
+            }
+            let response = match &entry.payload {
+                EntryPayload::Blank => Bytes::new(),
+                EntryPayload::Membership(m) => {
+                    self.membership = m.clone();
+                    Bytes::new()
+                }
+                EntryPayload::Normal(data) => Bytes::from(self.apply_command(data).encode_to_vec()),
+            };
+            self.applied = entry.id();
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    fn applied_index(&self) -> LogIndex {
+        self.applied.index
+    }
+
+    fn membership(&self) -> Membership {
+        self.membership.clone()
+    }
+
+    async fn snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        Ok(Snapshot {
+            meta: SnapshotMeta {
+                last_included: self.applied,
+                membership: self.membership.clone(),
+            },
+            data: self.encode_snapshot(),
+        })
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: Bytes,
+    ) -> Result<(), StorageError> {
+        let index = meta.last_included.index;
+        let snapshot = StoreSnapshot::decode(data)
+            .map_err(|e| corrupt_snapshot(index, format!("undecodable kv snapshot: {e}")))?;
+        if snapshot.format != SNAPSHOT_FORMAT {
+            return Err(StorageError::FormatMismatch {
+                path: "<kv snapshot>".into(),
+                found: format!("dengine-kv snapshot format {}", snapshot.format),
+                expected: format!("dengine-kv snapshot format {SNAPSHOT_FORMAT}"),
+            });
+        }
+        if snapshot.applied_index != index {
+            return Err(corrupt_snapshot(
+                index,
+                format!(
+                    "kv snapshot covers entry {} but its meta says {index}",
+                    snapshot.applied_index
+                ),
+            ));
+        }
+        self.store = KvStore::restore(snapshot.kvs, snapshot.revision, snapshot.compact_revision);
+        // The meta's membership is the authoritative one (it travelled with the snapshot).
+        self.membership = meta.membership.clone();
+        self.applied = meta.last_included;
+        self.hub.reset(snapshot.revision, snapshot.compact_revision);
+        Ok(())
+    }
+
+    async fn query(&self, request: Bytes) -> Result<Bytes, StorageError> {
+        Ok(Bytes::from(self.answer(&request).encode_to_vec()))
+    }
+}
+
+/// Encodes a write command for [`KvStateMachine`].
+pub fn encode_command(op: command::Op) -> Bytes {
+    Bytes::from(Command { op: Some(op) }.encode_to_vec())
+}
+
+/// Encodes a query for [`KvStateMachine`].
+pub fn encode_query(op: query::Op) -> Bytes {
+    Bytes::from(Query { op: Some(op) }.encode_to_vec())
+}
+
+/// Decodes a [`KvStateMachine`] command response: the etcd response, or the store's refusal.
+/// An undecodable or empty response (for instance the empty response of a blank entry) is an
+/// [`KvError::Internal`] naming the problem.
+pub fn decode_command_response(data: &[u8]) -> Result<command_response::Result, KvError> {
+    match CommandResponse::decode(data) {
+        Ok(CommandResponse {
+            result: Some(command_response::Result::Error(e)),
+        }) => Err(KvError::from_proto(&e)),
+        Ok(CommandResponse { result: Some(r) }) => Ok(r),
+        Ok(CommandResponse { result: None }) => Err(KvError::Internal(
+            "the state machine gave an empty response to a command".into(),
+        )),
+        Err(e) => Err(KvError::Internal(format!(
+            "undecodable state machine response: {e}"
+        ))),
+    }
+}
+
+/// Decodes a [`KvStateMachine`] query response.
+pub fn decode_query_response(data: &[u8]) -> Result<query_response::Result, KvError> {
+    match QueryResponse::decode(data) {
+        Ok(QueryResponse {
+            result: Some(query_response::Result::Error(e)),
+        }) => Err(KvError::from_proto(&e)),
+        Ok(QueryResponse { result: Some(r) }) => Ok(r),
+        Ok(QueryResponse { result: None }) => Err(KvError::Internal(
+            "the state machine gave an empty response to a query".into(),
+        )),
+        Err(e) => Err(KvError::Internal(format!(
+            "undecodable state machine response: {e}"
+        ))),
+    }
+}

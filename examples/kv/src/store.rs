@@ -1,0 +1,639 @@
+//! The key-value data and etcd's rules for reading and changing it: the store-wide revision,
+//! per-key create/mod revisions and versions, ranges, transactions and compaction.
+//!
+//! Pure and deterministic: no clock, no randomness, no I/O. [`KvStore`] keeps only the current
+//! value of every key (no MVCC history): reads at the current revision are served, reads at
+//! an older revision are refused (see [`KvStore::check_read_revision`]).
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+use crate::error::KvError;
+use crate::proto::etcdserverpb::{
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    compare::{CompareResult, CompareTarget, TargetUnion},
+    range_request::{SortOrder, SortTarget},
+    request_op::Request,
+    response_op::Response,
+};
+use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
+use crate::validate::{check_delete, check_put, check_range, check_txn};
+
+/// Per-key bookkeeping added to every stored byte of key and value when estimating the size
+/// of the store (revisions, version, map node).
+const KEY_OVERHEAD_BYTES: u64 = 48;
+
+/// A set of keys as etcd requests name them: `key` alone, `[key, range_end)`, or every key
+/// `>= key` when `range_end` is `"\0"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum KeyRange {
+    /// Exactly one key.
+    Single(Bytes),
+    /// `start <= k < end`; `end == None` means no upper bound.
+    Span { start: Bytes, end: Option<Bytes> },
+}
+
+impl KeyRange {
+    /// Interprets an etcd `(key, range_end)` pair.
+    pub(crate) fn new(key: &Bytes, range_end: &Bytes) -> Self {
+        if range_end.is_empty() {
+            KeyRange::Single(key.clone())
+        } else if range_end.as_ref() == [0] {
+            KeyRange::Span {
+                start: key.clone(),
+                end: None,
+            }
+        } else {
+            KeyRange::Span {
+                start: key.clone(),
+                end: Some(range_end.clone()),
+            }
+        }
+    }
+
+    /// Whether `key` belongs to the set.
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            KeyRange::Single(k) => k.as_ref() == key,
+            KeyRange::Span { start, end } => {
+                key >= start.as_ref() && end.as_ref().is_none_or(|e| key < e.as_ref())
+            }
+        }
+    }
+
+    /// The bounds for a `BTreeMap::range`, or `None` if the set is empty (an inverted span,
+    /// which `BTreeMap::range` would refuse).
+    fn bounds(&self) -> Option<KeyBounds<'_>> {
+        match self {
+            KeyRange::Single(k) => Some((Bound::Included(k.as_ref()), Bound::Included(k.as_ref()))),
+            KeyRange::Span { start, end: None } => {
+                Some((Bound::Included(start.as_ref()), Bound::Unbounded))
+            }
+            KeyRange::Span {
+                start,
+                end: Some(end),
+            } => (start < end).then(|| {
+                (
+                    Bound::Included(start.as_ref()),
+                    Bound::Excluded(end.as_ref()),
+                )
+            }),
+        }
+    }
+}
+
+/// Bounds of a key range as `BTreeMap::range` takes them.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+/// The current state of one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct KeyRecord {
+    pub(crate) value: Bytes,
+    pub(crate) create_revision: i64,
+    pub(crate) mod_revision: i64,
+    pub(crate) version: i64,
+}
+
+/// The result of a write command: the response to encode and the events it produced.
+#[derive(Debug)]
+pub(crate) struct WriteOutcome<R> {
+    pub(crate) response: R,
+    /// Events in the order they happened, all at `revision`; empty if nothing changed.
+    pub(crate) events: Vec<Event>,
+    /// The store revision after the command.
+    pub(crate) revision: i64,
+}
+
+/// Every key's current value and metadata, the store revision and the compaction point.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct KvStore {
+    keys: BTreeMap<Bytes, KeyRecord>,
+    /// Incremented once by every command that changes at least one key.
+    revision: i64,
+    /// The last compaction revision (0: never compacted).
+    compact_revision: i64,
+    /// Sum over keys of key + value length + [`KEY_OVERHEAD_BYTES`].
+    size_bytes: u64,
+}
+
+impl KvStore {
+    /// The current store revision.
+    pub(crate) fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The last compaction revision.
+    pub(crate) fn compact_revision(&self) -> i64 {
+        self.compact_revision
+    }
+
+    /// Number of live keys.
+    pub(crate) fn key_count(&self) -> u64 {
+        self.keys.len() as u64
+    }
+
+    /// Estimated memory held by keys and values.
+    pub(crate) fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// Every live key in key order.
+    pub(crate) fn key_values(&self) -> impl Iterator<Item = KeyValue> + '_ {
+        self.keys.iter().map(|(k, r)| to_kv(k, r))
+    }
+
+    /// Rebuilds a store from a snapshot's contents.
+    pub(crate) fn restore(
+        kvs: impl IntoIterator<Item = KeyValue>,
+        revision: i64,
+        compact_revision: i64,
+    ) -> Self {
+        let mut store = KvStore {
+            revision,
+            compact_revision,
+            ..KvStore::default()
+        };
+        for kv in kvs {
+            store.size_bytes += record_size(&kv.key, &kv.value);
+            store.keys.insert(
+                kv.key,
+                KeyRecord {
+                    value: kv.value,
+                    create_revision: kv.create_revision,
+                    mod_revision: kv.mod_revision,
+                    version: kv.version,
+                },
+            );
+        }
+        store
+    }
+
+    /// Checks the `revision` of a read: 0 or the current revision is served; a revision after
+    /// the current one is [`KvError::FutureRevision`], one before the compaction point
+    /// [`KvError::Compacted`] (etcd's rules). Anything else in the past is refused as
+    /// unsupported, because the store keeps no MVCC history.
+    pub(crate) fn check_read_revision(&self, revision: i64) -> Result<(), KvError> {
+        if revision <= 0 || revision == self.revision {
+            Ok(())
+        } else if revision > self.revision {
+            Err(KvError::FutureRevision)
+        } else if revision < self.compact_revision {
+            Err(KvError::Compacted)
+        } else {
+            Err(KvError::Unimplemented(format!(
+                "reading at past revision {revision}: dengine-kv keeps no MVCC history, so only \
+                 the current revision ({}) can be read; send revision 0",
+                self.revision
+            )))
+        }
+    }
+
+    /// Serves a Range request at the current revision.
+    pub(crate) fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
+        check_range(req)?;
+        self.check_read_revision(req.revision)?;
+        Ok(self.range_unchecked(req, self.revision))
+    }
+
+    fn iter_range<'a>(
+        &'a self,
+        range: &'a KeyRange,
+    ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a KeyRecord)> + 'a> {
+        match range.bounds() {
+            Some(bounds) => Box::new(self.keys.range::<[u8], _>(bounds)),
+            None => Box::new(std::iter::empty()),
+        }
+    }
+
+    fn range_unchecked(&self, req: &RangeRequest, read_revision: i64) -> RangeResponse {
+        let range = KeyRange::new(&req.key, &req.range_end);
+        let count = self.iter_range(&range).count() as i64;
+        let header = Some(header(read_revision));
+        if req.count_only {
+            return RangeResponse {
+                header,
+                kvs: Vec::new(),
+                more: false,
+                count,
+            };
+        }
+        // Sort orders and enums were validated by `check_range`.
+        let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
+        let mut order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
+        if order == SortOrder::None && target != SortTarget::Key {
+            order = SortOrder::Ascend; // etcd: a sort target without an order sorts ascending
+        }
+        let filtered = req.min_mod_revision != 0
+            || req.max_mod_revision != 0
+            || req.min_create_revision != 0
+            || req.max_create_revision != 0;
+        let limit = usize::try_from(req.limit).unwrap_or(0);
+        let needs_all = filtered
+            || !(order == SortOrder::None
+                || (order == SortOrder::Ascend && target == SortTarget::Key));
+
+        let mut kvs: Vec<KeyValue> = if needs_all || limit == 0 {
+            self.iter_range(&range)
+                .filter(|(_, r)| passes_filters(req, r))
+                .map(|(k, r)| to_kv(k, r))
+                .collect()
+        } else {
+            // Key order is the map's order: take one more than the limit to learn `more`.
+            self.iter_range(&range)
+                .take(limit + 1)
+                .map(|(k, r)| to_kv(k, r))
+                .collect()
+        };
+        if order != SortOrder::None {
+            let key_of = |kv: &KeyValue| -> SortKey {
+                match target {
+                    SortTarget::Key => SortKey::Bytes(kv.key.clone()),
+                    SortTarget::Version => SortKey::Int(kv.version),
+                    SortTarget::Create => SortKey::Int(kv.create_revision),
+                    SortTarget::Mod => SortKey::Int(kv.mod_revision),
+                    SortTarget::Value => SortKey::Bytes(kv.value.clone()),
+                }
+            };
+            // Stable sorts: ties stay in key order, so the answer is deterministic.
+            if order == SortOrder::Descend {
+                kvs.sort_by_key(|kv| std::cmp::Reverse(key_of(kv)));
+            } else {
+                kvs.sort_by_key(key_of);
+            }
+        }
+        let mut more = false;
+        if limit > 0 && kvs.len() > limit {
+            kvs.truncate(limit);
+            more = true;
+        }
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value = Bytes::new();
+            }
+        }
+        RangeResponse {
+            header,
+            kvs,
+            more,
+            count,
+        }
+    }
+
+    /// Applies a Put as one write.
+    pub(crate) fn put(&mut self, req: &PutRequest) -> Result<WriteOutcome<PutResponse>, KvError> {
+        check_put(req)?;
+        self.check_put_state(req)?;
+        let mut w = self.begin();
+        let mut response = w.put(req);
+        let (revision, events) = w.finish();
+        response.header = Some(header(revision));
+        Ok(WriteOutcome {
+            response,
+            events,
+            revision,
+        })
+    }
+
+    /// Applies a DeleteRange as one write (a write only if it deletes something).
+    pub(crate) fn delete_range(
+        &mut self,
+        req: &DeleteRangeRequest,
+    ) -> Result<WriteOutcome<DeleteRangeResponse>, KvError> {
+        check_delete(req)?;
+        let mut w = self.begin();
+        let mut response = w.delete_range(req);
+        let (revision, events) = w.finish();
+        response.header = Some(header(revision));
+        Ok(WriteOutcome {
+            response,
+            events,
+            revision,
+        })
+    }
+
+    /// Applies a Txn as one write: every compare (of nested transactions too) is evaluated
+    /// against the state before the transaction, as etcd does; then the chosen operations run
+    /// in order, later ones seeing the effects of earlier ones, all at one revision.
+    pub(crate) fn txn(&mut self, req: &TxnRequest) -> Result<WriteOutcome<TxnResponse>, KvError> {
+        check_txn(req)?;
+        let path = self.choose_path(req);
+        self.check_path_state(req, &path)?;
+        let mut w = self.begin();
+        let mut response = w.txn(req, &path);
+        let (revision, events) = w.finish();
+        set_txn_revisions(&mut response, revision);
+        Ok(WriteOutcome {
+            response,
+            events,
+            revision,
+        })
+    }
+
+    /// Compacts at `revision`: later reads and watches before it are refused. The revision
+    /// does not change. Returns the header revision.
+    pub(crate) fn compact(&mut self, revision: i64) -> Result<i64, KvError> {
+        if revision > self.revision {
+            return Err(KvError::FutureRevision);
+        }
+        if revision <= self.compact_revision {
+            return Err(KvError::Compacted);
+        }
+        self.compact_revision = revision;
+        Ok(self.revision)
+    }
+
+    fn begin(&mut self) -> WriteTxn<'_> {
+        let revision = self.revision + 1;
+        WriteTxn {
+            store: self,
+            revision,
+            events: Vec::new(),
+        }
+    }
+
+    /// Puts that keep the current value or lease need the key to exist; leases are not
+    /// supported.
+    fn check_put_state(&self, req: &PutRequest) -> Result<(), KvError> {
+        if (req.ignore_value || req.ignore_lease) && !self.keys.contains_key(&req.key) {
+            return Err(KvError::InvalidArgument("key not found".into()));
+        }
+        Ok(())
+    }
+
+    fn choose_path(&self, req: &TxnRequest) -> TxnPath {
+        let succeeded = req.compare.iter().all(|c| self.evaluate(c));
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let nested = ops
+            .iter()
+            .filter_map(|op| match &op.request {
+                Some(Request::RequestTxn(t)) => Some(self.choose_path(t)),
+                _ => None,
+            })
+            .collect();
+        TxnPath { succeeded, nested }
+    }
+
+    fn check_path_state(&self, req: &TxnRequest, path: &TxnPath) -> Result<(), KvError> {
+        let ops = if path.succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut nested = path.nested.iter();
+        for op in ops {
+            match &op.request {
+                Some(Request::RequestRange(r)) => self.check_read_revision(r.revision)?,
+                Some(Request::RequestPut(p)) => self.check_put_state(p)?,
+                Some(Request::RequestTxn(t)) => {
+                    if let Some(p) = nested.next() {
+                        self.check_path_state(t, p)?;
+                    }
+                }
+                Some(Request::RequestDeleteRange(_)) | None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// etcd's compare rule: over a range, every key must satisfy the comparison; a missing key
+    /// compares as all-zero metadata, except that a value comparison on no key is false.
+    fn evaluate(&self, c: &Compare) -> bool {
+        let range = KeyRange::new(&c.key, &c.range_end);
+        let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
+        let mut matched = self.iter_range(&range).peekable();
+        if matched.peek().is_none() {
+            if target == CompareTarget::Value {
+                return false;
+            }
+            return compare_record(c, target, None);
+        }
+        matched.all(|(_, r)| compare_record(c, target, Some(r)))
+    }
+}
+
+fn compare_record(c: &Compare, target: CompareTarget, record: Option<&KeyRecord>) -> bool {
+    let ordering = match target {
+        CompareTarget::Value => {
+            let wanted: &[u8] = match &c.target_union {
+                Some(TargetUnion::Value(v)) => v,
+                _ => &[],
+            };
+            record.map_or(&[][..], |r| r.value.as_ref()).cmp(wanted)
+        }
+        CompareTarget::Version
+        | CompareTarget::Create
+        | CompareTarget::Mod
+        | CompareTarget::Lease => {
+            let actual = record.map_or(0, |r| match target {
+                CompareTarget::Version => r.version,
+                CompareTarget::Create => r.create_revision,
+                CompareTarget::Mod => r.mod_revision,
+                _ => 0, // no leases: every key's lease is 0
+            });
+            let wanted = match (&c.target_union, target) {
+                (Some(TargetUnion::Version(v)), CompareTarget::Version)
+                | (Some(TargetUnion::CreateRevision(v)), CompareTarget::Create)
+                | (Some(TargetUnion::ModRevision(v)), CompareTarget::Mod)
+                | (Some(TargetUnion::Lease(v)), CompareTarget::Lease) => *v,
+                _ => 0,
+            };
+            actual.cmp(&wanted)
+        }
+    };
+    match CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal) {
+        CompareResult::Equal => ordering == Ordering::Equal,
+        CompareResult::NotEqual => ordering != Ordering::Equal,
+        CompareResult::Greater => ordering == Ordering::Greater,
+        CompareResult::Less => ordering == Ordering::Less,
+    }
+}
+
+/// Which branch each transaction on the executed path takes, decided before any write.
+#[derive(Debug)]
+struct TxnPath {
+    succeeded: bool,
+    /// One entry per nested transaction of the chosen branch, in order.
+    nested: Vec<TxnPath>,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum SortKey {
+    Int(i64),
+    Bytes(Bytes),
+}
+
+/// The writes of one command, all at `revision`. Infallible: everything that can fail was
+/// checked before it began, so a command either fails whole or applies whole.
+struct WriteTxn<'a> {
+    store: &'a mut KvStore,
+    revision: i64,
+    events: Vec<Event>,
+}
+
+impl WriteTxn<'_> {
+    fn put(&mut self, req: &PutRequest) -> PutResponse {
+        let prev = self.store.keys.get(&req.key).cloned();
+        let (create_revision, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (self.revision, 1),
+        };
+        let value = match (&prev, req.ignore_value) {
+            (Some(p), true) => p.value.clone(),
+            _ => req.value.clone(),
+        };
+        let record = KeyRecord {
+            value,
+            create_revision,
+            mod_revision: self.revision,
+            version,
+        };
+        if let Some(p) = &prev {
+            self.store.size_bytes -= record_size(&req.key, &p.value);
+        }
+        self.store.size_bytes += record_size(&req.key, &record.value);
+        let prev_kv = prev.as_ref().map(|p| to_kv(&req.key, p));
+        self.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(to_kv(&req.key, &record)),
+            prev_kv: prev_kv.clone(),
+        });
+        self.store.keys.insert(req.key.clone(), record);
+        PutResponse {
+            header: None,
+            prev_kv: if req.prev_kv { prev_kv } else { None },
+        }
+    }
+
+    fn delete_range(&mut self, req: &DeleteRangeRequest) -> DeleteRangeResponse {
+        let range = KeyRange::new(&req.key, &req.range_end);
+        let doomed: Vec<Bytes> = self
+            .store
+            .iter_range(&range)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut prev_kvs = Vec::new();
+        for key in &doomed {
+            let Some(prev) = self.store.keys.remove(key) else {
+                continue;
+            };
+            self.store.size_bytes -= record_size(key, &prev.value);
+            let prev_kv = to_kv(key, &prev);
+            self.events.push(Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(KeyValue {
+                    key: key.clone(),
+                    mod_revision: self.revision,
+                    ..KeyValue::default()
+                }),
+                prev_kv: Some(prev_kv.clone()),
+            });
+            if req.prev_kv {
+                prev_kvs.push(prev_kv);
+            }
+        }
+        DeleteRangeResponse {
+            header: None,
+            deleted: doomed.len() as i64,
+            prev_kvs,
+        }
+    }
+
+    fn txn(&mut self, req: &TxnRequest, path: &TxnPath) -> TxnResponse {
+        let ops = if path.succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut nested = path.nested.iter();
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match &op.request {
+                Some(Request::RequestRange(r)) => {
+                    // Reads inside a transaction see its earlier writes.
+                    let read_revision = if self.events.is_empty() {
+                        self.store.revision
+                    } else {
+                        self.revision
+                    };
+                    Some(Response::ResponseRange(
+                        self.store.range_unchecked(r, read_revision),
+                    ))
+                }
+                Some(Request::RequestPut(p)) => Some(Response::ResponsePut(self.put(p))),
+                Some(Request::RequestDeleteRange(d)) => {
+                    Some(Response::ResponseDeleteRange(self.delete_range(d)))
+                }
+                Some(Request::RequestTxn(t)) => {
+                    nested.next().map(|p| Response::ResponseTxn(self.txn(t, p)))
+                }
+                None => None,
+            };
+            responses.push(ResponseOp { response });
+        }
+        TxnResponse {
+            header: None,
+            succeeded: path.succeeded,
+            responses,
+        }
+    }
+
+    /// Ends the write: the store revision advances only if something changed.
+    fn finish(self) -> (i64, Vec<Event>) {
+        if !self.events.is_empty() {
+            self.store.revision = self.revision;
+        }
+        (self.store.revision, self.events)
+    }
+}
+
+/// Fills the header revision of a transaction response and of its nested write responses
+/// (range responses keep the revision they read at).
+fn set_txn_revisions(response: &mut TxnResponse, revision: i64) {
+    response.header = Some(header(revision));
+    for op in &mut response.responses {
+        match &mut op.response {
+            Some(Response::ResponsePut(r)) => r.header = Some(header(revision)),
+            Some(Response::ResponseDeleteRange(r)) => r.header = Some(header(revision)),
+            Some(Response::ResponseTxn(t)) => set_txn_revisions(t, revision),
+            Some(Response::ResponseRange(_)) | None => {}
+        }
+    }
+}
+
+fn passes_filters(req: &RangeRequest, r: &KeyRecord) -> bool {
+    (req.min_mod_revision == 0 || r.mod_revision >= req.min_mod_revision)
+        && (req.max_mod_revision == 0 || r.mod_revision <= req.max_mod_revision)
+        && (req.min_create_revision == 0 || r.create_revision >= req.min_create_revision)
+        && (req.max_create_revision == 0 || r.create_revision <= req.max_create_revision)
+}
+
+fn record_size(key: &[u8], value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64 + KEY_OVERHEAD_BYTES
+}
+
+pub(crate) fn to_kv(key: &Bytes, r: &KeyRecord) -> KeyValue {
+    KeyValue {
+        key: key.clone(),
+        create_revision: r.create_revision,
+        mod_revision: r.mod_revision,
+        version: r.version,
+        value: r.value.clone(),
+        lease: 0,
+    }
+}
+
+/// A response header carrying only the revision; the server fills in the member fields.
+pub(crate) fn header(revision: i64) -> ResponseHeader {
+    ResponseHeader {
+        revision,
+        ..ResponseHeader::default()
+    }
+}

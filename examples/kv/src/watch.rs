@@ -1,0 +1,455 @@
+//! The [`WatchHub`]: a bounded history of recent change events, published by the state
+//! machine as it applies writes and read by watchers at their own pace.
+//!
+//! Watchers *pull*: each remembers the next revision it needs and reads from the history when
+//! the hub signals a new revision. Nothing is queued per watcher, so memory is bounded by the
+//! history alone. A watcher whose next revision has fallen out of the history (it was too
+//! slow, or it asked for a revision from before the history) gets etcd's "compacted" answer:
+//! the oldest revision still available, and the watch is canceled.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::watch;
+
+use crate::proto::etcdserverpb::watch_create_request::FilterType;
+use crate::proto::mvccpb::{Event, event::EventType};
+use crate::store::KeyRange;
+
+/// Bounds and timings of the watch machinery.
+#[derive(Clone, Debug)]
+pub struct WatchConfig {
+    /// Most events kept in the history (etcd keeps its whole MVCC history until compaction;
+    /// dengine-kv keeps this many recent events).
+    pub max_history_events: usize,
+    /// Most bytes (encoded events) kept in the history.
+    pub max_history_bytes: usize,
+    /// Most events in one watch response; a revision's events are never split, so a single
+    /// revision with more events goes out whole.
+    pub max_events_per_response: usize,
+    /// Responses buffered per watch stream before the server waits for the client.
+    pub response_buffer: usize,
+    /// Most watchers on one watch stream.
+    pub max_watchers_per_stream: usize,
+    /// How often watchers created with `progress_notify` get an empty response carrying the
+    /// current revision (etcd's default is 10 minutes).
+    pub progress_interval: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            max_history_events: 10_000,
+            max_history_bytes: 64 << 20,
+            max_events_per_response: 1_000,
+            response_buffer: 16,
+            max_watchers_per_stream: 10_000,
+            progress_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What one watcher wants to see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchFilter {
+    range: KeyRange,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+}
+
+impl WatchFilter {
+    /// Changes to `key`, or to `[key, range_end)` (`range_end == "\0"`: every key `>= key`),
+    /// as in etcd's `WatchCreateRequest`.
+    pub fn new(key: Bytes, range_end: Bytes) -> Self {
+        WatchFilter {
+            range: KeyRange::new(&key, &range_end),
+            no_put: false,
+            no_delete: false,
+            prev_kv: false,
+        }
+    }
+
+    /// Also deliver each event's previous key-value pair.
+    pub fn with_prev_kv(mut self, prev_kv: bool) -> Self {
+        self.prev_kv = prev_kv;
+        self
+    }
+
+    /// Leave out PUT (`FilterType::Noput`) and/or DELETE (`FilterType::Nodelete`) events.
+    pub fn with_filters(mut self, filters: impl IntoIterator<Item = FilterType>) -> Self {
+        for f in filters {
+            match f {
+                FilterType::Noput => self.no_put = true,
+                FilterType::Nodelete => self.no_delete = true,
+            }
+        }
+        self
+    }
+
+    fn matches(&self, event: &Event) -> bool {
+        let is_put = event.r#type == EventType::Put as i32;
+        if (is_put && self.no_put) || (!is_put && self.no_delete) {
+            return false;
+        }
+        event
+            .kv
+            .as_ref()
+            .is_some_and(|kv| self.range.contains(&kv.key))
+    }
+}
+
+/// Events for one watcher, read from the history.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventBatch {
+    /// Matching events in revision order (possibly none).
+    pub events: Vec<Event>,
+    /// The watcher has now seen every event up to and including this revision; its next read
+    /// starts at `through_revision + 1`.
+    pub through_revision: i64,
+    /// More events may be waiting (the batch stopped at `max_events`).
+    pub more: bool,
+}
+
+/// The watcher's next revision is no longer in the history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "mvcc: required revision has been compacted; the oldest available revision is {compact_revision}"
+)]
+pub struct Compacted {
+    /// The oldest revision that can still be watched (etcd's `compact_revision`).
+    pub compact_revision: i64,
+}
+
+#[derive(Debug)]
+struct HistoryEntry {
+    revision: i64,
+    event: Event,
+    size: usize,
+}
+
+#[derive(Debug)]
+struct HubState {
+    history: VecDeque<HistoryEntry>,
+    history_bytes: usize,
+    /// The store revision of the last publish (or reset).
+    revision: i64,
+    /// Every event with revision `>= floor` is in the history.
+    floor: i64,
+}
+
+/// The event history shared by a [`KvStateMachine`](crate::KvStateMachine), which publishes
+/// into it, and the Watch service, which reads from it. Cheap to clone; clones share the
+/// history.
+#[derive(Clone, Debug)]
+pub struct WatchHub {
+    state: Arc<Mutex<HubState>>,
+    revision_tx: Arc<watch::Sender<i64>>,
+    closed: Arc<watch::Sender<bool>>,
+    config: Arc<WatchConfig>,
+}
+
+impl Default for WatchHub {
+    fn default() -> Self {
+        WatchHub::new(WatchConfig::default())
+    }
+}
+
+impl WatchHub {
+    /// An empty hub at revision 0.
+    pub fn new(config: WatchConfig) -> Self {
+        let (revision_tx, _) = watch::channel(0);
+        WatchHub {
+            state: Arc::new(Mutex::new(HubState {
+                history: VecDeque::new(),
+                history_bytes: 0,
+                revision: 0,
+                floor: 1,
+            })),
+            revision_tx: Arc::new(revision_tx),
+            closed: Arc::new(watch::channel(false).0),
+            config: Arc::new(config),
+        }
+    }
+
+    /// The configuration the hub was made with.
+    pub fn config(&self) -> &WatchConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        // The state is consistent after every statement that can panic, so a poisoned lock
+        // (a panicking reader) leaves nothing half-done.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The latest revision published (the local member's applied store revision).
+    pub fn revision(&self) -> i64 {
+        self.lock().revision
+    }
+
+    /// The oldest revision a new watcher may start from.
+    pub fn oldest_revision(&self) -> i64 {
+        self.lock().floor
+    }
+
+    /// Ends every watch stream served from this hub (its member is stopping): their clients
+    /// get UNAVAILABLE and can watch again on another member.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Resolves once [`close`](Self::close) has been called.
+    pub(crate) async fn closed(&self) {
+        let mut rx = self.closed.subscribe();
+        let _ = rx.wait_for(|closed| *closed).await;
+    }
+
+    /// A receiver that changes whenever a new revision is published.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.revision_tx.subscribe()
+    }
+
+    /// Records the events of one write at `revision` (called by the state machine, in
+    /// revision order) and wakes the watchers. Old events beyond the bounds are dropped.
+    pub(crate) fn publish(&self, revision: i64, events: Vec<Event>) {
+        {
+            let mut s = self.lock();
+            debug_assert!(revision > s.revision, "revisions are published in order");
+            for event in events {
+                let size = event.encoded_len();
+                s.history_bytes += size;
+                s.history.push_back(HistoryEntry {
+                    revision,
+                    event,
+                    size,
+                });
+            }
+            s.revision = revision;
+            while s.history.len() > self.config.max_history_events
+                || s.history_bytes > self.config.max_history_bytes
+            {
+                let Some(old) = s.history.pop_front() else {
+                    break;
+                };
+                s.history_bytes -= old.size;
+                // Part of `old.revision` may be gone now: it is no longer complete.
+                s.floor = s.floor.max(old.revision + 1);
+            }
+        }
+        self.revision_tx.send_replace(revision);
+    }
+
+    /// The store was compacted at `revision`: watching from before it is refused, as in etcd.
+    pub(crate) fn compact(&self, revision: i64) {
+        let mut s = self.lock();
+        s.floor = s.floor.max(revision);
+        while s.history.front().is_some_and(|e| e.revision < revision) {
+            if let Some(old) = s.history.pop_front() {
+                s.history_bytes -= old.size;
+            }
+        }
+    }
+
+    /// The store was replaced (snapshot installed) at `revision`: the history is forgotten;
+    /// watchers that have not seen `revision` yet are answered "compacted".
+    pub(crate) fn reset(&self, revision: i64, compact_revision: i64) {
+        {
+            let mut s = self.lock();
+            s.history.clear();
+            s.history_bytes = 0;
+            s.revision = revision;
+            s.floor = (revision + 1).max(compact_revision);
+        }
+        self.revision_tx.send_replace(revision);
+    }
+
+    /// Reads the events matching `filter` from revision `from` on, at most about `max_events`
+    /// of them (whole revisions only). `from` beyond the current revision gives an empty
+    /// batch; `from` older than the history is [`Compacted`].
+    pub fn read_events(
+        &self,
+        from: i64,
+        filter: &WatchFilter,
+        max_events: usize,
+    ) -> Result<EventBatch, Compacted> {
+        let s = self.lock();
+        if from > s.revision {
+            return Ok(EventBatch {
+                events: Vec::new(),
+                through_revision: from - 1,
+                more: false,
+            });
+        }
+        if from < s.floor {
+            return Err(Compacted {
+                compact_revision: s.floor,
+            });
+        }
+        let start = s.history.partition_point(|e| e.revision < from);
+        let mut events = Vec::new();
+        let mut through_revision = s.revision;
+        let mut more = false;
+        let mut last_revision = from - 1;
+        for entry in s.history.range(start..) {
+            if entry.revision != last_revision {
+                if events.len() >= max_events.max(1) {
+                    through_revision = last_revision;
+                    more = true;
+                    break;
+                }
+                last_revision = entry.revision;
+            }
+            if filter.matches(&entry.event) {
+                let mut event = entry.event.clone();
+                if !filter.prev_kv {
+                    event.prev_kv = None;
+                }
+                events.push(event);
+            }
+        }
+        Ok(EventBatch {
+            events,
+            through_revision,
+            more,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::mvccpb::KeyValue;
+
+    fn put(key: &'static str, revision: i64) -> Event {
+        Event {
+            r#type: EventType::Put as i32,
+            kv: Some(KeyValue {
+                key: Bytes::from_static(key.as_bytes()),
+                mod_revision: revision,
+                ..KeyValue::default()
+            }),
+            prev_kv: Some(KeyValue::default()),
+        }
+    }
+
+    fn keys(batch: &EventBatch) -> Vec<(String, i64)> {
+        batch
+            .events
+            .iter()
+            .map(|e| {
+                let kv = e.kv.clone().unwrap_or_default();
+                (
+                    String::from_utf8_lossy(&kv.key).into_owned(),
+                    kv.mod_revision,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_from_a_past_revision_within_the_history() {
+        let hub = WatchHub::default();
+        for (i, k) in ["a", "b", "a", "c"].into_iter().enumerate() {
+            hub.publish(i as i64 + 1, vec![put(k, i as i64 + 1)]);
+        }
+        let f = WatchFilter::new(Bytes::from_static(b"a"), Bytes::new());
+        let batch = hub.read_events(2, &f, 100).unwrap();
+        assert_eq!(keys(&batch), [("a".to_string(), 3)]);
+        assert_eq!(batch.through_revision, 4);
+        assert!(!batch.more);
+        assert!(batch.events[0].prev_kv.is_none(), "prev_kv only when asked");
+        let with_prev = f.with_prev_kv(true);
+        assert!(
+            hub.read_events(1, &with_prev, 100).unwrap().events[0]
+                .prev_kv
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn batches_stop_at_revision_boundaries() {
+        let hub = WatchHub::default();
+        hub.publish(1, vec![put("a", 1), put("b", 1), put("c", 1)]);
+        hub.publish(2, vec![put("d", 2)]);
+        let all = WatchFilter::new(Bytes::from_static(b"\0"), Bytes::from_static(b"\0"));
+        let first = hub.read_events(1, &all, 2).unwrap();
+        assert_eq!(first.events.len(), 3, "revision 1 is not split");
+        assert_eq!(first.through_revision, 1);
+        assert!(first.more);
+        let second = hub.read_events(2, &all, 2).unwrap();
+        assert_eq!(keys(&second), [("d".to_string(), 2)]);
+        assert!(!second.more);
+    }
+
+    #[test]
+    fn history_bound_makes_old_revisions_compacted() {
+        let config = WatchConfig {
+            max_history_events: 3,
+            ..WatchConfig::default()
+        };
+        let hub = WatchHub::new(config);
+        for r in 1..=5 {
+            hub.publish(r, vec![put("k", r)]);
+        }
+        let f = WatchFilter::new(Bytes::from_static(b"k"), Bytes::new());
+        assert_eq!(
+            hub.read_events(2, &f, 10),
+            Err(Compacted {
+                compact_revision: 3
+            })
+        );
+        assert_eq!(hub.read_events(3, &f, 10).unwrap().events.len(), 3);
+        assert_eq!(hub.oldest_revision(), 3);
+    }
+
+    #[test]
+    fn future_start_waits_and_compaction_moves_the_floor() {
+        let hub = WatchHub::default();
+        let f = WatchFilter::new(Bytes::from_static(b"k"), Bytes::new());
+        let batch = hub.read_events(5, &f, 10).unwrap();
+        assert!(batch.events.is_empty());
+        assert_eq!(batch.through_revision, 4);
+        for r in 1..=3 {
+            hub.publish(r, vec![put("k", r)]);
+        }
+        hub.compact(2);
+        assert_eq!(
+            hub.read_events(1, &f, 10),
+            Err(Compacted {
+                compact_revision: 2
+            })
+        );
+        assert_eq!(hub.read_events(2, &f, 10).unwrap().events.len(), 2);
+        hub.reset(10, 4);
+        assert_eq!(
+            hub.read_events(4, &f, 10),
+            Err(Compacted {
+                compact_revision: 11
+            })
+        );
+    }
+
+    #[test]
+    fn filters_drop_puts_or_deletes() {
+        let hub = WatchHub::default();
+        let mut del = put("k", 2);
+        del.r#type = EventType::Delete as i32;
+        hub.publish(1, vec![put("k", 1)]);
+        hub.publish(2, vec![del]);
+        let f = WatchFilter::new(Bytes::from_static(b"k"), Bytes::new());
+        let no_put = f.clone().with_filters([FilterType::Noput]);
+        let no_delete = f.with_filters([FilterType::Nodelete]);
+        assert_eq!(
+            keys(&hub.read_events(1, &no_put, 10).unwrap()),
+            [("k".to_string(), 2)]
+        );
+        assert_eq!(
+            keys(&hub.read_events(1, &no_delete, 10).unwrap()),
+            [("k".to_string(), 1)]
+        );
+    }
+}

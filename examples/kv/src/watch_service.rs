@@ -1,0 +1,326 @@
+//! The etcd v3 `Watch` service: one task per client stream serves all the stream's watchers
+//! from the [`WatchHub`] history.
+//!
+//! The task owns its watchers and catches each one up whenever the hub publishes a revision,
+//! sending at most `response_buffer` responses ahead of the client. A client that stops
+//! reading holds up only its own task; once it reads again, any watcher whose next revision
+//! has left the history gets etcd's "compacted" response and is canceled.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::backend::KvBackend;
+use crate::proto::etcdserverpb::{
+    WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request::FilterType,
+    watch_request::RequestUnion, watch_server::Watch,
+};
+use crate::service::Shared;
+use crate::watch::{WatchFilter, WatchHub};
+
+/// The watch id etcd (3.5) uses for a progress response that covers every watcher of a
+/// stream.
+const ALL_WATCHERS: i64 = -1;
+
+/// The `Watch` service.
+#[derive(Debug)]
+pub(crate) struct WatchService<B> {
+    shared: Arc<Shared<B>>,
+}
+
+impl<B> WatchService<B> {
+    pub(crate) fn new(shared: Arc<Shared<B>>) -> Self {
+        WatchService { shared }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<B: KvBackend> Watch for WatchService<B> {
+    type WatchStream = ResponseStream;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let inbound = request.into_inner();
+        let buffer = self.shared.hub.config().response_buffer.max(1);
+        let (tx, rx) = mpsc::channel(buffer);
+        let stream = StreamTask {
+            shared: self.shared.clone(),
+            hub: self.shared.hub.clone(),
+            out: tx,
+            watchers: BTreeMap::new(),
+            next_id: 0,
+        };
+        tokio::spawn(stream.run(inbound));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One watcher on a stream.
+#[derive(Debug)]
+struct Watcher {
+    filter: WatchFilter,
+    /// The next revision to deliver.
+    next_revision: i64,
+    progress_notify: bool,
+    /// Whether a response went out since the last periodic progress tick.
+    sent_since_tick: bool,
+}
+
+/// The client went away; the task ends.
+struct Closed;
+
+struct StreamTask<B> {
+    shared: Arc<Shared<B>>,
+    hub: WatchHub,
+    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+}
+
+impl<B: KvBackend> StreamTask<B> {
+    async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
+        let mut revisions = self.hub.subscribe();
+        // `interval` refuses a zero period.
+        let period = self
+            .hub
+            .config()
+            .progress_interval
+            .max(Duration::from_millis(1));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await; // the first tick is immediate
+        // As in etcd, a client that half-closes its side keeps receiving events; the task ends
+        // when the client goes away (the response stream is dropped) or the stream fails.
+        let mut inbound_open = true;
+        let hub = self.hub.clone();
+        let closed = hub.closed();
+        tokio::pin!(closed);
+        loop {
+            let out = self.out.clone();
+            let step = tokio::select! {
+                message = inbound.message(), if inbound_open => match message {
+                    Ok(Some(req)) => self.handle(req).await,
+                    Ok(None) => {
+                        inbound_open = false;
+                        Ok(())
+                    }
+                    Err(_) => Err(Closed),
+                },
+                changed = revisions.changed() => match changed {
+                    Ok(()) => self.catch_up_all().await.map(|_| ()),
+                    Err(_) => Err(Closed),
+                },
+                _ = ticker.tick() => self.periodic_progress().await,
+                () = out.closed() => Err(Closed),
+                () = &mut closed => {
+                    let stopping = Status::unavailable(
+                        "etcdserver: the member is stopping; watch again on another member",
+                    );
+                    let _ = self.out.try_send(Err(stopping));
+                    Err(Closed)
+                }
+            };
+            if step.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn send(&self, mut response: WatchResponse, revision: i64) -> Result<(), Closed> {
+        response.header = Some(self.shared.header(revision));
+        self.out.send(Ok(response)).await.map_err(|_| Closed)
+    }
+
+    async fn handle(&mut self, req: WatchRequest) -> Result<(), Closed> {
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                // Like etcd, an unknown id gets no answer.
+                if self.watchers.remove(&cancel.watch_id).is_some() {
+                    let response = WatchResponse {
+                        watch_id: cancel.watch_id,
+                        canceled: true,
+                        ..WatchResponse::default()
+                    };
+                    self.send(response, self.hub.revision()).await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                // Deliver everything first, so the revision promises that every event up to
+                // it has been sent to every watcher of the stream.
+                let revision = self.catch_up_all().await?;
+                let response = WatchResponse {
+                    watch_id: ALL_WATCHERS,
+                    ..WatchResponse::default()
+                };
+                self.send(response, revision).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, create: WatchCreateRequest) -> Result<(), Closed> {
+        let revision = self.hub.revision();
+        let refuse = |watch_id: i64, reason: String| WatchResponse {
+            watch_id,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..WatchResponse::default()
+        };
+        let mut filters = Vec::new();
+        for f in &create.filters {
+            match FilterType::try_from(*f) {
+                Ok(f) => filters.push(f),
+                Err(_) => {
+                    let reason = format!("etcdserver: invalid watch filter type {f}");
+                    return self.send(refuse(create.watch_id, reason), revision).await;
+                }
+            }
+        }
+        if self.watchers.len() >= self.hub.config().max_watchers_per_stream {
+            let reason = format!(
+                "etcdserver: too many watchers on this stream (limit {}); open another stream",
+                self.hub.config().max_watchers_per_stream
+            );
+            return self.send(refuse(create.watch_id, reason), revision).await;
+        }
+        let id = if create.watch_id != 0 {
+            if self.watchers.contains_key(&create.watch_id) {
+                let reason = "mvcc: duplicate watch ID provided on the WatchStream".to_string();
+                return self.send(refuse(create.watch_id, reason), revision).await;
+            }
+            create.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        };
+        let next_revision = if create.start_revision > 0 {
+            create.start_revision
+        } else {
+            revision + 1
+        };
+        let filter = WatchFilter::new(create.key, create.range_end)
+            .with_prev_kv(create.prev_kv)
+            .with_filters(filters);
+        self.watchers.insert(
+            id,
+            Watcher {
+                filter,
+                next_revision,
+                progress_notify: create.progress_notify,
+                sent_since_tick: false,
+            },
+        );
+        let created = WatchResponse {
+            watch_id: id,
+            created: true,
+            ..WatchResponse::default()
+        };
+        self.send(created, revision).await?;
+        // Historical events (or the "compacted" answer) right away.
+        self.catch_up(id).await
+    }
+
+    /// Catches every watcher up; returns the revision all of them have now seen.
+    async fn catch_up_all(&mut self) -> Result<i64, Closed> {
+        let revision = self.hub.revision();
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            self.catch_up(id).await?;
+        }
+        Ok(revision)
+    }
+
+    /// Sends one watcher every event it has not seen, in batches; cancels it if its next
+    /// revision is no longer in the history.
+    async fn catch_up(&mut self, id: i64) -> Result<(), Closed> {
+        let max_events = self.hub.config().max_events_per_response;
+        loop {
+            let Some(watcher) = self.watchers.get(&id) else {
+                return Ok(());
+            };
+            let wanted = watcher.next_revision;
+            match self.hub.read_events(wanted, &watcher.filter, max_events) {
+                Err(compacted) => {
+                    self.watchers.remove(&id);
+                    tracing::debug!(
+                        watch_id = id,
+                        wanted,
+                        oldest = compacted.compact_revision,
+                        "watcher canceled: its next revision has left the event history"
+                    );
+                    let response = WatchResponse {
+                        watch_id: id,
+                        canceled: true,
+                        compact_revision: compacted.compact_revision,
+                        cancel_reason: format!(
+                            "etcdserver: mvcc: required revision has been compacted (the watcher \
+                             needs revision {}, the oldest kept is {}); watch again from {} or \
+                             later",
+                            wanted, compacted.compact_revision, compacted.compact_revision
+                        ),
+                        ..WatchResponse::default()
+                    };
+                    return self.send(response, self.hub.revision()).await;
+                }
+                Ok(batch) => {
+                    let more = batch.more;
+                    if let Some(w) = self.watchers.get_mut(&id) {
+                        w.next_revision = batch.through_revision + 1;
+                    }
+                    if !batch.events.is_empty() {
+                        if let Some(w) = self.watchers.get_mut(&id) {
+                            w.sent_since_tick = true;
+                        }
+                        let response = WatchResponse {
+                            watch_id: id,
+                            events: batch.events,
+                            ..WatchResponse::default()
+                        };
+                        self.send(response, batch.through_revision).await?;
+                    }
+                    if !more {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Empty responses for `progress_notify` watchers that are caught up and got nothing
+    /// since the last tick.
+    async fn periodic_progress(&mut self) -> Result<(), Closed> {
+        let revision = self.catch_up_all().await?;
+        let due: Vec<i64> = self
+            .watchers
+            .iter_mut()
+            .filter_map(|(id, w)| {
+                let due = w.progress_notify && !w.sent_since_tick;
+                w.sent_since_tick = false;
+                due.then_some(*id)
+            })
+            .collect();
+        for id in due {
+            let response = WatchResponse {
+                watch_id: id,
+                ..WatchResponse::default()
+            };
+            self.send(response, revision).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,947 @@
+//! A three-member `dengine-kv` cluster (real Raft, redb logs, gRPC on loopback) driven with the
+//! `etcd-client` crate: reads and writes through the leader and through followers (write
+//! forwarding, linearizable and serializable reads on followers), watches on followers, a
+//! leader crash with writes and watches in flight, a restarted member catching up, and the
+//! Cluster/Maintenance APIs.
+//!
+//! The tests take turns (one cluster at a time): the machines that run them may have two
+//! cores, and three clusters electing at once with 300 ms election timeouts could flap.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dengine_core::Role;
+use dengine_kv::Member;
+use dengine_node::Settings;
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, GetResponse, PutOptions, Txn,
+    TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
+};
+use tokio::time::{Instant, timeout};
+
+/// One test at a time (see the module documentation). A tokio mutex works across the
+/// tests' separate runtimes and is not poisoned by a failing test.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The longest wait for anything that should happen "soon" (an election, a catch-up).
+const PATIENCE: Duration = Duration::from_secs(30);
+/// The longest wait for one client call.
+const CALL: Duration = Duration::from_secs(5);
+const CLUSTER_ID: u64 = 0x6b76;
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "dengine-kv-cluster-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Free loopback ports (bound, then released just before the members bind them).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Polls `f` every 20 ms until it gives a value; panics after `PATIENCE`.
+async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Three members; the ones running are in `members`, a crashed one can be started again.
+/// Dropping it (a failed test) drops the members, which stops their servers; their nodes stop
+/// with the test's runtime.
+struct TestCluster {
+    members: BTreeMap<u64, Member>,
+    addrs: BTreeMap<u64, String>,
+    dir: TempDir,
+}
+
+impl TestCluster {
+    async fn start() -> Self {
+        let dir = TempDir::new();
+        let ports = free_ports(3);
+        let addrs: BTreeMap<u64, String> = (1..=3)
+            .map(|id| (id, format!("127.0.0.1:{}", ports[id as usize - 1])))
+            .collect();
+        let mut cluster = TestCluster {
+            members: BTreeMap::new(),
+            addrs,
+            dir,
+        };
+        for id in 1..=3 {
+            cluster.start_member(id).await;
+        }
+        cluster
+    }
+
+    fn settings(&self, id: u64) -> Settings {
+        let mut s = Settings::default();
+        s.node.id = id;
+        s.node.cluster_id = CLUSTER_ID;
+        s.node.listen_addr = self.addrs[&id].clone();
+        s.node.data_dir = self.dir.path().join(format!("member{id}"));
+        s.node.initial_members = self.addrs.clone();
+        s.raft.tick_ms = 20;
+        s.raft.election_timeout_ms = 300;
+        s.raft.heartbeat_interval_ms = 60;
+        s.raft.lease_drift_ms = 60;
+        s.network.reconnect_initial_ms = 20;
+        s.network.reconnect_max_ms = 300;
+        s.shutdown.transfer_timeout_ms = 1000;
+        s
+    }
+
+    /// Starts member `id` (again, after a crash: same port, same data directory).
+    async fn start_member(&mut self, id: u64) {
+        let member = Member::start(self.settings(id)).await.unwrap();
+        assert_eq!(member.local_addr().to_string(), self.addrs[&id]);
+        self.members.insert(id, member);
+    }
+
+    /// Crashes member `id`.
+    async fn kill(&mut self, id: u64) {
+        self.members.remove(&id).unwrap().kill().await;
+    }
+
+    fn url(&self, id: u64) -> String {
+        format!("http://{}", self.addrs[&id])
+    }
+
+    /// A client that talks to member `id` only.
+    async fn client(&self, id: u64) -> Client {
+        Client::connect([self.url(id)], None).await.unwrap()
+    }
+
+    /// Waits until one running member leads and every running member knows it.
+    async fn leader(&self) -> u64 {
+        wait_for("a leader known to every running member", async || {
+            let mut known = BTreeSet::new();
+            let mut leading = Vec::new();
+            for (id, m) in &self.members {
+                let s = m.node().status().await.ok()?;
+                known.insert(s.leader?);
+                if s.role == Role::Leader {
+                    leading.push(*id);
+                }
+            }
+            (known.len() == 1 && leading.len() == 1 && known.first() == leading.first())
+                .then(|| leading[0])
+        })
+        .await
+    }
+
+    fn running_except(&self, id: u64) -> Vec<u64> {
+        self.members.keys().copied().filter(|m| *m != id).collect()
+    }
+
+    /// Graceful shutdown of every running member, all at once.
+    async fn stop(mut self) {
+        let mut terms = BTreeMap::new();
+        for (id, m) in &self.members {
+            if let Ok(s) = m.node().status().await {
+                terms.insert(*id, s.term);
+            }
+        }
+        eprintln!("terms at the end: {terms:?}");
+        let tasks: Vec<_> = std::mem::take(&mut self.members)
+            .into_values()
+            .map(|m| tokio::spawn(m.shutdown()))
+            .collect();
+        for t in tasks {
+            timeout(PATIENCE, t)
+                .await
+                .expect("a member shuts down in time")
+                .unwrap();
+        }
+    }
+}
+
+/// Whether a call was refused because the member knows no leader or is not the leader
+/// (an election is under way): nothing was proposed, so even a write may be sent again.
+fn refused(e: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(s) = e else {
+        return false;
+    };
+    let m = s.message();
+    format!("{:?}", s.code()) == "Unavailable"
+        && (m.contains("no leader") || m.contains("not leader") || m.contains("not the leader"))
+}
+
+/// A call that must succeed, in time; it is repeated only when it was refused (an election
+/// may happen at any time on a loaded machine), so writes happen exactly once.
+async fn ok<T>(what: &str, mut call: impl AsyncFnMut() -> Result<T, etcd_client::Error>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match timeout(CALL, call()).await {
+            Ok(Ok(v)) => return v,
+            Ok(Err(e)) if refused(&e) && Instant::now() < deadline => {
+                eprintln!("{what}: refused, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Err(e)) => panic!("{what}: {e:?}"),
+            Err(_) => panic!("{what}: no answer within {CALL:?}"),
+        }
+    }
+}
+
+/// A call without side effects that must succeed; repeated after any failure until
+/// `PATIENCE` runs out.
+async fn read<T>(what: &str, mut call: impl AsyncFnMut() -> Result<T, etcd_client::Error>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let failure = match timeout(CALL, call()).await {
+            Ok(Ok(v)) => return v,
+            Ok(Err(e)) => format!("{e:?}"),
+            Err(_) => format!("no answer within {CALL:?}"),
+        };
+        assert!(Instant::now() < deadline, "{what}: {failure}");
+        eprintln!("{what}: failed, retrying: {failure}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn values(r: &GetResponse) -> Vec<(String, String)> {
+    r.kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_owned(),
+                kv.value_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+async fn next(stream: &mut WatchStream) -> WatchResponse {
+    timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a watch response in time")
+        .unwrap()
+        .expect("the watch stream open")
+}
+
+/// `(type, key, value, mod_revision, prev value)` of every event until `n` were received.
+type Seen = (EventType, String, String, i64, Option<String>);
+
+async fn events(stream: &mut WatchStream, n: usize) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let r = next(stream).await;
+        assert!(!r.canceled(), "watch canceled: {}", r.cancel_reason());
+        for e in r.events() {
+            let kv = e.kv().unwrap();
+            // Every event of a response is at or below the response's revision.
+            assert!(kv.mod_revision() <= r.header().unwrap().revision());
+            seen.push((
+                e.event_type(),
+                kv.key_str().unwrap().to_owned(),
+                kv.value_str().unwrap().to_owned(),
+                kv.mod_revision(),
+                e.prev_kv().map(|p| p.value_str().unwrap().to_owned()),
+            ));
+        }
+    }
+    seen
+}
+
+/// Puts `key = value` through whichever of `clients` acknowledges it, trying them in turn;
+/// the one that did comes first next time. Retrying after an unknown outcome is safe: the
+/// same value is written again (an extra revision, the same content).
+async fn put_anywhere(clients: &mut [(u64, Client)], key: &str, value: &str) -> (u64, i64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        for i in 0..clients.len() {
+            let (id, c) = &mut clients[i];
+            if let Ok(Ok(r)) = timeout(Duration::from_secs(2), c.put(key, value, None)).await {
+                let done = (*id, r.header().unwrap().revision());
+                clients.rotate_left(i);
+                return done;
+            }
+        }
+        assert!(Instant::now() < deadline, "timed out writing {key}={value}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_writes_through_the_leader_and_through_followers() {
+    let _turn = SERIAL.lock().await;
+    let cluster = TestCluster::start().await;
+    let leader = cluster.leader().await;
+    let followers = cluster.running_except(leader);
+    let (f1, f2) = (followers[0], followers[1]);
+    let mut cl = cluster.client(leader).await;
+    let mut c1 = cluster.client(f1).await;
+    let mut c2 = cluster.client(f2).await;
+
+    // A write through the leader; a linearizable read on a follower sees it at once.
+    let put = ok("put via the leader", async || {
+        cl.put("k/a", "1", None).await
+    })
+    .await;
+    let h = put.header().unwrap();
+    assert_eq!((h.revision(), h.member_id()), (1, leader));
+    assert_eq!(h.cluster_id(), CLUSTER_ID);
+    let got = read("linearizable get on a follower", async || {
+        c1.get("k/a", None).await
+    })
+    .await;
+    assert_eq!(values(&got), pairs(&[("k/a", "1")]));
+    assert_eq!(got.header().unwrap().member_id(), f1);
+    assert_eq!(got.header().unwrap().revision(), 1);
+    let kv = &got.kvs()[0];
+    assert_eq!(
+        (kv.create_revision(), kv.mod_revision(), kv.version()),
+        (1, 1, 1)
+    );
+
+    // A write through a follower is forwarded to the leader; the answer is the state
+    // machine's, with the follower's header.
+    let put = ok("put via a follower", async || {
+        c1.put("k/b", "2", None).await
+    })
+    .await;
+    assert_eq!(put.header().unwrap().revision(), 2);
+    assert_eq!(put.header().unwrap().member_id(), f1);
+    let got = read("linearizable get on the leader", async || {
+        cl.get("k/b", None).await
+    })
+    .await;
+    assert_eq!(values(&got), pairs(&[("k/b", "2")]));
+    let got = read("linearizable get on the other follower", async || {
+        c2.get("k/b", None).await
+    })
+    .await;
+    assert_eq!(values(&got), pairs(&[("k/b", "2")]));
+    // A serializable read on the other follower sees it once applied there.
+    wait_for("a serializable read on a follower to see k/b", async || {
+        let r = c2
+            .get("k/b", Some(GetOptions::new().with_serializable()))
+            .await
+            .ok()?;
+        (values(&r) == pairs(&[("k/b", "2")])).then_some(())
+    })
+    .await;
+
+    // Put with prev_kv through a follower.
+    let put = ok("put with prev_kv via a follower", async || {
+        c2.put("k/a", "1b", Some(PutOptions::new().with_prev_key()))
+            .await
+    })
+    .await;
+    let prev = put.prev_key().expect("prev_kv");
+    assert_eq!((prev.value_str().unwrap(), prev.mod_revision()), ("1", 1));
+    assert_eq!(put.header().unwrap().revision(), 3);
+
+    // Prefix range through a follower, and through the leader.
+    ok("an unrelated put", async || {
+        cl.put("k0", "outside", None).await
+    })
+    .await;
+    for (name, c) in [("follower", &mut c1), ("leader", &mut cl)] {
+        let r = read(&format!("prefix get on the {name}"), async || {
+            c.get("k/", Some(GetOptions::new().with_prefix())).await
+        })
+        .await;
+        assert_eq!(values(&r), pairs(&[("k/a", "1b"), ("k/b", "2")]), "{name}");
+        assert_eq!(r.count(), 2);
+        assert_eq!(r.header().unwrap().revision(), 4, "{name}");
+    }
+
+    // Compare-and-swap through a follower: the success branch, then the failure branch.
+    let cas = |expect: &str| {
+        Txn::new()
+            .when([Compare::value("k/a", CompareOp::Equal, expect)])
+            .and_then([
+                TxnOp::put("k/a", "swapped", None),
+                TxnOp::put("k/owner", "f", None),
+            ])
+            .or_else([TxnOp::get("k/a", None)])
+    };
+    let won = ok("CAS via a follower", async || c1.txn(cas("1b")).await).await;
+    assert!(won.succeeded());
+    assert_eq!(won.header().unwrap().revision(), 5);
+    assert_eq!(won.header().unwrap().member_id(), f1);
+    let lost = ok("CAS via a follower, lost", async || c1.txn(cas("1b")).await).await;
+    assert!(!lost.succeeded());
+    assert_eq!(lost.header().unwrap().revision(), 5);
+    match &lost.op_responses()[0] {
+        TxnOpResponse::Get(g) => {
+            assert_eq!(values(g), pairs(&[("k/a", "swapped")]));
+            assert_eq!(g.kvs()[0].mod_revision(), 5);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Through the leader, on mod_revision: the failure branch, then the success branch.
+    let on_rev = |rev: i64| {
+        Txn::new()
+            .when([Compare::mod_revision("k/owner", CompareOp::Equal, rev)])
+            .and_then([TxnOp::put("k/owner", "leader", None)])
+            .or_else([TxnOp::get("k/owner", None)])
+    };
+    let lost = ok("CAS via the leader, lost", async || cl.txn(on_rev(4)).await).await;
+    assert!(!lost.succeeded());
+    match &lost.op_responses()[0] {
+        TxnOpResponse::Get(g) => assert_eq!(values(g), pairs(&[("k/owner", "f")])),
+        other => panic!("unexpected {other:?}"),
+    }
+    let won = ok("CAS via the leader", async || cl.txn(on_rev(5)).await).await;
+    assert!(won.succeeded());
+    assert_eq!(won.header().unwrap().revision(), 6);
+    let got = read("linearizable get on a follower", async || {
+        c2.get("k/owner", None).await
+    })
+    .await;
+    assert_eq!(values(&got), pairs(&[("k/owner", "leader")]));
+
+    // Delete with prev_kv through a follower (a prefix), then through the leader (one key).
+    let del = ok("prefix delete via a follower", async || {
+        c2.delete(
+            "k/",
+            Some(DeleteOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+    })
+    .await;
+    assert_eq!(del.deleted(), 3);
+    let prev: Vec<(String, String)> = del
+        .prev_kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_owned(),
+                kv.value_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        prev,
+        pairs(&[("k/a", "swapped"), ("k/b", "2"), ("k/owner", "leader")])
+    );
+    assert_eq!(del.header().unwrap().revision(), 7);
+    let del = ok("delete via the leader", async || {
+        cl.delete("k0", Some(DeleteOptions::new().with_prev_key()))
+            .await
+    })
+    .await;
+    assert_eq!(del.deleted(), 1);
+    assert_eq!(del.prev_kvs()[0].value_str().unwrap(), "outside");
+    assert_eq!(del.header().unwrap().revision(), 8);
+    let all = read("count on a follower", async || {
+        c1.get(
+            "",
+            Some(GetOptions::new().with_all_keys().with_count_only()),
+        )
+        .await
+    })
+    .await;
+    assert_eq!(all.count(), 0);
+    assert_eq!(all.header().unwrap().revision(), 8);
+    wait_for(
+        "serializable reads everywhere to see the deletes",
+        async || {
+            for c in [&mut c1, &mut c2, &mut cl] {
+                let r = c
+                    .get(
+                        "",
+                        Some(
+                            GetOptions::new()
+                                .with_all_keys()
+                                .with_count_only()
+                                .with_serializable(),
+                        ),
+                    )
+                    .await
+                    .ok()?;
+                if r.count() != 0 || r.header()?.revision() != 8 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+
+    drop((cl, c1, c2));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_follower_sees_the_leaders_writes() {
+    let _turn = SERIAL.lock().await;
+    let cluster = TestCluster::start().await;
+    let leader = cluster.leader().await;
+    let followers = cluster.running_except(leader);
+    let mut cl = cluster.client(leader).await;
+    let mut c1 = cluster.client(followers[0]).await;
+    let mut c2 = cluster.client(followers[1]).await;
+
+    ok("a put before the watch", async || {
+        cl.put("w/x", "0", None).await
+    })
+    .await;
+    // Once the follower has applied it, a watch "from now" starts after it.
+    wait_for("the follower to apply the first put", async || {
+        let r = c1
+            .get("w/x", Some(GetOptions::new().with_serializable()))
+            .await
+            .ok()?;
+        (r.kvs().len() == 1).then_some(())
+    })
+    .await;
+    let (_w, mut stream) = read("watch on a follower", async || {
+        c1.watch(
+            "w/",
+            Some(WatchOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+    })
+    .await;
+    let (_w2, mut plain) = read("watch without prev_kv on the follower", async || {
+        c1.watch("w/x", None).await
+    })
+    .await;
+
+    let r2 = ok("put", async || cl.put("w/x", "1", None).await).await;
+    let r3 = ok("put", async || cl.put("other", "x", None).await).await;
+    let r4 = ok("put", async || cl.put("w/y", "y", None).await).await;
+    let r5 = ok("delete", async || cl.delete("w/x", None).await).await;
+    let revs: Vec<i64> = [
+        r2.header().unwrap().revision(),
+        r3.header().unwrap().revision(),
+        r4.header().unwrap().revision(),
+        r5.header().unwrap().revision(),
+    ]
+    .to_vec();
+    assert_eq!(revs, [2, 3, 4, 5]);
+
+    let seen = events(&mut stream, 3).await;
+    assert_eq!(
+        seen,
+        [
+            (
+                EventType::Put,
+                "w/x".to_owned(),
+                "1".to_owned(),
+                2,
+                Some("0".to_owned())
+            ),
+            (EventType::Put, "w/y".to_owned(), "y".to_owned(), 4, None),
+            (
+                EventType::Delete,
+                "w/x".to_owned(),
+                String::new(),
+                5,
+                Some("1".to_owned())
+            ),
+        ]
+    );
+    let seen = events(&mut plain, 2).await;
+    assert_eq!(
+        seen,
+        [
+            (EventType::Put, "w/x".to_owned(), "1".to_owned(), 2, None),
+            (EventType::Delete, "w/x".to_owned(), String::new(), 5, None),
+        ]
+    );
+
+    // A watch from a past revision on the other follower replays the history.
+    let (_w3, mut replay) = read("watch from revision 1 on the other follower", async || {
+        c2.watch(
+            "w/x",
+            Some(WatchOptions::new().with_start_revision(1).with_prev_key()),
+        )
+        .await
+    })
+    .await;
+    let seen = events(&mut replay, 3).await;
+    let summary: Vec<(EventType, i64, Option<String>)> =
+        seen.into_iter().map(|(t, _, _, r, p)| (t, r, p)).collect();
+    assert_eq!(
+        summary,
+        [
+            (EventType::Put, 1, None),
+            (EventType::Put, 2, Some("0".to_owned())),
+            (EventType::Delete, 5, Some("1".to_owned())),
+        ]
+    );
+
+    drop((_w, _w2, _w3, stream, plain, replay));
+    drop((cl, c1, c2));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_crash_loses_no_acknowledged_write() {
+    let _turn = SERIAL.lock().await;
+    let mut cluster = TestCluster::start().await;
+    let leader = cluster.leader().await;
+    let survivors = cluster.running_except(leader);
+
+    // The writer writes f/0000, f/0001, ... one after the other, each through the first
+    // member that acknowledges it (the leader first, then the survivors), and records
+    // when each one was acknowledged.
+    let mut clients = vec![(leader, cluster.client(leader).await)];
+    for id in &survivors {
+        clients.push((*id, cluster.client(*id).await));
+    }
+    let acked = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let log: Arc<Mutex<Vec<(String, Instant, u64)>>> = Arc::default();
+    let writer = {
+        let (acked, stop, log) = (acked.clone(), stop.clone(), log.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("f/{i:04}");
+                let (via, _) = put_anywhere(&mut clients, &key, &format!("v{i}")).await;
+                log.lock().unwrap().push((key, Instant::now(), via));
+                acked.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        })
+    };
+
+    wait_for("20 writes before the crash", async || {
+        (acked.load(Ordering::Relaxed) >= 20).then_some(())
+    })
+    .await;
+    let crashed_at = Instant::now();
+    cluster.kill(leader).await;
+    let before = acked.load(Ordering::Relaxed);
+    wait_for("20 more writes after the crash", async || {
+        (acked.load(Ordering::Relaxed) >= before + 20).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    timeout(PATIENCE, writer).await.unwrap().unwrap();
+    let log = log.lock().unwrap().clone();
+
+    // (The crashed member may still acknowledge a write or two while it is being killed.)
+    let first_after = log
+        .iter()
+        .find(|(_, at, via)| *at > crashed_at && *via != leader)
+        .expect("writes acknowledged by the survivors after the crash");
+    let gap = first_after.1 - crashed_at;
+    eprintln!(
+        "leader {leader} crashed; first write acknowledged {gap:?} later (via member {}); \
+         {} writes acknowledged in all",
+        first_after.2,
+        log.len()
+    );
+    assert!(
+        gap < Duration::from_secs(10),
+        "writes acknowledged again only after {gap:?}"
+    );
+
+    // Every acknowledged write is there, read linearizably through each survivor.
+    let expected: Vec<(String, String)> = log
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _, _))| (k.clone(), format!("v{i}")))
+        .collect();
+    for id in &survivors {
+        let mut c = cluster.client(*id).await;
+        let r = read("linearizable prefix get on a survivor", async || {
+            c.get("f/", Some(GetOptions::new().with_prefix())).await
+        })
+        .await;
+        // The writer stops after an acknowledged write: no write of unknown outcome is left.
+        assert_eq!(values(&r), expected, "member {id}");
+    }
+
+    // The crashed member restarts from its data directory and catches up.
+    cluster.start_member(leader).await;
+    let mut restarted = cluster.client(leader).await;
+    wait_for("the restarted member to catch up", async || {
+        let r = restarted
+            .get(
+                "f/",
+                Some(GetOptions::new().with_prefix().with_serializable()),
+            )
+            .await
+            .ok()?;
+        (values(&r) == expected).then_some(())
+    })
+    .await;
+    // And serves writes and linearizable reads again.
+    let new_leader = cluster.leader().await;
+    let mut all: Vec<(u64, Client)> = vec![(leader, restarted.clone())];
+    put_anywhere(&mut all, "after", "restart").await;
+    let r = read("linearizable get on the restarted member", async || {
+        restarted.get("after", None).await
+    })
+    .await;
+    assert_eq!(values(&r), pairs(&[("after", "restart")]));
+    eprintln!("after the restart, member {new_leader} leads");
+
+    drop((restarted, all));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_follower_resumes_after_the_leader_crashes() {
+    let _turn = SERIAL.lock().await;
+    let mut cluster = TestCluster::start().await;
+    let leader = cluster.leader().await;
+    let followers = cluster.running_except(leader);
+    let (f1, f2) = (followers[0], followers[1]);
+    let mut c1 = cluster.client(f1).await;
+    let mut c2 = cluster.client(f2).await;
+
+    let (_w, mut stream) = read("watch on a follower", async || {
+        c1.watch(
+            "x/",
+            Some(WatchOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+    })
+    .await;
+    let r1 = ok("put", async || c2.put("x/1", "1", None).await).await;
+    assert_eq!(r1.header().unwrap().revision(), 1);
+    assert_eq!(
+        events(&mut stream, 1).await,
+        [(EventType::Put, "x/1".to_owned(), "1".to_owned(), 1, None)]
+    );
+
+    cluster.kill(leader).await;
+
+    // The watch on the surviving follower goes on: it sees the writes made through the
+    // survivors once a new leader is elected, in order, without gaps.
+    let mut survivors = vec![(f2, c2.clone()), (f1, c1.clone())];
+    let mut acked = Vec::new();
+    for i in 2..=4 {
+        let (_, rev) = put_anywhere(&mut survivors, "x/1", &i.to_string()).await;
+        acked.push(rev);
+    }
+    let last = *acked.last().unwrap();
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|e: &Seen| e.3 < last) {
+        seen.extend(events(&mut stream, 1).await);
+    }
+    let revs: Vec<i64> = seen.iter().map(|e| e.3).collect();
+    let expected_revs: Vec<i64> = (2..=last).collect();
+    assert_eq!(revs, expected_revs, "writes acknowledged at {acked:?}");
+    // Each event's prev_kv is the previous event's value.
+    let mut prev = "1".to_owned();
+    for (t, key, value, _, p) in &seen {
+        assert_eq!((*t, key.as_str()), (EventType::Put, "x/1"));
+        assert_eq!(p.as_deref(), Some(prev.as_str()));
+        prev.clone_from(value);
+    }
+    assert_eq!(prev, "4");
+    if acked != [2, 3, 4] {
+        eprintln!("writes retried after the crash: acknowledged at revisions {acked:?}");
+    }
+
+    // A watch opened on the other survivor after the crash replays from revision 1.
+    let (_late, mut late) = read("watch from revision 1 on a survivor", async || {
+        c2.watch(
+            "x/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(1)),
+        )
+        .await
+    })
+    .await;
+    let replayed: Vec<i64> = events(&mut late, 1 + seen.len())
+        .await
+        .iter()
+        .map(|e| e.3)
+        .collect();
+    assert_eq!(replayed, (1..=last).collect::<Vec<_>>());
+
+    drop((_w, _late, stream, late));
+    drop((c1, c2, survivors));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_crashed_member_ends() {
+    let _turn = SERIAL.lock().await;
+    let mut cluster = TestCluster::start().await;
+    let leader = cluster.leader().await;
+    let follower = cluster.running_except(leader)[0];
+    let mut cl = cluster.client(leader).await;
+    let mut cf = cluster.client(follower).await;
+
+    let (_w, mut stream) = read("watch on the leader", async || {
+        cl.watch("x/", Some(WatchOptions::new().with_prefix()))
+            .await
+    })
+    .await;
+    ok("put", async || cf.put("x/1", "1", None).await).await;
+    assert_eq!(events(&mut stream, 1).await[0].3, 1);
+
+    cluster.kill(leader).await;
+    let killed_at = Instant::now();
+    // The client sees an error or the end of the stream, not silence.
+    let ended = timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(r)) if r.canceled() => break format!("canceled: {}", r.cancel_reason()),
+                Ok(Some(r)) => assert!(r.events().is_empty(), "an event after the crash"),
+                Ok(None) => break "the stream ended".to_owned(),
+                Err(e) => break format!("error: {e:?}"),
+            }
+        }
+    })
+    .await;
+    match ended {
+        Ok(how) => eprintln!(
+            "the watch on the crashed member ended {:?} after the crash: {how}",
+            killed_at.elapsed()
+        ),
+        Err(_) => {
+            // For the report: a new call to the crashed member, on the same client.
+            let call = timeout(Duration::from_secs(3), cl.get("x/1", None)).await;
+            panic!(
+                "the watch on the crashed member neither ended nor failed within 10 s; \
+                 meanwhile a new get on the same client gives {call:?}"
+            );
+        }
+    }
+
+    drop((_w, stream, cl, cf));
+    cluster.stop().await;
+}
+
+/// `(id, name, peer URLs, client URLs, is_learner)` of one member.
+type MemberRow = (u64, String, Vec<String>, Vec<String>, bool);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_list_and_status() {
+    let _turn = SERIAL.lock().await;
+    let cluster = TestCluster::start().await;
+    let leader = cluster.leader().await;
+    let mut clients = Vec::new();
+    for id in 1..=3 {
+        clients.push((id, cluster.client(id).await));
+    }
+    ok("a put", async || clients[0].1.put("s", "1", None).await).await;
+
+    let expected: Vec<MemberRow> = (1..=3)
+        .map(|id| {
+            (
+                id,
+                format!("node-{id}"),
+                vec![cluster.url(id)],
+                vec![cluster.url(id)],
+                false,
+            )
+        })
+        .collect();
+    for (id, c) in &mut clients {
+        let list = read("member list", async || c.member_list().await).await;
+        let mut got: Vec<MemberRow> = list
+            .members()
+            .iter()
+            .map(|m| {
+                (
+                    m.id(),
+                    m.name().to_owned(),
+                    m.peer_urls().to_vec(),
+                    m.client_urls().to_vec(),
+                    m.is_learner(),
+                )
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, expected, "member list from member {id}");
+        let h = list.header().unwrap();
+        assert_eq!((h.cluster_id(), h.member_id()), (CLUSTER_ID, *id));
+    }
+
+    // Every member names the same leader in the same term (polled: the followers learn of
+    // the put a little later, and an election may happen meanwhile on a loaded machine).
+    let statuses = wait_for(
+        "every member to report the put and the same leader and term",
+        async || {
+            let mut statuses = Vec::new();
+            for (_, c) in &mut clients {
+                let s = c.status().await.ok()?;
+                if s.header()?.revision() != 1 || s.leader() == 0 {
+                    return None;
+                }
+                statuses.push(s);
+            }
+            let agree = statuses.iter().all(|s| {
+                (s.leader(), s.raft_term()) == (statuses[0].leader(), statuses[0].raft_term())
+            });
+            agree.then_some(statuses)
+        },
+    )
+    .await;
+    let mut leading = Vec::new();
+    for ((id, _), s) in clients.iter().zip(&statuses) {
+        let h = s.header().unwrap();
+        assert_eq!(h.member_id(), *id);
+        assert_eq!(s.version(), dengine_kv::ETCD_API_VERSION);
+        assert!(!s.is_learner());
+        assert!(s.raft_term() >= 1);
+        assert!(
+            s.raft_applied_index() >= 2,
+            "{id}: {}",
+            s.raft_applied_index()
+        );
+        assert!(s.raft_index() >= s.raft_applied_index());
+        assert!(s.db_size() > 0);
+        assert!(s.errors().is_empty(), "{:?}", s.errors());
+        if s.leader() == h.member_id() {
+            leading.push(*id);
+        }
+    }
+    // Exactly one member says it is the leader: the one all of them name.
+    assert_eq!(leading, [statuses[0].leader()]);
+    if leading != [leader] {
+        eprintln!("leadership moved from {leader} to {leading:?} during the test");
+    }
+
+    drop(clients);
+    cluster.stop().await;
+}

@@ -1,0 +1,396 @@
+//! The gRPC services over loopback, driven by the `etcd-client` crate (a real etcd v3 client
+//! written elsewhere) against a `LocalBackend`: KV, transactions, watches, cluster, status.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, Error, EventType, GetOptions, MemberAddOptions,
+    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use dengine_kv::{KvConfig, LOCAL_CLUSTER_ID, LocalBackend, WatchConfig, WatchHub, kv_services};
+
+async fn start(config: WatchConfig) -> Client {
+    let hub = WatchHub::new(config);
+    let backend = Arc::new(
+        LocalBackend::new(hub.clone(), "http://127.0.0.1:2380")
+            .await
+            .unwrap(),
+    );
+    let routes = kv_services(backend, hub, KvConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    Client::connect([format!("http://{addr}")], None)
+        .await
+        .unwrap()
+}
+
+/// The gRPC code name and message of a failed call.
+fn status_of(err: Error) -> (String, String) {
+    match err {
+        Error::GRpcStatus(s) => (format!("{:?}", s.code()), s.message().to_string()),
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+async fn next(stream: &mut WatchStream) -> WatchResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("watch response in time")
+        .unwrap()
+        .expect("stream open")
+}
+
+#[tokio::test]
+async fn put_get_prefix_and_delete() {
+    let mut c = start(WatchConfig::default()).await;
+    let put = c.put("foo", "bar", None).await.unwrap();
+    let header = put.header().unwrap();
+    assert_eq!(header.revision(), 1);
+    assert_eq!(header.cluster_id(), LOCAL_CLUSTER_ID);
+    assert_eq!(header.member_id(), 1);
+
+    let prev = c
+        .put("foo", "baz", Some(PutOptions::new().with_prev_key()))
+        .await
+        .unwrap();
+    assert_eq!(prev.prev_key().unwrap().value_str().unwrap(), "bar");
+
+    let got = c.get("foo", None).await.unwrap();
+    let kv = &got.kvs()[0];
+    assert_eq!(
+        (
+            kv.value_str().unwrap(),
+            kv.version(),
+            kv.create_revision(),
+            kv.mod_revision()
+        ),
+        ("baz", 2, 1, 2)
+    );
+
+    c.put("foo/1", "1", None).await.unwrap();
+    c.put("foo/2", "2", None).await.unwrap();
+    c.put("other", "x", None).await.unwrap();
+    let prefix = c
+        .get("foo", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let keys: Vec<_> = prefix
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys, ["foo", "foo/1", "foo/2"]);
+    assert_eq!(prefix.header().unwrap().revision(), 5);
+
+    let limited = c
+        .get("foo", Some(GetOptions::new().with_prefix().with_limit(1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (limited.kvs().len(), limited.more(), limited.count()),
+        (1, true, 3)
+    );
+    let all = c
+        .get(
+            "",
+            Some(GetOptions::new().with_all_keys().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!((all.kvs().len(), all.count()), (0, 4));
+    let serializable = c
+        .get(
+            "other",
+            Some(GetOptions::new().with_serializable().with_keys_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(serializable.kvs()[0].value(), b"");
+
+    let del = c
+        .delete(
+            "foo/",
+            Some(DeleteOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(del.deleted(), 2);
+    assert_eq!(del.prev_kvs().len(), 2);
+    assert_eq!(del.header().unwrap().revision(), 6);
+    assert_eq!(c.get("foo/1", None).await.unwrap().kvs().len(), 0);
+}
+
+#[tokio::test]
+async fn txn_compare_and_swap() {
+    let mut c = start(WatchConfig::default()).await;
+    c.put("lock", "free", None).await.unwrap();
+    let cas = |expect: &str| {
+        Txn::new()
+            .when([Compare::value("lock", CompareOp::Equal, expect)])
+            .and_then([
+                TxnOp::put("lock", "held", None),
+                TxnOp::put("owner", "me", None),
+            ])
+            .or_else([TxnOp::get("lock", None)])
+    };
+    let won = c.txn(cas("free")).await.unwrap();
+    assert!(won.succeeded());
+    assert_eq!(won.header().unwrap().revision(), 2);
+
+    let lost = c.txn(cas("free")).await.unwrap();
+    assert!(!lost.succeeded());
+    match &lost.op_responses()[0] {
+        TxnOpResponse::Get(g) => assert_eq!(g.kvs()[0].value_str().unwrap(), "held"),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let by_version = Txn::new()
+        .when([
+            Compare::version("owner", CompareOp::Equal, 1),
+            Compare::create_revision("lock", CompareOp::Less, 2),
+            Compare::mod_revision("lock", CompareOp::Greater, 1),
+        ])
+        .and_then([TxnOp::delete("owner", None)]);
+    assert!(c.txn(by_version).await.unwrap().succeeded());
+    assert_eq!(c.get("owner", None).await.unwrap().kvs().len(), 0);
+
+    let dup = Txn::new().and_then([TxnOp::put("x", "1", None), TxnOp::put("x", "2", None)]);
+    let (code, message) = status_of(c.txn(dup).await.unwrap_err());
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        (
+            "InvalidArgument",
+            "etcdserver: duplicate key given in txn request"
+        )
+    );
+}
+
+#[tokio::test]
+async fn errors_are_etcd_statuses() {
+    let mut c = start(WatchConfig::default()).await;
+    for v in ["1", "2", "3"] {
+        c.put("k", v, None).await.unwrap();
+    }
+    c.compact(2, None).await.unwrap();
+    let (code, message) = status_of(
+        c.get("k", Some(GetOptions::new().with_revision(1)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, "OutOfRange");
+    assert_eq!(
+        message,
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    let (code, _) = status_of(
+        c.get("k", Some(GetOptions::new().with_revision(99)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, "OutOfRange");
+    let (code, message) = status_of(
+        c.get("k", Some(GetOptions::new().with_revision(2)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, "Unimplemented");
+    assert!(message.contains("no MVCC history"), "{message}");
+    let (code, _) = status_of(c.put("", "v", None).await.unwrap_err());
+    assert_eq!(code, "InvalidArgument");
+    let (code, message) = status_of(
+        c.put("k", "v", Some(PutOptions::new().with_lease(5)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, "Unimplemented");
+    assert!(message.contains("lease"), "{message}");
+    // Services dengine-kv does not serve at all.
+    let (code, message) = status_of(c.lease_grant(10, None).await.unwrap_err());
+    assert_eq!(code, "Unimplemented");
+    assert!(
+        message.contains("/etcdserverpb.Lease/LeaseGrant"),
+        "{message}"
+    );
+    let (code, message) = status_of(c.lock("l", None).await.unwrap_err());
+    assert_eq!(code, "Unimplemented");
+    assert!(message.contains("leases"), "{message}");
+}
+
+#[tokio::test]
+async fn watch_from_now_with_prev_kv_and_cancel() {
+    let mut c = start(WatchConfig::default()).await;
+    c.put("w/a", "0", None).await.unwrap();
+    let (mut watcher, mut stream) = c
+        .watch(
+            "w/",
+            Some(WatchOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .unwrap();
+    c.put("w/a", "1", None).await.unwrap();
+    c.put("elsewhere", "x", None).await.unwrap();
+    c.delete("w/a", None).await.unwrap();
+
+    let r = next(&mut stream).await;
+    assert_eq!(r.watch_id(), watcher.watch_id());
+    let e = &r.events()[0];
+    assert_eq!(e.event_type(), EventType::Put);
+    assert_eq!(e.kv().unwrap().value_str().unwrap(), "1");
+    assert_eq!(e.prev_kv().unwrap().value_str().unwrap(), "0");
+    let r = next(&mut stream).await;
+    let e = &r.events()[0];
+    assert_eq!(e.event_type(), EventType::Delete);
+    assert_eq!(e.kv().unwrap().key_str().unwrap(), "w/a");
+    assert_eq!(e.kv().unwrap().mod_revision(), 4);
+
+    watcher.request_progress().await.unwrap();
+    let progress = next(&mut stream).await;
+    assert!(progress.events().is_empty());
+    assert_eq!(progress.watch_id(), -1);
+    assert_eq!(progress.header().unwrap().revision(), 4);
+
+    watcher.cancel().await.unwrap();
+    let r = next(&mut stream).await;
+    assert!(r.canceled());
+}
+
+#[tokio::test]
+async fn watch_from_a_past_revision_and_compacted() {
+    let mut c = start(WatchConfig::default()).await;
+    for v in ["1", "2", "3", "4"] {
+        c.put("h", v, None).await.unwrap();
+    }
+    let (_w, mut stream) = c
+        .watch("h", Some(WatchOptions::new().with_start_revision(2)))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let r = next(&mut stream).await;
+        seen.extend(
+            r.events()
+                .iter()
+                .map(|e| e.kv().unwrap().value_str().unwrap().to_owned()),
+        );
+    }
+    assert_eq!(seen, ["2", "3", "4"]);
+
+    c.compact(3, None).await.unwrap();
+    let (_w, mut stream) = c
+        .watch("h", Some(WatchOptions::new().with_start_revision(2)))
+        .await
+        .unwrap();
+    let r = next(&mut stream).await;
+    assert!(r.canceled());
+    assert_eq!(r.compact_revision(), 3);
+    // Watching from the compaction revision itself works.
+    let (_w, mut stream) = c
+        .watch("h", Some(WatchOptions::new().with_start_revision(3)))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut stream).await.events()[0]
+            .kv()
+            .unwrap()
+            .mod_revision(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn periodic_progress_notifications() {
+    let config = WatchConfig {
+        progress_interval: Duration::from_millis(100),
+        ..WatchConfig::default()
+    };
+    let mut c = start(config).await;
+    c.put("p", "1", None).await.unwrap();
+    let (_w, mut stream) = c
+        .watch("quiet", Some(WatchOptions::new().with_progress_notify()))
+        .await
+        .unwrap();
+    let r = next(&mut stream).await;
+    assert!(r.events().is_empty() && !r.canceled());
+    assert_eq!(r.header().unwrap().revision(), 1);
+}
+
+#[tokio::test]
+async fn slow_watcher_is_canceled_not_buffered() {
+    let config = WatchConfig {
+        max_history_events: 50,
+        max_events_per_response: 1,
+        response_buffer: 1,
+        ..WatchConfig::default()
+    };
+    let mut c = start(config).await;
+    let (_w, mut stream) = c.watch("slow", None).await.unwrap();
+    // The watcher reads nothing while far more data than the transport buffers is written.
+    let value = vec![b'x'; 4096];
+    for _ in 0..1500 {
+        c.put("slow", value.clone(), None).await.unwrap();
+    }
+    let mut delivered = 0;
+    let canceled = loop {
+        let r = next(&mut stream).await;
+        if r.canceled() {
+            break r;
+        }
+        delivered += r.events().len();
+    };
+    assert!(
+        delivered < 1500,
+        "the watcher cannot have received everything"
+    );
+    assert!(canceled.compact_revision() > 0);
+    assert!(
+        canceled.cancel_reason().contains("compacted"),
+        "{}",
+        canceled.cancel_reason()
+    );
+}
+
+#[tokio::test]
+async fn cluster_members_and_status() {
+    let mut c = start(WatchConfig::default()).await;
+    c.put("k", "v", None).await.unwrap();
+    let list = c.member_list().await.unwrap();
+    assert_eq!(list.members().len(), 1);
+    let me = &list.members()[0];
+    assert_eq!((me.id(), me.is_learner()), (1, false));
+    assert_eq!(me.peer_urls(), ["http://127.0.0.1:2380"]);
+
+    let added = c
+        .member_add(
+            ["http://127.0.0.1:2480"],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .unwrap();
+    let new = added.member().unwrap();
+    assert!(new.is_learner());
+    assert_eq!(added.member_list().len(), 2);
+    let removed = c.member_remove(new.id()).await.unwrap();
+    assert_eq!(removed.members().len(), 1);
+    let (code, _) = status_of(c.member_remove(77).await.unwrap_err());
+    assert_eq!(code, "NotFound");
+
+    let status = c.status().await.unwrap();
+    assert_eq!(status.version(), dengine_kv::ETCD_API_VERSION);
+    assert_eq!(status.leader(), 1);
+    assert_eq!(status.raft_term(), 1);
+    assert!(status.raft_applied_index() >= 2);
+    assert_eq!(status.raft_index(), status.raft_applied_index());
+    assert!(status.db_size() > 0);
+    assert_eq!(status.header().unwrap().revision(), 1);
+}

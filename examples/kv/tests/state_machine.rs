@@ -1,0 +1,834 @@
+//! `KvStateMachine` through the `StateMachine` contract: etcd's revision, version, range,
+//! transaction and compaction rules; snapshots; determinism; events published to the hub.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use bytes::Bytes;
+use dengine_core::{Entry, EntryId, EntryPayload, Membership, SnapshotMeta, StateMachine};
+use dengine_kv::proto::dengine::kv::v1::{command, command_response, query, query_response};
+use dengine_kv::proto::etcdserverpb::{
+    CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    compare::{CompareResult, CompareTarget, TargetUnion},
+    range_request::{SortOrder, SortTarget},
+    request_op::Request,
+    response_op::Response,
+};
+use dengine_kv::proto::mvccpb::{KeyValue, event::EventType};
+use dengine_kv::{
+    KvError, KvStateMachine, WatchFilter, WatchHub, decode_command_response, decode_query_response,
+    encode_command, encode_query,
+};
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+struct Harness {
+    sm: KvStateMachine,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness {
+            sm: KvStateMachine::new(WatchHub::default()),
+        }
+    }
+
+    async fn apply_payload(&mut self, payload: EntryPayload) -> Bytes {
+        let index = self.sm.applied_index() + 1;
+        let mut out = self
+            .sm
+            .apply(&[Entry::new(1, index, payload)])
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 1);
+        out.pop().unwrap()
+    }
+
+    async fn cmd(&mut self, op: command::Op) -> Result<command_response::Result, KvError> {
+        let response = self
+            .apply_payload(EntryPayload::Normal(encode_command(op)))
+            .await;
+        decode_command_response(&response)
+    }
+
+    async fn put(&mut self, key: &str, value: &str) -> PutResponse {
+        self.put_req(PutRequest {
+            key: b(key),
+            value: b(value),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn put_req(&mut self, req: PutRequest) -> Result<PutResponse, KvError> {
+        match self.cmd(command::Op::Put(req)).await? {
+            command_response::Result::Put(r) => Ok(r),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn delete(&mut self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, KvError> {
+        match self.cmd(command::Op::DeleteRange(req)).await? {
+            command_response::Result::DeleteRange(r) => Ok(r),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn txn(&mut self, req: TxnRequest) -> Result<TxnResponse, KvError> {
+        match self.cmd(command::Op::Txn(req)).await? {
+            command_response::Result::Txn(r) => Ok(r),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn compact(&mut self, revision: i64) -> Result<(), KvError> {
+        self.cmd(command::Op::Compact(CompactionRequest {
+            revision,
+            physical: false,
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse, KvError> {
+        range_of(&self.sm, req).await
+    }
+
+    async fn get(&self, key: &str) -> Option<KeyValue> {
+        self.range(RangeRequest {
+            key: b(key),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .kvs
+        .pop()
+    }
+}
+
+async fn range_of(sm: &KvStateMachine, req: RangeRequest) -> Result<RangeResponse, KvError> {
+    let response = sm.query(encode_query(query::Op::Range(req))).await.unwrap();
+    match decode_query_response(&response)? {
+        query_response::Result::Range(r) => Ok(r),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn keys(resp: &RangeResponse) -> Vec<String> {
+    resp.kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
+fn range(key: &str, end: &str) -> RangeRequest {
+    RangeRequest {
+        key: b(key),
+        range_end: b(end),
+        ..Default::default()
+    }
+}
+
+fn revision_of(resp: &Option<dengine_kv::proto::etcdserverpb::ResponseHeader>) -> i64 {
+    resp.as_ref().unwrap().revision
+}
+
+#[tokio::test]
+async fn revisions_and_versions_follow_etcd() {
+    let mut h = Harness::new();
+    let r = h.put("a", "1").await;
+    assert_eq!(revision_of(&r.header), 1);
+    let a = h.get("a").await.unwrap();
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 1, 1));
+
+    h.put("a", "2").await;
+    let a = h.get("a").await.unwrap();
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 2, 2));
+    assert_eq!(a.value, b("2"));
+
+    h.put("b", "x").await;
+    assert_eq!(h.sm.revision(), 3);
+
+    let d = h
+        .delete(DeleteRangeRequest {
+            key: b("a"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((d.deleted, revision_of(&d.header)), (1, 4));
+    // Deleting nothing is not a write: the revision stays.
+    let d = h
+        .delete(DeleteRangeRequest {
+            key: b("zz"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((d.deleted, revision_of(&d.header)), (0, 4));
+    assert_eq!(h.sm.revision(), 4);
+
+    // Recreated: a new create revision, and the version starts over.
+    h.put("a", "3").await;
+    let a = h.get("a").await.unwrap();
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (5, 5, 1));
+    let read = h.range(range("a", "")).await.unwrap();
+    assert_eq!(revision_of(&read.header), 5);
+}
+
+#[tokio::test]
+async fn ranges_prefixes_and_all_keys() {
+    let mut h = Harness::new();
+    for k in ["a", "foo", "foo/1", "foo/2", "fop", "z"] {
+        h.put(k, "v").await;
+    }
+    // A prefix as etcdctl sends it: [foo, fop).
+    assert_eq!(
+        keys(&h.range(range("foo", "fop")).await.unwrap()),
+        ["foo", "foo/1", "foo/2"]
+    );
+    // "\0" as range_end: every key >= key.
+    assert_eq!(
+        keys(&h.range(range("foo/2", "\0")).await.unwrap()),
+        ["foo/2", "fop", "z"]
+    );
+    // Every key: key "\0", range_end "\0".
+    assert_eq!(keys(&h.range(range("\0", "\0")).await.unwrap()).len(), 6);
+    // A single missing key, and an inverted range: nothing.
+    assert!(h.range(range("nope", "")).await.unwrap().kvs.is_empty());
+    let inverted = h.range(range("z", "a")).await.unwrap();
+    assert!(inverted.kvs.is_empty());
+    assert_eq!(inverted.count, 0);
+    // An empty key is refused.
+    assert!(matches!(
+        h.range(range("", "")).await,
+        Err(KvError::InvalidArgument(_))
+    ));
+}
+
+#[tokio::test]
+async fn limit_more_count_only_and_keys_only() {
+    let mut h = Harness::new();
+    for k in ["k1", "k2", "k3", "k4", "k5"] {
+        h.put(k, "value").await;
+    }
+    let mut req = range("k", "l");
+    req.limit = 2;
+    let r = h.range(req.clone()).await.unwrap();
+    assert_eq!(keys(&r), ["k1", "k2"]);
+    assert!(r.more);
+    assert_eq!(r.count, 5);
+
+    req.limit = 5;
+    let r = h.range(req.clone()).await.unwrap();
+    assert_eq!(r.kvs.len(), 5);
+    assert!(!r.more);
+
+    let mut count_only = range("k", "l");
+    count_only.count_only = true;
+    let r = h.range(count_only).await.unwrap();
+    assert!(r.kvs.is_empty());
+    assert_eq!(r.count, 5);
+
+    let mut keys_only = range("k", "l");
+    keys_only.keys_only = true;
+    let r = h.range(keys_only).await.unwrap();
+    assert_eq!(r.kvs.len(), 5);
+    assert!(
+        r.kvs
+            .iter()
+            .all(|kv| kv.value.is_empty() && kv.version == 1)
+    );
+}
+
+#[tokio::test]
+async fn sorting_and_revision_filters() {
+    let mut h = Harness::new();
+    h.put("b", "2").await; // rev 1
+    h.put("a", "3").await; // rev 2
+    h.put("c", "1").await; // rev 3
+    let mut req = range("a", "\0");
+    req.sort_order = SortOrder::Descend as i32;
+    assert_eq!(keys(&h.range(req).await.unwrap()), ["c", "b", "a"]);
+
+    let mut req = range("a", "\0");
+    req.sort_target = SortTarget::Value as i32; // no order given: ascending, as in etcd
+    assert_eq!(keys(&h.range(req).await.unwrap()), ["c", "b", "a"]);
+
+    let mut req = range("a", "\0");
+    req.sort_target = SortTarget::Mod as i32;
+    req.sort_order = SortOrder::Descend as i32;
+    req.limit = 2;
+    let r = h.range(req).await.unwrap();
+    assert_eq!(keys(&r), ["c", "a"]);
+    assert!(r.more);
+
+    let mut req = range("a", "\0");
+    req.min_mod_revision = 2;
+    assert_eq!(keys(&h.range(req).await.unwrap()), ["a", "c"]);
+    let mut req = range("a", "\0");
+    req.max_create_revision = 1;
+    assert_eq!(keys(&h.range(req).await.unwrap()), ["b"]);
+}
+
+#[tokio::test]
+async fn put_options_and_refusals() {
+    let mut h = Harness::new();
+    let r = h
+        .put_req(PutRequest {
+            key: b("k"),
+            value: b("v1"),
+            prev_kv: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(r.prev_kv.is_none(), "no previous value");
+    let r = h
+        .put_req(PutRequest {
+            key: b("k"),
+            value: b("v2"),
+            prev_kv: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.prev_kv.unwrap().value, b("v1"));
+
+    // ignore_value keeps the value and still makes a new revision.
+    h.put_req(PutRequest {
+        key: b("k"),
+        ignore_value: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let k = h.get("k").await.unwrap();
+    assert_eq!((k.value, k.version, k.mod_revision), (b("v2"), 3, 3));
+
+    let missing = h
+        .put_req(PutRequest {
+            key: b("nope"),
+            ignore_value: true,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        missing,
+        Err(KvError::InvalidArgument("key not found".into()))
+    );
+    let empty = h
+        .put_req(PutRequest {
+            value: b("v"),
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(empty, Err(KvError::InvalidArgument(_))));
+    let lease = h
+        .put_req(PutRequest {
+            key: b("k"),
+            value: b("v"),
+            lease: 7,
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(lease, Err(KvError::Unimplemented(_))));
+    // Refusals changed nothing.
+    assert_eq!(h.sm.revision(), 3);
+}
+
+#[tokio::test]
+async fn delete_range_with_prev_kv() {
+    let mut h = Harness::new();
+    for k in ["p/1", "p/2", "q"] {
+        h.put(k, k).await;
+    }
+    let d = h
+        .delete(DeleteRangeRequest {
+            key: b("p/"),
+            range_end: b("p0"),
+            prev_kv: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(d.deleted, 2);
+    let prev: Vec<_> = d
+        .prev_kvs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
+    assert_eq!(prev, [(b("p/1"), b("p/1")), (b("p/2"), b("p/2"))]);
+    // Both deletes happened at one revision.
+    assert_eq!(revision_of(&d.header), 4);
+    assert!(h.get("p/1").await.is_none());
+    assert!(h.get("q").await.is_some());
+}
+
+fn cmp(key: &str, target: CompareTarget, result: CompareResult, value: TargetUnion) -> Compare {
+    Compare {
+        result: result as i32,
+        target: target as i32,
+        key: b(key),
+        target_union: Some(value),
+        range_end: Bytes::new(),
+    }
+}
+
+fn put_op(key: &str, value: &str) -> RequestOp {
+    RequestOp {
+        request: Some(Request::RequestPut(PutRequest {
+            key: b(key),
+            value: b(value),
+            ..Default::default()
+        })),
+    }
+}
+
+fn get_op(key: &str) -> RequestOp {
+    RequestOp {
+        request: Some(Request::RequestRange(range(key, ""))),
+    }
+}
+
+#[tokio::test]
+async fn txn_compares_every_target_and_result() {
+    let mut h = Harness::new();
+    h.put("other", "x").await; // rev 1
+    h.put("k", "m").await; // rev 2: k create 2, mod 2, version 1
+    h.put("k", "m").await; // rev 3: k mod 3, version 2
+    use CompareResult::{Equal, Greater, Less, NotEqual};
+    use CompareTarget::{Create, Mod, Value, Version};
+    let cases = [
+        (Value, Equal, TargetUnion::Value(b("m")), true),
+        (Value, NotEqual, TargetUnion::Value(b("m")), false),
+        (Value, Greater, TargetUnion::Value(b("a")), true),
+        (Value, Less, TargetUnion::Value(b("a")), false),
+        (Version, Equal, TargetUnion::Version(2), true),
+        (Version, Greater, TargetUnion::Version(2), false),
+        (Version, Less, TargetUnion::Version(3), true),
+        (Version, NotEqual, TargetUnion::Version(1), true),
+        (Create, Equal, TargetUnion::CreateRevision(2), true),
+        (Create, Less, TargetUnion::CreateRevision(2), false),
+        (Create, Greater, TargetUnion::CreateRevision(1), true),
+        (Create, NotEqual, TargetUnion::CreateRevision(2), false),
+        (Mod, Equal, TargetUnion::ModRevision(3), true),
+        (Mod, Greater, TargetUnion::ModRevision(3), false),
+        (Mod, Less, TargetUnion::ModRevision(4), true),
+        (Mod, NotEqual, TargetUnion::ModRevision(2), true),
+    ];
+    for (target, result, value, expected) in cases {
+        let txn = TxnRequest {
+            compare: vec![cmp("k", target, result, value.clone())],
+            success: vec![get_op("k")],
+            failure: vec![],
+        };
+        let r = h.txn(txn).await.unwrap();
+        assert_eq!(r.succeeded, expected, "{target:?} {result:?} {value:?}");
+        // Read-only transactions do not advance the revision.
+        assert_eq!(revision_of(&r.header), 3);
+    }
+    // A missing key has version/create/mod 0; a value comparison on it is false.
+    let absent = |target, value| TxnRequest {
+        compare: vec![cmp("missing", target, Equal, value)],
+        ..Default::default()
+    };
+    assert!(
+        h.txn(absent(Create, TargetUnion::CreateRevision(0)))
+            .await
+            .unwrap()
+            .succeeded
+    );
+    assert!(
+        h.txn(absent(Version, TargetUnion::Version(0)))
+            .await
+            .unwrap()
+            .succeeded
+    );
+    assert!(
+        !h.txn(absent(Value, TargetUnion::Value(Bytes::new())))
+            .await
+            .unwrap()
+            .succeeded
+    );
+    // Over a range every key must match.
+    let mut over_range = cmp("k", Version, Greater, TargetUnion::Version(0));
+    over_range.range_end = b("\0");
+    let all = TxnRequest {
+        compare: vec![over_range.clone()],
+        ..Default::default()
+    };
+    assert!(h.txn(all).await.unwrap().succeeded);
+    over_range.target_union = Some(TargetUnion::Version(1));
+    let not_all = TxnRequest {
+        compare: vec![over_range],
+        ..Default::default()
+    };
+    assert!(!h.txn(not_all).await.unwrap().succeeded);
+}
+
+#[tokio::test]
+async fn txn_branches_run_atomically_at_one_revision() {
+    let mut h = Harness::new();
+    h.put("lock", "free").await; // rev 1
+    let cas = |expect: &str| TxnRequest {
+        compare: vec![cmp(
+            "lock",
+            CompareTarget::Value,
+            CompareResult::Equal,
+            TargetUnion::Value(b(expect)),
+        )],
+        success: vec![
+            put_op("lock", "held"),
+            put_op("owner", "me"),
+            get_op("owner"),
+        ],
+        failure: vec![get_op("lock")],
+    };
+    let r = h.txn(cas("free")).await.unwrap();
+    assert!(r.succeeded);
+    assert_eq!(revision_of(&r.header), 2, "two puts, one revision");
+    // The read inside the transaction sees the put before it.
+    match &r.responses[2].response {
+        Some(Response::ResponseRange(rr)) => assert_eq!(rr.kvs[0].value, b("me")),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(h.get("owner").await.unwrap().mod_revision, 2);
+    assert_eq!(h.get("lock").await.unwrap().mod_revision, 2);
+
+    let r = h.txn(cas("free")).await.unwrap();
+    assert!(!r.succeeded);
+    match &r.responses[0].response {
+        Some(Response::ResponseRange(rr)) => assert_eq!(rr.kvs[0].value, b("held")),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(h.sm.revision(), 2);
+
+    // Writing a key twice in one transaction is refused, and nothing is applied.
+    let dup = TxnRequest {
+        success: vec![put_op("x", "1"), put_op("x", "2")],
+        ..Default::default()
+    };
+    assert_eq!(
+        h.txn(dup).await,
+        Err(KvError::InvalidArgument(
+            "duplicate key given in txn request".into()
+        ))
+    );
+    let put_and_delete = TxnRequest {
+        success: vec![
+            put_op("y", "1"),
+            RequestOp {
+                request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: b("x"),
+                    range_end: b("z"),
+                    prev_kv: false,
+                })),
+            },
+        ],
+        ..Default::default()
+    };
+    assert!(h.txn(put_and_delete).await.is_err());
+    assert_eq!(h.sm.revision(), 2);
+
+    // A failed precondition inside the chosen branch fails the whole transaction.
+    let bad = TxnRequest {
+        success: vec![
+            put_op("fresh", "1"),
+            RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: b("missing"),
+                    ignore_value: true,
+                    ..Default::default()
+                })),
+            },
+        ],
+        ..Default::default()
+    };
+    assert!(h.txn(bad).await.is_err());
+    assert!(h.get("fresh").await.is_none());
+
+    // Nested transactions: the inner compare sees the state before the outer one.
+    let nested = TxnRequest {
+        success: vec![
+            put_op("lock", "again"),
+            RequestOp {
+                request: Some(Request::RequestTxn(cas("held"))),
+            },
+        ],
+        ..Default::default()
+    };
+    let dup_inner = h.txn(nested).await;
+    // `cas` writes `lock` too: a duplicate across the nesting.
+    assert!(dup_inner.is_err());
+    let nested = TxnRequest {
+        success: vec![
+            put_op("n", "1"),
+            RequestOp {
+                request: Some(Request::RequestTxn(TxnRequest {
+                    compare: vec![cmp(
+                        "n",
+                        CompareTarget::Version,
+                        CompareResult::Equal,
+                        TargetUnion::Version(0),
+                    )],
+                    success: vec![put_op("inner", "saw-no-n")],
+                    failure: vec![put_op("inner", "saw-n")],
+                })),
+            },
+        ],
+        ..Default::default()
+    };
+    let r = h.txn(nested).await.unwrap();
+    assert!(matches!(&r.responses[1].response, Some(Response::ResponseTxn(t)) if t.succeeded));
+    assert_eq!(h.get("inner").await.unwrap().value, b("saw-no-n"));
+    assert_eq!(h.sm.revision(), 3);
+}
+
+#[tokio::test]
+async fn compaction_and_read_revisions() {
+    let mut h = Harness::new();
+    for v in ["1", "2", "3", "4"] {
+        h.put("k", v).await;
+    }
+    h.compact(3).await.unwrap();
+    assert_eq!(h.sm.compact_revision(), 3);
+    assert_eq!(h.sm.revision(), 4, "compaction is not a write");
+    let at = |rev| RangeRequest {
+        key: b("k"),
+        revision: rev,
+        ..Default::default()
+    };
+    assert_eq!(h.range(at(2)).await, Err(KvError::Compacted));
+    assert_eq!(
+        h.range(at(2)).await.unwrap_err().to_string(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    assert_eq!(h.range(at(9)).await, Err(KvError::FutureRevision));
+    assert!(
+        matches!(h.range(at(3)).await, Err(KvError::Unimplemented(_))),
+        "no MVCC history"
+    );
+    assert_eq!(h.range(at(4)).await.unwrap().kvs[0].value, b("4"));
+    assert_eq!(h.compact(3).await, Err(KvError::Compacted));
+    assert_eq!(h.compact(2).await, Err(KvError::Compacted));
+    assert_eq!(h.compact(5).await, Err(KvError::FutureRevision));
+    h.compact(4).await.unwrap();
+}
+
+async fn build_state(h: &mut Harness) {
+    h.apply_payload(EntryPayload::Membership(
+        Membership::new([1, 2]).with_address(2, "h2:1"),
+    ))
+    .await;
+    for i in 0..20 {
+        h.put(&format!("key/{i:02}"), &format!("v{i}")).await;
+    }
+    h.apply_payload(EntryPayload::Blank).await;
+    h.delete(DeleteRangeRequest {
+        key: b("key/05"),
+        range_end: b("key/08"),
+        prev_kv: false,
+    })
+    .await
+    .unwrap();
+    h.put("key/01", "again").await;
+    h.compact(10).await.unwrap();
+}
+
+#[tokio::test]
+async fn snapshot_install_round_trip_gives_identical_answers() {
+    let mut h = Harness::new();
+    build_state(&mut h).await;
+    let snapshot = h.sm.snapshot().await.unwrap();
+    assert_eq!(
+        snapshot.meta.last_included,
+        EntryId::new(1, h.sm.applied_index())
+    );
+
+    let hub = WatchHub::default();
+    let mut copy = KvStateMachine::new(hub.clone());
+    copy.install_snapshot(&snapshot.meta, snapshot.data.clone())
+        .await
+        .unwrap();
+    assert_eq!(copy.applied_index(), h.sm.applied_index());
+    assert_eq!(copy.membership(), h.sm.membership());
+    assert_eq!(copy.revision(), h.sm.revision());
+    assert_eq!(copy.compact_revision(), 10);
+    assert_eq!(hub.revision(), h.sm.revision());
+    for req in [
+        range("\0", "\0"),
+        range("key/01", ""),
+        range("key/1", "key/2"),
+        range("zzz", ""),
+    ] {
+        assert_eq!(
+            range_of(&copy, req.clone()).await,
+            range_of(&h.sm, req).await
+        );
+    }
+    assert_eq!(
+        copy.snapshot().await.unwrap(),
+        snapshot,
+        "snapshot of the copy is the same"
+    );
+
+    // Both continue identically.
+    let mut c = Harness { sm: copy };
+    let next = PutRequest {
+        key: b("key/01"),
+        value: b("x"),
+        prev_kv: true,
+        ..Default::default()
+    };
+    assert_eq!(c.put_req(next.clone()).await, h.put_req(next).await);
+
+    // A snapshot whose meta disagrees with its contents is refused.
+    let wrong = SnapshotMeta {
+        last_included: EntryId::new(1, 999),
+        ..snapshot.meta.clone()
+    };
+    let mut other = KvStateMachine::new(WatchHub::default());
+    assert!(
+        other
+            .install_snapshot(&wrong, snapshot.data.clone())
+            .await
+            .is_err()
+    );
+    assert!(
+        other
+            .install_snapshot(&snapshot.meta, Bytes::from_static(b"\xff\xff"))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn replicas_applying_the_same_entries_agree() {
+    let mut entries = Vec::new();
+    let mut index = 0;
+    let mut push = |payload| {
+        index += 1;
+        entries.push(Entry::new(1 + index / 7, index, payload));
+    };
+    push(EntryPayload::Membership(Membership::new([1, 2, 3])));
+    for i in 0..30u32 {
+        let op = match i % 4 {
+            0 | 1 => command::Op::Put(PutRequest {
+                key: Bytes::from(format!("k{}", i % 5)),
+                value: Bytes::from(format!("{i}")),
+                prev_kv: true,
+                ..Default::default()
+            }),
+            2 => command::Op::DeleteRange(DeleteRangeRequest {
+                key: Bytes::from(format!("k{}", i % 3)),
+                range_end: Bytes::new(),
+                prev_kv: true,
+            }),
+            _ => command::Op::Txn(TxnRequest {
+                compare: vec![cmp(
+                    "k1",
+                    CompareTarget::Version,
+                    CompareResult::Greater,
+                    TargetUnion::Version(1),
+                )],
+                success: vec![put_op("t", "s")],
+                failure: vec![put_op("t", "f")],
+            }),
+        };
+        push(EntryPayload::Normal(encode_command(op)));
+    }
+    push(EntryPayload::Normal(Bytes::from_static(b"garbage")));
+    push(EntryPayload::Blank);
+
+    let mut a = KvStateMachine::new(WatchHub::default());
+    let mut b_sm = KvStateMachine::new(WatchHub::default());
+    let ra = a.apply(&entries).await.unwrap();
+    // The other replica applies the same entries in differently sized batches.
+    let mut rb = Vec::new();
+    for chunk in entries.chunks(4) {
+        rb.extend(b_sm.apply(chunk).await.unwrap());
+    }
+    assert_eq!(ra, rb);
+    assert_eq!(ra.len(), entries.len());
+    assert!(
+        ra[0].is_empty() && ra.last().unwrap().is_empty(),
+        "membership and blank: empty"
+    );
+    assert!(matches!(
+        decode_command_response(&ra[ra.len() - 2]),
+        Err(KvError::InvalidArgument(_))
+    ));
+    assert_eq!(a.snapshot().await.unwrap(), b_sm.snapshot().await.unwrap());
+    assert_eq!(a.membership(), Membership::new([1, 2, 3]));
+}
+
+#[tokio::test]
+async fn out_of_order_entries_are_refused() {
+    let mut sm = KvStateMachine::new(WatchHub::default());
+    sm.apply(&[Entry::new(1, 1, EntryPayload::Blank)])
+        .await
+        .unwrap();
+    assert!(
+        sm.apply(&[Entry::new(1, 3, EntryPayload::Blank)])
+            .await
+            .is_err()
+    );
+    assert!(
+        sm.apply(&[Entry::new(1, 1, EntryPayload::Blank)])
+            .await
+            .is_err()
+    );
+    assert_eq!(sm.applied_index(), 1);
+}
+
+#[tokio::test]
+async fn writes_publish_events_to_the_hub() {
+    let hub = WatchHub::default();
+    let mut h = Harness {
+        sm: KvStateMachine::new(hub.clone()),
+    };
+    h.put("w/a", "1").await; // rev 1
+    h.txn(TxnRequest {
+        success: vec![put_op("w/a", "2"), put_op("w/b", "3")],
+        ..Default::default()
+    })
+    .await
+    .unwrap(); // rev 2
+    h.delete(DeleteRangeRequest {
+        key: b("w/"),
+        range_end: b("w0"),
+        prev_kv: false,
+    })
+    .await
+    .unwrap(); // rev 3
+    let filter = WatchFilter::new(b("w/"), b("w0")).with_prev_kv(true);
+    let batch = hub.read_events(2, &filter, 100).unwrap();
+    let summary: Vec<_> = batch
+        .events
+        .iter()
+        .map(|e| {
+            let kv = e.kv.as_ref().unwrap();
+            (
+                e.r#type,
+                kv.key.clone(),
+                kv.mod_revision,
+                e.prev_kv.as_ref().map(|p| p.value.clone()),
+            )
+        })
+        .collect();
+    let put = EventType::Put as i32;
+    let del = EventType::Delete as i32;
+    assert_eq!(
+        summary,
+        [
+            (put, b("w/a"), 2, Some(b("1"))),
+            (put, b("w/b"), 2, None),
+            (del, b("w/a"), 3, Some(b("2"))),
+            (del, b("w/b"), 3, Some(b("3"))),
+        ]
+    );
+    assert_eq!(batch.through_revision, 3);
+}

@@ -1,0 +1,445 @@
+//! `cargo xtask cluster-demo`: a 3-node `dengine-kv` cluster on loopback, failover, catch-up.
+//!
+//! Everything the demo starts (processes, a temporary directory) is registered in a
+//! [`Cluster`] whose `Drop` stops and removes it, so a failure, a panic or Ctrl-C leaves
+//! nothing behind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::workspace_root;
+
+const NODES: u64 = 3;
+const KEYS: usize = 50;
+
+struct Node {
+    id: u64,
+    addr: String,
+    metrics: String,
+    child: Option<Child>,
+}
+
+/// The demo's processes and files; stopped and removed on drop.
+struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    keep_dir: bool,
+    nodes: Vec<Node>,
+    members: String,
+}
+
+impl Cluster {
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}"))
+    }
+
+    fn start(&mut self, id: u64) -> Result<(), String> {
+        let i = (id - 1) as usize;
+        let log = std::fs::File::create(self.dir.join(format!("node-{id}.log")))
+            .map_err(|e| format!("cannot create the log file of node {id}: {e}"))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| format!("cannot open the log file of node {id}: {e}"))?;
+        let child = Command::new(&self.bin)
+            .args(["serve", "--id", &id.to_string()])
+            .args(["--listen", &self.nodes[i].addr])
+            .args(["--initial-members", &self.members])
+            .args(["--metrics-addr", &self.nodes[i].metrics])
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
+        self.nodes[i].child = Some(child);
+        Ok(())
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes[(id - 1) as usize].child.take() {
+            // std's kill is SIGKILL on Unix: no graceful shutdown, as in a crash.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                terminate(&mut child);
+            }
+        }
+    }
+
+    fn client(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// `status` of one node as key=value fields, or why not.
+    fn status(&self, id: u64) -> Result<BTreeMap<String, String>, String> {
+        let addr = &self.nodes[(id - 1) as usize].addr;
+        let out = self.client(&["status", "--endpoint", addr, "--timeout-ms", "1000"])?;
+        Ok(out
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
+
+    fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.running().into_iter().find(|&id| {
+            self.status(id)
+                .is_ok_and(|s| s.get("role").map(String::as_str) == Some("leader"))
+        })
+    }
+
+    fn print_status(&self) {
+        println!("  node  role       term  commit  applied  address");
+        for n in &self.nodes {
+            match (n.child.is_some(), self.status(n.id)) {
+                (false, _) => println!("  {:<4}  (stopped)", n.id),
+                (true, Ok(s)) => {
+                    let get = |k: &str| s.get(k).cloned().unwrap_or_else(|| "?".into());
+                    println!(
+                        "  {:<4}  {:<9}  {:>4}  {:>6}  {:>7}  {}",
+                        n.id,
+                        get("role"),
+                        get("term"),
+                        get("commit"),
+                        get("applied"),
+                        n.addr
+                    );
+                }
+                (true, Err(e)) => println!("  {:<4}  (no answer: {e})", n.id),
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_all();
+        if self.keep_dir {
+            println!("kept the data and logs in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// SIGTERM (graceful shutdown), then SIGKILL after 10 s.
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot find a free loopback port: {e}"))
+}
+
+fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    interrupted: &AtomicBool,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if interrupted.load(Ordering::SeqCst) {
+            return Err("interrupted".into());
+        }
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub(crate) fn cluster_demo(args: &[String]) -> ExitCode {
+    let keep_running = args.iter().any(|a| a == "--keep-running");
+    if let Some(bad) = args.iter().find(|a| *a != "--keep-running") {
+        eprintln!("cluster-demo: unknown option {bad:?} (the only option is --keep-running)");
+        return ExitCode::FAILURE;
+    }
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
+            eprintln!("cluster-demo: cannot install the Ctrl-C handler: {e}");
+        }
+    }
+    match run(keep_running, &interrupted) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\ncluster-demo FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build_server() -> Result<PathBuf, String> {
+    let root = workspace_root();
+    println!("[1/7] building the example KV server (cargo build -p dengine-kv) ...");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "dengine-kv",
+            "--bin",
+            "dengine-kv",
+        ])
+        .current_dir(&root)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("building dengine-kv failed (see the compiler output above)".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug").join("dengine-kv");
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(format!("built, but {} does not exist", bin.display()))
+    }
+}
+
+fn run(keep_running: bool, interrupted: &AtomicBool) -> Result<(), String> {
+    let started = Instant::now();
+    let bin = build_server()?;
+    let dir = std::env::temp_dir().join(format!("dengine-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut nodes = Vec::new();
+    for id in 1..=NODES {
+        nodes.push(Node {
+            id,
+            addr: format!("127.0.0.1:{}", free_port()?),
+            metrics: format!("127.0.0.1:{}", free_port()?),
+            child: None,
+        });
+    }
+    let members = nodes
+        .iter()
+        .map(|n| format!("{}={}", n.id, n.addr))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut cluster = Cluster {
+        bin,
+        dir,
+        keep_dir: false,
+        nodes,
+        members,
+    };
+    let result = demo(&mut cluster, keep_running, interrupted, started);
+    if result.is_err() {
+        cluster.keep_dir = true;
+        print_log_tails(&cluster.dir);
+    }
+    result
+}
+
+fn demo(
+    c: &mut Cluster,
+    keep_running: bool,
+    interrupted: &AtomicBool,
+    started: Instant,
+) -> Result<(), String> {
+    println!(
+        "[2/7] starting {NODES} nodes on loopback, data in {}",
+        c.dir.display()
+    );
+    for id in 1..=NODES {
+        c.start(id)?;
+    }
+    let leader = wait_until("a leader", Duration::from_secs(30), interrupted, || {
+        c.leader()
+    })?;
+    println!("      node {leader} was elected leader");
+
+    println!("[3/7] writing {KEYS} keys through node {leader} ...");
+    let leader_addr = c.nodes[(leader - 1) as usize].addr.clone();
+    let pairs: Vec<String> = (0..KEYS)
+        .map(|i| format!("demo/key-{i:03}=value-{i}"))
+        .collect();
+    let mut args = vec!["put", "--endpoint", leader_addr.as_str()];
+    args.extend(pairs.iter().map(String::as_str));
+    let out = c.client(&args)?;
+    let acknowledged: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("OK ")).collect();
+    if acknowledged.len() != KEYS {
+        return Err(format!(
+            "{} of {KEYS} writes acknowledged",
+            acknowledged.len()
+        ));
+    }
+    println!("      {KEYS} writes acknowledged");
+    c.print_status();
+
+    println!("[4/7] SIGKILL of the leader, node {leader}");
+    c.kill(leader);
+    let killed_at = Instant::now();
+    let survivors: Vec<u64> = c.running();
+    let mut attempt = 0u64;
+    let new_leader = wait_until(
+        "a new leader to accept a write",
+        Duration::from_secs(30),
+        interrupted,
+        || {
+            attempt += 1;
+            survivors.iter().copied().find(|&id| {
+                let addr = &c.nodes[(id - 1) as usize].addr;
+                let pair = format!("demo/after-failover={attempt}");
+                c.client(&["put", "--endpoint", addr, "--timeout-ms", "1000", &pair])
+                    .is_ok()
+            })
+        },
+    )?;
+    let failover = killed_at.elapsed();
+    let new_leader = c.leader().unwrap_or(new_leader);
+    println!(
+        "      a new leader (node {new_leader}) accepted a write {:.0} ms after the kill",
+        failover.as_secs_f64() * 1000.0
+    );
+
+    println!("[5/7] reading every acknowledged key back (linearizable) ...");
+    let addr = c.nodes[(new_leader - 1) as usize].addr.clone();
+    let out = c.client(&["get", "--endpoint", &addr, "--prefix", "demo/key-"])?;
+    let found: BTreeMap<&str, &str> = out.lines().filter_map(|l| l.split_once('=')).collect();
+    let missing: Vec<&str> = pairs
+        .iter()
+        .filter(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p.as_str(), ""));
+            found.get(k) != Some(&v)
+        })
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} acknowledged writes are missing or wrong: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        ));
+    }
+    println!("      all {KEYS} acknowledged keys are there, nothing was lost");
+
+    println!("[6/7] restarting node {leader} from its data directory ...");
+    c.start(leader)?;
+    let target: u64 = c
+        .status(new_leader)?
+        .get("commit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    wait_until(
+        "the restarted node to catch up",
+        Duration::from_secs(30),
+        interrupted,
+        || {
+            let s = c.status(leader).ok()?;
+            let applied: u64 = s.get("applied")?.parse().ok()?;
+            (applied >= target).then_some(())
+        },
+    )?;
+    let addr = c.nodes[(leader - 1) as usize].addr.clone();
+    let out = c.client(&[
+        "get",
+        "--endpoint",
+        &addr,
+        "--prefix",
+        "--serializable",
+        "demo/key-",
+    ])?;
+    let local = out.lines().count();
+    if local != KEYS {
+        return Err(format!(
+            "the restarted node holds {local} of {KEYS} keys locally"
+        ));
+    }
+    println!(
+        "      node {leader} caught up (applied ≥ {target}) and serves all {KEYS} keys locally"
+    );
+    c.print_status();
+
+    println!("[7/7] Prometheus metrics:");
+    for n in &c.nodes {
+        println!("      node {}: http://{}/metrics", n.id, n.metrics);
+    }
+    if keep_running {
+        let endpoints = c
+            .nodes
+            .iter()
+            .map(|n| n.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        println!("\nThe cluster keeps running (Ctrl-C stops it). With etcdctl (v3 API):");
+        println!("  export ETCDCTL_API=3 ENDPOINTS={endpoints}");
+        println!("  etcdctl --endpoints=$ENDPOINTS put greeting hello");
+        println!("  etcdctl --endpoints=$ENDPOINTS get --prefix demo/");
+        println!("  etcdctl --endpoints=$ENDPOINTS member list -w table");
+        println!("  etcdctl --endpoints=$ENDPOINTS endpoint status -w table");
+        println!("  etcdctl --endpoints=$ENDPOINTS watch greeting");
+        while !interrupted.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        println!("\nstopping ...");
+    }
+    c.stop_all();
+    println!(
+        "\ncluster-demo passed in {:.1} s: failover took {:.0} ms, no acknowledged write was lost; \
+         every process stopped.",
+        started.elapsed().as_secs_f64(),
+        failover.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+fn print_log_tails(dir: &Path) {
+    for id in 1..=NODES {
+        let path = dir.join(format!("node-{id}.log"));
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("--- last lines of {} ---", path.display());
+            for l in &lines[lines.len().saturating_sub(15)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
