@@ -24,6 +24,10 @@ commands:
                  append round trips/s and MB/s between two gRPC transports on loopback,
                  1, 16 and 256 entries of 256 bytes per message, one at a time and
                  pipelined
+  bench core [--seconds N] [--warmup N] [--clients 1,64,256,1024] [--workers N]
+                 3 nodes in one process (MemoryStore, no-op state machine, in-process
+                 messages), N clients proposing empty entries one at a time: put/s and
+                 ns/op per N next to openraft's reference for the same shape
   sim [ARGS]     run the deterministic simulator in release mode, e.g.
                  `cargo xtask sim --seeds 1000` or `cargo xtask sim --seed 42 --verbose`
                  (`cargo xtask sim --help` lists every option)
@@ -123,11 +127,20 @@ fn bench(args: &[String]) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Some("core") => {
+            eprintln!("xtask bench core: dengine-node (release build)");
+            let target = ["-p", "dengine-node", "--example", "core_bench"];
+            if cargo_release_run(&target, &args[1..]) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         other => {
             eprintln!(
-                "unknown benchmark {other:?}: available are `cargo xtask bench storage` and \
-                 `cargo xtask bench net`; the core and end-to-end benchmarks arrive with their \
-                 issues"
+                "unknown benchmark {other:?}: available are `cargo xtask bench storage`, \
+                 `cargo xtask bench net` and `cargo xtask bench core`; the end-to-end \
+                 benchmark arrives with its issue"
             );
             ExitCode::FAILURE
         }

@@ -322,7 +322,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             id,
             req_tx,
             inbox: NodeInbox::new(peer_tx),
-            pending: Arc::new(Semaphore::new(max_pending)),
+            pending: crate::node::PendingLimit::new(max_pending),
             closing: AtomicBool::new(false),
             fatal,
             task: Mutex::new(Some(task)),

@@ -19,6 +19,7 @@ pub(crate) mod apply;
 pub(crate) mod request;
 mod snapshots;
 mod stop;
+mod waiters;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use self::apply::{ApplyCmd, Responder};
 use self::request::{Event, Request};
+use self::waiters::Waiters;
 use crate::error::{AdminError, ProposeError, ReadError};
 use crate::inbox::PeerInput;
 use crate::metric_names as m;
@@ -49,6 +51,12 @@ const DRAIN_LIMIT: usize = 4096;
 /// Ticks between sweeps of abandoned requests and updates of the per-peer lag gauges.
 const SWEEP_TICKS: u64 = 20;
 
+/// A `persist` call that takes longer than this stops the node. Proposal deadlines are
+/// enforced by the event loop (one timer per tick, not one per proposal), so a loop stuck on
+/// a hung disk would otherwise leave callers waiting forever; stopping answers every pending
+/// request with `Stopped`.
+const PERSIST_STALL_LIMIT: Duration = Duration::from_secs(60);
+
 /// A fatal error: the node must stop (never continue after a failed persist).
 type Fatal = String;
 
@@ -56,6 +64,8 @@ type Fatal = String;
 enum Waiter {
     Proposal {
         term: Term,
+        /// When the proposer gets `ProposeError::Timeout` (outcome unknown).
+        deadline: Instant,
         tx: oneshot::Sender<Result<Bytes, ProposeError>>,
         span: tracing::Span,
     },
@@ -130,7 +140,7 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     apply_task: AbortOnDrop,
     snapshot_senders: JoinSet<()>,
 
-    waiters: BTreeMap<LogIndex, Waiter>,
+    waiters: Waiters,
     config_waiters: Vec<ConfigWaiter>,
     pending_changes: Vec<PendingChange>,
     transfers: Vec<TransferWaiter>,
@@ -204,7 +214,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             snapshot_dir: parts.snapshot_dir,
             apply_task: AbortOnDrop(Some(apply_task)),
             snapshot_senders: JoinSet::new(),
-            waiters: BTreeMap::new(),
+            waiters: Waiters::default(),
             config_waiters: Vec::new(),
             pending_changes: Vec::new(),
             transfers: Vec::new(),
@@ -311,6 +321,8 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         while self.snapshot_senders.try_join_next().is_some() {}
         if self.ticks.is_multiple_of(SWEEP_TICKS) {
             self.sweep_abandoned();
+        } else {
+            self.expire_proposals();
         }
         self.update_gauges();
         Ok(())
@@ -348,7 +360,12 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
 
     async fn on_request(&mut self, request: Request) -> Result<(), Fatal> {
         match request {
-            Request::Propose { command, span, tx } => self.propose(command, span, tx),
+            Request::Propose {
+                command,
+                deadline,
+                span,
+                tx,
+            } => self.propose(command, deadline, span, tx),
             Request::Read {
                 query,
                 consistency,
@@ -396,6 +413,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
     fn propose(
         &mut self,
         command: Bytes,
+        deadline: Instant,
         span: tracing::Span,
         tx: oneshot::Sender<Result<Bytes, ProposeError>>,
     ) {
@@ -409,6 +427,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                 tracing::debug!(parent: &span, term = id.term, index = id.index, "appended");
                 let waiter = Waiter::Proposal {
                     term: id.term,
+                    deadline,
                     tx,
                     span,
                 };
@@ -497,8 +516,15 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                     write.must_sync = false;
                 }
                 let started = Instant::now();
-                if let Err(e) = self.store.persist(&write).await {
-                    return Err(format!("persisting to the log store failed: {e}"));
+                match tokio::time::timeout(PERSIST_STALL_LIMIT, self.store.persist(&write)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(format!("persisting to the log store failed: {e}")),
+                    Err(_) => {
+                        return Err(format!(
+                            "the log store did not finish a write within {PERSIST_STALL_LIMIT:?} \
+                             (a stuck disk?); stopping so that callers get an answer"
+                        ));
+                    }
                 }
                 metrics::histogram!(m::APPEND_LATENCY_SECONDS)
                     .record(started.elapsed().as_secs_f64());
@@ -558,11 +584,11 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         let mut bytes = 0u64;
         for entry in &entries {
             bytes += entry.payload_bytes();
-            let Some(waiter) = self.waiters.remove(&entry.index) else {
+            let Some(waiter) = self.waiters.remove(entry.index) else {
                 continue;
             };
             match waiter {
-                Waiter::Proposal { term, tx, span } if term == entry.term => {
+                Waiter::Proposal { term, tx, span, .. } if term == entry.term => {
                     tracing::debug!(parent: &span, index = entry.index, "committed");
                     responders.push(Responder {
                         index: entry.index,
@@ -626,13 +652,45 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         }
     }
 
-    /// Forgets requests whose callers gave up (timed out), so nothing grows without bound.
+    /// Answers `Timeout` to the oldest proposals whose deadline has passed. Deadlines grow with
+    /// the index (up to the time a request waits in the queue), so this stops at the first
+    /// proposal still in time; [`sweep_abandoned`](Self::sweep_abandoned) catches the rest.
+    fn expire_proposals(&mut self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for (index, waiter) in self.waiters.iter() {
+            match waiter {
+                Waiter::Proposal { deadline, .. } if *deadline <= now => expired.push(index),
+                Waiter::Proposal { .. } => break,
+                Waiter::Config { .. } => {}
+            }
+        }
+        for index in expired {
+            if let Some(Waiter::Proposal { tx, .. }) = self.waiters.remove(index) {
+                let _ = tx.send(Err(ProposeError::Timeout));
+            }
+        }
+    }
+
+    /// Forgets requests whose callers gave up (timed out), so nothing grows without bound, and
+    /// answers `Timeout` to every proposal past its deadline.
     fn sweep_abandoned(&mut self) {
         self.reads.retain(|_, r| !r.tx.is_closed());
-        self.waiters.retain(|_, w| match w {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        self.waiters.retain(|index, w| match w {
+            Waiter::Proposal { deadline, .. } if *deadline <= now => {
+                expired.push(index);
+                true
+            }
             Waiter::Proposal { tx, .. } => !tx.is_closed(),
             Waiter::Config { tx, .. } => !tx.is_closed(),
         });
+        for index in expired {
+            if let Some(Waiter::Proposal { tx, .. }) = self.waiters.remove(index) {
+                let _ = tx.send(Err(ProposeError::Timeout));
+            }
+        }
         self.snapshot_waiters.retain(|tx| !tx.is_closed());
     }
 

@@ -15,6 +15,8 @@ use crate::node::{Consistency, Status};
 pub(crate) enum Request {
     Propose {
         command: Bytes,
+        /// When the caller stops waiting: the loop answers `ProposeError::Timeout` then.
+        deadline: Instant,
         span: tracing::Span,
         tx: oneshot::Sender<Result<Bytes, ProposeError>>,
     },

@@ -101,7 +101,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         self.since_snapshot_bytes = 0;
         // Entries folded into the snapshot were never handed out here: their waiters cannot
         // learn their fate.
-        let rest = self.waiters.split_off(&(last.index + 1));
+        let rest = self.waiters.split_off(last.index + 1);
         for (_, waiter) in std::mem::replace(&mut self.waiters, rest) {
             match waiter {
                 Waiter::Proposal { tx, .. } => {
