@@ -33,6 +33,35 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// A cluster of [`NODES`] members on free loopback ports, data in a fresh temporary
+    /// directory named after `what`; nothing started yet.
+    fn new(bin: PathBuf, what: &str) -> Result<Cluster, String> {
+        let dir = std::env::temp_dir().join(format!("dengine-{what}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut nodes = Vec::new();
+        for id in 1..=NODES {
+            nodes.push(Node {
+                id,
+                addr: format!("127.0.0.1:{}", free_port()?),
+                metrics: format!("127.0.0.1:{}", free_port()?),
+                child: None,
+            });
+        }
+        let members = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Cluster {
+            bin,
+            dir,
+            keep_dir: false,
+            nodes,
+            members,
+        })
+    }
+
     fn data_dir(&self, id: u64) -> PathBuf {
         self.dir.join(format!("node-{id}"))
     }
@@ -215,18 +244,23 @@ pub(crate) fn cluster_demo(args: &[String]) -> ExitCode {
     }
 }
 
-fn build_server() -> Result<PathBuf, String> {
+fn build_server(release: bool) -> Result<PathBuf, String> {
     let root = workspace_root();
-    println!("[1/7] building the example KV server (cargo build -p dengine-kv) ...");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "dengine-kv",
-            "--bin",
-            "dengine-kv",
-        ])
+    let profile = if release { " --release" } else { "" };
+    println!("building the example KV server (cargo build -p dengine-kv{profile}) ...");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "dengine-kv",
+        "--bin",
+        "dengine-kv",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd
         .current_dir(&root)
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
@@ -236,7 +270,9 @@ fn build_server() -> Result<PathBuf, String> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug").join("dengine-kv");
+    let bin = target
+        .join(if release { "release" } else { "debug" })
+        .join("dengine-kv");
     if bin.exists() {
         Ok(bin)
     } else {
@@ -246,35 +282,14 @@ fn build_server() -> Result<PathBuf, String> {
 
 fn run(keep_running: bool, interrupted: &AtomicBool) -> Result<(), String> {
     let build_started = Instant::now();
-    let bin = build_server()?;
+    print!("[1/7] ");
+    let bin = build_server(false)?;
     println!(
         "      built in {:.1} s",
         build_started.elapsed().as_secs_f64()
     );
     let started = Instant::now();
-    let dir = std::env::temp_dir().join(format!("dengine-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let mut nodes = Vec::new();
-    for id in 1..=NODES {
-        nodes.push(Node {
-            id,
-            addr: format!("127.0.0.1:{}", free_port()?),
-            metrics: format!("127.0.0.1:{}", free_port()?),
-            child: None,
-        });
-    }
-    let members = nodes
-        .iter()
-        .map(|n| format!("{}={}", n.id, n.addr))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut cluster = Cluster {
-        bin,
-        dir,
-        keep_dir: false,
-        nodes,
-        members,
-    };
+    let mut cluster = Cluster::new(bin, "demo")?;
     let result = demo(&mut cluster, keep_running, interrupted, started);
     if result.is_err() {
         cluster.keep_dir = true;
@@ -447,4 +462,117 @@ fn print_log_tails(dir: &Path) {
             }
         }
     }
+}
+
+/// `cargo xtask bench failover [--runs N]`: N times, a fresh 3-member cluster (release build,
+/// default settings) under a write load; SIGKILL the leader and time until a survivor
+/// acknowledges a write. Prints each run, the median and the maximum.
+pub(crate) fn bench_failover(args: &[String]) -> ExitCode {
+    let runs: usize = match args {
+        [] => 10,
+        [flag, n] if flag == "--runs" => match n.parse() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                eprintln!("bench failover: --runs needs a positive number, got {n:?}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => {
+            eprintln!("usage: cargo xtask bench failover [--runs N]");
+            return ExitCode::FAILURE;
+        }
+    };
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    }
+    match failover_runs(runs, &interrupted) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nbench failover FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn failover_runs(runs: usize, interrupted: &AtomicBool) -> Result<(), String> {
+    let bin = build_server(true)?;
+    let mut times = Vec::new();
+    for run in 1..=runs {
+        let mut c = Cluster::new(bin.clone(), "failover")?;
+        let result = failover_once(&mut c, interrupted);
+        if result.is_err() {
+            c.keep_dir = true;
+            print_log_tails(&c.dir);
+        }
+        let t = result?;
+        eprintln!(
+            "bench failover: run {run}/{runs}: {:.0} ms",
+            t.as_secs_f64() * 1000.0
+        );
+        times.push(t);
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let median = if times.len() % 2 == 1 {
+        ms(times[times.len() / 2])
+    } else {
+        (ms(times[times.len() / 2 - 1]) + ms(times[times.len() / 2])) / 2.0
+    };
+    let all: Vec<String> = times.iter().map(|t| format!("{:.0}", ms(*t))).collect();
+    println!("| runs | median | max | all (ms, sorted) |");
+    println!("|---:|---:|---:|---|");
+    println!(
+        "| {} | {median:.0} ms | {:.0} ms | {} |",
+        times.len(),
+        times.last().map_or(0.0, |t| ms(*t)),
+        all.join(", ")
+    );
+    Ok(())
+}
+
+/// One run: start, load, kill the leader, time until a survivor acknowledges a write.
+fn failover_once(c: &mut Cluster, interrupted: &AtomicBool) -> Result<Duration, String> {
+    for id in 1..=NODES {
+        c.start(id)?;
+    }
+    let leader = wait_until("a leader", Duration::from_secs(30), interrupted, || {
+        c.leader()
+    })?;
+    // A write load through a follower (forwarded to the leader), running across the kill.
+    let follower = (1..=NODES).find(|&id| id != leader).unwrap_or(1);
+    let pairs: Vec<String> = (0..20_000).map(|i| format!("load/{i}=v{i}")).collect();
+    let mut load = Command::new(&c.bin)
+        .args(["put", "--endpoint", &c.nodes[(follower - 1) as usize].addr])
+        .args(["--timeout-ms", "2000"])
+        .args(&pairs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the load: {e}"))?;
+    std::thread::sleep(Duration::from_millis(500));
+    c.kill(leader);
+    let killed_at = Instant::now();
+    let survivors = c.running();
+    let mut attempt = 0u64;
+    let acknowledged = wait_until(
+        "a survivor to acknowledge a write",
+        Duration::from_secs(30),
+        interrupted,
+        || {
+            attempt += 1;
+            survivors.iter().copied().find_map(|id| {
+                let addr = &c.nodes[(id - 1) as usize].addr;
+                let pair = format!("probe/{attempt}=x");
+                c.client(&["put", "--endpoint", addr, "--timeout-ms", "300", &pair])
+                    .ok()
+                    .map(|_| killed_at.elapsed())
+            })
+        },
+    );
+    let _ = load.kill();
+    let _ = load.wait();
+    c.stop_all();
+    acknowledged
 }

@@ -28,6 +28,10 @@ commands:
                  3 nodes in one process (MemoryStore, no-op state machine, in-process
                  messages), N clients proposing empty entries one at a time: put/s and
                  ns/op per N next to openraft's reference for the same shape
+  bench failover [--runs N]
+                 N times (default 10): a fresh 3-member dengine-kv cluster (release,
+                 default settings) under a write load, SIGKILL of the leader, time until a
+                 survivor acknowledges a write; median and max
   sim [ARGS]     run the deterministic simulator in release mode, e.g.
                  `cargo xtask sim --seeds 1000` or `cargo xtask sim --seed 42 --verbose`
                  (`cargo xtask sim --help` lists every option)
@@ -136,11 +140,12 @@ fn bench(args: &[String]) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Some("failover") => demo::bench_failover(&args[1..]),
         other => {
             eprintln!(
                 "unknown benchmark {other:?}: available are `cargo xtask bench storage`, \
-                 `cargo xtask bench net` and `cargo xtask bench core`; the end-to-end \
-                 benchmark arrives with its issue"
+                 `cargo xtask bench net`, `cargo xtask bench core` and `cargo xtask bench \
+                 failover`; the end-to-end benchmark arrives with its issue"
             );
             ExitCode::FAILURE
         }
