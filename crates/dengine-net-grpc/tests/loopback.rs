@@ -566,3 +566,69 @@ async fn missing_tls_files_are_reported_at_startup() {
     assert!(err.contains("/nonexistent/node.pem"), "{err}");
     assert!(err.contains("certificate"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_snapshot_stream_times_out_per_chunk_and_can_resume() {
+    // The receiver waits at most `snapshot_chunk_timeout` for each chunk, not for the whole
+    // snapshot; what it verified before the stall is kept for the next call.
+    let mut config = fast(2, 7);
+    config.snapshot_chunk_timeout = Duration::from_millis(300);
+    let b = node_with(config).await;
+    let mut client =
+        pb::peer_client::PeerClient::connect(format!("http://{}", b.server.local_addr()))
+            .await
+            .unwrap();
+    let data = pattern(2000);
+    let meta = dengine_net_grpc::convert::encode_meta(&SnapshotMeta {
+        last_included: EntryId::new(2, 500),
+        membership: Membership::new([1, 2]),
+    });
+    let first = pb::SnapshotChunk {
+        header: Some(pb::Header {
+            cluster_id: 7,
+            from: 1,
+            to: 2,
+        }),
+        term: 3,
+        meta: Some(meta.clone()),
+        total_size: 2000,
+        total_crc32: crc32fast::hash(&data),
+        offset: 0,
+        crc32: crc32fast::hash(&data[..1000]),
+        data: data.slice(0..1000),
+        last: false,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(first.clone()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let status = client
+        .install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "per-chunk, not per-snapshot"
+    );
+    drop(tx);
+
+    // Resume from 1000: the first chunk was kept.
+    let second = pb::SnapshotChunk {
+        offset: 1000,
+        crc32: crc32fast::hash(&data[1000..]),
+        data: data.slice(1000..),
+        last: true,
+        ..first
+    };
+    let reply = client
+        .install_snapshot(tokio_stream::iter(vec![second]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.outcome(),
+        pb::snapshot_reply::Outcome::Done,
+        "{reply:?}"
+    );
+    assert_eq!(b.inbox.snapshots.lock().unwrap()[0].1, data);
+}
