@@ -86,13 +86,13 @@
 //! (step 4).
 //! The conformance test is `tests/conformance.rs` (step 6).
 
+use dengine_storage_common::blocking::{self, Sequencer, blocking_read, guarded, ordered_write};
 use dengine_storage_common::marker;
 
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::catch_unwind;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use dengine_core::store::codec::{self, Marker};
 use dengine_core::store::{SnapshotMeta, validate_persist, validate_range, validate_snapshot};
@@ -284,113 +284,17 @@ impl RedbStore {
 /// Runs a synchronous database call, turning a panic inside redb into an error. redb
 /// `debug_assert`s on some damaged files (in debug builds only); a damaged disk must not
 /// take the process down with it.
-fn guarded<T>(
-    shared: &Shared,
-    op: &'static str,
-    f: impl FnOnce(&Shared) -> Result<T, StorageError>,
-) -> Result<T, StorageError> {
-    catch_unwind(AssertUnwindSafe(|| f(shared))).unwrap_or_else(|_| {
-        Err(StorageError::Backend {
-            path: shared.file.clone(),
-            op,
-            detail: "redb panicked (the database file is probably damaged)".into(),
-        })
-    })
-}
+impl blocking::Backend for Shared {
+    const STORE: &'static str = "RedbStore";
+    const DATABASE: &'static str = "redb";
 
-/// Hands out turns so that writes are applied in the order of the *calls*, whatever order
-/// their futures are polled in: a runtime may issue several `persist` calls before awaiting
-/// any (pipelining), and they must reach the disk in that order (protocol contract 3).
-#[derive(Debug, Default)]
-struct Sequencer {
-    next_ticket: AtomicU64,
-    serving: Mutex<u64>,
-    turn: Condvar,
-}
-
-/// The right to write; the next ticket's turn comes when it is dropped (also on error).
-struct Turn<'a>(&'a Sequencer);
-
-impl Sequencer {
-    fn ticket(&self) -> u64 {
-        self.next_ticket.fetch_add(1, Ordering::SeqCst)
+    fn path(&self) -> &Path {
+        &self.file
     }
 
-    fn wait_turn(&self, ticket: u64) -> Turn<'_> {
-        let mut serving = lock(&self.serving);
-        while *serving != ticket {
-            serving = self
-                .turn
-                .wait(serving)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        Turn(self)
+    fn sequencer(&self) -> &Sequencer {
+        &self.sequencer
     }
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        *lock(&self.0.serving) += 1;
-        self.0.turn.notify_all();
-    }
-}
-
-fn no_runtime(
-    shared: &Shared,
-    op: &'static str,
-    e: tokio::runtime::TryCurrentError,
-) -> StorageError {
-    StorageError::Backend {
-        path: shared.file.clone(),
-        op,
-        detail: format!("RedbStore must be called inside a tokio runtime: {e}"),
-    }
-}
-
-/// Starts a write on tokio's blocking pool *now* (at call time, not at first poll), so that
-/// fsync never stalls an executor thread and writes keep their call order. Dropping the
-/// returned future does not cancel the write.
-fn ordered_write<T: Send + 'static>(
-    shared: &Arc<Shared>,
-    op: &'static str,
-    f: impl FnOnce(&Shared) -> Result<T, StorageError> + Send + 'static,
-) -> impl Future<Output = Result<T, StorageError>> + Send + 'static {
-    let spawned = tokio::runtime::Handle::try_current()
-        .map_err(|e| no_runtime(shared, op, e))
-        .map(|handle| {
-            let ticket = shared.sequencer.ticket();
-            let task_shared = Arc::clone(shared);
-            handle.spawn_blocking(move || {
-                let _turn = task_shared.sequencer.wait_turn(ticket);
-                guarded(&task_shared, op, f)
-            })
-        });
-    let path = shared.file.clone();
-    async move {
-        spawned?.await.map_err(|e| StorageError::Backend {
-            path,
-            op,
-            detail: format!("the storage task failed: {e}"),
-        })?
-    }
-}
-
-/// Runs a read on tokio's blocking pool, so that page reads never stall an executor thread.
-async fn blocking_read<T: Send + 'static>(
-    shared: &Arc<Shared>,
-    op: &'static str,
-    f: impl FnOnce(&Shared) -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, StorageError> {
-    let handle = tokio::runtime::Handle::try_current().map_err(|e| no_runtime(shared, op, e))?;
-    let task_shared = Arc::clone(shared);
-    handle
-        .spawn_blocking(move || guarded(&task_shared, op, f))
-        .await
-        .map_err(|e| StorageError::Backend {
-            path: shared.file.clone(),
-            op,
-            detail: format!("the storage task failed: {e}"),
-        })?
 }
 
 impl Shared {
@@ -737,7 +641,7 @@ impl LogReader for RedbReader {
     }
 
     fn term(&self, index: LogIndex) -> Result<Term, LogError> {
-        Ok(guarded(&self.shared, "reading", |s| s.term(index))?)
+        Ok(guarded(&*self.shared, "reading", |s| s.term(index))?)
     }
 
     fn entries(
@@ -747,7 +651,7 @@ impl LogReader for RedbReader {
         max_bytes: u64,
         out: &mut Vec<Entry>,
     ) -> Result<(), LogError> {
-        Ok(guarded(&self.shared, "reading", |s| {
+        Ok(guarded(&*self.shared, "reading", |s| {
             s.read_range(low, high, max_bytes, out)
         })?)
     }

@@ -78,16 +78,16 @@
 //! without multi-key read transactions: the batch in `persist_blocking`, and the reader lock
 //! that stands in for a read transaction.
 
+use dengine_storage_common::blocking::{self, Sequencer, blocking_read, guarded, ordered_write};
 use dengine_storage_common::marker;
 
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::catch_unwind;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
 use dengine_core::store::codec::{self, Marker};
 use dengine_core::store::{SnapshotMeta, validate_persist, validate_range, validate_snapshot};
@@ -286,113 +286,17 @@ impl SledStore {
 
 /// Runs a synchronous database call, turning a panic inside sled into an error: a damaged
 /// disk must not take the process down with it.
-fn guarded<T>(
-    shared: &Shared,
-    op: &'static str,
-    f: impl FnOnce(&Shared) -> Result<T, StorageError>,
-) -> Result<T, StorageError> {
-    catch_unwind(AssertUnwindSafe(|| f(shared))).unwrap_or_else(|_| {
-        Err(StorageError::Backend {
-            path: shared.path.clone(),
-            op,
-            detail: "sled panicked (the database is probably damaged)".into(),
-        })
-    })
-}
+impl blocking::Backend for Shared {
+    const STORE: &'static str = "SledStore";
+    const DATABASE: &'static str = "sled";
 
-/// Hands out turns so that writes are applied in the order of the *calls*, whatever order
-/// their futures are polled in: a runtime may issue several `persist` calls before awaiting
-/// any (pipelining), and they must reach the disk in that order (protocol contract 3).
-#[derive(Debug, Default)]
-struct Sequencer {
-    next_ticket: AtomicU64,
-    serving: Mutex<u64>,
-    turn: Condvar,
-}
-
-/// The right to write; the next ticket's turn comes when it is dropped (also on error).
-struct Turn<'a>(&'a Sequencer);
-
-impl Sequencer {
-    fn ticket(&self) -> u64 {
-        self.next_ticket.fetch_add(1, Ordering::SeqCst)
+    fn path(&self) -> &Path {
+        &self.path
     }
 
-    fn wait_turn(&self, ticket: u64) -> Turn<'_> {
-        let mut serving = lock(&self.serving);
-        while *serving != ticket {
-            serving = self
-                .turn
-                .wait(serving)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        Turn(self)
+    fn sequencer(&self) -> &Sequencer {
+        &self.sequencer
     }
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        *lock(&self.0.serving) += 1;
-        self.0.turn.notify_all();
-    }
-}
-
-fn no_runtime(
-    shared: &Shared,
-    op: &'static str,
-    e: tokio::runtime::TryCurrentError,
-) -> StorageError {
-    StorageError::Backend {
-        path: shared.path.clone(),
-        op,
-        detail: format!("SledStore must be called inside a tokio runtime: {e}"),
-    }
-}
-
-/// Starts a write on tokio's blocking pool *now* (at call time, not at first poll), so that
-/// fsync never stalls an executor thread and writes keep their call order. Dropping the
-/// returned future does not cancel the write.
-fn ordered_write<T: Send + 'static>(
-    shared: &Arc<Shared>,
-    op: &'static str,
-    f: impl FnOnce(&Shared) -> Result<T, StorageError> + Send + 'static,
-) -> impl Future<Output = Result<T, StorageError>> + Send + 'static {
-    let spawned = tokio::runtime::Handle::try_current()
-        .map_err(|e| no_runtime(shared, op, e))
-        .map(|handle| {
-            let ticket = shared.sequencer.ticket();
-            let task_shared = Arc::clone(shared);
-            handle.spawn_blocking(move || {
-                let _turn = task_shared.sequencer.wait_turn(ticket);
-                guarded(&task_shared, op, f)
-            })
-        });
-    let path = shared.path.clone();
-    async move {
-        spawned?.await.map_err(|e| StorageError::Backend {
-            path,
-            op,
-            detail: format!("the storage task failed: {e}"),
-        })?
-    }
-}
-
-/// Runs a read on tokio's blocking pool, so that page reads never stall an executor thread.
-async fn blocking_read<T: Send + 'static>(
-    shared: &Arc<Shared>,
-    op: &'static str,
-    f: impl FnOnce(&Shared) -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, StorageError> {
-    let handle = tokio::runtime::Handle::try_current().map_err(|e| no_runtime(shared, op, e))?;
-    let task_shared = Arc::clone(shared);
-    handle
-        .spawn_blocking(move || guarded(&task_shared, op, f))
-        .await
-        .map_err(|e| StorageError::Backend {
-            path: shared.path.clone(),
-            op,
-            detail: format!("the storage task failed: {e}"),
-        })?
 }
 
 impl Shared {
@@ -778,7 +682,7 @@ impl LogReader for SledReader {
     }
 
     fn term(&self, index: LogIndex) -> Result<Term, LogError> {
-        Ok(guarded(&self.shared, "reading", |s| {
+        Ok(guarded(&*self.shared, "reading", |s| {
             s.term_locked(&s.read_bounds(), index)
         })?)
     }
@@ -790,7 +694,7 @@ impl LogReader for SledReader {
         max_bytes: u64,
         out: &mut Vec<Entry>,
     ) -> Result<(), LogError> {
-        Ok(guarded(&self.shared, "reading", |s| {
+        Ok(guarded(&*self.shared, "reading", |s| {
             s.read_range(low, high, max_bytes, out)
         })?)
     }

@@ -28,6 +28,7 @@
 //!    blocking thread pool (`tokio::task::spawn_blocking` in the workspace backends). Start a
 //!    write (or at least take its place in line) when the method is *called*, then return the
 //!    future: writes must apply in call order even if their futures are polled out of order.
+//!    `dengine_storage_common::blocking` does exactly this for the workspace backends.
 //! 4. **The reader.** [`LogStore::Reader`] is a cheap clone sharing the database handle. The
 //!    core calls it on its own thread, so it must answer from memory or the page cache, and it
 //!    must show every write whose `persist` future has completed.

@@ -1,0 +1,229 @@
+//! Running a backend's blocking database calls from async code: on tokio's blocking pool (so
+//! an fsync never stalls an executor thread), writes in the order of the *calls* (whatever
+//! order their futures are polled in), and a panic inside the database turned into a
+//! [`StorageError`] instead of tearing down the runtime.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use dengine_core::StorageError;
+
+/// What [`ordered_write`], [`blocking_read`] and [`guarded`] need from a backend's shared
+/// state.
+pub trait Backend: Send + Sync + 'static {
+    /// The store type's name, for error messages (`"RedbStore"`).
+    const STORE: &'static str;
+    /// The database's name, for error messages (`"redb"`).
+    const DATABASE: &'static str;
+    /// The file or directory the store lives in.
+    fn path(&self) -> &Path;
+    /// The backend's write sequencer.
+    fn sequencer(&self) -> &Sequencer;
+}
+
+/// Hands out turns so that writes are applied in the order of the *calls*: a runtime may
+/// issue several `persist` calls before awaiting any (pipelining), and they must reach the
+/// disk in that order (protocol contract 3).
+#[derive(Debug, Default)]
+pub struct Sequencer {
+    next_ticket: AtomicU64,
+    serving: Mutex<u64>,
+    turn: Condvar,
+}
+
+/// The right to write; the next ticket's turn comes when it is dropped (also on error).
+struct Turn<'a>(&'a Sequencer);
+
+impl Sequencer {
+    fn ticket(&self) -> u64 {
+        self.next_ticket.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn wait_turn(&self, ticket: u64) -> Turn<'_> {
+        let mut serving = self.serving.lock().unwrap_or_else(PoisonError::into_inner);
+        while *serving != ticket {
+            serving = self
+                .turn
+                .wait(serving)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        Turn(self)
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .serving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) += 1;
+        self.0.turn.notify_all();
+    }
+}
+
+/// Runs `f`, turning a panic inside the database into [`StorageError::Backend`].
+pub fn guarded<B: Backend, T>(
+    shared: &B,
+    op: &'static str,
+    f: impl FnOnce(&B) -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    catch_unwind(AssertUnwindSafe(|| f(shared))).unwrap_or_else(|_| {
+        Err(StorageError::Backend {
+            path: shared.path().to_path_buf(),
+            op,
+            detail: format!(
+                "{} panicked (the database is probably damaged)",
+                B::DATABASE
+            ),
+        })
+    })
+}
+
+fn no_runtime<B: Backend>(
+    shared: &B,
+    op: &'static str,
+    e: tokio::runtime::TryCurrentError,
+) -> StorageError {
+    StorageError::Backend {
+        path: shared.path().to_path_buf(),
+        op,
+        detail: format!("{} must be called inside a tokio runtime: {e}", B::STORE),
+    }
+}
+
+fn task_failed(path: &Path, op: &'static str, e: tokio::task::JoinError) -> StorageError {
+    StorageError::Backend {
+        path: path.to_path_buf(),
+        op,
+        detail: format!("the storage task failed: {e}"),
+    }
+}
+
+/// Starts a write on tokio's blocking pool *now* (at call time, not at first poll), so that
+/// writes keep their call order. Dropping the returned future does not cancel the write.
+pub fn ordered_write<B: Backend, T: Send + 'static>(
+    shared: &Arc<B>,
+    op: &'static str,
+    f: impl FnOnce(&B) -> Result<T, StorageError> + Send + 'static,
+) -> impl Future<Output = Result<T, StorageError>> + Send + 'static {
+    let spawned = tokio::runtime::Handle::try_current()
+        .map_err(|e| no_runtime(&**shared, op, e))
+        .map(|handle| {
+            let ticket = shared.sequencer().ticket();
+            let task_shared = Arc::clone(shared);
+            handle.spawn_blocking(move || {
+                let _turn = task_shared.sequencer().wait_turn(ticket);
+                guarded(&*task_shared, op, f)
+            })
+        });
+    let path = shared.path().to_path_buf();
+    async move { spawned?.await.map_err(|e| task_failed(&path, op, e))? }
+}
+
+/// Runs a read on tokio's blocking pool, so that page reads never stall an executor thread.
+pub async fn blocking_read<B: Backend, T: Send + 'static>(
+    shared: &Arc<B>,
+    op: &'static str,
+    f: impl FnOnce(&B) -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    let handle = tokio::runtime::Handle::try_current().map_err(|e| no_runtime(&**shared, op, e))?;
+    let task_shared = Arc::clone(shared);
+    handle
+        .spawn_blocking(move || guarded(&*task_shared, op, f))
+        .await
+        .map_err(|e| task_failed(shared.path(), op, e))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    struct Log {
+        path: PathBuf,
+        sequencer: Sequencer,
+        order: Mutex<Vec<u32>>,
+    }
+
+    impl Backend for Log {
+        const STORE: &'static str = "TestStore";
+        const DATABASE: &'static str = "testdb";
+        fn path(&self) -> &Path {
+            &self.path
+        }
+        fn sequencer(&self) -> &Sequencer {
+            &self.sequencer
+        }
+    }
+
+    fn log() -> Arc<Log> {
+        Arc::new(Log {
+            path: PathBuf::from("/test/store"),
+            sequencer: Sequencer::default(),
+            order: Mutex::new(Vec::new()),
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_apply_in_call_order_even_when_polled_in_reverse() {
+        let shared = log();
+        let futures: Vec<_> = (0..20u32)
+            .map(|i| {
+                ordered_write(&shared, "writing", move |s: &Log| {
+                    // Earlier writes sleep longer: without the sequencer they would finish last.
+                    std::thread::sleep(Duration::from_millis(u64::from(20 - i)));
+                    s.order.lock().unwrap().push(i);
+                    Ok(i)
+                })
+            })
+            .collect();
+        for f in futures.into_iter().rev() {
+            f.await.unwrap();
+        }
+        assert_eq!(*shared.order.lock().unwrap(), (0..20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_in_the_database_is_an_error_and_later_writes_still_run() {
+        let shared = log();
+        let err = ordered_write(&shared, "writing", |_: &Log| -> Result<(), StorageError> {
+            panic!("corrupt page")
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("testdb panicked"), "{err}");
+        assert!(err.contains("/test/store"), "{err}");
+        ordered_write(&shared, "writing", |_: &Log| Ok(()))
+            .await
+            .unwrap();
+        blocking_read(&shared, "reading", |_: &Log| Ok(()))
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn outside_a_runtime_the_error_says_so() {
+        let shared = log();
+        let err = futures_lite_block_on(ordered_write(&shared, "writing", |_: &Log| Ok(())));
+        let msg = err.unwrap_err().to_string();
+        assert!(
+            msg.contains("TestStore must be called inside a tokio runtime"),
+            "{msg}"
+        );
+    }
+
+    /// Polls a future that is ready at once (no runtime needed).
+    fn futures_lite_block_on<F: Future>(f: F) -> F::Output {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // The future was created outside any runtime; polling it inside one is fine.
+        rt.block_on(f)
+    }
+}
