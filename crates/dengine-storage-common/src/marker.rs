@@ -16,7 +16,7 @@ use dengine_core::store::codec::{MARKER_FILE, Marker};
 pub enum DirState {
     /// The marker is there: an existing store whose database must exist too.
     Existing,
-    /// A new store: the caller creates the database, then calls [`write`]. The marker is the
+    /// A new store: the caller creates the database, then calls [`write()`]. The marker is the
     /// commit point of creation, so a crash before it leaves only leftovers that the next
     /// `open_or_create` clears (nothing can have been acknowledged before it existed).
     New,
