@@ -442,10 +442,11 @@ impl Backoff {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         let base = self.current;
-        self.current = (self.current * 2).min(self.max);
-        // Uniform in [base / 2, base * 3 / 2).
-        let jitter = (self.rng % 1000) as u32;
-        base / 2 + base * jitter / 1000
+        self.current = self.current.saturating_mul(2).min(self.max);
+        // Uniform in [base / 2, base * 3 / 2) (saturating: a huge configured maximum must not
+        // overflow).
+        let jitter = (self.rng % 1000) as f64 / 1000.0;
+        (base / 2).saturating_add(base.mul_f64(jitter))
     }
 
     fn reset(&mut self) {
@@ -623,6 +624,11 @@ mod tests {
         }
         b.reset();
         assert!(b.next() < Duration::from_millis(150));
+        // A maximum near Duration::MAX saturates instead of panicking.
+        let mut huge = Backoff::new(Duration::from_secs(u64::MAX / 4), Duration::MAX, 3);
+        for _ in 0..4 {
+            let _ = huge.next();
+        }
     }
 
     #[test]

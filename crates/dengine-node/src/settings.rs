@@ -326,6 +326,9 @@ pub const MAX_CHUNK_BYTES: usize = 64 << 20;
 /// Largest allowed `raft.tick_ms`.
 pub const MAX_TICK_MS: u64 = 1000;
 
+/// Largest value of any `*_ms` duration setting (one day).
+pub const MAX_DURATION_MS: u64 = 86_400_000;
+
 /// Every setting as a dotted path (`section.field`, `network.tls.cert`), in file order. The
 /// environment variable of a path is [`env_var_name`] of it.
 pub const SETTING_PATHS: &[&str] = &[
@@ -854,6 +857,28 @@ impl Settings {
             bad("client.max_pending", &0, ">= 1".into());
         }
 
+        // Every duration has an upper bound: deadlines are `now + duration`, which must not
+        // overflow the clock.
+        for (field, value) in [
+            ("raft.election_timeout_ms", r.election_timeout_ms),
+            ("raft.heartbeat_interval_ms", r.heartbeat_interval_ms),
+            ("raft.lease_drift_ms", r.lease_drift_ms),
+            ("snapshot.chunk_timeout_ms", sn.chunk_timeout_ms),
+            ("network.connect_timeout_ms", net.connect_timeout_ms),
+            ("network.reconnect_initial_ms", net.reconnect_initial_ms),
+            ("network.reconnect_max_ms", net.reconnect_max_ms),
+            ("client.propose_timeout_ms", c.propose_timeout_ms),
+            ("client.read_timeout_ms", c.read_timeout_ms),
+            (
+                "shutdown.transfer_timeout_ms",
+                self.shutdown.transfer_timeout_ms,
+            ),
+        ] {
+            if value > MAX_DURATION_MS {
+                bad(field, &value, format!("<= {MAX_DURATION_MS} (one day)"));
+            }
+        }
+
         let o = &self.observability;
         if let Some(addr) = &o.metrics_addr
             && addr.parse::<SocketAddr>().is_err()
@@ -1340,6 +1365,19 @@ mod tests {
             err.to_string().contains("/nonexistent/dengine.toml"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn durations_beyond_a_day_are_refused_instead_of_overflowing_deadlines() {
+        let mut s = Settings::default();
+        s.node.id = 1;
+        s.client.propose_timeout_ms = u64::MAX;
+        s.network.reconnect_max_ms = u64::MAX;
+        let err = s.validate().unwrap_err();
+        let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+        assert!(fields.contains(&"client.propose_timeout_ms"), "{fields:?}");
+        assert!(fields.contains(&"network.reconnect_max_ms"), "{fields:?}");
+        assert!(err.to_string().contains("<= 86400000 (one day)"), "{err}");
     }
 
     #[test]
