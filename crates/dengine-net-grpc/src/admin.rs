@@ -230,16 +230,17 @@ impl crate::GrpcConfig {
 
 impl crate::GrpcTransport {
     /// Binds `addr` and serves, on that one port, the peer service (delivering into
-    /// `node`'s inbox) and the admin service of `node`, until the handle is shut down or
-    /// dropped.
+    /// `node`'s inbox), the admin service of `node`, and whatever `add` adds to the routes
+    /// (`|routes| routes` for nothing more), until the handle is shut down or dropped.
     pub async fn serve_node(
         &self,
         addr: std::net::SocketAddr,
         node: &Node,
+        add: impl FnOnce(tonic::service::Routes) -> tonic::service::Routes,
     ) -> Result<crate::ServerHandle, crate::GrpcError> {
         let admin = AdminService::new(node.clone()).server();
         self.serve_with(addr, std::sync::Arc::new(node.inbox()), move |routes| {
-            routes.add_service(admin)
+            add(routes.add_service(admin))
         })
         .await
     }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use dengine_core::StateMachine;
+use dengine_net_grpc::tonic::service::Routes;
 use dengine_net_grpc::{GrpcConfig, GrpcError, GrpcTransport, ServerHandle};
 use dengine_node::observability::{self, ObservabilityError, ObservabilityGuard};
 use dengine_node::settings::SettingsError;
@@ -101,6 +102,21 @@ pub async fn start<M: StateMachine>(
     settings: Settings,
     state_machine: M,
 ) -> Result<Running, StartNodeError> {
+    start_with(settings, state_machine, |_, routes| routes).await
+}
+
+/// [`start`], serving more gRPC services on the node's port: `add` gets the started node and
+/// the routes (peer and admin services already in) and returns them with the application's
+/// own services added — e.g. a client API that calls `node.propose`.
+pub async fn start_with<M, F>(
+    settings: Settings,
+    state_machine: M,
+    add: F,
+) -> Result<Running, StartNodeError>
+where
+    M: StateMachine,
+    F: FnOnce(&Node, Routes) -> Routes,
+{
     settings.validate()?;
     let addr: SocketAddr = settings
         .node
@@ -128,7 +144,10 @@ pub async fn start<M: StateMachine>(
         .snapshot_dir(data_dir.join("snapshots"))
         .start_or_bootstrap()
         .await?;
-    let server = match transport.serve_node(addr, &node).await {
+    let served = transport
+        .serve_node(addr, &node, |routes| add(&node, routes))
+        .await;
+    let server = match served {
         Ok(server) => server,
         Err(e) => {
             node.shutdown().await;

@@ -148,13 +148,12 @@ fn settings(args: &ServeArgs) -> Result<Settings, String> {
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let settings = settings(&args)?;
-    let guard = observability::install(&settings.observability).map_err(|e| e.to_string())?;
-    let _ = observability::init_logging(&args.log);
     let member = Member::start(settings).await.map_err(|e| e.to_string())?;
+    let _ = observability::init_logging(&args.log);
     tracing::info!(
         member = member.node().id(),
         addr = %member.local_addr(),
-        metrics = ?guard.metrics_addr(),
+        metrics = ?member.metrics_addr(),
         "dengine-kv serving the etcd v3 API"
     );
     eprintln!(
@@ -175,7 +174,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         }
     }
     member.shutdown().await;
-    let _ = guard.shutdown();
     Ok(())
 }
 
