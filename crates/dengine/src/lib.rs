@@ -15,7 +15,9 @@
 //!
 //! With the defaults, [`start`] runs a node in one call: redb log under `node.data_dir`,
 //! snapshots beside it, gRPC peer and admin services on `node.listen_addr`, metrics and
-//! traces as `[observability]` says.
+//! traces as `[observability]` says. [`start_with`] does the same and serves the
+//! application's own gRPC services on that port too (the etcd-compatible example in
+//! `examples/kv` serves its client API this way).
 //!
 //! ```no_run
 //! # #[cfg(all(feature = "redb", feature = "grpc"))]
