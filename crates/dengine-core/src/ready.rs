@@ -79,6 +79,38 @@ impl PersistRequest {
             last_entry: self.covers_entry,
         }
     }
+
+    /// Folds `later`, a write handed out after this one, into this one, for a runtime that
+    /// pipelines writes: while one write is on the disk, the writes the core hands out next
+    /// can be combined into a single write with a single sync (group commit across turns).
+    ///
+    /// The combined write does exactly what the two would have done one after the other:
+    /// entries from `later.entries[0].index` on replace this write's entries there (a
+    /// follower's log was overwritten in between), the newer hard state wins, it syncs if
+    /// either did, and its [`done`](Self::done) acknowledges both (acknowledgements are
+    /// cumulative, see [`Raft::on_persisted`](crate::Raft::on_persisted)). Only merge writes
+    /// that have not started, and always the later into the earlier.
+    pub fn merge(&mut self, later: PersistRequest) {
+        debug_assert!(later.write_id > self.write_id || later.write_id == 0);
+        if let Some(first) = later.entries.first() {
+            let keep = self.entries.partition_point(|e| e.index < first.index);
+            self.entries.truncate(keep);
+            // Consecutive writes never leave a gap: the later write continues the log or
+            // overwrites part of it.
+            debug_assert!(
+                self.entries
+                    .last()
+                    .is_none_or(|last| last.index + 1 == first.index)
+            );
+            self.entries.extend(later.entries);
+        }
+        if later.hard_state.is_some() {
+            self.hard_state = later.hard_state;
+        }
+        self.must_sync |= later.must_sync;
+        self.write_id = later.write_id;
+        self.covers_entry = later.covers_entry;
+    }
 }
 
 /// Acknowledgement that a [`PersistRequest`] is durable. Writes are acknowledged in order: an

@@ -512,3 +512,98 @@ fn acknowledging_a_commit_only_write_covers_an_earlier_entry_write() {
     let ready = node.ready();
     assert_eq!(ready.committed_entries, [normal(1, 2, "x")]);
 }
+
+/// `PersistRequest::merge` (a runtime that pipelines its writes folds the writes handed out
+/// while one is on the disk into one write): the merged write leaves the log exactly as the
+/// two writes one after the other would, including a follower's overwritten suffix (§5.3),
+/// and its single acknowledgement releases what both writes held back (Figure 2: respond only
+/// after updating stable storage).
+#[test]
+fn merged_writes_persist_both_and_one_acknowledgement_covers_both() {
+    let mut node = new_node(2, &[1, 2, 3], &|_| {});
+    let first_entries = vec![blank(1, 1), normal(1, 2, "a"), normal(1, 3, "b")];
+    node.step(append(1, 2, 1, EntryId::ZERO, first_entries, 0))
+        .unwrap();
+    let mut merged = node.ready().persist.expect("the first write");
+    assert!(
+        node.ready().messages.is_empty(),
+        "the ack waits for the write"
+    );
+
+    // A new leader (node 3, term 2) overwrites entry 3 and appends entry 4 while the first
+    // write has not started: the core hands out a second write.
+    let second_entries = vec![normal(2, 3, "c"), normal(2, 4, "d")];
+    node.step(append(3, 2, 2, EntryId::new(1, 2), second_entries, 0))
+        .unwrap();
+    let second = node.ready().persist.expect("the second write");
+    assert!(second.hard_state.is_some(), "the new term is saved");
+    merged.merge(second);
+    assert_eq!(
+        merged.entries,
+        [
+            blank(1, 1),
+            normal(1, 2, "a"),
+            normal(2, 3, "c"),
+            normal(2, 4, "d")
+        ],
+        "entry 3 of term 1 was overwritten by the later write"
+    );
+    assert_eq!(merged.hard_state.map(|h| h.term), Some(2));
+    assert!(merged.must_sync);
+
+    node.log_reader_mut().persist(&merged).unwrap();
+    node.on_persisted(merged.done());
+    assert_eq!(node.persisted_index(), 4);
+    let ready = node.ready();
+    assert!(ready.persist.is_none(), "nothing left to write");
+    assert!(
+        ready
+            .messages
+            .contains(&accepted(2, 3, 2, EntryId::new(2, 4))),
+        "one acknowledgement released the answer that waited for both writes: {:?}",
+        ready.messages
+    );
+}
+
+/// `PersistRequest::merge` keeps the earlier write's entries when the later write only changes
+/// the hard state (a vote), and the later hard state wins.
+#[test]
+fn merging_a_hard_state_only_write_keeps_the_entries() {
+    let mut node = new_node(2, &[1, 2, 3], &|_| {});
+    node.step(append(1, 2, 1, EntryId::ZERO, vec![blank(1, 1)], 0))
+        .unwrap();
+    let mut merged = node.ready().persist.expect("the first write");
+    // A higher-term vote request the node grants: a write with a new hard state only.
+    node.step(Message {
+        from: 3,
+        to: 2,
+        term: 5,
+        body: MessageBody::VoteRequest(dengine_core::VoteRequest {
+            pre_vote: false,
+            last_log: EntryId::new(1, 1),
+            // Asked for by the leader, so the node's recent contact with leader 1 does not
+            // make it ignore the request (thesis §4.2.3).
+            leader_transfer: true,
+        }),
+    })
+    .unwrap();
+    let vote = node.ready().persist.expect("the vote write");
+    assert!(vote.entries.is_empty());
+    merged.merge(vote);
+    assert_eq!(merged.entries, [blank(1, 1)]);
+    assert_eq!(
+        merged.hard_state.map(|h| (h.term, h.vote)),
+        Some((5, Some(3)))
+    );
+    node.log_reader_mut().persist(&merged).unwrap();
+    node.on_persisted(merged.done());
+    let ready = node.ready();
+    assert!(
+        ready
+            .messages
+            .iter()
+            .any(|m| m.to == 3 && matches!(m.body, MessageBody::VoteResponse(ref r) if r.granted)),
+        "the vote is granted once the merged write is durable: {:?}",
+        ready.messages
+    );
+}

@@ -6,8 +6,17 @@
 //! turn go into one `LogStore::persist` call: group commit), then loop over `Ready`:
 //! send the messages (the core holds back every response that depends on a write until that
 //! write is reported durable, so sending in parallel with the leader's own write is safe,
-//! thesis §10.2.1), persist with one call and one sync, report it, hand the committed entries
-//! to the apply task, serve the reads that became safe, compact, install snapshots.
+//! thesis §10.2.1), start the write, hand the committed entries to the apply task, serve the
+//! reads that became safe, compact, install snapshots.
+//!
+//! Writes are pipelined: a synced write runs in its own task while the loop goes on taking
+//! messages and proposals; the writes the core hands out meanwhile are merged
+//! (`PersistRequest::merge`) into one that starts when the running one is done, so one sync
+//! covers every proposal that arrived during the previous sync (group commit across turns).
+//! At most one write is on the disk at a time, so writes are durable in the order the core
+//! handed them out, as the `Ready` contract requires. Store operations other than appends
+//! (compaction, snapshot metadata, snapshot installation, the final sync) first wait for the
+//! writes in flight (`flush_writes`).
 //!
 //! Reading order: this file (state, inputs, `Ready`); `apply.rs` (the apply task);
 //! `snapshots.rs` (building, sending and installing snapshots); `admin.rs` (membership
@@ -28,8 +37,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dengine_core::store::Snapshot;
 use dengine_core::{
-    Entry, EntryPayload, LogIndex, LogStore, Membership, MessageBody, NodeId, Raft, ReadCtx,
-    ReadMode, Role, SnapshotMeta, SoftState, Term, Transport,
+    Entry, EntryPayload, LogIndex, LogStore, Membership, MessageBody, NodeId, PersistRequest,
+    Persisted, Raft, ReadCtx, ReadMode, Role, SnapshotMeta, SoftState, Term, Transport,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
@@ -110,14 +119,52 @@ struct Stopping {
     done: Vec<oneshot::Sender<()>>,
 }
 
-/// Aborts the apply task if the loop is dropped (killed) without finishing.
-struct AbortOnDrop(Option<JoinHandle<()>>);
+/// Aborts a helper task (the apply task, a write) if the loop is dropped (killed) without
+/// finishing.
+struct AbortOnDrop<R = ()>(Option<JoinHandle<R>>);
 
-impl Drop for AbortOnDrop {
+impl<R> Drop for AbortOnDrop<R> {
     fn drop(&mut self) {
         if let Some(task) = self.0.take() {
             task.abort();
         }
+    }
+}
+
+/// A finished write, reported by its task.
+struct WriteDone {
+    /// What to report to the core; `None` when the task itself failed.
+    done: Option<Persisted>,
+    entries: usize,
+    elapsed: Duration,
+    result: Result<(), Fatal>,
+}
+
+/// Waits for the write in flight; never completes when there is none.
+async fn write_finished(writing: &mut AbortOnDrop<WriteDone>) -> WriteDone {
+    match writing.0.as_mut() {
+        Some(task) => match task.await {
+            Ok(done) => done,
+            Err(e) => WriteDone {
+                done: None,
+                entries: 0,
+                elapsed: Duration::ZERO,
+                result: Err(format!("the log store write task failed: {e}")),
+            },
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Carries out one write (see `Runtime::submit_write`).
+async fn write<S: LogStore>(store: &S, write: &PersistRequest) -> Result<(), Fatal> {
+    match tokio::time::timeout(PERSIST_STALL_LIMIT, store.persist(write)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("persisting to the log store failed: {e}")),
+        Err(_) => Err(format!(
+            "the log store did not finish a write within {PERSIST_STALL_LIMIT:?} (a stuck \
+             disk?); stopping so that callers get an answer"
+        )),
     }
 }
 
@@ -126,7 +173,7 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     pub(crate) id: NodeId,
     pub(crate) settings: Arc<Settings>,
     pub(crate) raft: Raft<S::Reader>,
-    pub(crate) store: S,
+    pub(crate) store: Arc<S>,
     pub(crate) transport: Arc<T>,
     pub(crate) req_rx: mpsc::Receiver<Request>,
     pub(crate) peer_rx: mpsc::Receiver<PeerInput>,
@@ -139,6 +186,10 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     snapshot_dir: Option<SnapshotDir>,
     apply_task: AbortOnDrop,
     snapshot_senders: JoinSet<()>,
+    /// The synced write on the disk, if any (at most one at a time).
+    writing: AbortOnDrop<WriteDone>,
+    /// The writes handed out while `writing` runs, merged into one.
+    queued_write: Option<PersistRequest>,
 
     waiters: Waiters,
     config_waiters: Vec<ConfigWaiter>,
@@ -202,7 +253,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             id: parts.id,
             settings: parts.settings,
             raft,
-            store: parts.store,
+            store: Arc::new(parts.store),
             transport: parts.transport,
             req_rx: parts.req_rx,
             peer_rx: parts.peer_rx,
@@ -214,6 +265,8 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             snapshot_dir: parts.snapshot_dir,
             apply_task: AbortOnDrop(Some(apply_task)),
             snapshot_senders: JoinSet::new(),
+            writing: AbortOnDrop(None),
+            queued_write: None,
             waiters: Waiters::default(),
             config_waiters: Vec::new(),
             pending_changes: Vec::new(),
@@ -246,6 +299,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         let fatal = loop {
             let woke = tokio::select! {
                 _ = ticker.tick() => self.on_tick(),
+                done = write_finished(&mut self.writing) => self.on_write_done(done),
                 Some(event) = self.events_rx.recv() => self.on_event(event).await,
                 Some(input) = self.peer_rx.recv() => {
                     self.on_peer_input(input);
@@ -509,29 +563,8 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             for msg in ready.messages {
                 self.send(msg);
             }
-            if let Some(mut write) = ready.persist {
-                if !self.settings.storage.fsync {
-                    // storage.fsync = false (tests, benchmarks): acknowledged writes may be
-                    // lost on power loss, as the setting documents.
-                    write.must_sync = false;
-                }
-                let started = Instant::now();
-                match tokio::time::timeout(PERSIST_STALL_LIMIT, self.store.persist(&write)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(format!("persisting to the log store failed: {e}")),
-                    Err(_) => {
-                        return Err(format!(
-                            "the log store did not finish a write within {PERSIST_STALL_LIMIT:?} \
-                             (a stuck disk?); stopping so that callers get an answer"
-                        ));
-                    }
-                }
-                metrics::histogram!(m::APPEND_LATENCY_SECONDS)
-                    .record(started.elapsed().as_secs_f64());
-                if !write.entries.is_empty() {
-                    metrics::histogram!(m::APPEND_BATCH_ENTRIES).record(write.entries.len() as f64);
-                }
-                self.raft.on_persisted(write.done());
+            if let Some(write) = ready.persist {
+                self.submit_write(write).await?;
             }
             if !ready.committed_entries.is_empty() {
                 self.hand_to_apply(ready.committed_entries).await?;
@@ -553,16 +586,96 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             for e in ready.storage_errors {
                 tracing::warn!(error = %e, "the core could not read the log");
             }
-            if let Some(to) = ready.compact_log_to
-                && let Err(e) = self.store.purge(to).await
-            {
-                return Err(format!("compacting the log up to {to} failed: {e}"));
+            if let Some(to) = ready.compact_log_to {
+                // The entries to purge may still be on their way to the disk.
+                self.flush_writes().await?;
+                if let Err(e) = self.store.purge(to).await {
+                    return Err(format!("compacting the log up to {to} failed: {e}"));
+                }
             }
             if let Some(meta) = ready.snapshot_to_install {
                 self.install(meta).await?;
             }
         }
         self.sync_transport_peers();
+        Ok(())
+    }
+
+    /// Hands a write to the disk. Writes are durable in the order the core hands them out
+    /// (the `Ready` contract): a write arriving while another runs waits, merged with any
+    /// other waiting write, and starts when the running one is done. A write that need not be
+    /// synced (only the commit index changed, or `storage.fsync = false`) is done at once
+    /// when nothing else is in flight: it costs no sync, and a task would cost more.
+    async fn submit_write(&mut self, mut write: PersistRequest) -> Result<(), Fatal> {
+        if !self.settings.storage.fsync {
+            // storage.fsync = false (tests, benchmarks): acknowledged writes may be lost on
+            // power loss, as the setting documents.
+            write.must_sync = false;
+        }
+        if self.writing.0.is_some() {
+            match &mut self.queued_write {
+                Some(queued) => queued.merge(write),
+                None => self.queued_write = Some(write),
+            }
+            return Ok(());
+        }
+        if write.must_sync {
+            self.start_write(write);
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = self::write(&*self.store, &write).await;
+        self.on_write_done(WriteDone {
+            done: Some(write.done()),
+            entries: write.entries.len(),
+            elapsed: started.elapsed(),
+            result,
+        })
+    }
+
+    fn start_write(&mut self, request: PersistRequest) {
+        let store = Arc::clone(&self.store);
+        self.writing.0 = Some(tokio::spawn(async move {
+            let started = Instant::now();
+            let result = write(&*store, &request).await;
+            WriteDone {
+                done: Some(request.done()),
+                entries: request.entries.len(),
+                elapsed: started.elapsed(),
+                result,
+            }
+        }));
+    }
+
+    /// A write finished: report it to the core and start the next one, if any.
+    fn on_write_done(&mut self, finished: WriteDone) -> Result<(), Fatal> {
+        self.writing.0 = None;
+        finished.result?;
+        metrics::histogram!(m::APPEND_LATENCY_SECONDS).record(finished.elapsed.as_secs_f64());
+        if finished.entries > 0 {
+            metrics::histogram!(m::APPEND_BATCH_ENTRIES).record(finished.entries as f64);
+        }
+        if let Some(done) = finished.done {
+            self.raft.on_persisted(done);
+        }
+        if let Some(next) = self.queued_write.take() {
+            self.start_write(next);
+        }
+        Ok(())
+    }
+
+    /// Waits until every write handed out so far is durable (and reported to the core), for
+    /// store operations that must not overtake them.
+    pub(crate) async fn flush_writes(&mut self) -> Result<(), Fatal> {
+        while self.writing.0.is_some() || self.queued_write.is_some() {
+            if self.writing.0.is_none()
+                && let Some(next) = self.queued_write.take()
+            {
+                self.start_write(next);
+            }
+            let finished = write_finished(&mut self.writing).await;
+            self.on_write_done(finished)?;
+        }
         Ok(())
     }
 

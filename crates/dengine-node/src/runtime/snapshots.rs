@@ -41,6 +41,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                 self.answer_snapshot_waiters(Err(AdminError::Snapshot(e)));
                 return Ok(());
             }
+            self.flush_writes().await?;
             match self.store.save_snapshot_meta(&meta).await {
                 Ok(()) => {}
                 Err(StorageError::InvalidArgument(detail)) => {
@@ -87,6 +88,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             // restart could not rebuild the state machine.
             dir.save(&snapshot).await?;
         }
+        self.flush_writes().await?;
         if let Err(e) = self.store.reset_to_snapshot(&meta).await {
             return Err(format!(
                 "resetting the log store to snapshot {} failed: {e}",

@@ -107,9 +107,10 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             let _ = t.tx.send(Err(admin_error()));
         }
         self.answer_snapshot_waiters(Err(admin_error()));
-        if fatal.is_none()
-            && let Err(e) = self.store.sync().await
-        {
+        // Writes still in flight finish (their callers were told `Stopped`, so their outcome
+        // is unknown to them either way); after a fatal error nothing more is written.
+        let flushed = fatal.is_none() && self.flush_writes().await.is_ok();
+        if flushed && let Err(e) = self.store.sync().await {
             tracing::error!(error = %e, "final sync of the log store failed");
         }
         // Let the apply task finish what it was given, then stop it.

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dengine_core::store::{MemoryStateMachine, MemoryStore};
-use dengine_core::{NodeId, Role};
+use dengine_core::{LogStore, NodeId, Role};
 use dengine_node::testing::LocalNetwork;
-use dengine_node::{AdminError, Consistency, Node, NodeBuilder, ProposeError, Settings, Status};
+use dengine_node::{
+    AdminError, Consistency, Node, NodeBuilder, ProposeError, Settings, StartError, Status,
+};
 use tokio::time::{Instant, sleep};
 
 /// How long any condition may take on a loaded 2-core machine.
@@ -249,4 +251,27 @@ impl Cluster {
             self.shutdown(id).await;
         }
     }
+}
+
+/// A single-member cluster on `store`, bootstrapped.
+pub(crate) async fn single<S: LogStore>(store: S, s: Settings) -> Result<Node, StartError> {
+    let net = LocalNetwork::new();
+    let b = NodeBuilder::new(s)
+        .log_store(store)
+        .state_machine(MemoryStateMachine::new())
+        .transport(net.transport(1));
+    net.register(1, b.inbox());
+    b.bootstrap([(1, address(1))].into()).await
+}
+
+/// Waits until a single-member cluster's node leads and has applied its first entry.
+pub(crate) async fn wait_leader(node: &Node) {
+    eventually("the single node to lead", || {
+        let node = node.clone();
+        async move {
+            let st = node.status().await.ok()?;
+            (st.role == dengine_core::Role::Leader && st.applied_index >= 1).then_some(())
+        }
+    })
+    .await;
 }

@@ -1,101 +1,16 @@
 //! Fatal storage errors, dropping every handle, and a state machine that cannot be rebuilt.
 
-use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use dengine_core::store::{MemoryStateMachine, MemoryStore};
-use dengine_core::{
-    Entry, Inbox, InboxError, LogIndex, LogStore, Message, MessageBody, NodeId, PersistRequest,
-    SnapshotMeta, StorageError, StoredState,
-};
+use dengine_core::{Inbox, InboxError, LogStore, Message, MessageBody, NodeId};
 use dengine_node::testing::LocalNetwork;
 use dengine_node::{Node, NodeBuilder, ProposeError, Settings, StartError};
 
-use crate::common::{address, eventually, settings};
-
-/// A MemoryStore whose `persist` fails once `fail` is set (a dying disk).
-#[derive(Clone, Default)]
-struct FailingStore {
-    inner: MemoryStore,
-    fail: Arc<AtomicBool>,
-}
-
-impl LogStore for FailingStore {
-    type Reader = MemoryStore;
-
-    fn reader(&self) -> MemoryStore {
-        self.inner.reader()
-    }
-    fn load_state(&self) -> impl Future<Output = Result<StoredState, StorageError>> + Send {
-        self.inner.load_state()
-    }
-    fn persist(
-        &self,
-        req: &PersistRequest,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send {
-        let write = (!self.fail.load(Ordering::SeqCst)).then(|| self.inner.persist(req));
-        async move {
-            match write {
-                Some(write) => write.await,
-                None => Err(StorageError::Io {
-                    path: "/dev/broken".into(),
-                    op: "writing",
-                    source: std::io::Error::other("injected disk failure"),
-                }),
-            }
-        }
-    }
-    fn read_entries(
-        &self,
-        low: LogIndex,
-        high: LogIndex,
-        max_bytes: u64,
-    ) -> impl Future<Output = Result<Vec<Entry>, StorageError>> + Send {
-        self.inner.read_entries(low, high, max_bytes)
-    }
-    fn purge(&self, up_to: LogIndex) -> impl Future<Output = Result<(), StorageError>> + Send {
-        self.inner.purge(up_to)
-    }
-    fn save_snapshot_meta(
-        &self,
-        meta: &SnapshotMeta,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send {
-        self.inner.save_snapshot_meta(meta)
-    }
-    fn reset_to_snapshot(
-        &self,
-        meta: &SnapshotMeta,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send {
-        self.inner.reset_to_snapshot(meta)
-    }
-    fn sync(&self) -> impl Future<Output = Result<(), StorageError>> + Send {
-        self.inner.sync()
-    }
-}
-
-async fn single<S: LogStore>(store: S, s: Settings) -> Result<Node, StartError> {
-    let net = LocalNetwork::new();
-    let b = NodeBuilder::new(s)
-        .log_store(store)
-        .state_machine(MemoryStateMachine::new())
-        .transport(net.transport(1));
-    net.register(1, b.inbox());
-    b.bootstrap([(1, address(1))].into()).await
-}
-
-async fn wait_leader(node: &Node) {
-    eventually("the single node to lead", || {
-        let node = node.clone();
-        async move {
-            let st = node.status().await.ok()?;
-            (st.role == dengine_core::Role::Leader && st.applied_index >= 1).then_some(())
-        }
-    })
-    .await;
-}
+use crate::common::{address, eventually, settings, single, wait_leader};
+use crate::test_store::TestStore;
 
 #[test]
 fn node_handles_are_send_and_sync() {
@@ -106,7 +21,7 @@ fn node_handles_are_send_and_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_persist_stops_the_node_with_a_clear_error() {
-    let store = FailingStore::default();
+    let store = TestStore::default();
     let node = single(store.clone(), settings(1)).await.unwrap();
     wait_leader(&node).await;
     node.propose(Bytes::from_static(b"a=1")).await.unwrap();

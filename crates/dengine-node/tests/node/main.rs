@@ -7,5 +7,7 @@ mod faults;
 mod lifecycle;
 mod membership;
 mod metrics;
+mod pipelining;
 mod redb;
+mod test_store;
 mod throughput;
