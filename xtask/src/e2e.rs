@@ -191,8 +191,10 @@ fn run(opts: &Options, interrupted: &AtomicBool) -> Result<(), String> {
         match run {
             Ok(r) => all.push(r),
             Err(e) => {
-                cluster.keep_dir = true;
-                print_log_tails(&cluster.dir);
+                if !interrupted.load(Ordering::SeqCst) {
+                    cluster.keep_dir = true;
+                    print_log_tails(&cluster.dir);
+                }
                 return Err(e);
             }
         }
@@ -210,8 +212,10 @@ fn run(opts: &Options, interrupted: &AtomicBool) -> Result<(), String> {
         ) {
             Ok(r) => all.push(r),
             Err(e) => {
-                cluster.keep_dir = true;
-                eprintln!("etcd's logs are in {}", cluster.dir().display());
+                if !interrupted.load(Ordering::SeqCst) {
+                    cluster.keep_dir = true;
+                    eprintln!("etcd's logs are in {}", cluster.dir().display());
+                }
                 return Err(e);
             }
         }

@@ -122,6 +122,10 @@ pub(crate) fn run(
     let status = child
         .wait()
         .map_err(|e| format!("waiting for the load generator: {e}"))?;
+    if interrupted.load(Ordering::SeqCst) {
+        // A terminal's Ctrl-C reaches the load generator too; say what happened.
+        return Err("interrupted".into());
+    }
     match (status.success(), result) {
         (true, Some(r)) => Ok(r),
         (_, Some(r)) => Err(format!(

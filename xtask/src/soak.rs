@@ -141,7 +141,7 @@ fn run(opts: &Options, interrupted: &AtomicBool) -> Result<bool, String> {
         cluster.start(id)?;
     }
     let result = soak(&mut cluster, &bins[1], opts, interrupted);
-    if result.is_err() {
+    if result.is_err() && !interrupted.load(Ordering::SeqCst) {
         cluster.keep_dir = true;
         print_log_tails(&cluster.dir);
     }
