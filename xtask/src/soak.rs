@@ -217,6 +217,9 @@ fn soak(
     };
     let r = loadgen::run(loadgen_bin, &args, interrupted, on_progress)?;
     let ok = flat(r.first_10pct_rate, r.last_10pct_rate);
+    if let Some(e) = &r.last_error {
+        println!("  last error (failed puts are retried, not counted): {e}");
+    }
     let mb = |v: &[u64]| {
         v.iter()
             .map(|b| format!("{:.0}", mib(*b)))
