@@ -1,226 +1,18 @@
 //! `cargo xtask cluster-demo`: a 3-node `dengine-kv` cluster on loopback, failover, catch-up.
 //!
 //! Everything the demo starts (processes, a temporary directory) is registered in a
-//! [`Cluster`] whose `Drop` stops and removes it, so a failure, a panic or Ctrl-C leaves
-//! nothing behind.
+//! [`Cluster`] (`cluster.rs`) whose `Drop` stops and removes it, so a failure, a panic or
+//! Ctrl-C leaves nothing behind.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::workspace_root;
+use crate::cluster::{Cluster, NODES, build_server, print_log_tails, wait_until};
 
-const NODES: u64 = 3;
 const KEYS: usize = 50;
-
-struct Node {
-    id: u64,
-    addr: String,
-    metrics: String,
-    child: Option<Child>,
-}
-
-/// The demo's processes and files; stopped and removed on drop.
-struct Cluster {
-    bin: PathBuf,
-    dir: PathBuf,
-    keep_dir: bool,
-    nodes: Vec<Node>,
-    members: String,
-}
-
-impl Cluster {
-    /// A cluster of [`NODES`] members on free loopback ports, data in a fresh temporary
-    /// directory named after `what`; nothing started yet.
-    fn new(bin: PathBuf, what: &str) -> Result<Cluster, String> {
-        let dir = std::env::temp_dir().join(format!("dengine-{what}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let mut nodes = Vec::new();
-        for id in 1..=NODES {
-            nodes.push(Node {
-                id,
-                addr: format!("127.0.0.1:{}", free_port()?),
-                metrics: format!("127.0.0.1:{}", free_port()?),
-                child: None,
-            });
-        }
-        let members = nodes
-            .iter()
-            .map(|n| format!("{}={}", n.id, n.addr))
-            .collect::<Vec<_>>()
-            .join(",");
-        Ok(Cluster {
-            bin,
-            dir,
-            keep_dir: false,
-            nodes,
-            members,
-        })
-    }
-
-    fn data_dir(&self, id: u64) -> PathBuf {
-        self.dir.join(format!("node-{id}"))
-    }
-
-    fn start(&mut self, id: u64) -> Result<(), String> {
-        let i = (id - 1) as usize;
-        let log = std::fs::File::create(self.dir.join(format!("node-{id}.log")))
-            .map_err(|e| format!("cannot create the log file of node {id}: {e}"))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| format!("cannot open the log file of node {id}: {e}"))?;
-        let child = Command::new(&self.bin)
-            .args(["serve", "--id", &id.to_string()])
-            .args(["--listen", &self.nodes[i].addr])
-            .args(["--initial-members", &self.members])
-            .args(["--metrics-addr", &self.nodes[i].metrics])
-            .arg("--data-dir")
-            .arg(self.data_dir(id))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
-        self.nodes[i].child = Some(child);
-        Ok(())
-    }
-
-    fn kill(&mut self, id: u64) {
-        if let Some(mut child) = self.nodes[(id - 1) as usize].child.take() {
-            // std's kill is SIGKILL on Unix: no graceful shutdown, as in a crash.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn stop_all(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                terminate(&mut child);
-            }
-        }
-    }
-
-    fn client(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(&self.bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
-    }
-
-    /// `status` of one node as key=value fields, or why not.
-    fn status(&self, id: u64) -> Result<BTreeMap<String, String>, String> {
-        let addr = &self.nodes[(id - 1) as usize].addr;
-        let out = self.client(&["status", "--endpoint", addr, "--timeout-ms", "1000"])?;
-        Ok(out
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect())
-    }
-
-    fn running(&self) -> Vec<u64> {
-        self.nodes
-            .iter()
-            .filter(|n| n.child.is_some())
-            .map(|n| n.id)
-            .collect()
-    }
-
-    fn leader(&self) -> Option<u64> {
-        self.running().into_iter().find(|&id| {
-            self.status(id)
-                .is_ok_and(|s| s.get("role").map(String::as_str) == Some("leader"))
-        })
-    }
-
-    fn print_status(&self) {
-        println!("  node  role       term  commit  applied  address");
-        for n in &self.nodes {
-            match (n.child.is_some(), self.status(n.id)) {
-                (false, _) => println!("  {:<4}  (stopped)", n.id),
-                (true, Ok(s)) => {
-                    let get = |k: &str| s.get(k).cloned().unwrap_or_else(|| "?".into());
-                    println!(
-                        "  {:<4}  {:<9}  {:>4}  {:>6}  {:>7}  {}",
-                        n.id,
-                        get("role"),
-                        get("term"),
-                        get("commit"),
-                        get("applied"),
-                        n.addr
-                    );
-                }
-                (true, Err(e)) => println!("  {:<4}  (no answer: {e})", n.id),
-            }
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.stop_all();
-        if self.keep_dir {
-            println!("kept the data and logs in {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// SIGTERM (graceful shutdown), then SIGKILL after 10 s.
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free loopback port: {e}"))
-}
-
-fn wait_until<T>(
-    what: &str,
-    timeout: Duration,
-    interrupted: &AtomicBool,
-    mut f: impl FnMut() -> Option<T>,
-) -> Result<T, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if interrupted.load(Ordering::SeqCst) {
-            return Err("interrupted".into());
-        }
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("timed out after {timeout:?} waiting for {what}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 pub(crate) fn cluster_demo(args: &[String]) -> ExitCode {
     let keep_running = args.iter().any(|a| a == "--keep-running");
@@ -241,42 +33,6 @@ pub(crate) fn cluster_demo(args: &[String]) -> ExitCode {
             eprintln!("\ncluster-demo FAILED: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn build_server(release: bool) -> Result<PathBuf, String> {
-    let root = workspace_root();
-    let profile = if release { " --release" } else { "" };
-    println!("building the example KV server (cargo build -p dengine-kv{profile}) ...");
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args([
-        "build",
-        "--quiet",
-        "-p",
-        "dengine-kv",
-        "--bin",
-        "dengine-kv",
-    ]);
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd
-        .current_dir(&root)
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err("building dengine-kv failed (see the compiler output above)".into());
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target
-        .join(if release { "release" } else { "debug" })
-        .join("dengine-kv");
-    if bin.exists() {
-        Ok(bin)
-    } else {
-        Err(format!("built, but {} does not exist", bin.display()))
     }
 }
 
@@ -449,19 +205,6 @@ fn demo(
         failover.as_secs_f64() * 1000.0
     );
     Ok(())
-}
-
-fn print_log_tails(dir: &Path) {
-    for id in 1..=NODES {
-        let path = dir.join(format!("node-{id}.log"));
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!("--- last lines of {} ---", path.display());
-            for l in &lines[lines.len().saturating_sub(15)..] {
-                eprintln!("{l}");
-            }
-        }
-    }
 }
 
 /// `cargo xtask bench failover [--runs N]`: N times, a fresh 3-member cluster (release build,

@@ -6,8 +6,17 @@
 //!   arguments are passed on (`cargo xtask sim --help`).
 //! - `cluster-demo`: a 3-node cluster of the example KV server on loopback, failover and
 //!   catch-up, then everything stopped (see `demo.rs`).
+//! - `bench ...`: the benchmarks of `docs/benchmarks.md`; `bench e2e` (`e2e.rs`) and
+//!   `bench soak` (`soak.rs`) drive real clusters with `dengine-loadgen` (tools/loadgen).
 
+mod chart;
+mod cluster;
 mod demo;
+mod e2e;
+mod etcd;
+mod loadgen;
+mod machine;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -32,6 +41,20 @@ commands:
                  N times (default 10): a fresh 3-member dengine-kv cluster (release,
                  default settings) under a write load, SIGKILL of the leader, time until a
                  survivor acknowledges a write; median and max
+  bench e2e [--vs-etcd] [--seconds N] [--warmup N] [--clients 1,16,64,256]
+            [--read-clients 1,16,64,256] [--no-reads] [--conns C] [--keys K] [--dir DIR]
+            [--chart PATH]
+                 a 3-member dengine-kv cluster (release, default settings: redb, fsync
+                 before ack) on loopback driven by dengine-loadgen through the etcd v3 KV
+                 API: puts, linearizable and serializable gets, N clients each with one
+                 request at a time; with --vs-etcd the same against a 3-member etcd 3.4
+                 (apt-get install -y etcd-server if missing), afterwards, then both side by
+                 side with ratios; writes the chart to docs/img/e2e.svg (or --chart)
+  bench soak [--entries N] [--clients N] [--keys K] [--report-every S] [--max-seconds S]
+             [--dir DIR]
+                 N puts (default 5,000,000) to a 3-member dengine-kv cluster (default
+                 settings, compaction every 100,000 entries); rate, RSS and disk per member
+                 every 10 s; fails unless the last 10% ran at >= 80% of the first 10%'s rate
   sim [ARGS]     run the deterministic simulator in release mode, e.g.
                  `cargo xtask sim --seeds 1000` or `cargo xtask sim --seed 42 --verbose`
                  (`cargo xtask sim --help` lists every option)
@@ -141,11 +164,12 @@ fn bench(args: &[String]) -> ExitCode {
             }
         }
         Some("failover") => demo::bench_failover(&args[1..]),
+        Some("e2e") => e2e::bench_e2e(&args[1..]),
+        Some("soak") => soak::bench_soak(&args[1..]),
         other => {
             eprintln!(
                 "unknown benchmark {other:?}: available are `cargo xtask bench storage`, \
-                 `cargo xtask bench net`, `cargo xtask bench core` and `cargo xtask bench \
-                 failover`; the end-to-end benchmark arrives with its issue"
+                 `net`, `core`, `failover`, `e2e` and `soak`"
             );
             ExitCode::FAILURE
         }

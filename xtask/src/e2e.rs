@@ -1,0 +1,599 @@
+//! `cargo xtask bench e2e [--vs-etcd]`: durable writes and reads through the etcd v3 KV API
+//! against a 3-member `dengine-kv` cluster, and (with `--vs-etcd`) the same load against a
+//! 3-member etcd 3.4 cluster, one system after the other; tables with the ratios and an SVG
+//! chart.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::chart::{self, Series};
+use crate::cluster::{Cluster, NODES, build_bins, print_log_tails, wait_until};
+use crate::etcd::{self, EtcdCluster};
+use crate::loadgen::{self, LoadResult};
+use crate::{machine, workspace_root};
+
+const USAGE: &str = "usage: cargo xtask bench e2e [--vs-etcd] [--seconds N] [--warmup N]
+       [--clients 1,16,64,256] [--read-clients 1,16,64,256] [--no-reads] [--conns C]
+       [--keys K] [--dir DIR] [--chart PATH]";
+
+/// Options of `bench e2e`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Options {
+    /// Also run etcd (installed with apt-get if missing).
+    pub(crate) vs_etcd: bool,
+    /// Measured seconds per point.
+    pub(crate) seconds: f64,
+    /// Warm-up seconds per point.
+    pub(crate) warmup: f64,
+    /// Client counts of the write points.
+    pub(crate) clients: Vec<u64>,
+    /// Client counts of the read points (empty: no reads).
+    pub(crate) read_clients: Vec<u64>,
+    /// Connections per point (default: the load generator's, min(clients, 8)).
+    pub(crate) conns: Option<u64>,
+    /// Key space.
+    pub(crate) keys: u64,
+    /// Where the data directories go.
+    pub(crate) dir: PathBuf,
+    /// Where the chart goes.
+    pub(crate) chart: PathBuf,
+}
+
+fn list(flag: &str, text: &str) -> Result<Vec<u64>, String> {
+    let values: Result<Vec<u64>, _> = text.split(',').map(|v| v.trim().parse::<u64>()).collect();
+    match values {
+        Ok(v) if !v.is_empty() && v.iter().all(|&n| n > 0) => Ok(v),
+        _ => Err(format!(
+            "{flag} {text:?}: expected positive numbers separated by commas"
+        )),
+    }
+}
+
+/// Parses the arguments after `bench e2e`.
+pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        vs_etcd: false,
+        seconds: 10.0,
+        warmup: 2.0,
+        clients: vec![1, 16, 64, 256],
+        read_clients: vec![1, 16, 64, 256],
+        conns: None,
+        keys: 10_000,
+        dir: std::env::temp_dir(),
+        chart: workspace_root().join("docs").join("img").join("e2e.svg"),
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .map(String::as_str)
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        let seconds = |text: &str| match text.parse::<f64>() {
+            Ok(s) if s.is_finite() && (0.0..=3600.0).contains(&s) => Ok(s),
+            _ => Err(format!("{flag} {text:?}: expected seconds, 0..=3600")),
+        };
+        match flag.as_str() {
+            "--vs-etcd" => o.vs_etcd = true,
+            "--seconds" => o.seconds = seconds(value()?)?,
+            "--warmup" => o.warmup = seconds(value()?)?,
+            "--clients" => o.clients = list(flag, value()?)?,
+            "--read-clients" => o.read_clients = list(flag, value()?)?,
+            "--no-reads" => o.read_clients.clear(),
+            "--conns" => o.conns = Some(list(flag, value()?)?[0]),
+            "--keys" => {
+                o.keys = list(flag, value()?)?[0];
+            }
+            "--dir" => o.dir = PathBuf::from(value()?),
+            "--chart" => o.chart = PathBuf::from(value()?),
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    if o.seconds <= 0.0 {
+        return Err("--seconds must be positive".into());
+    }
+    Ok(o)
+}
+
+/// `cargo xtask bench e2e ...`.
+pub(crate) fn bench_e2e(args: &[String]) -> ExitCode {
+    let opts = match parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench e2e: {e}\n{USAGE}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
+            eprintln!("bench e2e: cannot install the Ctrl-C handler: {e}");
+        }
+    }
+    match run(&opts, &interrupted) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nbench e2e FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The results of one system.
+#[derive(Default)]
+struct Results {
+    name: String,
+    points: Vec<LoadResult>,
+}
+
+impl Results {
+    fn get(&self, op: &str, clients: u64) -> Option<&LoadResult> {
+        self.points
+            .iter()
+            .find(|r| r.op == op && r.clients == clients)
+    }
+}
+
+const READ_OPS: [&str; 2] = ["get", "get-serializable"];
+
+fn run(opts: &Options, interrupted: &AtomicBool) -> Result<(), String> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&opts.dir)
+        .map_err(|e| format!("cannot create {}: {e}", opts.dir.display()))?;
+    let etcd_version = if opts.vs_etcd {
+        Some(etcd::ensure_installed()?)
+    } else {
+        None
+    };
+    let bins = build_bins(
+        true,
+        &[
+            ("dengine-kv", "dengine-kv"),
+            ("dengine-loadgen", "dengine-loadgen"),
+        ],
+    )?;
+    let (server, loadgen_bin) = (bins[0].clone(), bins[1].clone());
+    println!("bench e2e, {}", now_utc());
+    for line in machine::describe(&opts.dir) {
+        println!("  {line}");
+    }
+    let points = opts.clients.len() + 2 * opts.read_clients.len();
+    println!(
+        "  {points} points per system, each {} s warm-up + {} s measured; 16-byte keys \
+         ({} of them), 256-byte values; clients spread round-robin over all 3 members",
+        opts.warmup, opts.seconds, opts.keys
+    );
+
+    // dengine first, then etcd: never both at once.
+    let mut all = Vec::new();
+    {
+        println!("\n== dengine-kv: 3 members, default settings (redb, fsync before ack)");
+        let mut cluster = Cluster::new_in(server, &opts.dir, "e2e")?;
+        for id in 1..=NODES {
+            cluster.start(id)?;
+        }
+        let run = wait_until("a leader", Duration::from_secs(30), interrupted, || {
+            cluster.leader()
+        })
+        .and_then(|_| {
+            run_points(
+                "dengine",
+                &loadgen_bin,
+                &cluster.endpoints(),
+                opts,
+                interrupted,
+            )
+        });
+        match run {
+            Ok(r) => all.push(r),
+            Err(e) => {
+                if !interrupted.load(Ordering::SeqCst) {
+                    cluster.keep_dir = true;
+                    print_log_tails(&cluster.dir);
+                }
+                return Err(e);
+            }
+        }
+        cluster.stop_all();
+    }
+    if let Some(version) = &etcd_version {
+        println!("\n== etcd: 3 members, default settings ({version})");
+        let mut cluster = EtcdCluster::start(&opts.dir, interrupted)?;
+        match run_points(
+            "etcd",
+            &loadgen_bin,
+            &cluster.endpoints(),
+            opts,
+            interrupted,
+        ) {
+            Ok(r) => all.push(r),
+            Err(e) => {
+                if !interrupted.load(Ordering::SeqCst) {
+                    cluster.keep_dir = true;
+                    eprintln!("etcd's logs are in {}", cluster.dir().display());
+                }
+                return Err(e);
+            }
+        }
+        cluster.stop_all();
+    }
+
+    println!("\n### Durable writes (put)\n");
+    print!("{}", write_table(&all, &opts.clients));
+    if !opts.read_clients.is_empty() {
+        println!("\n### Reads (range of one key)\n");
+        print!("{}", read_table(&all, &opts.read_clients));
+    }
+    if all.len() == 2 {
+        println!();
+        for line in verdicts(&all[0], &all[1]) {
+            println!("{line}");
+        }
+    }
+    write_chart(&all, &opts.chart, etcd_version.as_deref())?;
+    println!(
+        "\nchart: {}\nbench e2e done in {:.0} s; every process it started is stopped.",
+        opts.chart.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Every point against one system: writes, then (after a preload) linearizable and
+/// serializable reads.
+fn run_points(
+    name: &str,
+    bin: &Path,
+    endpoints: &[String],
+    opts: &Options,
+    interrupted: &AtomicBool,
+) -> Result<Results, String> {
+    let mut results = Results {
+        name: name.to_string(),
+        points: Vec::new(),
+    };
+    let mut plan: Vec<(&str, u64)> = opts.clients.iter().map(|&c| ("put", c)).collect();
+    for op in READ_OPS {
+        plan.extend(opts.read_clients.iter().map(|&c| (op, c)));
+    }
+    let mut preloaded = false;
+    for (op, clients) in plan {
+        let mut args: Vec<String> = vec![
+            "--endpoints".into(),
+            endpoints.join(","),
+            "--op".into(),
+            op.into(),
+            "--clients".into(),
+            clients.to_string(),
+            "--keys".into(),
+            opts.keys.to_string(),
+            "--seconds".into(),
+            opts.seconds.to_string(),
+            "--warmup".into(),
+            opts.warmup.to_string(),
+            "--report-every".into(),
+            "1".into(),
+        ];
+        if let Some(c) = opts.conns {
+            args.extend(["--conns".into(), c.min(clients).to_string()]);
+        }
+        if op != "put" && !preloaded {
+            args.push("--preload".into());
+            preloaded = true;
+        }
+        let t = Instant::now();
+        let r = loadgen::run(bin, &args, interrupted, |_| {})?;
+        println!(
+            "  {name:<7} {op:<16} {clients:>4} clients: {:>9.0} ops/s  p50 {:>7.2} ms  \
+             p99 {:>7.2} ms  p99.9 {:>7.2} ms  errors {}  ({:.0} s)",
+            r.throughput,
+            r.p50_us / 1000.0,
+            r.p99_us / 1000.0,
+            r.p999_us / 1000.0,
+            r.errors,
+            t.elapsed().as_secs_f64()
+        );
+        results.points.push(r);
+    }
+    Ok(results)
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.2}", us / 1000.0)
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}x", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+fn thousands(v: f64) -> String {
+    let n = v.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// The write table: per client count, each system's put/s and latencies, and the ratios
+/// (dengine / etcd; for latencies below 1 is better).
+fn write_table(all: &[Results], clients: &[u64]) -> String {
+    let mut t = String::new();
+    let two = all.len() == 2;
+    let names: Vec<&str> = all.iter().map(|r| r.name.as_str()).collect();
+    let mut header = vec!["clients".to_string()];
+    for metric in ["put/s", "p50 ms", "p99 ms", "p99.9 ms"] {
+        for n in &names {
+            header.push(format!("{n} {metric}"));
+        }
+        if two {
+            header.push("ratio".into());
+        }
+    }
+    t.push_str(&format!("| {} |\n", header.join(" | ")));
+    t.push_str(&format!("|{}\n", "---:|".repeat(header.len())));
+    for &c in clients {
+        let mut row = vec![c.to_string()];
+        type Field = fn(&LoadResult) -> f64;
+        let fields: [(Field, bool); 4] = [
+            (|r| r.throughput, false),
+            (|r| r.p50_us, true),
+            (|r| r.p99_us, true),
+            (|r| r.p999_us, true),
+        ];
+        for (field, is_latency) in fields {
+            let values: Vec<Option<f64>> = all.iter().map(|r| r.get("put", c).map(field)).collect();
+            for v in &values {
+                row.push(match v {
+                    Some(v) if is_latency => ms(*v),
+                    Some(v) => thousands(*v),
+                    None => "-".into(),
+                });
+            }
+            if two {
+                row.push(match (values[0], values[1]) {
+                    (Some(a), Some(b)) => ratio(a, b),
+                    _ => "-".into(),
+                });
+            }
+        }
+        t.push_str(&format!("| {} |\n", row.join(" | ")));
+    }
+    t
+}
+
+/// The read table: one row per read kind and client count.
+fn read_table(all: &[Results], clients: &[u64]) -> String {
+    let mut t = String::new();
+    let two = all.len() == 2;
+    let mut header = vec!["read".to_string(), "clients".to_string()];
+    for metric in ["reads/s", "p50 ms", "p99 ms"] {
+        for r in all {
+            header.push(format!("{} {metric}", r.name));
+        }
+        if two {
+            header.push("ratio".into());
+        }
+    }
+    t.push_str(&format!("| {} |\n", header.join(" | ")));
+    t.push_str(&format!("|---|{}\n", "---:|".repeat(header.len() - 1)));
+    for op in READ_OPS {
+        let kind = if op == "get" {
+            "linearizable"
+        } else {
+            "serializable"
+        };
+        for &c in clients {
+            let mut row = vec![kind.to_string(), c.to_string()];
+            type Field = fn(&LoadResult) -> f64;
+            let fields: [(Field, bool); 3] = [
+                (|r| r.throughput, false),
+                (|r| r.p50_us, true),
+                (|r| r.p99_us, true),
+            ];
+            for (field, is_latency) in fields {
+                let values: Vec<Option<f64>> =
+                    all.iter().map(|r| r.get(op, c).map(field)).collect();
+                for v in &values {
+                    row.push(match v {
+                        Some(v) if is_latency => ms(*v),
+                        Some(v) => thousands(*v),
+                        None => "-".into(),
+                    });
+                }
+                if two {
+                    row.push(match (values[0], values[1]) {
+                        (Some(a), Some(b)) => ratio(a, b),
+                        _ => "-".into(),
+                    });
+                }
+            }
+            t.push_str(&format!("| {} |\n", row.join(" | ")));
+        }
+    }
+    t
+}
+
+/// The benchmark issue's targets, each met or not, with the measured figures.
+fn verdicts(dengine: &Results, etcd: &Results) -> Vec<String> {
+    let mut out = vec!["targets (dengine vs etcd, this run):".to_string()];
+    let mark = |ok: bool| if ok { "met" } else { "NOT met" };
+    for c in [64, 256] {
+        if let (Some(d), Some(e)) = (dengine.get("put", c), etcd.get("put", c)) {
+            let x = d.throughput / e.throughput.max(1e-9);
+            out.push(format!(
+                "  writes at {c} clients >= 3x etcd's throughput: {x:.2}x, {}",
+                mark(x >= 3.0)
+            ));
+            out.push(format!(
+                "  writes at {c} clients p99 no worse than etcd's: {} vs {} ms, {}",
+                ms(d.p99_us),
+                ms(e.p99_us),
+                mark(d.p99_us <= e.p99_us)
+            ));
+        }
+    }
+    if let (Some(d), Some(e)) = (dengine.get("put", 1), etcd.get("put", 1)) {
+        out.push(format!(
+            "  single-client write p50 <= half of etcd's: {} vs {} ms, {}",
+            ms(d.p50_us),
+            ms(e.p50_us),
+            mark(d.p50_us * 2.0 <= e.p50_us)
+        ));
+    }
+    if let (Some(d), Some(e)) = (dengine.get("get", 64), etcd.get("get", 64)) {
+        let x = d.throughput / e.throughput.max(1e-9);
+        out.push(format!(
+            "  linearizable reads at 64 clients >= 2x etcd's: {x:.2}x, {}",
+            mark(x >= 2.0)
+        ));
+    }
+    out
+}
+
+fn write_chart(all: &[Results], path: &Path, etcd_version: Option<&str>) -> Result<(), String> {
+    let colors = ["#1f77b4", "#d62728"];
+    let series: Vec<Series> = all
+        .iter()
+        .zip(colors)
+        .map(|(r, color)| Series {
+            name: if r.name == "etcd" {
+                etcd_version
+                    .and_then(|v| v.split_whitespace().last())
+                    .map_or("etcd".into(), |v| format!("etcd {v}"))
+            } else {
+                "dengine-kv".into()
+            },
+            color,
+            points: r
+                .points
+                .iter()
+                .filter(|p| p.op == "put")
+                .map(|p| (p.clients, p.throughput, p.p99_us / 1000.0))
+                .collect(),
+        })
+        .collect();
+    let svg = chart::render(
+        "Durable writes, 3 members on loopback: dengine-kv vs etcd",
+        &series,
+    );
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    std::fs::write(path, svg).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The current UTC time as `YYYY-MM-DD HH:MM UTC` (from `date`, which every Unix has).
+pub(crate) fn now_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(text: &str) -> Vec<String> {
+        text.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn options() {
+        let o = parse(&[]).unwrap();
+        assert!(!o.vs_etcd);
+        assert_eq!(o.clients, vec![1, 16, 64, 256]);
+        assert_eq!((o.seconds, o.warmup), (10.0, 2.0));
+        let o = parse(&args(
+            "--vs-etcd --seconds 3 --warmup 0.5 --clients 1,64 --no-reads --dir /x --chart c.svg",
+        ))
+        .unwrap();
+        assert!(o.vs_etcd);
+        assert_eq!((o.seconds, o.warmup), (3.0, 0.5));
+        assert_eq!(o.clients, vec![1, 64]);
+        assert!(o.read_clients.is_empty());
+        assert_eq!(o.dir, PathBuf::from("/x"));
+        assert_eq!(o.chart, PathBuf::from("c.svg"));
+        for bad in [
+            "--clients 1,x",
+            "--clients 0",
+            "--seconds 0",
+            "--seconds",
+            "--what",
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    fn point(op: &str, clients: u64, throughput: f64, p99_us: f64) -> LoadResult {
+        LoadResult {
+            op: op.into(),
+            clients,
+            throughput,
+            p50_us: p99_us / 4.0,
+            p99_us,
+            p999_us: p99_us * 2.0,
+            ..LoadResult::default()
+        }
+    }
+
+    #[test]
+    fn tables_show_ratios() {
+        let all = vec![
+            Results {
+                name: "dengine".into(),
+                points: vec![
+                    point("put", 64, 30000.0, 5000.0),
+                    point("get", 64, 8000.0, 1000.0),
+                ],
+            },
+            Results {
+                name: "etcd".into(),
+                points: vec![
+                    point("put", 64, 6000.0, 26000.0),
+                    point("get", 64, 4000.0, 2000.0),
+                ],
+            },
+        ];
+        let w = write_table(&all, &[64]);
+        assert!(w.contains("| 64 | 30,000 | 6,000 | 5.00x |"), "{w}");
+        assert!(w.contains("| 5.00 | 26.00 | 0.19x |"), "{w}");
+        let r = read_table(&all, &[64]);
+        assert!(
+            r.contains("| linearizable | 64 | 8,000 | 4,000 | 2.00x |"),
+            "{r}"
+        );
+        assert!(r.contains("| serializable | 64 | - | - | - |"), "{r}");
+        let v = verdicts(&all[0], &all[1]).join("\n");
+        assert!(
+            v.contains("at 64 clients >= 3x etcd's throughput: 5.00x, met"),
+            "{v}"
+        );
+        assert!(
+            v.contains("reads at 64 clients >= 2x etcd's: 2.00x, met"),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1234567.0), "1,234,567");
+    }
+}
