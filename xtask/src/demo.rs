@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::workspace_root;
+use crate::{built_binary, cargo_build};
 
 const NODES: u64 = 3;
 const KEYS: usize = 50;
@@ -245,39 +245,11 @@ pub(crate) fn cluster_demo(args: &[String]) -> ExitCode {
 }
 
 fn build_server(release: bool) -> Result<PathBuf, String> {
-    let root = workspace_root();
     let profile = if release { " --release" } else { "" };
     println!("building the example KV server (cargo build -p dengine-kv{profile}) ...");
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args([
-        "build",
-        "--quiet",
-        "-p",
-        "dengine-kv",
-        "--bin",
-        "dengine-kv",
-    ]);
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd
-        .current_dir(&root)
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err("building dengine-kv failed (see the compiler output above)".into());
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target
-        .join(if release { "release" } else { "debug" })
-        .join("dengine-kv");
-    if bin.exists() {
-        Ok(bin)
-    } else {
-        Err(format!("built, but {} does not exist", bin.display()))
-    }
+    let target = ["-p", "dengine-kv", "--bin", "dengine-kv"];
+    cargo_build(release, &target, "dengine-kv")?;
+    built_binary(release, "dengine-kv")
 }
 
 fn run(keep_running: bool, interrupted: &AtomicBool) -> Result<(), String> {
