@@ -41,7 +41,8 @@ options:
                        lost acknowledged write), to prove the harness catches a known bug
   --keep               keep the run directory (history, node logs, data) of passing runs too
   --dir DIR            where run directories go (default: the system temp directory)
-  --cleanup            remove leftovers of killed runs (processes, namespaces, links) and exit";
+  --cleanup            remove leftovers of killed runs (processes, namespaces, links, and run
+                       directories in the temp directory whose driver is gone) and exit";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -59,7 +60,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if args.iter().any(|a| a == "--cleanup") {
-        let removed = topology::cleanup_leftovers();
+        let mut removed = topology::cleanup_leftovers();
+        removed.extend(run::remove_orphaned_run_dirs(&std::env::temp_dir()));
         if removed.is_empty() {
             println!("chaos --cleanup: nothing left behind");
         } else {

@@ -104,7 +104,11 @@ pub(crate) async fn run_seed(options: &Options, seed: u64, interrupted: &AtomicB
     );
     let started = Instant::now();
     let verdict = match Network::create(options.nodes) {
-        Err(e) => Verdict::Error(e),
+        Err(e) => {
+            // Nothing ran: nothing to keep.
+            let _ = std::fs::remove_dir_all(&dir);
+            return Verdict::Error(e);
+        }
         Ok(net) => {
             let mut c = Cluster::new(
                 options.server_bin.clone(),
@@ -136,6 +140,30 @@ pub(crate) async fn run_seed(options: &Options, seed: u64, interrupted: &AtomicB
         started.elapsed().as_secs_f64()
     );
     verdict
+}
+
+/// Removes run directories (`dengine-chaos-<pid>-seed<N>` in `parent`) whose driver process
+/// no longer exists: what a killed run left. Returns what it removed.
+pub(crate) fn remove_orphaned_run_dirs(parent: &std::path::Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("dengine-chaos-")
+            .and_then(|rest| rest.split_once("-seed"))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed.push(format!("directory {}", entry.path().display()));
+        }
+    }
+    removed
 }
 
 /// What a running fault needs undone at its heal.
@@ -648,9 +676,14 @@ async fn drive(
         println!("    {l}");
     }
     if let Check::NotLinearizable(v) = &check {
+        // The explanation's end says what could not be linearized; the whole of it (every
+        // operation on the key, the longest linearizable prefix) goes to violation.txt.
         let text = v.to_string();
-        let shown: Vec<&str> = text.lines().take(40).collect();
-        println!("  violation:\n{}", shown.join("\n"));
+        let lines: Vec<&str> = text.lines().collect();
+        println!(
+            "  violation (the end of it; all of it in violation.txt):\n{}",
+            lines[lines.len().saturating_sub(8)..].join("\n")
+        );
         let _ = std::fs::write(dir.join("violation.txt"), text);
     }
     for e in &crashed {
