@@ -241,12 +241,17 @@ pub(crate) fn wait_until<T>(
 
 /// Builds the example KV server; the path of its binary.
 pub(crate) fn build_server(release: bool) -> Result<PathBuf, String> {
-    let bins = build_bins(release, &[("dengine-kv", "dengine-kv")])?;
+    let bins = build_bins(release, &[("dengine-kv", "dengine-kv")], &[])?;
     Ok(bins.into_iter().next().unwrap_or_default())
 }
 
-/// Builds the binaries `(package, bin)` with one cargo invocation; their paths, in order.
-pub(crate) fn build_bins(release: bool, bins: &[(&str, &str)]) -> Result<Vec<PathBuf>, String> {
+/// Builds the binaries `(package, bin)` with one cargo invocation (plus `extra` arguments,
+/// e.g. `--features`), so they share one build of the workspace; their paths, in order.
+pub(crate) fn build_bins(
+    release: bool,
+    bins: &[(&str, &str)],
+    extra: &[&str],
+) -> Result<Vec<PathBuf>, String> {
     let root = workspace_root();
     let profile = if release { " --release" } else { "" };
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -254,6 +259,7 @@ pub(crate) fn build_bins(release: bool, bins: &[(&str, &str)]) -> Result<Vec<Pat
     for (package, bin) in bins {
         cmd.args(["-p", package, "--bin", bin]);
     }
+    cmd.args(extra);
     if release {
         cmd.arg("--release");
     }

@@ -155,6 +155,7 @@ fn run(opts: &Options, interrupted: &AtomicBool) -> Result<(), String> {
             ("dengine-kv", "dengine-kv"),
             ("dengine-loadgen", "dengine-loadgen"),
         ],
+        &[],
     )?;
     let (server, loadgen_bin) = (bins[0].clone(), bins[1].clone());
     println!("bench e2e, {}", now_utc());

@@ -8,7 +8,10 @@
 //!   catch-up, then everything stopped (see `demo.rs`).
 //! - `bench ...`: the benchmarks of `docs/benchmarks.md`; `bench e2e` (`e2e.rs`) and
 //!   `bench soak` (`soak.rs`) drive real clusters with `dengine-loadgen` (tools/loadgen).
+//! - `chaos`: the real-process chaos harness (`tools/chaos`) in network namespaces, with the
+//!   server built with its `fault-injection` feature (see `chaos.rs`).
 
+mod chaos;
 mod chart;
 mod cluster;
 mod demo;
@@ -62,7 +65,19 @@ commands:
                  build the example KV server, start 3 nodes on loopback, write keys,
                  SIGKILL the leader, time the failover, check nothing was lost, restart
                  the killed node and show it caught up, then stop everything
-                 (--keep-running: leave the cluster up and print etcdctl commands)";
+                 (--keep-running: leave the cluster up and print etcdctl commands)
+  chaos [--seeds 1,2,3] [--seconds 60] [--nodes 5] [--clients 5] [--keys 8]
+        [--nemesis all|kill-majority] [--bug fsync-off] [--expect-failure] [--keep]
+                 real dengine-kv processes (release, fault-injection build) in Linux
+                 network namespaces under a seeded nemesis: nft partitions (leader
+                 isolated, majority/minority, bridge, one-way), SIGKILL, SIGSTOP pauses,
+                 membership churn, leader transfers, message delay; concurrent etcd-API
+                 clients; the history is checked for linearizability and lost
+                 acknowledged writes after a final heal. Needs root, ip and nft.
+                 --bug fsync-off: storage.fsync = false and SIGKILL of majorities, which
+                 must lose acknowledged writes (with --expect-failure: pass if caught)
+  chaos --cleanup
+                 remove namespaces, links and processes a killed chaos run left behind";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -71,6 +86,7 @@ fn main() -> ExitCode {
         Some("sim") => sim(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("cluster-demo") => demo::cluster_demo(&args[1..]),
+        Some("chaos") => chaos::chaos(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS

@@ -125,6 +125,7 @@ fn run(opts: &Options, interrupted: &AtomicBool) -> Result<bool, String> {
             ("dengine-kv", "dengine-kv"),
             ("dengine-loadgen", "dengine-loadgen"),
         ],
+        &[],
     )?;
     println!("bench soak, {}", now_utc());
     for line in machine::describe(&opts.dir) {

@@ -117,6 +117,25 @@ where
     M: StateMachine,
     F: FnOnce(&Node, Routes) -> Routes,
 {
+    start_with_transport(settings, state_machine, |grpc| grpc, add).await
+}
+
+/// [`start_with`], sending the node's peer messages through `wrap(grpc)` instead of the gRPC
+/// transport itself: for a transport wrapper such as
+/// [`FaultyTransport`](dengine_net_grpc::fault::FaultyTransport) in fault-injection tests. The
+/// server side (what the node receives) is the gRPC transport's, unchanged.
+pub async fn start_with_transport<M, F, T, W>(
+    settings: Settings,
+    state_machine: M,
+    wrap: W,
+    add: F,
+) -> Result<Running, StartNodeError>
+where
+    M: StateMachine,
+    F: FnOnce(&Node, Routes) -> Routes,
+    T: dengine_core::Transport,
+    W: FnOnce(GrpcTransport) -> T,
+{
     settings.validate()?;
     let addr: SocketAddr = settings
         .node
@@ -140,7 +159,7 @@ where
     let node = NodeBuilder::new(settings)
         .log_store(store)
         .state_machine(state_machine)
-        .transport(transport.clone())
+        .transport(wrap(transport.clone()))
         .snapshot_dir(data_dir.join("snapshots"))
         .start_or_bootstrap()
         .await?;

@@ -4,6 +4,9 @@
 //! One port per member serves everything: the etcd v3 API for clients, the Raft peer service,
 //! dengine's admin service and write forwarding between members.
 
+#[cfg(feature = "fault-injection")]
+mod fault_control;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -102,6 +105,11 @@ struct ServeArgs {
     /// Log filter (RUST_LOG wins when set), e.g. info or dengine_node=debug.
     #[arg(long, default_value = "info")]
     log: String,
+    /// Chaos-harness hook: send peer messages through a fault-injecting wrapper controlled by
+    /// FILE (see `fault_control.rs`). Only in builds with the `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, value_name = "FILE", hide = true)]
+    fault_control: Option<PathBuf>,
 }
 
 fn parse_members(text: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -148,6 +156,19 @@ fn settings(args: &ServeArgs) -> Result<Settings, String> {
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let settings = settings(&args)?;
+    #[cfg(feature = "fault-injection")]
+    let member = match &args.fault_control {
+        Some(file) => {
+            let seed = settings.node.id;
+            let (member, handle) = Member::start_faulty(settings, seed)
+                .await
+                .map_err(|e| e.to_string())?;
+            fault_control::spawn_poller(file.clone(), handle);
+            member
+        }
+        None => Member::start(settings).await.map_err(|e| e.to_string())?,
+    };
+    #[cfg(not(feature = "fault-injection"))]
     let member = Member::start(settings).await.map_err(|e| e.to_string())?;
     let _ = observability::init_logging(&args.log);
     tracing::info!(

@@ -46,6 +46,41 @@ impl Member {
         Ok(Member { running, hub })
     }
 
+    /// [`start`](Member::start), sending peer messages through a
+    /// [`FaultyTransport`](dengine_net_grpc::fault::FaultyTransport) whose faults the returned
+    /// handle changes (`seed` makes its random choices repeatable). For the chaos harness.
+    #[cfg(feature = "fault-injection")]
+    pub async fn start_faulty(
+        settings: Settings,
+        seed: u64,
+    ) -> Result<(Member, dengine_net_grpc::fault::FaultHandle), MemberError> {
+        use dengine_net_grpc::fault::FaultyTransport;
+        let hub = WatchHub::default();
+        let cluster_id = settings.node.cluster_id;
+        let services_hub = hub.clone();
+        let mut handle = None;
+        let running = dengine::start_with_transport(
+            settings,
+            KvStateMachine::new(hub.clone()),
+            |grpc| {
+                let faulty = FaultyTransport::new(grpc, seed);
+                handle = Some(faulty.handle());
+                faulty
+            },
+            move |node, routes| {
+                let backend = NodeBackend::new(node.clone(), cluster_id);
+                let routes = routes.add_service(backend.forward_service());
+                add_kv_services(routes, Arc::new(backend), services_hub, KvConfig::default())
+            },
+        )
+        .await?;
+        let member = Member { running, hub };
+        match handle {
+            Some(handle) => Ok((member, handle)),
+            None => unreachable!("start_with_transport calls wrap before it returns Ok"),
+        }
+    }
+
     /// The dengine node.
     pub fn node(&self) -> &Node {
         self.running.node()

@@ -1,0 +1,318 @@
+//! The `dengine-kv` processes, one per host namespace, and the RPCs the nemesis and the final
+//! phase need (status, leader transfer, member add and remove).
+//!
+//! Every process is started with `ip netns exec`, which `exec`s the server in place: the
+//! child's pid is the server's, so SIGKILL, SIGSTOP and SIGCONT reach it directly. The
+//! [`Cluster`]'s `Drop` kills whatever still runs, so an error or a panic leaves nothing.
+
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dengine_kv::proto::etcdserverpb::cluster_client::ClusterClient;
+use dengine_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use dengine_kv::proto::etcdserverpb::{MemberAddRequest, MemberRemoveRequest, StatusRequest};
+use dengine_net_grpc::admin_pb::NodeRequest;
+use dengine_net_grpc::admin_pb::admin_client::AdminClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::topology::{addr, netns};
+
+/// The port every member listens on (in its own namespace).
+pub(crate) const PORT: u16 = 2379;
+
+/// The client URL of host `host`.
+pub(crate) fn url(host: usize) -> String {
+    format!("http://{}:{PORT}", addr(host))
+}
+
+/// Connects to host `host` with `timeout` for the connection and each request.
+pub(crate) async fn connect(host: usize, timeout: Duration) -> Result<Channel, String> {
+    Endpoint::from_shared(url(host))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to host {host}: {e}"))
+}
+
+/// One host: its member id (`None` while removed from the cluster) and process.
+#[derive(Debug)]
+pub(crate) struct Host {
+    /// The member id it runs as; a host that comes back after membership churn gets a new one.
+    pub(crate) id: Option<u64>,
+    child: Option<Child>,
+    /// Stopped with SIGSTOP.
+    pub(crate) paused: bool,
+    /// Still the member it was at the bootstrap (not re-added by membership churn): only
+    /// such a host is started with the initial members; the others join or restart.
+    original: bool,
+}
+
+/// Every host's process, killed on drop.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    hosts: Vec<Host>,
+    fsync: bool,
+    initial_members: String,
+    /// Processes that exited on their own (a fatal error in the node), with their status.
+    pub(crate) crashed: Vec<String>,
+}
+
+impl Cluster {
+    /// `hosts` members with ids `1..=hosts`, data and logs under `dir`; nothing started.
+    pub(crate) fn new(bin: PathBuf, dir: PathBuf, hosts: usize, fsync: bool) -> Cluster {
+        let initial_members = (1..=hosts)
+            .map(|h| format!("{h}={}:{PORT}", addr(h)))
+            .collect::<Vec<_>>()
+            .join(",");
+        Cluster {
+            bin,
+            dir,
+            hosts: (1..=hosts)
+                .map(|h| Host {
+                    id: Some(h as u64),
+                    child: None,
+                    paused: false,
+                    original: true,
+                })
+                .collect(),
+            fsync,
+            initial_members,
+            crashed: Vec::new(),
+        }
+    }
+
+    /// The number of hosts.
+    pub(crate) fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Host `host` (1-based).
+    pub(crate) fn host(&self, host: usize) -> &Host {
+        &self.hosts[host - 1]
+    }
+
+    fn data_dir(&self, host: usize) -> PathBuf {
+        self.dir.join(format!("data-{host}"))
+    }
+
+    /// The file whose content sets host `host`'s message faults (see dengine-kv's
+    /// `fault_control.rs`).
+    pub(crate) fn fault_file(&self, host: usize) -> PathBuf {
+        self.dir.join(format!("faults-{host}"))
+    }
+
+    /// Starts host `host` as its current member id: bootstrapping with the initial members
+    /// the first time, from its data directory after a kill, or empty in join mode after
+    /// membership churn (`join`).
+    pub(crate) fn start(&mut self, host: usize, join: bool) -> Result<(), String> {
+        let Some(id) = self.hosts[host - 1].id else {
+            return Err(format!("host {host} is not a member"));
+        };
+        if self.hosts[host - 1].child.is_some() {
+            return Ok(());
+        }
+        let log_path = self.dir.join(format!("node-{host}.log"));
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &netns(host)])
+            .arg(&self.bin)
+            .args(["serve", "--id", &id.to_string()])
+            .args(["--listen", &format!("{}:{PORT}", addr(host))])
+            .arg("--data-dir")
+            .arg(self.data_dir(host))
+            .arg("--fault-control")
+            .arg(self.fault_file(host))
+            .args(["--log", "info"]);
+        if !join && self.hosts[host - 1].original {
+            cmd.args(["--initial-members", &self.initial_members]);
+        }
+        if !self.fsync {
+            cmd.env("DENGINE_STORAGE__FSYNC", "false");
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
+        let h = &mut self.hosts[host - 1];
+        h.child = Some(child);
+        h.paused = false;
+        Ok(())
+    }
+
+    /// Whether host `host`'s process runs (paused or not).
+    pub(crate) fn is_running(&self, host: usize) -> bool {
+        self.hosts[host - 1].child.is_some()
+    }
+
+    /// Hosts whose process runs and is not paused.
+    pub(crate) fn live(&self) -> Vec<usize> {
+        (1..=self.len())
+            .filter(|&h| self.hosts[h - 1].child.is_some() && !self.hosts[h - 1].paused)
+            .collect()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub(crate) fn kill(&mut self, host: usize) {
+        let h = &mut self.hosts[host - 1];
+        if let Some(mut child) = h.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        h.paused = false;
+    }
+
+    /// SIGSTOP (`stop = true`) or SIGCONT.
+    pub(crate) fn signal_pause(&mut self, host: usize, stop: bool) -> Result<(), String> {
+        let h = &mut self.hosts[host - 1];
+        let Some(child) = &h.child else {
+            return Err(format!("host {host} is not running"));
+        };
+        let sig = if stop { "-STOP" } else { "-CONT" };
+        crate::topology::run("kill", &[sig, &child.id().to_string()])?;
+        h.paused = stop;
+        Ok(())
+    }
+
+    /// Removes host `host`'s data directory (it must not run).
+    pub(crate) fn wipe(&mut self, host: usize) -> Result<(), String> {
+        let dir = self.data_dir(host);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot wipe {}: {e}", dir.display())),
+        }
+    }
+
+    /// Sets host `host`'s member id (`None`: removed).
+    pub(crate) fn set_id(&mut self, host: usize, id: Option<u64>) {
+        self.hosts[host - 1].id = id;
+        self.hosts[host - 1].original = false;
+    }
+
+    /// Notes processes that exited without being killed (a node stopping on a fatal error is
+    /// a finding of its own).
+    pub(crate) fn reap(&mut self) {
+        for (i, h) in self.hosts.iter_mut().enumerate() {
+            if let Some(child) = &mut h.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.crashed.push(format!(
+                    "host {} (member {:?}) exited: {status}",
+                    i + 1,
+                    h.id
+                ));
+                h.child = None;
+                h.paused = false;
+            }
+        }
+    }
+
+    /// Kills every process.
+    pub(crate) fn kill_all(&mut self) {
+        for host in 1..=self.len() {
+            self.kill(host);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// What one member says about itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MemberStatus {
+    /// Its member id.
+    pub(crate) id: u64,
+    /// The leader it knows (0: none).
+    pub(crate) leader: u64,
+    /// Its commit index.
+    pub(crate) commit: u64,
+    /// Its applied index.
+    pub(crate) applied: u64,
+}
+
+/// The etcd `Status` of host `host`.
+pub(crate) async fn status(host: usize) -> Result<MemberStatus, String> {
+    let t = Duration::from_millis(500);
+    let s = MaintenanceClient::new(connect(host, t).await?)
+        .status(StatusRequest {})
+        .await
+        .map_err(|e| format!("status of host {host}: {}", e.message()))?
+        .into_inner();
+    Ok(MemberStatus {
+        id: s.header.map_or(0, |h| h.member_id),
+        leader: s.leader,
+        commit: s.raft_index,
+        applied: s.raft_applied_index,
+    })
+}
+
+/// The host that leads now, as the leader itself says, among `hosts`.
+pub(crate) async fn leader(hosts: &[usize]) -> Option<(usize, MemberStatus)> {
+    for &h in hosts {
+        if let Ok(s) = status(h).await
+            && s.leader != 0
+            && s.leader == s.id
+        {
+            return Some((h, s));
+        }
+    }
+    None
+}
+
+/// Asks the leader on `host` to hand leadership to member `to`.
+pub(crate) async fn transfer_leader(host: usize, to: u64) -> Result<(), String> {
+    AdminClient::new(connect(host, Duration::from_secs(3)).await?)
+        .transfer_leader(NodeRequest { id: to })
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("transfer to {to}: {}", e.message()))
+}
+
+/// etcd `MemberRemove` of member `id`, sent to `leader_host`.
+pub(crate) async fn member_remove(leader_host: usize, id: u64) -> Result<(), String> {
+    ClusterClient::new(connect(leader_host, Duration::from_secs(5)).await?)
+        .member_remove(MemberRemoveRequest { id })
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("member remove {id}: {}", e.message()))
+}
+
+/// etcd `MemberAdd` of host `host` as a voter, sent to `leader_host`; the new member id.
+pub(crate) async fn member_add(leader_host: usize, host: usize) -> Result<u64, String> {
+    let r = ClusterClient::new(connect(leader_host, Duration::from_secs(5)).await?)
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![url(host)],
+            is_learner: false,
+        })
+        .await
+        .map_err(|e| format!("member add of host {host}: {}", e.message()))?
+        .into_inner();
+    r.member
+        .map(|m| m.id)
+        .ok_or_else(|| format!("member add of host {host}: no member in the answer"))
+}
+
+/// `key` as the store's key bytes.
+pub(crate) fn key_bytes(key: u64) -> Bytes {
+    Bytes::from(format!("chaos/{key}"))
+}
