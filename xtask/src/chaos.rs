@@ -4,8 +4,6 @@
 //! passed on. The harness cleans up after itself; Ctrl-C is left to it (xtask waits).
 
 use std::process::{Command, ExitCode};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cluster::build_bins;
 
@@ -34,11 +32,7 @@ pub(crate) fn chaos(args: &[String]) -> ExitCode {
     };
     // Ctrl-C reaches the harness too (same process group); it stops and removes everything,
     // so xtask only waits for it instead of dying first.
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    }
+    let _interrupted = crate::interrupt_flag("chaos");
     let status = Command::new(harness)
         .arg("--server-bin")
         .arg(server)

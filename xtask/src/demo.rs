@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::Arc;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -20,13 +20,7 @@ pub(crate) fn cluster_demo(args: &[String]) -> ExitCode {
         eprintln!("cluster-demo: unknown option {bad:?} (the only option is --keep-running)");
         return ExitCode::FAILURE;
     }
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
-            eprintln!("cluster-demo: cannot install the Ctrl-C handler: {e}");
-        }
-    }
+    let interrupted = crate::interrupt_flag("cluster-demo");
     match run(keep_running, &interrupted) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -225,11 +219,7 @@ pub(crate) fn bench_failover(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    }
+    let interrupted = crate::interrupt_flag("bench failover");
     match failover_runs(runs, &interrupted) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -107,13 +107,7 @@ pub(crate) fn bench_e2e(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
-            eprintln!("bench e2e: cannot install the Ctrl-C handler: {e}");
-        }
-    }
+    let interrupted = crate::interrupt_flag("bench e2e");
     match run(&opts, &interrupted) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -347,32 +341,46 @@ fn write_table(all: &[Results], clients: &[u64]) -> String {
     t.push_str(&format!("|{}\n", "---:|".repeat(header.len())));
     for &c in clients {
         let mut row = vec![c.to_string()];
-        type Field = fn(&LoadResult) -> f64;
         let fields: [(Field, bool); 4] = [
             (|r| r.throughput, false),
             (|r| r.p50_us, true),
             (|r| r.p99_us, true),
             (|r| r.p999_us, true),
         ];
-        for (field, is_latency) in fields {
-            let values: Vec<Option<f64>> = all.iter().map(|r| r.get("put", c).map(field)).collect();
-            for v in &values {
-                row.push(match v {
-                    Some(v) if is_latency => ms(*v),
-                    Some(v) => thousands(*v),
-                    None => "-".into(),
-                });
-            }
-            if two {
-                row.push(match (values[0], values[1]) {
-                    (Some(a), Some(b)) => ratio(a, b),
-                    _ => "-".into(),
-                });
-            }
-        }
+        push_cells(&mut row, all, "put", c, &fields);
         t.push_str(&format!("| {} |\n", row.join(" | ")));
     }
     t
+}
+
+/// One figure of a [`LoadResult`], and whether it is a latency (printed in ms).
+type Field = fn(&LoadResult) -> f64;
+
+/// Appends, for each field, the figure of every system for `op` at `clients` (`-` where it
+/// was not measured), then the first-to-second ratio when two systems ran.
+fn push_cells(
+    row: &mut Vec<String>,
+    all: &[Results],
+    op: &str,
+    clients: u64,
+    fields: &[(Field, bool)],
+) {
+    for &(field, is_latency) in fields {
+        let values: Vec<Option<f64>> = all.iter().map(|r| r.get(op, clients).map(field)).collect();
+        for v in &values {
+            row.push(match v {
+                Some(v) if is_latency => ms(*v),
+                Some(v) => thousands(*v),
+                None => "-".into(),
+            });
+        }
+        if all.len() == 2 {
+            row.push(match (values[0], values[1]) {
+                (Some(a), Some(b)) => ratio(a, b),
+                _ => "-".into(),
+            });
+        }
+    }
 }
 
 /// The read table: one row per read kind and client count.
@@ -398,29 +406,12 @@ fn read_table(all: &[Results], clients: &[u64]) -> String {
         };
         for &c in clients {
             let mut row = vec![kind.to_string(), c.to_string()];
-            type Field = fn(&LoadResult) -> f64;
             let fields: [(Field, bool); 3] = [
                 (|r| r.throughput, false),
                 (|r| r.p50_us, true),
                 (|r| r.p99_us, true),
             ];
-            for (field, is_latency) in fields {
-                let values: Vec<Option<f64>> =
-                    all.iter().map(|r| r.get(op, c).map(field)).collect();
-                for v in &values {
-                    row.push(match v {
-                        Some(v) if is_latency => ms(*v),
-                        Some(v) => thousands(*v),
-                        None => "-".into(),
-                    });
-                }
-                if two {
-                    row.push(match (values[0], values[1]) {
-                        (Some(a), Some(b)) => ratio(a, b),
-                        _ => "-".into(),
-                    });
-                }
-            }
+            push_cells(&mut row, all, op, c, &fields);
             t.push_str(&format!("| {} |\n", row.join(" | ")));
         }
     }

@@ -192,6 +192,19 @@ fn bench(args: &[String]) -> ExitCode {
     }
 }
 
+/// A flag that Ctrl-C sets (instead of killing xtask), so a command can stop and remove what
+/// it started; `what` names the command if the handler cannot be installed.
+fn interrupt_flag(what: &str) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = interrupted.clone();
+    if let Err(e) =
+        ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst))
+    {
+        eprintln!("{what}: cannot install the Ctrl-C handler: {e}");
+    }
+    interrupted
+}
+
 /// `cargo run --release <target> -- <args>` in the workspace root; whether it succeeded.
 fn cargo_release_run(target: &[&str], args: &[String]) -> bool {
     let root = workspace_root();

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -84,13 +84,7 @@ pub(crate) fn bench_soak(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
-            eprintln!("bench soak: cannot install the Ctrl-C handler: {e}");
-        }
-    }
+    let interrupted = crate::interrupt_flag("bench soak");
     match run(&opts, &interrupted) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
