@@ -3,34 +3,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, Error, EventType, GetOptions, MemberAddOptions,
     PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
 };
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
-use dengine_kv::{KvConfig, LOCAL_CLUSTER_ID, LocalBackend, WatchConfig, WatchHub, kv_services};
+use dengine_kv::{LOCAL_CLUSTER_ID, WatchConfig};
+
+mod common;
 
 async fn start(config: WatchConfig) -> Client {
-    let hub = WatchHub::new(config);
-    let backend = Arc::new(
-        LocalBackend::new(hub.clone(), "http://127.0.0.1:2380")
-            .await
-            .unwrap(),
-    );
-    let routes = kv_services(backend, hub, KvConfig::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    Client::connect([format!("http://{addr}")], None)
+    Client::connect([common::serve_local(config).await], None)
         .await
         .unwrap()
 }

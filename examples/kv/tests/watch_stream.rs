@@ -4,37 +4,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
+use dengine_kv::WatchConfig;
 use dengine_kv::proto::etcdserverpb::{
     PutRequest, WatchCreateRequest, WatchRequest, WatchResponse, kv_client::KvClient,
     watch_client::WatchClient, watch_create_request::FilterType, watch_request::RequestUnion,
 };
-use dengine_kv::{KvConfig, LocalBackend, WatchConfig, WatchHub, kv_services};
+
+mod common;
 
 async fn start() -> String {
-    let hub = WatchHub::new(WatchConfig::default());
-    let backend = Arc::new(
-        LocalBackend::new(hub.clone(), "http://127.0.0.1:2380")
-            .await
-            .unwrap(),
-    );
-    let routes = kv_services(backend, hub, KvConfig::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    format!("http://{addr}")
+    common::serve_local(WatchConfig::default()).await
 }
 
 fn create(key: &str, watch_id: i64, filters: Vec<FilterType>) -> WatchRequest {

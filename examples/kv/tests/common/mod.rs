@@ -1,0 +1,27 @@
+//! A single-member dengine-kv server (`LocalBackend`) on a free loopback port, shared by the
+//! etcd API tests.
+
+use std::sync::Arc;
+
+use dengine_kv::{KvConfig, LocalBackend, WatchConfig, WatchHub, kv_services};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Starts the server in the background; its URL (`http://127.0.0.1:PORT`).
+pub(crate) async fn serve_local(config: WatchConfig) -> String {
+    let hub = WatchHub::new(config);
+    let backend = Arc::new(
+        LocalBackend::new(hub.clone(), "http://127.0.0.1:2380")
+            .await
+            .unwrap(),
+    );
+    let routes = kv_services(backend, hub, KvConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    format!("http://{addr}")
+}
