@@ -51,6 +51,12 @@ pub struct Config {
     /// Seed for the election-timeout jitter. The core has no randomness of its own: the same
     /// seed and inputs give the same outputs. Default 0 (mixed with `id`, so nodes differ).
     pub seed: u64,
+    /// Allow a membership change to add a node under an id the cluster had before
+    /// ([`Membership::highest_id`](crate::Membership::highest_id)). Raft itself permits that
+    /// only if the node kept its storage intact, which nothing can check; by default such a
+    /// change is refused and a returning node must take a new id. The simulator turns it on
+    /// to bring removed nodes back with their storage. Default `false`.
+    pub allow_node_id_reuse: bool,
 }
 
 impl Config {
@@ -70,6 +76,7 @@ impl Config {
             lease_drift_ticks: 2,
             snapshot_trailing_entries: 1024,
             seed: 0,
+            allow_node_id_reuse: false,
         }
     }
 

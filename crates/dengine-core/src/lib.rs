@@ -106,12 +106,13 @@ pub use raft::{
     TransferError,
 };
 pub use ready::{
-    FailedRead, PersistRequest, Persisted, ProposeError, ReadError, ReadMode, ReadState, Ready,
+    FailedRead, PeerRegression, PersistRequest, Persisted, ProposeError, ReadError, ReadMode,
+    ReadState, Ready,
 };
 pub use storage::{LogError, LogReader, MemoryLog};
 pub use store::{LogStore, StateMachine, StorageError, StoredState};
 pub use transport::{Inbox, InboxError, Transport, TransportError};
 pub use types::{
-    ENTRY_OVERHEAD_BYTES, Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId,
-    Role, SnapshotMeta, SoftState, Term,
+    ENTRY_OVERHEAD_BYTES, Entry, EntryId, EntryPayload, HardState, LogIndex, MAX_INDEX, MAX_TERM,
+    Membership, NodeId, Role, SnapshotMeta, SoftState, Term,
 };

@@ -5,7 +5,7 @@
 //! pre-vote responses are the exception: they carry the term the candidate *would* campaign in,
 //! and receiving them does not change anyone's term (thesis §9.6).
 
-use crate::types::{Entry, EntryId, LogIndex, NodeId, SnapshotMeta, Term};
+use crate::types::{Entry, EntryId, LogIndex, MAX_INDEX, MAX_TERM, NodeId, SnapshotMeta, Term};
 
 /// Identifies a read request chosen by the runtime; echoed back in the read's outcome.
 pub type ReadCtx = u64;
@@ -136,6 +136,12 @@ pub struct Heartbeat {
 pub struct HeartbeatResponse {
     /// The round being answered.
     pub round: u64,
+    /// Set when the follower's log ends (at this index) before the heartbeat's commit index.
+    /// The leader sends a follower a commit index only up to what that follower acknowledged
+    /// in this term, so this means the follower lost entries it had acknowledged: its storage
+    /// was wiped, damaged or rolled back. The leader then stops counting those entries for it
+    /// (see [`PeerRegression`](crate::PeerRegression)).
+    pub log_end: Option<LogIndex>,
 }
 
 /// A read forwarded from a follower to the leader.
@@ -187,5 +193,66 @@ impl MessageBody {
                 | MessageBody::HeartbeatResponse(_)
                 | MessageBody::ReadIndexResponse(_)
         )
+    }
+}
+
+impl Message {
+    /// The first number in this message that no legitimate peer sends, as (field, value);
+    /// `None` when the message is well-formed. `receiver_term` is the receiving node's term.
+    /// [`Raft::step`](crate::Raft::step) refuses such messages before they touch any state:
+    ///
+    /// * a term above [`MAX_TERM`] unless it is at most one above `receiver_term` (one
+    ///   election): one forged message can move a cluster to 2^62 at most, from where
+    ///   elections still go on one term at a time, so the next term is always representable;
+    /// * a term inside the message (of an entry, a last log entry, a conflict, a snapshot)
+    ///   above the message's own term: a node never holds entries of a term it has not seen;
+    /// * an index above [`MAX_INDEX`], so `index + 1` and `prev + entries` cannot overflow.
+    pub fn out_of_range(&self, receiver_term: Term) -> Option<(&'static str, u64)> {
+        if self.term > MAX_TERM && self.term > receiver_term.saturating_add(1) {
+            return Some(("term", self.term));
+        }
+        let own = self.term;
+        let term = |t: Term, what: &'static str| (t > own).then_some((what, t));
+        let index = |i: LogIndex, what: &'static str| (i > MAX_INDEX).then_some((what, i));
+        let id =
+            |e: EntryId, t: &'static str, i: &'static str| term(e.term, t).or(index(e.index, i));
+        match &self.body {
+            MessageBody::VoteRequest(r) => id(r.last_log, "last_log.term", "last_log.index"),
+            MessageBody::Append(r) => id(r.prev, "prev.term", "prev.index")
+                .or_else(|| index(r.commit, "commit"))
+                .or_else(|| {
+                    let count = r.entries.len() as u64;
+                    index(r.prev.index.saturating_add(count), "prev.index + entries")
+                })
+                .or_else(|| {
+                    r.entries
+                        .iter()
+                        .find_map(|e| id(e.id(), "entry.term", "entry.index"))
+                }),
+            MessageBody::AppendResponse(AppendResponse::Accepted { last }) => {
+                id(*last, "last.term", "last.index")
+            }
+            MessageBody::AppendResponse(AppendResponse::Rejected {
+                rejected_index,
+                hint,
+            }) => index(*rejected_index, "rejected_index").or_else(|| match *hint {
+                ConflictHint::LogTooShort { last_index } => index(last_index, "hint.last_index"),
+                ConflictHint::TermConflict {
+                    term: t,
+                    first_index,
+                } => term(t, "hint.term").or_else(|| index(first_index, "hint.first_index")),
+            }),
+            MessageBody::Heartbeat(hb) => index(hb.commit, "commit"),
+            MessageBody::HeartbeatResponse(r) => r.log_end.and_then(|i| index(i, "log_end")),
+            MessageBody::ReadIndexResponse(r) => r.index.and_then(|i| index(i, "index")),
+            MessageBody::InstallSnapshot(meta) => id(
+                meta.last_included,
+                "last_included.term",
+                "last_included.index",
+            ),
+            MessageBody::VoteResponse(_)
+            | MessageBody::ReadIndexRequest(_)
+            | MessageBody::TimeoutNow => None,
+        }
     }
 }

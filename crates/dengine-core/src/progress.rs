@@ -85,6 +85,10 @@ pub(crate) struct Progress {
     pub(crate) acked_round: u64,
     /// Highest commit index sent to the peer, to avoid redundant commit-only appends.
     pub(crate) sent_commit: LogIndex,
+    /// The last heartbeat round sent when the peer was last found to have lost entries it
+    /// had acknowledged; reports answering that round or earlier describe the state already
+    /// dealt with.
+    pub(crate) regressed_at_round: u64,
 }
 
 impl Progress {
@@ -98,7 +102,30 @@ impl Progress {
             recent_active: false,
             acked_round: 0,
             sent_commit: 0,
+            regressed_at_round: 0,
         }
+    }
+
+    /// The peer reports, in answer to heartbeat `round`, that its log ends at `log_end` —
+    /// below what it acknowledged. If that is news (`log_end` below `match_index`, and the
+    /// report answers a heartbeat sent after the last such finding), forget what it
+    /// acknowledged beyond `log_end` and probe from there; `current_round` is the last round
+    /// sent. Returns the match index that was forgotten.
+    pub(crate) fn regress(
+        &mut self,
+        log_end: LogIndex,
+        round: u64,
+        current_round: u64,
+    ) -> Option<LogIndex> {
+        if log_end >= self.match_index || round <= self.regressed_at_round {
+            return None;
+        }
+        let acknowledged = self.match_index;
+        self.match_index = log_end;
+        self.sent_commit = self.sent_commit.min(log_end);
+        self.regressed_at_round = current_round;
+        self.become_probe();
+        Some(acknowledged)
     }
 
     pub(crate) fn become_probe(&mut self) {
@@ -200,6 +227,23 @@ mod tests {
         p.inflights.free_to(3);
         assert!(!p.is_paused());
         assert_eq!(p.inflights.len(), 1);
+    }
+
+    #[test]
+    fn a_regression_is_taken_once_per_round_and_only_below_match() {
+        let mut p = Progress::new(1, 8);
+        p.maybe_update(10);
+        p.become_replicate();
+        assert_eq!(p.regress(10, 5, 5), None, "not below what it acknowledged");
+        assert_eq!(p.regress(3, 5, 7), Some(10));
+        assert_eq!((p.match_index, p.next_index), (3, 4));
+        assert_eq!(p.state, ReplicationState::Probe);
+        p.maybe_update(10);
+        // Answers to heartbeats sent before the reset (rounds <= 7) describe the old state.
+        assert_eq!(p.regress(0, 6, 9), None);
+        assert_eq!(p.regress(0, 7, 9), None);
+        assert_eq!(p.match_index, 10);
+        assert_eq!(p.regress(0, 8, 9), Some(10), "a later round is news");
     }
 
     #[test]

@@ -5,6 +5,22 @@ use crate::message::{Message, ReadCtx};
 use crate::storage::LogError;
 use crate::types::{Entry, EntryId, HardState, LogIndex, NodeId, SnapshotMeta, SoftState};
 
+/// A follower was found to have lost log entries it had acknowledged to this leader: its
+/// storage was wiped, damaged or rolled back (or replaced by an older copy). The leader no
+/// longer counts those entries for it — it is excluded from quorums for them until it has
+/// them again — and catches it up from `log_end`. A runtime should log this prominently: a
+/// member that forgets what it acknowledged weakens the cluster's durability, and if it
+/// happened without an operator knowing, the member's disk or its operation is at fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerRegression {
+    /// The follower.
+    pub peer: NodeId,
+    /// The index it had acknowledged.
+    pub acknowledged: LogIndex,
+    /// Where its log ends now.
+    pub log_end: LogIndex,
+}
+
 /// Everything the core asks the runtime to do after a batch of inputs.
 ///
 /// The I/O-ordering contract, in the order a runtime must honour it:
@@ -48,8 +64,12 @@ pub struct Ready {
     /// Reads that cannot be served; the client should retry (possibly elsewhere).
     pub failed_reads: Vec<FailedRead>,
     /// Storage reads that failed while the core handled inputs. The core carries on where it
-    /// safely can (skipping a send, rejecting a message) but the runtime should surface these.
+    /// safely can (skipping a send, rejecting a message), but a read that failed because the
+    /// storage is damaged will fail again on every retry: a runtime should stop the node on
+    /// [`LogError::Storage`] rather than log it in a loop.
     pub storage_errors: Vec<LogError>,
+    /// Followers found to have lost entries they had acknowledged (leader only).
+    pub regressed_peers: Vec<PeerRegression>,
 }
 
 /// A write the runtime must make durable.

@@ -15,6 +15,16 @@ pub type Term = u64;
 /// A position in the replicated log, starting at 1. Index 0 is the empty prefix.
 pub type LogIndex = u64;
 
+/// The largest term any message may carry or any node may reach. A message with a higher term
+/// is refused ([`StepError::OutOfRange`](crate::StepError::OutOfRange)): with terms up to
+/// `u64::MAX`, one forged message could move a cluster to a term after which no election is
+/// possible (the next term would not exist). 2^62 elections are out of reach of any real
+/// cluster, so legitimate traffic never meets the bound, and `term + 1` never overflows.
+pub const MAX_TERM: Term = 1 << 62;
+/// The largest log index any message may carry; see [`MAX_TERM`]. Index arithmetic
+/// (`index + 1`, `prev + entries`) on checked input therefore never overflows.
+pub const MAX_INDEX: LogIndex = 1 << 62;
+
 /// The (term, index) pair that identifies one log entry uniquely (Log Matching, §5.3).
 ///
 /// Acknowledgements carry an `EntryId` rather than an index alone: an index can be overwritten
@@ -136,13 +146,20 @@ pub struct Membership {
     /// so that every node (and every future leader) knows how to reach a node that joined.
     /// Opaque to the protocol; a member may have no address (in-process clusters).
     pub addresses: BTreeMap<NodeId, String>,
+    /// The highest node id this cluster has ever had as a member. A node id is never given
+    /// out twice: a node that joins must have a higher id, so a removed node (or an old copy
+    /// of one) can never be mistaken for a member, and a member with a new id is a new member
+    /// (with empty storage) by definition. Always at least the largest id in the sets above.
+    pub highest_id: NodeId,
 }
 
 impl Membership {
     /// A configuration of the given voters and no learners.
     pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Self {
+        let voters: BTreeSet<NodeId> = voters.into_iter().collect();
         Membership {
-            voters: voters.into_iter().collect(),
+            highest_id: voters.last().copied().unwrap_or(0),
+            voters,
             voters_outgoing: BTreeSet::new(),
             learners: BTreeSet::new(),
             addresses: BTreeMap::new(),
@@ -163,7 +180,22 @@ impl Membership {
     /// The same configuration with the given learners added.
     pub fn with_learners(mut self, learners: impl IntoIterator<Item = NodeId>) -> Self {
         self.learners.extend(learners);
+        self.highest_id = self.highest_id.max(self.largest_member_id());
         self
+    }
+
+    /// The largest id among the current members (0 when there are none); compare
+    /// [`highest_id`](Self::highest_id), which also remembers members that left.
+    pub fn largest_member_id(&self) -> NodeId {
+        self.members().max().unwrap_or(0)
+    }
+
+    /// Whether `id` was a member of this cluster once and is no more: it is at or below
+    /// [`highest_id`](Self::highest_id) but not a member. Ids are never reused, so such a node
+    /// can never come back; its messages are refused. (Ids skipped at bootstrap, e.g. 2 in
+    /// `{1, 3}`, count as retired too: a joining node always gets an id above `highest_id`.)
+    pub fn is_retired(&self, id: NodeId) -> bool {
+        id != 0 && id <= self.highest_id && !self.contains(id)
     }
 
     /// Whether a joint change is in progress.

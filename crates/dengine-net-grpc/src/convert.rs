@@ -84,9 +84,10 @@ pub fn encode_message(cluster_id: u64, m: &Message) -> pb::RaftMessage {
             commit: h.commit,
             round: h.round,
         }),
-        MessageBody::HeartbeatResponse(h) => {
-            Body::HeartbeatResponse(pb::HeartbeatResponse { round: h.round })
-        }
+        MessageBody::HeartbeatResponse(h) => Body::HeartbeatResponse(pb::HeartbeatResponse {
+            round: h.round,
+            log_end: h.log_end,
+        }),
         MessageBody::ReadIndexRequest(r) => Body::ReadIndexRequest(pb::ReadIndexRequest {
             ctx: r.ctx,
             lease: r.lease,
@@ -163,6 +164,7 @@ pub fn encode_membership(m: &Membership) -> pb::Membership {
         voters_outgoing: m.voters_outgoing.iter().copied().collect(),
         learners: m.learners.iter().copied().collect(),
         addresses: m.addresses.iter().map(|(k, v)| (*k, v.clone())).collect(),
+        highest_id: m.highest_id,
     }
 }
 
@@ -265,9 +267,10 @@ pub fn decode_message(m: &pb::RaftMessage, limits: &DecodeLimits) -> Result<Mess
             commit: hb.commit,
             round: hb.round,
         }),
-        Body::HeartbeatResponse(r) => {
-            MessageBody::HeartbeatResponse(HeartbeatResponse { round: r.round })
-        }
+        Body::HeartbeatResponse(r) => MessageBody::HeartbeatResponse(HeartbeatResponse {
+            round: r.round,
+            log_end: r.log_end,
+        }),
         Body::ReadIndexRequest(r) => MessageBody::ReadIndexRequest(ReadIndexRequest {
             ctx: r.ctx,
             lease: r.lease,
@@ -279,12 +282,19 @@ pub fn decode_message(m: &pb::RaftMessage, limits: &DecodeLimits) -> Result<Mess
         Body::TimeoutNow(_) => MessageBody::TimeoutNow,
         Body::InstallSnapshot(meta) => MessageBody::InstallSnapshot(decode_meta(meta, limits)?),
     };
-    Ok(Message {
+    let message = Message {
         from: h.from,
         to: h.to,
         term: m.term,
         body,
-    })
+    };
+    // The core's structural bounds (indexes up to 2^62, no inner term above the message's):
+    // refused here already, so nothing malformed reaches the node's queue. Whether the term
+    // itself is acceptable depends on the receiver's term; the core decides that.
+    if let Some((field, value)) = message.out_of_range(u64::MAX - 1) {
+        return Err(bad("message", format!("{field} = {value} is out of range")));
+    }
+    Ok(message)
 }
 
 fn decode_id(id: Option<&pb::EntryId>, what: &'static str) -> Result<EntryId, DecodeError> {
@@ -428,12 +438,14 @@ fn decode_membership(m: &pb::Membership, limits: &DecodeLimits) -> Result<Member
         }
         addresses.insert(*id, address.clone());
     }
-    let membership = Membership {
+    let mut membership = Membership {
         voters,
         voters_outgoing,
         learners,
         addresses,
+        highest_id: m.highest_id,
     };
+    membership.highest_id = membership.highest_id.max(membership.largest_member_id());
     if let Some(id) = membership
         .addresses
         .keys()
@@ -566,7 +578,10 @@ mod tests {
                 commit: 4,
                 round: 11,
             }),
-            MessageBody::HeartbeatResponse(HeartbeatResponse { round: 11 }),
+            MessageBody::HeartbeatResponse(HeartbeatResponse {
+                round: 11,
+                log_end: Some(3),
+            }),
             MessageBody::ReadIndexRequest(ReadIndexRequest {
                 ctx: 5,
                 lease: true,

@@ -244,7 +244,10 @@ mod tests {
             from: 1,
             to,
             term: 1,
-            body: MessageBody::HeartbeatResponse(HeartbeatResponse { round }),
+            body: MessageBody::HeartbeatResponse(HeartbeatResponse {
+                round,
+                log_end: None,
+            }),
         }
     }
 

@@ -302,6 +302,7 @@ impl Settings {
             lease_drift_ticks: ticks(r.lease_drift_ms),
             snapshot_trailing_entries: self.snapshot.trailing_entries,
             seed,
+            allow_node_id_reuse: false,
         }
     }
 }

@@ -196,6 +196,8 @@ impl Sim {
                 c.pre_vote = faults.pre_vote;
                 c.check_quorum = faults.check_quorum;
                 c.snapshot_trailing_entries = faults.snapshot_trailing;
+                // Removed nodes come back with their storage intact (see `change_membership`).
+                c.allow_node_id_reuse = true;
                 if let Some(window) = faults.small_window {
                     c.max_message_bytes = 1;
                     c.max_inflight_messages = window;

@@ -73,7 +73,7 @@ impl<L: LogReader> Raft<L> {
     ) -> Result<EntryId, MembershipError> {
         self.check_can_change()?;
         let mut next = self.membership.clone();
-        apply_changes(&mut next, changes)?;
+        apply_changes(&mut next, changes, self.cfg.allow_node_id_reuse)?;
         for (&id, address) in addresses {
             if !next.contains(id) {
                 return Err(MembershipError::Invalid(format!(
@@ -111,7 +111,7 @@ impl<L: LogReader> Raft<L> {
     ) -> Result<EntryId, MembershipError> {
         self.check_can_change()?;
         let mut next = self.membership.clone();
-        apply_changes(&mut next, &[change])?;
+        apply_changes(&mut next, &[change], self.cfg.allow_node_id_reuse)?;
         let diff = next
             .voters
             .symmetric_difference(&self.membership.voters)
@@ -178,6 +178,19 @@ impl<L: LogReader> Raft<L> {
         self.track_config_entries(std::slice::from_ref(&entry));
         self.broadcast_pending = true;
         id
+    }
+
+    /// The newest configuration that is committed: what every future leader will have. Unlike
+    /// [`membership`](Self::membership) (the newest configuration in the log, which a new
+    /// leader may still roll back, thesis §4.1), a node absent from it that was a member is
+    /// gone for good ([`Membership::is_retired`]).
+    pub fn committed_membership(&self) -> &Membership {
+        let committed = self.log.committed;
+        self.configs
+            .iter()
+            .rev()
+            .find(|(index, _)| *index <= committed)
+            .map_or(&self.membership, |(_, m)| m)
     }
 
     /// The newest configuration entry in the log (or the base configuration).
@@ -265,6 +278,7 @@ impl<L: LogReader> Raft<L> {
                 voters_outgoing: Default::default(),
                 learners: latest.learners.clone(),
                 addresses: latest.addresses.clone(),
+                highest_id: latest.highest_id,
             };
             self.append_membership(next);
         } else if !latest.is_voter(self.id()) {
@@ -275,7 +289,11 @@ impl<L: LogReader> Raft<L> {
 }
 
 /// Applies `changes` to `m` (incoming voters and learners), checking each makes sense.
-fn apply_changes(m: &mut Membership, changes: &[MembershipChange]) -> Result<(), MembershipError> {
+fn apply_changes(
+    m: &mut Membership,
+    changes: &[MembershipChange],
+    allow_id_reuse: bool,
+) -> Result<(), MembershipError> {
     let mut seen = Vec::new();
     for &change in changes {
         let id = match change {
@@ -292,6 +310,22 @@ fn apply_changes(m: &mut Membership, changes: &[MembershipChange]) -> Result<(),
             )));
         }
         seen.push(id);
+        // Node ids are never reused: a removed node, or a stale copy of its data, must never
+        // count as the member it once was (a voter that forgot what it acknowledged could
+        // vote for a leader lacking committed entries). A newcomer takes an id above every id
+        // the cluster has had.
+        let adding = matches!(
+            change,
+            MembershipChange::AddVoter(_) | MembershipChange::AddLearner(_)
+        );
+        if adding && !allow_id_reuse && !m.contains(id) && id <= m.highest_id {
+            return Err(MembershipError::Invalid(format!(
+                "node id {id} was used before (the highest id this cluster has had is {}); \
+                 ids are never reused, so add the node under a new id, e.g. {}",
+                m.highest_id,
+                m.highest_id.saturating_add(1)
+            )));
+        }
         match change {
             MembershipChange::AddVoter(_) => {
                 if m.voters.contains(&id) {
@@ -328,5 +362,6 @@ fn apply_changes(m: &mut Membership, changes: &[MembershipChange]) -> Result<(),
             "the change would leave no voters".into(),
         ));
     }
+    m.highest_id = m.highest_id.max(m.largest_member_id());
     Ok(())
 }

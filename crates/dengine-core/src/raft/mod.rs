@@ -82,6 +82,23 @@ pub enum StepError {
         /// This node.
         me: NodeId,
     },
+    /// A term or index in the message is one no legitimate peer sends (see
+    /// [`Message::out_of_range`]): beyond [`MAX_TERM`](crate::MAX_TERM) by more than one
+    /// election, beyond [`MAX_INDEX`](crate::MAX_INDEX), or a term inside the message above
+    /// the message's own term.
+    #[error(
+        "message from node {from} refused: its {field} {value} is out of range (terms beyond \
+         2^62 only one election at a time, indexes up to 2^62, no term above the message's \
+         own); the sender is broken or forged"
+    )]
+    OutOfRange {
+        /// The claimed sender.
+        from: NodeId,
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+    },
 }
 
 /// A public snapshot of the leader's view of one peer.
@@ -169,6 +186,7 @@ pub struct Raft<L> {
     read_states: Vec<ReadState>,
     failed_reads: Vec<FailedRead>,
     storage_errors: Vec<LogError>,
+    regressions: Vec<crate::ready::PeerRegression>,
     #[cfg(feature = "fault-injection")]
     injected_bugs: Vec<InjectedBug>,
 }
@@ -234,6 +252,7 @@ impl<L: LogReader> Raft<L> {
             read_states: Vec::new(),
             failed_reads: Vec::new(),
             storage_errors: Vec::new(),
+            regressions: Vec::new(),
             #[cfg(feature = "fault-injection")]
             injected_bugs: Vec::new(),
             log,
@@ -400,6 +419,13 @@ impl<L: LogReader> Raft<L> {
         if msg.from == self.id() {
             return Err(StepError::FromSelf { me: self.id() });
         }
+        if let Some((field, value)) = msg.out_of_range(self.term) {
+            return Err(StepError::OutOfRange {
+                from: msg.from,
+                field,
+                value,
+            });
+        }
         self.step_inner(msg);
         Ok(())
     }
@@ -410,10 +436,14 @@ impl<L: LogReader> Raft<L> {
         if msg.term > self.term {
             match &msg.body {
                 MessageBody::VoteRequest(req) => {
-                    if self.in_leader_lease() && !req.leader_transfer {
+                    // A transfer (thesis §3.10) only ever elects a voter of the configuration;
+                    // a "transfer" vote from anyone else gets no exemption.
+                    let transfer = req.leader_transfer && self.membership.is_voter(msg.from);
+                    if self.in_leader_lease() && !transfer {
                         // Leader stickiness (thesis §4.2.3): we heard from a live leader within
                         // the minimum election timeout, so this candidate is disrupting a
-                        // working cluster. Ignore it without adopting its term.
+                        // working cluster. Ignore it without adopting its term. This holds for
+                        // real votes as for pre-votes, and on the leader itself.
                         return;
                     }
                     if !req.pre_vote {
@@ -461,7 +491,10 @@ impl<L: LogReader> Raft<L> {
             {
                 self.send(
                     msg.from,
-                    MessageBody::HeartbeatResponse(crate::message::HeartbeatResponse { round: 0 }),
+                    MessageBody::HeartbeatResponse(crate::message::HeartbeatResponse {
+                        round: 0,
+                        log_end: None,
+                    }),
                 );
             }
             // Reject a stale pre-vote explicitly, with our term, so the pre-candidate learns

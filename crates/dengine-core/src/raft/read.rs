@@ -43,6 +43,11 @@ pub(super) struct ReadQueue {
 }
 
 impl ReadQueue {
+    /// The last heartbeat round sent (0 before the first).
+    pub(super) fn last_round(&self) -> u64 {
+        self.round
+    }
+
     /// Starts a new heartbeat round at `now`, forgetting rounds too old to back a lease.
     pub(super) fn next_round(&mut self, now: u64, window: u64) -> u64 {
         self.round += 1;

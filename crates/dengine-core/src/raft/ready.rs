@@ -16,6 +16,7 @@ impl<L: LogReader> Raft<L> {
             || !self.read_states.is_empty()
             || !self.failed_reads.is_empty()
             || !self.storage_errors.is_empty()
+            || !self.regressions.is_empty()
             || self.soft_state() != self.reported_soft_state
             || (self.role == Role::Leader && self.broadcast_pending)
             || self.reads_round_due()
@@ -81,6 +82,7 @@ impl<L: LogReader> Raft<L> {
         ready.read_states = std::mem::take(&mut self.read_states);
         ready.failed_reads = std::mem::take(&mut self.failed_reads);
         ready.storage_errors = std::mem::take(&mut self.storage_errors);
+        ready.regressed_peers = std::mem::take(&mut self.regressions);
         ready
     }
 

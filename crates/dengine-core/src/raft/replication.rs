@@ -244,6 +244,19 @@ impl<L: LogReader> Raft<L> {
         // A live answer unblocks a probe whose append may have been lost.
         p.probe_sent = false;
         p.acked_round = p.acked_round.max(resp.round);
+        if let Some(log_end) = resp.log_end {
+            // The follower lost entries it acknowledged. Match indexes otherwise never move
+            // back (§5.3), but this one was wrong: keep counting it and a commit could rest
+            // on a copy that no longer exists, while the leader never resends the entries.
+            let current_round = self.reads.last_round();
+            if let Some(acknowledged) = p.regress(log_end, resp.round, current_round) {
+                self.regressions.push(crate::ready::PeerRegression {
+                    peer: from,
+                    acknowledged,
+                    log_end,
+                });
+            }
+        }
         if p.match_index < self.log.last_index() {
             // The follower is alive but behind: appends or their acks may have been lost, or
             // it restarted and lost unsynced entries. Free one window slot and send an
@@ -411,9 +424,18 @@ impl<L: LogReader> Raft<L> {
         self.accept_leader(from);
         // The leader caps the commit index at what it knows we hold.
         self.log.commit_to(hb.commit);
+        // The leader sends us a commit index only up to what we acknowledged in its term. If
+        // our log ends before it, we lost acknowledged entries (wiped, damaged or rolled-back
+        // storage): say so, or the leader would count us for entries we do not have and never
+        // resend them.
+        let last = self.log.last_index();
+        let log_end = (hb.commit > last).then_some(last);
         self.send(
             from,
-            MessageBody::HeartbeatResponse(HeartbeatResponse { round: hb.round }),
+            MessageBody::HeartbeatResponse(HeartbeatResponse {
+                round: hb.round,
+                log_end,
+            }),
         );
     }
 

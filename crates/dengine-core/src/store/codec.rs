@@ -15,8 +15,13 @@ use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership
 
 use super::SnapshotMeta;
 
-/// Version byte at the start of every record this module writes.
-pub const RECORD_VERSION: u8 = 2;
+/// Version byte at the start of every record this module writes. Version 3 added
+/// [`Membership::highest_id`] after the addresses of a membership; version-2 records are still
+/// read (their highest id is the largest member id).
+pub const RECORD_VERSION: u8 = 3;
+
+/// The oldest record version this module reads.
+const OLDEST_READABLE_VERSION: u8 = 2;
 
 /// Name of the marker file that every directory-based backend writes next to its data.
 pub const MARKER_FILE: &str = "DENGINE_STORE";
@@ -46,8 +51,8 @@ fn seal(mut buf: Vec<u8>) -> Vec<u8> {
     buf
 }
 
-/// Checks the version and the checksum and returns the body.
-fn open(record: &[u8]) -> Result<&[u8], CodecError> {
+/// Checks the version and the checksum and returns the version and the body.
+fn open(record: &[u8]) -> Result<(u8, &[u8]), CodecError> {
     if record.len() < 5 {
         return Err(CodecError(format!(
             "record is {} bytes, shorter than its header and checksum",
@@ -63,13 +68,14 @@ fn open(record: &[u8]) -> Result<&[u8], CodecError> {
             data.len()
         )));
     }
-    if data[0] != RECORD_VERSION {
+    if !(OLDEST_READABLE_VERSION..=RECORD_VERSION).contains(&data[0]) {
         return Err(CodecError(format!(
-            "record version {} is not the supported version {RECORD_VERSION}",
+            "record version {} is not one of the supported versions \
+             {OLDEST_READABLE_VERSION}..={RECORD_VERSION}",
             data[0]
         )));
     }
-    Ok(&data[1..])
+    Ok((data[0], &data[1..]))
 }
 
 /// A cursor over a record body that fails with a message instead of panicking.
@@ -147,9 +153,10 @@ fn put_membership(buf: &mut Vec<u8>, m: &Membership) {
         buf.extend_from_slice(&(address.len() as u32).to_be_bytes());
         buf.extend_from_slice(address.as_bytes());
     }
+    buf.extend_from_slice(&m.highest_id.to_be_bytes());
 }
 
-fn get_membership(cur: &mut Cursor<'_>) -> Result<Membership, CodecError> {
+fn get_membership(cur: &mut Cursor<'_>, version: u8) -> Result<Membership, CodecError> {
     let voters = cur.ids("voters")?;
     let voters_outgoing = cur.ids("outgoing voters")?;
     let learners = cur.ids("learners")?;
@@ -163,12 +170,20 @@ fn get_membership(cur: &mut Cursor<'_>) -> Result<Membership, CodecError> {
             .map_err(|_| CodecError(format!("the address of node {id} is not UTF-8")))?;
         addresses.insert(id, address);
     }
-    Ok(Membership {
+    let mut m = Membership {
         voters: voters.into_iter().collect(),
         voters_outgoing: voters_outgoing.into_iter().collect(),
         learners: learners.into_iter().collect(),
         addresses,
-    })
+        highest_id: 0,
+    };
+    let stored = if version >= 3 {
+        cur.u64("highest node id")?
+    } else {
+        0
+    };
+    m.highest_id = stored.max(m.largest_member_id());
+    Ok(m)
 }
 
 /// Encodes a log entry.
@@ -195,7 +210,8 @@ pub fn encode_entry(entry: &Entry) -> Vec<u8> {
 /// Decodes an entry stored under `expected_index`, verifying its checksum and that it really
 /// is the entry for that index.
 pub fn decode_entry(record: &[u8], expected_index: LogIndex) -> Result<Entry, CodecError> {
-    let mut cur = Cursor(open(record)?);
+    let (version, body) = open(record)?;
+    let mut cur = Cursor(body);
     let kind = cur.u8("kind")?;
     let term = cur.u64("term")?;
     let index = cur.u64("index")?;
@@ -211,7 +227,7 @@ pub fn decode_entry(record: &[u8], expected_index: LogIndex) -> Result<Entry, Co
         }
         KIND_NORMAL => EntryPayload::Normal(Bytes::copy_from_slice(cur.0)),
         KIND_MEMBERSHIP => {
-            let m = get_membership(&mut cur)?;
+            let m = get_membership(&mut cur, version)?;
             cur.finish("membership")?;
             EntryPayload::Membership(m)
         }
@@ -231,7 +247,7 @@ pub fn encode_hard_state(hs: &HardState) -> Vec<u8> {
 
 /// Decodes a hard state.
 pub fn decode_hard_state(record: &[u8]) -> Result<HardState, CodecError> {
-    let mut cur = Cursor(open(record)?);
+    let mut cur = Cursor(open(record)?.1);
     let term = cur.u64("term")?;
     let vote = cur.u64("vote")?;
     let commit = cur.u64("commit")?;
@@ -253,7 +269,7 @@ pub fn encode_entry_id(id: EntryId) -> Vec<u8> {
 
 /// Decodes an entry id.
 pub fn decode_entry_id(record: &[u8]) -> Result<EntryId, CodecError> {
-    let mut cur = Cursor(open(record)?);
+    let mut cur = Cursor(open(record)?.1);
     let term = cur.u64("term")?;
     let index = cur.u64("index")?;
     cur.finish("entry id")?;
@@ -271,10 +287,11 @@ pub fn encode_snapshot_meta(meta: &SnapshotMeta) -> Vec<u8> {
 
 /// Decodes a snapshot description.
 pub fn decode_snapshot_meta(record: &[u8]) -> Result<SnapshotMeta, CodecError> {
-    let mut cur = Cursor(open(record)?);
+    let (version, body) = open(record)?;
+    let mut cur = Cursor(body);
     let term = cur.u64("term")?;
     let index = cur.u64("index")?;
-    let membership = get_membership(&mut cur)?;
+    let membership = get_membership(&mut cur, version)?;
     cur.finish("snapshot meta")?;
     Ok(SnapshotMeta {
         last_included: EntryId::new(term, index),
@@ -357,6 +374,7 @@ mod tests {
                 10,
                 EntryPayload::Membership(Membership {
                     voters_outgoing: [1, 2, 5].into_iter().collect(),
+                    highest_id: 6,
                     ..Membership::new([1, 2, 3]).with_address(5, "10.0.0.5:7000")
                 }),
             ),
@@ -389,6 +407,29 @@ mod tests {
             membership: Membership::new([1]).with_address(1, "node-1:7000"),
         };
         assert_eq!(decode_snapshot_meta(&encode_snapshot_meta(&meta)), Ok(meta));
+    }
+
+    #[test]
+    fn version_2_memberships_are_read_with_their_largest_member_as_highest_id() {
+        let mut m = Membership::new([1, 2, 7]).with_address(7, "h:1");
+        m.highest_id = 9; // what a v3 record would keep and a v2 record cannot
+        let v3 = encode_entry(&Entry::new(1, 1, EntryPayload::Membership(m.clone())));
+        // The same record as version 2 wrote it: no highest id before the checksum.
+        let mut v2 = v3[..v3.len() - 4 - 8].to_vec();
+        v2[0] = 2;
+        let v2 = seal(v2);
+        let Ok(Entry {
+            payload: EntryPayload::Membership(read),
+            ..
+        }) = decode_entry(&v2, 1)
+        else {
+            panic!("a version-2 record must decode");
+        };
+        assert_eq!(read.highest_id, 7);
+        assert_eq!(read.voters, m.voters);
+        let mut v1 = v2.clone();
+        v1[0] = 1;
+        assert!(decode_entry(&seal(v1[..v1.len() - 4].to_vec()), 1).is_err());
     }
 
     #[test]

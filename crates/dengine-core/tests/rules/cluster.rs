@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 use dengine_core::{
     Config, Entry, EntryId, EntryPayload, FailedRead, InitialState, Membership, MemoryLog, Message,
-    PersistRequest, Raft, ReadState, Ready, Role, SnapshotMeta,
+    PeerRegression, PersistRequest, Raft, ReadState, Ready, Role, SnapshotMeta,
 };
 
 pub type Node = Raft<MemoryLog>;
@@ -84,6 +84,8 @@ pub struct Cluster {
     pub applied: BTreeMap<u64, Vec<Entry>>,
     pub reads: BTreeMap<u64, Vec<ReadState>>,
     pub failed_reads: BTreeMap<u64, Vec<FailedRead>>,
+    /// Followers each leader found to have lost acknowledged entries.
+    pub regressions: BTreeMap<u64, Vec<PeerRegression>>,
     /// Every snapshot taken: its metadata and the entries applied up to it (the "data").
     pub snapshots: BTreeMap<EntryId, (SnapshotMeta, Vec<Entry>)>,
     /// Each node's newest durable snapshot.
@@ -112,6 +114,7 @@ impl Cluster {
             applied: BTreeMap::new(),
             reads: BTreeMap::new(),
             failed_reads: BTreeMap::new(),
+            regressions: BTreeMap::new(),
             snapshots: BTreeMap::new(),
             node_snapshot: BTreeMap::new(),
             tweak: Box::new(tweak),
@@ -166,6 +169,10 @@ impl Cluster {
                 .entry(id)
                 .or_default()
                 .extend(ready.failed_reads);
+            self.regressions
+                .entry(id)
+                .or_default()
+                .extend(ready.regressed_peers);
             assert!(
                 ready.storage_errors.is_empty(),
                 "{:?}",

@@ -198,7 +198,10 @@ fn higher_term_turns_leader_into_follower() {
         from: 2,
         to: 1,
         term: 7,
-        body: MessageBody::HeartbeatResponse(dengine_core::HeartbeatResponse { round: 0 }),
+        body: MessageBody::HeartbeatResponse(dengine_core::HeartbeatResponse {
+            round: 0,
+            log_end: None,
+        }),
     };
     c.node_mut(1).step(hb).unwrap();
     assert_eq!(c.node(1).role(), Role::Follower);

@@ -12,6 +12,7 @@
 
 mod cluster;
 mod election;
+mod hostile;
 mod membership;
 mod proposals;
 mod reads;

@@ -296,7 +296,10 @@ fn misaddressed_messages_are_refused_and_change_nothing() {
         from,
         to,
         term: 9,
-        body: MessageBody::HeartbeatResponse(HeartbeatResponse { round: 0 }),
+        body: MessageBody::HeartbeatResponse(HeartbeatResponse {
+            round: 0,
+            log_end: None,
+        }),
     };
     assert_eq!(
         node.step(hb(2, 3)),
@@ -349,7 +352,10 @@ fn write_that_only_advances_commit_need_not_be_synced() {
             from: 2,
             to: 1,
             term: 1,
-            body: MessageBody::HeartbeatResponse(HeartbeatResponse { round: 4 }),
+            body: MessageBody::HeartbeatResponse(HeartbeatResponse {
+                round: 4,
+                log_end: None
+            }),
         }]
     );
 
