@@ -28,11 +28,13 @@ trap cleanup EXIT
 trap 'KEEP=1' ERR
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-P=($(port) $(port) $(port))
-MEMBERS="1=127.0.0.1:${P[0]},2=127.0.0.1:${P[1]},3=127.0.0.1:${P[2]}"
+P=($(port) $(port) $(port))       # client ports (the etcd API)
+PP=($(port) $(port) $(port))      # peer ports
+MEMBERS="1=127.0.0.1:${PP[0]},2=127.0.0.1:${PP[1]},3=127.0.0.1:${PP[2]}"
 ENDPOINTS="127.0.0.1:${P[0]},127.0.0.1:${P[1]},127.0.0.1:${P[2]}"
 for i in 1 2 3; do
-    "$BIN" serve --id "$i" --listen "127.0.0.1:${P[$((i-1))]}" --data-dir "$DIR/node-$i" \
+    "$BIN" serve --id "$i" --listen-client "127.0.0.1:${P[$((i-1))]}" \
+        --listen-peer "127.0.0.1:${PP[$((i-1))]}" --data-dir "$DIR/node-$i" \
         --initial-members "$MEMBERS" >"$DIR/node-$i.log" 2>&1 &
     PIDS+=($!)
 done
@@ -92,10 +94,10 @@ kill "$WATCH" 2>/dev/null || true
 wait "$WATCH" 2>/dev/null || true
 expect "watch" "$(printf 'PUT\nwatched\none\nPUT\nwatched\ntwo')" "$(head -6 "$DIR/watch.out")"
 
-# member list: three started members with their URLs.
+# member list: three started members with their peer and client URLs.
 members=$(ctl member list | sort)
 for i in 1 2 3; do
-    if ! grep -q "node-$i, http://127.0.0.1:${P[$((i-1))]}" <<<"$members"; then
+    if ! grep -q "node-$i, http://127.0.0.1:${PP[$((i-1))]}, http://127.0.0.1:${P[$((i-1))]}" <<<"$members"; then
         echo "FAIL member list: node-$i missing" >&2
         echo "$members" >&2
         exit 1

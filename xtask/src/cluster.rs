@@ -18,7 +18,10 @@ pub(crate) const NODES: u64 = 3;
 /// One member: its id, addresses and process (if running).
 pub(crate) struct Node {
     pub(crate) id: u64,
+    /// The client listener (the etcd API).
     pub(crate) addr: String,
+    /// The peer listener (Raft and forwarding between members).
+    pub(crate) peer: String,
     pub(crate) metrics: String,
     pub(crate) child: Option<Child>,
 }
@@ -49,13 +52,14 @@ impl Cluster {
             nodes.push(Node {
                 id,
                 addr: format!("127.0.0.1:{}", free_port()?),
+                peer: format!("127.0.0.1:{}", free_port()?),
                 metrics: format!("127.0.0.1:{}", free_port()?),
                 child: None,
             });
         }
         let members = nodes
             .iter()
-            .map(|n| format!("{}={}", n.id, n.addr))
+            .map(|n| format!("{}={}", n.id, n.peer))
             .collect::<Vec<_>>()
             .join(",");
         Ok(Cluster {
@@ -80,7 +84,8 @@ impl Cluster {
             .map_err(|e| format!("cannot open the log file of node {id}: {e}"))?;
         let child = Command::new(&self.bin)
             .args(["serve", "--id", &id.to_string()])
-            .args(["--listen", &self.nodes[i].addr])
+            .args(["--listen-client", &self.nodes[i].addr])
+            .args(["--listen-peer", &self.nodes[i].peer])
             .args(["--initial-members", &self.members])
             .args(["--metrics-addr", &self.nodes[i].metrics])
             .arg("--data-dir")

@@ -82,6 +82,7 @@
 
 mod config;
 mod log;
+mod log_limit;
 mod message;
 mod progress;
 mod quorum;
@@ -94,6 +95,7 @@ pub mod transport;
 mod types;
 
 pub use config::{Config, ConfigError, ConfigProblem};
+pub use log_limit::LogLimiter;
 pub use message::{
     AppendRequest, AppendResponse, ConflictHint, Heartbeat, HeartbeatResponse, Message,
     MessageBody, ReadCtx, ReadIndexRequest, ReadIndexResponse, VoteRequest, VoteResponse,
@@ -111,7 +113,7 @@ pub use ready::{
 };
 pub use storage::{LogError, LogReader, MemoryLog};
 pub use store::{LogStore, StateMachine, StorageError, StoredState};
-pub use transport::{Inbox, InboxError, Transport, TransportError};
+pub use transport::{ClusterView, Inbox, InboxError, Transport, TransportError};
 pub use types::{
     ENTRY_OVERHEAD_BYTES, Entry, EntryId, EntryPayload, HardState, LogIndex, MAX_INDEX, MAX_TERM,
     Membership, NodeId, Role, SnapshotMeta, SoftState, Term,

@@ -58,6 +58,36 @@ pub trait Inbox: Send + Sync + 'static {
     /// A complete snapshot from a peer whose checksums were verified: `message.body` is
     /// `InstallSnapshot` with the metadata, `data` the state machine's serialized state.
     fn deliver_snapshot(&self, message: Message, data: Bytes) -> Result<(), InboxError>;
+    /// Whether `from` left this cluster for good (a committed configuration retired it, see
+    /// [`Membership::is_retired`](crate::Membership::is_retired)). A transport refuses such a
+    /// sender's traffic — uploads included — and tells it why, so a removed member stops
+    /// instead of disturbing the cluster. Default: no sender is retired.
+    fn is_retired(&self, from: NodeId) -> bool {
+        let _ = from;
+        false
+    }
+    /// What this node knows of its cluster, for a node that is starting with an empty data
+    /// directory and asks whether the cluster already exists. Default: `None` (unknown).
+    fn describe(&self) -> Option<ClusterView> {
+        None
+    }
+    /// A member refused this node's traffic because a committed configuration removed this
+    /// node (`detail` says who and how). The runtime should stop the node and say so. Default:
+    /// ignored.
+    fn removed_from_cluster(&self, detail: String) {
+        let _ = detail;
+    }
+}
+
+/// A node's view of its cluster ([`Inbox::describe`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// The node's current term (0: it never took part in an election).
+    pub term: crate::types::Term,
+    /// The index of its last log entry.
+    pub last_index: crate::types::LogIndex,
+    /// Its committed configuration.
+    pub membership: crate::types::Membership,
 }
 
 /// Why an [`Inbox`] did not take a message.

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 
 use dengine_core::{MembershipChange, ReplicationState, Role};
 use dengine_node::{AdminError, Node};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::admin_pb;
@@ -33,6 +35,45 @@ impl AdminService {
     /// The tonic service, ready for `Server::builder().add_service(..)`.
     pub fn server(self) -> AdminServer<AdminService> {
         AdminServer::new(self)
+    }
+
+    /// The tonic service, admitting only requests that carry `authorization: Bearer <token>`
+    /// when `token` is set (compared in constant time). Operators' rights on the admin
+    /// listener come from this token, from client certificates of the admin CA, or from the
+    /// listener being reachable from this host only.
+    pub fn server_with_token(
+        self,
+        token: Option<String>,
+    ) -> InterceptedService<AdminServer<AdminService>, AdminToken> {
+        AdminServer::with_interceptor(self, AdminToken { token })
+    }
+}
+
+/// Checks the admin bearer token (see [`AdminService::server_with_token`]).
+#[derive(Clone, Debug)]
+pub struct AdminToken {
+    token: Option<String>,
+}
+
+impl Interceptor for AdminToken {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(token) = &self.token else {
+            return Ok(request);
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if crate::auth::constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated(
+                "the admin API needs `authorization: Bearer <token>` with the token of \
+                 admin.token_file",
+            ))
+        }
     }
 }
 
@@ -199,49 +240,5 @@ impl Admin for AdminService {
                 index: meta.last_included.index,
             }),
         }))
-    }
-}
-
-impl crate::GrpcConfig {
-    /// The transport configuration for a node's [`Settings`](dengine_node::Settings):
-    /// `node.id`, `node.cluster_id`, `[network]` and the snapshot chunking of `[snapshot]`.
-    pub fn from_settings(settings: &dengine_node::Settings) -> Self {
-        use std::time::Duration;
-        let n = &settings.network;
-        let mut c = crate::GrpcConfig::new(settings.node.id, settings.node.cluster_id);
-        c.peer_queue_len = n.peer_queue_len;
-        c.connect_timeout = Duration::from_millis(n.connect_timeout_ms);
-        c.reconnect_initial = Duration::from_millis(n.reconnect_initial_ms);
-        c.reconnect_max = Duration::from_millis(n.reconnect_max_ms);
-        c.compression = n.compression == dengine_node::settings::Compression::Gzip;
-        c.max_message_bytes = n.max_message_bytes;
-        c.snapshot_chunk_bytes = settings.snapshot.chunk_bytes;
-        c.snapshot_chunk_timeout = Duration::from_millis(settings.snapshot.chunk_timeout_ms);
-        c.tls = n.tls.as_ref().map(|t| crate::TlsConfig {
-            cert: t.cert.clone(),
-            key: t.key.clone(),
-            ca: t.ca.clone(),
-            require_client_cert: t.require_client_cert,
-            server_name: t.server_name.clone(),
-        });
-        c
-    }
-}
-
-impl crate::GrpcTransport {
-    /// Binds `addr` and serves, on that one port, the peer service (delivering into
-    /// `node`'s inbox), the admin service of `node`, and whatever `add` adds to the routes
-    /// (`|routes| routes` for nothing more), until the handle is shut down or dropped.
-    pub async fn serve_node(
-        &self,
-        addr: std::net::SocketAddr,
-        node: &Node,
-        add: impl FnOnce(tonic::service::Routes) -> tonic::service::Routes,
-    ) -> Result<crate::ServerHandle, crate::GrpcError> {
-        let admin = AdminService::new(node.clone()).server();
-        self.serve_with(addr, std::sync::Arc::new(node.inbox()), move |routes| {
-            add(routes.add_service(admin))
-        })
-        .await
     }
 }

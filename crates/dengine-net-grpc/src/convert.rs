@@ -104,6 +104,7 @@ pub fn encode_message(cluster_id: u64, m: &Message) -> pb::RaftMessage {
             cluster_id,
             from: m.from,
             to: m.to,
+            incarnation: 0,
         }),
         term: m.term,
         body: Some(body),
@@ -405,7 +406,11 @@ fn decode_ids(ids: &[u64], what: &'static str) -> Result<BTreeSet<NodeId>, Decod
     Ok(set)
 }
 
-fn decode_membership(m: &pb::Membership, limits: &DecodeLimits) -> Result<Membership, DecodeError> {
+/// Decodes a membership, checking its limits and consistency.
+pub fn decode_membership(
+    m: &pb::Membership,
+    limits: &DecodeLimits,
+) -> Result<Membership, DecodeError> {
     let count = m.voters.len() + m.voters_outgoing.len() + m.learners.len();
     if count > limits.max_members {
         return Err(bad(

@@ -16,11 +16,18 @@
 //!   receiver's offset after a bad chunk or a broken stream.
 //! * **Clusters cannot mix.** Every request carries the cluster id and the sender and
 //!   recipient ids; a mismatch is refused with `FAILED_PRECONDITION` and logged.
+//! * **Peers are authenticated** ([`auth`]): with mutual TLS, a client certificate must name
+//!   the member a request claims to come from; a shared cluster secret keeps out blind
+//!   injection. Traffic from a node that a committed configuration removed is refused, and
+//!   the removed node is told so. Every refusal is counted and logged at a bounded rate.
+//! * **Every listener is hardened** ([`serve_routes`], [`ListenerLimits`]): bounded
+//!   connections and streams, a handshake deadline, keep-alive pings, back-off when `accept`
+//!   fails. Snapshots being received are spooled to disk, one upload per sender, within a
+//!   total byte bound.
 //! * **TLS and mutual TLS** (rustls) from PEM files; optional gzip compression.
 //! * With feature `node` (on by default), [`AdminService`] serves a node's administration
-//!   API (`dengine.admin.v1.Admin`: status, membership, leader transfer, snapshots),
-//!   [`GrpcConfig::from_settings`] reads `dengine_node::Settings`, and
-//!   [`GrpcTransport::serve_node`] serves the peer and admin services of a node on one port.
+//!   API (`dengine.admin.v1.Admin`: status, membership, leader transfer, snapshots), with an
+//!   optional bearer token ([`AdminService::server_with_token`]).
 //! * [`fault::FaultyTransport`] wraps any transport to drop, delay, duplicate or block
 //!   messages, for tests and chaos runs.
 //!
@@ -77,9 +84,11 @@
 
 #[cfg(feature = "node")]
 mod admin;
+pub mod auth;
 mod config;
 pub mod convert;
 pub mod fault;
+mod listener;
 mod server;
 mod snapshot;
 mod stats;
@@ -89,13 +98,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[cfg(feature = "node")]
-pub use admin::{AdminService, admin_status};
+pub use admin::{AdminService, AdminToken, admin_status};
 pub use config::{GrpcConfig, TlsConfig};
+pub use listener::{Listener, ListenerLimits, ServerTls, serve_routes};
 pub use server::{PeerService, ServerHandle};
 pub use stats::TransportStats;
 /// The tonic version this crate is built on, for building clients and servers that match.
 pub use tonic;
-pub use transport::GrpcTransport;
+pub use transport::{GrpcTransport, ProbeReport};
 
 /// The generated wire types and gRPC stubs, one module per protobuf package.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
@@ -124,6 +134,15 @@ pub use proto::dengine::admin::v1 as admin_pb;
 /// The peer protocol's wire types and stubs (`dengine.raft.v1`).
 pub use proto::dengine::raft::v1 as pb;
 
+/// Reads a configuration file (a PEM file, a secret), naming it in the error.
+pub fn read_file(path: &std::path::Path, what: &'static str) -> Result<Vec<u8>, GrpcError> {
+    std::fs::read(path).map_err(|e| GrpcError::TlsFile {
+        what,
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
+}
+
 /// Why the transport could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -131,8 +150,8 @@ pub enum GrpcError {
     /// A setting is out of range.
     #[error("invalid transport configuration: {0}")]
     Config(String),
-    /// A TLS file could not be read.
-    #[error("cannot read the TLS {what} at {path}: {detail}")]
+    /// A TLS or secret file could not be read.
+    #[error("cannot read the {what} at {path}: {detail}")]
     TlsFile {
         /// Which file.
         what: &'static str,

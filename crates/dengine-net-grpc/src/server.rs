@@ -4,21 +4,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dengine_core::Inbox;
+use dengine_core::{Inbox, NodeId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::GrpcError;
+use crate::listener::{Listener, ServerTls, serve_routes};
 use crate::pb;
 use crate::pb::peer_server::{Peer, PeerServer};
 use crate::snapshot;
-use crate::transport::{CONNECTION_WINDOW, GrpcTransport, STREAM_WINDOW, Shared};
+use crate::transport::{GrpcTransport, Shared};
 
 /// The `dengine.raft.v1.Peer` service of one node. Obtain it from
 /// [`GrpcTransport::peer_service`] to add it to your own tonic server, or let
@@ -40,7 +39,9 @@ impl std::fmt::Debug for PeerService {
 
 impl GrpcTransport {
     /// The peer service, delivering what peers send into `inbox`, with this transport's
-    /// message-size limits and compression. Responses to a peer's stream travel back on it.
+    /// message-size limits, compression and peer authentication. Responses to a peer's stream
+    /// travel back on it. For a server of your own; [`serve_peers`](Self::serve_peers) also
+    /// applies the listener limits and TLS.
     pub fn peer_service(&self, inbox: Arc<dyn Inbox>) -> PeerServer<PeerService> {
         // Never closed (the sender is dropped at once, which disables the close signal): the
         // caller's server decides the service's lifetime.
@@ -55,9 +56,16 @@ impl GrpcTransport {
     ) -> PeerServer<PeerService> {
         self.set_inbox(inbox);
         let cfg = &self.shared.common.config;
+        let spool = cfg.snapshot_spool_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!(
+                "dengine-snapshots-{}-{}",
+                cfg.id,
+                std::process::id()
+            ))
+        });
         let mut server = PeerServer::new(PeerService {
             shared: self.shared.clone(),
-            snapshots: Arc::new(snapshot::Receiver::default()),
+            snapshots: Arc::new(snapshot::Receiver::new(spool)),
             closed,
         })
         .max_decoding_message_size(cfg.max_message_bytes)
@@ -69,14 +77,35 @@ impl GrpcTransport {
         server
     }
 
-    /// The TLS settings for a server, if TLS is configured.
-    pub fn server_tls(&self) -> Option<ServerTlsConfig> {
-        self.shared.common.tls.as_ref().map(|tls| {
-            ServerTlsConfig::new()
-                .identity(tls.identity.clone())
-                .client_ca_root(tls.ca.clone())
-                .client_auth_optional(!tls.require_client_cert)
-        })
+    /// The server side of this transport's TLS, if TLS is configured.
+    pub fn server_tls(&self) -> Option<ServerTls> {
+        self.shared.common.tls.as_ref().map(|t| t.server.clone())
+    }
+
+    /// Checks that `request` may speak for member `from` under this node's peer
+    /// authentication (cluster secret, certificate names) and that `from` was not removed
+    /// from the cluster; for the application's own services on the peer listener (such as
+    /// write forwarding between members). Refusals are counted and logged like the peer
+    /// service's own.
+    pub fn authorize_peer<T>(
+        &self,
+        request: &tonic::Request<T>,
+        from: NodeId,
+    ) -> Result<(), Status> {
+        let common = &self.shared.common;
+        let checked = common
+            .auth
+            .credentials(request)
+            .and_then(|credentials| common.auth.allows(&credentials, from));
+        if let Err(status) = checked {
+            common.refused("request", from, status.message());
+            return Err(status);
+        }
+        if common.inbox().is_some_and(|inbox| inbox.is_retired(from)) {
+            common.refused("request", from, "the sender was removed from the cluster");
+            return Err(crate::transport::retired_status(common.config.id, from));
+        }
+        Ok(())
     }
 
     /// Binds `addr` (port 0 picks a free port) and serves the peer service on it until the
@@ -86,65 +115,41 @@ impl GrpcTransport {
         addr: SocketAddr,
         inbox: Arc<dyn Inbox>,
     ) -> Result<ServerHandle, GrpcError> {
-        self.serve_with(addr, inbox, |routes| routes).await
+        let listener = Listener::bind(addr, "peer").await?;
+        Ok(self.serve_peers(listener, inbox, |routes| routes))
     }
 
-    /// [`serve`](Self::serve), with more services added to the same server by `add` (e.g.
-    /// `|routes| routes.add_service(my_service)`).
-    pub async fn serve_with(
+    /// Serves the peer service, and whatever `add` adds to the routes (the application's
+    /// services between members, e.g. `|routes| routes.add_service(forwarding)`), on
+    /// `listener` with this transport's TLS and listener limits.
+    pub fn serve_peers(
         &self,
-        addr: SocketAddr,
+        listener: Listener,
         inbox: Arc<dyn Inbox>,
         add: impl FnOnce(Routes) -> Routes,
-    ) -> Result<ServerHandle, GrpcError> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| GrpcError::Bind {
-                addr,
-                detail: e.to_string(),
-            })?;
-        let local_addr = listener.local_addr().map_err(|e| GrpcError::Bind {
-            addr,
-            detail: e.to_string(),
-        })?;
-        let mut builder = Server::builder()
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            // Large frames: a 64 KiB append crosses in one frame instead of four.
-            .max_frame_size(Some(1 << 20));
-        if let Some(tls) = self.server_tls() {
-            builder = builder.tls_config(tls).map_err(|e| GrpcError::Tls {
-                detail: e.to_string(),
-            })?;
-        }
+    ) -> ServerHandle {
         let (close, closed) = watch::channel(false);
         let routes = add(Routes::new(self.service_with(inbox, closed)));
-        let router = builder.add_routes(routes);
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let id = self.id();
-        let task = tokio::spawn(async move {
-            // TCP_NODELAY on every accepted connection. The builder's `tcp_nodelay` applies
-            // only to listeners tonic binds itself, not to an incoming stream: without this,
-            // Nagle's algorithm held small responses until the client's delayed ACK, ~40 ms
-            // per read (found by `cargo xtask bench e2e`).
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            let stop = async {
-                let _ = stop_rx.await;
-            };
-            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
-                tracing::error!(node = id, "peer server stopped: {e}");
-            }
-        });
-        Ok(ServerHandle {
-            local_addr,
-            close,
-            stop: Some(stop_tx),
-            task: Some(task),
-        })
+        let cfg = &self.shared.common.config;
+        if self.shared.common.tls.is_none()
+            && cfg.cluster_secret.is_none()
+            && !listener.local_addr().ip().is_loopback()
+        {
+            tracing::warn!(
+                node = cfg.id,
+                addr = %listener.local_addr(),
+                "the peer listener is reachable from other hosts but neither peer TLS nor a \
+                 cluster secret is configured: anyone who can reach it can impersonate a \
+                 member, depose the leader and make replicas lose acknowledged writes; \
+                 configure [network.tls] with require_client_cert, or at least \
+                 network.cluster_secret_file (docs/operations.md, \"Securing a cluster\")"
+            );
+        }
+        serve_routes(listener, routes, self.server_tls(), &cfg.listener, close)
     }
 }
 
-/// A running peer server. Dropping it stops the server (without waiting).
+/// A running server. Dropping it stops the server (without waiting).
 #[derive(Debug)]
 pub struct ServerHandle {
     local_addr: SocketAddr,
@@ -154,6 +159,20 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    pub(crate) fn new(
+        local_addr: SocketAddr,
+        close: watch::Sender<bool>,
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<()>,
+    ) -> Self {
+        ServerHandle {
+            local_addr,
+            close,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
     /// The address the server listens on (with the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -193,6 +212,14 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<pb::RaftMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        let credentials = self
+            .shared
+            .common
+            .auth
+            .credentials(&request)
+            .inspect_err(|e| {
+                self.shared.common.refused("stream", 0, e.message());
+            })?;
         let mut inbound = request.into_inner();
         let cfg = &self.shared.common.config;
         let (tx, rx) = mpsc::channel(cfg.peer_queue_len);
@@ -212,8 +239,14 @@ impl Peer for PeerService {
                 let from = m.header.as_ref().map_or(0, |h| h.from);
                 match registered {
                     // Register before delivering: the answer to the first message must find
-                    // its way back on this stream.
+                    // its way back on this stream. Only a sender the credentials allow may
+                    // register: responses meant for a member must never go to an impostor.
                     None if from != 0 => {
+                        if let Err(status) = common.auth.allows(&credentials, from) {
+                            common.refused("stream", from, status.message());
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
                         registered = Some((from, shared.register_route(from, tx.clone())));
                     }
                     Some((first, _)) if first != from => {
@@ -226,7 +259,7 @@ impl Peer for PeerService {
                     }
                     _ => {}
                 }
-                if let Err(status) = common.deliver(&m) {
+                if let Err(status) = common.deliver(&m, &credentials) {
                     // Wrong cluster or node, or malformed: tell the sender and end the stream.
                     let _ = tx.send(Err(status)).await;
                     break;
@@ -246,7 +279,11 @@ impl Peer for PeerService {
         if *self.closed.borrow() {
             return Err(Status::unavailable("the node is shutting down"));
         }
-        self.shared.common.deliver(request.get_ref())?;
+        let common = &self.shared.common;
+        let credentials = common.auth.credentials(&request).inspect_err(|e| {
+            common.refused("message", 0, e.message());
+        })?;
+        common.deliver(request.get_ref(), &credentials)?;
         Ok(Response::new(pb::DeliverReply {}))
     }
 
@@ -257,10 +294,44 @@ impl Peer for PeerService {
         if *self.closed.borrow() {
             return Err(Status::unavailable("the node is shutting down"));
         }
-        let reply = self
-            .snapshots
-            .receive(&self.shared.common, request.into_inner())
-            .await?;
+        let reply = self.snapshots.receive(&self.shared.common, request).await?;
         Ok(Response::new(reply))
+    }
+
+    async fn probe(
+        &self,
+        request: Request<pb::ProbeRequest>,
+    ) -> Result<Response<pb::ProbeReply>, Status> {
+        let common = &self.shared.common;
+        let credentials = common.auth.credentials(&request).inspect_err(|e| {
+            common.refused("probe", 0, e.message());
+        })?;
+        let cfg = &common.config;
+        let from =
+            crate::convert::check_header(request.get_ref().header.as_ref(), cfg.cluster_id, cfg.id)
+                .map_err(|e| {
+                    common.refused("probe", 0, &e.to_string());
+                    Status::failed_precondition(e.to_string())
+                })?;
+        common.auth.allows(&credentials, from).inspect_err(|e| {
+            common.refused("probe", from, e.message());
+        })?;
+        let view = common
+            .inbox()
+            .and_then(|inbox| inbox.describe())
+            .unwrap_or_default();
+        let known_incarnation = common
+            .incarnations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&from)
+            .copied()
+            .unwrap_or(0);
+        Ok(Response::new(pb::ProbeReply {
+            term: view.term,
+            membership: Some(crate::convert::encode_membership(&view.membership)),
+            last_index: view.last_index,
+            known_incarnation,
+        }))
     }
 }

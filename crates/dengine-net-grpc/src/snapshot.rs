@@ -10,11 +10,15 @@
 //! the receiver discards everything and asks for offset 0.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use dengine_core::{Message, MessageBody, NodeId, SnapshotMeta, Term, TransportError};
-use tokio::sync::mpsc;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -65,8 +69,8 @@ pub(crate) async fn send(
             }
         };
         let (tx, rx) = mpsc::channel::<pb::SnapshotChunk>(2);
-        let call =
-            tokio::spawn(async move { client.install_snapshot(ReceiverStream::new(rx)).await });
+        let request = common.request(ReceiverStream::new(rx));
+        let call = tokio::spawn(async move { client.install_snapshot(request).await });
         let chunk_bytes = cfg.snapshot_chunk_bytes as u64;
         let mut pos = offset.min(data.len() as u64);
         let mut first = true;
@@ -87,6 +91,7 @@ pub(crate) async fn send(
                     cluster_id: cfg.cluster_id,
                     from: cfg.id,
                     to: peer,
+                    incarnation: cfg.incarnation,
                 });
                 chunk.term = message.term;
                 chunk.meta = Some(convert::encode_meta(meta));
@@ -122,6 +127,7 @@ pub(crate) async fn send(
         let reply = match tokio::time::timeout(cfg.snapshot_chunk_timeout, call).await {
             Ok(Ok(Ok(reply))) => reply.into_inner(),
             Ok(Ok(Err(status))) => {
+                common.check_removed(peer, &status);
                 if status.code() == tonic::Code::FailedPrecondition {
                     return Err(TransportError::Rejected {
                         peer,
@@ -169,19 +175,37 @@ pub(crate) async fn send(
     })
 }
 
-/// What a receiver has verified of one sender's snapshot so far.
+/// What a receiver has verified of one sender's snapshot so far. The bytes are in a spool
+/// file, not in memory; `crc` is the running checksum of what was written.
 struct Partial {
     term: Term,
     meta: SnapshotMeta,
     total_size: u64,
     total_crc32: u32,
-    data: BytesMut,
+    path: PathBuf,
+    file: tokio::fs::File,
+    received: u64,
+    crc: crc32fast::Hasher,
+    last_activity: Instant,
 }
 
-/// Partially received snapshots, one per sender.
+/// The one upload slot of a sender: at most one upload per sending member at a time. A newer
+/// call from the same sender takes the slot over; the older call notices and ends.
 #[derive(Default)]
+struct Slot {
+    /// The newest call's number; a call whose number is older has been superseded.
+    newest: AtomicU64,
+    superseded: Notify,
+    partial: tokio::sync::Mutex<Option<Partial>>,
+}
+
+/// Snapshots being received, one slot per sender, spooled to files in one directory, with a
+/// bound on their total size.
 pub(crate) struct Receiver {
-    partials: Mutex<HashMap<NodeId, Partial>>,
+    dir: PathBuf,
+    slots: Mutex<HashMap<NodeId, Arc<Slot>>>,
+    /// Announced sizes of the partial snapshots in the spool, together.
+    spooled: AtomicU64,
 }
 
 fn reply(outcome: Outcome, next_offset: u64, detail: impl Into<String>) -> pb::SnapshotReply {
@@ -192,38 +216,102 @@ fn reply(outcome: Outcome, next_offset: u64, detail: impl Into<String>) -> pb::S
     }
 }
 
+fn io_status(what: &str, path: &std::path::Path, e: std::io::Error) -> Status {
+    tracing::error!("snapshot spool: {what} {}: {e}", path.display());
+    Status::internal(format!(
+        "the receiver cannot {what} its snapshot spool file: {e}"
+    ))
+}
+
 impl Receiver {
-    fn take(&self, from: NodeId) -> Option<Partial> {
-        self.partials
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&from)
+    /// A receiver spooling into `dir` (created if missing). Spool files left by an earlier
+    /// process are removed: a new process never resumes them.
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.path().extension().is_some_and(|e| e == "part") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Receiver {
+            dir,
+            slots: Mutex::new(HashMap::new()),
+            spooled: AtomicU64::new(0),
+        }
     }
 
-    fn keep(&self, from: NodeId, partial: Partial) {
-        self.partials
+    fn slot(&self, from: NodeId) -> Arc<Slot> {
+        self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(from, partial);
+            .entry(from)
+            .or_default()
+            .clone()
+    }
+
+    /// Drops a partial snapshot and its file.
+    async fn discard(&self, partial: Partial) {
+        self.spooled
+            .fetch_sub(partial.total_size, std::sync::atomic::Ordering::Relaxed);
+        drop(partial.file);
+        let _ = tokio::fs::remove_file(&partial.path).await;
+    }
+
+    /// Deletes partial snapshots nobody continued for `after` (their slots are idle).
+    async fn discard_abandoned(&self, after: Duration) {
+        let slots: Vec<Arc<Slot>> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for slot in slots {
+            let Ok(mut guard) = slot.partial.try_lock() else {
+                continue; // an upload is running
+            };
+            if guard
+                .as_ref()
+                .is_some_and(|p| p.last_activity.elapsed() >= after)
+                && let Some(p) = guard.take()
+            {
+                tracing::info!(
+                    path = %p.path.display(),
+                    "discarding a snapshot upload abandoned by its sender"
+                );
+                self.discard(p).await;
+            }
+        }
     }
 
     /// Serves one `InstallSnapshot` call.
     pub(crate) async fn receive(
         &self,
         common: &Common,
-        mut stream: Streaming<pb::SnapshotChunk>,
+        request: tonic::Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<pb::SnapshotReply, Status> {
         let cfg = &common.config;
+        let credentials = common.auth.credentials(&request).inspect_err(|e| {
+            common.refused("snapshot", 0, e.message());
+        })?;
+        let mut stream = request.into_inner();
         let timeout = cfg.snapshot_chunk_timeout;
         let Some(first) = next_chunk(&mut stream, timeout).await? else {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
         let from =
             convert::check_header(first.header.as_ref(), cfg.cluster_id, cfg.id).map_err(|e| {
-                Counters::add(&common.stats.refused);
-                tracing::warn!(node = cfg.id, "refused a snapshot: {e}");
+                common.refused("snapshot", 0, &e.to_string());
                 Status::failed_precondition(e.to_string())
             })?;
+        common.auth.allows(&credentials, from).inspect_err(|e| {
+            common.refused("snapshot", from, e.message());
+        })?;
+        if common.inbox().is_some_and(|inbox| inbox.is_retired(from)) {
+            common.refused("snapshot", from, "the sender was removed from the cluster");
+            return Err(crate::transport::retired_status(cfg.id, from));
+        }
         let meta = first
             .meta
             .as_ref()
@@ -242,86 +330,183 @@ impl Receiver {
                 ),
             ));
         }
+        self.discard_abandoned(cfg.snapshot_abandon_after).await;
+        // One upload per sender: take the slot over; an older call of the same sender ends.
+        let slot = self.slot(from);
+        let me = slot
+            .newest
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        slot.superseded.notify_waiters();
+        let mut guard = slot.partial.lock().await;
+        let superseded = || slot.newest.load(std::sync::atomic::Ordering::SeqCst) != me;
+        if superseded() {
+            return Err(Status::aborted(
+                "superseded by a newer upload from the same member",
+            ));
+        }
         // Continue the sender's partial snapshot if it is the same one, else start afresh.
-        let mut partial = match self.take(from) {
-            Some(p)
-                if p.meta == meta
-                    && p.term == first.term
-                    && p.total_size == first.total_size
-                    && p.total_crc32 == first.total_crc32 =>
-            {
-                p
+        let same = guard.as_ref().is_some_and(|p| {
+            p.meta == meta
+                && p.term == first.term
+                && p.total_size == first.total_size
+                && p.total_crc32 == first.total_crc32
+        });
+        if !same {
+            if let Some(old) = guard.take() {
+                self.discard(old).await;
             }
-            _ => Partial {
-                term: first.term,
-                meta,
-                total_size: first.total_size,
-                total_crc32: first.total_crc32,
-                data: BytesMut::new(),
-            },
+            *guard = Some(self.start(cfg, from, &first, meta).await?);
+        }
+        let Some(partial) = guard.as_mut() else {
+            return Err(Status::internal("snapshot slot lost its upload"));
         };
         let mut chunk = first;
         loop {
-            let have = partial.data.len() as u64;
+            partial.last_activity = Instant::now();
+            let have = partial.received;
             if chunk.offset != have {
                 let detail = format!("have {have} bytes, the chunk starts at {}", chunk.offset);
-                self.keep(from, partial);
                 return Ok(reply(Outcome::Resume, have, detail));
             }
             if crc32fast::hash(&chunk.data) != chunk.crc32 {
                 let detail = format!("the chunk at offset {} failed its checksum", chunk.offset);
                 tracing::warn!(node = cfg.id, peer = from, "{detail}; asking to resend");
-                self.keep(from, partial);
                 return Ok(reply(Outcome::Resume, have, detail));
             }
             if have + chunk.data.len() as u64 > partial.total_size {
+                if let Some(p) = guard.take() {
+                    self.discard(p).await;
+                }
                 return Ok(reply(
                     Outcome::Resume,
                     0,
                     "chunks exceed the announced snapshot size; restarting",
                 ));
             }
-            partial.data.extend_from_slice(&chunk.data);
+            partial
+                .file
+                .write_all(&chunk.data)
+                .await
+                .map_err(|e| io_status("write", &partial.path, e))?;
+            partial.crc.update(&chunk.data);
+            partial.received += chunk.data.len() as u64;
             if chunk.last {
                 break;
             }
-            match next_chunk(&mut stream, timeout).await {
+            // Only a newer call of the same sender notifies: it supersedes this one.
+            let next = tokio::select! {
+                next = next_chunk(&mut stream, timeout) => next,
+                () = slot.superseded.notified() => {
+                    return Err(Status::aborted("superseded by a newer upload from the same member"));
+                }
+            };
+            if superseded() {
+                return Err(Status::aborted(
+                    "superseded by a newer upload from the same member",
+                ));
+            }
+            match next {
                 Ok(Some(c)) => chunk = c,
                 Ok(None) => {
-                    let have = partial.data.len() as u64;
-                    self.keep(from, partial);
                     return Ok(reply(
                         Outcome::Resume,
-                        have,
+                        partial.received,
                         "the stream ended before the last chunk",
                     ));
                 }
-                Err(status) => {
-                    self.keep(from, partial);
-                    return Err(status);
-                }
+                Err(status) => return Err(status),
             }
         }
-        let data = partial.data.freeze();
-        if data.len() as u64 != partial.total_size || crc32fast::hash(&data) != partial.total_crc32
-        {
+        let Some(partial) = guard.take() else {
+            return Err(Status::internal("snapshot slot lost its upload"));
+        };
+        drop(guard);
+        self.finish(common, from, partial).await
+    }
+
+    /// Opens the spool file of a new upload, if the spool has room for it.
+    async fn start(
+        &self,
+        cfg: &crate::GrpcConfig,
+        from: NodeId,
+        first: &pb::SnapshotChunk,
+        meta: SnapshotMeta,
+    ) -> Result<Partial, Status> {
+        use std::sync::atomic::Ordering;
+        let reserved = self.spooled.fetch_add(first.total_size, Ordering::Relaxed);
+        if reserved.saturating_add(first.total_size) > cfg.max_snapshot_spool_bytes {
+            self.spooled.fetch_sub(first.total_size, Ordering::Relaxed);
+            return Err(Status::resource_exhausted(format!(
+                "snapshot uploads in progress already take {reserved} bytes of this node's \
+                 spool (max_snapshot_spool_bytes = {}); retry later",
+                cfg.max_snapshot_spool_bytes
+            )));
+        }
+        let path = self.dir.join(format!(
+            "from-{from}-{}-{}.part",
+            meta.last_included.index, meta.last_included.term
+        ));
+        let opened = async {
+            tokio::fs::create_dir_all(&self.dir).await?;
+            tokio::fs::File::create(&path).await
+        };
+        match opened.await {
+            Ok(file) => Ok(Partial {
+                term: first.term,
+                meta,
+                total_size: first.total_size,
+                total_crc32: first.total_crc32,
+                path,
+                file,
+                received: 0,
+                crc: crc32fast::Hasher::new(),
+                last_activity: Instant::now(),
+            }),
+            Err(e) => {
+                self.spooled.fetch_sub(first.total_size, Ordering::Relaxed);
+                Err(io_status("create", &path, e))
+            }
+        }
+    }
+
+    /// Checks a complete upload and hands it to the node.
+    async fn finish(
+        &self,
+        common: &Common,
+        from: NodeId,
+        mut partial: Partial,
+    ) -> Result<pb::SnapshotReply, Status> {
+        let cfg = &common.config;
+        let crc = std::mem::take(&mut partial.crc).finalize();
+        if partial.received != partial.total_size || crc != partial.total_crc32 {
             tracing::warn!(
                 node = cfg.id,
                 peer = from,
                 "whole-snapshot checksum failed; restarting"
             );
+            self.discard(partial).await;
             return Ok(reply(
                 Outcome::Resume,
                 0,
                 "the whole-snapshot checksum failed; restarting from offset 0",
             ));
         }
+        let data = match tokio::fs::read(&partial.path).await {
+            Ok(data) => Bytes::from(data),
+            Err(e) => {
+                let status = io_status("read back", &partial.path, e);
+                self.discard(partial).await;
+                return Err(status);
+            }
+        };
         let message = Message {
             from,
             to: cfg.id,
             term: partial.term,
-            body: MessageBody::InstallSnapshot(partial.meta),
+            body: MessageBody::InstallSnapshot(partial.meta.clone()),
         };
+        self.discard(partial).await;
         let Some(inbox) = common.inbox() else {
             return Ok(reply(
                 Outcome::Refused,

@@ -15,8 +15,10 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::GrpcError;
+use crate::auth::{PeerAuth, SECRET_METADATA};
 use crate::config::GrpcConfig;
 use crate::convert::{self, DecodeLimits};
+use crate::listener::ServerTls;
 use crate::pb;
 use crate::pb::peer_client::PeerClient;
 use crate::stats::{Counters, TransportStats};
@@ -28,33 +30,188 @@ pub(crate) struct Common {
     pub(crate) stats: Counters,
     pub(crate) inbox: std::sync::RwLock<Option<Arc<dyn Inbox>>>,
     pub(crate) limits: DecodeLimits,
+    pub(crate) auth: PeerAuth,
+    /// Rate limit of the warnings about refused peer traffic.
+    pub(crate) refused_log: Mutex<dengine_core::LogLimiter>,
+    /// The last incarnation each sender announced.
+    pub(crate) incarnations: Mutex<HashMap<NodeId, u64>>,
 }
 
 /// TLS material read from the configured files.
 pub(crate) struct LoadedTls {
     pub(crate) identity: Identity,
     pub(crate) ca: Certificate,
-    pub(crate) require_client_cert: bool,
+    pub(crate) server: ServerTls,
     pub(crate) server_name: Option<String>,
 }
 
+/// What a member answered to [`GrpcTransport::probe`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProbeReport {
+    /// Its view of the cluster: term, last log index, committed configuration.
+    pub view: dengine_core::ClusterView,
+    /// The incarnation it last saw the prober's id announce (0: it never heard from it).
+    pub known_incarnation: u64,
+}
+
+/// Metadata with which a member marks a refusal of a sender that a committed configuration
+/// removed: the sender learns it was removed and stops.
+pub(crate) const REFUSAL_METADATA: &str = "dengine-refusal";
+/// The [`REFUSAL_METADATA`] value for a removed sender.
+pub(crate) const REFUSAL_RETIRED: &str = "retired";
+
+/// The status that tells `from` it was removed from the cluster.
+pub(crate) fn retired_status(me: NodeId, from: NodeId) -> Status {
+    let mut status = Status::failed_precondition(format!(
+        "member {me} refuses node {from}: a committed configuration removed node {from} from \
+         the cluster, and node ids are never reused; wipe its data directory and add it \
+         again under a new id to bring the machine back"
+    ));
+    status.metadata_mut().insert(
+        REFUSAL_METADATA,
+        tonic::metadata::MetadataValue::from_static(REFUSAL_RETIRED),
+    );
+    status
+}
+
 impl Common {
-    /// Hands a checked, decoded message from a peer to the inbox.
-    pub(crate) fn deliver(&self, wire: &pb::RaftMessage) -> Result<(), Status> {
+    /// `m` on the wire, with this node's header.
+    pub(crate) fn encode(&self, m: &Message) -> pb::RaftMessage {
+        let mut wire = convert::encode_message(self.config.cluster_id, m);
+        if let Some(h) = &mut wire.header {
+            h.incarnation = self.config.incarnation;
+        }
+        wire
+    }
+
+    /// Remembers the incarnation `from` announced; warns when a member comes back with a new
+    /// one under the same id (its storage was replaced: it may have lost what it
+    /// acknowledged, which the leader detects and repairs, see `PeerRegression`).
+    pub(crate) fn note_incarnation(&self, from: NodeId, incarnation: u64) {
+        if incarnation == 0 {
+            return;
+        }
+        let previous = lock(&self.incarnations).insert(from, incarnation);
+        if let Some(previous) = previous
+            && previous != incarnation
+        {
+            metrics::counter!("dengine_peer_incarnation_changes_total").increment(1);
+            tracing::warn!(
+                node = self.config.id,
+                peer = from,
+                "member {from} came back with a new incarnation ({incarnation:#x}, was \
+                 {previous:#x}): its data directory was replaced under the same member id; \
+                 a member that lost its storage must be removed and added again under a new id \
+                 (docs/operations.md, \"Replacing a member\")"
+            );
+        }
+    }
+
+    /// `message` wrapped in a request with the cluster secret, if one is configured.
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(secret) = self.auth.outgoing_secret()
+            && let Ok(value) = secret.parse()
+        {
+            request.metadata_mut().insert(SECRET_METADATA, value);
+        }
+        request
+    }
+
+    /// If `status` says a peer refused us because we were removed from the cluster, tells
+    /// the inbox (the node stops). Returns whether it did.
+    pub(crate) fn check_removed(&self, peer: NodeId, status: &Status) -> bool {
+        let retired = status
+            .metadata()
+            .get(REFUSAL_METADATA)
+            .is_some_and(|v| v == REFUSAL_RETIRED);
+        if retired && let Some(inbox) = self.inbox() {
+            inbox.removed_from_cluster(format!("member {peer}: {}", status.message()));
+        }
+        retired
+    }
+
+    /// Counts a refused peer request (`what`: message, stream, snapshot, ...) claiming to come
+    /// from `from` (0 if unknown), and logs it at a bounded rate.
+    pub(crate) fn refused(&self, what: &'static str, from: NodeId, detail: &str) {
+        Counters::add(&self.stats.refused);
+        metrics::counter!("dengine_peer_refused_total", "kind" => what).increment(1);
+        let allowed = lock(&self.refused_log).allow(std::time::Instant::now());
+        if let Some(suppressed) = allowed {
+            tracing::warn!(
+                node = self.config.id,
+                from,
+                suppressed,
+                "refused a peer {what}: {detail}"
+            );
+        }
+    }
+
+    /// Hands a checked, decoded message from a peer to the inbox. `credentials` are what the
+    /// request presented; the sender it claims must match them. Snapshot metadata comes only
+    /// with its data, through `InstallSnapshot`.
+    pub(crate) fn deliver(
+        &self,
+        wire: &pb::RaftMessage,
+        credentials: &crate::auth::PeerCredentials,
+    ) -> Result<(), Status> {
+        self.deliver_checked(wire, |from| self.auth.allows(credentials, from))
+    }
+
+    /// Hands a message that arrived on a connection this node opened to `peer` (whose server
+    /// certificate TLS verified) to the inbox: it must come from `peer`.
+    pub(crate) fn deliver_from_dialed(
+        &self,
+        wire: &pb::RaftMessage,
+        peer: NodeId,
+    ) -> Result<(), Status> {
+        self.deliver_checked(wire, |from| {
+            if from == peer {
+                Ok(())
+            } else {
+                Err(Status::permission_denied(format!(
+                    "a message on the connection to node {peer} claims to come from node {from}"
+                )))
+            }
+        })
+    }
+
+    fn deliver_checked(
+        &self,
+        wire: &pb::RaftMessage,
+        authorize: impl FnOnce(NodeId) -> Result<(), Status>,
+    ) -> Result<(), Status> {
         let cfg = &self.config;
-        if let Err(e) = convert::check_header(wire.header.as_ref(), cfg.cluster_id, cfg.id) {
-            Counters::add(&self.stats.refused);
-            tracing::warn!(node = cfg.id, "refused a peer message: {e}");
-            return Err(Status::failed_precondition(e.to_string()));
+        let from = match convert::check_header(wire.header.as_ref(), cfg.cluster_id, cfg.id) {
+            Ok(from) => from,
+            Err(e) => {
+                self.refused("message", 0, &e.to_string());
+                return Err(Status::failed_precondition(e.to_string()));
+            }
+        };
+        if let Err(status) = authorize(from) {
+            self.refused("message", from, status.message());
+            return Err(status);
+        }
+        if self.inbox().is_some_and(|inbox| inbox.is_retired(from)) {
+            self.refused("message", from, "the sender was removed from the cluster");
+            return Err(retired_status(cfg.id, from));
+        }
+        if let Some(h) = &wire.header {
+            self.note_incarnation(from, h.incarnation);
         }
         let message = match convert::decode_message(wire, &self.limits) {
             Ok(m) => m,
             Err(e) => {
-                Counters::add(&self.stats.refused);
-                tracing::warn!(node = cfg.id, "refused a malformed peer message: {e}");
+                self.refused("message", from, &format!("malformed: {e}"));
                 return Err(Status::invalid_argument(e.to_string()));
             }
         };
+        if matches!(message.body, MessageBody::InstallSnapshot(_)) {
+            let detail = "InstallSnapshot travels only with its data, on the InstallSnapshot call";
+            self.refused("message", from, detail);
+            return Err(Status::invalid_argument(detail));
+        }
         self.hand_to_inbox(message);
         Ok(())
     }
@@ -132,6 +289,17 @@ impl Common {
 /// one large message per round trip.
 pub(crate) const STREAM_WINDOW: u32 = 8 << 20;
 pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// Whether `status` is a peer's deliberate refusal (worth a warning), not a broken connection.
+fn is_refusal(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::FailedPrecondition
+            | tonic::Code::Unauthenticated
+            | tonic::Code::PermissionDenied
+            | tonic::Code::InvalidArgument
+    )
+}
 
 /// The host part of `host:port` (or of a URI).
 fn host_of(address: &str) -> String {
@@ -275,7 +443,7 @@ impl GrpcTransport {
                         read(&t.key, "private key")?,
                     ),
                     ca: Certificate::from_pem(read(&t.ca, "CA certificate")?),
-                    require_client_cert: t.require_client_cert,
+                    server: ServerTls::from_config(t)?,
                     server_name: t.server_name.clone(),
                 })
             }
@@ -284,6 +452,20 @@ impl GrpcTransport {
             max_entry_bytes: config.max_message_bytes as u64,
             ..DecodeLimits::default()
         };
+        if let Some(secret) = &config.cluster_secret
+            && (secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(GrpcError::Config(
+                "the cluster secret must be at least 16 printable ASCII characters without \
+                 spaces"
+                    .into(),
+            ));
+        }
+        let auth = PeerAuth::new(
+            config.cluster_secret.clone(),
+            config.tls.as_ref().is_some_and(|t| t.require_client_cert),
+            config.member_names.clone(),
+        );
         Ok(GrpcTransport {
             shared: Arc::new(Shared {
                 common: Arc::new(Common {
@@ -292,6 +474,9 @@ impl GrpcTransport {
                     stats: Counters::default(),
                     inbox: std::sync::RwLock::new(None),
                     limits,
+                    auth,
+                    refused_log: Mutex::new(dengine_core::LogLimiter::per_ten_seconds()),
+                    incarnations: Mutex::new(HashMap::new()),
                 }),
                 peers: Mutex::new(HashMap::new()),
                 routes: Mutex::new(HashMap::new()),
@@ -321,6 +506,68 @@ impl GrpcTransport {
             .unwrap_or_else(|p| p.into_inner()) = Some(inbox);
     }
 
+    /// A channel to the peer listener of the member at `address` (`host:port`), with this
+    /// transport's TLS: for the application's own traffic between members, such as write
+    /// forwarding. Connects on first use. Send requests built with
+    /// [`peer_request`](Self::peer_request), which adds the cluster secret.
+    pub fn peer_channel(&self, address: &str) -> Result<Channel, GrpcError> {
+        Ok(self.shared.common.endpoint(address)?.connect_lazy())
+    }
+
+    /// `message` as a request to another member: with the cluster secret, if configured.
+    pub fn peer_request<T>(&self, message: T) -> tonic::Request<T> {
+        self.shared.common.request(message)
+    }
+
+    /// Asks the member `peer` at `address` what it knows of the cluster, waiting at most
+    /// `timeout`. A node whose data directory is empty asks this before it founds or joins a
+    /// cluster: if a member has seen this node's id with another incarnation, this node lost
+    /// its data and must not start as if it had none.
+    pub async fn probe(
+        &self,
+        peer: NodeId,
+        address: &str,
+        timeout: Duration,
+    ) -> Result<ProbeReport, GrpcError> {
+        let common = &self.shared.common;
+        let failed = |detail: String| GrpcError::Connect {
+            address: address.to_string(),
+            detail,
+        };
+        let call = async {
+            let mut client = common.connect(address).await?;
+            let request = common.request(pb::ProbeRequest {
+                header: Some(pb::Header {
+                    cluster_id: common.config.cluster_id,
+                    from: common.config.id,
+                    to: peer,
+                    incarnation: common.config.incarnation,
+                }),
+            });
+            let reply = client
+                .probe(request)
+                .await
+                .map_err(|s| failed(format!("{}: {}", s.code(), s.message())))?
+                .into_inner();
+            let membership = match &reply.membership {
+                Some(m) if !m.voters.is_empty() => convert::decode_membership(m, &common.limits)
+                    .map_err(|e| failed(e.to_string()))?,
+                _ => dengine_core::Membership::default(),
+            };
+            Ok(ProbeReport {
+                view: dengine_core::ClusterView {
+                    term: reply.term,
+                    last_index: reply.last_index,
+                    membership,
+                },
+                known_incarnation: reply.known_incarnation,
+            })
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| failed(format!("no answer within {timeout:?}")))?
+    }
+
     /// The current address of `peer`, if known.
     pub fn peer_address(&self, peer: NodeId) -> Option<String> {
         lock(&self.shared.peers)
@@ -334,7 +581,7 @@ impl GrpcTransport {
         if message.body.is_response() && !election {
             let mut routes = lock(&self.shared.routes);
             if let Some(route) = routes.get(&message.to) {
-                let wire = convert::encode_message(self.shared.common.config.cluster_id, &message);
+                let wire = self.shared.common.encode(&message);
                 match route.tx.try_send(Ok(wire)) {
                     Ok(()) => {
                         Counters::add(&stats.sent);
@@ -529,11 +776,11 @@ async fn session(
     elect_rx: &mut mpsc::Receiver<Message>,
     backoff: &mut Backoff,
 ) -> SessionEnd {
-    let cluster = common.config.cluster_id;
     let (tx, rx) = mpsc::channel::<pb::RaftMessage>(256);
-    let mut inbound = match client.stream(ReceiverStream::new(rx)).await {
+    let mut inbound = match client.stream(common.request(ReceiverStream::new(rx))).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
+            common.check_removed(peer, &status);
             tracing::debug!(
                 node = common.config.id,
                 peer,
@@ -549,11 +796,11 @@ async fn session(
             loop {
                 match inbound.message().await {
                     Ok(Some(m)) => {
-                        let _ = common.deliver(&m);
+                        let _ = common.deliver_from_dialed(&m, peer);
                     }
                     Ok(None) => return,
                     Err(status) => {
-                        if status.code() == tonic::Code::FailedPrecondition {
+                        if !common.check_removed(peer, &status) && is_refusal(&status) {
                             tracing::warn!(
                                 node = common.config.id,
                                 peer,
@@ -573,7 +820,7 @@ async fn session(
             () = &mut reader => return SessionEnd::Broken,
             m = data_rx.recv() => {
                 let Some(m) = m else { return SessionEnd::Closed };
-                if tx.send(convert::encode_message(cluster, &m)).await.is_err() {
+                if tx.send(common.encode(&m)).await.is_err() {
                     Counters::dropped(&common.stats.dropped_unreachable, "unreachable");
                     return SessionEnd::Broken;
                 }
@@ -581,16 +828,16 @@ async fn session(
             }
             m = elect_rx.recv() => {
                 let Some(m) = m else { return SessionEnd::Closed };
-                let wire = convert::encode_message(cluster, &m);
+                let wire = common.encode(&m);
                 let mut client = client.clone();
                 let common = common.clone();
                 tokio::spawn(async move {
-                    let call = client.deliver(wire);
+                    let call = client.deliver(common.request(wire));
                     match tokio::time::timeout(common.config.deliver_timeout, call).await {
                         Ok(Ok(_)) => Counters::add(&common.stats.sent),
                         Ok(Err(status)) => {
                             Counters::dropped(&common.stats.dropped_unreachable, "unreachable");
-                            if status.code() == tonic::Code::FailedPrecondition {
+                            if !common.check_removed(peer, &status) && is_refusal(&status) {
                                 tracing::warn!(
                                     node = common.config.id,
                                     peer,

@@ -325,6 +325,7 @@ async fn a_receiver_resumes_from_what_it_verified() {
                 cluster_id: 7,
                 from: 1,
                 to: 2,
+                incarnation: 0,
             });
             c.term = 3;
             c.meta = Some(meta.clone());
@@ -487,8 +488,10 @@ impl Pki {
         std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
     }
 
-    /// A node certificate for "localhost" signed by `ca`; returns its TLS settings.
-    fn node(&self, name: &str, ca: &str, require_client_cert: bool) -> TlsConfig {
+    /// A certificate for "localhost" that names member `id` (`member-<id>`), signed by `ca`;
+    /// returns its TLS settings.
+    fn node(&self, id: NodeId, ca: &str, require_client_cert: bool) -> TlsConfig {
+        let name = format!("node{id}-{ca}");
         let ca_key_pem = std::fs::read_to_string(self.path(&format!("{ca}.key"))).unwrap();
         let ca_key = rcgen::KeyPair::from_pem(&ca_key_pem).unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -498,7 +501,9 @@ impl Pki {
             .push(rcgen::DnType::CommonName, format!("dengine test {ca}"));
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), format!("member-{id}")])
+                .unwrap();
         let cert = params.signed_by(&key, &issuer).unwrap();
         std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).unwrap();
         std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
@@ -518,7 +523,7 @@ async fn mutual_tls_admits_nodes_of_the_cluster_ca_and_refuses_others() {
     let pki = Pki::new();
     let tls = |id: NodeId, ca: &str| {
         let mut c = fast(id, 7);
-        c.tls = Some(pki.node(&format!("node{id}"), ca, true));
+        c.tls = Some(pki.node(id, ca, true));
         c
     };
     let a = node_with(tls(1, "ca")).await;
@@ -541,6 +546,23 @@ async fn mutual_tls_admits_nodes_of_the_cluster_ca_and_refuses_others() {
     assert_eq!(b.inbox.count(), 1, "nothing from the impostor arrived");
     assert!(b.inbox.messages.lock().unwrap().iter().all(|m| m.from == 1));
     assert!(b.transport.stats().received == 1);
+
+    // A member with a valid certificate cannot speak for another member: node 1's
+    // certificate names member-1, so what it sends as node 3 is refused.
+    let mut as_three = fast(1, 7);
+    as_three.tls = Some(pki.node(1, "ca", true));
+    let liar = node_with(as_three).await;
+    liar.transport.set_peer(2, addr.clone());
+    let refused_before = b.transport.stats().refused;
+    for i in 0..5 {
+        liar.transport.send(append(3, 2, 1 + i, 1));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wait_until("the forged sender to be refused", || {
+        b.transport.stats().refused > refused_before
+    })
+    .await;
+    assert_eq!(b.inbox.count(), 1, "nothing sent as another member arrived");
 
     // A plaintext client cannot talk to a TLS server either.
     let plain = node_with(fast(4, 7)).await;
@@ -588,6 +610,7 @@ async fn a_stalled_snapshot_stream_times_out_per_chunk_and_can_resume() {
             cluster_id: 7,
             from: 1,
             to: 2,
+            incarnation: 0,
         }),
         term: 3,
         meta: Some(meta.clone()),

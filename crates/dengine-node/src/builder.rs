@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
 use crate::error::StartError;
-use crate::inbox::{NodeInbox, PeerInput};
+use crate::inbox::{InboxView, NodeInbox, PeerInput};
 use crate::node::{Node, Shared};
 use crate::runtime::{Parts, Runtime};
 use crate::settings::Settings;
@@ -40,6 +40,7 @@ pub struct NodeBuilder<S = (), M = (), T = ()> {
     transport: T,
     peer_tx: mpsc::Sender<PeerInput>,
     peer_rx: mpsc::Receiver<PeerInput>,
+    view: Arc<InboxView>,
     snapshot_dir: Option<PathBuf>,
 }
 
@@ -54,6 +55,7 @@ impl NodeBuilder {
             transport: (),
             peer_tx,
             peer_rx,
+            view: Arc::default(),
             snapshot_dir: None,
         }
     }
@@ -69,6 +71,7 @@ impl<S, M, T> NodeBuilder<S, M, T> {
             transport: self.transport,
             peer_tx: self.peer_tx,
             peer_rx: self.peer_rx,
+            view: self.view,
             snapshot_dir: self.snapshot_dir,
         }
     }
@@ -82,6 +85,7 @@ impl<S, M, T> NodeBuilder<S, M, T> {
             transport: self.transport,
             peer_tx: self.peer_tx,
             peer_rx: self.peer_rx,
+            view: self.view,
             snapshot_dir: self.snapshot_dir,
         }
     }
@@ -95,6 +99,7 @@ impl<S, M, T> NodeBuilder<S, M, T> {
             transport,
             peer_tx: self.peer_tx,
             peer_rx: self.peer_rx,
+            view: self.view,
             snapshot_dir: self.snapshot_dir,
         }
     }
@@ -112,7 +117,7 @@ impl<S, M, T> NodeBuilder<S, M, T> {
 
     /// The inbox the transport delivers peer messages into.
     pub fn inbox(&self) -> NodeInbox {
-        NodeInbox::new(self.peer_tx.clone())
+        NodeInbox::new(self.peer_tx.clone(), self.view.clone())
     }
 
     /// The settings the node will run with.
@@ -195,6 +200,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             transport,
             peer_tx,
             peer_rx,
+            view,
             snapshot_dir,
         } = self;
         settings.validate()?;
@@ -215,7 +221,9 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             && is_empty(&stored)
         {
             return Err(StartError::SnapshotFile(format!(
-                "the snapshot directory holds a snapshot at {} but the log store is empty;                  refusing to mix state of another incarnation: remove the snapshot files or                  restore the log store",
+                "the snapshot directory holds a snapshot at {} but the log store is empty; \
+                 refusing to mix state of another incarnation: remove the snapshot files or \
+                 restore the log store",
                 file.meta.last_included
             )));
         }
@@ -305,6 +313,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             req_rx,
             peer_rx,
             peer_tx: peer_tx.clone(),
+            view: view.clone(),
             fatal: fatal.clone(),
             snapshot_dir,
             initial_snapshot,
@@ -321,7 +330,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
         let shared = Shared {
             id,
             req_tx,
-            inbox: NodeInbox::new(peer_tx),
+            inbox: NodeInbox::new(peer_tx, view),
             pending: crate::node::PendingLimit::new(max_pending),
             closing: AtomicBool::new(false),
             fatal,

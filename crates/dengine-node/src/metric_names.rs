@@ -41,6 +41,27 @@ pub const SNAPSHOTS_INSTALLED_TOTAL: &str = "dengine_snapshots_installed_total";
 /// `unknown_peer`: no address known).
 pub const MESSAGES_DROPPED_TOTAL: &str = "dengine_messages_dropped_total";
 
+/// Counter: peer messages this node's core refused (out-of-range terms or indexes, snapshot
+/// metadata without data, misrouted messages).
+pub const PEER_MESSAGES_REFUSED_TOTAL: &str = "dengine_peer_messages_refused_total";
+
+/// Counter (leader only): followers found to have lost log entries they had acknowledged.
+pub const PEER_REGRESSIONS_TOTAL: &str = "dengine_peer_regressions_total";
+
+/// Counter, label `kind` (`message`, `stream`, `snapshot`, `probe`, `request`): peer requests
+/// the gRPC transport refused (wrong cluster or recipient, failed authentication, a removed
+/// sender, malformed). Recorded by `dengine-net-grpc`.
+pub const PEER_REFUSED_TOTAL: &str = "dengine_peer_refused_total";
+
+/// Counter, labels `listener` (`peer`, `client`, `admin`) and `reason`
+/// (`too_many_connections`, `handshake_timeout`, `tls_failed`, `accept_failed`): connections
+/// a listener closed or could not accept. Recorded by `dengine-net-grpc`.
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "dengine_connections_refused_total";
+
+/// Counter: members that came back under their id with a new incarnation (new storage).
+/// Recorded by `dengine-net-grpc`.
+pub const PEER_INCARNATION_CHANGES_TOTAL: &str = "dengine_peer_incarnation_changes_total";
+
 /// Histogram (seconds): from a client's `propose` call to its response (after apply).
 pub const PROPOSAL_LATENCY_SECONDS: &str = "dengine_proposal_latency_seconds";
 

@@ -16,7 +16,8 @@ use dengine_core::NodeId;
 use serde::{Deserialize, Serialize};
 
 /// All settings of one node. Sections mirror the TOML file: `[node]`, `[raft]`, `[storage]`,
-/// `[snapshot]`, `[network]`, `[client]`, `[shutdown]`, `[observability]`.
+/// `[snapshot]`, `[network]`, `[client_api]`, `[admin]`, `[client]`, `[shutdown]`,
+/// `[observability]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
@@ -28,14 +29,33 @@ pub struct Settings {
     pub storage: StorageSettings,
     /// Snapshot and compaction policy.
     pub snapshot: SnapshotSettings,
-    /// Peer transport.
+    /// Peer transport and the peer listener.
     pub network: NetworkSettings,
+    /// The client listener (the application's API, `node.client_addr`).
+    pub client_api: ClientApiSettings,
+    /// The admin listener (`node.admin_addr`): who may administer the node.
+    pub admin: AdminSettings,
     /// Client-facing limits.
     pub client: ClientSettings,
     /// Graceful shutdown.
     pub shutdown: ShutdownSettings,
     /// Metrics and tracing export.
     pub observability: ObservabilitySettings,
+}
+
+/// Whether a node with an empty data directory founds a new cluster or joins an existing one
+/// (etcd's `--initial-cluster-state`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    /// Found the cluster of `node.initial_members` — unless one of them reports that the
+    /// cluster already exists, in which case this node lost its data and must not start as
+    /// if it had none (it refuses, naming the way to replace a member).
+    #[default]
+    New,
+    /// Join a cluster that exists: start empty and wait for the leader, which must have added
+    /// this node (under a new id) with a membership change.
+    Existing,
 }
 
 /// `[node]`: who this node is and where it listens.
@@ -48,16 +68,27 @@ pub struct NodeSettings {
     /// Identifies the cluster; every peer message carries it and a mismatch is refused, so
     /// two clusters on one network cannot mix. Default 1.
     pub cluster_id: u64,
-    /// Address the peer (and admin) gRPC server binds. Default `127.0.0.1:7000`.
+    /// Address the peer listener binds: Raft messages, snapshots and the application's
+    /// traffic between members. Only members should reach it. Default `127.0.0.1:7000`.
     pub listen_addr: String,
-    /// Address other nodes use to reach this one (recorded in the membership). Default: the
-    /// listen address.
+    /// Address other nodes use to reach this one's peer listener (recorded in the
+    /// membership). Default: the listen address.
     pub advertise_addr: Option<String>,
+    /// Address the client listener binds: the application's API (e.g. etcd's for
+    /// `dengine-kv`). Default: none (the application serves no network API).
+    pub client_addr: Option<String>,
+    /// Address the admin listener binds (the `dengine.admin.v1.Admin` service: membership,
+    /// leader transfer, snapshots). Default: none (no admin API over the network). An address
+    /// that other hosts can reach needs `[admin]` credentials.
+    pub admin_addr: Option<String>,
     /// Directory for the log store and snapshots. Default `./dengine-data`.
     pub data_dir: PathBuf,
     /// Initial members (id → peer address) when bootstrapping a new cluster, this node
     /// included. Ignored on restart. Default empty (join or restart).
     pub initial_members: BTreeMap<NodeId, String>,
+    /// With an empty data directory: found the cluster (`new`) or join one (`existing`).
+    /// Ignored once the data directory holds state. Default `new`.
+    pub initial_cluster_state: ClusterState,
 }
 
 impl Default for NodeSettings {
@@ -67,8 +98,11 @@ impl Default for NodeSettings {
             cluster_id: 1,
             listen_addr: "127.0.0.1:7000".into(),
             advertise_addr: None,
+            client_addr: None,
+            admin_addr: None,
             data_dir: PathBuf::from("./dengine-data"),
             initial_members: BTreeMap::new(),
+            initial_cluster_state: ClusterState::New,
         }
     }
 }
@@ -177,7 +211,7 @@ pub enum Compression {
     Gzip,
 }
 
-/// `[network.tls]`: TLS for peer traffic (mutual when `client_ca` is set).
+/// TLS of one listener (`[network.tls]` for peers, `[client_api.tls]`, `[admin.tls]`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsSettings {
@@ -185,12 +219,15 @@ pub struct TlsSettings {
     pub cert: PathBuf,
     /// PEM private key of this node.
     pub key: PathBuf,
-    /// PEM CA certificate that signed the peers' server certificates.
+    /// PEM CA certificate: for peers, the CA that signed the peers' certificates; for the
+    /// client and admin listeners, the CA whose client certificates are accepted.
     pub ca: PathBuf,
-    /// Require clients (peers) to present a certificate signed by `ca` (mutual TLS).
-    /// Default false.
+    /// Require clients to present a certificate signed by `ca` (mutual TLS). For peers, the
+    /// certificate must also name the member a request comes from (`member-<id>` as Common
+    /// Name or DNS name, or `network.member_names`). Default false.
     pub require_client_cert: bool,
-    /// Name to expect in peers' certificates; default: the host part of the peer address.
+    /// Peers only: the name to expect in peers' server certificates; default: the host part
+    /// of the peer address.
     pub server_name: Option<String>,
 }
 
@@ -210,8 +247,29 @@ pub struct NetworkSettings {
     pub compression: Compression,
     /// Largest peer message accepted. Default 64 MiB.
     pub max_message_bytes: usize,
-    /// TLS; plaintext when absent.
+    /// TLS for peer traffic; plaintext when absent.
     pub tls: Option<TlsSettings>,
+    /// The certificate name of each member (id → Common Name or DNS name), when the
+    /// `member-<id>` convention does not fit. Needs `network.tls.require_client_cert`.
+    /// Default empty.
+    pub member_names: BTreeMap<NodeId, String>,
+    /// A file holding a secret (16+ printable ASCII characters) that every peer request must
+    /// carry: keeps out blind injection where peer TLS is not used. Default none.
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Connections the peer listener accepts at once. Default 256.
+    pub max_connections: usize,
+    /// Time a new connection (any listener) has to finish its TLS handshake and start
+    /// HTTP/2. Default 10 000.
+    pub handshake_timeout_ms: u64,
+    /// How often established connections (any listener) are pinged. Default 30 000.
+    pub keepalive_interval_ms: u64,
+    /// How long a ping may go unanswered before the connection is closed. Default 20 000.
+    pub keepalive_timeout_ms: u64,
+    /// Requests open at once on one connection (any listener). Default 1024.
+    pub max_concurrent_streams: u32,
+    /// Bytes of snapshots being received at once, spooled to `<data_dir>/incoming`.
+    /// Default 8 GiB.
+    pub max_snapshot_spool_bytes: u64,
 }
 
 impl Default for NetworkSettings {
@@ -224,8 +282,49 @@ impl Default for NetworkSettings {
             compression: Compression::None,
             max_message_bytes: 64 << 20,
             tls: None,
+            member_names: BTreeMap::new(),
+            cluster_secret_file: None,
+            max_connections: 256,
+            handshake_timeout_ms: 10_000,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 20_000,
+            max_concurrent_streams: 1024,
+            max_snapshot_spool_bytes: 8 << 30,
         }
     }
+}
+
+/// `[client_api]`: the client listener (`node.client_addr`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientApiSettings {
+    /// TLS for clients; plaintext when absent. With `require_client_cert`, only clients with
+    /// a certificate of `ca` connect.
+    pub tls: Option<TlsSettings>,
+    /// Connections the client listener accepts at once. Default 1024.
+    pub max_connections: usize,
+}
+
+impl Default for ClientApiSettings {
+    fn default() -> Self {
+        ClientApiSettings {
+            tls: None,
+            max_connections: 1024,
+        }
+    }
+}
+
+/// `[admin]`: who may use the admin listener (`node.admin_addr`). Operators have rights
+/// through a client certificate of `admin.tls.ca` (with `require_client_cert`), through the
+/// token of `token_file`, or by being on this host when the address is a loopback one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// TLS for the admin listener; plaintext when absent.
+    pub tls: Option<TlsSettings>,
+    /// A file holding a token (16+ printable ASCII characters) that admin requests must send
+    /// as `authorization: Bearer <token>`. Default none.
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[client]`: limits on client requests.
@@ -337,8 +436,11 @@ pub const SETTING_PATHS: &[&str] = &[
     "node.cluster_id",
     "node.listen_addr",
     "node.advertise_addr",
+    "node.client_addr",
+    "node.admin_addr",
     "node.data_dir",
     "node.initial_members",
+    "node.initial_cluster_state",
     "raft.tick_ms",
     "raft.election_timeout_ms",
     "raft.heartbeat_interval_ms",
@@ -367,6 +469,24 @@ pub const SETTING_PATHS: &[&str] = &[
     "network.tls.ca",
     "network.tls.require_client_cert",
     "network.tls.server_name",
+    "network.member_names",
+    "network.cluster_secret_file",
+    "network.max_connections",
+    "network.handshake_timeout_ms",
+    "network.keepalive_interval_ms",
+    "network.keepalive_timeout_ms",
+    "network.max_concurrent_streams",
+    "network.max_snapshot_spool_bytes",
+    "client_api.tls.cert",
+    "client_api.tls.key",
+    "client_api.tls.ca",
+    "client_api.tls.require_client_cert",
+    "client_api.max_connections",
+    "admin.tls.cert",
+    "admin.tls.key",
+    "admin.tls.ca",
+    "admin.tls.require_client_cert",
+    "admin.token_file",
     "client.propose_timeout_ms",
     "client.read_timeout_ms",
     "client.max_pending",
@@ -597,8 +717,11 @@ impl Settings {
             "node.cluster_id" => n.cluster_id = v.num()?,
             "node.listen_addr" => n.listen_addr = value.to_owned(),
             "node.advertise_addr" => n.advertise_addr = v.opt_string(),
+            "node.client_addr" => n.client_addr = v.opt_string(),
+            "node.admin_addr" => n.admin_addr = v.opt_string(),
             "node.data_dir" => n.data_dir = PathBuf::from(value),
             "node.initial_members" => n.initial_members = v.members()?,
+            "node.initial_cluster_state" => n.initial_cluster_state = v.cluster_state()?,
             "raft.tick_ms" => r.tick_ms = v.num()?,
             "raft.election_timeout_ms" => r.election_timeout_ms = v.num()?,
             "raft.heartbeat_interval_ms" => r.heartbeat_interval_ms = v.num()?,
@@ -622,14 +745,26 @@ impl Settings {
             "network.reconnect_max_ms" => net.reconnect_max_ms = v.num()?,
             "network.compression" => net.compression = v.compression()?,
             "network.max_message_bytes" => net.max_message_bytes = v.num()?,
-            "network.tls.cert" => net.tls.get_or_insert_default().cert = PathBuf::from(value),
-            "network.tls.key" => net.tls.get_or_insert_default().key = PathBuf::from(value),
-            "network.tls.ca" => net.tls.get_or_insert_default().ca = PathBuf::from(value),
-            "network.tls.require_client_cert" => {
-                net.tls.get_or_insert_default().require_client_cert = v.bool()?
+            tls_path if tls_path.starts_with("network.tls.") => {
+                set_tls(&mut net.tls, tls_path, &v)?
             }
-            "network.tls.server_name" => {
-                net.tls.get_or_insert_default().server_name = v.opt_string()
+            "network.member_names" => net.member_names = v.members()?,
+            "network.cluster_secret_file" => {
+                net.cluster_secret_file = v.opt_string().map(PathBuf::from)
+            }
+            "network.max_connections" => net.max_connections = v.num()?,
+            "network.handshake_timeout_ms" => net.handshake_timeout_ms = v.num()?,
+            "network.keepalive_interval_ms" => net.keepalive_interval_ms = v.num()?,
+            "network.keepalive_timeout_ms" => net.keepalive_timeout_ms = v.num()?,
+            "network.max_concurrent_streams" => net.max_concurrent_streams = v.num()?,
+            "network.max_snapshot_spool_bytes" => net.max_snapshot_spool_bytes = v.num()?,
+            "client_api.max_connections" => self.client_api.max_connections = v.num()?,
+            "admin.token_file" => self.admin.token_file = v.opt_string().map(PathBuf::from),
+            tls_path if tls_path.starts_with("client_api.tls.") => {
+                set_tls(&mut self.client_api.tls, tls_path, &v)?
+            }
+            tls_path if tls_path.starts_with("admin.tls.") => {
+                set_tls(&mut self.admin.tls, tls_path, &v)?
             }
             "client.propose_timeout_ms" => c.propose_timeout_ms = v.num()?,
             "client.read_timeout_ms" => c.read_timeout_ms = v.num()?,
@@ -675,6 +810,38 @@ impl Settings {
                 &quoted(addr),
                 "host:port with a port in 1..=65535, e.g. node1.example.com:7000 or \
                  10.0.0.1:7000 (IPv6 in brackets)"
+                    .into(),
+            );
+        }
+        for (field, addr) in [
+            ("node.client_addr", &n.client_addr),
+            ("node.admin_addr", &n.admin_addr),
+        ] {
+            if let Some(addr) = addr
+                && addr.parse::<SocketAddr>().is_err()
+            {
+                bad(
+                    field,
+                    &quoted(addr),
+                    "an IP socket address such as 127.0.0.1:2379 (no host names)".into(),
+                );
+            }
+        }
+        if let Some(Ok(addr)) = n.admin_addr.as_ref().map(|a| a.parse::<SocketAddr>())
+            && !addr.ip().is_loopback()
+            && self.admin.token_file.is_none()
+            && !self
+                .admin
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.require_client_cert)
+        {
+            bad(
+                "node.admin_addr",
+                &quoted(&addr.to_string()),
+                "a loopback address (127.0.0.1:PORT), unless operators must prove their rights: \
+                 set admin.token_file, or [admin.tls] with require_client_cert = true — \
+                 anyone reaching the admin API can remove members and move the leader"
                     .into(),
             );
         }
@@ -822,27 +989,59 @@ impl Settings {
                 ),
             );
         }
-        if let Some(tls) = &net.tls {
-            for (field, path) in [
-                ("network.tls.cert", &tls.cert),
-                ("network.tls.key", &tls.key),
-                ("network.tls.ca", &tls.ca),
-            ] {
+        for (section, tls) in self.tls_sections() {
+            for (field, path) in [("cert", &tls.cert), ("key", &tls.key), ("ca", &tls.ca)] {
                 if path.as_os_str().is_empty() {
                     bad(
-                        field,
+                        &format!("{section}.{field}"),
                         &quoted(""),
-                        "a path to a PEM file (required when [network.tls] is present)".into(),
+                        format!("a path to a PEM file (required when [{section}] is present)"),
                     );
                 }
             }
-            if tls.server_name.as_deref() == Some("") {
-                bad(
-                    "network.tls.server_name",
-                    &quoted(""),
-                    "a DNS name, or leave it out to use the peer address's host".into(),
-                );
+        }
+        if !net.member_names.is_empty() && !net.tls.as_ref().is_some_and(|t| t.require_client_cert)
+        {
+            bad(
+                "network.member_names",
+                &format!("{} names", net.member_names.len()),
+                "only with network.tls.require_client_cert = true (names are checked in client \
+                 certificates)"
+                    .into(),
+            );
+        }
+        for (field, value) in [
+            ("network.max_connections", net.max_connections as u64),
+            ("network.handshake_timeout_ms", net.handshake_timeout_ms),
+            ("network.keepalive_interval_ms", net.keepalive_interval_ms),
+            ("network.keepalive_timeout_ms", net.keepalive_timeout_ms),
+            (
+                "network.max_concurrent_streams",
+                u64::from(net.max_concurrent_streams),
+            ),
+            (
+                "network.max_snapshot_spool_bytes",
+                net.max_snapshot_spool_bytes,
+            ),
+            (
+                "client_api.max_connections",
+                self.client_api.max_connections as u64,
+            ),
+        ] {
+            if value == 0 {
+                bad(field, &0, ">= 1".into());
             }
+        }
+        if net
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.server_name.as_deref() == Some(""))
+        {
+            bad(
+                "network.tls.server_name",
+                &quoted(""),
+                "a DNS name, or leave it out to use the peer address's host".into(),
+            );
         }
 
         let c = &self.client;
@@ -868,6 +1067,9 @@ impl Settings {
             ("network.connect_timeout_ms", net.connect_timeout_ms),
             ("network.reconnect_initial_ms", net.reconnect_initial_ms),
             ("network.reconnect_max_ms", net.reconnect_max_ms),
+            ("network.handshake_timeout_ms", net.handshake_timeout_ms),
+            ("network.keepalive_interval_ms", net.keepalive_interval_ms),
+            ("network.keepalive_timeout_ms", net.keepalive_timeout_ms),
             ("client.propose_timeout_ms", c.propose_timeout_ms),
             ("client.read_timeout_ms", c.read_timeout_ms),
             (
@@ -951,25 +1153,31 @@ impl Settings {
     /// [`validate`](Self::validate) so settings can be checked on another machine.
     pub fn check_files(&self) -> Result<(), SettingsError> {
         let mut problems = Vec::new();
-        if let Some(tls) = &self.network.tls {
-            for (field, path) in [
-                ("network.tls.cert", &tls.cert),
-                ("network.tls.key", &tls.key),
-                ("network.tls.ca", &tls.ca),
-            ] {
-                if let Err(e) = std::fs::File::open(path).and_then(|f| f.metadata()) {
-                    problems.push(SettingsProblem::new(
-                        field,
-                        quoted(&path.display().to_string()),
-                        format!("a readable PEM file ({e})"),
-                    ));
-                } else if !path.is_file() {
-                    problems.push(SettingsProblem::new(
-                        field,
-                        quoted(&path.display().to_string()),
-                        "a regular file, not a directory",
-                    ));
-                }
+        let mut files: Vec<(String, &Path)> = Vec::new();
+        for (section, tls) in self.tls_sections() {
+            files.push((format!("{section}.cert"), &tls.cert));
+            files.push((format!("{section}.key"), &tls.key));
+            files.push((format!("{section}.ca"), &tls.ca));
+        }
+        if let Some(path) = &self.network.cluster_secret_file {
+            files.push(("network.cluster_secret_file".into(), path));
+        }
+        if let Some(path) = &self.admin.token_file {
+            files.push(("admin.token_file".into(), path));
+        }
+        for (field, path) in files {
+            if let Err(e) = std::fs::File::open(path).and_then(|f| f.metadata()) {
+                problems.push(SettingsProblem::new(
+                    &field,
+                    quoted(&path.display().to_string()),
+                    format!("a readable file ({e})"),
+                ));
+            } else if !path.is_file() {
+                problems.push(SettingsProblem::new(
+                    &field,
+                    quoted(&path.display().to_string()),
+                    "a regular file, not a directory",
+                ));
             }
         }
         let dir = &self.node.data_dir;
@@ -985,6 +1193,19 @@ impl Settings {
         } else {
             Err(SettingsError::Invalid { problems })
         }
+    }
+}
+
+impl Settings {
+    /// The TLS sections that are present, with their names.
+    fn tls_sections(&self) -> impl Iterator<Item = (&'static str, &TlsSettings)> {
+        [
+            ("network.tls", &self.network.tls),
+            ("client_api.tls", &self.client_api.tls),
+            ("admin.tls", &self.admin.tls),
+        ]
+        .into_iter()
+        .filter_map(|(name, tls)| tls.as_ref().map(|t| (name, t)))
     }
 }
 
@@ -1085,6 +1306,14 @@ impl EnvValue<'_> {
         }
     }
 
+    fn cluster_state(&self) -> Result<ClusterState, SettingsProblem> {
+        match self.value {
+            "new" => Ok(ClusterState::New),
+            "existing" => Ok(ClusterState::Existing),
+            _ => Err(self.problem("new or existing")),
+        }
+    }
+
     fn members(&self) -> Result<BTreeMap<NodeId, String>, SettingsProblem> {
         const FORMAT: &str =
             "comma-separated id=host:port pairs, e.g. 1=10.0.0.1:7000,2=10.0.0.2:7000";
@@ -1109,6 +1338,24 @@ impl EnvValue<'_> {
     }
 }
 
+/// Sets the field of a `[*.tls]` section named by the last part of `path`.
+fn set_tls(
+    tls: &mut Option<TlsSettings>,
+    path: &str,
+    v: &EnvValue<'_>,
+) -> Result<(), SettingsProblem> {
+    let t = tls.get_or_insert_default();
+    match path.rsplit('.').next().unwrap_or("") {
+        "cert" => t.cert = PathBuf::from(v.value),
+        "key" => t.key = PathBuf::from(v.value),
+        "ca" => t.ca = PathBuf::from(v.value),
+        "require_client_cert" => t.require_client_cert = v.bool()?,
+        "server_name" => t.server_name = v.opt_string(),
+        _ => return Err(v.problem("a field of a TLS section")),
+    }
+    Ok(())
+}
+
 /// What an environment value of a numeric type must look like.
 trait TypeName {
     const EXPECTED: &'static str;
@@ -1120,6 +1367,10 @@ impl TypeName for u64 {
 
 impl TypeName for usize {
     const EXPECTED: &'static str = "an unsigned integer";
+}
+
+impl TypeName for u32 {
+    const EXPECTED: &'static str = "an unsigned integer (0..=4294967295)";
 }
 
 #[cfg(test)]
@@ -1208,8 +1459,9 @@ mod tests {
     fn every_setting_path_has_an_env_override() {
         for path in SETTING_PATHS {
             let sample = match *path {
-                "node.initial_members" => "1=127.0.0.1:7001",
+                "node.initial_members" | "network.member_names" => "1=127.0.0.1:7001",
                 "network.compression" => "gzip",
+                "node.initial_cluster_state" => "existing",
                 p if p.ends_with("pre_vote")
                     || p.ends_with("check_quorum")
                     || p.ends_with("fsync")

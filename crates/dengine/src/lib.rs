@@ -66,9 +66,13 @@ pub use dengine_storage_redb::RedbStore;
 pub use dengine_storage_sled::SledStore;
 
 #[cfg(all(feature = "redb", feature = "grpc"))]
+pub mod identity;
+#[cfg(all(feature = "redb", feature = "grpc"))]
 mod start;
 #[cfg(all(feature = "redb", feature = "grpc"))]
-pub use start::{Running, StartNodeError, start, start_with, start_with_transport};
+pub use start::{
+    Running, Services, StartNodeError, grpc_config, start, start_with, start_with_transport,
+};
 
 /// The README's Rust examples, compiled as doc tests so they stay true.
 #[cfg(all(doctest, feature = "redb", feature = "grpc"))]

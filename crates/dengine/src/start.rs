@@ -1,14 +1,22 @@
 //! [`start`]: a node with the default pieces (redb, gRPC) in one call.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use dengine_core::StateMachine;
 use dengine_net_grpc::tonic::service::Routes;
-use dengine_net_grpc::{GrpcConfig, GrpcError, GrpcTransport, ServerHandle};
+use dengine_net_grpc::{
+    AdminService, GrpcConfig, GrpcError, GrpcTransport, Listener, ListenerLimits, ServerHandle,
+    ServerTls, TlsConfig, serve_routes,
+};
 use dengine_node::observability::{self, ObservabilityError, ObservabilityGuard};
-use dengine_node::settings::SettingsError;
+use dengine_node::settings::{ClusterState, Compression, SettingsError, TlsSettings};
 use dengine_node::{Node, NodeBuilder, Settings, StartError};
 use dengine_storage_redb::RedbStore;
+
+use crate::identity::{IdentityError, MemberIdentity};
 
 /// Why [`start`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,16 +33,35 @@ pub enum StartNodeError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// `node.listen_addr` is not a socket address.
-    #[error("node.listen_addr {0:?} is not an IP:port socket address")]
-    ListenAddr(String),
+    /// An address setting is not a socket address.
+    #[error("{setting} {value:?} is not an IP:port socket address")]
+    Address {
+        /// Which setting.
+        setting: &'static str,
+        /// Its value.
+        value: String,
+    },
     /// The log store could not be opened.
     #[error("cannot open the log store: {0}")]
     Storage(#[from] dengine_core::StorageError),
+    /// The member identity file could not be read or written.
+    #[error("{0}")]
+    Identity(#[from] IdentityError),
+    /// The data directory belongs to another member, or this member lost its data: starting
+    /// would let a member that forgot what it acknowledged take part as if it had not.
+    #[error("{0}")]
+    LostStorage(String),
+    /// The application's services do not fit the settings (e.g. a client API without
+    /// `node.client_addr`).
+    #[error("{0}")]
+    Services(String),
+    /// A secret or token file is unusable.
+    #[error("{0}")]
+    Secret(String),
     /// Metrics or tracing export could not be set up.
     #[error("{0}")]
     Observability(#[from] ObservabilityError),
-    /// The transport or its server could not be set up.
+    /// The transport or a listener could not be set up.
     #[error("{0}")]
     Grpc(#[from] GrpcError),
     /// The node could not start.
@@ -42,11 +69,31 @@ pub enum StartNodeError {
     Start(#[from] StartError),
 }
 
-/// A node started by [`start`]: the node, its gRPC server and its observability exporters.
+/// The gRPC services of a node, by listener. [`start_with`] hands them to the application,
+/// which adds its own.
+#[derive(Debug)]
+pub struct Services {
+    /// Served on the peer listener (`node.listen_addr`) next to the Raft peer service: the
+    /// application's traffic between members, such as write forwarding. Check callers with
+    /// [`GrpcTransport::authorize_peer`].
+    pub peer: Routes,
+    /// Served on the client listener (`node.client_addr`): the application's API. `None`
+    /// serves no client listener.
+    pub client: Option<Routes>,
+    /// Where the client listener is bound (the real port when `node.client_addr` has port
+    /// 0), if `node.client_addr` is set: for the application to advertise.
+    pub client_addr: Option<SocketAddr>,
+    /// Whether the client listener uses TLS (`[client_api.tls]`).
+    pub client_tls: bool,
+}
+
+/// A node started by [`start`]: the node, its listeners and its observability exporters.
 #[derive(Debug)]
 pub struct Running {
     node: Node,
-    server: ServerHandle,
+    peer: ServerHandle,
+    client: Option<ServerHandle>,
+    admin: Option<ServerHandle>,
     observability: Option<ObservabilityGuard>,
 }
 
@@ -56,9 +103,19 @@ impl Running {
         &self.node
     }
 
-    /// Where the peer and admin services listen (the real port if `listen_addr` had port 0).
+    /// Where the peer listener listens (the real port if `listen_addr` had port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
+        self.peer.local_addr()
+    }
+
+    /// Where the client listener listens, if there is one.
+    pub fn client_addr(&self) -> Option<SocketAddr> {
+        self.client.as_ref().map(ServerHandle::local_addr)
+    }
+
+    /// Where the admin listener listens, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(ServerHandle::local_addr)
     }
 
     /// Where Prometheus metrics are served, if enabled.
@@ -67,47 +124,62 @@ impl Running {
     }
 
     /// Shuts down gracefully: hands leadership over if this node leads, finishes or fails
-    /// pending requests, flushes storage, then stops the server and the exporters.
+    /// pending requests, flushes storage, then stops the listeners and the exporters.
     pub async fn shutdown(self) {
         self.node.shutdown().await;
-        self.server.shutdown().await;
+        stop_servers(self.peer, self.client, self.admin).await;
         if let Some(o) = self.observability {
             let _ = o.shutdown();
         }
     }
-}
 
-impl Running {
     /// Stops abruptly, as a crash would (for tests): no leadership hand-over, no flush; only
     /// what the log store already synced survives.
     pub async fn kill(self) {
         self.node.kill().await;
-        self.server.shutdown().await;
+        stop_servers(self.peer, self.client, self.admin).await;
+    }
+}
+
+async fn stop_servers(
+    peer: ServerHandle,
+    client: Option<ServerHandle>,
+    admin: Option<ServerHandle>,
+) {
+    for server in [Some(peer), client, admin].into_iter().flatten() {
+        server.shutdown().await;
     }
 }
 
 /// Starts a node as `settings` say, applying committed commands to `state_machine`:
 ///
-/// * validates the settings;
+/// * validates the settings and the files they name;
+/// * binds every listener (peer, client, admin) first, so that a start that cannot bind
+///   writes nothing;
 /// * sets up metrics and trace export if `[observability]` asks for them;
-/// * opens (or creates) the redb log store in `<node.data_dir>/log` and keeps snapshots in
-///   `<node.data_dir>/snapshots`;
-/// * bootstraps a new cluster from `node.initial_members` if the store is empty and members
-///   are given, otherwise restarts from the store (never bootstrapping it again) or waits, as
-///   an empty node, to be added by the leader;
-/// * serves the peer and admin gRPC services on `node.listen_addr`.
+/// * checks the member identity of `node.data_dir` (see the `identity` module): a directory
+///   of another member, or a member that lost its log, is refused; a new directory asks the
+///   other members whether they knew this member id before;
+/// * opens (or creates) the redb log store in `<node.data_dir>/log`, keeps snapshots in
+///   `<node.data_dir>/snapshots` and spools incoming ones in `<node.data_dir>/incoming`;
+/// * bootstraps a new cluster from `node.initial_members` if the store is empty, members are
+///   given and `node.initial_cluster_state` is `new`; otherwise restarts from the store
+///   (never bootstrapping it again) or waits, as an empty node, to be added by the leader;
+/// * serves the peer service on `node.listen_addr` and the admin service on
+///   `node.admin_addr` (if set).
 ///
 /// Must be called within a tokio runtime.
 pub async fn start<M: StateMachine>(
     settings: Settings,
     state_machine: M,
 ) -> Result<Running, StartNodeError> {
-    start_with(settings, state_machine, |_, routes| routes).await
+    start_with(settings, state_machine, |_, _, services| services).await
 }
 
-/// [`start`], serving more gRPC services on the node's port: `add` gets the started node and
-/// the routes (peer and admin services already in) and returns them with the application's
-/// own services added — e.g. a client API that calls `node.propose`.
+/// [`start`], serving the application's own gRPC services: `add` gets the started node, its
+/// transport and the [`Services`] (the peer service already in), and returns them with its
+/// own services added — e.g. a client API that calls `node.propose`, served on
+/// `node.client_addr`.
 pub async fn start_with<M, F>(
     settings: Settings,
     state_machine: M,
@@ -115,7 +187,7 @@ pub async fn start_with<M, F>(
 ) -> Result<Running, StartNodeError>
 where
     M: StateMachine,
-    F: FnOnce(&Node, Routes) -> Routes,
+    F: FnOnce(&Node, &GrpcTransport, Services) -> Services,
 {
     start_with_transport(settings, state_machine, |grpc| grpc, add).await
 }
@@ -132,16 +204,40 @@ pub async fn start_with_transport<M, F, T, W>(
 ) -> Result<Running, StartNodeError>
 where
     M: StateMachine,
-    F: FnOnce(&Node, Routes) -> Routes,
+    F: FnOnce(&Node, &GrpcTransport, Services) -> Services,
     T: dengine_core::Transport,
     W: FnOnce(GrpcTransport) -> T,
 {
     settings.validate()?;
-    let addr: SocketAddr = settings
-        .node
-        .listen_addr
-        .parse()
-        .map_err(|_| StartNodeError::ListenAddr(settings.node.listen_addr.clone()))?;
+    settings.check_files()?;
+    // Every listener is bound before anything is written: a port in use must not leave a
+    // bootstrapped log behind.
+    let peer_listener = Listener::bind(
+        address("node.listen_addr", &settings.node.listen_addr)?,
+        "peer",
+    )
+    .await?;
+    let client_listener = match &settings.node.client_addr {
+        Some(a) => Some(Listener::bind(address("node.client_addr", a)?, "client").await?),
+        None => None,
+    };
+    let admin_listener = match &settings.node.admin_addr {
+        Some(a) => Some(Listener::bind(address("node.admin_addr", a)?, "admin").await?),
+        None => None,
+    };
+    let client_tls = settings
+        .client_api
+        .tls
+        .as_ref()
+        .map(server_tls)
+        .transpose()?;
+    let admin_tls = settings.admin.tls.as_ref().map(server_tls).transpose()?;
+    let admin_token = settings
+        .admin
+        .token_file
+        .as_deref()
+        .map(read_secret)
+        .transpose()?;
     let observability = if settings.observability.metrics_addr.is_some()
         || settings.observability.otlp_endpoint.is_some()
     {
@@ -149,33 +245,297 @@ where
     } else {
         None
     };
+
     let data_dir = settings.node.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| StartNodeError::DataDir {
         path: data_dir.clone(),
         source,
     })?;
-    let store = RedbStore::open_or_create(data_dir.join("log"))?;
-    let transport = GrpcTransport::new(GrpcConfig::from_settings(&settings))?;
-    let node = NodeBuilder::new(settings)
+    let found = MemberIdentity::load(&data_dir)?;
+    let log_dir = data_dir.join("log");
+    check_identity(&settings, found.as_ref(), &log_dir)?;
+    let log_existed = log_dir.exists();
+    let store = RedbStore::open_or_create(&log_dir)?;
+    let identity =
+        found.unwrap_or_else(|| MemberIdentity::new(settings.node.cluster_id, settings.node.id));
+    let mut config = grpc_config(&settings)?;
+    config.incarnation = identity.incarnation;
+    config.snapshot_spool_dir = Some(data_dir.join("incoming"));
+    let transport = GrpcTransport::new(config)?;
+    let fresh = found.is_none() && !log_existed;
+    if fresh {
+        ask_members_about_me(&transport, &settings, identity.incarnation).await?;
+    }
+
+    let cluster_state = settings.node.initial_cluster_state;
+    let client_limits = listener_limits(&settings, settings.client_api.max_connections);
+    let admin_limits = listener_limits(&settings, 64);
+    let builder = NodeBuilder::new(settings)
         .log_store(store)
         .state_machine(state_machine)
         .transport(wrap(transport.clone()))
-        .snapshot_dir(data_dir.join("snapshots"))
-        .start_or_bootstrap()
-        .await?;
-    let served = transport
-        .serve_node(addr, &node, |routes| add(&node, routes))
-        .await;
-    let server = match served {
-        Ok(server) => server,
-        Err(e) => {
-            node.shutdown().await;
-            return Err(e.into());
-        }
+        .snapshot_dir(data_dir.join("snapshots"));
+    let node = if fresh && cluster_state == ClusterState::Existing {
+        builder.start().await?
+    } else {
+        builder.start_or_bootstrap().await?
     };
+
+    let mut client_routes = None;
+    let bound_client = client_listener.as_ref().map(Listener::local_addr);
+    let has_client_tls = client_tls.is_some();
+    let peer = transport.serve_peers(peer_listener, Arc::new(node.inbox()), |routes| {
+        let services = add(
+            &node,
+            &transport,
+            Services {
+                peer: routes,
+                client: None,
+                client_addr: bound_client,
+                client_tls: has_client_tls,
+            },
+        );
+        client_routes = services.client;
+        services.peer
+    });
+    let client = match (client_listener, client_routes) {
+        (Some(listener), Some(routes)) => Some(serve_routes(
+            listener,
+            routes,
+            client_tls,
+            &client_limits,
+            watch_sender(),
+        )),
+        (Some(listener), None) => {
+            tracing::warn!(
+                addr = %listener.local_addr(),
+                "node.client_addr is set, but the application serves no client API on it"
+            );
+            None
+        }
+        (None, Some(_)) => {
+            node.shutdown().await;
+            return Err(StartNodeError::Services(
+                "the application serves a client API, but node.client_addr is not set: set \
+                 it to the address clients connect to"
+                    .into(),
+            ));
+        }
+        (None, None) => None,
+    };
+    let admin = admin_listener.map(|listener| {
+        let service = AdminService::new(node.clone()).server_with_token(admin_token);
+        serve_routes(
+            listener,
+            Routes::new(service),
+            admin_tls,
+            &admin_limits,
+            watch_sender(),
+        )
+    });
+    if !identity_saved(&data_dir, &identity)
+        && let Err(e) = identity.save(&data_dir)
+    {
+        node.shutdown().await;
+        return Err(e.into());
+    }
     Ok(Running {
         node,
-        server,
+        peer,
+        client,
+        admin,
         observability,
     })
+}
+
+fn watch_sender() -> tokio::sync::watch::Sender<bool> {
+    tokio::sync::watch::channel(false).0
+}
+
+fn identity_saved(data_dir: &Path, identity: &MemberIdentity) -> bool {
+    MemberIdentity::load(data_dir).is_ok_and(|found| found.as_ref() == Some(identity))
+}
+
+fn address(setting: &'static str, value: &str) -> Result<SocketAddr, StartNodeError> {
+    value.parse().map_err(|_| StartNodeError::Address {
+        setting,
+        value: value.to_string(),
+    })
+}
+
+/// The data directory must belong to this member of this cluster, and a member that was
+/// initialized must still have its log.
+fn check_identity(
+    settings: &Settings,
+    found: Option<&MemberIdentity>,
+    log_dir: &Path,
+) -> Result<(), StartNodeError> {
+    let Some(found) = found else {
+        return Ok(());
+    };
+    let (cluster, member) = (settings.node.cluster_id, settings.node.id);
+    let dir = settings.node.data_dir.display();
+    if found.cluster_id != cluster || found.member_id != member {
+        return Err(StartNodeError::LostStorage(format!(
+            "the data directory {dir} belongs to member {} of cluster {}, but the settings say \
+             member {member} of cluster {cluster}: point node.data_dir at this member's own \
+             directory (or fix node.id / node.cluster_id)",
+            found.member_id, found.cluster_id
+        )));
+    }
+    if !log_dir.exists() {
+        return Err(StartNodeError::LostStorage(format!(
+            "member {member}'s log {} is missing although its data directory {dir} was \
+             initialized (incarnation {:016x}): the member lost what it had acknowledged and \
+             must not rejoin as if it had not. Restore the directory from a backup, or replace \
+             the member: remove it from the cluster, wipe {dir}, add it again under a new id \
+             and start it with initial_cluster_state = \"existing\" (docs/operations.md, \
+             \"Replacing a member\")",
+            log_dir.display(),
+            found.incarnation
+        )));
+    }
+    Ok(())
+}
+
+/// A node with a new data directory asks the other initial members what they know before it
+/// founds or joins the cluster. It refuses to start when one of them has seen this member id
+/// with another incarnation (it lost its data), when the cluster retired the id, or when a
+/// `new` node would found a second cluster next to one that exists without it.
+async fn ask_members_about_me(
+    transport: &GrpcTransport,
+    settings: &Settings,
+    incarnation: u64,
+) -> Result<(), StartNodeError> {
+    let me = settings.node.id;
+    let mut probes = tokio::task::JoinSet::new();
+    for (&peer, address) in &settings.node.initial_members {
+        if peer == me {
+            continue;
+        }
+        let (transport, address) = (transport.clone(), address.clone());
+        probes.spawn(async move {
+            let report = transport
+                .probe(peer, &address, Duration::from_secs(2))
+                .await;
+            (peer, report)
+        });
+    }
+    let mut unreachable = Vec::new();
+    let replace = "replace it as docs/operations.md, \"Replacing a member\", describes: remove \
+                   it from the cluster, wipe its data directory, add it again under a new id and \
+                   start it with initial_cluster_state = \"existing\"";
+    while let Some(joined) = probes.join_next().await {
+        let Ok((peer, report)) = joined else { continue };
+        let report = match report {
+            Ok(report) => report,
+            Err(e) => {
+                unreachable.push(format!("{peer} ({e})"));
+                continue;
+            }
+        };
+        let view = &report.view;
+        if report.known_incarnation != 0 && report.known_incarnation != incarnation {
+            return Err(StartNodeError::LostStorage(format!(
+                "member {me}'s data directory is empty, but member {peer} has seen member {me} \
+                 before (incarnation {:016x}, cluster term {}): this member lost its data and \
+                 must not rejoin as if it had none; {replace}",
+                report.known_incarnation, view.term
+            )));
+        }
+        if view.membership.is_retired(me) {
+            return Err(StartNodeError::LostStorage(format!(
+                "member {peer} reports that member id {me} was removed from the cluster (ids are \
+                 never reused; the highest id so far is {}): add this node under a new id",
+                view.membership.highest_id
+            )));
+        }
+        let exists = view.term > 0 || view.last_index > 0;
+        if settings.node.initial_cluster_state == ClusterState::New
+            && exists
+            && !view.membership.contains(me)
+        {
+            return Err(StartNodeError::LostStorage(format!(
+                "member {peer} already belongs to a running cluster (term {}) of which member \
+                 {me} is not part: to join it, add this node with a membership change, then \
+                 start it with initial_cluster_state = \"existing\"",
+                view.term
+            )));
+        }
+    }
+    if !unreachable.is_empty() {
+        tracing::info!(
+            node = me,
+            "could not ask members {} whether they know this member; starting as a new member",
+            unreachable.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The transport configuration for `settings`: `node.id`, `node.cluster_id`, `[network]`
+/// and the snapshot chunking of `[snapshot]`.
+pub fn grpc_config(settings: &Settings) -> Result<GrpcConfig, StartNodeError> {
+    let n = &settings.network;
+    let mut c = GrpcConfig::new(settings.node.id, settings.node.cluster_id);
+    c.peer_queue_len = n.peer_queue_len;
+    c.connect_timeout = Duration::from_millis(n.connect_timeout_ms);
+    c.reconnect_initial = Duration::from_millis(n.reconnect_initial_ms);
+    c.reconnect_max = Duration::from_millis(n.reconnect_max_ms);
+    c.compression = n.compression == Compression::Gzip;
+    c.max_message_bytes = n.max_message_bytes;
+    c.snapshot_chunk_bytes = settings.snapshot.chunk_bytes;
+    c.snapshot_chunk_timeout = Duration::from_millis(settings.snapshot.chunk_timeout_ms);
+    c.max_snapshot_spool_bytes = n.max_snapshot_spool_bytes;
+    c.tls = n.tls.as_ref().map(tls_config);
+    c.member_names = n.member_names.clone();
+    c.cluster_secret = n
+        .cluster_secret_file
+        .as_deref()
+        .map(read_secret)
+        .transpose()?;
+    c.listener = listener_limits(settings, n.max_connections);
+    Ok(c)
+}
+
+fn listener_limits(settings: &Settings, max_connections: usize) -> ListenerLimits {
+    let n = &settings.network;
+    ListenerLimits {
+        max_connections,
+        handshake_timeout: Duration::from_millis(n.handshake_timeout_ms),
+        keepalive_interval: Duration::from_millis(n.keepalive_interval_ms),
+        keepalive_timeout: Duration::from_millis(n.keepalive_timeout_ms),
+        max_concurrent_streams: n.max_concurrent_streams,
+    }
+}
+
+fn tls_config(t: &TlsSettings) -> TlsConfig {
+    TlsConfig {
+        cert: t.cert.clone(),
+        key: t.key.clone(),
+        ca: t.ca.clone(),
+        require_client_cert: t.require_client_cert,
+        server_name: t.server_name.clone(),
+    }
+}
+
+fn server_tls(t: &TlsSettings) -> Result<ServerTls, StartNodeError> {
+    Ok(ServerTls::from_config(&tls_config(t))?)
+}
+
+/// Reads a secret or token file: its first line, which must be 16+ printable ASCII
+/// characters without spaces.
+fn read_secret(path: &Path) -> Result<String, StartNodeError> {
+    let bytes = dengine_net_grpc::read_file(path, "secret file")?;
+    let text = String::from_utf8_lossy(&bytes);
+    let secret = text.lines().next().unwrap_or("").trim().to_string();
+    if secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(StartNodeError::Secret(format!(
+            "{} must hold a secret of at least 16 printable ASCII characters without spaces on \
+             its first line (e.g. `openssl rand -hex 32 > {}`)",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(secret)
 }

@@ -32,6 +32,7 @@ fn settings(id: u64, port: u16, dir: &Path, members: &BTreeMap<u64, String>) -> 
     s.node.listen_addr = format!("127.0.0.1:{port}");
     s.node.data_dir = dir.join(format!("node{id}"));
     s.node.initial_members = members.clone();
+    s.node.admin_addr = Some("127.0.0.1:0".into());
     s.raft.tick_ms = 20;
     s.raft.election_timeout_ms = 300;
     s.raft.heartbeat_interval_ms = 60;
@@ -181,16 +182,30 @@ async fn the_admin_service_adds_promotes_and_removes_nodes_over_grpc() {
         running.push(dengine::start(s, MemoryStateMachine::new()).await.unwrap());
     }
     let nodes: Vec<Node> = running.iter().map(|r| r.node().clone()).collect();
+    let admin_addrs: BTreeMap<u64, String> = running
+        .iter()
+        .map(|r| (r.node().id(), r.admin_addr().unwrap().to_string()))
+        .collect();
     let refs: Vec<&Node> = nodes.iter().collect();
     put(&refs, "a", "1").await;
     let leader = leader_of(&refs).await;
-    let leader_addr = members[&leader.id()].clone();
+
+    // The admin API is not on the peer listener.
+    let mut on_peer_port = AdminClient::connect(format!("http://{}", members[&leader.id()]))
+        .await
+        .unwrap();
+    let err = on_peer_port.status(StatusRequest {}).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        dengine::grpc::tonic::Code::Unimplemented,
+        "{err:?}"
+    );
 
     // Node 4 starts empty (no initial members) and waits to be added.
     let s4 = settings(4, ports[3], dir.path(), &BTreeMap::new());
     let four = dengine::start(s4, MemoryStateMachine::new()).await.unwrap();
 
-    let mut admin = AdminClient::connect(format!("http://{leader_addr}"))
+    let mut admin = AdminClient::connect(format!("http://{}", admin_addrs[&leader.id()]))
         .await
         .unwrap();
     let status = admin.status(StatusRequest {}).await.unwrap().into_inner();
@@ -225,9 +240,10 @@ async fn the_admin_service_adds_promotes_and_removes_nodes_over_grpc() {
 
     // A follower answers admin requests with where the leader is.
     let follower = nodes.iter().find(|n| n.id() != leader.id()).unwrap();
-    let mut follower_admin = AdminClient::connect(format!("http://{}", members[&follower.id()]))
-        .await
-        .unwrap();
+    let mut follower_admin =
+        AdminClient::connect(format!("http://{}", admin_addrs[&follower.id()]))
+            .await
+            .unwrap();
     let err = follower_admin
         .remove(NodeRequest { id: 4 })
         .await
@@ -245,6 +261,15 @@ async fn the_admin_service_adds_promotes_and_removes_nodes_over_grpc() {
         .unwrap()
         .into_inner();
     assert!(!reply.membership.unwrap().voters.contains(&4));
+    // A removed member stops and says why (here it learns it from the committed
+    // configuration, or from a member refusing its traffic).
+    let node4 = four.node().clone();
+    wait_for("the removed member to stop", async || {
+        node4.is_stopped().then_some(())
+    })
+    .await;
+    let reason = node4.fatal_error().unwrap_or_default();
+    assert!(reason.contains("removed from the cluster"), "{reason}");
     four.shutdown().await;
     for r in running {
         r.shutdown().await;

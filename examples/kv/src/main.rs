@@ -1,8 +1,9 @@
 //! `dengine-kv`: an etcd v3 compatible key-value server replicated with dengine, plus a tiny
 //! client for scripts (`put`, `get`, `status`).
 //!
-//! One port per member serves everything: the etcd v3 API for clients, the Raft peer service,
-//! dengine's admin service and write forwarding between members.
+//! Each member has separate listeners, like etcd's client and peer URLs: the etcd v3 API for
+//! clients (`--listen-client`), the Raft peer service and write forwarding between members
+//! (`--listen-peer`), and, if asked for, dengine's admin API (`--listen-admin`).
 
 #[cfg(feature = "fault-injection")]
 mod fault_control;
@@ -14,10 +15,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use dengine_kv::Member;
 use dengine_kv::proto::etcdserverpb::kv_client::KvClient;
 use dengine_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use dengine_kv::proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
+use dengine_kv::{KvConfig, Member};
+use dengine_node::settings::ClusterState;
 use dengine_node::{Settings, observability};
 
 #[derive(Parser)]
@@ -33,8 +35,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a member. Flags override the config file, which overrides DENGINE_* variables'
-    /// defaults; see docs/configuration.md for every setting.
+    /// Run a member. Flags override DENGINE_* variables, which override the config file; see
+    /// docs/configuration.md for every setting.
     Serve(ServeArgs),
     /// Write KEY=VALUE pairs, one request each; prints `OK <key>` per acknowledged write.
     Put {
@@ -84,18 +86,32 @@ struct ServeArgs {
     /// This member's id (a positive integer, unique in the cluster).
     #[arg(long)]
     id: Option<u64>,
-    /// Address to listen on for clients and peers, e.g. 127.0.0.1:2379.
+    /// Address of the etcd v3 API for clients (node.client_addr). Default 127.0.0.1:2379
+    /// unless the config file sets node.client_addr.
     #[arg(long, value_name = "HOST:PORT")]
-    listen: Option<String>,
+    listen_client: Option<String>,
+    /// Address of the peer listener: Raft traffic and forwarding between members
+    /// (node.listen_addr). Only members should reach it; see docs/operations.md, "Securing a
+    /// cluster".
+    #[arg(long, value_name = "HOST:PORT")]
+    listen_peer: Option<String>,
+    /// Address of dengine's admin API (node.admin_addr; membership, leader transfer,
+    /// snapshots). Off unless given. A non-loopback address needs [admin] credentials.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen_admin: Option<String>,
     /// Directory for the Raft log and snapshots.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// The initial members when bootstrapping a new cluster, e.g.
-    /// `1=127.0.0.1:2379,2=127.0.0.1:2479,3=127.0.0.1:2579` (this member included). Ignored
-    /// once the data directory holds state. Leave it out to join an existing cluster (then
-    /// add this member with `etcdctl member add` on the leader).
+    /// The initial members' peer addresses when bootstrapping a new cluster, e.g.
+    /// `1=127.0.0.1:2380,2=127.0.0.1:2480,3=127.0.0.1:2580` (this member included). Ignored
+    /// once the data directory holds state.
     #[arg(long, value_name = "ID=HOST:PORT,...")]
     initial_members: Option<String>,
+    /// `new` (default) founds the cluster of --initial-members; `existing` joins a running
+    /// cluster that added this member (under a new id) with `etcdctl member add`. With an
+    /// empty data directory only; a member that lost its data is refused either way.
+    #[arg(long, value_name = "new|existing")]
+    initial_cluster_state: Option<String>,
     /// Cluster id; members of different clusters refuse each other.
     #[arg(long)]
     cluster_id: Option<u64>,
@@ -122,7 +138,13 @@ fn parse_members(text: &str) -> Result<BTreeMap<u64, String>, String> {
             .trim()
             .parse()
             .map_err(|_| format!("--initial-members: {id:?} in {part:?} is not a member id"))?;
-        members.insert(id, addr.trim().to_string());
+        if let Some(first) = members.insert(id, addr.trim().to_string()) {
+            return Err(format!(
+                "--initial-members: member {id} appears twice ({first} and {}); each member \
+                 needs its own id",
+                addr.trim()
+            ));
+        }
     }
     Ok(members)
 }
@@ -132,8 +154,28 @@ fn settings(args: &ServeArgs) -> Result<Settings, String> {
     if let Some(id) = args.id {
         s.node.id = id;
     }
-    if let Some(listen) = &args.listen {
-        s.node.listen_addr = listen.clone();
+    if let Some(client) = &args.listen_client {
+        s.node.client_addr = Some(client.clone());
+    }
+    if s.node.client_addr.is_none() {
+        s.node.client_addr = Some("127.0.0.1:2379".into());
+    }
+    if let Some(peer) = &args.listen_peer {
+        s.node.listen_addr = peer.clone();
+    }
+    if let Some(admin) = &args.listen_admin {
+        s.node.admin_addr = Some(admin.clone());
+    }
+    if let Some(state) = &args.initial_cluster_state {
+        s.node.initial_cluster_state = match state.as_str() {
+            "new" => ClusterState::New,
+            "existing" => ClusterState::Existing,
+            other => {
+                return Err(format!(
+                    "--initial-cluster-state {other:?}: expected new or existing"
+                ));
+            }
+        };
     }
     if let Some(dir) = &args.data_dir {
         s.node.data_dir = dir.clone();
@@ -155,32 +197,51 @@ fn settings(args: &ServeArgs) -> Result<Settings, String> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let settings = settings(&args)?;
+    let mut settings = settings(&args)?;
+    // Metrics and trace export, then logging, before anything else: what start-up has to say
+    // (a damaged snapshot, a refused data directory) must reach the operator.
+    let observability =
+        observability::install(&settings.observability).map_err(|e| e.to_string())?;
+    let _ = observability::init_logging(&args.log);
+    settings.observability = Default::default(); // installed above
+    let config = KvConfig::default();
     #[cfg(feature = "fault-injection")]
     let member = match &args.fault_control {
         Some(file) => {
             let seed = settings.node.id;
-            let (member, handle) = Member::start_faulty(settings, seed)
+            let (member, handle) = Member::start_faulty(settings, config, seed)
                 .await
                 .map_err(|e| e.to_string())?;
             fault_control::spawn_poller(file.clone(), handle);
             member
         }
-        None => Member::start(settings).await.map_err(|e| e.to_string())?,
+        None => Member::start(settings, config)
+            .await
+            .map_err(|e| e.to_string())?,
     };
     #[cfg(not(feature = "fault-injection"))]
-    let member = Member::start(settings).await.map_err(|e| e.to_string())?;
-    let _ = observability::init_logging(&args.log);
+    let member = Member::start(settings, config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = member
+        .client_addr()
+        .map_or_else(|| "-".to_string(), |a| a.to_string());
     tracing::info!(
         member = member.node().id(),
-        addr = %member.local_addr(),
-        metrics = ?member.metrics_addr(),
+        client = %client,
+        peer = %member.peer_addr(),
+        admin = ?member.admin_addr(),
+        metrics = ?observability.metrics_addr(),
         "dengine-kv serving the etcd v3 API"
     );
     eprintln!(
-        "dengine-kv member {} listening on {}",
+        "dengine-kv member {} serving clients on {client}, peers on {}{}",
         member.node().id(),
-        member.local_addr()
+        member.peer_addr(),
+        member
+            .admin_addr()
+            .map(|a| format!(", admin on {a}"))
+            .unwrap_or_default()
     );
     let node = member.node().clone();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -195,6 +256,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         }
     }
     member.shutdown().await;
+    let _ = observability.shutdown();
     Ok(())
 }
 

@@ -1,11 +1,13 @@
 //! [`Member`]: one running `dengine-kv` member — a dengine node (started by
-//! [`dengine::start_with`]: redb log, snapshots, peer and admin services) with a
-//! [`KvStateMachine`], and the etcd v3 API plus write forwarding served on the same port.
+//! [`dengine::start_with_transport`]: redb log, snapshots, peer and admin listeners) with a
+//! [`KvStateMachine`], the etcd v3 API on the client listener and write forwarding between
+//! members on the peer listener.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use dengine::{Node, Running, Settings, StartNodeError};
+use dengine::{Node, Running, Services, Settings, StartNodeError};
+use dengine_net_grpc::GrpcTransport;
 
 use crate::node_backend::NodeBackend;
 use crate::service::{KvConfig, add_kv_services};
@@ -24,22 +26,64 @@ pub struct Member {
     hub: WatchHub,
 }
 
+/// Adds the member's services: forwarding on the peer listener, the etcd API on the client
+/// listener.
+fn services(
+    node: &Node,
+    transport: &GrpcTransport,
+    services: Services,
+    hub: WatchHub,
+    cluster_id: u64,
+    config: KvConfig,
+) -> Services {
+    let scheme = if services.client_tls { "https" } else { "http" };
+    let client_urls = services
+        .client_addr
+        .map(|a| vec![format!("{scheme}://{a}")])
+        .unwrap_or_default();
+    let backend = NodeBackend::new(node.clone(), cluster_id, transport.clone(), client_urls);
+    let peer = services.peer.add_service(backend.forward_service());
+    let client = add_kv_services(
+        services.client.unwrap_or_default(),
+        Arc::new(backend),
+        hub,
+        config,
+    );
+    Services {
+        peer,
+        client: Some(client),
+        ..services
+    }
+}
+
 impl Member {
     /// Starts a member as `settings` say: the redb log in `<data_dir>/log`, snapshots in
-    /// `<data_dir>/snapshots`, bootstrapping from `node.initial_members` only if the log is
-    /// empty, metrics and traces if `[observability]` asks for them, everything served on
-    /// `node.listen_addr`.
-    pub async fn start(settings: Settings) -> Result<Member, MemberError> {
+    /// `<data_dir>/snapshots`, bootstrapping from `node.initial_members` only if the data
+    /// directory is new, metrics and traces if `[observability]` asks for them; the etcd API
+    /// on `node.client_addr` (which must be set), peers on `node.listen_addr`, the admin API
+    /// on `node.admin_addr` if set.
+    pub async fn start(settings: Settings, config: KvConfig) -> Result<Member, MemberError> {
+        Self::start_wrapped(settings, config, |grpc| grpc).await
+    }
+
+    async fn start_wrapped<T, W>(
+        settings: Settings,
+        config: KvConfig,
+        wrap: W,
+    ) -> Result<Member, MemberError>
+    where
+        T: dengine_core::Transport,
+        W: FnOnce(GrpcTransport) -> T,
+    {
         let hub = WatchHub::default();
         let cluster_id = settings.node.cluster_id;
         let services_hub = hub.clone();
-        let running = dengine::start_with(
+        let running = dengine::start_with_transport(
             settings,
             KvStateMachine::new(hub.clone()),
-            move |node, routes| {
-                let backend = NodeBackend::new(node.clone(), cluster_id);
-                let routes = routes.add_service(backend.forward_service());
-                add_kv_services(routes, Arc::new(backend), services_hub, KvConfig::default())
+            wrap,
+            move |node, transport, s| {
+                services(node, transport, s, services_hub, cluster_id, config)
             },
         )
         .await?;
@@ -52,29 +96,17 @@ impl Member {
     #[cfg(feature = "fault-injection")]
     pub async fn start_faulty(
         settings: Settings,
+        config: KvConfig,
         seed: u64,
     ) -> Result<(Member, dengine_net_grpc::fault::FaultHandle), MemberError> {
         use dengine_net_grpc::fault::FaultyTransport;
-        let hub = WatchHub::default();
-        let cluster_id = settings.node.cluster_id;
-        let services_hub = hub.clone();
         let mut handle = None;
-        let running = dengine::start_with_transport(
-            settings,
-            KvStateMachine::new(hub.clone()),
-            |grpc| {
-                let faulty = FaultyTransport::new(grpc, seed);
-                handle = Some(faulty.handle());
-                faulty
-            },
-            move |node, routes| {
-                let backend = NodeBackend::new(node.clone(), cluster_id);
-                let routes = routes.add_service(backend.forward_service());
-                add_kv_services(routes, Arc::new(backend), services_hub, KvConfig::default())
-            },
-        )
+        let member = Self::start_wrapped(settings, config, |grpc| {
+            let faulty = FaultyTransport::new(grpc, seed);
+            handle = Some(faulty.handle());
+            faulty
+        })
         .await?;
-        let member = Member { running, hub };
         match handle {
             Some(handle) => Ok((member, handle)),
             None => unreachable!("start_with_transport calls wrap before it returns Ok"),
@@ -86,9 +118,19 @@ impl Member {
         self.running.node()
     }
 
-    /// Where the member listens.
-    pub fn local_addr(&self) -> SocketAddr {
+    /// Where the member's peer listener listens.
+    pub fn peer_addr(&self) -> SocketAddr {
         self.running.local_addr()
+    }
+
+    /// Where clients connect (the etcd API).
+    pub fn client_addr(&self) -> Option<SocketAddr> {
+        self.running.client_addr()
+    }
+
+    /// Where the admin API listens, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.running.admin_addr()
     }
 
     /// Where Prometheus metrics are served, if enabled.
@@ -97,7 +139,7 @@ impl Member {
     }
 
     /// Graceful shutdown: leadership handed over if leading, pending requests finished or
-    /// failed, storage flushed, watches ended, server stopped.
+    /// failed, storage flushed, watches ended, listeners stopped.
     pub async fn shutdown(self) {
         self.hub.close();
         self.running.shutdown().await;

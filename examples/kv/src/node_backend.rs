@@ -2,9 +2,10 @@
 //! whose state machine is a [`KvStateMachine`](crate::KvStateMachine).
 //!
 //! Writes go through the Raft log; a follower passes them on to the leader with the internal
-//! `dengine.kv.v1.Forward` service (served next to the etcd API), so a client may write
-//! through any member. Linearizable reads use the node's read index (a follower asks the
-//! leader for it and serves the read locally); serializable reads answer from the local state.
+//! `dengine.kv.v1.Forward` service (served on the peer listener, with the peer TLS and
+//! credentials), so a client may write through any member. Linearizable reads use the node's
+//! read index (a follower asks the leader for it and serves the read locally); serializable
+//! reads answer from the local state.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,29 +14,43 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dengine_core::{MembershipChange, NodeId, Role};
+use dengine_net_grpc::GrpcTransport;
 use dengine_node::{AdminError, Consistency, Node, ProposeError, ReadError};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::backend::{BackendError, HeaderInfo, KvBackend, MemberInfo, StatusInfo, members_of};
 use crate::proto::dengine::kv::v1::forward_client::ForwardClient;
 use crate::proto::dengine::kv::v1::forward_server::{Forward, ForwardServer};
-use crate::proto::dengine::kv::v1::{ForwardReply, ForwardRequest};
+use crate::proto::dengine::kv::v1::{ForwardReply, ForwardRequest, InfoReply, InfoRequest};
 
 /// A replicated member's backend. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct NodeBackend {
     node: Node,
     cluster_id: u64,
+    /// Connects to other members' peer listeners (TLS and credentials of the peer transport).
+    transport: GrpcTransport,
+    /// Where this member's clients connect (`http(s)://host:port`), for `member list`.
+    client_urls: Vec<String>,
     /// The term, refreshed in the background: response headers need it on every call.
     term: Arc<AtomicU64>,
-    leaders: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Client URLs other members reported (`Info`), by member id.
+    peer_client_urls: Arc<Mutex<HashMap<NodeId, Vec<String>>>>,
 }
 
 impl NodeBackend {
-    /// The backend of `node` in cluster `cluster_id`. Spawns a task that keeps the term
-    /// for response headers fresh (every 100 ms) while the node runs.
-    pub fn new(node: Node, cluster_id: u64) -> Self {
+    /// The backend of `node` in cluster `cluster_id`, reaching the other members through
+    /// `transport`'s peer connections; `client_urls` is where this member's clients connect.
+    /// Spawns a task that keeps the term for response headers fresh (every 100 ms) while the
+    /// node runs.
+    pub fn new(
+        node: Node,
+        cluster_id: u64,
+        transport: GrpcTransport,
+        client_urls: Vec<String>,
+    ) -> Self {
         let term = Arc::new(AtomicU64::new(0));
         let watched = node.clone();
         let t = term.clone();
@@ -50,8 +65,11 @@ impl NodeBackend {
         NodeBackend {
             node,
             cluster_id,
+            transport,
+            client_urls,
             term,
-            leaders: Arc::new(Mutex::new(HashMap::new())),
+            channels: Arc::new(Mutex::new(HashMap::new())),
+            peer_client_urls: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -60,29 +78,68 @@ impl NodeBackend {
         ForwardServer::new(self.clone())
     }
 
+    /// The peer channel to the member at `address` (its peer listener), kept for reuse.
     fn channel(&self, address: &str) -> Result<Channel, BackendError> {
-        let mut leaders = self.leaders.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(c) = leaders.get(address) {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
-        let uri = if address.contains("://") {
-            address.to_string()
-        } else {
-            format!("http://{address}")
-        };
-        let channel = Endpoint::from_shared(uri)
-            .map_err(|e| BackendError::Unavailable(format!("bad leader address {address}: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy();
-        leaders.insert(address.to_string(), channel.clone());
+        let channel = self.transport.peer_channel(address).map_err(|e| {
+            BackendError::Unavailable(format!("cannot reach member at {address}: {e}"))
+        })?;
+        channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }
 
     async fn forward(&self, address: &str, command: Bytes) -> Result<Bytes, BackendError> {
         let mut client = ForwardClient::new(self.channel(address)?);
-        match client.propose(ForwardRequest { command }).await {
+        let request = self.transport.peer_request(ForwardRequest {
+            command,
+            from: self.node.id(),
+        });
+        match client.propose(request).await {
             Ok(reply) => Ok(reply.into_inner().response),
             Err(status) => Err(from_status(&status)),
+        }
+    }
+
+    /// The client URLs of member `id` at peer address `address`: asked once (with a short
+    /// timeout) and remembered; empty while it cannot be reached (etcd lists an unstarted
+    /// member without client URLs too).
+    async fn client_urls_of(&self, id: NodeId, address: &str) -> Vec<String> {
+        if id == self.node.id() {
+            return self.client_urls.clone();
+        }
+        let known = self
+            .peer_client_urls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned();
+        if let Some(urls) = known {
+            return urls;
+        }
+        let Ok(channel) = self.channel(address) else {
+            return Vec::new();
+        };
+        let request = self.transport.peer_request(InfoRequest {
+            from: self.node.id(),
+        });
+        let asked = tokio::time::timeout(
+            Duration::from_secs(1),
+            ForwardClient::new(channel).info(request),
+        )
+        .await;
+        match asked {
+            Ok(Ok(reply)) => {
+                let urls = reply.into_inner().client_urls;
+                self.peer_client_urls
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id, urls.clone());
+                urls
+            }
+            _ => Vec::new(),
         }
     }
 }
@@ -209,15 +266,15 @@ impl KvBackend for NodeBackend {
 
     async fn members(&self) -> Result<Vec<MemberInfo>, BackendError> {
         let status = self.node.status().await.map_err(admin_error)?;
-        // One port serves peers and clients: both URL lists name it.
-        Ok(members_of(&status.membership)
-            .into_iter()
-            .map(|mut m| {
-                m.peer_urls = m.peer_urls.iter().map(|a| url(a)).collect();
-                m.client_urls = m.peer_urls.clone();
-                m
-            })
-            .collect())
+        let mut members = Vec::new();
+        for mut m in members_of(&status.membership) {
+            if let Some(address) = m.peer_urls.first().cloned() {
+                m.client_urls = self.client_urls_of(m.id, &address).await;
+            }
+            m.peer_urls = m.peer_urls.iter().map(|a| url(a)).collect();
+            members.push(m);
+        }
+        Ok(members)
     }
 
     async fn status(&self) -> Result<StatusInfo, BackendError> {
@@ -249,8 +306,13 @@ impl KvBackend for NodeBackend {
                 leader_address: status.leader_address,
             });
         }
-        // Member ids are small integers here; a new member gets the next free one.
-        let id: NodeId = status.membership.members().max().unwrap_or(0) + 1;
+        // Member ids are small integers here; a new member gets the next one never used (ids
+        // are never reused, so a removed member can never be mistaken for the new one).
+        let id: NodeId = status
+            .membership
+            .highest_id
+            .max(status.membership.largest_member_id())
+            + 1;
         let change = if is_learner {
             MembershipChange::AddLearner(id)
         } else {
@@ -265,7 +327,8 @@ impl KvBackend for NodeBackend {
             id,
             name: format!("node-{id}"),
             peer_urls: vec![url(&address)],
-            client_urls: vec![url(&address)],
+            // Not started yet: etcd lists a new member without client URLs.
+            client_urls: Vec::new(),
             is_learner: m.is_learner(id),
         })
     }
@@ -286,11 +349,21 @@ impl Forward for NodeBackend {
         &self,
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardReply>, Status> {
+        let from = request.get_ref().from;
+        self.transport.authorize_peer(&request, from)?;
         // Forwarded once only: a member that is not the leader either refuses.
         let command = request.into_inner().command;
         match self.node.propose(command).await {
             Ok(response) => Ok(Response::new(ForwardReply { response })),
             Err(e) => Err(propose_error(e).to_status()),
         }
+    }
+
+    async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoReply>, Status> {
+        let from = request.get_ref().from;
+        self.transport.authorize_peer(&request, from)?;
+        Ok(Response::new(InfoReply {
+            client_urls: self.client_urls.clone(),
+        }))
     }
 }

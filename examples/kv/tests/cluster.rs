@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dengine_core::Role;
-use dengine_kv::Member;
+use dengine_kv::{KvConfig, Member};
 use dengine_node::Settings;
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, GetResponse, PutOptions, Txn,
@@ -92,20 +92,27 @@ async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
 /// with the test's runtime.
 struct TestCluster {
     members: BTreeMap<u64, Member>,
+    /// Peer listeners.
     addrs: BTreeMap<u64, String>,
+    /// Client listeners (the etcd API).
+    clients: BTreeMap<u64, String>,
     dir: TempDir,
 }
 
 impl TestCluster {
     async fn start() -> Self {
         let dir = TempDir::new();
-        let ports = free_ports(3);
+        let ports = free_ports(6);
         let addrs: BTreeMap<u64, String> = (1..=3)
             .map(|id| (id, format!("127.0.0.1:{}", ports[id as usize - 1])))
+            .collect();
+        let clients: BTreeMap<u64, String> = (1..=3)
+            .map(|id| (id, format!("127.0.0.1:{}", ports[id as usize + 2])))
             .collect();
         let mut cluster = TestCluster {
             members: BTreeMap::new(),
             addrs,
+            clients,
             dir,
         };
         for id in 1..=3 {
@@ -119,6 +126,7 @@ impl TestCluster {
         s.node.id = id;
         s.node.cluster_id = CLUSTER_ID;
         s.node.listen_addr = self.addrs[&id].clone();
+        s.node.client_addr = Some(self.clients[&id].clone());
         s.node.data_dir = self.dir.path().join(format!("member{id}"));
         s.node.initial_members = self.addrs.clone();
         s.raft.tick_ms = 20;
@@ -133,8 +141,14 @@ impl TestCluster {
 
     /// Starts member `id` (again, after a crash: same port, same data directory).
     async fn start_member(&mut self, id: u64) {
-        let member = Member::start(self.settings(id)).await.unwrap();
-        assert_eq!(member.local_addr().to_string(), self.addrs[&id]);
+        let member = Member::start(self.settings(id), KvConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(member.peer_addr().to_string(), self.addrs[&id]);
+        assert_eq!(
+            member.client_addr().map(|a| a.to_string()),
+            Some(self.clients[&id].clone())
+        );
         self.members.insert(id, member);
     }
 
@@ -144,7 +158,7 @@ impl TestCluster {
     }
 
     fn url(&self, id: u64) -> String {
-        format!("http://{}", self.addrs[&id])
+        format!("http://{}", self.clients[&id])
     }
 
     /// A client that talks to member `id` only.
@@ -870,7 +884,7 @@ async fn member_list_and_status() {
             (
                 id,
                 format!("node-{id}"),
-                vec![cluster.url(id)],
+                vec![format!("http://{}", cluster.addrs[&id])],
                 vec![cluster.url(id)],
                 false,
             )

@@ -20,17 +20,34 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::topology::{addr, netns};
 
-/// The port every member listens on (in its own namespace).
+/// The client port of every member (the etcd API), in its own namespace.
 pub(crate) const PORT: u16 = 2379;
+/// The peer port of every member (Raft and forwarding between members).
+pub(crate) const PEER_PORT: u16 = 2380;
+/// The admin port of every member (dengine's admin API; reached from the driver's namespace,
+/// so it needs the admin token).
+pub(crate) const ADMIN_PORT: u16 = 2381;
+
+/// The admin token every member is started with (`admin.token_file`).
+const ADMIN_TOKEN: &str = "chaos-harness-admin-token-0123456789";
 
 /// The client URL of host `host`.
 pub(crate) fn url(host: usize) -> String {
     format!("http://{}:{PORT}", addr(host))
 }
 
+/// The peer URL of host `host`.
+pub(crate) fn peer_url(host: usize) -> String {
+    format!("http://{}:{PEER_PORT}", addr(host))
+}
+
 /// Connects to host `host` with `timeout` for the connection and each request.
 pub(crate) async fn connect(host: usize, timeout: Duration) -> Result<Channel, String> {
-    Endpoint::from_shared(url(host))
+    connect_url(url(host), host, timeout).await
+}
+
+async fn connect_url(url: String, host: usize, timeout: Duration) -> Result<Channel, String> {
+    Endpoint::from_shared(url)
         .map_err(|e| e.to_string())?
         .connect_timeout(timeout)
         .timeout(timeout)
@@ -68,7 +85,7 @@ impl Cluster {
     /// `hosts` members with ids `1..=hosts`, data and logs under `dir`; nothing started.
     pub(crate) fn new(bin: PathBuf, dir: PathBuf, hosts: usize, fsync: bool) -> Cluster {
         let initial_members = (1..=hosts)
-            .map(|h| format!("{h}={}:{PORT}", addr(h)))
+            .map(|h| format!("{h}={}:{PEER_PORT}", addr(h)))
             .collect::<Vec<_>>()
             .join(",");
         Cluster {
@@ -127,11 +144,17 @@ impl Cluster {
         let log2 = log
             .try_clone()
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let token = self.dir.join("admin-token");
+        std::fs::write(&token, ADMIN_TOKEN)
+            .map_err(|e| format!("cannot write {}: {e}", token.display()))?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &netns(host)])
             .arg(&self.bin)
             .args(["serve", "--id", &id.to_string()])
-            .args(["--listen", &format!("{}:{PORT}", addr(host))])
+            .args(["--listen-client", &format!("{}:{PORT}", addr(host))])
+            .args(["--listen-peer", &format!("{}:{PEER_PORT}", addr(host))])
+            .args(["--listen-admin", &format!("{}:{ADMIN_PORT}", addr(host))])
+            .env("DENGINE_ADMIN__TOKEN_FILE", &token)
             .arg("--data-dir")
             .arg(self.data_dir(host))
             .arg("--fault-control")
@@ -139,6 +162,19 @@ impl Cluster {
             .args(["--log", "info"]);
         if !join && self.hosts[host - 1].original {
             cmd.args(["--initial-members", &self.initial_members]);
+        } else if join {
+            // The documented way to bring back a member that lost its data: it was removed
+            // and added again under a new id; it joins the running cluster, whose members it
+            // asks first whether they knew this id before.
+            let members = self
+                .hosts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, h)| h.id.map(|id| format!("{id}={}:{PEER_PORT}", addr(i + 1))))
+                .collect::<Vec<_>>()
+                .join(",");
+            cmd.args(["--initial-cluster-state", "existing"])
+                .args(["--initial-members", &members]);
         }
         if !self.fsync {
             cmd.env("DENGINE_STORAGE__FSYNC", "false");
@@ -281,8 +317,14 @@ pub(crate) async fn leader(hosts: &[usize]) -> Option<(usize, MemberStatus)> {
 
 /// Asks the leader on `host` to hand leadership to member `to`.
 pub(crate) async fn transfer_leader(host: usize, to: u64) -> Result<(), String> {
-    AdminClient::new(connect(host, Duration::from_secs(3)).await?)
-        .transfer_leader(NodeRequest { id: to })
+    let url = format!("http://{}:{ADMIN_PORT}", addr(host));
+    let mut request = tonic::Request::new(NodeRequest { id: to });
+    let bearer = format!("Bearer {ADMIN_TOKEN}")
+        .parse()
+        .map_err(|_| "the admin token is not a header value".to_string())?;
+    request.metadata_mut().insert("authorization", bearer);
+    AdminClient::new(connect_url(url, host, Duration::from_secs(3)).await?)
+        .transfer_leader(request)
         .await
         .map(|_| ())
         .map_err(|e| format!("transfer to {to}: {}", e.message()))
@@ -301,7 +343,7 @@ pub(crate) async fn member_remove(leader_host: usize, id: u64) -> Result<(), Str
 pub(crate) async fn member_add(leader_host: usize, host: usize) -> Result<u64, String> {
     let r = ClusterClient::new(connect(leader_host, Duration::from_secs(5)).await?)
         .member_add(MemberAddRequest {
-            peer_ur_ls: vec![url(host)],
+            peer_ur_ls: vec![peer_url(host)],
             is_learner: false,
         })
         .await

@@ -185,12 +185,23 @@ impl<L: LogReader> Raft<L> {
     /// leader may still roll back, thesis §4.1), a node absent from it that was a member is
     /// gone for good ([`Membership::is_retired`]).
     pub fn committed_membership(&self) -> &Membership {
+        self.committed_config().1
+    }
+
+    /// The index of the configuration entry of
+    /// [`committed_membership`](Self::committed_membership) (0 for the initial configuration,
+    /// or the snapshot's index): it changes exactly when the committed configuration does.
+    pub fn committed_membership_index(&self) -> LogIndex {
+        self.committed_config().0
+    }
+
+    fn committed_config(&self) -> (LogIndex, &Membership) {
         let committed = self.log.committed;
         self.configs
             .iter()
             .rev()
             .find(|(index, _)| *index <= committed)
-            .map_or(&self.membership, |(_, m)| m)
+            .map_or((0, &self.membership), |(i, m)| (*i, m))
     }
 
     /// The newest configuration entry in the log (or the base configuration).

@@ -47,7 +47,7 @@ use self::apply::{ApplyCmd, Responder};
 use self::request::{Event, Request};
 use self::waiters::Waiters;
 use crate::error::{AdminError, ProposeError, ReadError};
-use crate::inbox::PeerInput;
+use crate::inbox::{InboxView, PeerInput};
 use crate::metric_names as m;
 use crate::node::Consistency;
 use crate::settings::Settings;
@@ -179,6 +179,14 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     pub(crate) peer_rx: mpsc::Receiver<PeerInput>,
     /// Keeps the inbound channel open while the loop runs (transports hold the other ends).
     pub(crate) _peer_tx: mpsc::Sender<PeerInput>,
+    /// What the transport reads about the node (committed configuration, term, log end).
+    view: Arc<InboxView>,
+    /// The index of the committed configuration last published in `view`.
+    published_config: Option<LogIndex>,
+    /// Rate limit of the warnings about peer messages the core refused.
+    refused_log: dengine_core::LogLimiter,
+    /// Rate limit of the warnings about transient log reads that failed.
+    read_error_log: dengine_core::LogLimiter,
     pub(crate) events_rx: mpsc::UnboundedReceiver<Event>,
     pub(crate) events_tx: mpsc::UnboundedSender<Event>,
     pub(crate) apply_tx: Option<mpsc::Sender<ApplyCmd>>,
@@ -225,6 +233,7 @@ pub(crate) struct Parts<S, T> {
     pub(crate) req_rx: mpsc::Receiver<Request>,
     pub(crate) peer_rx: mpsc::Receiver<PeerInput>,
     pub(crate) peer_tx: mpsc::Sender<PeerInput>,
+    pub(crate) view: Arc<InboxView>,
     pub(crate) fatal: Arc<Mutex<Option<String>>>,
     pub(crate) snapshot_dir: Option<SnapshotDir>,
     /// The snapshot file the node started from, if it matches the core's snapshot.
@@ -258,6 +267,10 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             req_rx: parts.req_rx,
             peer_rx: parts.peer_rx,
             _peer_tx: parts.peer_tx,
+            view: parts.view,
+            published_config: None,
+            refused_log: dengine_core::LogLimiter::per_ten_seconds(),
+            read_error_log: dengine_core::LogLimiter::per_ten_seconds(),
             events_rx,
             events_tx,
             apply_tx: Some(apply_tx),
@@ -301,10 +314,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                 _ = ticker.tick() => self.on_tick(),
                 done = write_finished(&mut self.writing) => self.on_write_done(done),
                 Some(event) = self.events_rx.recv() => self.on_event(event).await,
-                Some(input) = self.peer_rx.recv() => {
-                    self.on_peer_input(input);
-                    Ok(())
-                }
+                Some(input) = self.peer_rx.recv() => self.on_peer_input(input),
                 request = self.req_rx.recv() => match request {
                     Some(request) => self.on_request(request).await,
                     None => {
@@ -337,7 +347,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         }
         for _ in 0..DRAIN_LIMIT {
             match self.peer_rx.try_recv() {
-                Ok(input) => self.on_peer_input(input),
+                Ok(input) => self.on_peer_input(input)?,
                 Err(_) => break,
             }
         }
@@ -382,20 +392,26 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         Ok(())
     }
 
-    fn on_peer_input(&mut self, input: PeerInput) {
+    fn on_peer_input(&mut self, input: PeerInput) -> Result<(), Fatal> {
         let msg = match input {
+            PeerInput::Removed(detail) => {
+                return Err(format!(
+                    "this node (member {}) was removed from the cluster and stops: {detail}",
+                    self.id
+                ));
+            }
             PeerInput::Message(msg) => {
                 if matches!(msg.body, MessageBody::InstallSnapshot(_)) {
                     // A snapshot needs its data, which only arrives through deliver_snapshot.
-                    tracing::warn!(from = msg.from, "InstallSnapshot without data dropped");
-                    return;
+                    self.refused_by_core(msg.from, "InstallSnapshot without its data");
+                    return Ok(());
                 }
                 msg
             }
             PeerInput::Snapshot(msg, data) => {
                 let MessageBody::InstallSnapshot(meta) = &msg.body else {
-                    tracing::warn!(from = msg.from, "snapshot data with a non-snapshot message");
-                    return;
+                    self.refused_by_core(msg.from, "snapshot data with a non-snapshot message");
+                    return Ok(());
                 };
                 let newer = self
                     .incoming_snapshot
@@ -407,8 +423,18 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                 msg
             }
         };
+        let from = msg.from;
         if let Err(e) = self.raft.step(msg) {
-            tracing::warn!(error = %e, "misrouted message dropped");
+            self.refused_by_core(from, &e.to_string());
+        }
+        Ok(())
+    }
+
+    /// Counts and logs (at a bounded rate) a peer message that was refused here.
+    fn refused_by_core(&mut self, from: NodeId, detail: &str) {
+        metrics::counter!(m::PEER_MESSAGES_REFUSED_TOTAL).increment(1);
+        if let Some(suppressed) = self.refused_log.allow(Instant::now()) {
+            tracing::warn!(from, suppressed, "refused a peer message: {detail}");
         }
     }
 
@@ -584,7 +610,36 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                 }
             }
             for e in ready.storage_errors {
-                tracing::warn!(error = %e, "the core could not read the log");
+                if let dengine_core::LogError::Storage(detail) = &e {
+                    // A damaged or failing log fails again on every retry: stop once, loudly,
+                    // rather than spin on it.
+                    return Err(format!(
+                        "the log store failed: {detail}. The member stops: a member must not \
+                         serve or vote with a log it cannot read. Restore its data directory \
+                         from a backup, or replace the member (remove it from the cluster, \
+                         wipe its data directory, add it again under a new id; \
+                         docs/operations.md, \"Replacing a member\")"
+                    ));
+                }
+                if let Some(suppressed) = self.read_error_log.allow(Instant::now()) {
+                    tracing::warn!(error = %e, suppressed, "the core could not read the log");
+                }
+            }
+            for r in ready.regressed_peers {
+                metrics::counter!(m::PEER_REGRESSIONS_TOTAL).increment(1);
+                tracing::warn!(
+                    peer = r.peer,
+                    acknowledged = r.acknowledged,
+                    log_end = r.log_end,
+                    "member {} lost log entries it had acknowledged (it had entries up to {}, \
+                     now its log ends at {}): its storage was wiped, damaged or rolled back. \
+                     It no longer counts for those entries and is being refilled; if this was \
+                     not a deliberate restore, check its disk and replace it \
+                     (docs/operations.md, \"Replacing a member\")",
+                    r.peer,
+                    r.acknowledged,
+                    r.log_end
+                );
             }
             if let Some(to) = ready.compact_log_to {
                 // The entries to purge may still be on their way to the disk.
@@ -598,6 +653,29 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             }
         }
         self.sync_transport_peers();
+        self.publish_view()
+    }
+
+    /// Keeps what the transport reads about this node current, and stops the node once a
+    /// committed configuration has removed it.
+    fn publish_view(&mut self) -> Result<(), Fatal> {
+        self.view
+            .set_position(self.raft.term(), self.raft.last_log_id().index);
+        let index = self.raft.committed_membership_index();
+        if self.published_config == Some(index) {
+            return Ok(());
+        }
+        self.published_config = Some(index);
+        let committed = self.raft.committed_membership();
+        self.view.set_committed(committed);
+        if committed.is_retired(self.id) {
+            return Err(format!(
+                "this node (member {}) was removed from the cluster by the configuration \
+                 committed at index {index}, and stops. Member ids are never reused: to bring \
+                 this machine back, wipe its data directory and add it under a new id",
+                self.id
+            ));
+        }
         Ok(())
     }
 

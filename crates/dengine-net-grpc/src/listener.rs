@@ -1,0 +1,518 @@
+//! One hardened gRPC listener: bounded connections, a deadline for the handshake, HTTP/2
+//! keep-alive, back-off when `accept` fails, TLS done here (with its own deadline).
+//!
+//! Every listener of a node — peers, clients, operators — is served through [`serve_routes`],
+//! so each gets the same defences against connections that never finish their handshake,
+//! sit idle forever or exhaust file descriptors:
+//!
+//! * at most [`ListenerLimits::max_connections`] open connections; one more is accepted and
+//!   closed at once (counted, and logged at a bounded rate), so it does not wait in the
+//!   kernel's backlog;
+//! * a connection must complete its TLS handshake and send the HTTP/2 preface within
+//!   [`ListenerLimits::handshake_timeout`] of being accepted, or it is closed;
+//! * established connections are pinged every [`ListenerLimits::keepalive_interval`] and
+//!   closed when a ping is not answered within [`ListenerLimits::keepalive_timeout`];
+//! * at most [`ListenerLimits::max_concurrent_streams`] requests at once per connection;
+//! * when `accept` fails for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) the loop
+//!   backs off (10 ms doubling to 1 s) instead of spinning, and says so at a bounded rate.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use dengine_core::LogLimiter;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::config::TlsConfig;
+use crate::server::ServerHandle;
+use crate::transport::{CONNECTION_WINDOW, STREAM_WINDOW};
+use crate::{GrpcError, read_file};
+
+/// Limits of one listener. The defaults suit a client listener; peers need fewer
+/// connections (see [`ListenerLimits::for_peers`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Open connections at most; more are closed as soon as they are accepted. Default 1024.
+    pub max_connections: usize,
+    /// Time from accept to a finished TLS handshake and HTTP/2 preface. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// How often an established connection is pinged (HTTP/2 PING). Default 30 s.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed. Default 20 s.
+    pub keepalive_timeout: Duration,
+    /// Requests (HTTP/2 streams) open at once on one connection. Default 1024.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+            max_concurrent_streams: 1024,
+        }
+    }
+}
+
+impl ListenerLimits {
+    /// Defaults for a peer listener: 256 connections (a member has a few per peer).
+    pub fn for_peers() -> Self {
+        ListenerLimits {
+            max_connections: 256,
+            ..Self::default()
+        }
+    }
+}
+
+/// Server-side TLS of one listener, ready to accept handshakes.
+#[derive(Clone)]
+pub struct ServerTls {
+    acceptor: TlsAcceptor,
+    require_client_cert: bool,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("require_client_cert", &self.require_client_cert)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Reads the PEM files of `tls`: this server's certificate chain and key, and the CA
+    /// whose client certificates it accepts — required when
+    /// [`require_client_cert`](TlsConfig::require_client_cert) is set, optional otherwise
+    /// (a client may still present one, e.g. for etcd's certificate authentication).
+    pub fn from_config(tls: &TlsConfig) -> Result<Self, GrpcError> {
+        let bad = |detail: String| GrpcError::Tls { detail };
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(&read_file(&tls.cert, "certificate")?)
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(format!("{}: {e}", tls.cert.display())))?;
+        if certs.is_empty() {
+            return Err(bad(format!(
+                "{} holds no PEM certificate",
+                tls.cert.display()
+            )));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&read_file(&tls.key, "private key")?)
+            .map_err(|e| bad(format!("{}: {e}", tls.key.display())))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(&read_file(&tls.ca, "CA certificate")?) {
+            let ca = ca.map_err(|e| bad(format!("{}: {e}", tls.ca.display())))?;
+            roots
+                .add(ca)
+                .map_err(|e| bad(format!("{}: {e}", tls.ca.display())))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        );
+        let verifier = if tls.require_client_cert {
+            verifier.build()
+        } else {
+            verifier.allow_unauthenticated().build()
+        }
+        .map_err(|e| bad(format!("client CA {}: {e}", tls.ca.display())))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| {
+                bad(format!(
+                    "{} and {}: {e}",
+                    tls.cert.display(),
+                    tls.key.display()
+                ))
+            })?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(ServerTls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            require_client_cert: tls.require_client_cert,
+        })
+    }
+
+    /// Whether clients must present a certificate signed by the configured CA.
+    pub fn requires_client_cert(&self) -> bool {
+        self.require_client_cert
+    }
+}
+
+/// A bound listening socket, not yet served. Binding every listener before anything is
+/// written lets a node refuse to start (port in use) without leaving state behind.
+#[derive(Debug)]
+pub struct Listener {
+    inner: TcpListener,
+    addr: SocketAddr,
+    name: &'static str,
+}
+
+impl Listener {
+    /// Binds `addr` (port 0 picks a free port). `name` ("peer", "client", "admin") appears in
+    /// errors, logs and metrics.
+    pub async fn bind(addr: SocketAddr, name: &'static str) -> Result<Self, GrpcError> {
+        let inner = TcpListener::bind(addr).await.map_err(|e| GrpcError::Bind {
+            addr,
+            detail: format!("{name} listener: {e}"),
+        })?;
+        let addr = inner.local_addr().map_err(|e| GrpcError::Bind {
+            addr,
+            detail: e.to_string(),
+        })?;
+        Ok(Listener { inner, addr, name })
+    }
+
+    /// The bound address (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The listener's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// Serves `routes` on `listener` with `tls` (plaintext when `None`) and `limits` until the
+/// returned handle is shut down or dropped. `close` is signalled at shutdown so that open
+/// streams of the services can end.
+pub fn serve_routes(
+    listener: Listener,
+    routes: Routes,
+    tls: Option<ServerTls>,
+    limits: &ListenerLimits,
+    close: watch::Sender<bool>,
+) -> ServerHandle {
+    let local_addr = listener.addr;
+    let name = listener.name;
+    let router = Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        // Large frames: a 64 KiB append crosses in one frame instead of four.
+        .max_frame_size(Some(1 << 20))
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .add_routes(routes);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (accept_stop, accept_stopped) = watch::channel(false);
+    let accept = Accept {
+        listener: listener.inner,
+        name,
+        permits: Arc::new(Semaphore::new(limits.max_connections)),
+        max_connections: limits.max_connections,
+        handshake_timeout: limits.handshake_timeout,
+    };
+    let task = tokio::spawn(async move {
+        let stop = async {
+            let _ = stop_rx.await;
+        };
+        // One accept task feeds the server; TLS handshakes run in their own tasks, each with
+        // a deadline, so a slow client never holds up the others.
+        let served = match tls {
+            Some(tls) => {
+                let (tx, rx) = mpsc::channel(64);
+                let accepting = tokio::spawn(accept.run_tls(tls, tx, accept_stopped));
+                let result = router
+                    .serve_with_incoming_shutdown(ReceiverStream::new(rx), stop)
+                    .await;
+                accepting.abort();
+                result
+            }
+            None => {
+                let (tx, rx) = mpsc::channel(64);
+                let accepting = tokio::spawn(accept.run_plain(tx, accept_stopped));
+                let result = router
+                    .serve_with_incoming_shutdown(ReceiverStream::new(rx), stop)
+                    .await;
+                accepting.abort();
+                result
+            }
+        };
+        drop(accept_stop);
+        if let Err(e) = served {
+            tracing::error!(listener = name, %local_addr, "server stopped: {e}");
+        }
+    });
+    ServerHandle::new(local_addr, close, stop_tx, task)
+}
+
+/// HTTP/2 connection preface length: a client that has sent this much has started HTTP/2.
+const PREFACE_BYTES: usize = 24;
+
+/// The accept loop of one listener.
+struct Accept {
+    listener: TcpListener,
+    name: &'static str,
+    permits: Arc<Semaphore>,
+    max_connections: usize,
+    handshake_timeout: Duration,
+}
+
+impl Accept {
+    /// Accepts the next connection that may be served: backs off while `accept` fails for
+    /// lack of resources, closes connections beyond the limit. `None` when told to stop.
+    async fn next(
+        &self,
+        stopped: &mut watch::Receiver<bool>,
+        refused_log: &mut LogLimiter,
+        error_log: &mut LogLimiter,
+    ) -> Option<(TcpStream, OwnedSemaphorePermit, Instant)> {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = stopped.changed() => return None,
+            };
+            let (stream, remote) = match accepted {
+                Ok(pair) => pair,
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => {
+                    metrics::counter!(
+                        "dengine_connections_refused_total",
+                        "listener" => self.name, "reason" => "accept_failed"
+                    )
+                    .increment(1);
+                    if let Some(suppressed) = error_log.allow(Instant::now()) {
+                        tracing::warn!(
+                            listener = self.name,
+                            suppressed,
+                            "accepting a connection failed: {e}; backing off {backoff:?} \
+                             (out of file descriptors? raise the limit or lower \
+                             max_connections)"
+                        );
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(10);
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                metrics::counter!(
+                    "dengine_connections_refused_total",
+                    "listener" => self.name, "reason" => "too_many_connections"
+                )
+                .increment(1);
+                if let Some(suppressed) = refused_log.allow(Instant::now()) {
+                    tracing::warn!(
+                        listener = self.name,
+                        %remote,
+                        suppressed,
+                        "refused a connection: {} connections are open (the limit)",
+                        self.max_connections
+                    );
+                }
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            return Some((stream, permit, Instant::now()));
+        }
+    }
+
+    async fn run_plain(
+        self,
+        tx: mpsc::Sender<io::Result<LimitedConn<TcpStream>>>,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let (mut refused, mut errors) =
+            (LogLimiter::per_ten_seconds(), LogLimiter::per_ten_seconds());
+        while let Some((stream, permit, accepted)) =
+            self.next(&mut stopped, &mut refused, &mut errors).await
+        {
+            let conn =
+                LimitedConn::new(stream, permit, accepted + self.handshake_timeout, self.name);
+            if tx.send(Ok(conn)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn run_tls(
+        self,
+        tls: ServerTls,
+        tx: mpsc::Sender<io::Result<LimitedConn<TlsStream<TcpStream>>>>,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let (mut refused, mut errors) =
+            (LogLimiter::per_ten_seconds(), LogLimiter::per_ten_seconds());
+        let failed_log = Arc::new(std::sync::Mutex::new(LogLimiter::per_ten_seconds()));
+        while let Some((stream, permit, accepted)) =
+            self.next(&mut stopped, &mut refused, &mut errors).await
+        {
+            let deadline = accepted + self.handshake_timeout;
+            let acceptor = tls.acceptor.clone();
+            let tx = tx.clone();
+            let name = self.name;
+            let failed_log = failed_log.clone();
+            tokio::spawn(async move {
+                let remote = stream.peer_addr().ok();
+                let handshake = tokio::time::timeout_at(deadline.into(), acceptor.accept(stream));
+                let problem = match handshake.await {
+                    Ok(Ok(tls_stream)) => {
+                        let conn = LimitedConn::new(tls_stream, permit, deadline, name);
+                        let _ = tx.send(Ok(conn)).await;
+                        return;
+                    }
+                    Ok(Err(e)) => ("tls_failed", e.to_string()),
+                    Err(_) => ("handshake_timeout", "handshake not finished in time".into()),
+                };
+                metrics::counter!(
+                    "dengine_connections_refused_total",
+                    "listener" => name, "reason" => problem.0
+                )
+                .increment(1);
+                let allowed = failed_log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .allow(Instant::now());
+                if let Some(suppressed) = allowed {
+                    tracing::warn!(
+                        listener = name,
+                        remote = ?remote,
+                        suppressed,
+                        "TLS handshake refused: {}",
+                        problem.1
+                    );
+                }
+            });
+        }
+    }
+}
+
+/// Errors of one connection attempt that say nothing about the listener.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// An accepted connection that holds one of the listener's connection permits while it
+/// lives, and is closed if the client has not sent the HTTP/2 preface by `deadline`.
+pub(crate) struct LimitedConn<IO> {
+    io: IO,
+    _permit: OwnedSemaphorePermit,
+    /// Until the preface arrived: the deadline and the bytes read so far.
+    handshake: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
+    name: &'static str,
+}
+
+impl<IO> LimitedConn<IO> {
+    fn new(io: IO, permit: OwnedSemaphorePermit, deadline: Instant, name: &'static str) -> Self {
+        LimitedConn {
+            io,
+            _permit: permit,
+            handshake: Some((Box::pin(tokio::time::sleep_until(deadline.into())), 0)),
+            name,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for LimitedConn<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if let Some((_, read)) = &mut this.handshake {
+                    *read += buf.filled().len() - before;
+                    if *read >= PREFACE_BYTES {
+                        this.handshake = None;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if let Some((deadline, _)) = &mut this.handshake
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    metrics::counter!(
+                        "dengine_connections_refused_total",
+                        "listener" => this.name, "reason" => "handshake_timeout"
+                    )
+                    .increment(1);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no HTTP/2 preface before the handshake deadline",
+                    )));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for LimitedConn<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl Connected for LimitedConn<TcpStream> {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl Connected for LimitedConn<TlsStream<TcpStream>> {
+    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
