@@ -105,6 +105,11 @@ mod vfs;
 mod view;
 mod wal;
 
+#[cfg(test)]
+mod power_loss;
+#[cfg(test)]
+mod sim;
+
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -218,6 +223,14 @@ impl WalStore {
     /// The store directory.
     pub fn path(&self) -> &Path {
         &self.shared.wal.dir
+    }
+
+    /// What opening the store repaired, one line each, naming the file: a torn tail cut off
+    /// (a write that never completed, so never acknowledged), leftovers of an interrupted
+    /// purge, roll or preallocation removed. Empty when the store was closed cleanly or
+    /// stopped between writes. Worth logging at start-up.
+    pub fn recovery_notes(&self) -> &[String] {
+        &self.shared.wal.notes
     }
 
     fn open_dir(dir: &Path, create: bool, options: WalOptions) -> Result<Self, StorageError> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use dengine_core::{Entry, EntryId, HardState, LogIndex, StorageError};
 
-use crate::format::Record;
+use crate::format::{self, Record};
 use crate::meta::{MetaFile, MetaRecord};
 use crate::options::WalOptions;
 use crate::segment::{
@@ -190,28 +190,42 @@ pub(crate) fn open<V: Vfs>(
         tmp,
     } = list(&vfs, dir)?;
     let mut dir_changed = false;
+    let mut notes = Vec::new();
     if tmp {
         // A preallocation that did not finish: nothing refers to it.
         let path = dir.join(TMP_FILE);
         vfs.remove(&path).map_err(io(&path, "removing"))?;
+        notes.push(format!(
+            "{}: removed an unfinished segment preallocation",
+            path.display()
+        ));
         dir_changed = true;
     }
     let meta = MetaFile::open(&vfs, &dir.join(META_FILE))?;
     let rec = meta.record().clone();
-    let mut max_seq = rec.last_seg;
+    // Segment numbers continue from the last listed one. No file can hold frames of a life
+    // above it: a segment is listed (metadata synced) before anything is written into it.
+    let next_seq = rec.last_seg + 1;
     let mut spares = Vec::new();
     for seq in spare_seqs {
         let path = segment::spare_path(dir, seq);
+        if seq > rec.last_seg {
+            // Cannot happen (spares come from segments below the first live one); a spare
+            // named like a future segment must not be mistaken for one of its life.
+            vfs.remove(&path).map_err(io(&path, "removing"))?;
+            dir_changed = true;
+            continue;
+        }
         let len = vfs
             .open(&path)
             .and_then(|f| f.len())
             .map_err(io(&path, "reading the size of"))?;
         spares.push(Spare { seq, len });
-        max_seq = max_seq.max(seq);
     }
-    // Segments the metadata no longer (or not yet) lists: the leftovers of a purge, a
-    // snapshot installation or a roll that stopped right after (or before) its metadata
-    // write. Nothing was acknowledged from them.
+    // Segments the metadata no longer (or not yet) lists: the leftovers of a purge or a
+    // snapshot installation that stopped after its metadata write (below the first live
+    // segment: recycled), or of a roll or installation that stopped before it (above the
+    // last: never written, removed). Nothing was acknowledged from them.
     let strays: Vec<(u64, PathBuf)> = segments
         .iter()
         .filter(|(seq, _)| **seq < rec.first_seg || **seq > rec.last_seg)
@@ -219,7 +233,6 @@ pub(crate) fn open<V: Vfs>(
         .collect();
     for (seq, path) in strays {
         segments.remove(&seq);
-        max_seq = max_seq.max(seq);
         if seq > rec.last_seg {
             let file = vfs.open(&path).map_err(io(&path, "opening"))?;
             if segment::read_start(&file, &path, seq)?.is_some() {
@@ -232,15 +245,17 @@ pub(crate) fn open<V: Vfs>(
                     ),
                 ));
             }
+            vfs.remove(&path).map_err(io(&path, "removing"))?;
+        } else {
+            recycle_one(
+                &vfs,
+                dir,
+                &mut spares,
+                options.max_spare_segments,
+                seq,
+                &path,
+            )?;
         }
-        recycle_one(
-            &vfs,
-            dir,
-            &mut spares,
-            options.max_spare_segments,
-            seq,
-            &path,
-        )?;
         dir_changed = true;
     }
     if dir_changed {
@@ -299,8 +314,8 @@ pub(crate) fn open<V: Vfs>(
         let end = segment::scan(&buf, *seq, known_end, &seg.path, |batch| {
             replay.apply(*seq, &seg.path, batch)
         })?;
-        if let Some((from, to, _)) = end.torn.clone() {
-            repairs.push((Arc::clone(seg), from, to));
+        if let Some(torn) = end.torn.clone() {
+            repairs.push((Arc::clone(seg), torn));
         }
         last_prev_end = if end.started {
             end.prev_end.unwrap_or(0)
@@ -334,11 +349,21 @@ pub(crate) fn open<V: Vfs>(
             ),
         ));
     }
-    for (seg, from, to) in &repairs {
-        let zeros = vec![0u8; (to - from) as usize];
-        seg.file
-            .write_at(&zeros, *from)
-            .map_err(io(&seg.path, "repairing the torn tail of"))?;
+    for (seg, torn) in &repairs {
+        notes.push(format!(
+            "{}: cut off a torn tail at byte offset {} (a write that never completed: {})",
+            seg.path.display(),
+            torn.end,
+            torn.what
+        ));
+        if torn.zero_headers.is_empty() {
+            continue;
+        }
+        for at in &torn.zero_headers {
+            seg.file
+                .write_at(&[0u8; format::HEADER], *at)
+                .map_err(io(&seg.path, "repairing the torn tail of"))?;
+        }
         if options.fsync {
             seg.file.sync_data().map_err(io(&seg.path, "syncing"))?;
         }
@@ -377,8 +402,8 @@ pub(crate) fn open<V: Vfs>(
         meta,
         active,
         spares,
-        next_seq: max_seq + 1,
+        next_seq,
         failed: None,
     };
-    Ok(Wal::new(dir.to_path_buf(), writer, view))
+    Ok(Wal::new(dir.to_path_buf(), writer, view, notes))
 }

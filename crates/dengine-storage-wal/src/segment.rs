@@ -146,9 +146,19 @@ pub(crate) struct ScanEnd {
     pub(crate) prev_end: Option<u64>,
     /// The end of the last complete batch: where the next write goes.
     pub(crate) end: u64,
-    /// A torn tail: the byte range (from `end`) holding the remains of an incomplete write,
-    /// to be zeroed before writing there again, and what was found.
-    pub(crate) torn: Option<(u64, u64, String)>,
+    /// A torn tail cut off after `end`.
+    pub(crate) torn: Option<Torn>,
+}
+
+/// The remains of an incomplete write after the end of the log.
+#[derive(Clone, Debug)]
+pub(crate) struct Torn {
+    /// Where the log now ends (the end of the last complete batch).
+    pub(crate) end: u64,
+    /// Offsets of frame headers to zero, in this order, before writing there again.
+    pub(crate) zero_headers: Vec<u64>,
+    /// What was found, for the report.
+    pub(crate) what: String,
 }
 
 /// Reads the first frame of a segment: its `prev_end` if it is a valid `SEGMENT_START`.
@@ -304,23 +314,34 @@ fn tail(
             ),
         ));
     }
-    // A torn tail: the log ends after the last complete batch. Zero what the incomplete write
-    // left (its valid-looking frames and the damaged header), so that a later scan, after new
-    // batches overwrite part of it, cannot mistake its remains for records.
-    let from = out.end as usize;
-    let to = (pos + HEADER).min(buf.len());
-    let dirty = buf[from..to].iter().any(|&b| b != 0);
-    if dirty || !pending.is_empty() {
-        let what = if pending.is_empty() {
-            format!("{why} at byte offset {pos}")
-        } else {
-            format!(
-                "an incomplete batch of {} valid records from byte offset {from}, then {why} at byte offset {pos}",
-                pending.len()
-            )
-        };
-        out.torn = Some((from as u64, to as u64, what));
+    // A torn tail: the log ends after the last complete batch. The incomplete batch's valid
+    // frames must not be taken for records later, when a new batch overwrites only part of
+    // them and is itself torn: their headers are zeroed, the last one first, so that a power
+    // loss during the repair still leaves valid frames only *before* zeroed ones.
+    let nothing_written = matches!(
+        why,
+        FrameError::Zeros | FrameError::OtherLife { .. } | FrameError::ShortHeader
+    );
+    if pending.is_empty() && nothing_written {
+        // Never-written space (zeros, or a recycled segment's old bytes) right after the
+        // last batch: a clean end whose END frame did not make it, or an unused segment.
+        return Ok(out);
     }
+    let what = if pending.is_empty() {
+        format!("{why} at byte offset {pos}")
+    } else {
+        format!(
+            "an incomplete batch of {} valid records from byte offset {}, then {why} at byte \
+             offset {pos}",
+            pending.len(),
+            out.end
+        )
+    };
+    out.torn = Some(Torn {
+        end: out.end,
+        zero_headers: pending.iter().rev().map(|f| f.offset).collect(),
+        what,
+    });
     Ok(out)
 }
 

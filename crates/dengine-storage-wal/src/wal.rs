@@ -76,14 +76,22 @@ pub(crate) struct Writer<V: Vfs> {
 /// own, so that reads never wait for an `fdatasync`.
 pub(crate) struct Wal<V: Vfs> {
     pub(crate) dir: PathBuf,
+    /// What opening repaired, one line each.
+    pub(crate) notes: Vec<String>,
     writer: Mutex<Writer<V>>,
     view: RwLock<View<V::File>>,
 }
 
 impl<V: Vfs> Wal<V> {
-    pub(crate) fn new(dir: PathBuf, writer: Writer<V>, view: View<V::File>) -> Self {
+    pub(crate) fn new(
+        dir: PathBuf,
+        writer: Writer<V>,
+        view: View<V::File>,
+        notes: Vec<String>,
+    ) -> Self {
         Wal {
             dir,
+            notes,
             writer: Mutex::new(writer),
             view: RwLock::new(view),
         }
