@@ -16,7 +16,8 @@
 //! a recycled segment still holds from an earlier life: a frame counts only if its `seq` is
 //! the segment's own and its checksum (which covers `seq`) matches.
 //!
-//! Bodies: `SEGMENT_START` = `prev_end u64` (where the log ended in the previous segment);
+//! Bodies: `SEGMENT_START` = `prev_end u64 | seg_len u64` (where the log ended in the
+//! previous segment, and the size this segment file was given);
 //! `ENTRY` = `term u64 | index u64 | payload kind u8 | payload` (a membership payload is
 //! [`dengine_core::store::codec`]'s entry record, so that all backends agree on it);
 //! `HARD_STATE` = `term u64 | vote u64 (0 = none) | commit u64`; `END` is empty.
@@ -34,6 +35,8 @@ use dengine_core::{Entry, EntryPayload, HardState};
 pub(crate) const HEADER: usize = 24;
 /// Frames start at multiples of this.
 pub(crate) const ALIGN: usize = 8;
+/// Size of a `SEGMENT_START` frame.
+pub(crate) const START_FRAME: usize = frame_len(16);
 /// Size of an `END` frame (header only).
 pub(crate) const END_FRAME: usize = HEADER;
 
@@ -160,6 +163,8 @@ pub(crate) enum Record {
     SegmentStart {
         /// Where the log ended in the previous segment (bytes), 0 if there was none.
         prev_end: u64,
+        /// The size the segment file was given (a shorter file was truncated).
+        seg_len: u64,
     },
     /// A log entry.
     Entry(Entry),
@@ -186,9 +191,10 @@ pub(crate) fn decode(frame: &RawFrame<'_>) -> Result<Record, String> {
     let body = frame.body;
     match frame.kind {
         KIND_SEGMENT_START => {
-            need(body, 8, "segment start")?;
+            need(body, 16, "segment start")?;
             Ok(Record::SegmentStart {
                 prev_end: u64_at(body, 0),
+                seg_len: u64_at(body, 8),
             })
         }
         KIND_ENTRY => decode_entry(body).map(Record::Entry),
@@ -289,9 +295,10 @@ impl Encoder {
         self.buf.resize(start + frame_len(body_len), 0);
     }
 
-    pub(crate) fn segment_start(&mut self, prev_end: u64) {
-        self.frame(KIND_SEGMENT_START, FLAG_COMMIT, 8, |b| {
-            b.extend_from_slice(&prev_end.to_le_bytes())
+    pub(crate) fn segment_start(&mut self, prev_end: u64, seg_len: u64) {
+        self.frame(KIND_SEGMENT_START, FLAG_COMMIT, 16, |b| {
+            b.extend_from_slice(&prev_end.to_le_bytes());
+            b.extend_from_slice(&seg_len.to_le_bytes());
         });
     }
 
@@ -370,7 +377,7 @@ mod tests {
         };
         let list = entries();
         let mut enc = Encoder::new(7, 0);
-        enc.segment_start(4096);
+        enc.segment_start(4096, 8192);
         enc.hard_state(&hs, false);
         for (i, e) in list.iter().enumerate() {
             enc.entry(&PreparedEntry::new(e), i + 1 == list.len());
@@ -378,7 +385,10 @@ mod tests {
         let buf = enc.finish_with_end();
         assert_eq!(buf.len() % ALIGN, 0);
         let mut expected = vec![
-            Record::SegmentStart { prev_end: 4096 },
+            Record::SegmentStart {
+                prev_end: 4096,
+                seg_len: 8192,
+            },
             Record::HardState(hs),
         ];
         expected.extend(list.iter().cloned().map(Record::Entry));
@@ -390,7 +400,7 @@ mod tests {
             Err(FrameError::OtherLife { found: 7, .. })
         ));
         // Every single bit flip in the first entry frame is detected.
-        let start = frame_len(8) + frame_len(24);
+        let start = frame_len(16) + frame_len(24);
         let size = frame_len(ENTRY_HEAD);
         for bit in 0..(HEADER + ENTRY_HEAD) * 8 {
             let mut bad = buf.clone();

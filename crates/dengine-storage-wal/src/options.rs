@@ -28,6 +28,9 @@ pub struct WalOptions {
 
 /// The default segment size: 64 MiB.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// The smallest segment the WAL creates.
+pub(crate) const MIN_SEGMENT: u64 = 4096;
+
 /// The default bound on cached entry bytes: 16 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -69,6 +72,8 @@ impl WalOptions {
 
     /// The segment size actually used: at least 4 KiB, at most 4 GiB, a multiple of 4 KiB.
     pub(crate) fn segment_len(&self) -> u64 {
-        self.segment_bytes.clamp(4096, u64::from(u32::MAX) & !4095) & !4095
+        self.segment_bytes
+            .clamp(MIN_SEGMENT, u64::from(u32::MAX) & !4095)
+            & !4095
     }
 }

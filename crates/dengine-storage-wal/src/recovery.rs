@@ -14,7 +14,7 @@ use dengine_core::{Entry, EntryId, HardState, LogIndex, StorageError};
 
 use crate::format::{self, Record};
 use crate::meta::{MetaFile, MetaRecord};
-use crate::options::WalOptions;
+use crate::options::{MIN_SEGMENT, WalOptions};
 use crate::segment::{
     self, FileKind, Framed, META_FILE, TMP_FILE, classify, corrupt_at, io, preallocate,
     segment_path,
@@ -52,8 +52,8 @@ fn unexpected(path: PathBuf, what: &str) -> StorageError {
         path,
         record: "store directory",
         detail: format!(
-            "{what} that the WAL never writes; move it out of the store directory (the WAL \
-             refuses to guess whether it matters)"
+            "{what}; move it out of the store directory (the WAL refuses to guess whether \
+             it matters)"
         ),
     }
 }
@@ -62,7 +62,11 @@ fn missing(path: PathBuf, detail: String) -> StorageError {
     StorageError::CorruptMetadata {
         path,
         record: "WAL segment",
-        detail: format!("{detail}; {}", segment::DAMAGED_ADVICE),
+        detail: format!(
+            "{detail}; restore the store directory from a backup, or remove this member \
+             from the cluster, wipe its store directory and add it back (it catches up from \
+             a snapshot)"
+        ),
     }
 }
 
@@ -162,7 +166,7 @@ fn list<V: Vfs>(vfs: &V, dir: &Path) -> Result<Listing, StorageError> {
             (Some(_), true) => {
                 return Err(unexpected(path, "a directory where the WAL keeps a file"));
             }
-            (None, _) => return Err(unexpected(path, "a file or directory")),
+            (None, _) => return Err(unexpected(path, "a file or directory the WAL never writes")),
             (Some(FileKind::Segment(seq)), false) => {
                 segments.insert(seq, path);
             }
@@ -307,6 +311,16 @@ pub(crate) fn open<V: Vfs>(
             .file
             .len()
             .map_err(io(&seg.path, "reading the size of"))?;
+        if len < MIN_SEGMENT {
+            return Err(corrupt_at(
+                &seg.path,
+                len,
+                format!(
+                    "the file is {len} bytes long, shorter than any segment the WAL creates \
+                     ({MIN_SEGMENT} bytes): it was truncated"
+                ),
+            ));
+        }
         let mut buf = vec![0u8; len as usize];
         seg.file
             .read_at(&mut buf, 0)

@@ -96,7 +96,7 @@ pub(crate) const DAMAGED_ADVICE: &str = "the WAL cannot tell what the damaged by
 pub(crate) fn corrupt_at(path: &Path, offset: u64, detail: impl std::fmt::Display) -> StorageError {
     StorageError::CorruptMetadata {
         path: path.to_path_buf(),
-        record: "WAL record",
+        record: "WAL",
         detail: format!("at byte offset {offset}: {detail}; {DAMAGED_ADVICE}"),
     }
 }
@@ -167,7 +167,7 @@ pub(crate) fn read_start<F: VFile>(
     path: &Path,
     seq: u64,
 ) -> Result<Option<u64>, StorageError> {
-    let mut buf = [0u8; format::frame_len(8)];
+    let mut buf = [0u8; format::START_FRAME];
     let len = file.len().map_err(io(path, "reading the size of"))?;
     if len < buf.len() as u64 {
         return Ok(None);
@@ -175,7 +175,7 @@ pub(crate) fn read_start<F: VFile>(
     file.read_at(&mut buf, 0).map_err(io(path, "reading"))?;
     Ok(match format::parse_frame(&buf, seq) {
         Ok(frame) => match format::decode(&frame) {
-            Ok(Record::SegmentStart { prev_end }) => Some(prev_end),
+            Ok(Record::SegmentStart { prev_end, .. }) => Some(prev_end),
             _ => None,
         },
         Err(_) => None,
@@ -242,7 +242,18 @@ pub(crate) fn scan(
             )
         })?;
         match (&record, pos) {
-            (Record::SegmentStart { prev_end }, 0) => {
+            (Record::SegmentStart { prev_end, seg_len }, 0) => {
+                if (buf.len() as u64) < *seg_len {
+                    return Err(corrupt_at(
+                        path,
+                        buf.len() as u64,
+                        format!(
+                            "the file is {} bytes long, but the segment was created with \
+                             {seg_len} bytes: it was truncated",
+                            buf.len()
+                        ),
+                    ));
+                }
                 out.started = true;
                 out.prev_end = Some(*prev_end);
             }
@@ -367,7 +378,7 @@ mod tests {
         for b in 0..batches {
             let mut enc = Encoder::new(seq, 0);
             if b == 0 {
-                enc.segment_start(0);
+                enc.segment_start(0, 4096);
             }
             let e = Entry::new(1, b + 1, EntryPayload::Normal(vec![b as u8; 40].into()));
             enc.entry(&PreparedEntry::new(&e), true);
@@ -414,10 +425,10 @@ mod tests {
         assert!(end.torn.is_some());
         // A flipped byte in the first entry, with valid records after it: corruption.
         let mut flipped = buf.clone();
-        flipped[format::frame_len(8) + HEADER + 20] ^= 1;
+        flipped[format::START_FRAME + HEADER + 20] ^= 1;
         let err = run(&flipped, 3).unwrap_err().to_string();
         assert!(
-            err.contains("byte offset 32") && err.contains("damage"),
+            err.contains("byte offset 40") && err.contains("damage"),
             "{err}"
         );
         // A flipped byte in the last entry: the END after it still proves it was written.

@@ -237,7 +237,7 @@ impl<V: Vfs> Writer<V> {
                 Ok(())
             };
         }
-        let start_len = format::frame_len(8) as u64;
+        let start_len = format::START_FRAME as u64;
         let need = body as u64 + END_FRAME as u64;
         if need + start_len > u64::from(u32::MAX) {
             return Err(StorageError::InvalidArgument(format!(
@@ -252,7 +252,7 @@ impl<V: Vfs> Writer<V> {
         let a = &mut self.active;
         let mut enc = Encoder::new(a.seq, need as usize + start_len as usize);
         if !a.started {
-            enc.segment_start(a.prev_end);
+            enc.segment_start(a.prev_end, a.capacity);
         }
         if let Some(hs) = &req.hard_state {
             enc.hard_state(hs, prepared.is_empty());
