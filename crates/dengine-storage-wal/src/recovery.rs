@@ -311,6 +311,16 @@ pub(crate) fn open<V: Vfs>(
             .file
             .len()
             .map_err(io(&seg.path, "reading the size of"))?;
+        if len > u64::from(u32::MAX) {
+            return Err(corrupt_at(
+                &seg.path,
+                0,
+                format!(
+                    "the file is {len} bytes long, larger than any segment the WAL creates \
+                     (4 GiB at most)"
+                ),
+            ));
+        }
         if len < MIN_SEGMENT {
             return Err(corrupt_at(
                 &seg.path,
