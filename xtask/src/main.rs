@@ -29,9 +29,10 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   ci             run exactly what CI runs (.ci/run): fmt check, clippy -D warnings, tests
   bench storage [--seconds N]
-                 append throughput of the redb and sled log stores (batches of 1, 16,
-                 256 entries of 256 bytes, fsync each) next to the disk's raw fdatasync
-                 rate, measured in the same run
+                 append throughput of the redb, sled and WAL log stores (batches of 1,
+                 16, 256 entries of 256 bytes, fsync each) next to the disk's raw
+                 fdatasync rates (appending, and overwriting a preallocated file),
+                 measured in the same run
   bench net [--seconds N] [--windows 1,64]
                  append round trips/s and MB/s between two gRPC transports on loopback,
                  1, 16 and 256 entries of 256 bytes per message, one at a time and
@@ -152,6 +153,7 @@ fn bench(args: &[String]) -> ExitCode {
             for (krate, example) in [
                 ("dengine-storage-redb", "redb_storage_bench"),
                 ("dengine-storage-sled", "sled_storage_bench"),
+                ("dengine-storage-wal", "wal_storage_bench"),
             ] {
                 eprintln!("xtask bench storage: {krate} (release build)");
                 let ok = cargo_release_run(&["-p", krate, "--example", example], &args[1..]);
