@@ -213,7 +213,9 @@ pub fn serve_routes(
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .add_routes(routes);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let (accept_stop, accept_stopped) = watch::channel(false);
+    // The accept loop stops (and closes the listening socket) as soon as shutdown begins,
+    // not when the last connection has drained: the address is free again at once.
+    let accept_stopped = close.subscribe();
     let accept = Accept {
         listener: listener.inner,
         name,
@@ -247,7 +249,6 @@ pub fn serve_routes(
                 result
             }
         };
-        drop(accept_stop);
         if let Err(e) = served {
             tracing::error!(listener = name, %local_addr, "server stopped: {e}");
         }

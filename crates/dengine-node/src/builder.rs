@@ -207,10 +207,12 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
         let id = settings.node.id;
         let mut stored = store.load_state().await?;
         let snapshot_dir = snapshot_dir.map(SnapshotDir::new);
-        let mut snapshot_file = None;
+        let mut loaded = crate::snapshot_dir::Loaded::default();
         if let Some(dir) = &snapshot_dir {
-            snapshot_file = dir.load_latest().await.map_err(StartError::SnapshotFile)?;
+            loaded = dir.load_latest().await.map_err(StartError::SnapshotFile)?;
         }
+        let snapshot_file = loaded.snapshot.take();
+        let valid_snapshot_index = snapshot_file.as_ref().map(|f| f.meta.last_included.index);
         if bootstrap.is_some() && !is_empty(&stored) {
             return Err(StartError::AlreadyInitialized {
                 term: stored.hard_state.term,
@@ -268,6 +270,21 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
         let compacted = stored.first_index.saturating_sub(1);
         let applied = state_machine.applied_index();
         if applied < compacted {
+            if !loaded.damaged.is_empty() {
+                return Err(StartError::SnapshotFile(format!(
+                    "the state machine cannot be restored: the log is compacted up to index \
+                     {compacted}, and the snapshot that covered it is damaged: {}{}. Restore \
+                     the file from a backup, or replace the member (remove it from the \
+                     cluster, wipe its data directory, add it again under a new id; \
+                     docs/operations.md, \"Replacing a member\")",
+                    loaded.describe_damaged(),
+                    match valid_snapshot_index {
+                        Some(index) =>
+                            format!("; the newest valid snapshot ends at index {index}, too old"),
+                        None => "; no older valid snapshot exists".into(),
+                    }
+                )));
+            }
             return Err(StartError::StateMachineBehindLog { applied, compacted });
         }
         let sm_membership = state_machine.membership();

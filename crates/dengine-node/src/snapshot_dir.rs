@@ -45,8 +45,9 @@ impl SnapshotDir {
             .map_err(|e| format!("writing a snapshot into {}: {e}", self.path.display()))
     }
 
-    /// The newest snapshot that passes its checks, if any.
-    pub(crate) async fn load_latest(&self) -> Result<Option<Snapshot>, String> {
+    /// The newest snapshot that passes its checks, if any, and the newer files that failed
+    /// them (each with what is wrong).
+    pub(crate) async fn load_latest(&self) -> Result<Loaded, String> {
         let dir = self.path.clone();
         tokio::task::spawn_blocking(move || load_blocking(&dir))
             .await
@@ -98,22 +99,51 @@ fn snapshot_files(dir: &Path) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
-fn load_blocking(dir: &Path) -> io::Result<Option<Snapshot>> {
+/// What [`SnapshotDir::load_latest`] found.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    /// The newest snapshot that passed its checks.
+    pub(crate) snapshot: Option<Snapshot>,
+    /// Newer files that failed them: path and what is wrong.
+    pub(crate) damaged: Vec<(PathBuf, String)>,
+}
+
+impl Loaded {
+    /// The damaged files, for an error message.
+    pub(crate) fn describe_damaged(&self) -> String {
+        self.damaged
+            .iter()
+            .map(|(path, detail)| format!("{} ({detail})", path.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn load_blocking(dir: &Path) -> io::Result<Loaded> {
+    let mut loaded = Loaded::default();
     if !dir.exists() {
-        return Ok(None);
+        return Ok(loaded);
     }
     let mut names = snapshot_files(dir)?;
     names.sort();
     for name in names.iter().rev() {
         let path = dir.join(name);
         match decode(&fs::read(&path)?) {
-            Ok(snapshot) => return Ok(Some(snapshot)),
+            Ok(snapshot) => {
+                loaded.snapshot = Some(snapshot);
+                break;
+            }
             Err(detail) => {
-                tracing::warn!(path = %path.display(), %detail, "skipping a damaged snapshot file");
+                tracing::warn!(
+                    path = %path.display(),
+                    %detail,
+                    "the snapshot file is damaged; trying an older one"
+                );
+                loaded.damaged.push((path, detail));
             }
         }
     }
-    Ok(None)
+    Ok(loaded)
 }
 
 fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
@@ -171,11 +201,14 @@ mod tests {
     async fn saves_loads_and_keeps_the_newest_two() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = SnapshotDir::new(tmp.path().join("snaps"));
-        assert_eq!(dir.load_latest().await.unwrap(), None);
+        assert_eq!(dir.load_latest().await.unwrap().snapshot, None);
         for i in 1..=4 {
             dir.save(&snap(i * 10, b"state")).await.unwrap();
         }
-        assert_eq!(dir.load_latest().await.unwrap(), Some(snap(40, b"state")));
+        assert_eq!(
+            dir.load_latest().await.unwrap().snapshot,
+            Some(snap(40, b"state"))
+        );
         assert_eq!(snapshot_files(&tmp.path().join("snaps")).unwrap().len(), 2);
     }
 
@@ -190,6 +223,10 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         fs::write(&newest, bytes).unwrap();
-        assert_eq!(dir.load_latest().await.unwrap(), Some(snap(10, b"old")));
+        let loaded = dir.load_latest().await.unwrap();
+        assert_eq!(loaded.snapshot, Some(snap(10, b"old")));
+        assert_eq!(loaded.damaged.len(), 1);
+        assert_eq!(loaded.damaged[0].0, newest, "the damaged file is named");
+        assert!(loaded.describe_damaged().contains("checksum"), "{loaded:?}");
     }
 }

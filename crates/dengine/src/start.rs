@@ -254,18 +254,18 @@ where
     let found = MemberIdentity::load(&data_dir)?;
     let log_dir = data_dir.join("log");
     check_identity(&settings, found.as_ref(), &log_dir)?;
-    let log_existed = log_dir.exists();
-    let store = RedbStore::open_or_create(&log_dir)?;
+    let fresh = found.is_none() && !log_dir.exists();
     let identity =
         found.unwrap_or_else(|| MemberIdentity::new(settings.node.cluster_id, settings.node.id));
     let mut config = grpc_config(&settings)?;
     config.incarnation = identity.incarnation;
     config.snapshot_spool_dir = Some(data_dir.join("incoming"));
     let transport = GrpcTransport::new(config)?;
-    let fresh = found.is_none() && !log_existed;
     if fresh {
+        // Before anything is written: a refused start leaves the directory as it was.
         ask_members_about_me(&transport, &settings, identity.incarnation).await?;
     }
+    let store = RedbStore::open_or_create(&log_dir)?;
 
     let cluster_state = settings.node.initial_cluster_state;
     let client_limits = listener_limits(&settings, settings.client_api.max_connections);
