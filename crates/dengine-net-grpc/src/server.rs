@@ -57,10 +57,13 @@ impl GrpcTransport {
         self.set_inbox(inbox);
         let cfg = &self.shared.common.config;
         let spool = cfg.snapshot_spool_dir.clone().unwrap_or_else(|| {
+            // One directory per service: several nodes may share a process (tests).
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             std::env::temp_dir().join(format!(
-                "dengine-snapshots-{}-{}",
+                "dengine-snapshots-{}-{}-{}",
                 cfg.id,
-                std::process::id()
+                std::process::id(),
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             ))
         });
         let mut server = PeerServer::new(PeerService {

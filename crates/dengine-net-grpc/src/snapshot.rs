@@ -200,12 +200,18 @@ struct Slot {
 }
 
 /// Snapshots being received, one slot per sender, spooled to files in one directory, with a
-/// bound on their total size.
+/// bound on their total size. Dropping it removes its spool files.
 pub(crate) struct Receiver {
     dir: PathBuf,
     slots: Mutex<HashMap<NodeId, Arc<Slot>>>,
     /// Announced sizes of the partial snapshots in the spool, together.
     spooled: AtomicU64,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.remove_leftovers();
+    }
 }
 
 fn reply(outcome: Outcome, next_offset: u64, detail: impl Into<String>) -> pb::SnapshotReply {
@@ -227,18 +233,27 @@ impl Receiver {
     /// A receiver spooling into `dir` (created if missing). Spool files left by an earlier
     /// process are removed: a new process never resumes them.
     pub(crate) fn new(dir: PathBuf) -> Self {
-        if let Ok(entries) = std::fs::read_dir(&dir) {
+        let receiver = Receiver {
+            dir,
+            slots: Mutex::new(HashMap::new()),
+            spooled: AtomicU64::new(0),
+        };
+        receiver.remove_leftovers();
+        receiver
+    }
+
+    /// Removes what is left in the spool when the service goes away (uploads in progress
+    /// cannot be resumed by another process).
+    fn remove_leftovers(&self) {
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
                 if entry.path().extension().is_some_and(|e| e == "part") {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
         }
-        Receiver {
-            dir,
-            slots: Mutex::new(HashMap::new()),
-            spooled: AtomicU64::new(0),
-        }
+        // Only succeeds when empty: a directory of the operator's own is never removed.
+        let _ = std::fs::remove_dir(&self.dir);
     }
 
     fn slot(&self, from: NodeId) -> Arc<Slot> {
