@@ -26,6 +26,10 @@ pub enum KvError {
     /// Something the request names does not exist.
     #[error("etcdserver: {0}")]
     NotFound(String),
+    /// Serving the request would take more than a bound allows (a Range response larger than
+    /// the member's `max_range_response_bytes`); the message says how to ask for less.
+    #[error("etcdserver: {0}")]
+    ResourceExhausted(String),
     /// A response from the state machine could not be understood (a bug or a version skew
     /// between members).
     #[error("etcdserver: internal error: {0}")]
@@ -40,6 +44,7 @@ impl KvError {
             KvError::Compacted | KvError::FutureRevision => Code::OutOfRange,
             KvError::Unimplemented(_) => Code::Unimplemented,
             KvError::NotFound(_) => Code::NotFound,
+            KvError::ResourceExhausted(_) => Code::ResourceExhausted,
             KvError::Internal(_) => Code::Internal,
         };
         Status::new(code, self.to_string())
@@ -53,6 +58,7 @@ impl KvError {
             KvError::FutureRevision => (C::FutureRevision, String::new()),
             KvError::Unimplemented(m) => (C::Unimplemented, m.clone()),
             KvError::NotFound(m) => (C::NotFound, m.clone()),
+            KvError::ResourceExhausted(m) => (C::ResourceExhausted, m.clone()),
             KvError::Internal(m) => (C::Internal, m.clone()),
         };
         pb::KvError {
@@ -69,6 +75,7 @@ impl KvError {
             Ok(C::FutureRevision) => KvError::FutureRevision,
             Ok(C::Unimplemented) => KvError::Unimplemented(err.message.clone()),
             Ok(C::NotFound) => KvError::NotFound(err.message.clone()),
+            Ok(C::ResourceExhausted) => KvError::ResourceExhausted(err.message.clone()),
             Ok(C::Internal) => KvError::Internal(err.message.clone()),
             Err(_) => KvError::Internal(format!(
                 "unknown error code {} from the state machine: {}",

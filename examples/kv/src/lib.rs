@@ -37,6 +37,7 @@
 //! ```
 
 mod backend;
+mod config;
 mod error;
 mod member;
 mod node_backend;
@@ -53,10 +54,11 @@ pub use backend::{
     BackendError, HeaderInfo, KvBackend, LOCAL_CLUSTER_ID, LocalBackend, MemberInfo, StatusInfo,
     members_of,
 };
+pub use config::{DEFAULT_MAX_RANGE_RESPONSE_BYTES, DEFAULT_MAX_REQUEST_BYTES, KvConfig};
 pub use error::KvError;
 pub use member::{Member, MemberError};
 pub use node_backend::NodeBackend;
-pub use service::{ETCD_API_VERSION, KvConfig, add_kv_services, kv_services};
+pub use service::{ETCD_API_VERSION, add_kv_services, kv_services};
 pub use state_machine::{
     KvStateMachine, decode_command_response, decode_query_response, encode_command, encode_query,
 };

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use dengine_kv::Member;
 use dengine_kv::proto::etcdserverpb::kv_client::KvClient;
 use dengine_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use dengine_kv::proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
+use dengine_kv::{DEFAULT_MAX_RANGE_RESPONSE_BYTES, DEFAULT_MAX_REQUEST_BYTES, KvConfig, Member};
 use dengine_node::{Settings, observability};
 
 #[derive(Parser)]
@@ -102,6 +102,13 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
+    /// Largest write request a client may send, in bytes (etcd's --max-request-bytes).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
+    /// Largest Range response, in bytes; larger reads are refused with RESOURCE_EXHAUSTED
+    /// (clients page with a limit, e.g. etcdctl get --limit).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_RANGE_RESPONSE_BYTES)]
+    max_range_response_bytes: usize,
     /// Log filter (RUST_LOG wins when set), e.g. info or dengine_node=debug.
     #[arg(long, default_value = "info")]
     log: String,
@@ -154,8 +161,17 @@ fn settings(args: &ServeArgs) -> Result<Settings, String> {
     Ok(s)
 }
 
+fn kv_config(args: &ServeArgs) -> KvConfig {
+    KvConfig {
+        max_request_bytes: args.max_request_bytes,
+        max_range_response_bytes: args.max_range_response_bytes,
+        ..KvConfig::default()
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let settings = settings(&args)?;
+    let config = kv_config(&args);
     #[cfg(feature = "fault-injection")]
     let member = match &args.fault_control {
         Some(file) => {
@@ -166,10 +182,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             fault_control::spawn_poller(file.clone(), handle);
             member
         }
-        None => Member::start(settings).await.map_err(|e| e.to_string())?,
+        None => Member::start_with_config(settings, config)
+            .await
+            .map_err(|e| e.to_string())?,
     };
     #[cfg(not(feature = "fault-injection"))]
-    let member = Member::start(settings).await.map_err(|e| e.to_string())?;
+    let member = Member::start_with_config(settings, config)
+        .await
+        .map_err(|e| e.to_string())?;
     let _ = observability::init_logging(&args.log);
     tracing::info!(
         member = member.node().id(),

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use dengine::{Node, Running, Settings, StartNodeError};
 
+use crate::config::KvConfig;
 use crate::node_backend::NodeBackend;
-use crate::service::{KvConfig, add_kv_services};
+use crate::service::add_kv_services;
 use crate::state_machine::KvStateMachine;
 use crate::watch::WatchHub;
 
@@ -30,6 +31,14 @@ impl Member {
     /// empty, metrics and traces if `[observability]` asks for them, everything served on
     /// `node.listen_addr`.
     pub async fn start(settings: Settings) -> Result<Member, MemberError> {
+        Member::start_with_config(settings, KvConfig::default()).await
+    }
+
+    /// [`start`](Member::start), with the etcd API's limits and options from `config`.
+    pub async fn start_with_config(
+        settings: Settings,
+        config: KvConfig,
+    ) -> Result<Member, MemberError> {
         let hub = WatchHub::default();
         let cluster_id = settings.node.cluster_id;
         let services_hub = hub.clone();
@@ -37,9 +46,10 @@ impl Member {
             settings,
             KvStateMachine::new(hub.clone()),
             move |node, routes| {
-                let backend = NodeBackend::new(node.clone(), cluster_id);
+                let backend =
+                    NodeBackend::new(node.clone(), cluster_id).with_config(config.clone());
                 let routes = routes.add_service(backend.forward_service());
-                add_kv_services(routes, Arc::new(backend), services_hub, KvConfig::default())
+                add_kv_services(routes, Arc::new(backend), services_hub, config)
             },
         )
         .await?;

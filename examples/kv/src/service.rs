@@ -3,13 +3,16 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use prost::Message;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
 use crate::backend::{KvBackend, MemberInfo};
+use crate::config::KvConfig;
 use crate::error::KvError;
 use crate::proto::dengine::kv::v1::{
-    StatsRequest, command, command_response, query, query_response,
+    Command, Query, StatsRequest, command, command_response, query, query_response,
 };
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Member,
@@ -22,9 +25,7 @@ use crate::proto::etcdserverpb::{
     response_op::Response as OpResponse,
     watch_server::WatchServer,
 };
-use crate::state_machine::{
-    decode_command_response, decode_query_response, encode_command, encode_query,
-};
+use crate::state_machine::{decode_command_response, decode_query_response};
 use crate::unsupported::{self, Unsupported};
 use crate::validate;
 use crate::watch::WatchHub;
@@ -33,20 +34,6 @@ use crate::watch_service::WatchService;
 /// The etcd API version reported by `Maintenance.Status`: the API level dengine-kv speaks.
 /// Clients that gate features on the server version compare against it.
 pub const ETCD_API_VERSION: &str = "3.5.0";
-
-/// Limits of the KV service.
-#[derive(Clone, Debug)]
-pub struct KvConfig {
-    /// Most operations in one branch (and most compares) of a transaction (etcd's
-    /// `--max-txn-ops`, default 128).
-    pub max_txn_ops: usize,
-}
-
-impl Default for KvConfig {
-    fn default() -> Self {
-        KvConfig { max_txn_ops: 128 }
-    }
-}
 
 /// What every service shares.
 #[derive(Debug)]
@@ -76,8 +63,19 @@ impl<B: KvBackend> Shared<B> {
         *header = Some(self.header(revision));
     }
 
+    /// Checks a write as the client API requires ([`validate::check_command`]), then
+    /// replicates it and decodes the state machine's answer.
     async fn propose(&self, op: command::Op) -> Result<command_response::Result, Status> {
-        let response = self.backend.propose(encode_command(op)).await?;
+        let command = Command {
+            op: Some(op),
+            max_range_response_bytes: u64::try_from(self.config.max_range_response_bytes)
+                .unwrap_or(u64::MAX),
+        };
+        validate::check_command(&command, &self.config)?;
+        let response = self
+            .backend
+            .propose(Bytes::from(command.encode_to_vec()))
+            .await?;
         Ok(decode_command_response(&response)?)
     }
 
@@ -86,7 +84,15 @@ impl<B: KvBackend> Shared<B> {
         op: query::Op,
         serializable: bool,
     ) -> Result<query_response::Result, Status> {
-        let response = self.backend.read(encode_query(op), serializable).await?;
+        let query = Query {
+            op: Some(op),
+            max_range_response_bytes: u64::try_from(self.config.max_range_response_bytes)
+                .unwrap_or(u64::MAX),
+        };
+        let response = self
+            .backend
+            .read(Bytes::from(query.encode_to_vec()), serializable)
+            .await?;
         Ok(decode_query_response(&response)?)
     }
 }
@@ -128,7 +134,6 @@ impl<B: KvBackend> Kv for KvService<B> {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = request.into_inner();
-        validate::check_put(&req)?;
         match self.shared.propose(command::Op::Put(req)).await? {
             command_response::Result::Put(mut resp) => {
                 self.shared.fill(&mut resp.header);
@@ -143,7 +148,6 @@ impl<B: KvBackend> Kv for KvService<B> {
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = request.into_inner();
-        validate::check_delete(&req)?;
         match self.shared.propose(command::Op::DeleteRange(req)).await? {
             command_response::Result::DeleteRange(mut resp) => {
                 self.shared.fill(&mut resp.header);
@@ -155,12 +159,6 @@ impl<B: KvBackend> Kv for KvService<B> {
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = request.into_inner();
-        if validate::txn_ops(&req) > self.shared.config.max_txn_ops {
-            return Err(
-                KvError::InvalidArgument("too many operations in txn request".into()).into(),
-            );
-        }
-        validate::check_txn(&req)?;
         match self.shared.propose(command::Op::Txn(req)).await? {
             command_response::Result::Txn(mut resp) => {
                 self.shared.fill(&mut resp.header);

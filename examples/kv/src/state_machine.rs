@@ -72,9 +72,12 @@ impl KvStateMachine {
     /// every replica.
     fn apply_command(&mut self, data: &[u8]) -> CommandResponse {
         use command_response::Result as R;
-        let command = match Command::decode(data) {
-            Ok(Command { op: Some(op) }) => op,
-            Ok(Command { op: None }) => {
+        let (command, max_range_bytes) = match Command::decode(data) {
+            Ok(Command {
+                op: Some(op),
+                max_range_response_bytes,
+            }) => (op, bound(max_range_response_bytes)),
+            Ok(Command { op: None, .. }) => {
                 return error_response(KvError::InvalidArgument("empty command".into()));
             }
             Err(e) => {
@@ -92,7 +95,7 @@ impl KvStateMachine {
                 self.hub_publish(out.revision, out.events);
                 R::DeleteRange(out.response)
             }),
-            command::Op::Txn(req) => self.store.txn(&req).map(|out| {
+            command::Op::Txn(req) => self.store.txn(&req, max_range_bytes).map(|out| {
                 self.hub_publish(out.revision, out.events);
                 R::Txn(out.response)
             }),
@@ -119,16 +122,21 @@ impl KvStateMachine {
         let result = match Query::decode(request) {
             Ok(Query {
                 op: Some(query::Op::Range(req)),
-            }) => self.store.range(&req).map(R::Range),
+                max_range_response_bytes,
+            }) => self
+                .store
+                .range(&req, bound(max_range_response_bytes))
+                .map(R::Range),
             Ok(Query {
                 op: Some(query::Op::Stats(_)),
+                ..
             }) => Ok(R::Stats(Stats {
                 revision: self.store.revision(),
                 compact_revision: self.store.compact_revision(),
                 keys: self.store.key_count(),
                 size_bytes: self.store.size_bytes(),
             })),
-            Ok(Query { op: None }) => Err(KvError::InvalidArgument("empty query".into())),
+            Ok(Query { op: None, .. }) => Err(KvError::InvalidArgument("empty query".into())),
             Err(e) => Err(KvError::InvalidArgument(format!("undecodable query: {e}"))),
         };
         QueryResponse {
@@ -160,10 +168,21 @@ impl KvStateMachine {
     }
 }
 
+/// A size bound as the wire carries it (0: none).
+fn bound(bytes: u64) -> Option<usize> {
+    (bytes != 0).then(|| usize::try_from(bytes).unwrap_or(usize::MAX))
+}
+
 fn error_response(err: KvError) -> CommandResponse {
     CommandResponse {
         result: Some(command_response::Result::Error(err.to_proto())),
     }
+}
+
+/// The encoded command response for a refusal, as the state machine would give it (for
+/// refusals decided before a command reaches the log).
+pub(crate) fn encode_error_response(err: &KvError) -> Bytes {
+    Bytes::from(error_response(err.clone()).encode_to_vec())
 }
 
 fn corrupt_snapshot(index: LogIndex, detail: String) -> StorageError {
@@ -256,14 +275,27 @@ impl StateMachine for KvStateMachine {
     }
 }
 
-/// Encodes a write command for [`KvStateMachine`].
+/// Encodes a write command for [`KvStateMachine`] (with no bound on the size of a
+/// transaction's reads).
 pub fn encode_command(op: command::Op) -> Bytes {
-    Bytes::from(Command { op: Some(op) }.encode_to_vec())
+    Bytes::from(
+        Command {
+            op: Some(op),
+            ..Command::default()
+        }
+        .encode_to_vec(),
+    )
 }
 
-/// Encodes a query for [`KvStateMachine`].
+/// Encodes a query for [`KvStateMachine`] (with no bound on the size of a Range response).
 pub fn encode_query(op: query::Op) -> Bytes {
-    Bytes::from(Query { op: Some(op) }.encode_to_vec())
+    Bytes::from(
+        Query {
+            op: Some(op),
+            ..Query::default()
+        }
+        .encode_to_vec(),
+    )
 }
 
 /// Decodes a [`KvStateMachine`] command response: the etcd response, or the store's refusal.

@@ -727,3 +727,101 @@ async fn member_list_and_status() {
     drop(clients);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_writes_get_the_client_apis_checks() {
+    use dengine_kv::proto::dengine::kv::v1::{
+        Command, ForwardRequest, command, forward_client::ForwardClient,
+    };
+    use dengine_kv::proto::etcdserverpb::{PutRequest, RequestOp, TxnRequest, request_op};
+    use dengine_kv::{KvError, decode_command_response};
+    use prost::Message;
+
+    let _turn = SERIAL.lock().await;
+    let cluster = TestCluster::start().await;
+    let leader = cluster.leader().await;
+    let follower = cluster.running_except(leader)[0];
+    let puts = |n: usize| -> Vec<RequestOp> {
+        (0..n)
+            .map(|i| RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: format!("t/{i:04}").into(),
+                    value: "v".into(),
+                    ..Default::default()
+                })),
+            })
+            .collect()
+    };
+    let txn = |n: usize| Command {
+        op: Some(command::Op::Txn(TxnRequest {
+            success: puts(n),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    // Straight to the leader's internal Forward service, as a follower forwards a write: the
+    // 1 000-operation transaction the client API refuses is refused here too, with the same
+    // error, and so are an oversized command and an undecodable one.
+    let mut forward = ForwardClient::connect(cluster.url(leader)).await.unwrap();
+    let mut send = async |command: bytes::Bytes| {
+        let reply = forward
+            .propose(ForwardRequest { command })
+            .await
+            .unwrap()
+            .into_inner();
+        decode_command_response(&reply.response)
+    };
+    assert_eq!(
+        send(txn(1000).encode_to_vec().into()).await,
+        Err(KvError::InvalidArgument(
+            "too many operations in txn request".into()
+        ))
+    );
+    let huge = Command {
+        op: Some(command::Op::Put(PutRequest {
+            key: "big".into(),
+            value: vec![b'x'; 2 << 20].into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    assert_eq!(
+        send(huge.encode_to_vec().into()).await,
+        Err(KvError::InvalidArgument("request is too large".into()))
+    );
+    assert!(matches!(
+        send(bytes::Bytes::from_static(b"\xff\xff")).await,
+        Err(KvError::InvalidArgument(_))
+    ));
+    // Nothing reached the log.
+    let mut c = cluster.client(follower).await;
+    let all = read("count on a follower", async || {
+        c.get(
+            "",
+            Some(GetOptions::new().with_all_keys().with_count_only()),
+        )
+        .await
+    })
+    .await;
+    assert_eq!((all.count(), all.header().unwrap().revision()), (0, 0));
+    // The client API refuses the big transaction too; one within the limit, written through
+    // a follower (forwarded), is applied.
+    let ops = |n: usize| -> Vec<TxnOp> {
+        (0..n)
+            .map(|i| TxnOp::put(format!("t/{i:04}"), "v", None))
+            .collect()
+    };
+    let refused = c.txn(Txn::new().and_then(ops(1000))).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("too many operations"),
+        "{refused}"
+    );
+    let done = ok("a 128-operation txn via a follower", async || {
+        c.txn(Txn::new().and_then(ops(128))).await
+    })
+    .await;
+    assert_eq!(done.header().unwrap().revision(), 1);
+
+    drop(c);
+    cluster.stop().await;
+}
