@@ -17,13 +17,19 @@ pub(crate) async fn serve_local(config: WatchConfig) -> String {
 
 /// [`serve_local`] with the services' limits and options from `kv`.
 pub(crate) async fn serve_local_with(watch: WatchConfig, kv: KvConfig) -> String {
+    start_local(watch, kv).await.0
+}
+
+/// [`serve_local_with`], also giving the backend (to load data without the client API's
+/// limits).
+pub(crate) async fn start_local(watch: WatchConfig, kv: KvConfig) -> (String, Arc<LocalBackend>) {
     let hub = WatchHub::new(watch);
     let backend = Arc::new(
         LocalBackend::new(hub.clone(), "http://127.0.0.1:2380")
             .await
             .unwrap(),
     );
-    let routes = kv_services(backend, hub, kv);
+    let routes = kv_services(backend.clone(), hub, kv);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -31,5 +37,5 @@ pub(crate) async fn serve_local_with(watch: WatchConfig, kv: KvConfig) -> String
             .add_routes(routes)
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    format!("http://{addr}")
+    (format!("http://{addr}"), backend)
 }
