@@ -36,6 +36,8 @@
 //! # });
 //! ```
 
+mod auth;
+mod auth_service;
 mod backend;
 mod config;
 mod error;
@@ -50,6 +52,8 @@ mod validate;
 mod watch;
 mod watch_service;
 
+pub use auth::hub::{AuthConfig, AuthHub, DEFAULT_MAX_TOKENS, DEFAULT_TOKEN_TTL};
+pub use auth::password::DEFAULT_PASSWORD_ITERATIONS;
 pub use backend::{
     BackendError, HeaderInfo, KvBackend, LOCAL_CLUSTER_ID, LocalBackend, MemberInfo, StatusInfo,
     members_of,

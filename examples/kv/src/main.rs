@@ -102,6 +102,11 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
+    /// etcd's --client-cert-auth: a client whose TLS certificate the server verified (see
+    /// [network.tls] with a CA) and that sends no token is the user its certificate's Common
+    /// Name names.
+    #[arg(long)]
+    client_cert_auth: bool,
     /// Largest write request a client may send, in bytes (etcd's --max-request-bytes).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
@@ -165,6 +170,7 @@ fn kv_config(args: &ServeArgs) -> KvConfig {
     KvConfig {
         max_request_bytes: args.max_request_bytes,
         max_range_response_bytes: args.max_range_response_bytes,
+        client_cert_auth: args.client_cert_auth,
         ..KvConfig::default()
     }
 }

@@ -42,16 +42,13 @@ impl Member {
         let hub = WatchHub::default();
         let cluster_id = settings.node.cluster_id;
         let services_hub = hub.clone();
-        let running = dengine::start_with(
-            settings,
-            KvStateMachine::new(hub.clone()),
-            move |node, routes| {
-                let backend =
-                    NodeBackend::new(node.clone(), cluster_id).with_config(config.clone());
-                let routes = routes.add_service(backend.forward_service());
-                add_kv_services(routes, Arc::new(backend), services_hub, config)
-            },
-        )
+        let state_machine = KvStateMachine::new(hub.clone());
+        let auth = state_machine.auth_hub().clone();
+        let running = dengine::start_with(settings, state_machine, move |node, routes| {
+            let backend = NodeBackend::new(node.clone(), cluster_id).with_config(config.clone());
+            let routes = routes.add_service(backend.forward_service());
+            add_kv_services(routes, Arc::new(backend), services_hub, auth, config)
+        })
         .await?;
         Ok(Member { running, hub })
     }
@@ -68,10 +65,12 @@ impl Member {
         let hub = WatchHub::default();
         let cluster_id = settings.node.cluster_id;
         let services_hub = hub.clone();
+        let state_machine = KvStateMachine::new(hub.clone());
+        let auth = state_machine.auth_hub().clone();
         let mut handle = None;
         let running = dengine::start_with_transport(
             settings,
-            KvStateMachine::new(hub.clone()),
+            state_machine,
             |grpc| {
                 let faulty = FaultyTransport::new(grpc, seed);
                 handle = Some(faulty.handle());
@@ -80,7 +79,13 @@ impl Member {
             move |node, routes| {
                 let backend = NodeBackend::new(node.clone(), cluster_id);
                 let routes = routes.add_service(backend.forward_service());
-                add_kv_services(routes, Arc::new(backend), services_hub, KvConfig::default())
+                add_kv_services(
+                    routes,
+                    Arc::new(backend),
+                    services_hub,
+                    auth,
+                    KvConfig::default(),
+                )
             },
         )
         .await?;

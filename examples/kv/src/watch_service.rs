@@ -23,6 +23,8 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::access::Needs;
+use crate::auth::identity::Credentials;
 use crate::backend::KvBackend;
 use crate::proto::etcdserverpb::{
     WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request::FilterType,
@@ -35,6 +37,10 @@ use crate::watch::{RevisionEvents, WatchFilter, WatchHub};
 /// The watch id etcd (3.5) uses for a progress response that covers every watcher of a
 /// stream.
 const ALL_WATCHERS: i64 = -1;
+
+/// etcd's `cancel_reason` for a watch its user may not read (the text of its gRPC error).
+const PERMISSION_DENIED: &str =
+    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 /// The `Watch` service.
 #[derive(Debug)]
@@ -58,12 +64,15 @@ impl<B: KvBackend> Watch for WatchService<B> {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // As in etcd, the stream's credentials are checked when each watcher is created.
+        let credentials = self.shared.credentials(&request);
         let inbound = request.into_inner();
         let buffer = self.shared.hub.config().response_buffer.max(1);
         let (tx, rx) = mpsc::channel(buffer);
         let stream = StreamTask {
             shared: self.shared.clone(),
             hub: self.shared.hub.clone(),
+            credentials,
             out: tx,
             watchers: BTreeMap::new(),
             next_id: 0,
@@ -112,6 +121,7 @@ struct Closed;
 struct StreamTask<B> {
     shared: Arc<Shared<B>>,
     hub: WatchHub,
+    credentials: Credentials,
     out: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
@@ -209,6 +219,17 @@ impl<B: KvBackend> StreamTask<B> {
             cancel_reason: reason,
             ..WatchResponse::default()
         };
+        // Read access to the watched range, checked against this member's auth state (an
+        // expired token, or a user without the permission, gets etcd's refusal).
+        let auth = &self.shared.auth;
+        let permitted = auth.identify(&self.credentials).and_then(|user| {
+            let needs = Needs::read(&create.key, &create.range_end);
+            auth.store().authorize(user.as_deref(), &needs)
+        });
+        if permitted.is_err() {
+            let reason = PERMISSION_DENIED.to_string();
+            return self.send(refuse(create.watch_id, reason), revision).await;
+        }
         let mut filters = Vec::new();
         for f in &create.filters {
             match FilterType::try_from(*f) {

@@ -57,6 +57,7 @@ async fn range(sm: &KvStateMachine, req: RangeRequest, max: u64) -> Result<Range
     let query = Query {
         op: Some(query::Op::Range(req)),
         max_range_response_bytes: max,
+        ..Query::default()
     };
     match decode_query_response(&sm.query(Bytes::from(query.encode_to_vec())).await.unwrap())? {
         query_response::Result::Range(r) => Ok(r),
@@ -162,6 +163,7 @@ async fn a_transactions_reads_share_one_bound_and_it_fails_whole() {
             Command {
                 op: Some(command::Op::Txn(txn.clone())),
                 max_range_response_bytes: max,
+                ..Command::default()
             }
             .encode_to_vec(),
         )

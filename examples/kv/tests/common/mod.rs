@@ -29,7 +29,7 @@ pub(crate) async fn start_local(watch: WatchConfig, kv: KvConfig) -> (String, Ar
             .await
             .unwrap(),
     );
-    let routes = kv_services(backend.clone(), hub, kv);
+    let routes = kv_services(backend.clone(), hub, backend.auth_hub().clone(), kv);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
