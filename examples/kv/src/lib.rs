@@ -8,14 +8,18 @@
 //!   transactions with compares, compaction, snapshots. Its state is in memory.
 //! * [`WatchHub`] keeps a bounded history of recent events; the state machine publishes to
 //!   it, the Watch service reads from it.
-//! * [`kv_services`] builds the tonic routes of the `KV`, `Watch`, `Cluster` and
-//!   `Maintenance` services over a [`KvBackend`], the small trait through which the services
-//!   reach the replication layer (propose a write, read, membership, status).
-//!   [`LocalBackend`] is a single-member backend without Raft, for tests.
+//! * etcd's authentication and authorization: users, roles and permissions are replicated
+//!   state-machine state; every command and query carries the user it runs as and is
+//!   checked when applied or served. [`AuthHub`] is a member's view of it (the auth state as
+//!   applied, and the member's tokens, which expire after [`DEFAULT_TOKEN_TTL`] without use).
+//! * [`kv_services`] builds the tonic routes of the `KV`, `Watch`, `Cluster`, `Maintenance`
+//!   and `Auth` services over a [`KvBackend`], the small trait through which the services
+//!   reach the replication layer (propose a write, read, membership, status), with the limits
+//!   of a [`KvConfig`]. [`LocalBackend`] is a single-member backend without Raft, for tests.
 //!
 //! What is and is not supported is listed in the crate's `README.md`. In short: no leases,
-//! no auth, no MVCC history (reads at past revisions are refused with UNIMPLEMENTED; watches
-//! can start at any revision still in the event history).
+//! no MVCC history (reads at past revisions are refused with UNIMPLEMENTED; watches can start
+//! at any revision still in the event history), simple tokens only (no JWT).
 //!
 //! ## Example: a store without Raft
 //!
