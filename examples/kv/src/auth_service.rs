@@ -78,15 +78,20 @@ macro_rules! query {
 
 impl<B: KvBackend> AuthService<B> {
     /// Runs a password hash or check off the async threads, at most
-    /// `max_concurrent_password_checks` at a time.
+    /// `max_concurrent_password_checks` at a time (the permit is released when the work
+    /// ends, even if the client has gone away meanwhile).
     async fn with_password_permit<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Status> {
-        let _permit = self.shared.auth.password_permit().await?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| KvError::Internal(format!("password hashing failed: {e}")).into())
+        let permit = self.shared.auth.password_permit().await?;
+        tokio::task::spawn_blocking(move || {
+            let result = work();
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|e| KvError::Internal(format!("password hashing failed: {e}")).into())
     }
 
     async fn hash(&self, password: String) -> Result<PasswordHash, Status> {

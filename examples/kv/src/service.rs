@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::access::Needs;
 use crate::auth::hub::AuthHub;
 use crate::auth::identity::Credentials;
+use crate::auth::user_of;
 use crate::auth_service::AuthService;
 use crate::backend::{KvBackend, MemberInfo};
 use crate::config::KvConfig;
@@ -95,9 +96,6 @@ impl<B: KvBackend> Shared<B> {
         user: Option<String>,
     ) -> Result<command_response::Result, Status> {
         let needs = Needs::command(&op);
-        if let Some(needs) = &needs {
-            self.auth.store().authorize(user.as_deref(), needs)?;
-        }
         // Auth commands are the ones without key-value needs.
         let auth_change = needs.is_none();
         let command = Command {
@@ -106,7 +104,11 @@ impl<B: KvBackend> Shared<B> {
             max_range_response_bytes: u64::try_from(self.config.max_range_response_bytes)
                 .unwrap_or(u64::MAX),
         };
+        // The request's shape first, then its user's permissions, as etcd does.
         validate::check_command(&command, &self.config)?;
+        if let Some(needs) = &needs {
+            self.auth.store().authorize(user_of(&command.user), needs)?;
+        }
         let response = self
             .backend
             .propose(Bytes::from(command.encode_to_vec()))

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AuthStore;
 use super::password::DEFAULT_PASSWORD_ITERATIONS;
@@ -120,7 +120,7 @@ struct Inner {
     config: AuthConfig,
     store: RwLock<Arc<AuthStore>>,
     tokens: Mutex<TokenTable>,
-    password_checks: Semaphore,
+    password_checks: Arc<Semaphore>,
 }
 
 /// One member's auth view, shared by its [`KvStateMachine`](crate::KvStateMachine) and its
@@ -145,7 +145,7 @@ impl AuthHub {
                 config,
                 store: RwLock::new(Arc::new(AuthStore::default())),
                 tokens: Mutex::new(TokenTable::default()),
-                password_checks: Semaphore::new(checks),
+                password_checks: Arc::new(Semaphore::new(checks)),
             }),
         }
     }
@@ -247,11 +247,13 @@ impl AuthHub {
     }
 
     /// Waits for the right to compute a password hash (see
-    /// [`AuthConfig::max_concurrent_password_checks`]).
-    pub(crate) async fn password_permit(&self) -> Result<SemaphorePermit<'_>, KvError> {
+    /// [`AuthConfig::max_concurrent_password_checks`]). The permit is owned so that it can go
+    /// with the computation: a client that gives up does not free it before the work ends.
+    pub(crate) async fn password_permit(&self) -> Result<OwnedSemaphorePermit, KvError> {
         self.inner
             .password_checks
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| KvError::Internal("the password check queue is closed".into()))
     }

@@ -96,7 +96,8 @@ impl User {
         self.password.as_ref()
     }
 
-    /// See [`User::credential_revision`](User#structfield.credential_revision).
+    /// The auth revision at which the password was last set (tokens and authentications
+    /// carry it, and are void once it changes).
     pub(crate) fn credential_revision(&self) -> u64 {
         self.credential_revision
     }
