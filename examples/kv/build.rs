@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("proto");
     let files = [
         root.join("etcd/mvccpb/kv.proto"),
+        root.join("etcd/authpb/auth.proto"),
         root.join("etcd/etcdserverpb/rpc.proto"),
         root.join("dengine/kv/v1/command.proto"),
     ];

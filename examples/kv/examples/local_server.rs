@@ -18,7 +18,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "127.0.0.1:2379".to_string());
     let hub = WatchHub::default();
     let backend = Arc::new(LocalBackend::new(hub.clone(), "http://127.0.0.1:2380").await?);
-    let routes = kv_services(backend, hub, KvConfig::default());
+    let auth = backend.auth_hub().clone();
+    let routes = kv_services(backend, hub, auth, KvConfig::default());
     eprintln!("dengine-kv (local, no Raft) serving the etcd v3 API on {addr}");
     tonic::transport::Server::builder()
         .add_routes(routes)

@@ -14,6 +14,7 @@ use dengine_core::store::StorageError;
 use dengine_core::{Entry, EntryPayload, Membership, NodeId, StateMachine};
 use tonic::{Code, Status};
 
+use crate::auth::hub::AuthHub;
 use crate::state_machine::KvStateMachine;
 use crate::watch::WatchHub;
 
@@ -193,6 +194,7 @@ pub struct LocalBackend {
     /// Mirror of the state machine's membership and applied index, readable without waiting.
     meta: Mutex<(Membership, u64)>,
     member_id: u64,
+    auth: AuthHub,
 }
 
 /// The cluster id [`LocalBackend`] reports.
@@ -203,6 +205,7 @@ impl LocalBackend {
     /// URL is `peer_url`.
     pub async fn new(hub: WatchHub, peer_url: &str) -> Result<Self, StorageError> {
         let mut sm = KvStateMachine::new(hub);
+        let auth = sm.auth_hub().clone();
         let membership = Membership::new([1]).with_address(1, peer_url);
         sm.apply(&[Entry::new(
             1,
@@ -214,7 +217,13 @@ impl LocalBackend {
             sm: tokio::sync::Mutex::new(sm),
             meta: Mutex::new((membership, 1)),
             member_id: 1,
+            auth,
         })
+    }
+
+    /// The auth hub of the backend's state machine (for [`kv_services`](crate::kv_services)).
+    pub fn auth_hub(&self) -> &AuthHub {
+        &self.auth
     }
 
     /// Applies one entry payload at the next index and returns its response.

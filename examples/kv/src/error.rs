@@ -26,6 +26,22 @@ pub enum KvError {
     /// Something the request names does not exist.
     #[error("etcdserver: {0}")]
     NotFound(String),
+    /// The request is refused in the state the store is in (etcd's `FAILED_PRECONDITION`
+    /// errors: a user or role that exists already or does not exist, authentication not
+    /// enabled, ...).
+    #[error("etcdserver: {0}")]
+    FailedPrecondition(String),
+    /// The authenticated user lacks a permission the request needs.
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    /// The request carried a token this member does not know (never issued, expired, or its
+    /// user's password changed); etcd clients authenticate again on this error.
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// Serving the request would take more than a bound allows (a Range response larger than
+    /// the member's `max_range_response_bytes`); the message says how to ask for less.
+    #[error("etcdserver: {0}")]
+    ResourceExhausted(String),
     /// A response from the state machine could not be understood (a bug or a version skew
     /// between members).
     #[error("etcdserver: internal error: {0}")]
@@ -40,6 +56,10 @@ impl KvError {
             KvError::Compacted | KvError::FutureRevision => Code::OutOfRange,
             KvError::Unimplemented(_) => Code::Unimplemented,
             KvError::NotFound(_) => Code::NotFound,
+            KvError::ResourceExhausted(_) => Code::ResourceExhausted,
+            KvError::FailedPrecondition(_) => Code::FailedPrecondition,
+            KvError::PermissionDenied => Code::PermissionDenied,
+            KvError::InvalidAuthToken => Code::Unauthenticated,
             KvError::Internal(_) => Code::Internal,
         };
         Status::new(code, self.to_string())
@@ -53,6 +73,10 @@ impl KvError {
             KvError::FutureRevision => (C::FutureRevision, String::new()),
             KvError::Unimplemented(m) => (C::Unimplemented, m.clone()),
             KvError::NotFound(m) => (C::NotFound, m.clone()),
+            KvError::ResourceExhausted(m) => (C::ResourceExhausted, m.clone()),
+            KvError::FailedPrecondition(m) => (C::FailedPrecondition, m.clone()),
+            KvError::PermissionDenied => (C::PermissionDenied, String::new()),
+            KvError::InvalidAuthToken => (C::Unauthenticated, String::new()),
             KvError::Internal(m) => (C::Internal, m.clone()),
         };
         pb::KvError {
@@ -69,6 +93,10 @@ impl KvError {
             Ok(C::FutureRevision) => KvError::FutureRevision,
             Ok(C::Unimplemented) => KvError::Unimplemented(err.message.clone()),
             Ok(C::NotFound) => KvError::NotFound(err.message.clone()),
+            Ok(C::ResourceExhausted) => KvError::ResourceExhausted(err.message.clone()),
+            Ok(C::FailedPrecondition) => KvError::FailedPrecondition(err.message.clone()),
+            Ok(C::PermissionDenied) => KvError::PermissionDenied,
+            Ok(C::Unauthenticated) => KvError::InvalidAuthToken,
             Ok(C::Internal) => KvError::Internal(err.message.clone()),
             Err(_) => KvError::Internal(format!(
                 "unknown error code {} from the state machine: {}",

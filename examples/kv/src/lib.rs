@@ -8,14 +8,18 @@
 //!   transactions with compares, compaction, snapshots. Its state is in memory.
 //! * [`WatchHub`] keeps a bounded history of recent events; the state machine publishes to
 //!   it, the Watch service reads from it.
-//! * [`kv_services`] builds the tonic routes of the `KV`, `Watch`, `Cluster` and
-//!   `Maintenance` services over a [`KvBackend`], the small trait through which the services
-//!   reach the replication layer (propose a write, read, membership, status).
-//!   [`LocalBackend`] is a single-member backend without Raft, for tests.
+//! * etcd's authentication and authorization: users, roles and permissions are replicated
+//!   state-machine state; every command and query carries the user it runs as and is
+//!   checked when applied or served. [`AuthHub`] is a member's view of it (the auth state as
+//!   applied, and the member's tokens, which expire after [`DEFAULT_TOKEN_TTL`] without use).
+//! * [`kv_services`] builds the tonic routes of the `KV`, `Watch`, `Cluster`, `Maintenance`
+//!   and `Auth` services over a [`KvBackend`], the small trait through which the services
+//!   reach the replication layer (propose a write, read, membership, status), with the limits
+//!   of a [`KvConfig`]. [`LocalBackend`] is a single-member backend without Raft, for tests.
 //!
 //! What is and is not supported is listed in the crate's `README.md`. In short: no leases,
-//! no auth, no MVCC history (reads at past revisions are refused with UNIMPLEMENTED; watches
-//! can start at any revision still in the event history).
+//! no MVCC history (reads at past revisions are refused with UNIMPLEMENTED; watches can start
+//! at any revision still in the event history), simple tokens only (no JWT).
 //!
 //! ## Example: a store without Raft
 //!
@@ -36,7 +40,10 @@
 //! # });
 //! ```
 
+mod auth;
+mod auth_service;
 mod backend;
+mod config;
 mod error;
 mod member;
 mod node_backend;
@@ -49,14 +56,17 @@ mod validate;
 mod watch;
 mod watch_service;
 
+pub use auth::hub::{AuthConfig, AuthHub, DEFAULT_MAX_TOKENS, DEFAULT_TOKEN_TTL};
+pub use auth::password::DEFAULT_PASSWORD_ITERATIONS;
 pub use backend::{
     BackendError, HeaderInfo, KvBackend, LOCAL_CLUSTER_ID, LocalBackend, MemberInfo, StatusInfo,
     members_of,
 };
+pub use config::{DEFAULT_MAX_RANGE_RESPONSE_BYTES, DEFAULT_MAX_REQUEST_BYTES, KvConfig};
 pub use error::KvError;
 pub use member::{Member, MemberError};
 pub use node_backend::NodeBackend;
-pub use service::{ETCD_API_VERSION, KvConfig, add_kv_services, kv_services};
+pub use service::{ETCD_API_VERSION, add_kv_services, kv_services};
 pub use state_machine::{
     KvStateMachine, decode_command_response, decode_query_response, encode_command, encode_query,
 };

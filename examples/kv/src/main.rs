@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use dengine_kv::proto::etcdserverpb::kv_client::KvClient;
 use dengine_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use dengine_kv::proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
-use dengine_kv::{KvConfig, Member};
+use dengine_kv::{DEFAULT_MAX_RANGE_RESPONSE_BYTES, DEFAULT_MAX_REQUEST_BYTES, KvConfig, Member};
 use dengine_node::settings::ClusterState;
 use dengine_node::{Settings, observability};
 
@@ -118,6 +118,18 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
+    /// etcd's --client-cert-auth: a client whose TLS certificate the server verified (see
+    /// [network.tls] with a CA) and that sends no token is the user its certificate's Common
+    /// Name names.
+    #[arg(long)]
+    client_cert_auth: bool,
+    /// Largest write request a client may send, in bytes (etcd's --max-request-bytes).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
+    /// Largest Range response, in bytes; larger reads are refused with RESOURCE_EXHAUSTED
+    /// (clients page with a limit, e.g. etcdctl get --limit).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_RANGE_RESPONSE_BYTES)]
+    max_range_response_bytes: usize,
     /// Log filter (RUST_LOG wins when set), e.g. info or dengine_node=debug.
     #[arg(long, default_value = "info")]
     log: String,
@@ -196,6 +208,15 @@ fn settings(args: &ServeArgs) -> Result<Settings, String> {
     Ok(s)
 }
 
+fn kv_config(args: &ServeArgs) -> KvConfig {
+    KvConfig {
+        max_request_bytes: args.max_request_bytes,
+        max_range_response_bytes: args.max_range_response_bytes,
+        client_cert_auth: args.client_cert_auth,
+        ..KvConfig::default()
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut settings = settings(&args)?;
     // Metrics and trace export, then logging, before anything else: what start-up has to say
@@ -204,7 +225,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         observability::install(&settings.observability).map_err(|e| e.to_string())?;
     let _ = observability::init_logging(&args.log);
     settings.observability = Default::default(); // installed above
-    let config = KvConfig::default();
+    let config = kv_config(&args);
     #[cfg(feature = "fault-injection")]
     let member = match &args.fault_control {
         Some(file) => {

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use dengine::{Node, Running, Services, Settings, StartNodeError};
 use dengine_net_grpc::GrpcTransport;
 
+use crate::auth::hub::AuthHub;
+use crate::config::KvConfig;
 use crate::node_backend::NodeBackend;
-use crate::service::{KvConfig, add_kv_services};
+use crate::service::add_kv_services;
 use crate::state_machine::KvStateMachine;
 use crate::watch::WatchHub;
 
@@ -32,21 +34,24 @@ fn services(
     node: &Node,
     transport: &GrpcTransport,
     services: Services,
-    hub: WatchHub,
+    hubs: (WatchHub, AuthHub),
     cluster_id: u64,
     config: KvConfig,
 ) -> Services {
+    let (hub, auth) = hubs;
     let scheme = if services.client_tls { "https" } else { "http" };
     let client_urls = services
         .client_addr
         .map(|a| vec![format!("{scheme}://{a}")])
         .unwrap_or_default();
-    let backend = NodeBackend::new(node.clone(), cluster_id, transport.clone(), client_urls);
+    let backend = NodeBackend::new(node.clone(), cluster_id, transport.clone(), client_urls)
+        .with_config(config.clone());
     let peer = services.peer.add_service(backend.forward_service());
     let client = add_kv_services(
         services.client.unwrap_or_default(),
         Arc::new(backend),
         hub,
+        auth,
         config,
     );
     Services {
@@ -77,14 +82,13 @@ impl Member {
     {
         let hub = WatchHub::default();
         let cluster_id = settings.node.cluster_id;
-        let services_hub = hub.clone();
+        let state_machine = KvStateMachine::new(hub.clone());
+        let hubs = (hub.clone(), state_machine.auth_hub().clone());
         let running = dengine::start_with_transport(
             settings,
-            KvStateMachine::new(hub.clone()),
+            state_machine,
             wrap,
-            move |node, transport, s| {
-                services(node, transport, s, services_hub, cluster_id, config)
-            },
+            move |node, transport, s| services(node, transport, s, hubs, cluster_id, config),
         )
         .await?;
         Ok(Member { running, hub })

@@ -16,13 +16,20 @@ use bytes::Bytes;
 use dengine_core::{MembershipChange, NodeId, Role};
 use dengine_net_grpc::GrpcTransport;
 use dengine_node::{AdminError, Consistency, Node, ProposeError, ReadError};
+use prost::Message;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::backend::{BackendError, HeaderInfo, KvBackend, MemberInfo, StatusInfo, members_of};
+use crate::config::KvConfig;
+use crate::error::KvError;
 use crate::proto::dengine::kv::v1::forward_client::ForwardClient;
 use crate::proto::dengine::kv::v1::forward_server::{Forward, ForwardServer};
-use crate::proto::dengine::kv::v1::{ForwardReply, ForwardRequest, InfoReply, InfoRequest};
+use crate::proto::dengine::kv::v1::{
+    Command, ForwardReply, ForwardRequest, InfoReply, InfoRequest,
+};
+use crate::state_machine::encode_error_response;
+use crate::validate;
 
 /// A replicated member's backend. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -38,6 +45,8 @@ pub struct NodeBackend {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Client URLs other members reported (`Info`), by member id.
     peer_client_urls: Arc<Mutex<HashMap<NodeId, Vec<String>>>>,
+    /// The client API's limits, applied again to writes forwarded by other members.
+    config: Arc<KvConfig>,
 }
 
 impl NodeBackend {
@@ -70,7 +79,15 @@ impl NodeBackend {
             term,
             channels: Arc::new(Mutex::new(HashMap::new())),
             peer_client_urls: Arc::new(Mutex::new(HashMap::new())),
+            config: Arc::new(KvConfig::default()),
         }
+    }
+
+    /// The same backend, checking forwarded writes against `config`'s limits (those the
+    /// member's etcd API services use) instead of the defaults.
+    pub fn with_config(mut self, config: KvConfig) -> Self {
+        self.config = Arc::new(config);
+        self
     }
 
     /// The internal service through which followers forward writes to this member.
@@ -353,6 +370,17 @@ impl Forward for NodeBackend {
         self.transport.authorize_peer(&request, from)?;
         // Forwarded once only: a member that is not the leader either refuses.
         let command = request.into_inner().command;
+        // The sender is another member, but what it forwards came from a client: the leader
+        // proposes nothing the client API would refuse. A refusal travels back as the state
+        // machine's own error response, so the client sees etcd's exact error.
+        let checked = Command::decode(command.as_ref())
+            .map_err(|e| KvError::InvalidArgument(format!("undecodable forwarded command: {e}")))
+            .and_then(|c| validate::check_command(&c, &self.config));
+        if let Err(e) = checked {
+            return Ok(Response::new(ForwardReply {
+                response: encode_error_response(&e),
+            }));
+        }
         match self.node.propose(command).await {
             Ok(response) => Ok(Response::new(ForwardReply { response })),
             Err(e) => Err(propose_error(e).to_status()),

@@ -1,12 +1,17 @@
 //! The protobuf types and gRPC service stubs generated from `proto/` at build time: the etcd v3
-//! API subset ([`etcdserverpb`], [`mvccpb`]) and dengine-kv's internal encoding of commands,
-//! queries and snapshots ([`dengine::kv::v1`]).
+//! API subset ([`etcdserverpb`], [`mvccpb`], [`authpb`]) and dengine-kv's internal encoding of
+//! commands, queries and snapshots ([`dengine::kv::v1`]).
 
 #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 
 /// etcd's storage types (`mvccpb`): `KeyValue` and `Event`.
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+}
+
+/// etcd's auth types (`authpb`): `Permission` and `UserAddOptions`.
+pub mod authpb {
+    tonic::include_proto!("authpb");
 }
 
 /// etcd's v3 RPC messages and services (`etcdserverpb`), the subset dengine-kv serves.

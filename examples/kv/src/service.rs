@@ -1,30 +1,43 @@
 //! The etcd v3 gRPC services `KV`, `Cluster` and `Maintenance` over a [`KvBackend`], and
-//! [`kv_services`], which bundles them with `Watch` into one set of tonic routes.
+//! [`kv_services`], which bundles them with `Watch` and `Auth` into one set of tonic routes.
+//!
+//! Every request is identified first (its token or client certificate, see
+//! [`Credentials`]); a write is checked against the member's auth state before it is
+//! proposed (to refuse early) and carries its user into the log, where the state machine
+//! checks it again when it applies it; a read carries its user into the query, checked when
+//! it is served.
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use prost::Message;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
+use crate::auth::access::Needs;
+use crate::auth::hub::AuthHub;
+use crate::auth::identity::Credentials;
+use crate::auth::user_of;
+use crate::auth_service::AuthService;
 use crate::backend::{KvBackend, MemberInfo};
+use crate::config::KvConfig;
 use crate::error::KvError;
 use crate::proto::dengine::kv::v1::{
-    StatsRequest, command, command_response, query, query_response,
+    Command, Query, StatsRequest, command, command_response, query, query_response,
 };
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Member,
     MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberRemoveRequest, MemberRemoveResponse, PutRequest, PutResponse, RangeRequest,
     RangeResponse, ResponseHeader, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    auth_server::AuthServer,
     cluster_server::{Cluster, ClusterServer},
     kv_server::{Kv, KvServer},
     maintenance_server::{Maintenance, MaintenanceServer},
     response_op::Response as OpResponse,
     watch_server::WatchServer,
 };
-use crate::state_machine::{
-    decode_command_response, decode_query_response, encode_command, encode_query,
-};
+use crate::state_machine::{decode_command_response, decode_query_response};
 use crate::unsupported::{self, Unsupported};
 use crate::validate;
 use crate::watch::WatchHub;
@@ -34,25 +47,12 @@ use crate::watch_service::WatchService;
 /// Clients that gate features on the server version compare against it.
 pub const ETCD_API_VERSION: &str = "3.5.0";
 
-/// Limits of the KV service.
-#[derive(Clone, Debug)]
-pub struct KvConfig {
-    /// Most operations in one branch (and most compares) of a transaction (etcd's
-    /// `--max-txn-ops`, default 128).
-    pub max_txn_ops: usize,
-}
-
-impl Default for KvConfig {
-    fn default() -> Self {
-        KvConfig { max_txn_ops: 128 }
-    }
-}
-
 /// What every service shares.
 #[derive(Debug)]
 pub(crate) struct Shared<B> {
     pub(crate) backend: Arc<B>,
     pub(crate) hub: WatchHub,
+    pub(crate) auth: AuthHub,
     pub(crate) config: KvConfig,
 }
 
@@ -69,29 +69,98 @@ impl<B: KvBackend> Shared<B> {
     }
 
     /// Completes a header the state machine filled with its revision.
-    fn fill(&self, header: &mut Option<ResponseHeader>) {
+    pub(crate) fn fill(&self, header: &mut Option<ResponseHeader>) {
         let revision = header
             .as_ref()
             .map_or_else(|| self.hub.revision(), |h| h.revision);
         *header = Some(self.header(revision));
     }
 
-    async fn propose(&self, op: command::Op) -> Result<command_response::Result, Status> {
-        let response = self.backend.propose(encode_command(op)).await?;
+    /// A request's credentials.
+    pub(crate) fn credentials<T>(&self, request: &Request<T>) -> Credentials {
+        Credentials::of(request, self.config.client_cert_auth)
+    }
+
+    /// The user a request runs as (`None`: no credentials), or its refusal (an unknown
+    /// token while auth is enabled).
+    pub(crate) fn identify<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
+        Ok(self.auth.identify(&self.credentials(request))?)
+    }
+
+    /// Checks a write as the client API requires ([`validate::check_command`]) and against
+    /// this member's auth state (a refusal costs no round through the log), then replicates
+    /// it, run as `user`, and decodes the state machine's answer.
+    pub(crate) async fn propose(
+        &self,
+        op: command::Op,
+        user: Option<String>,
+    ) -> Result<command_response::Result, Status> {
+        let needs = Needs::command(&op);
+        // Auth commands are the ones without key-value needs.
+        let auth_change = needs.is_none();
+        let command = Command {
+            op: Some(op),
+            user: user.unwrap_or_default(),
+            max_range_response_bytes: u64::try_from(self.config.max_range_response_bytes)
+                .unwrap_or(u64::MAX),
+        };
+        // The request's shape first, then its user's permissions, as etcd does.
+        validate::check_command(&command, &self.config)?;
+        if let Some(needs) = &needs {
+            self.auth.store().authorize(user_of(&command.user), needs)?;
+        }
+        let response = self
+            .backend
+            .propose(Bytes::from(command.encode_to_vec()))
+            .await?;
+        if auth_change {
+            self.applied_here().await;
+        }
         Ok(decode_command_response(&response)?)
     }
 
-    async fn query(
+    /// Waits until this member has applied every write committed so far (a linearizable
+    /// read's barrier). A follower answers a forwarded write once the leader applied it; for
+    /// auth changes that is not enough: this member checks its next requests against its own
+    /// auth state and tokens (the token just issued, the user just added), so it answers
+    /// only once it has applied the change too, as etcd does. If the barrier fails the change
+    /// is applied all the same; it only shows here a little later.
+    async fn applied_here(&self) {
+        let barrier = Query {
+            op: Some(query::Op::Stats(StatsRequest {})),
+            ..Query::default()
+        };
+        if let Err(e) = self
+            .backend
+            .read(Bytes::from(barrier.encode_to_vec()), false)
+            .await
+        {
+            tracing::debug!("no read barrier after an auth change: {e}");
+        }
+    }
+
+    /// Runs a read as `user` (checked by the state machine when it serves it).
+    pub(crate) async fn query(
         &self,
         op: query::Op,
+        user: Option<String>,
         serializable: bool,
     ) -> Result<query_response::Result, Status> {
-        let response = self.backend.read(encode_query(op), serializable).await?;
+        let query = Query {
+            op: Some(op),
+            user: user.unwrap_or_default(),
+            max_range_response_bytes: u64::try_from(self.config.max_range_response_bytes)
+                .unwrap_or(u64::MAX),
+        };
+        let response = self
+            .backend
+            .read(Bytes::from(query.encode_to_vec()), serializable)
+            .await?;
         Ok(decode_query_response(&response)?)
     }
 }
 
-fn unexpected(what: &str) -> Status {
+pub(crate) fn unexpected(what: &str) -> Status {
     KvError::Internal(format!(
         "the state machine answered a {what} with another response type"
     ))
@@ -110,12 +179,13 @@ impl<B: KvBackend> Kv for KvService<B> {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        let user = self.shared.identify(&request)?;
         let req = request.into_inner();
         validate::check_range(&req)?;
         let serializable = req.serializable;
         match self
             .shared
-            .query(query::Op::Range(req), serializable)
+            .query(query::Op::Range(req), user, serializable)
             .await?
         {
             query_response::Result::Range(mut resp) => {
@@ -127,9 +197,9 @@ impl<B: KvBackend> Kv for KvService<B> {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let user = self.shared.identify(&request)?;
         let req = request.into_inner();
-        validate::check_put(&req)?;
-        match self.shared.propose(command::Op::Put(req)).await? {
+        match self.shared.propose(command::Op::Put(req), user).await? {
             command_response::Result::Put(mut resp) => {
                 self.shared.fill(&mut resp.header);
                 Ok(Response::new(resp))
@@ -142,9 +212,13 @@ impl<B: KvBackend> Kv for KvService<B> {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let user = self.shared.identify(&request)?;
         let req = request.into_inner();
-        validate::check_delete(&req)?;
-        match self.shared.propose(command::Op::DeleteRange(req)).await? {
+        match self
+            .shared
+            .propose(command::Op::DeleteRange(req), user)
+            .await?
+        {
             command_response::Result::DeleteRange(mut resp) => {
                 self.shared.fill(&mut resp.header);
                 Ok(Response::new(resp))
@@ -154,14 +228,9 @@ impl<B: KvBackend> Kv for KvService<B> {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let user = self.shared.identify(&request)?;
         let req = request.into_inner();
-        if validate::txn_ops(&req) > self.shared.config.max_txn_ops {
-            return Err(
-                KvError::InvalidArgument("too many operations in txn request".into()).into(),
-            );
-        }
-        validate::check_txn(&req)?;
-        match self.shared.propose(command::Op::Txn(req)).await? {
+        match self.shared.propose(command::Op::Txn(req), user).await? {
             command_response::Result::Txn(mut resp) => {
                 self.shared.fill(&mut resp.header);
                 for op in &mut resp.responses {
@@ -177,8 +246,9 @@ impl<B: KvBackend> Kv for KvService<B> {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        let user = self.shared.identify(&request)?;
         let req = request.into_inner();
-        match self.shared.propose(command::Op::Compact(req)).await? {
+        match self.shared.propose(command::Op::Compact(req), user).await? {
             command_response::Result::Compact(mut resp) => {
                 self.shared.fill(&mut resp.header);
                 Ok(Response::new(resp))
@@ -220,6 +290,13 @@ fn to_member(m: MemberInfo) -> Member {
 }
 
 impl<B: KvBackend> ClusterService<B> {
+    /// Membership changes are administration: root only while auth is enabled (checked on
+    /// this member: they do not go through the state machine).
+    fn check_root<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let user = self.shared.identify(request)?;
+        Ok(self.shared.auth.store().check_root(user.as_deref())?)
+    }
+
     async fn member_list(&self) -> Result<Vec<Member>, Status> {
         Ok(self
             .shared
@@ -238,6 +315,7 @@ impl<B: KvBackend> Cluster for ClusterService<B> {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.check_root(&request)?;
         let req = request.into_inner();
         if req.peer_ur_ls.is_empty() {
             return Err(
@@ -260,6 +338,7 @@ impl<B: KvBackend> Cluster for ClusterService<B> {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.check_root(&request)?;
         self.shared
             .backend
             .remove_member(request.into_inner().id)
@@ -278,7 +357,7 @@ impl<B: KvBackend> Cluster for ClusterService<B> {
             // A linearizable read first: this member has then applied every membership
             // change committed before the request.
             self.shared
-                .query(query::Op::Stats(StatsRequest {}), false)
+                .query(query::Op::Stats(StatsRequest {}), None, false)
                 .await?;
         }
         Ok(Response::new(MemberListResponse {
@@ -302,7 +381,7 @@ impl<B: KvBackend> Maintenance for MaintenanceService<B> {
     ) -> Result<Response<StatusResponse>, Status> {
         let stats = match self
             .shared
-            .query(query::Op::Stats(StatsRequest {}), true)
+            .query(query::Op::Stats(StatsRequest {}), None, true)
             .await?
         {
             query_response::Result::Stats(s) => s,
@@ -325,10 +404,10 @@ impl<B: KvBackend> Maintenance for MaintenanceService<B> {
     }
 }
 
-/// The four etcd services over one backend: `KV`, `Watch`, `Cluster` and `Maintenance`
-/// (plus stand-ins that answer every `Lease`, `Auth`, `Election` and `Lock` call with
-/// `UNIMPLEMENTED` and a message saying why).
-/// `hub` must be the one the backend's [`KvStateMachine`](crate::KvStateMachine) publishes to.
+/// The etcd services over one backend: `KV`, `Watch`, `Cluster`, `Maintenance` and `Auth`
+/// (plus stand-ins that answer every `Lease`, `Election` and `Lock` call with
+/// `UNIMPLEMENTED` and a message saying why). `hub` and `auth` must be the ones the backend's
+/// [`KvStateMachine`](crate::KvStateMachine) publishes to.
 ///
 /// Serve them with tonic:
 ///
@@ -339,15 +418,21 @@ impl<B: KvBackend> Maintenance for MaintenanceService<B> {
 ///
 /// let hub = WatchHub::default();
 /// let backend = Arc::new(LocalBackend::new(hub.clone(), "http://127.0.0.1:2380").await?);
-/// let routes = kv_services(backend, hub, KvConfig::default());
+/// let auth = backend.auth_hub().clone();
+/// let routes = kv_services(backend, hub, auth, KvConfig::default());
 /// tonic::transport::Server::builder()
 ///     .add_routes(routes)
 ///     .serve("127.0.0.1:2379".parse()?)
 ///     .await?;
 /// # Ok(()) }
 /// ```
-pub fn kv_services<B: KvBackend>(backend: Arc<B>, hub: WatchHub, config: KvConfig) -> Routes {
-    add_kv_services(Routes::default(), backend, hub, config)
+pub fn kv_services<B: KvBackend>(
+    backend: Arc<B>,
+    hub: WatchHub,
+    auth: AuthHub,
+    config: KvConfig,
+) -> Routes {
+    add_kv_services(Routes::default(), backend, hub, auth, config)
 }
 
 /// [`kv_services`], added to existing `routes` (to serve them on a port shared with other
@@ -356,11 +441,13 @@ pub fn add_kv_services<B: KvBackend>(
     routes: Routes,
     backend: Arc<B>,
     hub: WatchHub,
+    auth: AuthHub,
     config: KvConfig,
 ) -> Routes {
     let shared = Arc::new(Shared {
         backend,
         hub,
+        auth,
         config,
     });
     routes
@@ -371,9 +458,9 @@ pub fn add_kv_services<B: KvBackend>(
         .add_service(ClusterServer::new(ClusterService {
             shared: shared.clone(),
         }))
+        .add_service(AuthServer::new(AuthService::new(shared.clone())))
         .add_service(MaintenanceServer::new(MaintenanceService { shared }))
         .add_service(Unsupported::<unsupported::Lease>::new())
-        .add_service(Unsupported::<unsupported::Auth>::new())
         .add_service(Unsupported::<unsupported::Election>::new())
         .add_service(Unsupported::<unsupported::Lock>::new())
 }

@@ -1,9 +1,12 @@
 //! [`KvStateMachine`]: the etcd-style store as a dengine [`StateMachine`]. Decodes commands
-//! from the log, applies them to the [`KvStore`], publishes their events to the
-//! [`WatchHub`], and encodes the etcd responses; answers queries; takes and installs
-//! snapshots.
+//! from the log, checks that their user may run them, applies them to the [`KvStore`] (or to
+//! the [`AuthStore`]: `auth.rs`), publishes their events to the [`WatchHub`], and encodes the
+//! etcd responses; answers queries; takes and installs snapshots.
+
+mod auth;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use dengine_core::store::{Snapshot, StorageError};
@@ -12,6 +15,9 @@ use dengine_core::{
 };
 use prost::Message;
 
+use crate::auth::access::Needs;
+use crate::auth::hub::AuthHub;
+use crate::auth::{AuthStore, user_of};
 use crate::error::KvError;
 use crate::proto::dengine::kv::v1::{
     Command, CommandResponse, Query, QueryResponse, SnapshotMembership, Stats, StoreSnapshot,
@@ -21,8 +27,12 @@ use crate::proto::etcdserverpb::CompactionResponse;
 use crate::store::{self, KvStore};
 use crate::watch::WatchHub;
 
-/// Version of the [`StoreSnapshot`] encoding written by this build.
-const SNAPSHOT_FORMAT: u32 = 1;
+/// Version of the [`StoreSnapshot`] encoding written by this build. 2: with the auth state.
+const SNAPSHOT_FORMAT: u32 = 2;
+
+/// The oldest snapshot format this build reads. Format 1 has no auth state: auth off, no
+/// users or roles.
+const OLDEST_SNAPSHOT_FORMAT: u32 = 1;
 
 /// The replicated key-value store with etcd v3 semantics.
 ///
@@ -31,22 +41,39 @@ const SNAPSHOT_FORMAT: u32 = 1;
 /// command (the command then had no effect). Queries are [`Query`] messages answered with a
 /// [`QueryResponse`]. Blank and membership entries get an empty response.
 ///
+/// Every command and query names the user it runs as (empty: none); while auth is enabled,
+/// the state machine refuses what that user's permissions do not allow, when it applies the
+/// command, against the auth state of that moment.
+///
 /// The state lives in memory: after a restart it is rebuilt from the log and snapshots, so
 /// [`applied_index`](StateMachine::applied_index) starts at 0.
 #[derive(Debug)]
 pub struct KvStateMachine {
     store: KvStore,
+    /// Shared with `auth_hub` (copied on write: auth changes are rare).
+    auth: Arc<AuthStore>,
     hub: WatchHub,
+    auth_hub: AuthHub,
     applied: EntryId,
     membership: Membership,
 }
 
 impl KvStateMachine {
-    /// An empty store at revision 0 that publishes its changes to `hub`.
+    /// An empty store at revision 0 that publishes its changes to `hub`, with auth disabled
+    /// and a new [`AuthHub`] (see [`auth_hub`](Self::auth_hub)).
     pub fn new(hub: WatchHub) -> Self {
+        KvStateMachine::with_auth_hub(hub, AuthHub::default())
+    }
+
+    /// [`new`](Self::new), publishing its auth state and the tokens it learns to `auth_hub`.
+    pub fn with_auth_hub(hub: WatchHub, auth_hub: AuthHub) -> Self {
+        let auth = Arc::new(AuthStore::default());
+        auth_hub.publish(auth.clone());
         KvStateMachine {
             store: KvStore::default(),
+            auth,
             hub,
+            auth_hub,
             applied: EntryId::ZERO,
             membership: Membership::default(),
         }
@@ -55,6 +82,12 @@ impl KvStateMachine {
     /// The hub this state machine publishes to.
     pub fn watch_hub(&self) -> &WatchHub {
         &self.hub
+    }
+
+    /// The hub this state machine publishes its auth state and tokens to; the member's
+    /// services need it ([`kv_services`](crate::kv_services)).
+    pub fn auth_hub(&self) -> &AuthHub {
+        &self.auth_hub
     }
 
     /// The current store revision.
@@ -72,9 +105,13 @@ impl KvStateMachine {
     /// every replica.
     fn apply_command(&mut self, data: &[u8]) -> CommandResponse {
         use command_response::Result as R;
-        let command = match Command::decode(data) {
-            Ok(Command { op: Some(op) }) => op,
-            Ok(Command { op: None }) => {
+        let (command, user, max_range_bytes) = match Command::decode(data) {
+            Ok(Command {
+                op: Some(op),
+                user,
+                max_range_response_bytes,
+            }) => (op, user, bound(max_range_response_bytes)),
+            Ok(Command { op: None, .. }) => {
                 return error_response(KvError::InvalidArgument("empty command".into()));
             }
             Err(e) => {
@@ -83,6 +120,12 @@ impl KvStateMachine {
                 )));
             }
         };
+        let user = user_of(&user);
+        if let Some(needs) = Needs::command(&command)
+            && let Err(e) = self.auth.authorize(user, &needs)
+        {
+            return error_response(e);
+        }
         let result = match command {
             command::Op::Put(req) => self.store.put(&req).map(|out| {
                 self.hub_publish(out.revision, out.events);
@@ -92,7 +135,7 @@ impl KvStateMachine {
                 self.hub_publish(out.revision, out.events);
                 R::DeleteRange(out.response)
             }),
-            command::Op::Txn(req) => self.store.txn(&req).map(|out| {
+            command::Op::Txn(req) => self.store.txn(&req, max_range_bytes).map(|out| {
                 self.hub_publish(out.revision, out.events);
                 R::Txn(out.response)
             }),
@@ -102,6 +145,7 @@ impl KvStateMachine {
                     header: Some(store::header(revision)),
                 })
             }),
+            auth_op => self.apply_auth(auth_op, user),
         };
         CommandResponse {
             result: Some(result.unwrap_or_else(|e| R::Error(e.to_proto()))),
@@ -119,16 +163,28 @@ impl KvStateMachine {
         let result = match Query::decode(request) {
             Ok(Query {
                 op: Some(query::Op::Range(req)),
-            }) => self.store.range(&req).map(R::Range),
+                user,
+                max_range_response_bytes,
+            }) => self
+                .auth
+                .authorize(user_of(&user), &Needs::range(&req))
+                .and_then(|()| self.store.range(&req, bound(max_range_response_bytes)))
+                .map(R::Range),
+            // Status and the membership barrier: no key is read, no permission needed (etcd
+            // answers Status and MemberList to anyone).
             Ok(Query {
                 op: Some(query::Op::Stats(_)),
+                ..
             }) => Ok(R::Stats(Stats {
                 revision: self.store.revision(),
                 compact_revision: self.store.compact_revision(),
                 keys: self.store.key_count(),
                 size_bytes: self.store.size_bytes(),
             })),
-            Ok(Query { op: None }) => Err(KvError::InvalidArgument("empty query".into())),
+            Ok(Query {
+                op: Some(op), user, ..
+            }) => self.answer_auth(op, user_of(&user)),
+            Ok(Query { op: None, .. }) => Err(KvError::InvalidArgument("empty query".into())),
             Err(e) => Err(KvError::InvalidArgument(format!("undecodable query: {e}"))),
         };
         QueryResponse {
@@ -155,15 +211,27 @@ impl KvStateMachine {
                     .map(|(k, v)| (*k, v.clone()))
                     .collect::<BTreeMap<_, _>>(),
             }),
+            auth: Some(self.auth.to_snapshot()),
         };
         Bytes::from(snapshot.encode_to_vec())
     }
+}
+
+/// A size bound as the wire carries it (0: none).
+fn bound(bytes: u64) -> Option<usize> {
+    (bytes != 0).then(|| usize::try_from(bytes).unwrap_or(usize::MAX))
 }
 
 fn error_response(err: KvError) -> CommandResponse {
     CommandResponse {
         result: Some(command_response::Result::Error(err.to_proto())),
     }
+}
+
+/// The encoded command response for a refusal, as the state machine would give it (for
+/// refusals decided before a command reaches the log).
+pub(crate) fn encode_error_response(err: &KvError) -> Bytes {
+    Bytes::from(error_response(err.clone()).encode_to_vec())
 }
 
 fn corrupt_snapshot(index: LogIndex, detail: String) -> StorageError {
@@ -227,11 +295,13 @@ impl StateMachine for KvStateMachine {
         let index = meta.last_included.index;
         let snapshot = StoreSnapshot::decode(data)
             .map_err(|e| corrupt_snapshot(index, format!("undecodable kv snapshot: {e}")))?;
-        if snapshot.format != SNAPSHOT_FORMAT {
+        if !(OLDEST_SNAPSHOT_FORMAT..=SNAPSHOT_FORMAT).contains(&snapshot.format) {
             return Err(StorageError::FormatMismatch {
                 path: "<kv snapshot>".into(),
                 found: format!("dengine-kv snapshot format {}", snapshot.format),
-                expected: format!("dengine-kv snapshot format {SNAPSHOT_FORMAT}"),
+                expected: format!(
+                    "dengine-kv snapshot format {OLDEST_SNAPSHOT_FORMAT} to {SNAPSHOT_FORMAT}"
+                ),
             });
         }
         if snapshot.applied_index != index {
@@ -244,6 +314,14 @@ impl StateMachine for KvStateMachine {
             ));
         }
         self.store = KvStore::restore(snapshot.kvs, snapshot.revision, snapshot.compact_revision);
+        // Format 1 has no auth state: auth off, no users, as the cluster was.
+        self.auth = Arc::new(
+            snapshot
+                .auth
+                .map(AuthStore::from_snapshot)
+                .unwrap_or_default(),
+        );
+        self.auth_hub.publish(self.auth.clone());
         // The meta's membership is the authoritative one (it travelled with the snapshot).
         self.membership = meta.membership.clone();
         self.applied = meta.last_included;
@@ -256,14 +334,28 @@ impl StateMachine for KvStateMachine {
     }
 }
 
-/// Encodes a write command for [`KvStateMachine`].
+/// Encodes a write command for [`KvStateMachine`] (run as no user, with no bound on the size
+/// of a transaction's reads).
 pub fn encode_command(op: command::Op) -> Bytes {
-    Bytes::from(Command { op: Some(op) }.encode_to_vec())
+    Bytes::from(
+        Command {
+            op: Some(op),
+            ..Command::default()
+        }
+        .encode_to_vec(),
+    )
 }
 
-/// Encodes a query for [`KvStateMachine`].
+/// Encodes a query for [`KvStateMachine`] (run as no user, with no bound on the size of a
+/// Range response).
 pub fn encode_query(op: query::Op) -> Bytes {
-    Bytes::from(Query { op: Some(op) }.encode_to_vec())
+    Bytes::from(
+        Query {
+            op: Some(op),
+            ..Query::default()
+        }
+        .encode_to_vec(),
+    )
 }
 
 /// Decodes a [`KvStateMachine`] command response: the etcd response, or the store's refusal.

@@ -27,6 +27,10 @@ use crate::validate::{check_delete, check_put, check_range, check_txn};
 /// of the store (revisions, version, map node).
 const KEY_OVERHEAD_BYTES: u64 = 48;
 
+/// Bytes of an encoded `KeyValue` besides its key and value (three revisions, the version and
+/// the field tags), counted when bounding the size of a Range response.
+const KV_RESPONSE_OVERHEAD_BYTES: usize = 40;
+
 /// A set of keys as etcd requests name them: `key` alone, `[key, range_end)`, or every key
 /// `>= key` when `range_end` is `"\0"`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,11 +196,54 @@ impl KvStore {
         }
     }
 
-    /// Serves a Range request at the current revision.
-    pub(crate) fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
+    /// Serves a Range request at the current revision, refusing it if the keys it would
+    /// collect take more than `max_bytes` (see [`check_range_size`](Self::check_range_size)).
+    pub(crate) fn range(
+        &self,
+        req: &RangeRequest,
+        max_bytes: Option<usize>,
+    ) -> Result<RangeResponse, KvError> {
         check_range(req)?;
         self.check_read_revision(req.revision)?;
+        if let Some(max) = max_bytes {
+            self.range_size(req, max)?;
+        }
         Ok(self.range_unchecked(req, self.revision))
+    }
+
+    /// The bytes of the key-values a Range collects — every key of the range that passes the
+    /// filters, or only the first `limit + 1` in key order when no sort or filter needs them
+    /// all — or a refusal if they take more than `max_bytes`. The count stops as soon as the
+    /// bound is passed, so checking a huge range costs little; nothing is copied.
+    fn range_size(&self, req: &RangeRequest, max_bytes: usize) -> Result<usize, KvError> {
+        if req.count_only {
+            return Ok(0);
+        }
+        let range = KeyRange::new(&req.key, &req.range_end);
+        let plan = RangePlan::of(req);
+        let collected: Box<dyn Iterator<Item = (&Bytes, &KeyRecord)>> =
+            if plan.needs_all || plan.limit == 0 {
+                Box::new(
+                    self.iter_range(&range)
+                        .filter(|(_, r)| passes_filters(req, r)),
+                )
+            } else {
+                Box::new(self.iter_range(&range).take(plan.limit + 1))
+            };
+        let mut total = 0usize;
+        for (key, record) in collected {
+            let value = if req.keys_only { 0 } else { record.value.len() };
+            total = total.saturating_add(key.len() + value + KV_RESPONSE_OVERHEAD_BYTES);
+            if total > max_bytes {
+                return Err(KvError::ResourceExhausted(format!(
+                    "range response too large: the keys read would take more than {max_bytes} \
+                     bytes (the member's max_range_response_bytes); read the range in pages \
+                     with a limit (etcdctl get --limit N, then continue from the last key \
+                     returned)"
+                )));
+            }
+        }
+        Ok(total)
     }
 
     fn iter_range<'a>(
@@ -221,20 +268,12 @@ impl KvStore {
                 count,
             };
         }
-        // Sort orders and enums were validated by `check_range`.
-        let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
-        let mut order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
-        if order == SortOrder::None && target != SortTarget::Key {
-            order = SortOrder::Ascend; // etcd: a sort target without an order sorts ascending
-        }
-        let filtered = req.min_mod_revision != 0
-            || req.max_mod_revision != 0
-            || req.min_create_revision != 0
-            || req.max_create_revision != 0;
-        let limit = usize::try_from(req.limit).unwrap_or(0);
-        let needs_all = filtered
-            || !(order == SortOrder::None
-                || (order == SortOrder::Ascend && target == SortTarget::Key));
+        let RangePlan {
+            target,
+            order,
+            limit,
+            needs_all,
+        } = RangePlan::of(req);
 
         let mut kvs: Vec<KeyValue> = if needs_all || limit == 0 {
             self.iter_range(&range)
@@ -318,10 +357,20 @@ impl KvStore {
     /// Applies a Txn as one write: every compare (of nested transactions too) is evaluated
     /// against the state before the transaction, as etcd does; then the chosen operations run
     /// in order, later ones seeing the effects of earlier ones, all at one revision.
-    pub(crate) fn txn(&mut self, req: &TxnRequest) -> Result<WriteOutcome<TxnResponse>, KvError> {
+    ///
+    /// `max_range_bytes` bounds the key-values all the transaction's reads collect together.
+    /// It is checked before anything is written (a transaction fails whole or applies whole),
+    /// against the state before the transaction: its own puts, bounded by the request size,
+    /// are not counted.
+    pub(crate) fn txn(
+        &mut self,
+        req: &TxnRequest,
+        max_range_bytes: Option<usize>,
+    ) -> Result<WriteOutcome<TxnResponse>, KvError> {
         check_txn(req)?;
         let path = self.choose_path(req);
-        self.check_path_state(req, &path)?;
+        let mut budget = max_range_bytes;
+        self.check_path_state(req, &path, &mut budget)?;
         let mut w = self.begin();
         let mut response = w.txn(req, &path);
         let (revision, events) = w.finish();
@@ -381,7 +430,14 @@ impl KvStore {
         TxnPath { succeeded, nested }
     }
 
-    fn check_path_state(&self, req: &TxnRequest, path: &TxnPath) -> Result<(), KvError> {
+    /// Checks what the chosen path needs from the current state; `budget` is what is left of
+    /// the bound on the bytes its reads collect (`None`: unbounded).
+    fn check_path_state(
+        &self,
+        req: &TxnRequest,
+        path: &TxnPath,
+        budget: &mut Option<usize>,
+    ) -> Result<(), KvError> {
         let ops = if path.succeeded {
             &req.success
         } else {
@@ -390,11 +446,16 @@ impl KvStore {
         let mut nested = path.nested.iter();
         for op in ops {
             match &op.request {
-                Some(Request::RequestRange(r)) => self.check_read_revision(r.revision)?,
+                Some(Request::RequestRange(r)) => {
+                    self.check_read_revision(r.revision)?;
+                    if let Some(left) = budget {
+                        *left -= self.range_size(r, *left)?;
+                    }
+                }
                 Some(Request::RequestPut(p)) => self.check_put_state(p)?,
                 Some(Request::RequestTxn(t)) => {
                     if let Some(p) = nested.next() {
-                        self.check_path_state(t, p)?;
+                        self.check_path_state(t, p, budget)?;
                     }
                 }
                 Some(Request::RequestDeleteRange(_)) | None => {}
@@ -416,6 +477,42 @@ impl KvStore {
             return compare_record(c, target, None);
         }
         matched.all(|(_, r)| compare_record(c, target, Some(r)))
+    }
+}
+
+/// How a Range is served: its sort, its limit, and whether every key of the range must be
+/// collected before the limit applies.
+struct RangePlan {
+    target: SortTarget,
+    order: SortOrder,
+    /// 0: no limit.
+    limit: usize,
+    /// Revision filters or a sort other than ascending by key: the first `limit` keys in key
+    /// order are not the answer.
+    needs_all: bool,
+}
+
+impl RangePlan {
+    fn of(req: &RangeRequest) -> Self {
+        // Sort orders and enums were validated by `check_range`.
+        let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
+        let mut order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
+        if order == SortOrder::None && target != SortTarget::Key {
+            order = SortOrder::Ascend; // etcd: a sort target without an order sorts ascending
+        }
+        let filtered = req.min_mod_revision != 0
+            || req.max_mod_revision != 0
+            || req.min_create_revision != 0
+            || req.max_create_revision != 0;
+        let needs_all = filtered
+            || !(order == SortOrder::None
+                || (order == SortOrder::Ascend && target == SortTarget::Key));
+        RangePlan {
+            target,
+            order,
+            limit: usize::try_from(req.limit).unwrap_or(0),
+            needs_all,
+        }
     }
 }
 

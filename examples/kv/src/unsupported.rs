@@ -1,5 +1,4 @@
-//! Stand-ins for the etcd services dengine-kv does not implement (Lease, Auth, Election,
-//! Lock): every call gets `UNIMPLEMENTED` with a message naming the method and saying why,
+//! Stand-ins for the etcd services dengine-kv does not implement (Lease, Election, Lock): every call gets `UNIMPLEMENTED` with a message naming the method and saying why,
 //! rather than tonic's bare `UNIMPLEMENTED` for an unknown service.
 
 use std::convert::Infallible;
@@ -63,13 +62,6 @@ pub(crate) struct Lease;
 impl UnsupportedApi for Lease {
     const NAME: &'static str = "etcdserverpb.Lease";
     const WHY: &'static str = "leases are not implemented; keys never expire";
-}
-
-/// etcd's `Auth` service.
-pub(crate) struct Auth;
-impl UnsupportedApi for Auth {
-    const NAME: &'static str = "etcdserverpb.Auth";
-    const WHY: &'static str = "authentication is not implemented";
 }
 
 /// etcd's `Election` service (concurrency API).

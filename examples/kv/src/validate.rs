@@ -1,12 +1,17 @@
 //! etcd's stateless request checks (empty keys, enum values, leases, no key written twice in
-//! a transaction), shared by the gRPC services (to refuse early, without a round through the
-//! log) and the state machine (which must refuse the same commands on every replica).
+//! a transaction, request size, transaction size), shared by the gRPC services (to refuse
+//! early, without a round through the log), the leader's Forward handler (which must not
+//! propose what the client API would refuse) and the state machine (which must refuse the
+//! same commands on every replica).
 
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
+use prost::Message;
 
+use crate::config::KvConfig;
 use crate::error::KvError;
+use crate::proto::dengine::kv::v1::{Command, command};
 use crate::proto::etcdserverpb::{
     DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
     compare::{CompareResult, CompareTarget},
@@ -14,6 +19,32 @@ use crate::proto::etcdserverpb::{
     request_op::Request,
 };
 use crate::store::KeyRange;
+
+/// Every check a write command must pass before it is proposed, whichever way it came: from
+/// a client of this member, or forwarded by another member (whose checks the leader does not
+/// take on trust). `config` holds the limits (request size, transaction size).
+pub(crate) fn check_command(command: &Command, config: &KvConfig) -> Result<(), KvError> {
+    if command.encoded_len() > config.max_request_bytes {
+        // etcd's exact text: clients recognise the error by it.
+        return Err(KvError::InvalidArgument("request is too large".into()));
+    }
+    match &command.op {
+        Some(command::Op::Put(p)) => check_put(p),
+        Some(command::Op::DeleteRange(d)) => check_delete(d),
+        Some(command::Op::Txn(t)) => {
+            if txn_ops(t) > config.max_txn_ops {
+                return Err(KvError::InvalidArgument(
+                    "too many operations in txn request".into(),
+                ));
+            }
+            check_txn(t)
+        }
+        // Compactions and auth commands have no shape to check beyond their size; the state
+        // machine applies their rules.
+        Some(_) => Ok(()),
+        None => Err(KvError::InvalidArgument("empty command".into())),
+    }
+}
 
 fn empty_key() -> KvError {
     KvError::InvalidArgument("key is not provided".into())
@@ -156,7 +187,7 @@ fn check_no_duplicate_writes(ops: &[RequestOp]) -> Result<(), KvError> {
 
 /// Number of operations of the larger branch, for the server's `max_txn_ops` limit
 /// (top level only, as etcd counts).
-pub(crate) fn txn_ops(req: &TxnRequest) -> usize {
+fn txn_ops(req: &TxnRequest) -> usize {
     req.compare
         .len()
         .max(req.success.len())

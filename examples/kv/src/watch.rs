@@ -6,7 +6,12 @@
 //! history alone. A watcher whose next revision has fallen out of the history (it was too
 //! slow, or it asked for a revision from before the history) gets etcd's "compacted" answer:
 //! the oldest revision still available, and the watch is canceled.
-
+//!
+//! The history holds whole revisions, never part of one: a write that changes more keys than
+//! the bounds allow (a `del --prefix` over 100 000 keys) is kept whole as long as it is the
+//! newest revision, so every watcher can still read it. A watcher holds on to the revision it
+//! is delivering ([`WatchHub::revision_events`] hands out a shared reference), so an eviction
+//! in the middle of a large revision does not cut its delivery short.
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -23,12 +28,14 @@ use crate::store::KeyRange;
 #[derive(Clone, Debug)]
 pub struct WatchConfig {
     /// Most events kept in the history (etcd keeps its whole MVCC history until compaction;
-    /// dengine-kv keeps this many recent events).
+    /// dengine-kv keeps this many recent events). The newest revision is always kept whole,
+    /// even when it alone has more events.
     pub max_history_events: usize,
-    /// Most bytes (encoded events) kept in the history.
+    /// Most bytes (encoded events) kept in the history, with the same exception.
     pub max_history_bytes: usize,
-    /// Most events in one watch response; a revision's events are never split, so a single
-    /// revision with more events goes out whole.
+    /// Most events in one watch response. A watcher created with etcd's `fragment` flag gets
+    /// a larger revision split into several responses (`fragment = true` on all but the last);
+    /// without it, as in etcd, a revision's events go out in one response, however many.
     pub max_events_per_response: usize,
     /// Responses buffered per watch stream before the server waits for the client.
     pub response_buffer: usize,
@@ -90,7 +97,8 @@ impl WatchFilter {
         self
     }
 
-    fn matches(&self, event: &Event) -> bool {
+    /// Whether the watcher wants `event`.
+    pub(crate) fn matches(&self, event: &Event) -> bool {
         let is_put = event.r#type == EventType::Put as i32;
         if (is_put && self.no_put) || (!is_put && self.no_delete) {
             return false;
@@ -124,16 +132,34 @@ pub struct Compacted {
     pub compact_revision: i64,
 }
 
+impl WatchFilter {
+    /// `event` as this watcher receives it (without `prev_kv` unless it asked for it).
+    pub(crate) fn deliver(&self, event: &Event) -> Event {
+        let mut event = event.clone();
+        if !self.prev_kv {
+            event.prev_kv = None;
+        }
+        event
+    }
+}
+
+/// Every event of one revision, in the order they happened. Shared by the history and the
+/// watchers delivering it.
 #[derive(Debug)]
-struct HistoryEntry {
-    revision: i64,
-    event: Event,
-    size: usize,
+pub(crate) struct RevisionEvents {
+    pub(crate) revision: i64,
+    pub(crate) events: Vec<Event>,
+    /// Encoded size of the events.
+    bytes: usize,
 }
 
 #[derive(Debug)]
 struct HubState {
-    history: VecDeque<HistoryEntry>,
+    /// Whole revisions, oldest first.
+    history: VecDeque<Arc<RevisionEvents>>,
+    /// Events in `history`.
+    history_events: usize,
+    /// Encoded bytes of the events in `history`.
     history_bytes: usize,
     /// The store revision of the last publish (or reset).
     revision: i64,
@@ -165,6 +191,7 @@ impl WatchHub {
         WatchHub {
             state: Arc::new(Mutex::new(HubState {
                 history: VecDeque::new(),
+                history_events: 0,
                 history_bytes: 0,
                 revision: 0,
                 floor: 1,
@@ -214,29 +241,30 @@ impl WatchHub {
     }
 
     /// Records the events of one write at `revision` (called by the state machine, in
-    /// revision order) and wakes the watchers. Old events beyond the bounds are dropped.
+    /// revision order) and wakes the watchers. Old revisions beyond the bounds are dropped,
+    /// whole; the newest one is always kept.
     pub(crate) fn publish(&self, revision: i64, events: Vec<Event>) {
         {
             let mut s = self.lock();
             debug_assert!(revision > s.revision, "revisions are published in order");
-            for event in events {
-                let size = event.encoded_len();
-                s.history_bytes += size;
-                s.history.push_back(HistoryEntry {
-                    revision,
-                    event,
-                    size,
-                });
-            }
+            let bytes = events.iter().map(Message::encoded_len).sum();
+            s.history_events += events.len();
+            s.history_bytes += bytes;
+            s.history.push_back(Arc::new(RevisionEvents {
+                revision,
+                events,
+                bytes,
+            }));
             s.revision = revision;
-            while s.history.len() > self.config.max_history_events
-                || s.history_bytes > self.config.max_history_bytes
+            while s.history.len() > 1
+                && (s.history_events > self.config.max_history_events
+                    || s.history_bytes > self.config.max_history_bytes)
             {
                 let Some(old) = s.history.pop_front() else {
                     break;
                 };
-                s.history_bytes -= old.size;
-                // Part of `old.revision` may be gone now: it is no longer complete.
+                s.history_events -= old.events.len();
+                s.history_bytes -= old.bytes;
                 s.floor = s.floor.max(old.revision + 1);
             }
         }
@@ -249,7 +277,8 @@ impl WatchHub {
         s.floor = s.floor.max(revision);
         while s.history.front().is_some_and(|e| e.revision < revision) {
             if let Some(old) = s.history.pop_front() {
-                s.history_bytes -= old.size;
+                s.history_events -= old.events.len();
+                s.history_bytes -= old.bytes;
             }
         }
     }
@@ -260,6 +289,7 @@ impl WatchHub {
         {
             let mut s = self.lock();
             s.history.clear();
+            s.history_events = 0;
             s.history_bytes = 0;
             s.revision = revision;
             s.floor = (revision + 1).max(compact_revision);
@@ -267,9 +297,29 @@ impl WatchHub {
         self.revision_tx.send_replace(revision);
     }
 
+    /// The first revision at or after `from` that has events, shared (holding it keeps it
+    /// alive after the history drops it); `None` when `from` is beyond the current revision;
+    /// [`Compacted`] when `from` is older than the history.
+    pub(crate) fn revision_events(
+        &self,
+        from: i64,
+    ) -> Result<Option<Arc<RevisionEvents>>, Compacted> {
+        let s = self.lock();
+        if from > s.revision {
+            return Ok(None);
+        }
+        if from < s.floor {
+            return Err(Compacted {
+                compact_revision: s.floor,
+            });
+        }
+        let at = s.history.partition_point(|e| e.revision < from);
+        Ok(s.history.get(at).cloned())
+    }
+
     /// Reads the events matching `filter` from revision `from` on, at most about `max_events`
-    /// of them (whole revisions only). `from` beyond the current revision gives an empty
-    /// batch; `from` older than the history is [`Compacted`].
+    /// of them (whole revisions only: a revision with more goes whole). `from` beyond the
+    /// current revision gives an empty batch; `from` older than the history is [`Compacted`].
     pub fn read_events(
         &self,
         from: i64,
@@ -293,23 +343,19 @@ impl WatchHub {
         let mut events = Vec::new();
         let mut through_revision = s.revision;
         let mut more = false;
-        let mut last_revision = from - 1;
         for entry in s.history.range(start..) {
-            if entry.revision != last_revision {
-                if events.len() >= max_events.max(1) {
-                    through_revision = last_revision;
-                    more = true;
-                    break;
-                }
-                last_revision = entry.revision;
+            if events.len() >= max_events.max(1) {
+                through_revision = entry.revision - 1;
+                more = true;
+                break;
             }
-            if filter.matches(&entry.event) {
-                let mut event = entry.event.clone();
-                if !filter.prev_kv {
-                    event.prev_kv = None;
-                }
-                events.push(event);
-            }
+            events.extend(
+                entry
+                    .events
+                    .iter()
+                    .filter(|e| filter.matches(e))
+                    .map(|e| filter.deliver(e)),
+            );
         }
         Ok(EventBatch {
             events,
@@ -404,6 +450,35 @@ mod tests {
         );
         assert_eq!(hub.read_events(3, &f, 10).unwrap().events.len(), 3);
         assert_eq!(hub.oldest_revision(), 3);
+    }
+
+    #[test]
+    fn a_revision_larger_than_the_bounds_is_kept_whole_while_newest() {
+        let config = WatchConfig {
+            max_history_events: 3,
+            ..WatchConfig::default()
+        };
+        let hub = WatchHub::new(config);
+        hub.publish(1, vec![put("a", 1)]);
+        hub.publish(2, (0..10).map(|_| put("b", 2)).collect());
+        // Revision 1 made room; revision 2 stays whole although it alone passes the bound.
+        assert_eq!(hub.oldest_revision(), 2);
+        let held = hub.revision_events(2).unwrap().unwrap();
+        assert_eq!((held.revision, held.events.len()), (2, 10));
+        let all = WatchFilter::new(Bytes::from_static(b"\0"), Bytes::from_static(b"\0"));
+        assert_eq!(hub.read_events(2, &all, 3).unwrap().events.len(), 10);
+        // The next write pushes it out, whole; a reader holding it keeps it.
+        hub.publish(3, vec![put("c", 3)]);
+        assert_eq!(hub.oldest_revision(), 3);
+        assert_eq!(
+            hub.revision_events(2).unwrap_err(),
+            Compacted {
+                compact_revision: 3
+            }
+        );
+        assert_eq!(held.events.len(), 10);
+        assert_eq!(hub.revision_events(3).unwrap().unwrap().revision, 3);
+        assert!(hub.revision_events(4).unwrap().is_none());
     }
 
     #[test]

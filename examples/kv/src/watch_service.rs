@@ -5,6 +5,13 @@
 //! sending at most `response_buffer` responses ahead of the client. A client that stops
 //! reading holds up only its own task; once it reads again, any watcher whose next revision
 //! has left the history gets etcd's "compacted" response and is canceled.
+//!
+//! When the hub signals a new revision, every watcher of the stream first takes hold of the
+//! next revision it needs (a shared reference into the history), then the watchers are served
+//! one by one. A watcher that waits behind another one delivering a large revision so keeps
+//! its place even if the history drops that revision meanwhile: only a watcher that was
+//! already behind the history when the write arrived is answered "compacted". Memory: each
+//! watcher holds at most one revision beyond the history's own bounds.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -16,17 +23,24 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::access::Needs;
+use crate::auth::identity::Credentials;
 use crate::backend::KvBackend;
 use crate::proto::etcdserverpb::{
     WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request::FilterType,
     watch_request::RequestUnion, watch_server::Watch,
 };
+use crate::proto::mvccpb;
 use crate::service::Shared;
-use crate::watch::{WatchFilter, WatchHub};
+use crate::watch::{RevisionEvents, WatchFilter, WatchHub};
 
 /// The watch id etcd (3.5) uses for a progress response that covers every watcher of a
 /// stream.
 const ALL_WATCHERS: i64 = -1;
+
+/// etcd's `cancel_reason` for a watch its user may not read (the text of its gRPC error).
+const PERMISSION_DENIED: &str =
+    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 /// The `Watch` service.
 #[derive(Debug)]
@@ -50,12 +64,15 @@ impl<B: KvBackend> Watch for WatchService<B> {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // As in etcd, the stream's credentials are checked when each watcher is created.
+        let credentials = self.shared.credentials(&request);
         let inbound = request.into_inner();
         let buffer = self.shared.hub.config().response_buffer.max(1);
         let (tx, rx) = mpsc::channel(buffer);
         let stream = StreamTask {
             shared: self.shared.clone(),
             hub: self.shared.hub.clone(),
+            credentials,
             out: tx,
             watchers: BTreeMap::new(),
             next_id: 0,
@@ -71,9 +88,31 @@ struct Watcher {
     filter: WatchFilter,
     /// The next revision to deliver.
     next_revision: i64,
+    /// The revision being delivered (`next_revision` or a later one, held so that the
+    /// history cannot drop it mid-way) and the index of its next event to look at.
+    current: Option<(Arc<RevisionEvents>, usize)>,
+    /// etcd's `fragment`: a revision with more than `max_events_per_response` matching
+    /// events may be split over several responses.
+    fragment: bool,
     progress_notify: bool,
     /// Whether a response went out since the last periodic progress tick.
     sent_since_tick: bool,
+}
+
+/// What one look at the history gave a watcher.
+enum Gathered {
+    /// Events for one response (possibly none: the watcher is caught up).
+    Response {
+        events: Vec<mvccpb::Event>,
+        /// The revision of the last event, or the last revision fully seen.
+        revision: i64,
+        /// The response ends inside a revision: more of it follows.
+        fragment: bool,
+        /// More may be waiting after this response.
+        more: bool,
+    },
+    /// The watcher's next revision is no longer in the history.
+    Compacted { wanted: i64, oldest: i64 },
 }
 
 /// The client went away; the task ends.
@@ -82,6 +121,7 @@ struct Closed;
 struct StreamTask<B> {
     shared: Arc<Shared<B>>,
     hub: WatchHub,
+    credentials: Credentials,
     out: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
@@ -179,6 +219,17 @@ impl<B: KvBackend> StreamTask<B> {
             cancel_reason: reason,
             ..WatchResponse::default()
         };
+        // Read access to the watched range, checked against this member's auth state (an
+        // expired token, or a user without the permission, gets etcd's refusal).
+        let auth = &self.shared.auth;
+        let permitted = auth.identify(&self.credentials).and_then(|user| {
+            let needs = Needs::read(&create.key, &create.range_end);
+            auth.store().authorize(user.as_deref(), &needs)
+        });
+        if permitted.is_err() {
+            let reason = PERMISSION_DENIED.to_string();
+            return self.send(refuse(create.watch_id, reason), revision).await;
+        }
         let mut filters = Vec::new();
         for f in &create.filters {
             match FilterType::try_from(*f) {
@@ -221,6 +272,8 @@ impl<B: KvBackend> StreamTask<B> {
             Watcher {
                 filter,
                 next_revision,
+                current: None,
+                fragment: create.fragment,
                 progress_notify: create.progress_notify,
                 sent_since_tick: false,
             },
@@ -235,9 +288,17 @@ impl<B: KvBackend> StreamTask<B> {
         self.catch_up(id).await
     }
 
-    /// Catches every watcher up; returns the revision all of them have now seen.
+    /// Catches every watcher up; returns the revision all of them have now seen. Every
+    /// watcher first takes hold of its next revision (see the module documentation).
     async fn catch_up_all(&mut self) -> Result<i64, Closed> {
         let revision = self.hub.revision();
+        for w in self.watchers.values_mut() {
+            if w.current.is_none()
+                && let Ok(Some(next)) = self.hub.revision_events(w.next_revision)
+            {
+                w.current = Some((next, 0));
+            }
+        }
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
             self.catch_up(id).await?;
@@ -245,58 +306,135 @@ impl<B: KvBackend> StreamTask<B> {
         Ok(revision)
     }
 
-    /// Sends one watcher every event it has not seen, in batches; cancels it if its next
-    /// revision is no longer in the history.
+    /// Sends one watcher every event it has not seen, in responses of at most
+    /// `max_events_per_response` events (a revision is split only for a watcher that asked for
+    /// fragments); cancels it if its next revision is no longer in the history.
     async fn catch_up(&mut self, id: i64) -> Result<(), Closed> {
-        let max_events = self.hub.config().max_events_per_response;
         loop {
-            let Some(watcher) = self.watchers.get(&id) else {
-                return Ok(());
-            };
-            let wanted = watcher.next_revision;
-            match self.hub.read_events(wanted, &watcher.filter, max_events) {
-                Err(compacted) => {
+            match self.gather(id) {
+                None => return Ok(()),
+                Some(Gathered::Compacted { wanted, oldest }) => {
                     self.watchers.remove(&id);
                     tracing::debug!(
                         watch_id = id,
                         wanted,
-                        oldest = compacted.compact_revision,
+                        oldest,
                         "watcher canceled: its next revision has left the event history"
                     );
                     let response = WatchResponse {
                         watch_id: id,
                         canceled: true,
-                        compact_revision: compacted.compact_revision,
+                        compact_revision: oldest,
                         cancel_reason: format!(
                             "etcdserver: mvcc: required revision has been compacted (the watcher \
-                             needs revision {}, the oldest kept is {}); watch again from {} or \
-                             later",
-                            wanted, compacted.compact_revision, compacted.compact_revision
+                             needs revision {wanted}, the oldest kept is {oldest}); watch again \
+                             from {oldest} or later"
                         ),
                         ..WatchResponse::default()
                     };
                     return self.send(response, self.hub.revision()).await;
                 }
-                Ok(batch) => {
-                    let more = batch.more;
-                    if let Some(w) = self.watchers.get_mut(&id) {
-                        w.next_revision = batch.through_revision + 1;
-                    }
-                    if !batch.events.is_empty() {
+                Some(Gathered::Response {
+                    events,
+                    revision,
+                    fragment,
+                    more,
+                }) => {
+                    if !events.is_empty() {
                         if let Some(w) = self.watchers.get_mut(&id) {
                             w.sent_since_tick = true;
                         }
                         let response = WatchResponse {
                             watch_id: id,
-                            events: batch.events,
+                            events,
+                            fragment,
                             ..WatchResponse::default()
                         };
-                        self.send(response, batch.through_revision).await?;
+                        self.send(response, revision).await?;
                     }
                     if !more {
                         return Ok(());
                     }
                 }
+            }
+        }
+    }
+
+    /// The events of watcher `id`'s next response, read from the revision it holds and then
+    /// from the history, advancing its position; `None` if there is no such watcher.
+    fn gather(&mut self, id: i64) -> Option<Gathered> {
+        let max_events = self.hub.config().max_events_per_response.max(1);
+        let w = self.watchers.get_mut(&id)?;
+        let mut events = Vec::new();
+        let mut revision = w.next_revision - 1;
+        loop {
+            let (rev, start) = match w.current.take() {
+                Some(held) => held,
+                None => match self.hub.revision_events(w.next_revision) {
+                    Ok(Some(next)) => (next, 0),
+                    Ok(None) => {
+                        return Some(Gathered::Response {
+                            events,
+                            revision,
+                            fragment: false,
+                            more: false,
+                        });
+                    }
+                    // Deliver what was gathered; the next look answers "compacted".
+                    Err(_) if !events.is_empty() => {
+                        return Some(Gathered::Response {
+                            events,
+                            revision,
+                            fragment: false,
+                            more: true,
+                        });
+                    }
+                    Err(compacted) => {
+                        return Some(Gathered::Compacted {
+                            wanted: w.next_revision,
+                            oldest: compacted.compact_revision,
+                        });
+                    }
+                },
+            };
+            let mut index = start;
+            while index < rev.events.len() {
+                if w.fragment && events.len() >= max_events {
+                    // Split only if something of the rest is for this watcher: the last
+                    // fragment of a split is never empty, so the client is never left waiting
+                    // for a fragment that does not come.
+                    if !rev.events[index..].iter().any(|e| w.filter.matches(e)) {
+                        index = rev.events.len();
+                    }
+                    break;
+                }
+                let event = &rev.events[index];
+                index += 1;
+                if w.filter.matches(event) {
+                    events.push(w.filter.deliver(event));
+                }
+            }
+            revision = rev.revision;
+            if index < rev.events.len() {
+                // A fragment: the rest of this revision goes in the next response.
+                w.current = Some((rev, index));
+                return Some(Gathered::Response {
+                    events,
+                    revision,
+                    fragment: true,
+                    more: true,
+                });
+            }
+            w.next_revision = rev.revision + 1;
+            // The last fragment of a split revision ends its response; otherwise whole
+            // revisions are added up to the response bound.
+            if start > 0 || events.len() >= max_events {
+                return Some(Gathered::Response {
+                    events,
+                    revision,
+                    fragment: false,
+                    more: true,
+                });
             }
         }
     }

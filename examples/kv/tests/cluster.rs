@@ -9,250 +9,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dengine_core::Role;
-use dengine_kv::{KvConfig, Member};
-use dengine_node::Settings;
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, GetResponse, PutOptions, Txn,
     TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
 };
 use tokio::time::{Instant, timeout};
 
-/// One test at a time (see the module documentation). A tokio mutex works across the
-/// tests' separate runtimes and is not poisoned by a failing test.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The longest wait for anything that should happen "soon" (an election, a catch-up).
-const PATIENCE: Duration = Duration::from_secs(30);
-/// The longest wait for one client call.
-const CALL: Duration = Duration::from_secs(5);
-const CLUSTER_ID: u64 = 0x6b76;
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "dengine-kv-cluster-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Free loopback ports (bound, then released just before the members bind them).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
-/// Polls `f` every 20 ms until it gives a value; panics after `PATIENCE`.
-async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Three members; the ones running are in `members`, a crashed one can be started again.
-/// Dropping it (a failed test) drops the members, which stops their servers; their nodes stop
-/// with the test's runtime.
-struct TestCluster {
-    members: BTreeMap<u64, Member>,
-    /// Peer listeners.
-    addrs: BTreeMap<u64, String>,
-    /// Client listeners (the etcd API).
-    clients: BTreeMap<u64, String>,
-    dir: TempDir,
-}
-
-impl TestCluster {
-    async fn start() -> Self {
-        let dir = TempDir::new();
-        let ports = free_ports(6);
-        let addrs: BTreeMap<u64, String> = (1..=3)
-            .map(|id| (id, format!("127.0.0.1:{}", ports[id as usize - 1])))
-            .collect();
-        let clients: BTreeMap<u64, String> = (1..=3)
-            .map(|id| (id, format!("127.0.0.1:{}", ports[id as usize + 2])))
-            .collect();
-        let mut cluster = TestCluster {
-            members: BTreeMap::new(),
-            addrs,
-            clients,
-            dir,
-        };
-        for id in 1..=3 {
-            cluster.start_member(id).await;
-        }
-        cluster
-    }
-
-    fn settings(&self, id: u64) -> Settings {
-        let mut s = Settings::default();
-        s.node.id = id;
-        s.node.cluster_id = CLUSTER_ID;
-        s.node.listen_addr = self.addrs[&id].clone();
-        s.node.client_addr = Some(self.clients[&id].clone());
-        s.node.data_dir = self.dir.path().join(format!("member{id}"));
-        s.node.initial_members = self.addrs.clone();
-        s.raft.tick_ms = 20;
-        s.raft.election_timeout_ms = 300;
-        s.raft.heartbeat_interval_ms = 60;
-        s.raft.lease_drift_ms = 60;
-        s.network.reconnect_initial_ms = 20;
-        s.network.reconnect_max_ms = 300;
-        s.shutdown.transfer_timeout_ms = 1000;
-        s
-    }
-
-    /// Starts member `id` (again, after a crash: same port, same data directory).
-    async fn start_member(&mut self, id: u64) {
-        let member = Member::start(self.settings(id), KvConfig::default())
-            .await
-            .unwrap();
-        assert_eq!(member.peer_addr().to_string(), self.addrs[&id]);
-        assert_eq!(
-            member.client_addr().map(|a| a.to_string()),
-            Some(self.clients[&id].clone())
-        );
-        self.members.insert(id, member);
-    }
-
-    /// Crashes member `id`.
-    async fn kill(&mut self, id: u64) {
-        self.members.remove(&id).unwrap().kill().await;
-    }
-
-    fn url(&self, id: u64) -> String {
-        format!("http://{}", self.clients[&id])
-    }
-
-    /// A client that talks to member `id` only.
-    async fn client(&self, id: u64) -> Client {
-        Client::connect([self.url(id)], None).await.unwrap()
-    }
-
-    /// Waits until one running member leads and every running member knows it.
-    async fn leader(&self) -> u64 {
-        wait_for("a leader known to every running member", async || {
-            let mut known = BTreeSet::new();
-            let mut leading = Vec::new();
-            for (id, m) in &self.members {
-                let s = m.node().status().await.ok()?;
-                known.insert(s.leader?);
-                if s.role == Role::Leader {
-                    leading.push(*id);
-                }
-            }
-            (known.len() == 1 && leading.len() == 1 && known.first() == leading.first())
-                .then(|| leading[0])
-        })
-        .await
-    }
-
-    fn running_except(&self, id: u64) -> Vec<u64> {
-        self.members.keys().copied().filter(|m| *m != id).collect()
-    }
-
-    /// Graceful shutdown of every running member, all at once.
-    async fn stop(mut self) {
-        let mut terms = BTreeMap::new();
-        for (id, m) in &self.members {
-            if let Ok(s) = m.node().status().await {
-                terms.insert(*id, s.term);
-            }
-        }
-        eprintln!("terms at the end: {terms:?}");
-        let tasks: Vec<_> = std::mem::take(&mut self.members)
-            .into_values()
-            .map(|m| tokio::spawn(m.shutdown()))
-            .collect();
-        for t in tasks {
-            timeout(PATIENCE, t)
-                .await
-                .expect("a member shuts down in time")
-                .unwrap();
-        }
-    }
-}
-
-/// Whether a call was refused because the member knows no leader or is not the leader
-/// (an election is under way): nothing was proposed, so even a write may be sent again.
-fn refused(e: &etcd_client::Error) -> bool {
-    let etcd_client::Error::GRpcStatus(s) = e else {
-        return false;
-    };
-    let m = s.message();
-    format!("{:?}", s.code()) == "Unavailable"
-        && (m.contains("no leader") || m.contains("not leader") || m.contains("not the leader"))
-}
-
-/// A call that must succeed, in time; it is repeated only when it was refused (an election
-/// may happen at any time on a loaded machine), so writes happen exactly once.
-async fn ok<T>(what: &str, mut call: impl AsyncFnMut() -> Result<T, etcd_client::Error>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match timeout(CALL, call()).await {
-            Ok(Ok(v)) => return v,
-            Ok(Err(e)) if refused(&e) && Instant::now() < deadline => {
-                eprintln!("{what}: refused, retrying: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Ok(Err(e)) => panic!("{what}: {e:?}"),
-            Err(_) => panic!("{what}: no answer within {CALL:?}"),
-        }
-    }
-}
-
-/// A call without side effects that must succeed; repeated after any failure until
-/// `PATIENCE` runs out.
-async fn read<T>(what: &str, mut call: impl AsyncFnMut() -> Result<T, etcd_client::Error>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let failure = match timeout(CALL, call()).await {
-            Ok(Ok(v)) => return v,
-            Ok(Err(e)) => format!("{e:?}"),
-            Err(_) => format!("no answer within {CALL:?}"),
-        };
-        assert!(Instant::now() < deadline, "{what}: {failure}");
-        eprintln!("{what}: failed, retrying: {failure}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+mod cluster_support;
+use cluster_support::{CLUSTER_ID, PATIENCE, SERIAL, TestCluster, ok, read, wait_for};
 
 fn values(r: &GetResponse) -> Vec<(String, String)> {
     r.kvs()
@@ -957,5 +725,117 @@ async fn member_list_and_status() {
     }
 
     drop(clients);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_writes_get_the_client_apis_checks() {
+    use dengine_kv::proto::dengine::kv::v1::{
+        Command, ForwardRequest, command, forward_client::ForwardClient,
+    };
+    use dengine_kv::proto::etcdserverpb::{PutRequest, RequestOp, TxnRequest, request_op};
+    use dengine_kv::{KvError, decode_command_response};
+    use prost::Message;
+
+    let _turn = SERIAL.lock().await;
+    let cluster = TestCluster::start().await;
+    let leader = cluster.leader().await;
+    let follower = cluster.running_except(leader)[0];
+    let puts = |n: usize| -> Vec<RequestOp> {
+        (0..n)
+            .map(|i| RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: format!("t/{i:04}").into(),
+                    value: "v".into(),
+                    ..Default::default()
+                })),
+            })
+            .collect()
+    };
+    let txn = |n: usize| Command {
+        op: Some(command::Op::Txn(TxnRequest {
+            success: puts(n),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    // Straight to the leader's internal Forward service, as a follower forwards a write: the
+    // 1 000-operation transaction the client API refuses is refused here too, with the same
+    // error, and so are an oversized command and an undecodable one.
+    // The internal service is served to members only: not on the client port.
+    let mut on_client_port = ForwardClient::connect(cluster.url(leader)).await.unwrap();
+    let err = on_client_port
+        .propose(ForwardRequest {
+            command: txn(1).encode_to_vec().into(),
+            from: follower,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    let peer_url = format!("http://{}", cluster.addrs[&leader]);
+    let mut forward = ForwardClient::connect(peer_url).await.unwrap();
+    let mut send = async |command: bytes::Bytes| {
+        let reply = forward
+            .propose(ForwardRequest {
+                command,
+                from: follower,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        decode_command_response(&reply.response)
+    };
+    assert_eq!(
+        send(txn(1000).encode_to_vec().into()).await,
+        Err(KvError::InvalidArgument(
+            "too many operations in txn request".into()
+        ))
+    );
+    let huge = Command {
+        op: Some(command::Op::Put(PutRequest {
+            key: "big".into(),
+            value: vec![b'x'; 2 << 20].into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    assert_eq!(
+        send(huge.encode_to_vec().into()).await,
+        Err(KvError::InvalidArgument("request is too large".into()))
+    );
+    assert!(matches!(
+        send(bytes::Bytes::from_static(b"\xff\xff")).await,
+        Err(KvError::InvalidArgument(_))
+    ));
+    // Nothing reached the log.
+    let mut c = cluster.client(follower).await;
+    let all = read("count on a follower", async || {
+        c.get(
+            "",
+            Some(GetOptions::new().with_all_keys().with_count_only()),
+        )
+        .await
+    })
+    .await;
+    assert_eq!((all.count(), all.header().unwrap().revision()), (0, 0));
+    // The client API refuses the big transaction too; one within the limit, written through
+    // a follower (forwarded), is applied.
+    let ops = |n: usize| -> Vec<TxnOp> {
+        (0..n)
+            .map(|i| TxnOp::put(format!("t/{i:04}"), "v", None))
+            .collect()
+    };
+    let refused = c.txn(Txn::new().and_then(ops(1000))).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("too many operations"),
+        "{refused}"
+    );
+    let done = ok("a 128-operation txn via a follower", async || {
+        c.txn(Txn::new().and_then(ops(128))).await
+    })
+    .await;
+    assert_eq!(done.header().unwrap().revision(), 1);
+
+    drop(c);
     cluster.stop().await;
 }

@@ -1,0 +1,40 @@
+//! [`KvConfig`]: the limits the etcd API services enforce on what clients send and receive
+//! (and that the leader enforces again on writes forwarded by other members).
+
+/// etcd's default `--max-request-bytes`: 1.5 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+
+/// Default bound on the size of one Range response: 64 MiB.
+pub const DEFAULT_MAX_RANGE_RESPONSE_BYTES: usize = 64 << 20;
+
+/// Limits and options of the etcd API services of one member.
+#[derive(Clone, Debug)]
+pub struct KvConfig {
+    /// Most operations in one branch (and most compares) of a transaction (etcd's
+    /// `--max-txn-ops`, default 128).
+    pub max_txn_ops: usize,
+    /// Largest write command, encoded, that a client may send (etcd's `--max-request-bytes`,
+    /// default [`DEFAULT_MAX_REQUEST_BYTES`]). Larger requests are refused with etcd's
+    /// "request is too large" before they reach the Raft log.
+    pub max_request_bytes: usize,
+    /// Largest Range response the store builds (default
+    /// [`DEFAULT_MAX_RANGE_RESPONSE_BYTES`]). A read over more data is refused with
+    /// `RESOURCE_EXHAUSTED` and a message asking the client to page with `limit`; the member
+    /// stops collecting keys as soon as the bound is passed, so a huge range costs no more
+    /// memory than the bound.
+    pub max_range_response_bytes: usize,
+    /// etcd's `--client-cert-auth`: a client that presented a TLS certificate verified by the
+    /// server is the user named by the certificate's Common Name (when it sent no token).
+    pub client_cert_auth: bool,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        KvConfig {
+            max_txn_ops: 128,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_range_response_bytes: DEFAULT_MAX_RANGE_RESPONSE_BYTES,
+            client_cert_auth: false,
+        }
+    }
+}
