@@ -37,7 +37,7 @@ struct Cli {
 enum Cmd {
     /// Run a member. Flags override DENGINE_* variables, which override the config file; see
     /// docs/configuration.md for every setting.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write KEY=VALUE pairs, one request each; prints `OK <key>` per acknowledged write.
     Put {
         /// A member's address (host:port); followers forward writes to the leader.
@@ -407,7 +407,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Cmd::Serve(args) => serve(args).await,
+            Cmd::Serve(args) => serve(*args).await,
             other => client(other).await,
         }
     });
