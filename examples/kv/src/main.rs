@@ -5,6 +5,7 @@
 //! clients (`--listen-client`), the Raft peer service and write forwarding between members
 //! (`--listen-peer`), and, if asked for, dengine's admin API (`--listen-admin`).
 
+mod admin_cli;
 #[cfg(feature = "fault-injection")]
 mod fault_control;
 
@@ -67,6 +68,9 @@ enum Cmd {
         /// The key.
         key: String,
     },
+    /// dengine's admin API of one member (its --listen-admin): status, add-learner, promote,
+    /// remove, transfer-leader, snapshot.
+    Admin(admin_cli::AdminArgs),
     /// Print one member's status as `id=.. role=.. term=.. leader=.. commit=.. applied=..`.
     Status {
         /// A member's address (host:port).
@@ -119,7 +123,7 @@ struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
     /// etcd's --client-cert-auth: a client whose TLS certificate the server verified (see
-    /// [network.tls] with a CA) and that sends no token is the user its certificate's Common
+    /// [client_api.tls] with a CA) and that sends no token is the user its certificate's Common
     /// Name names.
     #[arg(long)]
     client_cert_auth: bool,
@@ -310,7 +314,7 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 async fn client(cmd: Cmd) -> Result<(), String> {
     match cmd {
-        Cmd::Serve(_) => Err("unreachable".into()),
+        Cmd::Serve(_) | Cmd::Admin(_) => Err("unreachable".into()),
         Cmd::Put {
             endpoint,
             timeout_ms,
@@ -408,6 +412,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Cmd::Serve(args) => serve(*args).await,
+            Cmd::Admin(args) => admin_cli::run(args).await,
             other => client(other).await,
         }
     });
