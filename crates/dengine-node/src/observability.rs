@@ -151,6 +151,46 @@ pub const METRICS: &[MetricInfo] = &[
         help: "Peer messages dropped by this node, by reason (inbox_full, shutting_down, queue_full, unreachable, unknown_peer).",
     },
     MetricInfo {
+        name: names::PEER_MESSAGES_REFUSED_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &[],
+        unit: None,
+        help: "Peer messages this node's core refused (out-of-range terms or indexes, \
+               misrouted, snapshot metadata without data).",
+    },
+    MetricInfo {
+        name: names::PEER_REFUSED_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &["kind"],
+        unit: None,
+        help: "Peer requests the transport refused (authentication, removed sender, wrong \
+               cluster or recipient, malformed), by kind (message, stream, snapshot, probe, \
+               request).",
+    },
+    MetricInfo {
+        name: names::CONNECTIONS_REFUSED_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &["listener", "reason"],
+        unit: None,
+        help: "Connections a listener closed or could not accept, by listener (peer, client, \
+               admin) and reason (too_many_connections, handshake_timeout, tls_failed, \
+               accept_failed).",
+    },
+    MetricInfo {
+        name: names::PEER_REGRESSIONS_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &[],
+        unit: None,
+        help: "On the leader: followers found to have lost log entries they had acknowledged.",
+    },
+    MetricInfo {
+        name: names::PEER_INCARNATION_CHANGES_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &[],
+        unit: None,
+        help: "Members that came back under their id with a new incarnation (new storage).",
+    },
+    MetricInfo {
         name: names::PROPOSAL_LATENCY_SECONDS,
         kind: MetricKind::Histogram,
         labels: &[],
@@ -1018,6 +1058,11 @@ mod tests {
             "dengine_snapshots_sent_total",
             "dengine_snapshots_installed_total",
             "dengine_messages_dropped_total",
+            "dengine_peer_messages_refused_total",
+            "dengine_peer_refused_total",
+            "dengine_connections_refused_total",
+            "dengine_peer_regressions_total",
+            "dengine_peer_incarnation_changes_total",
             "dengine_proposal_latency_seconds",
             "dengine_append_latency_seconds",
             "dengine_append_batch_entries",
