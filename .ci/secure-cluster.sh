@@ -150,6 +150,12 @@ etcdctl $E $R role grant-permission app-reader --prefix=true read app/ >/dev/nul
 etcdctl $E $R user add alice --no-password >/dev/null
 etcdctl $E $R user grant-role alice app-reader >/dev/null
 expect "root writes" "OK" "$(etcdctl $E $R put app/config v1)"
+# Through every member: followers forward to the leader over the peer listener's mutual TLS.
+for i in 1 2 3; do
+    one="--endpoints=127.0.0.1:${C[$((i-1))]} --cacert=pki/client-ca.pem --command-timeout=10s"
+    expect "member $i: a write through it (forwarded over mTLS by followers)" "OK" \
+        "$(etcdctl $one $R put app/via-$i yes)"
+done
 ALICE="--cert=pki/alice.pem --key=pki/alice.key"
 for i in 1 2 3; do
     one="--endpoints=127.0.0.1:${C[$((i-1))]} --cacert=pki/client-ca.pem --command-timeout=10s"
