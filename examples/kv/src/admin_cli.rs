@@ -73,7 +73,11 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, String> {
 
 async fn connect(args: &AdminArgs) -> Result<Channel, String> {
     let timeout = Duration::from_millis(args.timeout_ms);
-    let scheme = if args.cacert.is_some() { "https" } else { "http" };
+    let scheme = if args.cacert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", args.endpoint))
         .map_err(|e| format!("bad endpoint {:?}: {e}", args.endpoint))?
         .connect_timeout(timeout)

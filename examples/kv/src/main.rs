@@ -424,3 +424,19 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_members_with_a_duplicate_id_are_refused() {
+        // Before, `1=A,1=B,2=C` was accepted and the second address of member 1 won silently.
+        let err = parse_members("1=127.0.0.1:2380,1=127.0.0.1:2480,2=127.0.0.1:2580").unwrap_err();
+        assert!(err.contains("member 1 appears twice"), "{err}");
+        let ok = parse_members("1=127.0.0.1:2380, 2=127.0.0.1:2480").unwrap();
+        assert_eq!(ok.len(), 2);
+        assert!(parse_members("x=127.0.0.1:1").is_err());
+        assert!(parse_members("1127.0.0.1:1").is_err());
+    }
+}
