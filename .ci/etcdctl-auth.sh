@@ -8,66 +8,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v etcdctl >/dev/null; then
-    echo "etcdctl missing: installing Debian's etcd-client"
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "error: etcdctl is not installed and this is not root; run: apt-get install -y etcd-client" >&2
-        exit 1
-    fi
-    apt-get update -qq && apt-get install -y -qq etcd-client >/dev/null
-fi
+. .ci/lib.sh
+need etcdctl etcd-client
 export ETCDCTL_API=3
-
-cargo build --quiet -p dengine-kv --bin dengine-kv
-BIN="${CARGO_TARGET_DIR:-target}/debug/dengine-kv"
-DIR=$(mktemp -d /tmp/dengine-etcdctl-auth.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ "${KEEP:-0}" = 1 ]; then echo "logs kept in $DIR"; else rm -rf "$DIR"; fi
-}
-trap cleanup EXIT
-trap 'KEEP=1' ERR
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-P=($(port) $(port) $(port))       # client ports (the etcd API)
-PP=($(port) $(port) $(port))      # peer ports
-MEMBERS="1=127.0.0.1:${PP[0]},2=127.0.0.1:${PP[1]},3=127.0.0.1:${PP[2]}"
-ENDPOINTS="127.0.0.1:${P[0]},127.0.0.1:${P[1]},127.0.0.1:${P[2]}"
-for i in 1 2 3; do
-    "$BIN" serve --id "$i" --listen-client "127.0.0.1:${P[$((i-1))]}" \
-        --listen-peer "127.0.0.1:${PP[$((i-1))]}" --data-dir "$DIR/node-$i" \
-        --initial-members "$MEMBERS" >"$DIR/node-$i.log" 2>&1 &
-    PIDS+=($!)
-done
+kv_bin
+scratch etcdctl-auth
+cluster3
+start3
 
 ctl() { etcdctl --endpoints="$ENDPOINTS" --command-timeout=5s "$@"; }
 root() { ctl --user root:rootpw "$@"; }
-expect() { # expect NAME EXPECTED ACTUAL
-    if [ "$2" != "$3" ]; then
-        printf 'FAIL %s\n--- expected ---\n%s\n--- got ---\n%s\n' "$1" "$2" "$3" >&2
-        exit 1
-    fi
-    echo "ok   $1"
-}
-# refused NAME EXPECTED-ERROR COMMAND...: the command fails and its last line of output (etcdctl
-# logs its retries as JSON before it) is EXPECTED-ERROR.
-refused() {
-    local name=$1 want=$2 out rc=0
-    shift 2
-    out=$("$@" 2>&1) || rc=$?
-    if [ "$rc" = 0 ]; then
-        printf 'FAIL %s: succeeded, expected %s\n%s\n' "$name" "$want" "$out" >&2
-        exit 1
-    fi
-    expect "$name" "$want" "$(tail -n 1 <<<"$out")"
-}
-
-for _ in $(seq 100); do
-    if ctl endpoint status 2>/dev/null | grep -q ", true,"; then break; fi
-    sleep 0.2
-done
 
 ctl put app/a 1 >/dev/null
 ctl put other x >/dev/null
@@ -95,7 +45,7 @@ expect "role list" "$(printf 'reader\nroot')" "$(root role list)"
 
 # Every member alone: the leader and both followers.
 for i in 1 2 3; do
-    ep="127.0.0.1:${P[$((i-1))]}"
+    ep="127.0.0.1:${C[$((i-1))]}"
     one() { etcdctl --endpoints="$ep" --command-timeout=5s "$@"; }
     alice() { one --user alice:alicepw "$@"; }
     role=$(one endpoint status | awk -F', ' '{print ($5 == "true") ? "leader" : "follower"}')
@@ -147,7 +97,7 @@ expect "revoke-permission" \
     "$(root role revoke-permission reader app/ --prefix=true)"
 for i in 1 2 3; do
     refused "member $i: get after the revocation" "Error: etcdserver: permission denied" \
-        etcdctl --endpoints="127.0.0.1:${P[$((i-1))]}" --user alice:alicepw get app/a
+        etcdctl --endpoints="127.0.0.1:${C[$((i-1))]}" --user alice:alicepw get app/a
 done
 
 # A changed password: the old one is refused, the new one works.
@@ -160,7 +110,7 @@ expect "new password" "by-3" "$(ctl --user alice:newpw get own --print-value-onl
 # Auth off: anyone, on every member.
 expect "auth disable" "Authentication Disabled" "$(root auth disable)"
 for i in 1 2 3; do
-    ep="127.0.0.1:${P[$((i-1))]}"
+    ep="127.0.0.1:${C[$((i-1))]}"
     expect "member $i: put without a user" "OK" "$(etcdctl --endpoints="$ep" put free "$i")"
 done
 expect "get without a user" "3" "$(ctl get free --print-value-only)"

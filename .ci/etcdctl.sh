@@ -5,53 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v etcdctl >/dev/null; then
-    echo "etcdctl missing: installing Debian's etcd-client"
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "error: etcdctl is not installed and this is not root; run: apt-get install -y etcd-client" >&2
-        exit 1
-    fi
-    apt-get update -qq && apt-get install -y -qq etcd-client >/dev/null
-fi
+. .ci/lib.sh
+need etcdctl etcd-client
 export ETCDCTL_API=3
-
-cargo build --quiet -p dengine-kv --bin dengine-kv
-BIN="${CARGO_TARGET_DIR:-target}/debug/dengine-kv"
-DIR=$(mktemp -d /tmp/dengine-etcdctl.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ "${KEEP:-0}" = 1 ]; then echo "logs kept in $DIR"; else rm -rf "$DIR"; fi
-}
-trap cleanup EXIT
-trap 'KEEP=1' ERR
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-P=($(port) $(port) $(port))       # client ports (the etcd API)
-PP=($(port) $(port) $(port))      # peer ports
-MEMBERS="1=127.0.0.1:${PP[0]},2=127.0.0.1:${PP[1]},3=127.0.0.1:${PP[2]}"
-ENDPOINTS="127.0.0.1:${P[0]},127.0.0.1:${P[1]},127.0.0.1:${P[2]}"
-for i in 1 2 3; do
-    "$BIN" serve --id "$i" --listen-client "127.0.0.1:${P[$((i-1))]}" \
-        --listen-peer "127.0.0.1:${PP[$((i-1))]}" --data-dir "$DIR/node-$i" \
-        --initial-members "$MEMBERS" >"$DIR/node-$i.log" 2>&1 &
-    PIDS+=($!)
-done
+kv_bin
+scratch etcdctl
+cluster3
+start3
 
 ctl() { etcdctl --endpoints="$ENDPOINTS" --command-timeout=5s "$@"; }
-expect() { # expect NAME EXPECTED ACTUAL
-    if [ "$2" != "$3" ]; then
-        printf 'FAIL %s\n--- expected ---\n%s\n--- got ---\n%s\n' "$1" "$2" "$3" >&2
-        exit 1
-    fi
-    echo "ok   $1"
-}
 
-for _ in $(seq 100); do
-    if ctl endpoint status 2>/dev/null | grep -q ", true,"; then break; fi
-    sleep 0.2
-done
 
 expect "put" "OK" "$(ctl put greeting hello)"
 ctl put app/a 1 >/dev/null
@@ -97,7 +60,7 @@ expect "watch" "$(printf 'PUT\nwatched\none\nPUT\nwatched\ntwo')" "$(head -6 "$D
 # member list: three started members with their peer and client URLs.
 members=$(ctl member list | sort)
 for i in 1 2 3; do
-    if ! grep -q "node-$i, http://127.0.0.1:${PP[$((i-1))]}, http://127.0.0.1:${P[$((i-1))]}" <<<"$members"; then
+    if ! grep -q "node-$i, http://127.0.0.1:${P[$((i-1))]}, http://127.0.0.1:${C[$((i-1))]}" <<<"$members"; then
         echo "FAIL member list: node-$i missing" >&2
         echo "$members" >&2
         exit 1

@@ -6,24 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --quiet -p dengine-kv --bin dengine-kv
-BIN="$PWD/${CARGO_TARGET_DIR:-target}/debug/dengine-kv"
-DIR=$(mktemp -d /tmp/dengine-fd.XXXXXX)
-PID=""
-FLOOD=""
-cleanup() {
-    [ -n "$FLOOD" ] && kill "$FLOOD" 2>/dev/null || true
-    [ -n "$PID" ] && { kill -TERM "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
-    if [ "${KEEP:-0}" = 1 ]; then echo "files kept in $DIR"; else rm -rf "$DIR"; fi
-}
-trap cleanup EXIT
-trap 'KEEP=1' ERR
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. .ci/lib.sh
+kv_bin
+scratch fd
 CP=$(port); PP=$(port)
 (ulimit -n 64; exec "$BIN" serve --id 1 --data-dir "$DIR/data" --listen-client "127.0.0.1:$CP" \
     --listen-peer "127.0.0.1:$PP" --initial-members "1=127.0.0.1:$PP" >"$DIR/member.log" 2>&1) &
 PID=$!
+PIDS[member]=$PID
 for _ in $(seq 100); do
     "$BIN" status --endpoint "127.0.0.1:$CP" 2>/dev/null | grep -q role=leader && break
     sleep 0.2
@@ -44,6 +34,7 @@ for _ in range(300):
 time.sleep(6)
 PY
 FLOOD=$!
+PIDS[flood]=$FLOOD
 sleep 1
 ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 before=$(ticks); sleep 3; after=$(ticks)
@@ -54,7 +45,7 @@ if [ "$percent" -ge 50 ]; then
     echo "FAIL the accept loop spins while out of file descriptors"; exit 1
 fi
 echo "ok   no spinning while out of file descriptors"
-wait "$FLOOD" || true; FLOOD=""
+wait "$FLOOD" || true; unset 'PIDS[flood]'
 lines=$(grep -c "accepting a connection failed" "$DIR/member.log" || true)
 # The limiter allows ten lines per ten seconds; a ten-second bucket of the clock can hold the
 # end of one window and the start of the next.

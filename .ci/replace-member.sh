@@ -7,56 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v etcdctl >/dev/null; then
-    echo "etcdctl missing: installing Debian's etcd-client"
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "error: etcdctl is not installed and this is not root; run: apt-get install -y etcd-client" >&2
-        exit 1
-    fi
-    apt-get update -qq && apt-get install -y -qq etcd-client >/dev/null
-fi
+. .ci/lib.sh
+need etcdctl etcd-client
 export ETCDCTL_API=3
-
-cargo build --quiet -p dengine-kv --bin dengine-kv
-BIN="${CARGO_TARGET_DIR:-target}/debug/dengine-kv"
-DIR=$(mktemp -d /tmp/dengine-replace.XXXXXX)
-declare -A PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ "${KEEP:-0}" = 1 ]; then echo "logs kept in $DIR"; else rm -rf "$DIR"; fi
-}
-trap cleanup EXIT
-trap 'KEEP=1' ERR
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-C=($(port) $(port) $(port))   # client ports of hosts 1..3
-P=($(port) $(port) $(port))   # peer ports
-MEMBERS="1=127.0.0.1:${P[0]},2=127.0.0.1:${P[1]},3=127.0.0.1:${P[2]}"
-ENDPOINTS="127.0.0.1:${C[0]},127.0.0.1:${C[1]},127.0.0.1:${C[2]}"
-
-# serve ID HOST [extra flags...]: member ID on host HOST's ports and data directory.
-serve() {
-    local id=$1 host=$2; shift 2
-    "$BIN" serve --id "$id" --data-dir "$DIR/host-$host" \
-        --listen-client "127.0.0.1:${C[$((host-1))]}" --listen-peer "127.0.0.1:${P[$((host-1))]}" \
-        "$@" >>"$DIR/host-$host.log" 2>&1 &
-    PIDS[$host]=$!
-}
-expect() { # expect NAME EXPECTED ACTUAL
-    if [ "$2" != "$3" ]; then
-        printf 'FAIL %s\n--- expected ---\n%s\n--- got ---\n%s\n' "$1" "$2" "$3" >&2
-        exit 1
-    fi
-    echo "ok   $1"
-}
-leader() { # the client address of the member that leads (members that are down are skipped)
-    { etcdctl --endpoints="$ENDPOINTS" endpoint status 2>/dev/null || true; } |
-        awk -F', ' '$5 == "true" {print $1}' | head -1
-}
-
-for h in 1 2 3; do serve "$h" "$h" --initial-members "$MEMBERS"; done
-for _ in $(seq 150); do [ -n "$(leader)" ] && break; sleep 0.2; done
+kv_bin
+scratch replace
+cluster3
+start3
 for i in $(seq 30); do etcdctl --endpoints="$ENDPOINTS" put "k$i" "v$i" >/dev/null; done
 echo "ok   30 writes acknowledged"
 
@@ -72,7 +29,7 @@ grep -q "Replacing a member" "$DIR/host-3.log"
 echo "ok   ... saying it lost its data and how to replace it"
 
 # Step 1: remove the lost member, through the leader.
-LEADER=$(leader)
+wait_leader
 expect "member remove" "Member 3 removed from cluster 1" \
     "$(etcdctl --endpoints="$LEADER" member remove 3 | tr -s ' ')"
 # Step 2: wipe its data directory.

@@ -9,32 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need() { # need COMMAND DEBIAN-PACKAGE
-    command -v "$1" >/dev/null && return
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "error: $1 is not installed and this is not root; run: apt-get install -y $2" >&2
-        exit 1
-    fi
-    apt-get update -qq && apt-get install -y -qq "$2" >/dev/null
-}
+. .ci/lib.sh
 need etcdctl etcd-client
 need openssl openssl
 export ETCDCTL_API=3
-
-cargo build --quiet -p dengine-kv --bin dengine-kv
-BIN="$PWD/${CARGO_TARGET_DIR:-target}/debug/dengine-kv"
-DIR=$(mktemp -d /tmp/dengine-secure.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ "${KEEP:-0}" = 1 ]; then echo "files kept in $DIR"; else rm -rf "$DIR"; fi
-}
-trap cleanup EXIT
-trap 'KEEP=1' ERR
+kv_bin
+scratch secure
 cd "$DIR"
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 C=($(port) $(port) $(port))   # client ports
 P=($(port) $(port) $(port))   # peer ports
 A=($(port) $(port) $(port))   # admin ports (loopback)
@@ -109,17 +90,10 @@ done
 # 6. Start the members.
 for i in 1 2 3; do
     "$BIN" serve --config member$i.toml --client-cert-auth >member$i.log 2>&1 &
-    PIDS+=($!)
+    PIDS[$i]=$!
 done
 
-expect() { # expect NAME EXPECTED ACTUAL
-    if [ "$2" != "$3" ]; then
-        printf 'FAIL %s\n--- expected ---\n%s\n--- got ---\n%s\n' "$1" "$2" "$3" >&2
-        exit 1
-    fi
-    echo "ok   $1"
-}
-refused() { # refused NAME EXPECTED-ERROR COMMAND...
+fails_with() { # fails_with NAME TEXT COMMAND...: the command fails and its output contains TEXT
     local out
     if out=$("${@:3}" 2>&1); then
         printf 'FAIL %s: succeeded\n%s\n' "$1" "$out" >&2
@@ -161,9 +135,9 @@ for i in 1 2 3; do
     one="--endpoints=127.0.0.1:${C[$((i-1))]} --cacert=pki/client-ca.pem --command-timeout=10s"
     expect "member $i: alice reads app/ by certificate" "v1" \
         "$(etcdctl $one $ALICE get app/config --print-value-only)"
-    refused "member $i: alice cannot write" "permission denied" etcdctl $one $ALICE put app/x 1
-    refused "member $i: no credentials, no reads" "user name is empty" etcdctl $one get app/config
-    refused "member $i: plaintext is refused" "" \
+    fails_with "member $i: alice cannot write" "permission denied" etcdctl $one $ALICE put app/x 1
+    fails_with "member $i: no credentials, no reads" "user name is empty" etcdctl $one get app/config
+    fails_with "member $i: plaintext is refused" "" \
         etcdctl --endpoints=127.0.0.1:${C[$((i-1))]} --command-timeout=3s get app/config
 done
 
@@ -185,7 +159,7 @@ fi
 echo "ok   the peer port refuses a connection without certificate ($(grep -oiE "alert [a-z ]+" <<<"$out" | head -1))"
 
 # The admin port needs the token.
-refused "admin without the token" "Unauthenticated" \
+fails_with "admin without the token" "Unauthenticated" \
     "$BIN" admin --endpoint "127.0.0.1:${A[0]}" status
 status=$("$BIN" admin --endpoint "127.0.0.1:${A[0]}" --token-file pki/admin-token status)
 expect "admin with the token" "id=1" "$(cut -d' ' -f1 <<<"$status")"

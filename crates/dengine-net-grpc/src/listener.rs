@@ -237,6 +237,8 @@ pub fn serve_routes(
                     .serve_with_incoming_shutdown(ReceiverStream::new(rx), stop)
                     .await;
                 accepting.abort();
+                // Wait for it: the listening socket is closed when shutdown returns.
+                let _ = accepting.await;
                 result
             }
             None => {
@@ -246,6 +248,8 @@ pub fn serve_routes(
                     .serve_with_incoming_shutdown(ReceiverStream::new(rx), stop)
                     .await;
                 accepting.abort();
+                // Wait for it: the listening socket is closed when shutdown returns.
+                let _ = accepting.await;
                 result
             }
         };

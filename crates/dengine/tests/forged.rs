@@ -4,11 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{fast_timing, free_ports, put, wait_for};
 use dengine::core::store::MemoryStateMachine;
 use dengine::core::{Entry, EntryId, EntryPayload, Message, MessageBody, Role};
 use dengine::grpc::admin_pb::StatusRequest;
@@ -16,28 +19,7 @@ use dengine::grpc::admin_pb::admin_client::AdminClient;
 use dengine::grpc::pb::peer_client::PeerClient;
 use dengine::grpc::{convert, pb, tonic};
 use dengine::settings::TlsSettings;
-use dengine::{Node, ProposeError, Running, Settings};
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
-async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use dengine::{Node, Running, Settings};
 
 struct Cluster {
     _dir: tempfile::TempDir,
@@ -60,12 +42,7 @@ impl Cluster {
             s.node.listen_addr = members[&id].clone();
             s.node.data_dir = dir.path().join(format!("node{id}"));
             s.node.initial_members = members.clone();
-            s.raft.tick_ms = 20;
-            s.raft.election_timeout_ms = 300;
-            s.raft.heartbeat_interval_ms = 60;
-            s.raft.lease_drift_ms = 60;
-            s.network.reconnect_initial_ms = 20;
-            s.network.reconnect_max_ms = 300;
+            fast_timing(&mut s);
             tweak(id, &mut s);
             running.push(dengine::start(s, MemoryStateMachine::new()).await.unwrap());
         }
@@ -98,19 +75,7 @@ impl Cluster {
     }
 
     async fn put(&self, key: &str) {
-        let cmd = Bytes::from(format!("{key}=v"));
-        let nodes = self.nodes();
-        wait_for("a write", async || {
-            for n in &nodes {
-                match n.propose(cmd.clone()).await {
-                    Ok(_) => return Some(()),
-                    Err(ProposeError::NotLeader { .. }) => continue,
-                    Err(_) => continue,
-                }
-            }
-            None
-        })
-        .await;
+        put(&self.nodes(), key, "v").await;
     }
 
     async fn stop(self) {

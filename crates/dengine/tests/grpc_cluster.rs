@@ -4,26 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use bytes::Bytes;
+use common::{fast_timing, free_ports, leader_of, put, wait_for};
 use dengine::core::store::MemoryStateMachine;
 use dengine::grpc::admin_pb::admin_client::AdminClient;
 use dengine::grpc::admin_pb::{AddLearnerRequest, NodeRequest, StatusRequest};
-use dengine::{Consistency, Node, ProposeError, Running, Settings};
-
-/// Free loopback ports (bound, then released just before the nodes bind them).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
+use dengine::{Consistency, Node, Running, Settings};
 
 fn settings(id: u64, port: u16, dir: &Path, members: &BTreeMap<u64, String>) -> Settings {
     let mut s = Settings::default();
@@ -33,62 +24,11 @@ fn settings(id: u64, port: u16, dir: &Path, members: &BTreeMap<u64, String>) -> 
     s.node.data_dir = dir.join(format!("node{id}"));
     s.node.initial_members = members.clone();
     s.node.admin_addr = Some("127.0.0.1:0".into());
-    s.raft.tick_ms = 20;
-    s.raft.election_timeout_ms = 300;
-    s.raft.heartbeat_interval_ms = 60;
-    s.raft.lease_drift_ms = 60;
-    s.network.reconnect_initial_ms = 20;
-    s.network.reconnect_max_ms = 300;
-    s.shutdown.transfer_timeout_ms = 1000;
+    fast_timing(&mut s);
     // Snapshot and compact often, so a node that was down catches up by snapshot.
     s.snapshot.every_entries = 8;
     s.snapshot.trailing_entries = 2;
     s
-}
-
-async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn leader_of(nodes: &[&Node]) -> Node {
-    wait_for("a leader", async || {
-        for n in nodes {
-            if let Ok(s) = n.status().await
-                && s.role == dengine::core::Role::Leader
-            {
-                return Some((*n).clone());
-            }
-        }
-        None
-    })
-    .await
-}
-
-/// Proposes through any node, following NotLeader hints; retries unknown outcomes only for
-/// idempotent commands (ours are `key=value` sets).
-async fn put(nodes: &[&Node], key: &str, value: &str) {
-    let cmd = Bytes::from(format!("{key}={value}"));
-    wait_for("a write", async || {
-        for n in nodes {
-            match n.propose(cmd.clone()).await {
-                Ok(_) => return Some(()),
-                Err(ProposeError::NotLeader { .. }) => continue,
-                Err(e) => {
-                    eprintln!("propose {key} on node {}: {e}", n.id());
-                    continue;
-                }
-            }
-        }
-        None
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,16 +47,19 @@ async fn a_grpc_cluster_fails_over_without_losing_acknowledged_writes() {
         );
     }
     let handles: Vec<Node> = running.values().map(|r| r.node().clone()).collect();
-    let refs: Vec<&Node> = handles.iter().collect();
     for i in 0..20 {
-        put(&refs, &format!("k{i}"), &format!("v{i}")).await;
+        put(&handles, &format!("k{i}"), &format!("v{i}")).await;
     }
 
     // Crash the leader.
-    let leader = leader_of(&refs).await;
+    let leader = leader_of(&handles).await;
     let crashed = leader.id();
     running.remove(&crashed).unwrap().kill().await;
-    let survivors: Vec<&Node> = refs.iter().copied().filter(|n| n.id() != crashed).collect();
+    let survivors: Vec<Node> = handles
+        .iter()
+        .filter(|n| n.id() != crashed)
+        .cloned()
+        .collect();
     let new_leader = leader_of(&survivors).await;
     assert_ne!(new_leader.id(), crashed);
     for i in 20..30 {
@@ -158,11 +101,10 @@ async fn a_grpc_cluster_fails_over_without_losing_acknowledged_writes() {
 
     // Graceful shutdown of the current leader hands leadership over.
     let handles: Vec<Node> = running.values().map(|r| r.node().clone()).collect();
-    let refs: Vec<&Node> = handles.iter().collect();
-    let leader = leader_of(&refs).await;
+    let leader = leader_of(&handles).await;
     let id = leader.id();
     running.remove(&id).unwrap().shutdown().await;
-    let rest: Vec<&Node> = refs.iter().copied().filter(|n| n.id() != id).collect();
+    let rest: Vec<Node> = handles.iter().filter(|n| n.id() != id).cloned().collect();
     put(&rest, "after", "shutdown").await;
     for (_, r) in running {
         r.shutdown().await;
@@ -186,9 +128,8 @@ async fn the_admin_service_adds_promotes_and_removes_nodes_over_grpc() {
         .iter()
         .map(|r| (r.node().id(), r.admin_addr().unwrap().to_string()))
         .collect();
-    let refs: Vec<&Node> = nodes.iter().collect();
-    put(&refs, "a", "1").await;
-    let leader = leader_of(&refs).await;
+    put(&nodes, "a", "1").await;
+    let leader = leader_of(&nodes).await;
 
     // The admin API is not on the peer listener.
     let mut on_peer_port = AdminClient::connect(format!("http://{}", members[&leader.id()]))

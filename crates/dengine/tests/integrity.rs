@@ -5,24 +5,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{fast_timing, free_ports, leader_of, put, wait_for};
 use dengine::core::store::MemoryStateMachine;
 use dengine::settings::ClusterState;
-use dengine::{Consistency, Node, ProposeError, Running, Settings, StartNodeError};
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
+use dengine::{Consistency, Node, Running, Settings, StartNodeError};
 
 struct Cluster {
     dir: tempfile::TempDir,
@@ -69,13 +62,7 @@ impl Cluster {
             .filter(|(m, _)| **m <= 3)
             .map(|(m, a)| (*m, a.clone()))
             .collect();
-        s.raft.tick_ms = 20;
-        s.raft.election_timeout_ms = 300;
-        s.raft.heartbeat_interval_ms = 60;
-        s.raft.lease_drift_ms = 60;
-        s.network.reconnect_initial_ms = 20;
-        s.network.reconnect_max_ms = 300;
-        s.shutdown.transfer_timeout_ms = 1000;
+        fast_timing(&mut s);
         s
     }
 
@@ -92,51 +79,17 @@ impl Cluster {
     }
 
     async fn leader(&self) -> Node {
-        let nodes = self.nodes();
-        wait_for("a leader", async || {
-            for n in &nodes {
-                if let Ok(s) = n.status().await
-                    && s.role == dengine::core::Role::Leader
-                {
-                    return Some(n.clone());
-                }
-            }
-            None
-        })
-        .await
+        leader_of(&self.nodes()).await
     }
 
     async fn put(&self, key: &str, value: &str) {
-        let cmd = Bytes::from(format!("{key}={value}"));
-        let nodes = self.nodes();
-        wait_for("a write", async || {
-            for n in &nodes {
-                match n.propose(cmd.clone()).await {
-                    Ok(_) => return Some(()),
-                    Err(ProposeError::NotLeader { .. }) => continue,
-                    Err(_) => continue,
-                }
-            }
-            None
-        })
-        .await;
+        put(&self.nodes(), key, value).await;
     }
 
     async fn stop(mut self) {
         for (_, r) in std::mem::take(&mut self.running) {
             r.shutdown().await;
         }
-    }
-}
-
-async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

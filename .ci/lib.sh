@@ -1,0 +1,102 @@
+# Shared by the .ci/*.sh scripts (sourced, not run): installing what is missing, a scratch
+# directory and the processes started in it (stopped and removed on exit, kept on failure),
+# free ports, a 3-member dengine-kv cluster on loopback, and assertions.
+
+# need COMMAND DEBIAN-PACKAGE: installs the package if the command is missing (root only).
+need() {
+    command -v "$1" >/dev/null && return
+    echo "$1 missing: installing Debian's $2"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: $1 is not installed and this is not root; run: apt-get install -y $2" >&2
+        exit 1
+    fi
+    apt-get update -qq && apt-get install -y -qq "$2" >/dev/null
+}
+
+# kv_bin: builds dengine-kv (debug) and sets BIN to its absolute path.
+kv_bin() {
+    cargo build --quiet -p dengine-kv --bin dengine-kv
+    BIN="$PWD/${CARGO_TARGET_DIR:-target}/debug/dengine-kv"
+}
+
+# scratch NAME: a fresh directory DIR; every pid in PIDS (an associative array, so that a
+# member's process can be replaced) is stopped on exit; DIR is removed unless a command failed.
+scratch() {
+    DIR=$(mktemp -d "/tmp/dengine-$1.XXXXXX")
+    declare -gA PIDS=()
+    trap _cleanup EXIT
+    trap 'KEEP=1' ERR
+}
+_cleanup() {
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ "${KEEP:-0}" = 1 ]; then echo "files kept in $DIR"; else rm -rf "$DIR"; fi
+}
+
+# port: a free loopback port.
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# cluster3: ports for three members (C: client, P: peer), MEMBERS (peer addresses) and
+# ENDPOINTS (client addresses).
+cluster3() {
+    C=($(port) $(port) $(port))
+    P=($(port) $(port) $(port))
+    MEMBERS="1=127.0.0.1:${P[0]},2=127.0.0.1:${P[1]},3=127.0.0.1:${P[2]}"
+    ENDPOINTS="127.0.0.1:${C[0]},127.0.0.1:${C[1]},127.0.0.1:${C[2]}"
+}
+
+# serve ID HOST [flags...]: member ID in the background on host HOST's ports (1..3), data in
+# $DIR/host-HOST, log appended to $DIR/host-HOST.log.
+serve() {
+    local id=$1 host=$2
+    shift 2
+    "$BIN" serve --id "$id" --data-dir "$DIR/host-$host" \
+        --listen-client "127.0.0.1:${C[$((host-1))]}" --listen-peer "127.0.0.1:${P[$((host-1))]}" \
+        "$@" >>"$DIR/host-$host.log" 2>&1 &
+    PIDS[$host]=$!
+}
+
+# start3: the three members of cluster3, bootstrapping, and waits until one leads.
+start3() {
+    for h in 1 2 3; do serve "$h" "$h" --initial-members "$MEMBERS"; done
+    wait_leader
+}
+
+# wait_leader: waits (up to 30 s) until a member leads; sets LEADER to its client address.
+wait_leader() {
+    for _ in $(seq 150); do
+        LEADER=$(leader)
+        [ -n "$LEADER" ] && return
+        sleep 0.2
+    done
+    echo "no leader after 30 s" >&2
+    exit 1
+}
+
+# leader: the client address of the member that leads (members that are down are skipped).
+leader() {
+    { etcdctl --endpoints="$ENDPOINTS" endpoint status 2>/dev/null || true; } |
+        awk -F', ' '$5 == "true" {print $1}' | head -1
+}
+
+# expect NAME EXPECTED ACTUAL
+expect() {
+    if [ "$2" != "$3" ]; then
+        printf 'FAIL %s\n--- expected ---\n%s\n--- got ---\n%s\n' "$1" "$2" "$3" >&2
+        exit 1
+    fi
+    echo "ok   $1"
+}
+
+# refused NAME EXPECTED-ERROR COMMAND...: the command fails and its last line of output (etcdctl
+# logs its retries as JSON before it) is EXPECTED-ERROR.
+refused() {
+    local name=$1 want=$2 out rc=0
+    shift 2
+    out=$("$@" 2>&1) || rc=$?
+    if [ "$rc" = 0 ]; then
+        printf 'FAIL %s: succeeded, expected %s\n%s\n' "$name" "$want" "$out" >&2
+        exit 1
+    fi
+    expect "$name" "$want" "$(tail -n 1 <<<"$out")"
+}
