@@ -85,7 +85,7 @@ impl Config {
         let mut problems = Vec::new();
         let mut bad = |field: &'static str, value: String, allowed: String| {
             problems.push(ConfigProblem {
-                field,
+                field: field.to_string(),
                 value,
                 allowed,
             })
@@ -162,11 +162,13 @@ impl Config {
     }
 }
 
-/// One field of a [`Config`] that is out of range.
+/// One setting that is out of range: of a [`Config`], or of the settings of a runtime,
+/// transport or server built on it (they report their problems in this type too, so that a
+/// server can list every bad setting of every part at once).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigProblem {
-    /// The field's name.
-    pub field: &'static str,
+    /// The setting's name or path (`election_timeout_ticks`, `raft.tick_ms`).
+    pub field: String,
     /// The value it had.
     pub value: String,
     /// What would have been accepted.
@@ -178,6 +180,27 @@ pub struct ConfigProblem {
 pub struct ConfigError {
     /// The fields that are out of range.
     pub problems: Vec<ConfigProblem>,
+}
+
+impl ConfigProblem {
+    /// A problem with `field`, which has `value` where `allowed` would be accepted.
+    pub fn new(field: impl Into<String>, value: impl ToString, allowed: impl Into<String>) -> Self {
+        ConfigProblem {
+            field: field.into(),
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
+    }
+}
+
+impl ConfigError {
+    /// The same problems with `section.` put before every field name.
+    pub fn prefixed(mut self, section: &str) -> Self {
+        for p in &mut self.problems {
+            p.field = format!("{section}.{}", p.field);
+        }
+        self
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -206,7 +229,7 @@ mod tests {
         c.max_inflight_messages = 0;
         c.lease_drift_ticks = 11;
         let err = c.validate().unwrap_err();
-        let fields: Vec<_> = err.problems.iter().map(|p| p.field).collect();
+        let fields: Vec<_> = err.problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(
             fields,
             [

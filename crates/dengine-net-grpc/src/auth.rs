@@ -134,7 +134,7 @@ fn secret_matches(metadata: &MetadataMap, secret: &str) -> bool {
 
 /// Whether `given` equals `want`, in time that does not depend on where they differ (only on
 /// `want`'s length), so a secret cannot be guessed byte by byte from response times.
-pub(crate) fn constant_time_eq(given: &[u8], want: &[u8]) -> bool {
+pub fn constant_time_eq(given: &[u8], want: &[u8]) -> bool {
     let mut diff = u8::from(given.len() != want.len());
     for (i, w) in want.iter().enumerate() {
         diff |= w ^ given.get(i).copied().unwrap_or(0);

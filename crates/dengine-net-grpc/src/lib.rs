@@ -25,9 +25,8 @@
 //!   fails. Snapshots being received are spooled to disk, one upload per sender, within a
 //!   total byte bound.
 //! * **TLS and mutual TLS** (rustls) from PEM files; optional gzip compression.
-//! * With feature `node` (on by default), [`AdminService`] serves a node's administration
-//!   API (`dengine.admin.v1.Admin`: status, membership, leader transfer, snapshots), with an
-//!   optional bearer token ([`AdminService::server_with_token`]).
+//! * The wire types of the admin API (`dengine.admin.v1.Admin`, [`admin_pb`]); the service
+//!   on a node lives in the `dengine` facade.
 //! * [`fault::FaultyTransport`] wraps any transport to drop, delay, duplicate or block
 //!   messages, for tests and chaos runs.
 //!
@@ -82,8 +81,6 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-#[cfg(feature = "node")]
-mod admin;
 pub mod auth;
 mod config;
 pub mod convert;
@@ -97,9 +94,7 @@ mod transport;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-#[cfg(feature = "node")]
-pub use admin::{AdminService, AdminToken, admin_status};
-pub use config::{GrpcConfig, TlsConfig};
+pub use config::{GrpcConfig, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, TlsConfig, id_map, millis};
 pub use listener::{Listener, ListenerLimits, ServerTls, serve_routes};
 pub use server::{PeerService, ServerHandle};
 pub use stats::TransportStats;
@@ -141,6 +136,23 @@ pub fn read_file(path: &std::path::Path, what: &'static str) -> Result<Vec<u8>, 
         path: path.to_path_buf(),
         detail: e.to_string(),
     })
+}
+
+/// Reads a secret or token file: its first line, trimmed, which must be 16+ printable ASCII
+/// characters without spaces.
+pub fn read_secret(path: &std::path::Path) -> Result<String, GrpcError> {
+    let bytes = read_file(path, "secret file")?;
+    let text = String::from_utf8_lossy(&bytes);
+    let secret = text.lines().next().unwrap_or("").trim().to_string();
+    if secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(GrpcError::Config(format!(
+            "{} must hold a secret of at least 16 printable ASCII characters without spaces on \
+             its first line (e.g. `openssl rand -hex 32 > {}`)",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(secret)
 }
 
 /// Why the transport could not be set up.

@@ -43,15 +43,19 @@ use crate::{GrpcError, read_file};
 
 /// Limits of one listener. The defaults suit a client listener; peers need fewer
 /// connections (see [`ListenerLimits::for_peers`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ListenerLimits {
     /// Open connections at most; more are closed as soon as they are accepted. Default 1024.
     pub max_connections: usize,
     /// Time from accept to a finished TLS handshake and HTTP/2 preface. Default 10 s.
+    #[serde(rename = "handshake_timeout_ms", with = "crate::config::millis")]
     pub handshake_timeout: Duration,
     /// How often an established connection is pinged (HTTP/2 PING). Default 30 s.
+    #[serde(rename = "keepalive_interval_ms", with = "crate::config::millis")]
     pub keepalive_interval: Duration,
     /// How long a ping may go unanswered before the connection is closed. Default 20 s.
+    #[serde(rename = "keepalive_timeout_ms", with = "crate::config::millis")]
     pub keepalive_timeout: Duration,
     /// Requests (HTTP/2 streams) open at once on one connection. Default 1024.
     pub max_concurrent_streams: u32,

@@ -452,7 +452,12 @@ impl GrpcTransport {
             max_entry_bytes: config.max_message_bytes as u64,
             ..DecodeLimits::default()
         };
-        if let Some(secret) = &config.cluster_secret
+        let secret = match (&config.cluster_secret, &config.cluster_secret_file) {
+            (Some(secret), _) => Some(secret.clone()),
+            (None, Some(path)) => Some(crate::read_secret(path)?),
+            (None, None) => None,
+        };
+        if let Some(secret) = &secret
             && (secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_graphic()))
         {
             return Err(GrpcError::Config(
@@ -462,7 +467,7 @@ impl GrpcTransport {
             ));
         }
         let auth = PeerAuth::new(
-            config.cluster_secret.clone(),
+            secret,
             config.tls.as_ref().is_some_and(|t| t.require_client_cert),
             config.member_names.clone(),
         );

@@ -24,7 +24,7 @@ use dengine_core::{
     StorageError,
 };
 use dengine_node::testing::LocalNetwork;
-use dengine_node::{Node, NodeBuilder, ProposeError, Settings};
+use dengine_node::{Node, NodeBuilder, NodeConfig, ProposeError};
 
 /// openraft's best put/s for the same shape (PERFORMANCE.md §1, best of 2 and 16 workers).
 const OPENRAFT_BEST: [(usize, f64); 4] = [
@@ -133,9 +133,8 @@ fn parse_args() -> Result<Options, String> {
     Ok(o)
 }
 
-fn settings(id: u64) -> Settings {
-    let mut s = Settings::default();
-    s.node.id = id;
+fn settings(id: u64) -> NodeConfig {
+    let mut s = NodeConfig::new(id);
     s.raft.tick_ms = 20;
     s.raft.election_timeout_ms = 1000;
     s.raft.heartbeat_interval_ms = 100;

@@ -14,11 +14,11 @@ use dengine_core::{
 use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
+use crate::config::NodeConfig;
 use crate::error::StartError;
 use crate::inbox::{InboxView, NodeInbox, PeerInput};
 use crate::node::{Node, Shared};
 use crate::runtime::{Parts, Runtime};
-use crate::settings::Settings;
 use crate::snapshot_dir::SnapshotDir;
 
 /// Room in the request queue for administrative requests beyond `client.max_pending`.
@@ -34,7 +34,7 @@ const ADMIN_QUEUE: usize = 1024;
 ///
 /// The start methods spawn tasks and must be called within a tokio runtime.
 pub struct NodeBuilder<S = (), M = (), T = ()> {
-    settings: Settings,
+    settings: NodeConfig,
     store: S,
     state_machine: M,
     transport: T,
@@ -46,8 +46,8 @@ pub struct NodeBuilder<S = (), M = (), T = ()> {
 
 impl NodeBuilder {
     /// A builder for the node configured by `settings`.
-    pub fn new(settings: Settings) -> Self {
-        let (peer_tx, peer_rx) = mpsc::channel(settings.network.peer_queue_len.max(1));
+    pub fn new(settings: NodeConfig) -> Self {
+        let (peer_tx, peer_rx) = mpsc::channel(settings.raft.inbox_len.max(1));
         NodeBuilder {
             settings,
             store: (),
@@ -120,8 +120,8 @@ impl<S, M, T> NodeBuilder<S, M, T> {
         NodeInbox::new(self.peer_tx.clone(), self.view.clone())
     }
 
-    /// The settings the node will run with.
-    pub fn settings(&self) -> &Settings {
+    /// The configuration the node will run with.
+    pub fn settings(&self) -> &NodeConfig {
         &self.settings
     }
 }
@@ -135,7 +135,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
     /// bootstrapping twice could elect two leaders. Restart such a node with
     /// [`start`](NodeBuilder::start).
     pub async fn bootstrap(self, members: BTreeMap<NodeId, String>) -> Result<Node, StartError> {
-        let id = self.settings.node.id;
+        let id = self.settings.id;
         if members.is_empty() {
             return Err(StartError::InvalidMembers("no members given".into()));
         }
@@ -170,7 +170,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
     /// (and carries every member's address) has reached its log. On a store that already
     /// holds state this is a plain restart; the addresses in the stored membership win.
     pub async fn join(self, peers: BTreeMap<NodeId, String>) -> Result<Node, StartError> {
-        let me = self.settings.node.id;
+        let me = self.settings.id;
         for (id, address) in peers {
             if id != me && id != 0 && !address.is_empty() {
                 self.transport.set_peer(id, address);
@@ -179,12 +179,14 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
         self.launch(None).await
     }
 
-    /// [`bootstrap`](NodeBuilder::bootstrap) with `settings.node.initial_members` if the log
-    /// store is empty and initial members are configured; otherwise
-    /// [`start`](NodeBuilder::start). Never bootstraps a store that holds state.
-    pub async fn start_or_bootstrap(self) -> Result<Node, StartError> {
+    /// [`bootstrap`](NodeBuilder::bootstrap) with `members` if the log store is empty and
+    /// `members` is not; otherwise [`start`](NodeBuilder::start). Never bootstraps a store
+    /// that holds state.
+    pub async fn start_or_bootstrap(
+        self,
+        members: BTreeMap<NodeId, String>,
+    ) -> Result<Node, StartError> {
         let stored = self.store.load_state().await?;
-        let members = self.settings.node.initial_members.clone();
         if is_empty(&stored) && !members.is_empty() {
             self.bootstrap(members).await
         } else {
@@ -204,7 +206,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             snapshot_dir,
         } = self;
         settings.validate()?;
-        let id = settings.node.id;
+        let id = settings.id;
         let mut stored = store.load_state().await?;
         let snapshot_dir = snapshot_dir.map(SnapshotDir::new);
         let mut loaded = crate::snapshot_dir::Loaded::default();

@@ -153,11 +153,9 @@ pub enum StartError {
     /// The initial members given to `bootstrap` are unusable.
     #[error("invalid initial members: {0}")]
     InvalidMembers(String),
-    /// The settings failed validation ([`Settings::validate`](crate::Settings::validate)).
-    #[error("{0}")]
-    InvalidSettings(#[from] crate::settings::SettingsError),
-    /// The settings do not make a valid protocol configuration.
-    #[error("invalid settings: {0}")]
+    /// The configuration failed validation
+    /// ([`NodeConfig::validate`](crate::NodeConfig::validate)).
+    #[error("invalid node configuration: {}", describe(.0))]
     Config(#[from] ConfigError),
     /// The snapshot directory could not be read.
     #[error("snapshot directory: {0}")]
@@ -180,4 +178,12 @@ pub enum StartError {
         /// The log store's compaction point.
         compacted: LogIndex,
     },
+}
+
+/// Every problem of `e`, one per line.
+fn describe(e: &ConfigError) -> String {
+    e.problems
+        .iter()
+        .map(|p| format!("\n  {} = {} (allowed: {})", p.field, p.value, p.allowed))
+        .collect()
 }

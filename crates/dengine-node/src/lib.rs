@@ -21,6 +21,10 @@
 //! - [`Node`] is the handle: [`propose`](Node::propose), [`read`](Node::read) with a
 //!   [`Consistency`], membership changes, leader transfer, snapshots, [`status`](Node::status)
 //!   and graceful [`shutdown`](Node::shutdown).
+//! - [`NodeConfig`] ([`config`]) is what the runtime runs with: the node's id and the
+//!   protocol's timing and limits, write, snapshot, client and shutdown policy. No addresses
+//!   or files: those belong to the transport and to the server that assembles the node (the
+//!   `dengine` facade's `Settings` loads a whole file and hands each part its section).
 //! - [`metric_names`] lists every metric recorded through the `metrics` facade.
 //! - `testing::LocalNetwork` (feature `testing`) connects nodes in one process.
 //!
@@ -35,18 +39,17 @@
 //! use bytes::Bytes;
 //! use dengine_core::store::{MemoryStateMachine, MemoryStore};
 //! use dengine_node::testing::LocalNetwork;
-//! use dengine_node::{Consistency, NodeBuilder, ProposeError, Settings};
+//! use dengine_node::{Consistency, NodeBuilder, NodeConfig, ProposeError};
 //!
 //! let network = LocalNetwork::new();
 //! let members: BTreeMap<u64, String> = (1..=3).map(|id| (id, format!("local-{id}"))).collect();
 //! let mut nodes = Vec::new();
 //! for id in 1..=3 {
-//!     let mut settings = Settings::default();
-//!     settings.node.id = id;
-//!     settings.raft.tick_ms = 10;
-//!     settings.raft.election_timeout_ms = 150;
-//!     settings.raft.heartbeat_interval_ms = 30;
-//!     let builder = NodeBuilder::new(settings)
+//!     let mut config = NodeConfig::new(id);
+//!     config.raft.tick_ms = 10;
+//!     config.raft.election_timeout_ms = 150;
+//!     config.raft.heartbeat_interval_ms = 30;
+//!     let builder = NodeBuilder::new(config)
 //!         .log_store(MemoryStore::new())
 //!         .state_machine(MemoryStateMachine::new())
 //!         .transport(network.transport(id));
@@ -86,19 +89,18 @@
 )]
 
 mod builder;
+pub mod config;
 mod error;
 mod inbox;
 pub mod metric_names;
 mod node;
-pub mod observability;
 mod runtime;
-pub mod settings;
 mod snapshot_dir;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use builder::NodeBuilder;
+pub use config::NodeConfig;
 pub use error::{AdminError, ProposeError, ReadError, StartError};
 pub use inbox::NodeInbox;
 pub use node::{Consistency, Node, PeerStatus, Status};
-pub use settings::Settings;

@@ -101,3 +101,338 @@ pub const RESULT_SHUTTING_DOWN: &str = "shutting_down";
 pub const REASON_INBOX_FULL: &str = "inbox_full";
 /// [`LABEL_REASON`]: the node was shutting down.
 pub const REASON_SHUTTING_DOWN: &str = "shutting_down";
+
+use metrics::Unit;
+
+/// What kind of instrument a metric is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    /// A value that goes up and down.
+    Gauge,
+    /// A monotonically increasing count; Prometheus name ends in `_total`.
+    Counter,
+    /// A distribution, exported as `_bucket`, `_sum` and `_count` series.
+    Histogram,
+}
+
+/// One metric the node exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricInfo {
+    /// The Prometheus name.
+    pub name: &'static str,
+    /// The instrument.
+    pub kind: MetricKind,
+    /// Its labels (empty for none).
+    pub labels: &'static [&'static str],
+    /// The unit, when it has one.
+    pub unit: Option<Unit>,
+    /// What it measures (exported as the `# HELP` text).
+    pub help: &'static str,
+}
+
+/// Every metric the node exports. [`install`] registers their descriptions and histogram
+/// buckets; `docs/observability.md` and `docs/grafana-dashboard.json` are checked against this
+/// list by the unit tests.
+pub const METRICS: &[MetricInfo] = &[
+    MetricInfo {
+        name: TERM,
+        kind: MetricKind::Gauge,
+        labels: &[],
+        unit: None,
+        help: "The node's current Raft term.",
+    },
+    MetricInfo {
+        name: ROLE,
+        kind: MetricKind::Gauge,
+        labels: &[],
+        unit: None,
+        help: "The node's role: 0 follower, 1 pre-candidate, 2 candidate, 3 leader.",
+    },
+    MetricInfo {
+        name: COMMIT_INDEX,
+        kind: MetricKind::Gauge,
+        labels: &[],
+        unit: None,
+        help: "The highest log index known to be committed.",
+    },
+    MetricInfo {
+        name: APPLIED_INDEX,
+        kind: MetricKind::Gauge,
+        labels: &[],
+        unit: None,
+        help: "The highest log index applied to the state machine.",
+    },
+    MetricInfo {
+        name: REPLICATION_LAG_ENTRIES,
+        kind: MetricKind::Gauge,
+        labels: &[LABEL_PEER],
+        unit: None,
+        help: "On the leader: how many entries each peer is behind the leader's last index.",
+    },
+    MetricInfo {
+        name: LEADER_CHANGES_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &[],
+        unit: None,
+        help: "Times this node saw the leader change (including to no leader).",
+    },
+    MetricInfo {
+        name: PROPOSALS_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &[LABEL_RESULT],
+        unit: None,
+        help: "Client proposals by outcome (ok, not_leader, timeout, busy, too_large, \
+               shutting_down).",
+    },
+    MetricInfo {
+        name: SNAPSHOTS_SENT_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &[],
+        unit: None,
+        help: "Snapshots this node streamed to a peer successfully.",
+    },
+    MetricInfo {
+        name: SNAPSHOTS_INSTALLED_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &[],
+        unit: None,
+        help: "Snapshots received from a leader and installed by this node.",
+    },
+    MetricInfo {
+        name: MESSAGES_DROPPED_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &[LABEL_REASON],
+        unit: None,
+        help: "Peer messages dropped by this node, by reason (inbox_full, shutting_down, queue_full, unreachable, unknown_peer).",
+    },
+    MetricInfo {
+        name: PEER_MESSAGES_REFUSED_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &[],
+        unit: None,
+        help: "Peer messages this node's core refused (out-of-range terms or indexes, \
+               misrouted, snapshot metadata without data).",
+    },
+    MetricInfo {
+        name: PEER_REFUSED_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &["kind"],
+        unit: None,
+        help: "Peer requests the transport refused (authentication, removed sender, wrong \
+               cluster or recipient, malformed), by kind (message, stream, snapshot, probe, \
+               request).",
+    },
+    MetricInfo {
+        name: CONNECTIONS_REFUSED_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &["listener", "reason"],
+        unit: None,
+        help: "Connections a listener closed or could not accept, by listener (peer, client, \
+               admin) and reason (too_many_connections, handshake_timeout, tls_failed, \
+               accept_failed).",
+    },
+    MetricInfo {
+        name: PEER_REGRESSIONS_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &[],
+        unit: None,
+        help: "On the leader: followers found to have lost log entries they had acknowledged.",
+    },
+    MetricInfo {
+        name: PEER_INCARNATION_CHANGES_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &[],
+        unit: None,
+        help: "Members that came back under their id with a new incarnation (new storage).",
+    },
+    MetricInfo {
+        name: PROPOSAL_LATENCY_SECONDS,
+        kind: MetricKind::Histogram,
+        labels: &[],
+        unit: Some(Unit::Seconds),
+        help: "Time from a client's propose call to its response (after apply).",
+    },
+    MetricInfo {
+        name: APPEND_LATENCY_SECONDS,
+        kind: MetricKind::Histogram,
+        labels: &[],
+        unit: Some(Unit::Seconds),
+        help: "Duration of one log-store persist call, including its fsync.",
+    },
+    MetricInfo {
+        name: APPEND_BATCH_ENTRIES,
+        kind: MetricKind::Histogram,
+        labels: &[],
+        unit: Some(Unit::Count),
+        help: "Entries written by one log-store persist call (the group-commit batch).",
+    },
+    MetricInfo {
+        name: APPLY_BATCH_ENTRIES,
+        kind: MetricKind::Histogram,
+        labels: &[],
+        unit: Some(Unit::Count),
+        help: "Entries handed to one state-machine apply call.",
+    },
+];
+
+/// Histogram buckets of the `*_seconds` metrics: 50 µs to 10 s.
+pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+
+/// Histogram buckets of the `*_batch_entries` metrics: powers of two, 1 to 4096.
+pub const BATCH_BUCKETS_ENTRIES: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn metric_names() -> BTreeSet<&'static str> {
+        METRICS.iter().map(|m| m.name).collect()
+    }
+
+    /// Names a PromQL expression uses that look like dengine metrics, with the histogram
+    /// suffixes stripped.
+    fn referenced_metrics(expr: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = expr;
+        while let Some(i) = rest.find("dengine_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let mut name = &tail[..end];
+            for suffix in ["_bucket", "_sum", "_count"] {
+                if let Some(base) = name.strip_suffix(suffix)
+                    && METRICS
+                        .iter()
+                        .any(|m| m.name == base && m.kind == MetricKind::Histogram)
+                {
+                    name = base;
+                }
+            }
+            out.push(name.to_owned());
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    fn exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    if k == "expr"
+                        && let Some(s) = v.as_str()
+                    {
+                        out.push(s.to_owned());
+                    }
+                    exprs(v, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn grafana_dashboard_uses_exactly_the_exported_metrics() {
+        let text = include_str!("../../../docs/grafana-dashboard.json");
+        let dashboard: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert!(dashboard["schemaVersion"].as_u64().unwrap() >= 36);
+        assert!(
+            dashboard["__inputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["name"] == "DS_PROMETHEUS")
+        );
+        let mut all = Vec::new();
+        exprs(&dashboard, &mut all);
+        assert!(!all.is_empty());
+        let known = metric_names();
+        let mut used = BTreeSet::new();
+        for expr in &all {
+            for name in referenced_metrics(expr) {
+                assert!(
+                    known.contains(name.as_str()),
+                    "unknown metric {name} in {expr}"
+                );
+                used.insert(name);
+            }
+        }
+        for name in known {
+            assert!(used.contains(name), "no panel shows {name}");
+        }
+        // Every panel has a datasource and a title.
+        for panel in dashboard["panels"].as_array().unwrap() {
+            assert!(panel["title"].as_str().is_some_and(|t| !t.is_empty()));
+            if panel["type"] != "row" {
+                assert_eq!(panel["datasource"]["uid"], "${DS_PROMETHEUS}", "{panel}");
+            }
+        }
+    }
+
+    #[test]
+    fn docs_describe_every_metric() {
+        let doc = include_str!("../../../docs/observability.md");
+        for m in METRICS {
+            assert!(
+                doc.contains(&format!("`{}`", m.name)),
+                "{} undocumented",
+                m.name
+            );
+        }
+    }
+
+    #[test]
+    fn metric_catalog_is_the_agreed_list() {
+        let expected = [
+            "dengine_term",
+            "dengine_role",
+            "dengine_commit_index",
+            "dengine_applied_index",
+            "dengine_replication_lag_entries",
+            "dengine_leader_changes_total",
+            "dengine_proposals_total",
+            "dengine_snapshots_sent_total",
+            "dengine_snapshots_installed_total",
+            "dengine_messages_dropped_total",
+            "dengine_peer_messages_refused_total",
+            "dengine_peer_refused_total",
+            "dengine_connections_refused_total",
+            "dengine_peer_regressions_total",
+            "dengine_peer_incarnation_changes_total",
+            "dengine_proposal_latency_seconds",
+            "dengine_append_latency_seconds",
+            "dengine_append_batch_entries",
+            "dengine_apply_batch_entries",
+        ];
+        let names: Vec<&str> = METRICS.iter().map(|m| m.name).collect();
+        assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn metric_catalog_is_consistent() {
+        assert_eq!(metric_names().len(), METRICS.len(), "duplicate names");
+        for m in METRICS {
+            assert!(m.name.starts_with("dengine_"));
+            assert_eq!(
+                m.kind == MetricKind::Counter,
+                m.name.ends_with("_total"),
+                "{}",
+                m.name
+            );
+            if m.kind == MetricKind::Histogram {
+                assert!(
+                    m.name.ends_with("_seconds") || m.name.ends_with("_batch_entries"),
+                    "{} gets no buckets",
+                    m.name
+                );
+            }
+        }
+    }
+}

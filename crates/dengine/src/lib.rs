@@ -9,18 +9,20 @@
 //!
 //! | Feature | Default | Brings |
 //! |---|---|---|
+//! | `server` | yes | [`start`], [`Settings`], the admin service, [`observability`]; implies `redb` and `grpc` |
 //! | `redb` | yes | [`RedbStore`], the durable log store on redb |
 //! | `sled` | no | `SledStore`, the durable log store on sled |
-//! | `grpc` | yes | [`grpc`]: the gRPC peer transport and admin service |
+//! | `grpc` | yes | [`grpc`]: the gRPC peer transport and the admin API's wire types |
 //!
 //! With the defaults, [`start`] runs a node in one call: redb log under `node.data_dir`,
 //! snapshots beside it, gRPC peer and admin services on `node.listen_addr`, metrics and
 //! traces as `[observability]` says. [`start_with`] does the same and serves the
 //! application's own gRPC services on that port too (the etcd-compatible example in
-//! `examples/kv` serves its client API this way).
+//! `examples/kv` serves its client API this way). Without `server`, assemble a node from
+//! [`NodeBuilder`] and a [`NodeConfig`] with your own store and transport.
 //!
 //! ```no_run
-//! # #[cfg(all(feature = "redb", feature = "grpc"))]
+//! # #[cfg(feature = "server")]
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use dengine::core::store::MemoryStateMachine;
 //! use dengine::{Consistency, Settings};
@@ -39,7 +41,8 @@
 //! ```
 //!
 //! The pieces are documented in their crates: [`core`] (the protocol), [`dengine_node`]
-//! (runtime, [`Settings`], [`Node`]), `dengine_storage_redb`, `dengine_net_grpc`.
+//! (runtime, [`NodeConfig`], [`Node`]), `dengine_storage_redb`, `dengine_net_grpc`; the
+//! server kit ([`settings`], [`observability`], [`start`]) is this crate's own.
 
 #![cfg_attr(
     not(test),
@@ -57,24 +60,32 @@ pub use dengine_core::{
 #[cfg(feature = "grpc")]
 pub use dengine_net_grpc as grpc;
 pub use dengine_node::{
-    AdminError, Consistency, Node, NodeBuilder, ProposeError, ReadError, StartError, Status,
-    metric_names, observability, settings, settings::Settings,
+    AdminError, Consistency, Node, NodeBuilder, NodeConfig, ProposeError, ReadError, StartError,
+    Status, config, metric_names,
 };
 #[cfg(feature = "redb")]
 pub use dengine_storage_redb::RedbStore;
 #[cfg(feature = "sled")]
 pub use dengine_storage_sled::SledStore;
 
-#[cfg(all(feature = "redb", feature = "grpc"))]
+#[cfg(feature = "server")]
+mod admin;
+#[cfg(feature = "server")]
 pub mod identity;
-#[cfg(all(feature = "redb", feature = "grpc"))]
+#[cfg(feature = "server")]
+pub mod observability;
+#[cfg(feature = "server")]
+pub mod settings;
+#[cfg(feature = "server")]
 mod start;
-#[cfg(all(feature = "redb", feature = "grpc"))]
-pub use start::{
-    Running, Services, StartNodeError, grpc_config, start, start_with, start_with_transport,
-};
+#[cfg(feature = "server")]
+pub use admin::{AdminService, AdminToken, admin_status};
+#[cfg(feature = "server")]
+pub use settings::Settings;
+#[cfg(feature = "server")]
+pub use start::{Running, Services, StartNodeError, start, start_with, start_with_transport};
 
 /// The README's Rust examples, compiled as doc tests so they stay true.
-#[cfg(all(doctest, feature = "redb", feature = "grpc"))]
+#[cfg(all(doctest, feature = "server"))]
 #[doc = include_str!("../../../README.md")]
 mod readme {}

@@ -8,15 +8,19 @@ use std::time::Duration;
 use dengine_core::StateMachine;
 use dengine_net_grpc::tonic::service::Routes;
 use dengine_net_grpc::{
-    AdminService, GrpcConfig, GrpcError, GrpcTransport, Listener, ListenerLimits, ServerHandle,
-    ServerTls, TlsConfig, serve_routes,
+    GrpcError, GrpcTransport, Listener, ListenerLimits, ServerHandle, ServerTls, TlsConfig,
+    serve_routes,
 };
-use dengine_node::observability::{self, ObservabilityError, ObservabilityGuard};
-use dengine_node::settings::{ClusterState, Compression, SettingsError, TlsSettings};
-use dengine_node::{Node, NodeBuilder, Settings, StartError};
+use dengine_node::{Node, NodeBuilder, StartError};
 use dengine_storage_redb::RedbStore;
 
+use crate::admin::AdminService;
 use crate::identity::{IdentityError, MemberIdentity};
+use crate::observability::{self, ObservabilityError, ObservabilityGuard};
+use crate::settings::{ClusterState, Settings, SettingsError};
+
+/// Connections the admin listener accepts at once (operators and tools, not clients).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Why [`start`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -236,7 +240,7 @@ where
         .admin
         .token_file
         .as_deref()
-        .map(read_secret)
+        .map(read_token)
         .transpose()?;
     let observability = if settings.observability.metrics_addr.is_some()
         || settings.observability.otlp_endpoint.is_some()
@@ -257,7 +261,7 @@ where
     let fresh = found.is_none() && !log_dir.exists();
     let identity =
         found.unwrap_or_else(|| MemberIdentity::new(settings.node.cluster_id, settings.node.id));
-    let mut config = grpc_config(&settings)?;
+    let mut config = settings.grpc_config();
     config.incarnation = identity.incarnation;
     config.snapshot_spool_dir = Some(data_dir.join("incoming"));
     let transport = GrpcTransport::new(config)?;
@@ -268,9 +272,16 @@ where
     let store = RedbStore::open_or_create(&log_dir)?;
 
     let cluster_state = settings.node.initial_cluster_state;
-    let client_limits = listener_limits(&settings, settings.client_api.max_connections);
-    let admin_limits = listener_limits(&settings, 64);
-    let builder = NodeBuilder::new(settings)
+    let client_limits = ListenerLimits {
+        max_connections: settings.client_api.max_connections,
+        ..settings.network.listener.clone()
+    };
+    let admin_limits = ListenerLimits {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        ..settings.network.listener.clone()
+    };
+    let initial_members = settings.node.initial_members.clone();
+    let builder = NodeBuilder::new(settings.node_config())
         .log_store(store)
         .state_machine(state_machine)
         .transport(wrap(transport.clone()))
@@ -278,7 +289,7 @@ where
     let node = if fresh && cluster_state == ClusterState::Existing {
         builder.start().await?
     } else {
-        builder.start_or_bootstrap().await?
+        builder.start_or_bootstrap(initial_members).await?
     };
 
     let mut client_routes = None;
@@ -473,69 +484,14 @@ async fn ask_members_about_me(
     Ok(())
 }
 
-/// The transport configuration for `settings`: `node.id`, `node.cluster_id`, `[network]`
-/// and the snapshot chunking of `[snapshot]`.
-pub fn grpc_config(settings: &Settings) -> Result<GrpcConfig, StartNodeError> {
-    let n = &settings.network;
-    let mut c = GrpcConfig::new(settings.node.id, settings.node.cluster_id);
-    c.peer_queue_len = n.peer_queue_len;
-    c.connect_timeout = Duration::from_millis(n.connect_timeout_ms);
-    c.reconnect_initial = Duration::from_millis(n.reconnect_initial_ms);
-    c.reconnect_max = Duration::from_millis(n.reconnect_max_ms);
-    c.compression = n.compression == Compression::Gzip;
-    c.max_message_bytes = n.max_message_bytes;
-    c.snapshot_chunk_bytes = settings.snapshot.chunk_bytes;
-    c.snapshot_chunk_timeout = Duration::from_millis(settings.snapshot.chunk_timeout_ms);
-    c.max_snapshot_spool_bytes = n.max_snapshot_spool_bytes;
-    c.tls = n.tls.as_ref().map(tls_config);
-    c.member_names = n.member_names.clone();
-    c.cluster_secret = n
-        .cluster_secret_file
-        .as_deref()
-        .map(read_secret)
-        .transpose()?;
-    c.listener = listener_limits(settings, n.max_connections);
-    Ok(c)
+fn server_tls(t: &TlsConfig) -> Result<ServerTls, StartNodeError> {
+    Ok(ServerTls::from_config(t)?)
 }
 
-fn listener_limits(settings: &Settings, max_connections: usize) -> ListenerLimits {
-    let n = &settings.network;
-    ListenerLimits {
-        max_connections,
-        handshake_timeout: Duration::from_millis(n.handshake_timeout_ms),
-        keepalive_interval: Duration::from_millis(n.keepalive_interval_ms),
-        keepalive_timeout: Duration::from_millis(n.keepalive_timeout_ms),
-        max_concurrent_streams: n.max_concurrent_streams,
-    }
-}
-
-fn tls_config(t: &TlsSettings) -> TlsConfig {
-    TlsConfig {
-        cert: t.cert.clone(),
-        key: t.key.clone(),
-        ca: t.ca.clone(),
-        require_client_cert: t.require_client_cert,
-        server_name: t.server_name.clone(),
-    }
-}
-
-fn server_tls(t: &TlsSettings) -> Result<ServerTls, StartNodeError> {
-    Ok(ServerTls::from_config(&tls_config(t))?)
-}
-
-/// Reads a secret or token file: its first line, which must be 16+ printable ASCII
-/// characters without spaces.
-fn read_secret(path: &Path) -> Result<String, StartNodeError> {
-    let bytes = dengine_net_grpc::read_file(path, "secret file")?;
-    let text = String::from_utf8_lossy(&bytes);
-    let secret = text.lines().next().unwrap_or("").trim().to_string();
-    if secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(StartNodeError::Secret(format!(
-            "{} must hold a secret of at least 16 printable ASCII characters without spaces on \
-             its first line (e.g. `openssl rand -hex 32 > {}`)",
-            path.display(),
-            path.display()
-        )));
-    }
-    Ok(secret)
+/// Reads the admin token file (see [`dengine_net_grpc::read_secret`]).
+fn read_token(path: &Path) -> Result<String, StartNodeError> {
+    dengine_net_grpc::read_secret(path).map_err(|e| match e {
+        GrpcError::Config(message) => StartNodeError::Secret(message),
+        other => other.into(),
+    })
 }

@@ -14,11 +14,11 @@ use bytes::Bytes;
 use common::{fast_timing, free_ports, put, wait_for};
 use dengine::core::store::MemoryStateMachine;
 use dengine::core::{Entry, EntryId, EntryPayload, Message, MessageBody, Role};
+use dengine::grpc::TlsConfig;
 use dengine::grpc::admin_pb::StatusRequest;
 use dengine::grpc::admin_pb::admin_client::AdminClient;
 use dengine::grpc::pb::peer_client::PeerClient;
 use dengine::grpc::{convert, pb, tonic};
-use dengine::settings::TlsSettings;
 use dengine::{Node, Running, Settings};
 
 struct Cluster {
@@ -222,7 +222,7 @@ async fn with_peer_mtls_a_forged_append_is_refused() {
         .collect();
     let c = Cluster::start(|id, s| {
         let (cert, key) = certs[&id].clone();
-        s.network.tls = Some(TlsSettings {
+        s.network.tls = Some(TlsConfig {
             cert,
             key,
             ca: pki.ca(),

@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use dengine::settings::ClusterState;
+use dengine::{Settings, observability};
 use dengine_kv::proto::etcdserverpb::kv_client::KvClient;
 use dengine_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use dengine_kv::proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
 use dengine_kv::{DEFAULT_MAX_RANGE_RESPONSE_BYTES, DEFAULT_MAX_REQUEST_BYTES, KvConfig, Member};
-use dengine_node::settings::ClusterState;
-use dengine_node::{Settings, observability};
 
 #[derive(Parser)]
 #[command(
@@ -145,24 +145,7 @@ struct ServeArgs {
 }
 
 fn parse_members(text: &str) -> Result<BTreeMap<u64, String>, String> {
-    let mut members = BTreeMap::new();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| format!("--initial-members: {part:?} is not ID=HOST:PORT"))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .map_err(|_| format!("--initial-members: {id:?} in {part:?} is not a member id"))?;
-        if let Some(first) = members.insert(id, addr.trim().to_string()) {
-            return Err(format!(
-                "--initial-members: member {id} appears twice ({first} and {}); each member \
-                 needs its own id",
-                addr.trim()
-            ));
-        }
-    }
-    Ok(members)
+    dengine_net_grpc::id_map::parse(text).map_err(|e| format!("--initial-members: {e}"))
 }
 
 fn settings(args: &ServeArgs) -> Result<Settings, String> {
@@ -433,7 +416,7 @@ mod tests {
     fn initial_members_with_a_duplicate_id_are_refused() {
         // Before, `1=A,1=B,2=C` was accepted and the second address of member 1 won silently.
         let err = parse_members("1=127.0.0.1:2380,1=127.0.0.1:2480,2=127.0.0.1:2580").unwrap_err();
-        assert!(err.contains("member 1 appears twice"), "{err}");
+        assert!(err.contains("id 1 appears twice"), "{err}");
         let ok = parse_members("1=127.0.0.1:2380, 2=127.0.0.1:2480").unwrap();
         assert_eq!(ok.len(), 2);
         assert!(parse_members("x=127.0.0.1:1").is_err());

@@ -244,7 +244,7 @@ fn burst_of_proposals_is_one_write_and_one_append_per_follower() {
     }
 }
 
-fn problems(cfg: Config) -> (Vec<&'static str>, String) {
+fn problems(cfg: Config) -> (Vec<String>, String) {
     let initial = InitialState {
         membership: Membership::new([1, 2, 3]),
         ..Default::default()
@@ -252,7 +252,7 @@ fn problems(cfg: Config) -> (Vec<&'static str>, String) {
     let err = Raft::new(cfg, MemoryLog::new(), initial)
         .err()
         .expect("invalid config accepted");
-    let fields = err.problems.iter().map(|p| p.field).collect();
+    let fields = err.problems.iter().map(|p| p.field.clone()).collect();
     (fields, err.to_string())
 }
 

@@ -46,11 +46,11 @@ use tokio::task::{JoinHandle, JoinSet};
 use self::apply::{ApplyCmd, Responder};
 use self::request::{Event, Request};
 use self::waiters::Waiters;
+use crate::config::NodeConfig;
 use crate::error::{AdminError, ProposeError, ReadError};
 use crate::inbox::{InboxView, PeerInput};
 use crate::metric_names as m;
 use crate::node::Consistency;
-use crate::settings::Settings;
 use crate::snapshot_dir::SnapshotDir;
 
 /// Most inputs of one kind taken in one turn before the `Ready` is processed, so that a flood
@@ -171,7 +171,7 @@ async fn write<S: LogStore>(store: &S, write: &PersistRequest) -> Result<(), Fat
 /// Everything the event loop owns.
 pub(crate) struct Runtime<S: LogStore, T: Transport> {
     pub(crate) id: NodeId,
-    pub(crate) settings: Arc<Settings>,
+    pub(crate) settings: Arc<NodeConfig>,
     pub(crate) raft: Raft<S::Reader>,
     pub(crate) store: Arc<S>,
     pub(crate) transport: Arc<T>,
@@ -227,7 +227,7 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
 /// What [`Runtime::new`] needs besides the core.
 pub(crate) struct Parts<S, T> {
     pub(crate) id: NodeId,
-    pub(crate) settings: Arc<Settings>,
+    pub(crate) settings: Arc<NodeConfig>,
     pub(crate) store: S,
     pub(crate) transport: Arc<T>,
     pub(crate) req_rx: mpsc::Receiver<Request>,

@@ -91,7 +91,7 @@ async fn linearizable_lease_and_stale_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_when_max_pending_is_exceeded() {
-    fn small_pending(id: NodeId) -> dengine_node::Settings {
+    fn small_pending(id: NodeId) -> dengine_node::NodeConfig {
         let mut s = settings(id);
         s.client.max_pending = 2;
         s.client.propose_timeout_ms = 3000;
@@ -202,7 +202,7 @@ async fn start_on_an_empty_store_waits_to_join() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_without_quorum_times_out_and_shutdown_fails_pending_ones() {
-    fn short_timeout(id: NodeId) -> dengine_node::Settings {
+    fn short_timeout(id: NodeId) -> dengine_node::NodeConfig {
         let mut s = settings(id);
         s.client.propose_timeout_ms = 2000;
         s

@@ -9,16 +9,15 @@ use dengine_core::store::{MemoryStateMachine, MemoryStore};
 use dengine_core::{LogStore, NodeId, Role};
 use dengine_node::testing::LocalNetwork;
 use dengine_node::{
-    AdminError, Consistency, Node, NodeBuilder, ProposeError, Settings, StartError, Status,
+    AdminError, Consistency, Node, NodeBuilder, NodeConfig, ProposeError, StartError, Status,
 };
 use tokio::time::{Instant, sleep};
 
 /// How long any condition may take on a loaded 2-core machine.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
 
-pub(crate) fn settings(id: NodeId) -> Settings {
-    let mut s = Settings::default();
-    s.node.id = id;
+pub(crate) fn settings(id: NodeId) -> NodeConfig {
+    let mut s = NodeConfig::new(id);
     s.raft.tick_ms = 10;
     s.raft.election_timeout_ms = 300;
     s.raft.heartbeat_interval_ms = 50;
@@ -55,7 +54,7 @@ pub(crate) struct Cluster {
     pub(crate) net: LocalNetwork,
     pub(crate) nodes: BTreeMap<NodeId, Node>,
     pub(crate) stores: BTreeMap<NodeId, MemoryStore>,
-    pub(crate) settings: fn(NodeId) -> Settings,
+    pub(crate) settings: fn(NodeId) -> NodeConfig,
     /// When set, node `id` keeps snapshot files in `<root>/<id>`.
     pub(crate) snapshot_root: Option<std::path::PathBuf>,
 }
@@ -66,13 +65,13 @@ impl Cluster {
         Self::with_settings(n, settings).await
     }
 
-    pub(crate) async fn with_settings(n: u64, settings: fn(NodeId) -> Settings) -> Cluster {
+    pub(crate) async fn with_settings(n: u64, settings: fn(NodeId) -> NodeConfig) -> Cluster {
         Self::build(n, settings, None).await
     }
 
     pub(crate) async fn build(
         n: u64,
-        settings: fn(NodeId) -> Settings,
+        settings: fn(NodeId) -> NodeConfig,
         snapshot_root: Option<std::path::PathBuf>,
     ) -> Cluster {
         let mut cluster = Cluster {
@@ -254,7 +253,7 @@ impl Cluster {
 }
 
 /// A single-member cluster on `store`, bootstrapped.
-pub(crate) async fn single<S: LogStore>(store: S, s: Settings) -> Result<Node, StartError> {
+pub(crate) async fn single<S: LogStore>(store: S, s: NodeConfig) -> Result<Node, StartError> {
     let net = LocalNetwork::new();
     let b = NodeBuilder::new(s)
         .log_store(store)

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dengine_core::NodeId;
-use dengine_node::{Consistency, Settings};
+use dengine_node::{Consistency, NodeConfig};
 
 use crate::common::{Cluster, eventually, settings};
 
@@ -52,7 +52,7 @@ async fn failover_after_the_leader_crashes() {
     failover(true).await;
 }
 
-fn slow_elections(id: NodeId) -> Settings {
+fn slow_elections(id: NodeId) -> NodeConfig {
     let mut s = settings(id);
     s.raft.election_timeout_ms = 3000;
     s.shutdown.transfer_timeout_ms = 2000;
@@ -117,7 +117,7 @@ async fn a_restarted_follower_catches_up_by_log() {
     c.shutdown_all().await;
 }
 
-fn compacting(id: NodeId) -> Settings {
+fn compacting(id: NodeId) -> NodeConfig {
     let mut s = settings(id);
     s.snapshot.every_entries = 10;
     s.snapshot.trailing_entries = 3;

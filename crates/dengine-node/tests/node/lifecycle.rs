@@ -7,7 +7,7 @@ use bytes::Bytes;
 use dengine_core::store::{MemoryStateMachine, MemoryStore};
 use dengine_core::{Inbox, InboxError, LogStore, Message, MessageBody, NodeId};
 use dengine_node::testing::LocalNetwork;
-use dengine_node::{Node, NodeBuilder, ProposeError, Settings, StartError};
+use dengine_node::{Node, NodeBuilder, NodeConfig, ProposeError, StartError};
 
 use crate::common::{address, eventually, settings, single, wait_leader};
 use crate::test_store::TestStore;
@@ -89,7 +89,7 @@ async fn dropping_every_handle_stops_the_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compacted_log_needs_a_durable_state_machine_or_the_snapshot_files() {
-    fn compacting(id: NodeId) -> Settings {
+    fn compacting(id: NodeId) -> NodeConfig {
         let mut s = settings(id);
         s.snapshot.every_entries = 5;
         s.snapshot.trailing_entries = 0;
@@ -170,14 +170,14 @@ async fn invalid_settings_are_refused() {
     s.raft.tick_ms = 0;
     assert!(matches!(
         single(MemoryStore::new(), s).await,
-        Err(StartError::InvalidSettings(_))
+        Err(StartError::Config(_))
     ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_inbox_refuses_messages_instead_of_blocking() {
     let mut s = settings(1);
-    s.network.peer_queue_len = 2;
+    s.raft.inbox_len = 2;
     let builder = NodeBuilder::new(s);
     let inbox = builder.inbox();
     let msg = Message {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dengine_core::{Inbox, Message, MessageBody, NodeId};
 use dengine_node::metric_names as m;
-use dengine_node::{NodeBuilder, Settings};
+use dengine_node::{NodeBuilder, NodeConfig};
 use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
     with_local_recorder,
@@ -52,7 +52,7 @@ impl Recorder for Names {
     }
 }
 
-fn compacting(id: NodeId) -> Settings {
+fn compacting(id: NodeId) -> NodeConfig {
     let mut s = settings(id);
     s.snapshot.every_entries = 5;
     s.snapshot.trailing_entries = 0;
@@ -86,7 +86,7 @@ fn the_documented_metrics_are_recorded() {
             c.shutdown_all().await;
 
             let mut s = settings(9);
-            s.network.peer_queue_len = 1;
+            s.raft.inbox_len = 1;
             let builder = NodeBuilder::new(s);
             let inbox = builder.inbox();
             let msg = Message {

@@ -37,8 +37,8 @@ pub fn fast_timing(s: &mut Settings) {
     s.raft.election_timeout_ms = 300;
     s.raft.heartbeat_interval_ms = 60;
     s.raft.lease_drift_ms = 60;
-    s.network.reconnect_initial_ms = 20;
-    s.network.reconnect_max_ms = 300;
+    s.network.reconnect_initial = Duration::from_millis(20);
+    s.network.reconnect_max = Duration::from_millis(300);
     s.shutdown.transfer_timeout_ms = 1000;
 }
 

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use dengine::Settings;
 use dengine_core::Role;
 use dengine_kv::{KvConfig, Member};
-use dengine_node::Settings;
 use etcd_client::Client;
 use tokio::time::{Instant, timeout};
 
@@ -125,8 +125,8 @@ impl TestCluster {
         s.raft.election_timeout_ms = 300;
         s.raft.heartbeat_interval_ms = 60;
         s.raft.lease_drift_ms = 60;
-        s.network.reconnect_initial_ms = 20;
-        s.network.reconnect_max_ms = 300;
+        s.network.reconnect_initial = Duration::from_millis(20);
+        s.network.reconnect_max = Duration::from_millis(300);
         s.shutdown.transfer_timeout_ms = 1000;
         s
     }

@@ -1,4 +1,4 @@
-//! The `dengine.admin.v1.Admin` gRPC service on a [`dengine_node::Node`] (feature `node`):
+//! The `dengine.admin.v1.Admin` gRPC service on a [`dengine_node::Node`]:
 //! status, membership changes, leader transfer and snapshots over the network.
 //!
 //! Errors map to gRPC codes: `FAILED_PRECONDITION` when this node does not lead (the message
@@ -9,16 +9,16 @@
 use std::collections::BTreeMap;
 
 use dengine_core::{MembershipChange, ReplicationState, Role};
+use dengine_net_grpc::tonic::service::Interceptor;
+use dengine_net_grpc::tonic::service::interceptor::InterceptedService;
+use dengine_net_grpc::tonic::{Request, Response, Status};
 use dengine_node::{AdminError, Node};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::{Request, Response, Status};
 
-use crate::admin_pb;
-use crate::admin_pb::admin_server::{Admin, AdminServer};
-use crate::admin_pb::membership_change::Kind;
-use crate::convert;
-use crate::pb;
+use dengine_net_grpc::admin_pb;
+use dengine_net_grpc::admin_pb::admin_server::{Admin, AdminServer};
+use dengine_net_grpc::admin_pb::membership_change::Kind;
+use dengine_net_grpc::convert;
+use dengine_net_grpc::pb;
 
 /// Serves the admin API of one node. Add it to a tonic server with [`AdminService::server`].
 #[derive(Clone, Debug)]
@@ -66,7 +66,7 @@ impl Interceptor for AdminToken {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if crate::auth::constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        if dengine_net_grpc::auth::constant_time_eq(given.as_bytes(), token.as_bytes()) {
             Ok(request)
         } else {
             Err(Status::unauthenticated(
@@ -110,7 +110,7 @@ fn membership_reply(m: &dengine_core::Membership) -> admin_pb::MembershipReply {
     }
 }
 
-#[tonic::async_trait]
+#[dengine_net_grpc::tonic::async_trait]
 impl Admin for AdminService {
     async fn status(
         &self,
