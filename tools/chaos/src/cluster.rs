@@ -105,6 +105,20 @@ impl Cluster {
         }
     }
 
+    /// The admin token file every host reads at start, written once: rewriting it at each
+    /// start would truncate it under a member that reads it at that moment, which then
+    /// refuses to start. Written to a temporary name and renamed, so no reader sees it empty.
+    fn admin_token_file(&self) -> Result<PathBuf, String> {
+        let token = self.dir.join("admin-token");
+        if !token.exists() {
+            let tmp = self.dir.join("admin-token.tmp");
+            std::fs::write(&tmp, ADMIN_TOKEN)
+                .and_then(|()| std::fs::rename(&tmp, &token))
+                .map_err(|e| format!("cannot write {}: {e}", token.display()))?;
+        }
+        Ok(token)
+    }
+
     /// The number of hosts.
     pub(crate) fn len(&self) -> usize {
         self.hosts.len()
@@ -144,9 +158,7 @@ impl Cluster {
         let log2 = log
             .try_clone()
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        let token = self.dir.join("admin-token");
-        std::fs::write(&token, ADMIN_TOKEN)
-            .map_err(|e| format!("cannot write {}: {e}", token.display()))?;
+        let token = self.admin_token_file()?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &netns(host)])
             .arg(&self.bin)
