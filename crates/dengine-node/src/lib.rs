@@ -88,6 +88,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod api;
 mod builder;
 pub mod config;
 mod error;
@@ -99,8 +100,9 @@ mod snapshot_dir;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use api::{Consistency, PeerStatus, Status};
 pub use builder::NodeBuilder;
 pub use config::NodeConfig;
 pub use error::{AdminError, ProposeError, ReadError, StartError};
 pub use inbox::NodeInbox;
-pub use node::{Consistency, Node, PeerStatus, Status};
+pub use node::Node;

@@ -31,7 +31,7 @@ use crate::proto::etcdserverpb::{
     AuthUserListRequest, AuthUserListResponse, AuthUserRevokeRoleRequest,
     AuthUserRevokeRoleResponse, AuthenticateRequest, AuthenticateResponse, auth_server::Auth,
 };
-use crate::service::{Shared, unexpected};
+use crate::shared::{Shared, unexpected};
 
 /// The `Auth` service.
 #[derive(Debug)]

@@ -45,10 +45,13 @@ mod auth_service;
 mod backend;
 mod config;
 mod error;
+mod key_range;
 mod member;
 mod node_backend;
 pub mod proto;
+mod routes;
 mod service;
+mod shared;
 mod state_machine;
 mod store;
 mod unsupported;
@@ -66,7 +69,8 @@ pub use config::{DEFAULT_MAX_RANGE_RESPONSE_BYTES, DEFAULT_MAX_REQUEST_BYTES, Kv
 pub use error::KvError;
 pub use member::{Member, MemberError};
 pub use node_backend::NodeBackend;
-pub use service::{ETCD_API_VERSION, add_kv_services, kv_services};
+pub use routes::{add_kv_services, kv_services};
+pub use service::ETCD_API_VERSION;
 pub use state_machine::{
     KvStateMachine, decode_command_response, decode_query_response, encode_command, encode_query,
 };

@@ -12,7 +12,7 @@ use dengine_net_grpc::GrpcTransport;
 use crate::auth::hub::AuthHub;
 use crate::config::KvConfig;
 use crate::node_backend::NodeBackend;
-use crate::service::add_kv_services;
+use crate::routes::add_kv_services;
 use crate::state_machine::KvStateMachine;
 use crate::watch::WatchHub;
 

@@ -11,6 +11,7 @@ use prost::Message;
 
 use crate::config::KvConfig;
 use crate::error::KvError;
+use crate::key_range::KeyRange;
 use crate::proto::dengine::kv::v1::{Command, command};
 use crate::proto::etcdserverpb::{
     DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
@@ -18,7 +19,6 @@ use crate::proto::etcdserverpb::{
     range_request::{SortOrder, SortTarget},
     request_op::Request,
 };
-use crate::store::KeyRange;
 
 /// Every check a write command must pass before it is proposed, whichever way it came: from
 /// a client of this member, or forwarded by another member (whose checks the leader does not

@@ -20,9 +20,9 @@ use bytes::Bytes;
 use prost::Message;
 use tokio::sync::watch;
 
+use crate::key_range::KeyRange;
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
 use crate::proto::mvccpb::{Event, event::EventType};
-use crate::store::KeyRange;
 
 /// Bounds and timings of the watch machinery.
 #[derive(Clone, Debug)]

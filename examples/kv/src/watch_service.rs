@@ -31,7 +31,7 @@ use crate::proto::etcdserverpb::{
     watch_request::RequestUnion, watch_server::Watch,
 };
 use crate::proto::mvccpb;
-use crate::service::Shared;
+use crate::shared::Shared;
 use crate::watch::{RevisionEvents, WatchFilter, WatchHub};
 
 /// The watch id etcd (3.5) uses for a progress response that covers every watcher of a

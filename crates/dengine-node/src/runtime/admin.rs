@@ -8,8 +8,8 @@ use dengine_core::{LogStore, MembershipError, NodeId, Role, TransferError, Trans
 use tokio::sync::oneshot;
 
 use super::{PendingChange, Runtime, TransferWaiter, Waiter};
+use crate::api::{PeerStatus, Status};
 use crate::error::AdminError;
-use crate::node::{PeerStatus, Status};
 
 impl<S: LogStore, T: Transport> Runtime<S, T> {
     pub(super) fn try_change_membership(&mut self, change: PendingChange) {

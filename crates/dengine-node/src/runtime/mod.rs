@@ -38,19 +38,19 @@ use bytes::Bytes;
 use dengine_core::store::Snapshot;
 use dengine_core::{
     Entry, EntryPayload, LogIndex, LogStore, Membership, MessageBody, NodeId, PersistRequest,
-    Persisted, Raft, ReadCtx, ReadMode, Role, SnapshotMeta, SoftState, Term, Transport,
+    Persisted, Raft, ReadCtx, ReadMode, Role, SnapshotMeta, SoftState, Transport,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 use self::apply::{ApplyCmd, Responder};
 use self::request::{Event, Request};
-use self::waiters::Waiters;
+use self::waiters::{Waiter, Waiters};
+use crate::api::Consistency;
 use crate::config::NodeConfig;
 use crate::error::{AdminError, ProposeError, ReadError};
 use crate::inbox::{InboxView, PeerInput};
 use crate::metric_names as m;
-use crate::node::Consistency;
 use crate::snapshot_dir::SnapshotDir;
 
 /// Most inputs of one kind taken in one turn before the `Ready` is processed, so that a flood
@@ -68,22 +68,6 @@ const PERSIST_STALL_LIMIT: Duration = Duration::from_secs(60);
 
 /// A fatal error: the node must stop (never continue after a failed persist).
 type Fatal = String;
-
-/// Someone waiting for the entry at some index to be applied.
-enum Waiter {
-    Proposal {
-        term: Term,
-        /// When the proposer gets `ProposeError::Timeout` (outcome unknown).
-        deadline: Instant,
-        tx: oneshot::Sender<Result<Bytes, ProposeError>>,
-        span: tracing::Span,
-    },
-    Config {
-        term: Term,
-        deadline: Instant,
-        tx: oneshot::Sender<Result<Membership, AdminError>>,
-    },
-}
 
 /// A membership change whose configuration entry was applied; it resolves once the
 /// configuration is final (not joint) and applied.

@@ -8,8 +8,8 @@ use dengine_core::store::Snapshot;
 use dengine_core::{LogIndex, Membership, MembershipChange, NodeId, SnapshotMeta};
 use tokio::sync::oneshot;
 
+use crate::api::{Consistency, Status};
 use crate::error::{AdminError, ProposeError, ReadError};
-use crate::node::{Consistency, Status};
 
 /// A client or admin request to the event loop.
 pub(crate) enum Request {

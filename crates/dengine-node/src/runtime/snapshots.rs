@@ -8,7 +8,8 @@ use dengine_core::{LogStore, Message, MessageBody, SnapshotMeta, StorageError, T
 
 use super::apply::ApplyCmd;
 use super::request::Event;
-use super::{Fatal, Runtime, Waiter};
+use super::waiters::Waiter;
+use super::{Fatal, Runtime};
 use crate::error::{AdminError, ProposeError};
 use crate::metric_names as m;
 

@@ -7,7 +7,8 @@ use dengine_core::{LogStore, Role, Transport};
 use tokio::sync::oneshot;
 
 use super::request::Request;
-use super::{Fatal, Runtime, Stopping, Waiter};
+use super::waiters::Waiter;
+use super::{Fatal, Runtime, Stopping};
 use crate::error::{AdminError, ProposeError, ReadError};
 use crate::node::lock;
 

@@ -8,9 +8,29 @@
 
 use std::collections::VecDeque;
 
-use dengine_core::LogIndex;
+use std::time::Instant;
 
-use super::Waiter;
+use bytes::Bytes;
+use dengine_core::{LogIndex, Membership, Term};
+use tokio::sync::oneshot;
+
+use crate::error::{AdminError, ProposeError};
+
+/// Someone waiting for the entry at some index to be applied.
+pub(super) enum Waiter {
+    Proposal {
+        term: Term,
+        /// When the proposer gets `ProposeError::Timeout` (outcome unknown).
+        deadline: Instant,
+        tx: oneshot::Sender<Result<Bytes, ProposeError>>,
+        span: tracing::Span,
+    },
+    Config {
+        term: Term,
+        deadline: Instant,
+        tx: oneshot::Sender<Result<Membership, AdminError>>,
+    },
+}
 
 /// Waiters keyed by log index, sorted, at most one per index.
 #[derive(Default)]

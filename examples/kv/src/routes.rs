@@ -1,0 +1,80 @@
+//! [`kv_services`]: every etcd service of a member as one set of tonic routes.
+
+use std::sync::Arc;
+
+use tonic::service::Routes;
+
+use crate::auth::hub::AuthHub;
+use crate::auth_service::AuthService;
+use crate::backend::KvBackend;
+use crate::config::KvConfig;
+use crate::proto::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use crate::service::{ClusterService, KvService, MaintenanceService};
+use crate::shared::Shared;
+use crate::unsupported::{self, Unsupported};
+use crate::watch::WatchHub;
+use crate::watch_service::WatchService;
+
+/// The etcd services over one backend: `KV`, `Watch`, `Cluster`, `Maintenance` and `Auth`
+/// (plus stand-ins that answer every `Lease`, `Election` and `Lock` call with
+/// `UNIMPLEMENTED` and a message saying why). `hub` and `auth` must be the ones the backend's
+/// [`KvStateMachine`](crate::KvStateMachine) publishes to.
+///
+/// Serve them with tonic:
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use dengine_kv::{KvConfig, LocalBackend, WatchHub, kv_services};
+///
+/// let hub = WatchHub::default();
+/// let backend = Arc::new(LocalBackend::new(hub.clone(), "http://127.0.0.1:2380").await?);
+/// let auth = backend.auth_hub().clone();
+/// let routes = kv_services(backend, hub, auth, KvConfig::default());
+/// tonic::transport::Server::builder()
+///     .add_routes(routes)
+///     .serve("127.0.0.1:2379".parse()?)
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub fn kv_services<B: KvBackend>(
+    backend: Arc<B>,
+    hub: WatchHub,
+    auth: AuthHub,
+    config: KvConfig,
+) -> Routes {
+    add_kv_services(Routes::default(), backend, hub, auth, config)
+}
+
+/// [`kv_services`], added to existing `routes` (to serve them on a port shared with other
+/// services, such as dengine's peer and admin services).
+pub fn add_kv_services<B: KvBackend>(
+    routes: Routes,
+    backend: Arc<B>,
+    hub: WatchHub,
+    auth: AuthHub,
+    config: KvConfig,
+) -> Routes {
+    let shared = Arc::new(Shared {
+        backend,
+        hub,
+        auth,
+        config,
+    });
+    routes
+        .add_service(KvServer::new(KvService {
+            shared: shared.clone(),
+        }))
+        .add_service(WatchServer::new(WatchService::new(shared.clone())))
+        .add_service(ClusterServer::new(ClusterService {
+            shared: shared.clone(),
+        }))
+        .add_service(AuthServer::new(AuthService::new(shared.clone())))
+        .add_service(MaintenanceServer::new(MaintenanceService { shared }))
+        .add_service(Unsupported::<unsupported::Lease>::new())
+        .add_service(Unsupported::<unsupported::Election>::new())
+        .add_service(Unsupported::<unsupported::Lock>::new())
+}
