@@ -357,7 +357,6 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             propose_timeout,
             read_timeout: Duration::from_millis(client.read_timeout_ms),
             admin_timeout: propose_timeout.max(election * 4),
-            max_proposal_bytes: settings.raft.max_proposal_bytes,
         };
         Ok(Node::new(Arc::new(shared)))
     }

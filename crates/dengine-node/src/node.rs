@@ -82,7 +82,6 @@ pub(crate) struct Shared {
     pub(crate) propose_timeout: Duration,
     pub(crate) read_timeout: Duration,
     pub(crate) admin_timeout: Duration,
-    pub(crate) max_proposal_bytes: u64,
 }
 
 /// A running node: a cheap, cloneable handle (`Send + Sync`) on its event loop.
@@ -185,13 +184,6 @@ impl Node {
             return Err(self.stopped_or(ProposeError::ShuttingDown, |reason| {
                 ProposeError::Stopped { reason }
             }));
-        }
-        let size = command.len() as u64;
-        if size > self.shared.max_proposal_bytes {
-            return Err(ProposeError::TooLarge {
-                size,
-                max: self.shared.max_proposal_bytes,
-            });
         }
         let Some(_permit) = self.shared.pending.try_acquire() else {
             return Err(ProposeError::Busy(

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use dengine_core::{Entry, EntryPayload, LogIndex, Membership, SnapshotMeta, StateMachine};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::request::Event;
 use crate::error::{ProposeError, ReadError};
@@ -44,7 +44,8 @@ pub(crate) enum ApplyCmd {
 pub(crate) async fn run<M: StateMachine>(
     mut sm: M,
     mut rx: mpsc::Receiver<ApplyCmd>,
-    events: mpsc::UnboundedSender<Event>,
+    applied: watch::Sender<LogIndex>,
+    events: mpsc::Sender<Event>,
     mut membership: Membership,
 ) {
     while let Some(cmd) = rx.recv().await {
@@ -75,7 +76,7 @@ pub(crate) async fn run<M: StateMachine>(
                             let _ = r.tx.send(Ok(response.unwrap_or_default()));
                         }
                         metrics::gauge!(m::APPLIED_INDEX).set(last as f64);
-                        let _ = events.send(Event::Applied { index: last });
+                        applied.send_replace(last);
                     }
                     Err(e) => {
                         let reason = format!(
@@ -86,7 +87,7 @@ pub(crate) async fn run<M: StateMachine>(
                                 reason: reason.clone(),
                             }));
                         }
-                        let _ = events.send(Event::Fatal(reason));
+                        let _ = events.send(Event::Fatal(reason)).await;
                         return;
                     }
                 }
@@ -104,7 +105,7 @@ pub(crate) async fn run<M: StateMachine>(
                     snapshot.meta.membership = membership.clone();
                     snapshot
                 });
-                let _ = events.send(Event::SnapshotBuilt(result));
+                let _ = events.send(Event::SnapshotBuilt(result)).await;
             }
             ApplyCmd::Install { meta, data } => {
                 let result = sm
@@ -115,7 +116,7 @@ pub(crate) async fn run<M: StateMachine>(
                     membership = meta.membership.clone();
                     metrics::gauge!(m::APPLIED_INDEX).set(meta.last_included.index as f64);
                 }
-                let _ = events.send(Event::Installed { meta, data, result });
+                let _ = events.send(Event::Installed { meta, data, result }).await;
             }
         }
     }

@@ -37,14 +37,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dengine_core::store::Snapshot;
 use dengine_core::{
-    Entry, EntryPayload, LogIndex, LogStore, Membership, MessageBody, NodeId, PersistRequest,
-    Persisted, Raft, ReadCtx, ReadMode, Role, SnapshotMeta, SoftState, Transport,
+    Entry, EntryPayload, LogIndex, LogStore, Membership, Message, MessageBody, NodeId,
+    PersistRequest, Persisted, Raft, ReadCtx, ReadMode, Role, SnapshotMeta, SoftState, Transport,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use self::apply::{ApplyCmd, Responder};
-use self::request::{Event, Request};
+use self::request::{EVENT_QUEUE_LEN, Event, Request};
 use self::waiters::{Waiter, Waiters};
 use crate::api::Consistency;
 use crate::config::NodeConfig;
@@ -56,6 +56,10 @@ use crate::snapshot_dir::SnapshotDir;
 /// Most inputs of one kind taken in one turn before the `Ready` is processed, so that a flood
 /// of one kind cannot starve the others.
 const DRAIN_LIMIT: usize = 4096;
+
+/// Commands queued for the apply task; when full, the loop waits for the state machine
+/// instead of queueing committed entries without limit.
+const APPLY_QUEUE_LEN: usize = 64;
 
 /// Ticks between sweeps of abandoned requests and updates of the per-peer lag gauges.
 const SWEEP_TICKS: u64 = 20;
@@ -171,13 +175,19 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     refused_log: dengine_core::LogLimiter,
     /// Rate limit of the warnings about transient log reads that failed.
     read_error_log: dengine_core::LogLimiter,
-    pub(crate) events_rx: mpsc::UnboundedReceiver<Event>,
-    pub(crate) events_tx: mpsc::UnboundedSender<Event>,
+    /// The apply task's progress: the newest applied index.
+    applied_rx: watch::Receiver<LogIndex>,
+    /// The apply task's other reports (bounded, see [`Event`]).
+    events_rx: mpsc::Receiver<Event>,
     pub(crate) apply_tx: Option<mpsc::Sender<ApplyCmd>>,
     pub(crate) fatal: Arc<Mutex<Option<String>>>,
     snapshot_dir: Option<SnapshotDir>,
     apply_task: AbortOnDrop,
-    snapshot_senders: JoinSet<()>,
+    /// Snapshots being streamed to peers; each task reports the peer and whether the
+    /// snapshot was delivered.
+    snapshot_senders: JoinSet<(NodeId, bool)>,
+    /// The peer of each snapshot task, to report a task that panicked.
+    snapshot_peers: HashMap<tokio::task::Id, NodeId>,
     /// The synced write on the disk, if any (at most one at a time).
     writing: AbortOnDrop<WriteDone>,
     /// The writes handed out while `writing` runs, merged into one.
@@ -232,14 +242,16 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         state_machine: M,
         applied_membership: Membership,
     ) -> Self {
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_LEN);
+        let (applied_tx, applied_rx) = watch::channel(raft.applied_index());
         // Bounded: when the state machine falls behind, the loop waits for it instead of
         // queueing committed entries without limit.
-        let (apply_tx, apply_rx) = mpsc::channel(64);
+        let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE_LEN);
         let apply_task = tokio::spawn(apply::run(
             state_machine,
             apply_rx,
-            events_tx.clone(),
+            applied_tx,
+            events_tx,
             applied_membership,
         ));
         Runtime {
@@ -255,13 +267,14 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             published_config: None,
             refused_log: dengine_core::LogLimiter::per_ten_seconds(),
             read_error_log: dengine_core::LogLimiter::per_ten_seconds(),
+            applied_rx,
             events_rx,
-            events_tx,
             apply_tx: Some(apply_tx),
             fatal: parts.fatal,
             snapshot_dir: parts.snapshot_dir,
             apply_task: AbortOnDrop(Some(apply_task)),
             snapshot_senders: JoinSet::new(),
+            snapshot_peers: HashMap::new(),
             writing: AbortOnDrop(None),
             queued_write: None,
             waiters: Waiters::default(),
@@ -297,7 +310,12 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             let woke = tokio::select! {
                 _ = ticker.tick() => self.on_tick(),
                 done = write_finished(&mut self.writing) => self.on_write_done(done),
+                Ok(()) = self.applied_rx.changed() => self.on_applied(),
                 Some(event) = self.events_rx.recv() => self.on_event(event).await,
+                Some(sent) = self.snapshot_senders.join_next_with_id(), if !self.snapshot_senders.is_empty() => {
+                    self.on_snapshot_sent(sent);
+                    Ok(())
+                }
                 Some(input) = self.peer_rx.recv() => self.on_peer_input(input),
                 request = self.req_rx.recv() => match request {
                     Some(request) => self.on_request(request).await,
@@ -323,6 +341,9 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
 
     /// The rest of a turn: drain queued inputs, then carry out `Ready` until there is none.
     async fn turn(&mut self) -> Result<(), Fatal> {
+        if self.applied_rx.has_changed().unwrap_or(false) {
+            self.on_applied()?;
+        }
         for _ in 0..DRAIN_LIMIT {
             match self.events_rx.try_recv() {
                 Ok(event) => self.on_event(event).await?,
@@ -366,7 +387,6 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         for change in std::mem::take(&mut self.pending_changes) {
             self.try_change_membership(change);
         }
-        while self.snapshot_senders.try_join_next().is_some() {}
         if self.ticks.is_multiple_of(SWEEP_TICKS) {
             self.sweep_abandoned();
         } else {
@@ -542,20 +562,18 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
 
     // ----- events from the helper tasks --------------------------------------------------------
 
+    /// The apply task applied more entries.
+    fn on_applied(&mut self) -> Result<(), Fatal> {
+        let index = *self.applied_rx.borrow_and_update();
+        self.raft.on_applied(index);
+        Ok(())
+    }
+
     async fn on_event(&mut self, event: Event) -> Result<(), Fatal> {
         match event {
-            Event::Applied { index } => self.raft.on_applied(index),
             Event::SnapshotBuilt(result) => self.on_snapshot_built(result).await?,
             Event::Installed { meta, data, result } => {
                 self.on_snapshot_loaded(meta, data, result).await?;
-            }
-            Event::SnapshotSent { peer, delivered } => {
-                if delivered {
-                    metrics::counter!(m::SNAPSHOTS_SENT_TOTAL).increment(1);
-                } else {
-                    tracing::warn!(peer, "sending a snapshot failed; it will be retried");
-                }
-                self.raft.report_snapshot(peer, delivered);
             }
             Event::Fatal(reason) => return Err(reason),
         }
@@ -739,6 +757,18 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             self.on_write_done(finished)?;
         }
         Ok(())
+    }
+
+    /// Sends one peer message: through the transport's queue, or, for a snapshot, by
+    /// streaming its data in a task of its own (`snapshots.rs`).
+    fn send(&mut self, msg: Message) {
+        match &msg.body {
+            MessageBody::InstallSnapshot(meta) => {
+                let meta = meta.clone();
+                self.send_snapshot(msg, &meta);
+            }
+            _ => self.transport.send(msg),
+        }
     }
 
     fn on_soft_state(&mut self, soft: SoftState) {

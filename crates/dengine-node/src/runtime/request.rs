@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use dengine_core::store::Snapshot;
-use dengine_core::{LogIndex, Membership, MembershipChange, NodeId, SnapshotMeta};
+use dengine_core::{Membership, MembershipChange, NodeId, SnapshotMeta};
 use tokio::sync::oneshot;
 
 use crate::api::{Consistency, Status};
@@ -48,10 +48,15 @@ pub(crate) enum Request {
     },
 }
 
-/// Reports from the apply task and the snapshot senders.
+/// What the apply task reports besides its progress (which it publishes on a `watch`
+/// channel: only the newest applied index matters).
+///
+/// These travel on a bounded queue of [`EVENT_QUEUE_LEN`]. At most one of each kind is ever
+/// outstanding: the loop asks for one snapshot build and one installation at a time, and the
+/// task ends after `Fatal`. So the queue never fills; if it did, the apply task would wait
+/// for the loop to take an event (nothing is dropped), and the loop, which takes events on
+/// every turn, would free it.
 pub(crate) enum Event {
-    /// The state machine applied everything up to `index`.
-    Applied { index: LogIndex },
     /// A snapshot of the state machine was built.
     SnapshotBuilt(Result<Snapshot, String>),
     /// A snapshot from the leader was loaded into the state machine (or failed to).
@@ -60,8 +65,9 @@ pub(crate) enum Event {
         data: Bytes,
         result: Result<(), String>,
     },
-    /// A snapshot stream to `peer` ended.
-    SnapshotSent { peer: NodeId, delivered: bool },
     /// The state machine failed; the node must stop.
     Fatal(String),
 }
+
+/// Capacity of the apply task's [`Event`] queue (see there why it never fills).
+pub(crate) const EVENT_QUEUE_LEN: usize = 4;

@@ -4,10 +4,9 @@
 
 use bytes::Bytes;
 use dengine_core::store::Snapshot;
-use dengine_core::{LogStore, Message, MessageBody, SnapshotMeta, StorageError, Transport};
+use dengine_core::{LogStore, Message, NodeId, SnapshotMeta, StorageError, Transport};
 
 use super::apply::ApplyCmd;
-use super::request::Event;
 use super::waiters::Waiter;
 use super::{Fatal, Runtime};
 use crate::error::{AdminError, ProposeError};
@@ -121,11 +120,9 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         Ok(())
     }
 
-    pub(super) fn send(&mut self, msg: Message) {
-        let MessageBody::InstallSnapshot(meta) = &msg.body else {
-            self.transport.send(msg);
-            return;
-        };
+    /// Streams the snapshot an `InstallSnapshot` message announces to its peer, in a task of
+    /// its own (see [`on_snapshot_sent`](Self::on_snapshot_sent)); `meta` is the message's.
+    pub(super) fn send_snapshot(&mut self, msg: Message, meta: &SnapshotMeta) {
         let peer = msg.to;
         let data = self
             .snapshot_cache
@@ -149,8 +146,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         };
         tracing::info!(peer, index = meta.last_included.index, "sending a snapshot");
         let transport = self.transport.clone();
-        let events = self.events_tx.clone();
-        self.snapshot_senders.spawn(async move {
+        let task = self.snapshot_senders.spawn(async move {
             let delivered = match transport.send_snapshot(msg, data).await {
                 Ok(()) => true,
                 Err(e) => {
@@ -158,8 +154,34 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                     false
                 }
             };
-            let _ = events.send(Event::SnapshotSent { peer, delivered });
+            (peer, delivered)
         });
+        self.snapshot_peers.insert(task.id(), peer);
+    }
+
+    /// A snapshot stream ended: tell the core (which resumes appends, or tries again).
+    pub(super) fn on_snapshot_sent(
+        &mut self,
+        sent: Result<(tokio::task::Id, (NodeId, bool)), tokio::task::JoinError>,
+    ) {
+        let (peer, delivered) = match sent {
+            Ok((id, outcome)) => {
+                self.snapshot_peers.remove(&id);
+                outcome
+            }
+            Err(e) => match self.snapshot_peers.remove(&e.id()) {
+                // The task panicked: the snapshot did not arrive.
+                Some(peer) if e.is_panic() => (peer, false),
+                // Aborted at shutdown.
+                _ => return,
+            },
+        };
+        if delivered {
+            metrics::counter!(m::SNAPSHOTS_SENT_TOTAL).increment(1);
+        } else {
+            tracing::warn!(peer, "sending a snapshot failed; it will be retried");
+        }
+        self.raft.report_snapshot(peer, delivered);
     }
 
     pub(super) async fn build_snapshot(&mut self) -> Result<(), Fatal> {
