@@ -144,6 +144,14 @@ impl EtcdCluster {
             .collect()
     }
 
+    /// The members' process ids (of those running).
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// Where the data directories and logs are.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir

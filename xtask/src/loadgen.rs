@@ -37,6 +37,11 @@ pub(crate) struct LoadResult {
     pub(crate) last_10pct_rate: f64,
     /// The last error message, if any request failed.
     pub(crate) last_error: Option<String>,
+    /// Filled by the driver when it sampled the servers over the window: their CPU time
+    /// (user + system, all server processes) per successful request, µs.
+    pub(crate) cpu_us_per_op: Option<f64>,
+    /// Likewise: log syncs the servers reported per successful request.
+    pub(crate) syncs_per_op: Option<f64>,
 }
 
 impl LoadResult {
@@ -64,6 +69,8 @@ impl LoadResult {
                 .get("last_error")
                 .and_then(Value::as_str)
                 .map(String::from),
+            cpu_us_per_op: None,
+            syncs_per_op: None,
         }
     }
 }

@@ -19,6 +19,7 @@ mod e2e;
 mod etcd;
 mod loadgen;
 mod machine;
+mod probe;
 mod soak;
 
 use std::path::PathBuf;

@@ -68,6 +68,11 @@ pub const PROPOSAL_LATENCY_SECONDS: &str = "dengine_proposal_latency_seconds";
 /// Histogram (seconds): one `LogStore::persist` call, including its fsync.
 pub const APPEND_LATENCY_SECONDS: &str = "dengine_append_latency_seconds";
 
+/// Counter: `LogStore::persist` calls that made their write durable (a sync), i.e. the
+/// syncs the runtime asked for; `storage.fsync = false` asks for none. (A store may sync more
+/// than once per call: a redb commit does two.)
+pub const LOG_SYNCS_TOTAL: &str = "dengine_log_syncs_total";
+
 /// Histogram: entries written by one `LogStore::persist` call (the group-commit batch).
 pub const APPEND_BATCH_ENTRIES: &str = "dengine_append_batch_entries";
 
@@ -258,6 +263,13 @@ pub const METRICS: &[MetricInfo] = &[
         labels: &[],
         unit: Some(Unit::Seconds),
         help: "Duration of one log-store persist call, including its fsync.",
+    },
+    MetricInfo {
+        name: LOG_SYNCS_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &[],
+        unit: None,
+        help: "Log-store persist calls that synced their write (the syncs the runtime asked for).",
     },
     MetricInfo {
         name: APPEND_BATCH_ENTRIES,

@@ -4,8 +4,9 @@
 //! binary, options and code path drive dengine-kv and etcd: N clients, each with one request
 //! at a time, share C connections spread round-robin over the endpoints; every successful
 //! request's latency is recorded, errors are counted apart. Output is JSON lines on stdout
-//! (`"event": "progress"` per report period, then one `"event": "result"`), which xtask
-//! parses; `--help` lists the options.
+//! (`"event": "progress"` per report period, `"event": "window"` with `"edge": "start"` and
+//! `"end"` around the measured window, then one `"event": "result"`), which xtask parses;
+//! `--help` lists the options.
 
 mod args;
 mod run;

@@ -207,6 +207,9 @@ pub(crate) async fn run(opts: Options) -> Result<(), String> {
     let mut done_at_window_start = 0;
     let mut last = (Instant::now(), 0u64);
     let deadline = shared.start + opts.warmup + opts.seconds;
+    if shared.measuring.load(Ordering::Relaxed) {
+        emit(json!({"event": "window", "edge": "start"}));
+    }
     loop {
         let now = Instant::now();
         let warmup_end = shared.start + opts.warmup;
@@ -230,6 +233,8 @@ pub(crate) async fn run(opts: Options) -> Result<(), String> {
             done_at_window_start = shared.done.load(Ordering::Relaxed);
             window_start = now;
             shared.measuring.store(true, Ordering::Relaxed);
+            // For a driver that samples the servers (CPU, syncs) over exactly the window.
+            emit(json!({"event": "window", "edge": "start"}));
         }
         if now >= next_report {
             let done = shared.done.load(Ordering::Relaxed);
@@ -247,6 +252,7 @@ pub(crate) async fn run(opts: Options) -> Result<(), String> {
     }
     shared.measuring.store(false, Ordering::Relaxed);
     shared.stop.store(true, Ordering::Relaxed);
+    emit(json!({"event": "window", "edge": "end"}));
     let mut window = window_start.elapsed();
     let finished_ns = shared.decile_ns[2].load(Ordering::Relaxed);
     if opts.total.is_some() && finished_ns > 0 {

@@ -123,6 +123,8 @@ impl<R> Drop for AbortOnDrop<R> {
 struct WriteDone {
     /// What to report to the core; `None` when the task itself failed.
     done: Option<Persisted>,
+    /// Whether the write was synced.
+    synced: bool,
     entries: usize,
     elapsed: Duration,
     result: Result<(), Fatal>,
@@ -135,6 +137,7 @@ async fn write_finished(writing: &mut AbortOnDrop<WriteDone>) -> WriteDone {
             Ok(done) => done,
             Err(e) => WriteDone {
                 done: None,
+                synced: false,
                 entries: 0,
                 elapsed: Duration::ZERO,
                 result: Err(format!("the log store write task failed: {e}")),
@@ -707,6 +710,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         let result = self::write(&*self.store, &write).await;
         self.on_write_done(WriteDone {
             done: Some(write.done()),
+            synced: false,
             entries: write.entries.len(),
             elapsed: started.elapsed(),
             result,
@@ -720,6 +724,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             let result = write(&*store, &request).await;
             WriteDone {
                 done: Some(request.done()),
+                synced: request.must_sync,
                 entries: request.entries.len(),
                 elapsed: started.elapsed(),
                 result,
@@ -732,6 +737,9 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         self.writing.0 = None;
         finished.result?;
         metrics::histogram!(m::APPEND_LATENCY_SECONDS).record(finished.elapsed.as_secs_f64());
+        if finished.synced {
+            metrics::counter!(m::LOG_SYNCS_TOTAL).increment(1);
+        }
         if finished.entries > 0 {
             metrics::histogram!(m::APPEND_BATCH_ENTRIES).record(finished.entries as f64);
         }
