@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use dengine_core::store::{SnapshotMeta, validate_range};
 use dengine_core::{Entry, EntryId, HardState, LogIndex, StorageError, Term};
+use dengine_storage_common::io_error;
 
 use crate::format;
 use crate::vfs::VFile;
@@ -237,11 +238,7 @@ impl<F: VFile> View<F> {
         let mut buf = vec![0u8; span];
         seg.file
             .read_at(&mut buf, u64::from(first.offset))
-            .map_err(|source| StorageError::Io {
-                path: seg.path.clone(),
-                op: "reading entries from",
-                source,
-            })?;
+            .map_err(io_error(&seg.path, "reading entries from"))?;
         let mut out = Vec::with_capacity(count as usize);
         for index in from..from + count {
             let Some(loc) = self.loc(index) else { break };
