@@ -194,9 +194,7 @@ impl SyncLog for WalLog {
     }
 
     fn read(&self, range: Range<LogIndex>, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
-        let mut out = Vec::new();
-        self.wal.read(range.start, range.end, max_bytes, &mut out)?;
-        Ok(out)
+        self.wal.view().read(range, max_bytes)
     }
 
     fn load_state(&self) -> Result<StoredState, StorageError> {

@@ -46,14 +46,10 @@ impl Model {
 
 fn observe(wal: &Wal<SimFs>) -> Model {
     let state = wal.load_state();
-    let mut entries = Vec::new();
-    wal.read(
-        state.first_index,
-        state.last_index + 1,
-        u64::MAX,
-        &mut entries,
-    )
-    .unwrap();
+    let entries = wal
+        .view()
+        .read(state.first_index..state.last_index + 1, u64::MAX)
+        .unwrap();
     assert_eq!(
         entries.len() as u64,
         state.last_index + 1 - state.first_index

@@ -7,6 +7,7 @@
 //! [`Entry::size_bytes`]; the newest entry is always cached).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -162,15 +163,15 @@ impl<F: VFile> View<F> {
         self.compacted = at;
     }
 
-    /// Appends to `out` the entries in `[low, high)` within `max_bytes` (at least one).
+    /// The entries in `range` within `max_bytes` (at least one).
     pub(crate) fn read(
         &self,
-        low: LogIndex,
-        high: LogIndex,
+        range: Range<LogIndex>,
         max_bytes: u64,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (low, high) = (range.start, range.end);
         validate_range(low, high, self.first_index(), self.last_index())?;
+        let mut out = Vec::new();
         let mut bytes = 0u64;
         let mut index = low;
         let cache_first = self.cache_first();
@@ -181,7 +182,7 @@ impl<F: VFile> View<F> {
                 };
                 bytes = bytes.saturating_add(e.size_bytes());
                 if bytes > max_bytes && index > low {
-                    return Ok(());
+                    return Ok(out);
                 }
                 out.push(e.clone());
                 index += 1;
@@ -193,13 +194,13 @@ impl<F: VFile> View<F> {
             for entry in read {
                 bytes = bytes.saturating_add(entry.size_bytes());
                 if bytes > max_bytes && index > low {
-                    return Ok(());
+                    return Ok(out);
                 }
                 out.push(entry);
                 index += 1;
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Reads entries from `from` (not cached) on, as many as one span holds (at least one).

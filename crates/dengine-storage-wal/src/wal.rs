@@ -19,9 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dengine_core::store::{SnapshotMeta, validate_persist, validate_snapshot};
-use dengine_core::{
-    Entry, EntryId, HardState, LogIndex, PersistRequest, StorageError, StoredState, Term,
-};
+use dengine_core::{EntryId, HardState, LogIndex, PersistRequest, StorageError, StoredState, Term};
 use dengine_storage_common::io_error;
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -145,16 +143,6 @@ impl<V: Vfs> Wal<V> {
             last_index: v.last_index(),
             snapshot_meta: v.snapshot.clone(),
         }
-    }
-
-    pub(crate) fn read(
-        &self,
-        low: LogIndex,
-        high: LogIndex,
-        max_bytes: u64,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), StorageError> {
-        self.view().read(low, high, max_bytes, out)
     }
 
     pub(crate) fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
