@@ -11,32 +11,38 @@
 //! replication with flow control and fast conflict backtracking, the current-term commit rule,
 //! ReadIndex and lease reads, forwarded follower reads, proposal limits, joint-consensus and
 //! single-server membership changes with learners, leader transfer, snapshots and compaction.
-//! The contracts that outer crates implement live in [`store`] (`LogStore`, `StateMachine`)
-//! and [`transport`] (`Transport`, `Inbox`).
+//! The contracts that outer crates implement live in [`store`] (`LogReader`, `LogStore`,
+//! `StateMachine`, and their one error type, `StorageError`) and [`transport`] (`Transport`,
+//! `Inbox`). With feature `memory`, [`store`] also holds the in-memory implementations
+//! (`MemoryStore`, `MemoryStateMachine`) that tests, examples and the simulator use.
 //!
 //! ## Example: three nodes elect a leader and commit an entry
 //!
+//! (The example uses the in-memory store of feature `memory`.)
+//!
 //! ```
+//! # #[cfg(feature = "memory")]
+//! # {
 //! use bytes::Bytes;
-//! use dengine_core::{Config, EntryPayload, InitialState, Membership, MemoryLog, Message, Raft, Role};
+//! use dengine_core::{Config, EntryPayload, InitialState, Membership, MemoryStore, Message, Raft, Role};
 //!
 //! let members = Membership::new([1, 2, 3]);
-//! let mut nodes: Vec<Raft<MemoryLog>> = (1..=3)
+//! let mut nodes: Vec<Raft<MemoryStore>> = (1..=3)
 //!     .map(|id| {
 //!         let initial = InitialState { membership: members.clone(), ..Default::default() };
-//!         Raft::new(Config::new(id), MemoryLog::new(), initial).unwrap()
+//!         Raft::new(Config::new(id), MemoryStore::new(), initial).unwrap()
 //!     })
 //!     .collect();
 //!
 //! // One turn of a runtime for every node: persist, report it, route messages, apply.
-//! fn run(nodes: &mut [Raft<MemoryLog>], applied: &mut Vec<Bytes>) {
+//! fn run(nodes: &mut [Raft<MemoryStore>], applied: &mut Vec<Bytes>) {
 //!     loop {
 //!         let mut inbox: Vec<Message> = Vec::new();
 //!         for node in nodes.iter_mut() {
 //!             while node.has_ready() {
 //!                 let ready = node.ready();
 //!                 if let Some(write) = &ready.persist {
-//!                     node.log_reader_mut().persist(write).unwrap(); // "fsync"
+//!                     node.log_reader().persist_now(write).unwrap(); // "fsync"
 //!                     node.on_persisted(write.done());
 //!                 }
 //!                 inbox.extend(ready.messages);
@@ -73,6 +79,7 @@
 //! run(&mut nodes, &mut applied);
 //! assert!(nodes.iter().all(|n| n.commit_index() >= id.index));
 //! assert_eq!(applied, [Bytes::from_static(b"x = 1")]);
+//! # }
 //! ```
 
 #![cfg_attr(
@@ -89,7 +96,6 @@ mod quorum;
 mod raft;
 mod ready;
 mod rng;
-mod storage;
 pub mod store;
 pub mod transport;
 mod types;
@@ -107,12 +113,12 @@ pub use raft::{
     InitialState, MembershipChange, MembershipError, PeerProgress, Raft, SnapshotError, StepError,
     TransferError,
 };
-pub use ready::{
-    FailedRead, PeerRegression, PersistRequest, Persisted, ProposeError, ReadError, ReadMode,
-    ReadState, Ready,
+pub use ready::{FailedRead, PeerRegression, ProposeError, ReadError, ReadMode, ReadState, Ready};
+#[cfg(feature = "memory")]
+pub use store::MemoryStore;
+pub use store::{
+    LogReader, LogStore, PersistRequest, Persisted, StateMachine, StorageError, StoredState,
 };
-pub use storage::{LogError, LogReader, MemoryLog};
-pub use store::{LogStore, StateMachine, StorageError, StoredState};
 pub use transport::{ClusterView, Inbox, InboxError, Transport, TransportError};
 pub use types::{
     ENTRY_OVERHEAD_BYTES, Entry, EntryId, EntryPayload, HardState, LogIndex, MAX_INDEX, MAX_TERM,

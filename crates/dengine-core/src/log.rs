@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use crate::storage::{LogError, LogReader};
+use crate::store::{LogReader, StorageError};
 use crate::types::{Entry, EntryId, LogIndex, Term};
 
 pub(crate) struct RaftLog<L> {
@@ -71,11 +71,11 @@ impl<L: LogReader> RaftLog<L> {
         EntryId::new(self.term(index).unwrap_or(0), index)
     }
 
-    pub(crate) fn term(&self, index: LogIndex) -> Result<Term, LogError> {
+    pub(crate) fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
         if index >= self.unstable_offset && !self.unstable.is_empty() {
             return match self.unstable.get((index - self.unstable_offset) as usize) {
                 Some(e) => Ok(e.term),
-                None => Err(LogError::Unavailable {
+                None => Err(StorageError::Unavailable {
                     index,
                     last_index: self.last_index(),
                 }),
@@ -232,7 +232,7 @@ impl<L: LogReader> RaftLog<L> {
         low: LogIndex,
         high: LogIndex,
         max_bytes: u64,
-    ) -> Result<Vec<Entry>, LogError> {
+    ) -> Result<Vec<Entry>, StorageError> {
         if low >= high {
             return Ok(Vec::new());
         }
@@ -240,13 +240,13 @@ impl<L: LogReader> RaftLog<L> {
         // `cargo xtask bench core` (replication and apply read every entry through here).
         let mut out = Vec::with_capacity(usize::try_from(high - low).unwrap_or(0).min(1024));
         if low < self.first_index() {
-            return Err(LogError::Compacted {
+            return Err(StorageError::Compacted {
                 index: low,
                 first_index: self.first_index(),
             });
         }
         if high > self.last_index() + 1 {
-            return Err(LogError::Unavailable {
+            return Err(StorageError::Unavailable {
                 index: high - 1,
                 last_index: self.last_index(),
             });
@@ -281,7 +281,7 @@ impl<L: LogReader> RaftLog<L> {
     /// Committed, durable entries not yet handed out for applying, up to `max_bytes`.
     /// Only durable entries are applied, so a crash never leaves the state machine ahead of
     /// the log.
-    pub(crate) fn next_committed(&mut self, max_bytes: u64) -> Result<Vec<Entry>, LogError> {
+    pub(crate) fn next_committed(&mut self, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
         let high = self.committed.min(self.persisted) + 1;
         let low = self.applying + 1;
         let out = self.entries(low, high, max_bytes)?;
@@ -299,17 +299,23 @@ impl<L: LogReader> RaftLog<L> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::MemoryLog;
+    use crate::store::{MemoryStore, PersistRequest};
     use crate::types::EntryPayload;
 
     fn e(term: Term, index: LogIndex) -> Entry {
         Entry::new(term, index, EntryPayload::Blank)
     }
 
-    fn log_with(entries: &[Entry]) -> RaftLog<MemoryLog> {
-        let mut store = MemoryLog::new();
-        store.append(entries).unwrap();
-        RaftLog::new(store, 0, 0)
+    fn store_with(entries: &[Entry]) -> MemoryStore {
+        let store = MemoryStore::new();
+        store
+            .persist_now(&PersistRequest::new(None, entries.to_vec(), true))
+            .unwrap();
+        store
+    }
+
+    fn log_with(entries: &[Entry]) -> RaftLog<MemoryStore> {
+        RaftLog::new(store_with(entries), 0, 0)
     }
 
     #[test]
@@ -317,7 +323,7 @@ mod tests {
         let mut log = log_with(&[e(1, 1), e(1, 2), e(1, 3)]);
         log.truncate_and_append(&[e(2, 2)]);
         assert_eq!(log.last_id(), EntryId::new(2, 2));
-        assert_eq!(log.term(1), Ok(1));
+        assert_eq!(log.term(1).ok(), Some(1));
         assert_eq!(
             log.persisted, 1,
             "the overwritten durable entries no longer count"
@@ -344,8 +350,7 @@ mod tests {
     fn restart_never_hands_applied_entries_back() {
         // The commit index is saved lazily; the state machine had applied further (found by
         // the simulator: re-applied compare-and-sets diverged the state).
-        let mut store = MemoryLog::new();
-        store.append(&[e(1, 1), e(1, 2), e(1, 3), e(1, 4)]).unwrap();
+        let store = store_with(&[e(1, 1), e(1, 2), e(1, 3), e(1, 4)]);
         let mut log = RaftLog::new(store, 1, 3);
         assert_eq!((log.committed, log.applied), (3, 3));
         assert_eq!(log.next_committed(u64::MAX).unwrap(), vec![]);
@@ -368,7 +373,9 @@ mod tests {
         assert_eq!(log.next_committed(u64::MAX).unwrap(), vec![e(1, 1)]);
         assert!(!log.has_next_committed());
         let written = log.take_unwritten();
-        log.store.append(&written).unwrap();
+        log.store
+            .persist_now(&PersistRequest::new(None, written, true))
+            .unwrap();
         log.on_persisted(EntryId::new(1, 2));
         assert_eq!(log.next_committed(u64::MAX).unwrap(), vec![e(1, 2)]);
     }

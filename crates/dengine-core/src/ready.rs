@@ -1,9 +1,11 @@
-//! The output of the core: one [`Ready`] bundle per turn, and the acknowledgement types that
-//! feed I/O completion back in. The contract is documented on [`Ready`].
+//! The output of the core: one [`Ready`] bundle per turn, with the reads, failures and
+//! peer regressions it reports. The contract is documented on [`Ready`]; the write it hands
+//! out ([`PersistRequest`]) and its acknowledgement belong to the storage contract
+//! ([`crate::store`]).
 
 use crate::message::{Message, ReadCtx};
-use crate::storage::LogError;
-use crate::types::{Entry, EntryId, HardState, LogIndex, NodeId, SnapshotMeta, SoftState};
+use crate::store::{PersistRequest, StorageError};
+use crate::types::{Entry, LogIndex, NodeId, SnapshotMeta, SoftState};
 
 /// A follower was found to have lost log entries it had acknowledged to this leader: its
 /// storage was wiped, damaged or rolled back (or replaced by an older copy). The leader no
@@ -66,80 +68,10 @@ pub struct Ready {
     /// Storage reads that failed while the core handled inputs. The core carries on where it
     /// safely can (skipping a send, rejecting a message), but a read that failed because the
     /// storage is damaged will fail again on every retry: a runtime should stop the node on
-    /// [`LogError::Storage`] rather than log it in a loop.
-    pub storage_errors: Vec<LogError>,
+    /// any error that is not [`StorageError::is_out_of_range`] rather than log it in a loop.
+    pub storage_errors: Vec<StorageError>,
     /// Followers found to have lost entries they had acknowledged (leader only).
     pub regressed_peers: Vec<PeerRegression>,
-}
-
-/// A write the runtime must make durable.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[must_use = "the runtime must persist this and report it with Raft::on_persisted"]
-pub struct PersistRequest {
-    pub(crate) write_id: u64,
-    /// New hard state to save, if it changed.
-    pub hard_state: Option<HardState>,
-    /// Entries to write: first discard every stored entry at or after `entries[0].index`, then
-    /// append these.
-    pub entries: Vec<Entry>,
-    /// Whether the write must be synced to disk before it is reported done. False only when
-    /// nothing but the commit index changed, which may be written lazily (losing it is safe).
-    pub must_sync: bool,
-    /// The last entry written by this write or an earlier one: acknowledging this write
-    /// acknowledges it too (writes are durable in order).
-    pub(crate) covers_entry: Option<EntryId>,
-}
-
-impl PersistRequest {
-    /// The acknowledgement to pass to [`Raft::on_persisted`](crate::Raft::on_persisted) once
-    /// this write (and every earlier one) is durable.
-    pub fn done(&self) -> Persisted {
-        Persisted {
-            write_id: self.write_id,
-            last_entry: self.covers_entry,
-        }
-    }
-
-    /// Folds `later`, a write handed out after this one, into this one, for a runtime that
-    /// pipelines writes: while one write is on the disk, the writes the core hands out next
-    /// can be combined into a single write with a single sync (group commit across turns).
-    ///
-    /// The combined write does exactly what the two would have done one after the other:
-    /// entries from `later.entries[0].index` on replace this write's entries there (a
-    /// follower's log was overwritten in between), the newer hard state wins, it syncs if
-    /// either did, and its [`done`](Self::done) acknowledges both (acknowledgements are
-    /// cumulative, see [`Raft::on_persisted`](crate::Raft::on_persisted)). Only merge writes
-    /// that have not started, and always the later into the earlier.
-    pub fn merge(&mut self, later: PersistRequest) {
-        debug_assert!(later.write_id > self.write_id || later.write_id == 0);
-        if let Some(first) = later.entries.first() {
-            let keep = self.entries.partition_point(|e| e.index < first.index);
-            self.entries.truncate(keep);
-            // Consecutive writes never leave a gap: the later write continues the log or
-            // overwrites part of it.
-            debug_assert!(
-                self.entries
-                    .last()
-                    .is_none_or(|last| last.index + 1 == first.index)
-            );
-            self.entries.extend(later.entries);
-        }
-        if later.hard_state.is_some() {
-            self.hard_state = later.hard_state;
-        }
-        self.must_sync |= later.must_sync;
-        self.write_id = later.write_id;
-        self.covers_entry = later.covers_entry;
-    }
-}
-
-/// Acknowledgement that a [`PersistRequest`] is durable. Writes are acknowledged in order: an
-/// acknowledgement covers every earlier write too. It names the last entry by (term, index),
-/// so an entry overwritten in the meantime is never mistaken for the one written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Persisted {
-    pub(crate) write_id: u64,
-    pub(crate) last_entry: Option<EntryId>,
 }
 
 /// A read that may be served: the state machine has applied at least up to `index`, which

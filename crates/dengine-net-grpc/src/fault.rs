@@ -7,11 +7,12 @@
 //! side only gives a one-way partition.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use dengine_core::{Message, NodeId, Transport, TransportError};
+use parking_lot::{Mutex, MutexGuard};
 
 /// The fault settings in force, changed at any time through a [`FaultHandle`].
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -62,7 +63,7 @@ pub struct FaultHandle {
 
 impl FaultHandle {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     /// Replaces all fault settings.
@@ -230,7 +231,7 @@ mod tests {
 
     impl Transport for Recorder {
         fn send(&self, message: Message) {
-            self.0.lock().unwrap().push(message);
+            self.0.lock().push(message);
         }
         async fn send_snapshot(&self, _m: Message, _d: Bytes) -> Result<(), TransportError> {
             Ok(())
@@ -260,7 +261,7 @@ mod tests {
             t.send(msg(2, i));
             t.send(msg(3, i));
         }
-        let sent = t.inner().0.lock().unwrap().clone();
+        let sent = t.inner().0.lock().clone();
         assert_eq!(sent.len(), 100);
         assert!(sent.iter().all(|m| m.to == 2));
         h.heal();
@@ -269,7 +270,7 @@ mod tests {
         for i in 0..2000 {
             t.send(msg(2, i));
         }
-        let n = t.inner().0.lock().unwrap().len() - 100;
+        let n = t.inner().0.lock().len() - 100;
         // Kept ~1000, of which ~half duplicated: ~1500 arrive.
         assert!((1300..1700).contains(&n), "{n}");
         let (dropped, duplicated, _) = h.counts();
@@ -283,9 +284,9 @@ mod tests {
         let h = t.handle();
         h.set_delay(Some((Duration::from_millis(20), Duration::from_millis(40))));
         t.send(msg(2, 1));
-        assert!(t.inner().0.lock().unwrap().is_empty());
+        assert!(t.inner().0.lock().is_empty());
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(t.inner().0.lock().unwrap().len(), 1);
+        assert_eq!(t.inner().0.lock().len(), 1);
         h.heal();
         h.block([2]);
         let r = t.send_snapshot(msg(2, 0), Bytes::new()).await;

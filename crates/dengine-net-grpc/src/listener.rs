@@ -364,7 +364,7 @@ impl Accept {
     ) {
         let (mut refused, mut errors) =
             (LogLimiter::per_ten_seconds(), LogLimiter::per_ten_seconds());
-        let failed_log = Arc::new(std::sync::Mutex::new(LogLimiter::per_ten_seconds()));
+        let failed_log = Arc::new(parking_lot::Mutex::new(LogLimiter::per_ten_seconds()));
         while let Some((stream, permit, accepted)) =
             self.next(&mut stopped, &mut refused, &mut errors).await
         {
@@ -390,10 +390,7 @@ impl Accept {
                     "listener" => name, "reason" => problem.0
                 )
                 .increment(1);
-                let allowed = failed_log
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .allow(Instant::now());
+                let allowed = failed_log.lock().allow(Instant::now());
                 if let Some(suppressed) = allowed {
                     tracing::warn!(
                         listener = name,

@@ -323,13 +323,7 @@ impl Peer for PeerService {
             .inbox()
             .and_then(|inbox| inbox.describe())
             .unwrap_or_default();
-        let known_incarnation = common
-            .incarnations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&from)
-            .copied()
-            .unwrap_or(0);
+        let known_incarnation = common.incarnations.lock().get(&from).copied().unwrap_or(0);
         Ok(Response::new(pb::ProbeReply {
             term: view.term,
             membership: Some(crate::convert::encode_membership(&view.membership)),

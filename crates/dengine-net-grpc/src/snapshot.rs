@@ -11,8 +11,10 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -257,12 +259,7 @@ impl Receiver {
     }
 
     fn slot(&self, from: NodeId) -> Arc<Slot> {
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(from)
-            .or_default()
-            .clone()
+        self.slots.lock().entry(from).or_default().clone()
     }
 
     /// Drops a partial snapshot and its file.
@@ -275,13 +272,7 @@ impl Receiver {
 
     /// Deletes partial snapshots nobody continued for `after` (their slots are idle).
     async fn discard_abandoned(&self, after: Duration) {
-        let slots: Vec<Arc<Slot>> = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let slots: Vec<Arc<Slot>> = self.slots.lock().values().cloned().collect();
         for slot in slots {
             let Ok(mut guard) = slot.partial.try_lock() else {
                 continue; // an upload is running

@@ -2,11 +2,12 @@
 //! state the server side uses to route responses back on inbound streams.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use dengine_core::{Inbox, Message, MessageBody, NodeId, Transport, TransportError};
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,7 +29,7 @@ pub(crate) struct Common {
     pub(crate) config: GrpcConfig,
     pub(crate) tls: Option<LoadedTls>,
     pub(crate) stats: Counters,
-    pub(crate) inbox: std::sync::RwLock<Option<Arc<dyn Inbox>>>,
+    pub(crate) inbox: RwLock<Option<Arc<dyn Inbox>>>,
     pub(crate) limits: DecodeLimits,
     pub(crate) auth: PeerAuth,
     /// Rate limit of the warnings about refused peer traffic.
@@ -91,7 +92,7 @@ impl Common {
         if incarnation == 0 {
             return;
         }
-        let previous = lock(&self.incarnations).insert(from, incarnation);
+        let previous = self.incarnations.lock().insert(from, incarnation);
         if let Some(previous) = previous
             && previous != incarnation
         {
@@ -136,7 +137,7 @@ impl Common {
     pub(crate) fn refused(&self, what: &'static str, from: NodeId, detail: &str) {
         Counters::add(&self.stats.refused);
         metrics::counter!("dengine_peer_refused_total", "kind" => what).increment(1);
-        let allowed = lock(&self.refused_log).allow(std::time::Instant::now());
+        let allowed = self.refused_log.lock().allow(std::time::Instant::now());
         if let Some(suppressed) = allowed {
             tracing::warn!(
                 node = self.config.id,
@@ -218,7 +219,7 @@ impl Common {
 
     /// The inbox in force (replaced when a server is started again).
     pub(crate) fn inbox(&self) -> Option<Arc<dyn Inbox>> {
-        self.inbox.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inbox.read().clone()
     }
 
     fn hand_to_inbox(&self, message: Message) {
@@ -355,12 +356,6 @@ pub(crate) struct Shared {
     next_generation: std::sync::atomic::AtomicU64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks cannot leave the maps inconsistent (every
-    // critical section is a single insert/remove/lookup), so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Shared {
     /// Records the inbound stream from `from`; returns its generation for
     /// [`unregister_route`](Self::unregister_route).
@@ -372,12 +367,12 @@ impl Shared {
         let generation = self
             .next_generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        lock(&self.routes).insert(from, Route { generation, tx });
+        self.routes.lock().insert(from, Route { generation, tx });
         generation
     }
 
     pub(crate) fn unregister_route(&self, from: NodeId, generation: u64) {
-        let mut routes = lock(&self.routes);
+        let mut routes = self.routes.lock();
         if routes
             .get(&from)
             .is_some_and(|r| r.generation == generation)
@@ -477,7 +472,7 @@ impl GrpcTransport {
                     config,
                     tls,
                     stats: Counters::default(),
-                    inbox: std::sync::RwLock::new(None),
+                    inbox: RwLock::new(None),
                     limits,
                     auth,
                     refused_log: Mutex::new(dengine_core::LogLimiter::per_ten_seconds()),
@@ -503,12 +498,7 @@ impl GrpcTransport {
     /// Sets the inbox that messages from peers are delivered to (replacing an earlier one).
     /// Done by [`serve`](Self::serve) and [`peer_service`](Self::peer_service).
     pub fn set_inbox(&self, inbox: Arc<dyn Inbox>) {
-        *self
-            .shared
-            .common
-            .inbox
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(inbox);
+        *self.shared.common.inbox.write() = Some(inbox);
     }
 
     /// A channel to the peer listener of the member at `address` (`host:port`), with this
@@ -575,7 +565,9 @@ impl GrpcTransport {
 
     /// The current address of `peer`, if known.
     pub fn peer_address(&self, peer: NodeId) -> Option<String> {
-        lock(&self.shared.peers)
+        self.shared
+            .peers
+            .lock()
             .get(&peer)
             .map(|p| p.address.clone())
     }
@@ -584,7 +576,7 @@ impl GrpcTransport {
         let stats = &self.shared.common.stats;
         let election = is_election(&message.body);
         if message.body.is_response() && !election {
-            let mut routes = lock(&self.shared.routes);
+            let mut routes = self.shared.routes.lock();
             if let Some(route) = routes.get(&message.to) {
                 let wire = self.shared.common.encode(&message);
                 match route.tx.try_send(Ok(wire)) {
@@ -602,7 +594,7 @@ impl GrpcTransport {
                 }
             }
         }
-        let peers = lock(&self.shared.peers);
+        let peers = self.shared.peers.lock();
         let Some(peer) = peers.get(&message.to) else {
             Counters::dropped(&stats.dropped_unknown_peer, "unknown_peer");
             return;
@@ -639,7 +631,7 @@ impl Transport for GrpcTransport {
         if id == self.id() {
             return;
         }
-        let mut peers = lock(&self.shared.peers);
+        let mut peers = self.shared.peers.lock();
         if peers.get(&id).is_some_and(|p| p.address == address) {
             return;
         }
@@ -665,8 +657,8 @@ impl Transport for GrpcTransport {
     }
 
     fn remove_peer(&self, id: NodeId) {
-        lock(&self.shared.peers).remove(&id);
-        lock(&self.shared.routes).remove(&id);
+        self.shared.peers.lock().remove(&id);
+        self.shared.routes.lock().remove(&id);
     }
 }
 

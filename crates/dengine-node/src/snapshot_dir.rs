@@ -6,7 +6,7 @@
 //! synced, then renamed (so a crash leaves either the old set or the new file complete):
 //!
 //! ```text
-//! "DSNAP001" | u32 meta_len | meta record (store::codec, with its CRC) |
+//! "DSNAP001" | u32 meta_len | meta record (dengine_storage_common::codec, with its CRC) |
 //! u64 data_len | u32 crc32(data) | data
 //! ```
 //!
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use dengine_core::store::Snapshot;
-use dengine_core::store::codec::{decode_snapshot_meta, encode_snapshot_meta};
+use dengine_storage_common::codec::{decode_snapshot_meta, encode_snapshot_meta};
 
 const MAGIC: &[u8; 8] = b"DSNAP001";
 const SUFFIX: &str = ".dsnap";

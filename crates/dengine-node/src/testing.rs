@@ -4,13 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use dengine_core::{Inbox, InboxError, Message, NodeId, Transport, TransportError};
+use parking_lot::Mutex;
 
 use crate::inbox::NodeInbox;
-use crate::node::lock;
 
 #[derive(Default)]
 struct NetState {
@@ -75,7 +75,7 @@ pub struct LocalNetwork {
 
 impl std::fmt::Debug for LocalNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = lock(&self.state);
+        let s = self.state.lock();
         f.debug_struct("LocalNetwork")
             .field("nodes", &s.inboxes.keys().collect::<Vec<_>>())
             .field("isolated", &s.isolated)
@@ -96,12 +96,12 @@ impl LocalNetwork {
 
     /// Delivers messages for `id` to `inbox` from now on (replacing an earlier inbox).
     pub fn register(&self, id: NodeId, inbox: NodeInbox) {
-        lock(&self.state).inboxes.insert(id, inbox);
+        self.state.lock().inboxes.insert(id, inbox);
     }
 
     /// Stops delivering to `id` (its messages are dropped).
     pub fn unregister(&self, id: NodeId) {
-        lock(&self.state).inboxes.remove(&id);
+        self.state.lock().inboxes.remove(&id);
     }
 
     /// The transport of node `id`.
@@ -114,22 +114,22 @@ impl LocalNetwork {
 
     /// Cuts every link to and from `id`.
     pub fn isolate(&self, id: NodeId) {
-        lock(&self.state).isolated.insert(id);
+        self.state.lock().isolated.insert(id);
     }
 
     /// Reconnects an isolated node.
     pub fn reconnect(&self, id: NodeId) {
-        lock(&self.state).isolated.remove(&id);
+        self.state.lock().isolated.remove(&id);
     }
 
     /// Cuts the link from `from` to `to` (one direction).
     pub fn cut(&self, from: NodeId, to: NodeId) {
-        lock(&self.state).cut.insert((from, to));
+        self.state.lock().cut.insert((from, to));
     }
 
     /// Restores every link and stops random drops.
     pub fn heal(&self) {
-        let mut s = lock(&self.state);
+        let mut s = self.state.lock();
         s.isolated.clear();
         s.cut.clear();
         s.drop_ppm = 0;
@@ -137,12 +137,13 @@ impl LocalNetwork {
 
     /// Drops each message with probability `p` (0.0 to 1.0).
     pub fn set_drop_probability(&self, p: f64) {
-        lock(&self.state).drop_ppm = (p.clamp(0.0, 1.0) * 1_000_000.0) as u32;
+        self.state.lock().drop_ppm = (p.clamp(0.0, 1.0) * 1_000_000.0) as u32;
     }
 
     /// The peer addresses node `id`'s transport was told about with `set_peer`.
     pub fn peers_of(&self, id: NodeId) -> BTreeMap<NodeId, String> {
-        lock(&self.state)
+        self.state
+            .lock()
             .peers
             .get(&id)
             .cloned()
@@ -151,17 +152,17 @@ impl LocalNetwork {
 
     /// Messages delivered and dropped so far.
     pub fn counts(&self) -> (u64, u64) {
-        let s = lock(&self.state);
+        let s = self.state.lock();
         (s.delivered, s.dropped)
     }
 
     fn deliver(&self, msg: Message) {
         let (from, to) = (msg.from, msg.to);
-        let Some(inbox) = lock(&self.state).route(from, to) else {
+        let Some(inbox) = self.state.lock().route(from, to) else {
             return;
         };
         let ok = inbox.deliver(msg).is_ok();
-        let mut s = lock(&self.state);
+        let mut s = self.state.lock();
         if ok {
             s.delivered += 1;
         } else {
@@ -171,7 +172,7 @@ impl LocalNetwork {
 
     fn deliver_snapshot(&self, msg: Message, data: Bytes) -> Result<(), TransportError> {
         let (from, to) = (msg.from, msg.to);
-        let Some(inbox) = lock(&self.state).route(from, to) else {
+        let Some(inbox) = self.state.lock().route(from, to) else {
             return Err(TransportError::Unreachable {
                 peer: to,
                 detail: "link down in the local network".into(),
@@ -215,7 +216,9 @@ impl Transport for LocalTransport {
     }
 
     fn set_peer(&self, id: NodeId, address: String) {
-        lock(&self.net.state)
+        self.net
+            .state
+            .lock()
             .peers
             .entry(self.id)
             .or_default()
@@ -223,7 +226,7 @@ impl Transport for LocalTransport {
     }
 
     fn remove_peer(&self, id: NodeId) {
-        if let Some(peers) = lock(&self.net.state).peers.get_mut(&self.id) {
+        if let Some(peers) = self.net.state.lock().peers.get_mut(&self.id) {
             peers.remove(&id);
         }
     }

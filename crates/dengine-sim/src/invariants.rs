@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use dengine_core::{EntryId, LogIndex, LogReader, MemoryLog, NodeId, Term};
+use dengine_core::{EntryId, LogIndex, LogReader, MemoryStore, NodeId, Term};
 
 /// What the checker has learned so far in a run.
 #[derive(Debug, Default)]
@@ -124,7 +124,7 @@ impl Invariants {
 /// Log Matching (§5.3): if two durable logs hold an entry with the same index and term, they
 /// hold the same terms at every index before it. (Equal payloads at an equal (term, index)
 /// follow from Election Safety, checked separately: one leader creates all entries of a term.)
-pub fn log_matching(a: (NodeId, &MemoryLog), b: (NodeId, &MemoryLog)) -> Result<(), String> {
+pub fn log_matching(a: (NodeId, &MemoryStore), b: (NodeId, &MemoryStore)) -> Result<(), String> {
     let (la, lb) = (a.1, b.1);
     let low = la.first_index().max(lb.first_index());
     let high = la.last_index().min(lb.last_index());

@@ -5,8 +5,8 @@
 use std::collections::VecDeque;
 
 use dengine_core::{
-    Config, Entry, EntryPayload, InitialState, Membership, MemoryLog, NodeId, PersistRequest, Raft,
-    SnapshotMeta,
+    Config, Entry, EntryPayload, InitialState, Membership, MemoryStore, NodeId, PersistRequest,
+    Raft, SnapshotMeta,
 };
 
 use crate::kv::{Command, KvStore};
@@ -23,10 +23,10 @@ pub struct SimNode {
     /// The node's id.
     pub id: NodeId,
     /// The protocol core, while the node is up.
-    pub raft: Option<Raft<MemoryLog>>,
+    pub raft: Option<Raft<MemoryStore>>,
     /// What survived the last crash: the durable log and hard state. While the node is up, the
     /// core's own log reader is the durable log (writes reach it only once durable).
-    durable: MemoryLog,
+    durable: MemoryStore,
     /// Writes issued but not yet durable, in order.
     disk_queue: VecDeque<PendingWrite>,
     /// Volatile state machine, rebuilt from the log after a restart.
@@ -65,7 +65,7 @@ impl SimNode {
         let mut node = SimNode {
             id: config.id,
             raft: None,
-            durable: MemoryLog::new(),
+            durable: MemoryStore::new(),
             disk_queue: VecDeque::new(),
             kv: KvStore::default(),
             incarnation: 0,
@@ -159,8 +159,8 @@ impl SimNode {
             let Some(raft) = self.raft.as_mut() else {
                 return Ok(());
             };
-            raft.log_reader_mut()
-                .persist(&pending.write)
+            raft.log_reader()
+                .persist_now(&pending.write)
                 .map_err(|e| format!("node {}: log reader write failed: {e}", self.id))?;
             raft.on_persisted(pending.write.done());
         }
@@ -215,20 +215,26 @@ impl SimNode {
     }
 
     /// Installs a snapshot received from the leader: state machine, log and metadata.
-    pub fn install_snapshot(&mut self, meta: SnapshotMeta, kv: KvStore) {
+    pub fn install_snapshot(&mut self, meta: SnapshotMeta, kv: KvStore) -> Result<(), String> {
         let Some(raft) = self.raft.as_mut() else {
-            return;
+            return Ok(());
         };
         let last = meta.last_included;
-        raft.log_reader_mut().restore_snapshot(last);
+        if let Err(e) = raft.log_reader().reset_to_snapshot_now(&meta) {
+            return Err(format!(
+                "node {}: installing snapshot {last} failed: {e}",
+                self.id
+            ));
+        }
         self.kv = kv.clone();
         self.applied_membership = meta.membership.clone();
         self.snapshot = Some((meta, kv));
         raft.on_snapshot_installed(last);
+        Ok(())
     }
 
     /// The durable log (what a crash keeps).
-    pub fn durable_log(&self) -> &MemoryLog {
+    pub fn durable_log(&self) -> &MemoryStore {
         match &self.raft {
             Some(raft) => raft.log_reader(),
             None => &self.durable,

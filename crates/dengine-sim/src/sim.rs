@@ -718,8 +718,8 @@ impl Sim {
             if let Some(to) = ready.compact_log_to
                 && let Some(raft) = self.node_mut(id).raft.as_mut()
             {
-                raft.log_reader_mut()
-                    .compact(to)
+                raft.log_reader()
+                    .purge_now(to)
                     .map_err(|e| format!("node {id}: compaction failed: {e}"))?;
             }
             if let Some(meta) = ready.snapshot_to_install {
@@ -733,7 +733,7 @@ impl Sim {
                 // land first (the install then replaces them).
                 let node = self.node_mut(id);
                 node.complete_writes(u64::MAX)?;
-                node.install_snapshot(meta, kv);
+                node.install_snapshot(meta, kv)?;
                 self.note(&[12, id, last.index], || {
                     format!("node {id} installs snapshot {last}")
                 });

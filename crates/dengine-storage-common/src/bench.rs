@@ -24,10 +24,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dengine_core::store::testing::persist_request;
-use dengine_core::{Entry, EntryPayload, LogStore};
+use dengine_core::{Entry, EntryPayload, LogStore, PersistRequest};
 
-use crate::crash::Opener;
+use crate::testing::Opener;
 
 const PAYLOAD: usize = 256;
 const BATCHES: [u64; 3] = [1, 16, 256];
@@ -159,7 +158,7 @@ async fn appends<S: LogStore>(
             .map(|i| Entry::new(1, i, EntryPayload::Normal(payload.clone())))
             .collect();
         store
-            .persist(&persist_request(None, entries, true))
+            .persist(&PersistRequest::new(None, entries, true))
             .await
             .unwrap();
         next += batch;

@@ -1,23 +1,23 @@
 //! Running a backend's blocking database calls from async code: on tokio's blocking pool (so
 //! an fsync never stalls an executor thread), writes in the order of the *calls* (whatever
 //! order their futures are polled in), and a panic inside the database turned into a
-//! [`StorageError`] instead of tearing down the runtime.
+//! [`StorageError`] instead of tearing down the runtime. [`Store`](crate::Store) runs every
+//! backend's calls through here; nothing else needs to.
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use dengine_core::StorageError;
+use parking_lot::{Condvar, Mutex};
 
 /// What [`ordered_write`], [`blocking_read`] and [`guarded`] need from a backend's shared
 /// state.
-pub trait Backend: Send + Sync + 'static {
-    /// The store type's name, for error messages (`"RedbStore"`).
-    const STORE: &'static str;
-    /// The database's name, for error messages (`"redb"`).
-    const DATABASE: &'static str;
+pub(crate) trait Blocking: Send + Sync + 'static {
+    /// The backend's name, for error messages (`"redb"`).
+    const NAME: &'static str;
     /// The file or directory the store lives in.
     fn path(&self) -> &Path;
     /// The backend's write sequencer.
@@ -28,7 +28,7 @@ pub trait Backend: Send + Sync + 'static {
 /// issue several `persist` calls before awaiting any (pipelining), and they must reach the
 /// disk in that order (protocol contract 3).
 #[derive(Debug, Default)]
-pub struct Sequencer {
+pub(crate) struct Sequencer {
     next_ticket: AtomicU64,
     serving: Mutex<u64>,
     turn: Condvar,
@@ -43,12 +43,9 @@ impl Sequencer {
     }
 
     fn wait_turn(&self, ticket: u64) -> Turn<'_> {
-        let mut serving = self.serving.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut serving = self.serving.lock();
         while *serving != ticket {
-            serving = self
-                .turn
-                .wait(serving)
-                .unwrap_or_else(PoisonError::into_inner);
+            self.turn.wait(&mut serving);
         }
         Turn(self)
     }
@@ -56,34 +53,39 @@ impl Sequencer {
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        *self
-            .0
-            .serving
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) += 1;
+        *self.0.serving.lock() += 1;
         self.0.turn.notify_all();
     }
 }
 
 /// Runs `f`, turning a panic inside the database into [`StorageError::Backend`].
-pub fn guarded<B: Backend, T>(
+pub(crate) fn guarded<B: Blocking, T>(
     shared: &B,
     op: &'static str,
     f: impl FnOnce(&B) -> Result<T, StorageError>,
 ) -> Result<T, StorageError> {
-    catch_unwind(AssertUnwindSafe(|| f(shared))).unwrap_or_else(|_| {
+    catch_panic(shared.path(), op, B::NAME, || f(shared))
+}
+
+/// Runs `f`, turning a panic inside `database` (some engines `debug_assert` or index out of
+/// bounds on damaged files) into [`StorageError::Backend`] naming `path`: a damaged disk must
+/// not take the process down with it.
+pub(crate) fn catch_panic<T>(
+    path: &Path,
+    op: &'static str,
+    database: &str,
+    f: impl FnOnce() -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
         Err(StorageError::Backend {
-            path: shared.path().to_path_buf(),
+            path: path.to_path_buf(),
             op,
-            detail: format!(
-                "{} panicked (the database is probably damaged)",
-                B::DATABASE
-            ),
+            detail: format!("{database} panicked (the database is probably damaged)"),
         })
     })
 }
 
-fn no_runtime<B: Backend>(
+fn no_runtime<B: Blocking>(
     shared: &B,
     op: &'static str,
     e: tokio::runtime::TryCurrentError,
@@ -91,7 +93,10 @@ fn no_runtime<B: Backend>(
     StorageError::Backend {
         path: shared.path().to_path_buf(),
         op,
-        detail: format!("{} must be called inside a tokio runtime: {e}", B::STORE),
+        detail: format!(
+            "the {} store must be called inside a tokio runtime: {e}",
+            B::NAME
+        ),
     }
 }
 
@@ -105,7 +110,7 @@ fn task_failed(path: &Path, op: &'static str, e: tokio::task::JoinError) -> Stor
 
 /// Starts a write on tokio's blocking pool *now* (at call time, not at first poll), so that
 /// writes keep their call order. Dropping the returned future does not cancel the write.
-pub fn ordered_write<B: Backend, T: Send + 'static>(
+pub(crate) fn ordered_write<B: Blocking, T: Send + 'static>(
     shared: &Arc<B>,
     op: &'static str,
     f: impl FnOnce(&B) -> Result<T, StorageError> + Send + 'static,
@@ -125,7 +130,7 @@ pub fn ordered_write<B: Backend, T: Send + 'static>(
 }
 
 /// Runs a read on tokio's blocking pool, so that page reads never stall an executor thread.
-pub async fn blocking_read<B: Backend, T: Send + 'static>(
+pub(crate) async fn blocking_read<B: Blocking, T: Send + 'static>(
     shared: &Arc<B>,
     op: &'static str,
     f: impl FnOnce(&B) -> Result<T, StorageError> + Send + 'static,
@@ -150,9 +155,8 @@ mod tests {
         order: Mutex<Vec<u32>>,
     }
 
-    impl Backend for Log {
-        const STORE: &'static str = "TestStore";
-        const DATABASE: &'static str = "testdb";
+    impl Blocking for Log {
+        const NAME: &'static str = "testdb";
         fn path(&self) -> &Path {
             &self.path
         }
@@ -177,7 +181,7 @@ mod tests {
                 ordered_write(&shared, "writing", move |s: &Log| {
                     // Earlier writes sleep longer: without the sequencer they would finish last.
                     std::thread::sleep(Duration::from_millis(u64::from(20 - i)));
-                    s.order.lock().unwrap().push(i);
+                    s.order.lock().push(i);
                     Ok(i)
                 })
             })
@@ -185,7 +189,7 @@ mod tests {
         for f in futures.into_iter().rev() {
             f.await.unwrap();
         }
-        assert_eq!(*shared.order.lock().unwrap(), (0..20).collect::<Vec<_>>());
+        assert_eq!(*shared.order.lock(), (0..20).collect::<Vec<_>>());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +217,7 @@ mod tests {
         let err = futures_lite_block_on(ordered_write(&shared, "writing", |_: &Log| Ok(())));
         let msg = err.unwrap_err().to_string();
         assert!(
-            msg.contains("TestStore must be called inside a tokio runtime"),
+            msg.contains("the testdb store must be called inside a tokio runtime"),
             "{msg}"
         );
     }

@@ -1,18 +1,42 @@
-//! Pieces every durable dengine `LogStore` backend shares, so that the redb and sled crates
-//! hold only what is specific to their database:
+//! # dengine-storage-common
 //!
-//! - [`blocking`]: database calls on tokio's blocking pool, writes in call order, database
-//!   panics turned into errors.
+//! The machinery every durable dengine `LogStore` backend shares, so that a backend crate
+//! holds only what is specific to its database:
+//!
+//! - [`Store`] and [`SyncLog`]: a backend implements `SyncLog` (blocking calls on its
+//!   database) and names `Store<ItsLog>` its store. `Store` implements `LogStore` and the
+//!   core's `LogReader` once for all backends: the marker check on open, database calls on
+//!   tokio's blocking pool, writes in call order, database panics turned into errors.
+//! - [`Bounds`]: the log's shape kept in memory, with the checks every write and read makes
+//!   against it; [`engine_error`] and [`io_error`] build errors that name the file.
+//! - [`codec`]: the versioned, checksummed record encoding of entries, hard state, compaction
+//!   point and snapshot description (record version 3; version 2 is still read), and the
+//!   store marker's text.
 //! - [`marker`]: the store directory's marker file (backend name and format version), checked
 //!   before the database is opened and written last when a store is created.
-//! - `crash` (feature `testing`): the SIGKILL crash-test harness each backend runs.
+//! - `testing` (feature `testing`): the `LogStore` conformance suite, the damaged-input suite
+//!   and the SIGKILL crash harness that every backend runs unchanged, plus small helpers.
 //! - `bench` (feature `testing`): the synced-append benchmark behind
 //!   `cargo xtask bench storage`.
+//!
+//! The storage contracts themselves (`LogReader`, `LogStore`, `StateMachine`, `StorageError`)
+//! live in `dengine_core::store`; this crate depends on them, never the reverse.
 
-pub mod blocking;
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod blocking;
+mod bounds;
+pub mod codec;
 pub mod marker;
+mod store;
 
 #[cfg(feature = "testing")]
 pub mod bench;
 #[cfg(feature = "testing")]
-pub mod crash;
+pub mod testing;
+
+pub use bounds::{Bounds, engine_error, io_error};
+pub use store::{Reader, Store, StoreKind, SyncLog};

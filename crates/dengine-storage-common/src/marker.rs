@@ -9,10 +9,12 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use dengine_core::StorageError;
-use dengine_core::store::codec::{MARKER_FILE, Marker};
+
+use crate::bounds::io_error;
+use crate::codec::{MARKER_FILE, Marker};
 
 /// What [`prepare`] found.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DirState {
     /// The marker is there: an existing store whose database must exist too.
     Existing,
@@ -31,6 +33,17 @@ pub fn prepare(
     create: bool,
     leftovers: &[&str],
 ) -> Result<DirState, StorageError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(StorageError::Io {
+            path: dir.to_path_buf(),
+            op: "opening the store directory",
+            source: io::Error::other(
+                "it is not a directory; point the store at a directory (or a path that does \
+                 not exist yet)",
+            )
+            .into(),
+        });
+    }
     let path = dir.join(MARKER_FILE);
     match fs::read_to_string(&path) {
         Ok(text) => {
@@ -49,10 +62,7 @@ pub fn prepare(
             Ok(DirState::Existing)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let io_err = |op: &'static str| {
-                let path = dir.to_path_buf();
-                move |source| StorageError::Io { path, op, source }
-            };
+            let io_err = |op: &'static str| io_error(dir, op);
             let listing = match fs::read_dir(dir) {
                 Ok(listing) => listing,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -94,19 +104,14 @@ pub fn prepare(
                 } else {
                     fs::remove_file(&leftover)
                 };
-                removed.map_err(|source| StorageError::Io {
-                    path: leftover.clone(),
-                    op: "removing the leftover of an interrupted creation",
-                    source,
-                })?;
+                removed.map_err(io_error(
+                    &leftover,
+                    "removing the leftover of an interrupted creation",
+                ))?;
             }
             Ok(DirState::New)
         }
-        Err(source) => Err(StorageError::Io {
-            path,
-            op: "reading the marker",
-            source,
-        }),
+        Err(source) => Err(io_error(&path, "reading the marker")(source)),
     }
 }
 
@@ -119,16 +124,12 @@ fn tmp_name() -> String {
 pub fn write(dir: &Path, marker: &Marker) -> Result<(), StorageError> {
     let tmp = dir.join(tmp_name());
     let path = dir.join(MARKER_FILE);
-    let io = |path: &Path, op: &'static str| {
-        let path = path.to_path_buf();
-        move |source| StorageError::Io { path, op, source }
-    };
-    let mut file = fs::File::create(&tmp).map_err(io(&tmp, "creating"))?;
+    let mut file = fs::File::create(&tmp).map_err(io_error(&tmp, "creating"))?;
     file.write_all(marker.to_text().as_bytes())
-        .map_err(io(&tmp, "writing"))?;
-    file.sync_all().map_err(io(&tmp, "syncing"))?;
-    fs::rename(&tmp, &path).map_err(io(&path, "renaming the marker to"))?;
+        .map_err(io_error(&tmp, "writing"))?;
+    file.sync_all().map_err(io_error(&tmp, "syncing"))?;
+    fs::rename(&tmp, &path).map_err(io_error(&path, "renaming the marker to"))?;
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io(dir, "syncing the directory"))
+        .map_err(io_error(dir, "syncing the directory"))
 }

@@ -7,7 +7,7 @@
 //! A store is a directory holding a marker file (`DENGINE_STORE`: backend `redb`, format
 //! [`FORMAT_VERSION`]) and one redb database file, `log.redb`, with two tables: `entries`
 //! (log index → entry record) and `meta` (hard state, compaction point, snapshot meta). Every
-//! record is encoded by [`dengine_core::store::codec`]: versioned, carrying its own index, and
+//! record is encoded by [`dengine_storage_common::codec`]: versioned, carrying its own index, and
 //! sealed with a CRC-32 that is verified on every read; a mismatch is
 //! [`StorageError::Corrupt`] naming the file and the index. (redb checksums its pages for
 //! crash recovery; the record checksum also catches corruption that happens later, under a
@@ -21,23 +21,15 @@
 //!   transaction with `Immediate` durability).
 //! * [`LogStore::purge`], [`LogStore::save_snapshot_meta`] and [`LogStore::reset_to_snapshot`]
 //!   always commit with `Immediate`.
-//! * Writes are **serialized, in call order**: each write call takes a ticket when it is
-//!   *called* (not when its future is first polled) and starts on tokio's blocking pool
-//!   (`spawn_blocking`) right away; the writes then run one at a time in ticket order. So N
-//!   concurrent `persist` calls are simply applied one after the other (no speed-up from
-//!   issuing them in parallel; the runtime batches instead: one `persist` per `Ready`, many
-//!   proposals per `Ready`), and pipelined calls reach the disk in the order they were
-//!   made. Each waiting write holds a blocking-pool thread, so keep the number in flight small.
-//!   Dropping a write's future does not cancel the write.
-//! * All database work runs on the blocking pool, so the futures never block an executor
-//!   thread; the calls must be made inside a tokio runtime (outside one they fail with
-//!   [`StorageError::Backend`]).
+//! * [`RedbStore`] is [`dengine_storage_common::Store`] over [`RedbLog`]: writes are
+//!   **serialized, in call order** on tokio's blocking pool, reads never block an executor
+//!   thread, the calls must be made inside a tokio runtime, and a panic inside redb (it
+//!   `debug_assert`s on some damaged files in debug builds) is returned as
+//!   [`StorageError::Backend`] — the same for every backend, see that type.
 //! * The [`RedbReader`] (the core's synchronous [`LogReader`]) reads through short redb read
-//!   transactions, served from redb's cache. A read that races with a truncation or purge of
-//!   the very entries it asks for may fail with `Unavailable`; the core treats that like any
-//!   other missing entry.
-//! * A panic inside redb (it `debug_assert`s on some damaged files in debug builds) is caught
-//!   and returned as [`StorageError::Backend`]: a damaged disk never takes the process down.
+//!   transactions, served from redb's cache, without waiting for a write's fsync. A read that
+//!   races with a truncation or purge of the very entries it asks for may fail with
+//!   `Unavailable`; the core treats that like any other missing entry.
 //!
 //! ## Opening
 //!
@@ -52,8 +44,7 @@
 //! `open` reports [`StorageError::NotFound`].
 //!
 //! ```
-//! use dengine_core::store::testing::persist_request;
-//! use dengine_core::{Entry, EntryPayload, HardState, LogReader, LogStore};
+//! use dengine_core::{Entry, EntryPayload, HardState, LogReader, LogStore, PersistRequest};
 //! use dengine_storage_redb::RedbStore;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -62,7 +53,7 @@
 //! runtime.block_on(async {
 //!     let store = RedbStore::open_or_create(dir.path())?;
 //!     let reader = store.reader(); // hand this to `Raft::new`
-//!     let write = persist_request(
+//!     let write = PersistRequest::new(
 //!         Some(HardState { term: 1, vote: Some(1), commit: 0 }),
 //!         vec![Entry::new(1, 1, EntryPayload::Blank)],
 //!         true,
@@ -75,36 +66,34 @@
 //! # }
 //! ```
 //!
-//! (In a real runtime the `PersistRequest` comes from `Ready::persist`; `persist_request` is a
-//! test helper of dengine-core's `testing` feature.)
+//! (In a real runtime the `PersistRequest` comes from `Ready::persist`.)
 //!
 //! ## Implementing `LogStore` for another database
 //!
 //! This crate is meant to be read as a template. The steps are listed in
-//! [`dengine_core::store`]; here they are `marker.rs` (step 5) and, in this file,
-//! `persist_blocking` (step 2), `Sequencer` and `ordered_write` (step 3) and [`RedbReader`]
-//! (step 4).
-//! The conformance test is `tests/conformance.rs` (step 6).
+//! [`dengine_core::store`]; here they are the [`SyncLog`] implementation of [`RedbLog`] (step 2
+//! in its `persist`), [`dengine_storage_common::Store`] (steps 3 to 5) and the suites in
+//! `tests/storage.rs` (step 6).
 
-use dengine_storage_common::blocking::{self, Sequencer, blocking_read, guarded, ordered_write};
-use dengine_storage_common::marker;
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
-use std::future::Future;
-use std::panic::catch_unwind;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use dengine_core::store::codec::{self, Marker};
-use dengine_core::store::{SnapshotMeta, validate_persist, validate_range, validate_snapshot};
-use dengine_core::{
-    Entry, EntryId, HardState, LogError, LogIndex, LogReader, LogStore, PersistRequest,
-    StorageError, StoredState, Term,
-};
+#[cfg(doc)]
+use dengine_core::store::{LogReader, LogStore};
+use dengine_core::store::{PersistRequest, SnapshotMeta, StorageError, StoredState};
+use dengine_core::{Entry, EntryId, LogIndex, Term};
+use dengine_storage_common::marker::DirState;
+use dengine_storage_common::{Bounds, Reader, Store, StoreKind, SyncLog};
+use dengine_storage_common::{codec, engine_error, io_error};
+use parking_lot::RwLock;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
-
-use marker::DirState;
 
 /// Name of this backend in the marker file.
 pub const BACKEND: &str = "redb";
@@ -113,283 +102,126 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Name of the database file inside the store directory.
 pub const DB_FILE: &str = "log.redb";
 
+/// A [`LogStore`] on redb. Cheap to clone; clones share the database.
+pub type RedbStore = Store<RedbLog>;
+/// The synchronous [`LogReader`] view of a [`RedbStore`].
+pub type RedbReader = Reader<RedbLog>;
+
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const HARD_STATE: &str = "hard_state";
 const COMPACTED: &str = "compacted";
 const SNAPSHOT_META: &str = "snapshot_meta";
 
-/// The marker this build writes and accepts.
-pub fn marker() -> Marker {
-    Marker {
-        backend: BACKEND.into(),
-        format: FORMAT_VERSION,
-    }
-}
-
-/// Log bounds, cached so that `first_index`/`last_index` need no database read.
-#[derive(Clone, Copy, Debug)]
-struct Bounds {
-    /// The last purged entry (`EntryId::ZERO` if none).
-    compacted: EntryId,
-    last_index: LogIndex,
-}
-
-struct Shared {
+/// The redb database behind a [`RedbStore`]: the [`SyncLog`] that
+/// [`Store`] runs. Use it through `RedbStore`.
+pub struct RedbLog {
     db: Database,
     file: PathBuf,
-    /// Applies writes one at a time, in the order the calls were made.
-    sequencer: Sequencer,
-    bounds: Mutex<Bounds>,
+    /// The log's shape, so that `first_index`/`last_index` need no database read. Readers copy
+    /// it and read through their own redb transaction; the writer replaces it after a commit.
+    bounds: RwLock<Bounds>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded values are plain data updated in one assignment; a panic elsewhere while
-    // holding the lock cannot leave them half-written, so poisoning carries no information.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Shared {
-    fn bounds(&self) -> Bounds {
-        *lock(&self.bounds)
+impl RedbLog {
+    fn read_txn(&self) -> Result<redb::ReadTransaction, StorageError> {
+        self.db
+            .begin_read()
+            .map_err(engine_error(&self.file, "reading"))
     }
 
-    fn backend(&self, op: &'static str) -> impl FnOnce(redb::Error) -> StorageError + '_ {
-        move |e| StorageError::Backend {
-            path: self.file.clone(),
-            op,
-            detail: e.to_string(),
+    /// Opens a table for reading; `None` if it was never created (a fresh database).
+    fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        txn: &redb::ReadTransaction,
+        table: TableDefinition<K, V>,
+    ) -> Result<Option<redb::ReadOnlyTable<K, V>>, StorageError> {
+        match txn.open_table(table) {
+            Ok(t) => Ok(Some(t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(engine_error(&self.file, "opening a table in")(e)),
         }
     }
 
-    fn corrupt(&self, index: LogIndex, e: codec::CodecError) -> StorageError {
-        StorageError::Corrupt {
-            path: self.file.clone(),
-            index,
-            detail: e.0,
-        }
+    /// Reads a metadata record and decodes it with `decode`; `None` if it was never written.
+    fn meta<T>(
+        &self,
+        txn: &redb::ReadTransaction,
+        record: &'static str,
+        decode: fn(&[u8]) -> Result<T, codec::CodecError>,
+    ) -> Result<Option<T>, StorageError> {
+        let Some(meta) = self.open_read(txn, META)? else {
+            return Ok(None);
+        };
+        let value = meta
+            .get(record)
+            .map_err(engine_error(&self.file, "reading"))?;
+        value
+            .map(|v| decode(v.value()).map_err(|e| e.in_record(&self.file, record)))
+            .transpose()
     }
 
-    fn corrupt_meta(&self, record: &'static str, e: codec::CodecError) -> StorageError {
-        StorageError::CorruptMetadata {
-            path: self.file.clone(),
-            record,
-            detail: e.0,
-        }
+    /// Reads the compaction point and the stored entries' span, refusing a log with holes.
+    fn load_bounds(&self) -> Result<Bounds, StorageError> {
+        let txn = self.read_txn()?;
+        let compacted = self
+            .meta(&txn, COMPACTED, codec::decode_entry_id)?
+            .unwrap_or(EntryId::ZERO);
+        let span = match self.open_read(&txn, ENTRIES)? {
+            None => None,
+            Some(entries) => {
+                let read_err = engine_error(&self.file, "reading");
+                let first = entries.first().map_err(&read_err)?;
+                let last = entries.last().map_err(&read_err)?;
+                let len = entries.len().map_err(&read_err)?;
+                first
+                    .zip(last)
+                    .map(|((first, _), (last, _))| (first.value(), last.value(), len))
+            }
+        };
+        Bounds::from_stored(&self.file, compacted, span)
+    }
+
+    /// Runs `write` in one write transaction with the given durability and commits it.
+    fn transaction(
+        &self,
+        op: &'static str,
+        durability: Durability,
+        write: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StorageError> {
+        let err = |e: redb::Error| engine_error(&self.file, op)(e);
+        let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        txn.set_durability(durability).map_err(|e| err(e.into()))?;
+        write(&txn).map_err(err)?;
+        txn.commit().map_err(|e| err(e.into()))
     }
 }
 
-/// A [`LogStore`] on redb. Cheap to clone; clones share the database.
-#[derive(Clone)]
-pub struct RedbStore {
-    shared: Arc<Shared>,
-}
+impl SyncLog for RedbLog {
+    const KIND: StoreKind = StoreKind::new(BACKEND, FORMAT_VERSION, &[DB_FILE]);
+    type Options = ();
 
-/// The synchronous [`LogReader`] view of a [`RedbStore`].
-#[derive(Clone)]
-pub struct RedbReader {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for RedbStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbStore")
-            .field("file", &self.shared.file)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for RedbReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbReader")
-            .field("file", &self.shared.file)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedbStore {
-    /// Opens the store in `dir`, creating it if `dir` is missing or empty. Blocks.
-    pub fn open_or_create(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
-        Self::open_dir(dir.as_ref(), true)
-    }
-
-    /// Opens the existing store in `dir`; [`StorageError::NotFound`] if there is none. Blocks.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
-        Self::open_dir(dir.as_ref(), false)
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.shared.file
-    }
-
-    fn open_dir(dir: &Path, create: bool) -> Result<Self, StorageError> {
-        let state = marker::prepare(dir, &marker(), create, &[DB_FILE])?;
+    fn open(dir: &Path, state: DirState, (): ()) -> Result<Self, StorageError> {
         let file = dir.join(DB_FILE);
-        let exists = file.try_exists().map_err(|source| StorageError::Io {
-            path: file.clone(),
-            op: "looking for",
-            source,
-        })?;
+        let exists = file.try_exists().map_err(io_error(&file, "looking for"))?;
         // A marker without its database means the database was deleted: refuse rather than
         // start over with an empty log, which would forget the votes this node cast.
         if state == DirState::Existing && !exists {
             return Err(StorageError::NotFound { path: file });
         }
-        let opened = catch_unwind(|| {
-            if state == DirState::Existing {
-                Database::open(&file)
-            } else {
-                Database::create(&file)
-            }
-        });
-        let db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(e)) => {
-                return Err(StorageError::Backend {
-                    path: file,
-                    op: "opening",
-                    detail: e.to_string(),
-                });
-            }
-            Err(_) => {
-                return Err(StorageError::Backend {
-                    path: file,
-                    op: "opening",
-                    detail: "redb panicked while opening the file (it is damaged)".into(),
-                });
-            }
-        };
-        if state == DirState::New {
-            // The marker goes last: it is what makes the new store exist.
-            marker::write(dir, &marker())?;
+        let db = if state == DirState::Existing {
+            Database::open(&file)
+        } else {
+            Database::create(&file)
         }
-        let shared = Shared {
+        .map_err(engine_error(&file, "opening"))?;
+        let log = RedbLog {
             db,
             file,
-            sequencer: Sequencer::default(),
-            bounds: Mutex::new(Bounds {
-                compacted: EntryId::ZERO,
-                last_index: 0,
-            }),
+            bounds: RwLock::new(Bounds::EMPTY),
         };
-        let bounds = guarded(&shared, "opening", |s| s.load_bounds())?;
-        *lock(&shared.bounds) = bounds;
-        Ok(RedbStore {
-            shared: Arc::new(shared),
-        })
-    }
-}
-
-/// Runs a synchronous database call, turning a panic inside redb into an error. redb
-/// `debug_assert`s on some damaged files (in debug builds only); a damaged disk must not
-/// take the process down with it.
-impl blocking::Backend for Shared {
-    const STORE: &'static str = "RedbStore";
-    const DATABASE: &'static str = "redb";
-
-    fn path(&self) -> &Path {
-        &self.file
-    }
-
-    fn sequencer(&self) -> &Sequencer {
-        &self.sequencer
-    }
-}
-
-impl Shared {
-    /// Reads the compaction point and the last index, and checks that the entries table is
-    /// the contiguous range between them.
-    fn load_bounds(&self) -> Result<Bounds, StorageError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| self.backend("reading")(e.into()))?;
-        let compacted = match open_read(&txn, META, self)? {
-            Some(meta) => match meta
-                .get(COMPACTED)
-                .map_err(|e| self.backend("reading")(e.into()))?
-            {
-                Some(v) => codec::decode_entry_id(v.value())
-                    .map_err(|e| self.corrupt_meta(COMPACTED, e))?,
-                None => EntryId::ZERO,
-            },
-            None => EntryId::ZERO,
-        };
-        let Some(entries) = open_read(&txn, ENTRIES, self)? else {
-            return Ok(Bounds {
-                compacted,
-                last_index: compacted.index,
-            });
-        };
-        let read_err = |e: redb::StorageError| self.backend("reading")(e.into());
-        let first = entries.first().map_err(read_err)?.map(|(k, _)| k.value());
-        let last = entries.last().map_err(read_err)?.map(|(k, _)| k.value());
-        let len = entries.len().map_err(read_err)?;
-        let last_index = match (first, last) {
-            (Some(first), Some(last)) => {
-                if first != compacted.index + 1 || last - first + 1 != len {
-                    return Err(StorageError::CorruptMetadata {
-                        path: self.file.clone(),
-                        record: "entries",
-                        detail: format!(
-                            "the log is not contiguous after the compaction point {}: \
-                             {len} entries stored from {first} to {last}",
-                            compacted.index
-                        ),
-                    });
-                }
-                last
-            }
-            _ => compacted.index,
-        };
-        Ok(Bounds {
-            compacted,
-            last_index,
-        })
-    }
-
-    fn read_range(
-        &self,
-        low: LogIndex,
-        high: LogIndex,
-        max_bytes: u64,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), StorageError> {
-        let bounds = self.bounds();
-        validate_range(low, high, bounds.compacted.index + 1, bounds.last_index)?;
-        if low == high {
-            return Ok(());
-        }
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| self.backend("reading")(e.into()))?;
-        let Some(table) = open_read(&txn, ENTRIES, self)? else {
-            return Err(race(low, bounds));
-        };
-        let read_err = |e: redb::StorageError| self.backend("reading")(e.into());
-        let mut bytes = 0u64;
-        let before = out.len();
-        for (expected, item) in (low..).zip(table.range(low..high).map_err(read_err)?) {
-            let (key, value) = item.map_err(read_err)?;
-            let index = key.value();
-            if index != expected {
-                // Entries vanished under us: a concurrent truncation or purge.
-                return Err(race(expected, bounds));
-            }
-            let entry =
-                codec::decode_entry(value.value(), index).map_err(|e| self.corrupt(index, e))?;
-            bytes = bytes.saturating_add(entry.size_bytes());
-            if bytes > max_bytes && index > low {
-                break;
-            }
-            out.push(entry);
-        }
-        if out.len() == before {
-            return Err(race(low, bounds));
-        }
-        Ok(())
+        *log.bounds.write() = log.load_bounds()?;
+        Ok(log)
     }
 
     fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
@@ -397,262 +229,136 @@ impl Shared {
         if index == bounds.compacted.index {
             return Ok(bounds.compacted.term);
         }
-        let mut out = Vec::with_capacity(1);
-        self.read_range(index, index + 1, 0, &mut out)?;
-        out.first().map(|e| e.term).ok_or(race(index, bounds))
+        let entries = self.read(index..index + 1, 0)?;
+        entries
+            .first()
+            .map(|e| e.term)
+            .ok_or_else(|| bounds.vanished(index))
+    }
+
+    fn read(&self, range: Range<LogIndex>, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        let (low, high) = (range.start, range.end);
+        let bounds = self.bounds();
+        bounds.check_read(low, high)?;
+        let mut out = Vec::new();
+        if low == high {
+            return Ok(out);
+        }
+        let txn = self.read_txn()?;
+        let Some(table) = self.open_read(&txn, ENTRIES)? else {
+            return Err(bounds.vanished(low));
+        };
+        let read_err = engine_error(&self.file, "reading");
+        let mut bytes = 0u64;
+        for (expected, item) in (low..).zip(table.range(low..high).map_err(&read_err)?) {
+            let (key, value) = item.map_err(&read_err)?;
+            let index = key.value();
+            if index != expected {
+                // Entries vanished under us: a concurrent truncation or purge.
+                return Err(bounds.vanished(expected));
+            }
+            let entry = codec::decode_entry(value.value(), index)
+                .map_err(|e| e.in_entry(&self.file, index))?;
+            bytes = bytes.saturating_add(entry.size_bytes());
+            if bytes > max_bytes && index > low {
+                break;
+            }
+            out.push(entry);
+        }
+        if out.is_empty() {
+            return Err(bounds.vanished(low));
+        }
+        Ok(out)
     }
 
     fn load_state(&self) -> Result<StoredState, StorageError> {
         let bounds = self.bounds();
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| self.backend("reading")(e.into()))?;
-        let mut state = StoredState {
-            hard_state: HardState::default(),
-            first_index: bounds.compacted.index + 1,
-            last_index: bounds.last_index,
-            snapshot_meta: None,
-        };
-        if let Some(meta) = open_read(&txn, META, self)? {
-            let read_err = |e: redb::StorageError| self.backend("reading")(e.into());
-            if let Some(v) = meta.get(HARD_STATE).map_err(read_err)? {
-                state.hard_state = codec::decode_hard_state(v.value())
-                    .map_err(|e| self.corrupt_meta(HARD_STATE, e))?;
-            }
-            if let Some(v) = meta.get(SNAPSHOT_META).map_err(read_err)? {
-                state.snapshot_meta = Some(
-                    codec::decode_snapshot_meta(v.value())
-                        .map_err(|e| self.corrupt_meta(SNAPSHOT_META, e))?,
-                );
-            }
-        }
-        Ok(state)
+        let txn = self.read_txn()?;
+        let hard_state = self.meta(&txn, HARD_STATE, codec::decode_hard_state)?;
+        let snapshot = self.meta(&txn, SNAPSHOT_META, codec::decode_snapshot_meta)?;
+        Ok(bounds.stored_state(hard_state, snapshot))
     }
 
-    /// One `PersistRequest` = one write transaction = (with `must_sync`) one fsync.
-    fn persist_blocking(&self, req: &PersistRequest) -> Result<(), StorageError> {
+    /// One `PersistRequest` = one write transaction = (with `must_sync`) one fsync: with
+    /// `Durability::Immediate` redb fsyncs before `commit` returns; with `Durability::None`
+    /// the commit is visible at once and made durable by the next synced commit.
+    fn persist(&self, req: &PersistRequest) -> Result<(), StorageError> {
         let bounds = self.bounds();
-        validate_persist(req, bounds.compacted.index, bounds.last_index)?;
-        let write_err = |e: redb::Error| self.backend("writing")(e);
-        let mut txn = self.db.begin_write().map_err(|e| write_err(e.into()))?;
+        let after = bounds.after_persist(req)?;
         let durability = if req.must_sync {
             Durability::Immediate
         } else {
             Durability::None
         };
-        txn.set_durability(durability)
-            .map_err(|e| write_err(e.into()))?;
-        let mut last_index = bounds.last_index;
-        {
+        self.transaction("writing", durability, |txn| {
             if let Some(hs) = &req.hard_state {
-                let mut meta = txn.open_table(META).map_err(|e| write_err(e.into()))?;
-                meta.insert(HARD_STATE, codec::encode_hard_state(hs).as_slice())
-                    .map_err(|e| write_err(e.into()))?;
+                txn.open_table(META)?
+                    .insert(HARD_STATE, codec::encode_hard_state(hs).as_slice())?;
             }
-            if let (Some(first), Some(last)) = (req.entries.first(), req.entries.last()) {
-                let mut table = txn.open_table(ENTRIES).map_err(|e| write_err(e.into()))?;
+            if let Some(first) = req.entries.first() {
+                let mut table = txn.open_table(ENTRIES)?;
                 if first.index <= bounds.last_index {
                     // Entries overwrite: drop the whole old suffix, not only the keys the new
                     // entries replace, or a shorter new suffix would leave stale entries.
-                    table
-                        .retain_in(first.index.., |_, _| false)
-                        .map_err(|e| write_err(e.into()))?;
+                    table.retain_in(first.index.., |_, _| false)?;
                 }
                 for entry in &req.entries {
-                    table
-                        .insert(entry.index, codec::encode_entry(entry).as_slice())
-                        .map_err(|e| write_err(e.into()))?;
+                    table.insert(entry.index, codec::encode_entry(entry).as_slice())?;
                 }
-                last_index = last.index;
             }
-        }
-        txn.commit().map_err(|e| write_err(e.into()))?;
-        lock(&self.bounds).last_index = last_index;
+            Ok(())
+        })?;
+        *self.bounds.write() = after;
         Ok(())
     }
 
-    fn purge_blocking(&self, up_to: LogIndex) -> Result<(), StorageError> {
+    fn purge(&self, up_to: LogIndex) -> Result<(), StorageError> {
         let bounds = self.bounds();
-        // Past the end, purge the whole log (as `MemoryLog::compact` does): the runtime may
-        // pass a purge point from a snapshot that covers more than this log holds.
-        let up_to = up_to.min(bounds.last_index);
-        if up_to <= bounds.compacted.index {
+        let Some(up_to) = bounds.purge_point(up_to) else {
             return Ok(());
-        }
-        let term = self.term(up_to)?;
-        let compacted = EntryId::new(term, up_to);
-        let write_err = |e: redb::Error| self.backend("purging")(e);
-        let txn = self.db.begin_write().map_err(|e| write_err(e.into()))?;
-        {
-            let mut table = txn.open_table(ENTRIES).map_err(|e| write_err(e.into()))?;
-            table
-                .retain_in(..=up_to, |_, _| false)
-                .map_err(|e| write_err(e.into()))?;
-            let mut meta = txn.open_table(META).map_err(|e| write_err(e.into()))?;
-            meta.insert(COMPACTED, codec::encode_entry_id(compacted).as_slice())
-                .map_err(|e| write_err(e.into()))?;
-        }
-        txn.commit().map_err(|e| write_err(e.into()))?;
-        lock(&self.bounds).compacted = compacted;
-        Ok(())
-    }
-
-    fn snapshot_blocking(&self, meta: &SnapshotMeta, reset: bool) -> Result<(), StorageError> {
-        let bounds = self.bounds();
-        let at = meta.last_included;
-        let term_at = if at.index > bounds.compacted.index && at.index <= bounds.last_index {
-            Some(self.term(at.index)?)
-        } else {
-            None
         };
-        validate_snapshot(meta, bounds.compacted, term_at, reset)?;
-        let discard = reset;
-        let write_err = |e: redb::Error| self.backend("saving snapshot meta in")(e);
-        let txn = self.db.begin_write().map_err(|e| write_err(e.into()))?;
-        {
-            let mut table = txn.open_table(META).map_err(|e| write_err(e.into()))?;
-            table
-                .insert(SNAPSHOT_META, codec::encode_snapshot_meta(meta).as_slice())
-                .map_err(|e| write_err(e.into()))?;
-            if discard {
-                table
-                    .insert(COMPACTED, codec::encode_entry_id(at).as_slice())
-                    .map_err(|e| write_err(e.into()))?;
-                let mut entries = txn.open_table(ENTRIES).map_err(|e| write_err(e.into()))?;
-                entries
-                    .retain(|_, _| false)
-                    .map_err(|e| write_err(e.into()))?;
-            }
-        }
-        txn.commit().map_err(|e| write_err(e.into()))?;
-        if discard {
-            *lock(&self.bounds) = Bounds {
-                compacted: at,
-                last_index: at.index,
-            };
-        }
+        let compacted = EntryId::new(self.term(up_to)?, up_to);
+        self.transaction("purging", Durability::Immediate, |txn| {
+            txn.open_table(ENTRIES)?.retain_in(..=up_to, |_, _| false)?;
+            txn.open_table(META)?
+                .insert(COMPACTED, codec::encode_entry_id(compacted).as_slice())?;
+            Ok(())
+        })?;
+        self.bounds.write().compacted = compacted;
         Ok(())
     }
 
-    fn sync_blocking(&self) -> Result<(), StorageError> {
+    /// Records `meta` (and, for a reset, restarts the log right after it) in one durable
+    /// transaction.
+    fn snapshot(&self, meta: &SnapshotMeta, reset: bool) -> Result<(), StorageError> {
+        let after = self
+            .bounds()
+            .after_snapshot(meta, reset, |index| self.term(index))?;
+        let at = meta.last_included;
+        self.transaction("saving snapshot meta in", Durability::Immediate, |txn| {
+            let mut table = txn.open_table(META)?;
+            table.insert(SNAPSHOT_META, codec::encode_snapshot_meta(meta).as_slice())?;
+            if reset {
+                table.insert(COMPACTED, codec::encode_entry_id(at).as_slice())?;
+                txn.open_table(ENTRIES)?.retain(|_, _| false)?;
+            }
+            Ok(())
+        })?;
+        *self.bounds.write() = after;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
         // An empty commit with Immediate durability makes every earlier `Durability::None`
         // commit durable too (redb persists the whole committed state).
-        let write_err = |e: redb::Error| self.backend("syncing")(e);
-        let txn = self.db.begin_write().map_err(|e| write_err(e.into()))?;
-        txn.commit().map_err(|e| write_err(e.into()))
-    }
-}
-
-/// The error for entries that the cached bounds promised but the database no longer holds:
-/// a concurrent truncation or purge.
-fn race(index: LogIndex, bounds: Bounds) -> StorageError {
-    StorageError::Unavailable {
-        index,
-        last_index: bounds.last_index,
-    }
-}
-
-/// Opens a table for reading; `None` if it was never created (a fresh database).
-fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
-    txn: &redb::ReadTransaction,
-    table: TableDefinition<K, V>,
-    shared: &Shared,
-) -> Result<Option<redb::ReadOnlyTable<K, V>>, StorageError> {
-    match txn.open_table(table) {
-        Ok(t) => Ok(Some(t)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(shared.backend("opening a table in")(e.into())),
-    }
-}
-
-impl LogStore for RedbStore {
-    type Reader = RedbReader;
-
-    fn reader(&self) -> RedbReader {
-        RedbReader {
-            shared: Arc::clone(&self.shared),
-        }
+        self.transaction("syncing", Durability::Immediate, |_| Ok(()))
     }
 
-    fn load_state(&self) -> impl Future<Output = Result<StoredState, StorageError>> + Send {
-        blocking_read(&self.shared, "loading state from", |s| s.load_state())
+    fn path(&self) -> &Path {
+        &self.file
     }
 
-    fn persist(
-        &self,
-        req: &PersistRequest,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send {
-        // Cloning is cheap: payloads are reference-counted `Bytes`.
-        let req = req.clone();
-        ordered_write(&self.shared, "persisting to", move |s| {
-            s.persist_blocking(&req)
-        })
-    }
-
-    fn read_entries(
-        &self,
-        low: LogIndex,
-        high: LogIndex,
-        max_bytes: u64,
-    ) -> impl Future<Output = Result<Vec<Entry>, StorageError>> + Send {
-        blocking_read(&self.shared, "reading entries from", move |s| {
-            let mut out = Vec::new();
-            s.read_range(low, high, max_bytes, &mut out).map(|()| out)
-        })
-    }
-
-    fn purge(&self, up_to: LogIndex) -> impl Future<Output = Result<(), StorageError>> + Send {
-        ordered_write(&self.shared, "purging", move |s| s.purge_blocking(up_to))
-    }
-
-    fn save_snapshot_meta(
-        &self,
-        meta: &SnapshotMeta,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send {
-        let meta = meta.clone();
-        ordered_write(&self.shared, "saving snapshot meta to", move |s| {
-            s.snapshot_blocking(&meta, false)
-        })
-    }
-
-    fn reset_to_snapshot(
-        &self,
-        meta: &SnapshotMeta,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send {
-        let meta = meta.clone();
-        ordered_write(&self.shared, "installing a snapshot in", move |s| {
-            s.snapshot_blocking(&meta, true)
-        })
-    }
-
-    fn sync(&self) -> impl Future<Output = Result<(), StorageError>> + Send {
-        ordered_write(&self.shared, "syncing", |s| s.sync_blocking())
-    }
-}
-
-impl LogReader for RedbReader {
-    fn first_index(&self) -> LogIndex {
-        self.shared.bounds().compacted.index + 1
-    }
-
-    fn last_index(&self) -> LogIndex {
-        self.shared.bounds().last_index
-    }
-
-    fn term(&self, index: LogIndex) -> Result<Term, LogError> {
-        Ok(guarded(&*self.shared, "reading", |s| s.term(index))?)
-    }
-
-    fn entries(
-        &self,
-        low: LogIndex,
-        high: LogIndex,
-        max_bytes: u64,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), LogError> {
-        Ok(guarded(&*self.shared, "reading", |s| {
-            s.read_range(low, high, max_bytes, out)
-        })?)
+    fn bounds(&self) -> Bounds {
+        *self.bounds.read()
     }
 }

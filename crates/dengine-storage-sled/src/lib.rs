@@ -18,7 +18,7 @@
 //! A store is a directory holding the marker and a sled database in the subdirectory `sled/`,
 //! with one tree `dengine-log`: keys `e` + big-endian index for entries (so key order is log
 //! order) and `m/…` for the hard state, the compaction point and the snapshot meta. Every
-//! value is a [`dengine_core::store::codec`] record with a CRC-32, verified on every read; a
+//! value is a [`dengine_storage_common::codec`] record with a CRC-32, verified on every read; a
 //! mismatch is [`StorageError::Corrupt`] naming the database directory and the index.
 //!
 //! * [`LogStore::persist`] builds one [`sled::Batch`] (hard state, removal of the old suffix,
@@ -32,17 +32,16 @@
 //!   500 ms by default.
 //! * [`LogStore::purge`], [`LogStore::save_snapshot_meta`] and [`LogStore::reset_to_snapshot`]
 //!   always flush.
-//! * Writes are **serialized, in call order**, exactly as in the redb backend: a ticket taken
-//!   when the method is called, the work started at once on tokio's blocking pool
-//!   (`spawn_blocking`), run one at a time in ticket order. Concurrent calls bring no
-//!   speed-up; the runtime batches instead. Calls must be made inside a tokio runtime.
+//! * [`SledStore`] is [`dengine_storage_common::Store`] over [`SledLog`], as every backend:
+//!   writes **serialized, in call order** on tokio's blocking pool, calls made inside a tokio
+//!   runtime, a panic inside sled returned as [`StorageError::Backend`].
 //! * **Limitation: damage inside sled's own log is silent.** sled checksums its log messages
 //!   and, on recovery, treats a damaged or truncated one as a torn write: it drops that
 //!   message and everything after it without an error. A flipped byte or a truncated file
 //!   therefore shows up as a shorter log (a clean prefix, never garbage: every entry that is
 //!   returned still passes its own CRC), which this backend cannot tell from a crash before
 //!   fsync. The redb backend reports the same damage as [`StorageError::Corrupt`] or an
-//!   open error (see `tests/bad_input.rs` in both crates).
+//!   open error (see the damaged-input suite, `dengine_storage_common::testing::run_bad_input`).
 //! * The [`SledReader`] reads sled's in-memory page cache under a read lock that writers take
 //!   exclusively while applying a batch, so it always sees a consistent log.
 //!
@@ -54,8 +53,7 @@
 //! [`StorageError::FormatMismatch`].
 //!
 //! ```
-//! use dengine_core::store::testing::persist_request;
-//! use dengine_core::{Entry, EntryPayload, LogReader, LogStore};
+//! use dengine_core::{Entry, EntryPayload, LogReader, LogStore, PersistRequest};
 //! use dengine_storage_sled::SledStore;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -63,7 +61,7 @@
 //! let runtime = tokio::runtime::Runtime::new()?;
 //! runtime.block_on(async {
 //!     let store = SledStore::open_or_create(dir.path())?;
-//!     let write = persist_request(None, vec![Entry::new(1, 1, EntryPayload::Blank)], true);
+//!     let write = PersistRequest::new(None, vec![Entry::new(1, 1, EntryPayload::Blank)], true);
 //!     store.persist(&write).await?;
 //!     assert_eq!(store.reader().last_index(), 1);
 //!     Ok::<_, dengine_core::StorageError>(())
@@ -75,28 +73,29 @@
 //! ## Implementing `LogStore` for another database
 //!
 //! Read [`dengine_core::store`] for the steps; this crate shows them for a key-value store
-//! without multi-key read transactions: the batch in `persist_blocking`, and the reader lock
-//! that stands in for a read transaction.
+//! without multi-key read transactions: the batch in `persist`, and the reader lock that
+//! stands in for a read transaction.
 
-use dengine_storage_common::blocking::{self, Sequencer, blocking_read, guarded, ordered_write};
-use dengine_storage_common::marker;
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
-use std::future::Future;
-use std::panic::catch_unwind;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
-use dengine_core::store::codec::{self, Marker};
-use dengine_core::store::{SnapshotMeta, validate_persist, validate_range, validate_snapshot};
-use dengine_core::{
-    Entry, EntryId, HardState, LogError, LogIndex, LogReader, LogStore, PersistRequest,
-    StorageError, StoredState, Term,
-};
-
-use marker::DirState;
+#[cfg(doc)]
+use dengine_core::store::{LogReader, LogStore};
+use dengine_core::store::{PersistRequest, SnapshotMeta, StorageError, StoredState};
+use dengine_core::{Entry, EntryId, LogIndex, Term};
+use dengine_storage_common::marker::DirState;
+use dengine_storage_common::{Bounds, Reader, Store, StoreKind, SyncLog};
+use dengine_storage_common::{codec, engine_error, io_error};
+use parking_lot::{Mutex, RwLock};
 
 /// Name of this backend in the marker file.
 pub const BACKEND: &str = "sled";
@@ -105,19 +104,18 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Name of the sled database directory inside the store directory.
 pub const DB_DIR: &str = "sled";
 
+/// A [`LogStore`] on sled 0.34. Cheap to clone; clones share the database.
+pub type SledStore = Store<SledLog>;
+/// The synchronous [`LogReader`] view of a [`SledStore`].
+pub type SledReader = Reader<SledLog>;
+
 const TREE: &str = "dengine-log";
+/// How long opening waits for sled's file lock held by a just-closed store of this process.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 const ENTRY_PREFIX: u8 = b'e';
 const HARD_STATE: &str = "hard_state";
 const COMPACTED: &str = "compacted";
 const SNAPSHOT_META: &str = "snapshot_meta";
-
-/// The marker this build writes and accepts.
-pub fn marker() -> Marker {
-    Marker {
-        backend: BACKEND.into(),
-        format: FORMAT_VERSION,
-    }
-}
 
 fn entry_key(index: LogIndex) -> [u8; 9] {
     let mut key = [ENTRY_PREFIX; 9];
@@ -129,212 +127,46 @@ fn meta_key(name: &str) -> Vec<u8> {
     format!("m/{name}").into_bytes()
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Bounds {
-    compacted: EntryId,
-    last_index: LogIndex,
-}
-
-struct Shared {
+/// The sled database behind a [`SledStore`]: the [`SyncLog`] that
+/// [`Store`] runs. Use it through `SledStore`.
+pub struct SledLog {
     tree: sled::Tree,
     /// The database handle, held for the store's lifetime (it owns sled's background
     /// flusher); all data goes through `tree`.
     _db: sled::Db,
     path: PathBuf,
-    /// Applies writes one at a time, in the order the calls were made.
-    sequencer: Sequencer,
     /// Readers hold it shared while they read; writers exclusively while applying a batch.
     bounds: RwLock<Bounds>,
-    /// sled's data file, opened by us only to fsync it (see [`Shared::make_durable`]).
+    /// sled's data file, opened by us only to fsync it (see [`SledLog::make_durable`]).
     data_file: fs::File,
     /// Blob files already fsynced (blobs are immutable once written).
     synced_blobs: Mutex<HashSet<OsString>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Guards plain data (or nothing); poisoning carries no information here.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A [`LogStore`] on sled 0.34. Cheap to clone; clones share the database.
-#[derive(Clone)]
-pub struct SledStore {
-    shared: Arc<Shared>,
-}
-
-/// The synchronous [`LogReader`] view of a [`SledStore`].
-#[derive(Clone)]
-pub struct SledReader {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for SledStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore")
-            .field("path", &self.shared.path)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for SledReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledReader")
-            .field("path", &self.shared.path)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SledStore {
-    /// Opens the store in `dir`, creating it if `dir` is missing or empty. Blocks.
-    pub fn open_or_create(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
-        Self::open_dir(dir.as_ref(), true)
+impl SledLog {
+    fn get_meta<T>(
+        &self,
+        record: &'static str,
+        decode: fn(&[u8]) -> Result<T, codec::CodecError>,
+    ) -> Result<Option<T>, StorageError> {
+        let value = self
+            .tree
+            .get(meta_key(record))
+            .map_err(engine_error(&self.path, "reading"))?;
+        value
+            .map(|v| decode(&v).map_err(|e| e.in_record(&self.path, record)))
+            .transpose()
     }
 
-    /// Opens the existing store in `dir`; [`StorageError::NotFound`] if there is none. Blocks.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
-        Self::open_dir(dir.as_ref(), false)
-    }
-
-    /// The sled database directory.
-    pub fn path(&self) -> &Path {
-        &self.shared.path
-    }
-
-    fn open_dir(dir: &Path, create: bool) -> Result<Self, StorageError> {
-        let state = marker::prepare(dir, &marker(), create, &[DB_DIR])?;
-        let path = dir.join(DB_DIR);
-        let exists = path
-            .join("conf")
-            .try_exists()
-            .map_err(|source| StorageError::Io {
-                path: path.clone(),
-                op: "looking for",
-                source,
-            })?;
-        // A marker without its database means the database was deleted: refuse rather than
-        // start over with an empty log, which would forget the votes this node cast.
-        if state == DirState::Existing && !exists {
-            return Err(StorageError::NotFound { path });
-        }
-        let backend = |op: &'static str, detail: String| StorageError::Backend {
-            path: path.clone(),
-            op,
-            detail,
-        };
-        // sled panics on some damaged files instead of returning an error.
-        let opened = catch_unwind(|| {
-            let db = sled::Config::new()
-                .path(&path)
-                .create_new(state == DirState::New)
-                .open()?;
-            let tree = db.open_tree(TREE)?;
-            Ok::<_, sled::Error>((db, tree))
-        });
-        let (db, tree) = match opened {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => return Err(backend("opening", e.to_string())),
-            Err(_) => {
-                return Err(backend(
-                    "opening",
-                    "sled panicked while opening the database (it is damaged)".into(),
-                ));
-            }
-        };
-        if state == DirState::New {
-            // The marker goes last: it is what makes the new store exist.
-            marker::write(dir, &marker())?;
-        }
-        let data_path = path.join("db");
-        let data_file = fs::File::open(&data_path).map_err(|source| StorageError::Io {
-            path: data_path,
-            op: "opening sled's data file in",
-            source,
-        })?;
-        if state == DirState::New {
-            // Make sled's new files part of the directory for good before the marker says
-            // the store exists.
-            fs::File::open(&path)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| StorageError::Io {
-                    path: path.clone(),
-                    op: "syncing the directory",
-                    source,
-                })?;
-        }
-        let shared = Shared {
-            tree,
-            _db: db,
-            data_file,
-            synced_blobs: Mutex::new(HashSet::new()),
-            path: path.clone(),
-            sequencer: Sequencer::default(),
-            bounds: RwLock::new(Bounds {
-                compacted: EntryId::ZERO,
-                last_index: 0,
-            }),
-        };
-        let bounds = guarded(&shared, "opening", Shared::load_bounds)?;
-        *shared
-            .bounds
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = bounds;
-        Ok(SledStore {
-            shared: Arc::new(shared),
-        })
-    }
-}
-
-/// Runs a synchronous database call, turning a panic inside sled into an error: a damaged
-/// disk must not take the process down with it.
-impl blocking::Backend for Shared {
-    const STORE: &'static str = "SledStore";
-    const DATABASE: &'static str = "sled";
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn sequencer(&self) -> &Sequencer {
-        &self.sequencer
-    }
-}
-
-impl Shared {
-    fn backend(&self, op: &'static str) -> impl Fn(sled::Error) -> StorageError + '_ {
-        move |e| StorageError::Backend {
-            path: self.path.clone(),
-            op,
-            detail: e.to_string(),
-        }
-    }
-
-    fn read_bounds(&self) -> RwLockReadGuard<'_, Bounds> {
-        self.bounds.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn get_meta(&self, name: &'static str) -> Result<Option<sled::IVec>, StorageError> {
-        self.tree
-            .get(meta_key(name))
-            .map_err(self.backend("reading"))
-    }
-
+    /// Reads the compaction point and the stored entries' span, refusing a log with holes.
     fn load_bounds(&self) -> Result<Bounds, StorageError> {
-        let compacted = match self.get_meta(COMPACTED)? {
-            Some(v) => codec::decode_entry_id(&v).map_err(|e| StorageError::CorruptMetadata {
-                path: self.path.clone(),
-                record: COMPACTED,
-                detail: e.0,
-            })?,
-            None => EntryId::ZERO,
-        };
-        let read = self.backend("reading");
+        let compacted = self
+            .get_meta(COMPACTED, codec::decode_entry_id)?
+            .unwrap_or(EntryId::ZERO);
+        let read = engine_error(&self.path, "reading");
         let mut iter = self.tree.scan_prefix([ENTRY_PREFIX]);
         let first = iter.next().transpose().map_err(&read)?;
-        let last = iter
-            .next_back()
-            .transpose()
-            .map_err(&read)?
-            .or(first.clone());
+        let last = iter.next_back().transpose().map_err(&read)?;
         let index_of = |key: &[u8]| {
             key.get(1..)
                 .and_then(codec::key_index)
@@ -344,137 +176,65 @@ impl Shared {
                     detail: format!("malformed entry key {key:?}"),
                 })
         };
-        let last_index = match (first, last) {
-            (Some((first, _)), Some((last, _))) => {
-                let (first, last) = (index_of(&first)?, index_of(&last)?);
+        let span = match first {
+            None => None,
+            Some((first, _)) => {
+                let first = index_of(&first)?;
+                let last = match last {
+                    Some((last, _)) => index_of(&last)?,
+                    None => first,
+                };
                 // One scan of the keys at open (values are not decoded): O(log length), a
                 // price paid once for refusing a log with holes instead of serving one.
-                let len = self.tree.scan_prefix([ENTRY_PREFIX]).count() as u64;
-                if first != compacted.index + 1 || last - first + 1 != len {
-                    return Err(StorageError::CorruptMetadata {
-                        path: self.path.clone(),
-                        record: "entries",
-                        detail: format!(
-                            "the log is not contiguous after the compaction point {}: \
-                             {len} entries stored from {first} to {last}",
-                            compacted.index
-                        ),
-                    });
-                }
-                last
+                let count = self.tree.scan_prefix([ENTRY_PREFIX]).count() as u64;
+                Some((first, last, count))
             }
-            _ => compacted.index,
         };
-        Ok(Bounds {
-            compacted,
-            last_index,
-        })
+        Bounds::from_stored(&self.path, compacted, span)
     }
 
-    fn read_range(
-        &self,
-        low: LogIndex,
-        high: LogIndex,
-        max_bytes: u64,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), StorageError> {
-        let bounds = self.read_bounds();
-        validate_range(low, high, bounds.compacted.index + 1, bounds.last_index)?;
-        let read = self.backend("reading");
-        let mut bytes = 0u64;
-        for index in low..high {
-            let Some(value) = self.tree.get(entry_key(index)).map_err(&read)? else {
-                // The bounds lock excludes writers, so a hole is damage, not a race.
-                return Err(StorageError::Corrupt {
-                    path: self.path.clone(),
-                    index,
-                    detail: format!(
-                        "entry missing inside the log {}..={}",
-                        bounds.compacted.index + 1,
-                        bounds.last_index
-                    ),
-                });
-            };
-            let entry = codec::decode_entry(&value, index).map_err(|e| StorageError::Corrupt {
+    /// The entry at `index`, which `bounds` (held by the caller, so no writer runs) says is
+    /// stored: a missing one is damage, not a race.
+    fn entry_at(&self, bounds: &Bounds, index: LogIndex) -> Result<Entry, StorageError> {
+        let value = self
+            .tree
+            .get(entry_key(index))
+            .map_err(engine_error(&self.path, "reading"))?
+            .ok_or_else(|| StorageError::Corrupt {
                 path: self.path.clone(),
                 index,
-                detail: e.0,
+                detail: format!(
+                    "entry missing inside the log {}..={}",
+                    bounds.first_index(),
+                    bounds.last_index
+                ),
             })?;
-            bytes = bytes.saturating_add(entry.size_bytes());
-            if bytes > max_bytes && index > low {
-                break;
-            }
-            out.push(entry);
-        }
-        Ok(())
+        codec::decode_entry(&value, index).map_err(|e| e.in_entry(&self.path, index))
     }
 
     fn term_locked(&self, bounds: &Bounds, index: LogIndex) -> Result<Term, StorageError> {
         if index == bounds.compacted.index {
             return Ok(bounds.compacted.term);
         }
-        validate_range(
-            index,
-            index + 1,
-            bounds.compacted.index + 1,
-            bounds.last_index,
-        )?;
-        let value = self
-            .tree
-            .get(entry_key(index))
-            .map_err(self.backend("reading"))?
-            .ok_or_else(|| StorageError::Corrupt {
-                path: self.path.clone(),
-                index,
-                detail: "entry missing inside the log".into(),
-            })?;
-        codec::decode_entry(&value, index)
-            .map(|e| e.term)
-            .map_err(|e| StorageError::Corrupt {
-                path: self.path.clone(),
-                index,
-                detail: e.0,
-            })
+        bounds.check_read(index, index + 1)?;
+        self.entry_at(bounds, index).map(|e| e.term)
     }
 
-    fn load_state(&self) -> Result<StoredState, StorageError> {
-        let bounds = self.read_bounds();
-        let meta_err = |record: &'static str| {
-            move |e: codec::CodecError| StorageError::CorruptMetadata {
-                path: self.path.clone(),
-                record,
-                detail: e.0,
-            }
-        };
-        let hard_state = match self.get_meta(HARD_STATE)? {
-            Some(v) => codec::decode_hard_state(&v).map_err(meta_err(HARD_STATE))?,
-            None => HardState::default(),
-        };
-        let snapshot_meta = match self.get_meta(SNAPSHOT_META)? {
-            Some(v) => Some(codec::decode_snapshot_meta(&v).map_err(meta_err(SNAPSHOT_META))?),
-            None => None,
-        };
-        Ok(StoredState {
-            hard_state,
-            first_index: bounds.compacted.index + 1,
-            last_index: bounds.last_index,
-            snapshot_meta,
-        })
-    }
-
-    /// Applies `batch` atomically and publishes `new_bounds` under the exclusive bounds lock,
-    /// then flushes (fsync) if asked. Call only during the writer's turn.
+    /// Applies `batch` atomically and publishes `after` under the exclusive bounds lock, then
+    /// flushes (fsync) if asked.
     fn commit(
         &self,
         batch: sled::Batch,
-        new_bounds: Bounds,
+        after: Bounds,
         sync: bool,
         op: &'static str,
     ) -> Result<(), StorageError> {
         {
-            let mut bounds = self.bounds.write().unwrap_or_else(PoisonError::into_inner);
-            self.tree.apply_batch(batch).map_err(self.backend(op))?;
-            *bounds = new_bounds;
+            let mut bounds = self.bounds.write();
+            self.tree
+                .apply_batch(batch)
+                .map_err(engine_error(&self.path, op))?;
+            *bounds = after;
         }
         if sync {
             self.make_durable(op)?;
@@ -491,35 +251,27 @@ impl Shared {
     /// synced, and the blob directory if it gained files. This costs one extra fsync per
     /// synced write (see the benchmark).
     fn make_durable(&self, op: &'static str) -> Result<(), StorageError> {
-        self.tree.flush().map_err(self.backend(op))?;
-        let io = |path: &Path, what: &'static str| {
-            let path = path.to_path_buf();
-            move |source| StorageError::Io {
-                path,
-                op: what,
-                source,
-            }
-        };
+        self.tree.flush().map_err(engine_error(&self.path, op))?;
         self.data_file
             .sync_all()
-            .map_err(io(&self.path.join("db"), "fsyncing"))?;
+            .map_err(io_error(&self.path.join("db"), "fsyncing"))?;
         let blobs = self.path.join("blobs");
         let listing = match fs::read_dir(&blobs) {
             Ok(listing) => listing,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io(&blobs, "listing")(e)),
+            Err(e) => return Err(io_error(&blobs, "listing")(e)),
         };
-        let mut synced = lock(&self.synced_blobs);
+        let mut synced = self.synced_blobs.lock();
         let mut present = HashSet::new();
         let mut added = false;
         for item in listing {
-            let item = item.map_err(io(&blobs, "listing"))?;
+            let item = item.map_err(io_error(&blobs, "listing"))?;
             let name = item.file_name();
             if !synced.contains(&name) {
                 let blob = item.path();
                 fs::File::open(&blob)
                     .and_then(|f| f.sync_all())
-                    .map_err(io(&blob, "fsyncing"))?;
+                    .map_err(io_error(&blob, "fsyncing"))?;
                 added = true;
             }
             present.insert(name);
@@ -527,22 +279,115 @@ impl Shared {
         if added {
             fs::File::open(&blobs)
                 .and_then(|d| d.sync_all())
-                .map_err(io(&blobs, "fsyncing"))?;
+                .map_err(io_error(&blobs, "fsyncing"))?;
         }
         // Forget blobs sled has garbage-collected, so the set stays bounded.
         *synced = present;
         Ok(())
     }
+}
+
+impl SyncLog for SledLog {
+    const KIND: StoreKind = StoreKind::new(BACKEND, FORMAT_VERSION, &[DB_DIR]);
+    type Options = ();
+
+    fn open(dir: &Path, state: DirState, (): ()) -> Result<Self, StorageError> {
+        let path = dir.join(DB_DIR);
+        let conf = path.join("conf");
+        let exists = conf.try_exists().map_err(io_error(&path, "looking for"))?;
+        // A marker without its database means the database was deleted: refuse rather than
+        // start over with an empty log, which would forget the votes this node cast.
+        if state == DirState::Existing && !exists {
+            return Err(StorageError::NotFound { path });
+        }
+        let config = sled::Config::new()
+            .path(&path)
+            .create_new(state == DirState::New);
+        // sled releases its file lock only once the background work of a dropped instance has
+        // finished: a store of this process that was just closed (a restart in place) may
+        // still hold it for a moment under load. Another process holding it fails after the
+        // wait, as before.
+        let started = Instant::now();
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && started.elapsed() < LOCK_WAIT =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other.map_err(engine_error(&path, "opening"))?,
+            }
+        };
+        let tree = db.open_tree(TREE).map_err(engine_error(&path, "opening"))?;
+        let data_path = path.join("db");
+        let data_file = fs::File::open(&data_path)
+            .map_err(io_error(&data_path, "opening sled's data file in"))?;
+        if state == DirState::New {
+            // Make sled's new files part of the directory for good before the marker says
+            // the store exists.
+            fs::File::open(&path)
+                .and_then(|d| d.sync_all())
+                .map_err(io_error(&path, "syncing the directory"))?;
+        }
+        let log = SledLog {
+            tree,
+            _db: db,
+            path,
+            bounds: RwLock::new(Bounds::EMPTY),
+            data_file,
+            synced_blobs: Mutex::new(HashSet::new()),
+        };
+        let bounds = log.load_bounds()?;
+        *log.bounds.write() = bounds;
+        Ok(log)
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn bounds(&self) -> Bounds {
+        *self.bounds.read()
+    }
+
+    fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        self.term_locked(&self.bounds.read(), index)
+    }
+
+    fn read(&self, range: Range<LogIndex>, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        let (low, high) = (range.start, range.end);
+        let bounds = self.bounds.read();
+        bounds.check_read(low, high)?;
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for index in low..high {
+            let entry = self.entry_at(&bounds, index)?;
+            bytes = bytes.saturating_add(entry.size_bytes());
+            if bytes > max_bytes && index > low {
+                break;
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    fn load_state(&self) -> Result<StoredState, StorageError> {
+        // Under the read lock, so that no batch lands between the records and the bounds.
+        let bounds = self.bounds.read();
+        let hard_state = self.get_meta(HARD_STATE, codec::decode_hard_state)?;
+        let snapshot = self.get_meta(SNAPSHOT_META, codec::decode_snapshot_meta)?;
+        Ok(bounds.stored_state(hard_state, snapshot))
+    }
 
     /// One `PersistRequest` = one atomic batch = (with `must_sync`) one flush.
-    fn persist_blocking(&self, req: &PersistRequest) -> Result<(), StorageError> {
-        let bounds = *self.read_bounds();
-        validate_persist(req, bounds.compacted.index, bounds.last_index)?;
+    fn persist(&self, req: &PersistRequest) -> Result<(), StorageError> {
+        let bounds = *self.bounds.read();
+        let after = bounds.after_persist(req)?;
         let mut batch = sled::Batch::default();
         if let Some(hs) = &req.hard_state {
             batch.insert(meta_key(HARD_STATE), codec::encode_hard_state(hs));
         }
-        let mut new_bounds = bounds;
         if let Some(last) = req.entries.last() {
             // Entries overwrite: remove the whole old suffix beyond the new entries too.
             for index in last.index + 1..=bounds.last_index {
@@ -551,151 +396,48 @@ impl Shared {
             for entry in &req.entries {
                 batch.insert(&entry_key(entry.index), codec::encode_entry(entry));
             }
-            new_bounds.last_index = last.index;
         }
-        self.commit(batch, new_bounds, req.must_sync, "persisting to")
+        self.commit(batch, after, req.must_sync, "persisting to")
     }
 
-    fn purge_blocking(&self, up_to: LogIndex) -> Result<(), StorageError> {
-        let bounds = *self.read_bounds();
-        // Past the end, purge the whole log (as `MemoryLog::compact` does): the runtime may
-        // pass a purge point from a snapshot that covers more than this log holds.
-        let up_to = up_to.min(bounds.last_index);
-        if up_to <= bounds.compacted.index {
+    fn purge(&self, up_to: LogIndex) -> Result<(), StorageError> {
+        let bounds = *self.bounds.read();
+        let Some(up_to) = bounds.purge_point(up_to) else {
             return Ok(());
-        }
+        };
         let compacted = EntryId::new(self.term_locked(&bounds, up_to)?, up_to);
         let mut batch = sled::Batch::default();
-        for index in bounds.compacted.index + 1..=up_to {
+        for index in bounds.first_index()..=up_to {
             batch.remove(&entry_key(index));
         }
         batch.insert(meta_key(COMPACTED), codec::encode_entry_id(compacted));
-        let new_bounds = Bounds {
+        let after = Bounds {
             compacted,
-            last_index: bounds.last_index,
+            ..bounds
         };
-        self.commit(batch, new_bounds, true, "purging")
+        self.commit(batch, after, true, "purging")
     }
 
-    fn snapshot_blocking(&self, meta: &SnapshotMeta, reset: bool) -> Result<(), StorageError> {
-        let bounds = *self.read_bounds();
-        let at = meta.last_included;
-        let term_at = if at.index > bounds.compacted.index && at.index <= bounds.last_index {
-            Some(self.term_locked(&bounds, at.index)?)
-        } else {
-            None
-        };
-        validate_snapshot(meta, bounds.compacted, term_at, reset)?;
+    /// One batch: the description and, for a reset, the removal of the whole log and the
+    /// new compaction point; then a flush.
+    fn snapshot(&self, meta: &SnapshotMeta, reset: bool) -> Result<(), StorageError> {
+        let bounds = *self.bounds.read();
+        let after = bounds.after_snapshot(meta, reset, |index| self.term_locked(&bounds, index))?;
         let mut batch = sled::Batch::default();
         batch.insert(meta_key(SNAPSHOT_META), codec::encode_snapshot_meta(meta));
-        let mut new_bounds = bounds;
         if reset {
-            for index in bounds.compacted.index + 1..=bounds.last_index {
+            for index in bounds.first_index()..=bounds.last_index {
                 batch.remove(&entry_key(index));
             }
-            batch.insert(meta_key(COMPACTED), codec::encode_entry_id(at));
-            new_bounds = Bounds {
-                compacted: at,
-                last_index: at.index,
-            };
+            batch.insert(
+                meta_key(COMPACTED),
+                codec::encode_entry_id(meta.last_included),
+            );
         }
-        self.commit(batch, new_bounds, true, "saving snapshot meta to")
+        self.commit(batch, after, true, "saving snapshot meta to")
     }
 
-    fn sync_blocking(&self) -> Result<(), StorageError> {
+    fn sync(&self) -> Result<(), StorageError> {
         self.make_durable("syncing")
-    }
-}
-
-impl LogStore for SledStore {
-    type Reader = SledReader;
-
-    fn reader(&self) -> SledReader {
-        SledReader {
-            shared: Arc::clone(&self.shared),
-        }
-    }
-
-    fn load_state(&self) -> impl Future<Output = Result<StoredState, StorageError>> + Send {
-        blocking_read(&self.shared, "loading state from", Shared::load_state)
-    }
-
-    fn persist(
-        &self,
-        req: &PersistRequest,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send {
-        // Cloning is cheap: payloads are reference-counted `Bytes`.
-        let req = req.clone();
-        ordered_write(&self.shared, "persisting to", move |s| {
-            s.persist_blocking(&req)
-        })
-    }
-
-    fn read_entries(
-        &self,
-        low: LogIndex,
-        high: LogIndex,
-        max_bytes: u64,
-    ) -> impl Future<Output = Result<Vec<Entry>, StorageError>> + Send {
-        blocking_read(&self.shared, "reading entries from", move |s| {
-            let mut out = Vec::new();
-            s.read_range(low, high, max_bytes, &mut out).map(|()| out)
-        })
-    }
-
-    fn purge(&self, up_to: LogIndex) -> impl Future<Output = Result<(), StorageError>> + Send {
-        ordered_write(&self.shared, "purging", move |s| s.purge_blocking(up_to))
-    }
-
-    fn save_snapshot_meta(
-        &self,
-        meta: &SnapshotMeta,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send {
-        let meta = meta.clone();
-        ordered_write(&self.shared, "saving snapshot meta to", move |s| {
-            s.snapshot_blocking(&meta, false)
-        })
-    }
-
-    fn reset_to_snapshot(
-        &self,
-        meta: &SnapshotMeta,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send {
-        let meta = meta.clone();
-        ordered_write(&self.shared, "installing a snapshot in", move |s| {
-            s.snapshot_blocking(&meta, true)
-        })
-    }
-
-    fn sync(&self) -> impl Future<Output = Result<(), StorageError>> + Send {
-        ordered_write(&self.shared, "syncing", Shared::sync_blocking)
-    }
-}
-
-impl LogReader for SledReader {
-    fn first_index(&self) -> LogIndex {
-        self.shared.read_bounds().compacted.index + 1
-    }
-
-    fn last_index(&self) -> LogIndex {
-        self.shared.read_bounds().last_index
-    }
-
-    fn term(&self, index: LogIndex) -> Result<Term, LogError> {
-        Ok(guarded(&*self.shared, "reading", |s| {
-            s.term_locked(&s.read_bounds(), index)
-        })?)
-    }
-
-    fn entries(
-        &self,
-        low: LogIndex,
-        high: LogIndex,
-        max_bytes: u64,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), LogError> {
-        Ok(guarded(&*self.shared, "reading", |s| {
-            s.read_range(low, high, max_bytes, out)
-        })?)
     }
 }

@@ -19,7 +19,7 @@
 //! Bodies: `SEGMENT_START` = `prev_end u64 | seg_len u64` (where the log ended in the
 //! previous segment, and the size this segment file was given);
 //! `ENTRY` = `term u64 | index u64 | payload kind u8 | payload` (a membership payload is
-//! [`dengine_core::store::codec`]'s entry record, so that all backends agree on it);
+//! [`dengine_storage_common::codec`]'s entry record, so that all backends agree on it);
 //! `HARD_STATE` = `term u64 | vote u64 (0 = none) | commit u64`; `END` is empty.
 //!
 //! Every write of a batch is followed, in the same write, by an `END` frame that the next
@@ -28,8 +28,8 @@
 //! (writes reach the disk in order), which makes them corruption rather than a torn tail.
 
 use bytes::Bytes;
-use dengine_core::store::codec;
 use dengine_core::{Entry, EntryPayload, HardState};
+use dengine_storage_common::codec;
 
 /// Size of a frame header.
 pub(crate) const HEADER: usize = 24;

@@ -55,8 +55,9 @@
 //!
 //! ## Writes
 //!
-//! Writes run on tokio's blocking pool in call order (`dengine_storage_common::blocking`,
-//! as in the redb and sled backends): the calls must be made inside a tokio runtime. A
+//! [`WalStore`] is [`dengine_storage_common::Store`] over [`WalLog`], as every backend: writes
+//! run on tokio's blocking pool in call order, and the calls must be made inside a tokio
+//! runtime. A
 //! `persist` with `must_sync` is one positional write and one `fdatasync`. The exceptions
 //! are rare: the write that fills a segment first activates the next one (preallocating it
 //! if no spare is ready, a directory fsync and a metadata write), and syncs the old segment
@@ -64,8 +65,7 @@
 //! later write until it is reopened.
 //!
 //! ```
-//! use dengine_core::store::testing::persist_request;
-//! use dengine_core::{Entry, EntryPayload, HardState, LogReader, LogStore};
+//! use dengine_core::{Entry, EntryPayload, HardState, LogReader, LogStore, PersistRequest};
 //! use dengine_storage_wal::{WalOptions, WalStore};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -76,7 +76,7 @@
 //!     let options = WalOptions::default().segment_bytes(1 << 20);
 //!     let store = WalStore::open_or_create_with(dir.path(), options)?;
 //!     let reader = store.reader(); // hand this to `Raft::new`
-//!     let write = persist_request(
+//!     let write = PersistRequest::new(
 //!         Some(HardState { term: 1, vote: Some(1), commit: 0 }),
 //!         vec![Entry::new(1, 1, EntryPayload::Blank)],
 //!         true,
@@ -89,8 +89,7 @@
 //! # }
 //! ```
 //!
-//! (In a real runtime the `PersistRequest` comes from `Ready::persist`; `persist_request` is a
-//! test helper of dengine-core's `testing` feature.)
+//! (In a real runtime the `PersistRequest` comes from `Ready::persist`.)
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -110,17 +109,16 @@ mod power_loss;
 #[cfg(test)]
 mod sim;
 
-use std::future::Future;
+use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
 
-use dengine_core::store::SnapshotMeta;
-use dengine_core::store::codec::Marker;
 use dengine_core::{
-    Entry, LogError, LogIndex, LogReader, LogStore, PersistRequest, StorageError, StoredState, Term,
+    Entry, LogIndex, PersistRequest, SnapshotMeta, StorageError, StoredState, Term,
 };
-use dengine_storage_common::blocking::{self, Sequencer, blocking_read, ordered_write};
-use dengine_storage_common::marker::{self, DirState};
+#[cfg(doc)]
+use dengine_core::{LogReader, LogStore};
+use dengine_storage_common::marker::DirState;
+use dengine_storage_common::{Bounds, Reader, Store, StoreKind, SyncLog};
 
 pub use options::{DEFAULT_CACHE_BYTES, DEFAULT_SEGMENT_BYTES, WalOptions};
 
@@ -134,221 +132,89 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Name of the metadata file inside the store directory.
 pub const META_FILE: &str = segment::META_FILE;
 
-/// The marker this build writes and accepts.
-pub fn marker() -> Marker {
-    Marker {
-        backend: BACKEND.into(),
-        format: FORMAT_VERSION,
-    }
-}
+/// A [`LogStore`] on a write-ahead log. Cheap to clone; clones share the log. Open it with
+/// [`WalOptions`] through `open_with`/`open_or_create_with`.
+pub type WalStore = Store<WalLog>;
+/// The synchronous [`LogReader`] view of a [`WalStore`]: answers from memory, or from the
+/// segment files (page cache) for entries older than the cache.
+pub type WalReader = Reader<WalLog>;
 
 /// The file name of segment number `seq` (numbers start at 1).
 pub fn segment_file_name(seq: u64) -> String {
     segment::segment_name(seq)
 }
 
-struct Shared {
+/// The write-ahead log behind a [`WalStore`]: the [`SyncLog`] that
+/// [`Store`] runs. Use it through `WalStore`; reach it with
+/// [`Store::backend`] for [`recovery_notes`](Self::recovery_notes).
+pub struct WalLog {
     wal: Wal<StdFs>,
-    sequencer: Sequencer,
 }
 
-impl blocking::Backend for Shared {
-    const STORE: &'static str = "WalStore";
-    const DATABASE: &'static str = "the WAL";
-
-    fn path(&self) -> &Path {
-        &self.wal.dir
-    }
-
-    fn sequencer(&self) -> &Sequencer {
-        &self.sequencer
-    }
-}
-
-/// A [`LogStore`] on a write-ahead log. Cheap to clone; clones share the log.
-#[derive(Clone)]
-pub struct WalStore {
-    shared: Arc<Shared>,
-}
-
-/// The synchronous [`LogReader`] view of a [`WalStore`]: answers from memory, or from the
-/// segment files (page cache) for entries older than the cache.
-#[derive(Clone)]
-pub struct WalReader {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for WalStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WalStore")
-            .field("dir", &self.shared.wal.dir)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for WalReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WalReader")
-            .field("dir", &self.shared.wal.dir)
-            .finish_non_exhaustive()
-    }
-}
-
-impl WalStore {
-    /// Opens the store in `dir` with default [`WalOptions`], creating it if `dir` is missing
-    /// or empty. Blocks (it scans the log).
-    pub fn open_or_create(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
-        Self::open_dir(dir.as_ref(), true, WalOptions::default())
-    }
-
-    /// Opens the existing store in `dir` with default [`WalOptions`];
-    /// [`StorageError::NotFound`] if there is none. Blocks.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
-        Self::open_dir(dir.as_ref(), false, WalOptions::default())
-    }
-
-    /// [`open_or_create`](Self::open_or_create) with explicit options.
-    pub fn open_or_create_with(
-        dir: impl AsRef<Path>,
-        options: WalOptions,
-    ) -> Result<Self, StorageError> {
-        Self::open_dir(dir.as_ref(), true, options)
-    }
-
-    /// [`open`](Self::open) with explicit options.
-    pub fn open_with(dir: impl AsRef<Path>, options: WalOptions) -> Result<Self, StorageError> {
-        Self::open_dir(dir.as_ref(), false, options)
-    }
-
-    /// The store directory.
-    pub fn path(&self) -> &Path {
-        &self.shared.wal.dir
-    }
-
+impl WalLog {
     /// What opening the store repaired, one line each, naming the file: a torn tail cut off
     /// (a write that never completed, so never acknowledged), leftovers of an interrupted
     /// purge, roll or preallocation removed. Empty when the store was closed cleanly or
     /// stopped between writes. Worth logging at start-up.
     pub fn recovery_notes(&self) -> &[String] {
-        &self.shared.wal.notes
+        &self.wal.notes
     }
+}
 
-    fn open_dir(dir: &Path, create: bool, options: WalOptions) -> Result<Self, StorageError> {
-        if dir.exists() && !dir.is_dir() {
-            return Err(StorageError::Io {
-                path: dir.to_path_buf(),
-                op: "opening the store directory",
-                source: std::io::Error::other(
-                    "it is not a directory; point the store at a directory (or a path that \
-                     does not exist yet)",
-                ),
-            });
-        }
-        let first = segment::segment_name(1);
-        let leftovers = [META_FILE, first.as_str(), segment::TMP_FILE];
-        let state = marker::prepare(dir, &marker(), create, &leftovers)?;
+impl SyncLog for WalLog {
+    const KIND: StoreKind = StoreKind::new(
+        BACKEND,
+        FORMAT_VERSION,
+        &[META_FILE, segment::FIRST_SEGMENT, segment::TMP_FILE],
+    );
+    type Options = WalOptions;
+
+    fn open(dir: &Path, state: DirState, options: WalOptions) -> Result<Self, StorageError> {
         let wal = match state {
             DirState::Existing => recovery::open(StdFs, dir, options)?,
-            DirState::New => {
-                let wal = recovery::create(StdFs, dir, options)?;
-                // The marker goes last: it is what makes the new store exist.
-                marker::write(dir, &marker())?;
-                wal
-            }
+            DirState::New => recovery::create(StdFs, dir, options)?,
         };
-        Ok(WalStore {
-            shared: Arc::new(Shared {
-                wal,
-                sequencer: Sequencer::default(),
-            }),
-        })
+        Ok(WalLog { wal })
     }
-}
 
-impl LogStore for WalStore {
-    type Reader = WalReader;
+    fn path(&self) -> &Path {
+        &self.wal.dir
+    }
 
-    fn reader(&self) -> WalReader {
-        WalReader {
-            shared: Arc::clone(&self.shared),
+    fn bounds(&self) -> Bounds {
+        let view = self.wal.view();
+        Bounds {
+            compacted: view.compacted,
+            last_index: view.last_index(),
         }
     }
 
-    fn load_state(&self) -> impl Future<Output = Result<StoredState, StorageError>> + Send {
+    fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        self.wal.term(index)
+    }
+
+    fn read(&self, range: Range<LogIndex>, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        self.wal.view().read(range, max_bytes)
+    }
+
+    fn load_state(&self) -> Result<StoredState, StorageError> {
         // Everything it returns is in memory.
-        std::future::ready(Ok(self.shared.wal.load_state()))
+        Ok(self.wal.load_state())
     }
 
-    fn persist(
-        &self,
-        req: &PersistRequest,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send {
-        // Cloning is cheap: payloads are reference-counted `Bytes`.
-        let req = req.clone();
-        ordered_write(&self.shared, "persisting to", move |s| s.wal.persist(&req))
+    fn persist(&self, req: &PersistRequest) -> Result<(), StorageError> {
+        self.wal.persist(req)
     }
 
-    fn read_entries(
-        &self,
-        low: LogIndex,
-        high: LogIndex,
-        max_bytes: u64,
-    ) -> impl Future<Output = Result<Vec<Entry>, StorageError>> + Send {
-        blocking_read(&self.shared, "reading entries from", move |s| {
-            let mut out = Vec::new();
-            s.wal.read(low, high, max_bytes, &mut out).map(|()| out)
-        })
+    fn purge(&self, up_to: LogIndex) -> Result<(), StorageError> {
+        self.wal.purge(up_to)
     }
 
-    fn purge(&self, up_to: LogIndex) -> impl Future<Output = Result<(), StorageError>> + Send {
-        ordered_write(&self.shared, "purging", move |s| s.wal.purge(up_to))
+    fn snapshot(&self, meta: &SnapshotMeta, reset: bool) -> Result<(), StorageError> {
+        self.wal.snapshot(meta, reset)
     }
 
-    fn save_snapshot_meta(
-        &self,
-        meta: &SnapshotMeta,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send {
-        let meta = meta.clone();
-        ordered_write(&self.shared, "saving snapshot meta to", move |s| {
-            s.wal.snapshot(&meta, false)
-        })
-    }
-
-    fn reset_to_snapshot(
-        &self,
-        meta: &SnapshotMeta,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send {
-        let meta = meta.clone();
-        ordered_write(&self.shared, "installing a snapshot in", move |s| {
-            s.wal.snapshot(&meta, true)
-        })
-    }
-
-    fn sync(&self) -> impl Future<Output = Result<(), StorageError>> + Send {
-        ordered_write(&self.shared, "syncing", |s| s.wal.sync())
-    }
-}
-
-impl LogReader for WalReader {
-    fn first_index(&self) -> LogIndex {
-        self.shared.wal.view().first_index()
-    }
-
-    fn last_index(&self) -> LogIndex {
-        self.shared.wal.view().last_index()
-    }
-
-    fn term(&self, index: LogIndex) -> Result<Term, LogError> {
-        Ok(self.shared.wal.term(index)?)
-    }
-
-    fn entries(
-        &self,
-        low: LogIndex,
-        high: LogIndex,
-        max_bytes: u64,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), LogError> {
-        Ok(self.shared.wal.read(low, high, max_bytes, out)?)
+    fn sync(&self) -> Result<(), StorageError> {
+        self.wal.sync()
     }
 }

@@ -8,16 +8,15 @@
 //! valid slot with the higher generation. The body is
 //! `magic "DWALMETA" | version u32 | first_seg u64 | last_seg u64 | compacted term u64 |
 //! compacted index u64 | hard state term u64, vote u64, commit u64 | snapshot length u32 |
-//! snapshot` (the snapshot in [`dengine_core::store::codec`]'s encoding), little-endian.
+//! snapshot` (the snapshot in [`dengine_storage_common::codec`]'s encoding), little-endian.
 //!
 //! The metadata is written only by purges, snapshots and when a new segment is activated
 //! (once per segment): never on the `persist` path.
 
 use std::path::{Path, PathBuf};
 
-use dengine_core::store::SnapshotMeta;
-use dengine_core::store::codec;
-use dengine_core::{EntryId, HardState, StorageError};
+use dengine_core::{EntryId, HardState, SnapshotMeta, StorageError};
+use dengine_storage_common::{codec, io_error};
 
 use crate::vfs::{VFile, Vfs};
 
@@ -57,11 +56,6 @@ fn corrupt(path: &Path, detail: String) -> StorageError {
         record: "WAL metadata",
         detail,
     }
-}
-
-fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> StorageError {
-    let path = path.to_path_buf();
-    move |source| StorageError::Io { path, op, source }
 }
 
 fn encode(generation: u64, r: &MetaRecord) -> Result<Vec<u8>, StorageError> {
@@ -201,11 +195,11 @@ impl<F: VFile> MetaFile<F> {
         path: &Path,
         record: MetaRecord,
     ) -> Result<Self, StorageError> {
-        let file = vfs.create(path).map_err(io(path, "creating"))?;
+        let file = vfs.create(path).map_err(io_error(path, "creating"))?;
         let mut buf = encode(1, &record)?;
         buf.resize(2 * SLOT, 0);
-        file.write_at(&buf, 0).map_err(io(path, "writing"))?;
-        file.sync_data().map_err(io(path, "syncing"))?;
+        file.write_at(&buf, 0).map_err(io_error(path, "writing"))?;
+        file.sync_data().map_err(io_error(path, "syncing"))?;
         Ok(MetaFile {
             path: path.to_path_buf(),
             file,
@@ -227,11 +221,12 @@ impl<F: VFile> MetaFile<F> {
                         .into(),
                 ));
             }
-            Err(e) => return Err(io(path, "opening")(e)),
+            Err(e) => return Err(io_error(path, "opening")(e)),
         };
-        let len = file.len().map_err(io(path, "reading the size of"))?;
+        let len = file.len().map_err(io_error(path, "reading the size of"))?;
         let mut buf = vec![0u8; (len as usize).min(2 * SLOT)];
-        file.read_at(&mut buf, 0).map_err(io(path, "reading"))?;
+        file.read_at(&mut buf, 0)
+            .map_err(io_error(path, "reading"))?;
         buf.resize(2 * SLOT, 0);
         let a = decode(&buf[..SLOT]);
         let b = decode(&buf[SLOT..]);
@@ -275,8 +270,10 @@ impl<F: VFile> MetaFile<F> {
         let buf = encode(generation, &record)?;
         self.file
             .write_at(&buf, slot_offset(generation))
-            .map_err(io(&self.path, "writing"))?;
-        self.file.sync_data().map_err(io(&self.path, "syncing"))?;
+            .map_err(io_error(&self.path, "writing"))?;
+        self.file
+            .sync_data()
+            .map_err(io_error(&self.path, "syncing"))?;
         self.generation = generation;
         self.record = record;
         Ok(())

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use dengine_core::store::SnapshotMeta;
-use dengine_core::store::testing::persist_request;
-use dengine_core::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, StorageError};
+use dengine_core::{
+    Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, PersistRequest, StorageError,
+};
 
 use crate::options::WalOptions;
 use crate::recovery;
@@ -45,14 +46,10 @@ impl Model {
 
 fn observe(wal: &Wal<SimFs>) -> Model {
     let state = wal.load_state();
-    let mut entries = Vec::new();
-    wal.read(
-        state.first_index,
-        state.last_index + 1,
-        u64::MAX,
-        &mut entries,
-    )
-    .unwrap();
+    let entries = wal
+        .view()
+        .read(state.first_index..state.last_index + 1, u64::MAX)
+        .unwrap();
     assert_eq!(
         entries.len() as u64,
         state.last_index + 1 - state.first_index
@@ -158,7 +155,7 @@ fn run_op(wal: &Wal<SimFs>, model: &Model, op: Op) -> (Result<(), StorageError>,
                     .truncate((first.index - next.compacted.index - 1) as usize);
                 next.entries.extend(entries.iter().cloned());
             }
-            let req = persist_request(hs, entries, sync);
+            let req = PersistRequest::new(hs, entries, sync);
             (wal.persist(&req), next, sync)
         }
         Op::Purge(up_to) => {

@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dengine_core::{Entry, EntryId, HardState, LogIndex, StorageError};
+use dengine_storage_common::io_error;
 
 use crate::format::{self, Record};
 use crate::meta::{MetaFile, MetaRecord};
 use crate::options::{MIN_SEGMENT, WalOptions};
 use crate::segment::{
-    self, FileKind, Framed, META_FILE, TMP_FILE, classify, corrupt_at, io, preallocate,
-    segment_path,
+    self, FileKind, Framed, META_FILE, TMP_FILE, classify, corrupt_at, preallocate, segment_path,
 };
 use crate::vfs::{VFile, Vfs};
 use crate::view::{Loc, SegFile, View};
@@ -43,7 +43,7 @@ pub(crate) fn create<V: Vfs>(
     )?;
     preallocate(&vfs, dir, &segment_path(dir, 1), options.segment_len())?;
     vfs.sync_dir(dir)
-        .map_err(io(dir, "syncing the directory"))?;
+        .map_err(io_error(dir, "syncing the directory"))?;
     open(vfs, dir, options)
 }
 
@@ -155,7 +155,7 @@ struct Listing {
 fn list<V: Vfs>(vfs: &V, dir: &Path) -> Result<Listing, StorageError> {
     let items = vfs
         .list(dir)
-        .map_err(io(dir, "listing the store directory"))?;
+        .map_err(io_error(dir, "listing the store directory"))?;
     let mut segments = BTreeMap::new();
     let mut spares = Vec::new();
     let mut tmp = false;
@@ -198,7 +198,7 @@ pub(crate) fn open<V: Vfs>(
     if tmp {
         // A preallocation that did not finish: nothing refers to it.
         let path = dir.join(TMP_FILE);
-        vfs.remove(&path).map_err(io(&path, "removing"))?;
+        vfs.remove(&path).map_err(io_error(&path, "removing"))?;
         notes.push(format!(
             "{}: removed an unfinished segment preallocation",
             path.display()
@@ -216,14 +216,14 @@ pub(crate) fn open<V: Vfs>(
         if seq > rec.last_seg {
             // Cannot happen (spares come from segments below the first live one); a spare
             // named like a future segment must not be mistaken for one of its life.
-            vfs.remove(&path).map_err(io(&path, "removing"))?;
+            vfs.remove(&path).map_err(io_error(&path, "removing"))?;
             dir_changed = true;
             continue;
         }
         let len = vfs
             .open(&path)
             .and_then(|f| f.len())
-            .map_err(io(&path, "reading the size of"))?;
+            .map_err(io_error(&path, "reading the size of"))?;
         spares.push(Spare { seq, len });
     }
     // Segments the metadata no longer (or not yet) lists: the leftovers of a purge or a
@@ -238,7 +238,7 @@ pub(crate) fn open<V: Vfs>(
     for (seq, path) in strays {
         segments.remove(&seq);
         if seq > rec.last_seg {
-            let file = vfs.open(&path).map_err(io(&path, "opening"))?;
+            let file = vfs.open(&path).map_err(io_error(&path, "opening"))?;
             if segment::read_start(&file, &path, seq)?.is_some() {
                 return Err(missing(
                     path,
@@ -249,7 +249,7 @@ pub(crate) fn open<V: Vfs>(
                     ),
                 ));
             }
-            vfs.remove(&path).map_err(io(&path, "removing"))?;
+            vfs.remove(&path).map_err(io_error(&path, "removing"))?;
         } else {
             recycle_one(
                 &vfs,
@@ -264,7 +264,7 @@ pub(crate) fn open<V: Vfs>(
     }
     if dir_changed {
         vfs.sync_dir(dir)
-            .map_err(io(dir, "syncing the directory"))?;
+            .map_err(io_error(dir, "syncing the directory"))?;
     }
     // Every listed segment must be there.
     let mut files = Vec::new();
@@ -279,7 +279,7 @@ pub(crate) fn open<V: Vfs>(
                 ),
             ));
         }
-        let file = vfs.open(&path).map_err(io(&path, "opening"))?;
+        let file = vfs.open(&path).map_err(io_error(&path, "opening"))?;
         let start = segment::read_start(&file, &path, seq)?;
         files.push((seq, Arc::new(SegFile { path, file }), start));
     }
@@ -310,7 +310,7 @@ pub(crate) fn open<V: Vfs>(
         let len = seg
             .file
             .len()
-            .map_err(io(&seg.path, "reading the size of"))?;
+            .map_err(io_error(&seg.path, "reading the size of"))?;
         if len > u64::from(u32::MAX) {
             return Err(corrupt_at(
                 &seg.path,
@@ -334,7 +334,7 @@ pub(crate) fn open<V: Vfs>(
         let mut buf = vec![0u8; len as usize];
         seg.file
             .read_at(&mut buf, 0)
-            .map_err(io(&seg.path, "reading"))?;
+            .map_err(io_error(&seg.path, "reading"))?;
         let end = segment::scan(&buf, *seq, known_end, &seg.path, |batch| {
             replay.apply(*seq, &seg.path, batch)
         })?;
@@ -386,10 +386,12 @@ pub(crate) fn open<V: Vfs>(
         for at in &torn.zero_headers {
             seg.file
                 .write_at(&[0u8; format::HEADER], *at)
-                .map_err(io(&seg.path, "repairing the torn tail of"))?;
+                .map_err(io_error(&seg.path, "repairing the torn tail of"))?;
         }
         if options.fsync {
-            seg.file.sync_data().map_err(io(&seg.path, "syncing"))?;
+            seg.file
+                .sync_data()
+                .map_err(io_error(&seg.path, "syncing"))?;
         }
     }
     let Some((active_seq, active_seg, _)) = files.last() else {
@@ -401,7 +403,7 @@ pub(crate) fn open<V: Vfs>(
     let capacity = active_seg
         .file
         .len()
-        .map_err(io(&active_seg.path, "reading the size of"))?;
+        .map_err(io_error(&active_seg.path, "reading the size of"))?;
     let active = Active {
         seq: *active_seq,
         seg: Arc::clone(active_seg),

@@ -18,6 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use dengine_core::StorageError;
+use dengine_storage_common::io_error;
 
 use crate::format::{self, ALIGN, FLAG_COMMIT, FrameError, HEADER, Record};
 use crate::vfs::{VFile, Vfs};
@@ -26,6 +27,8 @@ use crate::vfs::{VFile, Vfs};
 pub(crate) const META_FILE: &str = "wal.meta";
 /// Name of a segment being preallocated (renamed to its segment name when complete).
 pub(crate) const TMP_FILE: &str = "segment.tmp";
+/// The name of the first segment, [`segment_name`]`(1)`: what an interrupted creation leaves.
+pub(crate) const FIRST_SEGMENT: &str = "00000000000000000001.wal";
 const SEGMENT_EXT: &str = ".wal";
 const SPARE_EXT: &str = ".spare";
 /// Zeros are written in pieces of this size when a segment is preallocated.
@@ -58,7 +61,7 @@ pub(crate) enum FileKind {
 
 /// Classifies a directory entry; `None` for a name the WAL never writes.
 pub(crate) fn classify(name: &str) -> Option<FileKind> {
-    if name == dengine_core::store::codec::MARKER_FILE {
+    if name == dengine_storage_common::codec::MARKER_FILE {
         return Some(FileKind::Marker);
     }
     if name == META_FILE {
@@ -79,11 +82,6 @@ pub(crate) fn classify(name: &str) -> Option<FileKind> {
         return number(stem).map(FileKind::Spare);
     }
     None
-}
-
-pub(crate) fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> StorageError {
-    let path = path.to_path_buf();
-    move |source| StorageError::Io { path, op, source }
 }
 
 /// What an operator should do about a damaged segment.
@@ -111,18 +109,18 @@ pub(crate) fn preallocate<V: Vfs>(
     len: u64,
 ) -> Result<V::File, StorageError> {
     let tmp = dir.join(TMP_FILE);
-    let file = vfs.create(&tmp).map_err(io(&tmp, "creating"))?;
+    let file = vfs.create(&tmp).map_err(io_error(&tmp, "creating"))?;
     let zeros = vec![0u8; ZERO_CHUNK];
     let mut at = 0u64;
     while at < len {
         let n = (len - at).min(ZERO_CHUNK as u64) as usize;
         file.write_at(&zeros[..n], at)
-            .map_err(io(&tmp, "preallocating"))?;
+            .map_err(io_error(&tmp, "preallocating"))?;
         at += n as u64;
     }
-    file.sync_data().map_err(io(&tmp, "syncing"))?;
+    file.sync_data().map_err(io_error(&tmp, "syncing"))?;
     vfs.rename(&tmp, path)
-        .map_err(io(path, "renaming a new segment to"))?;
+        .map_err(io_error(path, "renaming a new segment to"))?;
     Ok(file)
 }
 
@@ -168,11 +166,12 @@ pub(crate) fn read_start<F: VFile>(
     seq: u64,
 ) -> Result<Option<u64>, StorageError> {
     let mut buf = [0u8; format::START_FRAME];
-    let len = file.len().map_err(io(path, "reading the size of"))?;
+    let len = file.len().map_err(io_error(path, "reading the size of"))?;
     if len < buf.len() as u64 {
         return Ok(None);
     }
-    file.read_at(&mut buf, 0).map_err(io(path, "reading"))?;
+    file.read_at(&mut buf, 0)
+        .map_err(io_error(path, "reading"))?;
     Ok(match format::parse_frame(&buf, seq) {
         Ok(frame) => match format::decode(&frame) {
             Ok(Record::SegmentStart { prev_end, .. }) => Some(prev_end),
@@ -397,6 +396,11 @@ mod tests {
             Ok(())
         })?;
         Ok((end, batches))
+    }
+
+    #[test]
+    fn the_first_segment_is_named_as_segment_name_says() {
+        assert_eq!(FIRST_SEGMENT, segment_name(1));
     }
 
     #[test]

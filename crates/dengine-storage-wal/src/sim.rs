@@ -14,7 +14,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::vfs::{DirItem, VFile, Vfs};
 
@@ -145,7 +147,7 @@ fn not_found(path: &Path) -> io::Error {
 
 impl SimFs {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap()
+        self.state.lock()
     }
 
     /// The power fails after `ops` more operations.
@@ -280,7 +282,7 @@ impl SimFile {
         mutating: bool,
         f: impl FnOnce(&mut Inode) -> io::Result<T>,
     ) -> io::Result<T> {
-        let mut s = self.state.lock().unwrap();
+        let mut s = self.state.lock();
         if mutating {
             s.tick()?;
         } else {

@@ -7,11 +7,13 @@
 //! [`Entry::size_bytes`]; the newest entry is always cached).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use dengine_core::store::{SnapshotMeta, validate_range};
 use dengine_core::{Entry, EntryId, HardState, LogIndex, StorageError, Term};
+use dengine_storage_common::io_error;
 
 use crate::format;
 use crate::vfs::VFile;
@@ -161,15 +163,15 @@ impl<F: VFile> View<F> {
         self.compacted = at;
     }
 
-    /// Appends to `out` the entries in `[low, high)` within `max_bytes` (at least one).
+    /// The entries in `range` within `max_bytes` (at least one).
     pub(crate) fn read(
         &self,
-        low: LogIndex,
-        high: LogIndex,
+        range: Range<LogIndex>,
         max_bytes: u64,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (low, high) = (range.start, range.end);
         validate_range(low, high, self.first_index(), self.last_index())?;
+        let mut out = Vec::new();
         let mut bytes = 0u64;
         let mut index = low;
         let cache_first = self.cache_first();
@@ -180,7 +182,7 @@ impl<F: VFile> View<F> {
                 };
                 bytes = bytes.saturating_add(e.size_bytes());
                 if bytes > max_bytes && index > low {
-                    return Ok(());
+                    return Ok(out);
                 }
                 out.push(e.clone());
                 index += 1;
@@ -192,13 +194,13 @@ impl<F: VFile> View<F> {
             for entry in read {
                 bytes = bytes.saturating_add(entry.size_bytes());
                 if bytes > max_bytes && index > low {
-                    return Ok(());
+                    return Ok(out);
                 }
                 out.push(entry);
                 index += 1;
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Reads entries from `from` (not cached) on, as many as one span holds (at least one).
@@ -237,11 +239,7 @@ impl<F: VFile> View<F> {
         let mut buf = vec![0u8; span];
         seg.file
             .read_at(&mut buf, u64::from(first.offset))
-            .map_err(|source| StorageError::Io {
-                path: seg.path.clone(),
-                op: "reading entries from",
-                source,
-            })?;
+            .map_err(io_error(&seg.path, "reading entries from"))?;
         let mut out = Vec::with_capacity(count as usize);
         for index in from..from + count {
             let Some(loc) = self.loc(index) else { break };

@@ -16,17 +16,17 @@
 //!   every later write until it is reopened, which recovers what really is on disk.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 
 use dengine_core::store::{SnapshotMeta, validate_persist, validate_snapshot};
-use dengine_core::{
-    Entry, EntryId, HardState, LogIndex, PersistRequest, StorageError, StoredState, Term,
-};
+use dengine_core::{EntryId, HardState, LogIndex, PersistRequest, StorageError, StoredState, Term};
+use dengine_storage_common::io_error;
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::format::{self, END_FRAME, Encoder, PreparedEntry};
 use crate::meta::{MetaFile, MetaRecord};
 use crate::options::WalOptions;
-use crate::segment::{io, preallocate, segment_path, spare_path};
+use crate::segment::{preallocate, segment_path, spare_path};
 use crate::vfs::{VFile, Vfs};
 use crate::view::{Loc, SegFile, View};
 
@@ -97,18 +97,16 @@ impl<V: Vfs> Wal<V> {
         }
     }
 
-    // Poisoning: the writer marks itself failed before anything can panic half-way, and the
-    // view is updated by plain assignments; a poisoned lock carries no extra information.
     fn writer(&self) -> MutexGuard<'_, Writer<V>> {
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+        self.writer.lock()
     }
 
     pub(crate) fn view(&self) -> RwLockReadGuard<'_, View<V::File>> {
-        self.view.read().unwrap_or_else(PoisonError::into_inner)
+        self.view.read()
     }
 
     fn view_mut(&self) -> RwLockWriteGuard<'_, View<V::File>> {
-        self.view.write().unwrap_or_else(PoisonError::into_inner)
+        self.view.write()
     }
 
     /// Runs a write that has passed validation; an error marks the writer failed.
@@ -145,16 +143,6 @@ impl<V: Vfs> Wal<V> {
             last_index: v.last_index(),
             snapshot_meta: v.snapshot.clone(),
         }
-    }
-
-    pub(crate) fn read(
-        &self,
-        low: LogIndex,
-        high: LogIndex,
-        max_bytes: u64,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), StorageError> {
-        self.view().read(low, high, max_bytes, out)
     }
 
     pub(crate) fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
@@ -202,7 +190,8 @@ impl<V: Vfs> Wal<V> {
 
 impl<V: Vfs> Writer<V> {
     fn file_err(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> StorageError {
-        io(&self.active.seg.path, op)
+        let path = self.active.seg.path.clone();
+        move |e| io_error(&path, op)(e)
     }
 
     /// Makes every batch in the active segment durable.
@@ -272,7 +261,7 @@ impl<V: Vfs> Writer<V> {
         a.seg
             .file
             .write_at(&buf, a.offset)
-            .map_err(io(&a.seg.path, "writing"))?;
+            .map_err(io_error(&a.seg.path, "writing"))?;
         a.offset += batch_len;
         a.started = true;
         a.dirty = true;
@@ -318,8 +307,8 @@ impl<V: Vfs> Writer<V> {
                 let from = spare_path(&self.dir, spare.seq);
                 self.vfs
                     .rename(&from, &path)
-                    .map_err(io(&path, "renaming a spare segment to"))?;
-                let file = self.vfs.open(&path).map_err(io(&path, "opening"))?;
+                    .map_err(io_error(&path, "renaming a spare segment to"))?;
+                let file = self.vfs.open(&path).map_err(io_error(&path, "opening"))?;
                 (file, spare.len)
             }
             None => {
@@ -329,7 +318,7 @@ impl<V: Vfs> Writer<V> {
         };
         self.vfs
             .sync_dir(&self.dir)
-            .map_err(io(&self.dir, "syncing the directory"))?;
+            .map_err(io_error(&self.dir, "syncing the directory"))?;
         Ok((Arc::new(SegFile { path, file }), capacity))
     }
 
@@ -476,7 +465,7 @@ impl<V: Vfs> Writer<V> {
         }
         self.vfs
             .sync_dir(&self.dir)
-            .map_err(io(&self.dir, "syncing the directory"))
+            .map_err(io_error(&self.dir, "syncing the directory"))
     }
 }
 
@@ -493,14 +482,14 @@ pub(crate) fn recycle_one<V: Vfs>(
         let len = vfs
             .open(path)
             .and_then(|f| f.len())
-            .map_err(io(path, "reading the size of"))?;
+            .map_err(io_error(path, "reading the size of"))?;
         let to = spare_path(dir, seq);
         vfs.rename(path, &to)
-            .map_err(io(&to, "renaming a purged segment to"))?;
+            .map_err(io_error(&to, "renaming a purged segment to"))?;
         spares.push(Spare { seq, len });
     } else {
         vfs.remove(path)
-            .map_err(io(path, "removing a purged segment"))?;
+            .map_err(io_error(path, "removing a purged segment"))?;
     }
     Ok(())
 }

@@ -1,17 +1,15 @@
-//! Damaged and foreign input: every case must end in an error at open that names the file,
-//! the byte offset where it applies, and what to do — never in a panic or in silently wrong
-//! or missing data. The one repair the WAL makes on its own, cutting a torn tail, is shown
-//! too, with the note it leaves.
+//! Damage only the WAL can be asked about (the cases every backend shares are in
+//! `dengine_storage_common::testing::run_bad_input`, run from `storage.rs`): every case must
+//! end in an error at open that names the file, the byte offset where it applies, and what to
+//! do — never in a panic or in silently wrong or missing data. The one repair the WAL makes on
+//! its own, cutting a torn tail, is shown too, with the note it leaves.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-use dengine_core::store::codec::MARKER_FILE;
-use dengine_core::store::testing::persist_request;
-use dengine_core::{Entry, EntryPayload, LogReader, LogStore, StorageError};
+use dengine_core::{Entry, EntryPayload, LogReader, LogStore, PersistRequest, StorageError};
+use dengine_storage_common::testing::{marked, runtime, write_marked};
 use dengine_storage_wal::{META_FILE, WalOptions, WalStore as Store, segment_file_name};
 
 /// Small segments, so that a few hundred entries span several of them.
@@ -19,34 +17,10 @@ fn options() -> WalOptions {
     WalOptions::default().segment_bytes(64 * 1024)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-}
-
-/// A payload that is easy to find in a segment file.
-fn marked(index: u64) -> Bytes {
-    Bytes::from(format!("<<dengine-test-payload-{index:04}>>").repeat(6))
-}
-
 /// Writes entries `1..=count`, `per_batch` per `persist`.
 fn write_marked_log(dir: &Path, count: u64, per_batch: u64) {
-    runtime().block_on(async {
-        let store = Store::open_or_create_with(dir, options()).unwrap();
-        let mut next = 1;
-        while next <= count {
-            let last = (next + per_batch - 1).min(count);
-            let entries = (next..=last)
-                .map(|i| Entry::new(1, i, EntryPayload::Normal(marked(i))))
-                .collect();
-            store
-                .persist(&persist_request(None, entries, true))
-                .await
-                .unwrap();
-            next = last + 1;
-        }
-    });
+    let store = Store::open_or_create_with(dir, options()).unwrap();
+    runtime().block_on(write_marked(&store, count, per_batch));
 }
 
 fn open(dir: &Path) -> Result<Store, StorageError> {
@@ -244,71 +218,6 @@ fn strangers_in_the_directory_are_refused_by_name() {
 }
 
 #[test]
-fn a_file_where_the_directory_should_be_is_an_error_naming_it() {
-    let (root, _) = fresh("unused");
-    let path = root.path().join("store");
-    fs::write(&path, "not a directory").unwrap();
-    for result in [Store::open_or_create(&path), Store::open(&path)] {
-        let err = result.unwrap_err();
-        assert!(matches!(err, StorageError::Io { .. }), "{err:?}");
-        let message = err.to_string();
-        assert!(
-            message.contains(&*path.to_string_lossy()) && message.contains("not a directory"),
-            "{message}"
-        );
-    }
-}
-
-#[test]
-fn foreign_newer_and_unmarked_directories_are_refused() {
-    let root = tempfile::tempdir().unwrap();
-    for (i, marker) in [
-        "dengine-store\nbackend = redb\nformat = 1\n",
-        "dengine-store\nbackend = wal\nformat = 99\n",
-    ]
-    .iter()
-    .enumerate()
-    {
-        let dir = root.path().join(format!("foreign-{i}"));
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join(MARKER_FILE), marker).unwrap();
-        assert!(matches!(
-            Store::open_or_create(&dir),
-            Err(StorageError::FormatMismatch { .. })
-        ));
-    }
-    let unrelated = root.path().join("unrelated");
-    fs::create_dir_all(&unrelated).unwrap();
-    fs::write(unrelated.join("notes.txt"), "hello").unwrap();
-    assert!(matches!(
-        Store::open_or_create(&unrelated),
-        Err(StorageError::FormatMismatch { .. })
-    ));
-}
-
-#[test]
-fn unreadable_directory_is_an_io_error_naming_it() {
-    let (root, dir) = fresh("store");
-    write_marked_log(&dir, 1, 1);
-    // Permission bits do not bind root (CAP_DAC_OVERRIDE), and the tests often run as root.
-    let probe = root.path().join("probe");
-    fs::write(&probe, "").unwrap();
-    if fs::metadata(&probe).unwrap().uid() == 0 {
-        eprintln!(
-            "running as root: permission checks do not apply, so the unreadable-directory \
-             case cannot be exercised here (it is not pretended to pass)"
-        );
-        return;
-    }
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o000)).unwrap();
-    let result = open(&dir);
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-    let err = result.unwrap_err();
-    assert!(matches!(err, StorageError::Io { .. }), "{err:?}");
-    assert!(err.to_string().contains(&*dir.to_string_lossy()), "{err}");
-}
-
-#[test]
 fn a_torn_last_batch_is_cut_off_and_reported() {
     // What a power loss in the middle of the last write leaves: the batch's first record
     // complete, the rest (and the END frame) never written. Nothing of it was acknowledged.
@@ -324,7 +233,7 @@ fn a_torn_last_batch_is_cut_off_and_reported() {
         3,
         "the incomplete batch 4..=6 is cut"
     );
-    let notes = store.recovery_notes().join("\n");
+    let notes = store.backend().recovery_notes().join("\n");
     assert!(
         notes.contains("torn tail") && notes.contains(&*file.to_string_lossy()),
         "{notes}"
@@ -333,7 +242,7 @@ fn a_torn_last_batch_is_cut_off_and_reported() {
     // The store goes on from there, and a reopen agrees.
     runtime().block_on(async {
         store
-            .persist(&persist_request(
+            .persist(&PersistRequest::new(
                 None,
                 vec![Entry::new(2, 4, EntryPayload::Normal(marked(44)))],
                 true,
@@ -345,8 +254,8 @@ fn a_torn_last_batch_is_cut_off_and_reported() {
     let store = open(&dir).unwrap();
     assert_eq!(store.reader().last_index(), 4);
     assert!(
-        store.recovery_notes().is_empty(),
+        store.backend().recovery_notes().is_empty(),
         "{:?}",
-        store.recovery_notes()
+        store.backend().recovery_notes()
     );
 }

@@ -6,8 +6,8 @@
 //! [`KvStateMachine`]: `propose` goes through the log, `read` through a read index (or the
 //! local state when `serializable`).
 
+use parking_lot::Mutex;
 use std::future::Future;
-use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
 use dengine_core::store::StorageError;
@@ -234,18 +234,14 @@ impl LocalBackend {
             .apply(&[Entry::new(1, index, payload)])
             .await
             .map_err(|e| BackendError::Internal(e.to_string()))?;
-        *self.meta.lock().unwrap_or_else(PoisonError::into_inner) = (sm.membership(), index);
+        *self.meta.lock() = (sm.membership(), index);
         responses
             .pop()
             .ok_or_else(|| BackendError::Internal("no response from the state machine".into()))
     }
 
     fn membership(&self) -> Membership {
-        self.meta
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .0
-            .clone()
+        self.meta.lock().0.clone()
     }
 }
 
@@ -275,7 +271,7 @@ impl KvBackend for LocalBackend {
     }
 
     async fn status(&self) -> Result<StatusInfo, BackendError> {
-        let applied = self.meta.lock().unwrap_or_else(PoisonError::into_inner).1;
+        let applied = self.meta.lock().1;
         Ok(StatusInfo {
             leader: self.member_id,
             raft_index: applied,

@@ -8,8 +8,10 @@
 //! reads answer from the local state.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -97,7 +99,7 @@ impl NodeBackend {
 
     /// The peer channel to the member at `address` (its peer listener), kept for reuse.
     fn channel(&self, address: &str) -> Result<Channel, BackendError> {
-        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut channels = self.channels.lock();
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
@@ -127,12 +129,7 @@ impl NodeBackend {
         if id == self.node.id() {
             return self.client_urls.clone();
         }
-        let known = self
-            .peer_client_urls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-            .cloned();
+        let known = self.peer_client_urls.lock().get(&id).cloned();
         if let Some(urls) = known {
             return urls;
         }
@@ -150,10 +147,7 @@ impl NodeBackend {
         match asked {
             Ok(Ok(reply)) => {
                 let urls = reply.into_inner().client_urls;
-                self.peer_client_urls
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(id, urls.clone());
+                self.peer_client_urls.lock().insert(id, urls.clone());
                 urls
             }
             _ => Vec::new(),

@@ -13,7 +13,9 @@
 //! is delivering ([`WatchHub::revision_events`] hands out a shared reference), so an eviction
 //! in the middle of a large revision does not cut its delivery short.
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -208,9 +210,7 @@ impl WatchHub {
     }
 
     fn lock(&self) -> MutexGuard<'_, HubState> {
-        // The state is consistent after every statement that can panic, so a poisoned lock
-        // (a panicking reader) leaves nothing half-done.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     /// The latest revision published (the local member's applied store revision).

@@ -4,7 +4,7 @@
 use super::{Raft, bug};
 use crate::message::{MessageBody, VoteRequest, VoteResponse};
 use crate::quorum::{VoteResult, joint_vote_result};
-use crate::storage::LogReader;
+use crate::store::LogReader;
 use crate::types::{Entry, EntryPayload, NodeId, Role, Term};
 
 impl<L: LogReader> Raft<L> {

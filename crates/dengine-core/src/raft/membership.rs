@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use super::{Raft, bug};
-use crate::storage::LogReader;
+use crate::store::LogReader;
 use crate::types::{Entry, EntryId, EntryPayload, LogIndex, Membership, NodeId, Role};
 
 /// One change to the cluster's membership.

@@ -48,7 +48,7 @@ use crate::message::{Message, MessageBody, VoteResponse};
 use crate::progress::{Progress, ReplicationState};
 use crate::ready::{FailedRead, ReadState};
 use crate::rng::Rng;
-use crate::storage::{LogError, LogReader};
+use crate::store::{LogReader, StorageError};
 use crate::types::{EntryId, HardState, LogIndex, Membership, NodeId, Role, SoftState, Term};
 
 /// What a node restarts from: the durable state besides the log itself.
@@ -185,7 +185,7 @@ pub struct Raft<L> {
     reported_soft_state: SoftState,
     read_states: Vec<ReadState>,
     failed_reads: Vec<FailedRead>,
-    storage_errors: Vec<LogError>,
+    storage_errors: Vec<StorageError>,
     regressions: Vec<crate::ready::PeerRegression>,
     #[cfg(feature = "fault-injection")]
     injected_bugs: Vec<InjectedBug>,
@@ -306,7 +306,7 @@ impl<L: LogReader> Raft<L> {
         self.log.last_id()
     }
     /// Term of the entry at `index`, from the unstable tail or storage.
-    pub fn log_term(&self, index: LogIndex) -> Result<Term, LogError> {
+    pub fn log_term(&self, index: LogIndex) -> Result<Term, StorageError> {
         self.log.term(index)
     }
     /// Current term, vote and commit index.
@@ -334,7 +334,8 @@ impl<L: LogReader> Raft<L> {
         &self.log.store
     }
     /// Mutable access to the durable log view, for runtimes whose reader is also the writer
-    /// (such as [`MemoryLog`](crate::MemoryLog)). Writes must follow the ready contract.
+    /// and needs `&mut` to write (the in-memory `MemoryStore` writes through `&self` and does
+    /// not). Writes must follow the ready contract.
     pub fn log_reader_mut(&mut self) -> &mut L {
         &mut self.log.store
     }

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use super::{Raft, bug};
 use crate::message::{MessageBody, ReadCtx, ReadIndexRequest, ReadIndexResponse};
 use crate::ready::{FailedRead, ReadError, ReadMode, ReadState};
-use crate::storage::LogReader;
+use crate::store::LogReader;
 use crate::types::{LogIndex, NodeId, Role};
 
 /// A read waiting for a heartbeat round to confirm leadership.

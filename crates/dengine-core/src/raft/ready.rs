@@ -2,8 +2,9 @@
 //! contract a runtime follows).
 
 use super::Raft;
-use crate::ready::{PersistRequest, Persisted, Ready};
-use crate::storage::LogReader;
+use crate::ready::Ready;
+use crate::store::LogReader;
+use crate::store::{PersistRequest, Persisted};
 use crate::types::{LogIndex, Role};
 
 impl<L: LogReader> Raft<L> {

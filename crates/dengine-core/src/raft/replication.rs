@@ -9,7 +9,7 @@ use crate::message::{
 };
 use crate::progress::ReplicationState;
 use crate::ready::ProposeError;
-use crate::storage::{LogError, LogReader};
+use crate::store::{LogReader, StorageError};
 use crate::types::{Entry, EntryId, EntryPayload, LogIndex, NodeId, Role};
 
 impl<L: LogReader> Raft<L> {
@@ -107,7 +107,7 @@ impl<L: LogReader> Raft<L> {
         let prev_term = match self.log.term(prev_index) {
             Ok(t) => t,
             // The follower needs entries we have compacted: send the snapshot (§7).
-            Err(LogError::Compacted { .. }) => return self.send_snapshot(peer),
+            Err(StorageError::Compacted { .. }) => return self.send_snapshot(peer),
             Err(e) => {
                 self.storage_errors.push(e);
                 return false;
@@ -116,7 +116,7 @@ impl<L: LogReader> Raft<L> {
         let high = self.log.last_index() + 1;
         let entries = match self.log.entries(next, high, self.cfg.max_message_bytes) {
             Ok(entries) => entries,
-            Err(LogError::Compacted { .. }) => return self.send_snapshot(peer),
+            Err(StorageError::Compacted { .. }) => return self.send_snapshot(peer),
             Err(e) => {
                 self.storage_errors.push(e);
                 return false;
@@ -402,7 +402,7 @@ impl<L: LogReader> Raft<L> {
                 first_index: self.log.first_index_of_term(term, prev.index),
             },
             Err(e) => {
-                if let LogError::Storage(_) = e {
+                if !e.is_out_of_range() {
                     self.storage_errors.push(e);
                 }
                 // Probe from our commit point; that much is guaranteed to match.

@@ -6,7 +6,7 @@
 use super::Raft;
 use crate::message::{AppendResponse, MessageBody};
 use crate::progress::ReplicationState;
-use crate::storage::{LogError, LogReader};
+use crate::store::{LogReader, StorageError};
 use crate::types::{EntryId, LogIndex, NodeId, Role, SnapshotMeta};
 
 /// Why a snapshot report was refused.
@@ -124,7 +124,7 @@ impl<L: LogReader> Raft<L> {
             .clone()
             .filter(|s| s.last_included.index >= covered)
         else {
-            self.storage_errors.push(LogError::Storage(format!(
+            self.storage_errors.push(StorageError::Inconsistent(format!(
                 "node {peer} needs entries compacted before index {} but no snapshot covers \
                  them",
                 covered + 1

@@ -4,7 +4,7 @@
 
 use super::Raft;
 use crate::message::MessageBody;
-use crate::storage::LogReader;
+use crate::store::LogReader;
 use crate::types::{NodeId, Role};
 
 /// A transfer in progress.

@@ -1,21 +1,28 @@
-//! In-memory [`LogStore`] and [`StateMachine`]: for tests, the simulator and examples.
+//! The in-memory implementations (feature `memory`): [`MemoryStore`], the one in-memory log
+//! for everything that needs no disk (the core's own tests and examples, the simulator, runtime
+//! tests), and [`MemoryStateMachine`].
 //!
-//! "Durable" here means "survives as long as any clone of the value": a test that reopens a
-//! `MemoryStore` keeps a clone of it and hands that out again.
+//! `MemoryStore` is at once a [`LogStore`] (async, for a runtime), the core's [`LogReader`]
+//! (a clone of it), and a synchronous writer ([`MemoryStore::persist_now`] and friends) for
+//! code that drives a `Raft` by hand. "Durable" means "survives as long as any clone of the
+//! value": a test that reopens a store keeps a clone and hands that out again; a simulated
+//! crash keeps the store and drops the `Raft` around it.
 
 use std::collections::BTreeMap;
 use std::future::{Future, ready};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use parking_lot::{Mutex, MutexGuard};
 
-use super::{
-    Snapshot, SnapshotMeta, StateMachine, StorageError, StoredState, validate_persist,
-    validate_range, validate_snapshot,
+use super::error::StorageError;
+use super::log_store::{LogReader, LogStore, StoredState};
+use super::persist::PersistRequest;
+use super::state_machine::{Snapshot, StateMachine};
+use super::validate::{validate_persist, validate_range, validate_snapshot};
+use crate::types::{
+    Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, SnapshotMeta, Term,
 };
-use crate::ready::PersistRequest;
-use crate::storage::{LogError, LogReader};
-use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, Term};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -76,8 +83,8 @@ impl Inner {
     }
 }
 
-/// An in-memory [`LogStore`](super::LogStore). Clones share the same log; the
-/// [`Reader`](super::LogStore::Reader) is such a clone.
+/// An in-memory [`LogStore`] and [`LogReader`]. Clones share the same log; the
+/// [`Reader`](LogStore::Reader) is such a clone.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
@@ -90,13 +97,18 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave `Inner` half-updated in a way that
-        // matters to tests (every mutation is a single assignment or a truncate + extend), so
-        // a poisoned lock is used as is rather than turned into a panic here.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock()
     }
 
-    fn persist_now(&self, req: &PersistRequest) -> Result<(), StorageError> {
+    /// The last saved hard state.
+    pub fn hard_state(&self) -> HardState {
+        self.lock().hard_state
+    }
+
+    /// Carries out a [`PersistRequest`] at once: what [`LogStore::persist`] does, without the
+    /// future. The request is validated as every store validates it
+    /// ([`validate_persist`](super::validate_persist)); a refused one changes nothing.
+    pub fn persist_now(&self, req: &PersistRequest) -> Result<(), StorageError> {
         let mut inner = self.lock();
         validate_persist(req, inner.compacted.index, inner.last_index())?;
         if let Some(hs) = req.hard_state {
@@ -110,10 +122,12 @@ impl MemoryStore {
         Ok(())
     }
 
-    fn purge_now(&self, up_to: LogIndex) -> Result<(), StorageError> {
+    /// Discards every entry up to and including `up_to` at once: what [`LogStore::purge`]
+    /// does, without the future.
+    pub fn purge_now(&self, up_to: LogIndex) -> Result<(), StorageError> {
         let mut inner = self.lock();
-        // Past the end, purge the whole log (as `MemoryLog::compact` does): the runtime may
-        // pass a purge point from a snapshot that covers more than this log holds.
+        // Past the end, purge the whole log: the runtime may pass a purge point from a
+        // snapshot that covers more than this log holds.
         let up_to = up_to.min(inner.last_index());
         if up_to <= inner.compacted.index {
             return Ok(());
@@ -123,6 +137,12 @@ impl MemoryStore {
         inner.entries.drain(..drop);
         inner.compacted = EntryId::new(term, up_to);
         Ok(())
+    }
+
+    /// Replaces the whole log by the snapshot `meta` at once (a follower installing its
+    /// leader's snapshot): what [`LogStore::reset_to_snapshot`] does, without the future.
+    pub fn reset_to_snapshot_now(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        self.snapshot_now(meta, true)
     }
 
     fn snapshot_now(&self, meta: &SnapshotMeta, reset: bool) -> Result<(), StorageError> {
@@ -139,7 +159,7 @@ impl MemoryStore {
     }
 }
 
-impl super::LogStore for MemoryStore {
+impl LogStore for MemoryStore {
     type Reader = MemoryStore;
 
     fn reader(&self) -> Self::Reader {
@@ -206,8 +226,8 @@ impl LogReader for MemoryStore {
         self.lock().last_index()
     }
 
-    fn term(&self, index: LogIndex) -> Result<Term, LogError> {
-        Ok(self.lock().term(index)?)
+    fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        self.lock().term(index)
     }
 
     fn entries(
@@ -216,8 +236,8 @@ impl LogReader for MemoryStore {
         high: LogIndex,
         max_bytes: u64,
         out: &mut Vec<Entry>,
-    ) -> Result<(), LogError> {
-        Ok(self.lock().read(low, high, max_bytes, out)?)
+    ) -> Result<(), StorageError> {
+        self.lock().read(low, high, max_bytes, out)
     }
 }
 
@@ -355,14 +375,86 @@ impl StateMachine for MemoryStateMachine {
     }
 }
 
-#[cfg(all(test, feature = "testing"))]
+#[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::{MemoryFactory, block_on, run_conformance};
+    use crate::types::ENTRY_OVERHEAD_BYTES;
+
+    fn blank(term: Term, index: LogIndex) -> Entry {
+        Entry::new(term, index, EntryPayload::Blank)
+    }
+
+    fn append(store: &MemoryStore, entries: Vec<Entry>) -> Result<(), StorageError> {
+        store.persist_now(&PersistRequest::new(None, entries, true))
+    }
+
+    /// Polls a future that the in-memory store completes at once.
+    fn now<T>(future: impl Future<Output = T>) -> T {
+        let mut future = std::pin::pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(out) => out,
+            std::task::Poll::Pending => unreachable!("the in-memory store never waits"),
+        }
+    }
 
     #[test]
-    fn memory_store_passes_the_conformance_suite() {
-        block_on(run_conformance(&mut MemoryFactory::default()));
+    fn append_overwrites_the_conflicting_suffix_and_refuses_gaps() {
+        let store = MemoryStore::new();
+        append(&store, vec![blank(1, 1), blank(1, 2), blank(1, 3)]).unwrap();
+        append(&store, vec![blank(2, 2)]).unwrap();
+        assert_eq!(store.last_index(), 2);
+        assert_eq!(store.term(2).ok(), Some(2));
+        assert!(matches!(
+            append(&store, vec![blank(2, 4)]),
+            Err(StorageError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn purging_keeps_the_term_of_the_last_purged_entry() {
+        let store = MemoryStore::new();
+        append(&store, vec![blank(1, 1), blank(2, 2), blank(3, 3)]).unwrap();
+        store.purge_now(2).unwrap();
+        assert_eq!(store.first_index(), 3);
+        assert_eq!(store.term(2).ok(), Some(2));
+        assert!(matches!(store.term(1), Err(StorageError::Compacted { .. })));
+        let mut out = Vec::new();
+        assert!(store.entries(2, 4, u64::MAX, &mut out).is_err());
+        store.entries(3, 4, u64::MAX, &mut out).unwrap();
+        assert_eq!(out, vec![blank(3, 3)]);
+        // The async contract says the same.
+        assert_eq!(now(store.read_entries(3, 4, u64::MAX)).ok(), Some(out));
+    }
+
+    #[test]
+    fn entries_respect_the_byte_limit_but_return_at_least_one() {
+        let store = MemoryStore::new();
+        append(&store, vec![blank(1, 1), blank(1, 2), blank(1, 3)]).unwrap();
+        let mut out = Vec::new();
+        store.entries(1, 4, 1, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        out.clear();
+        store
+            .entries(1, 4, 2 * ENTRY_OVERHEAD_BYTES, &mut out)
+            .unwrap();
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn a_leaders_snapshot_replaces_the_log_and_clones_share_it() {
+        let store = MemoryStore::new();
+        let reader = store.clone();
+        append(&store, vec![blank(1, 1), blank(1, 2)]).unwrap();
+        let meta = SnapshotMeta {
+            last_included: EntryId::new(3, 9),
+            membership: Membership::new([1]),
+        };
+        store.reset_to_snapshot_now(&meta).unwrap();
+        assert_eq!((reader.first_index(), reader.last_index()), (10, 9));
+        assert_eq!(reader.term(9).ok(), Some(3));
+        let state = now(reader.load_state()).unwrap();
+        assert_eq!(state.snapshot_meta, Some(meta));
     }
 
     #[test]
@@ -374,22 +466,22 @@ mod tests {
             Entry::new(1, 3, EntryPayload::Normal(Bytes::from_static(b"a=2"))),
             Entry::new(1, 4, EntryPayload::Membership(Membership::new([1, 2]))),
         ];
-        let out = block_on(sm.apply(&entries)).unwrap();
+        let out = now(sm.apply(&entries)).unwrap();
         assert_eq!(
             out,
             vec![Bytes::new(), Bytes::new(), Bytes::from("1"), Bytes::new()]
         );
         assert_eq!(sm.applied_index(), 4);
         assert_eq!(sm.membership(), Membership::new([1, 2]));
-        let snap = block_on(sm.snapshot()).unwrap();
+        let snap = now(sm.snapshot()).unwrap();
         assert_eq!(snap.meta.last_included, EntryId::new(1, 4));
 
         let mut other = MemoryStateMachine::new();
-        block_on(other.install_snapshot(&snap.meta, snap.data.clone())).unwrap();
-        assert_eq!(block_on(other.query(Bytes::from("a"))).unwrap(), "2");
+        now(other.install_snapshot(&snap.meta, snap.data.clone())).unwrap();
+        assert_eq!(now(other.query(Bytes::from("a"))).unwrap(), "2");
         assert_eq!(other.applied_index(), 4);
         assert!(
-            block_on(other.install_snapshot(&snap.meta, snap.data.slice(..5))).is_err(),
+            now(other.install_snapshot(&snap.meta, snap.data.slice(..5))).is_err(),
             "a truncated snapshot is an error, not a panic"
         );
     }

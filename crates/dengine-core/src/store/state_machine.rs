@@ -4,8 +4,8 @@ use std::future::Future;
 
 use bytes::Bytes;
 
-use super::{SnapshotMeta, StorageError};
-use crate::types::{Entry, LogIndex, Membership};
+use super::error::StorageError;
+use crate::types::{Entry, LogIndex, Membership, SnapshotMeta};
 
 /// A snapshot of a state machine: what it covers and its serialized contents.
 #[derive(Clone, Debug, PartialEq, Eq)]

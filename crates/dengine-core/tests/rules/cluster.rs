@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use dengine_core::{
-    Config, Entry, EntryId, EntryPayload, FailedRead, InitialState, Membership, MemoryLog, Message,
-    PeerRegression, PersistRequest, Raft, ReadState, Ready, Role, SnapshotMeta,
+    Config, Entry, EntryId, EntryPayload, FailedRead, InitialState, Membership, MemoryStore,
+    Message, PeerRegression, PersistRequest, Raft, ReadState, Ready, Role, SnapshotMeta,
 };
 
-pub type Node = Raft<MemoryLog>;
+pub type Node = Raft<MemoryStore>;
 
 /// The default test configuration: fixed seed per node, defaults otherwise.
 pub fn config(id: u64) -> Config {
@@ -26,13 +26,14 @@ pub fn new_node(id: u64, voters: &[u64], tweak: &dyn Fn(&mut Config)) -> Node {
         membership: Membership::new(voters.iter().copied()),
         ..Default::default()
     };
-    Raft::new(c, MemoryLog::new(), initial).unwrap()
+    Raft::new(c, MemoryStore::new(), initial).unwrap()
 }
 
 /// A node restarted from a durable log holding `entries` at hard-state term `term`.
 pub fn node_with_log(id: u64, voters: &[u64], entries: &[Entry], term: u64) -> Node {
-    let mut log = MemoryLog::new();
-    log.append(entries).unwrap();
+    let log = MemoryStore::new();
+    log.persist_now(&PersistRequest::new(None, entries.to_vec(), true))
+        .unwrap();
     let initial = InitialState {
         hard_state: dengine_core::HardState {
             term,
@@ -67,7 +68,7 @@ pub fn normal(term: u64, index: u64, s: &str) -> Entry {
 /// Takes one ready and carries out its persistence immediately ("fsync") and reports it.
 pub fn persist_now(node: &mut Node, ready: &Ready) {
     if let Some(write) = &ready.persist {
-        node.log_reader_mut().persist(write).unwrap();
+        node.log_reader().persist_now(write).unwrap();
         node.on_persisted(write.done());
     }
 }
@@ -142,17 +143,17 @@ impl Cluster {
                 if self.slow_disk.contains(&id) {
                     self.held_writes.entry(id).or_default().push_back(write);
                 } else {
-                    node.log_reader_mut().persist(&write).unwrap();
+                    node.log_reader().persist_now(&write).unwrap();
                     node.on_persisted(write.done());
                 }
             }
             if let Some(to) = ready.compact_log_to {
-                node.log_reader_mut().compact(to).unwrap();
+                node.log_reader().purge_now(to).unwrap();
             }
             if let Some(meta) = &ready.snapshot_to_install {
                 let id = meta.last_included;
                 let (_, data) = self.snapshots[&id].clone();
-                node.log_reader_mut().restore_snapshot(id);
+                node.log_reader().reset_to_snapshot_now(meta).unwrap();
                 self.applied.insert(id_of(node), data);
                 self.node_snapshot.insert(id_of(node), id);
                 node.on_snapshot_installed(id);
@@ -282,7 +283,7 @@ impl Cluster {
         let writes = self.held_writes.remove(&id).unwrap_or_default();
         let node = self.nodes.get_mut(&id).unwrap();
         for w in writes {
-            node.log_reader_mut().persist(&w).unwrap();
+            node.log_reader().persist_now(&w).unwrap();
             node.on_persisted(w.done());
         }
     }

@@ -119,7 +119,7 @@ fn vote_response_is_sent_only_after_the_vote_is_durable() {
     let write = ready.persist.clone().unwrap();
     assert_eq!(write.hard_state.unwrap().vote, Some(2));
     assert!(!node.has_ready() || node.ready().messages.is_empty());
-    node.log_reader_mut().persist(&write).unwrap();
+    node.log_reader().persist_now(&write).unwrap();
     node.on_persisted(write.done());
     let ready = node.ready();
     assert_eq!(

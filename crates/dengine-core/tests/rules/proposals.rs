@@ -5,8 +5,8 @@
 
 use bytes::Bytes;
 use dengine_core::{
-    Config, ENTRY_OVERHEAD_BYTES, Entry, EntryId, InitialState, Membership, MemoryLog, MessageBody,
-    ProposeError, Raft,
+    Config, ENTRY_OVERHEAD_BYTES, Entry, EntryId, InitialState, Membership, MemoryStore,
+    MessageBody, ProposeError, Raft,
 };
 
 use crate::cluster::{Cluster, data, new_node, normal, persist_now};
@@ -249,7 +249,7 @@ fn problems(cfg: Config) -> (Vec<String>, String) {
         membership: Membership::new([1, 2, 3]),
         ..Default::default()
     };
-    let err = Raft::new(cfg, MemoryLog::new(), initial)
+    let err = Raft::new(cfg, MemoryStore::new(), initial)
         .err()
         .expect("invalid config accepted");
     let fields = err.problems.iter().map(|p| p.field.clone()).collect();
@@ -314,5 +314,5 @@ fn config_validation_errors_name_the_field() {
 
     // The defaults are valid.
     let initial = InitialState::default();
-    assert!(Raft::new(Config::new(1), MemoryLog::new(), initial).is_ok());
+    assert!(Raft::new(Config::new(1), MemoryStore::new(), initial).is_ok());
 }

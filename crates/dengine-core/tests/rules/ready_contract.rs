@@ -103,7 +103,7 @@ fn follower_acknowledges_new_entries_only_after_on_persisted() {
     );
 
     let node = c.node_mut(2);
-    node.log_reader_mut().persist(&write).unwrap();
+    node.log_reader().persist_now(&write).unwrap();
     node.on_persisted(write.done());
     assert!(node.has_ready());
     let ready = node.ready();
@@ -137,7 +137,7 @@ fn committed_entries_wait_for_the_local_write() {
     );
 
     let node = c.node_mut(1);
-    node.log_reader_mut().persist(&write).unwrap();
+    node.log_reader().persist_now(&write).unwrap();
     node.on_persisted(write.done());
     let ready = node.ready();
     assert_eq!(ready.committed_entries, [normal(1, 2, "x")]);
@@ -192,7 +192,7 @@ fn duplicate_or_stale_persist_acknowledgement_is_a_no_op() {
     node.step(append(1, 2, 1, EntryId::ZERO, vec![blank(1, 1)], 0))
         .unwrap();
     let first = node.ready().persist.unwrap();
-    node.log_reader_mut().persist(&first).unwrap();
+    node.log_reader().persist_now(&first).unwrap();
     node.on_persisted(first.done());
     node.on_persisted(first.done()); // duplicate
     let ready = node.ready();
@@ -215,7 +215,7 @@ fn duplicate_or_stale_persist_acknowledgement_is_a_no_op() {
     node.on_persisted(first.done());
     assert_eq!(node.persisted_index(), 1);
     assert!(!node.has_ready(), "the second ack still waits");
-    node.log_reader_mut().persist(&second).unwrap();
+    node.log_reader().persist_now(&second).unwrap();
     node.on_persisted(second.done());
     let ready = node.ready();
     assert_eq!(ready.messages, [accepted(2, 1, 1, EntryId::new(1, 2))]);
@@ -247,8 +247,8 @@ fn persist_acknowledgements_are_cumulative() {
     assert_eq!(w2.entries, [normal(1, 2, "x")]);
 
     // The runtime makes both durable (in order) and reports only the second.
-    node.log_reader_mut().persist(&w1).unwrap();
-    node.log_reader_mut().persist(&w2).unwrap();
+    node.log_reader().persist_now(&w1).unwrap();
+    node.log_reader().persist_now(&w2).unwrap();
     node.on_persisted(w2.done());
     assert_eq!(node.persisted_index(), 2);
     let ready = node.ready();
@@ -272,8 +272,8 @@ fn persist_acknowledgements_are_cumulative() {
     leader.propose(data("b")).unwrap();
     let r2 = leader.ready();
     let (w1, w2) = (r1.persist.unwrap(), r2.persist.unwrap());
-    leader.log_reader_mut().persist(&w1).unwrap();
-    leader.log_reader_mut().persist(&w2).unwrap();
+    leader.log_reader().persist_now(&w1).unwrap();
+    leader.log_reader().persist_now(&w2).unwrap();
     leader.on_persisted(w2.done());
     assert_eq!(leader.persisted_index(), 3);
     assert_eq!(
@@ -511,8 +511,8 @@ fn acknowledging_a_commit_only_write_covers_an_earlier_entry_write() {
     assert!(second.committed_entries.is_empty());
 
     let node = c.node_mut(1);
-    node.log_reader_mut().persist(&w1).unwrap();
-    node.log_reader_mut().persist(&w2).unwrap();
+    node.log_reader().persist_now(&w1).unwrap();
+    node.log_reader().persist_now(&w2).unwrap();
     node.on_persisted(w2.done()); // covers w1 too
     assert_eq!(node.persisted_index(), 2, "entry 2 is durable");
     let ready = node.ready();
@@ -557,7 +557,7 @@ fn merged_writes_persist_both_and_one_acknowledgement_covers_both() {
     assert_eq!(merged.hard_state.map(|h| h.term), Some(2));
     assert!(merged.must_sync);
 
-    node.log_reader_mut().persist(&merged).unwrap();
+    node.log_reader().persist_now(&merged).unwrap();
     node.on_persisted(merged.done());
     assert_eq!(node.persisted_index(), 4);
     let ready = node.ready();
@@ -601,7 +601,7 @@ fn merging_a_hard_state_only_write_keeps_the_entries() {
         merged.hard_state.map(|h| (h.term, h.vote)),
         Some((5, Some(3)))
     );
-    node.log_reader_mut().persist(&merged).unwrap();
+    node.log_reader().persist_now(&merged).unwrap();
     node.on_persisted(merged.done());
     let ready = node.ready();
     assert!(

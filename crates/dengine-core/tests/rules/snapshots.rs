@@ -191,7 +191,8 @@ fn conflicting_log_is_replaced_by_the_snapshot() {
             .any(|m| matches!(m.body, MessageBody::AppendResponse(_))),
         "no answer before the install is done"
     );
-    node.log_reader_mut().restore_snapshot(last);
+    let meta = r.snapshot_to_install.clone().unwrap();
+    node.log_reader().reset_to_snapshot_now(&meta).unwrap();
     node.on_snapshot_installed(last);
     let r = node.ready();
     assert_eq!(

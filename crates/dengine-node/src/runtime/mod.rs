@@ -615,11 +615,12 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                 }
             }
             for e in ready.storage_errors {
-                if let dengine_core::LogError::Storage(detail) = &e {
+                if !e.is_out_of_range() {
                     // A damaged or failing log fails again on every retry: stop once, loudly,
-                    // rather than spin on it.
+                    // rather than spin on it. (An index outside the log is expected while it
+                    // is compacted or truncated: logged below, at a bounded rate.)
                     return Err(format!(
-                        "the log store failed: {detail}. The member stops: a member must not \
+                        "the log store failed: {e}. The member stops: a member must not \
                          serve or vote with a log it cannot read. Restore its data directory \
                          from a backup, or replace the member (remove it from the cluster, \
                          wipe its data directory, add it again under a new id; \

@@ -75,7 +75,7 @@ impl LogStore for TestStore {
                 return Err(StorageError::Io {
                     path: "/dev/broken".into(),
                     op: "writing",
-                    source: std::io::Error::other("injected disk failure"),
+                    source: std::io::Error::other("injected disk failure").into(),
                 });
             }
             if req.must_sync {

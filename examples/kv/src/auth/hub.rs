@@ -13,7 +13,9 @@
 //! themselves).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -167,30 +169,17 @@ impl AuthHub {
     }
 
     fn tokens(&self) -> MutexGuard<'_, TokenTable> {
-        // Every statement that changes the table leaves it consistent: a poisoned lock (a
-        // panicking holder) left nothing half-done.
-        self.inner
-            .tokens
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.inner.tokens.lock()
     }
 
     /// The auth store as of the last entry this member applied.
     pub(crate) fn store(&self) -> Arc<AuthStore> {
-        self.inner
-            .store
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.store.read().clone()
     }
 
     /// Publishes the state machine's store after a change (or a snapshot install).
     pub(crate) fn publish(&self, store: Arc<AuthStore>) {
-        *self
-            .inner
-            .store
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = store;
+        *self.inner.store.write() = store;
     }
 
     /// Learns a token from an applied Authenticate entry. Its age (from the issuing member's

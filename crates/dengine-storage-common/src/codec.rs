@@ -1,6 +1,6 @@
-//! A versioned, checksummed byte encoding for what a [`LogStore`](super::LogStore) keeps on
-//! disk, shared by the database backends so that they agree on it and so that a new backend
-//! does not have to invent one.
+//! A versioned, checksummed byte encoding for what a [`LogStore`](dengine_core::LogStore)
+//! keeps on disk, shared by the database backends (and the runtime's snapshot files) so that
+//! they agree on it and so that a new backend does not have to invent one.
 //!
 //! Every record is `version (u8) | body | crc32 (u32, big-endian)`, the CRC-32 (IEEE, via
 //! `crc32fast`) covering the version and the body. All integers are big-endian. An entry's body
@@ -9,11 +9,13 @@
 //!
 //! Pure functions only: the backends do the I/O.
 
+use std::path::Path;
+
 use bytes::Bytes;
-
-use crate::types::{Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId};
-
-use super::SnapshotMeta;
+use dengine_core::{
+    Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, NodeId, SnapshotMeta,
+    StorageError,
+};
 
 /// Version byte at the start of every record this module writes. Version 3 added
 /// [`Membership::highest_id`] after the addresses of a membership; version-2 records are still
@@ -30,10 +32,32 @@ const KIND_BLANK: u8 = 0;
 const KIND_NORMAL: u8 = 1;
 const KIND_MEMBERSHIP: u8 = 2;
 
-/// Why a record could not be decoded; the backend adds the file and the index.
+/// Why a record could not be decoded; the backend adds the file and the index with
+/// [`in_entry`](Self::in_entry) or [`in_record`](Self::in_record).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct CodecError(pub String);
+
+impl CodecError {
+    /// The entry at `index`, stored in `path`, is damaged: [`StorageError::Corrupt`].
+    pub fn in_entry(self, path: &Path, index: LogIndex) -> StorageError {
+        StorageError::Corrupt {
+            path: path.to_path_buf(),
+            index,
+            detail: self.0,
+        }
+    }
+
+    /// The metadata record `record`, stored in `path`, is damaged:
+    /// [`StorageError::CorruptMetadata`].
+    pub fn in_record(self, path: &Path, record: &'static str) -> StorageError {
+        StorageError::CorruptMetadata {
+            path: path.to_path_buf(),
+            record,
+            detail: self.0,
+        }
+    }
+}
 
 /// The key of the entry at `index`: big-endian, so byte order is log order.
 pub fn index_key(index: LogIndex) -> [u8; 8] {

@@ -3,19 +3,9 @@
 //! that everything reported is there, intact, and that the log is a clean contiguous prefix.
 //!
 //! The child is the backend's test binary itself, re-executed with `CHILD_ENV` set and
-//! filtered to its `crash_child` test, which calls [`child`] and does nothing in a normal run.
-//! A backend's `tests/crash.rs` is two lines:
-//!
-//! ```ignore
-//! #[test]
-//! fn crash_child() { dengine_storage_common::crash::child(MyStore::open_or_create) }
-//! #[test]
-//! fn sigkilled_writer_loses_nothing_it_reported() {
-//!     dengine_storage_common::crash::sigkill_test(MyStore::open)
-//! }
-//! ```
-// A test harness: failing loudly is its job.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! filtered to the test that called [`sigkill_test`] (named by the caller); that test calls
+//! [`child`] first, which does the child's work when [`is_child`] and nothing otherwise
+//! ([`run_suites`](super::run_suites) does both).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -24,11 +14,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dengine_core::store::testing::{persist_request, test_entry};
-use dengine_core::{Entry, HardState, LogIndex, LogStore, StorageError, Term};
+use dengine_core::{Entry, HardState, LogIndex, LogStore, PersistRequest, Term};
 
-/// Opens (or creates) a store in a directory: the backend's `open` or `open_or_create`.
-pub type Opener<S> = fn(&Path) -> Result<S, StorageError>;
+use super::factory::Opener;
+use super::support::test_entry;
 
 const CHILD_ENV: &str = "DENGINE_CRASH_CHILD_DIR";
 /// The whole test stops starting new rounds after this long.
@@ -60,8 +49,13 @@ impl Drop for ChildGuard {
     }
 }
 
-/// The body of the backend's `crash_child` test: when re-executed as the child, appends in
-/// a loop and reports each durable index on stdout; in a normal test run, does nothing.
+/// Whether this process is the re-executed writer child of [`sigkill_test`].
+pub fn is_child() -> bool {
+    std::env::var_os(CHILD_ENV).is_some()
+}
+
+/// The child's work: when re-executed as the child, appends in a loop and reports each durable
+/// index on stdout; in a normal test run, does nothing.
 pub fn child<S: LogStore>(open_or_create: Opener<S>) {
     let Some(dir) = std::env::var_os(CHILD_ENV) else {
         return; // a normal test run: nothing to do
@@ -97,7 +91,7 @@ async fn child_main<S: LogStore>(dir: PathBuf, open_or_create: Opener<S>) {
             commit: next - 1,
         };
         store
-            .persist(&persist_request(Some(hs), entries, true))
+            .persist(&PersistRequest::new(Some(hs), entries, true))
             .await
             .unwrap();
         writeln!(stdout, "durable {last}").unwrap();
@@ -124,9 +118,9 @@ impl Rng {
 }
 
 /// Runs one child, kills it after `delay`, and returns the highest index it reported durable.
-fn run_and_kill(dir: &Path, delay: Duration) -> LogIndex {
+fn run_and_kill(test: &str, dir: &Path, delay: Duration) -> LogIndex {
     let child = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -191,7 +185,9 @@ async fn verify<S: LogStore>(dir: &Path, reported: LogIndex, open: Opener<S>) ->
 /// The backend's crash test: SIGKILLs the writer child at random moments (up to 50 rounds or
 /// 15 s), reopening the store with `open` after each and checking that every index the child
 /// reported durable is present and intact and that the log is a clean prefix.
-pub fn sigkill_test<S: LogStore>(open: Opener<S>) {
+///
+/// `test` is the name of the calling test, which must call [`child`] before anything else.
+pub fn sigkill_test<S: LogStore>(test: &str, open: Opener<S>) {
     let root = tempfile::tempdir().unwrap();
     // One store across all rounds: later rounds also exercise recovery of a recovered store.
     let dir = root.path().join("store");
@@ -216,7 +212,7 @@ pub fn sigkill_test<S: LogStore>(open: Opener<S>) {
         } else {
             Duration::from_millis(50 + rng.below(400))
         };
-        let reported = run_and_kill(&dir, delay);
+        let reported = run_and_kill(test, &dir, delay);
         last = runtime.block_on(verify(&dir, reported, open));
         total_reported = total_reported.max(reported);
         rounds += 1;
