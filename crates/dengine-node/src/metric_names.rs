@@ -420,6 +420,7 @@ mod tests {
             "dengine_peer_incarnation_changes_total",
             "dengine_proposal_latency_seconds",
             "dengine_append_latency_seconds",
+            "dengine_log_syncs_total",
             "dengine_append_batch_entries",
             "dengine_apply_batch_entries",
         ];
