@@ -32,7 +32,7 @@ pub(crate) fn chaos(args: &[String]) -> ExitCode {
     };
     // Ctrl-C reaches the harness too (same process group); it stops and removes everything,
     // so xtask only waits for it instead of dying first.
-    let _interrupted = crate::interrupt_flag("chaos");
+    let _interrupted = crate::env::interrupt_flag("chaos");
     let status = Command::new(harness)
         .arg("--server-bin")
         .arg(server)

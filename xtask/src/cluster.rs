@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::workspace_root;
+use crate::env::workspace_root;
 
 /// Members of every cluster xtask starts.
 pub(crate) const NODES: u64 = 3;

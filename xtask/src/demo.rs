@@ -20,7 +20,7 @@ pub(crate) fn cluster_demo(args: &[String]) -> ExitCode {
         eprintln!("cluster-demo: unknown option {bad:?} (the only option is --keep-running)");
         return ExitCode::FAILURE;
     }
-    let interrupted = crate::interrupt_flag("cluster-demo");
+    let interrupted = crate::env::interrupt_flag("cluster-demo");
     match run(keep_running, &interrupted) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -219,7 +219,7 @@ pub(crate) fn bench_failover(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let interrupted = crate::interrupt_flag("bench failover");
+    let interrupted = crate::env::interrupt_flag("bench failover");
     match failover_runs(runs, &interrupted) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

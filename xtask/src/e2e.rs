@@ -14,7 +14,7 @@ use crate::cluster::{Cluster, NODES, build_bins, print_log_tails, wait_until};
 use crate::etcd::{self, EtcdCluster};
 use crate::loadgen::{self, LoadResult};
 use crate::probe::{self, ServerProbe};
-use crate::{machine, workspace_root};
+use crate::{env::workspace_root, machine};
 
 const USAGE: &str = "usage: cargo xtask bench e2e [--vs-etcd] [--seconds N] [--warmup N]
        [--clients 1,16,64,256] [--read-clients 1,16,64,256] [--no-reads] [--conns C]
@@ -108,7 +108,7 @@ pub(crate) fn bench_e2e(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let interrupted = crate::interrupt_flag("bench e2e");
+    let interrupted = crate::env::interrupt_flag("bench e2e");
     match run(&opts, &interrupted) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

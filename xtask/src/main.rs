@@ -8,6 +8,7 @@
 //!   catch-up, then everything stopped (see `demo.rs`).
 //! - `bench ...`: the benchmarks of `docs/benchmarks.md`; `bench e2e` (`e2e.rs`) and
 //!   `bench soak` (`soak.rs`) drive real clusters with `dengine-loadgen` (tools/loadgen).
+//! - `imports`: the module import graph of every crate, checked for cycles (`imports.rs`).
 //! - `chaos`: the real-process chaos harness (`tools/chaos`) in network namespaces, with the
 //!   server built with its `fault-injection` feature (see `chaos.rs`).
 
@@ -16,13 +17,15 @@ mod chart;
 mod cluster;
 mod demo;
 mod e2e;
+mod env;
 mod etcd;
+mod imports;
 mod loadgen;
 mod machine;
 mod probe;
 mod soak;
 
-use std::path::PathBuf;
+use crate::env::workspace_root;
 use std::process::{Command, ExitCode};
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -78,6 +81,8 @@ commands:
                  acknowledged writes after a final heal. Needs root, ip and nft.
                  --bug fsync-off: storage.fsync = false and SIGKILL of majorities, which
                  must lose acknowledged writes (with --expect-failure: pass if caught)
+  imports        check that no module of any crate imports one that imports it back
+                 (directly or through others); names the files and paths of each cycle
   chaos --cleanup
                  remove namespaces, links and processes a killed chaos run left behind";
 
@@ -89,6 +94,13 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("cluster-demo") => demo::cluster_demo(&args[1..]),
         Some("chaos") => chaos::chaos(&args[1..]),
+        Some("imports") => match imports::run(&workspace_root()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask imports: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -102,28 +114,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The workspace root: the nearest directory, from the current one upward, whose
-/// `Cargo.toml` declares the workspace (as cargo itself finds it). Falls back to where this
-/// crate was built.
-fn workspace_root() -> PathBuf {
-    if let Ok(mut dir) = std::env::current_dir() {
-        loop {
-            let manifest = dir.join("Cargo.toml");
-            if std::fs::read_to_string(&manifest).is_ok_and(|t| t.contains("[workspace]")) {
-                return dir;
-            }
-            if !dir.pop() {
-                break;
-            }
-        }
-    }
-    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or(manifest_dir)
 }
 
 fn ci() -> ExitCode {
@@ -193,19 +183,6 @@ fn bench(args: &[String]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// A flag that Ctrl-C sets (instead of killing xtask), so a command can stop and remove what
-/// it started; `what` names the command if the handler cannot be installed.
-fn interrupt_flag(what: &str) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
-    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = interrupted.clone();
-    if let Err(e) =
-        ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst))
-    {
-        eprintln!("{what}: cannot install the Ctrl-C handler: {e}");
-    }
-    interrupted
 }
 
 /// `cargo run --release <target> -- <args>` in the workspace root; whether it succeeded.

@@ -84,7 +84,7 @@ pub(crate) fn bench_soak(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let interrupted = crate::interrupt_flag("bench soak");
+    let interrupted = crate::env::interrupt_flag("bench soak");
     match run(&opts, &interrupted) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {

@@ -11,8 +11,6 @@ use std::time::Duration;
 use dengine_core::{ConfigError, ConfigProblem, NodeId};
 use serde::{Deserialize, Serialize};
 
-use crate::listener::ListenerLimits;
-
 /// Largest duration setting (one day): deadlines are `now + duration`.
 const MAX_DURATION: Duration = Duration::from_secs(86_400);
 
@@ -289,6 +287,48 @@ impl TlsConfig {
                 ConfigProblem::new(field, "\"\"", "a path to a PEM file (required with TLS)")
             })
             .collect()
+    }
+}
+
+/// Limits of one listener. The defaults suit a client listener; peers need fewer
+/// connections (see [`ListenerLimits::for_peers`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerLimits {
+    /// Open connections at most; more are closed as soon as they are accepted. Default 1024.
+    pub max_connections: usize,
+    /// Time from accept to a finished TLS handshake and HTTP/2 preface. Default 10 s.
+    #[serde(rename = "handshake_timeout_ms", with = "millis")]
+    pub handshake_timeout: Duration,
+    /// How often an established connection is pinged (HTTP/2 PING). Default 30 s.
+    #[serde(rename = "keepalive_interval_ms", with = "millis")]
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed. Default 20 s.
+    #[serde(rename = "keepalive_timeout_ms", with = "millis")]
+    pub keepalive_timeout: Duration,
+    /// Requests (HTTP/2 streams) open at once on one connection. Default 1024.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+            max_concurrent_streams: 1024,
+        }
+    }
+}
+
+impl ListenerLimits {
+    /// Defaults for a peer listener: 256 connections (a member has a few per peer).
+    pub fn for_peers() -> Self {
+        ListenerLimits {
+            max_connections: 256,
+            ..Self::default()
+        }
     }
 }
 

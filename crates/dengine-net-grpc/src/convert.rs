@@ -14,8 +14,8 @@ use dengine_core::{
     ReadIndexResponse, SnapshotMeta, VoteRequest, VoteResponse,
 };
 
-use crate::pb;
-use crate::pb::raft_message::Body;
+use crate::proto::pb;
+use crate::proto::pb::raft_message::Body;
 
 /// Why a wire message was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

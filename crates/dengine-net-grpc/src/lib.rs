@@ -82,124 +82,31 @@
 )]
 
 pub mod auth;
+mod common;
 mod config;
 pub mod convert;
+mod error;
 pub mod fault;
+mod files;
 mod listener;
+pub mod proto;
 mod server;
 mod snapshot;
 mod stats;
 mod transport;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-
-pub use config::{GrpcConfig, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, TlsConfig, id_map, millis};
-pub use listener::{Listener, ListenerLimits, ServerTls, serve_routes};
-pub use server::{PeerService, ServerHandle};
+pub use config::{
+    GrpcConfig, ListenerLimits, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, TlsConfig, id_map, millis,
+};
+pub use error::GrpcError;
+pub use files::{read_file, read_secret};
+pub use listener::{Listener, ServerHandle, ServerTls, serve_routes};
+/// The admin service's wire types and stubs (`dengine.admin.v1`).
+pub use proto::admin_pb;
+/// The peer protocol's wire types and stubs (`dengine.raft.v1`).
+pub use proto::pb;
+pub use server::PeerService;
 pub use stats::TransportStats;
 /// The tonic version this crate is built on, for building clients and servers that match.
 pub use tonic;
 pub use transport::{GrpcTransport, ProbeReport};
-
-/// The generated wire types and gRPC stubs, one module per protobuf package.
-#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
-pub mod proto {
-    /// `dengine.*` packages.
-    pub mod dengine {
-        /// `dengine.raft.*`.
-        pub mod raft {
-            /// `dengine.raft.v1`: the peer protocol.
-            pub mod v1 {
-                tonic::include_proto!("dengine.raft.v1");
-            }
-        }
-        /// `dengine.admin.*`.
-        pub mod admin {
-            /// `dengine.admin.v1`: the admin service.
-            pub mod v1 {
-                tonic::include_proto!("dengine.admin.v1");
-            }
-        }
-    }
-}
-
-/// The admin service's wire types and stubs (`dengine.admin.v1`).
-pub use proto::dengine::admin::v1 as admin_pb;
-/// The peer protocol's wire types and stubs (`dengine.raft.v1`).
-pub use proto::dengine::raft::v1 as pb;
-
-/// Reads a configuration file (a PEM file, a secret), naming it in the error.
-pub fn read_file(path: &std::path::Path, what: &'static str) -> Result<Vec<u8>, GrpcError> {
-    std::fs::read(path).map_err(|e| GrpcError::TlsFile {
-        what,
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })
-}
-
-/// Reads a secret or token file: its first line, trimmed, which must be 16+ printable ASCII
-/// characters without spaces.
-pub fn read_secret(path: &std::path::Path) -> Result<String, GrpcError> {
-    let bytes = read_file(path, "secret file")?;
-    let text = String::from_utf8_lossy(&bytes);
-    let secret = text.lines().next().unwrap_or("").trim().to_string();
-    if secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(GrpcError::Config(format!(
-            "{} must hold a secret of at least 16 printable ASCII characters without spaces on \
-             its first line (e.g. `openssl rand -hex 32 > {}`)",
-            path.display(),
-            path.display()
-        )));
-    }
-    Ok(secret)
-}
-
-/// Why the transport could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum GrpcError {
-    /// A setting is out of range.
-    #[error("invalid transport configuration: {0}")]
-    Config(String),
-    /// A TLS or secret file could not be read.
-    #[error("cannot read the {what} at {path}: {detail}")]
-    TlsFile {
-        /// Which file.
-        what: &'static str,
-        /// Its path.
-        path: PathBuf,
-        /// The OS error.
-        detail: String,
-    },
-    /// The TLS configuration was refused (e.g. a malformed PEM).
-    #[error("invalid TLS configuration: {detail}")]
-    Tls {
-        /// What rustls or tonic reported.
-        detail: String,
-    },
-    /// A peer address is not a valid `host:port` or URI.
-    #[error("invalid peer address {address:?}: {detail}")]
-    Address {
-        /// The address.
-        address: String,
-        /// What is wrong with it.
-        detail: String,
-    },
-    /// Connecting to a peer failed.
-    #[error("cannot connect to {address}: {detail}")]
-    Connect {
-        /// The peer's address.
-        address: String,
-        /// The cause.
-        detail: String,
-    },
-    /// The server could not bind its address.
-    #[error("cannot listen on {addr}: {detail}; is another process using the port?")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        detail: String,
-    },
-}

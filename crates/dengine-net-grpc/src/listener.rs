@@ -29,6 +29,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,52 +37,9 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::config::TlsConfig;
-use crate::server::ServerHandle;
-use crate::transport::{CONNECTION_WINDOW, STREAM_WINDOW};
-use crate::{GrpcError, read_file};
-
-/// Limits of one listener. The defaults suit a client listener; peers need fewer
-/// connections (see [`ListenerLimits::for_peers`]).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ListenerLimits {
-    /// Open connections at most; more are closed as soon as they are accepted. Default 1024.
-    pub max_connections: usize,
-    /// Time from accept to a finished TLS handshake and HTTP/2 preface. Default 10 s.
-    #[serde(rename = "handshake_timeout_ms", with = "crate::config::millis")]
-    pub handshake_timeout: Duration,
-    /// How often an established connection is pinged (HTTP/2 PING). Default 30 s.
-    #[serde(rename = "keepalive_interval_ms", with = "crate::config::millis")]
-    pub keepalive_interval: Duration,
-    /// How long a ping may go unanswered before the connection is closed. Default 20 s.
-    #[serde(rename = "keepalive_timeout_ms", with = "crate::config::millis")]
-    pub keepalive_timeout: Duration,
-    /// Requests (HTTP/2 streams) open at once on one connection. Default 1024.
-    pub max_concurrent_streams: u32,
-}
-
-impl Default for ListenerLimits {
-    fn default() -> Self {
-        ListenerLimits {
-            max_connections: 1024,
-            handshake_timeout: Duration::from_secs(10),
-            keepalive_interval: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(20),
-            max_concurrent_streams: 1024,
-        }
-    }
-}
-
-impl ListenerLimits {
-    /// Defaults for a peer listener: 256 connections (a member has a few per peer).
-    pub fn for_peers() -> Self {
-        ListenerLimits {
-            max_connections: 256,
-            ..Self::default()
-        }
-    }
-}
+use crate::config::{ListenerLimits, TlsConfig};
+use crate::error::GrpcError;
+use crate::files::read_file;
 
 /// Server-side TLS of one listener, ready to accept handshakes.
 #[derive(Clone)]
@@ -520,5 +478,65 @@ impl Connected for LimitedConn<TlsStream<TcpStream>> {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.io.connect_info()
+    }
+}
+
+/// HTTP/2 flow-control windows. The defaults (64 KiB) stall a pipelined append stream after
+/// one large message per round trip.
+pub(crate) const STREAM_WINDOW: u32 = 8 << 20;
+pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// A running server. Dropping it stops the server (without waiting).
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    close: watch::Sender<bool>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    pub(crate) fn new(
+        local_addr: SocketAddr,
+        close: watch::Sender<bool>,
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<()>,
+    ) -> Self {
+        ServerHandle {
+            local_addr,
+            close,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The address the server listens on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting connections, ends the open streams (peers reconnect elsewhere or
+    /// later) and waits up to two seconds for the connections to close.
+    pub async fn shutdown(mut self) {
+        let _ = self.close.send(true);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.close.send(true);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }

@@ -2,20 +2,18 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use dengine_core::{Inbox, NodeId};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::GrpcError;
-use crate::listener::{Listener, ServerTls, serve_routes};
-use crate::pb;
-use crate::pb::peer_server::{Peer, PeerServer};
+use crate::error::GrpcError;
+use crate::listener::{Listener, ServerHandle, ServerTls, serve_routes};
+use crate::proto::pb;
+use crate::proto::pb::peer_server::{Peer, PeerServer};
 use crate::snapshot;
 use crate::transport::{GrpcTransport, Shared};
 
@@ -106,7 +104,7 @@ impl GrpcTransport {
         }
         if common.inbox().is_some_and(|inbox| inbox.is_retired(from)) {
             common.refused("request", from, "the sender was removed from the cluster");
-            return Err(crate::transport::retired_status(common.config.id, from));
+            return Err(crate::common::retired_status(common.config.id, from));
         }
         Ok(())
     }
@@ -149,61 +147,6 @@ impl GrpcTransport {
             );
         }
         serve_routes(listener, routes, self.server_tls(), &cfg.listener, close)
-    }
-}
-
-/// A running server. Dropping it stops the server (without waiting).
-#[derive(Debug)]
-pub struct ServerHandle {
-    local_addr: SocketAddr,
-    close: watch::Sender<bool>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl ServerHandle {
-    pub(crate) fn new(
-        local_addr: SocketAddr,
-        close: watch::Sender<bool>,
-        stop: oneshot::Sender<()>,
-        task: JoinHandle<()>,
-    ) -> Self {
-        ServerHandle {
-            local_addr,
-            close,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    /// The address the server listens on (with the real port when bound to port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Stops accepting connections, ends the open streams (peers reconnect elsewhere or
-    /// later) and waits up to two seconds for the connections to close.
-    pub async fn shutdown(mut self) {
-        let _ = self.close.send(true);
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(mut task) = self.task.take()
-            && tokio::time::timeout(Duration::from_secs(2), &mut task)
-                .await
-                .is_err()
-        {
-            task.abort();
-        }
-    }
-}
-
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        let _ = self.close.send(true);
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 

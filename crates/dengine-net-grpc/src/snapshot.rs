@@ -24,11 +24,11 @@ use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
+use crate::common::Common;
 use crate::convert;
-use crate::pb;
-use crate::pb::snapshot_reply::Outcome;
+use crate::proto::pb;
+use crate::proto::pb::snapshot_reply::Outcome;
 use crate::stats::Counters;
-use crate::transport::Common;
 
 /// Streams `data` to the peer at `address`; see the module docs.
 pub(crate) async fn send(
@@ -316,7 +316,7 @@ impl Receiver {
         })?;
         if common.inbox().is_some_and(|inbox| inbox.is_retired(from)) {
             common.refused("snapshot", from, "the sender was removed from the cluster");
-            return Err(crate::transport::retired_status(cfg.id, from));
+            return Err(crate::common::retired_status(cfg.id, from));
         }
         let meta = first
             .meta
@@ -434,7 +434,7 @@ impl Receiver {
     /// Opens the spool file of a new upload, if the spool has room for it.
     async fn start(
         &self,
-        cfg: &crate::GrpcConfig,
+        cfg: &crate::config::GrpcConfig,
         from: NodeId,
         first: &pb::SnapshotChunk,
         meta: SnapshotMeta,
@@ -532,7 +532,7 @@ impl Receiver {
 
 /// Flips a byte of the chunk if the configuration asks for corrupted chunks (testing only).
 #[cfg(feature = "fault-injection")]
-fn corrupt_if_asked(cfg: &crate::GrpcConfig, chunk: &mut pb::SnapshotChunk) {
+fn corrupt_if_asked(cfg: &crate::config::GrpcConfig, chunk: &mut pb::SnapshotChunk) {
     use std::sync::atomic::Ordering;
     let take = cfg
         .corrupt_snapshot_chunks

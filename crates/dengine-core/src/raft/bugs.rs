@@ -1,9 +1,7 @@
 //! Deliberate protocol bugs, compiled in only with the `fault-injection` feature, so the
 //! simulator can show that it catches each classic Raft mistake (`docs/correctness.md`).
 
-use super::Raft;
-
-/// A classic Raft bug that [`Raft::inject_bug`] re-introduces.
+/// A classic Raft bug that [`Raft::inject_bug`](super::Raft::inject_bug) re-introduces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum InjectedBug {
     /// Commit an entry of an earlier term by counting replicas (Figure 8, §5.4.2).
@@ -58,14 +56,5 @@ impl InjectedBug {
     /// Parses [`InjectedBug::name`].
     pub fn from_name(name: &str) -> Option<InjectedBug> {
         Self::ALL.into_iter().find(|b| b.name() == name)
-    }
-}
-
-impl<L> Raft<L> {
-    /// Makes this node misbehave in the given way. For the simulator's bug-catching tests only.
-    pub fn inject_bug(&mut self, bug: InjectedBug) {
-        if !self.injected_bugs.contains(&bug) {
-            self.injected_bugs.push(bug);
-        }
     }
 }

@@ -8,48 +8,10 @@
 
 use std::collections::BTreeMap;
 
+use super::errors::{MembershipChange, MembershipError};
 use super::{Raft, bug};
 use crate::store::LogReader;
 use crate::types::{Entry, EntryId, EntryPayload, LogIndex, Membership, NodeId, Role};
-
-/// One change to the cluster's membership.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum MembershipChange {
-    /// Make `id` a voter (a new node, or promote a learner).
-    AddVoter(NodeId),
-    /// Add `id` as a learner: it receives the log but does not vote.
-    AddLearner(NodeId),
-    /// Remove `id` from the cluster, voter or learner.
-    Remove(NodeId),
-}
-
-/// Why a membership change was refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum MembershipError {
-    /// Only the leader changes membership.
-    #[error("not the leader (leader is {leader:?}); send the change to the leader")]
-    NotLeader {
-        /// The current leader, if known.
-        leader: Option<NodeId>,
-    },
-    /// Another change is still in progress (its entry is not committed, or the joint
-    /// configuration has not been left yet): one change at a time (thesis §4.1).
-    #[error("membership change at index {index} is still in progress; retry when it commits")]
-    ChangeInProgress {
-        /// Index of the configuration entry still pending.
-        index: LogIndex,
-    },
-    /// A new leader must first commit an entry of its own term (the 2015 single-server
-    /// change fix, thesis §4.1 and raft-dev "bug in single-server membership changes").
-    #[error("the leader has not yet committed an entry in its term; retry shortly")]
-    LeaderNotReady,
-    /// A leader transfer is in progress.
-    #[error("a leader transfer is in progress; retry after it completes")]
-    TransferInProgress,
-    /// The change makes no sense for the current configuration.
-    #[error("invalid membership change: {0}")]
-    Invalid(String),
-}
 
 impl<L: LogReader> Raft<L> {
     /// Proposes a membership change of any size through joint consensus: first the joint

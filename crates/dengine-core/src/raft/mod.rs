@@ -9,16 +9,16 @@
 #[cfg(feature = "fault-injection")]
 mod bugs;
 mod election;
+mod errors;
 mod membership;
+mod parts;
 mod read;
 mod ready;
 mod replication;
 mod snapshot;
 mod transfer;
 
-pub use membership::{MembershipChange, MembershipError};
-pub use snapshot::SnapshotError;
-pub use transfer::TransferError;
+pub use errors::{MembershipChange, MembershipError, SnapshotError, TransferError};
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -42,6 +42,7 @@ macro_rules! bug {
 }
 pub(crate) use bug;
 
+use self::parts::{ReadQueue, Transfer};
 use crate::config::{Config, ConfigError};
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody, VoteResponse};
@@ -129,7 +130,7 @@ pub struct Raft<L> {
     /// configuration); the first may be the base configuration at index 0 or the snapshot.
     configs: Vec<(LogIndex, Membership)>,
     /// A leadership transfer in progress (leader only).
-    transfer: Option<transfer::Transfer>,
+    transfer: Option<Transfer>,
     /// The newest snapshot (created here or installed), sent to followers that need
     /// compacted entries.
     snapshot: Option<crate::types::SnapshotMeta>,
@@ -165,7 +166,7 @@ pub struct Raft<L> {
     uncommitted_bytes: u64,
     /// New entries or a new commit index must be sent to followers at the end of the turn.
     broadcast_pending: bool,
-    reads: read::ReadQueue,
+    reads: ReadQueue,
 
     // Output state.
     messages: Vec<Message>,
@@ -211,7 +212,7 @@ impl<L: LogReader> Raft<L> {
             vote: hs.vote,
             role: Role::Follower,
             leader: None,
-            reads: read::ReadQueue::default(),
+            reads: ReadQueue::default(),
             configs: vec![match &initial.snapshot {
                 Some(snap) => (snap.last_included.index, snap.membership.clone()),
                 None => (0, initial.membership.clone()),
@@ -660,5 +661,15 @@ impl<L: LogReader> Raft<L> {
             }
         }
         self.compact_configs();
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl<L> Raft<L> {
+    /// Makes this node misbehave in the given way. For the simulator's bug-catching tests only.
+    pub fn inject_bug(&mut self, bug: InjectedBug) {
+        if !self.injected_bugs.contains(&bug) {
+            self.injected_bugs.push(bug);
+        }
     }
 }

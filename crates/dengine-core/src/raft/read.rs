@@ -7,75 +7,12 @@
 //! replaces (b) by the knowledge that no other leader can have been elected yet: followers
 //! ignore other candidates for an election timeout after hearing from us.
 
-use std::collections::VecDeque;
-
+use super::parts::PendingRead;
 use super::{Raft, bug};
 use crate::message::{MessageBody, ReadCtx, ReadIndexRequest, ReadIndexResponse};
 use crate::ready::{FailedRead, ReadError, ReadMode, ReadState};
 use crate::store::LogReader;
 use crate::types::{LogIndex, NodeId, Role};
-
-/// A read waiting for a heartbeat round to confirm leadership.
-#[derive(Clone, Copy, Debug)]
-struct PendingRead {
-    ctx: ReadCtx,
-    /// Who asked: this node, or a follower that forwarded it.
-    origin: NodeId,
-    index: LogIndex,
-    /// The first heartbeat round sent after the read arrived.
-    round: u64,
-}
-
-/// Heartbeat rounds and the reads that wait on them.
-#[derive(Debug, Default)]
-pub(super) struct ReadQueue {
-    /// Last heartbeat round sent (monotonic across terms, so late answers cannot confuse).
-    round: u64,
-    /// Send time of recent rounds, for leases.
-    sent_at: VecDeque<(u64, u64)>,
-    pending: VecDeque<PendingRead>,
-    /// A heartbeat round must be sent at the end of this turn to confirm pending reads.
-    round_needed: bool,
-    /// Confirmed reads waiting for the state machine to apply up to their index.
-    waiting_apply: Vec<ReadState>,
-    /// Reads this follower forwarded to its current leader and not yet heard back about.
-    forwarded: Vec<ReadCtx>,
-}
-
-impl ReadQueue {
-    /// The last heartbeat round sent (0 before the first).
-    pub(super) fn last_round(&self) -> u64 {
-        self.round
-    }
-
-    /// Starts a new heartbeat round at `now`, forgetting rounds too old to back a lease.
-    pub(super) fn next_round(&mut self, now: u64, window: u64) -> u64 {
-        self.round += 1;
-        self.round_needed = false;
-        self.sent_at.push_back((self.round, now));
-        while self
-            .sent_at
-            .front()
-            .is_some_and(|&(_, at)| at.saturating_add(window) < now)
-        {
-            self.sent_at.pop_front();
-        }
-        self.round
-    }
-
-    pub(super) fn reset_for_new_term(&mut self) {
-        self.sent_at.clear();
-        self.pending.clear();
-        self.round_needed = false;
-    }
-
-    fn sent_at(&self, round: u64) -> Option<u64> {
-        self.sent_at
-            .iter()
-            .find(|&&(r, _)| r == round)
-            .map(|&(_, at)| at)
-    }
-}
 
 impl<L: LogReader> Raft<L> {
     /// Asks for a linearizable read identified by `ctx`. When it is safe, a later

@@ -4,31 +4,11 @@
 //! snapshots received from the leader.
 
 use super::Raft;
+use super::errors::SnapshotError;
 use crate::message::{AppendResponse, MessageBody};
 use crate::progress::ReplicationState;
 use crate::store::{LogReader, StorageError};
-use crate::types::{EntryId, LogIndex, NodeId, Role, SnapshotMeta};
-
-/// Why a snapshot report was refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum SnapshotError {
-    /// A snapshot may only cover entries the state machine has applied.
-    #[error("snapshot at index {index} is ahead of the applied index {applied}")]
-    AheadOfApplied {
-        /// The snapshot's last index.
-        index: LogIndex,
-        /// The applied index.
-        applied: LogIndex,
-    },
-    /// The snapshot's last entry is not the entry in this node's log at that index.
-    #[error("snapshot ends at {claimed} but the log holds term {actual} at that index")]
-    TermMismatch {
-        /// What the snapshot claims.
-        claimed: EntryId,
-        /// The term in the log.
-        actual: u64,
-    },
-}
+use crate::types::{EntryId, NodeId, Role, SnapshotMeta};
 
 impl<L: LogReader> Raft<L> {
     /// The state machine has taken a snapshot covering everything up to

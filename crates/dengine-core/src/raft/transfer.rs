@@ -3,35 +3,11 @@
 //! bypass leader stickiness. The transfer is abandoned after an election timeout.
 
 use super::Raft;
+use super::errors::TransferError;
+use super::parts::Transfer;
 use crate::message::MessageBody;
 use crate::store::LogReader;
 use crate::types::{NodeId, Role};
-
-/// A transfer in progress.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Transfer {
-    pub(super) target: NodeId,
-    /// Ticks since the transfer started.
-    pub(super) elapsed: u64,
-    pub(super) timeout_now_sent: bool,
-}
-
-/// Why a leadership transfer was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TransferError {
-    /// Only the leader can transfer leadership.
-    #[error("not the leader (leader is {leader:?})")]
-    NotLeader {
-        /// The current leader, if known.
-        leader: Option<NodeId>,
-    },
-    /// The target is not a voter of the current configuration.
-    #[error("node {0} is not a voter and cannot become leader")]
-    NotAVoter(NodeId),
-    /// This node already leads.
-    #[error("node {0} is already the leader")]
-    AlreadyLeader(NodeId),
-}
 
 impl<L: LogReader> Raft<L> {
     /// Starts handing leadership to `to`. Proposals are refused until the transfer completes

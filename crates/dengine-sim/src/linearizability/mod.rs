@@ -36,55 +36,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+mod model;
 #[cfg(test)]
 mod reference;
 #[cfg(test)]
 mod tests;
 mod wgl;
 
-/// An operation a client can invoke on one key of the store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
-    /// Set the key to `value`. Completes with [`OpResult::Put`].
-    Put {
-        /// The value written.
-        value: u64,
-    },
-    /// Read the key. Completes with [`OpResult::Get`] holding the value read (`None` = absent).
-    Get,
-    /// Compare-and-set: if the key currently holds `expected` (`None` = absent), set it to `new`.
-    /// Completes with [`OpResult::Cas`] holding whether the swap happened.
-    Cas {
-        /// The value the key must hold for the swap to happen.
-        expected: Option<u64>,
-        /// The value written if the swap happens.
-        new: u64,
-    },
-}
-
-impl Op {
-    /// Whether `result` is the kind of result this operation completes with (for example a
-    /// [`OpResult::Get`] for an [`Op::Get`]).
-    pub fn accepts(&self, result: &OpResult) -> bool {
-        matches!(
-            (self, result),
-            (Op::Put { .. }, OpResult::Put)
-                | (Op::Get, OpResult::Get(_))
-                | (Op::Cas { .. }, OpResult::Cas(_))
-        )
-    }
-}
-
-/// The result a client observed when an operation completed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OpResult {
-    /// A [`Op::Put`] was acknowledged.
-    Put,
-    /// A [`Op::Get`] returned this value (`None` = absent).
-    Get(Option<u64>),
-    /// A [`Op::Cas`] reported whether it swapped.
-    Cas(bool),
-}
+use model::{KeyOp, ValueText, effect};
+pub use model::{Op, OpResult};
 
 /// How an operation ended, as far as its client knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -536,7 +496,7 @@ pub fn check_with(history: &History, options: &CheckOptions) -> Verdict {
         // nothing; leaving it out keeps it from multiplying the search.
         let (search_ids, search_ops): (Vec<OpId>, Vec<KeyOp>) = operations
             .iter()
-            .filter_map(|(id, operation)| KeyOp::new(operation).map(|op| (*id, op)))
+            .filter_map(|(id, operation)| key_op(operation).map(|op| (*id, op)))
             .unzip();
         match wgl::search(&search_ops, options.max_states_per_key).outcome {
             wgl::Outcome::Linearizable => {}
@@ -564,54 +524,19 @@ pub fn check_with(history: &History, options: &CheckOptions) -> Verdict {
     }
 }
 
-/// The operations of one key as the search sees them.
-#[derive(Clone, Copy, Debug)]
-struct KeyOp {
-    op: Op,
-    invoke: u64,
-    /// Completion time and result; `None` for an unknown outcome (completion at +infinity).
-    completed: Option<(u64, OpResult)>,
-}
-
-impl KeyOp {
-    /// `None` for operations that cannot constrain the register (unknown-outcome gets).
-    fn new(operation: &Operation) -> Option<Self> {
-        let completed = match operation.outcome {
-            Outcome::Completed { at, result } => Some((at, result)),
-            Outcome::Unknown if operation.op == Op::Get => return None,
-            Outcome::Unknown => None,
-        };
-        Some(Self {
-            op: operation.op,
-            invoke: operation.invoke,
-            completed,
-        })
-    }
-
-    fn result(&self) -> Option<OpResult> {
-        self.completed.map(|(_, result)| result)
-    }
-}
-
-/// The register model: the value after applying `op` to a register holding `value`, or `None` if
-/// the operation cannot have returned `result` there. `result` is `None` when the outcome is
-/// unknown, and then any result is acceptable.
-fn effect(value: Option<u64>, op: Op, result: Option<OpResult>) -> Option<Option<u64>> {
-    match (op, result) {
-        (Op::Put { value: written }, _) => Some(Some(written)),
-        (Op::Get, Some(OpResult::Get(read))) => (read == value).then_some(value),
-        (Op::Get, None) => Some(value),
-        (Op::Cas { expected, new }, result) => {
-            let swaps = value == expected;
-            match result {
-                Some(OpResult::Cas(reported)) if reported != swaps => None,
-                Some(OpResult::Cas(_)) | None => Some(if swaps { Some(new) } else { value }),
-                Some(_) => None,
-            }
-        }
-        // Validation in `History` rules out mismatched result kinds; they never fit the model.
-        (Op::Get, Some(_)) => None,
-    }
+/// `operation` as the search sees it; `None` for operations that cannot constrain the
+/// register (unknown-outcome gets).
+fn key_op(operation: &Operation) -> Option<KeyOp> {
+    let completed = match operation.outcome {
+        Outcome::Completed { at, result } => Some((at, result)),
+        Outcome::Unknown if operation.op == Op::Get => return None,
+        Outcome::Unknown => None,
+    };
+    Some(KeyOp {
+        op: operation.op,
+        invoke: operation.invoke,
+        completed,
+    })
 }
 
 fn completed_result(operation: &Operation) -> Option<OpResult> {
@@ -650,18 +575,6 @@ impl fmt::Display for OpId {
     }
 }
 
-/// Displays a register value, `None` as "absent".
-struct ValueText(Option<u64>);
-
-impl fmt::Display for ValueText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(value) => write!(f, "{value}"),
-            None => write!(f, "absent"),
-        }
-    }
-}
-
 /// Displays an outcome's result, or "unknown".
 struct ResultText(Outcome);
 
@@ -670,26 +583,6 @@ impl fmt::Display for ResultText {
         match self.0 {
             Outcome::Completed { result, .. } => result.fmt(f),
             Outcome::Unknown => write!(f, "unknown"),
-        }
-    }
-}
-
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Op::Put { value } => write!(f, "put({value})"),
-            Op::Get => write!(f, "get"),
-            Op::Cas { expected, new } => write!(f, "cas({} -> {new})", ValueText(*expected)),
-        }
-    }
-}
-
-impl fmt::Display for OpResult {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            OpResult::Put => write!(f, "ok"),
-            OpResult::Get(value) => ValueText(*value).fmt(f),
-            OpResult::Cas(swapped) => write!(f, "{swapped}"),
         }
     }
 }

@@ -696,7 +696,7 @@ fn many_pending_unknown_writes_do_not_blow_up_the_search() {
 #[test]
 fn search_work_stays_linear_on_a_sequential_history() {
     let history = long_history(2_000, 1, 1, 0, 4);
-    let ops: Vec<KeyOp> = history.operations().iter().filter_map(KeyOp::new).collect();
+    let ops: Vec<KeyOp> = history.operations().iter().filter_map(key_op).collect();
     let search = wgl::search(&ops, usize::MAX);
     assert_eq!(search.outcome, wgl::Outcome::Linearizable);
     assert_eq!(search.states, ops.len());

@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use super::{KeyOp, Op, OpResult, effect};
+use super::model::{KeyOp, Op, OpResult, effect};
 
 /// How the search over one key ended.
 #[derive(Debug, PartialEq, Eq)]
