@@ -602,7 +602,10 @@ mod tests {
     #[test]
     fn comments_tests_and_declarations_are_not_imports() {
         let (_d, g) = tree(&[
-            ("lib.rs", "mod a;\nmod b;\n/// see [`a`](crate::a)\nfn f() {}\n"),
+            (
+                "lib.rs",
+                "mod a;\nmod b;\n/// see [`a`](crate::a)\nfn f() {}\n",
+            ),
             (
                 "a.rs",
                 "// uses crate::b::B in a comment\n/* crate::b::C */\npub struct A;\n\
@@ -623,7 +626,10 @@ mod tests {
         ]);
         assert_eq!(g.cycles(), vec![vec![m(""), m("a")]]);
         let (_d, g) = tree(&[
-            ("lib.rs", "mod a;\nmod error;\npub use a::A;\npub use error::Error;\n"),
+            (
+                "lib.rs",
+                "mod a;\nmod error;\npub use a::A;\npub use error::Error;\n",
+            ),
             ("a.rs", "pub struct A(crate::error::Error);\n"),
             ("error.rs", "pub struct Error;\n"),
         ]);

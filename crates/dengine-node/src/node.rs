@@ -2,8 +2,10 @@
 //! (membership, leader transfer, snapshots, status) and shutdown.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -119,7 +121,7 @@ impl Node {
 
     /// The fatal error that stopped the node, if it stopped on one.
     pub fn fatal_error(&self) -> Option<String> {
-        lock(&self.shared.fatal).clone()
+        self.shared.fatal.lock().clone()
     }
 
     /// Whether the event loop has stopped (after a shutdown, a kill or a fatal error).
@@ -399,7 +401,7 @@ impl Node {
         {
             let _ = rx.await;
         }
-        let task = lock(&self.shared.task).take();
+        let task = self.shared.task.lock().take();
         if let Some(task) = task {
             let _ = task.await;
         }
@@ -410,7 +412,7 @@ impl Node {
     /// had not finished may be lost, exactly as in a process crash. For tests.
     pub async fn kill(&self) {
         self.shared.closing.store(true, Ordering::Release);
-        let task = lock(&self.shared.task).take();
+        let task = self.shared.task.lock().take();
         if let Some(task) = task {
             task.abort();
             let _ = task.await;
@@ -448,10 +450,4 @@ impl Node {
             None => shutting_down,
         }
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The protected values are plain options assigned in one step; a poisoned lock still
-    // holds a consistent value.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

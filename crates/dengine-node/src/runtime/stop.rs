@@ -10,7 +10,6 @@ use super::request::Request;
 use super::waiters::Waiter;
 use super::{Fatal, Runtime, Stopping};
 use crate::error::{AdminError, ProposeError, ReadError};
-use crate::node::lock;
 
 impl<S: LogStore, T: Transport> Runtime<S, T> {
     pub(super) fn begin_shutdown(&mut self, tx: oneshot::Sender<()>) {
@@ -60,7 +59,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
     pub(super) async fn finish(mut self, fatal: Option<Fatal>) {
         if let Some(reason) = &fatal {
             tracing::error!(node = self.id, %reason, "node stopped on a fatal error");
-            *lock(&self.fatal) = Some(reason.clone());
+            *self.fatal.lock() = Some(reason.clone());
         }
         let propose_error = || match &fatal {
             Some(reason) => ProposeError::Stopped {
