@@ -11,6 +11,7 @@
 //! `--clients 1,64,256,1024` (default), `--workers N` (tokio workers, default 2).
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::future::{Future, ready};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,11 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dengine_core::store::{MemoryStore, Snapshot};
-use dengine_core::{
-    Entry, EntryId, EntryPayload, LogIndex, Membership, Role, SnapshotMeta, StateMachine,
-    StorageError,
-};
+use dengine_core::store::{Command, MemoryStore};
+use dengine_core::{LogIndex, Role, StateMachine};
 use dengine_node::testing::LocalNetwork;
 use dengine_node::{Node, NodeBuilder, NodeConfig, ProposeError};
 
@@ -34,58 +32,34 @@ const OPENRAFT_BEST: [(usize, f64); 4] = [
     (1024, 904_000.0),
 ];
 
-/// A state machine that stores nothing: one empty response per entry.
+/// A state machine that stores nothing: one empty response per command.
 #[derive(Default)]
-struct NoopStateMachine {
-    applied: EntryId,
-    membership: Membership,
-}
+struct NoopStateMachine;
 
 impl StateMachine for NoopStateMachine {
+    type Error = Infallible;
+
     fn apply(
         &mut self,
-        entries: &[Entry],
-    ) -> impl Future<Output = Result<Vec<Bytes>, StorageError>> + Send {
-        for entry in entries {
-            if let EntryPayload::Membership(m) = &entry.payload {
-                self.membership = m.clone();
-            }
-        }
-        if let Some(last) = entries.last() {
-            self.applied = last.id();
-        }
-        ready(Ok(vec![Bytes::new(); entries.len()]))
+        commands: &[Command],
+        _applied_up_to: LogIndex,
+    ) -> impl Future<Output = Result<Vec<Bytes>, Infallible>> + Send {
+        ready(Ok(vec![Bytes::new(); commands.len()]))
     }
 
-    fn applied_index(&self) -> LogIndex {
-        self.applied.index
-    }
-
-    fn membership(&self) -> Membership {
-        self.membership.clone()
-    }
-
-    fn snapshot(&mut self) -> impl Future<Output = Result<Snapshot, StorageError>> + Send {
-        ready(Ok(Snapshot {
-            meta: SnapshotMeta {
-                last_included: self.applied,
-                membership: self.membership.clone(),
-            },
-            data: Bytes::new(),
-        }))
+    fn snapshot(&mut self) -> impl Future<Output = Result<Bytes, Infallible>> + Send {
+        ready(Ok(Bytes::new()))
     }
 
     fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta,
         _data: Bytes,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send {
-        self.applied = meta.last_included;
-        self.membership = meta.membership.clone();
+        _applied_up_to: LogIndex,
+    ) -> impl Future<Output = Result<(), Infallible>> + Send {
         ready(Ok(()))
     }
 
-    fn query(&self, _request: Bytes) -> impl Future<Output = Result<Bytes, StorageError>> + Send {
+    fn query(&self, _request: Bytes) -> impl Future<Output = Result<Bytes, Infallible>> + Send {
         ready(Ok(Bytes::new()))
     }
 }
@@ -152,7 +126,7 @@ async fn start_cluster() -> Result<(Vec<Node>, LocalNetwork), String> {
     for id in 1..=3 {
         let builder = NodeBuilder::new(settings(id))
             .log_store(MemoryStore::new())
-            .state_machine(NoopStateMachine::default())
+            .state_machine(NoopStateMachine)
             .transport(network.transport(id));
         network.register(id, builder.inbox());
         let node = builder

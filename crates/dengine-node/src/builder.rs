@@ -5,14 +5,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-
-use parking_lot::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dengine_core::{
     EntryId, InitialState, LogStore, Membership, NodeId, Raft, SnapshotMeta, StateMachine,
     StoredState, Transport,
 };
+use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
@@ -247,6 +246,9 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             None => stored.snapshot_meta.clone(),
         };
         let mut state_machine = state_machine;
+        // What the state machine's state covers: what it stored (a durable one), or what the
+        // snapshot it is restored from covers.
+        let mut applied = state_machine.applied_index();
         if let Some(file) = &snapshot_file {
             let index = file.meta.last_included.index;
             if index > stored.last_index {
@@ -255,15 +257,17 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
                 store.reset_to_snapshot(&file.meta).await?;
                 stored = store.load_state().await?;
             }
-            if index > state_machine.applied_index() {
+            if index > applied {
                 tracing::info!(
                     node = id,
                     index,
                     "restoring the state machine from its snapshot file"
                 );
                 state_machine
-                    .install_snapshot(&file.meta, file.data.clone())
-                    .await?;
+                    .install_snapshot(file.data.clone(), index)
+                    .await
+                    .map_err(|e| StartError::StateMachine(e.to_string()))?;
+                applied = index;
             }
             if base.as_ref().is_none_or(|b| b.last_included.index <= index) {
                 base = Some(file.meta.clone());
@@ -272,7 +276,6 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
         let initial_snapshot = snapshot_file
             .filter(|f| base.as_ref().map(|b| b.last_included) == Some(f.meta.last_included));
         let compacted = stored.first_index.saturating_sub(1);
-        let applied = state_machine.applied_index();
         if applied < compacted {
             if !loaded.damaged.is_empty() {
                 return Err(StartError::SnapshotFile(format!(
@@ -291,14 +294,6 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             }
             return Err(StartError::StateMachineBehindLog { applied, compacted });
         }
-        let sm_membership = state_machine.membership();
-        let applied_membership = if applied > 0 && sm_membership != Membership::default() {
-            sm_membership
-        } else {
-            base.as_ref()
-                .map(|meta| meta.membership.clone())
-                .unwrap_or_default()
-        };
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
@@ -311,6 +306,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             snapshot: base,
         };
         let raft = Raft::new(config, store.reader(), initial)?;
+        let applied_id = EntryId::new(raft.log_term(applied)?, applied);
         tracing::info!(
             node = id,
             term = stored.hard_state.term,
@@ -339,7 +335,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             snapshot_dir,
             initial_snapshot,
         };
-        let runtime = Runtime::new(parts, raft, state_machine, applied_membership);
+        let runtime = Runtime::new(parts, raft, state_machine, applied_id);
         let task = tokio::spawn(
             runtime
                 .run()

@@ -163,6 +163,9 @@ pub enum StartError {
     /// The log store failed while starting.
     #[error("log store error while starting: {0}")]
     Storage(#[from] StorageError),
+    /// The state machine failed to load its snapshot while starting.
+    #[error("the state machine could not load its snapshot while starting: {0}")]
+    StateMachine(String),
     /// The state machine has applied less than the log store still holds: the entries in
     /// between were compacted, so the node cannot rebuild its state. The state machine must
     /// be durable (or restored from its snapshot) when the log is compacted.

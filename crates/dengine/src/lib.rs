@@ -53,8 +53,9 @@
 /// (`LogStore`, `StateMachine`, `Transport`).
 pub use dengine_core as core;
 pub use dengine_core::{
-    Entry, EntryPayload, LogStore, Membership, MembershipChange, NodeId, SnapshotMeta,
-    StateMachine, StorageError, Transport, store::Snapshot,
+    Entry, EntryPayload, LogIndex, LogStore, Membership, MembershipChange, NodeId, SnapshotMeta,
+    StateMachine, StorageError, Transport,
+    store::{Command, Snapshot},
 };
 /// The gRPC transport and admin service (`dengine-net-grpc`).
 #[cfg(feature = "grpc")]

@@ -6,12 +6,12 @@
 //! [`KvStateMachine`]: `propose` goes through the log, `read` through a read index (or the
 //! local state when `serializable`).
 
-use parking_lot::Mutex;
 use std::future::Future;
 
 use bytes::Bytes;
-use dengine_core::store::StorageError;
-use dengine_core::{Entry, EntryPayload, Membership, NodeId, StateMachine};
+use dengine_core::store::{Command as Committed, StorageError};
+use dengine_core::{Membership, NodeId, StateMachine};
+use parking_lot::Mutex;
 use tonic::{Code, Status};
 
 use crate::auth::hub::AuthHub;
@@ -186,12 +186,13 @@ pub trait KvBackend: Send + Sync + 'static {
 }
 
 /// A single-member [`KvBackend`] without Raft, for tests and examples: every command is
-/// applied at once to a [`KvStateMachine`] behind a mutex, at term 1. Membership changes are
-/// applied as membership entries, so they show in the state machine's membership.
+/// applied at once to a [`KvStateMachine`] behind a mutex, at term 1. Membership changes take
+/// a log index of their own, as they would in Raft, and change the backend's membership (the
+/// state machine never sees them).
 #[derive(Debug)]
 pub struct LocalBackend {
     sm: tokio::sync::Mutex<KvStateMachine>,
-    /// Mirror of the state machine's membership and applied index, readable without waiting.
+    /// The membership and the last index used, readable without waiting.
     meta: Mutex<(Membership, u64)>,
     member_id: u64,
     auth: AuthHub,
@@ -204,15 +205,10 @@ impl LocalBackend {
     /// A backend whose state machine publishes to `hub`, with one member (id 1) whose peer
     /// URL is `peer_url`.
     pub async fn new(hub: WatchHub, peer_url: &str) -> Result<Self, StorageError> {
-        let mut sm = KvStateMachine::new(hub);
+        let sm = KvStateMachine::new(hub);
         let auth = sm.auth_hub().clone();
+        // Index 1 holds the initial configuration, as a bootstrapped cluster's would.
         let membership = Membership::new([1]).with_address(1, peer_url);
-        sm.apply(&[Entry::new(
-            1,
-            1,
-            EntryPayload::Membership(membership.clone()),
-        )])
-        .await?;
         Ok(LocalBackend {
             sm: tokio::sync::Mutex::new(sm),
             meta: Mutex::new((membership, 1)),
@@ -226,18 +222,33 @@ impl LocalBackend {
         &self.auth
     }
 
-    /// Applies one entry payload at the next index and returns its response.
-    async fn apply(&self, payload: EntryPayload) -> Result<Bytes, BackendError> {
+    /// Applies one command at the next index and returns its response.
+    async fn apply(&self, command: Bytes) -> Result<Bytes, BackendError> {
         let mut sm = self.sm.lock().await;
-        let index = sm.applied_index() + 1;
+        let index = self.meta.lock().1 + 1;
         let mut responses = sm
-            .apply(&[Entry::new(1, index, payload)])
+            .apply(
+                &[Committed {
+                    index,
+                    data: command,
+                }],
+                index,
+            )
             .await
             .map_err(|e| BackendError::Internal(e.to_string()))?;
-        *self.meta.lock() = (sm.membership(), index);
+        self.meta.lock().1 = index;
         responses
             .pop()
             .ok_or_else(|| BackendError::Internal("no response from the state machine".into()))
+    }
+
+    /// Puts a new membership in force at the next index (what committing its entry does).
+    async fn change_membership(&self, membership: Membership) {
+        // Under the state machine's lock: indexes are taken in order.
+        let _sm = self.sm.lock().await;
+        let mut meta = self.meta.lock();
+        meta.1 += 1;
+        meta.0 = membership;
     }
 
     fn membership(&self) -> Membership {
@@ -247,7 +258,7 @@ impl LocalBackend {
 
 impl KvBackend for LocalBackend {
     async fn propose(&self, command: Bytes) -> Result<Bytes, BackendError> {
-        self.apply(EntryPayload::Normal(command)).await
+        self.apply(command).await
     }
 
     async fn read(&self, query: Bytes, _serializable: bool) -> Result<Bytes, BackendError> {
@@ -300,8 +311,7 @@ impl KvBackend for LocalBackend {
             membership.voters.insert(id);
         }
         membership.addresses.insert(id, peer_urls.join(","));
-        self.apply(EntryPayload::Membership(membership.clone()))
-            .await?;
+        self.change_membership(membership.clone()).await;
         members_of(&membership)
             .into_iter()
             .find(|m| m.id == id)
@@ -321,7 +331,7 @@ impl KvBackend for LocalBackend {
         membership.voters.remove(&id);
         membership.learners.remove(&id);
         membership.addresses.remove(&id);
-        self.apply(EntryPayload::Membership(membership)).await?;
+        self.change_membership(membership).await;
         Ok(())
     }
 }

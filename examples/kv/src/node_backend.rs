@@ -10,14 +10,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use parking_lot::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use dengine_core::{MembershipChange, NodeId, Role};
 use dengine_net_grpc::GrpcTransport;
 use dengine_node::{AdminError, Consistency, Node, ProposeError, ReadError};
+use parking_lot::Mutex;
 use prost::Message;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};

@@ -5,14 +5,11 @@
 
 mod auth;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dengine_core::store::{Snapshot, StorageError};
-use dengine_core::{
-    Entry, EntryId, EntryPayload, LogIndex, Membership, SnapshotMeta, StateMachine,
-};
+use dengine_core::store::{Command as Committed, StorageError};
+use dengine_core::{LogIndex, StateMachine};
 use prost::Message;
 
 use crate::auth::access::Needs;
@@ -20,15 +17,16 @@ use crate::auth::hub::AuthHub;
 use crate::auth::{AuthStore, user_of};
 use crate::error::KvError;
 use crate::proto::dengine::kv::v1::{
-    Command, CommandResponse, Query, QueryResponse, SnapshotMembership, Stats, StoreSnapshot,
-    command, command_response, query, query_response,
+    Command, CommandResponse, Query, QueryResponse, Stats, StoreSnapshot, command,
+    command_response, query, query_response,
 };
 use crate::proto::etcdserverpb::CompactionResponse;
 use crate::store::{self, KvStore};
 use crate::watch::WatchHub;
 
-/// Version of the [`StoreSnapshot`] encoding written by this build. 2: with the auth state.
-const SNAPSHOT_FORMAT: u32 = 2;
+/// Version of the [`StoreSnapshot`] encoding written by this build. 2: with the auth state;
+/// 3: without the entry's term and the cluster configuration (the runtime keeps those).
+const SNAPSHOT_FORMAT: u32 = 3;
 
 /// The oldest snapshot format this build reads. Format 1 has no auth state: auth off, no
 /// users or roles.
@@ -39,14 +37,14 @@ const OLDEST_SNAPSHOT_FORMAT: u32 = 1;
 /// Commands are [`Command`] messages (see [`encode_command`]); each response is an encoded
 /// [`CommandResponse`] holding the etcd response, or a [`KvError`] when the store refused the
 /// command (the command then had no effect). Queries are [`Query`] messages answered with a
-/// [`QueryResponse`]. Blank and membership entries get an empty response.
+/// [`QueryResponse`].
 ///
 /// Every command and query names the user it runs as (empty: none); while auth is enabled,
 /// the state machine refuses what that user's permissions do not allow, when it applies the
 /// command, against the auth state of that moment.
 ///
-/// The state lives in memory: after a restart it is rebuilt from the log and snapshots, so
-/// [`applied_index`](StateMachine::applied_index) starts at 0.
+/// The state lives in memory: after a restart it is rebuilt from the log and snapshots
+/// ([`applied_index`](StateMachine::applied_index) is the index reached in memory, 0 at start).
 #[derive(Debug)]
 pub struct KvStateMachine {
     store: KvStore,
@@ -54,8 +52,8 @@ pub struct KvStateMachine {
     auth: Arc<AuthStore>,
     hub: WatchHub,
     auth_hub: AuthHub,
-    applied: EntryId,
-    membership: Membership,
+    /// The log index the state covers.
+    applied: LogIndex,
 }
 
 impl KvStateMachine {
@@ -74,8 +72,7 @@ impl KvStateMachine {
             auth,
             hub,
             auth_hub,
-            applied: EntryId::ZERO,
-            membership: Membership::default(),
+            applied: 0,
         }
     }
 
@@ -100,7 +97,7 @@ impl KvStateMachine {
         self.store.compact_revision()
     }
 
-    /// Applies one normal entry's command and returns the encoded response. Never fails: a
+    /// Applies one command and returns the encoded response. Never fails: a
     /// command that cannot be decoded or is refused gets an error response, identically on
     /// every replica.
     fn apply_command(&mut self, data: &[u8]) -> CommandResponse {
@@ -195,22 +192,14 @@ impl KvStateMachine {
     fn encode_snapshot(&self) -> Bytes {
         let snapshot = StoreSnapshot {
             format: SNAPSHOT_FORMAT,
-            applied_index: self.applied.index,
-            applied_term: self.applied.term,
+            applied_index: self.applied,
+            // Before format 3 the snapshot also held the entry's term and the cluster
+            // configuration; the runtime keeps those now.
+            applied_term: 0,
             revision: self.store.revision(),
             compact_revision: self.store.compact_revision(),
             kvs: self.store.key_values().collect(),
-            membership: Some(SnapshotMembership {
-                voters: self.membership.voters.iter().copied().collect(),
-                voters_outgoing: self.membership.voters_outgoing.iter().copied().collect(),
-                learners: self.membership.learners.iter().copied().collect(),
-                addresses: self
-                    .membership
-                    .addresses
-                    .iter()
-                    .map(|(k, v)| (*k, v.clone()))
-                    .collect::<BTreeMap<_, _>>(),
-            }),
+            membership: None,
             auth: Some(self.auth.to_snapshot()),
         };
         Bytes::from(snapshot.encode_to_vec())
@@ -243,56 +232,46 @@ fn corrupt_snapshot(index: LogIndex, detail: String) -> StorageError {
 }
 
 impl StateMachine for KvStateMachine {
-    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StorageError> {
-        let mut responses = Vec::with_capacity(entries.len());
-        for entry in entries {
-            // The contract: consecutive entries, each once. Applying out of order would make
-            // this replica diverge, so refuse loudly (the runtime stops the node).
-            if entry.index != self.applied.index + 1 {
+    type Error = StorageError;
+
+    async fn apply(
+        &mut self,
+        commands: &[Committed],
+        applied_up_to: LogIndex,
+    ) -> Result<Vec<Bytes>, StorageError> {
+        let mut responses = Vec::with_capacity(commands.len());
+        for c in commands {
+            // The contract: each command once, in log order. Applying one twice or out of
+            // order would make this replica diverge, so refuse loudly (the runtime stops the
+            // node).
+            if c.index <= self.applied || c.index > applied_up_to {
                 return Err(StorageError::InvalidArgument(format!(
-                    "kv state machine: entry {} applied after entry {}; entries must be \
-                     consecutive",
-                    entry.index, self.applied.index
+                    "kv state machine: command at index {} applied after index {} (in a batch \
+                     up to {applied_up_to}); commands must come once, in log order",
+                    c.index, self.applied
                 )));
             }
-            let response = match &entry.payload {
-                EntryPayload::Blank => Bytes::new(),
-                EntryPayload::Membership(m) => {
-                    self.membership = m.clone();
-                    Bytes::new()
-                }
-                EntryPayload::Normal(data) => Bytes::from(self.apply_command(data).encode_to_vec()),
-            };
-            self.applied = entry.id();
-            responses.push(response);
+            responses.push(Bytes::from(self.apply_command(&c.data).encode_to_vec()));
+            self.applied = c.index;
         }
+        self.applied = self.applied.max(applied_up_to);
         Ok(responses)
     }
 
     fn applied_index(&self) -> LogIndex {
-        self.applied.index
+        self.applied
     }
 
-    fn membership(&self) -> Membership {
-        self.membership.clone()
-    }
-
-    async fn snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        Ok(Snapshot {
-            meta: SnapshotMeta {
-                last_included: self.applied,
-                membership: self.membership.clone(),
-            },
-            data: self.encode_snapshot(),
-        })
+    async fn snapshot(&mut self) -> Result<Bytes, StorageError> {
+        Ok(self.encode_snapshot())
     }
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta,
         data: Bytes,
+        applied_up_to: LogIndex,
     ) -> Result<(), StorageError> {
-        let index = meta.last_included.index;
+        let index = applied_up_to;
         let snapshot = StoreSnapshot::decode(data)
             .map_err(|e| corrupt_snapshot(index, format!("undecodable kv snapshot: {e}")))?;
         if !(OLDEST_SNAPSHOT_FORMAT..=SNAPSHOT_FORMAT).contains(&snapshot.format) {
@@ -308,7 +287,7 @@ impl StateMachine for KvStateMachine {
             return Err(corrupt_snapshot(
                 index,
                 format!(
-                    "kv snapshot covers entry {} but its meta says {index}",
+                    "kv snapshot covers entry {} but the runtime installs it as {index}",
                     snapshot.applied_index
                 ),
             ));
@@ -322,9 +301,7 @@ impl StateMachine for KvStateMachine {
                 .unwrap_or_default(),
         );
         self.auth_hub.publish(self.auth.clone());
-        // The meta's membership is the authoritative one (it travelled with the snapshot).
-        self.membership = meta.membership.clone();
-        self.applied = meta.last_included;
+        self.applied = index;
         self.hub.reset(snapshot.revision, snapshot.compact_revision);
         Ok(())
     }

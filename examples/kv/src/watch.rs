@@ -14,11 +14,10 @@
 //! in the middle of a large revision does not cut its delivery short.
 use std::collections::VecDeque;
 use std::sync::Arc;
-
-use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
 use prost::Message;
 use tokio::sync::watch;
 

@@ -7,7 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use bytes::Bytes;
-use dengine_core::{Entry, EntryId, EntryPayload, Membership, SnapshotMeta, StateMachine};
+use dengine_core::StateMachine;
+use dengine_core::store::Command as Committed;
 use dengine_kv::proto::authpb::{Permission, permission::Type as PermType};
 use dengine_kv::proto::dengine::kv::v1::{
     Authenticate, Command, PasswordHash, Query, StoreSnapshot, UserAdd, UserChangePassword,
@@ -72,7 +73,13 @@ impl Replica {
         let index = self.sm.applied_index() + 1;
         let out = self
             .sm
-            .apply(&[Entry::new(1, index, EntryPayload::Normal(command))])
+            .apply(
+                &[Committed {
+                    index,
+                    data: command,
+                }],
+                index,
+            )
             .await
             .unwrap();
         decode_command_response(&out[0])
@@ -694,9 +701,10 @@ async fn snapshots_carry_the_auth_state() {
     let mut a = alice().await;
     let snapshot = a.sm.snapshot().await.unwrap();
     let mut b_replica = Replica::new();
+    let index = a.sm.applied_index();
     b_replica
         .sm
-        .install_snapshot(&snapshot.meta, snapshot.data.clone())
+        .install_snapshot(snapshot.clone(), index)
         .await
         .unwrap();
     assert_eq!(auth_answers(&a).await, auth_answers(&b_replica).await);
@@ -739,12 +747,8 @@ async fn a_format_1_snapshot_loads_with_auth_off() {
         membership: None,
         auth: None,
     };
-    let meta = SnapshotMeta {
-        last_included: EntryId { term: 2, index: 7 },
-        membership: Membership::new([1]),
-    };
     let mut r = Replica::new();
-    r.sm.install_snapshot(&meta, Bytes::from(old.encode_to_vec()))
+    r.sm.install_snapshot(Bytes::from(old.encode_to_vec()), 7)
         .await
         .unwrap();
     assert_eq!(r.sm.revision(), 3);
@@ -752,13 +756,18 @@ async fn a_format_1_snapshot_loads_with_auth_off() {
     assert_eq!(r.get("", "k", "").await, Ok(1));
     r.run("", user_add("root", 1)).await.unwrap();
     // Snapshots it takes are of the current format, with the auth state.
-    let taken = StoreSnapshot::decode(r.sm.snapshot().await.unwrap().data).unwrap();
-    assert_eq!(taken.format, 2);
+    let taken = StoreSnapshot::decode(r.sm.snapshot().await.unwrap()).unwrap();
+    assert_eq!(taken.format, 3);
+    assert_eq!((taken.applied_index, taken.applied_term), (8, 0));
+    assert!(
+        taken.membership.is_none(),
+        "the runtime keeps the configuration"
+    );
     assert_eq!(taken.auth.unwrap().users.len(), 1);
     // A format from the future is refused.
-    let future = StoreSnapshot { format: 3, ..old };
+    let future = StoreSnapshot { format: 4, ..old };
     assert!(
-        r.sm.install_snapshot(&meta, Bytes::from(future.encode_to_vec()))
+        r.sm.install_snapshot(Bytes::from(future.encode_to_vec()), 7)
             .await
             .is_err()
     );

@@ -5,7 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use bytes::Bytes;
-use dengine_core::{Entry, EntryPayload, StateMachine};
+use dengine_core::StateMachine;
+use dengine_core::store::Command as Committed;
 use dengine_kv::proto::dengine::kv::v1::{
     Command, Query, command, command_response, query, query_response,
 };
@@ -31,7 +32,13 @@ async fn apply(
 ) -> Result<command_response::Result, KvError> {
     let index = sm.applied_index() + 1;
     let out = sm
-        .apply(&[Entry::new(1, index, EntryPayload::Normal(command))])
+        .apply(
+            &[Committed {
+                index,
+                data: command,
+            }],
+            index,
+        )
         .await
         .unwrap();
     decode_command_response(&out[0])

@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use bytes::Bytes;
-use dengine_core::{Entry, EntryId, EntryPayload, Membership, SnapshotMeta, StateMachine};
+use dengine_core::StateMachine;
+use dengine_core::store::Command as Committed;
 use dengine_kv::proto::dengine::kv::v1::{command, command_response, query, query_response};
 use dengine_kv::proto::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
@@ -35,21 +36,25 @@ impl Harness {
         }
     }
 
-    async fn apply_payload(&mut self, payload: EntryPayload) -> Bytes {
+    async fn apply_command(&mut self, data: Bytes) -> Bytes {
         let index = self.sm.applied_index() + 1;
         let mut out = self
             .sm
-            .apply(&[Entry::new(1, index, payload)])
+            .apply(&[Committed { index, data }], index)
             .await
             .unwrap();
         assert_eq!(out.len(), 1);
         out.pop().unwrap()
     }
 
+    /// The log moves on by `n` entries that are Raft's own (no command).
+    async fn skip(&mut self, n: u64) {
+        let up_to = self.sm.applied_index() + n;
+        assert!(self.sm.apply(&[], up_to).await.unwrap().is_empty());
+    }
+
     async fn cmd(&mut self, op: command::Op) -> Result<command_response::Result, KvError> {
-        let response = self
-            .apply_payload(EntryPayload::Normal(encode_command(op)))
-            .await;
+        let response = self.apply_command(encode_command(op)).await;
         decode_command_response(&response)
     }
 
@@ -619,14 +624,11 @@ async fn compaction_and_read_revisions() {
 }
 
 async fn build_state(h: &mut Harness) {
-    h.apply_payload(EntryPayload::Membership(
-        Membership::new([1, 2]).with_address(2, "h2:1"),
-    ))
-    .await;
+    h.skip(1).await; // a configuration entry
     for i in 0..20 {
         h.put(&format!("key/{i:02}"), &format!("v{i}")).await;
     }
-    h.apply_payload(EntryPayload::Blank).await;
+    h.skip(1).await; // a new leader's blank entry
     h.delete(DeleteRangeRequest {
         key: b("key/05"),
         range_end: b("key/08"),
@@ -643,18 +645,18 @@ async fn snapshot_install_round_trip_gives_identical_answers() {
     let mut h = Harness::new();
     build_state(&mut h).await;
     let snapshot = h.sm.snapshot().await.unwrap();
+    let index = h.sm.applied_index();
     assert_eq!(
-        snapshot.meta.last_included,
-        EntryId::new(1, h.sm.applied_index())
+        index, 25,
+        "20 puts, a delete, a put, a compaction and 2 Raft entries"
     );
 
     let hub = WatchHub::default();
     let mut copy = KvStateMachine::new(hub.clone());
-    copy.install_snapshot(&snapshot.meta, snapshot.data.clone())
+    copy.install_snapshot(snapshot.clone(), index)
         .await
         .unwrap();
-    assert_eq!(copy.applied_index(), h.sm.applied_index());
-    assert_eq!(copy.membership(), h.sm.membership());
+    assert_eq!(copy.applied_index(), index);
     assert_eq!(copy.revision(), h.sm.revision());
     assert_eq!(copy.compact_revision(), 10);
     assert_eq!(hub.revision(), h.sm.revision());
@@ -685,35 +687,26 @@ async fn snapshot_install_round_trip_gives_identical_answers() {
     };
     assert_eq!(c.put_req(next.clone()).await, h.put_req(next).await);
 
-    // A snapshot whose meta disagrees with its contents is refused.
-    let wrong = SnapshotMeta {
-        last_included: EntryId::new(1, 999),
-        ..snapshot.meta.clone()
-    };
+    // A snapshot installed as covering another index than it does is refused.
     let mut other = KvStateMachine::new(WatchHub::default());
+    assert!(other.install_snapshot(snapshot.clone(), 999).await.is_err());
     assert!(
         other
-            .install_snapshot(&wrong, snapshot.data.clone())
-            .await
-            .is_err()
-    );
-    assert!(
-        other
-            .install_snapshot(&snapshot.meta, Bytes::from_static(b"\xff\xff"))
+            .install_snapshot(Bytes::from_static(b"\xff\xff"), index)
             .await
             .is_err()
     );
 }
 
 #[tokio::test]
-async fn replicas_applying_the_same_entries_agree() {
-    let mut entries = Vec::new();
-    let mut index = 0;
-    let mut push = |payload| {
-        index += 1;
-        entries.push(Entry::new(1 + index / 7, index, payload));
+async fn replicas_applying_the_same_commands_agree() {
+    // Commands at increasing indexes, with gaps where Raft's own entries are.
+    let mut commands = Vec::new();
+    let mut index = 1; // 1: the initial configuration
+    let mut push = |data| {
+        index += if index % 7 == 0 { 2 } else { 1 };
+        commands.push(Committed { index, data });
     };
-    push(EntryPayload::Membership(Membership::new([1, 2, 3])));
     for i in 0..30u32 {
         let op = match i % 4 {
             0 | 1 => command::Op::Put(PutRequest {
@@ -738,50 +731,57 @@ async fn replicas_applying_the_same_entries_agree() {
                 failure: vec![put_op("t", "f")],
             }),
         };
-        push(EntryPayload::Normal(encode_command(op)));
+        push(encode_command(op));
     }
-    push(EntryPayload::Normal(Bytes::from_static(b"garbage")));
-    push(EntryPayload::Blank);
+    push(Bytes::from_static(b"garbage"));
+    let end = commands.last().unwrap().index + 1; // and a blank entry
 
     let mut a = KvStateMachine::new(WatchHub::default());
     let mut b_sm = KvStateMachine::new(WatchHub::default());
-    let ra = a.apply(&entries).await.unwrap();
-    // The other replica applies the same entries in differently sized batches.
+    let ra = a.apply(&commands, end).await.unwrap();
+    // The other replica applies the same commands in differently sized batches.
     let mut rb = Vec::new();
-    for chunk in entries.chunks(4) {
-        rb.extend(b_sm.apply(chunk).await.unwrap());
+    for chunk in commands.chunks(4) {
+        let up_to = chunk.last().unwrap().index;
+        rb.extend(b_sm.apply(chunk, up_to).await.unwrap());
     }
+    b_sm.apply(&[], end).await.unwrap();
     assert_eq!(ra, rb);
-    assert_eq!(ra.len(), entries.len());
-    assert!(
-        ra[0].is_empty() && ra.last().unwrap().is_empty(),
-        "membership and blank: empty"
-    );
+    assert_eq!(ra.len(), commands.len());
     assert!(matches!(
-        decode_command_response(&ra[ra.len() - 2]),
+        decode_command_response(ra.last().unwrap()),
         Err(KvError::InvalidArgument(_))
     ));
     assert_eq!(a.snapshot().await.unwrap(), b_sm.snapshot().await.unwrap());
-    assert_eq!(a.membership(), Membership::new([1, 2, 3]));
+    assert_eq!((a.applied_index(), b_sm.applied_index()), (end, end));
 }
 
 #[tokio::test]
-async fn out_of_order_entries_are_refused() {
+async fn commands_out_of_order_or_twice_are_refused() {
     let mut sm = KvStateMachine::new(WatchHub::default());
-    sm.apply(&[Entry::new(1, 1, EntryPayload::Blank)])
-        .await
-        .unwrap();
+    let put = |index| Committed {
+        index,
+        data: encode_command(command::Op::Put(PutRequest {
+            key: b("k"),
+            value: b("v"),
+            ..Default::default()
+        })),
+    };
+    sm.apply(&[put(2)], 3).await.unwrap();
+    assert!(sm.apply(&[put(3)], 3).await.is_err(), "index 3 was covered");
     assert!(
-        sm.apply(&[Entry::new(1, 3, EntryPayload::Blank)])
-            .await
-            .is_err()
+        sm.apply(&[put(5), put(4)], 5).await.is_err(),
+        "out of order"
     );
     assert!(
-        sm.apply(&[Entry::new(1, 1, EntryPayload::Blank)])
-            .await
-            .is_err()
+        sm.apply(&[put(7)], 6).await.is_err(),
+        "beyond applied_up_to"
     );
-    assert_eq!(sm.applied_index(), 1);
+    assert_eq!(
+        sm.applied_index(),
+        5,
+        "the first command of the refused batch applied"
+    );
 }
 
 #[tokio::test]

@@ -166,6 +166,19 @@ impl<L: LogReader> Raft<L> {
             .map_or((0, &self.membership), |(i, m)| (*i, m))
     }
 
+    /// The configuration in effect at the applied index: what a snapshot of the state
+    /// machine taken now covers, and must record with it (§7: a snapshot carries the latest
+    /// configuration as of its last included index). The runtime, not the state machine,
+    /// keeps it.
+    pub fn applied_membership(&self) -> &Membership {
+        let applied = self.log.applied;
+        self.configs
+            .iter()
+            .rev()
+            .find(|(index, _)| *index <= applied)
+            .map_or(&self.membership, |(_, m)| m)
+    }
+
     /// The newest configuration entry in the log (or the base configuration).
     pub(super) fn latest_config(&self) -> (LogIndex, &Membership) {
         match self.configs.last() {
@@ -203,12 +216,15 @@ impl<L: LogReader> Raft<L> {
     }
 
     /// Forgets configurations older than the newest committed one.
+    /// Forgets configurations no longer needed: those older than the one in effect at the
+    /// applied index (which is never after the commit index), since a snapshot of the state
+    /// machine records that one (§7).
     pub(super) fn compact_configs(&mut self) {
-        let committed = self.log.committed;
+        let applied = self.log.applied.min(self.log.committed);
         let keep_from = self
             .configs
             .iter()
-            .rposition(|&(i, _)| i <= committed)
+            .rposition(|&(i, _)| i <= applied)
             .unwrap_or(0);
         if keep_from > 0 {
             self.configs.drain(..keep_from);

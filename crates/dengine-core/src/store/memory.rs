@@ -18,11 +18,9 @@ use parking_lot::{Mutex, MutexGuard};
 use super::error::StorageError;
 use super::log_store::{LogReader, LogStore, StoredState};
 use super::persist::PersistRequest;
-use super::state_machine::{Snapshot, StateMachine};
+use super::state_machine::{Command, StateMachine};
 use super::validate::{validate_persist, validate_range, validate_snapshot};
-use crate::types::{
-    Entry, EntryId, EntryPayload, HardState, LogIndex, Membership, SnapshotMeta, Term,
-};
+use crate::types::{Entry, EntryId, HardState, LogIndex, SnapshotMeta, Term};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -243,15 +241,13 @@ impl LogReader for MemoryStore {
 
 /// A tiny key-value [`StateMachine`] kept in memory, for tests and examples.
 ///
-/// A normal entry's payload `key=value` sets `key` and answers the previous value (empty if
-/// none); a payload without `=` is a no-op answering empty. [`query`](StateMachine::query)
-/// with a key answers its value (empty if none). It is not durable: after a restart it starts
-/// empty and is rebuilt from the log or a snapshot.
+/// A command `key=value` sets `key` and answers the previous value (empty if none); a command
+/// without `=` is a no-op answering empty. [`query`](StateMachine::query) with a key answers
+/// its value (empty if none). It is not durable: after a restart it starts empty and is
+/// rebuilt from a snapshot and the log.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStateMachine {
     data: BTreeMap<Bytes, Bytes>,
-    applied: EntryId,
-    membership: Membership,
 }
 
 impl MemoryStateMachine {
@@ -265,22 +261,14 @@ impl MemoryStateMachine {
         self.data.get(key)
     }
 
-    fn apply_one(&mut self, entry: &Entry) -> Bytes {
-        self.applied = entry.id();
-        match &entry.payload {
-            EntryPayload::Blank => Bytes::new(),
-            EntryPayload::Membership(m) => {
-                self.membership = m.clone();
-                Bytes::new()
+    fn apply_one(&mut self, cmd: &Bytes) -> Bytes {
+        match cmd.iter().position(|&b| b == b'=') {
+            Some(eq) => {
+                let key = cmd.slice(..eq);
+                let value = cmd.slice(eq + 1..);
+                self.data.insert(key, value).unwrap_or_default()
             }
-            EntryPayload::Normal(cmd) => match cmd.iter().position(|&b| b == b'=') {
-                Some(eq) => {
-                    let key = cmd.slice(..eq);
-                    let value = cmd.slice(eq + 1..);
-                    self.data.insert(key, value).unwrap_or_default()
-                }
-                None => Bytes::new(),
-            },
+            None => Bytes::new(),
         }
     }
 
@@ -332,42 +320,29 @@ impl MemoryStateMachine {
 }
 
 impl StateMachine for MemoryStateMachine {
+    type Error = StorageError;
+
     fn apply(
         &mut self,
-        entries: &[Entry],
+        commands: &[Command],
+        _applied_up_to: LogIndex,
     ) -> impl Future<Output = Result<Vec<Bytes>, StorageError>> + Send {
-        ready(Ok(entries.iter().map(|e| self.apply_one(e)).collect()))
+        ready(Ok(commands
+            .iter()
+            .map(|c| self.apply_one(&c.data))
+            .collect()))
     }
 
-    fn applied_index(&self) -> LogIndex {
-        self.applied.index
-    }
-
-    fn membership(&self) -> Membership {
-        self.membership.clone()
-    }
-
-    fn snapshot(&mut self) -> impl Future<Output = Result<Snapshot, StorageError>> + Send {
-        ready(Ok(Snapshot {
-            meta: SnapshotMeta {
-                last_included: self.applied,
-                membership: self.membership.clone(),
-            },
-            data: self.encode(),
-        }))
+    fn snapshot(&mut self) -> impl Future<Output = Result<Bytes, StorageError>> + Send {
+        ready(Ok(self.encode()))
     }
 
     fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta,
         data: Bytes,
+        _applied_up_to: LogIndex,
     ) -> impl Future<Output = Result<(), StorageError>> + Send {
-        let result = Self::decode(data).map(|map| {
-            self.data = map;
-            self.applied = meta.last_included;
-            self.membership = meta.membership.clone();
-        });
-        ready(result)
+        ready(Self::decode(data).map(|map| self.data = map))
     }
 
     fn query(&self, request: Bytes) -> impl Future<Output = Result<Bytes, StorageError>> + Send {
@@ -378,7 +353,7 @@ impl StateMachine for MemoryStateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::ENTRY_OVERHEAD_BYTES;
+    use crate::types::{ENTRY_OVERHEAD_BYTES, EntryPayload, Membership};
 
     fn blank(term: Term, index: LogIndex) -> Entry {
         Entry::new(term, index, EntryPayload::Blank)
@@ -460,28 +435,24 @@ mod tests {
     #[test]
     fn state_machine_applies_and_round_trips_a_snapshot() {
         let mut sm = MemoryStateMachine::new();
-        let entries = vec![
-            Entry::new(1, 1, EntryPayload::Blank),
-            Entry::new(1, 2, EntryPayload::Normal(Bytes::from_static(b"a=1"))),
-            Entry::new(1, 3, EntryPayload::Normal(Bytes::from_static(b"a=2"))),
-            Entry::new(1, 4, EntryPayload::Membership(Membership::new([1, 2]))),
-        ];
-        let out = now(sm.apply(&entries)).unwrap();
-        assert_eq!(
-            out,
-            vec![Bytes::new(), Bytes::new(), Bytes::from("1"), Bytes::new()]
-        );
-        assert_eq!(sm.applied_index(), 4);
-        assert_eq!(sm.membership(), Membership::new([1, 2]));
+        let command = |index, data: &'static [u8]| Command {
+            index,
+            data: Bytes::from_static(data),
+        };
+        let out = now(sm.apply(
+            &[command(2, b"a=1"), command(3, b"a=2"), command(4, b"x")],
+            5,
+        ))
+        .unwrap();
+        assert_eq!(out, vec![Bytes::new(), Bytes::from("1"), Bytes::new()]);
+        assert_eq!(sm.applied_index(), 0, "not durable: it keeps no index");
         let snap = now(sm.snapshot()).unwrap();
-        assert_eq!(snap.meta.last_included, EntryId::new(1, 4));
 
         let mut other = MemoryStateMachine::new();
-        now(other.install_snapshot(&snap.meta, snap.data.clone())).unwrap();
+        now(other.install_snapshot(snap.clone(), 5)).unwrap();
         assert_eq!(now(other.query(Bytes::from("a"))).unwrap(), "2");
-        assert_eq!(other.applied_index(), 4);
         assert!(
-            now(other.install_snapshot(&snap.meta, snap.data.slice(..5))).is_err(),
+            now(other.install_snapshot(snap.slice(..5), 5)).is_err(),
             "a truncated snapshot is an error, not a panic"
         );
     }

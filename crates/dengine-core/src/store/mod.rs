@@ -91,5 +91,5 @@ pub use log_store::{LogReader, LogStore, StoredState};
 #[cfg(feature = "memory")]
 pub use memory::{MemoryStateMachine, MemoryStore};
 pub use persist::{PersistRequest, Persisted};
-pub use state_machine::{Snapshot, StateMachine};
+pub use state_machine::{Command, Snapshot, StateMachine};
 pub use validate::{validate_persist, validate_range, validate_snapshot};

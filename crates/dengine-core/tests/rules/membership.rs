@@ -365,3 +365,57 @@ fn addresses_replicate_with_the_configuration_and_leave_with_the_node() {
     c.stabilize();
     assert_eq!(c.node(1).membership().address(4), None, "4 has left");
 }
+
+/// §7: a snapshot taken at the applied index records the configuration in effect there, even
+/// when newer configurations are committed; the core keeps it for the runtime (a restarted
+/// state machine that applied less than the commit index included).
+#[test]
+fn the_configuration_at_the_applied_index_is_kept_and_reported() {
+    use dengine_core::{
+        Entry, HardState, InitialState, Membership, MemoryStore, PersistRequest, Raft,
+    };
+
+    let base = Membership::new([1]);
+    let first = Membership::new([1]).with_learners([2]);
+    let second = Membership::new([1]).with_learners([2, 3]);
+    let log = MemoryStore::new();
+    let entries = vec![
+        Entry::new(1, 1, EntryPayload::Blank),
+        Entry::new(1, 2, EntryPayload::Membership(first.clone())),
+        Entry::new(1, 3, EntryPayload::Normal("x=1".into())),
+        Entry::new(1, 4, EntryPayload::Membership(second.clone())),
+    ];
+    log.persist_now(&PersistRequest::new(None, entries, true))
+        .unwrap();
+    let initial = InitialState {
+        hard_state: HardState {
+            term: 1,
+            vote: Some(1),
+            commit: 4,
+        },
+        membership: base.clone(),
+        applied: 3,
+        snapshot: None,
+    };
+    let mut node = Raft::new(crate::cluster::config(1), log, initial).unwrap();
+    assert_eq!(node.committed_membership(), &second);
+    assert_eq!(
+        node.applied_membership(),
+        &first,
+        "the configuration as of index 3"
+    );
+    let ready = node.ready();
+    assert_eq!(ready.committed_entries.last().map(|e| e.index), Some(4));
+    node.on_applied(4);
+    assert_eq!(node.applied_membership(), &second);
+
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    assert_eq!(c.node(1).applied_membership(), &Membership::new([1, 2, 3]));
+    c.add_empty_node(4);
+    c.node_mut(1)
+        .change_membership_single(AddLearner(4))
+        .unwrap();
+    c.stabilize();
+    assert!(c.node(2).applied_membership().learners.contains(&4));
+}

@@ -3,7 +3,12 @@
 //! and builds and installs snapshots — all off the event loop.
 
 use bytes::Bytes;
-use dengine_core::{Entry, EntryPayload, LogIndex, Membership, SnapshotMeta, StateMachine};
+use std::time::Instant;
+
+use dengine_core::store::{Command, Snapshot};
+use dengine_core::{
+    Entry, EntryId, EntryPayload, LogIndex, LogLimiter, Membership, SnapshotMeta, StateMachine,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::request::Event;
@@ -37,50 +42,71 @@ pub(crate) enum ApplyCmd {
 
 /// Runs until the loop drops its sender (or the state machine fails).
 ///
-/// `membership` is the configuration as of the state machine's applied index. The task keeps
-/// it up to date from applied configuration entries and records it in every snapshot it
-/// builds: the configuration of a bootstrapped cluster is in no log entry, so a state machine
-/// cannot know it by itself.
+/// The task keeps the runtime's bookkeeping about the applied state, which the state machine
+/// never sees: `last`, the last entry applied (a command or one of Raft's own), and
+/// `membership`, the configuration as of it (applied configuration entries change it; the
+/// configuration of a bootstrapped cluster is in no entry). Both go into every snapshot the
+/// task builds.
 pub(crate) async fn run<M: StateMachine>(
     mut sm: M,
     mut rx: mpsc::Receiver<ApplyCmd>,
     applied: watch::Sender<LogIndex>,
     events: mpsc::Sender<Event>,
     mut membership: Membership,
+    mut last: EntryId,
 ) {
+    let mut contract_log = LogLimiter::per_ten_seconds();
     while let Some(cmd) = rx.recv().await {
         match cmd {
             ApplyCmd::Apply {
                 entries,
                 responders,
             } => {
-                let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+                let (Some(first), Some(end)) = (entries.first(), entries.last()) else {
                     continue;
                 };
-                let (first, last) = (first.index, last.index);
+                let (first, end) = (first.index, end.id());
                 metrics::histogram!(m::APPLY_BATCH_ENTRIES).record(entries.len() as f64);
-                match sm.apply(&entries).await {
+                let mut commands = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    match entry.payload {
+                        EntryPayload::Normal(data) => commands.push(Command {
+                            index: entry.index,
+                            data,
+                        }),
+                        EntryPayload::Membership(m) => membership = m,
+                        EntryPayload::Blank => {}
+                    }
+                }
+                match sm.apply(&commands, end.index).await {
                     Ok(responses) => {
-                        for entry in &entries {
-                            if let EntryPayload::Membership(m) = &entry.payload {
-                                membership = m.clone();
-                            }
+                        last = end;
+                        if responses.len() != commands.len()
+                            && let Some(suppressed) = contract_log.allow(Instant::now())
+                        {
+                            tracing::error!(
+                                suppressed,
+                                "the state machine answered {} commands with {} responses; \
+                                 it must answer each command once (the missing ones get an \
+                                 empty response)",
+                                commands.len(),
+                                responses.len()
+                            );
                         }
                         for r in responders {
-                            let slot = usize::try_from(r.index.saturating_sub(first)).ok();
+                            let slot = commands.binary_search_by_key(&r.index, |c| c.index).ok();
                             let response = slot.and_then(|i| responses.get(i)).cloned();
                             let _span = r.span.enter();
                             tracing::debug!(index = r.index, "applied");
-                            // A missing response is a state machine that broke its contract
-                            // (one response per entry); answer empty rather than hang.
                             let _ = r.tx.send(Ok(response.unwrap_or_default()));
                         }
-                        metrics::gauge!(m::APPLIED_INDEX).set(last as f64);
-                        applied.send_replace(last);
+                        metrics::gauge!(m::APPLIED_INDEX).set(end.index as f64);
+                        applied.send_replace(end.index);
                     }
                     Err(e) => {
                         let reason = format!(
-                            "the state machine failed to apply entries {first}..={last}: {e}"
+                            "the state machine failed to apply entries {first}..={}: {e}",
+                            end.index
                         );
                         for r in responders {
                             let _ = r.tx.send(Err(ProposeError::Stopped {
@@ -101,20 +127,24 @@ pub(crate) async fn run<M: StateMachine>(
             }
             ApplyCmd::BuildSnapshot => {
                 let result = sm.snapshot().await.map_err(|e| e.to_string());
-                let result = result.map(|mut snapshot| {
-                    snapshot.meta.membership = membership.clone();
-                    snapshot
+                let result = result.map(|data| Snapshot {
+                    meta: SnapshotMeta {
+                        last_included: last,
+                        membership: membership.clone(),
+                    },
+                    data,
                 });
                 let _ = events.send(Event::SnapshotBuilt(result)).await;
             }
             ApplyCmd::Install { meta, data } => {
                 let result = sm
-                    .install_snapshot(&meta, data.clone())
+                    .install_snapshot(data.clone(), meta.last_included.index)
                     .await
                     .map_err(|e| e.to_string());
                 if result.is_ok() {
                     membership = meta.membership.clone();
-                    metrics::gauge!(m::APPLIED_INDEX).set(meta.last_included.index as f64);
+                    last = meta.last_included;
+                    metrics::gauge!(m::APPLIED_INDEX).set(last.index as f64);
                 }
                 let _ = events.send(Event::Installed { meta, data, result }).await;
             }

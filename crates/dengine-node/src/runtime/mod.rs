@@ -32,16 +32,15 @@ mod waiters;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dengine_core::store::Snapshot;
 use dengine_core::{
-    Entry, EntryPayload, LogIndex, LogStore, Membership, Message, MessageBody, NodeId,
+    Entry, EntryId, EntryPayload, LogIndex, LogStore, Membership, Message, MessageBody, NodeId,
     PersistRequest, Persisted, Raft, ReadCtx, ReadMode, Role, SnapshotMeta, SoftState, Transport,
 };
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -240,12 +239,13 @@ pub(crate) struct Parts<S, T> {
 }
 
 impl<S: LogStore, T: Transport> Runtime<S, T> {
-    /// Assembles the loop and spawns the apply task that owns `state_machine`.
+    /// Assembles the loop and spawns the apply task that owns `state_machine`, which has
+    /// applied everything up to `applied` (an entry of the log or of the snapshot).
     pub(crate) fn new<M: dengine_core::StateMachine>(
         parts: Parts<S, T>,
         raft: Raft<S::Reader>,
         state_machine: M,
-        applied_membership: Membership,
+        applied: EntryId,
     ) -> Self {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_LEN);
         let (applied_tx, applied_rx) = watch::channel(raft.applied_index());
@@ -257,7 +257,8 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             apply_rx,
             applied_tx,
             events_tx,
-            applied_membership,
+            raft.applied_membership().clone(),
+            applied,
         ));
         Runtime {
             id: parts.id,

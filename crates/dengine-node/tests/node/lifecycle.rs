@@ -191,3 +191,93 @@ async fn a_full_inbox_refuses_messages_instead_of_blocking() {
     assert_eq!(inbox.deliver(msg.clone()), Ok(()));
     assert_eq!(inbox.deliver(msg), Err(InboxError::Full));
 }
+
+/// A state machine whose "disk" outlives the node: every command it applied, and the index
+/// stored with them (one write), as a durable state machine keeps them.
+#[derive(Clone, Default)]
+struct DurableLog(std::sync::Arc<parking_lot::Mutex<Disk>>);
+
+/// The commands applied (index, data) and the stored index.
+type Disk = (Vec<(u64, Bytes)>, u64);
+
+impl dengine_core::StateMachine for DurableLog {
+    type Error = std::convert::Infallible;
+
+    async fn apply(
+        &mut self,
+        commands: &[dengine_core::store::Command],
+        applied_up_to: u64,
+    ) -> Result<Vec<Bytes>, Self::Error> {
+        let mut disk = self.0.lock();
+        disk.0
+            .extend(commands.iter().map(|c| (c.index, c.data.clone())));
+        disk.1 = applied_up_to;
+        Ok(vec![Bytes::new(); commands.len()])
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.0.lock().1
+    }
+
+    async fn snapshot(&mut self) -> Result<Bytes, Self::Error> {
+        Ok(Bytes::from(self.0.lock().0.len().to_string()))
+    }
+
+    async fn install_snapshot(&mut self, _: Bytes, _: u64) -> Result<(), Self::Error> {
+        unreachable!("a single member never receives a snapshot")
+    }
+
+    async fn query(&self, _: Bytes) -> Result<Bytes, Self::Error> {
+        Ok(Bytes::new())
+    }
+}
+
+/// The runtime resumes a durable state machine after the index it stored (nothing applied
+/// twice, nothing skipped), and keeps what the state machine does not: the configuration
+/// (§7: a snapshot records the configuration as of its last entry), restored from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_state_machine_resumes_after_its_stored_index() {
+    let store = MemoryStore::new();
+    let disk = DurableLog::default();
+    let net = LocalNetwork::new();
+    let start = |store: MemoryStore| {
+        let b = NodeBuilder::new(settings(1))
+            .log_store(store)
+            .state_machine(disk.clone())
+            .transport(net.transport(1));
+        net.register(1, b.inbox());
+        b
+    };
+    let node = start(store.clone())
+        .bootstrap([(1, address(1))].into())
+        .await
+        .unwrap();
+    wait_leader(&node).await;
+    node.propose(Bytes::from("a")).await.unwrap();
+    node.add_learner(2, address(2)).await.unwrap();
+    node.propose(Bytes::from("b")).await.unwrap();
+    node.shutdown().await;
+    let (applied_before, stored) = {
+        let d = disk.0.lock();
+        (d.0.clone(), d.1)
+    };
+    assert_eq!(applied_before.len(), 2, "{applied_before:?}");
+    assert!(
+        stored >= applied_before[1].0,
+        "the index covers the last command"
+    );
+
+    let node = start(store.clone()).start().await.unwrap();
+    wait_leader(&node).await;
+    node.propose(Bytes::from("c")).await.unwrap();
+    let indexes: Vec<u64> = disk.0.lock().0.iter().map(|(i, _)| *i).collect();
+    assert_eq!(indexes.len(), 3, "nothing applied twice: {indexes:?}");
+    assert!(indexes.windows(2).all(|w| w[0] < w[1]), "{indexes:?}");
+    let meta = node.trigger_snapshot().await.unwrap();
+    assert!(
+        meta.membership.learners.contains(&2),
+        "the snapshot records the configuration the state machine never saw: {meta:?}"
+    );
+    assert!(meta.last_included.index >= indexes[2]);
+    node.shutdown().await;
+}

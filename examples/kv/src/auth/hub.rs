@@ -14,10 +14,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-
-use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AuthStore;
