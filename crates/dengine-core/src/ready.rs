@@ -93,17 +93,24 @@ pub struct FailedRead {
     pub error: ReadError,
 }
 
-/// Why a proposal was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+/// Why a proposal was refused. The command was not appended: it can be sent again (to the
+/// leader named in `NotLeader`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
-    /// Only the leader accepts proposals; `leader` is the one this node knows of, if any.
-    #[error("not the leader (leader is {leader:?}); send the proposal to the leader")]
+    /// Only the leader accepts proposals; `leader` is the one this node knows of, if any, and
+    /// `leader_address` where the configuration says it is reached.
+    #[error(
+        "not the leader (leader is {leader:?} at {leader_address:?}); send the command to the \
+         leader"
+    )]
     NotLeader {
         /// The current leader, if known.
         leader: Option<NodeId>,
+        /// Where the leader is reached, from the configuration's addresses.
+        leader_address: Option<String>,
     },
-    /// The payload exceeds `max_proposal_bytes`.
-    #[error("proposal of {size} bytes exceeds max_proposal_bytes = {max}; split it")]
+    /// The command exceeds `max_proposal_bytes` (`raft.max_proposal_bytes`).
+    #[error("command of {size} bytes exceeds raft.max_proposal_bytes = {max}; split it")]
     TooLarge {
         /// Payload size.
         size: u64,
@@ -118,7 +125,8 @@ pub enum ProposeError {
     },
     /// Too many bytes are appended but not committed (followers are slow or unreachable).
     #[error(
-        "{uncommitted} bytes are waiting to commit (max_uncommitted_bytes = {max}); retry later"
+        "{uncommitted} bytes are waiting to commit (raft.max_uncommitted_bytes = {max}): the \
+         followers are slow or unreachable; retry later"
     )]
     UncommittedLimit {
         /// Bytes appended by this leader and not yet committed.

@@ -196,7 +196,7 @@ async fn run_clients(leader: &Node, clients: usize, warmup: Duration, window: Du
                             errors.fetch_add(1, Ordering::Relaxed);
                             if matches!(
                                 e,
-                                ProposeError::NotLeader { .. }
+                                ProposeError::Refused(_)
                                     | ProposeError::ShuttingDown
                                     | ProposeError::Stopped { .. }
                             ) {

@@ -7,34 +7,16 @@ use dengine_core::{ConfigError, LogIndex, MembershipError, NodeId, StorageError,
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProposeError {
-    /// This node does not lead; send the command to `leader` (at `leader_address`), if known.
-    /// The command was not applied.
-    #[error("not the leader (leader is {leader:?} at {leader_address:?}); send the command there")]
-    NotLeader {
-        /// The current leader, if this node knows one.
-        leader: Option<NodeId>,
-        /// Where the leader is reached, from the membership's addresses.
-        leader_address: Option<String>,
-    },
-    /// The command is larger than `raft.max_proposal_bytes`. It was not applied.
-    #[error("command of {size} bytes exceeds raft.max_proposal_bytes = {max}; split it")]
-    TooLarge {
-        /// The command's size.
-        size: u64,
-        /// The configured limit.
-        max: u64,
-    },
-    /// Too many requests are pending (`client.max_pending`), or too many bytes wait to be
-    /// committed (`raft.max_uncommitted_bytes`). The command was not applied; retry later.
+    /// The protocol refused the command; it was not applied. On
+    /// [`NotLeader`](dengine_core::ProposeError::NotLeader), send it to the leader named
+    /// there ([`leader`](ProposeError::leader)); on `TransferInProgress` or `UncommittedLimit`
+    /// retry shortly; on `TooLarge` split it.
+    #[error(transparent)]
+    Refused(#[from] dengine_core::ProposeError),
+    /// Too many requests are pending here (`client.max_pending`). The command was not
+    /// applied; retry later.
     #[error("the node is busy ({0}); the command was not applied, retry later")]
     Busy(&'static str),
-    /// Leadership is being handed to node `to`; the command was not applied. Retry shortly
-    /// (on the new leader).
-    #[error("leadership is being transferred to node {to}; retry shortly")]
-    TransferInProgress {
-        /// The transfer target.
-        to: NodeId,
-    },
     /// No outcome within `client.propose_timeout_ms`. **The outcome is unknown**: the command
     /// may still be applied later. Retry only if the command is idempotent.
     #[error(
@@ -56,6 +38,28 @@ pub enum ProposeError {
         /// The fatal error.
         reason: String,
     },
+}
+
+impl ProposeError {
+    /// The leader to send the command to, when this node refused it for not leading: its id
+    /// and, if the configuration records it, its address.
+    pub fn leader(&self) -> Option<(NodeId, Option<&str>)> {
+        match self {
+            ProposeError::Refused(dengine_core::ProposeError::NotLeader {
+                leader: Some(leader),
+                leader_address,
+            }) => Some((*leader, leader_address.as_deref())),
+            _ => None,
+        }
+    }
+
+    /// A refusal for not leading, naming `leader` (for the runtime's own refusals).
+    pub(crate) fn not_leader(leader: Option<NodeId>, leader_address: Option<String>) -> Self {
+        ProposeError::Refused(dengine_core::ProposeError::NotLeader {
+            leader,
+            leader_address,
+        })
+    }
 }
 
 /// Why a read did not produce an answer.

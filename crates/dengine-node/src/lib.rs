@@ -62,10 +62,10 @@
 //! let previous = loop {
 //!     match nodes[target].propose(Bytes::from_static(b"x=1")).await {
 //!         Ok(previous) => break previous,
-//!         Err(ProposeError::NotLeader { leader: Some(leader), .. }) => {
-//!             target = (leader - 1) as usize;
-//!         }
-//!         Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+//!         Err(e) => match e.leader() {
+//!             Some((leader, _address)) => target = (leader - 1) as usize,
+//!             None => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+//!         },
 //!     }
 //! };
 //! assert_eq!(previous, ""); // MemoryStateMachine answers the key's previous value

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dengine_core::ProposeError as Refusal;
 use dengine_core::{Membership, MembershipChange, NodeId, SnapshotMeta};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -131,9 +132,10 @@ impl Node {
     /// Replicates `command` and returns the state machine's response once the entry is
     /// applied on this node (the leader).
     ///
-    /// Fails fast with [`ProposeError::NotLeader`] on a follower (with the leader's address
-    /// when known), [`ProposeError::TooLarge`], or [`ProposeError::Busy`] when
-    /// `client.max_pending` requests are already waiting. [`ProposeError::Timeout`] after
+    /// Fails fast with [`ProposeError::Refused`] when the protocol refuses the command (on a
+    /// follower: `NotLeader`, naming the leader and its address when known,
+    /// [`ProposeError::leader`]; a command over `raft.max_proposal_bytes`: `TooLarge`), or
+    /// [`ProposeError::Busy`] when `client.max_pending` requests are already waiting. [`ProposeError::Timeout`] after
     /// `client.propose_timeout_ms` means the outcome is unknown. The event loop enforces that
     /// deadline on its ticks (`raft.tick_ms`), so the answer may come a little late; an
     /// entry already handed to the state machine is answered when it is applied. A log store
@@ -159,14 +161,17 @@ impl Node {
                 });
                 result_key!(m::RESULT_OK)
             }
-            Err(ProposeError::NotLeader { .. } | ProposeError::TransferInProgress { .. }) => {
-                result_key!(m::RESULT_NOT_LEADER)
-            }
+            Err(ProposeError::Refused(refusal)) => match refusal {
+                Refusal::NotLeader { .. } | Refusal::TransferInProgress { .. } => {
+                    result_key!(m::RESULT_NOT_LEADER)
+                }
+                Refusal::UncommittedLimit { .. } => result_key!(m::RESULT_BUSY),
+                Refusal::TooLarge { .. } => result_key!(m::RESULT_TOO_LARGE),
+            },
             Err(ProposeError::Timeout | ProposeError::Interrupted(_)) => {
                 result_key!(m::RESULT_TIMEOUT)
             }
             Err(ProposeError::Busy(_)) => result_key!(m::RESULT_BUSY),
-            Err(ProposeError::TooLarge { .. }) => result_key!(m::RESULT_TOO_LARGE),
             Err(ProposeError::ShuttingDown | ProposeError::Stopped { .. }) => {
                 result_key!(m::RESULT_SHUTTING_DOWN)
             }

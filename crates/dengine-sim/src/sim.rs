@@ -1193,7 +1193,7 @@ impl Sim {
 
     fn rejected(&mut self, c: usize, e: ProposeError) {
         match e {
-            ProposeError::NotLeader { leader } => self.redirect(c, leader),
+            ProposeError::NotLeader { leader, .. } => self.redirect(c, leader),
             // Leadership is moving: try the new leader.
             ProposeError::TransferInProgress { to } => self.redirect(c, Some(to)),
             // Back-pressure: retry later on the same node.

@@ -91,12 +91,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             while done < 50 {
                 match handles[at].propose(cmd.clone()).await {
                     Ok(_) => done += 1,
-                    Err(dengine::ProposeError::NotLeader {
-                        leader: Some(l), ..
-                    }) => at = l as usize - 1,
-                    // No leader yet (or the outcome is unknown, which a counter cannot retry
-                    // safely: a real client would deduplicate; here elections are over).
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                    Err(e) => match e.leader() {
+                        // Not the leader: try the one it names.
+                        Some((leader, _)) => at = leader as usize - 1,
+                        // No leader yet (or the outcome is unknown, which a counter cannot
+                        // retry safely: a real client would deduplicate; here elections are
+                        // over).
+                        None => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                    },
                 }
             }
         }));

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use dengine_core::ProposeError as Refusal;
 use dengine_core::{MembershipChange, NodeId, Role};
 use dengine_net_grpc::GrpcTransport;
 use dengine_node::{AdminError, Consistency, Node, ProposeError, ReadError};
@@ -174,18 +175,20 @@ fn from_status(status: &Status) -> BackendError {
 
 fn propose_error(e: ProposeError) -> BackendError {
     match e {
-        ProposeError::NotLeader {
+        ProposeError::Refused(Refusal::NotLeader {
             leader: None,
             leader_address: _,
-        } => BackendError::NoLeader,
-        ProposeError::NotLeader {
+        }) => BackendError::NoLeader,
+        ProposeError::Refused(Refusal::NotLeader {
             leader,
             leader_address,
-        } => BackendError::NotLeader {
+        }) => BackendError::NotLeader {
             leader_id: leader,
             leader_address,
         },
-        ProposeError::TooLarge { .. } => BackendError::InvalidArgument(e.to_string()),
+        ProposeError::Refused(Refusal::TooLarge { .. }) => {
+            BackendError::InvalidArgument(e.to_string())
+        }
         ProposeError::Timeout | ProposeError::Interrupted(_) => {
             BackendError::Timeout(e.to_string())
         }
@@ -249,11 +252,13 @@ impl KvBackend for NodeBackend {
     async fn propose(&self, command: Bytes) -> Result<Bytes, BackendError> {
         match self.node.propose(command.clone()).await {
             Ok(response) => Ok(response),
-            Err(ProposeError::NotLeader {
-                leader: Some(leader),
-                leader_address: Some(address),
-            }) if leader != self.node.id() => self.forward(&address, command).await,
-            Err(e) => Err(propose_error(e)),
+            Err(e) => match e.leader() {
+                Some((leader, Some(address))) if leader != self.node.id() => {
+                    let address = address.to_owned();
+                    self.forward(&address, command).await
+                }
+                _ => Err(propose_error(e)),
+            },
         }
     }
 

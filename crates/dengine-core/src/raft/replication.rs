@@ -21,6 +21,10 @@ impl<L: LogReader> Raft<L> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
+                leader_address: self
+                    .leader
+                    .and_then(|l| self.membership.address(l))
+                    .map(str::to_owned),
             });
         }
         if let Some(t) = self.transfer {

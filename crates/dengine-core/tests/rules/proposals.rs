@@ -24,10 +24,55 @@ fn propose_on_follower_is_refused_naming_the_known_leader() {
     let before = c.node(2).last_log_id();
     assert_eq!(
         c.node_mut(2).propose(data("x")),
-        Err(ProposeError::NotLeader { leader: Some(1) })
+        Err(ProposeError::NotLeader {
+            leader: Some(1),
+            leader_address: None
+        })
     );
     assert_eq!(c.node(2).last_log_id(), before, "nothing appended");
     assert!(!c.node(2).has_ready());
+}
+
+/// §8: the redirect names where the leader is reached, when the configuration records it.
+#[test]
+fn propose_on_follower_names_the_leaders_address() {
+    use dengine_core::{InitialState, Membership, MemoryStore, Raft};
+    let membership = Membership::new([1, 2])
+        .with_address(1, "10.0.0.1:7000")
+        .with_address(2, "10.0.0.2:7000");
+    let mut nodes: Vec<_> = [1, 2]
+        .map(|id| {
+            let initial = InitialState {
+                membership: membership.clone(),
+                ..Default::default()
+            };
+            Raft::new(crate::cluster::config(id), MemoryStore::new(), initial).unwrap()
+        })
+        .into_iter()
+        .collect();
+    // Node 1 campaigns; node 2 votes; node 1 leads and tells node 2.
+    nodes[0].campaign();
+    for _ in 0..10 {
+        let mut msgs = Vec::new();
+        for n in nodes.iter_mut() {
+            while n.has_ready() {
+                let ready = n.ready();
+                crate::cluster::persist_now(n, &ready);
+                msgs.extend(ready.messages);
+            }
+        }
+        for m in msgs {
+            let _ = nodes[(m.to - 1) as usize].step(m);
+        }
+    }
+    assert_eq!(nodes[1].leader(), Some(1));
+    assert_eq!(
+        nodes[1].propose(data("x")),
+        Err(ProposeError::NotLeader {
+            leader: Some(1),
+            leader_address: Some("10.0.0.1:7000".into())
+        })
+    );
 }
 
 /// §8: a node that knows no leader (fresh, or campaigning) refuses with no redirect.
@@ -36,13 +81,19 @@ fn propose_without_known_leader_is_refused_with_no_redirect() {
     let mut node = new_node(1, &[1, 2, 3], &|_| {});
     assert_eq!(
         node.propose(data("x")),
-        Err(ProposeError::NotLeader { leader: None })
+        Err(ProposeError::NotLeader {
+            leader: None,
+            leader_address: None
+        })
     );
     node.campaign();
     assert_ne!(node.role(), dengine_core::Role::Leader);
     assert_eq!(
         node.propose(data("x")),
-        Err(ProposeError::NotLeader { leader: None })
+        Err(ProposeError::NotLeader {
+            leader: None,
+            leader_address: None
+        })
     );
     assert_eq!(node.last_log_id(), EntryId::ZERO);
 }

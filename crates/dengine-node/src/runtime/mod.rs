@@ -527,22 +527,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                 }
             }
             Err(e) => {
-                let error = match e {
-                    dengine_core::ProposeError::NotLeader { leader } => ProposeError::NotLeader {
-                        leader,
-                        leader_address: self.address_of(leader),
-                    },
-                    dengine_core::ProposeError::TooLarge { size, max } => {
-                        ProposeError::TooLarge { size, max }
-                    }
-                    dengine_core::ProposeError::TransferInProgress { to } => {
-                        ProposeError::TransferInProgress { to }
-                    }
-                    dengine_core::ProposeError::UncommittedLimit { .. } => ProposeError::Busy(
-                        "raft.max_uncommitted_bytes of entries are waiting to commit",
-                    ),
-                };
-                let _ = tx.send(Err(error));
+                let _ = tx.send(Err(ProposeError::Refused(e)));
             }
         }
     }
@@ -858,10 +843,10 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         match waiter {
             Waiter::Proposal { tx, .. } => {
                 let leader = self.raft.leader();
-                let _ = tx.send(Err(ProposeError::NotLeader {
+                let _ = tx.send(Err(ProposeError::not_leader(
                     leader,
-                    leader_address: self.address_of(leader),
-                }));
+                    self.address_of(leader),
+                )));
             }
             Waiter::Config { tx, .. } => {
                 let _ = tx.send(Err(AdminError::Overwritten { index }));

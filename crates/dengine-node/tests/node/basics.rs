@@ -48,10 +48,10 @@ async fn not_leader_carries_the_leaders_address() {
     let leader = c.leader().await;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     match c.node(follower).propose(Bytes::from_static(b"a=1")).await {
-        Err(ProposeError::NotLeader {
+        Err(ProposeError::Refused(dengine_core::ProposeError::NotLeader {
             leader: l,
             leader_address,
-        }) => {
+        })) => {
             assert_eq!(l, Some(leader));
             assert_eq!(leader_address, Some(address(leader)));
         }
@@ -136,7 +136,9 @@ async fn too_large_proposals_are_refused() {
     let big = Bytes::from(vec![b'x'; 2 << 20]);
     assert!(matches!(
         c.node(1).propose(big).await,
-        Err(ProposeError::TooLarge { .. })
+        Err(ProposeError::Refused(
+            dengine_core::ProposeError::TooLarge { .. }
+        ))
     ));
     c.shutdown_all().await;
 }
@@ -195,7 +197,9 @@ async fn start_on_an_empty_store_waits_to_join() {
     assert!(st.membership.voters.is_empty());
     assert!(matches!(
         joiner.propose(Bytes::from_static(b"a=1")).await,
-        Err(ProposeError::NotLeader { leader: None, .. })
+        Err(ProposeError::Refused(
+            dengine_core::ProposeError::NotLeader { leader: None, .. }
+        ))
     ));
     c.shutdown_all().await;
 }

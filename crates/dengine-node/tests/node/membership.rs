@@ -35,13 +35,8 @@ fn start_load(
                     acked.push(i);
                     i += 1;
                 }
-                Err(ProposeError::NotLeader {
-                    leader: Some(leader),
-                    ..
-                }) => target = leader,
-                Err(ProposeError::NotLeader { leader: None, .. })
-                | Err(ProposeError::TransferInProgress { .. })
-                | Err(ProposeError::ShuttingDown) => {
+                Err(e) if e.leader().is_some() => target = e.leader().map_or(target, |(l, _)| l),
+                Err(ProposeError::Refused(_)) | Err(ProposeError::ShuttingDown) => {
                     // Try the next node.
                     target = {
                         let nodes = nodes.lock().unwrap();

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use dengine::{Node, ProposeError, Settings};
+use dengine::{Node, Settings};
 
 /// Free loopback ports (bound, then released just before the nodes bind them).
 pub fn free_ports(n: usize) -> Vec<u16> {
@@ -65,7 +65,7 @@ pub async fn put(nodes: &[Node], key: &str, value: &str) {
         for n in nodes {
             match n.propose(cmd.clone()).await {
                 Ok(_) => return Some(()),
-                Err(ProposeError::NotLeader { .. }) => continue,
+                Err(e) if e.leader().is_some() => continue,
                 Err(e) => {
                     eprintln!("propose {key} on node {}: {e}", n.id());
                     continue;
