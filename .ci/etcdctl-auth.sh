@@ -9,10 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . .ci/lib.sh
-need etcdctl etcd-client
-export ETCDCTL_API=3
-kv_bin
-scratch etcdctl-auth
+etcdctl_setup etcdctl-auth
 cluster3
 start3
 

@@ -6,10 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . .ci/lib.sh
-need etcdctl etcd-client
-export ETCDCTL_API=3
-kv_bin
-scratch etcdctl
+etcdctl_setup etcdctl
 cluster3
 start3
 

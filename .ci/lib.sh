@@ -19,6 +19,15 @@ kv_bin() {
     BIN="$PWD/${CARGO_TARGET_DIR:-target}/debug/dengine-kv"
 }
 
+# etcdctl_setup NAME: what a script that drives dengine-kv with the real etcdctl needs: etcdctl
+# (v3 API), the dengine-kv binary (BIN) and a scratch directory (see scratch).
+etcdctl_setup() {
+    need etcdctl etcd-client
+    export ETCDCTL_API=3
+    kv_bin
+    scratch "$1"
+}
+
 # scratch NAME: a fresh directory DIR; every pid in PIDS (an associative array, so that a
 # member's process can be replaced) is stopped on exit; DIR is removed unless a command failed.
 scratch() {

@@ -8,10 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . .ci/lib.sh
-need etcdctl etcd-client
-export ETCDCTL_API=3
-kv_bin
-scratch replace
+etcdctl_setup replace
 cluster3
 start3
 for i in $(seq 30); do etcdctl --endpoints="$ENDPOINTS" put "k$i" "v$i" >/dev/null; done

@@ -195,24 +195,12 @@ pub fn serve_routes(
             Some(tls) => {
                 let (tx, rx) = mpsc::channel(64);
                 let accepting = tokio::spawn(accept.run_tls(tls, tx, accept_stopped));
-                let result = router
-                    .serve_with_incoming_shutdown(ReceiverStream::new(rx), stop)
-                    .await;
-                accepting.abort();
-                // Wait for it: the listening socket is closed when shutdown returns.
-                let _ = accepting.await;
-                result
+                serve_accepted(router, rx, accepting, stop).await
             }
             None => {
                 let (tx, rx) = mpsc::channel(64);
                 let accepting = tokio::spawn(accept.run_plain(tx, accept_stopped));
-                let result = router
-                    .serve_with_incoming_shutdown(ReceiverStream::new(rx), stop)
-                    .await;
-                accepting.abort();
-                // Wait for it: the listening socket is closed when shutdown returns.
-                let _ = accepting.await;
-                result
+                serve_accepted(router, rx, accepting, stop).await
             }
         };
         if let Err(e) = served {
@@ -220,6 +208,25 @@ pub fn serve_routes(
         }
     });
     ServerHandle::new(local_addr, close, stop_tx, task)
+}
+
+/// Serves `router` on the connections the accept task sends on `rx` until `stop`, then waits
+/// for the accept task: the listening socket is closed when this returns.
+async fn serve_accepted<IO>(
+    router: tonic::transport::server::Router,
+    rx: mpsc::Receiver<io::Result<IO>>,
+    accepting: JoinHandle<()>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error>
+where
+    IO: AsyncRead + AsyncWrite + Connected + Send + Unpin + 'static,
+{
+    let result = router
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), stop)
+        .await;
+    accepting.abort();
+    let _ = accepting.await;
+    result
 }
 
 /// HTTP/2 connection preface length: a client that has sent this much has started HTTP/2.
@@ -253,11 +260,7 @@ impl Accept {
                 Ok(pair) => pair,
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => {
-                    metrics::counter!(
-                        "dengine_connections_refused_total",
-                        "listener" => self.name, "reason" => "accept_failed"
-                    )
-                    .increment(1);
+                    count_refused(self.name, "accept_failed");
                     if let Some(suppressed) = error_log.allow(Instant::now()) {
                         tracing::warn!(
                             listener = self.name,
@@ -274,11 +277,7 @@ impl Accept {
             };
             backoff = Duration::from_millis(10);
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                metrics::counter!(
-                    "dengine_connections_refused_total",
-                    "listener" => self.name, "reason" => "too_many_connections"
-                )
-                .increment(1);
+                count_refused(self.name, "too_many_connections");
                 if let Some(suppressed) = refused_log.allow(Instant::now()) {
                     tracing::warn!(
                         listener = self.name,
@@ -343,11 +342,7 @@ impl Accept {
                     Ok(Err(e)) => ("tls_failed", e.to_string()),
                     Err(_) => ("handshake_timeout", "handshake not finished in time".into()),
                 };
-                metrics::counter!(
-                    "dengine_connections_refused_total",
-                    "listener" => name, "reason" => problem.0
-                )
-                .increment(1);
+                count_refused(name, problem.0);
                 let allowed = failed_log.lock().allow(Instant::now());
                 if let Some(suppressed) = allowed {
                     tracing::warn!(
@@ -418,11 +413,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for LimitedConn<IO> {
                 if let Some((deadline, _)) = &mut this.handshake
                     && deadline.as_mut().poll(cx).is_ready()
                 {
-                    metrics::counter!(
-                        "dengine_connections_refused_total",
-                        "listener" => this.name, "reason" => "handshake_timeout"
-                    )
-                    .increment(1);
+                    count_refused(this.name, "handshake_timeout");
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "no HTTP/2 preface before the handshake deadline",
@@ -479,6 +470,15 @@ impl Connected for LimitedConn<TlsStream<TcpStream>> {
     fn connect_info(&self) -> Self::ConnectInfo {
         self.io.connect_info()
     }
+}
+
+/// Counts a connection a listener refused (`dengine_connections_refused_total`).
+fn count_refused(listener: &'static str, reason: &'static str) {
+    metrics::counter!(
+        "dengine_connections_refused_total",
+        "listener" => listener, "reason" => reason
+    )
+    .increment(1);
 }
 
 /// HTTP/2 flow-control windows. The defaults (64 KiB) stall a pipelined append stream after

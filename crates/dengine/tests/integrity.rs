@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{fast_timing, free_ports, leader_of, put, wait_for};
+use common::{fast_timing, free_ports, leader_of, put, single_member, wait_for};
 use dengine::core::store::MemoryStateMachine;
 use dengine::settings::ClusterState;
 use dengine::{Consistency, Node, Running, Settings, StartNodeError};
@@ -216,16 +216,7 @@ async fn a_member_that_lost_its_data_is_replaced_the_documented_way() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_log_entry_stops_the_member_with_one_message() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_ports(1)[0];
-    let mut s = Settings::default();
-    s.node.id = 1;
-    s.node.listen_addr = format!("127.0.0.1:{port}");
-    s.node.data_dir = dir.path().join("node1");
-    s.node.initial_members = BTreeMap::from([(1, s.node.listen_addr.clone())]);
-    s.raft.tick_ms = 20;
-    s.raft.election_timeout_ms = 200;
-    s.raft.heartbeat_interval_ms = 40;
-    s.raft.lease_drift_ms = 40;
+    let s = single_member(dir.path());
     let running = dengine::start(s.clone(), MemoryStateMachine::new())
         .await
         .unwrap();
@@ -327,16 +318,7 @@ async fn a_data_directory_that_is_a_file_is_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_snapshot_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_ports(1)[0];
-    let mut s = Settings::default();
-    s.node.id = 1;
-    s.node.listen_addr = format!("127.0.0.1:{port}");
-    s.node.data_dir = dir.path().join("node1");
-    s.node.initial_members = BTreeMap::from([(1, s.node.listen_addr.clone())]);
-    s.raft.tick_ms = 20;
-    s.raft.election_timeout_ms = 200;
-    s.raft.heartbeat_interval_ms = 40;
-    s.raft.lease_drift_ms = 40;
+    let mut s = single_member(dir.path());
     s.snapshot.every_entries = 10;
     s.snapshot.trailing_entries = 0;
     let running = dengine::start(s.clone(), MemoryStateMachine::new())

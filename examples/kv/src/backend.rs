@@ -9,7 +9,7 @@
 use std::future::Future;
 
 use bytes::Bytes;
-use dengine_core::store::{Command as Committed, StorageError};
+use dengine_core::store::StorageError;
 use dengine_core::{Membership, NodeId, StateMachine};
 use parking_lot::Mutex;
 use tonic::{Code, Status};
@@ -205,10 +205,11 @@ impl LocalBackend {
     /// A backend whose state machine publishes to `hub`, with one member (id 1) whose peer
     /// URL is `peer_url`.
     pub async fn new(hub: WatchHub, peer_url: &str) -> Result<Self, StorageError> {
-        let sm = KvStateMachine::new(hub);
+        let mut sm = KvStateMachine::new(hub);
         let auth = sm.auth_hub().clone();
         // Index 1 holds the initial configuration, as a bootstrapped cluster's would.
         let membership = Membership::new([1]).with_address(1, peer_url);
+        sm.apply(&[], 1).await?;
         Ok(LocalBackend {
             sm: tokio::sync::Mutex::new(sm),
             meta: Mutex::new((membership, 1)),
@@ -225,30 +226,24 @@ impl LocalBackend {
     /// Applies one command at the next index and returns its response.
     async fn apply(&self, command: Bytes) -> Result<Bytes, BackendError> {
         let mut sm = self.sm.lock().await;
-        let index = self.meta.lock().1 + 1;
-        let mut responses = sm
-            .apply(
-                &[Committed {
-                    index,
-                    data: command,
-                }],
-                index,
-            )
+        let response = sm
+            .apply_next(command)
             .await
             .map_err(|e| BackendError::Internal(e.to_string()))?;
-        self.meta.lock().1 = index;
-        responses
-            .pop()
-            .ok_or_else(|| BackendError::Internal("no response from the state machine".into()))
+        self.meta.lock().1 = sm.applied_index();
+        Ok(response)
     }
 
-    /// Puts a new membership in force at the next index (what committing its entry does).
-    async fn change_membership(&self, membership: Membership) {
-        // Under the state machine's lock: indexes are taken in order.
-        let _sm = self.sm.lock().await;
-        let mut meta = self.meta.lock();
-        meta.1 += 1;
-        meta.0 = membership;
+    /// Puts a new membership in force at the next index (what committing its entry does; the
+    /// state machine only moves past the index).
+    async fn change_membership(&self, membership: Membership) -> Result<(), BackendError> {
+        let mut sm = self.sm.lock().await;
+        let index = sm.applied_index() + 1;
+        sm.apply(&[], index)
+            .await
+            .map_err(|e| BackendError::Internal(e.to_string()))?;
+        *self.meta.lock() = (membership, index);
+        Ok(())
     }
 
     fn membership(&self) -> Membership {
@@ -311,7 +306,7 @@ impl KvBackend for LocalBackend {
             membership.voters.insert(id);
         }
         membership.addresses.insert(id, peer_urls.join(","));
-        self.change_membership(membership.clone()).await;
+        self.change_membership(membership.clone()).await?;
         members_of(&membership)
             .into_iter()
             .find(|m| m.id == id)
@@ -331,7 +326,7 @@ impl KvBackend for LocalBackend {
         membership.voters.remove(&id);
         membership.learners.remove(&id);
         membership.addresses.remove(&id);
-        self.change_membership(membership).await;
+        self.change_membership(membership).await?;
         Ok(())
     }
 }

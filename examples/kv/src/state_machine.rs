@@ -87,6 +87,25 @@ impl KvStateMachine {
         &self.auth_hub
     }
 
+    /// Applies `command` as the next entry of the log (at the applied index + 1) and returns
+    /// its encoded response: for callers that run it without Raft (the single-member
+    /// [`LocalBackend`](crate::LocalBackend), tests).
+    pub async fn apply_next(&mut self, command: Bytes) -> Result<Bytes, StorageError> {
+        let index = self.applied + 1;
+        let mut responses = self
+            .apply(
+                &[Committed {
+                    index,
+                    data: command,
+                }],
+                index,
+            )
+            .await?;
+        responses.pop().ok_or_else(|| {
+            StorageError::InvalidArgument("the state machine answered no command".into())
+        })
+    }
+
     /// The current store revision.
     pub fn revision(&self) -> i64 {
         self.store.revision()

@@ -8,7 +8,6 @@
 
 use bytes::Bytes;
 use dengine_core::StateMachine;
-use dengine_core::store::Command as Committed;
 use dengine_kv::proto::authpb::{Permission, permission::Type as PermType};
 use dengine_kv::proto::dengine::kv::v1::{
     Authenticate, Command, PasswordHash, Query, StoreSnapshot, UserAdd, UserChangePassword,
@@ -70,19 +69,7 @@ impl Replica {
     }
 
     async fn apply(&mut self, command: Bytes) -> Result<command_response::Result, KvError> {
-        let index = self.sm.applied_index() + 1;
-        let out = self
-            .sm
-            .apply(
-                &[Committed {
-                    index,
-                    data: command,
-                }],
-                index,
-            )
-            .await
-            .unwrap();
-        decode_command_response(&out[0])
+        decode_command_response(&self.sm.apply_next(command).await.unwrap())
     }
 
     /// Runs `op` as `user` ("" for none).

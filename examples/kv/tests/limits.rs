@@ -6,7 +6,6 @@
 
 use bytes::Bytes;
 use dengine_core::StateMachine;
-use dengine_core::store::Command as Committed;
 use dengine_kv::proto::dengine::kv::v1::{
     Command, Query, command, command_response, query, query_response,
 };
@@ -30,18 +29,7 @@ async fn apply(
     sm: &mut KvStateMachine,
     command: Bytes,
 ) -> Result<command_response::Result, KvError> {
-    let index = sm.applied_index() + 1;
-    let out = sm
-        .apply(
-            &[Committed {
-                index,
-                data: command,
-            }],
-            index,
-        )
-        .await
-        .unwrap();
-    decode_command_response(&out[0])
+    decode_command_response(&sm.apply_next(command).await.unwrap())
 }
 
 /// 100 keys `k000`..`k099`, each with a 100-byte value.

@@ -37,14 +37,7 @@ impl Harness {
     }
 
     async fn apply_command(&mut self, data: Bytes) -> Bytes {
-        let index = self.sm.applied_index() + 1;
-        let mut out = self
-            .sm
-            .apply(&[Committed { index, data }], index)
-            .await
-            .unwrap();
-        assert_eq!(out.len(), 1);
-        out.pop().unwrap()
+        self.sm.apply_next(data).await.unwrap()
     }
 
     /// The log moves on by `n` entries that are Raft's own (no command).

@@ -31,6 +31,18 @@ pub async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T
     }
 }
 
+/// A member that founds a cluster of its own on a free loopback port, its data under `dir`,
+/// with [`fast_timing`].
+pub fn single_member(dir: &std::path::Path) -> Settings {
+    let mut s = Settings::default();
+    s.node.id = 1;
+    s.node.listen_addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    s.node.data_dir = dir.join("node1");
+    s.node.initial_members = [(1, s.node.listen_addr.clone())].into();
+    fast_timing(&mut s);
+    s
+}
+
 /// Timing for tests: 20 ms ticks, 300 ms elections, fast reconnects.
 pub fn fast_timing(s: &mut Settings) {
     s.raft.tick_ms = 20;
