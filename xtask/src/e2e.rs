@@ -167,7 +167,9 @@ fn run(opts: &Options, interrupted: &AtomicBool) -> Result<(), String> {
     // dengine first, then etcd: never both at once.
     let mut all = Vec::new();
     {
-        println!("\n== dengine-kv: 3 members, default settings (redb, fsync before ack)");
+        println!(
+            "\n== dengine-kv: 3 members, default settings (write-ahead log, fsync before ack)"
+        );
         let mut cluster = Cluster::new_in(server, &opts.dir, "e2e")?;
         for id in 1..=NODES {
             cluster.start(id)?;

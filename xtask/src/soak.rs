@@ -127,7 +127,7 @@ fn run(opts: &Options, interrupted: &AtomicBool) -> Result<bool, String> {
     }
     println!(
         "  {} puts by {} clients (random keys out of {}, 16-byte keys, 256-byte values) to a \
-         3-member dengine-kv cluster with default settings (redb, fsync before ack, a snapshot \
+         3-member dengine-kv cluster with default settings (write-ahead log, fsync before ack, a snapshot \
          and log compaction every 100,000 applied entries)",
         opts.entries, opts.clients, opts.keys
     );

@@ -63,9 +63,9 @@ fn missing(path: PathBuf, detail: String) -> StorageError {
         path,
         record: "WAL segment",
         detail: format!(
-            "{detail}; restore the store directory from a backup, or remove this member \
-             from the cluster, wipe its store directory and add it back (it catches up from \
-             a snapshot)"
+            "{detail}; restore the store directory from a backup, or replace the member \
+             (remove it from the cluster, wipe its data directory, add it again under a new \
+             id; docs/operations.md, \"Replacing a member\")"
         ),
     }
 }

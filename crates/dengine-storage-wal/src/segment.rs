@@ -86,9 +86,9 @@ pub(crate) fn classify(name: &str) -> Option<FileKind> {
 
 /// What an operator should do about a damaged segment.
 pub(crate) const DAMAGED_ADVICE: &str = "the WAL cannot tell what the damaged bytes held, so it \
-     will not guess; do not edit the file: remove this member from the cluster, wipe its store \
-     directory and add it back (it catches up from a snapshot), or restore the directory from a \
-     backup";
+     will not guess; do not edit the file: restore the directory from a backup, or replace the \
+     member (remove it from the cluster, wipe its data directory, add it again under a new id: \
+     it catches up from the others; docs/operations.md, \"Replacing a member\")";
 
 /// The error for damaged bytes at `offset` of `path`.
 pub(crate) fn corrupt_at(path: &Path, offset: u64, detail: impl std::fmt::Display) -> StorageError {

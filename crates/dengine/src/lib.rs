@@ -9,12 +9,14 @@
 //!
 //! | Feature | Default | Brings |
 //! |---|---|---|
-//! | `server` | yes | [`start`], [`Settings`], the admin service, [`observability`]; implies `redb` and `grpc` |
+//! | `server` | yes | [`start`], [`Settings`], the admin service, [`observability`]; implies `wal`, `redb` and `grpc` |
+//! | `wal` | yes | [`WalStore`], the write-ahead log store (the default of [`start`]) |
 //! | `redb` | yes | [`RedbStore`], the durable log store on redb |
 //! | `sled` | no | `SledStore`, the durable log store on sled |
 //! | `grpc` | yes | [`grpc`]: the gRPC peer transport and the admin API's wire types |
 //!
-//! With the defaults, [`start`] runs a node in one call: redb log under `node.data_dir`,
+//! With the defaults, [`start`] runs a node in one call: the log store of `storage.backend`
+//! (the write-ahead log unless set) under `node.data_dir`,
 //! snapshots beside it, gRPC peer and admin services on `node.listen_addr`, metrics and
 //! traces as `[observability]` says. [`start_with`] does the same and serves the
 //! application's own gRPC services on that port too (the etcd-compatible example in
@@ -68,6 +70,8 @@ pub use dengine_node::{
 pub use dengine_storage_redb::RedbStore;
 #[cfg(feature = "sled")]
 pub use dengine_storage_sled::SledStore;
+#[cfg(feature = "wal")]
+pub use dengine_storage_wal::WalStore;
 
 #[cfg(feature = "server")]
 mod admin;

@@ -48,8 +48,8 @@ pub struct Settings {
     pub node: NodeSettings,
     /// Protocol timing and limits.
     pub raft: RaftSettings,
-    /// The write policy.
-    pub storage: StorageSettings,
+    /// Which log store, and the write policy.
+    pub storage: StorageSection,
     /// Snapshot and compaction policy.
     pub snapshot: SnapshotSettings,
     /// The peer transport and the peer listener.
@@ -64,6 +64,52 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     /// Metrics and tracing export.
     pub observability: ObservabilitySettings,
+}
+
+/// `[storage]`: the log store a server opens (`backend`, the server's choice) and the write
+/// policy the runtime follows (`fsync`, handed to it as its [`StorageSettings`]). The runtime's
+/// own struct cannot be embedded as it is: the section has a field of the server's too, and
+/// serde's `flatten` would silently accept misspelt fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    /// The log store under `<node.data_dir>/log`. Default `wal`.
+    pub backend: LogBackend,
+    /// [`StorageSettings::fsync`]: sync the log before acknowledging. Default true.
+    pub fsync: bool,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            backend: LogBackend::default(),
+            fsync: StorageSettings::default().fsync,
+        }
+    }
+}
+
+/// The log stores a server can open (`storage.backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogBackend {
+    /// `dengine-storage-wal`: a write-ahead log with preallocated, recycled segments and one
+    /// `fdatasync` per batch (the fastest durable writes).
+    #[default]
+    Wal,
+    /// `dengine-storage-redb`: the log in a redb database (about two syncs per batch).
+    Redb,
+    /// `dengine-storage-sled`: the log in a sled database (feature `sled`).
+    Sled,
+}
+
+impl fmt::Display for LogBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogBackend::Wal => "wal",
+            LogBackend::Redb => "redb",
+            LogBackend::Sled => "sled",
+        })
+    }
 }
 
 /// Whether a node with an empty data directory founds a new cluster or joins an existing one
@@ -267,7 +313,9 @@ impl Settings {
         NodeConfig {
             id: self.node.id,
             raft: self.raft.clone(),
-            storage: self.storage.clone(),
+            storage: StorageSettings {
+                fsync: self.storage.fsync,
+            },
             snapshot: self.snapshot.clone(),
             client: self.client.clone(),
             shutdown: self.shutdown.clone(),
@@ -345,6 +393,9 @@ impl Settings {
                     ));
                 }
             }
+        }
+        if !cfg!(feature = "sled") && self.storage.backend == LogBackend::Sled {
+            problems.push(sled_missing());
         }
         if self.client_api.max_connections == 0 {
             problems.push(ConfigProblem::new("client_api.max_connections", 0, ">= 1"));
@@ -770,6 +821,16 @@ impl fmt::Display for ClusterState {
     }
 }
 
+/// The problem of `storage.backend = "sled"` in a build without sled.
+pub(crate) fn sled_missing() -> ConfigProblem {
+    ConfigProblem::new(
+        "storage.backend",
+        quoted("sled"),
+        "\"wal\" or \"redb\" (this build has no sled support: build dengine with its `sled` \
+         feature)",
+    )
+}
+
 fn quoted(s: &str) -> String {
     format!("{s:?}")
 }
@@ -902,6 +963,7 @@ mod tests {
                 ("node.initial_members" | "network.member_names", _) => "1=127.0.0.1:7001".into(),
                 ("network.compression", _) => "gzip".into(),
                 ("node.initial_cluster_state", _) => "existing".into(),
+                ("storage.backend", _) => "redb".into(),
                 (_, Some(serde_json::Value::Bool(b))) => (!b).to_string(),
                 (p, _) if p.ends_with("require_client_cert") => "true".into(),
                 _ => "7".to_string(),
@@ -1057,6 +1119,25 @@ mod tests {
         let err = Settings::from_toml_str("[node\nid = 1\n").unwrap_err();
         assert!(err.to_string().contains("not valid TOML"), "{err}");
         assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn the_storage_section_holds_the_backend_and_the_runtimes_policy() {
+        let s = Settings::from_toml_str("[storage]\nbackend = \"redb\"\nfsync = false\n").unwrap();
+        assert_eq!(s.storage.backend, LogBackend::Redb);
+        assert!(!s.node_config().storage.fsync, "fsync reaches the runtime");
+        assert_eq!(Settings::default().storage.backend, LogBackend::Wal);
+        let err = Settings::from_toml_str("[storage]\nfsynk = false\n").unwrap_err();
+        assert!(err.to_string().contains("fsynk"), "{err}");
+        let err = Settings::from_toml_str("[storage]\nbackend = \"rocksdb\"\n").unwrap_err();
+        assert!(err.to_string().contains("rocksdb"), "{err}");
+        let mut sled = valid();
+        sled.storage.backend = LogBackend::Sled;
+        assert_eq!(
+            sled.validate().is_ok(),
+            cfg!(feature = "sled"),
+            "sled only in builds that have it"
+        );
     }
 
     #[test]

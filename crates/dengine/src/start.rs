@@ -1,4 +1,4 @@
-//! [`start`]: a node with the default pieces (redb, gRPC) in one call.
+//! [`start`]: a node with the default pieces (a write-ahead log, gRPC) in one call.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,11 +13,12 @@ use dengine_net_grpc::{
 };
 use dengine_node::{Node, NodeBuilder, StartError};
 use dengine_storage_redb::RedbStore;
+use dengine_storage_wal::WalStore;
 
 use crate::admin::AdminService;
 use crate::identity::{IdentityError, MemberIdentity};
 use crate::observability::{self, ObservabilityError, ObservabilityGuard};
-use crate::settings::{ClusterState, Settings, SettingsError};
+use crate::settings::{ClusterState, LogBackend, Settings, SettingsError};
 
 /// Connections the admin listener accepts at once (operators and tools, not clients).
 const ADMIN_MAX_CONNECTIONS: usize = 64;
@@ -164,7 +165,8 @@ async fn stop_servers(
 /// * checks the member identity of `node.data_dir` (see the `identity` module): a directory
 ///   of another member, or a member that lost its log, is refused; a new directory asks the
 ///   other members whether they knew this member id before;
-/// * opens (or creates) the redb log store in `<node.data_dir>/log`, keeps snapshots in
+/// * opens (or creates) the log store `storage.backend` names (default: the write-ahead log)
+///   in `<node.data_dir>/log`, keeps snapshots in
 ///   `<node.data_dir>/snapshots` and spools incoming ones in `<node.data_dir>/incoming`;
 /// * bootstraps a new cluster from `node.initial_members` if the store is empty, members are
 ///   given and `node.initial_cluster_state` is `new`; otherwise restarts from the store
@@ -269,7 +271,6 @@ where
         // Before anything is written: a refused start leaves the directory as it was.
         ask_members_about_me(&transport, &settings, identity.incarnation).await?;
     }
-    let store = RedbStore::open_or_create(&log_dir)?;
 
     let cluster_state = settings.node.initial_cluster_state;
     let client_limits = ListenerLimits {
@@ -280,16 +281,32 @@ where
         max_connections: ADMIN_MAX_CONNECTIONS,
         ..settings.network.listener.clone()
     };
-    let initial_members = settings.node.initial_members.clone();
-    let builder = NodeBuilder::new(settings.node_config())
-        .log_store(store)
-        .state_machine(state_machine)
-        .transport(wrap(transport.clone()))
-        .snapshot_dir(data_dir.join("snapshots"));
-    let node = if fresh && cluster_state == ClusterState::Existing {
-        builder.start().await?
-    } else {
-        builder.start_or_bootstrap(initial_members).await?
+    let parts = NodeParts {
+        config: settings.node_config(),
+        state_machine,
+        transport: wrap(transport.clone()),
+        snapshot_dir: data_dir.join("snapshots"),
+        // An empty node told to join waits for the leader; everything else founds the cluster
+        // of the initial members or restarts from its store.
+        bootstrap: (!(fresh && cluster_state == ClusterState::Existing))
+            .then(|| settings.node.initial_members.clone()),
+    };
+    let node = match settings.storage.backend {
+        LogBackend::Wal => parts.start(WalStore::open_or_create(&log_dir)?).await?,
+        LogBackend::Redb => parts.start(RedbStore::open_or_create(&log_dir)?).await?,
+        #[cfg(feature = "sled")]
+        LogBackend::Sled => {
+            let store = dengine_storage_sled::SledStore::open_or_create(&log_dir)?;
+            parts.start(store).await?
+        }
+        // `validate` refuses it above; kept for the compiler.
+        #[cfg(not(feature = "sled"))]
+        LogBackend::Sled => {
+            return Err(SettingsError::Invalid {
+                problems: vec![crate::settings::sled_missing()],
+            }
+            .into());
+        }
     };
 
     let mut client_routes = None;
@@ -357,6 +374,31 @@ where
         admin,
         observability,
     })
+}
+
+/// What a node is started with, whichever log store it gets.
+struct NodeParts<M, T> {
+    config: dengine_node::NodeConfig,
+    state_machine: M,
+    transport: T,
+    snapshot_dir: std::path::PathBuf,
+    /// `Some(initial members)`: bootstrap an empty store with them (or restart); `None`: start
+    /// (an empty node then waits to be added).
+    bootstrap: Option<std::collections::BTreeMap<dengine_core::NodeId, String>>,
+}
+
+impl<M: StateMachine, T: dengine_core::Transport> NodeParts<M, T> {
+    async fn start<S: dengine_core::LogStore>(self, store: S) -> Result<Node, StartError> {
+        let builder = NodeBuilder::new(self.config)
+            .log_store(store)
+            .state_machine(self.state_machine)
+            .transport(self.transport)
+            .snapshot_dir(self.snapshot_dir);
+        match self.bootstrap {
+            Some(members) => builder.start_or_bootstrap(members).await,
+            None => builder.start().await,
+        }
+    }
 }
 
 fn watch_sender() -> tokio::sync::watch::Sender<bool> {

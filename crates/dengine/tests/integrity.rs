@@ -15,6 +15,7 @@ use bytes::Bytes;
 use common::{fast_timing, free_ports, leader_of, put, single_member, wait_for};
 use dengine::core::store::MemoryStateMachine;
 use dengine::settings::ClusterState;
+use dengine::settings::LogBackend;
 use dengine::{Consistency, Node, Running, Settings, StartNodeError};
 
 struct Cluster {
@@ -212,58 +213,71 @@ async fn a_member_that_lost_its_data_is_replaced_the_documented_way() {
 }
 
 /// Flipped bytes inside a log entry: before, the member logged the checksum error tens of
-/// thousands of times a second and never stopped. Now it stops once with the file and index.
+/// thousands of times a second and never stopped. Now it stops once (redb: the damage shows
+/// when the entry is read) or refuses to start (the write-ahead log: its recovery scan finds
+/// it), in both cases naming the file and saying what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_log_entry_stops_the_member_with_one_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = single_member(dir.path());
-    let running = dengine::start(s.clone(), MemoryStateMachine::new())
-        .await
-        .unwrap();
-    let node = running.node().clone();
-    let marker = "CORRUPT-ME-".repeat(8);
-    wait_for("a write", async || {
-        node.propose(Bytes::from(format!("victim={marker}")))
+    for backend in [LogBackend::Redb, LogBackend::Wal] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = single_member(dir.path());
+        s.storage.backend = backend;
+        let running = dengine::start(s.clone(), MemoryStateMachine::new())
             .await
-            .ok()
-    })
-    .await;
-    for i in 0..5 {
-        node.propose(Bytes::from(format!("k{i}=v"))).await.unwrap();
-    }
-    running.shutdown().await;
-    let log = s.node.data_dir.join("log");
-    let file = std::fs::read_dir(&log)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "redb"))
-        .unwrap();
-    let mut bytes = std::fs::read(&file).unwrap();
-    let at = bytes
-        .windows(marker.len())
-        .position(|w| w == marker.as_bytes())
-        .expect("the entry's bytes are in the file");
-    for b in &mut bytes[at + 10..at + 20] {
-        *b ^= 0x5a;
-    }
-    std::fs::write(&file, bytes).unwrap();
+            .unwrap();
+        let node = running.node().clone();
+        let marker = "CORRUPT-ME-".repeat(8);
+        wait_for("a write", async || {
+            node.propose(Bytes::from(format!("victim={marker}")))
+                .await
+                .ok()
+        })
+        .await;
+        for i in 0..5 {
+            node.propose(Bytes::from(format!("k{i}=v"))).await.unwrap();
+        }
+        running.shutdown().await;
+        let (file, mut bytes) = std::fs::read_dir(s.node.data_dir.join("log"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .map(|p| {
+                let bytes = std::fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .find(|(_, bytes)| bytes.windows(marker.len()).any(|w| w == marker.as_bytes()))
+            .expect("the entry's bytes are in a file of the store");
+        let at = bytes
+            .windows(marker.len())
+            .position(|w| w == marker.as_bytes())
+            .unwrap();
+        for b in &mut bytes[at + 10..at + 20] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&file, bytes).unwrap();
 
-    // The store opens (its own structures are intact); reading the log at start finds the
-    // damaged entry, and the node stops once, naming the file and the index.
-    let running = dengine::start(s, MemoryStateMachine::new()).await.unwrap();
-    let node = running.node().clone();
-    wait_for("the damaged member to stop", async || {
-        node.is_stopped().then_some(())
-    })
-    .await;
-    let reason = node.fatal_error().unwrap();
-    assert!(
-        reason.contains("corrupt log entry at index")
-            && reason.contains(&file.display().to_string())
-            && reason.contains("Replacing a member"),
-        "{reason}"
-    );
-    running.shutdown().await;
+        let reason = match dengine::start(s, MemoryStateMachine::new()).await {
+            Ok(running) => {
+                // The store opened (its own structures are intact); reading the log at start
+                // finds the damaged entry, and the node stops once.
+                let node = running.node().clone();
+                wait_for("the damaged member to stop", async || {
+                    node.is_stopped().then_some(())
+                })
+                .await;
+                let reason = node.fatal_error().unwrap();
+                running.shutdown().await;
+                reason
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            reason.contains("corrupt")
+                && reason.contains(&file.display().to_string())
+                && reason.contains("Replacing a member"),
+            "{backend}: {reason}"
+        );
+    }
 }
 
 /// A port in use: before, the failed start had already bootstrapped the log with the given
