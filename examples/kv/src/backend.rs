@@ -53,6 +53,15 @@ pub enum BackendError {
     /// Something failed that the client cannot fix (a storage failure on this member).
     #[error("etcdserver: internal error: {0}")]
     Internal(String),
+    /// The leader's answer to a forwarded request, passed on as it came (its message
+    /// already says `etcdserver: ...`).
+    #[error("{message}")]
+    Forwarded {
+        /// The leader's status code.
+        code: Code,
+        /// The leader's message.
+        message: String,
+    },
 }
 
 fn leader_hint(id: Option<NodeId>, address: Option<&str>) -> String {
@@ -76,6 +85,7 @@ impl BackendError {
             BackendError::MemberNotFound(_) => Code::NotFound,
             BackendError::FailedPrecondition(_) => Code::FailedPrecondition,
             BackendError::Internal(_) => Code::Internal,
+            BackendError::Forwarded { code, .. } => *code,
         };
         Status::new(code, self.to_string())
     }

@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use mimalloc::MiMalloc;
 use dengine::settings::ClusterState;
 use dengine::{Settings, observability};
 use dengine_kv::proto::etcdserverpb::kv_client::KvClient;
 use dengine_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use dengine_kv::proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
 use dengine_kv::{DEFAULT_MAX_RANGE_RESPONSE_BYTES, DEFAULT_MAX_REQUEST_BYTES, KvConfig, Member};
+use mimalloc::MiMalloc;
 
 /// mimalloc instead of glibc's allocator: a put allocates and frees dozens of small buffers
 /// across threads (request decoding, the log entry, the response), where glibc's free lists

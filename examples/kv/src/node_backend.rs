@@ -20,7 +20,7 @@ use dengine_node::{AdminError, Consistency, Node, ProposeError, ReadError};
 use parking_lot::Mutex;
 use prost::Message;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::backend::{BackendError, HeaderInfo, KvBackend, MemberInfo, StatusInfo, members_of};
 use crate::config::KvConfig;
@@ -164,12 +164,11 @@ fn from_status(status: &Status) -> BackendError {
     if !msg.starts_with("etcdserver:") {
         return BackendError::Timeout(format!("forwarding to the leader failed: {msg}"));
     }
-    match status.code() {
-        Code::DeadlineExceeded => BackendError::Timeout(msg),
-        Code::InvalidArgument => BackendError::InvalidArgument(msg),
-        Code::FailedPrecondition => BackendError::FailedPrecondition(msg),
-        Code::Internal => BackendError::Internal(msg),
-        _ => BackendError::Unavailable(msg),
+    // The leader's own refusal, worded for the client already: passed on as it is (wrapping
+    // it again doubled the "etcdserver:" prefix).
+    BackendError::Forwarded {
+        code: status.code(),
+        message: msg,
     }
 }
 
@@ -391,5 +390,23 @@ impl Forward for NodeBackend {
         Ok(Response::new(InfoReply {
             client_urls: self.client_urls.clone(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn a_leaders_refusal_is_passed_on_as_it_came() {
+        let leader = BackendError::Timeout("no commit within 5s".into()).to_status();
+        let passed = from_status(&leader).to_status();
+        assert_eq!(passed.code(), Code::DeadlineExceeded);
+        assert_eq!(passed.message(), leader.message());
+        assert_eq!(passed.message().matches("etcdserver:").count(), 1);
+        // A transport failure (no etcd message) is an unknown outcome, said so.
+        let broken = from_status(&Status::unavailable("connection reset"));
+        assert!(matches!(broken, BackendError::Timeout(_)), "{broken}");
     }
 }
