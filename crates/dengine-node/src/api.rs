@@ -31,7 +31,7 @@ pub struct PeerStatus {
     pub lag: u64,
 }
 
-/// A node's view of itself and the cluster, from [`Node::status`].
+/// A node's view of itself and the cluster, from [`Node::status`](crate::Node::status).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
     /// This node.

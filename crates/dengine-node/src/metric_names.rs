@@ -135,9 +135,9 @@ pub struct MetricInfo {
     pub help: &'static str,
 }
 
-/// Every metric the node exports. [`install`] registers their descriptions and histogram
-/// buckets; `docs/observability.md` and `docs/grafana-dashboard.json` are checked against this
-/// list by the unit tests.
+/// Every metric the node exports. `dengine::observability::install` registers their
+/// descriptions and histogram buckets; `docs/observability.md` and
+/// `docs/grafana-dashboard.json` are checked against this list by the unit tests.
 pub const METRICS: &[MetricInfo] = &[
     MetricInfo {
         name: TERM,
