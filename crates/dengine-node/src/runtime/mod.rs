@@ -305,10 +305,23 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         }
     }
 
+    /// A node that is the only voter of its configuration cannot be contested, so it campaigns
+    /// as soon as it starts instead of after a randomized election timeout: a single-member
+    /// cluster leads within a tick (the Ready is carried out on the first turn). Raft leaves
+    /// when a node starts an election to the node; the timeout only keeps candidates from
+    /// colliding (§5.2), and a sole voter has no one to collide with.
+    fn campaign_if_sole_voter(&mut self) {
+        let voters = self.raft.membership().all_voters();
+        if voters.len() == 1 && voters.contains(&self.id) {
+            self.raft.campaign();
+        }
+    }
+
     /// Runs the loop until shutdown, until every handle is dropped, or until a fatal error.
     pub(crate) async fn run(mut self) {
         self.sync_transport_peers();
         self.update_gauges();
+        self.campaign_if_sole_voter();
         metrics::gauge!(m::APPLIED_INDEX).set(self.raft.applied_index() as f64);
         let tick = Duration::from_millis(self.settings.raft.tick_ms.max(1));
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);

@@ -6,9 +6,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use dengine_core::store::{MemoryStateMachine, MemoryStore};
 use dengine_core::{NodeId, Role};
+use dengine_node::testing::LocalNetwork;
 use dengine_node::{Consistency, NodeBuilder, ProposeError, StartError};
 
-use crate::common::{Cluster, address, eventually, settings};
+use crate::common::{Cluster, address, eventually, settings, single, wait_leader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_one_leader() {
@@ -180,6 +181,29 @@ async fn bootstrap_of_a_non_empty_store_is_refused_and_restart_never_rebootstrap
     assert!(st.term > before.term);
     assert_eq!(c.read(1, "a", Consistency::Linearizable).await, "1");
     c.shutdown_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sole_voter_leads_without_waiting_for_an_election_timeout() {
+    // With a ten-minute election timeout, only the start-up campaign of a sole voter can make
+    // this node lead within the test's patience, on bootstrap and on restart alike.
+    let mut s = settings(1);
+    s.raft.election_timeout_ms = 600_000;
+    let store = MemoryStore::new();
+    let node = single(store.clone(), s.clone()).await.unwrap();
+    wait_leader(&node).await;
+    node.propose(Bytes::from_static(b"a=1")).await.unwrap();
+    node.shutdown().await;
+
+    let net = LocalNetwork::new();
+    let b = NodeBuilder::new(s)
+        .log_store(store)
+        .state_machine(MemoryStateMachine::new())
+        .transport(net.transport(1));
+    net.register(1, b.inbox());
+    let node = b.start().await.unwrap();
+    wait_leader(&node).await;
+    node.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
