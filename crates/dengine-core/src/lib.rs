@@ -121,6 +121,6 @@ pub use store::{
 };
 pub use transport::{ClusterView, Inbox, InboxError, Transport, TransportError};
 pub use types::{
-    ENTRY_OVERHEAD_BYTES, Entry, EntryId, EntryPayload, HardState, LogIndex, MAX_INDEX, MAX_TERM,
-    Membership, NodeId, Role, SnapshotMeta, SoftState, Term,
+    ENTRY_OVERHEAD_BYTES, Entry, EntryId, EntryPayload, HardState, LeaderHint, LogIndex, MAX_INDEX,
+    MAX_TERM, Membership, NodeId, Role, SnapshotMeta, SoftState, Term,
 };

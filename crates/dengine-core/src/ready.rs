@@ -5,7 +5,7 @@
 
 use crate::message::{Message, ReadCtx};
 use crate::store::{PersistRequest, StorageError};
-use crate::types::{Entry, LogIndex, NodeId, SnapshotMeta, SoftState};
+use crate::types::{Entry, LeaderHint, LogIndex, NodeId, SnapshotMeta, SoftState};
 
 /// A follower was found to have lost log entries it had acknowledged to this leader: its
 /// storage was wiped, damaged or rolled back (or replaced by an older copy). The leader no
@@ -100,8 +100,8 @@ pub enum ProposeError {
     /// Only the leader accepts proposals; `leader` is the one this node knows of, if any, and
     /// `leader_address` where the configuration says it is reached.
     #[error(
-        "not the leader (leader is {leader:?} at {leader_address:?}); send the command to the \
-         leader"
+        "not the leader: {}; send the command to the leader",
+        LeaderHint::of(.leader, .leader_address)
     )]
     NotLeader {
         /// The current leader, if known.
@@ -141,7 +141,10 @@ pub enum ProposeError {
 pub enum ReadError {
     /// This node is not the leader and does not know one to forward to, or it lost
     /// leadership before the read was confirmed.
-    #[error("not the leader (leader is {leader:?}); retry on the leader")]
+    #[error(
+        "not the leader: {}; retry on the leader",
+        LeaderHint::of(.leader, &None)
+    )]
     NotLeader {
         /// The current leader, if known.
         leader: Option<NodeId>,

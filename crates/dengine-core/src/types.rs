@@ -273,6 +273,38 @@ impl fmt::Display for Role {
     }
 }
 
+/// The leader a "not the leader" refusal points to, as a sentence for error messages: "the
+/// leader is node 3 at 10.0.0.3:7000", or that no leader is known yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaderHint<'a> {
+    /// The leader, if known.
+    pub leader: Option<NodeId>,
+    /// Where it is reached, if the configuration records it.
+    pub address: Option<&'a str>,
+}
+
+impl<'a> LeaderHint<'a> {
+    /// The hint for an error's `leader` and `leader_address` fields.
+    pub fn of(leader: &Option<NodeId>, address: &'a Option<String>) -> Self {
+        LeaderHint {
+            leader: *leader,
+            address: address.as_deref(),
+        }
+    }
+}
+
+impl fmt::Display for LeaderHint<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.leader, self.address) {
+            (Some(id), Some(address)) => write!(f, "the leader is node {id} at {address}"),
+            (Some(id), None) => {
+                write!(f, "the leader is node {id} (its address is not known here)")
+            }
+            (None, _) => f.write_str("no leader is known yet (an election may be under way)"),
+        }
+    }
+}
+
 /// Volatile leadership information, reported in a [`Ready`](crate::Ready) when it changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SoftState {
@@ -282,4 +314,26 @@ pub struct SoftState {
     pub term: Term,
     /// The leader this node knows of in `term`, if any.
     pub leader: Option<NodeId>,
+}
+
+#[cfg(test)]
+mod leader_hint_tests {
+    use super::LeaderHint;
+
+    #[test]
+    fn leader_hints_are_sentences() {
+        let hint = |leader, address| LeaderHint { leader, address }.to_string();
+        assert_eq!(
+            hint(Some(3), Some("10.0.0.3:7000")),
+            "the leader is node 3 at 10.0.0.3:7000"
+        );
+        assert_eq!(
+            hint(Some(3), None),
+            "the leader is node 3 (its address is not known here)"
+        );
+        assert_eq!(
+            hint(None, None),
+            "no leader is known yet (an election may be under way)"
+        );
+    }
 }

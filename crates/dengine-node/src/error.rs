@@ -1,7 +1,9 @@
 //! The errors of the node's public API: starting a node, proposing, reading and
 //! administration. Every variant says what the caller can do about it.
 
-use dengine_core::{ConfigError, LogIndex, MembershipError, NodeId, StorageError, TransferError};
+use dengine_core::{
+    ConfigError, LeaderHint, LogIndex, MembershipError, NodeId, StorageError, TransferError,
+};
 
 /// Why a proposal did not produce a response.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -92,7 +94,10 @@ pub enum ReadError {
 #[non_exhaustive]
 pub enum AdminError {
     /// This node does not lead; send the request to `leader` (at `leader_address`).
-    #[error("not the leader (leader is {leader:?} at {leader_address:?}); send the request there")]
+    #[error(
+        "not the leader: {}; send the request to the leader",
+        LeaderHint::of(.leader, .leader_address)
+    )]
     NotLeader {
         /// The current leader, if known.
         leader: Option<NodeId>,

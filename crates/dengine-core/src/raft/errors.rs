@@ -2,7 +2,7 @@
 //! (rules in `membership.rs`), snapshot reports (`snapshot.rs`) and leader transfers
 //! (`transfer.rs`).
 
-use crate::types::{EntryId, LogIndex, NodeId};
+use crate::types::{EntryId, LeaderHint, LogIndex, NodeId};
 
 /// One change to the cluster's membership.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -19,7 +19,10 @@ pub enum MembershipChange {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MembershipError {
     /// Only the leader changes membership.
-    #[error("not the leader (leader is {leader:?}); send the change to the leader")]
+    #[error(
+        "not the leader: {}; send the change to the leader",
+        LeaderHint::of(.leader, &None)
+    )]
     NotLeader {
         /// The current leader, if known.
         leader: Option<NodeId>,
@@ -68,7 +71,10 @@ pub enum SnapshotError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TransferError {
     /// Only the leader can transfer leadership.
-    #[error("not the leader (leader is {leader:?})")]
+    #[error(
+        "not the leader: {}; ask the leader to transfer",
+        LeaderHint::of(.leader, &None)
+    )]
     NotLeader {
         /// The current leader, if known.
         leader: Option<NodeId>,
