@@ -498,6 +498,15 @@ impl Settings {
                 ),
             ));
         }
+        if let Some(entry) = n.initial_members.get(&n.id)
+            && let Some(expected) = own_entry_mismatch(n, entry)
+        {
+            problems.push(ConfigProblem::new(
+                format!("node.initial_members.{}", n.id),
+                quoted(entry),
+                expected,
+            ));
+        }
         for (id, addr) in &n.initial_members {
             if *id == 0 {
                 problems.push(ConfigProblem::new(
@@ -836,6 +845,36 @@ fn quoted(s: &str) -> String {
 }
 
 /// `host:port` with a non-zero port; IPv6 hosts in brackets.
+/// The other members dial this node at its own `initial_members` entry, so the entry must be
+/// where it listens: its `advertise_addr` when set, else its `listen_addr` (the same port, and
+/// the same IP unless it listens on all addresses or the entry is a host name). Returns what
+/// was expected, or `None` when the entry matches (or the addresses are malformed, which is
+/// reported on their own).
+fn own_entry_mismatch(n: &NodeSettings, entry: &str) -> Option<String> {
+    if let Some(advertised) = n.advertise_addr.as_deref().filter(|a| !a.is_empty()) {
+        return (!entry.eq_ignore_ascii_case(advertised)).then(|| {
+            format!(
+                "this node's own entry, where the other members dial it, equal to \
+                 node.advertise_addr ({advertised:?})"
+            )
+        });
+    }
+    let listen = n.listen_addr.parse::<SocketAddr>().ok()?;
+    let entry_port = entry.rsplit_once(':')?.1.parse::<u16>().ok()?;
+    let port_differs = listen.port() != 0 && entry_port != listen.port();
+    let ip_differs = !listen.ip().is_unspecified()
+        && entry
+            .parse::<SocketAddr>()
+            .is_ok_and(|e| e.ip() != listen.ip());
+    (port_differs || ip_differs).then(|| {
+        format!(
+            "this node's own entry, where the other members dial it, matching node.listen_addr \
+             ({:?}); set node.advertise_addr when a proxy or port mapping sits in between",
+            n.listen_addr
+        )
+    })
+}
+
 fn is_host_port(s: &str) -> bool {
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return addr.port() != 0;
@@ -1307,5 +1346,47 @@ mod tests {
         assert_eq!(edit_distance("tickms", "tick_ms"), 1);
         assert_eq!(edit_distance("abc", ""), 3);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn the_own_initial_members_entry_must_be_where_the_node_listens() {
+        // Before, `--listen-peer 127.0.0.1:7001 --initial-members 1=127.0.0.1:7000` was
+        // accepted and recorded an address no peer could reach the member at.
+        let with = |listen: &str, advertise: Option<&str>, entry: &str| {
+            let mut s = valid();
+            s.node.listen_addr = listen.into();
+            s.node.advertise_addr = advertise.map(Into::into);
+            s.node.initial_members = [(s.node.id, entry.to_string())].into();
+            s.validate()
+        };
+        let err = with("127.0.0.1:7001", None, "127.0.0.1:7000").unwrap_err();
+        assert_eq!(
+            fields(&err),
+            [format!("node.initial_members.{}", valid().node.id)]
+        );
+        assert!(
+            err.to_string()
+                .contains("node.listen_addr (\"127.0.0.1:7001\")"),
+            "{err}"
+        );
+        let err = with("10.0.0.1:7000", None, "10.0.0.2:7000").unwrap_err();
+        assert!(err.to_string().contains("node.listen_addr"), "{err}");
+        let err = with(
+            "0.0.0.0:7000",
+            Some("node1.example:7000"),
+            "node2.example:7000",
+        );
+        assert!(err.unwrap_err().to_string().contains("node.advertise_addr"));
+
+        // Matching, or not decidable without resolving names: accepted.
+        with("127.0.0.1:7000", None, "127.0.0.1:7000").unwrap();
+        with("0.0.0.0:7000", None, "10.0.0.1:7000").unwrap();
+        with("10.0.0.1:7000", None, "node1.example:7000").unwrap();
+        with(
+            "0.0.0.0:7000",
+            Some("Node1.example:17000"),
+            "node1.example:17000",
+        )
+        .unwrap();
     }
 }
