@@ -91,10 +91,13 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// A TOML settings file (docs/configuration.md); flags below override it.
-    #[arg(long, value_name = "FILE")]
+    /// A TOML settings file (docs/configuration.md); DENGINE_* variables and the flags below
+    /// override it.
+    #[arg(long, value_name = "FILE", env = "DENGINE_CONFIG")]
     config: Option<PathBuf>,
-    /// This member's id (a positive integer, unique in the cluster).
+    /// This member's id (a positive integer, unique in the cluster). Without an id (and
+    /// without --initial-members) the member is member 1 of a new single-member cluster, with
+    /// its data in ./default.dengine unless --data-dir says otherwise.
     #[arg(long)]
     id: Option<u64>,
     /// Address of the etcd v3 API for clients (node.client_addr). Default 127.0.0.1:2379
@@ -142,7 +145,7 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_RANGE_RESPONSE_BYTES)]
     max_range_response_bytes: usize,
     /// Log filter (RUST_LOG wins when set), e.g. info or dengine_node=debug.
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = "info", env = "DENGINE_LOG")]
     log: String,
     /// Chaos-harness hook: send peer messages through a fault-injecting wrapper controlled by
     /// FILE (see `fault_control.rs`). Only in builds with the `fault-injection` feature.
@@ -196,10 +199,53 @@ fn settings(args: &ServeArgs) -> Result<Settings, String> {
         s.observability.metrics_addr = Some(m.clone());
     }
     if s.node.id == 0 {
-        return Err("a member id is needed: pass --id N (or node.id in --config)".into());
+        if !s.node.initial_members.is_empty() {
+            return Err(
+                "a member id is needed with --initial-members: pass --id N (this \
+                 member's id in that list), or node.id in --config"
+                    .into(),
+            );
+        }
+        single_member_defaults(&mut s, args);
     }
     s.validate().map_err(|e| e.to_string())?;
     Ok(s)
+}
+
+/// The data directory of a member started with no id, like etcd's `default.etcd`.
+const DEFAULT_DATA_DIR: &str = "default.dengine";
+/// The peer address of a member started with no id, etcd's peer port.
+const DEFAULT_PEER_ADDR: &str = "127.0.0.1:2380";
+
+/// No member id from the flags, the environment or a file, and no initial members: like etcd
+/// with no flags, member 1 of a cluster of one, with its data in `./default.dengine` and its
+/// peer listener on 127.0.0.1:2380 unless they were given. On a restart the same defaults find
+/// the same member.
+fn single_member_defaults(s: &mut Settings, args: &ServeArgs) {
+    let defaults = Settings::default().node;
+    s.node.id = 1;
+    if args.data_dir.is_none() && s.node.data_dir == defaults.data_dir {
+        s.node.data_dir = PathBuf::from(DEFAULT_DATA_DIR);
+    }
+    if args.listen_peer.is_none() && s.node.listen_addr == defaults.listen_addr {
+        s.node.listen_addr = DEFAULT_PEER_ADDR.into(); // etcd's peer port
+    }
+    let peer = s
+        .node
+        .advertise_addr
+        .clone()
+        .unwrap_or_else(|| s.node.listen_addr.clone());
+    s.node.initial_members.insert(1, peer);
+    eprintln!(
+        "dengine-kv: no member id given: running member 1 of a single-member cluster, data in \
+         {}, clients on {}, peers on {}.\n\
+         To grow it, add members with `etcdctl member add` and start them with \
+         --initial-cluster-state existing (examples/kv/README.md); to start a multi-member \
+         cluster instead, give every member --id and --initial-members.",
+        s.node.data_dir.display(),
+        s.node.client_addr.as_deref().unwrap_or("-"),
+        s.node.listen_addr,
+    );
 }
 
 fn kv_config(args: &ServeArgs) -> KvConfig {
@@ -217,7 +263,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     // (a damaged snapshot, a refused data directory) must reach the operator.
     let observability =
         observability::install(&settings.observability).map_err(|e| e.to_string())?;
-    let _ = observability::init_logging(&args.log);
+    observability::init_logging(&args.log).map_err(|e| format!("--log / DENGINE_LOG: {e}"))?;
     settings.observability = Default::default(); // installed above
     let config = kv_config(&args);
     #[cfg(feature = "fault-injection")]
