@@ -1,6 +1,7 @@
 //! # dengine-storage-redb
 //!
-//! A durable [`LogStore`] for dengine on [redb](https://docs.rs/redb) 4, the default backend.
+//! A durable [`LogStore`] for dengine on [redb](https://docs.rs/redb) 4 (`storage.backend =
+//! "redb"`; the default is the write-ahead log of `dengine-storage-wal`).
 //!
 //! ## Layout and durability
 //!
