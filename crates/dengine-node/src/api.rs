@@ -1,6 +1,7 @@
-//! The plain data of the node's API: how a read is confirmed ([`Consistency`]) and what
-//! [`Node::status`](crate::Node::status) reports ([`Status`], [`PeerStatus`]). The errors
-//! are in `error.rs`; the handle that takes requests is `node.rs`.
+//! The plain data of the node's API: how a read is confirmed ([`Consistency`]), what
+//! [`Node::status`](crate::Node::status) reports ([`Status`], [`PeerStatus`]) and what
+//! [`Node::watch_leadership`](crate::Node::watch_leadership) publishes ([`Leadership`]). The
+//! errors are in `error.rs`; the handle that takes requests is `node.rs`.
 
 use std::collections::BTreeMap;
 
@@ -58,4 +59,21 @@ pub struct Status {
     pub snapshot: Option<SnapshotMeta>,
     /// On the leader: progress of every other member; empty elsewhere.
     pub peers: BTreeMap<NodeId, PeerStatus>,
+}
+
+/// Who leads, and with which members, as one node sees it: what
+/// [`Node::watch_leadership`](crate::Node::watch_leadership) publishes each time any of it
+/// changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leadership {
+    /// This node's role.
+    pub role: Role,
+    /// Its current term.
+    pub term: Term,
+    /// The leader it follows (itself when it leads), if it knows one.
+    pub leader: Option<NodeId>,
+    /// Where the leader is reached, if the membership records it.
+    pub leader_address: Option<String>,
+    /// The newest cluster configuration in its log (committed or not).
+    pub membership: Membership,
 }

@@ -12,9 +12,10 @@ use dengine_core::{
     StoredState, Transport,
 };
 use parking_lot::Mutex;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::Instrument;
 
+use crate::api::Leadership;
 use crate::config::NodeConfig;
 use crate::error::StartError;
 use crate::inbox::{InboxView, NodeInbox, PeerInput};
@@ -322,6 +323,13 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
         let (req_tx, req_rx) = mpsc::channel(max_pending + ADMIN_QUEUE);
         let fatal = Arc::new(Mutex::new(None));
         let settings = Arc::new(settings);
+        let (leadership_tx, leadership) = watch::channel(Leadership {
+            role: raft.role(),
+            term: raft.term(),
+            leader: raft.leader(),
+            leader_address: None,
+            membership: raft.membership().clone(),
+        });
         let parts = Parts {
             id,
             settings: settings.clone(),
@@ -334,6 +342,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             fatal: fatal.clone(),
             snapshot_dir,
             initial_snapshot,
+            leadership: leadership_tx,
         };
         let runtime = Runtime::new(parts, raft, state_machine, applied_id);
         let task = tokio::spawn(
@@ -355,6 +364,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             propose_timeout,
             read_timeout: Duration::from_millis(client.read_timeout_ms),
             admin_timeout: propose_timeout.max(election * 4),
+            leadership,
         };
         Ok(Node::new(Arc::new(shared)))
     }

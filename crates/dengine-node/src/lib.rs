@@ -19,8 +19,9 @@
 //!   [`snapshot_dir`](NodeBuilder::snapshot_dir) the newest snapshots are kept as files, so a
 //!   state machine that is not durable survives log compaction across restarts.
 //! - [`Node`] is the handle: [`propose`](Node::propose), [`read`](Node::read) with a
-//!   [`Consistency`], membership changes, leader transfer, snapshots, [`status`](Node::status)
-//!   and graceful [`shutdown`](Node::shutdown).
+//!   [`Consistency`], membership changes, leader transfer, snapshots, [`status`](Node::status),
+//!   a subscription to role, leader and membership changes
+//!   ([`watch_leadership`](Node::watch_leadership)) and graceful [`shutdown`](Node::shutdown).
 //! - [`NodeConfig`] ([`config`]) is what the runtime runs with: the node's id and the
 //!   protocol's timing and limits, write, snapshot, client and shutdown policy. No addresses
 //!   or files: those belong to the transport and to the server that assembles the node (the
@@ -100,7 +101,7 @@ mod snapshot_dir;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use api::{Consistency, PeerStatus, Status};
+pub use api::{Consistency, Leadership, PeerStatus, Status};
 pub use builder::NodeBuilder;
 pub use config::NodeConfig;
 pub use error::{AdminError, ProposeError, ReadError, StartError};

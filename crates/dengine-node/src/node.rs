@@ -10,11 +10,11 @@ use bytes::Bytes;
 use dengine_core::ProposeError as Refusal;
 use dengine_core::{Membership, MembershipChange, NodeId, SnapshotMeta};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::api::{Consistency, Status};
+use crate::api::{Consistency, Leadership, Status};
 use crate::error::{AdminError, ProposeError, ReadError};
 use crate::inbox::NodeInbox;
 use crate::metric_names as m;
@@ -84,6 +84,7 @@ pub(crate) struct Shared {
     pub(crate) propose_timeout: Duration,
     pub(crate) read_timeout: Duration,
     pub(crate) admin_timeout: Duration,
+    pub(crate) leadership: watch::Receiver<Leadership>,
 }
 
 /// A running node: a cheap, cloneable handle (`Send + Sync`) on its event loop.
@@ -274,6 +275,24 @@ impl Node {
             }
             Err(_) => Err(ReadError::Timeout),
         }
+    }
+
+    /// Role, term, leader and membership as this node sees them, now and at every change:
+    /// `borrow()` gives the current value, `changed().await` waits for the next one (changes
+    /// in quick succession may be seen as one), and fails once the node has stopped. For
+    /// reacting to elections and membership changes without polling [`status`](Node::status).
+    ///
+    /// ```no_run
+    /// # async fn example(node: dengine_node::Node) {
+    /// let mut leadership = node.watch_leadership();
+    /// while leadership.changed().await.is_ok() {
+    ///     let now = leadership.borrow_and_update().clone();
+    ///     println!("term {}: leader {:?}, {} members", now.term, now.leader, now.membership.members().count());
+    /// }
+    /// # }
+    /// ```
+    pub fn watch_leadership(&self) -> watch::Receiver<Leadership> {
+        self.shared.leadership.clone()
     }
 
     /// This node's view of itself and the cluster.

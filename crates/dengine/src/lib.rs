@@ -63,8 +63,8 @@ pub use dengine_core::{
 #[cfg(feature = "grpc")]
 pub use dengine_net_grpc as grpc;
 pub use dengine_node::{
-    AdminError, Consistency, Node, NodeBuilder, NodeConfig, ProposeError, ReadError, StartError,
-    Status, config, metric_names,
+    AdminError, Consistency, Leadership, Node, NodeBuilder, NodeConfig, ProposeError, ReadError,
+    StartError, Status, config, metric_names,
 };
 #[cfg(feature = "redb")]
 pub use dengine_storage_redb::RedbStore;

@@ -47,7 +47,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use self::apply::{ApplyCmd, Responder};
 use self::request::{EVENT_QUEUE_LEN, Event, Request};
 use self::waiters::{Waiter, Waiters};
-use crate::api::Consistency;
+use crate::api::{Consistency, Leadership};
 use crate::config::NodeConfig;
 use crate::error::{AdminError, ProposeError, ReadError};
 use crate::inbox::{InboxView, PeerInput};
@@ -217,6 +217,7 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     failed_snapshot_sends: Vec<NodeId>,
     known_members: Membership,
     last_leader: Option<NodeId>,
+    leadership: watch::Sender<Leadership>,
     stopping: Option<Stopping>,
     handles_gone: bool,
     ticks: u64,
@@ -236,6 +237,8 @@ pub(crate) struct Parts<S, T> {
     pub(crate) snapshot_dir: Option<SnapshotDir>,
     /// The snapshot file the node started from, if it matches the core's snapshot.
     pub(crate) initial_snapshot: Option<Snapshot>,
+    /// Where the loop publishes role, leader and membership changes.
+    pub(crate) leadership: watch::Sender<Leadership>,
 }
 
 impl<S: LogStore, T: Transport> Runtime<S, T> {
@@ -299,6 +302,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             failed_snapshot_sends: Vec::new(),
             known_members: Membership::default(),
             last_leader: None,
+            leadership: parts.leadership,
             stopping: None,
             handles_gone: false,
             ticks: 0,
@@ -320,6 +324,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
     /// Runs the loop until shutdown, until every handle is dropped, or until a fatal error.
     pub(crate) async fn run(mut self) {
         self.sync_transport_peers();
+        self.publish_leadership();
         self.update_gauges();
         self.campaign_if_sole_voter();
         metrics::gauge!(m::APPLIED_INDEX).set(self.raft.applied_index() as f64);
@@ -785,6 +790,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         metrics::gauge!(m::TERM).set(soft.term as f64);
         metrics::gauge!(m::ROLE).set(role_code(soft.role));
         tracing::debug!(role = %soft.role, term = soft.term, leader = ?soft.leader, "role or leader changed");
+        self.publish_leadership();
         if soft.leader != self.last_leader {
             metrics::counter!(m::LEADER_CHANGES_TOTAL).increment(1);
             self.last_leader = soft.leader;
@@ -926,6 +932,27 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             }
         }
         self.known_members = current.clone();
+        self.publish_leadership();
+    }
+
+    /// Publishes role, term, leader and membership to
+    /// [`Node::watch_leadership`](crate::Node::watch_leadership) subscribers, when they changed.
+    fn publish_leadership(&self) {
+        let leader = self.raft.leader();
+        let now = Leadership {
+            role: self.raft.role(),
+            term: self.raft.term(),
+            leader,
+            leader_address: self.address_of(leader),
+            membership: self.raft.membership().clone(),
+        };
+        self.leadership.send_if_modified(|published| {
+            let changed = *published != now;
+            if changed {
+                *published = now;
+            }
+            changed
+        });
     }
 
     fn update_gauges(&self) {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use dengine_core::{NodeId, Role};
 use dengine_node::{Consistency, Node, ProposeError};
 
-use crate::common::{Cluster, address, eventually};
+use crate::common::{Cluster, PATIENCE, address, eventually};
 
 /// Writes `w{i}=1` in a loop to whichever node leads, recording the acknowledged ones.
 fn start_load(
@@ -175,6 +175,60 @@ async fn transfer_leader_moves_leadership() {
     assert_eq!(new, to);
     // Transferring to a non-member is refused.
     assert!(c.node(new).transfer_leader(9).await.is_err());
+    c.shutdown_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_changes_are_published_to_subscribers() {
+    let mut c = Cluster::new(3).await;
+    c.propose("a=1").await;
+    let old = c.leader().await;
+    let watcher = (1..=3).find(|&id| id != old).unwrap();
+    let mut leadership = c.node(watcher).watch_leadership();
+    let now = leadership.borrow_and_update().clone();
+    assert_eq!(now.leader, Some(old));
+    assert_eq!(now.leader_address.as_deref(), Some(address(old).as_str()));
+    assert_eq!(now.membership.all_voters().len(), 3);
+
+    // A leader transfer reaches the subscriber as a change: a new term, a new leader.
+    let to = (1..=3).find(|&id| id != old && id != watcher).unwrap();
+    c.node(old).transfer_leader(to).await.unwrap();
+    let moved = tokio::time::timeout(PATIENCE, async {
+        loop {
+            leadership.changed().await.expect("the node is running");
+            let now = leadership.borrow_and_update().clone();
+            if now.leader == Some(to) {
+                return now;
+            }
+        }
+    })
+    .await
+    .expect("the subscriber sees the new leader");
+    assert!(moved.term > now.term);
+    assert_eq!(moved.role, Role::Follower);
+
+    // A membership change too.
+    c.node(to).add_learner(4, address(4)).await.unwrap();
+    let grown = tokio::time::timeout(PATIENCE, async {
+        loop {
+            leadership.changed().await.expect("the node is running");
+            let now = leadership.borrow_and_update().clone();
+            if now.membership.is_learner(4) {
+                return now;
+            }
+        }
+    })
+    .await
+    .expect("the subscriber sees the new learner");
+    assert_eq!(grown.leader, Some(to));
+
+    // It ends when the node stops (after any change published while stopping).
+    c.shutdown(watcher).await;
+    tokio::time::timeout(PATIENCE, async {
+        while leadership.changed().await.is_ok() {}
+    })
+    .await
+    .expect("the subscription ends when the node stops");
     c.shutdown_all().await;
 }
 
