@@ -52,8 +52,8 @@ commands:
   bench e2e [--vs-etcd] [--seconds N] [--warmup N] [--clients 1,16,64,256]
             [--read-clients 1,16,64,256] [--no-reads] [--conns C] [--keys K] [--dir DIR]
             [--chart PATH]
-                 a 3-member dengine-kv cluster (release, default settings: redb, fsync
-                 before ack) on loopback driven by dengine-loadgen through the etcd v3 KV
+                 a 3-member dengine-kv cluster (release, default settings: the WAL,
+                 fsync before ack) on loopback driven by dengine-loadgen through the etcd v3 KV
                  API: puts, linearizable and serializable gets, N clients each with one
                  request at a time; with --vs-etcd the same against a 3-member etcd 3.4
                  (apt-get install -y etcd-server if missing), afterwards, then both side by
@@ -79,8 +79,8 @@ commands:
                  membership churn, leader transfers, message delay; concurrent etcd-API
                  clients; the history is checked for linearizability and lost
                  acknowledged writes after a final heal. Needs root, ip and nft.
-                 --bug fsync-off: storage.fsync = false and SIGKILL of majorities, which
-                 must lose acknowledged writes (with --expect-failure: pass if caught)
+                 --bug fsync-off: storage.fsync = false on redb and SIGKILL of majorities,
+                 which must lose acknowledged writes (with --expect-failure: pass if caught)
   imports        check that no module of any crate imports one that imports it back
                  (directly or through others); names the files and paths of each cycle
   chaos --cleanup

@@ -189,7 +189,12 @@ impl Cluster {
                 .args(["--initial-members", &members]);
         }
         if !self.fsync {
-            cmd.env("DENGINE_STORAGE__FSYNC", "false");
+            // On redb, whose unsynced commits live in the process's memory and die with a
+            // SIGKILL, as a power loss would lose them. The write-ahead log (the default) hands
+            // its unsynced writes to the page cache, which a SIGKILL does not lose: with it this
+            // bug could not be seen by killing processes.
+            cmd.env("DENGINE_STORAGE__FSYNC", "false")
+                .env("DENGINE_STORAGE__BACKEND", "redb");
         }
         let child = cmd
             .stdin(Stdio::null())

@@ -35,8 +35,9 @@ options:
   --clients N          concurrent clients (default 5)
   --keys N             size of the key space (default 8)
   --nemesis KIND       all (default): every fault kind; kill-majority: only SIGKILL of a majority
-  --bug fsync-off      run the nodes with storage.fsync = false (implies --nemesis kill-majority
-                       unless --nemesis is given): acknowledged writes should be lost
+  --bug fsync-off      run the nodes with storage.fsync = false on the redb backend (implies
+                       --nemesis kill-majority unless --nemesis is given): acknowledged writes
+                       should be lost
   --expect-failure     succeed only if some seed finds a safety violation (linearizability or a
                        lost acknowledged write), to prove the harness catches a known bug
   --keep               keep the run directory (history, node logs, data) of passing runs too
