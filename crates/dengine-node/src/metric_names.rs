@@ -13,6 +13,13 @@ pub const TERM: &str = "dengine_term";
 /// Gauge: the node's role: 0 follower, 1 pre-candidate, 2 candidate, 3 leader.
 pub const ROLE: &str = "dengine_role";
 
+/// Gauge: 1 while this node knows a leader (itself included), 0 during an election or when
+/// cut off; etcd's `etcd_server_has_leader`.
+pub const HAS_LEADER: &str = "dengine_has_leader";
+
+/// Gauge: 1 while this node leads, 0 otherwise; etcd's `etcd_server_is_leader`.
+pub const IS_LEADER: &str = "dengine_is_leader";
+
 /// Gauge: the highest log index known to be committed.
 pub const COMMIT_INDEX: &str = "dengine_commit_index";
 
@@ -152,6 +159,20 @@ pub const METRICS: &[MetricInfo] = &[
         labels: &[],
         unit: None,
         help: "The node's role: 0 follower, 1 pre-candidate, 2 candidate, 3 leader.",
+    },
+    MetricInfo {
+        name: HAS_LEADER,
+        kind: MetricKind::Gauge,
+        labels: &[],
+        unit: None,
+        help: "1 while this node knows a leader (itself included), else 0.",
+    },
+    MetricInfo {
+        name: IS_LEADER,
+        kind: MetricKind::Gauge,
+        labels: &[],
+        unit: None,
+        help: "1 while this node is the leader, else 0.",
     },
     MetricInfo {
         name: COMMIT_INDEX,
@@ -405,6 +426,8 @@ mod tests {
         let expected = [
             "dengine_term",
             "dengine_role",
+            "dengine_has_leader",
+            "dengine_is_leader",
             "dengine_commit_index",
             "dengine_applied_index",
             "dengine_replication_lag_entries",

@@ -80,6 +80,8 @@ pub mod identity;
 #[cfg(feature = "server")]
 pub mod observability;
 #[cfg(feature = "server")]
+mod process_metrics;
+#[cfg(feature = "server")]
 pub mod settings;
 #[cfg(feature = "server")]
 mod start;

@@ -183,7 +183,7 @@ impl ObservabilityGuard {
     /// The Prometheus text exposition of all metrics, as `/metrics` serves it, if metrics are
     /// enabled.
     pub fn render_metrics(&self) -> Option<String> {
-        self.metrics.as_ref().map(PrometheusHandle::render)
+        self.metrics.as_ref().map(exposition)
     }
 
     /// Whether spans are exported by OTLP.
@@ -459,6 +459,13 @@ fn serve_metrics(
     Ok(addr)
 }
 
+/// Everything a scrape returns: the recorded metrics, the process metrics and the build info.
+fn exposition(prometheus: &PrometheusHandle) -> String {
+    let mut body = prometheus.render();
+    body.push_str(&crate::process_metrics::render());
+    body
+}
+
 /// Answers one HTTP/1.x request: `GET /metrics` (or `HEAD`) gets the exposition, other paths
 /// 404, other methods 405. The connection is closed after the response.
 async fn answer(
@@ -489,7 +496,7 @@ async fn answer(
     let path = target.split('?').next().unwrap_or("");
     match (method, path) {
         ("GET" | "HEAD", "/metrics") => {
-            let body = prometheus.render();
+            let body = exposition(prometheus);
             respond(&mut stream, "200 OK", &body, method == "HEAD").await
         }
         ("GET" | "HEAD", _) => {
@@ -590,6 +597,16 @@ mod tests {
         );
         assert!(
             response.contains("dengine_append_batch_entries_bucket{le=\"16\"} 1"),
+            "{response}"
+        );
+
+        #[cfg(target_os = "linux")]
+        assert!(
+            response.contains("\nprocess_resident_memory_bytes "),
+            "{response}"
+        );
+        assert!(
+            response.contains("\ndengine_build_info{version="),
             "{response}"
         );
 

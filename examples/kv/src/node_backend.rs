@@ -9,16 +9,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use dengine_core::ProposeError as Refusal;
 use dengine_core::{MembershipChange, NodeId, Role};
 use dengine_net_grpc::GrpcTransport;
-use dengine_node::{AdminError, Consistency, Node, ProposeError, ReadError};
+use dengine_node::{AdminError, Consistency, Leadership, Node, ProposeError, ReadError};
 use parking_lot::Mutex;
 use prost::Message;
+use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -42,8 +42,9 @@ pub struct NodeBackend {
     transport: GrpcTransport,
     /// Where this member's clients connect (`http(s)://host:port`), for `member list`.
     client_urls: Vec<String>,
-    /// The term, refreshed in the background: response headers need it on every call.
-    term: Arc<AtomicU64>,
+    /// Role, term and leader as the node publishes them: response headers need the term on
+    /// every call, and a follower forwards writes to the leader named here.
+    leadership: watch::Receiver<Leadership>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Client URLs other members reported (`Info`), by member id.
     peer_client_urls: Arc<Mutex<HashMap<NodeId, Vec<String>>>>,
@@ -54,31 +55,18 @@ pub struct NodeBackend {
 impl NodeBackend {
     /// The backend of `node` in cluster `cluster_id`, reaching the other members through
     /// `transport`'s peer connections; `client_urls` is where this member's clients connect.
-    /// Spawns a task that keeps the term for response headers fresh (every 100 ms) while the
-    /// node runs.
     pub fn new(
         node: Node,
         cluster_id: u64,
         transport: GrpcTransport,
         client_urls: Vec<String>,
     ) -> Self {
-        let term = Arc::new(AtomicU64::new(0));
-        let watched = node.clone();
-        let t = term.clone();
-        tokio::spawn(async move {
-            while !watched.is_stopped() {
-                if let Ok(s) = watched.status().await {
-                    t.store(s.term, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
         NodeBackend {
+            leadership: node.watch_leadership(),
             node,
             cluster_id,
             transport,
             client_urls,
-            term,
             channels: Arc::new(Mutex::new(HashMap::new())),
             peer_client_urls: Arc::new(Mutex::new(HashMap::new())),
             config: Arc::new(KvConfig::default()),
@@ -249,6 +237,20 @@ fn address_of(peer_url: &str) -> Result<String, BackendError> {
 
 impl KvBackend for NodeBackend {
     async fn propose(&self, command: Bytes) -> Result<Bytes, BackendError> {
+        // A follower that knows where the leader is forwards at once: its own node would only
+        // refuse the write (and count a refused proposal). If the leader has just changed, the
+        // one forwarded to refuses it in turn, as the node would have.
+        let leader = {
+            let now = self.leadership.borrow();
+            match (now.role, now.leader, &now.leader_address) {
+                (Role::Leader, ..) => None,
+                (_, Some(id), Some(address)) if id != self.node.id() => Some(address.clone()),
+                _ => None,
+            }
+        };
+        if let Some(address) = leader {
+            return self.forward(&address, command).await;
+        }
         match self.node.propose(command.clone()).await {
             Ok(response) => Ok(response),
             Err(e) => match e.leader() {
@@ -274,7 +276,7 @@ impl KvBackend for NodeBackend {
         HeaderInfo {
             cluster_id: self.cluster_id,
             member_id: self.node.id(),
-            raft_term: self.term.load(Ordering::Relaxed),
+            raft_term: self.leadership.borrow().term,
         }
     }
 
@@ -293,7 +295,6 @@ impl KvBackend for NodeBackend {
 
     async fn status(&self) -> Result<StatusInfo, BackendError> {
         let s = self.node.status().await.map_err(admin_error)?;
-        self.term.store(s.term, Ordering::Relaxed);
         Ok(StatusInfo {
             leader: s.leader.unwrap_or(0),
             raft_index: s.commit_index,

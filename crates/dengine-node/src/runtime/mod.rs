@@ -325,6 +325,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
     pub(crate) async fn run(mut self) {
         self.sync_transport_peers();
         self.publish_leadership();
+        register_counters();
         self.update_gauges();
         self.campaign_if_sole_voter();
         metrics::gauge!(m::APPLIED_INDEX).set(self.raft.applied_index() as f64);
@@ -788,7 +789,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
 
     fn on_soft_state(&mut self, soft: SoftState) {
         metrics::gauge!(m::TERM).set(soft.term as f64);
-        metrics::gauge!(m::ROLE).set(role_code(soft.role));
+        set_role_gauges(soft.role, soft.leader);
         tracing::debug!(role = %soft.role, term = soft.term, leader = ?soft.leader, "role or leader changed");
         self.publish_leadership();
         if soft.leader != self.last_leader {
@@ -957,7 +958,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
 
     fn update_gauges(&self) {
         metrics::gauge!(m::TERM).set(self.raft.term() as f64);
-        metrics::gauge!(m::ROLE).set(role_code(self.raft.role()));
+        set_role_gauges(self.raft.role(), self.raft.leader());
         metrics::gauge!(m::COMMIT_INDEX).set(self.raft.commit_index() as f64);
         if self.raft.role() == Role::Leader && self.ticks.is_multiple_of(SWEEP_TICKS) {
             for peer in self.raft.membership().members() {
@@ -975,6 +976,31 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
     fn address_of(&self, id: Option<NodeId>) -> Option<String> {
         id.and_then(|id| self.raft.membership().address(id).map(str::to_owned))
     }
+}
+
+/// The role as `dengine_role`'s number and as the `dengine_has_leader` / `dengine_is_leader`
+/// flags.
+fn set_role_gauges(role: Role, leader: Option<NodeId>) {
+    metrics::gauge!(m::ROLE).set(role_code(role));
+    metrics::gauge!(m::HAS_LEADER).set(if leader.is_some() { 1.0 } else { 0.0 });
+    metrics::gauge!(m::IS_LEADER).set(if role == Role::Leader { 1.0 } else { 0.0 });
+}
+
+/// Registers the counters that may stay at zero for a long time, so that they are exported
+/// (and graphed, and alerted on) from the start instead of appearing at their first event.
+fn register_counters() {
+    for name in [
+        m::LEADER_CHANGES_TOTAL,
+        m::SNAPSHOTS_SENT_TOTAL,
+        m::SNAPSHOTS_INSTALLED_TOTAL,
+        m::PEER_MESSAGES_REFUSED_TOTAL,
+        m::PEER_REGRESSIONS_TOTAL,
+        m::PEER_INCARNATION_CHANGES_TOTAL,
+        m::LOG_SYNCS_TOTAL,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::counter!(m::PROPOSALS_TOTAL, m::LABEL_RESULT => m::RESULT_OK).increment(0);
 }
 
 fn role_code(role: Role) -> f64 {

@@ -104,7 +104,13 @@ fn the_documented_metrics_are_recorded() {
     let expected = [
         m::TERM.to_string(),
         m::ROLE.to_string(),
+        m::HAS_LEADER.to_string(),
+        m::IS_LEADER.to_string(),
         m::COMMIT_INDEX.to_string(),
+        // Never incremented in this run: exported at zero from the start.
+        m::PEER_REGRESSIONS_TOTAL.to_string(),
+        m::PEER_INCARNATION_CHANGES_TOTAL.to_string(),
+        m::PEER_MESSAGES_REFUSED_TOTAL.to_string(),
         m::APPLIED_INDEX.to_string(),
         m::LEADER_CHANGES_TOTAL.to_string(),
         format!("{}{{result=ok}}", m::PROPOSALS_TOTAL),
