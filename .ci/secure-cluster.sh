@@ -159,8 +159,8 @@ fi
 echo "ok   the peer port refuses a connection without certificate ($(grep -oiE "alert [a-z ]+" <<<"$out" | head -1))"
 
 # The admin port needs the token.
-fails_with "admin without the token" "Unauthenticated" \
-    "$BIN" admin --endpoint "127.0.0.1:${A[0]}" status
-status=$("$BIN" admin --endpoint "127.0.0.1:${A[0]}" --token-file pki/admin-token status)
-expect "admin with the token" "id=1" "$(cut -d' ' -f1 <<<"$status")"
+fails_with "admin without the token" "pass the members' admin token with --token-file" \
+    "$BIN" admin --endpoints "127.0.0.1:${A[0]}" status
+status=$("$BIN" admin --endpoints "127.0.0.1:${A[0]}" --token-file pki/admin-token status)
+expect "admin with the token: member 1 answers" "1" "$(awk 'NR == 2 {print $2}' <<<"$status")"
 echo "secure-cluster checks passed"
