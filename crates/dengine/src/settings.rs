@@ -854,8 +854,8 @@ fn own_entry_mismatch(n: &NodeSettings, entry: &str) -> Option<String> {
     if let Some(advertised) = n.advertise_addr.as_deref().filter(|a| !a.is_empty()) {
         return (!entry.eq_ignore_ascii_case(advertised)).then(|| {
             format!(
-                "this node's own entry, where the other members dial it, equal to \
-                 node.advertise_addr ({advertised:?})"
+                "node.advertise_addr ({advertised:?}), since the other members dial this \
+                 node at its own entry"
             )
         });
     }
@@ -868,8 +868,9 @@ fn own_entry_mismatch(n: &NodeSettings, entry: &str) -> Option<String> {
             .is_ok_and(|e| e.ip() != listen.ip());
     (port_differs || ip_differs).then(|| {
         format!(
-            "this node's own entry, where the other members dial it, matching node.listen_addr \
-             ({:?}); set node.advertise_addr when a proxy or port mapping sits in between",
+            "where this node listens, node.listen_addr ({:?}), since the other members dial \
+             it at its own entry; set node.advertise_addr when a proxy or port mapping sits in \
+             between",
             n.listen_addr
         )
     })

@@ -26,6 +26,9 @@ pub struct KvConfig {
     /// etcd's `--client-cert-auth`: a client that presented a TLS certificate verified by the
     /// server is the user named by the certificate's Common Name (when it sent no token).
     pub client_cert_auth: bool,
+    /// The client URLs this member reports in `member list` (etcd's
+    /// `--advertise-client-urls`); empty: the client listener's own address.
+    pub advertise_client_urls: Vec<String>,
 }
 
 impl Default for KvConfig {
@@ -35,6 +38,7 @@ impl Default for KvConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_range_response_bytes: DEFAULT_MAX_RANGE_RESPONSE_BYTES,
             client_cert_auth: false,
+            advertise_client_urls: Vec::new(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! (`--listen-peer`), and, if asked for, dengine's admin API (`--listen-admin`).
 
 mod admin_cli;
+mod etcd_flags;
 #[cfg(feature = "fault-injection")]
 mod fault_control;
 
@@ -152,13 +153,15 @@ struct ServeArgs {
     #[cfg(feature = "fault-injection")]
     #[arg(long, value_name = "FILE", hide = true)]
     fault_control: Option<PathBuf>,
+    #[command(flatten)]
+    etcd: etcd_flags::EtcdFlags,
 }
 
 fn parse_members(text: &str) -> Result<BTreeMap<u64, String>, String> {
     dengine_net_grpc::id_map::parse(text).map_err(|e| format!("--initial-members: {e}"))
 }
 
-fn settings(args: &ServeArgs) -> Result<Settings, String> {
+fn settings(args: &ServeArgs, kv: &mut KvConfig) -> Result<Settings, String> {
     let mut s = Settings::load_unvalidated(args.config.as_deref()).map_err(|e| e.to_string())?;
     if let Some(id) = args.id {
         s.node.id = id;
@@ -198,6 +201,7 @@ fn settings(args: &ServeArgs) -> Result<Settings, String> {
     if let Some(m) = &args.metrics_addr {
         s.observability.metrics_addr = Some(m.clone());
     }
+    args.etcd.apply(&mut s, kv)?;
     if s.node.id == 0 {
         if !s.node.initial_members.is_empty() {
             return Err(
@@ -258,14 +262,14 @@ fn kv_config(args: &ServeArgs) -> KvConfig {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let mut settings = settings(&args)?;
+    let mut config = kv_config(&args);
+    let mut settings = settings(&args, &mut config)?;
     // Metrics and trace export, then logging, before anything else: what start-up has to say
     // (a damaged snapshot, a refused data directory) must reach the operator.
     let observability =
         observability::install(&settings.observability).map_err(|e| e.to_string())?;
     observability::init_logging(&args.log).map_err(|e| format!("--log / DENGINE_LOG: {e}"))?;
     settings.observability = Default::default(); // installed above
-    let config = kv_config(&args);
     #[cfg(feature = "fault-injection")]
     let member = match &args.fault_control {
         Some(file) => {

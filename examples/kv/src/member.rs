@@ -40,10 +40,14 @@ fn services(
 ) -> Services {
     let (hub, auth) = hubs;
     let scheme = if services.client_tls { "https" } else { "http" };
-    let client_urls = services
-        .client_addr
-        .map(|a| vec![format!("{scheme}://{a}")])
-        .unwrap_or_default();
+    let client_urls = if config.advertise_client_urls.is_empty() {
+        services
+            .client_addr
+            .map(|a| vec![format!("{scheme}://{a}")])
+            .unwrap_or_default()
+    } else {
+        config.advertise_client_urls.clone()
+    };
     let backend = NodeBackend::new(node.clone(), cluster_id, transport.clone(), client_urls)
         .with_config(config.clone());
     let peer = services.peer.add_service(backend.forward_service());
