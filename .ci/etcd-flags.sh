@@ -13,11 +13,12 @@ etcdctl_setup etcd-flags
 cluster3
 CLUSTER="infra1=http://127.0.0.1:${P[0]},infra2=http://127.0.0.1:${P[1]},infra3=http://127.0.0.1:${P[2]}"
 
-# etcd_member N [flags...]: member infraN with etcd's flags, data in $DIR/infraN.
+# etcd_member N [flags...]: member infraN with etcd's flags, data in $DIR/infraN (exec: run it
+# in the background, and $! is its pid).
 etcd_member() {
     local n=$1
     shift
-    "$BIN" serve --name "infra$n" --data-dir "$DIR/infra$n" \
+    exec "$BIN" serve --name "infra$n" --data-dir "$DIR/infra$n" \
         --initial-advertise-peer-urls "http://127.0.0.1:${P[$((n-1))]}" \
         --listen-peer-urls "http://127.0.0.1:${P[$((n-1))]}" \
         --listen-client-urls "http://127.0.0.1:${C[$((n-1))]}" \

@@ -139,6 +139,15 @@ impl Listener {
             addr,
             detail: e.to_string(),
         })?;
+        // Exported at zero from the start, so that a dashboard has the series before the
+        // first refusal.
+        for reason in REFUSAL_REASONS {
+            metrics::counter!(
+                "dengine_connections_refused_total",
+                "listener" => name, "reason" => reason
+            )
+            .increment(0);
+        }
         Ok(Listener { inner, addr, name })
     }
 
@@ -471,6 +480,14 @@ impl Connected for LimitedConn<TlsStream<TcpStream>> {
         self.io.connect_info()
     }
 }
+
+/// Every `reason` of `dengine_connections_refused_total`.
+const REFUSAL_REASONS: [&str; 4] = [
+    "accept_failed",
+    "too_many_connections",
+    "tls_failed",
+    "handshake_timeout",
+];
 
 /// Counts a connection a listener refused (`dengine_connections_refused_total`).
 fn count_refused(listener: &'static str, reason: &'static str) {

@@ -131,6 +131,14 @@ impl GrpcTransport {
     /// reported at startup rather than at the first connection. Must be called inside a tokio
     /// runtime only when peers are added (each peer runs a task).
     pub fn new(config: GrpcConfig) -> Result<Self, GrpcError> {
+        // Exported at zero from the start, so that a dashboard has the series before the
+        // first drop or refusal.
+        for reason in ["queue_full", "unknown_peer", "unreachable"] {
+            metrics::counter!("dengine_messages_dropped_total", "reason" => reason).increment(0);
+        }
+        for kind in ["message", "stream", "request", "snapshot", "probe"] {
+            metrics::counter!("dengine_peer_refused_total", "kind" => kind).increment(0);
+        }
         if config.id == 0 {
             return Err(GrpcError::Config("node id 0 is reserved".into()));
         }

@@ -1001,6 +1001,9 @@ fn register_counters() {
         metrics::counter!(name).increment(0);
     }
     metrics::counter!(m::PROPOSALS_TOTAL, m::LABEL_RESULT => m::RESULT_OK).increment(0);
+    for reason in [m::REASON_INBOX_FULL, m::REASON_SHUTTING_DOWN] {
+        metrics::counter!(m::MESSAGES_DROPPED_TOTAL, m::LABEL_REASON => reason).increment(0);
+    }
 }
 
 fn role_code(role: Role) -> f64 {
