@@ -288,7 +288,10 @@ async fn a_start_that_cannot_bind_writes_nothing() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut s = c.settings(1);
     s.node.listen_addr = busy.local_addr().unwrap().to_string();
-    s.node.initial_members = BTreeMap::from([(1, "127.0.0.1:9".to_string())]);
+    s.node.initial_members = BTreeMap::from([
+        (1, s.node.listen_addr.clone()),
+        (2, "127.0.0.1:9".to_string()),
+    ]);
     let message = refusal(c.launch_with(s.clone()).await);
     assert!(message.contains("cannot listen"), "{message}");
     let dir = c.data_dir(1);
