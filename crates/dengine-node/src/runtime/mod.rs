@@ -682,6 +682,8 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         let committed = self.raft.committed_membership();
         self.view.set_committed(committed);
         if committed.is_retired(self.id) {
+            let committed = committed.clone();
+            self.answer_changes_that_removed_this_node(index, &committed);
             return Err(format!(
                 "this node (member {}) was removed from the cluster by the configuration \
                  committed at index {index}, and stops. Member ids are never reused: to bring \
@@ -690,6 +692,35 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             ));
         }
         Ok(())
+    }
+
+    /// The configuration committed at `index` removed this node, which stops now: the changes
+    /// waiting here that it completes took effect, and their callers are told so (with the
+    /// final configuration) instead of an error or a timeout. A change whose entry is at or
+    /// before `index` in this leader's term is complete: that entry was committed.
+    fn answer_changes_that_removed_this_node(&mut self, index: LogIndex, committed: &Membership) {
+        for w in std::mem::take(&mut self.config_waiters) {
+            if w.index <= index {
+                let _ = w.tx.send(Ok(committed.clone()));
+            } else {
+                self.config_waiters.push(w);
+            }
+        }
+        let done: Vec<LogIndex> = self
+            .waiters
+            .iter()
+            .filter(|(i, w)| {
+                *i <= index
+                    && matches!(w, Waiter::Config { term, .. }
+                        if self.raft.log_term(*i).is_ok_and(|t| t == *term))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for i in done {
+            if let Some(Waiter::Config { tx, .. }) = self.waiters.remove(i) {
+                let _ = tx.send(Ok(committed.clone()));
+            }
+        }
     }
 
     /// Hands a write to the disk. Writes are durable in the order the core hands them out

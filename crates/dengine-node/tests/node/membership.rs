@@ -179,6 +179,35 @@ async fn transfer_leader_moves_leadership() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_removes_itself_answers_the_removal_then_stops() {
+    // Before, the caller got no answer (the leader stopped with the change still waiting)
+    // and saw a timeout although the removal had taken effect.
+    let mut c = Cluster::new(3).await;
+    c.propose("a=1").await;
+    let old = c.leader().await;
+    let membership = tokio::time::timeout(PATIENCE, c.node(old).remove(old))
+        .await
+        .expect("an answer, not a hang")
+        .expect("the removal took effect");
+    assert!(!membership.contains(old), "{membership:?}");
+    assert_eq!(membership.all_voters().len(), 2);
+    tokio::time::timeout(PATIENCE, c.node(old).stopped())
+        .await
+        .expect("the removed leader stops");
+    assert!(
+        c.node(old)
+            .fatal_error()
+            .unwrap()
+            .contains("removed from the cluster")
+    );
+    c.kill(old).await;
+    let new = c.leader().await;
+    assert_ne!(new, old);
+    c.propose("b=2").await;
+    c.shutdown_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_changes_are_published_to_subscribers() {
     let mut c = Cluster::new(3).await;
     c.propose("a=1").await;
