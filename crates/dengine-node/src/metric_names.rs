@@ -20,6 +20,17 @@ pub const HAS_LEADER: &str = "dengine_has_leader";
 /// Gauge: 1 while this node leads, 0 otherwise; etcd's `etcd_server_is_leader`.
 pub const IS_LEADER: &str = "dengine_is_leader";
 
+/// Gauge, one series per role (label [`LABEL_ROLE`]): 1 for the node's current role, 0 for the
+/// others.
+pub const ROLE_STATE: &str = "dengine_role_state";
+
+/// Gauge: proposals appended to the log that wait for their entries to commit (etcd's
+/// `etcd_server_proposals_pending`).
+pub const PENDING_PROPOSALS: &str = "dengine_pending_proposals";
+
+/// Gauge: entries in the log after its compaction point (last index − first index + 1).
+pub const LOG_ENTRIES: &str = "dengine_log_entries";
+
 /// Gauge: the highest log index known to be committed.
 pub const COMMIT_INDEX: &str = "dengine_commit_index";
 
@@ -88,6 +99,9 @@ pub const APPLY_BATCH_ENTRIES: &str = "dengine_apply_batch_entries";
 
 /// Label of [`REPLICATION_LAG_ENTRIES`]: the peer's node id.
 pub const LABEL_PEER: &str = "peer";
+
+/// Label of [`ROLE_STATE`]: `follower`, `pre-candidate`, `candidate` or `leader`.
+pub const LABEL_ROLE: &str = "role";
 
 /// Label of [`PROPOSALS_TOTAL`]: the outcome.
 pub const LABEL_RESULT: &str = "result";
@@ -173,6 +187,27 @@ pub const METRICS: &[MetricInfo] = &[
         labels: &[],
         unit: None,
         help: "1 while this node is the leader, else 0.",
+    },
+    MetricInfo {
+        name: ROLE_STATE,
+        kind: MetricKind::Gauge,
+        labels: &[LABEL_ROLE],
+        unit: None,
+        help: "1 for the node's current role (label role), 0 for the other roles.",
+    },
+    MetricInfo {
+        name: PENDING_PROPOSALS,
+        kind: MetricKind::Gauge,
+        labels: &[],
+        unit: None,
+        help: "Proposals appended to the log that wait for their entries to commit.",
+    },
+    MetricInfo {
+        name: LOG_ENTRIES,
+        kind: MetricKind::Gauge,
+        labels: &[],
+        unit: None,
+        help: "Entries in the log after its compaction point.",
     },
     MetricInfo {
         name: COMMIT_INDEX,
@@ -428,6 +463,9 @@ mod tests {
             "dengine_role",
             "dengine_has_leader",
             "dengine_is_leader",
+            "dengine_role_state",
+            "dengine_pending_proposals",
+            "dengine_log_entries",
             "dengine_commit_index",
             "dengine_applied_index",
             "dengine_replication_lag_entries",

@@ -306,6 +306,10 @@ impl<L: LogReader> Raft<L> {
     pub fn last_log_id(&self) -> EntryId {
         self.log.last_id()
     }
+    /// Index of the first entry still in the log (the one after the compaction point).
+    pub fn first_log_index(&self) -> LogIndex {
+        self.log.first_index()
+    }
     /// Term of the entry at `index`, from the unstable tail or storage.
     pub fn log_term(&self, index: LogIndex) -> Result<Term, StorageError> {
         self.log.term(index)

@@ -991,6 +991,10 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         metrics::gauge!(m::TERM).set(self.raft.term() as f64);
         set_role_gauges(self.raft.role(), self.raft.leader());
         metrics::gauge!(m::COMMIT_INDEX).set(self.raft.commit_index() as f64);
+        metrics::gauge!(m::PENDING_PROPOSALS).set(self.waiters.len() as f64);
+        let entries =
+            (self.raft.last_log_id().index + 1).saturating_sub(self.raft.first_log_index());
+        metrics::gauge!(m::LOG_ENTRIES).set(entries as f64);
         if self.raft.role() == Role::Leader && self.ticks.is_multiple_of(SWEEP_TICKS) {
             for peer in self.raft.membership().members() {
                 if peer == self.id {
@@ -1015,6 +1019,15 @@ fn set_role_gauges(role: Role, leader: Option<NodeId>) {
     metrics::gauge!(m::ROLE).set(role_code(role));
     metrics::gauge!(m::HAS_LEADER).set(if leader.is_some() { 1.0 } else { 0.0 });
     metrics::gauge!(m::IS_LEADER).set(if role == Role::Leader { 1.0 } else { 0.0 });
+    for r in [
+        Role::Follower,
+        Role::PreCandidate,
+        Role::Candidate,
+        Role::Leader,
+    ] {
+        let state = if r == role { 1.0 } else { 0.0 };
+        metrics::gauge!(m::ROLE_STATE, m::LABEL_ROLE => r.to_string()).set(state);
+    }
 }
 
 /// Registers the counters that may stay at zero for a long time, so that they are exported

@@ -70,6 +70,11 @@ impl Waiters {
         self.items.remove(at).map(|(_, w)| w)
     }
 
+    /// How many requests wait for their entries to commit.
+    pub(super) fn len(&self) -> usize {
+        self.items.len()
+    }
+
     /// The waiters in index order.
     pub(super) fn iter(&self) -> impl Iterator<Item = (LogIndex, &Waiter)> {
         self.items.iter().map(|(i, w)| (*i, w))

@@ -106,6 +106,10 @@ fn the_documented_metrics_are_recorded() {
         m::ROLE.to_string(),
         m::HAS_LEADER.to_string(),
         m::IS_LEADER.to_string(),
+        format!("{}{{role=leader}}", m::ROLE_STATE),
+        format!("{}{{role=follower}}", m::ROLE_STATE),
+        m::PENDING_PROPOSALS.to_string(),
+        m::LOG_ENTRIES.to_string(),
         m::COMMIT_INDEX.to_string(),
         // Never incremented in this run: exported at zero from the start.
         m::PEER_REGRESSIONS_TOTAL.to_string(),
