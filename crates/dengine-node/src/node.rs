@@ -239,6 +239,13 @@ impl Node {
     /// forwards the confirmation to its leader, so any node can serve them. While there is no
     /// leader the read is retried until the timeout.
     pub async fn read(&self, query: Bytes, consistency: Consistency) -> Result<Bytes, ReadError> {
+        // At debug level, as `propose`'s: a span per read costs an allocation in every
+        // subscriber that sees it.
+        let span = tracing::debug_span!("read", node = self.shared.id, consistency = ?consistency);
+        self.read_inner(query, consistency).instrument(span).await
+    }
+
+    async fn read_inner(&self, query: Bytes, consistency: Consistency) -> Result<Bytes, ReadError> {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(
                 self.stopped_or(ReadError::ShuttingDown, |reason| ReadError::Stopped {
@@ -340,13 +347,15 @@ impl Node {
     ) -> Result<Membership, AdminError> {
         let (tx, rx) = oneshot::channel();
         let deadline = Instant::now() + self.shared.admin_timeout;
+        let span =
+            tracing::info_span!("change_membership", node = self.shared.id, changes = ?changes);
         let req = Request::ChangeMembership {
             changes,
             addresses,
             deadline,
             tx,
         };
-        self.admin(req, rx).await?
+        self.admin(req, rx).instrument(span).await?
     }
 
     /// Hands leadership to the voter `to` (thesis §3.10). Resolves once this node sees `to`
@@ -354,7 +363,9 @@ impl Node {
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), AdminError> {
         let (tx, rx) = oneshot::channel();
         let deadline = Instant::now() + self.shared.admin_timeout;
+        let span = tracing::info_span!("transfer_leader", node = self.shared.id, to);
         self.admin(Request::TransferLeader { to, deadline, tx }, rx)
+            .instrument(span)
             .await?
     }
 
@@ -362,7 +373,10 @@ impl Node {
     /// Resolves with what the snapshot covers.
     pub async fn trigger_snapshot(&self) -> Result<SnapshotMeta, AdminError> {
         let (tx, rx) = oneshot::channel();
-        self.admin(Request::TriggerSnapshot { tx }, rx).await?
+        let span = tracing::info_span!("trigger_snapshot", node = self.shared.id);
+        self.admin(Request::TriggerSnapshot { tx }, rx)
+            .instrument(span)
+            .await?
     }
 
     /// Starts an election on this node now, as if its election timeout had fired. For tests

@@ -33,13 +33,17 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use opentelemetry::KeyValue;
+use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::tonic_types::transport::ClientTlsConfig;
 use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::oneshot;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
@@ -295,7 +299,11 @@ fn install_inner(
     }
 
     if let Some(endpoint) = &settings.otlp_endpoint {
-        let provider = build_tracer_provider(endpoint)?;
+        let instance = settings
+            .service_instance_id
+            .clone()
+            .unwrap_or_else(default_instance_id);
+        let provider = build_tracer_provider(endpoint, &instance)?;
         let tracer = provider.tracer(SERVICE_NAME);
         if let Ok(mut slot) = OTEL_TRACER.lock() {
             *slot = Some(tracer.clone());
@@ -304,6 +312,32 @@ fn install_inner(
         guard.tracer_provider = Some(provider);
     }
     Ok(guard)
+}
+
+/// The W3C trace context (`traceparent`, and `tracestate` when set) of the current span, as
+/// headers to send with a request to another member, so that its spans join the same trace.
+/// Empty when no span is exported (no OTLP endpoint, or the span is filtered out).
+pub fn trace_headers() -> Vec<(String, String)> {
+    let mut headers = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut headers);
+    headers.into_iter().collect()
+}
+
+/// Makes `span` a child of the trace that `header` (a request's header lookup) carries, as
+/// [`trace_headers`] wrote it on the sending member; a request without one leaves `span` a
+/// root.
+pub fn continue_trace(span: &tracing::Span, header: impl Fn(&str) -> Option<String>) {
+    let mut headers = std::collections::HashMap::new();
+    for key in ["traceparent", "tracestate"] {
+        if let Some(value) = header(key) {
+            headers.insert(key.to_owned(), value);
+        }
+    }
+    if headers.is_empty() {
+        return;
+    }
+    let parent = TraceContextPropagator::new().extract(&headers);
+    let _ = span.set_parent(parent);
 }
 
 /// Installs the process's global `tracing` subscriber: human-readable logs to stderr filtered
@@ -356,7 +390,18 @@ where
         }))
 }
 
-fn build_tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, ObservabilityError> {
+/// `<host name>-<process id>`: tells processes apart when nothing better was configured.
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}-{}", std::process::id())
+}
+
+fn build_tracer_provider(
+    endpoint: &str,
+    instance: &str,
+) -> Result<SdkTracerProvider, ObservabilityError> {
     let mut builder = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
@@ -371,7 +416,12 @@ fn build_tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, Observabil
     })?;
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(Resource::builder().with_service_name(SERVICE_NAME).build())
+        .with_resource(
+            Resource::builder()
+                .with_service_name(SERVICE_NAME)
+                .with_attribute(KeyValue::new("service.instance.id", instance.to_owned()))
+                .build(),
+        )
         .build())
 }
 
@@ -620,6 +670,7 @@ mod tests {
         let settings = ObservabilitySettings {
             metrics_addr: Some("127.0.0.1:0".into()),
             otlp_endpoint: None,
+            ..ObservabilitySettings::default()
         };
         let guard = match install(&settings) {
             Ok(guard) => guard,
@@ -661,6 +712,7 @@ mod tests {
         let settings = ObservabilitySettings {
             metrics_addr: Some(addr.to_string()),
             otlp_endpoint: None,
+            ..ObservabilitySettings::default()
         };
         let err = install(&settings).unwrap_err();
         assert!(
@@ -680,6 +732,7 @@ mod tests {
         let settings = ObservabilitySettings {
             metrics_addr: None,
             otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
+            ..ObservabilitySettings::default()
         };
         let started = Instant::now();
         let guard = install_inner(&settings, false).unwrap();
@@ -732,6 +785,7 @@ mod tests {
         let settings = ObservabilitySettings {
             metrics_addr: None,
             otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
+            ..ObservabilitySettings::default()
         };
         let guard = install_inner(&settings, false).unwrap();
         let subscriber = tracing_subscriber::registry().with(guard.otel_layer().unwrap());
@@ -748,11 +802,46 @@ mod tests {
         );
     }
 
+    /// A request's trace context, sent as `traceparent` by one member and continued by the
+    /// next, puts both spans in one trace; without it the receiver's span starts a new one.
+    #[test]
+    fn trace_context_crosses_members_as_traceparent() {
+        use opentelemetry::trace::TraceContextExt as _;
+        let trace_of = |span: &tracing::Span| span.context().span().span_context().trace_id();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry().with(otel_layer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let sender = tracing::info_span!("forward_write");
+            let headers = sender.in_scope(trace_headers);
+            let header = |key: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.clone())
+            };
+            let traceparent = header("traceparent").expect("a traceparent header");
+            assert!(
+                traceparent.contains(&trace_of(&sender).to_string()),
+                "{traceparent}"
+            );
+            let receiver = tracing::info_span!("forwarded_write");
+            continue_trace(&receiver, header);
+            assert_eq!(trace_of(&receiver), trace_of(&sender));
+            let unrelated = tracing::info_span!("unrelated");
+            continue_trace(&unrelated, |_| None);
+            assert_ne!(trace_of(&unrelated), trace_of(&sender));
+        });
+        // Nothing exported, nothing sent.
+        let plain = tracing_subscriber::registry();
+        assert!(tracing::subscriber::with_default(plain, trace_headers).is_empty());
+    }
+
     #[test]
     fn https_otlp_endpoint_is_accepted() {
         let settings = ObservabilitySettings {
             metrics_addr: None,
             otlp_endpoint: Some("https://127.0.0.1:1".into()),
+            ..ObservabilitySettings::default()
         };
         let guard = install_inner(&settings, false).unwrap();
         assert!(guard.traces_enabled());
@@ -763,6 +852,7 @@ mod tests {
         let settings = ObservabilitySettings {
             metrics_addr: None,
             otlp_endpoint: Some("http://[not a host".into()),
+            ..ObservabilitySettings::default()
         };
         let err = install_inner(&settings, false).unwrap_err();
         assert!(matches!(err, ObservabilityError::Otlp { .. }), "{err}");

@@ -217,6 +217,9 @@ pub struct ObservabilitySettings {
     /// Export traces by OTLP/gRPC to this endpoint (e.g. `http://127.0.0.1:4317`). Off by
     /// default.
     pub otlp_endpoint: Option<String>,
+    /// The `service.instance.id` of exported spans, which tells the members apart in a trace
+    /// viewer. Default: `<host name>-<process id>`; dengine-kv sets `member-<node.id>`.
+    pub service_instance_id: Option<String>,
 }
 
 /// Why settings could not be loaded or are invalid.
@@ -609,6 +612,7 @@ impl Settings {
         s.admin.token_file = Some(PathBuf::new());
         s.observability.metrics_addr = Some(String::new());
         s.observability.otlp_endpoint = Some(String::new());
+        s.observability.service_instance_id = Some(String::new());
         s
     }
 }

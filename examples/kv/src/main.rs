@@ -264,6 +264,8 @@ fn kv_config(args: &ServeArgs) -> KvConfig {
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut config = kv_config(&args);
     let mut settings = settings(&args, &mut config)?;
+    let instance = &mut settings.observability.service_instance_id;
+    instance.get_or_insert_with(|| format!("member-{}", settings.node.id));
     // Metrics and trace export, then logging, before anything else: what start-up has to say
     // (a damaged snapshot, a refused data directory) must reach the operator.
     let observability =

@@ -19,8 +19,10 @@ use dengine_node::{AdminError, Consistency, Leadership, Node, ProposeError, Read
 use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::watch;
+use tonic::metadata::MetadataKey;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::backend::{BackendError, HeaderInfo, KvBackend, MemberInfo, StatusInfo, members_of};
 use crate::config::KvConfig;
@@ -98,16 +100,30 @@ impl NodeBackend {
         Ok(channel)
     }
 
+    /// Sends a client's write to the leader at `address`, in a `forward_write` span whose trace
+    /// context goes with it (the leader's `forwarded_write` span joins the trace).
     async fn forward(&self, address: &str, command: Bytes) -> Result<Bytes, BackendError> {
-        let mut client = ForwardClient::new(self.channel(address)?);
-        let request = self.transport.peer_request(ForwardRequest {
-            command,
-            from: self.node.id(),
-        });
-        match client.propose(request).await {
-            Ok(reply) => Ok(reply.into_inner().response),
-            Err(status) => Err(from_status(&status)),
+        let span = tracing::debug_span!("forward_write", leader = %address);
+        async {
+            let mut client = ForwardClient::new(self.channel(address)?);
+            let mut request = self.transport.peer_request(ForwardRequest {
+                command,
+                from: self.node.id(),
+            });
+            for (key, value) in dengine::observability::trace_headers() {
+                if let (Ok(key), Ok(value)) =
+                    (MetadataKey::from_bytes(key.as_bytes()), value.parse())
+                {
+                    request.metadata_mut().insert(key, value);
+                }
+            }
+            match client.propose(request).await {
+                Ok(reply) => Ok(reply.into_inner().response),
+                Err(status) => Err(from_status(&status)),
+            }
         }
+        .instrument(span)
+        .await
     }
 
     /// The client URLs of member `id` at peer address `address`: asked once (with a short
@@ -366,6 +382,11 @@ impl Forward for NodeBackend {
     ) -> Result<Response<ForwardReply>, Status> {
         let from = request.get_ref().from;
         self.transport.authorize_peer(&request, from)?;
+        let span = tracing::debug_span!("forwarded_write", from);
+        dengine::observability::continue_trace(&span, |key| {
+            let value = request.metadata().get(key)?;
+            value.to_str().ok().map(str::to_owned)
+        });
         // Forwarded once only: a member that is not the leader either refuses.
         let command = request.into_inner().command;
         // The sender is another member, but what it forwards came from a client: the leader
@@ -379,7 +400,7 @@ impl Forward for NodeBackend {
                 response: encode_error_response(&e),
             }));
         }
-        match self.node.propose(command).await {
+        match self.node.propose(command).instrument(span).await {
             Ok(response) => Ok(Response::new(ForwardReply { response })),
             Err(e) => Err(propose_error(e).to_status()),
         }

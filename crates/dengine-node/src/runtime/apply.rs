@@ -10,6 +10,7 @@ use dengine_core::{
     Entry, EntryId, EntryPayload, LogIndex, LogLimiter, Membership, SnapshotMeta, StateMachine,
 };
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument as _;
 
 use super::request::Event;
 use crate::error::{ProposeError, ReadError};
@@ -126,7 +127,12 @@ pub(crate) async fn run<M: StateMachine>(
                 let _ = tx.send(result);
             }
             ApplyCmd::BuildSnapshot => {
-                let result = sm.snapshot().await.map_err(|e| e.to_string());
+                let span = tracing::info_span!("snapshot_build", index = last.index);
+                let result = sm
+                    .snapshot()
+                    .instrument(span)
+                    .await
+                    .map_err(|e| e.to_string());
                 let result = result.map(|data| Snapshot {
                     meta: SnapshotMeta {
                         last_included: last,
@@ -137,8 +143,11 @@ pub(crate) async fn run<M: StateMachine>(
                 let _ = events.send(Event::SnapshotBuilt(result)).await;
             }
             ApplyCmd::Install { meta, data } => {
+                let span =
+                    tracing::info_span!("snapshot_install", index = meta.last_included.index);
                 let result = sm
                     .install_snapshot(data.clone(), meta.last_included.index)
+                    .instrument(span)
                     .await
                     .map_err(|e| e.to_string());
                 if result.is_ok() {

@@ -218,6 +218,9 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     known_members: Membership,
     last_leader: Option<NodeId>,
     leadership: watch::Sender<Leadership>,
+    /// The `election` span while this node campaigns: from its first (pre-)vote round to
+    /// leading or following.
+    election: Option<tracing::Span>,
     stopping: Option<Stopping>,
     handles_gone: bool,
     ticks: u64,
@@ -303,6 +306,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             known_members: Membership::default(),
             last_leader: None,
             leadership: parts.leadership,
+            election: None,
             stopping: None,
             handles_gone: false,
             ticks: 0,
@@ -821,6 +825,27 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
     fn on_soft_state(&mut self, soft: SoftState) {
         metrics::gauge!(m::TERM).set(soft.term as f64);
         set_role_gauges(soft.role, soft.leader);
+        match soft.role {
+            Role::PreCandidate | Role::Candidate if self.election.is_none() => {
+                let span = tracing::info_span!(
+                    "election",
+                    term = soft.term,
+                    outcome = tracing::field::Empty
+                );
+                self.election = Some(span);
+            }
+            Role::Leader | Role::Follower => {
+                if let Some(span) = self.election.take() {
+                    let outcome = match (soft.role, soft.leader) {
+                        (Role::Leader, _) => "won",
+                        (_, Some(_)) => "another member won",
+                        (_, None) => "no leader yet",
+                    };
+                    span.record("outcome", outcome);
+                }
+            }
+            _ => {}
+        }
         tracing::debug!(role = %soft.role, term = soft.term, leader = ?soft.leader, "role or leader changed");
         self.publish_leadership();
         if soft.leader != self.last_leader {

@@ -11,6 +11,7 @@ use super::waiters::Waiter;
 use super::{Fatal, Runtime};
 use crate::error::{AdminError, ProposeError};
 use crate::metric_names as m;
+use tracing::Instrument as _;
 
 impl<S: LogStore, T: Transport> Runtime<S, T> {
     pub(super) async fn on_snapshot_built(
@@ -146,16 +147,20 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         };
         tracing::info!(peer, index = meta.last_included.index, "sending a snapshot");
         let transport = self.transport.clone();
-        let task = self.snapshot_senders.spawn(async move {
-            let delivered = match transport.send_snapshot(msg, data).await {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(peer, error = %e, "snapshot stream failed");
-                    false
-                }
-            };
-            (peer, delivered)
-        });
+        let span = tracing::info_span!("snapshot_send", peer, index = meta.last_included.index);
+        let task = self.snapshot_senders.spawn(
+            async move {
+                let delivered = match transport.send_snapshot(msg, data).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(peer, error = %e, "snapshot stream failed");
+                        false
+                    }
+                };
+                (peer, delivered)
+            }
+            .instrument(span),
+        );
         self.snapshot_peers.insert(task.id(), peer);
     }
 

@@ -11,3 +11,4 @@ mod pipelining;
 mod redb;
 mod test_store;
 mod throughput;
+mod traces;

@@ -1,0 +1,104 @@
+//! The runtime's spans: elections (with their outcome), snapshots built, sent and installed,
+//! and the admin operations, seen by a `tracing` layer (what an OTLP exporter would export).
+
+use std::sync::{Arc, Mutex};
+
+use dengine_core::NodeId;
+use dengine_node::{Consistency, NodeConfig};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing_subscriber::Registry;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
+
+use crate::common::{Cluster, settings};
+
+/// Remembers every span created (by name) and every `outcome` recorded on one.
+#[derive(Clone, Default)]
+struct Spans {
+    names: Arc<Mutex<Vec<String>>>,
+    outcomes: Arc<Mutex<Vec<String>>>,
+}
+
+struct Outcome<'a>(&'a Mutex<Vec<String>>);
+
+impl Visit for Outcome<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "outcome" {
+            self.0.lock().unwrap().push(value.to_owned());
+        }
+    }
+    fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+}
+
+impl Layer<Registry> for Spans {
+    fn on_new_span(&self, attrs: &Attributes<'_>, _: &Id, _: Context<'_, Registry>) {
+        self.names
+            .lock()
+            .unwrap()
+            .push(attrs.metadata().name().to_owned());
+    }
+    fn on_record(&self, _: &Id, values: &Record<'_>, _: Context<'_, Registry>) {
+        values.record(&mut Outcome(&self.outcomes));
+    }
+}
+
+fn compacting(id: NodeId) -> NodeConfig {
+    let mut s = settings(id);
+    s.snapshot.every_entries = 5;
+    s.snapshot.trailing_entries = 0;
+    s
+}
+
+#[test]
+fn elections_snapshots_and_admin_operations_have_spans() {
+    let spans = Spans::default();
+    let subscriber = Registry::default().with(spans.clone());
+    // A subscriber set for this thread sees what runs on it: run every node on one thread.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        rt.block_on(async {
+            let mut c = Cluster::with_settings(3, compacting).await;
+            c.propose("a=1").await;
+            let leader = c.leader().await;
+            let follower = (1..=3).find(|&id| id != leader).unwrap();
+            // A follower that misses entries behind a compaction gets a snapshot.
+            c.shutdown(follower).await;
+            for i in 0..12 {
+                c.propose(&format!("k{i}=v")).await;
+            }
+            c.start(follower).await;
+            let commit = c.status(leader).await.unwrap().commit_index;
+            c.wait_applied(follower, commit).await;
+            c.node(leader).trigger_snapshot().await.unwrap();
+            c.node(leader).transfer_leader(follower).await.unwrap();
+            c.node(follower)
+                .add_learner(9, crate::common::address(9))
+                .await
+                .unwrap();
+            assert_eq!(c.read(leader, "a", Consistency::Linearizable).await, "1");
+            c.shutdown_all().await;
+        });
+    });
+    let names = spans.names.lock().unwrap().clone();
+    for expected in [
+        "election",
+        "snapshot_build",
+        "snapshot_send",
+        "snapshot_install",
+        "trigger_snapshot",
+        "transfer_leader",
+        "change_membership",
+        "propose",
+        "read",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "no {expected} span among {names:?}"
+        );
+    }
+    let outcomes = spans.outcomes.lock().unwrap().clone();
+    assert!(outcomes.iter().any(|o| o == "won"), "{outcomes:?}");
+}
