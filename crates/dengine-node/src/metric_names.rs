@@ -41,6 +41,14 @@ pub const APPLIED_INDEX: &str = "dengine_applied_index";
 /// leader's last index.
 pub const REPLICATION_LAG_ENTRIES: &str = "dengine_replication_lag_entries";
 
+/// Gauge, label [`LABEL_PEER`], on the leader: the round-trip time of the last heartbeat a
+/// peer answered, in seconds.
+pub const PEER_ROUND_TRIP_SECONDS: &str = "dengine_peer_round_trip_seconds";
+
+/// Gauge: bytes of the node's data directory on disk (log, snapshots, identity), measured
+/// every few seconds by `dengine::start`.
+pub const DATA_DIR_BYTES: &str = "dengine_data_dir_bytes";
+
 /// Counter: how often this node saw the leader change (including to "no leader").
 pub const LEADER_CHANGES_TOTAL: &str = "dengine_leader_changes_total";
 
@@ -229,6 +237,20 @@ pub const METRICS: &[MetricInfo] = &[
         labels: &[LABEL_PEER],
         unit: None,
         help: "On the leader: how many entries each peer is behind the leader's last index.",
+    },
+    MetricInfo {
+        name: PEER_ROUND_TRIP_SECONDS,
+        kind: MetricKind::Gauge,
+        labels: &[LABEL_PEER],
+        unit: Some(Unit::Seconds),
+        help: "On the leader: round-trip time of each peer's last answered heartbeat.",
+    },
+    MetricInfo {
+        name: DATA_DIR_BYTES,
+        kind: MetricKind::Gauge,
+        labels: &[],
+        unit: Some(Unit::Bytes),
+        help: "Bytes of the node's data directory on disk (log, snapshots, identity).",
     },
     MetricInfo {
         name: LEADER_CHANGES_TOTAL,
@@ -469,6 +491,8 @@ mod tests {
             "dengine_commit_index",
             "dengine_applied_index",
             "dengine_replication_lag_entries",
+            "dengine_peer_round_trip_seconds",
+            "dengine_data_dir_bytes",
             "dengine_leader_changes_total",
             "dengine_proposals_total",
             "dengine_snapshots_sent_total",

@@ -33,6 +33,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use metrics_util::MetricKindMask;
 use opentelemetry::KeyValue;
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::TracerProvider as _;
@@ -60,6 +61,9 @@ pub const TRACE_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Timeout of one OTLP export call; export failures are logged and otherwise ignored.
 pub const OTLP_EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a gauge stays exported without being set (see `build_recorder`).
+const GAUGE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The `service.name` resource attribute of exported spans.
 pub const SERVICE_NAME: &str = "dengine";
@@ -428,6 +432,11 @@ fn build_tracer_provider(
 /// The Prometheus recorder with the buckets of [`LATENCY_BUCKETS_SECONDS`] and
 /// [`BATCH_BUCKETS_ENTRIES`].
 fn build_recorder() -> Result<PrometheusRecorder, ObservabilityError> {
+    build_recorder_with(GAUGE_IDLE_TIMEOUT)
+}
+
+/// [`build_recorder`] with another idle timeout for gauges (for the tests).
+fn build_recorder_with(gauge_idle: Duration) -> Result<PrometheusRecorder, ObservabilityError> {
     let err =
         |e: metrics_exporter_prometheus::BuildError| ObservabilityError::Prometheus(e.to_string());
     Ok(PrometheusBuilder::new()
@@ -440,6 +449,10 @@ fn build_recorder() -> Result<PrometheusRecorder, ObservabilityError> {
             BATCH_BUCKETS_ENTRIES,
         )
         .map_err(err)?
+        // The node refreshes its gauges at least every second; one that is not set for
+        // `GAUGE_IDLE_TIMEOUT` describes what no longer exists (a removed peer's lag and
+        // round-trip time, the lag a former leader measured) and is dropped.
+        .idle_timeout(MetricKindMask::GAUGE, Some(gauge_idle))
         .build_recorder())
 }
 
@@ -800,6 +813,23 @@ mod tests {
             collector.accept().is_ok(),
             "the exporter never connected to the endpoint"
         );
+    }
+
+    /// A gauge nobody sets any more (a removed peer's lag) leaves the exposition after the
+    /// idle timeout; counters stay.
+    #[test]
+    fn idle_gauges_are_dropped_and_counters_stay() {
+        let recorder = build_recorder_with(Duration::from_millis(200)).unwrap();
+        let prometheus = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::gauge!("dengine_replication_lag_entries", "peer" => "7").set(3.0);
+            metrics::counter!("dengine_leader_changes_total").increment(1);
+        });
+        assert!(prometheus.render().contains("peer=\"7\""));
+        std::thread::sleep(Duration::from_millis(400));
+        let text = prometheus.render();
+        assert!(!text.contains("peer=\"7\""), "{text}");
+        assert!(text.contains("dengine_leader_changes_total 1"), "{text}");
     }
 
     /// A request's trace context, sent as `traceparent` by one member and continued by the

@@ -309,6 +309,8 @@ where
         }
     };
 
+    tokio::spawn(measure_data_dir(node.clone(), data_dir.clone()));
+
     let mut client_routes = None;
     let bound_client = client_listener.as_ref().map(Listener::local_addr);
     let has_client_tls = client_tls.is_some();
@@ -536,4 +538,61 @@ fn read_token(path: &Path) -> Result<String, StartNodeError> {
         GrpcError::Config(message) => StartNodeError::Secret(message),
         other => other.into(),
     })
+}
+
+/// How often `dengine_data_dir_bytes` is measured.
+const DATA_DIR_EVERY: Duration = Duration::from_secs(5);
+
+/// Sets `dengine_data_dir_bytes` every [`DATA_DIR_EVERY`] until the node stops.
+async fn measure_data_dir(node: Node, dir: std::path::PathBuf) {
+    loop {
+        let walked = dir.clone();
+        if let Ok(bytes) = tokio::task::spawn_blocking(move || bytes_on_disk(&walked)).await {
+            metrics::gauge!(dengine_node::metric_names::DATA_DIR_BYTES).set(bytes as f64);
+        }
+        tokio::select! {
+            _ = node.stopped() => return,
+            _ = tokio::time::sleep(DATA_DIR_EVERY) => {}
+        }
+    }
+}
+
+/// The space the files under `path` take on disk (allocated blocks, as `du` counts them;
+/// preallocated log segments count in full), without following symbolic links.
+fn bytes_on_disk(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if meta.is_dir() {
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return 0;
+        };
+        return entries.flatten().map(|e| bytes_on_disk(&e.path())).sum();
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        meta.blocks() * 512
+    }
+    #[cfg(not(unix))]
+    {
+        meta.len()
+    }
+}
+
+#[cfg(test)]
+mod data_dir_tests {
+    use super::bytes_on_disk;
+
+    #[test]
+    fn bytes_on_disk_counts_every_file_below() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("log")).unwrap();
+        std::fs::write(dir.path().join("log/a"), vec![1u8; 100_000]).unwrap();
+        std::fs::write(dir.path().join("b"), vec![1u8; 50_000]).unwrap();
+        let bytes = bytes_on_disk(dir.path());
+        assert!(bytes >= 150_000, "{bytes}");
+        assert!(bytes < 150_000 + 64 * 1024, "{bytes}");
+        assert_eq!(bytes_on_disk(&dir.path().join("missing")), 0);
+    }
 }

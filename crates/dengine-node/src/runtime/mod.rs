@@ -221,6 +221,9 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     /// The `election` span while this node campaigns: from its first (pre-)vote round to
     /// leading or following.
     election: Option<tracing::Span>,
+    /// On the leader: the last heartbeat sent to each peer (its round, and when), to measure
+    /// the peer's round-trip time when it is answered.
+    heartbeats_out: HashMap<NodeId, (u64, Instant)>,
     stopping: Option<Stopping>,
     handles_gone: bool,
     ticks: u64,
@@ -307,6 +310,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             last_leader: None,
             leadership: parts.leadership,
             election: None,
+            heartbeats_out: HashMap::new(),
             stopping: None,
             handles_gone: false,
             ticks: 0,
@@ -457,6 +461,9 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             }
         };
         let from = msg.from;
+        if let MessageBody::HeartbeatResponse(r) = &msg.body {
+            self.on_heartbeat_answered(from, r.round);
+        }
         if let Err(e) = self.raft.step(msg) {
             self.refused_by_core(from, &e.to_string());
         }
@@ -818,7 +825,24 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                 let meta = meta.clone();
                 self.send_snapshot(msg, &meta);
             }
+            MessageBody::Heartbeat(hb) => {
+                self.heartbeats_out
+                    .insert(msg.to, (hb.round, Instant::now()));
+                self.transport.send(msg);
+            }
             _ => self.transport.send(msg),
+        }
+    }
+
+    /// A heartbeat answered: its round trip (network both ways plus the follower's turn, no
+    /// disk write) is the peer's round-trip time.
+    fn on_heartbeat_answered(&mut self, from: NodeId, round: u64) {
+        if let Some(&(sent_round, sent)) = self.heartbeats_out.get(&from)
+            && sent_round == round
+        {
+            self.heartbeats_out.remove(&from);
+            metrics::gauge!(m::PEER_ROUND_TRIP_SECONDS, m::LABEL_PEER => from.to_string())
+                .set(sent.elapsed().as_secs_f64());
         }
     }
 
@@ -1020,6 +1044,13 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         let entries =
             (self.raft.last_log_id().index + 1).saturating_sub(self.raft.first_log_index());
         metrics::gauge!(m::LOG_ENTRIES).set(entries as f64);
+        // The apply task sets the applied index as it applies; once it has caught up (and is
+        // idle) the loop refreshes it, so that an idle node's series stays exported.
+        if self.ticks.is_multiple_of(SWEEP_TICKS)
+            && self.raft.applied_index() >= self.raft.commit_index()
+        {
+            metrics::gauge!(m::APPLIED_INDEX).set(self.raft.applied_index() as f64);
+        }
         if self.raft.role() == Role::Leader && self.ticks.is_multiple_of(SWEEP_TICKS) {
             for peer in self.raft.membership().members() {
                 if peer == self.id {

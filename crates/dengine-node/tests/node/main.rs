@@ -11,4 +11,3 @@ mod pipelining;
 mod redb;
 mod test_store;
 mod throughput;
-mod traces;

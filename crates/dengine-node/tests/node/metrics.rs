@@ -127,6 +127,11 @@ fn the_documented_metrics_are_recorded() {
         m::APPEND_BATCH_ENTRIES.to_string(),
         m::APPLY_BATCH_ENTRIES.to_string(),
     ];
+    let rtt = format!("{}{{peer=", m::PEER_ROUND_TRIP_SECONDS);
+    assert!(
+        names.iter().any(|n| n.starts_with(&rtt)),
+        "no peer round-trip time in {names:?}"
+    );
     for name in expected {
         assert!(names.contains(&name), "{name} not recorded; got {names:?}");
     }

@@ -1,5 +1,16 @@
 //! The runtime's spans: elections (with their outcome), snapshots built, sent and installed,
 //! and the admin operations, seen by a `tracing` layer (what an OTLP exporter would export).
+//!
+//! A test binary of its own, with the subscriber installed for the whole process: `tracing`
+//! caches per call site whether anyone is interested, and with a thread-scoped subscriber
+//! that cache raced with the other tests of the `node` binary running in parallel (spans went
+//! missing in about one run of three).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+#[path = "node/common.rs"]
+#[allow(dead_code)]
+mod common;
 
 use std::sync::{Arc, Mutex};
 
@@ -53,34 +64,33 @@ fn compacting(id: NodeId) -> NodeConfig {
 fn elections_snapshots_and_admin_operations_have_spans() {
     let spans = Spans::default();
     let subscriber = Registry::default().with(spans.clone());
-    // A subscriber set for this thread sees what runs on it: run every node on one thread.
-    let rt = tokio::runtime::Builder::new_current_thread()
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    tracing::subscriber::with_default(subscriber, || {
-        rt.block_on(async {
-            let mut c = Cluster::with_settings(3, compacting).await;
-            c.propose("a=1").await;
-            let leader = c.leader().await;
-            let follower = (1..=3).find(|&id| id != leader).unwrap();
-            // A follower that misses entries behind a compaction gets a snapshot.
-            c.shutdown(follower).await;
-            for i in 0..12 {
-                c.propose(&format!("k{i}=v")).await;
-            }
-            c.start(follower).await;
-            let commit = c.status(leader).await.unwrap().commit_index;
-            c.wait_applied(follower, commit).await;
-            c.node(leader).trigger_snapshot().await.unwrap();
-            c.node(leader).transfer_leader(follower).await.unwrap();
-            c.node(follower)
-                .add_learner(9, crate::common::address(9))
-                .await
-                .unwrap();
-            assert_eq!(c.read(leader, "a", Consistency::Linearizable).await, "1");
-            c.shutdown_all().await;
-        });
+    rt.block_on(async {
+        let mut c = Cluster::with_settings(3, compacting).await;
+        c.propose("a=1").await;
+        let leader = c.leader().await;
+        let follower = (1..=3).find(|&id| id != leader).unwrap();
+        // A follower that misses entries behind a compaction gets a snapshot.
+        c.shutdown(follower).await;
+        for i in 0..12 {
+            c.propose(&format!("k{i}=v")).await;
+        }
+        c.start(follower).await;
+        let commit = c.status(leader).await.unwrap().commit_index;
+        c.wait_applied(follower, commit).await;
+        c.node(leader).trigger_snapshot().await.unwrap();
+        c.node(leader).transfer_leader(follower).await.unwrap();
+        c.node(follower)
+            .add_learner(9, crate::common::address(9))
+            .await
+            .unwrap();
+        assert_eq!(c.read(leader, "a", Consistency::Linearizable).await, "1");
+        c.shutdown_all().await;
     });
     let names = spans.names.lock().unwrap().clone();
     for expected in [
