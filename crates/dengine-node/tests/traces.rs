@@ -14,14 +14,13 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use dengine_core::NodeId;
-use dengine_node::{Consistency, NodeConfig};
+use dengine_node::Consistency;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::Registry;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
 
-use crate::common::{Cluster, settings};
+use crate::common::{Cluster, catch_up_by_snapshot, compacting};
 
 /// Remembers every span created (by name) and every `outcome` recorded on one.
 #[derive(Clone, Default)]
@@ -53,13 +52,6 @@ impl Layer<Registry> for Spans {
     }
 }
 
-fn compacting(id: NodeId) -> NodeConfig {
-    let mut s = settings(id);
-    s.snapshot.every_entries = 5;
-    s.snapshot.trailing_entries = 0;
-    s
-}
-
 #[test]
 fn elections_snapshots_and_admin_operations_have_spans() {
     let spans = Spans::default();
@@ -72,17 +64,7 @@ fn elections_snapshots_and_admin_operations_have_spans() {
         .unwrap();
     rt.block_on(async {
         let mut c = Cluster::with_settings(3, compacting).await;
-        c.propose("a=1").await;
-        let leader = c.leader().await;
-        let follower = (1..=3).find(|&id| id != leader).unwrap();
-        // A follower that misses entries behind a compaction gets a snapshot.
-        c.shutdown(follower).await;
-        for i in 0..12 {
-            c.propose(&format!("k{i}=v")).await;
-        }
-        c.start(follower).await;
-        let commit = c.status(leader).await.unwrap().commit_index;
-        c.wait_applied(follower, commit).await;
+        let (leader, follower) = catch_up_by_snapshot(&mut c).await;
         c.node(leader).trigger_snapshot().await.unwrap();
         c.node(leader).transfer_leader(follower).await.unwrap();
         c.node(follower)

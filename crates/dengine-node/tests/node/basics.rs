@@ -6,10 +6,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use dengine_core::store::{MemoryStateMachine, MemoryStore};
 use dengine_core::{NodeId, Role};
-use dengine_node::testing::LocalNetwork;
 use dengine_node::{Consistency, NodeBuilder, ProposeError, StartError};
 
-use crate::common::{Cluster, address, eventually, settings, single, wait_leader};
+use crate::common::{Cluster, address, eventually, settings, single, single_with, wait_leader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_one_leader() {
@@ -195,13 +194,7 @@ async fn a_sole_voter_leads_without_waiting_for_an_election_timeout() {
     node.propose(Bytes::from_static(b"a=1")).await.unwrap();
     node.shutdown().await;
 
-    let net = LocalNetwork::new();
-    let b = NodeBuilder::new(s)
-        .log_store(store)
-        .state_machine(MemoryStateMachine::new())
-        .transport(net.transport(1));
-    net.register(1, b.inbox());
-    let node = b.start().await.unwrap();
+    let node = single_with(store, s, false).await.unwrap();
     wait_leader(&node).await;
     node.shutdown().await;
 }

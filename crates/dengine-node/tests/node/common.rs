@@ -254,13 +254,50 @@ impl Cluster {
 
 /// A single-member cluster on `store`, bootstrapped.
 pub(crate) async fn single<S: LogStore>(store: S, s: NodeConfig) -> Result<Node, StartError> {
+    single_with(store, s, true).await
+}
+
+/// Member 1 of a single-member cluster on `store`: bootstrapped, or restarted from the store.
+pub(crate) async fn single_with<S: LogStore>(
+    store: S,
+    s: NodeConfig,
+    bootstrap: bool,
+) -> Result<Node, StartError> {
     let net = LocalNetwork::new();
     let b = NodeBuilder::new(s)
         .log_store(store)
         .state_machine(MemoryStateMachine::new())
         .transport(net.transport(1));
     net.register(1, b.inbox());
-    b.bootstrap([(1, address(1))].into()).await
+    if bootstrap {
+        b.bootstrap([(1, address(1))].into()).await
+    } else {
+        b.start().await
+    }
+}
+
+/// Settings that take a snapshot (and compact the whole log) every 5 entries.
+pub(crate) fn compacting(id: NodeId) -> NodeConfig {
+    let mut s = settings(id);
+    s.snapshot.every_entries = 5;
+    s.snapshot.trailing_entries = 0;
+    s
+}
+
+/// On a cluster of [`compacting`] nodes: a follower misses 12 writes while down and catches
+/// up through a snapshot. Returns the leader and that follower.
+pub(crate) async fn catch_up_by_snapshot(c: &mut Cluster) -> (NodeId, NodeId) {
+    c.propose("a=1").await;
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    c.shutdown(follower).await;
+    for i in 0..12 {
+        c.propose(&format!("k{i}=v")).await;
+    }
+    c.start(follower).await;
+    let commit = c.status(leader).await.unwrap().commit_index;
+    c.wait_applied(follower, commit).await;
+    (leader, follower)
 }
 
 /// Waits until a single-member cluster's node leads and has applied its first entry.

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dengine_core::store::{MemoryStateMachine, MemoryStore};
-use dengine_core::{Inbox, InboxError, LogStore, Message, MessageBody, NodeId};
+use dengine_core::{Inbox, InboxError, LogStore, Message, MessageBody};
 use dengine_node::testing::LocalNetwork;
-use dengine_node::{Node, NodeBuilder, NodeConfig, ProposeError, StartError};
+use dengine_node::{Node, NodeBuilder, ProposeError, StartError};
 
-use crate::common::{address, eventually, settings, single, wait_leader};
+use crate::common::{address, compacting, eventually, settings, single, wait_leader};
 use crate::test_store::TestStore;
 
 #[test]
@@ -89,12 +89,6 @@ async fn dropping_every_handle_stops_the_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compacted_log_needs_a_durable_state_machine_or_the_snapshot_files() {
-    fn compacting(id: NodeId) -> NodeConfig {
-        let mut s = settings(id);
-        s.snapshot.every_entries = 5;
-        s.snapshot.trailing_entries = 0;
-        s
-    }
     let tmp = tempfile::tempdir().unwrap();
     let store = MemoryStore::new();
     let net = LocalNetwork::new();

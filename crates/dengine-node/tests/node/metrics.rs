@@ -5,15 +5,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dengine_core::{Inbox, Message, MessageBody, NodeId};
+use dengine_core::{Inbox, Message, MessageBody};
+use dengine_node::NodeBuilder;
 use dengine_node::metric_names as m;
-use dengine_node::{NodeBuilder, NodeConfig};
 use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
     with_local_recorder,
 };
 
-use crate::common::{Cluster, settings};
+use crate::common::{Cluster, catch_up_by_snapshot, compacting, settings};
 
 /// Remembers every metric registered, as `name{label=value,...}`.
 #[derive(Clone, Default)]
@@ -52,13 +52,6 @@ impl Recorder for Names {
     }
 }
 
-fn compacting(id: NodeId) -> NodeConfig {
-    let mut s = settings(id);
-    s.snapshot.every_entries = 5;
-    s.snapshot.trailing_entries = 0;
-    s
-}
-
 #[test]
 fn the_documented_metrics_are_recorded() {
     let names = Names::default();
@@ -70,16 +63,7 @@ fn the_documented_metrics_are_recorded() {
     with_local_recorder(&names, || {
         rt.block_on(async {
             let mut c = Cluster::with_settings(3, compacting).await;
-            c.propose("a=1").await;
-            let leader = c.leader().await;
-            let follower = (1..=3).find(|&id| id != leader).unwrap();
-            c.shutdown(follower).await;
-            for i in 0..12 {
-                c.propose(&format!("k{i}=v")).await;
-            }
-            c.start(follower).await;
-            let commit = c.status(leader).await.unwrap().commit_index;
-            c.wait_applied(follower, commit).await;
+            let (leader, _) = catch_up_by_snapshot(&mut c).await;
             let too_large = Bytes::from(vec![0u8; 2 << 20]);
             assert!(c.node(leader).propose(too_large).await.is_err());
             tokio::time::sleep(Duration::from_millis(400)).await;
