@@ -340,22 +340,49 @@ impl Nemesis<'_> {
                 ))
             }
             FaultKind::TransferLeader => {
-                let l = leader.ok_or("no leader to transfer from")?;
-                let targets: Vec<u64> = self
-                    .c
-                    .live()
-                    .into_iter()
-                    .filter(|&h| h != l)
-                    .filter_map(|h| self.c.host(h).id)
-                    .collect();
-                let to = *targets
-                    .get(rng.below(targets.len() as u64) as usize)
-                    .ok_or("no member to transfer to")?;
-                cluster::transfer_leader(l, to).await?;
-                Ok((
-                    Undo::Nothing,
-                    format!("leadership from host {l} to member {to}"),
-                ))
+                // Up to three tries, as an operator would retry: right after the previous
+                // fault's heal an election may still be running, or the chosen follower (one
+                // that was just cut off) may not catch up within one election timeout, and the
+                // transfer is then abandoned.
+                let mut leader = leader;
+                let mut failure = String::new();
+                for attempt in 1..=3 {
+                    if attempt > 1 {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        leader = self.leader().await;
+                    }
+                    let Some(l) = leader else {
+                        failure = "no leader to transfer from".into();
+                        continue;
+                    };
+                    let targets: Vec<u64> = self
+                        .c
+                        .live()
+                        .into_iter()
+                        .filter(|&h| h != l)
+                        .filter_map(|h| self.c.host(h).id)
+                        .collect();
+                    if targets.is_empty() {
+                        failure = "no member to transfer to".into();
+                        continue;
+                    }
+                    let to = targets[rng.below(targets.len() as u64) as usize];
+                    match cluster::transfer_leader(l, to).await {
+                        Ok(()) => {
+                            let tries = if attempt > 1 {
+                                format!(" (try {attempt} of 3; before: {failure})")
+                            } else {
+                                String::new()
+                            };
+                            return Ok((
+                                Undo::Nothing,
+                                format!("leadership from host {l} to member {to}{tries}"),
+                            ));
+                        }
+                        Err(e) => failure = e,
+                    }
+                }
+                Err(format!("3 tries; the last: {failure}"))
             }
             FaultKind::Delay => {
                 self.set_delay("delay_ms=20..300\n")?;
