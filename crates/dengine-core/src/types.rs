@@ -262,14 +262,29 @@ pub enum Role {
     Leader,
 }
 
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Role {
+    /// Every role, in the order of an election.
+    pub const ALL: [Role; 4] = [
+        Role::Follower,
+        Role::PreCandidate,
+        Role::Candidate,
+        Role::Leader,
+    ];
+
+    /// The role's name: `follower`, `pre-candidate`, `candidate` or `leader`.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Role::Follower => "follower",
             Role::PreCandidate => "pre-candidate",
             Role::Candidate => "candidate",
             Role::Leader => "leader",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -15,12 +15,11 @@ use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::Instrument;
 
-use crate::api::Leadership;
 use crate::config::NodeConfig;
 use crate::error::StartError;
 use crate::inbox::{InboxView, NodeInbox, PeerInput};
 use crate::node::{Node, Shared};
-use crate::runtime::{Parts, Runtime};
+use crate::runtime::{Parts, Runtime, leadership_of};
 use crate::snapshot_dir::SnapshotDir;
 
 /// Room in the request queue for administrative requests beyond `client.max_pending`.
@@ -323,13 +322,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
         let (req_tx, req_rx) = mpsc::channel(max_pending + ADMIN_QUEUE);
         let fatal = Arc::new(Mutex::new(None));
         let settings = Arc::new(settings);
-        let (leadership_tx, leadership) = watch::channel(Leadership {
-            role: raft.role(),
-            term: raft.term(),
-            leader: raft.leader(),
-            leader_address: None,
-            membership: raft.membership().clone(),
-        });
+        let (leadership_tx, leadership) = watch::channel(leadership_of(&raft));
         let parts = Parts {
             id,
             settings: settings.clone(),

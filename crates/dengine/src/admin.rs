@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use dengine_core::{MembershipChange, ReplicationState, Role};
+use dengine_core::{MembershipChange, ReplicationState};
 use dengine_net_grpc::tonic::service::Interceptor;
 use dengine_net_grpc::tonic::service::interceptor::InterceptedService;
 use dengine_net_grpc::tonic::{Request, Response, Status};
@@ -92,10 +92,6 @@ pub fn admin_status(e: AdminError) -> Status {
     }
 }
 
-fn role_name(role: Role) -> String {
-    role.to_string()
-}
-
 fn state_name(state: ReplicationState) -> String {
     match state {
         ReplicationState::Probe => "probe".into(),
@@ -120,7 +116,7 @@ impl Admin for AdminService {
         let membership = membership_reply(&s.membership).membership;
         Ok(Response::new(admin_pb::StatusReply {
             id: s.id,
-            role: role_name(s.role),
+            role: s.role.to_string(),
             term: s.term,
             leader: s.leader.unwrap_or(0),
             leader_address: s.leader_address.unwrap_or_default(),

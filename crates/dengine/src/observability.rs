@@ -322,8 +322,14 @@ fn install_inner(
 /// headers to send with a request to another member, so that its spans join the same trace.
 /// Empty when no span is exported (no OTLP endpoint, or the span is filtered out).
 pub fn trace_headers() -> Vec<(String, String)> {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        // No enabled span (the common case on a write path whose spans are at debug level):
+        // nothing to carry, and nothing allocated.
+        return Vec::new();
+    }
     let mut headers = std::collections::HashMap::new();
-    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut headers);
+    TraceContextPropagator::new().inject_context(&span.context(), &mut headers);
     headers.into_iter().collect()
 }
 

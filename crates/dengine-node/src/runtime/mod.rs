@@ -37,8 +37,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dengine_core::store::Snapshot;
 use dengine_core::{
-    Entry, EntryId, EntryPayload, LogIndex, LogStore, Membership, Message, MessageBody, NodeId,
-    PersistRequest, Persisted, Raft, ReadCtx, ReadMode, Role, SnapshotMeta, SoftState, Transport,
+    Entry, EntryId, EntryPayload, LogIndex, LogReader, LogStore, Membership, Message, MessageBody,
+    NodeId, PersistRequest, Persisted, Raft, ReadCtx, ReadMode, Role, SnapshotMeta, SoftState,
+    Transport,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -1010,6 +1011,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         for id in self.known_members.members() {
             if id != self.id && !current.contains(id) {
                 self.transport.remove_peer(id);
+                self.heartbeats_out.remove(&id);
             }
         }
         self.known_members = current.clone();
@@ -1019,14 +1021,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
     /// Publishes role, term, leader and membership to
     /// [`Node::watch_leadership`](crate::Node::watch_leadership) subscribers, when they changed.
     fn publish_leadership(&self) {
-        let leader = self.raft.leader();
-        let now = Leadership {
-            role: self.raft.role(),
-            term: self.raft.term(),
-            leader,
-            leader_address: self.address_of(leader),
-            membership: self.raft.membership().clone(),
-        };
+        let now = leadership_of(&self.raft);
         self.leadership.send_if_modified(|published| {
             let changed = *published != now;
             if changed {
@@ -1038,18 +1033,20 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
 
     fn update_gauges(&self) {
         metrics::gauge!(m::TERM).set(self.raft.term() as f64);
-        set_role_gauges(self.raft.role(), self.raft.leader());
         metrics::gauge!(m::COMMIT_INDEX).set(self.raft.commit_index() as f64);
         metrics::gauge!(m::PENDING_PROPOSALS).set(self.waiters.len() as f64);
         let entries =
             (self.raft.last_log_id().index + 1).saturating_sub(self.raft.first_log_index());
         metrics::gauge!(m::LOG_ENTRIES).set(entries as f64);
-        // The apply task sets the applied index as it applies; once it has caught up (and is
-        // idle) the loop refreshes it, so that an idle node's series stays exported.
-        if self.ticks.is_multiple_of(SWEEP_TICKS)
-            && self.raft.applied_index() >= self.raft.commit_index()
-        {
-            metrics::gauge!(m::APPLIED_INDEX).set(self.raft.applied_index() as f64);
+        if self.ticks.is_multiple_of(SWEEP_TICKS) {
+            // Set on every change already; refreshed here so that the series of an idle node
+            // stay exported (gauges not set for a while are dropped).
+            set_role_gauges(self.raft.role(), self.raft.leader());
+            // The apply task sets the applied index as it applies; once it has caught up (and
+            // is idle) the loop refreshes it.
+            if self.raft.applied_index() >= self.raft.commit_index() {
+                metrics::gauge!(m::APPLIED_INDEX).set(self.raft.applied_index() as f64);
+            }
         }
         if self.raft.role() == Role::Leader && self.ticks.is_multiple_of(SWEEP_TICKS) {
             for peer in self.raft.membership().members() {
@@ -1069,20 +1066,28 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
     }
 }
 
+/// What [`Node::watch_leadership`](crate::Node::watch_leadership) publishes of `raft`.
+pub(crate) fn leadership_of<L: LogReader>(raft: &Raft<L>) -> Leadership {
+    let leader = raft.leader();
+    let membership = raft.membership();
+    Leadership {
+        role: raft.role(),
+        term: raft.term(),
+        leader,
+        leader_address: leader.and_then(|id| membership.address(id).map(str::to_owned)),
+        membership: membership.clone(),
+    }
+}
+
 /// The role as `dengine_role`'s number and as the `dengine_has_leader` / `dengine_is_leader`
 /// flags.
 fn set_role_gauges(role: Role, leader: Option<NodeId>) {
     metrics::gauge!(m::ROLE).set(role_code(role));
     metrics::gauge!(m::HAS_LEADER).set(if leader.is_some() { 1.0 } else { 0.0 });
     metrics::gauge!(m::IS_LEADER).set(if role == Role::Leader { 1.0 } else { 0.0 });
-    for r in [
-        Role::Follower,
-        Role::PreCandidate,
-        Role::Candidate,
-        Role::Leader,
-    ] {
+    for r in Role::ALL {
         let state = if r == role { 1.0 } else { 0.0 };
-        metrics::gauge!(m::ROLE_STATE, m::LABEL_ROLE => r.to_string()).set(state);
+        metrics::gauge!(m::ROLE_STATE, m::LABEL_ROLE => r.as_str()).set(state);
     }
 }
 
