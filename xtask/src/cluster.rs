@@ -214,12 +214,45 @@ pub(crate) fn terminate(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that was free a moment ago, never the same twice in this process.
+///
+/// Picked below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`): a port found by
+/// binding port 0 comes from that range, which is also where outgoing connections get their
+/// local ports, so between picking it and the server binding it a connection (a peer's, the
+/// load generator's) could take it, and the server failed with "Address already in use".
 pub(crate) fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    use std::hash::{BuildHasher as _, Hasher as _};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (from, to) = (10_000u16, low);
+    if to > from + 1_000 {
+        let mut x = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            | 1;
+        for _ in 0..500 {
+            // xorshift64
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let port = from + (x % u64::from(to - from)) as u16;
+            if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.push(port);
+                return Ok(port);
+            }
+        }
+    }
+    // No room below the ephemeral range (or all taken): any free port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free loopback port: {e}"))
+        .map_err(|e| format!("cannot find a free loopback port: {e}"))?;
+    given.push(port);
+    Ok(port)
 }
 
 /// Calls `f` every 100 ms until it returns something, `timeout` passes or Ctrl-C.
@@ -307,6 +340,30 @@ pub(crate) fn print_log_tails(dir: &Path) {
             for l in &lines[lines.len().saturating_sub(15)..] {
                 eprintln!("{l}");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_below_the_ephemeral_range() {
+        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32_768);
+        let ports: Vec<u16> = (0..100).map(|_| free_port().unwrap()).collect();
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        if low > 11_000 {
+            assert!(
+                ports.iter().all(|&p| (10_000..low).contains(&p)),
+                "{ports:?}"
+            );
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::{env::workspace_root, machine};
 
 const USAGE: &str = "usage: cargo xtask bench e2e [--vs-etcd] [--seconds N] [--warmup N]
        [--clients 1,16,64,256] [--read-clients 1,16,64,256] [--no-reads] [--conns C]
-       [--keys K] [--dir DIR] [--chart PATH]";
+       [--keys K] [--dir DIR] [--chart PATH] [--server-bin PATH]";
 
 /// Options of `bench e2e`.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,6 +41,9 @@ pub(crate) struct Options {
     pub(crate) dir: PathBuf,
     /// Where the chart goes.
     pub(crate) chart: PathBuf,
+    /// A `dengine-kv` binary to run instead of building one (to compare two builds, one run
+    /// after the other).
+    pub(crate) server_bin: Option<PathBuf>,
 }
 
 fn list(flag: &str, text: &str) -> Result<Vec<u64>, String> {
@@ -65,6 +68,7 @@ pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
         keys: 10_000,
         dir: std::env::temp_dir(),
         chart: workspace_root().join("docs").join("img").join("e2e.svg"),
+        server_bin: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -90,6 +94,7 @@ pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
             }
             "--dir" => o.dir = PathBuf::from(value()?),
             "--chart" => o.chart = PathBuf::from(value()?),
+            "--server-bin" => o.server_bin = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -152,7 +157,14 @@ fn run(opts: &Options, interrupted: &AtomicBool) -> Result<(), String> {
         ],
         &[],
     )?;
-    let (server, loadgen_bin) = (bins[0].clone(), bins[1].clone());
+    let (mut server, loadgen_bin) = (bins[0].clone(), bins[1].clone());
+    if let Some(bin) = &opts.server_bin {
+        if !bin.is_file() {
+            return Err(format!("--server-bin {}: no such file", bin.display()));
+        }
+        println!("dengine-kv binary: {} (--server-bin)", bin.display());
+        server = bin.clone();
+    }
     println!("bench e2e, {}", now_utc());
     for line in machine::describe(&opts.dir) {
         println!("  {line}");

@@ -45,6 +45,7 @@ mod auth_service;
 mod backend;
 mod config;
 mod error;
+mod forward;
 mod key_range;
 mod member;
 mod node_backend;

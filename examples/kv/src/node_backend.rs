@@ -19,18 +19,20 @@ use dengine_node::{AdminError, Consistency, Leadership, Node, ProposeError, Read
 use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataKey;
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
 use crate::backend::{BackendError, HeaderInfo, KvBackend, MemberInfo, StatusInfo, members_of};
 use crate::config::KvConfig;
 use crate::error::KvError;
+use crate::forward::{self, ForwardStreams, Link, ProposeForwarded, from_status};
 use crate::proto::dengine::kv::v1::forward_client::ForwardClient;
 use crate::proto::dengine::kv::v1::forward_server::{Forward, ForwardServer};
 use crate::proto::dengine::kv::v1::{
-    Command, ForwardReply, ForwardRequest, InfoReply, InfoRequest,
+    Command, ForwardBatch, ForwardReply, ForwardReplyBatch, ForwardRequest, InfoReply, InfoRequest,
 };
 use crate::state_machine::encode_error_response;
 use crate::validate;
@@ -48,6 +50,8 @@ pub struct NodeBackend {
     /// every call, and a follower forwards writes to the leader named here.
     leadership: watch::Receiver<Leadership>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Writes forwarded to the leader, on one stream per leader address.
+    streams: Arc<ForwardStreams>,
     /// Client URLs other members reported (`Info`), by member id.
     peer_client_urls: Arc<Mutex<HashMap<NodeId, Vec<String>>>>,
     /// The client API's limits, applied again to writes forwarded by other members.
@@ -70,6 +74,7 @@ impl NodeBackend {
             transport,
             client_urls,
             channels: Arc::new(Mutex::new(HashMap::new())),
+            streams: Arc::default(),
             peer_client_urls: Arc::new(Mutex::new(HashMap::new())),
             config: Arc::new(KvConfig::default()),
         }
@@ -100,11 +105,40 @@ impl NodeBackend {
         Ok(channel)
     }
 
-    /// Sends a client's write to the leader at `address`, in a `forward_write` span whose trace
-    /// context goes with it (the leader's `forwarded_write` span joins the trace).
+    /// Sends a client's write to the leader at `address` (on the stream to it, `forward.rs`),
+    /// in a `forward_write` span whose trace context goes with it (the leader's
+    /// `forwarded_write` span joins the trace).
     async fn forward(&self, address: &str, command: Bytes) -> Result<Bytes, BackendError> {
         let span = tracing::debug_span!("forward_write", leader = %address);
         async {
+            if !self.streams.is_unary_only(address) {
+                let link = || {
+                    Ok(Link {
+                        address: address.to_string(),
+                        channel: self.channel(address)?,
+                        transport: self.transport.clone(),
+                        from: self.node.id(),
+                    })
+                };
+                let trace = dengine::observability::trace_headers();
+                // Err(Unsupported): a leader of an older version, one call per write.
+                if let Ok(answer) = self
+                    .streams
+                    .forward(link, address, command.clone(), trace)
+                    .await
+                {
+                    return answer;
+                }
+            }
+            self.forward_unary(address, command).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Sends one write as its own `Forward/Propose` call (to a leader without the stream).
+    async fn forward_unary(&self, address: &str, command: Bytes) -> Result<Bytes, BackendError> {
+        {
             let mut client = ForwardClient::new(self.channel(address)?);
             let mut request = self.transport.peer_request(ForwardRequest {
                 command,
@@ -122,8 +156,6 @@ impl NodeBackend {
                 Err(status) => Err(from_status(&status)),
             }
         }
-        .instrument(span)
-        .await
     }
 
     /// The client URLs of member `id` at peer address `address`: asked once (with a short
@@ -156,23 +188,6 @@ impl NodeBackend {
             }
             _ => Vec::new(),
         }
-    }
-}
-
-/// The error for a failed forwarded write. The leader's own refusals (its `BackendError`s,
-/// whose messages start with `etcdserver:`) keep their meaning; anything else is a transport
-/// failure after which the write may or may not have been applied, so it is reported as an
-/// unknown outcome, never as "retry elsewhere".
-fn from_status(status: &Status) -> BackendError {
-    let msg = status.message().to_string();
-    if !msg.starts_with("etcdserver:") {
-        return BackendError::Timeout(format!("forwarding to the leader failed: {msg}"));
-    }
-    // The leader's own refusal, worded for the client already: passed on as it is (wrapping
-    // it again doubled the "etcdserver:" prefix).
-    BackendError::Forwarded {
-        code: status.code(),
-        message: msg,
     }
 }
 
@@ -374,6 +389,36 @@ impl KvBackend for NodeBackend {
     }
 }
 
+impl ProposeForwarded for NodeBackend {
+    /// A write another member forwarded: checked as the client API would, then proposed, in
+    /// a `forwarded_write` span that joins the sender's trace. Forwarded once only: a member
+    /// that is not the leader refuses it.
+    async fn propose_forwarded(
+        &self,
+        from: NodeId,
+        command: Bytes,
+        trace: BTreeMap<String, String>,
+    ) -> Result<Bytes, Status> {
+        let span = tracing::debug_span!("forwarded_write", from);
+        if !trace.is_empty() {
+            dengine::observability::continue_trace(&span, |key| trace.get(key).cloned());
+        }
+        // The sender is another member, but what it forwards came from a client: the leader
+        // proposes nothing the client API would refuse. A refusal travels back as the state
+        // machine's own error response, so the client sees etcd's exact error.
+        let checked = Command::decode(command.as_ref())
+            .map_err(|e| KvError::InvalidArgument(format!("undecodable forwarded command: {e}")))
+            .and_then(|c| validate::check_command(&c, &self.config));
+        if let Err(e) = checked {
+            return Ok(encode_error_response(&e));
+        }
+        match self.node.propose(command).instrument(span).await {
+            Ok(response) => Ok(response),
+            Err(e) => Err(propose_error(e).to_status()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Forward for NodeBackend {
     async fn propose(
@@ -382,28 +427,40 @@ impl Forward for NodeBackend {
     ) -> Result<Response<ForwardReply>, Status> {
         let from = request.get_ref().from;
         self.transport.authorize_peer(&request, from)?;
-        let span = tracing::debug_span!("forwarded_write", from);
-        dengine::observability::continue_trace(&span, |key| {
-            let value = request.metadata().get(key)?;
-            value.to_str().ok().map(str::to_owned)
-        });
-        // Forwarded once only: a member that is not the leader either refuses.
+        let trace: BTreeMap<String, String> = ["traceparent", "tracestate"]
+            .into_iter()
+            .filter_map(|key| {
+                let value = request.metadata().get(key)?.to_str().ok()?;
+                Some((key.to_string(), value.to_string()))
+            })
+            .collect();
         let command = request.into_inner().command;
-        // The sender is another member, but what it forwards came from a client: the leader
-        // proposes nothing the client API would refuse. A refusal travels back as the state
-        // machine's own error response, so the client sees etcd's exact error.
-        let checked = Command::decode(command.as_ref())
-            .map_err(|e| KvError::InvalidArgument(format!("undecodable forwarded command: {e}")))
-            .and_then(|c| validate::check_command(&c, &self.config));
-        if let Err(e) = checked {
-            return Ok(Response::new(ForwardReply {
-                response: encode_error_response(&e),
-            }));
-        }
-        match self.node.propose(command).instrument(span).await {
-            Ok(response) => Ok(Response::new(ForwardReply { response })),
-            Err(e) => Err(propose_error(e).to_status()),
-        }
+        let response = self.propose_forwarded(from, command, trace).await?;
+        Ok(Response::new(ForwardReply { response }))
+    }
+
+    type ProposeStreamStream = ReceiverStream<Result<ForwardReplyBatch, Status>>;
+
+    async fn propose_stream(
+        &self,
+        request: Request<Streaming<ForwardBatch>>,
+    ) -> Result<Response<Self::ProposeStreamStream>, Status> {
+        let (metadata, extensions, mut inbound) = request.into_parts();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("a forwarding stream must start with a message")
+        })?;
+        // The credentials travel with the stream's headers; they are checked against the
+        // first message's sender now and against every later message's as it arrives.
+        let credentials = Request::from_parts(metadata, extensions, ());
+        self.transport.authorize_peer(&credentials, first.from)?;
+        let transport = self.transport.clone();
+        let authorize = move |from| transport.authorize_peer(&credentials, from);
+        Ok(Response::new(forward::serve(
+            self.clone(),
+            first,
+            inbound,
+            authorize,
+        )))
     }
 
     async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoReply>, Status> {
@@ -412,23 +469,5 @@ impl Forward for NodeBackend {
         Ok(Response::new(InfoReply {
             client_urls: self.client_urls.clone(),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tonic::Code;
-
-    #[test]
-    fn a_leaders_refusal_is_passed_on_as_it_came() {
-        let leader = BackendError::Timeout("no commit within 5s".into()).to_status();
-        let passed = from_status(&leader).to_status();
-        assert_eq!(passed.code(), Code::DeadlineExceeded);
-        assert_eq!(passed.message(), leader.message());
-        assert_eq!(passed.message().matches("etcdserver:").count(), 1);
-        // A transport failure (no etcd message) is an unknown outcome, said so.
-        let broken = from_status(&Status::unavailable("connection reset"));
-        assert!(matches!(broken, BackendError::Timeout(_)), "{broken}");
     }
 }

@@ -836,6 +836,92 @@ async fn forwarded_writes_get_the_client_apis_checks() {
     .await;
     assert_eq!(done.header().unwrap().revision(), 1);
 
+    // The same checks on the stream followers use (`Forward/ProposeStream`): every write of
+    // a message is answered under its own id, the refused ones with the client API's error.
+    use dengine_kv::proto::dengine::kv::v1::{ForwardBatch, ForwardItem, forward_result};
+    let put = |key: &str| Command {
+        op: Some(command::Op::Put(PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: "s".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let item = |id: u64, command: &Command| ForwardItem {
+        id,
+        command: command.encode_to_vec().into(),
+        trace: Default::default(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<ForwardBatch>(4);
+    tx.send(ForwardBatch {
+        from: follower,
+        items: vec![
+            item(7, &put("s/1")),
+            item(8, &txn(1000)),
+            item(9, &put("s/2")),
+        ],
+    })
+    .await
+    .unwrap();
+    let mut answers = forward
+        .propose_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut by_id = std::collections::BTreeMap::new();
+    while by_id.len() < 3 {
+        let batch = timeout(Duration::from_secs(10), answers.message())
+            .await
+            .expect("answers in time")
+            .unwrap()
+            .expect("the stream open");
+        for r in batch.results {
+            let Some(forward_result::Outcome::Response(response)) = r.outcome else {
+                panic!("write {} failed: {:?}", r.id, r.outcome);
+            };
+            by_id.insert(r.id, decode_command_response(&response).map(|_| ()));
+        }
+    }
+    assert_eq!(
+        by_id,
+        std::collections::BTreeMap::from([
+            (7, Ok(())),
+            (
+                8,
+                Err(KvError::InvalidArgument(
+                    "too many operations in txn request".into()
+                ))
+            ),
+            (9, Ok(())),
+        ])
+    );
+    // A message claiming another sender ends the stream with a refusal, and nothing of it is
+    // proposed.
+    tx.send(ForwardBatch {
+        from: leader,
+        items: vec![item(10, &put("s/forged"))],
+    })
+    .await
+    .unwrap();
+    let refused = timeout(Duration::from_secs(10), answers.message())
+        .await
+        .expect("the refusal in time")
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let forged = read("s/forged on the leader", async || {
+        c.get("s/forged", None).await
+    })
+    .await;
+    assert_eq!(forged.count(), 0);
+    assert_eq!(
+        read("s/1 and s/2", async || c
+            .get("s/", Some(GetOptions::new().with_prefix()))
+            .await)
+        .await
+        .count(),
+        2
+    );
+
     drop(c);
     cluster.stop().await;
 }

@@ -1,0 +1,700 @@
+//! Writes a follower forwards to the leader, batched on one long-lived stream per leader
+//! (`dengine.kv.v1.Forward/ProposeStream`).
+//!
+//! Two thirds of a 3-member cluster's client writes arrive at a follower. Forwarding each as
+//! its own unary RPC cost an HTTP/2 stream, its headers and a task on both members per write;
+//! on the stream, the writes queued while the previous message was in flight travel as one
+//! message, and the leader answers them as they commit, also batched.
+//!
+//! The follower side is [`ForwardStreams`]: one task per leader address owns the stream and
+//! the writes in flight on it. The leader side is [`serve`]: it proposes every write of the
+//! stream concurrently (at most [`MAX_IN_FLIGHT`] at a time) and sends the answers back.
+//!
+//! Outcomes follow the unary call's: the leader's refusal is passed on as it came; a write
+//! sent on a stream that then broke, or not answered within [`FORWARD_DEADLINE`], has an
+//! unknown outcome (it may have been applied) and is reported as a timeout; a write that was
+//! queued but never sent is reported as unavailable (it was not applied; retry).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dengine_core::NodeId;
+use dengine_net_grpc::GrpcTransport;
+use parking_lot::Mutex;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
+
+use crate::backend::BackendError;
+use crate::proto::dengine::kv::v1::forward_client::ForwardClient;
+use crate::proto::dengine::kv::v1::{
+    ForwardBatch, ForwardFailure, ForwardItem, ForwardReplyBatch, ForwardResult, forward_result,
+};
+
+/// Writes in flight on one stream, on either side: the follower stops taking new writes
+/// from its queue, and the leader stops reading the stream, at this many. Both use the same
+/// bound, so the leader always reads what the follower may send, and neither waits on the
+/// other while it holds answers.
+pub(crate) const MAX_IN_FLIGHT: usize = 4096;
+
+/// How long a follower waits for the leader's answer to a forwarded write before reporting
+/// an unknown outcome. The leader answers sooner on its own (its `client.propose_timeout_ms`,
+/// 5 s by default); this bounds the wait for a leader that stopped answering altogether (a
+/// paused process, a black-holed connection).
+pub(crate) const FORWARD_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Entries per message, on either side.
+const MAX_BATCH: usize = 1024;
+
+/// The answer to one forwarded write.
+pub(crate) type Answer = Result<Bytes, BackendError>;
+
+/// What a stream task tells the caller of a write.
+enum Reply {
+    Done(Answer),
+    /// The leader does not know the stream call; the write was not proposed.
+    Unsupported,
+}
+
+/// A write waiting in a stream's queue.
+struct Queued {
+    command: Bytes,
+    trace: Vec<(String, String)>,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// The follower side: one stream task per leader address, started on the first write to it
+/// and restarted after its stream broke.
+#[derive(Debug)]
+pub(crate) struct ForwardStreams {
+    queues: Mutex<HashMap<String, mpsc::Sender<Queued>>>,
+    /// Leaders that answered `ProposeStream` with UNIMPLEMENTED (an older version): their
+    /// writes go one unary call each.
+    unary_only: Mutex<HashSet<String>>,
+    /// How long a write waits for the leader's answer ([`FORWARD_DEADLINE`]).
+    deadline: Duration,
+}
+
+impl Default for ForwardStreams {
+    fn default() -> Self {
+        ForwardStreams {
+            queues: Mutex::default(),
+            unary_only: Mutex::default(),
+            deadline: FORWARD_DEADLINE,
+        }
+    }
+}
+
+/// Where and how a stream task connects.
+pub(crate) struct Link {
+    pub(crate) address: String,
+    pub(crate) channel: Channel,
+    pub(crate) transport: GrpcTransport,
+    pub(crate) from: NodeId,
+}
+
+impl ForwardStreams {
+    /// Whether writes to `address` must go as unary calls.
+    pub(crate) fn is_unary_only(&self, address: &str) -> bool {
+        self.unary_only.lock().contains(address)
+    }
+
+    /// Forwards `command` on the stream to `link.address` and waits for the leader's answer.
+    /// `Err(Unsupported)` when the leader has no stream service: the caller sends it unary.
+    pub(crate) async fn forward(
+        self: &Arc<Self>,
+        link: impl FnOnce() -> Result<Link, BackendError>,
+        address: &str,
+        command: Bytes,
+        trace: Vec<(String, String)>,
+    ) -> Result<Answer, Unsupported> {
+        let (reply, answer) = oneshot::channel();
+        let queued = Queued {
+            command,
+            trace,
+            reply,
+        };
+        // Looked up and started under one lock: concurrent first writes share one stream.
+        let queue = {
+            let mut queues = self.queues.lock();
+            match queues.get(address) {
+                Some(queue) if !queue.is_closed() => queue.clone(),
+                _ => match link() {
+                    Ok(link) => {
+                        let queue = self.start(link);
+                        queues.insert(address.to_string(), queue.clone());
+                        queue
+                    }
+                    Err(e) => return Ok(Err(e)),
+                },
+            }
+        };
+        if let Err(mpsc::error::SendError(_)) = queue.send(queued).await {
+            // The task ended between the lookup and the send: the write was not sent.
+            return Ok(Err(BackendError::Unavailable(
+                "the stream to the leader closed before the write was sent; it was not \
+                 applied, retry"
+                    .into(),
+            )));
+        }
+        match answer.await {
+            Ok(Reply::Unsupported) => Err(Unsupported),
+            Ok(Reply::Done(answer)) => Ok(answer),
+            Err(_) => Ok(Err(BackendError::Timeout(
+                "forwarding to the leader failed: the stream task ended; the write may or \
+                 may not have been applied"
+                    .into(),
+            ))),
+        }
+    }
+
+    /// Starts the task of a stream to `link.address`; its queue.
+    fn start(self: &Arc<Self>, link: Link) -> mpsc::Sender<Queued> {
+        let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+        // Weak: the queue's senders live in `streams`, and the task ends when they are gone.
+        let streams = Arc::downgrade(self);
+        let deadline = self.deadline;
+        tokio::spawn(async move {
+            let address = link.address.clone();
+            run_stream(link, rx, &streams, deadline).await;
+            if let Some(streams) = streams.upgrade() {
+                let mut queues = streams.queues.lock();
+                if queues.get(&address).is_some_and(|q| q.is_closed()) {
+                    queues.remove(&address);
+                }
+            }
+        });
+        tx
+    }
+}
+
+/// The leader has no `ProposeStream` (a member of an older version).
+#[derive(Debug)]
+pub(crate) struct Unsupported;
+
+/// A write sent and waiting for its answer.
+struct InFlight {
+    sent: Instant,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Owns one stream to a leader until it breaks or every sender is gone. A leader that does
+/// not know the stream call is marked unary-only in `streams` before its writes are handed
+/// back.
+async fn run_stream(
+    link: Link,
+    mut rx: mpsc::Receiver<Queued>,
+    streams: &Weak<ForwardStreams>,
+    deadline: Duration,
+) {
+    let Some(first) = rx.recv().await else {
+        return;
+    };
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<ForwardBatch>();
+    let mut in_flight: HashMap<u64, InFlight> = HashMap::new();
+    let mut next_id = 0u64;
+    let mut send =
+        |first: Queued, rx: &mut mpsc::Receiver<Queued>, in_flight: &mut HashMap<u64, InFlight>| {
+            let mut items = Vec::new();
+            let mut queued = Some(first);
+            while let Some(q) = queued.take() {
+                next_id += 1;
+                items.push(ForwardItem {
+                    id: next_id,
+                    command: q.command,
+                    trace: q.trace.into_iter().collect(),
+                });
+                in_flight.insert(
+                    next_id,
+                    InFlight {
+                        sent: Instant::now(),
+                        reply: q.reply,
+                    },
+                );
+                if items.len() < MAX_BATCH && in_flight.len() < MAX_IN_FLIGHT {
+                    queued = rx.try_recv().ok();
+                }
+            }
+            // Unbounded, but never more than MAX_IN_FLIGHT writes deep.
+            out_tx
+                .send(ForwardBatch {
+                    from: link.from,
+                    items,
+                })
+                .is_ok()
+        };
+    // The leader answers the call once it has read the first message (it checks the sender's
+    // credentials against it), so that message goes out before the call is awaited.
+    send(first, &mut rx, &mut in_flight);
+    let mut client = ForwardClient::new(link.channel.clone());
+    let call = client.propose_stream(
+        link.transport
+            .peer_request(UnboundedReceiverStream::new(out_rx)),
+    );
+    let opened = tokio::time::timeout(deadline, call).await;
+    let (mut inbound, unsupported): (Option<Streaming<ForwardReplyBatch>>, bool) = match opened {
+        Ok(Ok(response)) => (Some(response.into_inner()), false),
+        Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => (None, true),
+        Ok(Err(status)) => {
+            fail_all(&mut in_flight, &status);
+            (None, false)
+        }
+        Err(_) => {
+            fail_all(
+                &mut in_flight,
+                &Status::deadline_exceeded(format!(
+                    "the leader at {} did not answer within {deadline:?}",
+                    link.address
+                )),
+            );
+            (None, false)
+        }
+    };
+    if unsupported {
+        if let Some(streams) = streams.upgrade() {
+            streams.unary_only.lock().insert(link.address.clone());
+        }
+        // Nothing was proposed: hand the writes back to be sent one call each.
+        for (_, w) in in_flight.drain() {
+            let _ = w.reply.send(Reply::Unsupported);
+        }
+    }
+    let ended = match inbound.as_mut() {
+        None => None,
+        Some(inbound) => Some(pump(inbound, &mut rx, &mut in_flight, &mut send, deadline).await),
+    };
+    if let Some(status) = ended {
+        fail_all(&mut in_flight, &status);
+    }
+    // Queued writes were never sent: not applied, safe to retry.
+    rx.close();
+    while let Ok(q) = rx.try_recv() {
+        let reply = if unsupported {
+            Reply::Unsupported
+        } else {
+            Reply::Done(Err(BackendError::Unavailable(
+                "the stream to the leader broke before the write was sent; it was not \
+                 applied, retry"
+                    .into(),
+            )))
+        };
+        let _ = q.reply.send(reply);
+    }
+}
+
+/// Moves writes from the queue to the stream and answers from the stream to their callers,
+/// until the stream ends (the returned status says why) or every sender is gone.
+async fn pump(
+    inbound: &mut Streaming<ForwardReplyBatch>,
+    rx: &mut mpsc::Receiver<Queued>,
+    in_flight: &mut HashMap<u64, InFlight>,
+    send: &mut impl FnMut(Queued, &mut mpsc::Receiver<Queued>, &mut HashMap<u64, InFlight>) -> bool,
+    deadline: Duration,
+) -> Status {
+    let mut sweep = tokio::time::interval((deadline / 4).min(Duration::from_secs(1)));
+    let mut senders_left = true;
+    loop {
+        if !senders_left && in_flight.is_empty() {
+            return Status::cancelled("the member is stopping");
+        }
+        tokio::select! {
+            queued = rx.recv(), if senders_left && in_flight.len() < MAX_IN_FLIGHT => match queued {
+                Some(q) => {
+                    let sent = send(q, rx, in_flight);
+                    if !sent {
+                        return Status::unavailable("the request half of the stream closed");
+                    }
+                }
+                // Every sender is gone (the backend was dropped): nothing more to send; the
+                // writes in flight are still answered.
+                None => senders_left = false,
+            },
+            answers = inbound.message() => match answers {
+                Ok(Some(batch)) => {
+                    for result in batch.results {
+                        if let Some(w) = in_flight.remove(&result.id) {
+                            let _ = w.reply.send(Reply::Done(answer_of(result.outcome)));
+                        }
+                    }
+                }
+                Ok(None) => return Status::unavailable("the leader closed the stream"),
+                Err(status) => return status,
+            },
+            _ = sweep.tick() => {
+                let now = Instant::now();
+                let late: Vec<u64> = in_flight
+                    .iter()
+                    .filter(|(_, w)| now.duration_since(w.sent) >= deadline)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in late {
+                    if let Some(w) = in_flight.remove(&id) {
+                        let _ = w.reply.send(Reply::Done(Err(BackendError::Timeout(format!(
+                            "the leader did not answer a forwarded write within \
+                             {deadline:?}; it may or may not have been applied"
+                        )))));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every write in flight gets the stream's failure: outcome unknown.
+fn fail_all(in_flight: &mut HashMap<u64, InFlight>, status: &Status) {
+    for (_, w) in in_flight.drain() {
+        let _ = w.reply.send(Reply::Done(Err(from_status(status))));
+    }
+}
+
+/// The error for a failed forwarded write. The leader's own refusals (its `BackendError`s,
+/// whose messages start with `etcdserver:`) keep their meaning; anything else is a transport
+/// failure after which the write may or may not have been applied, so it is reported as an
+/// unknown outcome, never as "retry elsewhere".
+pub(crate) fn from_status(status: &Status) -> BackendError {
+    let msg = status.message().to_string();
+    if !msg.starts_with("etcdserver:") {
+        return BackendError::Timeout(format!("forwarding to the leader failed: {msg}"));
+    }
+    // The leader's own refusal, worded for the client already: passed on as it is (wrapping
+    // it again doubled the "etcdserver:" prefix).
+    BackendError::Forwarded {
+        code: status.code(),
+        message: msg,
+    }
+}
+
+fn answer_of(outcome: Option<forward_result::Outcome>) -> Answer {
+    match outcome {
+        Some(forward_result::Outcome::Response(response)) => Ok(response),
+        Some(forward_result::Outcome::Failure(f)) => Err(from_status(&Status::new(
+            tonic::Code::from(f.code),
+            f.message,
+        ))),
+        None => Err(BackendError::Timeout(
+            "the leader's answer to a forwarded write was empty; the write may or may not \
+             have been applied"
+                .into(),
+        )),
+    }
+}
+
+/// What the leader does with one forwarded write: `(id, command, trace context)` to its
+/// answer. Implemented by the backend (checks the command, proposes it).
+pub(crate) trait ProposeForwarded: Clone + Send + Sync + 'static {
+    /// Proposes one forwarded write from member `from`.
+    fn propose_forwarded(
+        &self,
+        from: NodeId,
+        command: Bytes,
+        trace: BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<Bytes, Status>> + Send;
+}
+
+/// The leader side of a stream whose first message is `first` and whose credentials were
+/// checked against it by `authorize` (called again for every later message, with its
+/// sender, so a member removed meanwhile is cut off). The answers stream.
+pub(crate) fn serve<P: ProposeForwarded>(
+    proposer: P,
+    first: ForwardBatch,
+    mut inbound: Streaming<ForwardBatch>,
+    authorize: impl Fn(NodeId) -> Result<(), Status> + Send + 'static,
+) -> ReceiverStream<Result<ForwardReplyBatch, Status>> {
+    let (out_tx, out_rx) = mpsc::channel::<Result<ForwardReplyBatch, Status>>(64);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<ForwardResult>();
+    let from = first.from;
+    let failed = out_tx.clone();
+    tokio::spawn(async move {
+        let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let mut batch = Some(first);
+        loop {
+            let Some(b) = batch.take() else { break };
+            if b.from != from {
+                let _ = failed
+                    .send(Err(Status::permission_denied(format!(
+                        "a forwarding stream opened by member {from} carried a message from \
+                         member {}",
+                        b.from
+                    ))))
+                    .await;
+                break;
+            }
+            if let Err(status) = authorize(from) {
+                let _ = failed.send(Err(status)).await;
+                break;
+            }
+            for item in b.items {
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    return;
+                };
+                let proposer = proposer.clone();
+                let done = done_tx.clone();
+                tokio::spawn(async move {
+                    let outcome = match proposer
+                        .propose_forwarded(from, item.command, item.trace)
+                        .await
+                    {
+                        Ok(response) => forward_result::Outcome::Response(response),
+                        Err(status) => forward_result::Outcome::Failure(ForwardFailure {
+                            code: status.code() as i32,
+                            message: status.message().to_string(),
+                        }),
+                    };
+                    let _ = done.send(ForwardResult {
+                        id: item.id,
+                        outcome: Some(outcome),
+                    });
+                    drop(permit);
+                });
+            }
+            batch = inbound.message().await.unwrap_or_default();
+        }
+        // The follower closed its half (or broke it): the writes still in flight are answered
+        // as they complete, then the answers' stream ends.
+    });
+    tokio::spawn(async move {
+        while let Some(first) = done_rx.recv().await {
+            let mut results = vec![first];
+            while results.len() < MAX_BATCH {
+                match done_rx.try_recv() {
+                    Ok(r) => results.push(r),
+                    Err(_) => break,
+                }
+            }
+            if out_tx
+                .send(Ok(ForwardReplyBatch { results }))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    ReceiverStream::new(out_rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::dengine::kv::v1::forward_server::{Forward, ForwardServer};
+    use crate::proto::dengine::kv::v1::{ForwardReply, ForwardRequest, InfoReply, InfoRequest};
+    use dengine_net_grpc::GrpcConfig;
+    use tonic::{Request, Response};
+
+    /// How the fake leader treats a stream.
+    #[derive(Clone, Copy)]
+    enum Leader {
+        /// Answers every write with its command reversed, all of a message's answers in one
+        /// message, in reverse order.
+        Echo,
+        /// Has no stream call (a member of an older version).
+        NoStream,
+        /// Reads the first message, then breaks the stream without answering.
+        Breaks,
+        /// Keeps the stream open and never answers.
+        Silent,
+    }
+
+    #[derive(Clone)]
+    struct Fake(Leader);
+
+    fn reversed(b: &[u8]) -> Bytes {
+        b.iter().rev().copied().collect::<Vec<u8>>().into()
+    }
+
+    #[tonic::async_trait]
+    impl Forward for Fake {
+        async fn propose(
+            &self,
+            request: Request<ForwardRequest>,
+        ) -> Result<Response<ForwardReply>, Status> {
+            Ok(Response::new(ForwardReply {
+                response: reversed(&request.into_inner().command),
+            }))
+        }
+
+        type ProposeStreamStream = ReceiverStream<Result<ForwardReplyBatch, Status>>;
+
+        async fn propose_stream(
+            &self,
+            request: Request<Streaming<ForwardBatch>>,
+        ) -> Result<Response<Self::ProposeStreamStream>, Status> {
+            let mut inbound = request.into_inner();
+            let (tx, rx) = mpsc::channel(16);
+            match self.0 {
+                Leader::NoStream => return Err(Status::unimplemented("no such method")),
+                Leader::Breaks => {
+                    let _ = inbound.message().await;
+                    tx.send(Err(Status::internal("the leader crashed")))
+                        .await
+                        .unwrap();
+                }
+                Leader::Silent => {
+                    tokio::spawn(async move {
+                        while let Ok(Some(_)) = inbound.message().await {}
+                        drop(tx);
+                    });
+                }
+                Leader::Echo => {
+                    tokio::spawn(async move {
+                        while let Ok(Some(batch)) = inbound.message().await {
+                            let results = batch
+                                .items
+                                .iter()
+                                .rev()
+                                .map(|i| ForwardResult {
+                                    id: i.id,
+                                    outcome: Some(forward_result::Outcome::Response(reversed(
+                                        &i.command,
+                                    ))),
+                                })
+                                .collect();
+                            if tx.send(Ok(ForwardReplyBatch { results })).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+
+        async fn info(
+            &self,
+            _request: Request<InfoRequest>,
+        ) -> Result<Response<InfoReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    /// A fake leader on a free loopback port, and a way to reach it.
+    async fn leader(
+        kind: Leader,
+    ) -> (
+        String,
+        impl Fn() -> Result<Link, BackendError> + Clone + Send + 'static,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ForwardServer::new(Fake(kind)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let transport = GrpcTransport::new(GrpcConfig {
+            id: 2,
+            ..GrpcConfig::default()
+        })
+        .unwrap();
+        let at = address.clone();
+        let link = move || {
+            Ok(Link {
+                address: at.clone(),
+                channel: transport.peer_channel(&at).unwrap(),
+                transport: transport.clone(),
+                from: 2,
+            })
+        };
+        (address, link)
+    }
+
+    #[tokio::test]
+    async fn each_write_gets_its_own_answer_whatever_the_order() {
+        let (address, link) = leader(Leader::Echo).await;
+        let streams = Arc::new(ForwardStreams::default());
+        let mut writes = tokio::task::JoinSet::new();
+        for i in 0..50u32 {
+            let (streams, address, link) = (Arc::clone(&streams), address.clone(), link.clone());
+            writes.spawn(async move {
+                let command = Bytes::from(format!("write {i}"));
+                let answer = streams
+                    .forward(link, &address, command.clone(), Vec::new())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(answer, reversed(&command));
+            });
+        }
+        while let Some(done) = writes.join_next().await {
+            done.unwrap();
+        }
+        // One stream carried them: one queue for the address.
+        assert_eq!(streams.queues.lock().len(), 1);
+        assert!(!streams.is_unary_only(&address));
+    }
+
+    #[tokio::test]
+    async fn a_leader_without_the_stream_is_asked_one_call_per_write() {
+        let (address, link) = leader(Leader::NoStream).await;
+        let streams = Arc::new(ForwardStreams::default());
+        let first = streams
+            .forward(&link, &address, Bytes::from_static(b"a"), Vec::new())
+            .await;
+        assert!(matches!(first, Err(Unsupported)));
+        assert!(streams.is_unary_only(&address));
+    }
+
+    #[tokio::test]
+    async fn a_write_in_flight_when_the_stream_breaks_has_an_unknown_outcome() {
+        let (address, link) = leader(Leader::Breaks).await;
+        let streams = Arc::new(ForwardStreams::default());
+        let answer = streams
+            .forward(&link, &address, Bytes::from_static(b"a"), Vec::new())
+            .await
+            .unwrap();
+        match answer {
+            Err(BackendError::Timeout(why)) => assert!(why.contains("crashed"), "{why}"),
+            other => panic!("expected an unknown outcome, got {other:?}"),
+        }
+        // The next write opens a new stream (which breaks the same way).
+        let again = streams
+            .forward(&link, &address, Bytes::from_static(b"b"), Vec::new())
+            .await
+            .unwrap();
+        assert!(matches!(again, Err(BackendError::Timeout(_))), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn a_write_the_leader_never_answers_times_out_with_an_unknown_outcome() {
+        let (address, link) = leader(Leader::Silent).await;
+        let streams = Arc::new(ForwardStreams {
+            deadline: Duration::from_millis(300),
+            ..ForwardStreams::default()
+        });
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            streams.forward(&link, &address, Bytes::from_static(b"a"), Vec::new()),
+        )
+        .await
+        .expect("an answer within the deadline")
+        .unwrap();
+        match answer {
+            Err(BackendError::Timeout(why)) => {
+                assert!(why.contains("may or may not"), "{why}");
+            }
+            other => panic!("expected an unknown outcome, got {other:?}"),
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+    }
+
+    #[test]
+    fn a_leaders_refusal_is_passed_on_as_it_came() {
+        let leader = BackendError::Timeout("no commit within 5s".into()).to_status();
+        let passed = from_status(&leader).to_status();
+        assert_eq!(passed.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(passed.message(), leader.message());
+        assert_eq!(passed.message().matches("etcdserver:").count(), 1);
+        // A transport failure (no etcd message) is an unknown outcome, said so.
+        let broken = from_status(&Status::unavailable("connection reset"));
+        assert!(matches!(broken, BackendError::Timeout(_)), "{broken}");
+    }
+}
