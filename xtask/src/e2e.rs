@@ -194,6 +194,7 @@ fn run(opts: &Options, interrupted: &AtomicBool) -> Result<(), String> {
                 pids: (1..=NODES).filter_map(|id| cluster.pid(id)).collect(),
                 metrics: cluster.nodes.iter().map(|n| n.metrics.clone()).collect(),
                 sync_metric: "dengine_log_syncs_total",
+                stages: true,
             };
             run_points(
                 "dengine",
@@ -224,6 +225,7 @@ fn run(opts: &Options, interrupted: &AtomicBool) -> Result<(), String> {
             pids: cluster.pids(),
             metrics: cluster.endpoints(),
             sync_metric: "etcd_disk_wal_fsync_duration_seconds_count",
+            stages: false,
         };
         match run_points(
             "etcd",
@@ -322,7 +324,8 @@ fn run_points(
             }
         })?;
         if let (Some(start), Some(end)) = (start, end) {
-            (r.cpu_us_per_op, r.syncs_per_op) = probe::per_op(start, end, r.ops);
+            (r.cpu_us_per_op, r.syncs_per_op) = probe::per_op(&start, &end, r.ops);
+            r.stages = probe::stages(&start, &end);
         }
         println!(
             "  {name:<7} {op:<16} {clients:>4} clients: {:>9.0} ops/s  p50 {:>7.2} ms  \
@@ -336,9 +339,32 @@ fn run_points(
             r.errors,
             t.elapsed().as_secs_f64()
         );
+        if op == "put"
+            && let Some(s) = &r.stages
+        {
+            println!("{}", stage_line(r.mean_us, s));
+        }
         results.points.push(r);
     }
     Ok(results)
+}
+
+/// Where a write's time goes, from the servers' histograms over the window (means): the
+/// leader's log write and its commit wait, apply and response, and what lies outside the
+/// leader's node (the client's request and response, forwarding by a follower).
+fn stage_line(client_mean_us: f64, s: &probe::Stages) -> String {
+    format!(
+        "          stages (means, ms): client sees {}; leader: propose → response {} \
+         (of which log write {}, propose → commit {}, commit → response {}); followers' \
+         log write {}; outside the leader's node (client ↔ member, forwarding) {}",
+        ms(client_mean_us),
+        ms(s.leader_proposal_us),
+        ms(s.leader_append_us),
+        ms(s.leader_commit_us),
+        ms(s.leader_proposal_us - s.leader_commit_us),
+        ms(s.follower_append_us),
+        ms(client_mean_us - s.leader_proposal_us),
+    )
 }
 
 fn ms(us: f64) -> String {

@@ -19,6 +19,8 @@ pub(crate) struct LoadResult {
     pub(crate) clients: u64,
     /// Successful requests per second in the measured window.
     pub(crate) throughput: f64,
+    /// Mean latency of successful requests, µs.
+    pub(crate) mean_us: f64,
     /// Latency percentiles of successful requests, µs.
     pub(crate) p50_us: f64,
     /// 99th percentile, µs.
@@ -42,6 +44,8 @@ pub(crate) struct LoadResult {
     pub(crate) cpu_us_per_op: Option<f64>,
     /// Likewise: log syncs the servers reported per successful request.
     pub(crate) syncs_per_op: Option<f64>,
+    /// Likewise (dengine only): the mean durations of a write's stages on the servers.
+    pub(crate) stages: Option<crate::probe::Stages>,
 }
 
 impl LoadResult {
@@ -57,6 +61,7 @@ impl LoadResult {
                 .to_string(),
             clients: u("clients"),
             throughput: f("throughput"),
+            mean_us: f("mean_us"),
             p50_us: f("p50_us"),
             p99_us: f("p99_us"),
             p999_us: f("p999_us"),
@@ -71,6 +76,7 @@ impl LoadResult {
                 .map(String::from),
             cpu_us_per_op: None,
             syncs_per_op: None,
+            stages: None,
         }
     }
 }

@@ -91,6 +91,12 @@ pub const PEER_INCARNATION_CHANGES_TOTAL: &str = "dengine_peer_incarnation_chang
 /// Histogram (seconds): from a client's `propose` call to its response (after apply).
 pub const PROPOSAL_LATENCY_SECONDS: &str = "dengine_proposal_latency_seconds";
 
+/// Histogram (seconds): on the leader, from a proposal entering its log to its commit (the
+/// leader's own write and a majority's acknowledgements). With
+/// [`PROPOSAL_LATENCY_SECONDS`] and [`APPEND_LATENCY_SECONDS`] it splits a write's latency
+/// into its stages.
+pub const COMMIT_LATENCY_SECONDS: &str = "dengine_commit_latency_seconds";
+
 /// Histogram (seconds): one `LogStore::persist` call, including its fsync.
 pub const APPEND_LATENCY_SECONDS: &str = "dengine_append_latency_seconds";
 
@@ -336,6 +342,13 @@ pub const METRICS: &[MetricInfo] = &[
         help: "Time from a client's propose call to its response (after apply).",
     },
     MetricInfo {
+        name: COMMIT_LATENCY_SECONDS,
+        kind: MetricKind::Histogram,
+        labels: &[],
+        unit: Some(Unit::Seconds),
+        help: "On the leader: time from a proposal entering its log to its commit.",
+    },
+    MetricInfo {
         name: APPEND_LATENCY_SECONDS,
         kind: MetricKind::Histogram,
         labels: &[],
@@ -504,6 +517,7 @@ mod tests {
             "dengine_peer_regressions_total",
             "dengine_peer_incarnation_changes_total",
             "dengine_proposal_latency_seconds",
+            "dengine_commit_latency_seconds",
             "dengine_append_latency_seconds",
             "dengine_log_syncs_total",
             "dengine_append_batch_entries",

@@ -72,6 +72,11 @@ const SWEEP_TICKS: u64 = 20;
 /// request with `Stopped`.
 const PERSIST_STALL_LIMIT: Duration = Duration::from_secs(60);
 
+// The per-proposal histogram through a static key (hashed once; see `node.rs`).
+static METRIC_METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+static COMMIT_LATENCY: metrics::Key = metrics::Key::from_static_name(m::COMMIT_LATENCY_SECONDS);
+
 /// A fatal error: the node must stop (never continue after a failed persist).
 type Fatal = String;
 
@@ -549,6 +554,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                 let waiter = Waiter::Proposal {
                     term: id.term,
                     deadline,
+                    appended: Instant::now(),
                     tx,
                     span,
                 };
@@ -885,14 +891,26 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
     async fn hand_to_apply(&mut self, entries: Vec<Entry>) -> Result<(), Fatal> {
         let mut responders = Vec::new();
         let mut bytes = 0u64;
+        let now = Instant::now();
         for entry in &entries {
             bytes += entry.payload_bytes();
             let Some(waiter) = self.waiters.remove(entry.index) else {
                 continue;
             };
             match waiter {
-                Waiter::Proposal { term, tx, span, .. } if term == entry.term => {
+                Waiter::Proposal {
+                    term,
+                    tx,
+                    span,
+                    appended,
+                    ..
+                } if term == entry.term => {
                     tracing::debug!(parent: &span, index = entry.index, "committed");
+                    let seconds = now.saturating_duration_since(appended).as_secs_f64();
+                    metrics::with_recorder(|r| {
+                        r.register_histogram(&COMMIT_LATENCY, &METRIC_METADATA)
+                            .record(seconds)
+                    });
                     responders.push(Responder {
                         index: entry.index,
                         tx,

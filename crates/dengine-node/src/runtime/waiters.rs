@@ -22,6 +22,8 @@ pub(super) enum Waiter {
         term: Term,
         /// When the proposer gets `ProposeError::Timeout` (outcome unknown).
         deadline: Instant,
+        /// When the entry entered the leader's log (for the commit latency).
+        appended: Instant,
         tx: oneshot::Sender<Result<Bytes, ProposeError>>,
         span: tracing::Span,
     },
@@ -116,6 +118,7 @@ mod tests {
         Waiter::Proposal {
             term,
             deadline: Instant::now(),
+            appended: Instant::now(),
             tx,
             span: tracing::Span::none(),
         }

@@ -107,6 +107,7 @@ fn the_documented_metrics_are_recorded() {
         m::SNAPSHOTS_INSTALLED_TOTAL.to_string(),
         format!("{}{{reason=inbox_full}}", m::MESSAGES_DROPPED_TOTAL),
         m::PROPOSAL_LATENCY_SECONDS.to_string(),
+        m::COMMIT_LATENCY_SECONDS.to_string(),
         m::APPEND_LATENCY_SECONDS.to_string(),
         m::APPEND_BATCH_ENTRIES.to_string(),
         m::APPLY_BATCH_ENTRIES.to_string(),
