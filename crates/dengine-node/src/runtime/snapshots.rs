@@ -27,6 +27,13 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                 return Ok(());
             }
         };
+        // The apply task published its applied index before it built the snapshot, but that
+        // report and this event arrive on different channels: catch the core up first, or a
+        // snapshot of the newest applied entry is refused as "ahead of the applied index"
+        // (seen when `trigger_snapshot` follows a write at once).
+        if self.applied_rx.has_changed().unwrap_or(false) {
+            self.on_applied()?;
+        }
         let meta = snapshot.meta.clone();
         let known = self
             .raft
