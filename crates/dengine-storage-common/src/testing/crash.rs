@@ -162,7 +162,18 @@ async fn verify<S: LogStore>(dir: &Path, reported: LogIndex, open: Opener<S>) ->
         state.last_index
     );
     assert!(state.hard_state.commit <= state.last_index);
-    assert_eq!(state.hard_state.vote, Some(1));
+    if reported > 0 || state.last_index > 0 {
+        // The hard state is written with the entries: any persisted batch brought it.
+        assert_eq!(state.hard_state.vote, Some(1));
+    } else {
+        // Killed after the store was created but before its first batch was durable: nothing
+        // was written, so there is no vote yet (seen when a very early kill hits round one).
+        assert!(
+            matches!(state.hard_state.vote, None | Some(1)),
+            "{:?}",
+            state.hard_state
+        );
+    }
     let mut next = state.first_index;
     while next <= state.last_index {
         let page = store
