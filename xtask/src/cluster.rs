@@ -214,6 +214,14 @@ pub(crate) fn terminate(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// The first port of the kernel's ephemeral range (32768, Linux's default, if unreadable).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768)
+}
+
 /// A port on 127.0.0.1 that was free a moment ago, never the same twice in this process.
 ///
 /// Picked below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`): a port found by
@@ -224,11 +232,7 @@ pub(crate) fn free_port() -> Result<u16, String> {
     use std::hash::{BuildHasher as _, Hasher as _};
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let (from, to) = (10_000u16, low);
+    let (from, to) = (10_000u16, ephemeral_low());
     if to > from + 1_000 {
         let mut x = std::collections::hash_map::RandomState::new()
             .build_hasher()
@@ -350,10 +354,7 @@ mod tests {
 
     #[test]
     fn free_ports_are_distinct_and_below_the_ephemeral_range() {
-        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-            .unwrap_or(32_768);
+        let low = ephemeral_low();
         let ports: Vec<u16> = (0..100).map(|_| free_port().unwrap()).collect();
         let mut distinct = ports.clone();
         distinct.sort_unstable();

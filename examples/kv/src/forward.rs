@@ -23,7 +23,7 @@ use bytes::Bytes;
 use dengine_core::NodeId;
 use dengine_net_grpc::GrpcTransport;
 use parking_lot::Mutex;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::transport::Channel;
@@ -405,7 +405,10 @@ pub(crate) fn serve<P: ProposeForwarded>(
     authorize: impl Fn(NodeId) -> Result<(), Status> + Send + 'static,
 ) -> ReceiverStream<Result<ForwardReplyBatch, Status>> {
     let (out_tx, out_rx) = mpsc::channel::<Result<ForwardReplyBatch, Status>>(64);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<ForwardResult>();
+    // Each answer carries its write's permit until it is handed to the stream: a follower
+    // that sends writes but never reads the answers stalls this member's reading at
+    // MAX_IN_FLIGHT, instead of queueing answers without bound.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(ForwardResult, OwnedSemaphorePermit)>();
     let from = first.from;
     let failed = out_tx.clone();
     tokio::spawn(async move {
@@ -444,11 +447,11 @@ pub(crate) fn serve<P: ProposeForwarded>(
                             message: status.message().to_string(),
                         }),
                     };
-                    let _ = done.send(ForwardResult {
+                    let result = ForwardResult {
                         id: item.id,
                         outcome: Some(outcome),
-                    });
-                    drop(permit);
+                    };
+                    let _ = done.send((result, permit));
                 });
             }
             batch = inbound.message().await.unwrap_or_default();
@@ -457,11 +460,14 @@ pub(crate) fn serve<P: ProposeForwarded>(
         // as they complete, then the answers' stream ends.
     });
     tokio::spawn(async move {
-        while let Some(first) = done_rx.recv().await {
-            let mut results = vec![first];
+        while let Some((first, permit)) = done_rx.recv().await {
+            let (mut results, mut permits) = (vec![first], vec![permit]);
             while results.len() < MAX_BATCH {
                 match done_rx.try_recv() {
-                    Ok(r) => results.push(r),
+                    Ok((r, p)) => {
+                        results.push(r);
+                        permits.push(p);
+                    }
                     Err(_) => break,
                 }
             }
@@ -472,6 +478,7 @@ pub(crate) fn serve<P: ProposeForwarded>(
             {
                 break;
             }
+            drop(permits);
         }
     });
     ReceiverStream::new(out_rx)
