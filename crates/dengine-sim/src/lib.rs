@@ -17,6 +17,7 @@
 //! ```
 
 pub mod config;
+pub mod fuzz;
 pub mod invariants;
 pub mod kv;
 pub mod linearizability;
