@@ -9,6 +9,9 @@
 //! - `bench ...`: the benchmarks of `docs/benchmarks.md`; `bench e2e` (`e2e.rs`) and
 //!   `bench soak` (`soak.rs`) drive real clusters with `dengine-loadgen` (tools/loadgen).
 //! - `imports`: the module import graph of every crate, checked for cycles (`imports.rs`).
+//! - `fuzz`: the libFuzzer targets of `fuzz/` (cargo-fuzz, nightly), each for a fixed time
+//!   (see `fuzz.rs`).
+//! - `mutants`: mutation testing of `dengine-core` with cargo-mutants (see `mutants.rs`).
 //! - `chaos`: the real-process chaos harness (`tools/chaos`) in network namespaces, with the
 //!   server built with its `fault-injection` feature (see `chaos.rs`).
 
@@ -19,9 +22,11 @@ mod demo;
 mod e2e;
 mod env;
 mod etcd;
+mod fuzz;
 mod imports;
 mod loadgen;
 mod machine;
+mod mutants;
 mod probe;
 mod soak;
 
@@ -81,6 +86,15 @@ commands:
                  acknowledged writes after a final heal. Needs root, ip and nft.
                  --bug fsync-off: storage.fsync = false on redb and SIGKILL of majorities,
                  which must lose acknowledged writes (with --expect-failure: pass if caught)
+  fuzz [TARGET ...] [--seconds N] [--list] [--seeds]
+                 build the cargo-fuzz targets of fuzz/ (nightly toolchain, cargo-fuzz:
+                 cargo install --locked cargo-fuzz) and run each for N seconds (default
+                 60) from its committed corpus; fails on any crash, hang or out-of-memory
+                 and says how to reproduce it (docs/correctness.md lists the targets)
+  mutants [--file PATH ...] [--shard K/N] [--list]
+                 mutation testing of dengine-core (cargo install --locked cargo-mutants):
+                 every mutant built and tested with the core's tests and the simulator's
+                 fixed seeds; prints the score and the surviving mutants
   imports        check that no module of any crate imports one that imports it back
                  (directly or through others); names the files and paths of each cycle
   chaos --cleanup
@@ -94,6 +108,8 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("cluster-demo") => demo::cluster_demo(&args[1..]),
         Some("chaos") => chaos::chaos(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("mutants") => mutants::mutants(&args[1..]),
         Some("imports") => match imports::run(&workspace_root()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
