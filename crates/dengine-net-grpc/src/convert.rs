@@ -289,13 +289,19 @@ pub fn decode_message(m: &pb::RaftMessage, limits: &DecodeLimits) -> Result<Mess
         term: m.term,
         body,
     };
-    // The core's structural bounds (indexes up to 2^62, no inner term above the message's):
-    // refused here already, so nothing malformed reaches the node's queue. Whether the term
-    // itself is acceptable depends on the receiver's term; the core decides that.
-    if let Some((field, value)) = message.out_of_range(u64::MAX - 1) {
-        return Err(bad("message", format!("{field} = {value} is out of range")));
-    }
+    check_bounds(&message)?;
     Ok(message)
+}
+
+/// The core's structural bounds (indexes up to 2^62, no inner term above the message's),
+/// checked on a decoded message — by [`decode_message`], and by the snapshot receiver before it
+/// spools a snapshot's data — so nothing malformed reaches the node's queue. Whether the term
+/// itself is acceptable depends on the receiver's term; the core decides that.
+pub fn check_bounds(message: &Message) -> Result<(), DecodeError> {
+    match message.out_of_range(u64::MAX - 1) {
+        Some((field, value)) => Err(bad("message", format!("{field} = {value} is out of range"))),
+        None => Ok(()),
+    }
 }
 
 fn decode_id(id: Option<&pb::EntryId>, what: &'static str) -> Result<EntryId, DecodeError> {

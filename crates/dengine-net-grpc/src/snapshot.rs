@@ -325,6 +325,19 @@ impl Receiver {
                 convert::decode_meta(m, &common.limits)
                     .map_err(|e| Status::invalid_argument(e.to_string()))
             })?;
+        // The message the node will get, checked before any of its data is spooled (the
+        // fuzzer found a snapshot ending at a term above its sender's spooled in full, then
+        // refused by the core).
+        let message = Message {
+            from,
+            to: cfg.id,
+            term: first.term,
+            body: MessageBody::InstallSnapshot(meta.clone()),
+        };
+        if let Err(e) = convert::check_bounds(&message) {
+            common.refused("snapshot", from, &e.to_string());
+            return Err(Status::invalid_argument(e.to_string()));
+        }
         if first.total_size > cfg.max_snapshot_bytes {
             return Ok(reply(
                 Outcome::Refused,
