@@ -18,11 +18,10 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use dengine_core::{
-    Config, EntryId, EntryPayload, LogReader, Membership, MembershipChange, Message, MessageBody,
-    NodeId, ReadMode, Role,
+    Config, EntryId, Membership, MembershipChange, Message, MessageBody, NodeId, ReadMode, Role,
 };
 
-use crate::invariants::{Invariants, log_matching, payload_hash};
+use crate::invariants::{self, Invariants, entry_hash};
 use crate::kv::KvStore;
 use crate::node::SimNode;
 
@@ -459,38 +458,26 @@ impl Cluster {
                 // Durable only when the schedule says so (CompleteWrites); a crash loses it.
                 self.node_mut(id).submit_write(write, 1);
             }
-            if let Some(to) = ready.compact_log_to
-                && let Some(raft) = self.node_mut(id).raft.as_mut()
-            {
-                raft.log_reader()
-                    .purge_now(to)
-                    .map_err(|e| format!("node {id}: compaction failed: {e}"))?;
+            if let Some(to) = ready.compact_log_to {
+                self.node_mut(id).compact(to)?;
             }
             if let Some(meta) = ready.snapshot_to_install {
-                let last = meta.last_included;
-                let Some(kv) = self.snapshots.get(&last).cloned() else {
-                    if self.forged {
-                        self.node_mut(id).crash();
-                        return Ok(());
+                let installed = self.nodes[(id - 1) as usize].install_from(meta, &self.snapshots);
+                if let Err(e) = installed {
+                    if !self.forged {
+                        return Err(e);
                     }
-                    return Err(format!(
-                        "node {id}: asked to install unknown snapshot {last}"
-                    ));
-                };
-                let node = self.node_mut(id);
-                node.complete_writes(u64::MAX)?;
-                node.install_snapshot(meta, kv)?;
+                    // A lie can name a snapshot nobody took; a runtime stops the node.
+                    self.node_mut(id).crash();
+                    return Ok(());
+                }
             }
             if !ready.committed_entries.is_empty() {
                 if !self.forged {
-                    let max_term = self.max_term();
+                    let max_term = invariants::max_term(&self.nodes);
                     for e in &ready.committed_entries {
-                        let hash = match &e.payload {
-                            EntryPayload::Normal(d) => payload_hash(d),
-                            EntryPayload::Blank => 1,
-                            EntryPayload::Membership(_) => 2,
-                        };
-                        self.inv.applied(id, e.id(), hash, max_term)?;
+                        self.inv
+                            .applied(id, e.id(), entry_hash(&e.payload), max_term)?;
                     }
                 }
                 self.node_mut(id).apply(&ready.committed_entries);
@@ -501,29 +488,10 @@ impl Cluster {
         ))
     }
 
-    fn max_term(&self) -> u64 {
-        self.nodes
-            .iter()
-            .filter_map(|n| n.raft.as_ref())
-            .map(|r| r.term())
-            .max()
-            .unwrap_or(0)
-    }
-
     fn on_role(&mut self, id: NodeId, role: Role, term: u64) -> Result<(), String> {
         let slot = (id - 1) as usize;
         if role == Role::Leader && self.roles[slot] != (Role::Leader, term) && !self.forged {
-            self.inv.leader(term, id)?;
-            if let Some(raft) = self.nodes[slot].raft.as_ref() {
-                let first = raft.log_reader().first_index();
-                self.inv.leader_complete(id, term, |i| {
-                    if i < first {
-                        None
-                    } else {
-                        Some(raft.log_term(i).ok())
-                    }
-                })?;
-            }
+            invariants::new_leader(&mut self.inv, &self.nodes[slot], term)?;
         }
         self.roles[slot] = (role, term);
         Ok(())
@@ -533,17 +501,11 @@ impl Cluster {
         let Some((_, kv)) = self.nodes[(node - 1) as usize].snapshot.clone() else {
             return Ok(());
         };
-        match self.snapshots.get(&last) {
-            Some(other) if *other != kv && !self.forged => Err(format!(
-                "state machine safety: node {node}'s snapshot at {last} differs from another \
-                 node's snapshot there"
-            )),
-            Some(_) => Ok(()),
-            None => {
-                self.snapshots.insert(last, kv);
-                Ok(())
-            }
+        if self.forged {
+            self.snapshots.entry(last).or_insert(kv);
+            return Ok(());
         }
+        invariants::snapshot_taken(&mut self.snapshots, node, last, kv).map(|_| ())
     }
 
     /// The invariants that hold after every action (unless a lie was delivered).
@@ -551,34 +513,14 @@ impl Cluster {
         if self.forged {
             return Ok(());
         }
-        for node in &self.nodes {
-            let Some(raft) = node.raft.as_ref() else {
-                continue;
-            };
-            if raft.role() == Role::Leader {
-                self.inv.leader(raft.term(), raft.id())?;
-            }
-            self.inv.watermarks(
-                node.id,
-                node.incarnation,
-                raft.commit_index(),
-                raft.applied_index(),
-            )?;
-        }
-        Ok(())
+        invariants::live_nodes(&mut self.inv, &self.nodes)
     }
 
     fn finish(&mut self) -> Result<(), String> {
         if self.forged {
             return Ok(());
         }
-        for a in 0..self.nodes.len() {
-            for b in a + 1..self.nodes.len() {
-                let (na, nb) = (&self.nodes[a], &self.nodes[b]);
-                log_matching((na.id, na.durable_log()), (nb.id, nb.durable_log()))?;
-            }
-        }
-        Ok(())
+        invariants::all_logs_match(&self.nodes)
     }
 }
 

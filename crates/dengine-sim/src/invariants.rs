@@ -28,6 +28,16 @@ pub fn payload_hash(data: &[u8]) -> u64 {
     h
 }
 
+/// What State Machine Safety compares of an applied entry: its payload's hash, or a constant
+/// for the entries without one.
+pub fn entry_hash(payload: &dengine_core::EntryPayload) -> u64 {
+    match payload {
+        dengine_core::EntryPayload::Normal(d) => payload_hash(d),
+        dengine_core::EntryPayload::Blank => 1,
+        dengine_core::EntryPayload::Membership(_) => 2,
+    }
+}
+
 impl Invariants {
     /// Election Safety: at most one leader per term, over the whole run (crashes included).
     pub fn leader(&mut self, term: Term, node: NodeId) -> Result<(), String> {
@@ -150,4 +160,94 @@ pub fn log_matching(a: (NodeId, &MemoryStore), b: (NodeId, &MemoryStore)) -> Res
         }
     }
     Ok(())
+}
+
+// ----- checks over a cluster of simulated nodes (the seeded simulator and the protocol fuzzer) --
+
+/// The highest term any live node has reached.
+pub(crate) fn max_term(nodes: &[crate::node::SimNode]) -> Term {
+    nodes
+        .iter()
+        .filter_map(|n| n.raft.as_ref())
+        .map(|r| r.term())
+        .max()
+        .unwrap_or(0)
+}
+
+/// A node has just become leader of `term`: Election Safety, and Leader Completeness for the
+/// entries not compacted into its snapshot (those are covered by it, and state machine safety
+/// is checked on every snapshot).
+pub(crate) fn new_leader(
+    inv: &mut Invariants,
+    node: &crate::node::SimNode,
+    term: Term,
+) -> Result<(), String> {
+    inv.leader(term, node.id)?;
+    if let Some(raft) = node.raft.as_ref() {
+        let first = raft.log_reader().first_index();
+        inv.leader_complete(node.id, term, |i| {
+            if i < first {
+                None
+            } else {
+                Some(raft.log_term(i).ok())
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// After every step: one leader per term, and commit and applied indexes never going back on a
+/// live node.
+pub(crate) fn live_nodes(
+    inv: &mut Invariants,
+    nodes: &[crate::node::SimNode],
+) -> Result<(), String> {
+    for node in nodes {
+        let Some(raft) = node.raft.as_ref() else {
+            continue;
+        };
+        if raft.role() == dengine_core::Role::Leader {
+            inv.leader(raft.term(), raft.id())?;
+        }
+        inv.watermarks(
+            node.id,
+            node.incarnation,
+            raft.commit_index(),
+            raft.applied_index(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Log Matching between every pair of durable logs.
+pub(crate) fn all_logs_match(nodes: &[crate::node::SimNode]) -> Result<(), String> {
+    for a in 0..nodes.len() {
+        for b in a + 1..nodes.len() {
+            let (na, nb) = (&nodes[a], &nodes[b]);
+            log_matching((na.id, na.durable_log()), (nb.id, nb.durable_log()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Keeps a node's new snapshot (for followers that will need it) and checks that every
+/// snapshot at the same entry holds the same state (state machine safety). Returns whether it
+/// was the first snapshot at `last`.
+pub(crate) fn snapshot_taken(
+    snapshots: &mut HashMap<EntryId, crate::kv::KvStore>,
+    node: NodeId,
+    last: EntryId,
+    kv: crate::kv::KvStore,
+) -> Result<bool, String> {
+    match snapshots.get(&last) {
+        Some(other) if *other != kv => Err(format!(
+            "state machine safety: node {node}'s snapshot at {last} differs from another \
+             node's snapshot there"
+        )),
+        Some(_) => Ok(false),
+        None => {
+            snapshots.insert(last, kv);
+            Ok(true)
+        }
+    }
 }

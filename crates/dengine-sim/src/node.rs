@@ -233,6 +233,36 @@ impl SimNode {
         Ok(())
     }
 
+    /// Compacts the log up to `to` (the core's `Ready::compact_log_to`).
+    pub fn compact(&mut self, to: dengine_core::LogIndex) -> Result<(), String> {
+        match self.raft.as_mut() {
+            Some(raft) => raft
+                .log_reader()
+                .purge_now(to)
+                .map_err(|e| format!("node {}: compaction failed: {e}", self.id)),
+            None => Ok(()),
+        }
+    }
+
+    /// Installs the snapshot the core asks for (`Ready::snapshot_to_install`), whose data a
+    /// leader took earlier (`snapshots`). Storage applies operations in order: log writes
+    /// issued before the install land first (the install then replaces them).
+    pub fn install_from(
+        &mut self,
+        meta: SnapshotMeta,
+        snapshots: &std::collections::HashMap<dengine_core::EntryId, KvStore>,
+    ) -> Result<(), String> {
+        let last = meta.last_included;
+        let Some(kv) = snapshots.get(&last).cloned() else {
+            return Err(format!(
+                "node {}: asked to install unknown snapshot {last}",
+                self.id
+            ));
+        };
+        self.complete_writes(u64::MAX)?;
+        self.install_snapshot(meta, kv)
+    }
+
     /// The durable log (what a crash keeps).
     pub fn durable_log(&self) -> &MemoryStore {
         match &self.raft {

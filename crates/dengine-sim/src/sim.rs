@@ -9,7 +9,7 @@ use dengine_core::{
 };
 
 use crate::config::{Faults, SimConfig};
-use crate::invariants::{Invariants, log_matching, payload_hash};
+use crate::invariants::{self, Invariants, entry_hash};
 use crate::kv::{Command, KvStore};
 use crate::linearizability::{self, History, Op, OpResult, Operation, Outcome, Verdict};
 use crate::network::Network;
@@ -715,38 +715,21 @@ impl Sim {
                 node.submit_write(write, now + delay);
                 node.complete_writes(now)?;
             }
-            if let Some(to) = ready.compact_log_to
-                && let Some(raft) = self.node_mut(id).raft.as_mut()
-            {
-                raft.log_reader()
-                    .purge_now(to)
-                    .map_err(|e| format!("node {id}: compaction failed: {e}"))?;
+            if let Some(to) = ready.compact_log_to {
+                self.node_mut(id).compact(to)?;
             }
             if let Some(meta) = ready.snapshot_to_install {
                 let last = meta.last_included;
-                let Some(kv) = self.snapshots.get(&last).cloned() else {
-                    return Err(format!(
-                        "node {id}: asked to install unknown snapshot {last}"
-                    ));
-                };
-                // Storage applies operations in order: log writes issued before the install
-                // land first (the install then replaces them).
-                let node = self.node_mut(id);
-                node.complete_writes(u64::MAX)?;
-                node.install_snapshot(meta, kv)?;
+                self.nodes[(id - 1) as usize].install_from(meta, &self.snapshots)?;
                 self.note(&[12, id, last.index], || {
                     format!("node {id} installs snapshot {last}")
                 });
             }
             if !ready.committed_entries.is_empty() {
-                let max_term = self.max_term();
+                let max_term = invariants::max_term(&self.nodes);
                 for e in &ready.committed_entries {
-                    let hash = match &e.payload {
-                        EntryPayload::Normal(d) => payload_hash(d),
-                        EntryPayload::Blank => 1,
-                        EntryPayload::Membership(_) => 2,
-                    };
-                    self.inv.applied(id, e.id(), hash, max_term)?;
+                    self.inv
+                        .applied(id, e.id(), entry_hash(&e.payload), max_term)?;
                     if let EntryPayload::Membership(m) = &e.payload
                         && e.index > self.committed_config.0
                     {
@@ -773,33 +756,11 @@ impl Sim {
         Err(format!("node {id}: ready loop did not settle"))
     }
 
-    /// The highest term any live node has reached.
-    fn max_term(&self) -> u64 {
-        self.nodes
-            .iter()
-            .filter_map(|n| n.raft.as_ref())
-            .map(|r| r.term())
-            .max()
-            .unwrap_or(0)
-    }
-
     fn on_role(&mut self, id: NodeId, role: Role, term: u64) -> Result<(), String> {
         let slot = (id - 1) as usize;
         if role == Role::Leader && self.roles[slot] != (Role::Leader, term) {
             self.stats.elections += 1;
-            self.inv.leader(term, id)?;
-            if let Some(raft) = self.node(id).raft.as_ref() {
-                // Entries compacted into the leader's snapshot are covered by it (and state
-                // machine safety is checked on every snapshot); the rest must be in its log.
-                let first = raft.log_reader().first_index();
-                self.inv.leader_complete(id, term, |i| {
-                    if i < first {
-                        None
-                    } else {
-                        Some(raft.log_term(i).ok())
-                    }
-                })?;
-            }
+            invariants::new_leader(&mut self.inv, &self.nodes[slot], term)?;
             self.note(&[9, id, term], || format!("node {id} leads term {term}"));
         }
         self.roles[slot] = (role, term);
@@ -811,40 +772,15 @@ impl Sim {
         if self.faults.membership_changes {
             self.decommission_removed();
         }
-        for i in 0..self.nodes.len() {
-            let node = &self.nodes[i];
-            let Some(raft) = node.raft.as_ref() else {
-                continue;
-            };
-            if raft.role() == Role::Leader {
-                self.inv.leader(raft.term(), raft.id())?;
-            }
-            let (id, inc, commit, applied) = (
-                node.id,
-                node.incarnation,
-                raft.commit_index(),
-                raft.applied_index(),
-            );
-            self.inv.watermarks(id, inc, commit, applied)?;
-        }
+        invariants::live_nodes(&mut self.inv, &self.nodes)?;
         if now.is_multiple_of(32) {
-            for a in 0..self.nodes.len() {
-                for b in a + 1..self.nodes.len() {
-                    let (na, nb) = (&self.nodes[a], &self.nodes[b]);
-                    log_matching((na.id, na.durable_log()), (nb.id, nb.durable_log()))?;
-                }
-            }
+            invariants::all_logs_match(&self.nodes)?;
         }
         Ok(())
     }
 
     fn final_checks(&mut self) -> Result<(), String> {
-        for a in 0..self.nodes.len() {
-            for b in a + 1..self.nodes.len() {
-                let (na, nb) = (&self.nodes[a], &self.nodes[b]);
-                log_matching((na.id, na.durable_log()), (nb.id, nb.durable_log()))?;
-            }
-        }
+        invariants::all_logs_match(&self.nodes)?;
         // Durability: after every crash and restart, every write a client was told succeeded
         // is still in every node's log (all nodes are up and caught up by now).
         let members: Vec<NodeId> = self.committed_config.1.members().collect();
@@ -1051,20 +987,12 @@ impl Sim {
         let Some((_, kv)) = self.node(node).snapshot.clone() else {
             return Ok(());
         };
-        match self.snapshots.get(&last) {
-            Some(other) if *other != kv => Err(format!(
-                "state machine safety: node {node}'s snapshot at {last} differs from another \
-                 node's snapshot there"
-            )),
-            Some(_) => Ok(()),
-            None => {
-                self.snapshots.insert(last, kv);
-                self.note(&[16, node, last.index], || {
-                    format!("node {node} snapshots at {last}")
-                });
-                Ok(())
-            }
+        if invariants::snapshot_taken(&mut self.snapshots, node, last, kv)? {
+            self.note(&[16, node, last.index], || {
+                format!("node {node} snapshots at {last}")
+            });
         }
+        Ok(())
     }
 
     // ----- clients -----------------------------------------------------------------------------
