@@ -117,7 +117,7 @@ const SNAPSHOT_META: &str = "snapshot_meta";
 /// The redb database behind a [`RedbStore`]: the [`SyncLog`] that
 /// [`Store`] runs. Use it through `RedbStore`.
 pub struct RedbLog {
-    db: Database,
+    db: ClosingDb,
     file: PathBuf,
     /// The log's shape, so that `first_index`/`last_index` need no database read. Readers copy
     /// it and read through their own redb transaction; the writer replaces it after a commit.
@@ -198,6 +198,38 @@ impl RedbLog {
     }
 }
 
+/// redb's `Database`, closed under `catch_unwind`: closing runs a last commit of redb's own
+/// bookkeeping, and on a damaged file redb 4.6 can panic there (an index out of bounds in its
+/// page allocator, found by the `redb_recovery` fuzz target) — a store being dropped must not
+/// take the process down. The panic hook has already reported it; the log loses nothing,
+/// since every `persist` committed durably before returning.
+struct ClosingDb(Option<Database>);
+
+impl std::ops::Deref for ClosingDb {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        match &self.0 {
+            Some(db) => db,
+            None => unreachable!("the database is taken only when the store is dropped"),
+        }
+    }
+}
+
+impl Drop for ClosingDb {
+    fn drop(&mut self) {
+        if let Some(db) = self.0.take() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db)));
+        }
+    }
+}
+
+impl std::fmt::Debug for ClosingDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Database")
+    }
+}
+
 impl SyncLog for RedbLog {
     const KIND: StoreKind = StoreKind::new(BACKEND, FORMAT_VERSION, &[DB_FILE]);
     type Options = ();
@@ -217,7 +249,7 @@ impl SyncLog for RedbLog {
         }
         .map_err(engine_error(&file, "opening"))?;
         let log = RedbLog {
-            db,
+            db: ClosingDb(Some(db)),
             file,
             bounds: RwLock::new(Bounds::EMPTY),
         };

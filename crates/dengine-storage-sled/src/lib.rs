@@ -110,10 +110,22 @@ pub type SledStore = Store<SledLog>;
 pub type SledReader = Reader<SledLog>;
 
 const TREE: &str = "dengine-log";
-/// How long opening waits for sled's file lock held by a just-closed store of this process
-/// (2 s was exceeded under load: the sled_recovery fuzz target, reopening a store at once on a
-/// machine running three CPU-bound processes on two cores).
-const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// Whether sled refused to open because another instance holds its file lock. sled 0.34
+/// reports that as an `Other` I/O error carrying the `WouldBlock` in its message, so the kind
+/// alone never matched (the retry below never ran until the sled_recovery fuzz target showed
+/// it).
+fn lock_held(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock")
+        }
+        _ => false,
+    }
+}
+
+/// How long opening waits for sled's file lock held by a just-closed store of this process.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 const ENTRY_PREFIX: u8 = b'e';
 const HARD_STATE: &str = "hard_state";
 const COMPACTED: &str = "compacted";
@@ -312,10 +324,7 @@ impl SyncLog for SledLog {
         let started = Instant::now();
         let db = loop {
             match config.open() {
-                Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        && started.elapsed() < LOCK_WAIT =>
-                {
+                Err(e) if lock_held(&e) && started.elapsed() < LOCK_WAIT => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 other => break other.map_err(engine_error(&path, "opening"))?,

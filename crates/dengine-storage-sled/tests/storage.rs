@@ -51,3 +51,27 @@ impl Damage for SledFiles {
 fn storage_suites() {
     testing::run_suites::<SledFiles>();
 }
+
+/// sled holds its file lock while an instance is open; opening the same store again in this
+/// process waits (up to 2 s) for an instance being closed instead of failing at once. (sled
+/// reports the held lock as an `Other` I/O error, which the retry did not recognise until the
+/// sled_recovery fuzz target showed it.)
+#[test]
+fn reopening_waits_for_an_instance_being_closed() {
+    use dengine_storage_sled::SledStore;
+    let dir = tempfile::tempdir().unwrap();
+    let first = SledStore::open_or_create(dir.path()).unwrap();
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(first);
+    });
+    let started = std::time::Instant::now();
+    let second = SledStore::open(dir.path());
+    closer.join().unwrap();
+    assert!(
+        second.is_ok(),
+        "reopening failed instead of waiting: {:?}",
+        second.err()
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+}
