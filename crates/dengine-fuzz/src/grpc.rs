@@ -105,14 +105,3 @@ where
         grpc_status,
     }
 }
-
-/// A current-thread runtime for one input.
-pub(crate) fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => panic!("cannot start a tokio runtime: {e}"),
-    }
-}

@@ -20,7 +20,8 @@ use dengine_kv::{KvConfig, LocalBackend, WatchHub, kv_services};
 use dengine_sim::fuzz::Input;
 use prost::Message as _;
 
-use crate::grpc::{body_from, call, frame, runtime};
+use crate::grpc::{body_from, call, frame};
+use crate::support::runtime;
 
 /// The calls the target makes. Password hashing calls (UserAdd, Authenticate, ...) are left
 /// out: each costs ~0.1 s of PBKDF2 by design, which would starve the fuzzer.

@@ -14,6 +14,7 @@ pub mod kv;
 pub mod peer;
 pub mod settings;
 pub mod storage;
+mod support;
 
 /// One fuzz target.
 #[derive(Clone, Copy, Debug)]
@@ -80,22 +81,5 @@ pub const TARGETS: &[Target] = &[
 pub fn protocol(data: &[u8]) {
     if let Err(e) = dengine_sim::fuzz::protocol(data) {
         panic!("{e}");
-    }
-}
-
-/// A temporary directory, in memory (`/dev/shm`) where there is one: the storage targets write
-/// and sync small files for every input.
-fn scratch_dir() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    let dir = if shm.is_dir() {
-        tempfile::Builder::new()
-            .prefix("dengine-fuzz-")
-            .tempdir_in(shm)
-    } else {
-        tempfile::Builder::new().prefix("dengine-fuzz-").tempdir()
-    };
-    match dir {
-        Ok(d) => d,
-        Err(e) => panic!("cannot create a temporary directory: {e}"),
     }
 }

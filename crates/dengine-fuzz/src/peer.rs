@@ -21,7 +21,8 @@ use dengine_net_grpc::{GrpcConfig, GrpcTransport, pb};
 use dengine_sim::fuzz::Input;
 use prost::Message as _;
 
-use crate::grpc::{body_from, call, runtime};
+use crate::grpc::{body_from, call};
+use crate::support::runtime;
 
 /// This node and its cluster.
 const ME: u64 = 1;
@@ -83,7 +84,7 @@ pub fn peer(data: &[u8]) {
 fn run(data: &[u8]) -> usize {
     let inbox = Arc::new(CheckingInbox::default());
     let mut input = Input::new(data);
-    let spool = crate::scratch_dir();
+    let spool = crate::support::scratch_dir();
     runtime().block_on(async {
         let mut config = GrpcConfig::new(ME, CLUSTER);
         config.snapshot_spool_dir = Some(spool.path().to_path_buf());

@@ -35,7 +35,7 @@ pub fn settings(data: &[u8]) {
     if let Err(e) = &from_text {
         assert!(!e.to_string().is_empty(), "an error without a message");
     }
-    let scratch = crate::scratch_dir();
+    let scratch = crate::support::scratch_dir();
     let path = scratch.path().join("dengine.toml");
     if std::fs::write(&path, &toml).is_err() {
         return;

@@ -20,7 +20,7 @@ use dengine_storage_redb::RedbStore;
 use dengine_storage_sled::SledStore;
 use dengine_storage_wal::{WalOptions, WalStore};
 
-use crate::grpc::runtime;
+use crate::support::runtime;
 
 type Opener<S> = fn(&Path) -> Result<S, StorageError>;
 
@@ -59,7 +59,7 @@ pub fn sled_recovery(data: &[u8]) {
 fn recovery<S: LogStore>(data: &[u8], create: Opener<S>, open: Opener<S>) {
     let_caught_panics_unwind();
     let mut input = Input::new(data);
-    let scratch = crate::scratch_dir();
+    let scratch = crate::support::scratch_dir();
     let dir = scratch.path().join("log");
     let rt = runtime();
     let _context = rt.enter();
