@@ -12,7 +12,8 @@
 //! Raft tolerates crashes, loss, duplication and reordering, not lies: once a forged message has
 //! been delivered the safety invariants no longer apply, and the oracle is only that nothing
 //! panics, spins or reports a storage error. (Peers are authenticated at the transport, see
-//! docs/security.md; the core must still survive whatever a buggy or compromised peer sends.)
+//! docs/operations.md, "Securing a cluster"; the core must still survive whatever a buggy or
+//! compromised peer sends.)
 
 use std::collections::HashMap;
 
