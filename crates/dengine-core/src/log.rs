@@ -300,7 +300,7 @@ impl<L: LogReader> RaftLog<L> {
 mod tests {
     use super::*;
     use crate::store::{MemoryStore, PersistRequest};
-    use crate::types::EntryPayload;
+    use crate::types::{EntryPayload, Membership, SnapshotMeta};
 
     fn e(term: Term, index: LogIndex) -> Entry {
         Entry::new(term, index, EntryPayload::Blank)
@@ -389,5 +389,78 @@ mod tests {
         assert_eq!(log.find_conflict(&[e(2, 3), e(3, 4)]), Some(1));
         assert_eq!(log.find_conflict(&[e(2, 3), e(2, 4)]), None);
         assert_eq!(log.find_conflict(&[e(5, 5), e(5, 6)]), Some(1));
+    }
+
+    #[test]
+    fn conflict_hint_term_start_stops_at_first_index() {
+        // §5.3 conflict hint: the run of the conflicting term is searched only among the
+        // entries the log still holds, even when the snapshot's last entry has that term.
+        let log = log_with(&[e(1, 1), e(2, 2), e(2, 3), e(2, 4), e(3, 5)]);
+        log.store.purge_now(2).unwrap();
+        assert_eq!(log.first_index(), 3);
+        assert_eq!(log.first_index_of_term(2, 4), 3);
+    }
+
+    #[test]
+    fn commit_to_reports_only_an_advance() {
+        let mut log = log_with(&[e(1, 1), e(1, 2)]);
+        assert!(log.commit_to(1));
+        assert!(!log.commit_to(1), "already committed: not news");
+        assert!(!log.commit_to(0));
+        assert!(log.commit_to(5), "capped at the last index");
+        assert_eq!(log.committed, 2);
+        assert!(
+            !log.commit_to(5),
+            "capped at the commit index it already has"
+        );
+    }
+
+    #[test]
+    fn entries_past_the_end_report_the_last_index_asked_for() {
+        let mut log = log_with(&[e(1, 1)]);
+        log.append([e(1, 2)]);
+        let err = log.entries(1, 5, u64::MAX).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::Unavailable {
+                    index: 4,
+                    last_index: 2
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn entries_from_the_unstable_tail_stop_before_high() {
+        let mut log = log_with(&[e(1, 1)]);
+        log.append([e(1, 2), e(1, 3), e(1, 4), e(1, 5)]);
+        assert_eq!(log.entries(2, 4, u64::MAX).unwrap(), vec![e(1, 2), e(1, 3)]);
+        assert_eq!(log.entries(3, 5, u64::MAX).unwrap(), vec![e(1, 3), e(1, 4)]);
+        assert_eq!(log.entries(1, 3, u64::MAX).unwrap(), vec![e(1, 1), e(1, 2)]);
+    }
+
+    #[test]
+    fn restore_leaves_nothing_to_write_and_counts_the_snapshot_point_durable() {
+        // §7: after a leader's snapshot is installed, everything up to its last entry is
+        // written and durable; writes of the replaced log no longer count.
+        let mut log = log_with(&[e(1, 1), e(1, 2)]);
+        log.append([e(1, 3), e(1, 4)]);
+        assert_eq!(log.take_unwritten().len(), 2);
+        let last = EntryId::new(3, 9);
+        log.store
+            .reset_to_snapshot_now(&SnapshotMeta {
+                last_included: last,
+                membership: Membership::new([1]),
+            })
+            .unwrap();
+        log.restore(last);
+        assert_eq!((log.first_index(), log.last_id()), (10, last));
+        assert_eq!((log.committed, log.persisted, log.applied), (9, 9, 9));
+        assert!(!log.has_unwritten());
+        assert!(!log.on_persisted(EntryId::new(1, 4)));
+        assert!(log.on_persisted(last));
+        assert_eq!(log.persisted, 9);
     }
 }

@@ -275,4 +275,23 @@ mod tests {
             "a duplicate rejection at match is stale"
         );
     }
+
+    #[test]
+    fn an_ack_is_news_only_above_match() {
+        let mut p = Progress::new(1, 8);
+        assert!(p.maybe_update(4));
+        assert!(!p.maybe_update(4), "a duplicated ack is not news");
+        assert!(!p.maybe_update(2), "a reordered older ack is not news");
+        assert_eq!(p.match_index, 4);
+    }
+
+    #[test]
+    fn an_ack_moves_next_index_past_it() {
+        // Figure 2: nextIndex stays above matchIndex. A probe does not advance next_index,
+        // so its ack can cover entries at and beyond it.
+        let mut p = Progress::new(5, 8);
+        p.sent_entries(7, 3);
+        assert!(p.maybe_update(7));
+        assert_eq!((p.match_index, p.next_index), (7, 8));
+    }
 }

@@ -87,10 +87,9 @@ impl<L: LogReader> Raft<L> {
             let needs_commit = p.sent_commit < self.log.committed
                 && p.state == ReplicationState::Replicate
                 && commit_only_ok;
-            // A peer we know nothing about (e.g. just added) gets an empty probe at
-            // next_index - 1 to find where its log stands.
-            let needs_probe =
-                p.state == ReplicationState::Probe && p.match_index + 1 < p.next_index;
+            // A peer in probe state (e.g. just added, or after a rejection) gets an append at
+            // next_index - 1 even with no entries to carry, to find where its log stands.
+            let needs_probe = p.state == ReplicationState::Probe;
             if !has_entries && !needs_commit && !needs_probe {
                 return;
             }

@@ -542,3 +542,70 @@ fn restarted_node_refuses_votes_for_one_election_timeout() {
     c.node_mut(2).step(req).unwrap();
     assert_eq!(c.node(2).vote(), Some(3));
 }
+
+/// `campaign` starts an election only on a voter that is not already leader: a leader keeps
+/// its term (a new election would depose it for nothing, §5.2), and a learner never
+/// campaigns (thesis §4.2.1).
+#[test]
+fn campaign_does_nothing_on_a_leader_or_a_learner() {
+    let mut leader = new_node(1, &[1], &no_pre_vote);
+    leader.campaign();
+    while leader.has_ready() {
+        let ready = leader.ready();
+        persist_now(&mut leader, &ready);
+    }
+    assert_eq!(
+        leader.role(),
+        Role::Leader,
+        "a single voter wins its own vote"
+    );
+    let term = leader.term();
+    leader.campaign();
+    assert_eq!((leader.role(), leader.term()), (Role::Leader, term));
+
+    let mut learner = new_node(4, &[1, 2, 3], &|_| {});
+    learner.campaign();
+    assert_eq!((learner.role(), learner.term()), (Role::Follower, 0));
+    assert!(learner.ready().messages.is_empty(), "no vote requests");
+}
+
+/// Thesis §9.6: a pre-candidate counts only answers to its pre-vote. Answers to a real
+/// RequestVote (left over from an earlier election, or forged) neither win nor lose its
+/// pre-vote round.
+#[test]
+fn pre_candidate_ignores_answers_to_real_vote_requests() {
+    let mut node = new_node(1, &[1, 2, 3], &|_| {});
+    node.campaign();
+    assert_eq!(node.role(), Role::PreCandidate);
+    let real = |from, granted| Message {
+        from,
+        to: 1,
+        term: 0,
+        body: MessageBody::VoteResponse(VoteResponse {
+            pre_vote: false,
+            granted,
+        }),
+    };
+    node.step(real(2, false)).unwrap();
+    node.step(real(3, false)).unwrap();
+    assert_eq!(
+        node.role(),
+        Role::PreCandidate,
+        "real-vote rejections do not end the pre-vote round"
+    );
+    let pre_grant = |from| Message {
+        from,
+        to: 1,
+        term: 1,
+        body: MessageBody::VoteResponse(VoteResponse {
+            pre_vote: true,
+            granted: true,
+        }),
+    };
+    node.step(pre_grant(2)).unwrap();
+    assert_eq!(
+        node.role(),
+        Role::Candidate,
+        "the pre-vote grant still counts"
+    );
+}

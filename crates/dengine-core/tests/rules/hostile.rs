@@ -5,11 +5,12 @@
 //! §5.3 match indexes; §4.1 configurations).
 
 use dengine_core::{
-    EntryId, Heartbeat, MAX_TERM, MembershipChange, MembershipError, Message, MessageBody,
-    PeerRegression, Role, StepError, VoteRequest,
+    AppendRequest, AppendResponse, ConflictHint, EntryId, HardState, Heartbeat, InitialState,
+    LogReader, MAX_TERM, Membership, MembershipChange, MembershipError, MemoryStore, Message,
+    MessageBody, PeerRegression, PersistRequest, Raft, Role, StepError, StorageError, VoteRequest,
 };
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, blank, config, persist_now};
 
 fn heartbeat(from: u64, to: u64, term: u64) -> Message {
     Message {
@@ -223,4 +224,172 @@ fn only_a_committed_removal_retires_a_node() {
     assert!(leader.committed_membership().contains(3));
     assert!(!leader.committed_membership().is_retired(3));
     assert_eq!(leader.role(), Role::Leader);
+}
+
+/// §5.2 Election Safety: there is at most one leader per term, so an append claiming to come
+/// from another leader of the leader's own term is forged or broken. The leader neither
+/// follows it nor lets it touch its log (which would lose committed entries).
+#[test]
+fn a_leader_ignores_appends_from_a_second_leader_of_its_term() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let id = c.propose(1, "acknowledged");
+    c.stabilize();
+    let term = c.node(1).term();
+    let before = c.node(1).last_log_id();
+    c.node_mut(1)
+        .step(Message {
+            from: 2,
+            to: 1,
+            term,
+            body: MessageBody::Append(dengine_core::AppendRequest {
+                prev: id,
+                entries: vec![dengine_core::Entry::new(
+                    term,
+                    id.index + 1,
+                    dengine_core::EntryPayload::Blank,
+                )],
+                commit: id.index + 1,
+            }),
+        })
+        .unwrap();
+    assert_eq!(c.node(1).role(), Role::Leader);
+    assert_eq!(c.node(1).leader(), Some(1));
+    assert_eq!(c.node(1).last_log_id(), before, "log untouched");
+    assert_eq!(c.node(1).commit_index(), id.index);
+}
+
+/// A log reader whose `term` fails at one index, as a damaged disk would.
+struct FailingReader {
+    store: MemoryStore,
+    fail_term_at: Option<u64>,
+}
+
+impl LogReader for FailingReader {
+    fn first_index(&self) -> u64 {
+        self.store.first_index()
+    }
+    fn last_index(&self) -> u64 {
+        self.store.last_index()
+    }
+    fn term(&self, index: u64) -> Result<u64, StorageError> {
+        if self.fail_term_at == Some(index) {
+            return Err(StorageError::Inconsistent(format!(
+                "cannot read entry {index}"
+            )));
+        }
+        self.store.term(index)
+    }
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_bytes: u64,
+        out: &mut Vec<dengine_core::Entry>,
+    ) -> Result<(), StorageError> {
+        self.store.entries(low, high, max_bytes, out)
+    }
+}
+
+/// A follower that cannot read its own log where an append's `prev` lies does not guess: it
+/// rejects the append, asks the leader to probe from its commit index (which is known to
+/// match, §5.4), and reports the read error to the runtime.
+#[test]
+fn a_failed_log_read_rejects_the_append_and_is_reported() {
+    let store = MemoryStore::new();
+    store
+        .persist_now(&PersistRequest::new(
+            None,
+            vec![blank(1, 1), blank(1, 2), blank(1, 3)],
+            true,
+        ))
+        .unwrap();
+    let initial = InitialState {
+        hard_state: HardState {
+            term: 1,
+            vote: None,
+            commit: 0,
+        },
+        membership: Membership::new([1, 2, 3]),
+        ..Default::default()
+    };
+    let reader = FailingReader {
+        store,
+        fail_term_at: None,
+    };
+    let mut node = Raft::new(config(2), reader, initial).unwrap();
+    node.log_reader_mut().fail_term_at = Some(3);
+    let append = |prev| Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        body: MessageBody::Append(AppendRequest {
+            prev,
+            entries: vec![],
+            commit: 0,
+        }),
+    };
+    node.step(append(EntryId::new(1, 3))).unwrap();
+    let ready = node.ready();
+    assert!(
+        ready
+            .storage_errors
+            .iter()
+            .any(|e| matches!(e, StorageError::Inconsistent(d) if d.contains("entry 3"))),
+        "{:?}",
+        ready.storage_errors
+    );
+    let answers: Vec<_> = ready.messages.iter().map(|m| m.body.clone()).collect();
+    assert_eq!(
+        answers,
+        [MessageBody::AppendResponse(AppendResponse::Rejected {
+            rejected_index: 3,
+            hint: ConflictHint::LogTooShort { last_index: 0 },
+        })]
+    );
+}
+
+/// A leader whose log lost entries a follower still needs, with no snapshot to send instead
+/// (a damaged or tampered store), reports the inconsistency and carries on: it neither
+/// panics nor spins retrying the impossible send.
+#[test]
+fn a_leader_missing_entries_and_snapshot_reports_it_and_does_not_spin() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..5 {
+        c.propose(1, &format!("v{i}"));
+    }
+    c.stabilize();
+    let last = c.node(1).last_log_id().index;
+    // The leader's store loses everything up to `last - 1`: no snapshot covers it.
+    c.node(1).log_reader().purge_now(last - 1).unwrap();
+    c.heal();
+    let mut errors = Vec::new();
+    for _ in 0..30 {
+        c.tick(1);
+        for _ in 0..10 {
+            let leader = c.node_mut(1);
+            let mut sent = Vec::new();
+            while leader.has_ready() {
+                let ready = leader.ready();
+                persist_now(leader, &ready);
+                errors.extend(ready.storage_errors);
+                sent.extend(ready.messages);
+            }
+            c.network.extend(sent);
+            c.drain(2);
+            c.drain(3);
+            if !c.deliver_all() {
+                break;
+            }
+        }
+    }
+    assert!(
+        errors
+            .iter()
+            .any(|e| matches!(e, StorageError::Inconsistent(d) if d.contains("no snapshot"))),
+        "{errors:?}"
+    );
+    assert_eq!(c.node(1).role(), Role::Leader);
 }

@@ -198,6 +198,11 @@ fn uncommitted_bytes_limit_refuses_proposals_until_entries_commit() {
     assert_eq!(next.index, last.index + 1);
     c.stabilize();
     assert_eq!(c.node(2).commit_index(), next.index);
+    // Committed entries leave the count exactly: the whole limit is available again.
+    let leader = c.node_mut(1);
+    leader.propose(bytes(10)).unwrap();
+    leader.propose(bytes(10)).unwrap();
+    leader.propose(bytes(5)).unwrap();
 }
 
 /// The same limit with the followers reachable but their disks held: acknowledgements, not

@@ -476,3 +476,124 @@ fn leader_does_not_commit_an_old_term_entry_by_counting_replicas() {
         "committing 3@t4 commits 2@t2 indirectly"
     );
 }
+
+/// Node 1 elected leader over node 2 with the votes stepped in by hand; returns it with the
+/// appends of its first turn (its probes to node 2).
+fn elected_leader(entries: &[Entry], term: u64) -> (Node, Vec<AppendRequest>) {
+    let mut leader = node_with_log(1, &[1, 2], entries, term);
+    leader.campaign();
+    let mut appends = Vec::new();
+    for _ in 0..3 {
+        if leader.role() == Role::Leader {
+            break;
+        }
+        let pre_vote = leader.role() == Role::PreCandidate;
+        let vote_term = if pre_vote {
+            leader.term() + 1
+        } else {
+            leader.term()
+        };
+        while leader.has_ready() {
+            let ready = leader.ready();
+            persist_now(&mut leader, &ready);
+        }
+        leader
+            .step(Message {
+                from: 2,
+                to: 1,
+                term: vote_term,
+                body: MessageBody::VoteResponse(dengine_core::VoteResponse {
+                    pre_vote,
+                    granted: true,
+                }),
+            })
+            .unwrap();
+    }
+    assert_eq!(leader.role(), Role::Leader);
+    appends.extend(appends_from(&mut leader));
+    (leader, appends)
+}
+
+/// Drains `node`'s readies (persisting them) and returns the appends it sent.
+fn appends_from(node: &mut Node) -> Vec<AppendRequest> {
+    let mut out = Vec::new();
+    while node.has_ready() {
+        let ready = node.ready();
+        persist_now(node, &ready);
+        for m in ready.messages {
+            if let MessageBody::Append(a) = m.body {
+                out.push(a);
+            }
+        }
+    }
+    out
+}
+
+fn rejection(term: u64, rejected_index: u64, hint: ConflictHint) -> Message {
+    Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::AppendResponse(AppendResponse::Rejected {
+            rejected_index,
+            hint,
+        }),
+    }
+}
+
+/// §5.3 end, leader side: when the follower's conflicting term is one the leader also holds,
+/// both logs agree up to the leader's last entry of that term (Log Matching), so the next
+/// append starts right after it.
+#[test]
+fn after_a_term_conflict_the_leader_continues_after_its_last_entry_of_that_term() {
+    // Leader: terms 1 1 2 2 3, elected in term 4 (blank at 6). The follower holds term 2 at
+    // index 5 (1 1 2 2 2, from the old term-2 leader).
+    let log = [
+        blank(1, 1),
+        blank(1, 2),
+        blank(2, 3),
+        blank(2, 4),
+        blank(3, 5),
+    ];
+    let (mut leader, probes) = elected_leader(&log, 3);
+    assert_eq!(probes[0].prev, EntryId::new(3, 5));
+    let hint = ConflictHint::TermConflict {
+        term: 2,
+        first_index: 3,
+    };
+    leader.step(rejection(4, 5, hint)).unwrap();
+    let next = appends_from(&mut leader);
+    assert_eq!(
+        next[0].prev,
+        EntryId::new(2, 4),
+        "the leader's last term-2 entry matches; continue after it"
+    );
+}
+
+/// §5.3 end, leader side: when the leader holds no entry of the follower's conflicting term,
+/// every follower entry of that term conflicts: the next append starts at the first of them
+/// (or right after the leader's last entry of an earlier term, if that comes first).
+#[test]
+fn after_a_term_conflict_the_leader_skips_the_followers_whole_term() {
+    // Leader: terms 1 1 1 1 3, elected in term 4. The follower: 1 1 1 1 2 (term 2 from 5).
+    let log = [
+        blank(1, 1),
+        blank(1, 2),
+        blank(1, 3),
+        blank(1, 4),
+        blank(3, 5),
+    ];
+    let (mut leader, probes) = elected_leader(&log, 3);
+    assert_eq!(probes[0].prev, EntryId::new(3, 5));
+    let hint = ConflictHint::TermConflict {
+        term: 2,
+        first_index: 5,
+    };
+    leader.step(rejection(4, 5, hint)).unwrap();
+    let next = appends_from(&mut leader);
+    assert_eq!(
+        next[0].prev,
+        EntryId::new(1, 4),
+        "nothing before the follower's term-2 entries conflicts"
+    );
+}

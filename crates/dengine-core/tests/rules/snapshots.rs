@@ -265,3 +265,40 @@ fn restart_from_snapshot_and_log_recovers_state_and_membership() {
     c.tick_all(3);
     assert_eq!(c.node(2).commit_index(), c.node(1).commit_index());
 }
+
+/// §7: while a snapshot is being installed the log is about to be replaced, so appends that
+/// arrive meanwhile are not applied to it (nor answered); the leader sends again once the
+/// snapshot is acknowledged.
+#[test]
+fn appends_during_a_snapshot_install_are_ignored() {
+    let mut node = node_with_log(2, &[1, 2, 3], &[blank(1, 1), blank(2, 2), blank(2, 3)], 2);
+    let last = EntryId::new(3, 5);
+    node.step(install(1, 2, 3, last)).unwrap();
+    let r = node.ready();
+    persist_now(&mut node, &r);
+    assert!(r.snapshot_to_install.is_some());
+    // An append that would match the current log (prev = its last entry) arrives mid-install.
+    node.step(Message {
+        from: 1,
+        to: 2,
+        term: 3,
+        body: MessageBody::Append(dengine_core::AppendRequest {
+            prev: EntryId::new(2, 3),
+            entries: vec![blank(3, 4)],
+            commit: 0,
+        }),
+    })
+    .unwrap();
+    assert_eq!(node.last_log_id(), EntryId::new(2, 3), "log untouched");
+    let r = node.ready();
+    assert!(
+        r.persist.as_ref().is_none_or(|w| w.entries.is_empty()),
+        "nothing to write"
+    );
+    assert!(
+        !r.messages
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::AppendResponse(_))),
+        "no answer"
+    );
+}
