@@ -252,4 +252,40 @@ mod tests {
         let err = c.validate().unwrap_err();
         assert_eq!(err.problems[0].field, "max_uncommitted_bytes");
     }
+
+    /// The documented bounds are inclusive: the values at the edge are accepted, the next
+    /// ones refused with the field named.
+    #[test]
+    fn bounds_accept_their_edge_values() {
+        let check = |f: &dyn Fn(&mut Config)| {
+            let mut c = Config::new(1);
+            f(&mut c);
+            c.validate().map_err(|e| {
+                e.problems
+                    .iter()
+                    .map(|p| p.field.clone())
+                    .collect::<Vec<_>>()
+            })
+        };
+        let timeout = |t: u64| {
+            move |c: &mut Config| {
+                c.election_timeout_ticks = t;
+                c.heartbeat_interval_ticks = 1;
+                c.lease_drift_ticks = 0;
+            }
+        };
+        assert_eq!(check(&timeout(2)), Ok(()));
+        assert_eq!(check(&timeout(u64::MAX / 4)), Ok(()));
+        let field = Err(vec!["election_timeout_ticks".to_string()]);
+        assert_eq!(check(&timeout(u64::MAX / 4 + 1)), field);
+        assert!(check(&timeout(1)).is_err_and(|f| f.contains(&"election_timeout_ticks".into())));
+        let one = |c: &mut Config| {
+            c.max_uncommitted_bytes = c.max_proposal_bytes + crate::types::ENTRY_OVERHEAD_BYTES;
+        };
+        assert_eq!(
+            check(&one),
+            Ok(()),
+            "room for exactly one proposal is enough"
+        );
+    }
 }

@@ -256,3 +256,73 @@ impl Message {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_name_pre_votes_apart_from_votes() {
+        let last_log = EntryId::ZERO;
+        let request = |pre_vote| {
+            MessageBody::VoteRequest(VoteRequest {
+                pre_vote,
+                last_log,
+                leader_transfer: false,
+            })
+        };
+        let response = |pre_vote| {
+            MessageBody::VoteResponse(VoteResponse {
+                pre_vote,
+                granted: true,
+            })
+        };
+        assert_eq!(request(true).kind(), "PreVote");
+        assert_eq!(request(false).kind(), "Vote");
+        assert_eq!(response(true).kind(), "PreVoteResponse");
+        assert_eq!(response(false).kind(), "VoteResponse");
+        assert_eq!(MessageBody::TimeoutNow.kind(), "TimeoutNow");
+    }
+
+    /// A term of exactly `MAX_TERM` is still accepted from anyone: the bound is the largest
+    /// term a cluster may reach, not the first refused one.
+    #[test]
+    fn max_term_itself_is_in_range() {
+        let msg = |term| Message {
+            from: 2,
+            to: 1,
+            term,
+            body: MessageBody::TimeoutNow,
+        };
+        assert_eq!(msg(MAX_TERM).out_of_range(0), None);
+        assert_eq!(
+            msg(MAX_TERM + 1).out_of_range(0),
+            Some(("term", MAX_TERM + 1))
+        );
+        assert_eq!(
+            msg(MAX_TERM + 1).out_of_range(MAX_TERM),
+            None,
+            "one election above ours"
+        );
+    }
+
+    /// Likewise `MAX_INDEX` is the largest index a message may name.
+    #[test]
+    fn max_index_itself_is_in_range() {
+        let append = |index| Message {
+            from: 2,
+            to: 1,
+            term: 1,
+            body: MessageBody::Append(AppendRequest {
+                prev: EntryId::new(1, index),
+                entries: vec![],
+                commit: 0,
+            }),
+        };
+        assert_eq!(append(MAX_INDEX).out_of_range(1), None);
+        assert_eq!(
+            append(MAX_INDEX + 1).out_of_range(1),
+            Some(("prev.index", MAX_INDEX + 1))
+        );
+    }
+}

@@ -489,12 +489,11 @@ impl<L: LogReader> Raft<L> {
     /// A message from an older term.
     fn step_stale(&mut self, msg: Message) {
         match msg.body {
-            // A leader of an older term is still sending. Tell it our term so it steps down;
-            // otherwise, with pre-vote or check-quorum, a node whose term rose while it was
-            // partitioned could wait forever for a leader that never learns it is stale.
-            MessageBody::Append(_) | MessageBody::Heartbeat(_)
-                if self.cfg.check_quorum || self.cfg.pre_vote =>
-            {
+            // A leader of an older term is still sending. §5.1 / Figure 2: reject it with our
+            // term, so it steps down. Needed for liveness with pre-vote or check-quorum: a
+            // node whose term rose while it was partitioned could otherwise wait forever for
+            // a leader that never learns it is stale (and without them it costs one message).
+            MessageBody::Append(_) | MessageBody::Heartbeat(_) => {
                 self.send(
                     msg.from,
                     MessageBody::HeartbeatResponse(crate::message::HeartbeatResponse {

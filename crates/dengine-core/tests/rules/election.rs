@@ -609,3 +609,19 @@ fn pre_candidate_ignores_answers_to_real_vote_requests() {
         "the pre-vote grant still counts"
     );
 }
+
+/// Only a leader tracks its followers (§5.3 nextIndex/matchIndex are leader state): a
+/// deposed leader reports no progress for anyone, and a leader none for itself.
+#[test]
+fn peer_progress_is_leader_state_only() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    assert!(c.node(1).peer_progress(2).is_some());
+    assert_eq!(c.node(1).peer_progress(1), None, "not a peer of itself");
+    c.node_mut(1).transfer_leader(2).unwrap();
+    c.stabilize();
+    assert_eq!(c.leaders(), [2]);
+    assert_eq!(c.node(1).role(), Role::Follower);
+    assert_eq!(c.node(1).peer_progress(2), None);
+    assert_eq!(c.node(1).peer_progress(3), None);
+}

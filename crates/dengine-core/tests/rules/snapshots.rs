@@ -72,6 +72,7 @@ fn snapshot_lets_the_log_be_purged_keeping_trailing_entries() {
         6,
         "purged up to 7 - 2 = 5"
     );
+    assert_eq!(c.node(1).first_log_index(), 6, "the core sees the purge");
     assert_eq!(c.node(1).latest_snapshot().unwrap().last_included, snap);
 }
 
