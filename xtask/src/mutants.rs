@@ -1,8 +1,9 @@
 //! `cargo xtask mutants`: mutation testing of `dengine-core` with cargo-mutants. Each mutant (a
 //! function body replaced, an operator swapped, a condition negated) is built and tested with
-//! the core's own tests (unit and rule tests) and the simulator's fixed-seed tests
-//! (`crates/dengine-sim/tests/simulation.rs`, which include the injected-bug seeds); a mutant
-//! no test notices "survives". Prints the score and every survivor.
+//! the core's own tests (unit and rule tests), the simulator's fixed-seed tests
+//! (`crates/dengine-sim/tests/simulation.rs`, which include the injected-bug seeds) and the
+//! storage conformance suite run against the core's `MemoryStore` (`dengine-storage-common`);
+//! a mutant no test notices "survives". Prints the score and every survivor.
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -72,6 +73,8 @@ fn run(args: &[String]) -> Result<bool, String> {
             "dengine-core",
             "--test-package",
             "dengine-sim",
+            "--test-package",
+            "dengine-storage-common",
         ])
         .args(["--timeout-multiplier", "3", "--no-shuffle"])
         // Copy the sources only (fuzz/target and the like are gitignored and large).
@@ -85,8 +88,9 @@ fn run(args: &[String]) -> Result<bool, String> {
         return Ok(cmd.status().map_err(|e| e.to_string())?.success());
     }
     eprintln!(
-        "xtask mutants: cargo-mutants over dengine-core (tests: dengine-core's and \
-         dengine-sim's); progress below, results in {}",
+        "xtask mutants: cargo-mutants over dengine-core (tests: dengine-core's, dengine-sim's \
+         and the storage conformance suite of dengine-storage-common); progress below, \
+         results in {}",
         out.display()
     );
     let status = cmd

@@ -140,3 +140,29 @@ pub enum TransportError {
     #[error("the transport is shutting down")]
     ShuttingDown,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An inbox that implements only what it must.
+    struct Minimal;
+
+    impl Inbox for Minimal {
+        fn deliver(&self, _: Message) -> Result<(), InboxError> {
+            Ok(())
+        }
+        fn deliver_snapshot(&self, _: Message, _: Bytes) -> Result<(), InboxError> {
+            Ok(())
+        }
+    }
+
+    /// The documented defaults: no sender is retired, and the cluster is unknown (so a
+    /// joining node is never told a made-up cluster exists).
+    #[test]
+    fn inbox_defaults_retire_no_one_and_describe_nothing() {
+        assert!(!Minimal.is_retired(7));
+        assert_eq!(Minimal.describe(), None);
+        Minimal.removed_from_cluster("ignored".into());
+    }
+}

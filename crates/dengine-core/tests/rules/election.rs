@@ -625,3 +625,29 @@ fn peer_progress_is_leader_state_only() {
     assert_eq!(c.node(1).peer_progress(2), None);
     assert_eq!(c.node(1).peer_progress(3), None);
 }
+
+/// §5.2 / thesis §4.2.1: only voters of the configuration elect. Grants from nodes outside it
+/// (a learner, a removed member, a stranger) do not make a candidate leader.
+#[test]
+fn votes_from_non_voters_do_not_count() {
+    let mut node = new_node(1, &[1, 2, 3], &no_pre_vote);
+    node.campaign();
+    assert_eq!(node.role(), Role::Candidate);
+    while node.has_ready() {
+        let ready = node.ready();
+        persist_now(&mut node, &ready);
+    }
+    for stranger in [4, 5, 6] {
+        node.step(Message {
+            from: stranger,
+            to: 1,
+            term: node.term(),
+            body: MessageBody::VoteResponse(VoteResponse {
+                pre_vote: false,
+                granted: true,
+            }),
+        })
+        .unwrap();
+    }
+    assert_eq!(node.role(), Role::Candidate, "1 of 3 voters");
+}
