@@ -352,3 +352,46 @@ mod leader_hint_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_ids_display_as_index_at_term() {
+        assert_eq!(EntryId::new(2, 15).to_string(), "15@t2");
+    }
+
+    /// Every byte limit counts entries by `size_bytes`; a configuration entry counts 8 bytes
+    /// per id it names and 12 per address plus the address itself.
+    #[test]
+    fn payload_sizes() {
+        let blank = Entry::new(1, 1, EntryPayload::Blank);
+        assert_eq!(
+            (blank.payload_bytes(), blank.size_bytes()),
+            (0, ENTRY_OVERHEAD_BYTES)
+        );
+        let normal = Entry::new(1, 2, EntryPayload::Normal(Bytes::from_static(b"hello")));
+        assert_eq!(normal.payload_bytes(), 5);
+        let mut m = Membership::new([1, 2, 3]).with_learners([6]);
+        m.voters_outgoing = [4, 5].into();
+        m.addresses.insert(1, "10.0.0.1:7000".into());
+        let config = Entry::new(1, 3, EntryPayload::Membership(m));
+        assert_eq!(config.payload_bytes(), 8 * 6 + (12 + 13));
+    }
+
+    #[test]
+    fn learners_are_members_that_do_not_vote() {
+        let m = Membership::new([1, 2]).with_learners([5]);
+        assert!(m.is_learner(5) && !m.is_voter(5) && m.contains(5));
+        assert!(!m.is_learner(1) && !m.is_learner(3));
+        assert_eq!(m.highest_id, 5, "ids up to the learner's are taken");
+    }
+
+    #[test]
+    fn role_names() {
+        let names: Vec<String> = Role::ALL.iter().map(Role::to_string).collect();
+        assert_eq!(names, ["follower", "pre-candidate", "candidate", "leader"]);
+        assert_eq!(Role::Leader.as_str(), "leader");
+    }
+}

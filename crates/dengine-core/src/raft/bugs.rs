@@ -58,3 +58,31 @@ impl InjectedBug {
         Self::ALL.into_iter().find(|b| b.name() == name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The simulator's `--bug NAME` spells each bug by its name: every name parses back to
+    /// its bug, and names are distinct.
+    #[test]
+    fn names_round_trip() {
+        for bug in InjectedBug::ALL {
+            assert!(!bug.name().is_empty());
+            assert_eq!(
+                InjectedBug::from_name(bug.name()),
+                Some(bug),
+                "{}",
+                bug.name()
+            );
+        }
+        let names: std::collections::BTreeSet<_> =
+            InjectedBug::ALL.iter().map(|b| b.name()).collect();
+        assert_eq!(names.len(), InjectedBug::ALL.len());
+        assert_eq!(
+            InjectedBug::from_name("figure8-commit"),
+            Some(InjectedBug::Figure8Commit)
+        );
+        assert_eq!(InjectedBug::from_name("no-such-bug"), None);
+    }
+}

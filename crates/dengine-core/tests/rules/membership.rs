@@ -419,3 +419,51 @@ fn the_configuration_at_the_applied_index_is_kept_and_reported() {
     c.stabilize();
     assert!(c.node(2).applied_membership().learners.contains(&4));
 }
+
+/// Thesis §4.2.1: a runtime promotes a learner once it has caught up; `replication_lag` is
+/// how far behind the leader's log a member is (the leader itself counts what it has made
+/// durable), and only a leader can say.
+#[test]
+fn replication_lag_counts_entries_a_member_lacks() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.stabilize();
+    assert_eq!(c.node(1).replication_lag(2), Some(0));
+    c.isolate(3);
+    c.slow_disk(1);
+    for i in 0..4 {
+        c.propose(1, &format!("e{i}"));
+    }
+    c.stabilize();
+    assert_eq!(c.node(1).replication_lag(2), Some(0), "2 has everything");
+    assert_eq!(c.node(1).replication_lag(3), Some(4), "3 missed 4 entries");
+    assert_eq!(
+        c.node(1).replication_lag(1),
+        Some(4),
+        "the leader's own writes are held"
+    );
+    c.release_writes(1);
+    assert_eq!(c.node(1).replication_lag(1), Some(0));
+    assert_eq!(c.node(1).replication_lag(9), None, "not a member");
+    assert_eq!(c.node(2).replication_lag(1), None, "a follower cannot say");
+}
+
+/// Thesis §4.1: the configuration in effect is the newest in the log; `membership_index`
+/// names its entry (0 for the initial one), and it is committed once the commit index
+/// reaches it.
+#[test]
+fn membership_index_names_the_configuration_entry_in_effect() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    assert_eq!(c.node(1).membership_index(), 0);
+    c.add_empty_node(4);
+    let entry = c
+        .node_mut(1)
+        .change_membership_single(AddLearner(4))
+        .unwrap();
+    assert_eq!(c.node(1).membership_index(), entry.index);
+    c.stabilize();
+    for id in 1..=4 {
+        assert_eq!(c.node(id).membership_index(), entry.index, "node {id}");
+    }
+}
