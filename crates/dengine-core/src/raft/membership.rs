@@ -215,7 +215,6 @@ impl<L: LogReader> Raft<L> {
         }
     }
 
-    /// Forgets configurations older than the newest committed one.
     /// Forgets configurations no longer needed: those older than the one in effect at the
     /// applied index (which is never after the commit index), since a snapshot of the state
     /// machine records that one (§7).

@@ -467,3 +467,66 @@ fn membership_index_names_the_configuration_entry_in_effect() {
         assert_eq!(c.node(id).membership_index(), entry.index, "node {id}");
     }
 }
+
+/// Thesis §4.1: a configuration entry takes effect when it is appended, uncommitted; if a new
+/// leader's log removes it, the server falls back to the previous configuration in its log.
+#[test]
+fn a_truncated_configuration_entry_is_undone() {
+    use dengine_core::{AppendRequest, Entry, EntryId, Membership, Message, MessageBody};
+
+    let with_learner = Membership::new([1, 2, 3]).with_learners([4]);
+    let mut node = crate::cluster::node_with_log(
+        2,
+        &[1, 2, 3],
+        &[
+            crate::cluster::blank(1, 1),
+            Entry::new(1, 2, EntryPayload::Membership(with_learner.clone())),
+        ],
+        1,
+    );
+    assert_eq!(node.membership(), &with_learner, "in effect on append");
+    assert_eq!(node.committed_membership_index(), 0);
+    // The leader of term 2 never had it: its entry 2 replaces ours.
+    node.step(Message {
+        from: 3,
+        to: 2,
+        term: 2,
+        body: MessageBody::Append(AppendRequest {
+            prev: EntryId::new(1, 1),
+            entries: vec![crate::cluster::blank(2, 2)],
+            commit: 2,
+        }),
+    })
+    .unwrap();
+    assert_eq!(node.log_term(2).unwrap(), 2);
+    assert_eq!(node.membership(), &Membership::new([1, 2, 3]));
+    assert_eq!(
+        (node.membership_index(), node.committed_membership_index()),
+        (0, 0)
+    );
+}
+
+/// `committed_membership_index` moves exactly when the committed configuration changes: not
+/// when a change is appended, but when it commits.
+#[test]
+fn committed_membership_index_moves_when_the_change_commits() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.add_empty_node(4);
+    c.isolate(2);
+    c.isolate(3);
+    let entry = c
+        .node_mut(1)
+        .change_membership_single(AddLearner(4))
+        .unwrap();
+    c.stabilize();
+    assert_eq!(
+        c.node(1).committed_membership_index(),
+        0,
+        "not committed yet"
+    );
+    c.heal();
+    c.tick_all(4);
+    assert_eq!(c.node(1).committed_membership_index(), entry.index);
+    assert_eq!(c.node(2).committed_membership_index(), entry.index);
+}
