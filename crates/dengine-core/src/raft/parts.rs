@@ -79,3 +79,24 @@ pub(super) struct Transfer {
     pub(super) elapsed: u64,
     pub(super) timeout_now_sent: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rounds are remembered exactly as long as they could back a lease: a round sent
+    /// `window` ticks ago is kept, an older one forgotten (so the queue stays bounded however
+    /// long a leader leads).
+    #[test]
+    fn rounds_older_than_the_window_are_forgotten() {
+        let mut q = ReadQueue::default();
+        assert_eq!(q.last_round(), 0);
+        for now in 0..100 {
+            assert_eq!(q.next_round(now, 10), now + 1);
+        }
+        assert_eq!(q.last_round(), 100);
+        assert_eq!(q.sent_at(90), Some(89), "sent 10 ticks ago: kept");
+        assert_eq!(q.sent_at(89), None, "sent 11 ticks ago: forgotten");
+        assert_eq!(q.sent_at.len(), 11);
+    }
+}

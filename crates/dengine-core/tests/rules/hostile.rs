@@ -5,9 +5,10 @@
 //! §5.3 match indexes; §4.1 configurations).
 
 use dengine_core::{
-    AppendRequest, AppendResponse, ConflictHint, EntryId, HardState, Heartbeat, InitialState,
-    LogReader, MAX_TERM, Membership, MembershipChange, MembershipError, MemoryStore, Message,
-    MessageBody, PeerRegression, PersistRequest, Raft, Role, StepError, StorageError, VoteRequest,
+    AppendRequest, AppendResponse, ConflictHint, EntryId, HardState, Heartbeat, HeartbeatResponse,
+    InitialState, LogReader, MAX_TERM, Membership, MembershipChange, MembershipError, MemoryStore,
+    Message, MessageBody, PeerRegression, PersistRequest, Raft, Role, StepError, StorageError,
+    VoteRequest,
 };
 
 use crate::cluster::{Cluster, blank, config, persist_now};
@@ -392,4 +393,63 @@ fn a_leader_missing_entries_and_snapshot_reports_it_and_does_not_spin() {
         "{errors:?}"
     );
     assert_eq!(c.node(1).role(), Role::Leader);
+}
+
+/// The regression report above is acted on once per finding: an answer to a heartbeat sent
+/// before the leader noticed (delayed in the network) is stale once the follower has been
+/// refilled, and must not make the leader forget entries the follower now holds again.
+#[test]
+fn a_delayed_report_of_lost_entries_is_ignored_after_the_refill() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    for i in 0..5 {
+        c.propose(1, &format!("x{i}"));
+    }
+    c.stabilize();
+    c.tick_all(3);
+    let acknowledged = c.node(1).peer_progress(3).unwrap().match_index;
+    c.add_empty_node(3); // wiped
+    // Two heartbeat rounds reach node 3; both answers say its log ends at 0. Hold them.
+    let mut answers = Vec::new();
+    while answers.len() < 2 {
+        c.tick(1);
+        c.drain(1);
+        let sent: Vec<Message> = c.network.drain(..).collect();
+        for m in sent {
+            let to_3 = m.to == 3 && matches!(m.body, MessageBody::Heartbeat(_));
+            c.deliver(m);
+            if to_3 {
+                c.drain(3);
+                answers.extend(c.network.drain(..).filter(|m| {
+                    matches!(
+                        m.body,
+                        MessageBody::HeartbeatResponse(HeartbeatResponse {
+                            log_end: Some(0),
+                            ..
+                        })
+                    )
+                }));
+            }
+        }
+        c.drain(2);
+        c.deliver_all();
+    }
+    c.deliver(answers[0].clone());
+    c.stabilize();
+    c.tick_all(5); // the leader refills node 3
+    assert_eq!(
+        c.node(1).peer_progress(3).unwrap().match_index,
+        acknowledged
+    );
+    let reports = c.regressions.remove(&1).unwrap_or_default();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+
+    c.deliver(answers[1].clone()); // the delayed answer to the second round
+    c.stabilize();
+    assert_eq!(
+        c.node(1).peer_progress(3).unwrap().match_index,
+        acknowledged,
+        "still counted for what it holds again"
+    );
+    assert_eq!(c.regressions.remove(&1).unwrap_or_default(), []);
 }

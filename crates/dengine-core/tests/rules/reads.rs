@@ -578,3 +578,30 @@ fn deposed_leader_fails_pending_reads_naming_the_new_leader() {
         }]
     );
 }
+
+/// Thesis §6.4.1 with §3.10: a leader transfer makes the target campaign at once (TimeoutNow
+/// overrides the followers' lease), so a leader that has started a transfer no longer serves
+/// lease reads from its lease; they fall back to a heartbeat round.
+#[test]
+fn lease_reads_stop_when_a_leader_transfer_starts() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.node_mut(1).read_index(1, ReadMode::Lease).unwrap();
+    c.stabilize();
+    assert_eq!(
+        c.reads_of(1),
+        [rs(1, 1)],
+        "a round acknowledged: the lease holds"
+    );
+    c.node_mut(1).read_index(2, ReadMode::Lease).unwrap();
+    let ready = c.node_mut(1).ready();
+    assert_eq!(ready.read_states, [rs(2, 1)], "served from the lease");
+
+    c.node_mut(1).transfer_leader(2).unwrap();
+    c.node_mut(1).read_index(3, ReadMode::Lease).unwrap();
+    let ready = c.node_mut(1).ready();
+    assert!(
+        ready.read_states.is_empty(),
+        "not from the lease during a transfer"
+    );
+}
