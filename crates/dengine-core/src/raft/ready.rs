@@ -132,3 +132,43 @@ impl<L: LogReader> Raft<L> {
         self.role == Role::Leader && self.reads_round_needed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{MemoryStore, StorageError};
+    use crate::types::Membership;
+    use crate::{Config, InitialState, PeerRegression, Raft};
+
+    fn quiet_follower() -> Raft<MemoryStore> {
+        let initial = InitialState {
+            membership: Membership::new([1, 2, 3]),
+            ..Default::default()
+        };
+        let mut node = Raft::new(Config::new(1), MemoryStore::new(), initial).unwrap();
+        while node.has_ready() {
+            node.ready();
+        }
+        node
+    }
+
+    /// The `has_ready` contract: true whenever `ready` would hand out something — here each
+    /// kind of report alone, with nothing else pending.
+    #[test]
+    fn a_lone_storage_error_or_regression_is_ready() {
+        let mut node = quiet_follower();
+        node.storage_errors
+            .push(StorageError::Inconsistent("a read failed".into()));
+        assert!(node.has_ready());
+        assert_eq!(node.ready().storage_errors.len(), 1);
+        assert!(!node.has_ready());
+
+        node.regressions.push(PeerRegression {
+            peer: 2,
+            acknowledged: 5,
+            log_end: 0,
+        });
+        assert!(node.has_ready());
+        assert_eq!(node.ready().regressed_peers.len(), 1);
+        assert!(!node.has_ready());
+    }
+}

@@ -613,3 +613,24 @@ fn merging_a_hard_state_only_write_keeps_the_entries() {
         ready.messages
     );
 }
+
+/// The `has_ready` contract for a role change alone: a leader that steps down by
+/// CheckQuorum (thesis §6.2) on a tick that sends nothing still has a `Ready`, carrying the
+/// new soft state, so the runtime learns at once that it no longer leads.
+#[test]
+fn a_step_down_alone_is_ready() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.isolate(1);
+    for _ in 0..100 {
+        c.tick(1);
+        if c.node(1).role() != Role::Leader {
+            break;
+        }
+        c.drain(1);
+    }
+    assert_eq!(c.node(1).role(), Role::Follower);
+    assert!(c.node(1).has_ready(), "the step-down is news");
+    let ready = c.node_mut(1).ready();
+    assert_eq!(ready.soft_state.map(|s| s.role), Some(Role::Follower));
+}
