@@ -146,7 +146,7 @@ mod tests {
         };
         let mut node = Raft::new(Config::new(1), MemoryStore::new(), initial).unwrap();
         while node.has_ready() {
-            node.ready();
+            let _ = node.ready();
         }
         node
     }
