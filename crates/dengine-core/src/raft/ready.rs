@@ -171,4 +171,37 @@ mod tests {
         assert_eq!(node.ready().regressed_peers.len(), 1);
         assert!(!node.has_ready());
     }
+
+    /// Figure 2 ("respond to RPCs only after updating stable storage"): an acknowledgement
+    /// of a write that was never handed out (a runtime bug) releases nothing and counts
+    /// nothing as durable.
+    #[test]
+    fn an_acknowledgement_of_a_write_never_issued_is_ignored() {
+        use crate::message::{AppendRequest, Message, MessageBody};
+        use crate::store::Persisted;
+        use crate::types::{Entry, EntryId, EntryPayload};
+
+        let mut node = quiet_follower();
+        node.step(Message {
+            from: 2,
+            to: 1,
+            term: 1,
+            body: MessageBody::Append(AppendRequest {
+                prev: EntryId::ZERO,
+                entries: vec![Entry::new(1, 1, EntryPayload::Blank)],
+                commit: 0,
+            }),
+        })
+        .unwrap();
+        let write = node.ready().persist.unwrap();
+        node.on_persisted(Persisted {
+            write_id: write.write_id + 1,
+            last_entry: Some(EntryId::new(1, 1)),
+        });
+        assert_eq!(node.persisted_index(), 0);
+        assert!(node.ready().messages.is_empty(), "the ack still waits");
+        node.on_persisted(write.done());
+        assert_eq!(node.persisted_index(), 1);
+        assert_eq!(node.ready().messages.len(), 1, "now it goes");
+    }
 }
