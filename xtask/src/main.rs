@@ -91,10 +91,11 @@ commands:
                  cargo install --locked cargo-fuzz) and run each for N seconds (default
                  60) from its committed corpus; fails on any crash, hang or out-of-memory
                  and says how to reproduce it (docs/correctness.md lists the targets)
-  mutants [--file PATH ...] [--shard K/N] [--list]
+  mutants [--file PATH ...] [--shard K/N] [--iterate] [--list]
                  mutation testing of dengine-core (cargo install --locked cargo-mutants):
-                 every mutant built and tested with the core's tests and the simulator's
-                 fixed seeds; prints the score and the surviving mutants
+                 every mutant built and tested with the core's tests, the simulator's
+                 fixed seeds and the storage conformance suite; prints the score and the
+                 surviving mutants
   imports        check that no module of any crate imports one that imports it back
                  (directly or through others); names the files and paths of each cycle
   chaos --cleanup

@@ -10,10 +10,12 @@ use std::process::{Command, ExitCode};
 
 use crate::env::workspace_root;
 
-const USAGE: &str = "usage: cargo xtask mutants [--file PATH ...] [--shard K/N] [--list]
+const USAGE: &str = "usage: cargo xtask mutants [--file PATH ...] [--shard K/N] [--iterate] [--list]
 
   --file PATH  mutate only this file of crates/dengine-core (repeatable; default: all)
   --shard K/N  only the K-th of N equal parts of the mutants (to split a run)
+  --iterate    skip the mutants the previous run (in target/mutants/) caught: re-test the
+               survivors after adding tests
   --list       list the mutants and exit
 
 needs cargo-mutants (cargo install --locked cargo-mutants); the whole core takes hours on
@@ -54,6 +56,7 @@ fn run(args: &[String]) -> Result<bool, String> {
                 let s = it.next().ok_or("--shard needs K/N")?;
                 extra.extend(["--shard".into(), s.clone()]);
             }
+            "--iterate" => extra.push("--iterate".into()),
             "--list" => list = true,
             other => return Err(format!("unknown argument {other}\n\n{USAGE}")),
         }

@@ -303,3 +303,25 @@ fn appends_during_a_snapshot_install_are_ignored() {
         "no answer"
     );
 }
+
+/// §7 with a failing runtime: when the runtime cannot install a snapshot it aborts the
+/// install; the follower's log is untouched, it takes appends again, and the leader's next
+/// snapshot is handed out afresh.
+#[test]
+fn an_aborted_install_leaves_the_log_and_takes_the_snapshot_again() {
+    let mut node = node_with_log(2, &[1, 2, 3], &[blank(1, 1), blank(2, 2), blank(2, 3)], 2);
+    let last = EntryId::new(3, 5);
+    node.step(install(1, 2, 3, last)).unwrap();
+    let r = node.ready();
+    persist_now(&mut node, &r);
+    assert!(r.snapshot_to_install.is_some());
+    node.abort_snapshot_install();
+    assert_eq!(node.last_log_id(), EntryId::new(2, 3), "log untouched");
+    node.step(install(1, 2, 3, last)).unwrap();
+    let r = node.ready();
+    assert_eq!(
+        r.snapshot_to_install.map(|m| m.last_included),
+        Some(last),
+        "handed out again"
+    );
+}
