@@ -605,3 +605,34 @@ fn lease_reads_stop_when_a_leader_transfer_starts() {
         "not from the lease during a transfer"
     );
 }
+
+/// Thesis §6.4.1 with §3.10: once TimeoutNow is sent, the target may win an election that
+/// ignores the followers' lease at any time within the next election timeouts, even after
+/// the transfer itself was abandoned; the leader serves no lease read for two election
+/// timeouts after sending it.
+#[test]
+fn lease_reads_stay_off_for_two_election_timeouts_after_timeout_now() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let timeout = c.node(1).config().election_timeout_ticks;
+    c.node_mut(1).transfer_leader(2).unwrap();
+    c.drain(1);
+    let before = c.network.len();
+    c.network.retain(|m| m.body != MessageBody::TimeoutNow); // lost
+    assert_eq!(c.network.len(), before - 1, "TimeoutNow was sent at once");
+    c.stabilize();
+    for t in 1..2 * timeout {
+        c.tick(1);
+        c.stabilize();
+        c.node_mut(1).read_index(t, ReadMode::Lease).unwrap();
+        let ready = c.node_mut(1).ready();
+        assert!(
+            ready.read_states.is_empty(),
+            "tick {t}: served from the lease"
+        );
+        c.network.extend(ready.messages);
+        c.stabilize();
+    }
+    assert_eq!(c.node(1).role(), Role::Leader, "the transfer was abandoned");
+    assert_eq!(c.node(1).transfer_target(), None);
+}
