@@ -131,3 +131,36 @@ fn lease_reads_fall_back_to_read_index_during_a_transfer() {
         "lease suspended: a heartbeat round confirms the read"
     );
 }
+
+/// Thesis §3.10: only the node's own leader can tell it to campaign at once, and only a voter
+/// campaigns. A TimeoutNow from another member (forged, or from a deposed leader) and one
+/// sent to a learner change nothing.
+#[test]
+fn timeout_now_is_obeyed_only_from_the_leader_and_only_by_a_voter() {
+    use dengine_core::{Membership, MembershipChange, Message};
+
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    let term = c.node(1).term();
+    let timeout_now = |from, to| Message {
+        from,
+        to,
+        term,
+        body: MessageBody::TimeoutNow,
+    };
+    c.node_mut(2).step(timeout_now(3, 2)).unwrap();
+    assert_eq!((c.node(2).role(), c.node(2).term()), (Role::Follower, term));
+
+    c.add_empty_node(4);
+    c.node_mut(1)
+        .change_membership_single(MembershipChange::AddLearner(4))
+        .unwrap();
+    c.stabilize();
+    assert_eq!(
+        c.node(4).membership(),
+        &Membership::new([1, 2, 3]).with_learners([4])
+    );
+    assert_eq!(c.node(4).leader(), Some(1));
+    c.node_mut(4).step(timeout_now(1, 4)).unwrap();
+    assert_eq!((c.node(4).role(), c.node(4).term()), (Role::Follower, term));
+}
