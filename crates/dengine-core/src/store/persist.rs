@@ -86,3 +86,35 @@ pub struct Persisted {
     pub(crate) write_id: u64,
     pub(crate) last_entry: Option<EntryId>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Entry, EntryPayload, LogIndex};
+
+    fn write(write_id: u64, index: LogIndex, must_sync: bool) -> PersistRequest {
+        let mut w = PersistRequest::new(
+            None,
+            vec![Entry::new(1, index, EntryPayload::Blank)],
+            must_sync,
+        );
+        w.write_id = write_id;
+        w
+    }
+
+    /// Figure 2's durability rule survives merging: a merged write must sync if either part
+    /// had to (a vote or an acknowledged entry), whichever came first.
+    #[test]
+    fn a_merged_write_syncs_if_either_part_must() {
+        for (first, second) in [(true, false), (false, true), (true, true)] {
+            let mut merged = write(1, 1, first);
+            merged.merge(write(2, 2, second));
+            assert!(merged.must_sync, "{first} + {second}");
+            assert_eq!(merged.entries.len(), 2);
+            assert_eq!(merged.done().write_id, 2, "acknowledges both");
+        }
+        let mut merged = write(1, 1, false);
+        merged.merge(write(2, 2, false));
+        assert!(!merged.must_sync);
+    }
+}
