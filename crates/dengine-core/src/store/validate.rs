@@ -93,3 +93,32 @@ pub fn validate_snapshot(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The refusals name the exact index at fault, for the error message a user reads.
+    #[test]
+    fn range_errors_name_the_index_at_fault() {
+        assert!(validate_range(2, 4, 2, 3).is_ok());
+        assert!(matches!(
+            validate_range(1, 3, 2, 5),
+            Err(StorageError::Compacted {
+                index: 1,
+                first_index: 2
+            })
+        ));
+        assert!(matches!(
+            validate_range(2, 7, 2, 3),
+            Err(StorageError::Unavailable {
+                index: 6,
+                last_index: 3
+            })
+        ));
+        assert!(matches!(
+            validate_range(4, 3, 1, 9),
+            Err(StorageError::InvalidArgument(_))
+        ));
+    }
+}
