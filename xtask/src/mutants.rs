@@ -123,7 +123,9 @@ fn summarize(dir: &Path) -> Result<bool, String> {
             dir.display()
         ));
     }
-    let caught = read("caught.txt");
+    // With --iterate, the mutants caught by earlier runs are listed in previously_caught.txt.
+    let mut caught = read("caught.txt");
+    caught.extend(read("previously_caught.txt"));
     let missed = read("missed.txt");
     let timeout = read("timeout.txt");
     let unviable = read("unviable.txt");

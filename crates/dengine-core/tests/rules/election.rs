@@ -20,6 +20,16 @@ fn vote_request(from: u64, to: u64, term: u64, last: EntryId, pre_vote: bool) ->
     }
 }
 
+/// A vote answer from `from` to node 1.
+fn vote_response(from: u64, term: u64, pre_vote: bool, granted: bool) -> Message {
+    Message {
+        from,
+        to: 1,
+        term,
+        body: MessageBody::VoteResponse(VoteResponse { pre_vote, granted }),
+    }
+}
+
 fn no_pre_vote(c: &mut dengine_core::Config) {
     c.pre_vote = false;
 }
@@ -389,18 +399,9 @@ fn pre_candidate_needs_a_majority_of_pre_votes() {
     node.campaign();
     assert_eq!(node.role(), Role::PreCandidate);
     assert_eq!(node.term(), 0);
-    let grant = |from| Message {
-        from,
-        to: 1,
-        term: 1,
-        body: MessageBody::VoteResponse(VoteResponse {
-            pre_vote: true,
-            granted: true,
-        }),
-    };
-    node.step(grant(2)).unwrap();
+    node.step(vote_response(2, 1, true, true)).unwrap();
     assert_eq!(node.role(), Role::PreCandidate, "2 of 5");
-    node.step(grant(3)).unwrap();
+    node.step(vote_response(3, 1, true, true)).unwrap();
     assert_eq!(node.role(), Role::Candidate, "3 of 5");
     assert_eq!(node.term(), 1);
 }
@@ -577,32 +578,14 @@ fn pre_candidate_ignores_answers_to_real_vote_requests() {
     let mut node = new_node(1, &[1, 2, 3], &|_| {});
     node.campaign();
     assert_eq!(node.role(), Role::PreCandidate);
-    let real = |from, granted| Message {
-        from,
-        to: 1,
-        term: 0,
-        body: MessageBody::VoteResponse(VoteResponse {
-            pre_vote: false,
-            granted,
-        }),
-    };
-    node.step(real(2, false)).unwrap();
-    node.step(real(3, false)).unwrap();
+    node.step(vote_response(2, 0, false, false)).unwrap();
+    node.step(vote_response(3, 0, false, false)).unwrap();
     assert_eq!(
         node.role(),
         Role::PreCandidate,
         "real-vote rejections do not end the pre-vote round"
     );
-    let pre_grant = |from| Message {
-        from,
-        to: 1,
-        term: 1,
-        body: MessageBody::VoteResponse(VoteResponse {
-            pre_vote: true,
-            granted: true,
-        }),
-    };
-    node.step(pre_grant(2)).unwrap();
+    node.step(vote_response(2, 1, true, true)).unwrap();
     assert_eq!(
         node.role(),
         Role::Candidate,
@@ -638,16 +621,8 @@ fn votes_from_non_voters_do_not_count() {
         persist_now(&mut node, &ready);
     }
     for stranger in [4, 5, 6] {
-        node.step(Message {
-            from: stranger,
-            to: 1,
-            term: node.term(),
-            body: MessageBody::VoteResponse(VoteResponse {
-                pre_vote: false,
-                granted: true,
-            }),
-        })
-        .unwrap();
+        node.step(vote_response(stranger, node.term(), false, true))
+            .unwrap();
     }
     assert_eq!(node.role(), Role::Candidate, "1 of 3 voters");
 }

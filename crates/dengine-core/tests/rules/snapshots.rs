@@ -5,7 +5,7 @@ use dengine_core::{
     ReplicationState, SnapshotError, SnapshotMeta,
 };
 
-use crate::cluster::{Cluster, blank, node_with_log, persist_now};
+use crate::cluster::{Cluster, Node, blank, node_with_log, persist_now};
 
 fn is_snapshot(m: &Message) -> bool {
     matches!(m.body, MessageBody::InstallSnapshot(_))
@@ -267,19 +267,20 @@ fn restart_from_snapshot_and_log_recovers_state_and_membership() {
     assert_eq!(c.node(2).commit_index(), c.node(1).commit_index());
 }
 
-/// §7: while a snapshot is being installed the log is about to be replaced, so appends that
-/// arrive meanwhile are not applied to it (nor answered); the leader sends again once the
-/// snapshot is acknowledged.
-#[test]
-fn appends_during_a_snapshot_install_are_ignored() {
+/// Follower 2 (log 1 2 2, term 2) after the term-3 leader's snapshot ending at 5 was handed
+/// to its runtime to install.
+fn follower_installing_snapshot() -> Node {
     let mut node = node_with_log(2, &[1, 2, 3], &[blank(1, 1), blank(2, 2), blank(2, 3)], 2);
-    let last = EntryId::new(3, 5);
-    node.step(install(1, 2, 3, last)).unwrap();
+    node.step(install(1, 2, 3, EntryId::new(3, 5))).unwrap();
     let r = node.ready();
     persist_now(&mut node, &r);
     assert!(r.snapshot_to_install.is_some());
-    // An append that would match the current log (prev = its last entry) arrives mid-install.
-    node.step(Message {
+    node
+}
+
+/// An append from the term-3 leader that continues the follower's current log (1 2 2).
+fn append_after_3() -> Message {
+    Message {
         from: 1,
         to: 2,
         term: 3,
@@ -288,8 +289,16 @@ fn appends_during_a_snapshot_install_are_ignored() {
             entries: vec![blank(3, 4)],
             commit: 0,
         }),
-    })
-    .unwrap();
+    }
+}
+
+/// §7: while a snapshot is being installed the log is about to be replaced, so appends that
+/// arrive meanwhile are not applied to it (nor answered); the leader sends again once the
+/// snapshot is acknowledged.
+#[test]
+fn appends_during_a_snapshot_install_are_ignored() {
+    let mut node = follower_installing_snapshot();
+    node.step(append_after_3()).unwrap();
     assert_eq!(node.last_log_id(), EntryId::new(2, 3), "log untouched");
     let r = node.ready();
     assert!(
@@ -309,19 +318,22 @@ fn appends_during_a_snapshot_install_are_ignored() {
 /// snapshot is handed out afresh.
 #[test]
 fn an_aborted_install_leaves_the_log_and_takes_the_snapshot_again() {
-    let mut node = node_with_log(2, &[1, 2, 3], &[blank(1, 1), blank(2, 2), blank(2, 3)], 2);
-    let last = EntryId::new(3, 5);
-    node.step(install(1, 2, 3, last)).unwrap();
-    let r = node.ready();
-    persist_now(&mut node, &r);
-    assert!(r.snapshot_to_install.is_some());
+    let mut node = follower_installing_snapshot();
     node.abort_snapshot_install();
     assert_eq!(node.last_log_id(), EntryId::new(2, 3), "log untouched");
+    let last = EntryId::new(3, 5);
     node.step(install(1, 2, 3, last)).unwrap();
     let r = node.ready();
     assert_eq!(
         r.snapshot_to_install.map(|m| m.last_included),
         Some(last),
         "handed out again"
+    );
+    node.abort_snapshot_install();
+    node.step(append_after_3()).unwrap();
+    assert_eq!(
+        node.last_log_id(),
+        EntryId::new(3, 4),
+        "appends are taken again"
     );
 }
