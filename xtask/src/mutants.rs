@@ -10,7 +10,8 @@ use std::process::{Command, ExitCode};
 
 use crate::env::workspace_root;
 
-const USAGE: &str = "usage: cargo xtask mutants [--file PATH ...] [--shard K/N] [--iterate] [--list]
+const USAGE: &str =
+    "usage: cargo xtask mutants [--file PATH ...] [--shard K/N] [--iterate] [--list]
 
   --file PATH  mutate only this file of crates/dengine-core (repeatable; default: all)
   --shard K/N  only the K-th of N equal parts of the mutants (to split a run)
