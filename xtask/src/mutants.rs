@@ -103,13 +103,19 @@ fn run(args: &[String]) -> Result<bool, String> {
     // 0: all caught; 2: some missed; 3: some timed out. Anything else is a failed run (a
     // usage error, or the unmutated tree failing its own tests), not a score.
     match status.code() {
-        Some(0 | 2 | 3) => summarize(&out.join("mutants.out")),
+        Some(0 | 2 | 3) => summarize(
+            &out.join("mutants.out"),
+            extra.iter().any(|a| a == "--iterate"),
+        ),
         _ => Err(format!("cargo mutants did not finish its run ({status})")),
     }
 }
 
 /// Prints the score from cargo-mutants' result lists; whether every viable mutant was caught.
-fn summarize(dir: &Path) -> Result<bool, String> {
+/// After `--iterate` the lists cover only the mutants this run tested (the others were caught
+/// or unviable before, and cargo-mutants keeps them together in previously_caught.txt), so the
+/// score is of those alone.
+fn summarize(dir: &Path, iterate: bool) -> Result<bool, String> {
     let read = |name: &str| -> Vec<String> {
         std::fs::read_to_string(dir.join(name))
             .unwrap_or_default()
@@ -124,9 +130,14 @@ fn summarize(dir: &Path) -> Result<bool, String> {
             dir.display()
         ));
     }
-    // With --iterate, the mutants caught by earlier runs are listed in previously_caught.txt.
-    let mut caught = read("caught.txt");
-    caught.extend(read("previously_caught.txt"));
+    let caught = read("caught.txt");
+    if iterate {
+        println!(
+            "--iterate: this run re-tested only the survivors of the previous run and the \
+             mutants whose lines moved; {} skipped as caught or unviable before",
+            read("previously_caught.txt").len()
+        );
+    }
     let missed = read("missed.txt");
     let timeout = read("timeout.txt");
     let unviable = read("unviable.txt");
