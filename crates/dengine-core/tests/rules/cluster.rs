@@ -8,6 +8,7 @@ use bytes::Bytes;
 use dengine_core::{
     Config, Entry, EntryId, EntryPayload, FailedRead, InitialState, Membership, MemoryStore,
     Message, PeerRegression, PersistRequest, Raft, ReadState, Ready, Role, SnapshotMeta,
+    StorageError,
 };
 
 pub type Node = Raft<MemoryStore>;
@@ -73,6 +74,18 @@ pub fn persist_now(node: &mut Node, ready: &Ready) {
     }
 }
 
+/// Carries out every ready of a node outside a `Cluster` (writes made durable at once,
+/// nothing applied); returns the messages it sent, in order.
+pub fn settle(node: &mut Node) -> Vec<Message> {
+    let mut sent = Vec::new();
+    while node.has_ready() {
+        let ready = node.ready();
+        persist_now(node, &ready);
+        sent.extend(ready.messages);
+    }
+    sent
+}
+
 pub struct Cluster {
     pub nodes: BTreeMap<u64, Node>,
     /// Messages sent and not yet delivered, in send order.
@@ -87,6 +100,10 @@ pub struct Cluster {
     pub failed_reads: BTreeMap<u64, Vec<FailedRead>>,
     /// Followers each leader found to have lost acknowledged entries.
     pub regressions: BTreeMap<u64, Vec<PeerRegression>>,
+    /// Storage errors reported by the nodes in `expect_storage_errors` (any other node's
+    /// storage error fails the test).
+    pub storage_errors: BTreeMap<u64, Vec<StorageError>>,
+    storage_errors_expected: BTreeSet<u64>,
     /// Every snapshot taken: its metadata and the entries applied up to it (the "data").
     pub snapshots: BTreeMap<EntryId, (SnapshotMeta, Vec<Entry>)>,
     /// Each node's newest durable snapshot.
@@ -116,6 +133,8 @@ impl Cluster {
             reads: BTreeMap::new(),
             failed_reads: BTreeMap::new(),
             regressions: BTreeMap::new(),
+            storage_errors: BTreeMap::new(),
+            storage_errors_expected: BTreeSet::new(),
             snapshots: BTreeMap::new(),
             node_snapshot: BTreeMap::new(),
             tweak: Box::new(tweak),
@@ -129,6 +148,12 @@ impl Cluster {
 
     pub fn node_mut(&mut self, id: u64) -> &mut Node {
         self.nodes.get_mut(&id).unwrap()
+    }
+
+    /// From now on node `id`'s storage errors are recorded in `storage_errors` instead of
+    /// failing the test.
+    pub fn expect_storage_errors(&mut self, id: u64) {
+        self.storage_errors_expected.insert(id);
     }
 
     /// Carries out every ready of node `id`; messages go to the network queue.
@@ -174,11 +199,18 @@ impl Cluster {
                 .entry(id)
                 .or_default()
                 .extend(ready.regressed_peers);
-            assert!(
-                ready.storage_errors.is_empty(),
-                "{:?}",
-                ready.storage_errors
-            );
+            if self.storage_errors_expected.contains(&id) {
+                self.storage_errors
+                    .entry(id)
+                    .or_default()
+                    .extend(ready.storage_errors);
+            } else {
+                assert!(
+                    ready.storage_errors.is_empty(),
+                    "{:?}",
+                    ready.storage_errors
+                );
+            }
             self.network.extend(ready.messages);
         }
     }

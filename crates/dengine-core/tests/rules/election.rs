@@ -5,7 +5,7 @@ use dengine_core::{
     EntryId, EntryPayload, HardState, Message, MessageBody, Role, VoteRequest, VoteResponse,
 };
 
-use crate::cluster::{Cluster, Node, blank, new_node, node_with_log, persist_now};
+use crate::cluster::{Cluster, Node, blank, new_node, node_with_log, persist_now, settle};
 
 fn vote_request(from: u64, to: u64, term: u64, last: EntryId, pre_vote: bool) -> Message {
     Message {
@@ -551,10 +551,7 @@ fn restarted_node_refuses_votes_for_one_election_timeout() {
 fn campaign_does_nothing_on_a_leader_or_a_learner() {
     let mut leader = new_node(1, &[1], &no_pre_vote);
     leader.campaign();
-    while leader.has_ready() {
-        let ready = leader.ready();
-        persist_now(&mut leader, &ready);
-    }
+    settle(&mut leader);
     assert_eq!(
         leader.role(),
         Role::Leader,
@@ -616,10 +613,7 @@ fn votes_from_non_voters_do_not_count() {
     let mut node = new_node(1, &[1, 2, 3], &no_pre_vote);
     node.campaign();
     assert_eq!(node.role(), Role::Candidate);
-    while node.has_ready() {
-        let ready = node.ready();
-        persist_now(&mut node, &ready);
-    }
+    settle(&mut node);
     for stranger in [4, 5, 6] {
         node.step(vote_response(stranger, node.term(), false, true))
             .unwrap();

@@ -5,13 +5,13 @@
 //! §5.3 match indexes; §4.1 configurations).
 
 use dengine_core::{
-    AppendRequest, AppendResponse, ConflictHint, EntryId, HardState, Heartbeat, HeartbeatResponse,
-    InitialState, LogReader, MAX_TERM, Membership, MembershipChange, MembershipError, MemoryStore,
-    Message, MessageBody, PeerRegression, PersistRequest, Raft, Role, StepError, StorageError,
-    VoteRequest,
+    AppendRequest, AppendResponse, ConflictHint, Entry, EntryId, HardState, Heartbeat,
+    HeartbeatResponse, InitialState, LogReader, MAX_TERM, Membership, MembershipChange,
+    MembershipError, MemoryStore, Message, MessageBody, PeerRegression, PersistRequest, Raft, Role,
+    StepError, StorageError, VoteRequest,
 };
 
-use crate::cluster::{Cluster, blank, config, persist_now};
+use crate::cluster::{Cluster, blank, config};
 
 fn heartbeat(from: u64, to: u64, term: u64) -> Message {
     Message {
@@ -56,7 +56,7 @@ fn terms_and_indexes_beyond_the_bound_are_refused_and_change_nothing() {
         from: 1,
         to: 2,
         term,
-        body: MessageBody::Append(dengine_core::AppendRequest {
+        body: MessageBody::Append(AppendRequest {
             prev: EntryId::new(term, u64::MAX),
             entries: vec![],
             commit: 0,
@@ -243,13 +243,9 @@ fn a_leader_ignores_appends_from_a_second_leader_of_its_term() {
             from: 2,
             to: 1,
             term,
-            body: MessageBody::Append(dengine_core::AppendRequest {
+            body: MessageBody::Append(AppendRequest {
                 prev: id,
-                entries: vec![dengine_core::Entry::new(
-                    term,
-                    id.index + 1,
-                    dengine_core::EntryPayload::Blank,
-                )],
+                entries: vec![blank(term, id.index + 1)],
                 commit: id.index + 1,
             }),
         })
@@ -286,7 +282,7 @@ impl LogReader for FailingReader {
         low: u64,
         high: u64,
         max_bytes: u64,
-        out: &mut Vec<dengine_core::Entry>,
+        out: &mut Vec<Entry>,
     ) -> Result<(), StorageError> {
         self.store.entries(low, high, max_bytes, out)
     }
@@ -320,17 +316,17 @@ fn a_failed_log_read_rejects_the_append_and_is_reported() {
     };
     let mut node = Raft::new(config(2), reader, initial).unwrap();
     node.log_reader_mut().fail_term_at = Some(3);
-    let append = |prev| Message {
+    node.step(Message {
         from: 1,
         to: 2,
         term: 1,
         body: MessageBody::Append(AppendRequest {
-            prev,
+            prev: EntryId::new(1, 3),
             entries: vec![],
             commit: 0,
         }),
-    };
-    node.step(append(EntryId::new(1, 3))).unwrap();
+    })
+    .unwrap();
     let ready = node.ready();
     assert!(
         ready
@@ -365,27 +361,10 @@ fn a_leader_missing_entries_and_snapshot_reports_it_and_does_not_spin() {
     let last = c.node(1).last_log_id().index;
     // The leader's store loses everything up to `last - 1`: no snapshot covers it.
     c.node(1).log_reader().purge_now(last - 1).unwrap();
+    c.expect_storage_errors(1);
     c.heal();
-    let mut errors = Vec::new();
-    for _ in 0..30 {
-        c.tick(1);
-        for _ in 0..10 {
-            let leader = c.node_mut(1);
-            let mut sent = Vec::new();
-            while leader.has_ready() {
-                let ready = leader.ready();
-                persist_now(leader, &ready);
-                errors.extend(ready.storage_errors);
-                sent.extend(ready.messages);
-            }
-            c.network.extend(sent);
-            c.drain(2);
-            c.drain(3);
-            if !c.deliver_all() {
-                break;
-            }
-        }
-    }
+    c.tick_all(30);
+    let errors = &c.storage_errors[&1];
     assert!(
         errors
             .iter()

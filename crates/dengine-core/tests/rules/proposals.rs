@@ -55,11 +55,7 @@ fn propose_on_follower_names_the_leaders_address() {
     for _ in 0..10 {
         let mut msgs = Vec::new();
         for n in nodes.iter_mut() {
-            while n.has_ready() {
-                let ready = n.ready();
-                crate::cluster::persist_now(n, &ready);
-                msgs.extend(ready.messages);
-            }
+            msgs.extend(crate::cluster::settle(n));
         }
         for m in msgs {
             let _ = nodes[(m.to - 1) as usize].step(m);

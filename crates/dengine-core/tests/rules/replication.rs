@@ -7,7 +7,7 @@ use dengine_core::{
     ReplicationState, Role,
 };
 
-use crate::cluster::{Cluster, Node, blank, node_with_log, normal, persist_now};
+use crate::cluster::{Cluster, Node, blank, node_with_log, normal, persist_now, settle};
 
 fn append(
     from: u64,
@@ -32,17 +32,13 @@ fn append(
 /// Steps `msg` into `node`, persists whatever it asks, and returns its append responses.
 fn responses(node: &mut Node, msg: Message) -> Vec<AppendResponse> {
     node.step(msg).unwrap();
-    let mut out = Vec::new();
-    while node.has_ready() {
-        let ready = node.ready();
-        persist_now(node, &ready);
-        for m in ready.messages {
-            if let MessageBody::AppendResponse(r) = m.body {
-                out.push(r);
-            }
-        }
-    }
-    out
+    settle(node)
+        .into_iter()
+        .filter_map(|m| match m.body {
+            MessageBody::AppendResponse(r) => Some(r),
+            _ => None,
+        })
+        .collect()
 }
 
 fn follower_log() -> Node {
@@ -363,28 +359,17 @@ fn conflict_hint_repairs_a_long_divergent_tail_in_few_round_trips() {
     leader.campaign();
     let mut round_trips = 0;
     for _ in 0..20 {
-        let mut to_follower = Vec::new();
-        while leader.has_ready() {
-            let r = leader.ready();
-            persist_now(&mut leader, &r);
-            to_follower.extend(r.messages);
-        }
+        let to_follower = settle(&mut leader);
         if to_follower.is_empty() {
             break;
         }
-        let mut to_leader = Vec::new();
         for m in to_follower {
             if matches!(m.body, MessageBody::Append(_)) {
                 round_trips += 1;
             }
             follower.step(m).unwrap();
         }
-        while follower.has_ready() {
-            let r = follower.ready();
-            persist_now(&mut follower, &r);
-            to_leader.extend(r.messages);
-        }
-        for m in to_leader {
+        for m in settle(&mut follower) {
             leader.step(m).unwrap();
         }
     }
@@ -482,7 +467,6 @@ fn leader_does_not_commit_an_old_term_entry_by_counting_replicas() {
 fn elected_leader(entries: &[Entry], term: u64) -> (Node, Vec<AppendRequest>) {
     let mut leader = node_with_log(1, &[1, 2], entries, term);
     leader.campaign();
-    let mut appends = Vec::new();
     for _ in 0..3 {
         if leader.role() == Role::Leader {
             break;
@@ -493,10 +477,7 @@ fn elected_leader(entries: &[Entry], term: u64) -> (Node, Vec<AppendRequest>) {
         } else {
             leader.term()
         };
-        while leader.has_ready() {
-            let ready = leader.ready();
-            persist_now(&mut leader, &ready);
-        }
+        settle(&mut leader);
         leader
             .step(Message {
                 from: 2,
@@ -510,23 +491,19 @@ fn elected_leader(entries: &[Entry], term: u64) -> (Node, Vec<AppendRequest>) {
             .unwrap();
     }
     assert_eq!(leader.role(), Role::Leader);
-    appends.extend(appends_from(&mut leader));
+    let appends = appends_from(&mut leader);
     (leader, appends)
 }
 
-/// Drains `node`'s readies (persisting them) and returns the appends it sent.
+/// Settles `node` and returns the appends it sent.
 fn appends_from(node: &mut Node) -> Vec<AppendRequest> {
-    let mut out = Vec::new();
-    while node.has_ready() {
-        let ready = node.ready();
-        persist_now(node, &ready);
-        for m in ready.messages {
-            if let MessageBody::Append(a) = m.body {
-                out.push(a);
-            }
-        }
-    }
-    out
+    settle(node)
+        .into_iter()
+        .filter_map(|m| match m.body {
+            MessageBody::Append(a) => Some(a),
+            _ => None,
+        })
+        .collect()
 }
 
 fn rejection(term: u64, rejected_index: u64, hint: ConflictHint) -> Message {
