@@ -42,7 +42,19 @@ pub struct NodeBuilder<S = (), M = (), T = ()> {
     peer_tx: mpsc::Sender<PeerInput>,
     peer_rx: mpsc::Receiver<PeerInput>,
     view: Arc<InboxView>,
-    snapshot_dir: Option<PathBuf>,
+    snapshot_dir: Option<SnapshotDir>,
+    options: RunOptions,
+}
+
+/// What a node runs with besides its configuration: hooks for deterministic simulation and
+/// tests, never read from a settings file.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RunOptions {
+    /// Seed of the core's random election timeouts; `None` derives one from the clock.
+    pub(crate) rng_seed: Option<u64>,
+    /// Deliberate runtime bugs (feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) bugs: Vec<crate::RuntimeBug>,
 }
 
 impl NodeBuilder {
@@ -58,6 +70,7 @@ impl NodeBuilder {
             peer_rx,
             view: Arc::default(),
             snapshot_dir: None,
+            options: RunOptions::default(),
         }
     }
 }
@@ -74,6 +87,7 @@ impl<S, M, T> NodeBuilder<S, M, T> {
             peer_rx: self.peer_rx,
             view: self.view,
             snapshot_dir: self.snapshot_dir,
+            options: self.options,
         }
     }
 
@@ -88,6 +102,7 @@ impl<S, M, T> NodeBuilder<S, M, T> {
             peer_rx: self.peer_rx,
             view: self.view,
             snapshot_dir: self.snapshot_dir,
+            options: self.options,
         }
     }
 
@@ -102,6 +117,7 @@ impl<S, M, T> NodeBuilder<S, M, T> {
             peer_rx: self.peer_rx,
             view: self.view,
             snapshot_dir: self.snapshot_dir,
+            options: self.options,
         }
     }
 
@@ -110,9 +126,41 @@ impl<S, M, T> NodeBuilder<S, M, T> {
     /// has applied is installed into it first. Needed for a state machine that is not
     /// durable (such as `MemoryStateMachine`) once the log is compacted: without the file,
     /// the compacted entries could not be replayed and the node refuses to start
-    /// ([`StartError::StateMachineBehindLog`]).
+    /// ([`StartError::StateMachineBehindLog`]). Needed for a durable one too, wherever it may
+    /// receive a snapshot from the leader: a crash after the state machine installed it and
+    /// before the log store was reset to it is finished from the file on restart, and
+    /// without one the node refuses to start ([`StartError::StateMachineAheadOfLog`]; found
+    /// by the runtime simulation, `docs/correctness.md`).
     pub fn snapshot_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.snapshot_dir = Some(dir.into());
+        self.snapshot_dir = Some(SnapshotDir::new(dir.into()));
+        self
+    }
+
+    /// Keeps the newest snapshots in `snapshots` instead of files: what
+    /// [`snapshot_dir`](NodeBuilder::snapshot_dir) does, for deterministic simulation
+    /// (feature `testing`; see [`MemorySnapshots`](crate::testing::MemorySnapshots)).
+    #[cfg(feature = "testing")]
+    pub fn snapshot_memory(mut self, snapshots: crate::testing::MemorySnapshots) -> Self {
+        self.snapshot_dir = Some(SnapshotDir::memory(snapshots));
+        self
+    }
+
+    /// Seeds the core's random election timeouts with `seed` instead of the clock. For
+    /// deterministic simulation and tests: with the same seed, the same inputs and a tokio
+    /// runtime whose clock is paused (`tokio::time::pause`), a node behaves the same way on
+    /// every run. Nodes of one cluster need different seeds, or their timeouts collide.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.options.rng_seed = Some(seed);
+        self
+    }
+
+    /// Makes the node's runtime misbehave in the given way (feature `fault-injection`), for
+    /// the simulator's bug-catching runs only.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_bug(mut self, bug: crate::RuntimeBug) -> Self {
+        if !self.options.bugs.contains(&bug) {
+            self.options.bugs.push(bug);
+        }
         self
     }
 
@@ -205,11 +253,11 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             peer_rx,
             view,
             snapshot_dir,
+            options,
         } = self;
         settings.validate()?;
         let id = settings.id;
         let mut stored = store.load_state().await?;
-        let snapshot_dir = snapshot_dir.map(SnapshotDir::new);
         let mut loaded = crate::snapshot_dir::Loaded::default();
         if let Some(dir) = &snapshot_dir {
             loaded = dir.load_latest().await.map_err(StartError::SnapshotFile)?;
@@ -294,10 +342,18 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             }
             return Err(StartError::StateMachineBehindLog { applied, compacted });
         }
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ id.rotate_left(32);
+        if applied > stored.last_index {
+            return Err(StartError::StateMachineAheadOfLog {
+                applied,
+                last_index: stored.last_index,
+            });
+        }
+        let seed = options.rng_seed.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ id.rotate_left(32)
+        });
         let config = settings.core_config(seed);
         let initial = InitialState {
             hard_state: stored.hard_state,
@@ -336,6 +392,8 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             snapshot_dir,
             initial_snapshot,
             leadership: leadership_tx,
+            #[cfg(feature = "fault-injection")]
+            bugs: options.bugs,
         };
         let runtime = Runtime::new(parts, raft, state_machine, applied_id);
         let task = tokio::spawn(

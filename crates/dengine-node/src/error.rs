@@ -190,6 +190,28 @@ pub enum StartError {
         /// The log store's compaction point.
         compacted: LogIndex,
     },
+    /// A durable state machine has applied beyond the end of the log store, and no snapshot
+    /// file covers it. Either the node stopped while installing a snapshot from the leader,
+    /// after the state machine took it and before the log store was reset to it, and has no
+    /// snapshot file to finish the install from
+    /// ([`NodeBuilder::snapshot_dir`](crate::NodeBuilder::snapshot_dir)); or the log store
+    /// lost entries it had reported durable (a disk, file system or store that does not honour
+    /// `fsync`).
+    #[error(
+        "the state machine has applied up to index {applied}, beyond the end of the log store \
+         (index {last_index}), and no snapshot file covers it: the node stopped while installing \
+         a snapshot from the leader without a snapshot directory (run nodes with \
+         NodeBuilder::snapshot_dir; the dengine facade always does), or the log store lost \
+         entries it had reported durable (a disk or file system that does not honour fsync). \
+         Replace the member: remove it from the cluster, wipe its data, add it again under a \
+         new id (docs/operations.md, \"Replacing a member\")"
+    )]
+    StateMachineAheadOfLog {
+        /// The state machine's applied index.
+        applied: LogIndex,
+        /// The last index of the log store.
+        last_index: LogIndex,
+    },
 }
 
 /// Every problem of `e`, one per line.

@@ -27,7 +27,12 @@
 //!   or files: those belong to the transport and to the server that assembles the node (the
 //!   `dengine` facade's `Settings` loads a whole file and hands each part its section).
 //! - [`metric_names`] lists every metric recorded through the `metrics` facade.
-//! - `testing::LocalNetwork` (feature `testing`) connects nodes in one process.
+//! - `testing::LocalNetwork` (feature `testing`) connects nodes in one process;
+//!   `testing::MemorySnapshots` keeps a node's snapshots in memory. With them,
+//!   [`NodeBuilder::rng_seed`] and a tokio runtime whose clock is paused, a node runs
+//!   deterministically (every clock read goes through tokio's clock): `dengine-sim` runs the
+//!   runtime under simulation that way. `RuntimeBug` (feature `fault-injection`) re-introduces
+//!   runtime mistakes for its bug-catching runs.
 //!
 //! ## Example: a three-node cluster in one process
 //!
@@ -90,6 +95,8 @@
 )]
 
 mod api;
+#[cfg(feature = "fault-injection")]
+mod bugs;
 mod builder;
 pub mod config;
 mod error;
@@ -102,6 +109,8 @@ mod snapshot_dir;
 pub mod testing;
 
 pub use api::{Consistency, Leadership, PeerStatus, Status};
+#[cfg(feature = "fault-injection")]
+pub use bugs::RuntimeBug;
 pub use builder::NodeBuilder;
 pub use config::NodeConfig;
 pub use error::{AdminError, ProposeError, ReadError, StartError};

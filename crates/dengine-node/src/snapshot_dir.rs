@@ -24,35 +24,70 @@ const MAGIC: &[u8; 8] = b"DSNAP001";
 const SUFFIX: &str = ".dsnap";
 const KEEP: usize = 2;
 
-/// A directory of snapshot files.
+/// Where the newest snapshots are kept: a directory of files, or (feature `testing`) memory
+/// that outlives the node, for deterministic simulation.
 #[derive(Clone, Debug)]
 pub(crate) struct SnapshotDir {
-    path: PathBuf,
+    backend: Backend,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Files(PathBuf),
+    #[cfg(feature = "testing")]
+    Memory(crate::testing::MemorySnapshots),
 }
 
 impl SnapshotDir {
     pub(crate) fn new(path: PathBuf) -> Self {
-        SnapshotDir { path }
+        SnapshotDir {
+            backend: Backend::Files(path),
+        }
+    }
+
+    #[cfg(feature = "testing")]
+    pub(crate) fn memory(snapshots: crate::testing::MemorySnapshots) -> Self {
+        SnapshotDir {
+            backend: Backend::Memory(snapshots),
+        }
     }
 
     /// Writes `snapshot` durably and removes older files beyond the newest [`KEEP`].
     pub(crate) async fn save(&self, snapshot: &Snapshot) -> Result<(), String> {
-        let dir = self.path.clone();
+        let path = match &self.backend {
+            Backend::Files(path) => path,
+            #[cfg(feature = "testing")]
+            Backend::Memory(memory) => {
+                memory.save(snapshot.clone(), KEEP);
+                return Ok(());
+            }
+        };
+        let dir = path.clone();
         let snapshot = snapshot.clone();
         tokio::task::spawn_blocking(move || save_blocking(&dir, &snapshot))
             .await
             .map_err(|e| format!("snapshot writer task failed: {e}"))?
-            .map_err(|e| format!("writing a snapshot into {}: {e}", self.path.display()))
+            .map_err(|e| format!("writing a snapshot into {}: {e}", path.display()))
     }
 
     /// The newest snapshot that passes its checks, if any, and the newer files that failed
     /// them (each with what is wrong).
     pub(crate) async fn load_latest(&self) -> Result<Loaded, String> {
-        let dir = self.path.clone();
+        let path = match &self.backend {
+            Backend::Files(path) => path,
+            #[cfg(feature = "testing")]
+            Backend::Memory(memory) => {
+                return Ok(Loaded {
+                    snapshot: memory.latest(),
+                    damaged: Vec::new(),
+                });
+            }
+        };
+        let dir = path.clone();
         tokio::task::spawn_blocking(move || load_blocking(&dir))
             .await
             .map_err(|e| format!("snapshot reader task failed: {e}"))?
-            .map_err(|e| format!("reading snapshots in {}: {e}", self.path.display()))
+            .map_err(|e| format!("reading snapshots in {}: {e}", path.display()))
     }
 }
 

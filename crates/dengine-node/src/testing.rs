@@ -1,6 +1,7 @@
-//! [`LocalNetwork`]: an in-process [`Transport`] for tests and examples. Messages go straight
-//! into the receiving node's [`NodeInbox`] (a tokio channel); the network can isolate nodes,
-//! cut single links and drop a fraction of messages at random.
+//! Test support (feature `testing`): [`LocalNetwork`], an in-process [`Transport`] for tests and
+//! examples — messages go straight into the receiving node's [`NodeInbox`] (a tokio channel);
+//! the network can isolate nodes, cut single links and drop a fraction of messages at random —
+//! and [`MemorySnapshots`], a snapshot directory in memory for deterministic simulation.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -229,5 +230,38 @@ impl Transport for LocalTransport {
         if let Some(peers) = self.net.state.lock().peers.get_mut(&self.id) {
             peers.remove(&id);
         }
+    }
+}
+
+/// The newest snapshots of one node, kept in memory instead of files
+/// ([`NodeBuilder::snapshot_memory`](crate::NodeBuilder::snapshot_memory)): what
+/// [`snapshot_dir`](crate::NodeBuilder::snapshot_dir) keeps, for a deterministic simulation,
+/// where file I/O on tokio's blocking pool would let the wall clock decide the order of events.
+/// A save is atomic and "durable" for as long as any clone of the value lives: keep one across
+/// a simulated crash and hand it to the restarted node. Cheap to clone; clones share the
+/// snapshots.
+#[derive(Clone, Debug, Default)]
+pub struct MemorySnapshots {
+    kept: Arc<Mutex<Vec<dengine_core::store::Snapshot>>>,
+}
+
+impl MemorySnapshots {
+    /// No snapshots yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The newest snapshot kept, if any.
+    pub fn latest(&self) -> Option<dengine_core::store::Snapshot> {
+        self.kept.lock().last().cloned()
+    }
+
+    /// Keeps `snapshot` as the newest, and only the newest `keep` in all.
+    pub(crate) fn save(&self, snapshot: dengine_core::store::Snapshot, keep: usize) {
+        let mut kept = self.kept.lock();
+        kept.retain(|s| s.meta.last_included.index < snapshot.meta.last_included.index);
+        kept.push(snapshot);
+        let excess = kept.len().saturating_sub(keep);
+        kept.drain(..excess);
     }
 }

@@ -2,7 +2,7 @@
 //! (thesis §3.10), the waiters that resolve them, and the status report.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use dengine_core::{LogStore, MembershipError, NodeId, Role, TransferError, Transport};
 use tokio::sync::oneshot;

@@ -3,7 +3,7 @@
 //! and builds and installs snapshots — all off the event loop.
 
 use bytes::Bytes;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use dengine_core::store::{Command, Snapshot};
 use dengine_core::{
@@ -83,7 +83,7 @@ pub(crate) async fn run<M: StateMachine>(
                     Ok(responses) => {
                         last = end;
                         if responses.len() != commands.len()
-                            && let Some(suppressed) = contract_log.allow(Instant::now())
+                            && let Some(suppressed) = contract_log.allow(Instant::now().into_std())
                         {
                             tracing::error!(
                                 suppressed,

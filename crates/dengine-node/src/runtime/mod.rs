@@ -30,9 +30,9 @@ mod snapshots;
 mod stop;
 mod waiters;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use dengine_core::store::Snapshot;
@@ -44,6 +44,7 @@ use dengine_core::{
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 use self::apply::{ApplyCmd, Responder};
 use self::request::{EVENT_QUEUE_LEN, Event, Request};
@@ -197,7 +198,7 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     /// snapshot was delivered.
     snapshot_senders: JoinSet<(NodeId, bool)>,
     /// The peer of each snapshot task, to report a task that panicked.
-    snapshot_peers: HashMap<tokio::task::Id, NodeId>,
+    snapshot_peers: BTreeMap<tokio::task::Id, NodeId>,
     /// The synced write on the disk, if any (at most one at a time).
     writing: AbortOnDrop<WriteDone>,
     /// The writes handed out while `writing` runs, merged into one.
@@ -207,7 +208,7 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     config_waiters: Vec<ConfigWaiter>,
     pending_changes: Vec<PendingChange>,
     transfers: Vec<TransferWaiter>,
-    reads: HashMap<ReadCtx, PendingRead>,
+    reads: BTreeMap<ReadCtx, PendingRead>,
     retry_reads: Vec<ReadCtx>,
     next_read_ctx: ReadCtx,
     snapshot_waiters: Vec<oneshot::Sender<Result<SnapshotMeta, AdminError>>>,
@@ -229,10 +230,42 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     election: Option<tracing::Span>,
     /// On the leader: the last heartbeat sent to each peer (its round, and when), to measure
     /// the peer's round-trip time when it is answered.
-    heartbeats_out: HashMap<NodeId, (u64, Instant)>,
+    heartbeats_out: BTreeMap<NodeId, (u64, Instant)>,
     stopping: Option<Stopping>,
     handles_gone: bool,
+    /// Ticks of the core so far.
     ticks: u64,
+    /// When tick 0 was due: the core has been ticked once per `raft.tick_ms` since
+    /// (`catch_up_ticks`).
+    tick_origin: Instant,
+    /// Deliberate runtime bugs switched on (feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    bugs: Vec<crate::RuntimeBug>,
+}
+
+/// What woke the event loop.
+enum Wake {
+    Tick,
+    WriteDone(WriteDone),
+    Applied,
+    Event(Event),
+    SnapshotSent(Result<(tokio::task::Id, (NodeId, bool)), tokio::task::JoinError>),
+    Peer(PeerInput),
+    Request(Option<Request>),
+}
+
+/// Whether a deliberate runtime bug is switched on; always `false` without `fault-injection`.
+macro_rules! bug {
+    ($runtime:expr, $bug:ident) => {{
+        #[cfg(feature = "fault-injection")]
+        {
+            $runtime.bugs.contains(&crate::RuntimeBug::$bug)
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        {
+            false
+        }
+    }};
 }
 
 /// What [`Runtime::new`] needs besides the core.
@@ -251,6 +284,9 @@ pub(crate) struct Parts<S, T> {
     pub(crate) initial_snapshot: Option<Snapshot>,
     /// Where the loop publishes role, leader and membership changes.
     pub(crate) leadership: watch::Sender<Leadership>,
+    /// Deliberate runtime bugs (feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) bugs: Vec<crate::RuntimeBug>,
 }
 
 impl<S: LogStore, T: Transport> Runtime<S, T> {
@@ -295,14 +331,14 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             snapshot_dir: parts.snapshot_dir,
             apply_task: AbortOnDrop(Some(apply_task)),
             snapshot_senders: JoinSet::new(),
-            snapshot_peers: HashMap::new(),
+            snapshot_peers: BTreeMap::new(),
             writing: AbortOnDrop(None),
             queued_write: None,
             waiters: Waiters::default(),
             config_waiters: Vec::new(),
             pending_changes: Vec::new(),
             transfers: Vec::new(),
-            reads: HashMap::new(),
+            reads: BTreeMap::new(),
             retry_reads: Vec::new(),
             next_read_ctx: 1,
             snapshot_waiters: Vec::new(),
@@ -316,10 +352,13 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             last_leader: None,
             leadership: parts.leadership,
             election: None,
-            heartbeats_out: HashMap::new(),
+            heartbeats_out: BTreeMap::new(),
             stopping: None,
             handles_gone: false,
             ticks: 0,
+            tick_origin: Instant::now(),
+            #[cfg(feature = "fault-injection")]
+            bugs: parts.bugs,
         }
     }
 
@@ -344,27 +383,28 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         self.campaign_if_sole_voter();
         metrics::gauge!(m::APPLIED_INDEX).set(self.raft.applied_index() as f64);
         let tick = Duration::from_millis(self.settings.raft.tick_ms.max(1));
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+        self.tick_origin = Instant::now();
+        let mut ticker = tokio::time::interval_at(self.tick_origin + tick, tick);
+        // Missed timer deliveries are not made up in a burst: `catch_up_ticks` counts the ticks
+        // from the clock, whatever woke the loop.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let fatal = loop {
+            // Biased: the branches are polled in this order, so the loop behaves the same on
+            // every run under a simulated clock (an unbiased select draws from a random
+            // source). No input starves: every turn drains all the queues (`turn`).
             let woke = tokio::select! {
-                _ = ticker.tick() => self.on_tick(),
-                done = write_finished(&mut self.writing) => self.on_write_done(done),
-                Ok(()) = self.applied_rx.changed() => self.on_applied(),
-                Some(event) = self.events_rx.recv() => self.on_event(event).await,
+                biased;
+                _ = ticker.tick() => Wake::Tick,
+                done = write_finished(&mut self.writing) => Wake::WriteDone(done),
+                Ok(()) = self.applied_rx.changed() => Wake::Applied,
+                Some(event) = self.events_rx.recv() => Wake::Event(event),
                 Some(sent) = self.snapshot_senders.join_next_with_id(), if !self.snapshot_senders.is_empty() => {
-                    self.on_snapshot_sent(sent);
-                    Ok(())
+                    Wake::SnapshotSent(sent)
                 }
-                Some(input) = self.peer_rx.recv() => self.on_peer_input(input),
-                request = self.req_rx.recv() => match request {
-                    Some(request) => self.on_request(request).await,
-                    None => {
-                        self.handles_gone = true;
-                        Ok(())
-                    }
-                },
+                Some(input) = self.peer_rx.recv() => Wake::Peer(input),
+                request = self.req_rx.recv() => Wake::Request(request),
             };
-            let turn = match woke {
+            let turn = match self.on_wake(woke).await {
                 Ok(()) => self.turn().await,
                 Err(e) => Err(e),
             };
@@ -376,6 +416,74 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             }
         };
         self.finish(fatal).await;
+    }
+
+    /// Handles what woke the loop, after the ticks the clock says are due.
+    async fn on_wake(&mut self, woke: Wake) -> Result<(), Fatal> {
+        let caught_up = match self.catch_up_ticks() {
+            Some(ticked) => {
+                ticked?;
+                true
+            }
+            None => false,
+        };
+        match woke {
+            // Without catch-up (a deliberate bug), one timer delivery is one tick.
+            Wake::Tick if !caught_up => self.on_tick(),
+            Wake::Tick => Ok(()),
+            Wake::WriteDone(done) => self.on_write_done(done),
+            Wake::Applied => self.on_applied(),
+            Wake::Event(event) => self.on_event(event).await,
+            Wake::SnapshotSent(sent) => {
+                self.on_snapshot_sent(sent);
+                Ok(())
+            }
+            Wake::Peer(input) => self.on_peer_input(input),
+            Wake::Request(Some(request)) => self.on_request(request).await,
+            Wake::Request(None) => {
+                self.handles_gone = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Ticks the core once for every `raft.tick_ms` that has passed since the last tick,
+    /// before the loop looks at anything else that woke it. Timer deliveries are not a count
+    /// of elapsed time: after a pause of the process (SIGSTOP, a stall, a VM migration), the
+    /// loop wakes to a queue of requests and messages with one timer due, however long it
+    /// was stopped. A leader must see the whole pause before it answers a lease read, or it
+    /// serves one after its lease ran out and a new leader took writes (thesis §6.4.1: the
+    /// lease is measured on the leader's clock, which kept running). At most twice the
+    /// election timeout's ticks (and two more) are replayed: by then every timer of the core
+    /// (randomized election timeout below twice the base, lease, heartbeats) has run out, and
+    /// the rest would change nothing.
+    ///
+    /// `None` when catch-up is switched off (the `NoTickCatchUp` deliberate bug); otherwise
+    /// the result of the ticks taken.
+    fn catch_up_ticks(&mut self) -> Option<Result<(), Fatal>> {
+        if bug!(self, NoTickCatchUp) {
+            return None;
+        }
+        let tick = Duration::from_millis(self.settings.raft.tick_ms.max(1));
+        let elapsed = Instant::now().saturating_duration_since(self.tick_origin);
+        let due = (elapsed.as_nanos() / tick.as_nanos()) as u64;
+        let owed = due.saturating_sub(self.ticks);
+        let election = self
+            .settings
+            .raft
+            .election_timeout_ms
+            .div_ceil(tick.as_millis().max(1) as u64);
+        let most = 2 * election + 2;
+        if owed > most {
+            // The skipped ticks change nothing the replayed ones do not: count them as done.
+            self.ticks += owed - most;
+        }
+        for _ in 0..owed.min(most) {
+            if let Err(e) = self.on_tick() {
+                return Some(Err(e));
+            }
+        }
+        Some(Ok(()))
     }
 
     /// The rest of a turn: drain queued inputs, then carry out `Ready` until there is none.
@@ -479,7 +587,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
     /// Counts and logs (at a bounded rate) a peer message that was refused here.
     fn refused_by_core(&mut self, from: NodeId, detail: &str) {
         metrics::counter!(m::PEER_MESSAGES_REFUSED_TOTAL).increment(1);
-        if let Some(suppressed) = self.refused_log.allow(Instant::now()) {
+        if let Some(suppressed) = self.refused_log.allow(Instant::now().into_std()) {
             tracing::warn!(from, suppressed, "refused a peer message: {detail}");
         }
     }
@@ -652,7 +760,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                          docs/operations.md, \"Replacing a member\")"
                     ));
                 }
-                if let Some(suppressed) = self.read_error_log.allow(Instant::now()) {
+                if let Some(suppressed) = self.read_error_log.allow(Instant::now().into_std()) {
                     tracing::warn!(error = %e, suppressed, "the core could not read the log");
                 }
             }
@@ -759,6 +867,9 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             }
             return Ok(());
         }
+        if write.must_sync && bug!(self, AckBeforeSync) {
+            return self.write_then_sync_later(write).await;
+        }
         if write.must_sync {
             self.start_write(write);
             return Ok(());
@@ -789,10 +900,43 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         }));
     }
 
+    /// The `AckBeforeSync` deliberate bug: writes without the sync, reports the write durable
+    /// at once, and syncs afterwards (a crash in between loses an acknowledged write).
+    async fn write_then_sync_later(&mut self, mut write: PersistRequest) -> Result<(), Fatal> {
+        write.must_sync = false;
+        let result = self::write(&*self.store, &write).await;
+        self.on_write_done(WriteDone {
+            done: Some(write.done()),
+            synced: false,
+            entries: write.entries.len(),
+            elapsed: Duration::ZERO,
+            result,
+        })?;
+        if self.writing.0.is_none() {
+            let store = Arc::clone(&self.store);
+            self.writing.0 = Some(tokio::spawn(async move {
+                WriteDone {
+                    done: None,
+                    synced: true,
+                    entries: 0,
+                    elapsed: Duration::ZERO,
+                    result: store.sync().await.map_err(|e| e.to_string()),
+                }
+            }));
+        }
+        Ok(())
+    }
+
     /// A write finished: report it to the core and start the next one, if any.
     fn on_write_done(&mut self, finished: WriteDone) -> Result<(), Fatal> {
         self.writing.0 = None;
-        finished.result?;
+        // A failed write stops the node: the store's state is unknown, and a sync that failed
+        // must not be retried and trusted.
+        if let Err(e) = finished.result
+            && !bug!(self, IgnoreFailedSync)
+        {
+            return Err(e);
+        }
         metrics::histogram!(m::APPEND_LATENCY_SECONDS).record(finished.elapsed.as_secs_f64());
         if finished.synced {
             metrics::counter!(m::LOG_SYNCS_TOTAL).increment(1);

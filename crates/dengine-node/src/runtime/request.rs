@@ -1,7 +1,7 @@
 //! What flows into the event loop from clients and from its helper tasks.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use dengine_core::store::Snapshot;

@@ -190,10 +190,14 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         };
         if delivered {
             metrics::counter!(m::SNAPSHOTS_SENT_TOTAL).increment(1);
+            self.raft.report_snapshot(peer, true);
         } else {
+            // Reported on the next tick: the core asks again at once, and a stream that fails
+            // at once (a refused connection) would otherwise be retried in a hot loop, a new
+            // task and a copy of the snapshot's handle each time, without the clock moving.
             tracing::warn!(peer, "sending a snapshot failed; it will be retried");
+            self.failed_snapshot_sends.push(peer);
         }
-        self.raft.report_snapshot(peer, delivered);
     }
 
     pub(super) async fn build_snapshot(&mut self) -> Result<(), Fatal> {

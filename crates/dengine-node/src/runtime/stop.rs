@@ -1,10 +1,11 @@
 //! Graceful shutdown: hand leadership over (thesis §3.10), fail what is pending, sync the
 //! log store, stop the apply task.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dengine_core::{LogStore, Role, Transport};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::request::Request;
 use super::waiters::Waiter;
@@ -94,7 +95,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                 }
             }
         }
-        for (_, read) in self.reads.drain() {
+        for (_, read) in std::mem::take(&mut self.reads) {
             let _ = read.tx.send(Err(ReadError::ShuttingDown));
         }
         for w in std::mem::take(&mut self.config_waiters) {

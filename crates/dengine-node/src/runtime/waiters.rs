@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use dengine_core::{LogIndex, Membership, Term};
@@ -107,7 +107,7 @@ impl IntoIterator for Waiters {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use tokio::time::Instant;
 
     use tokio::sync::oneshot;
 
