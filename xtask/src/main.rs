@@ -4,6 +4,9 @@
 //! - `ci`: runs `.ci/run`, exactly what CI runs (format check, clippy, tests, heavier suites).
 //! - `sim`: the deterministic simulator (`dengine-sim`), built in release mode; all further
 //!   arguments are passed on (`cargo xtask sim --help`).
+//! - `sim-node`: the real runtime (`dengine-node`) under deterministic simulation
+//!   (`dengine_sim::runtime`), built in release mode; all further arguments are passed on
+//!   (`cargo xtask sim-node --help`).
 //! - `cluster-demo`: a 3-node cluster of the example KV server on loopback, failover and
 //!   catch-up, then everything stopped (see `demo.rs`).
 //! - `bench ...`: the benchmarks of `docs/benchmarks.md`; `bench e2e` (`e2e.rs`) and
@@ -71,6 +74,10 @@ commands:
   sim [ARGS]     run the deterministic simulator in release mode, e.g.
                  `cargo xtask sim --seeds 1000` or `cargo xtask sim --seed 42 --verbose`
                  (`cargo xtask sim --help` lists every option)
+  sim-node [ARGS]
+                 run the real runtime (dengine-node) under deterministic simulation in
+                 release mode, e.g. `cargo xtask sim-node --seeds 300 --replay-check` or
+                 `cargo xtask sim-node --seed 42 --verbose` (`--help` lists every option)
   cluster-demo [--keep-running]
                  build the example KV server, start 3 nodes on loopback, write keys,
                  SIGKILL the leader, time the failover, check nothing was lost, restart
@@ -106,6 +113,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("sim") => sim(&args[1..]),
+        Some("sim-node") => sim_node(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("cluster-demo") => demo::cluster_demo(&args[1..]),
         Some("chaos") => chaos::chaos(&args[1..]),
@@ -224,6 +232,15 @@ fn cargo_release_run(target: &[&str], args: &[String]) -> bool {
 /// Builds and runs the simulator in release mode (it is CPU-bound; debug is ~10x slower).
 fn sim(args: &[String]) -> ExitCode {
     if cargo_release_run(&["-p", "dengine-sim", "--bin", "dengine-sim"], args) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Builds and runs the simulation of the real runtime in release mode.
+fn sim_node(args: &[String]) -> ExitCode {
+    if cargo_release_run(&["-p", "dengine-sim", "--bin", "dengine-sim-node"], args) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -100,6 +100,37 @@ impl KvStore {
     pub fn get(&self, key: u64) -> Option<u64> {
         self.values.get(&key).copied()
     }
+
+    /// The whole store as bytes (a snapshot): pairs in ascending key order, so equal stores
+    /// encode equally.
+    pub fn encode(&self) -> Bytes {
+        let mut pairs: Vec<(u64, u64)> = self.values.iter().map(|(k, v)| (*k, *v)).collect();
+        pairs.sort_unstable();
+        let mut b = BytesMut::with_capacity(pairs.len() * 16);
+        for (key, value) in pairs {
+            b.put_u64(key);
+            b.put_u64(value);
+        }
+        b.freeze()
+    }
+
+    /// Reads bytes written by [`KvStore::encode`]; `None` if they are not such bytes.
+    pub fn decode(data: &[u8]) -> Option<KvStore> {
+        if !data.len().is_multiple_of(16) {
+            return None;
+        }
+        let values = data
+            .chunks_exact(16)
+            .map(|pair| {
+                let (key, value) = pair.split_at(8);
+                Some((
+                    u64::from_be_bytes(key.try_into().ok()?),
+                    u64::from_be_bytes(value.try_into().ok()?),
+                ))
+            })
+            .collect::<Option<HashMap<u64, u64>>>()?;
+        Some(KvStore { values })
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +156,16 @@ mod tests {
         }
         assert_eq!(Command::decode(b""), None);
         assert_eq!(Command::decode(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_garbage_is_rejected() {
+        let mut kv = KvStore::default();
+        assert_eq!(KvStore::decode(&kv.encode()), Some(kv.clone()));
+        kv.apply(Command::Put { key: 9, value: 1 });
+        kv.apply(Command::Put { key: 2, value: 7 });
+        assert_eq!(KvStore::decode(&kv.encode()), Some(kv.clone()));
+        assert_eq!(KvStore::decode(&[0; 15]), None);
     }
 
     #[test]

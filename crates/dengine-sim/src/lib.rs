@@ -15,6 +15,10 @@
 //! let report = dengine_sim::run(&dengine_sim::SimConfig::new(7)).unwrap();
 //! assert!(report.stats.ops_checked > 0);
 //! ```
+//!
+//! [`runtime`] does the same with the production runtime: real `dengine-node` nodes on paused
+//! single-threaded tokio runtimes, a simulated network and simulated disks, clients through
+//! the node's public API (`cargo xtask sim-node`).
 
 pub mod config;
 pub mod fuzz;
@@ -24,6 +28,7 @@ pub mod linearizability;
 pub mod network;
 pub mod node;
 pub mod rng;
+pub mod runtime;
 pub mod sim;
 
 pub use config::{Faults, SimConfig};

@@ -1,0 +1,341 @@
+//! Command-line runner for the simulation of the real runtime (`dengine_sim::runtime`): many
+//! seeds in parallel with a progress line and a summary, or one seed with its events. Usually
+//! started through `cargo xtask sim-node`.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dengine_node::RuntimeBug;
+use dengine_sim::runtime::{Failure, NodeSimConfig, Report, Stats, run};
+
+const USAGE: &str = "usage: dengine-sim-node [options]
+
+  --seeds N            run N seeds (default 100)
+  --start S            first seed (default 0)
+  --seed X             run only seed X (same as --start X --seeds 1)
+  --nodes K            cluster size, 3..=5 (default 3)
+  --fault-ms M         simulated milliseconds of faults per seed (default 6000)
+  --verbose            print the events of each run (use with --seed)
+  --replay-check       run every seed twice and require identical fingerprints
+  --inject-bug NAME    switch on a deliberate bug (repeatable); names:
+                       no-tick-catch-up, ack-before-sync, ignore-failed-sync (runtime),
+                       lying-sync (disk)
+  --expect-failure     succeed only if some seed fails (bug-catching demonstrations);
+                       stops at the first failing seed
+  --threads T          worker threads (default: available cores)";
+
+/// Wall time after which a seed counts as stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(120);
+
+struct Args {
+    start: u64,
+    seeds: u64,
+    nodes: u64,
+    fault_ms: u64,
+    verbose: bool,
+    replay_check: bool,
+    bugs: Vec<RuntimeBug>,
+    lying_sync: bool,
+    expect_failure: bool,
+    threads: usize,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        start: 0,
+        seeds: 100,
+        nodes: 3,
+        fault_ms: 6_000,
+        verbose: false,
+        replay_check: false,
+        bugs: Vec::new(),
+        lying_sync: false,
+        expect_failure: false,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let mut it = std::env::args().skip(1);
+    let num = |name: &str, v: Option<String>| -> Result<u64, String> {
+        let v = v.ok_or_else(|| format!("{name} needs a value"))?;
+        v.parse()
+            .map_err(|_| format!("{name} {v}: not a non-negative integer"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--seeds" => a.seeds = num("--seeds", it.next())?,
+            "--start" => a.start = num("--start", it.next())?,
+            "--seed" => {
+                a.start = num("--seed", it.next())?;
+                a.seeds = 1;
+            }
+            "--nodes" => a.nodes = num("--nodes", it.next())?,
+            "--fault-ms" => a.fault_ms = num("--fault-ms", it.next())?,
+            "--threads" => a.threads = num("--threads", it.next())?.max(1) as usize,
+            "--verbose" => a.verbose = true,
+            "--replay-check" => a.replay_check = true,
+            "--expect-failure" => a.expect_failure = true,
+            "--inject-bug" => {
+                let name = it.next().ok_or("--inject-bug needs a name")?;
+                if name == "lying-sync" {
+                    a.lying_sync = true;
+                } else {
+                    let bug = RuntimeBug::from_name(&name)
+                        .ok_or_else(|| format!("unknown bug `{name}`\n\n{USAGE}"))?;
+                    a.bugs.push(bug);
+                }
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown option `{other}`\n\n{USAGE}")),
+        }
+    }
+    a.config(0).validate()?;
+    Ok(a)
+}
+
+impl Args {
+    fn config(&self, seed: u64) -> NodeSimConfig {
+        NodeSimConfig {
+            nodes: self.nodes,
+            fault_ms: self.fault_ms,
+            bugs: self.bugs.clone(),
+            lying_sync: self.lying_sync,
+            verbose: self.verbose,
+            ..NodeSimConfig::new(seed)
+        }
+    }
+
+    fn bug_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.bugs.iter().map(|b| b.name()).collect();
+        if self.lying_sync {
+            names.push("lying-sync");
+        }
+        names
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    stats: Stats,
+    failures: Vec<Failure>,
+}
+
+fn add(t: &mut Stats, s: &Stats) {
+    t.steps += s.steps;
+    t.partitions += s.partitions;
+    t.crashes += s.crashes;
+    t.fatal_stops += s.fatal_stops;
+    t.pauses += s.pauses;
+    t.jumps += s.jumps;
+    t.ops_ok += s.ops_ok;
+    t.ops_unknown += s.ops_unknown;
+    t.lease_reads += s.lease_reads;
+    t.linearizable_reads += s.linearizable_reads;
+    t.stale_reads += s.stale_reads;
+    t.max_term = t.max_term.max(s.max_term);
+    t.snapshot_installs += s.snapshot_installs;
+    t.net.sent += s.net.sent;
+    t.net.dropped += s.net.dropped;
+    t.net.duplicated += s.net.duplicated;
+    t.net.delivered += s.net.delivered;
+    t.disk.syncs += s.disk.syncs;
+    t.disk.write_errors += s.disk.write_errors;
+    t.disk.sync_errors += s.disk.sync_errors;
+    t.disk.lost_in_crashes += s.disk.lost_in_crashes;
+    t.disk.kept_in_crashes += s.disk.kept_in_crashes;
+}
+
+/// One seed, run twice with `--replay-check`.
+fn one(args: &Args, seed: u64) -> Result<Report, Failure> {
+    let report = run(&args.config(seed))?;
+    if args.replay_check {
+        let again = run(&args.config(seed))?;
+        if again != report {
+            return Err(Failure {
+                seed,
+                at_ms: report.stats.steps,
+                check: "replay",
+                detail: format!(
+                    "two runs of the seed differ: fingerprints {:016x} and {:016x}",
+                    report.fingerprint, again.fingerprint
+                ),
+            });
+        }
+    }
+    Ok(report)
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = Instant::now();
+    let next = AtomicU64::new(args.start);
+    let done = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let totals = Arc::new(Mutex::new(Totals::default()));
+    let end = args.start.saturating_add(args.seeds);
+    // The seed each worker runs, and since when: a seed that runs for minutes has a node
+    // looping without letting simulated time pass (a spin), which nothing inside the
+    // simulation can interrupt.
+    let running: Mutex<Vec<Option<(u64, Instant)>>> = Mutex::new(vec![None; args.threads]);
+    std::thread::scope(|scope| {
+        for worker in 0..args.threads {
+            let (next, done, stop, totals, args, running) =
+                (&next, &done, &stop, &totals, &args, &running);
+            scope.spawn(move || {
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= end {
+                        return;
+                    }
+                    if let Ok(mut r) = running.lock() {
+                        r[worker] = Some((seed, Instant::now()));
+                    }
+                    let result = one(args, seed);
+                    if let Ok(mut r) = running.lock() {
+                        r[worker] = None;
+                    }
+                    let Ok(mut t) = totals.lock() else { return };
+                    match result {
+                        Ok(report) => {
+                            add(&mut t.stats, &report.stats);
+                            if args.verbose {
+                                println!(
+                                    "seed {seed}: ok, fingerprint {:016x}\n{:#?}",
+                                    report.fingerprint, report.stats
+                                );
+                            }
+                        }
+                        Err(failure) => {
+                            eprintln!("\nFAIL {failure}");
+                            t.failures.push(failure);
+                            if args.expect_failure {
+                                stop.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let (done, stop, running) = (&done, &stop, &running);
+        scope.spawn(move || {
+            let mut last = Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                let stuck = running.lock().ok().and_then(|r| {
+                    r.iter()
+                        .flatten()
+                        .find(|(_, since)| since.elapsed() > STUCK_AFTER)
+                        .copied()
+                });
+                if let Some((seed, _)) = stuck {
+                    eprintln!(
+                        "\nFAIL seed {seed} has run for {} s of wall time (a run takes well under \
+                         a second): a node loops without letting simulated time pass\n    \
+                         replay: cargo xtask sim-node --seed {seed} --verbose",
+                        STUCK_AFTER.as_secs()
+                    );
+                    std::process::exit(1);
+                }
+                let n = done.load(Ordering::Relaxed);
+                if n >= args.seeds || stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if last.elapsed() >= Duration::from_secs(5) {
+                    last = Instant::now();
+                    let rate = n as f64 / started.elapsed().as_secs_f64();
+                    eprintln!("  {n}/{} seeds ({rate:.2}/s)", args.seeds);
+                }
+            }
+        });
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let totals = match totals.lock() {
+        Ok(t) => t,
+        Err(p) => p.into_inner(),
+    };
+    let n = done.load(Ordering::Relaxed);
+    let s = &totals.stats;
+    let runs = if args.replay_check { 2 * n } else { n };
+    eprintln!(
+        "\nsimulated {n} seeds (from {}) of {} real nodes in {elapsed:.1}s: {:.2} seeds/s on {} \
+         threads ({:.2} runs/s per thread{}); {:.0} simulated seconds",
+        args.start,
+        args.nodes,
+        n as f64 / elapsed.max(1e-9),
+        args.threads,
+        runs as f64 / elapsed.max(1e-9) / args.threads as f64,
+        if args.replay_check {
+            ", each seed run twice"
+        } else {
+            ""
+        },
+        s.steps as f64 / 1000.0,
+    );
+    eprintln!(
+        "faults: {} partitions, {} crashes, {} stops on disk errors, {} pauses, {} clock \
+         jumps; {} of {} messages dropped, {} duplicated; disk: {} syncs, {} write errors, {} \
+         sync errors, {} unsynced writes lost and {} kept in crashes",
+        s.partitions,
+        s.crashes,
+        s.fatal_stops,
+        s.pauses,
+        s.jumps,
+        s.net.dropped,
+        s.net.sent,
+        s.net.duplicated,
+        s.disk.syncs,
+        s.disk.write_errors,
+        s.disk.sync_errors,
+        s.disk.lost_in_crashes,
+        s.disk.kept_in_crashes
+    );
+    eprintln!(
+        "operations checked for linearizability: {} with a result ({} linearizable reads, {} \
+         lease reads), {} with an unknown outcome; {} stale reads; {} snapshots installed; \
+         highest term {}",
+        s.ops_ok,
+        s.linearizable_reads,
+        s.lease_reads,
+        s.ops_unknown,
+        s.stale_reads,
+        s.snapshot_installs,
+        s.max_term
+    );
+    let failed = totals.failures.len();
+    if args.expect_failure {
+        if let Some(first) = totals.failures.iter().min_by_key(|f| f.seed) {
+            println!(
+                "caught: injected bug(s) {:?} detected at seed {} after {} seeds: {first}",
+                args.bug_names(),
+                first.seed,
+                first.seed - args.start + 1,
+            );
+            return ExitCode::SUCCESS;
+        }
+        println!("NOT caught: no seed failed in {n} seeds");
+        return ExitCode::FAILURE;
+    }
+    if failed == 0 {
+        println!("{n} passed, 0 failed");
+        ExitCode::SUCCESS
+    } else {
+        println!("{} passed, {failed} failed", n - failed as u64);
+        for f in &totals.failures {
+            println!(
+                "  {f}\n    replay: cargo xtask sim-node --seed {} --verbose",
+                f.seed
+            );
+        }
+        ExitCode::FAILURE
+    }
+}

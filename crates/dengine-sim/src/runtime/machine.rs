@@ -1,0 +1,118 @@
+//! [`SimMachine`]: the simulated hosts' state machine, the [`KvStore`] behind the
+//! [`StateMachine`] contract. It is durable in the contract's sense: each applied batch and
+//! its index are saved together, atomically (the state lives in a [`MachineState`] that the
+//! host keeps across crashes), so a restarted node resumes after what was applied.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dengine_core::LogIndex;
+use dengine_core::store::{Command as Applied, StateMachine};
+use parking_lot::Mutex;
+
+use crate::kv::{Command, KvStore};
+
+/// What a host's state machine holds, shared with the simulation (which reads it to compare
+/// replicas) and kept across the host's crashes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MachineState {
+    /// The key-value store.
+    pub kv: KvStore,
+    /// The last log index the store covers.
+    pub applied: LogIndex,
+    /// Commands applied, and snapshots installed, over the host's life.
+    pub commands: u64,
+    /// Snapshots installed.
+    pub installs: u64,
+}
+
+/// The [`StateMachine`] of one node incarnation over its host's [`MachineState`].
+#[derive(Clone, Debug)]
+pub struct SimMachine {
+    state: Arc<Mutex<MachineState>>,
+}
+
+impl SimMachine {
+    /// A state machine over `state`.
+    pub fn new(state: Arc<Mutex<MachineState>>) -> SimMachine {
+        SimMachine { state }
+    }
+}
+
+/// Encodes a read of `key` for [`StateMachine::query`].
+pub fn read_query(key: u64) -> Bytes {
+    Bytes::copy_from_slice(&key.to_be_bytes())
+}
+
+/// Decodes the answer to [`read_query`]: the key's value, or `None` for an absent key or an
+/// answer that is not one.
+pub fn read_answer(answer: &[u8]) -> Option<Option<u64>> {
+    match answer.len() {
+        0 => Some(None),
+        8 => Some(Some(u64::from_be_bytes(answer.try_into().ok()?))),
+        _ => None,
+    }
+}
+
+/// The response to a write: whether it took effect (always for a put).
+pub fn write_answer(answer: &[u8]) -> Option<bool> {
+    match answer {
+        [0] => Some(false),
+        [1] => Some(true),
+        _ => None,
+    }
+}
+
+impl StateMachine for SimMachine {
+    type Error = std::io::Error;
+
+    async fn apply(
+        &mut self,
+        commands: &[Applied],
+        applied_up_to: LogIndex,
+    ) -> Result<Vec<Bytes>, std::io::Error> {
+        let mut state = self.state.lock();
+        let mut answers = Vec::with_capacity(commands.len());
+        for c in commands {
+            let answer = match Command::decode(&c.data) {
+                Some(cmd) => Bytes::from_static(if state.kv.apply(cmd) { &[1] } else { &[0] }),
+                None => Bytes::new(),
+            };
+            answers.push(answer);
+        }
+        state.commands += commands.len() as u64;
+        state.applied = applied_up_to;
+        Ok(answers)
+    }
+
+    fn applied_index(&self) -> LogIndex {
+        self.state.lock().applied
+    }
+
+    async fn snapshot(&mut self) -> Result<Bytes, std::io::Error> {
+        Ok(self.state.lock().kv.encode())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        data: Bytes,
+        applied_up_to: LogIndex,
+    ) -> Result<(), std::io::Error> {
+        let kv = KvStore::decode(&data).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "not a key-value snapshot")
+        })?;
+        let mut state = self.state.lock();
+        state.kv = kv;
+        state.applied = applied_up_to;
+        state.installs += 1;
+        Ok(())
+    }
+
+    async fn query(&self, request: Bytes) -> Result<Bytes, std::io::Error> {
+        let key: [u8; 8] = request.as_ref().try_into().map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "a read is an 8-byte key")
+        })?;
+        let value = self.state.lock().kv.get(u64::from_be_bytes(key));
+        Ok(value.map_or_else(Bytes::new, |v| Bytes::copy_from_slice(&v.to_be_bytes())))
+    }
+}
