@@ -230,6 +230,19 @@ impl std::fmt::Debug for ClosingDb {
     }
 }
 
+impl RedbLog {
+    /// The log in `db` (opened from `file`, which errors name).
+    fn with_database(db: Database, file: PathBuf) -> Result<Self, StorageError> {
+        let log = RedbLog {
+            db: ClosingDb(Some(db)),
+            file,
+            bounds: RwLock::new(Bounds::EMPTY),
+        };
+        *log.bounds.write() = log.load_bounds()?;
+        Ok(log)
+    }
+}
+
 impl SyncLog for RedbLog {
     const KIND: StoreKind = StoreKind::new(BACKEND, FORMAT_VERSION, &[DB_FILE]);
     type Options = ();
@@ -248,13 +261,7 @@ impl SyncLog for RedbLog {
             Database::create(&file)
         }
         .map_err(engine_error(&file, "opening"))?;
-        let log = RedbLog {
-            db: ClosingDb(Some(db)),
-            file,
-            bounds: RwLock::new(Bounds::EMPTY),
-        };
-        *log.bounds.write() = log.load_bounds()?;
-        Ok(log)
+        RedbLog::with_database(db, file)
     }
 
     fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
@@ -395,3 +402,6 @@ impl SyncLog for RedbLog {
         *self.bounds.read()
     }
 }
+
+#[cfg(test)]
+mod power_loss;
