@@ -138,7 +138,7 @@ pub(crate) fn parse_frame(buf: &[u8], seq: u64) -> Result<RawFrame<'_>, FrameErr
     }
     let stored = u32_at(header, 0);
     let computed = crc32c::crc32c(&buf[4..HEADER + len as usize]);
-    if stored != computed {
+    if stored != computed && !bug!(SkipChecksum) {
         return Err(FrameError::Checksum { stored, computed });
     }
     let found = u64_at(header, 8);

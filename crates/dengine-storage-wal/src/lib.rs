@@ -95,6 +95,21 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+/// Whether a deliberate recovery bug is switched on (`bugs.rs`); always `false` outside the
+/// crate's own tests.
+macro_rules! bug {
+    ($bug:ident) => {{
+        #[cfg(test)]
+        {
+            crate::bugs::on(crate::bugs::RecoveryBug::$bug)
+        }
+        #[cfg(not(test))]
+        {
+            false
+        }
+    }};
+}
+
 mod format;
 mod meta;
 mod options;
@@ -104,6 +119,8 @@ mod vfs;
 mod view;
 mod wal;
 
+#[cfg(test)]
+mod bugs;
 #[cfg(test)]
 mod power_loss;
 #[cfg(test)]

@@ -268,3 +268,16 @@ fn power_loss_keeps_everything_synced_and_invents_nothing() {
         run_seed(seed.wrapping_mul(0x9e37_79b9) ^ 0xd1ce);
     }
 }
+
+/// A recovery that refuses a torn tail as corruption fails this test within a few seeds: a
+/// power loss in the middle of a write leaves one in most runs.
+#[test]
+fn a_recovery_that_takes_a_torn_tail_for_damage_fails_this_test() {
+    use crate::bugs::{RecoveryBug, caught};
+    let first = (0..50u64).find(|seed| {
+        caught(RecoveryBug::TornTailAsCorruption, || {
+            run_seed(seed.wrapping_mul(0x9e37_79b9) ^ 0xd1ce)
+        })
+    });
+    assert!(first.is_some(), "not caught in 50 seeds");
+}

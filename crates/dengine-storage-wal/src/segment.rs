@@ -305,7 +305,7 @@ fn tail(
     pending: &[Framed],
     why: FrameError,
 ) -> Result<ScanEnd, StorageError> {
-    if known_end.is_some() {
+    if known_end.is_some() && !bug!(CorruptionAsTornTail) {
         return Err(corrupt_at(
             path,
             pos as u64,
@@ -314,7 +314,9 @@ fn tail(
             ),
         ));
     }
-    if let Some(later) = find_valid_after(buf, pos + 1, seq) {
+    if let Some(later) = find_valid_after(buf, pos + 1, seq)
+        && !bug!(CorruptionAsTornTail)
+    {
         return Err(corrupt_at(
             path,
             pos as u64,
@@ -336,6 +338,13 @@ fn tail(
         // Never-written space (zeros, or a recycled segment's old bytes) right after the
         // last batch: a clean end whose END frame did not make it, or an unused segment.
         return Ok(out);
+    }
+    if bug!(TornTailAsCorruption) {
+        return Err(corrupt_at(
+            path,
+            pos as u64,
+            format!("{why} (taken for damage)"),
+        ));
     }
     let what = if pending.is_empty() {
         format!("{why} at byte offset {pos}")
@@ -442,5 +451,22 @@ mod tests {
         // Stale frames of another life are not this segment's log.
         let (end, batches) = run(&buf, 4).unwrap();
         assert_eq!((end.end, batches, end.started), (0, 0, false));
+    }
+
+    /// The checks above fail if recovery skips the checksum, takes a torn tail for damage, or
+    /// takes damage for a torn tail (cutting synced records without a word).
+    #[test]
+    fn each_deliberate_recovery_bug_fails_the_checks() {
+        use crate::bugs::{RecoveryBug, caught};
+        for bug in [
+            RecoveryBug::SkipChecksum,
+            RecoveryBug::TornTailAsCorruption,
+            RecoveryBug::CorruptionAsTornTail,
+        ] {
+            assert!(
+                caught(bug, clean_end_torn_tail_and_corruption_are_told_apart),
+                "{bug:?} not caught"
+            );
+        }
     }
 }
