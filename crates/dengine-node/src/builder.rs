@@ -54,7 +54,7 @@ pub(crate) struct RunOptions {
     pub(crate) rng_seed: Option<u64>,
     /// Deliberate runtime bugs (feature `fault-injection`).
     #[cfg(feature = "fault-injection")]
-    pub(crate) bugs: Vec<crate::RuntimeBug>,
+    pub(crate) bugs: Vec<crate::bugs::RuntimeBug>,
 }
 
 impl NodeBuilder {
@@ -157,7 +157,7 @@ impl<S, M, T> NodeBuilder<S, M, T> {
     /// Makes the node's runtime misbehave in the given way (feature `fault-injection`), for
     /// the simulator's bug-catching runs only.
     #[cfg(feature = "fault-injection")]
-    pub fn inject_bug(mut self, bug: crate::RuntimeBug) -> Self {
+    pub fn inject_bug(mut self, bug: crate::bugs::RuntimeBug) -> Self {
         if !self.options.bugs.contains(&bug) {
             self.options.bugs.push(bug);
         }

@@ -28,6 +28,7 @@ pub mod linearizability;
 pub mod network;
 pub mod node;
 pub mod rng;
+pub mod runner;
 pub mod runtime;
 pub mod sim;
 

@@ -14,27 +14,11 @@
 use std::sync::Arc;
 
 use dengine_core::{Entry, EntryPayload, HardState, PersistRequest};
+use dengine_storage_common::testing::Rng;
 use parking_lot::Mutex;
 use redb::StorageBackend;
 
 use super::*;
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-}
 
 #[derive(Clone, Debug)]
 enum Write {

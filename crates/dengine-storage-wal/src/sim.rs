@@ -85,6 +85,9 @@ struct State {
     dir_ops: Vec<DirOp>,
     /// Operations left before the power fails (`None`: it does not).
     fail_after: Option<u64>,
+    /// Syncs report success and make nothing durable (a disk that ignores them), for the test
+    /// that shows the power-loss check can fail.
+    ignore_syncs: bool,
 }
 
 impl State {
@@ -155,6 +158,11 @@ impl SimFs {
         self.lock().fail_after = Some(ops);
     }
 
+    /// From now on, syncs report success and make nothing durable.
+    pub(crate) fn ignore_syncs(&self) {
+        self.lock().ignore_syncs = true;
+    }
+
     /// The file system as it is after the power comes back (see the module docs).
     pub(crate) fn power_loss(&self, rng: &mut Rng) -> SimFs {
         let s = self.lock();
@@ -203,6 +211,7 @@ impl SimFs {
                 names,
                 dir_ops: Vec::new(),
                 fail_after: None,
+                ignore_syncs: s.ignore_syncs,
             })),
         }
     }
@@ -270,6 +279,9 @@ impl Vfs for SimFs {
     fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
         let mut s = self.lock();
         s.tick()?;
+        if s.ignore_syncs {
+            return Ok(());
+        }
         s.durable_names = s.names.clone();
         s.dir_ops.clear();
         Ok(())
@@ -324,9 +336,12 @@ impl VFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let ignore = self.state.lock().ignore_syncs;
         self.with(true, |inode| {
-            inode.durable = inode.now.clone();
-            inode.pending.clear();
+            if !ignore {
+                inode.durable = inode.now.clone();
+                inode.pending.clear();
+            }
             Ok(())
         })
     }

@@ -240,7 +240,7 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     tick_origin: Instant,
     /// Deliberate runtime bugs switched on (feature `fault-injection`).
     #[cfg(feature = "fault-injection")]
-    bugs: Vec<crate::RuntimeBug>,
+    bugs: Vec<crate::bugs::RuntimeBug>,
 }
 
 /// What woke the event loop.
@@ -259,7 +259,7 @@ macro_rules! bug {
     ($runtime:expr, $bug:ident) => {{
         #[cfg(feature = "fault-injection")]
         {
-            $runtime.bugs.contains(&crate::RuntimeBug::$bug)
+            $runtime.bugs.contains(&crate::bugs::RuntimeBug::$bug)
         }
         #[cfg(not(feature = "fault-injection"))]
         {
@@ -286,7 +286,7 @@ pub(crate) struct Parts<S, T> {
     pub(crate) leadership: watch::Sender<Leadership>,
     /// Deliberate runtime bugs (feature `fault-injection`).
     #[cfg(feature = "fault-injection")]
-    pub(crate) bugs: Vec<crate::RuntimeBug>,
+    pub(crate) bugs: Vec<crate::bugs::RuntimeBug>,
 }
 
 impl<S: LogStore, T: Transport> Runtime<S, T> {

@@ -3,11 +3,10 @@
 //! started through `cargo xtask sim-node`.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dengine_node::RuntimeBug;
+use dengine_sim::runner::{Seeds, number, run_seeds};
 use dengine_sim::runtime::{Failure, NodeSimConfig, Report, Stats, run};
 
 const USAGE: &str = "usage: dengine-sim-node [options]
@@ -26,55 +25,37 @@ const USAGE: &str = "usage: dengine-sim-node [options]
                        stops at the first failing seed
   --threads T          worker threads (default: available cores)";
 
-/// Wall time after which a seed counts as stuck.
-const STUCK_AFTER: Duration = Duration::from_secs(120);
-
 struct Args {
-    start: u64,
-    seeds: u64,
+    seeds: Seeds,
     nodes: u64,
     fault_ms: u64,
     verbose: bool,
     replay_check: bool,
     bugs: Vec<RuntimeBug>,
     lying_sync: bool,
-    expect_failure: bool,
-    threads: usize,
 }
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
-        start: 0,
-        seeds: 100,
+        seeds: Seeds::default(),
         nodes: 3,
         fault_ms: 6_000,
         verbose: false,
         replay_check: false,
         bugs: Vec::new(),
         lying_sync: false,
-        expect_failure: false,
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let mut it = std::env::args().skip(1);
-    let num = |name: &str, v: Option<String>| -> Result<u64, String> {
-        let v = v.ok_or_else(|| format!("{name} needs a value"))?;
-        v.parse()
-            .map_err(|_| format!("{name} {v}: not a non-negative integer"))
-    };
     while let Some(arg) = it.next() {
+        if a.seeds.parse(&arg, &mut it)? {
+            continue;
+        }
         match arg.as_str() {
-            "--seeds" => a.seeds = num("--seeds", it.next())?,
-            "--start" => a.start = num("--start", it.next())?,
-            "--seed" => {
-                a.start = num("--seed", it.next())?;
-                a.seeds = 1;
-            }
-            "--nodes" => a.nodes = num("--nodes", it.next())?,
-            "--fault-ms" => a.fault_ms = num("--fault-ms", it.next())?,
-            "--threads" => a.threads = num("--threads", it.next())?.max(1) as usize,
+            "--nodes" => a.nodes = number("--nodes", it.next())?,
+            "--fault-ms" => a.fault_ms = number("--fault-ms", it.next())?,
             "--verbose" => a.verbose = true,
             "--replay-check" => a.replay_check = true,
-            "--expect-failure" => a.expect_failure = true,
+            "--expect-failure" => a.seeds.stop_on_failure = true,
             "--inject-bug" => {
                 let name = it.next().ok_or("--inject-bug needs a name")?;
                 if name == "lying-sync" {
@@ -112,12 +93,6 @@ impl Args {
         }
         names
     }
-}
-
-#[derive(Default)]
-struct Totals {
-    stats: Stats,
-    failures: Vec<Failure>,
 }
 
 fn add(t: &mut Stats, s: &Stats) {
@@ -173,107 +148,33 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let started = Instant::now();
-    let next = AtomicU64::new(args.start);
-    let done = AtomicU64::new(0);
-    let stop = AtomicBool::new(false);
-    let totals = Arc::new(Mutex::new(Totals::default()));
-    let end = args.start.saturating_add(args.seeds);
-    // The seed each worker runs, and since when: a seed that runs for minutes has a node
-    // looping without letting simulated time pass (a spin), which nothing inside the
-    // simulation can interrupt.
-    let running: Mutex<Vec<Option<(u64, Instant)>>> = Mutex::new(vec![None; args.threads]);
-    std::thread::scope(|scope| {
-        for worker in 0..args.threads {
-            let (next, done, stop, totals, args, running) =
-                (&next, &done, &stop, &totals, &args, &running);
-            scope.spawn(move || {
-                loop {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let seed = next.fetch_add(1, Ordering::Relaxed);
-                    if seed >= end {
-                        return;
-                    }
-                    if let Ok(mut r) = running.lock() {
-                        r[worker] = Some((seed, Instant::now()));
-                    }
-                    let result = one(args, seed);
-                    if let Ok(mut r) = running.lock() {
-                        r[worker] = None;
-                    }
-                    let Ok(mut t) = totals.lock() else { return };
-                    match result {
-                        Ok(report) => {
-                            add(&mut t.stats, &report.stats);
-                            if args.verbose {
-                                println!(
-                                    "seed {seed}: ok, fingerprint {:016x}\n{:#?}",
-                                    report.fingerprint, report.stats
-                                );
-                            }
-                        }
-                        Err(failure) => {
-                            eprintln!("\nFAIL {failure}");
-                            t.failures.push(failure);
-                            if args.expect_failure {
-                                stop.store(true, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        }
-        let (done, stop, running) = (&done, &stop, &running);
-        scope.spawn(move || {
-            let mut last = Instant::now();
-            loop {
-                std::thread::sleep(Duration::from_millis(200));
-                let stuck = running.lock().ok().and_then(|r| {
-                    r.iter()
-                        .flatten()
-                        .find(|(_, since)| since.elapsed() > STUCK_AFTER)
-                        .copied()
-                });
-                if let Some((seed, _)) = stuck {
-                    eprintln!(
-                        "\nFAIL seed {seed} has run for {} s of wall time (a run takes well under \
-                         a second): a node loops without letting simulated time pass\n    \
-                         replay: cargo xtask sim-node --seed {seed} --verbose",
-                        STUCK_AFTER.as_secs()
-                    );
-                    std::process::exit(1);
-                }
-                let n = done.load(Ordering::Relaxed);
-                if n >= args.seeds || stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                if last.elapsed() >= Duration::from_secs(5) {
-                    last = Instant::now();
-                    let rate = n as f64 / started.elapsed().as_secs_f64();
-                    eprintln!("  {n}/{} seeds ({rate:.2}/s)", args.seeds);
-                }
+    let mut s = Stats::default();
+    let ran = run_seeds(
+        &args.seeds,
+        Duration::from_secs(120),
+        |seed| format!("cargo xtask sim-node --seed {seed} --verbose"),
+        |seed| one(&args, seed),
+        |seed, report| {
+            add(&mut s, &report.stats);
+            if args.verbose {
+                println!(
+                    "seed {seed}: ok, fingerprint {:016x}\n{:#?}",
+                    report.fingerprint, report.stats
+                );
             }
-        });
-    });
-    let elapsed = started.elapsed().as_secs_f64();
-    let totals = match totals.lock() {
-        Ok(t) => t,
-        Err(p) => p.into_inner(),
-    };
-    let n = done.load(Ordering::Relaxed);
-    let s = &totals.stats;
+        },
+    );
+    let elapsed = ran.elapsed.as_secs_f64();
+    let n = ran.done;
     let runs = if args.replay_check { 2 * n } else { n };
     eprintln!(
         "\nsimulated {n} seeds (from {}) of {} real nodes in {elapsed:.1}s: {:.2} seeds/s on {} \
          threads ({:.2} runs/s per thread{}); {:.0} simulated seconds",
-        args.start,
+        args.seeds.start,
         args.nodes,
         n as f64 / elapsed.max(1e-9),
-        args.threads,
-        runs as f64 / elapsed.max(1e-9) / args.threads as f64,
+        args.seeds.threads,
+        runs as f64 / elapsed.max(1e-9) / args.seeds.threads as f64,
         if args.replay_check {
             ", each seed run twice"
         } else {
@@ -311,14 +212,14 @@ fn main() -> ExitCode {
         s.snapshot_installs,
         s.max_term
     );
-    let failed = totals.failures.len();
-    if args.expect_failure {
-        if let Some(first) = totals.failures.iter().min_by_key(|f| f.seed) {
+    let failed = ran.failures.len();
+    if args.seeds.stop_on_failure {
+        if let Some(first) = ran.failures.first() {
             println!(
                 "caught: injected bug(s) {:?} detected at seed {} after {} seeds: {first}",
                 args.bug_names(),
                 first.seed,
-                first.seed - args.start + 1,
+                first.seed - args.seeds.start + 1,
             );
             return ExitCode::SUCCESS;
         }
@@ -330,7 +231,7 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         println!("{} passed, {failed} failed", n - failed as u64);
-        for f in &totals.failures {
+        for f in &ran.failures {
             println!(
                 "  {f}\n    replay: cargo xtask sim-node --seed {} --verbose",
                 f.seed

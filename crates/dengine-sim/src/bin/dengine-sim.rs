@@ -2,12 +2,11 @@
 //! summary, or one seed with a readable trace. Usually started through `cargo xtask sim`.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dengine_core::InjectedBug;
-use dengine_sim::{Failure, SimConfig, Stats};
+use dengine_sim::runner::{Seeds, number, run_seeds};
+use dengine_sim::{SimConfig, Stats};
 
 const USAGE: &str = "usage: dengine-sim [options]
 
@@ -26,46 +25,31 @@ const USAGE: &str = "usage: dengine-sim [options]
   --threads T          worker threads (default: available cores)";
 
 struct Args {
-    start: u64,
-    seeds: u64,
+    seeds: Seeds,
     nodes: u64,
     steps: u64,
     verbose: bool,
     bugs: Vec<InjectedBug>,
-    expect_failure: bool,
-    threads: usize,
 }
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
-        start: 0,
-        seeds: 100,
+        seeds: Seeds::default(),
         nodes: 5,
         steps: 3000,
         verbose: false,
         bugs: Vec::new(),
-        expect_failure: false,
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let mut it = std::env::args().skip(1);
-    let num = |name: &str, v: Option<String>| -> Result<u64, String> {
-        let v = v.ok_or_else(|| format!("{name} needs a value"))?;
-        v.parse()
-            .map_err(|_| format!("{name} {v}: not a non-negative integer"))
-    };
     while let Some(arg) = it.next() {
+        if a.seeds.parse(&arg, &mut it)? {
+            continue;
+        }
         match arg.as_str() {
-            "--seeds" => a.seeds = num("--seeds", it.next())?,
-            "--start" => a.start = num("--start", it.next())?,
-            "--seed" => {
-                a.start = num("--seed", it.next())?;
-                a.seeds = 1;
-            }
-            "--nodes" => a.nodes = num("--nodes", it.next())?,
-            "--steps" => a.steps = num("--steps", it.next())?,
-            "--threads" => a.threads = num("--threads", it.next())?.max(1) as usize,
+            "--nodes" => a.nodes = number("--nodes", it.next())?,
+            "--steps" => a.steps = number("--steps", it.next())?,
             "--verbose" => a.verbose = true,
-            "--expect-failure" => a.expect_failure = true,
+            "--expect-failure" => a.seeds.stop_on_failure = true,
             "--inject-bug" => {
                 let name = it.next().ok_or("--inject-bug needs a name")?;
                 let bug = InjectedBug::from_name(&name)
@@ -82,12 +66,6 @@ fn parse() -> Result<Args, String> {
     };
     probe.validate()?;
     Ok(a)
-}
-
-#[derive(Default)]
-struct Totals {
-    stats: Stats,
-    failures: Vec<Failure>,
 }
 
 fn add(t: &mut Stats, s: &Stats) {
@@ -121,89 +99,39 @@ fn main() -> ExitCode {
         bugs: args.bugs.clone(),
         ..SimConfig::new(seed)
     };
-    let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(args.start));
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let totals = Arc::new(Mutex::new(Totals::default()));
-    let end = args.start.saturating_add(args.seeds);
-    std::thread::scope(|scope| {
-        for _ in 0..args.threads {
-            let (next, done, stop, totals) = (&next, &done, &stop, &totals);
-            let config = &config;
-            let args = &args;
-            scope.spawn(move || {
-                loop {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let seed = next.fetch_add(1, Ordering::Relaxed);
-                    if seed >= end {
-                        return;
-                    }
-                    let result = dengine_sim::run(&config(seed));
-                    let Ok(mut t) = totals.lock() else { return };
-                    match result {
-                        Ok(report) => {
-                            add(&mut t.stats, &report.stats);
-                            if args.verbose {
-                                for line in &report.trace {
-                                    println!("{line}");
-                                }
-                                println!("seed {seed}: ok, trace hash {:016x}", report.trace_hash);
-                            }
-                        }
-                        Err(failure) => {
-                            add(&mut t.stats, &failure.stats);
-                            if args.verbose {
-                                for line in &failure.trace {
-                                    println!("{line}");
-                                }
-                            }
-                            eprintln!("\nFAIL {failure}");
-                            t.failures.push(*failure);
-                            if args.expect_failure {
-                                stop.store(true, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
+    let mut s = Stats::default();
+    let ran = run_seeds(
+        &args.seeds,
+        Duration::from_secs(120),
+        |seed| format!("cargo xtask sim --seed {seed} --verbose"),
+        |seed| dengine_sim::run(&config(seed)),
+        |seed, report| {
+            add(&mut s, &report.stats);
+            if args.verbose {
+                for line in &report.trace {
+                    println!("{line}");
                 }
-            });
-        }
-        // Progress line.
-        let (done, stop) = (&done, &stop);
-        scope.spawn(move || {
-            let mut last = Instant::now();
-            loop {
-                std::thread::sleep(Duration::from_millis(200));
-                let n = done.load(Ordering::Relaxed);
-                if n >= args.seeds || stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                if last.elapsed() >= Duration::from_secs(2) {
-                    last = Instant::now();
-                    let rate = n as f64 / started.elapsed().as_secs_f64();
-                    eprintln!("  {n}/{} seeds ({rate:.1}/s)", args.seeds);
-                }
+                println!("seed {seed}: ok, trace hash {:016x}", report.trace_hash);
             }
-        });
-    });
-    let elapsed = started.elapsed();
-    let totals = match totals.lock() {
-        Ok(t) => t,
-        Err(p) => p.into_inner(),
-    };
-    let n = done.load(Ordering::Relaxed);
-    let s = &totals.stats;
+        },
+    );
+    for failure in &ran.failures {
+        add(&mut s, &failure.stats);
+        if args.verbose {
+            for line in &failure.trace {
+                println!("{line}");
+            }
+        }
+    }
+    let n = ran.done;
+    let elapsed = ran.elapsed.as_secs_f64();
     eprintln!(
-        "\nsimulated {n} seeds (from {}) of {} nodes in {:.1}s ({:.1} seeds/s on {} threads): \
-         {} ticks, {} elections, {} committed entries",
-        args.start,
+        "\nsimulated {n} seeds (from {}) of {} nodes in {elapsed:.1}s ({:.1} seeds/s on {} \
+         threads): {} ticks, {} elections, {} committed entries",
+        args.seeds.start,
         args.nodes,
-        elapsed.as_secs_f64(),
-        n as f64 / elapsed.as_secs_f64().max(1e-9),
-        args.threads,
+        n as f64 / elapsed.max(1e-9),
+        args.seeds.threads,
         s.ticks,
         s.elections,
         s.committed
@@ -218,14 +146,14 @@ fn main() -> ExitCode {
          recovery after healing: {} ticks",
         s.ops_checked, s.ops_ok, s.ops_unknown, s.heal_ticks
     );
-    let failed = totals.failures.len();
-    if args.expect_failure {
-        if let Some(first) = totals.failures.iter().min_by_key(|f| f.seed) {
+    let failed = ran.failures.len();
+    if args.seeds.stop_on_failure {
+        if let Some(first) = ran.failures.first() {
             println!(
                 "caught: injected bug(s) {:?} detected at seed {} after {} seeds: {}",
                 args.bugs.iter().map(|b| b.name()).collect::<Vec<_>>(),
                 first.seed,
-                first.seed - args.start + 1,
+                first.seed - args.seeds.start + 1,
                 first.message
             );
             return ExitCode::SUCCESS;
@@ -238,7 +166,7 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         println!("{} passed, {failed} failed", n - failed as u64);
-        for f in &totals.failures {
+        for f in &ran.failures {
             println!("  seed {}: {}\n    replay: {}", f.seed, f.message, f.replay);
         }
         ExitCode::FAILURE

@@ -8,7 +8,7 @@ use dengine_core::{
 
 use super::checks::{all_entries, append, blank, check, observe, open, persist, state, write};
 use super::factory::StoreFactory;
-use super::support::test_entry;
+use super::support::{Rng, test_entry};
 
 pub(super) async fn reopen_keeps_everything<F: StoreFactory>(factory: &mut F) {
     let case = "reopen_keeps_everything";
@@ -207,23 +207,6 @@ pub(super) async fn large_entries_survive_reopen<F: StoreFactory>(factory: &mut 
         all_entries(&store, case).await,
         entries,
     );
-}
-
-/// SplitMix64: deterministic, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 pub(super) async fn randomized_against_the_model<F: StoreFactory>(factory: &mut F) {

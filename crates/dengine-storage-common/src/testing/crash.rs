@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dengine_core::{Entry, HardState, LogIndex, LogStore, PersistRequest, Term};
 
 use super::factory::Opener;
-use super::support::test_entry;
+use super::support::{Rng, test_entry};
 
 const CHILD_ENV: &str = "DENGINE_CRASH_CHILD_DIR";
 /// The whole test stops starting new rounds after this long.
@@ -102,18 +102,6 @@ async fn child_main<S: LogStore>(dir: PathBuf, open_or_create: Opener<S>) {
             writeln!(stdout, "purged {}", last - 50).unwrap();
             stdout.flush().unwrap();
         }
-    }
-}
-
-/// xorshift64*: the kill moments only need to vary, not to be good random numbers.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
     }
 }
 

@@ -27,7 +27,7 @@ pub use bad_input::{Damage, marked, run_bad_input, write_marked};
 pub use conformance::{run_conformance, run_in_dirs};
 pub use factory::{DirFactory, MemoryFactory, Opener, StoreFactory};
 pub use suites::{SUITES_TEST, run_suites};
-pub use support::{block_on, runtime, test_entry};
+pub use support::{Rng, block_on, runtime, test_entry};
 
 #[cfg(test)]
 mod tests {

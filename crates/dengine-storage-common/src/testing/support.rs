@@ -46,3 +46,24 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap_or_else(|e| panic!("cannot start a tokio runtime: {e}"))
 }
+
+/// SplitMix64: the suites' deterministic random numbers, so that a failure reproduces from
+/// its seed. Also for backends' own randomized tests (`Rng(seed)`).
+#[derive(Clone, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A value in `[0, n)`; 0 when `n` is 0.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
