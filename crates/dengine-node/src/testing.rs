@@ -256,12 +256,51 @@ impl MemorySnapshots {
         self.kept.lock().last().cloned()
     }
 
-    /// Keeps `snapshot` as the newest, and only the newest `keep` in all.
+    /// Keeps `snapshot` (replacing one at the same index), and only the newest `keep` in all,
+    /// by index, as the snapshot files are kept.
     pub(crate) fn save(&self, snapshot: dengine_core::store::Snapshot, keep: usize) {
         let mut kept = self.kept.lock();
-        kept.retain(|s| s.meta.last_included.index < snapshot.meta.last_included.index);
+        let index = snapshot.meta.last_included.index;
+        kept.retain(|s| s.meta.last_included.index != index);
         kept.push(snapshot);
+        kept.sort_by_key(|s| s.meta.last_included.index);
         let excess = kept.len().saturating_sub(keep);
         kept.drain(..excess);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dengine_core::store::Snapshot;
+    use dengine_core::{EntryId, Membership, SnapshotMeta};
+
+    use super::*;
+
+    fn snap(index: u64) -> Snapshot {
+        Snapshot {
+            meta: SnapshotMeta {
+                last_included: EntryId::new(1, index),
+                membership: Membership::new([1]),
+            },
+            data: Bytes::from(index.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_newest_snapshots_by_index_are_kept_whatever_order_they_come_in() {
+        let m = MemorySnapshots::new();
+        assert!(m.latest().is_none());
+        for index in [5, 9, 3, 7] {
+            m.save(snap(index), 2);
+        }
+        assert_eq!(m.latest().map(|s| s.meta.last_included.index), Some(9));
+        m.save(snap(9), 2);
+        let kept: Vec<u64> = m
+            .kept
+            .lock()
+            .iter()
+            .map(|s| s.meta.last_included.index)
+            .collect();
+        assert_eq!(kept, vec![7, 9]);
     }
 }

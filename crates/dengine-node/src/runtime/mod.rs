@@ -238,6 +238,9 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     /// When tick 0 was due: the core has been ticked once per `raft.tick_ms` since
     /// (`catch_up_ticks`).
     tick_origin: Instant,
+    /// Most ticks `catch_up_ticks` replays at once: twice the election timeout's, and two
+    /// more (by then every timer of the core has run out).
+    max_catch_up_ticks: u64,
     /// Deliberate runtime bugs switched on (feature `fault-injection`).
     #[cfg(feature = "fault-injection")]
     bugs: Vec<crate::bugs::RuntimeBug>,
@@ -311,6 +314,11 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             raft.applied_membership().clone(),
             applied,
         ));
+        let raft_settings = &parts.settings.raft;
+        let max_catch_up_ticks = 2 * raft_settings
+            .election_timeout_ms
+            .div_ceil(raft_settings.tick_ms.max(1))
+            + 2;
         Runtime {
             id: parts.id,
             settings: parts.settings,
@@ -357,6 +365,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             handles_gone: false,
             ticks: 0,
             tick_origin: Instant::now(),
+            max_catch_up_ticks,
             #[cfg(feature = "fault-injection")]
             bugs: parts.bugs,
         }
@@ -468,12 +477,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         let elapsed = Instant::now().saturating_duration_since(self.tick_origin);
         let due = (elapsed.as_nanos() / tick.as_nanos()) as u64;
         let owed = due.saturating_sub(self.ticks);
-        let election = self
-            .settings
-            .raft
-            .election_timeout_ms
-            .div_ceil(tick.as_millis().max(1) as u64);
-        let most = 2 * election + 2;
+        let most = self.max_catch_up_ticks;
         if owed > most {
             // The skipped ticks change nothing the replayed ones do not: count them as done.
             self.ticks += owed - most;

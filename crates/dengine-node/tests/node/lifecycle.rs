@@ -275,3 +275,70 @@ async fn a_durable_state_machine_resumes_after_its_stored_index() {
     assert!(meta.last_included.index >= indexes[2]);
     node.shutdown().await;
 }
+
+/// A durable state machine that says it has applied more than the log holds: what a crash in
+/// the middle of a snapshot install leaves without a snapshot directory (the state machine
+/// took the snapshot, the log store was not reset to it yet).
+struct AheadOfTheLog(MemoryStateMachine, u64);
+
+impl dengine_core::StateMachine for AheadOfTheLog {
+    type Error = dengine_core::StorageError;
+
+    async fn apply(
+        &mut self,
+        commands: &[dengine_core::store::Command],
+        applied_up_to: u64,
+    ) -> Result<Vec<Bytes>, Self::Error> {
+        self.0.apply(commands, applied_up_to).await
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.1
+    }
+
+    async fn snapshot(&mut self) -> Result<Bytes, Self::Error> {
+        self.0.snapshot().await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        data: Bytes,
+        applied_up_to: u64,
+    ) -> Result<(), Self::Error> {
+        self.0.install_snapshot(data, applied_up_to).await
+    }
+
+    async fn query(&self, request: Bytes) -> Result<Bytes, Self::Error> {
+        self.0.query(request).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_machine_ahead_of_the_log_is_refused_with_the_reason() {
+    let store = MemoryStore::new();
+    let node = single(store.clone(), settings(1)).await.unwrap();
+    wait_leader(&node).await;
+    node.propose(Bytes::from_static(b"a=1")).await.unwrap();
+    node.shutdown().await;
+    let last = store.load_state().await.unwrap().last_index;
+
+    let net = LocalNetwork::new();
+    let b = NodeBuilder::new(settings(1))
+        .log_store(store.clone())
+        .state_machine(AheadOfTheLog(MemoryStateMachine::new(), last + 40))
+        .transport(net.transport(1));
+    net.register(1, b.inbox());
+    match b.start().await {
+        Err(
+            e @ StartError::StateMachineAheadOfLog {
+                applied,
+                last_index,
+            },
+        ) => {
+            assert_eq!((applied, last_index), (last + 40, last));
+            let text = e.to_string();
+            assert!(text.contains("snapshot directory"), "{text}");
+        }
+        other => panic!("expected StateMachineAheadOfLog, got {other:?}"),
+    }
+}
