@@ -510,6 +510,14 @@ impl Receiver {
                 "the whole-snapshot checksum failed; restarting from offset 0",
             ));
         }
+        // A tokio file hands writes to a background thread: `write_all` may return before the
+        // last chunk is in the file. Without this flush the read below could miss the tail
+        // (seen in CI: a 4 MiB snapshot delivered short).
+        if let Err(e) = partial.file.flush().await {
+            let status = io_status("write", &partial.path, e);
+            self.discard(partial).await;
+            return Err(status);
+        }
         let data = match tokio::fs::read(&partial.path).await {
             Ok(data) => Bytes::from(data),
             Err(e) => {
@@ -518,6 +526,24 @@ impl Receiver {
                 return Err(status);
             }
         };
+        // What is handed to the node is checked again as read back from the spool, so a
+        // short or damaged spool file is never delivered.
+        if data.len() as u64 != partial.total_size || crc32fast::hash(&data) != partial.total_crc32
+        {
+            tracing::warn!(
+                node = cfg.id,
+                peer = from,
+                path = %partial.path.display(),
+                "the spooled snapshot read back differs from what was received; restarting"
+            );
+            self.discard(partial).await;
+            return Ok(reply(
+                Outcome::Resume,
+                0,
+                "the spooled snapshot read back differs from what was received; restarting from \
+                 offset 0",
+            ));
+        }
         let message = Message {
             from,
             to: cfg.id,

@@ -151,7 +151,11 @@ async fn a_snapshot_of_several_mib_streams_in_chunks_and_verifies() {
     assert_eq!(got[0].0, msg);
     assert_eq!(got[0].1, data);
     assert_eq!(a.transport.stats().snapshots_sent, 1);
-    assert_eq!(a.transport.stats().snapshot_resumes, 0);
+    assert_eq!(
+        a.transport.stats().snapshot_resumes,
+        0,
+        "a spool was read back before its last write finished"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,4 +486,31 @@ async fn a_stalled_snapshot_stream_times_out_per_chunk_and_can_resume() {
         "{reply:?}"
     );
     assert_eq!(b.inbox.snapshots.lock().unwrap()[0].1, data);
+}
+
+/// The receiver spools chunks through a tokio file, whose writes finish on a background thread;
+/// it must flush before reading the spool back (CI once saw a 4 MiB snapshot delivered short).
+/// Without the flush the read-back check answers RESUME, counted here as a resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_read_back_from_the_spool_only_after_their_last_write() {
+    let mut ca = fast(1, 7);
+    ca.snapshot_chunk_bytes = 2 << 20;
+    let a = node_with(ca).await;
+    let b = node_with(fast(2, 7)).await;
+    a.transport.set_peer(2, b.server.local_addr().to_string());
+    for i in 0..40u8 {
+        let data = Bytes::from(vec![i; (2 << 20) + 3]);
+        a.transport
+            .send_snapshot(snapshot_message(1, 2), data.clone())
+            .await
+            .unwrap();
+        let got = b.inbox.snapshots.lock().unwrap().last().unwrap().1.clone();
+        assert_eq!(got.len(), data.len(), "round {i}");
+        assert_eq!(got, data, "round {i}");
+    }
+    assert_eq!(
+        a.transport.stats().snapshot_resumes,
+        0,
+        "a spool was read back before its last write finished"
+    );
 }
