@@ -55,6 +55,11 @@ pub const LEADER_CHANGES_TOTAL: &str = "dengine_leader_changes_total";
 /// Counter, label [`LABEL_RESULT`] (one of the `RESULT_*` values): client proposals by outcome.
 pub const PROPOSALS_TOTAL: &str = "dengine_proposals_total";
 
+/// Counter (the leader's): lease reads confirmed by the leader's lease alone, with no heartbeat
+/// round (thesis §6.4.1), its own and those forwarded by followers; lease reads that found no
+/// valid lease fell back to ReadIndex and are not counted.
+pub const LEASE_READS_TOTAL: &str = "dengine_lease_reads_total";
+
 /// Counter: snapshots this node streamed to a peer successfully.
 pub const SNAPSHOTS_SENT_TOTAL: &str = "dengine_snapshots_sent_total";
 

@@ -29,6 +29,12 @@ pub struct KvConfig {
     /// The client URLs this member reports in `member list` (etcd's
     /// `--advertise-client-urls`); empty: the client listener's own address.
     pub advertise_client_urls: Vec<String>,
+    /// How a linearizable Range (one without `serializable`) is confirmed: `false` (the
+    /// default) by ReadIndex, a heartbeat round to a majority per batch of reads (thesis
+    /// §6.4); `true` by the leader's lease (§6.4.1), with no round trip while the lease holds,
+    /// which is only as safe as `raft.lease_drift_ms` covers the members' clock drift
+    /// (docs/configuration.md).
+    pub lease_reads: bool,
 }
 
 impl Default for KvConfig {
@@ -39,6 +45,7 @@ impl Default for KvConfig {
             max_range_response_bytes: DEFAULT_MAX_RANGE_RESPONSE_BYTES,
             client_cert_auth: false,
             advertise_client_urls: Vec::new(),
+            lease_reads: false,
         }
     }
 }

@@ -145,6 +145,11 @@ struct ServeArgs {
     /// (clients page with a limit, e.g. etcdctl get --limit).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_RANGE_RESPONSE_BYTES)]
     max_range_response_bytes: usize,
+    /// Confirm linearizable reads with the leader's lease (no round trip while it holds)
+    /// instead of ReadIndex; safe only while raft.lease_drift_ms covers the members' clock
+    /// drift (docs/configuration.md).
+    #[arg(long)]
+    lease_reads: bool,
     /// Log filter (RUST_LOG wins when set), e.g. info or dengine_node=debug.
     #[arg(long, default_value = "info", env = "DENGINE_LOG")]
     log: String,
@@ -257,6 +262,7 @@ fn kv_config(args: &ServeArgs) -> KvConfig {
         max_request_bytes: args.max_request_bytes,
         max_range_response_bytes: args.max_range_response_bytes,
         client_cert_auth: args.client_cert_auth,
+        lease_reads: args.lease_reads,
         ..KvConfig::default()
     }
 }

@@ -297,6 +297,8 @@ impl KvBackend for NodeBackend {
     async fn read(&self, query: Bytes, serializable: bool) -> Result<Bytes, BackendError> {
         let consistency = if serializable {
             Consistency::Stale
+        } else if self.config.lease_reads {
+            Consistency::Lease
         } else {
             Consistency::Linearizable
         };

@@ -18,6 +18,7 @@ use dengine_net_grpc::admin_pb::NodeRequest;
 use dengine_net_grpc::admin_pb::admin_client::AdminClient;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::clock::{self, Clocks};
 use crate::topology::{addr, netns};
 
 /// The client port of every member (the etcd API), in its own namespace.
@@ -27,6 +28,9 @@ pub(crate) const PEER_PORT: u16 = 2380;
 /// The admin port of every member (dengine's admin API; reached from the driver's namespace,
 /// so it needs the admin token).
 pub(crate) const ADMIN_PORT: u16 = 2381;
+
+/// The Prometheus `/metrics` port of every member (`--metrics-addr`).
+pub(crate) const METRICS_PORT: u16 = 2382;
 
 /// The admin token every member is started with (`admin.token_file`).
 const ADMIN_TOKEN: &str = "chaos-harness-admin-token-0123456789";
@@ -76,14 +80,23 @@ pub(crate) struct Cluster {
     dir: PathBuf,
     hosts: Vec<Host>,
     fsync: bool,
+    /// The hosts' libfaketime clocks (`None`: the real clock).
+    clocks: Option<Clocks>,
     initial_members: String,
     /// Processes that exited on their own (a fatal error in the node), with their status.
     pub(crate) crashed: Vec<String>,
 }
 
 impl Cluster {
-    /// `hosts` members with ids `1..=hosts`, data and logs under `dir`; nothing started.
-    pub(crate) fn new(bin: PathBuf, dir: PathBuf, hosts: usize, fsync: bool) -> Cluster {
+    /// `hosts` members with ids `1..=hosts`, data and logs under `dir`, on `clocks` if
+    /// given; nothing started.
+    pub(crate) fn new(
+        bin: PathBuf,
+        dir: PathBuf,
+        hosts: usize,
+        fsync: bool,
+        clocks: Option<Clocks>,
+    ) -> Cluster {
         let initial_members = (1..=hosts)
             .map(|h| format!("{h}={}:{PEER_PORT}", addr(h)))
             .collect::<Vec<_>>()
@@ -100,6 +113,7 @@ impl Cluster {
                 })
                 .collect(),
             fsync,
+            clocks,
             initial_members,
             crashed: Vec::new(),
         }
@@ -166,12 +180,29 @@ impl Cluster {
             .args(["--listen-client", &format!("{}:{PORT}", addr(host))])
             .args(["--listen-peer", &format!("{}:{PEER_PORT}", addr(host))])
             .args(["--listen-admin", &format!("{}:{ADMIN_PORT}", addr(host))])
+            .args(["--metrics-addr", &format!("{}:{METRICS_PORT}", addr(host))])
             .env("DENGINE_ADMIN__TOKEN_FILE", &token)
             .arg("--data-dir")
             .arg(self.data_dir(host))
             .arg("--fault-control")
             .arg(self.fault_file(host))
-            .args(["--log", "info"]);
+            .args(["--log", "info"])
+            // The timings the lease margin of `clock.rs` is worked out for.
+            .env("DENGINE_RAFT__TICK_MS", clock::TICK_MS.to_string())
+            .env(
+                "DENGINE_RAFT__ELECTION_TIMEOUT_MS",
+                clock::ELECTION_TIMEOUT_MS.to_string(),
+            )
+            .env(
+                "DENGINE_RAFT__LEASE_DRIFT_MS",
+                clock::LEASE_DRIFT_MS.to_string(),
+            );
+        if lease_reads(host) {
+            cmd.arg("--lease-reads");
+        }
+        if let Some(clocks) = &self.clocks {
+            cmd.envs(clocks.env(host));
+        }
         if !join && self.hosts[host - 1].original {
             cmd.args(["--initial-members", &self.initial_members]);
         } else if join {
@@ -206,6 +237,19 @@ impl Cluster {
         h.child = Some(child);
         h.paused = false;
         Ok(())
+    }
+
+    /// Moves host `host`'s clock forward by `ms` (it need not run: the offset stays).
+    pub(crate) fn clock_jump(&mut self, host: usize, ms: u64) -> Result<(), String> {
+        match &mut self.clocks {
+            Some(c) => c.jump(host, ms),
+            None => Err("clock faults are off (--no-clock-faults)".into()),
+        }
+    }
+
+    /// Whether the hosts run on libfaketime clocks.
+    pub(crate) fn has_clock_faults(&self) -> bool {
+        self.clocks.is_some()
     }
 
     /// Whether host `host`'s process runs (paused or not).
@@ -290,6 +334,13 @@ impl Drop for Cluster {
     }
 }
 
+/// Whether host `host` answers linearizable reads with the leader's lease (odd hosts) rather
+/// than ReadIndex (even hosts): each run exercises both. A follower forwards the read to the
+/// leader with its own choice.
+pub(crate) fn lease_reads(host: usize) -> bool {
+    host % 2 == 1
+}
+
 /// What one member says about itself.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct MemberStatus {
@@ -369,6 +420,30 @@ pub(crate) async fn member_add(leader_host: usize, host: usize) -> Result<u64, S
     r.member
         .map(|m| m.id)
         .ok_or_else(|| format!("member add of host {host}: no member in the answer"))
+}
+
+/// The value of the unlabelled counter or gauge `name` in host `host`'s `/metrics`.
+pub(crate) async fn metric(host: usize, name: &str) -> Result<u64, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut stream =
+            tokio::net::TcpStream::connect(format!("{}:{METRICS_PORT}", addr(host))).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: chaos\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await?;
+        Ok::<_, std::io::Error>(body)
+    };
+    let body = tokio::time::timeout(Duration::from_secs(2), fetch)
+        .await
+        .map_err(|_| format!("/metrics of host {host}: no answer in 2 s"))?
+        .map_err(|e| format!("/metrics of host {host}: {e}"))?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .ok_or_else(|| format!("/metrics of host {host} has no {name}"))
 }
 
 /// `key` as the store's key bytes.

@@ -1,13 +1,15 @@
 //! `dengine-chaos`: real `dengine-kv` processes in Linux network namespaces under a seeded
 //! nemesis (partitions with `nft`, SIGKILL, SIGSTOP, membership churn, leader transfers,
-//! message delay) and a concurrent etcd-API workload whose history is checked for
-//! linearizability and lost acknowledged writes. Run it through `cargo xtask chaos`, which
+//! message delay, clock jumps and fast and slow clocks with libfaketime, several at once) and
+//! a concurrent etcd-API workload, half of whose linearizable reads are lease reads, whose
+//! history is checked for linearizability and lost acknowledged writes. Run it through `cargo xtask chaos`, which
 //! builds the server with its `fault-injection` feature and passes `--server-bin`.
 //!
 //! Modules: [`topology`] (namespaces, bridge, `nft` rules), [`cluster`] (processes and
-//! admin RPCs), [`nemesis`] (the seeded schedule), [`workload`] (clients and recording),
+//! admin RPCs), [`clock`] (libfaketime clocks and the lease margin), [`nemesis`] (the seeded schedule), [`workload`] (clients and recording),
 //! [`history`] (file format and the checks), [`run`] (one seed from start to verdict).
 
+mod clock;
 mod cluster;
 mod history;
 mod nemesis;
@@ -30,7 +32,7 @@ const USAGE: &str =
 
 options:
   --seeds 1,2,3        seeds to run, one after the other (default 1)
-  --seconds N          length of the fault phase per seed (default 60; >= 45 for every fault kind)
+  --seconds N          length of the fault phase per seed (default 60; >= 55 for every fault kind)
   --nodes N            cluster size (default 5, 3..=9)
   --clients N          concurrent clients (default 5)
   --keys N             size of the key space (default 8)
@@ -40,6 +42,8 @@ options:
                        should be lost
   --expect-failure     succeed only if some seed finds a safety violation (linearizability or a
                        lost acknowledged write), to prove the harness catches a known bug
+  --no-clock-faults    run the nodes on the real clock (no libfaketime: no clock jumps, no fast
+                       or slow clocks)
   --keep               keep the run directory (history, node logs, data) of passing runs too
   --dir DIR            where run directories go (default: the system temp directory)
   --cleanup            remove leftovers of killed runs (processes, namespaces, links, and run
@@ -221,11 +225,13 @@ fn parse(args: &[String]) -> Result<Options, String> {
         keys: 8,
         mode: Mode::All,
         fsync: true,
+        clock_library: None,
         expect_failure: false,
         keep: false,
         dir: std::env::temp_dir(),
     };
     let mut mode_given = false;
+    let mut clock_faults = true;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -266,6 +272,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 other => return Err(format!("unknown --bug {other:?} (known: fsync-off)")),
             },
             "--expect-failure" => o.expect_failure = true,
+            "--no-clock-faults" => clock_faults = false,
             "--keep" => o.keep = true,
             "--dir" => o.dir = PathBuf::from(value()?),
             other => return Err(format!("unknown option {other:?}")),
@@ -273,6 +280,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
     }
     if !o.fsync && !mode_given {
         o.mode = Mode::KillMajority;
+    }
+    if clock_faults {
+        o.clock_library = Some(clock::find_library()?);
     }
     if o.server_bin.as_os_str().is_empty() {
         return Err("--server-bin is required (cargo xtask chaos passes it)".into());

@@ -12,6 +12,7 @@ use dengine_sim::linearizability::{
 };
 use dengine_sim::rng::SimRng;
 
+use crate::clock::{self, Clocks};
 use crate::cluster::{self, Cluster};
 use crate::history;
 use crate::nemesis::{self, Episode, FaultKind, Mode};
@@ -37,6 +38,8 @@ pub(crate) struct Options {
     pub(crate) mode: Mode,
     /// `storage.fsync` of the nodes.
     pub(crate) fsync: bool,
+    /// libfaketime, for clock faults (`None`: the nodes run on the real clock).
+    pub(crate) clock_library: Option<PathBuf>,
     /// Passing means finding a safety violation.
     pub(crate) expect_failure: bool,
     /// Keep the run directory of passing runs.
@@ -110,11 +113,29 @@ pub(crate) async fn run_seed(options: &Options, seed: u64, interrupted: &AtomicB
             return Verdict::Error(e);
         }
         Ok(net) => {
+            let clocks = match &options.clock_library {
+                Some(lib) => match Clocks::new(lib.clone(), &dir, options.nodes, seed) {
+                    Ok(c) => {
+                        println!("chaos: seed {seed}: clocks: {}", c.describe());
+                        Some(c)
+                    }
+                    Err(e) => return Verdict::Error(e),
+                },
+                None => None,
+            };
+            let lease: Vec<usize> = (1..=options.nodes)
+                .filter(|&h| cluster::lease_reads(h))
+                .collect();
+            println!(
+                "chaos: seed {seed}: linearizable reads by lease on hosts {lease:?}, by \
+                 ReadIndex on the others"
+            );
             let mut c = Cluster::new(
                 options.server_bin.clone(),
                 dir.clone(),
                 options.nodes,
                 options.fsync,
+                clocks,
             );
             let v = drive(options, seed, &net, &mut c, &dir, interrupted).await;
             c.kill_all();
@@ -176,6 +197,8 @@ enum Undo {
     Resume(usize),
     Rejoin,
     Delay,
+    /// The parts of a combined fault, each with the pause before its heal.
+    Many(Vec<(Undo, u64)>),
 }
 
 struct Nemesis<'a> {
@@ -202,6 +225,55 @@ impl Nemesis<'_> {
 
     /// Starts `e`'s fault; what the heal must undo and a description.
     async fn inject(&mut self, e: &Episode) -> Result<(Undo, String), String> {
+        if e.kind != FaultKind::Combined {
+            return self.inject_one(e).await;
+        }
+        let mut rng = SimRng::new(e.pick);
+        let process: Vec<FaultKind> = FaultKind::PROCESS
+            .into_iter()
+            .filter(|&k| k != FaultKind::ClockJump || self.c.has_clock_faults())
+            .collect();
+        let mut kinds = vec![
+            FaultKind::PARTITIONS[rng.below(FaultKind::PARTITIONS.len() as u64) as usize],
+            process[rng.below(process.len() as u64) as usize],
+        ];
+        if rng.chance(500) {
+            kinds.push(FaultKind::Delay);
+        }
+        // Which comes first matters (a kill before a partition picks its victims among
+        // hosts that still see the leader): shuffle.
+        for i in (1..kinds.len()).rev() {
+            kinds.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let mut undos = Vec::new();
+        let mut what = Vec::new();
+        for kind in kinds {
+            let part = Episode {
+                kind,
+                pick: rng.next_u64(),
+                ..*e
+            };
+            match self.inject_one(&part).await {
+                Ok((undo, text)) => {
+                    undos.push((undo, rng.below(400)));
+                    what.push(format!("{}: {text}", kind.name()));
+                }
+                Err(why) => what.push(format!("{} not injected: {why}", kind.name())),
+            }
+        }
+        if undos.is_empty() {
+            // Nothing is in force: the episode counts as not injected.
+            return Err(what.join("; "));
+        }
+        // Healed in a random order, a few hundred milliseconds apart.
+        for i in (1..undos.len()).rev() {
+            undos.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        Ok((Undo::Many(undos), what.join("; ")))
+    }
+
+    /// Starts one fault (not a combined one).
+    async fn inject_one(&mut self, e: &Episode) -> Result<(Undo, String), String> {
         let n = self.c.len();
         let mut rng = SimRng::new(e.pick);
         let leader = self.leader().await;
@@ -388,11 +460,53 @@ impl Nemesis<'_> {
                 self.set_delay("delay_ms=20..300\n")?;
                 Ok((Undo::Delay, "every peer message delayed 20-300 ms".into()))
             }
+            FaultKind::ClockJump => {
+                let live = self.c.live();
+                let (h, ms) = match leader {
+                    Some(l) if rng.chance(500) => (
+                        l,
+                        rng.between(clock::LEADER_JUMP_MS.0, clock::LEADER_JUMP_MS.1),
+                    ),
+                    _ => {
+                        let followers: Vec<usize> =
+                            live.into_iter().filter(|&h| Some(h) != leader).collect();
+                        let h = *followers
+                            .get(rng.below(followers.len().max(1) as u64) as usize)
+                            .ok_or("no live follower")?;
+                        (h, rng.between(10, clock::MAX_FOLLOWER_JUMP_MS))
+                    }
+                };
+                self.c.clock_jump(h, ms)?;
+                Ok((
+                    Undo::Nothing,
+                    format!("host {h}'s clock {ms} ms forward (leader: {leader:?})"),
+                ))
+            }
+            FaultKind::Combined => Err("a combined fault inside a combined fault".into()),
         }
     }
 
     /// Undoes a fault.
     async fn heal(&mut self, undo: Undo) -> Result<(), String> {
+        let Undo::Many(parts) = undo else {
+            return self.heal_one(undo).await;
+        };
+        let mut failures = Vec::new();
+        for (part, pause_ms) in parts {
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            if let Err(e) = self.heal_one(part).await {
+                failures.push(e);
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        }
+    }
+
+    /// Undoes one fault (not a combined one).
+    async fn heal_one(&mut self, undo: Undo) -> Result<(), String> {
         match undo {
             Undo::Nothing => Ok(()),
             Undo::Partition => self.net.heal(),
@@ -419,6 +533,7 @@ impl Nemesis<'_> {
                 Ok(())
             }
             Undo::Rejoin => self.rejoin().await,
+            Undo::Many(_) => Err("nested combined faults".into()),
         }
     }
 
@@ -613,6 +728,16 @@ async fn drive(
         Ok(()) => read_back(&rec, o.keys, o.nodes, seed).await,
         Err(_) => Err("not converged".into()),
     };
+    // Lease reads the running members served by their lease alone (counted since each one's
+    // last start): the lease path must have been taken, not only its ReadIndex fallback.
+    let mut lease_served = 0;
+    let mut lease_unknown = Vec::new();
+    for h in nem.c.live() {
+        match cluster::metric(h, "dengine_lease_reads_total").await {
+            Ok(n) => lease_served += n,
+            Err(e) => lease_unknown.push(e),
+        }
+    }
     nem.c.reap();
     let crashed = nem.c.crashed.clone();
     let faults = nem.faults.clone();
@@ -666,6 +791,21 @@ async fn drive(
         "  by kind: {puts} puts, {gets} gets, {} compare-and-sets",
         ops.len() - puts - gets
     );
+    println!(
+        "  reads served by a leader's lease, no heartbeat round (dengine_lease_reads_total of \
+         the running members, since their last start): {lease_served}{}",
+        if lease_unknown.is_empty() {
+            String::new()
+        } else {
+            format!(" (not read: {})", lease_unknown.join("; "))
+        }
+    );
+    if lease_served == 0 && gets >= 1_000 && lease_unknown.is_empty() {
+        harness_errors.push(format!(
+            "{gets} gets, yet no member served a read by its lease: the lease path was not \
+             exercised"
+        ));
+    }
     let faults_text: Vec<String> = faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("  faults injected: {}", faults_text.join(", "));
     if !skipped.is_empty() {
@@ -675,6 +815,7 @@ async fn drive(
     if o.mode == Mode::All && o.seconds >= nemesis::min_seconds() {
         let missing: Vec<&str> = FaultKind::ALL
             .iter()
+            .filter(|&&k| k != FaultKind::ClockJump || o.clock_library.is_some())
             .map(|k| k.name())
             .filter(|k| !faults.contains_key(k))
             .collect();

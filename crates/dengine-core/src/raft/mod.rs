@@ -298,6 +298,12 @@ impl<L: LogReader> Raft<L> {
     pub fn applied_index(&self) -> LogIndex {
         self.log.applied
     }
+    /// How many lease reads (its own and those followers forwarded) this node confirmed by
+    /// its lease alone, with no heartbeat round, since it was created (thesis §6.4.1); the
+    /// others fell back to ReadIndex. Counts over every term it led.
+    pub fn lease_reads_served(&self) -> u64 {
+        self.reads.served_by_lease
+    }
     /// Highest index known durable on this node.
     pub fn persisted_index(&self) -> LogIndex {
         self.log.persisted

@@ -33,6 +33,9 @@ pub(super) struct ReadQueue {
     pub(super) waiting_apply: Vec<ReadState>,
     /// Reads this follower forwarded to its current leader and not yet heard back about.
     pub(super) forwarded: Vec<ReadCtx>,
+    /// Lease reads this node confirmed by its lease, without a heartbeat round (its own and
+    /// those forwarded to it), since it started.
+    pub(super) served_by_lease: u64,
 }
 
 impl ReadQueue {

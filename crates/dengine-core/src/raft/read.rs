@@ -49,7 +49,12 @@ impl<L: LogReader> Raft<L> {
         let index = self.log.committed;
         let me = self.id();
         let sole_voter = self.membership.all_voters().into_iter().eq([me]);
-        if sole_voter || (lease && self.lease_valid()) {
+        if sole_voter {
+            self.read_confirmed(ctx, origin, index);
+            return Ok(());
+        }
+        if lease && self.lease_valid() {
+            self.reads.served_by_lease += 1;
             self.read_confirmed(ctx, origin, index);
             return Ok(());
         }

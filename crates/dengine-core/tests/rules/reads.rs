@@ -441,6 +441,7 @@ fn lease_read_is_served_without_messages_until_the_lease_expires() {
     c.network.extend(ready.messages);
     c.stabilize();
     assert_eq!(c.reads_of(1), [rs(1, 1)]);
+    assert_eq!(c.node(1).lease_reads_served(), 0, "that one needed a round");
 
     // From now on no heartbeat is acknowledged: followers hear the leader, answers are lost.
     c.block(2, 1);
@@ -455,6 +456,7 @@ fn lease_read_is_served_without_messages_until_the_lease_expires() {
             "tick {t}: the lease holds, no round"
         );
         assert_eq!(ready.read_states, [rs(10 + t, 1)], "tick {t}");
+        assert_eq!(c.node(1).lease_reads_served(), t);
     }
     c.tick(1);
     c.stabilize();
@@ -464,6 +466,7 @@ fn lease_read_is_served_without_messages_until_the_lease_expires() {
         ready.read_states.is_empty(),
         "tick {lease}: the lease has expired"
     );
+    assert_eq!(c.node(1).lease_reads_served(), lease - 1);
     let rounds = heartbeat_rounds(&ready.messages);
     assert_eq!(rounds.len(), 2, "falls back to a heartbeat round");
     assert_eq!(rounds[0], rounds[1]);
@@ -498,6 +501,7 @@ fn lease_read_without_check_quorum_falls_back_to_read_index() {
     c.network.extend(ready.messages);
     c.stabilize();
     assert_eq!(c.reads_of(1), [rs(1, 1), rs(2, 1)]);
+    assert_eq!(c.node(1).lease_reads_served(), 0);
 }
 
 /// Thesis §6.4.1 with §6.4 forwarding: a follower's lease read is answered by a leader whose
@@ -534,6 +538,8 @@ fn forwarded_lease_read_is_answered_from_the_leaders_lease() {
         }],
         "no heartbeat round"
     );
+    assert_eq!(c.node(1).lease_reads_served(), 1, "counted by the leader");
+    assert_eq!(c.node(2).lease_reads_served(), 0);
     c.network.extend(ready.messages);
     c.stabilize();
     assert_eq!(c.reads_of(2), [rs(5, 1)]);

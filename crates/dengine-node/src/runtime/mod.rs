@@ -1201,6 +1201,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         metrics::gauge!(m::TERM).set(self.raft.term() as f64);
         metrics::gauge!(m::COMMIT_INDEX).set(self.raft.commit_index() as f64);
         metrics::gauge!(m::PENDING_PROPOSALS).set(self.waiters.len() as f64);
+        metrics::counter!(m::LEASE_READS_TOTAL).absolute(self.raft.lease_reads_served());
         let entries =
             (self.raft.last_log_id().index + 1).saturating_sub(self.raft.first_log_index());
         metrics::gauge!(m::LOG_ENTRIES).set(entries as f64);
@@ -1268,6 +1269,7 @@ fn register_counters() {
         m::PEER_REGRESSIONS_TOTAL,
         m::PEER_INCARNATION_CHANGES_TOTAL,
         m::LOG_SYNCS_TOTAL,
+        m::LEASE_READS_TOTAL,
     ] {
         metrics::counter!(name).increment(0);
     }

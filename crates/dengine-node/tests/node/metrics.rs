@@ -99,6 +99,7 @@ fn the_documented_metrics_are_recorded() {
         m::PEER_REGRESSIONS_TOTAL.to_string(),
         m::PEER_INCARNATION_CHANGES_TOTAL.to_string(),
         m::PEER_MESSAGES_REFUSED_TOTAL.to_string(),
+        m::LEASE_READS_TOTAL.to_string(),
         m::APPLIED_INDEX.to_string(),
         m::LEADER_CHANGES_TOTAL.to_string(),
         format!("{}{{result=ok}}", m::PROPOSALS_TOTAL),
