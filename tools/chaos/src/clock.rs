@@ -11,7 +11,12 @@
 //! while 300 ms on the slowest clock end before 450 ms on the fastest, less the largest jump of
 //! a follower's clock: 300 / 0.95 ≈ 316 ms < 450 / 1.05 − [`MAX_FOLLOWER_JUMP_MS`] ≈ 329 ms.
 //! A leader's clock may jump by seconds: its lease only ends early. (A jump forward is all a
-//! monotonic clock can do; a real one never jumps back.)
+//! monotonic clock can do; a real one never jumps back.) libfaketime reads the file at most
+//! once a second, so a jump lands up to a second after it is written: a leader that lost its
+//! leadership in that second and already acknowledged its successor's heartbeats would take
+//! a seconds-long jump as a follower, outside the margin. The harness picks the leader of
+//! the highest term to make that unlikely; it is a hazard of the harness to keep in mind
+//! when a run reports a stale read right after a leader's clock jump.
 
 use std::path::{Path, PathBuf};
 

@@ -352,6 +352,8 @@ pub(crate) struct MemberStatus {
     pub(crate) commit: u64,
     /// Its applied index.
     pub(crate) applied: u64,
+    /// Its current term.
+    pub(crate) term: u64,
 }
 
 /// The etcd `Status` of host `host`.
@@ -363,24 +365,29 @@ pub(crate) async fn status(host: usize) -> Result<MemberStatus, String> {
         .map_err(|e| format!("status of host {host}: {}", e.message()))?
         .into_inner();
     Ok(MemberStatus {
-        id: s.header.map_or(0, |h| h.member_id),
+        id: s.header.as_ref().map_or(0, |h| h.member_id),
+        term: s.header.map_or(0, |h| h.raft_term),
         leader: s.leader,
         commit: s.raft_index,
         applied: s.raft_applied_index,
     })
 }
 
-/// The host that leads now, as the leader itself says, among `hosts`.
+/// The host that leads now, as the leader itself says, among `hosts`. A deposed leader that
+/// has not heard of the new term yet still says it leads: of several, the one of the highest
+/// term is the leader (a clock jump meant for the leader must not land on a follower).
 pub(crate) async fn leader(hosts: &[usize]) -> Option<(usize, MemberStatus)> {
+    let mut best: Option<(usize, MemberStatus)> = None;
     for &h in hosts {
         if let Ok(s) = status(h).await
             && s.leader != 0
             && s.leader == s.id
+            && best.is_none_or(|(_, b)| s.term > b.term)
         {
-            return Some((h, s));
+            best = Some((h, s));
         }
     }
-    None
+    best
 }
 
 /// Asks the leader on `host` to hand leadership to member `to`.

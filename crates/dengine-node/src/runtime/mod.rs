@@ -186,6 +186,9 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     refused_log: dengine_core::LogLimiter,
     /// Rate limit of the warnings about transient log reads that failed.
     read_error_log: dengine_core::LogLimiter,
+    /// Rate limit of the warnings about snapshot streams that failed (a peer that stays down
+    /// fails one every tick).
+    snapshot_send_log: dengine_core::LogLimiter,
     /// The apply task's progress: the newest applied index.
     applied_rx: watch::Receiver<LogIndex>,
     /// The apply task's other reports (bounded, see [`Event`]).
@@ -196,7 +199,7 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     apply_task: AbortOnDrop,
     /// Snapshots being streamed to peers; each task reports the peer and whether the
     /// snapshot was delivered.
-    snapshot_senders: JoinSet<(NodeId, bool)>,
+    snapshot_senders: JoinSet<(NodeId, Result<(), String>)>,
     /// The peer of each snapshot task, to report a task that panicked.
     snapshot_peers: BTreeMap<tokio::task::Id, NodeId>,
     /// The synced write on the disk, if any (at most one at a time).
@@ -246,13 +249,16 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     bugs: Vec<crate::bugs::RuntimeBug>,
 }
 
+/// How a snapshot stream task ended: the peer and the transport's error, if any.
+type SnapshotSent = Result<(tokio::task::Id, (NodeId, Result<(), String>)), tokio::task::JoinError>;
+
 /// What woke the event loop.
 enum Wake {
     Tick,
     WriteDone(WriteDone),
     Applied,
     Event(Event),
-    SnapshotSent(Result<(tokio::task::Id, (NodeId, bool)), tokio::task::JoinError>),
+    SnapshotSent(SnapshotSent),
     Peer(PeerInput),
     Request(Option<Request>),
 }
@@ -332,6 +338,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             published_config: None,
             refused_log: dengine_core::LogLimiter::per_ten_seconds(),
             read_error_log: dengine_core::LogLimiter::per_ten_seconds(),
+            snapshot_send_log: dengine_core::LogLimiter::per_ten_seconds(),
             applied_rx,
             events_rx,
             apply_tx: Some(apply_tx),

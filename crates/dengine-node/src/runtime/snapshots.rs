@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use dengine_core::store::Snapshot;
-use dengine_core::{LogStore, Message, NodeId, SnapshotMeta, StorageError, Transport};
+use dengine_core::{LogStore, Message, SnapshotMeta, StorageError, Transport};
 
 use super::apply::ApplyCmd;
 use super::waiters::Waiter;
@@ -157,14 +157,11 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         let span = tracing::info_span!("snapshot_send", peer, index = meta.last_included.index);
         let task = self.snapshot_senders.spawn(
             async move {
-                let delivered = match transport.send_snapshot(msg, data).await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!(peer, error = %e, "snapshot stream failed");
-                        false
-                    }
-                };
-                (peer, delivered)
+                let outcome = transport
+                    .send_snapshot(msg, data)
+                    .await
+                    .map_err(|e| e.to_string());
+                (peer, outcome)
             }
             .instrument(span),
         );
@@ -172,31 +169,41 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
     }
 
     /// A snapshot stream ended: tell the core (which resumes appends, or tries again).
-    pub(super) fn on_snapshot_sent(
-        &mut self,
-        sent: Result<(tokio::task::Id, (NodeId, bool)), tokio::task::JoinError>,
-    ) {
-        let (peer, delivered) = match sent {
+    pub(super) fn on_snapshot_sent(&mut self, sent: super::SnapshotSent) {
+        let (peer, outcome) = match sent {
             Ok((id, outcome)) => {
                 self.snapshot_peers.remove(&id);
                 outcome
             }
             Err(e) => match self.snapshot_peers.remove(&e.id()) {
                 // The task panicked: the snapshot did not arrive.
-                Some(peer) if e.is_panic() => (peer, false),
+                Some(peer) if e.is_panic() => (peer, Err("the sending task panicked".into())),
                 // Aborted at shutdown.
                 _ => return,
             },
         };
-        if delivered {
-            metrics::counter!(m::SNAPSHOTS_SENT_TOTAL).increment(1);
-            self.raft.report_snapshot(peer, true);
-        } else {
-            // Reported on the next tick: the core asks again at once, and a stream that fails
-            // at once (a refused connection) would otherwise be retried in a hot loop, a new
-            // task and a copy of the snapshot's handle each time, without the clock moving.
-            tracing::warn!(peer, "sending a snapshot failed; it will be retried");
-            self.failed_snapshot_sends.push(peer);
+        match outcome {
+            Ok(()) => {
+                metrics::counter!(m::SNAPSHOTS_SENT_TOTAL).increment(1);
+                self.raft.report_snapshot(peer, true);
+            }
+            Err(error) => {
+                // Reported on the next tick: the core asks again at once, and a stream that
+                // fails at once (a refused connection) would otherwise be retried in a hot
+                // loop, a new task and a copy of the snapshot's handle each time, without the
+                // clock moving. A peer that stays down fails once a tick: the warning is
+                // rate-limited.
+                let now = tokio::time::Instant::now().into_std();
+                if let Some(suppressed) = self.snapshot_send_log.allow(now) {
+                    tracing::warn!(
+                        peer,
+                        %error,
+                        suppressed,
+                        "sending a snapshot failed; it will be retried"
+                    );
+                }
+                self.failed_snapshot_sends.push(peer);
+            }
         }
     }
 
