@@ -193,6 +193,14 @@ pub trait KvBackend: Send + Sync + 'static {
 
     /// Removes a member; resolves once the change is committed.
     fn remove_member(&self, id: u64) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Makes the learner `id` a voter; resolves once the change is committed. Refused
+    /// ([`BackendError::FailedPrecondition`]) for a member that is not a learner, or a
+    /// learner too far behind the leader to vote soon.
+    fn promote_member(&self, id: u64) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Hands leadership to the voter `id` (sent to the leader); resolves once `id` leads.
+    fn move_leader(&self, id: u64) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 
 /// A single-member [`KvBackend`] without Raft, for tests and examples: every command is
@@ -338,6 +346,32 @@ impl KvBackend for LocalBackend {
         membership.addresses.remove(&id);
         self.change_membership(membership).await?;
         Ok(())
+    }
+
+    async fn promote_member(&self, id: u64) -> Result<(), BackendError> {
+        let mut membership = self.membership();
+        if !membership.contains(id) {
+            return Err(BackendError::MemberNotFound(id));
+        }
+        if !membership.learners.remove(&id) {
+            return Err(BackendError::FailedPrecondition(
+                "can only promote a learner member".into(),
+            ));
+        }
+        membership.voters.insert(id);
+        self.change_membership(membership).await
+    }
+
+    async fn move_leader(&self, id: u64) -> Result<(), BackendError> {
+        if id == self.member_id {
+            return Ok(()); // It leads already.
+        }
+        if !self.membership().contains(id) {
+            return Err(BackendError::MemberNotFound(id));
+        }
+        Err(BackendError::FailedPrecondition(
+            "the local backend has no other member to hand leadership to".into(),
+        ))
     }
 }
 

@@ -389,6 +389,57 @@ impl KvBackend for NodeBackend {
         self.node.remove(id).await.map_err(admin_error)?;
         Ok(())
     }
+
+    async fn promote_member(&self, id: u64) -> Result<(), BackendError> {
+        let status = self.node.status().await.map_err(admin_error)?;
+        if !status.membership.contains(id) {
+            return Err(BackendError::MemberNotFound(id));
+        }
+        if !status.membership.is_learner(id) {
+            return Err(BackendError::FailedPrecondition(
+                "can only promote a learner member".into(),
+            ));
+        }
+        if status.role != Role::Leader {
+            return Err(BackendError::NotLeader {
+                leader_id: status.leader,
+                leader_address: status.leader_address,
+            });
+        }
+        // etcd's rule: a learner votes once it holds at least 90% of the leader's log (a
+        // voter far behind would slow every commit that needs it).
+        let lag = status.peers.get(&id).map_or(u64::MAX, |p| p.lag);
+        if lag.saturating_mul(10) > status.last_log_index {
+            return Err(BackendError::FailedPrecondition(format!(
+                "can only promote a learner member which is in sync with leader (member {id:x} \
+                 is {} entries behind); retry once it has caught up",
+                if lag == u64::MAX {
+                    "an unknown number of".to_string()
+                } else {
+                    lag.to_string()
+                }
+            )));
+        }
+        self.node.promote(id).await.map_err(admin_error)?;
+        Ok(())
+    }
+
+    async fn move_leader(&self, id: u64) -> Result<(), BackendError> {
+        let status = self.node.status().await.map_err(admin_error)?;
+        if !status.membership.contains(id) {
+            return Err(BackendError::MemberNotFound(id));
+        }
+        if status.role != Role::Leader {
+            return Err(BackendError::NotLeader {
+                leader_id: status.leader,
+                leader_address: status.leader_address,
+            });
+        }
+        if id == status.id {
+            return Ok(()); // It leads already.
+        }
+        self.node.transfer_leader(id).await.map_err(admin_error)
+    }
 }
 
 impl ProposeForwarded for NodeBackend {

@@ -14,13 +14,14 @@ use crate::proto::etcdserverpb::{
 };
 use crate::service::{ClusterService, KvService, MaintenanceService};
 use crate::shared::Shared;
-use crate::unsupported::{self, Unsupported};
+use crate::unsupported::{self, NamesMissing, Unsupported};
 use crate::watch::WatchHub;
 use crate::watch_service::WatchService;
 
 /// The etcd services over one backend: `KV`, `Watch`, `Cluster`, `Maintenance` and `Auth`
 /// (plus stand-ins that answer every `Lease`, `Election` and `Lock` call with
-/// `UNIMPLEMENTED` and a message saying why). `hub` and `auth` must be the ones the backend's
+/// `UNIMPLEMENTED` and a message saying why; a method missing from an implemented service is
+/// answered `UNIMPLEMENTED` with a message naming it). `hub` and `auth` must be the ones the backend's
 /// [`KvStateMachine`](crate::KvStateMachine) publishes to.
 ///
 /// Serve them with tonic:
@@ -65,15 +66,21 @@ pub fn add_kv_services<B: KvBackend>(
         config,
     });
     routes
-        .add_service(KvServer::new(KvService {
+        .add_service(NamesMissing(KvServer::new(KvService {
             shared: shared.clone(),
-        }))
-        .add_service(WatchServer::new(WatchService::new(shared.clone())))
-        .add_service(ClusterServer::new(ClusterService {
+        })))
+        .add_service(NamesMissing(WatchServer::new(WatchService::new(
+            shared.clone(),
+        ))))
+        .add_service(NamesMissing(ClusterServer::new(ClusterService {
             shared: shared.clone(),
-        }))
-        .add_service(AuthServer::new(AuthService::new(shared.clone())))
-        .add_service(MaintenanceServer::new(MaintenanceService { shared }))
+        })))
+        .add_service(NamesMissing(AuthServer::new(AuthService::new(
+            shared.clone(),
+        ))))
+        .add_service(NamesMissing(MaintenanceServer::new(MaintenanceService {
+            shared,
+        })))
         .add_service(Unsupported::<unsupported::Lease>::new())
         .add_service(Unsupported::<unsupported::Election>::new())
         .add_service(Unsupported::<unsupported::Lock>::new())

@@ -13,9 +13,10 @@ use crate::proto::dengine::kv::v1::{
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Member,
     MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
-    MemberRemoveRequest, MemberRemoveResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse, cluster_server::Cluster,
-    kv_server::Kv, maintenance_server::Maintenance, response_op::Response as OpResponse,
+    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    StatusRequest, StatusResponse, TxnRequest, TxnResponse, cluster_server::Cluster, kv_server::Kv,
+    maintenance_server::Maintenance, response_op::Response as OpResponse,
 };
 use crate::shared::{Shared, unexpected};
 use crate::validate;
@@ -146,12 +147,16 @@ fn to_member(m: MemberInfo) -> Member {
     }
 }
 
+/// Membership changes and leader transfers are administration: root only while auth is
+/// enabled (checked on this member: they do not go through the state machine).
+fn check_root<B: KvBackend, T>(shared: &Shared<B>, request: &Request<T>) -> Result<(), Status> {
+    let user = shared.identify(request)?;
+    Ok(shared.auth.store().check_root(user.as_deref())?)
+}
+
 impl<B: KvBackend> ClusterService<B> {
-    /// Membership changes are administration: root only while auth is enabled (checked on
-    /// this member: they do not go through the state machine).
     fn check_root<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let user = self.shared.identify(request)?;
-        Ok(self.shared.auth.store().check_root(user.as_deref())?)
+        check_root(&self.shared, request)
     }
 
     async fn member_list(&self) -> Result<Vec<Member>, Status> {
@@ -206,6 +211,21 @@ impl<B: KvBackend> Cluster for ClusterService<B> {
         }))
     }
 
+    async fn member_promote(
+        &self,
+        request: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.check_root(&request)?;
+        self.shared
+            .backend
+            .promote_member(request.into_inner().id)
+            .await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: Some(self.shared.header(self.shared.hub.revision())),
+            members: self.member_list().await?,
+        }))
+    }
+
     async fn member_list(
         &self,
         request: Request<MemberListRequest>,
@@ -224,7 +244,7 @@ impl<B: KvBackend> Cluster for ClusterService<B> {
     }
 }
 
-/// The `Maintenance` service (Status only).
+/// The `Maintenance` service (Status and MoveLeader).
 #[derive(Debug)]
 pub(crate) struct MaintenanceService<B> {
     pub(crate) shared: Arc<Shared<B>>,
@@ -257,6 +277,20 @@ impl<B: KvBackend> Maintenance for MaintenanceService<B> {
             errors: status.errors,
             db_size_in_use: db_size,
             is_learner: status.is_learner,
+        }))
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        check_root(&self.shared, &request)?;
+        self.shared
+            .backend
+            .move_leader(request.into_inner().target_id)
+            .await?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.shared.header(self.shared.hub.revision())),
         }))
     }
 }

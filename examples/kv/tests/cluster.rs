@@ -728,6 +728,81 @@ async fn member_list_and_status() {
     cluster.stop().await;
 }
 
+/// The gRPC code name and message of a failed call.
+fn status_of(err: etcd_client::Error) -> (String, String) {
+    match err {
+        etcd_client::Error::GRpcStatus(s) => (format!("{:?}", s.code()), s.message().to_string()),
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_leader_and_member_promote() {
+    let _turn = SERIAL.lock().await;
+    let cluster = TestCluster::start().await;
+    let leader = cluster.leader().await;
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+
+    // MoveLeader goes to the leader (etcdctl move-leader finds it); a follower refuses it.
+    let (code, message) = status_of(
+        cluster
+            .client(target)
+            .await
+            .move_leader(target)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, "Unavailable");
+    assert!(message.contains("not leader"), "{message}");
+    ok("move-leader", async || {
+        let mut c = cluster.client(cluster.leader().await).await;
+        c.move_leader(target).await
+    })
+    .await;
+    wait_for("every member to name the new leader", async || {
+        for id in 1..=3 {
+            let s = cluster.client(id).await.status().await.ok()?;
+            if s.leader() != target {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let mut c = cluster.client(target).await;
+    let (code, _) = status_of(c.move_leader(99).await.unwrap_err());
+    assert_eq!(code, "NotFound");
+
+    // MemberPromote: only a learner, and only one close enough to the leader's log to vote.
+    let added = ok("member add --learner", async || {
+        c.member_add(
+            ["http://127.0.0.1:9"],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+    })
+    .await;
+    let learner = added.member().unwrap().id();
+    let (code, message) = status_of(c.member_promote(learner).await.unwrap_err());
+    assert_eq!(code, "FailedPrecondition");
+    assert!(
+        message.contains("can only promote a learner member which is in sync with leader"),
+        "{message}"
+    );
+    let (code, message) = status_of(c.member_promote(leader).await.unwrap_err());
+    assert_eq!(code, "FailedPrecondition");
+    assert!(
+        message.contains("can only promote a learner member"),
+        "{message}"
+    );
+    let (code, _) = status_of(c.member_promote(99).await.unwrap_err());
+    assert_eq!(code, "NotFound");
+    ok("member remove", async || c.member_remove(learner).await).await;
+
+    drop(c);
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_writes_get_the_client_apis_checks() {
     use dengine_kv::proto::dengine::kv::v1::{

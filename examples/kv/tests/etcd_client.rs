@@ -210,6 +210,21 @@ async fn errors_are_etcd_statuses() {
     let (code, message) = status_of(c.lock("l", None).await.unwrap_err());
     assert_eq!(code, "Unimplemented");
     assert!(message.contains("leases"), "{message}");
+    // Methods missing from services it does serve: named too (tonic alone sends no message).
+    let (code, message) = status_of(c.defragment().await.unwrap_err());
+    assert_eq!(code, "Unimplemented");
+    assert!(
+        message.contains("not supported by dengine-kv: /etcdserverpb.Maintenance/Defragment"),
+        "{message}"
+    );
+    let (code, message) = status_of(c.hash_kv(0).await.unwrap_err());
+    assert_eq!(code, "Unimplemented");
+    assert!(
+        message.contains("/etcdserverpb.Maintenance/HashKV"),
+        "{message}"
+    );
+    // The implemented methods still answer.
+    c.status().await.unwrap();
 }
 
 #[tokio::test]
@@ -365,6 +380,28 @@ async fn cluster_members_and_status() {
     let new = added.member().unwrap();
     assert!(new.is_learner());
     assert_eq!(added.member_list().len(), 2);
+    // Promotion: a learner becomes a voter, once; only known members.
+    let promoted = c.member_promote(new.id()).await.unwrap();
+    assert!(
+        promoted
+            .members()
+            .iter()
+            .any(|m| m.id() == new.id() && !m.is_learner()),
+        "{:?}",
+        promoted.members()
+    );
+    let (code, message) = status_of(c.member_promote(new.id()).await.unwrap_err());
+    assert_eq!(code, "FailedPrecondition");
+    assert!(
+        message.contains("can only promote a learner member"),
+        "{message}"
+    );
+    let (code, _) = status_of(c.member_promote(77).await.unwrap_err());
+    assert_eq!(code, "NotFound");
+    // Leadership: the one member leads already; another cannot take it without Raft.
+    c.move_leader(1).await.unwrap();
+    let (code, _) = status_of(c.move_leader(new.id()).await.unwrap_err());
+    assert_eq!(code, "FailedPrecondition");
     let removed = c.member_remove(new.id()).await.unwrap();
     assert_eq!(removed.members().len(), 1);
     let (code, _) = status_of(c.member_remove(77).await.unwrap_err());
