@@ -80,12 +80,15 @@ TO=$(ctl endpoint status | awk -F', ' '$5 == "false" {print $2}' | head -1)
 expect "move-leader" "Leadership transferred from $FROM to $TO" "$(ctl move-leader "$TO")"
 for _ in $(seq 50); do [ "$(leader_id)" = "$TO" ] && break; sleep 0.1; done
 expect "the new leader" "$TO" "$(leader_id)"
-LEADER=$(leader)
 
-# member promote: a learner that never started is far behind the leader's log: refused as etcd
-# refuses it; a voter is no learner.
-lctl() { etcdctl --endpoints="$LEADER" --command-timeout=5s "$@"; }
+# Membership calls through a follower: passed on to the leader, as etcd does. member promote: a
+# learner that never started is far behind the leader's log: refused as etcd refuses it; a
+# voter is no learner.
+FOLLOWER_EP=$(ctl endpoint status | awk -F', ' '$5 == "false" {print $1}' | head -1)
+lctl() { etcdctl --endpoints="$FOLLOWER_EP" --command-timeout=5s "$@"; }
 LEARNER=$(lctl member add spare --learner --peer-urls=http://127.0.0.1:9 | awk '/^Member/ {print $2}')
+expect "member list (unstarted learner)" "$LEARNER, unstarted, , http://127.0.0.1:9, , true" \
+    "$(ctl member list | grep "http://127.0.0.1:9," | sed 's/^ *//')"
 refused_with() {
     local name=$1 want=$2 out rc=0
     shift 2

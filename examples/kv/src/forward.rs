@@ -576,6 +576,13 @@ mod tests {
         ) -> Result<Response<InfoReply>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
+
+        async fn change_members(
+            &self,
+            _request: Request<crate::proto::dengine::kv::v1::MembershipRequest>,
+        ) -> Result<Response<crate::proto::dengine::kv::v1::MembershipReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
     }
 
     /// A fake leader on a free loopback port, and a way to reach it.

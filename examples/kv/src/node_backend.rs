@@ -15,7 +15,9 @@ use bytes::Bytes;
 use dengine_core::ProposeError as Refusal;
 use dengine_core::{MembershipChange, NodeId, Role};
 use dengine_net_grpc::GrpcTransport;
-use dengine_node::{AdminError, Consistency, Leadership, Node, ProposeError, ReadError};
+use dengine_node::{
+    AdminError, Consistency, Leadership, Node, ProposeError, ReadError, Status as NodeStatus,
+};
 use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::watch;
@@ -31,8 +33,10 @@ use crate::error::KvError;
 use crate::forward::{self, ForwardStreams, Link, ProposeForwarded, from_status};
 use crate::proto::dengine::kv::v1::forward_client::ForwardClient;
 use crate::proto::dengine::kv::v1::forward_server::{Forward, ForwardServer};
+use crate::proto::dengine::kv::v1::membership_request::Op;
 use crate::proto::dengine::kv::v1::{
-    Command, ForwardBatch, ForwardReply, ForwardReplyBatch, ForwardRequest, InfoReply, InfoRequest,
+    AddedMember, Command, ForwardBatch, ForwardReply, ForwardReplyBatch, ForwardRequest, InfoReply,
+    InfoRequest, MemberAddOp, MembershipReply, MembershipRequest,
 };
 use crate::state_machine::encode_error_response;
 use crate::validate;
@@ -191,6 +195,136 @@ impl NodeBackend {
     }
 }
 
+impl NodeBackend {
+    /// A membership change a client asked this member for: carried out here if it leads,
+    /// otherwise passed on to the leader it knows (`Forward/ChangeMembers`), as etcd passes
+    /// membership calls on from any member.
+    async fn change_members(&self, op: Op) -> Result<MembershipReply, BackendError> {
+        let status = self.node.status().await.map_err(admin_error)?;
+        if status.role == Role::Leader {
+            return self.change_members_here(status, op).await;
+        }
+        let (Some(leader), Some(address)) = (status.leader, status.leader_address.as_deref())
+        else {
+            return Err(match status.leader {
+                None => BackendError::NoLeader,
+                leader_id => BackendError::NotLeader {
+                    leader_id,
+                    leader_address: None,
+                },
+            });
+        };
+        let span = tracing::info_span!("forward_membership_change", leader, op = ?op);
+        let mut client = ForwardClient::new(self.channel(address)?);
+        let request = self.transport.peer_request(MembershipRequest {
+            from: self.node.id(),
+            op: Some(op),
+        });
+        match tokio::time::timeout(forward::FORWARD_DEADLINE, client.change_members(request))
+            .instrument(span)
+            .await
+        {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            // A leader of an older version: the client must go to it itself, as before.
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                Err(BackendError::NotLeader {
+                    leader_id: Some(leader),
+                    leader_address: Some(address.to_string()),
+                })
+            }
+            Ok(Err(status)) => Err(forward::from_status(&status)),
+            Err(_) => Err(BackendError::Timeout(format!(
+                "the leader did not answer a forwarded membership change within {:?}; it may \
+                 or may not have been applied (check with member list)",
+                forward::FORWARD_DEADLINE
+            ))),
+        }
+    }
+
+    /// Carries out a membership change as the leader; a member that does not lead refuses it
+    /// (a change forwarded to a leader that was deposed meanwhile is not passed on again).
+    async fn change_members_here(
+        &self,
+        status: NodeStatus,
+        op: Op,
+    ) -> Result<MembershipReply, BackendError> {
+        if status.role != Role::Leader {
+            return Err(BackendError::NotLeader {
+                leader_id: status.leader,
+                leader_address: status.leader_address,
+            });
+        }
+        match op {
+            Op::Add(add) => {
+                let first = add.peer_urls.first().ok_or_else(|| {
+                    BackendError::InvalidArgument("a new member needs a peer URL".into())
+                })?;
+                let address = address_of(first)?;
+                // Member ids are small integers here; a new member gets the next one never
+                // used (ids are never reused, so a removed member can never be mistaken for
+                // the new one).
+                let id: NodeId = status
+                    .membership
+                    .highest_id
+                    .max(status.membership.largest_member_id())
+                    + 1;
+                let change = if add.is_learner {
+                    MembershipChange::AddLearner(id)
+                } else {
+                    MembershipChange::AddVoter(id)
+                };
+                let m = self
+                    .node
+                    .change_membership(vec![change], BTreeMap::from([(id, address.clone())]))
+                    .await
+                    .map_err(admin_error)?;
+                Ok(MembershipReply {
+                    added: Some(AddedMember {
+                        id,
+                        // Unstarted until it runs (see `members`).
+                        name: String::new(),
+                        peer_urls: vec![url(&address)],
+                        is_learner: m.is_learner(id),
+                    }),
+                })
+            }
+            Op::Remove(id) => {
+                if !status.membership.contains(id) {
+                    return Err(BackendError::MemberNotFound(id));
+                }
+                self.node.remove(id).await.map_err(admin_error)?;
+                Ok(MembershipReply::default())
+            }
+            Op::Promote(id) => {
+                if !status.membership.contains(id) {
+                    return Err(BackendError::MemberNotFound(id));
+                }
+                if !status.membership.is_learner(id) {
+                    return Err(BackendError::FailedPrecondition(
+                        "can only promote a learner member".into(),
+                    ));
+                }
+                // etcd's rule: a learner votes once it holds at least 90% of the leader's
+                // log (a voter far behind would slow every commit that needs it).
+                let lag = status.peers.get(&id).map_or(u64::MAX, |p| p.lag);
+                if lag.saturating_mul(10) > status.last_log_index {
+                    return Err(BackendError::FailedPrecondition(format!(
+                        "can only promote a learner member which is in sync with leader \
+                         (member {id:x} is {} entries behind); retry once it has caught up",
+                        if lag == u64::MAX {
+                            "an unknown number of".to_string()
+                        } else {
+                            lag.to_string()
+                        }
+                    )));
+                }
+                self.node.promote(id).await.map_err(admin_error)?;
+                Ok(MembershipReply::default())
+            }
+        }
+    }
+}
+
 fn propose_error(e: ProposeError) -> BackendError {
     match e {
         ProposeError::Refused(Refusal::NotLeader {
@@ -320,6 +454,11 @@ impl KvBackend for NodeBackend {
             if let Some(address) = m.peer_urls.first().cloned() {
                 m.client_urls = self.client_urls_of(m.id, &address).await;
             }
+            if m.client_urls.is_empty() {
+                // Never reached: etcd lists a member that has not published its attributes
+                // with an empty name, which etcdctl shows as "unstarted".
+                m.name.clear();
+            }
             m.peer_urls = m.peer_urls.iter().map(|a| url(a)).collect();
             members.push(m);
         }
@@ -343,85 +482,29 @@ impl KvBackend for NodeBackend {
         peer_urls: Vec<String>,
         is_learner: bool,
     ) -> Result<MemberInfo, BackendError> {
-        let first = peer_urls
-            .first()
-            .ok_or_else(|| BackendError::InvalidArgument("a new member needs a peer URL".into()))?;
-        let address = address_of(first)?;
-        let status = self.node.status().await.map_err(admin_error)?;
-        if status.role != Role::Leader {
-            return Err(BackendError::NotLeader {
-                leader_id: status.leader,
-                leader_address: status.leader_address,
-            });
-        }
-        // Member ids are small integers here; a new member gets the next one never used (ids
-        // are never reused, so a removed member can never be mistaken for the new one).
-        let id: NodeId = status
-            .membership
-            .highest_id
-            .max(status.membership.largest_member_id())
-            + 1;
-        let change = if is_learner {
-            MembershipChange::AddLearner(id)
-        } else {
-            MembershipChange::AddVoter(id)
-        };
-        let m = self
-            .node
-            .change_membership(vec![change], BTreeMap::from([(id, address.clone())]))
-            .await
-            .map_err(admin_error)?;
+        let op = Op::Add(MemberAddOp {
+            peer_urls,
+            is_learner,
+        });
+        let added = self.change_members(op).await?.added.ok_or_else(|| {
+            BackendError::Internal("the answer to a member add names no member".into())
+        })?;
         Ok(MemberInfo {
-            id,
-            name: format!("node-{id}"),
-            peer_urls: vec![url(&address)],
+            id: added.id,
+            name: added.name,
+            peer_urls: added.peer_urls,
             // Not started yet: etcd lists a new member without client URLs.
             client_urls: Vec::new(),
-            is_learner: m.is_learner(id),
+            is_learner: added.is_learner,
         })
     }
 
     async fn remove_member(&self, id: u64) -> Result<(), BackendError> {
-        let status = self.node.status().await.map_err(admin_error)?;
-        if !status.membership.contains(id) {
-            return Err(BackendError::MemberNotFound(id));
-        }
-        self.node.remove(id).await.map_err(admin_error)?;
-        Ok(())
+        self.change_members(Op::Remove(id)).await.map(drop)
     }
 
     async fn promote_member(&self, id: u64) -> Result<(), BackendError> {
-        let status = self.node.status().await.map_err(admin_error)?;
-        if !status.membership.contains(id) {
-            return Err(BackendError::MemberNotFound(id));
-        }
-        if !status.membership.is_learner(id) {
-            return Err(BackendError::FailedPrecondition(
-                "can only promote a learner member".into(),
-            ));
-        }
-        if status.role != Role::Leader {
-            return Err(BackendError::NotLeader {
-                leader_id: status.leader,
-                leader_address: status.leader_address,
-            });
-        }
-        // etcd's rule: a learner votes once it holds at least 90% of the leader's log (a
-        // voter far behind would slow every commit that needs it).
-        let lag = status.peers.get(&id).map_or(u64::MAX, |p| p.lag);
-        if lag.saturating_mul(10) > status.last_log_index {
-            return Err(BackendError::FailedPrecondition(format!(
-                "can only promote a learner member which is in sync with leader (member {id:x} \
-                 is {} entries behind); retry once it has caught up",
-                if lag == u64::MAX {
-                    "an unknown number of".to_string()
-                } else {
-                    lag.to_string()
-                }
-            )));
-        }
-        self.node.promote(id).await.map_err(admin_error)?;
-        Ok(())
+        self.change_members(Op::Promote(id)).await.map(drop)
     }
 
     async fn move_leader(&self, id: u64) -> Result<(), BackendError> {
@@ -522,5 +605,20 @@ impl Forward for NodeBackend {
         Ok(Response::new(InfoReply {
             client_urls: self.client_urls.clone(),
         }))
+    }
+
+    async fn change_members(
+        &self,
+        request: Request<MembershipRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        let from = request.get_ref().from;
+        self.transport.authorize_peer(&request, from)?;
+        let op = request
+            .into_inner()
+            .op
+            .ok_or_else(|| Status::invalid_argument("a membership change names no operation"))?;
+        tracing::info!(from, op = ?op, "membership change forwarded by a member");
+        let status = self.node.status().await.map_err(admin_error)?;
+        Ok(Response::new(self.change_members_here(status, op).await?))
     }
 }

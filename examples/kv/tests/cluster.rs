@@ -737,7 +737,7 @@ fn status_of(err: etcd_client::Error) -> (String, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn move_leader_and_member_promote() {
+async fn move_leader_and_membership_calls_through_a_follower() {
     let _turn = SERIAL.lock().await;
     let cluster = TestCluster::start().await;
     let leader = cluster.leader().await;
@@ -773,7 +773,12 @@ async fn move_leader_and_member_promote() {
     let (code, _) = status_of(c.move_leader(99).await.unwrap_err());
     assert_eq!(code, "NotFound");
 
-    // MemberPromote: only a learner, and only one close enough to the leader's log to vote.
+    // Membership calls work through any member: a follower passes them on to the leader, and
+    // passes back its answer or refusal. MemberPromote: only a learner, and only one close
+    // enough to the leader's log to vote.
+    drop(c);
+    let follower = (1..=3).find(|id| *id != target).unwrap();
+    let mut c = cluster.client(follower).await;
     let added = ok("member add --learner", async || {
         c.member_add(
             ["http://127.0.0.1:9"],
@@ -783,6 +788,11 @@ async fn move_leader_and_member_promote() {
     })
     .await;
     let learner = added.member().unwrap().id();
+    // Listed as etcd lists a member that has not run yet: no name (etcdctl: "unstarted").
+    let list = read("member list", async || c.member_list().await).await;
+    let row = list.members().iter().find(|m| m.id() == learner).unwrap();
+    assert_eq!((row.name(), row.is_learner()), ("", true));
+    assert!(row.client_urls().is_empty());
     let (code, message) = status_of(c.member_promote(learner).await.unwrap_err());
     assert_eq!(code, "FailedPrecondition");
     assert!(
@@ -797,7 +807,10 @@ async fn move_leader_and_member_promote() {
     );
     let (code, _) = status_of(c.member_promote(99).await.unwrap_err());
     assert_eq!(code, "NotFound");
-    ok("member remove", async || c.member_remove(learner).await).await;
+    let removed = ok("member remove", async || c.member_remove(learner).await).await;
+    assert_eq!(removed.members().len(), 3);
+    let list = read("member list", async || c.member_list().await).await;
+    assert!(list.members().iter().all(|m| m.id() != learner));
 
     drop(c);
     cluster.stop().await;
