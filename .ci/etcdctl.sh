@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real etcdctl (Debian's etcd-client, v3 API) against a 3-member dengine-kv cluster on
 # loopback: put, get --prefix, del, txn (interactive input on stdin), watch, member list,
-# endpoint status, move-leader, member promote, and what an unsupported call answers. Every
+# endpoint status, move-leader, member add/promote/remove through a follower, endpoint hashkv,
+# and what an unsupported call answers. Every
 # output is asserted. Everything started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -120,6 +121,14 @@ expect "four voters" "false false false false" \
     "$(lctl member list -w json | python3 -c 'import json,sys; print(" ".join(str(m.get("isLearner", False)).lower() for m in json.load(sys.stdin)["members"]))')"
 expect "member remove (the promoted one)" "Member $NEW removed" \
     "$(lctl member remove "$NEW" | tr -s ' ' | sed 's/ from cluster .*//')"
+
+# endpoint hashkv: every member's key space hashes alike once all are at the same revision.
+for _ in $(seq 50); do
+    hashes=$(ctl endpoint hashkv | awk -F', ' '{print $2}' | sort -u)
+    [ "$(wc -l <<<"$hashes" | tr -d ' ')" = 1 ] && break
+    sleep 0.1
+done
+expect "endpoint hashkv (one hash for three members)" "3" "$(ctl endpoint hashkv | awk -F', ' -v h="$hashes" '$2 == h' | wc -l | tr -d ' ')"
 
 # Calls dengine-kv does not serve name the method (tonic alone would send an empty message).
 refused_with "alarm list" \

@@ -8,14 +8,15 @@ use tonic::{Request, Response, Status};
 use crate::backend::{KvBackend, MemberInfo};
 use crate::error::KvError;
 use crate::proto::dengine::kv::v1::{
-    StatsRequest, command, command_response, query, query_response,
+    HashRequest, HashResult, StatsRequest, command, command_response, query, query_response,
 };
 use crate::proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Member,
-    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
-    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
-    MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    StatusRequest, StatusResponse, TxnRequest, TxnResponse, cluster_server::Cluster, kv_server::Kv,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest,
+    HashKvResponse, HashRequest as EtcdHashRequest, HashResponse, Member, MemberAddRequest,
+    MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MoveLeaderRequest,
+    MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest,
+    StatusResponse, TxnRequest, TxnResponse, cluster_server::Cluster, kv_server::Kv,
     maintenance_server::Maintenance, response_op::Response as OpResponse,
 };
 use crate::shared::{Shared, unexpected};
@@ -244,10 +245,25 @@ impl<B: KvBackend> Cluster for ClusterService<B> {
     }
 }
 
-/// The `Maintenance` service (Status and MoveLeader).
+/// The `Maintenance` service (Status, MoveLeader, HashKV and Hash).
 #[derive(Debug)]
 pub(crate) struct MaintenanceService<B> {
     pub(crate) shared: Arc<Shared<B>>,
+}
+
+impl<B: KvBackend> MaintenanceService<B> {
+    /// This member's checksum of its key space (a local read, as etcd's: members are compared
+    /// at equal revisions).
+    async fn hash(&self, revision: i64) -> Result<HashResult, Status> {
+        match self
+            .shared
+            .query(query::Op::Hash(HashRequest { revision }), None, true)
+            .await?
+        {
+            query_response::Result::Hash(h) => Ok(h),
+            _ => Err(unexpected("hash")),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -277,6 +293,31 @@ impl<B: KvBackend> Maintenance for MaintenanceService<B> {
             errors: status.errors,
             db_size_in_use: db_size,
             is_learner: status.is_learner,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        check_root(&self.shared, &request)?;
+        let h = self.hash(request.into_inner().revision).await?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.shared.header(h.revision)),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+        }))
+    }
+
+    async fn hash(
+        &self,
+        request: Request<EtcdHashRequest>,
+    ) -> Result<Response<HashResponse>, Status> {
+        check_root(&self.shared, &request)?;
+        let h = self.hash(0).await?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.shared.header(h.revision)),
+            hash: h.hash,
         }))
     }
 

@@ -17,7 +17,7 @@ use crate::auth::hub::AuthHub;
 use crate::auth::{AuthStore, user_of};
 use crate::error::KvError;
 use crate::proto::dengine::kv::v1::{
-    Command, CommandResponse, Query, QueryResponse, Stats, StoreSnapshot, command,
+    Command, CommandResponse, HashResult, Query, QueryResponse, Stats, StoreSnapshot, command,
     command_response, query, query_response,
 };
 use crate::proto::etcdserverpb::CompactionResponse;
@@ -197,6 +197,17 @@ impl KvStateMachine {
                 keys: self.store.key_count(),
                 size_bytes: self.store.size_bytes(),
             })),
+            // Etcd's HashKV: root only, checked by the service before it asks.
+            Ok(Query {
+                op: Some(query::Op::Hash(req)),
+                ..
+            }) => self.store.hash(req.revision).map(|hash| {
+                R::Hash(HashResult {
+                    hash,
+                    revision: self.store.revision(),
+                    compact_revision: self.store.compact_revision(),
+                })
+            }),
             Ok(Query {
                 op: Some(op), user, ..
             }) => self.answer_auth(op, user_of(&user)),

@@ -134,6 +134,25 @@ impl KvStore {
         }
     }
 
+    /// The checksum of the key space as of `revision` (0: the current one; the same rules as
+    /// a read's revision, [`check_read_revision`](Self::check_read_revision)): a CRC-32C over
+    /// every key, in key order, with its value, create and mod revisions and version, each
+    /// length-prefixed so that no two different states give the same byte stream.
+    pub(crate) fn hash(&self, revision: i64) -> Result<u32, KvError> {
+        self.check_read_revision(revision)?;
+        let mut crc = 0u32;
+        for (key, r) in &self.keys {
+            crc = crc32c::crc32c_append(crc, &(key.len() as u64).to_le_bytes());
+            crc = crc32c::crc32c_append(crc, key);
+            crc = crc32c::crc32c_append(crc, &(r.value.len() as u64).to_le_bytes());
+            crc = crc32c::crc32c_append(crc, &r.value);
+            for n in [r.create_revision, r.mod_revision, r.version] {
+                crc = crc32c::crc32c_append(crc, &n.to_le_bytes());
+            }
+        }
+        Ok(crc)
+    }
+
     /// Serves a Range request at the current revision, refusing it if the keys it would
     /// collect take more than `max_bytes` (see [`check_range_size`](Self::check_range_size)).
     pub(crate) fn range(

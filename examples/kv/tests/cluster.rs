@@ -724,6 +724,18 @@ async fn member_list_and_status() {
         eprintln!("leadership moved from {leader} to {leading:?} during the test");
     }
 
+    // HashKV: the members' key spaces hash alike at the same revision.
+    let hashes = wait_for("every member's HashKV at one revision", async || {
+        let mut seen = Vec::new();
+        for (_, c) in &mut clients {
+            let h = c.hash_kv(0).await.ok()?;
+            seen.push((h.header()?.revision(), h.hash()));
+        }
+        seen.iter().all(|s| s.0 == seen[0].0).then_some(seen)
+    })
+    .await;
+    assert!(hashes.iter().all(|h| h.1 == hashes[0].1), "{hashes:?}");
+
     drop(clients);
     cluster.stop().await;
 }

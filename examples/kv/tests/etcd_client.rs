@@ -217,10 +217,18 @@ async fn errors_are_etcd_statuses() {
         message.contains("not supported by dengine-kv: /etcdserverpb.Maintenance/Defragment"),
         "{message}"
     );
-    let (code, message) = status_of(c.hash_kv(0).await.unwrap_err());
+    let (code, message) = status_of(
+        c.alarm(
+            etcd_client::AlarmAction::Get,
+            etcd_client::AlarmType::None,
+            None,
+        )
+        .await
+        .unwrap_err(),
+    );
     assert_eq!(code, "Unimplemented");
     assert!(
-        message.contains("/etcdserverpb.Maintenance/HashKV"),
+        message.contains("/etcdserverpb.Maintenance/Alarm"),
         "{message}"
     );
     // The implemented methods still answer.
@@ -415,4 +423,38 @@ async fn cluster_members_and_status() {
     assert_eq!(status.raft_index(), status.raft_applied_index());
     assert!(status.db_size() > 0);
     assert_eq!(status.header().unwrap().revision(), 1);
+}
+
+#[tokio::test]
+async fn hash_kv_tells_states_apart_and_equal_states_alike() {
+    async fn writes(c: &mut Client, last: &str) {
+        c.put("a", "1", None).await.unwrap();
+        c.put("b", "2", None).await.unwrap();
+        c.put("a", last, None).await.unwrap();
+    }
+    let mut one = start(WatchConfig::default()).await;
+    let mut two = start(WatchConfig::default()).await;
+    let mut other = start(WatchConfig::default()).await;
+    writes(&mut one, "3").await;
+    writes(&mut two, "3").await;
+    writes(&mut other, "4").await;
+    let h = one.hash_kv(0).await.unwrap();
+    let revision = h.header().unwrap().revision();
+    assert_eq!(revision, 3);
+    assert_eq!(h.hash(), two.hash_kv(0).await.unwrap().hash());
+    assert_eq!(h.hash(), two.hash_kv(revision).await.unwrap().hash());
+    assert_eq!(h.hash(), one.hash().await.unwrap().hash());
+    assert_ne!(h.hash(), other.hash_kv(0).await.unwrap().hash());
+    // The same value under another history (create revision, version) differs too.
+    let mut rewritten = start(WatchConfig::default()).await;
+    rewritten.put("b", "2", None).await.unwrap();
+    rewritten.put("a", "3", None).await.unwrap();
+    rewritten.put("b", "2", None).await.unwrap();
+    assert_ne!(h.hash(), rewritten.hash_kv(0).await.unwrap().hash());
+    // No history: only the current revision; a future one is etcd's error.
+    let (code, message) = status_of(one.hash_kv(2).await.unwrap_err());
+    assert_eq!(code, "Unimplemented");
+    assert!(message.contains("no MVCC history"), "{message}");
+    let (code, _) = status_of(one.hash_kv(9).await.unwrap_err());
+    assert_eq!(code, "OutOfRange");
 }

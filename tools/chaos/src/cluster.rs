@@ -13,7 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use dengine_kv::proto::etcdserverpb::cluster_client::ClusterClient;
 use dengine_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use dengine_kv::proto::etcdserverpb::{MemberAddRequest, MemberRemoveRequest, StatusRequest};
+use dengine_kv::proto::etcdserverpb::{
+    HashKvRequest, MemberAddRequest, MemberRemoveRequest, StatusRequest,
+};
 use dengine_net_grpc::admin_pb::NodeRequest;
 use dengine_net_grpc::admin_pb::admin_client::AdminClient;
 use tonic::transport::{Channel, Endpoint};
@@ -371,6 +373,18 @@ pub(crate) async fn status(host: usize) -> Result<MemberStatus, String> {
         commit: s.raft_index,
         applied: s.raft_applied_index,
     })
+}
+
+/// The member on `host`'s checksum of its key space at its current revision (etcd's HashKV):
+/// `(revision, hash)`.
+pub(crate) async fn hash_kv(host: usize) -> Result<(i64, u32), String> {
+    let t = Duration::from_secs(2);
+    let h = MaintenanceClient::new(connect(host, t).await?)
+        .hash_kv(HashKvRequest { revision: 0 })
+        .await
+        .map_err(|e| format!("HashKV of host {host}: {}", e.message()))?
+        .into_inner();
+    Ok((h.header.map_or(0, |h| h.revision), h.hash))
 }
 
 /// The host that leads now, as the leader itself says, among `hosts`. A deposed leader that

@@ -728,6 +728,10 @@ async fn drive(
         Ok(()) => read_back(&rec, o.keys, o.nodes, seed).await,
         Err(_) => Err("not converged".into()),
     };
+    let hashes = match &converged {
+        Ok(()) => compare_hashes(nem.c).await,
+        Err(_) => HashCheck::NotDone("not converged".into()),
+    };
     // Lease reads the running members served by their lease alone (counted since each one's
     // last start): the lease path must have been taken, not only its ReadIndex fallback.
     let mut lease_served = 0;
@@ -854,6 +858,11 @@ async fn drive(
         );
         let _ = std::fs::write(dir.join("violation.txt"), text);
     }
+    match &hashes {
+        HashCheck::Agree(what) => println!("  replicas (HashKV): {what}"),
+        HashCheck::Differ(what) => println!("  replicas (HashKV): DIFFER: {what}"),
+        HashCheck::NotDone(why) => println!("  replicas (HashKV): not compared ({why})"),
+    }
     for e in &crashed {
         println!("  node exited on its own: {e}");
     }
@@ -872,12 +881,18 @@ async fn drive(
     if !lost.is_empty() {
         return Verdict::Unsafe(format!("{} acknowledged writes lost", lost.len()));
     }
+    if let HashCheck::Differ(what) = &hashes {
+        return Verdict::Unsafe(format!("the replicas' key spaces differ: {what}"));
+    }
     let mut problems = Vec::new();
     if let Err(e) = converged {
         problems.push(e);
     }
     if let Err(e) = finals {
         problems.push(format!("final read-back: {e}"));
+    }
+    if let HashCheck::NotDone(why) = hashes {
+        problems.push(format!("HashKV not compared: {why}"));
     }
     if let Check::Inconclusive { key } = check {
         problems.push(format!("checker inconclusive on key {key}"));
@@ -940,6 +955,72 @@ async fn converge(c: &mut Cluster, interrupted: &AtomicBool) -> Result<(), Strin
     ))
 }
 
+/// What comparing the members' HashKV found.
+#[derive(Debug, PartialEq)]
+enum HashCheck {
+    /// Every member has the same hash at the same revision.
+    Agree(String),
+    /// Two members at the same revision have different key spaces.
+    Differ(String),
+    /// The members could not be compared (unreachable, or never at one revision).
+    NotDone(String),
+}
+
+/// Every member's HashKV once all are at the same revision (after convergence nothing writes
+/// any more, so they get there): replicas that applied the same log must hold the same key
+/// space, byte for byte (etcd's own corruption check).
+async fn compare_hashes(c: &Cluster) -> HashCheck {
+    let members: Vec<usize> = (1..=c.len()).filter(|&h| c.host(h).id.is_some()).collect();
+    let started = Instant::now();
+    loop {
+        let mut seen = Vec::new();
+        let mut failed = Vec::new();
+        for &h in &members {
+            match cluster::hash_kv(h).await {
+                Ok(x) => seen.push((h, x)),
+                Err(e) => failed.push(e),
+            }
+        }
+        if failed.is_empty()
+            && let Some(verdict) = judge_hashes(&seen)
+        {
+            return verdict;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            let at: Vec<String> = seen
+                .iter()
+                .map(|(h, (r, _))| format!("host {h} at revision {r}"))
+                .chain(failed)
+                .collect();
+            return HashCheck::NotDone(format!(
+                "not all at one revision within 15 s: {}",
+                at.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The verdict on `(host, (revision, hash))` of every member, once all are at one revision
+/// (`None` before).
+fn judge_hashes(seen: &[(usize, (i64, u32))]) -> Option<HashCheck> {
+    let &[(first, (revision, hash)), ..] = seen else {
+        return None;
+    };
+    if seen.iter().any(|(_, (r, _))| *r != revision) {
+        return None;
+    }
+    Some(match seen.iter().find(|(_, (_, x))| *x != hash) {
+        Some((other, (_, x))) => HashCheck::Differ(format!(
+            "at revision {revision} host {first} has hash {hash:#010x}, host {other} {x:#010x}"
+        )),
+        None => HashCheck::Agree(format!(
+            "{} members agree at revision {revision} (hash {hash:#010x})",
+            seen.len()
+        )),
+    })
+}
+
 /// Reads every key back with a linearizable get (recorded as client 0's operations).
 async fn read_back(
     rec: &Recorder,
@@ -965,4 +1046,26 @@ async fn read_back(
         }
     }
     Ok(finals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_judged_only_at_one_revision_and_any_difference_is_a_divergence() {
+        assert_eq!(judge_hashes(&[]), None);
+        // Not all at one revision yet: wait.
+        assert_eq!(judge_hashes(&[(1, (7, 0xa)), (2, (6, 0xa))]), None);
+        assert!(matches!(
+            judge_hashes(&[(1, (7, 0xa)), (2, (7, 0xa)), (3, (7, 0xa))]),
+            Some(HashCheck::Agree(what)) if what.starts_with("3 members agree at revision 7")
+        ));
+        assert_eq!(
+            judge_hashes(&[(1, (7, 0xa)), (2, (7, 0xa)), (3, (7, 0xb))]),
+            Some(HashCheck::Differ(
+                "at revision 7 host 1 has hash 0x0000000a, host 3 0x0000000b".into()
+            ))
+        );
+    }
 }

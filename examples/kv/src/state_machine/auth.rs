@@ -125,9 +125,9 @@ impl KvStateMachine {
                 enabled: auth.is_enabled(),
                 auth_revision: auth.revision(),
             })),
-            query::Op::Range(_) | query::Op::Stats(_) => Err(KvError::Internal(
-                "a key-value query was taken for an auth query".into(),
-            )),
+            query::Op::Range(_) | query::Op::Stats(_) | query::Op::Hash(_) => Err(
+                KvError::Internal("a key-value query was taken for an auth query".into()),
+            ),
         }
     }
 }
