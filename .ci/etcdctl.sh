@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Real etcdctl (Debian's etcd-client, v3 API) against a 3-member dengine-kv cluster on
 # loopback: put, get --prefix, del, txn (interactive input on stdin), watch, member list,
-# endpoint status, move-leader, member add/promote/remove through a follower, endpoint hashkv,
-# and what an unsupported call answers. Every
+# endpoint status, move-leader, member add/promote/remove through a follower, check datascale,
+# endpoint hashkv, and what an unsupported call answers. Every
 # output is asserted. Everything started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -121,6 +121,15 @@ expect "four voters" "false false false false" \
     "$(lctl member list -w json | python3 -c 'import json,sys; print(" ".join(str(m.get("isLearner", False)).lower() for m in json.load(sys.stdin)["members"]))')"
 expect "member remove (the promoted one)" "Member $NEW removed" \
     "$(lctl member remove "$NEW" | tr -s ' ' | sed 's/ from cluster .*//')"
+
+# check datascale: 10,000 puts of 1 KiB, measuring the member's memory from /metrics on its
+# client port (process_resident_memory_bytes, served over HTTP/1.1 next to gRPC, as etcd does).
+out=$(ctl check datascale --load=s 2>&1 | tail -1)
+if ! grep -q "^PASS: Approximate system memory used" <<<"$out"; then
+    echo "FAIL check datascale: $out" >&2
+    exit 1
+fi
+echo "ok   check datascale ($out)"
 
 # endpoint hashkv: every member's key space hashes alike once all are at the same revision.
 for _ in $(seq 50); do

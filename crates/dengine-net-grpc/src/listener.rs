@@ -164,13 +164,15 @@ impl Listener {
 
 /// Serves `routes` on `listener` with `tls` (plaintext when `None`) and `limits` until the
 /// returned handle is shut down or dropped. `close` is signalled at shutdown so that open
-/// streams of the services can end.
+/// streams of the services can end. With `http1`, HTTP/1.1 requests are served too (for
+/// plain HTTP routes such as a client port's `/metrics`); gRPC always speaks HTTP/2.
 pub fn serve_routes(
     listener: Listener,
     routes: Routes,
     tls: Option<ServerTls>,
     limits: &ListenerLimits,
     close: watch::Sender<bool>,
+    http1: bool,
 ) -> ServerHandle {
     let local_addr = listener.addr;
     let name = listener.name;
@@ -180,6 +182,7 @@ pub fn serve_routes(
         // Large frames: a 64 KiB append crosses in one frame instead of four.
         .max_frame_size(Some(1 << 20))
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .accept_http1(http1)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .add_routes(routes);

@@ -146,7 +146,14 @@ impl GrpcTransport {
                  network.cluster_secret_file (docs/operations.md, \"Securing a cluster\")"
             );
         }
-        serve_routes(listener, routes, self.server_tls(), &cfg.listener, close)
+        serve_routes(
+            listener,
+            routes,
+            self.server_tls(),
+            &cfg.listener,
+            close,
+            false,
+        )
     }
 }
 

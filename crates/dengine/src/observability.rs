@@ -528,6 +528,29 @@ fn serve_metrics(
     Ok(addr)
 }
 
+/// `GET /metrics` for a client listener: etcd serves its metrics on its client port as well,
+/// where Prometheus setups made for etcd and `etcdctl check datascale` look for them. The
+/// whole exposition when metrics are enabled (`observability.metrics_addr`), otherwise the
+/// process metrics and the build info.
+pub(crate) fn client_port_metrics(
+    guard: Option<&ObservabilityGuard>,
+) -> axum::routing::MethodRouter {
+    let prometheus = guard.and_then(|g| g.metrics.clone());
+    axum::routing::get(move || {
+        let body = match &prometheus {
+            Some(p) => exposition(p),
+            None => crate::process_metrics::render(),
+        };
+        std::future::ready((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            body,
+        ))
+    })
+}
+
 /// Everything a scrape returns: the recorded metrics, the process metrics and the build info.
 fn exposition(prometheus: &PrometheusHandle) -> String {
     let mut body = prometheus.render();

@@ -329,13 +329,21 @@ where
         services.peer
     });
     let client = match (client_listener, client_routes) {
-        (Some(listener), Some(routes)) => Some(serve_routes(
-            listener,
-            routes,
-            client_tls,
-            &client_limits,
-            watch_sender(),
-        )),
+        (Some(listener), Some(mut routes)) => {
+            let router = std::mem::take(routes.axum_router_mut());
+            *routes.axum_router_mut() = router.route(
+                "/metrics",
+                observability::client_port_metrics(observability.as_ref()),
+            );
+            Some(serve_routes(
+                listener,
+                routes,
+                client_tls,
+                &client_limits,
+                watch_sender(),
+                true,
+            ))
+        }
         (Some(listener), None) => {
             tracing::warn!(
                 addr = %listener.local_addr(),
@@ -361,6 +369,7 @@ where
             admin_tls,
             &admin_limits,
             watch_sender(),
+            false,
         )
     });
     if !identity_saved(&data_dir, &identity)

@@ -633,6 +633,20 @@ async fn a_watch_on_a_crashed_member_ends() {
     cluster.stop().await;
 }
 
+/// The whole answer (status line, headers, body) to `GET path` over HTTP/1.1 at `addr`.
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    timeout(PATIENCE, stream.read_to_string(&mut answer))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    answer
+}
+
 /// `(id, name, peer URLs, client URLs, is_learner)` of one member.
 type MemberRow = (u64, String, Vec<String>, Vec<String>, bool);
 
@@ -735,6 +749,12 @@ async fn member_list_and_status() {
     })
     .await;
     assert!(hashes.iter().all(|h| h.1 == hashes[0].1), "{hashes:?}");
+
+    // /metrics over HTTP/1.1 on the client port, next to the gRPC services (as etcd serves
+    // it; `etcdctl check datascale` reads process_resident_memory_bytes there).
+    let body = http_get(&cluster.clients[&1], "/metrics").await;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("\nprocess_resident_memory_bytes "), "{body}");
 
     drop(clients);
     cluster.stop().await;
