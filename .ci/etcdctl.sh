@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real etcdctl (Debian's etcd-client, v3 API) against a 3-member dengine-kv cluster on
 # loopback: put, get --prefix, del, txn (interactive input on stdin), watch, member list,
-# endpoint status, move-leader, member add/promote/remove through a follower, check datascale,
+# endpoint status, move-leader, member add/update/promote/remove through a follower, check datascale,
 # endpoint hashkv, and what an unsupported call answers. Every
 # output is asserted. Everything started here is stopped on exit.
 set -euo pipefail
@@ -100,6 +100,10 @@ refused_with() {
     fi
     echo "ok   $name"
 }
+out=$(lctl member update "$LEARNER" --peer-urls=http://127.0.0.1:10 | tr -s ' ' | sed 's/ in cluster .*//')
+expect "member update" "Member $LEARNER updated" "$out"
+expect "member list (updated peer URL)" "$LEARNER, unstarted, , http://127.0.0.1:10, , true" \
+    "$(ctl member list | grep "http://127.0.0.1:10," | sed 's/^ *//')"
 refused_with "member promote (behind)" \
     "etcdserver: can only promote a learner member which is in sync with leader" \
     lctl member promote "$LEARNER"
@@ -119,6 +123,20 @@ done
 expect "member promote" "Member $NEW promoted in cluster" "$(tr -s ' ' <<<"$out" | sed 's/ 1$//')"
 expect "four voters" "false false false false" \
     "$(lctl member list -w json | python3 -c 'import json,sys; print(" ".join(str(m.get("isLearner", False)).lower() for m in json.load(sys.stdin)["members"]))')"
+# ... and moved to another peer port: stopped, updated (three of four voters commit it), restarted
+# there; it catches up with a write made meanwhile.
+kill -TERM "${PIDS[4]}"; wait "${PIDS[4]}" 2>/dev/null || true
+P[3]=$(port)
+out=$(lctl member update "$NEW" --peer-urls="http://127.0.0.1:${P[3]}" | tr -s ' ' | sed 's/ in cluster .*//')
+expect "member update (a voter that moved)" "Member $NEW updated" "$out"
+lctl put moved yes >/dev/null
+serve "$NEW" 4 --initial-cluster-state existing --initial-members "$FROM=127.0.0.1:${P[$((FROM-1))]},$NEW=127.0.0.1:${P[3]}"
+for _ in $(seq 100); do
+    [ "$(etcdctl --endpoints="127.0.0.1:${C[3]}" get moved --print-value-only --consistency=s 2>/dev/null)" = yes ] && break
+    sleep 0.2
+done
+expect "the moved member caught up" "yes" \
+    "$(etcdctl --endpoints="127.0.0.1:${C[3]}" get moved --print-value-only --consistency=s)"
 expect "member remove (the promoted one)" "Member $NEW removed" \
     "$(lctl member remove "$NEW" | tr -s ' ' | sed 's/ from cluster .*//')"
 

@@ -199,6 +199,14 @@ pub trait KvBackend: Send + Sync + 'static {
     /// learner too far behind the leader to vote soon.
     fn promote_member(&self, id: u64) -> impl Future<Output = Result<(), BackendError>> + Send;
 
+    /// Changes the peer URLs of member `id` (the first one is where the others reach it);
+    /// resolves once the change is committed.
+    fn update_member(
+        &self,
+        id: u64,
+        peer_urls: Vec<String>,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
     /// Hands leadership to the voter `id` (sent to the leader); resolves once `id` leads.
     fn move_leader(&self, id: u64) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
@@ -359,6 +367,20 @@ impl KvBackend for LocalBackend {
             ));
         }
         membership.voters.insert(id);
+        self.change_membership(membership).await
+    }
+
+    async fn update_member(&self, id: u64, peer_urls: Vec<String>) -> Result<(), BackendError> {
+        let mut membership = self.membership();
+        if !membership.contains(id) {
+            return Err(BackendError::MemberNotFound(id));
+        }
+        if peer_urls.is_empty() {
+            return Err(BackendError::InvalidArgument(
+                "member update needs a peer URL".into(),
+            ));
+        }
+        membership.addresses.insert(id, peer_urls.join(","));
         self.change_membership(membership).await
     }
 

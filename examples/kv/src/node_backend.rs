@@ -36,10 +36,13 @@ use crate::proto::dengine::kv::v1::forward_server::{Forward, ForwardServer};
 use crate::proto::dengine::kv::v1::membership_request::Op;
 use crate::proto::dengine::kv::v1::{
     AddedMember, Command, ForwardBatch, ForwardReply, ForwardReplyBatch, ForwardRequest, InfoReply,
-    InfoRequest, MemberAddOp, MembershipReply, MembershipRequest,
+    InfoRequest, MemberAddOp, MemberUpdateOp, MembershipReply, MembershipRequest,
 };
 use crate::state_machine::encode_error_response;
 use crate::validate;
+
+/// Client URLs by member id and peer address.
+type ClientUrls = HashMap<(NodeId, String), Vec<String>>;
 
 /// A replicated member's backend. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -56,8 +59,9 @@ pub struct NodeBackend {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Writes forwarded to the leader, on one stream per leader address.
     streams: Arc<ForwardStreams>,
-    /// Client URLs other members reported (`Info`), by member id.
-    peer_client_urls: Arc<Mutex<HashMap<NodeId, Vec<String>>>>,
+    /// Client URLs other members reported (`Info`), by member id and peer address (a member
+    /// moved with `MemberUpdate` is asked again).
+    peer_client_urls: Arc<Mutex<ClientUrls>>,
     /// The client API's limits, applied again to writes forwarded by other members.
     config: Arc<KvConfig>,
 }
@@ -169,7 +173,8 @@ impl NodeBackend {
         if id == self.node.id() {
             return self.client_urls.clone();
         }
-        let known = self.peer_client_urls.lock().get(&id).cloned();
+        let key = (id, address.to_string());
+        let known = self.peer_client_urls.lock().get(&key).cloned();
         if let Some(urls) = known {
             return urls;
         }
@@ -187,7 +192,7 @@ impl NodeBackend {
         match asked {
             Ok(Ok(reply)) => {
                 let urls = reply.into_inner().client_urls;
-                self.peer_client_urls.lock().insert(id, urls.clone());
+                self.peer_client_urls.lock().insert(key, urls.clone());
                 urls
             }
             _ => Vec::new(),
@@ -293,6 +298,22 @@ impl NodeBackend {
                     return Err(BackendError::MemberNotFound(id));
                 }
                 self.node.remove(id).await.map_err(admin_error)?;
+                Ok(MembershipReply::default())
+            }
+            Op::Update(update) => {
+                if !status.membership.contains(update.id) {
+                    return Err(BackendError::MemberNotFound(update.id));
+                }
+                let first = update.peer_urls.first().ok_or_else(|| {
+                    BackendError::InvalidArgument("member update needs a peer URL".into())
+                })?;
+                let address = address_of(first)?;
+                // No member changes: the configuration entry carries the new address, and
+                // every member's transport dials it from then on.
+                self.node
+                    .change_membership(Vec::new(), BTreeMap::from([(update.id, address)]))
+                    .await
+                    .map_err(admin_error)?;
                 Ok(MembershipReply::default())
             }
             Op::Promote(id) => {
@@ -505,6 +526,12 @@ impl KvBackend for NodeBackend {
 
     async fn promote_member(&self, id: u64) -> Result<(), BackendError> {
         self.change_members(Op::Promote(id)).await.map(drop)
+    }
+
+    async fn update_member(&self, id: u64, peer_urls: Vec<String>) -> Result<(), BackendError> {
+        self.change_members(Op::Update(MemberUpdateOp { id, peer_urls }))
+            .await
+            .map(drop)
     }
 
     async fn move_leader(&self, id: u64) -> Result<(), BackendError> {

@@ -14,10 +14,11 @@ use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest,
     HashKvResponse, HashRequest as EtcdHashRequest, HashResponse, Member, MemberAddRequest,
     MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
-    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MoveLeaderRequest,
-    MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest,
-    StatusResponse, TxnRequest, TxnResponse, cluster_server::Cluster, kv_server::Kv,
-    maintenance_server::Maintenance, response_op::Response as OpResponse,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
+    MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    cluster_server::Cluster, kv_server::Kv, maintenance_server::Maintenance,
+    response_op::Response as OpResponse,
 };
 use crate::shared::{Shared, unexpected};
 use crate::validate;
@@ -222,6 +223,22 @@ impl<B: KvBackend> Cluster for ClusterService<B> {
             .promote_member(request.into_inner().id)
             .await?;
         Ok(Response::new(MemberPromoteResponse {
+            header: Some(self.shared.header(self.shared.hub.revision())),
+            members: self.member_list().await?,
+        }))
+    }
+
+    async fn member_update(
+        &self,
+        request: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.check_root(&request)?;
+        let req = request.into_inner();
+        self.shared
+            .backend
+            .update_member(req.id, req.peer_ur_ls)
+            .await?;
+        Ok(Response::new(MemberUpdateResponse {
             header: Some(self.shared.header(self.shared.hub.revision())),
             members: self.member_list().await?,
         }))

@@ -388,6 +388,25 @@ async fn cluster_members_and_status() {
     let new = added.member().unwrap();
     assert!(new.is_learner());
     assert_eq!(added.member_list().len(), 2);
+    // A member's peer URL changes (etcdctl member update).
+    let updated = c
+        .member_update(new.id(), ["http://127.0.0.1:2490".to_string()])
+        .await
+        .unwrap();
+    assert!(
+        updated
+            .members()
+            .iter()
+            .any(|m| m.id() == new.id() && m.peer_urls() == ["http://127.0.0.1:2490"]),
+        "{:?}",
+        updated.members()
+    );
+    let (code, _) = status_of(
+        c.member_update(77, ["http://127.0.0.1:1".to_string()])
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, "NotFound");
     // Promotion: a learner becomes a voter, once; only known members.
     let promoted = c.member_promote(new.id()).await.unwrap();
     assert!(
