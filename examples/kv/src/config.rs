@@ -35,7 +35,16 @@ pub struct KvConfig {
     /// which is only as safe as `raft.lease_drift_ms` covers the members' clock drift
     /// (docs/configuration.md).
     pub lease_reads: bool,
+    /// The space quota (etcd's `--quota-backend-bytes`, default [`DEFAULT_QUOTA_BYTES`], 2
+    /// GiB as etcd's): a write that would take the key space (an estimate of the bytes its
+    /// keys and values hold) past it raises the `NOSPACE` alarm, and while that alarm is
+    /// raised every member refuses writes that add data with etcd's "database space
+    /// exceeded", until an operator frees space and runs `etcdctl alarm disarm`.
+    pub quota_bytes: u64,
 }
+
+/// The default space quota: 2 GiB, as etcd's.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 impl Default for KvConfig {
     fn default() -> Self {
@@ -46,6 +55,7 @@ impl Default for KvConfig {
             client_cert_auth: false,
             advertise_client_urls: Vec::new(),
             lease_reads: false,
+            quota_bytes: DEFAULT_QUOTA_BYTES,
         }
     }
 }

@@ -66,7 +66,9 @@ pub use backend::{
     BackendError, HeaderInfo, KvBackend, LOCAL_CLUSTER_ID, LocalBackend, MemberInfo, StatusInfo,
     members_of,
 };
-pub use config::{DEFAULT_MAX_RANGE_RESPONSE_BYTES, DEFAULT_MAX_REQUEST_BYTES, KvConfig};
+pub use config::{
+    DEFAULT_MAX_RANGE_RESPONSE_BYTES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUOTA_BYTES, KvConfig,
+};
 pub use error::KvError;
 pub use member::{Member, MemberError};
 pub use node_backend::NodeBackend;

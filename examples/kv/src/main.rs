@@ -22,7 +22,10 @@ use dengine::{Settings, observability};
 use dengine_kv::proto::etcdserverpb::kv_client::KvClient;
 use dengine_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use dengine_kv::proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
-use dengine_kv::{DEFAULT_MAX_RANGE_RESPONSE_BYTES, DEFAULT_MAX_REQUEST_BYTES, KvConfig, Member};
+use dengine_kv::{
+    DEFAULT_MAX_RANGE_RESPONSE_BYTES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUOTA_BYTES, KvConfig,
+    Member,
+};
 use mimalloc::MiMalloc;
 
 /// mimalloc instead of glibc's allocator: a put allocates and frees dozens of small buffers
@@ -150,6 +153,11 @@ struct ServeArgs {
     /// drift (docs/configuration.md).
     #[arg(long)]
     lease_reads: bool,
+    /// The space quota in bytes (etcd's --quota-backend-bytes; 0: the default, 2 GiB): a
+    /// write past it raises the NOSPACE alarm, and writes that add data are refused until
+    /// `etcdctl alarm disarm`.
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    quota_backend_bytes: u64,
     /// Log filter (RUST_LOG wins when set), e.g. info or dengine_node=debug.
     #[arg(long, default_value = "info", env = "DENGINE_LOG")]
     log: String,
@@ -263,6 +271,10 @@ fn kv_config(args: &ServeArgs) -> KvConfig {
         max_range_response_bytes: args.max_range_response_bytes,
         client_cert_auth: args.client_cert_auth,
         lease_reads: args.lease_reads,
+        quota_bytes: match args.quota_backend_bytes {
+            0 => DEFAULT_QUOTA_BYTES,
+            bytes => bytes,
+        },
         ..KvConfig::default()
     }
 }

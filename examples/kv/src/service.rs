@@ -10,15 +10,16 @@ use crate::error::KvError;
 use crate::proto::dengine::kv::v1::{
     HashRequest, HashResult, StatsRequest, command, command_response, query, query_response,
 };
+use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest,
-    HashKvResponse, HashRequest as EtcdHashRequest, HashResponse, Member, MemberAddRequest,
-    MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
-    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
-    MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
-    cluster_server::Cluster, kv_server::Kv, maintenance_server::Maintenance,
-    response_op::Response as OpResponse,
+    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, HashKvRequest, HashKvResponse, HashRequest as EtcdHashRequest,
+    HashResponse, Member, MemberAddRequest, MemberAddResponse, MemberListRequest,
+    MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest,
+    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest,
+    MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest,
+    StatusResponse, TxnRequest, TxnResponse, cluster_server::Cluster, kv_server::Kv,
+    maintenance_server::Maintenance, response_op::Response as OpResponse,
 };
 use crate::shared::{Shared, unexpected};
 use crate::validate;
@@ -262,7 +263,7 @@ impl<B: KvBackend> Cluster for ClusterService<B> {
     }
 }
 
-/// The `Maintenance` service (Status, MoveLeader, HashKV and Hash).
+/// The `Maintenance` service (Status, MoveLeader, HashKV, Hash and Alarm).
 #[derive(Debug)]
 pub(crate) struct MaintenanceService<B> {
     pub(crate) shared: Arc<Shared<B>>,
@@ -336,6 +337,42 @@ impl<B: KvBackend> Maintenance for MaintenanceService<B> {
             header: Some(self.shared.header(h.revision)),
             hash: h.hash,
         }))
+    }
+
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
+        check_root(&self.shared, &request)?;
+        let user = self.shared.identify(&request)?;
+        let req = request.into_inner();
+        let response = match AlarmAction::try_from(req.action) {
+            // A linearizable read: the alarms raised before the request are listed.
+            Ok(AlarmAction::Get) => {
+                match self
+                    .shared
+                    .query(query::Op::Alarms(req), user, false)
+                    .await?
+                {
+                    query_response::Result::Alarms(r) => r,
+                    _ => return Err(unexpected("alarm list")),
+                }
+            }
+            Ok(AlarmAction::Activate | AlarmAction::Deactivate) => {
+                match self.shared.propose(command::Op::Alarm(req), user).await? {
+                    command_response::Result::Alarm(r) => r,
+                    _ => return Err(unexpected("alarm")),
+                }
+            }
+            Err(_) => {
+                return Err(KvError::InvalidArgument(format!(
+                    "unknown alarm action {}",
+                    req.action
+                ))
+                .into());
+            }
+        };
+        Ok(Response::new(response))
     }
 
     async fn move_leader(

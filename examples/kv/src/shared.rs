@@ -23,8 +23,9 @@ use crate::error::KvError;
 use crate::proto::dengine::kv::v1::{
     Command, Query, StatsRequest, command, command_response, query, query_response,
 };
-use crate::proto::etcdserverpb::ResponseHeader;
-use crate::state_machine::{decode_command_response, decode_query_response};
+use crate::proto::etcdserverpb::alarm_request::AlarmAction;
+use crate::proto::etcdserverpb::{AlarmRequest, AlarmType, ResponseHeader};
+use crate::state_machine::{alarm, decode_command_response, decode_query_response};
 use crate::validate;
 use crate::watch::WatchHub;
 
@@ -77,8 +78,10 @@ impl<B: KvBackend> Shared<B> {
         user: Option<String>,
     ) -> Result<command_response::Result, Status> {
         let needs = Needs::command(&op);
-        // Auth commands are the ones without key-value needs.
+        // Auth and alarm commands are the ones without key-value needs: answered once this
+        // member has applied them too.
         let auth_change = needs.is_none();
+        let adds_data = alarm::adds_data(&op);
         let command = Command {
             op: Some(op),
             user: user.unwrap_or_default(),
@@ -90,14 +93,57 @@ impl<B: KvBackend> Shared<B> {
         if let Some(needs) = &needs {
             self.auth.store().authorize(user_of(&command.user), needs)?;
         }
-        let response = self
-            .backend
-            .propose(Bytes::from(command.encode_to_vec()))
-            .await?;
+        let encoded = Bytes::from(command.encode_to_vec());
+        if adds_data {
+            self.check_quota(encoded.len()).await?;
+        }
+        let response = self.backend.propose(encoded).await?;
         if auth_change {
             self.applied_here().await;
         }
         Ok(decode_command_response(&response)?)
+    }
+
+    /// etcd's space quota, checked before a write that adds data is proposed: refused while
+    /// a `NOSPACE` alarm is raised; a write that would take the store past
+    /// [`KvConfig::quota_bytes`] raises the alarm (through the log, for every member) and is
+    /// refused. The state machine refuses such writes too once the alarm is applied, so a
+    /// write that passed this check just before is the only kind that can still land.
+    async fn check_quota(&self, command_bytes: usize) -> Result<(), Status> {
+        if self.hub.no_space() {
+            return Err(alarm::no_space().into());
+        }
+        let after = self
+            .hub
+            .size_bytes()
+            .saturating_add(u64::try_from(command_bytes).unwrap_or(u64::MAX));
+        if after <= self.config.quota_bytes {
+            return Ok(());
+        }
+        let raise = Command {
+            op: Some(command::Op::Alarm(AlarmRequest {
+                action: AlarmAction::Activate as i32,
+                member_id: self.backend.header().member_id,
+                alarm: AlarmType::Nospace as i32,
+            })),
+            ..Command::default()
+        };
+        match self
+            .backend
+            .propose(Bytes::from(raise.encode_to_vec()))
+            .await
+        {
+            Ok(_) => tracing::warn!(
+                quota_bytes = self.config.quota_bytes,
+                "the key space reached its quota (quota_bytes, etcd's --quota-backend-bytes): \
+                 NOSPACE alarm raised; writes that add data are refused until an operator \
+                 frees space (delete keys, compact) and runs `etcdctl alarm disarm`"
+            ),
+            Err(e) => tracing::warn!(
+                "the key space reached its quota; raising the NOSPACE alarm failed: {e}"
+            ),
+        }
+        Err(alarm::no_space().into())
     }
 
     /// Waits until this member has applied every write committed so far (a linearizable

@@ -3,8 +3,10 @@
 //! the [`AuthStore`]: `auth.rs`), publishes their events to the [`WatchHub`], and encodes the
 //! etcd responses; answers queries; takes and installs snapshots.
 
+pub(crate) mod alarm;
 mod auth;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,7 +22,7 @@ use crate::proto::dengine::kv::v1::{
     Command, CommandResponse, HashResult, Query, QueryResponse, Stats, StoreSnapshot, command,
     command_response, query, query_response,
 };
-use crate::proto::etcdserverpb::CompactionResponse;
+use crate::proto::etcdserverpb::{AlarmResponse, CompactionResponse};
 use crate::store::{self, KvStore};
 use crate::watch::WatchHub;
 
@@ -54,6 +56,9 @@ pub struct KvStateMachine {
     auth_hub: AuthHub,
     /// The log index the state covers.
     applied: LogIndex,
+    /// The raised alarms, as (member id, `AlarmType`): replicated through the log and kept in
+    /// snapshots (`alarm.rs`).
+    alarms: BTreeSet<(u64, i32)>,
 }
 
 impl KvStateMachine {
@@ -73,6 +78,7 @@ impl KvStateMachine {
             hub,
             auth_hub,
             applied: 0,
+            alarms: BTreeSet::new(),
         }
     }
 
@@ -142,7 +148,13 @@ impl KvStateMachine {
         {
             return error_response(e);
         }
+        // etcd's capped applier: while the space quota's alarm is raised, nothing that adds
+        // data is applied (deletes and compactions still are, to free space).
+        if self.no_space() && alarm::adds_data(&command) {
+            return error_response(alarm::no_space());
+        }
         let result = match command {
+            command::Op::Alarm(req) => Ok(R::Alarm(self.apply_alarm(&req))),
             command::Op::Put(req) => self.store.put(&req).map(|out| {
                 self.hub_publish(out.revision, out.events);
                 R::Put(out.response)
@@ -197,6 +209,14 @@ impl KvStateMachine {
                 keys: self.store.key_count(),
                 size_bytes: self.store.size_bytes(),
             })),
+            // Alarms: root only, checked by the service before it asks.
+            Ok(Query {
+                op: Some(query::Op::Alarms(req)),
+                ..
+            }) => Ok(R::Alarms(AlarmResponse {
+                header: Some(store::header(self.store.revision())),
+                alarms: self.alarm_members(req.member_id, req.alarm),
+            })),
             // Etcd's HashKV: root only, checked by the service before it asks.
             Ok(Query {
                 op: Some(query::Op::Hash(req)),
@@ -231,6 +251,7 @@ impl KvStateMachine {
             kvs: self.store.key_values().collect(),
             membership: None,
             auth: Some(self.auth.to_snapshot()),
+            alarms: self.alarm_members(0, 0),
         };
         Bytes::from(snapshot.encode_to_vec())
     }
@@ -285,6 +306,7 @@ impl StateMachine for KvStateMachine {
             self.applied = c.index;
         }
         self.applied = self.applied.max(applied_up_to);
+        self.hub.set_usage(self.store.size_bytes(), self.no_space());
         Ok(responses)
     }
 
@@ -331,8 +353,14 @@ impl StateMachine for KvStateMachine {
                 .unwrap_or_default(),
         );
         self.auth_hub.publish(self.auth.clone());
+        self.alarms = snapshot
+            .alarms
+            .iter()
+            .map(|a| (a.member_id, a.alarm))
+            .collect();
         self.applied = index;
         self.hub.reset(snapshot.revision, snapshot.compact_revision);
+        self.hub.set_usage(self.store.size_bytes(), self.no_space());
         Ok(())
     }
 

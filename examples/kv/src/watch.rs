@@ -14,6 +14,7 @@
 //! in the middle of a large revision does not cut its delivery short.
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -177,6 +178,15 @@ pub struct WatchHub {
     revision_tx: Arc<watch::Sender<i64>>,
     closed: Arc<watch::Sender<bool>>,
     config: Arc<WatchConfig>,
+    usage: Arc<Usage>,
+}
+
+/// What the state machine last published about its size, for the space quota's check before
+/// a write is proposed (read on every put: atomics, no lock).
+#[derive(Debug, Default)]
+struct Usage {
+    size_bytes: AtomicU64,
+    no_space: AtomicBool,
 }
 
 impl Default for WatchHub {
@@ -200,7 +210,25 @@ impl WatchHub {
             revision_tx: Arc::new(revision_tx),
             closed: Arc::new(watch::channel(false).0),
             config: Arc::new(config),
+            usage: Arc::default(),
         }
+    }
+
+    /// Publishes the store's size (an estimate of the bytes its keys and values hold) and
+    /// whether a `NOSPACE` alarm is raised (the state machine, after each batch).
+    pub(crate) fn set_usage(&self, size_bytes: u64, no_space: bool) {
+        self.usage.size_bytes.store(size_bytes, Ordering::Relaxed);
+        self.usage.no_space.store(no_space, Ordering::Relaxed);
+    }
+
+    /// The store's size as last published.
+    pub(crate) fn size_bytes(&self) -> u64 {
+        self.usage.size_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether a `NOSPACE` alarm was raised as last published.
+    pub(crate) fn no_space(&self) -> bool {
+        self.usage.no_space.load(Ordering::Relaxed)
     }
 
     /// The configuration the hub was made with.

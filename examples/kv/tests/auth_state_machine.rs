@@ -733,6 +733,7 @@ async fn a_format_1_snapshot_loads_with_auth_off() {
         }],
         membership: None,
         auth: None,
+        alarms: Vec::new(),
     };
     let mut r = Replica::new();
     r.sm.install_snapshot(Bytes::from(old.encode_to_vec()), 7)

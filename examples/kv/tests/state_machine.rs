@@ -825,3 +825,73 @@ async fn writes_publish_events_to_the_hub() {
     );
     assert_eq!(batch.through_revision, 3);
 }
+
+#[tokio::test]
+async fn a_nospace_alarm_caps_writes_on_every_replica_and_survives_snapshots() {
+    use dengine_kv::proto::etcdserverpb::{AlarmRequest, AlarmType, alarm_request::AlarmAction};
+    async fn alarm(h: &mut Harness, action: AlarmAction) -> usize {
+        let req = AlarmRequest {
+            action: action as i32,
+            member_id: 2,
+            alarm: AlarmType::Nospace as i32,
+        };
+        match h.cmd(command::Op::Alarm(req)).await.unwrap() {
+            command_response::Result::Alarm(r) => r.alarms.len(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let mut h = Harness::new();
+    h.put("a", "1").await;
+    assert_eq!(alarm(&mut h, AlarmAction::Activate).await, 1);
+    assert_eq!(
+        alarm(&mut h, AlarmAction::Activate).await,
+        0,
+        "raised already"
+    );
+
+    // Whatever member took it, the state machine refuses what adds data: a put, a
+    // transaction with a put in a nested branch. Reads and deletes apply.
+    let no_space = Some(KvError::ResourceExhausted(
+        "mvcc: database space exceeded".into(),
+    ));
+    let put = PutRequest {
+        key: b("a"),
+        value: b("2"),
+        ..Default::default()
+    };
+    assert_eq!(h.put_req(put.clone()).await.err(), no_space);
+    let nested = TxnRequest {
+        failure: vec![RequestOp {
+            request: Some(Request::RequestTxn(TxnRequest {
+                success: vec![put_op("b", "1")],
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    };
+    assert_eq!(h.txn(nested.clone()).await.err(), no_space);
+    let reads = TxnRequest {
+        success: vec![get_op("a")],
+        ..Default::default()
+    };
+    assert!(h.txn(reads).await.is_ok());
+    assert_eq!(h.get("a").await.unwrap().value, b("1"));
+
+    // A replica that starts from a snapshot holds the alarm too.
+    let snapshot = h.sm.snapshot().await.unwrap();
+    let mut copy = Harness {
+        sm: KvStateMachine::new(WatchHub::default()),
+    };
+    copy.sm
+        .install_snapshot(snapshot, h.sm.applied_index())
+        .await
+        .unwrap();
+    assert_eq!(copy.put_req(put.clone()).await.err(), no_space);
+
+    // Cleared: writes apply again, on both.
+    assert_eq!(alarm(&mut h, AlarmAction::Deactivate).await, 1);
+    assert_eq!(alarm(&mut copy, AlarmAction::Deactivate).await, 1);
+    assert!(h.put_req(put.clone()).await.is_ok());
+    assert!(copy.put_req(put).await.is_ok());
+    assert!(h.txn(nested).await.is_ok());
+}

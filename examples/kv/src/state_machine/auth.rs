@@ -84,7 +84,8 @@ impl KvStateMachine {
             command::Op::Put(_)
             | command::Op::DeleteRange(_)
             | command::Op::Txn(_)
-            | command::Op::Compact(_) => Err(KvError::Internal(
+            | command::Op::Compact(_)
+            | command::Op::Alarm(_) => Err(KvError::Internal(
                 "a key-value command was taken for an auth command".into(),
             )),
         };
@@ -125,9 +126,12 @@ impl KvStateMachine {
                 enabled: auth.is_enabled(),
                 auth_revision: auth.revision(),
             })),
-            query::Op::Range(_) | query::Op::Stats(_) | query::Op::Hash(_) => Err(
-                KvError::Internal("a key-value query was taken for an auth query".into()),
-            ),
+            query::Op::Range(_)
+            | query::Op::Stats(_)
+            | query::Op::Hash(_)
+            | query::Op::Alarms(_) => Err(KvError::Internal(
+                "a key-value query was taken for an auth query".into(),
+            )),
         }
     }
 }
