@@ -50,6 +50,7 @@ mod key_range;
 mod member;
 mod node_backend;
 pub mod proto;
+mod quota;
 mod routes;
 mod service;
 mod shared;

@@ -25,7 +25,8 @@ use crate::proto::dengine::kv::v1::{
 };
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::{AlarmRequest, AlarmType, ResponseHeader};
-use crate::state_machine::{alarm, decode_command_response, decode_query_response};
+use crate::quota;
+use crate::state_machine::{decode_command_response, decode_query_response};
 use crate::validate;
 use crate::watch::WatchHub;
 
@@ -81,7 +82,7 @@ impl<B: KvBackend> Shared<B> {
         // Auth and alarm commands are the ones without key-value needs: answered once this
         // member has applied them too.
         let auth_change = needs.is_none();
-        let adds_data = alarm::adds_data(&op);
+        let adds_data = quota::adds_data(&op);
         let command = Command {
             op: Some(op),
             user: user.unwrap_or_default(),
@@ -111,7 +112,7 @@ impl<B: KvBackend> Shared<B> {
     /// write that passed this check just before is the only kind that can still land.
     async fn check_quota(&self, command_bytes: usize) -> Result<(), Status> {
         if self.hub.no_space() {
-            return Err(alarm::no_space().into());
+            return Err(quota::no_space().into());
         }
         let after = self
             .hub
@@ -143,7 +144,7 @@ impl<B: KvBackend> Shared<B> {
                 "the key space reached its quota; raising the NOSPACE alarm failed: {e}"
             ),
         }
-        Err(alarm::no_space().into())
+        Err(quota::no_space().into())
     }
 
     /// Waits until this member has applied every write committed so far (a linearizable

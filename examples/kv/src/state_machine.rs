@@ -3,7 +3,7 @@
 //! the [`AuthStore`]: `auth.rs`), publishes their events to the [`WatchHub`], and encodes the
 //! etcd responses; answers queries; takes and installs snapshots.
 
-pub(crate) mod alarm;
+mod alarm;
 mod auth;
 
 use std::collections::BTreeSet;
@@ -23,6 +23,7 @@ use crate::proto::dengine::kv::v1::{
     command_response, query, query_response,
 };
 use crate::proto::etcdserverpb::{AlarmResponse, CompactionResponse};
+use crate::quota;
 use crate::store::{self, KvStore};
 use crate::watch::WatchHub;
 
@@ -150,8 +151,8 @@ impl KvStateMachine {
         }
         // etcd's capped applier: while the space quota's alarm is raised, nothing that adds
         // data is applied (deletes and compactions still are, to free space).
-        if self.no_space() && alarm::adds_data(&command) {
-            return error_response(alarm::no_space());
+        if self.no_space() && quota::adds_data(&command) {
+            return error_response(quota::no_space());
         }
         let result = match command {
             command::Op::Alarm(req) => Ok(R::Alarm(self.apply_alarm(&req))),

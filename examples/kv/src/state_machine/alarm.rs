@@ -6,39 +6,10 @@
 //! apply, so that an operator can free space and then disarm the alarm.
 
 use super::KvStateMachine;
-use crate::error::KvError;
-use crate::proto::dengine::kv::v1::command;
 use crate::proto::etcdserverpb::{
-    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, TxnRequest, alarm_request::AlarmAction,
-    request_op,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, alarm_request::AlarmAction,
 };
 use crate::store;
-
-/// etcd's refusal while the space quota's alarm is raised (`RESOURCE_EXHAUSTED`).
-pub(crate) fn no_space() -> KvError {
-    KvError::ResourceExhausted("mvcc: database space exceeded".into())
-}
-
-/// Whether `op` would add data: a put, or a transaction with a put in either branch (at any
-/// depth).
-pub(crate) fn adds_data(op: &command::Op) -> bool {
-    match op {
-        command::Op::Put(_) => true,
-        command::Op::Txn(t) => txn_puts(t),
-        _ => false,
-    }
-}
-
-fn txn_puts(t: &TxnRequest) -> bool {
-    t.success
-        .iter()
-        .chain(&t.failure)
-        .any(|op| match &op.request {
-            Some(request_op::Request::RequestPut(_)) => true,
-            Some(request_op::Request::RequestTxn(inner)) => txn_puts(inner),
-            _ => false,
-        })
-}
 
 impl KvStateMachine {
     /// Whether a `NOSPACE` alarm is raised (for any member).
