@@ -38,7 +38,7 @@ const ROUNDS: u32 = 6;
 
 /// Runs the benchmark for one backend (`backend` names it in the output) with the arguments
 /// of the current process.
-pub fn main<S: LogStore>(backend: &str, open_or_create: Opener<S>) {
+pub fn main<S: LogStore + Send + Sync + 'static>(backend: &str, open_or_create: Opener<S>) {
     let mut seconds = 3.0f64;
     let mut dir = PathBuf::from("target/storage-bench");
     let mut args = std::env::args().skip(1);
@@ -82,7 +82,17 @@ pub fn main<S: LogStore>(backend: &str, open_or_create: Opener<S>) {
     let (mut overwrites, mut batch_one) = (0, 0);
     for _ in 0..ROUNDS {
         overwrites += raw.run(per_round);
-        batch_one += runtime.block_on(one.run(1, per_round));
+        // In a spawned task on a worker thread, as the runtime persists.
+        let (back, n) = runtime.block_on(async move {
+            tokio::spawn(async move {
+                let n = one.run(1, per_round).await;
+                (one, n)
+            })
+            .await
+            .unwrap()
+        });
+        one = back;
+        batch_one += n;
     }
     drop((raw, one));
     let _ = fs::remove_dir_all(&one_dir);

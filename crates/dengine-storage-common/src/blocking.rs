@@ -1,9 +1,17 @@
-//! Running a backend's blocking database calls from async code: on tokio's blocking pool (so
-//! an fsync never stalls an executor thread), writes in the order of the *calls* (whatever
-//! order their futures are polled in), and a panic inside the database turned into a
-//! [`StorageError`] instead of tearing down the runtime. [`Store`](crate::Store) runs every
-//! backend's calls through here; nothing else needs to.
-
+//! Running a backend's blocking database calls from async code without stalling the
+//! executor, writes in the order of the *calls* (whatever order their futures are polled in),
+//! and a panic inside the database turned into a [`StorageError`] instead of tearing down the
+//! runtime. [`Store`](crate::Store) runs every backend's calls through here; nothing else
+//! needs to.
+//!
+//! Where a write runs depends on the runtime ([`ordered_write`]): on a multi-thread runtime
+//! it runs at once on the calling thread inside [`tokio::task::block_in_place`], which first
+//! hands the thread's other tasks to another thread; on a current-thread runtime it runs on
+//! tokio's blocking pool. The first saves two thread hand-offs per write (to a blocking-pool
+//! thread and back), which on a 2-core machine was a fifth of a batch-1 synced append:
+//! `cargo xtask bench storage` measured the WAL's batch-1 appends at 0.78x the raw
+//! overwrite+fdatasync rate through the blocking pool and 0.97-1.01x in place (see
+//! docs/benchmarks.md).
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -108,25 +116,48 @@ fn task_failed(path: &Path, op: &'static str, e: tokio::task::JoinError) -> Stor
     }
 }
 
-/// Starts a write on tokio's blocking pool *now* (at call time, not at first poll), so that
-/// writes keep their call order. Dropping the returned future does not cancel the write.
+/// A write started by [`ordered_write`]: finished in place, or running on the blocking pool.
+enum Started<T> {
+    Done(Result<T, StorageError>),
+    Pooled(Result<tokio::task::JoinHandle<Result<T, StorageError>>, StorageError>),
+}
+
+/// Runs a write *now* (at call time, not at first poll), so that writes keep their call order;
+/// the returned future yields its result. On a multi-thread runtime the write runs on the
+/// calling thread (the caller's task waits for it, the thread's other tasks move to another
+/// thread, see [`tokio::task::block_in_place`]); on a current-thread runtime, where that is
+/// impossible, it is started on the blocking pool. Dropping the returned future does not
+/// cancel the write.
 pub(crate) fn ordered_write<B: Blocking, T: Send + 'static>(
     shared: &Arc<B>,
     op: &'static str,
     f: impl FnOnce(&B) -> Result<T, StorageError> + Send + 'static,
 ) -> impl Future<Output = Result<T, StorageError>> + Send + 'static {
-    let spawned = tokio::runtime::Handle::try_current()
-        .map_err(|e| no_runtime(&**shared, op, e))
-        .map(|handle| {
+    let started = match tokio::runtime::Handle::try_current() {
+        Err(e) => Started::Pooled(Err(no_runtime(&**shared, op, e))),
+        Ok(handle) => {
             let ticket = shared.sequencer().ticket();
-            let task_shared = Arc::clone(shared);
-            handle.spawn_blocking(move || {
-                let _turn = task_shared.sequencer().wait_turn(ticket);
-                guarded(&*task_shared, op, f)
-            })
-        });
+            if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+                Started::Done(tokio::task::block_in_place(|| {
+                    let _turn = shared.sequencer().wait_turn(ticket);
+                    guarded(&**shared, op, f)
+                }))
+            } else {
+                let task_shared = Arc::clone(shared);
+                Started::Pooled(Ok(handle.spawn_blocking(move || {
+                    let _turn = task_shared.sequencer().wait_turn(ticket);
+                    guarded(&*task_shared, op, f)
+                })))
+            }
+        }
+    };
     let path = shared.path().to_path_buf();
-    async move { spawned?.await.map_err(|e| task_failed(&path, op, e))? }
+    async move {
+        match started {
+            Started::Done(result) => result,
+            Started::Pooled(spawned) => spawned?.await.map_err(|e| task_failed(&path, op, e))?,
+        }
+    }
 }
 
 /// Runs a read on tokio's blocking pool, so that page reads never stall an executor thread.
@@ -190,6 +221,61 @@ mod tests {
             f.await.unwrap();
         }
         assert_eq!(*shared.order.lock(), (0..20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn on_a_current_thread_runtime_writes_still_apply_in_call_order() {
+        let shared = log();
+        let futures: Vec<_> = (0..10u32)
+            .map(|i| {
+                ordered_write(&shared, "writing", move |s: &Log| {
+                    std::thread::sleep(Duration::from_millis(u64::from(10 - i)));
+                    s.order.lock().push(i);
+                    Ok(i)
+                })
+            })
+            .collect();
+        for f in futures.into_iter().rev() {
+            f.await.unwrap();
+        }
+        assert_eq!(*shared.order.lock(), (0..10).collect::<Vec<_>>());
+    }
+
+    /// On a multi-thread runtime a write runs in place at call time, and the thread's other
+    /// tasks are not held up by it: with one worker thread, a task spawned before the write
+    /// keeps running while the write blocks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_write_in_place_runs_at_call_time_and_does_not_stall_other_tasks() {
+        let shared = log();
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticking = Arc::clone(&ticks);
+        let ticker = tokio::spawn(async move {
+            loop {
+                ticking.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        // Let the ticker start on the only worker.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let writer = Arc::clone(&shared);
+        let seen_during_write = tokio::spawn(async move {
+            let before = Arc::new(AtomicU64::new(0));
+            let future = ordered_write(&writer, "writing", |s: &Log| {
+                std::thread::sleep(Duration::from_millis(200));
+                s.order.lock().push(1);
+                Ok(())
+            });
+            // The write is done before its future is polled.
+            before.store(writer.order.lock().len() as u64, Ordering::SeqCst);
+            future.await.unwrap();
+            before.load(Ordering::SeqCst)
+        });
+        let ticks_at_start = ticks.load(Ordering::SeqCst);
+        assert_eq!(seen_during_write.await.unwrap(), 1);
+        let ticked = ticks.load(Ordering::SeqCst) - ticks_at_start;
+        ticker.abort();
+        // ~40 ticks of 5 ms fit in the 200 ms write; a stalled thread would allow none.
+        assert!(ticked >= 5, "only {ticked} ticks while the write blocked");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

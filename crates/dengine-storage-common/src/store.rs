@@ -6,16 +6,20 @@
 //! * opening: the store directory's marker is checked before the database is touched and
 //!   written last when a store is created ([`marker`](crate::marker)), and a panic inside the
 //!   engine while opening becomes an error;
-//! * writes on tokio's blocking pool, in the order of the *calls* (a ticket is taken when the
-//!   method is called, not when its future is first polled), one at a time;
+//! * writes in the order of the *calls*, one at a time, carried out when the method is called
+//!   (not when its future is first polled): on a multi-thread runtime in place, inside
+//!   [`tokio::task::block_in_place`] (the calling task waits, the thread's other tasks move
+//!   to another thread), on a current-thread runtime on tokio's blocking pool;
 //! * reads on the blocking pool (async API) or on the caller's thread (the core's reader);
 //! * a panic inside the database turned into [`StorageError::Backend`].
 //!
-//! So the futures never block an executor thread, and the calls must be made inside a tokio
-//! runtime (outside one they fail with [`StorageError::Backend`] saying so). N concurrent
-//! `persist` calls are applied one after the other, each holding a blocking-pool thread while
-//! it waits; the runtime batches instead (one `persist` per `Ready`, many proposals per
-//! `Ready`). Dropping a write's future does not cancel the write.
+//! So the calls never stall other tasks, and they must be made inside a tokio runtime
+//! (outside one they fail with [`StorageError::Backend`] saying so). Because a write is done
+//! by the time its method returns on a multi-thread runtime, a caller that wants a write to
+//! overlap other work of its own runs it in a task of its own (as the runtime does), and a
+//! timeout around the returned future cannot interrupt it. N concurrent `persist` calls are
+//! applied one after the other; the runtime batches instead (one `persist` per `Ready`, many
+//! proposals per `Ready`). Dropping a write's future does not cancel the write.
 //!
 //! A backend crate then names its store: `pub type RedbStore = Store<RedbLog>;`.
 

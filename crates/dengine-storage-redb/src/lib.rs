@@ -23,7 +23,7 @@
 //! * [`LogStore::purge`], [`LogStore::save_snapshot_meta`] and [`LogStore::reset_to_snapshot`]
 //!   always commit with `Immediate`.
 //! * [`RedbStore`] is [`dengine_storage_common::Store`] over [`RedbLog`]: writes are
-//!   **serialized, in call order** on tokio's blocking pool, reads never block an executor
+//!   **serialized, in call order** without stalling other tasks, reads never block an executor
 //!   thread, the calls must be made inside a tokio runtime, and a panic inside redb (it
 //!   `debug_assert`s on some damaged files in debug builds) is returned as
 //!   [`StorageError::Backend`] — the same for every backend, see that type.

@@ -33,7 +33,7 @@
 //! * [`LogStore::purge`], [`LogStore::save_snapshot_meta`] and [`LogStore::reset_to_snapshot`]
 //!   always flush.
 //! * [`SledStore`] is [`dengine_storage_common::Store`] over [`SledLog`], as every backend:
-//!   writes **serialized, in call order** on tokio's blocking pool, calls made inside a tokio
+//!   writes **serialized, in call order** without stalling other tasks, calls made inside a tokio
 //!   runtime, a panic inside sled returned as [`StorageError::Backend`].
 //! * **Limitation: damage inside sled's own log is silent.** sled checksums its log messages
 //!   and, on recovery, treats a damaged or truncated one as a torn write: it drops that

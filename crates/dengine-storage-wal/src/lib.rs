@@ -56,8 +56,9 @@
 //! ## Writes
 //!
 //! [`WalStore`] is [`dengine_storage_common::Store`] over [`WalLog`], as every backend: writes
-//! run on tokio's blocking pool in call order, and the calls must be made inside a tokio
-//! runtime. A
+//! run in call order, in place on a multi-thread runtime (without a hand-off to another
+//! thread) and on tokio's blocking pool on a current-thread one, and the calls must be made
+//! inside a tokio runtime. A
 //! `persist` with `must_sync` is one positional write and one `fdatasync`. The exceptions
 //! are rare: the write that fills a segment first activates the next one (preallocating it
 //! if no spare is ready, a directory fsync and a metadata write), and syncs the old segment

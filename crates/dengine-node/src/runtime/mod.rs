@@ -70,7 +70,10 @@ const SWEEP_TICKS: u64 = 20;
 /// A `persist` call that takes longer than this stops the node. Proposal deadlines are
 /// enforced by the event loop (one timer per tick, not one per proposal), so a loop stuck on
 /// a hung disk would otherwise leave callers waiting forever; stopping answers every pending
-/// request with `Stopped`.
+/// request with `Stopped`. Synced writes run in a task of their own, and the loop checks the
+/// one in flight on every tick and while flushing: a timeout around the `persist` future
+/// would not do, since stores that write in place when called (as `dengine-storage-common`'s
+/// do on a multi-thread runtime) are done, or stuck, before there is a future to time.
 const PERSIST_STALL_LIMIT: Duration = Duration::from_secs(60);
 
 // The per-proposal histogram through a static key (hashed once; see `node.rs`).
@@ -155,16 +158,29 @@ async fn write_finished(writing: &mut AbortOnDrop<WriteDone>) -> WriteDone {
     }
 }
 
-/// Carries out one write (see `Runtime::submit_write`).
+/// Carries out one write in a task of its own (see `Runtime::start_write`): the event loop
+/// watches its duration ([`PERSIST_STALL_LIMIT`]).
 async fn write<S: LogStore>(store: &S, write: &PersistRequest) -> Result<(), Fatal> {
-    match tokio::time::timeout(PERSIST_STALL_LIMIT, store.persist(write)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("persisting to the log store failed: {e}")),
-        Err(_) => Err(format!(
-            "the log store did not finish a write within {PERSIST_STALL_LIMIT:?} (a stuck \
-             disk?); stopping so that callers get an answer"
-        )),
-    }
+    store
+        .persist(write)
+        .await
+        .map_err(|e| format!("persisting to the log store failed: {e}"))
+}
+
+/// Carries out one write on the event loop itself (unsynced writes), which nothing else
+/// watches: bounded by [`PERSIST_STALL_LIMIT`] for stores whose futures do the waiting.
+async fn write_inline<S: LogStore>(store: &S, req: &PersistRequest) -> Result<(), Fatal> {
+    tokio::time::timeout(PERSIST_STALL_LIMIT, write(store, req))
+        .await
+        .unwrap_or_else(|_| Err(write_stalled()))
+}
+
+/// Why the node stops when a write passes [`PERSIST_STALL_LIMIT`].
+fn write_stalled() -> Fatal {
+    format!(
+        "the log store did not finish a write within {PERSIST_STALL_LIMIT:?} (a stuck disk?); \
+         stopping so that callers get an answer"
+    )
 }
 
 /// Everything the event loop owns.
@@ -204,6 +220,8 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     snapshot_peers: BTreeMap<tokio::task::Id, NodeId>,
     /// The synced write on the disk, if any (at most one at a time).
     writing: AbortOnDrop<WriteDone>,
+    /// When `writing` was started (see [`PERSIST_STALL_LIMIT`]).
+    writing_since: Instant,
     /// The writes handed out while `writing` runs, merged into one.
     queued_write: Option<PersistRequest>,
 
@@ -348,6 +366,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             snapshot_senders: JoinSet::new(),
             snapshot_peers: BTreeMap::new(),
             writing: AbortOnDrop(None),
+            writing_since: Instant::now(),
             queued_write: None,
             waiters: Waiters::default(),
             config_waiters: Vec::new(),
@@ -532,6 +551,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
     // ----- inputs ------------------------------------------------------------------------------
 
     fn on_tick(&mut self) -> Result<(), Fatal> {
+        self.check_write_stall()?;
         self.ticks += 1;
         self.raft.tick();
         for peer in std::mem::take(&mut self.failed_snapshot_sends) {
@@ -886,7 +906,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             return Ok(());
         }
         let started = Instant::now();
-        let result = self::write(&*self.store, &write).await;
+        let result = write_inline(&*self.store, &write).await;
         self.on_write_done(WriteDone {
             done: Some(write.done()),
             synced: false,
@@ -898,6 +918,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
 
     fn start_write(&mut self, request: PersistRequest) {
         let store = Arc::clone(&self.store);
+        self.writing_since = Instant::now();
         self.writing.0 = Some(tokio::spawn(async move {
             let started = Instant::now();
             let result = write(&*store, &request).await;
@@ -915,7 +936,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
     /// at once, and syncs afterwards (a crash in between loses an acknowledged write).
     async fn write_then_sync_later(&mut self, mut write: PersistRequest) -> Result<(), Fatal> {
         write.must_sync = false;
-        let result = self::write(&*self.store, &write).await;
+        let result = write_inline(&*self.store, &write).await;
         self.on_write_done(WriteDone {
             done: Some(write.done()),
             synced: false,
@@ -925,6 +946,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         })?;
         if self.writing.0.is_none() {
             let store = Arc::clone(&self.store);
+            self.writing_since = Instant::now();
             self.writing.0 = Some(tokio::spawn(async move {
                 WriteDone {
                     done: None,
@@ -973,8 +995,20 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             {
                 self.start_write(next);
             }
-            let finished = write_finished(&mut self.writing).await;
-            self.on_write_done(finished)?;
+            let stalled = self.writing_since + PERSIST_STALL_LIMIT;
+            match tokio::time::timeout_at(stalled, write_finished(&mut self.writing)).await {
+                Ok(finished) => self.on_write_done(finished)?,
+                Err(_) => return Err(write_stalled()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The write in flight has taken longer than [`PERSIST_STALL_LIMIT`] (checked every tick;
+    /// see there).
+    fn check_write_stall(&self) -> Result<(), Fatal> {
+        if self.writing.0.is_some() && self.writing_since.elapsed() > PERSIST_STALL_LIMIT {
+            return Err(write_stalled());
         }
         Ok(())
     }

@@ -45,6 +45,37 @@ async fn a_failed_persist_stops_the_node_with_a_clear_error() {
     ));
 }
 
+/// A synced write that never finishes (a hung disk) stops the node after the stall limit
+/// (60 s, on a paused clock here), so that callers get an answer instead of waiting forever.
+/// The write hangs inside its task, where only the event loop's own watch can see it.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_write_stuck_on_the_disk_stops_the_node_after_the_stall_limit() {
+    let store = TestStore::default();
+    let node = single(store.clone(), settings(1)).await.unwrap();
+    wait_leader(&node).await;
+    node.propose(Bytes::from_static(b"a=1")).await.unwrap();
+
+    store.hold_writes();
+    let started = tokio::time::Instant::now();
+    let stuck = node.clone();
+    let proposal = tokio::spawn(async move { stuck.propose(Bytes::from_static(b"b=2")).await });
+    tokio::time::timeout(Duration::from_secs(120), node.stopped())
+        .await
+        .expect("the node did not stop within 120 s of a stuck write");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(60),
+        "stopped after {waited:?}"
+    );
+    let reason = node.fatal_error().unwrap();
+    assert!(
+        reason.contains("did not finish a write within 60s"),
+        "{reason}"
+    );
+    assert!(proposal.await.unwrap().is_err());
+    store.release();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancellation_signal_shuts_the_node_down_gracefully() {
     let node = single(MemoryStore::new(), settings(1)).await.unwrap();
