@@ -209,6 +209,11 @@ pub trait KvBackend: Send + Sync + 'static {
 
     /// Hands leadership to the voter `id` (sent to the leader); resolves once `id` leads.
     fn move_leader(&self, id: u64) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Reclaims this member's disk space (etcd's defragment): takes a snapshot of the state
+    /// machine now and compacts the log behind it; resolves with the log index the snapshot
+    /// covers.
+    fn defragment(&self) -> impl Future<Output = Result<u64, BackendError>> + Send;
 }
 
 /// A single-member [`KvBackend`] without Raft, for tests and examples: every command is
@@ -394,6 +399,11 @@ impl KvBackend for LocalBackend {
         Err(BackendError::FailedPrecondition(
             "the local backend has no other member to hand leadership to".into(),
         ))
+    }
+
+    /// Nothing on disk to reclaim: the local backend keeps no log.
+    async fn defragment(&self) -> Result<u64, BackendError> {
+        Ok(self.meta.lock().1)
     }
 }
 

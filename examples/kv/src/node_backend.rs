@@ -550,6 +550,11 @@ impl KvBackend for NodeBackend {
         }
         self.node.transfer_leader(id).await.map_err(admin_error)
     }
+
+    async fn defragment(&self) -> Result<u64, BackendError> {
+        let meta = self.node.trigger_snapshot().await.map_err(admin_error)?;
+        Ok(meta.last_included.index)
+    }
 }
 
 impl ProposeForwarded for NodeBackend {

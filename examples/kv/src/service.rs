@@ -12,13 +12,13 @@ use crate::proto::dengine::kv::v1::{
 };
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, HashKvRequest, HashKvResponse, HashRequest as EtcdHashRequest,
-    HashResponse, Member, MemberAddRequest, MemberAddResponse, MemberListRequest,
-    MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest,
-    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest,
-    MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest,
-    StatusResponse, TxnRequest, TxnResponse, cluster_server::Cluster, kv_server::Kv,
+    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DefragmentRequest,
+    DefragmentResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest, HashKvResponse,
+    HashRequest as EtcdHashRequest, HashResponse, Member, MemberAddRequest, MemberAddResponse,
+    MemberListRequest, MemberListResponse, MemberPromoteRequest, MemberPromoteResponse,
+    MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+    MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    StatusRequest, StatusResponse, TxnRequest, TxnResponse, cluster_server::Cluster, kv_server::Kv,
     maintenance_server::Maintenance, response_op::Response as OpResponse,
 };
 use crate::shared::{Shared, unexpected};
@@ -263,7 +263,7 @@ impl<B: KvBackend> Cluster for ClusterService<B> {
     }
 }
 
-/// The `Maintenance` service (Status, MoveLeader, HashKV, Hash and Alarm).
+/// The `Maintenance` service (Status, MoveLeader, HashKV, Hash, Alarm and Defragment).
 #[derive(Debug)]
 pub(crate) struct MaintenanceService<B> {
     pub(crate) shared: Arc<Shared<B>>,
@@ -385,6 +385,24 @@ impl<B: KvBackend> Maintenance for MaintenanceService<B> {
             .move_leader(request.into_inner().target_id)
             .await?;
         Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.shared.header(self.shared.hub.revision())),
+        }))
+    }
+
+    /// etcd defragments its database file; dengine-kv's disk holds the Raft log and the
+    /// snapshots, so this member takes a snapshot now and compacts its log behind it (on this
+    /// member only, as etcd's). Root only with auth on, as etcd's.
+    async fn defragment(
+        &self,
+        request: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        check_root(&self.shared, &request)?;
+        let index = self.shared.backend.defragment().await?;
+        tracing::info!(
+            index,
+            "defragment: snapshot taken and log compacted up to it"
+        );
+        Ok(Response::new(DefragmentResponse {
             header: Some(self.shared.header(self.shared.hub.revision())),
         }))
     }

@@ -756,6 +756,20 @@ async fn member_list_and_status() {
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("\nprocess_resident_memory_bytes "), "{body}");
 
+    // Defragment: the member asked (a follower here) takes a snapshot covering what it had
+    // applied and compacts its log behind it; the others are not asked.
+    let asked = (1..=3).find(|id| *id != statuses[0].leader()).unwrap();
+    let node = cluster.members[&asked].node();
+    let applied = node.status().await.unwrap().applied_index;
+    let mut c = cluster.client(asked).await;
+    ok("defragment", async || c.defragment().await).await;
+    let snapshot = node.status().await.unwrap().snapshot;
+    let covered = snapshot.map_or(0, |s| s.last_included.index);
+    assert!(
+        covered >= applied && covered > 0,
+        "member {asked}'s snapshot covers {covered}, it had applied {applied}"
+    );
+
     drop(clients);
     cluster.stop().await;
 }

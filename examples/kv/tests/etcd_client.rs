@@ -211,10 +211,14 @@ async fn errors_are_etcd_statuses() {
     assert_eq!(code, "Unimplemented");
     assert!(message.contains("leases"), "{message}");
     // Methods missing from services it does serve: named too (tonic alone sends no message).
-    let (code, message) = status_of(c.defragment().await.unwrap_err());
+    let err = match c.snapshot().await {
+        Err(e) => e,
+        Ok(mut stream) => stream.message().await.unwrap_err(),
+    };
+    let (code, message) = status_of(err);
     assert_eq!(code, "Unimplemented");
     assert!(
-        message.contains("not supported by dengine-kv: /etcdserverpb.Maintenance/Defragment"),
+        message.contains("not supported by dengine-kv: /etcdserverpb.Maintenance/Snapshot"),
         "{message}"
     );
     // The implemented methods still answer.
