@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use dengine_core::store::Snapshot;
 use dengine_core::{
-    EntryId, InitialState, LogStore, Membership, NodeId, Raft, SnapshotMeta, StateMachine,
-    StoredState, Transport,
+    EntryId, HardState, InitialState, LogIndex, LogStore, Membership, NodeId, PersistRequest, Raft,
+    SnapshotMeta, StateMachine, StoredState, Transport,
 };
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -24,6 +26,30 @@ use crate::snapshot_dir::SnapshotDir;
 
 /// Room in the request queue for administrative requests beyond `client.max_pending`.
 const ADMIN_QUEUE: usize = 1024;
+
+/// The state a new cluster is founded with instead of an empty one (a restore from a
+/// backup): a state-machine snapshot, as [`StateMachine::snapshot`] made it, covering the log
+/// up to `index` (the index its state machine had applied). See
+/// [`bootstrap_from`](NodeBuilder::bootstrap_from).
+#[derive(Clone, Debug)]
+pub struct Seed {
+    /// The log index the snapshot covers (at least 1); the new log continues after it.
+    pub index: LogIndex,
+    /// The state machine's snapshot.
+    pub data: Bytes,
+}
+
+/// How a new cluster's first members start: the initial voters, and the state they start
+/// from.
+struct Founding {
+    membership: Membership,
+    seed: Option<Seed>,
+}
+
+/// The term recorded for a [`Seed`]'s snapshot: every member restored from the same backup
+/// records the same entry, so their logs match at it (Raft's log matching, §5.3), and the
+/// first election is for term 2.
+const SEED_TERM: u64 = 1;
 
 /// Assembles a node. Give it a log store, a state machine and a transport, then start it with
 /// [`bootstrap`](NodeBuilder::bootstrap) (a brand-new cluster) or
@@ -184,6 +210,32 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
     /// bootstrapping twice could elect two leaders. Restart such a node with
     /// [`start`](NodeBuilder::start).
     pub async fn bootstrap(self, members: BTreeMap<NodeId, String>) -> Result<Node, StartError> {
+        self.found(members, None).await
+    }
+
+    /// [`bootstrap`](NodeBuilder::bootstrap) a new cluster whose state machine starts from
+    /// `seed` (a backup of another cluster's state) instead of empty. Every initial member
+    /// must be founded with the same `members` and the same seed. The seed becomes the
+    /// node's first snapshot (in the snapshot directory, which is therefore required) at
+    /// index `seed.index`, term 1; the log continues after it, and members added later
+    /// receive that state as a snapshot.
+    ///
+    /// Refused, with nothing written, for a log store that already holds state
+    /// ([`StartError::AlreadyInitialized`]) or a snapshot directory that already holds a
+    /// snapshot ([`StartError::SnapshotFile`]).
+    pub async fn bootstrap_from(
+        self,
+        members: BTreeMap<NodeId, String>,
+        seed: Seed,
+    ) -> Result<Node, StartError> {
+        self.found(members, Some(seed)).await
+    }
+
+    async fn found(
+        self,
+        members: BTreeMap<NodeId, String>,
+        seed: Option<Seed>,
+    ) -> Result<Node, StartError> {
         let id = self.settings.id;
         if members.is_empty() {
             return Err(StartError::InvalidMembers("no members given".into()));
@@ -203,7 +255,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
                 membership = membership.with_address(member, address);
             }
         }
-        self.launch(Some(membership)).await
+        self.launch(Some(Founding { membership, seed })).await
     }
 
     /// Starts from what the log store holds: a restart when it holds state (never
@@ -235,15 +287,33 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
         self,
         members: BTreeMap<NodeId, String>,
     ) -> Result<Node, StartError> {
+        self.start_or_bootstrap_from(members, None).await
+    }
+
+    /// [`start_or_bootstrap`](NodeBuilder::start_or_bootstrap), founding the new cluster from
+    /// `seed` if one is given ([`bootstrap_from`](NodeBuilder::bootstrap_from)). A store that
+    /// holds state restarts and the seed is ignored.
+    pub async fn start_or_bootstrap_from(
+        self,
+        members: BTreeMap<NodeId, String>,
+        seed: Option<Seed>,
+    ) -> Result<Node, StartError> {
         let stored = self.store.load_state().await?;
         if is_empty(&stored) && !members.is_empty() {
-            self.bootstrap(members).await
+            self.found(members, seed).await
         } else {
+            if seed.is_some() {
+                tracing::info!(
+                    node = self.settings.id,
+                    "the log store holds state: restarting from it, the backup to found the \
+                     cluster with is ignored"
+                );
+            }
             self.start().await
         }
     }
 
-    async fn launch(self, bootstrap: Option<Membership>) -> Result<Node, StartError> {
+    async fn launch(self, bootstrap: Option<Founding>) -> Result<Node, StartError> {
         let NodeBuilder {
             settings,
             store,
@@ -257,6 +327,21 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
         } = self;
         settings.validate()?;
         let id = settings.id;
+        // A cluster founded from a seed starts as a restart from what `seed` writes.
+        let bootstrap = match bootstrap {
+            Some(Founding {
+                membership,
+                seed: Some(seed),
+            }) => {
+                plant_seed(&store, snapshot_dir.as_ref(), membership, seed).await?;
+                None
+            }
+            Some(Founding {
+                membership,
+                seed: None,
+            }) => Some(membership),
+            None => None,
+        };
         let mut stored = store.load_state().await?;
         let mut loaded = crate::snapshot_dir::Loaded::default();
         if let Some(dir) = &snapshot_dir {
@@ -422,6 +507,73 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
 }
 
 /// Whether a store was never written: no term, no entries, no snapshot.
+/// Writes a [`Seed`] as the node's first snapshot: the snapshot file, then the log store
+/// reset to it with the hard state of [`SEED_TERM`]. A crash in between leaves a directory
+/// the next start refuses (a snapshot file with an empty store): wipe it and restore again.
+async fn plant_seed<S: LogStore>(
+    store: &S,
+    snapshot_dir: Option<&SnapshotDir>,
+    membership: Membership,
+    seed: Seed,
+) -> Result<(), StartError> {
+    let stored = store.load_state().await?;
+    if !is_empty(&stored) {
+        return Err(StartError::AlreadyInitialized {
+            term: stored.hard_state.term,
+            last_index: stored.last_index,
+        });
+    }
+    let Some(dir) = snapshot_dir else {
+        return Err(StartError::SnapshotFile(
+            "founding a cluster from a backup needs a snapshot directory \
+             (NodeBuilder::snapshot_dir): the backup is kept there as the first snapshot"
+                .into(),
+        ));
+    };
+    if let Some(found) = dir
+        .load_latest()
+        .await
+        .map_err(StartError::SnapshotFile)?
+        .snapshot
+    {
+        return Err(StartError::SnapshotFile(format!(
+            "the snapshot directory already holds a snapshot (at {}); a cluster is founded \
+             from a backup only in an empty data directory",
+            found.meta.last_included
+        )));
+    }
+    if seed.index == 0 {
+        return Err(StartError::SnapshotFile(
+            "the backup covers no log entry (index 0); a backup must come from a state \
+             machine that applied at least one entry"
+                .into(),
+        ));
+    }
+    let meta = SnapshotMeta {
+        last_included: EntryId {
+            term: SEED_TERM,
+            index: seed.index,
+        },
+        membership,
+    };
+    dir.save(&Snapshot {
+        meta: meta.clone(),
+        data: seed.data,
+    })
+    .await
+    .map_err(StartError::SnapshotFile)?;
+    store.reset_to_snapshot(&meta).await?;
+    let hard_state = HardState {
+        term: SEED_TERM,
+        vote: None,
+        commit: seed.index,
+    };
+    store
+        .persist(&PersistRequest::new(Some(hard_state), Vec::new(), true))
+        .await?;
+    Ok(())
+}
+
 fn is_empty(stored: &StoredState) -> bool {
     stored.hard_state == Default::default()
         && stored.last_index == 0

@@ -111,7 +111,7 @@ pub mod testing;
 pub use api::{Consistency, Leadership, PeerStatus, Status};
 #[cfg(feature = "fault-injection")]
 pub use bugs::RuntimeBug;
-pub use builder::NodeBuilder;
+pub use builder::{NodeBuilder, Seed};
 pub use config::NodeConfig;
 pub use error::{AdminError, ProposeError, ReadError, StartError};
 pub use inbox::NodeInbox;

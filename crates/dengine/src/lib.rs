@@ -64,7 +64,7 @@ pub use dengine_core::{
 pub use dengine_net_grpc as grpc;
 pub use dengine_node::{
     AdminError, Consistency, Leadership, Node, NodeBuilder, NodeConfig, ProposeError, ReadError,
-    StartError, Status, config, metric_names,
+    Seed, StartError, Status, config, metric_names,
 };
 #[cfg(feature = "redb")]
 pub use dengine_storage_redb::RedbStore;
@@ -75,6 +75,8 @@ pub use dengine_storage_wal::WalStore;
 
 #[cfg(feature = "server")]
 mod admin;
+#[cfg(feature = "server")]
+pub mod backup;
 #[cfg(feature = "server")]
 pub mod identity;
 #[cfg(feature = "server")]

@@ -157,6 +157,11 @@ pub struct NodeSettings {
     /// With an empty data directory: found the cluster (`new`) or join one (`existing`).
     /// Default `new`.
     pub initial_cluster_state: ClusterState,
+    /// A backup file ([`crate::backup`]) to found the new cluster with: with an empty data
+    /// directory and `initial_cluster_state = "new"`, the state machine starts from the
+    /// backup's state instead of empty (give every initial member the same file). Ignored
+    /// once the data directory holds state. Default: none.
+    pub restore_from: Option<PathBuf>,
 }
 
 impl Default for NodeSettings {
@@ -171,6 +176,7 @@ impl Default for NodeSettings {
             data_dir: PathBuf::from("./dengine-data"),
             initial_members: BTreeMap::new(),
             initial_cluster_state: ClusterState::New,
+            restore_from: None,
         }
     }
 }
@@ -551,6 +557,9 @@ impl Settings {
         }
         if let Some(path) = &self.admin.token_file {
             files.push(("admin.token_file".into(), path));
+        }
+        if let Some(path) = &self.node.restore_from {
+            files.push(("node.restore_from".into(), path));
         }
         let mut problems = Vec::new();
         for (field, path) in files {

@@ -72,6 +72,9 @@ pub enum StartNodeError {
     /// The node could not start.
     #[error("{0}")]
     Start(#[from] StartError),
+    /// `node.restore_from` names a backup that cannot be used, or cannot be used here.
+    #[error("node.restore_from: {0}")]
+    Backup(String),
 }
 
 /// The gRPC services of a node, by listener. [`start_with`] hands them to the application,
@@ -261,6 +264,7 @@ where
     let log_dir = data_dir.join("log");
     check_identity(&settings, found.as_ref(), &log_dir)?;
     let fresh = found.is_none() && !log_dir.exists();
+    let seed = backup_to_restore(&settings, fresh)?;
     let identity =
         found.unwrap_or_else(|| MemberIdentity::new(settings.node.cluster_id, settings.node.id));
     let mut config = settings.grpc_config();
@@ -290,6 +294,7 @@ where
         // of the initial members or restarts from its store.
         bootstrap: (!(fresh && cluster_state == ClusterState::Existing))
             .then(|| settings.node.initial_members.clone()),
+        seed,
     };
     let node = match settings.storage.backend {
         LogBackend::Wal => parts.start(WalStore::open_or_create(&log_dir)?).await?,
@@ -396,6 +401,8 @@ struct NodeParts<M, T> {
     /// `Some(initial members)`: bootstrap an empty store with them (or restart); `None`: start
     /// (an empty node then waits to be added).
     bootstrap: Option<std::collections::BTreeMap<dengine_core::NodeId, String>>,
+    /// The state to found the cluster with (`node.restore_from`), if bootstrapping.
+    seed: Option<dengine_node::Seed>,
 }
 
 impl<M: StateMachine, T: dengine_core::Transport> NodeParts<M, T> {
@@ -406,10 +413,51 @@ impl<M: StateMachine, T: dengine_core::Transport> NodeParts<M, T> {
             .transport(self.transport)
             .snapshot_dir(self.snapshot_dir);
         match self.bootstrap {
-            Some(members) => builder.start_or_bootstrap(members).await,
+            Some(members) => builder.start_or_bootstrap_from(members, self.seed).await,
             None => builder.start().await,
         }
     }
+}
+
+/// The backup `node.restore_from` names, read and checked before anything is written, when
+/// this start founds a new cluster; `None` when there is none or the data directory already
+/// holds state (the setting is then ignored, as `initial_members` is).
+fn backup_to_restore(
+    settings: &Settings,
+    fresh: bool,
+) -> Result<Option<dengine_node::Seed>, StartNodeError> {
+    let Some(path) = &settings.node.restore_from else {
+        return Ok(None);
+    };
+    if !fresh {
+        tracing::info!(
+            backup = %path.display(),
+            "node.restore_from is ignored: the data directory already holds state"
+        );
+        return Ok(None);
+    }
+    if settings.node.initial_cluster_state == ClusterState::Existing {
+        return Err(StartNodeError::Backup(format!(
+            "{} would found a new cluster, but node.initial_cluster_state = \"existing\" joins \
+             one (a joining member gets its state from the leader): unset node.restore_from, \
+             or found a new cluster with initial_cluster_state = \"new\"",
+            path.display()
+        )));
+    }
+    if settings.node.initial_members.is_empty() {
+        return Err(StartNodeError::Backup(format!(
+            "{} founds a new cluster, which needs node.initial_members",
+            path.display()
+        )));
+    }
+    let seed = crate::backup::read(path).map_err(|e| StartNodeError::Backup(e.to_string()))?;
+    tracing::info!(
+        backup = %path.display(),
+        index = seed.index,
+        bytes = seed.data.len(),
+        "founding the cluster from a backup"
+    );
+    Ok(Some(seed))
 }
 
 fn watch_sender() -> tokio::sync::watch::Sender<bool> {

@@ -130,6 +130,12 @@ struct ServeArgs {
     /// empty data directory only; a member that lost its data is refused either way.
     #[arg(long, value_name = "new|existing")]
     initial_cluster_state: Option<String>,
+    /// Found the new cluster from a backup (`etcdctl snapshot save FILE` against a dengine-kv
+    /// member) instead of empty: give every initial member the same file. With an empty data
+    /// directory and `--initial-cluster-state new` only; ignored once the data directory
+    /// holds state (node.restore_from).
+    #[arg(long, value_name = "FILE")]
+    restore_from: Option<PathBuf>,
     /// Cluster id; members of different clusters refuse each other.
     #[arg(long)]
     cluster_id: Option<u64>,
@@ -207,6 +213,9 @@ fn settings(args: &ServeArgs, kv: &mut KvConfig) -> Result<Settings, String> {
     }
     if let Some(members) = &args.initial_members {
         s.node.initial_members = parse_members(members)?;
+    }
+    if let Some(backup) = &args.restore_from {
+        s.node.restore_from = Some(backup.clone());
     }
     if let Some(cluster) = args.cluster_id {
         s.node.cluster_id = cluster;

@@ -19,8 +19,8 @@ use crate::auth::hub::AuthHub;
 use crate::auth::{AuthStore, user_of};
 use crate::error::KvError;
 use crate::proto::dengine::kv::v1::{
-    Command, CommandResponse, HashResult, Query, QueryResponse, Stats, StoreSnapshot, command,
-    command_response, query, query_response,
+    Backup, Command, CommandResponse, HashResult, Query, QueryResponse, Stats, StoreSnapshot,
+    command, command_response, query, query_response,
 };
 use crate::proto::etcdserverpb::{AlarmResponse, CompactionResponse};
 use crate::quota;
@@ -217,6 +217,15 @@ impl KvStateMachine {
             }) => Ok(R::Alarms(AlarmResponse {
                 header: Some(store::header(self.store.revision())),
                 alarms: self.alarm_members(req.member_id, req.alarm),
+            })),
+            // A backup (etcd's Snapshot): root only, checked by the service before it asks.
+            Ok(Query {
+                op: Some(query::Op::Backup(_)),
+                ..
+            }) => Ok(R::Backup(Backup {
+                applied_index: self.applied,
+                data: self.encode_snapshot(),
+                revision: self.store.revision(),
             })),
             // Etcd's HashKV: root only, checked by the service before it asks.
             Ok(Query {

@@ -189,6 +189,100 @@ async fn a_compacted_log_needs_a_durable_state_machine_or_the_snapshot_files() {
     ));
 }
 
+/// A cluster founded from a seed (a backup's snapshot) starts with that state, takes writes
+/// after it, restarts from it (the seed is its first snapshot file), and refuses to be
+/// founded again or over snapshot files of something else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_founded_from_a_seed_starts_with_its_state() {
+    use dengine_core::StateMachine;
+    use dengine_node::Seed;
+
+    let mut old = MemoryStateMachine::new();
+    let commands: Vec<_> = [(1, "a=1"), (2, "b=2")]
+        .into_iter()
+        .map(|(index, c)| dengine_core::store::Command {
+            index,
+            data: Bytes::from(c),
+        })
+        .collect();
+    old.apply(&commands, 2).await.unwrap();
+    let seed = Seed {
+        index: 40,
+        data: old.snapshot().await.unwrap(),
+    };
+
+    let tmp = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new();
+    let net = LocalNetwork::new();
+    let builder = |store: MemoryStore| {
+        let b = NodeBuilder::new(settings(1))
+            .log_store(store)
+            .state_machine(MemoryStateMachine::new())
+            .transport(net.transport(1));
+        net.register(1, b.inbox());
+        b
+    };
+    let members = || [(1, address(1))].into();
+    // No snapshot directory to keep the seed in: refused, nothing written.
+    assert!(matches!(
+        builder(store.clone())
+            .bootstrap_from(members(), seed.clone())
+            .await,
+        Err(StartError::SnapshotFile(_))
+    ));
+    assert_eq!(store.load_state().await.unwrap().snapshot_meta, None);
+
+    let node = builder(store.clone())
+        .snapshot_dir(tmp.path())
+        .bootstrap_from(members(), seed.clone())
+        .await
+        .unwrap();
+    wait_leader(&node).await;
+    let read = async |node: &Node, key: &'static str| {
+        node.read(Bytes::from(key), dengine_node::Consistency::Linearizable)
+            .await
+            .unwrap()
+    };
+    assert_eq!(read(&node, "a").await, "1");
+    assert_eq!(read(&node, "b").await, "2");
+    node.propose(Bytes::from_static(b"c=3")).await.unwrap();
+    let status = node.status().await.unwrap();
+    assert_eq!(status.snapshot.unwrap().last_included.index, 40);
+    assert!(status.last_log_index > 40, "{}", status.last_log_index);
+    assert!(status.term >= 2, "the seed is term 1; elections come after");
+    node.shutdown().await;
+
+    // A restart finds the seed's state in the snapshot file, then the log after it.
+    let node = builder(store.clone())
+        .snapshot_dir(tmp.path())
+        .start_or_bootstrap_from(members(), Some(seed.clone()))
+        .await
+        .unwrap();
+    wait_leader(&node).await;
+    assert_eq!(read(&node, "a").await, "1");
+    assert_eq!(read(&node, "c").await, "3");
+    node.shutdown().await;
+
+    // Founding it again is refused: the store holds state.
+    assert!(matches!(
+        builder(store.clone())
+            .snapshot_dir(tmp.path())
+            .bootstrap_from(members(), seed.clone())
+            .await,
+        Err(StartError::AlreadyInitialized { .. })
+    ));
+    // So is founding an empty store next to another cluster's snapshot files.
+    let fresh = MemoryStore::new();
+    assert!(matches!(
+        builder(fresh.clone())
+            .snapshot_dir(tmp.path())
+            .bootstrap_from(members(), seed)
+            .await,
+        Err(StartError::SnapshotFile(_))
+    ));
+    assert_eq!(fresh.load_state().await.unwrap().last_index, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_settings_are_refused() {
     let mut s = settings(1);

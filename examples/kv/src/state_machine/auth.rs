@@ -129,7 +129,8 @@ impl KvStateMachine {
             query::Op::Range(_)
             | query::Op::Stats(_)
             | query::Op::Hash(_)
-            | query::Op::Alarms(_) => Err(KvError::Internal(
+            | query::Op::Alarms(_)
+            | query::Op::Backup(_) => Err(KvError::Internal(
                 "a key-value query was taken for an auth query".into(),
             )),
         }

@@ -88,11 +88,18 @@ pub(crate) struct TestCluster {
     pub(crate) addrs: BTreeMap<u64, String>,
     /// Client listeners (the etcd API).
     pub(crate) clients: BTreeMap<u64, String>,
+    /// The backup the cluster is founded from (`node.restore_from`), if any.
+    restore_from: Option<std::path::PathBuf>,
     dir: TempDir,
 }
 
 impl TestCluster {
     pub(crate) async fn start() -> Self {
+        Self::start_from(None).await
+    }
+
+    /// A new cluster founded from the backup file `restore_from` (or empty).
+    pub(crate) async fn start_from(restore_from: Option<std::path::PathBuf>) -> Self {
         let dir = TempDir::new();
         let ports = free_ports(6);
         let addrs: BTreeMap<u64, String> = (1..=3)
@@ -105,6 +112,7 @@ impl TestCluster {
             members: BTreeMap::new(),
             addrs,
             clients,
+            restore_from,
             dir,
         };
         for id in 1..=3 {
@@ -121,6 +129,7 @@ impl TestCluster {
         s.node.client_addr = Some(self.clients[&id].clone());
         s.node.data_dir = self.dir.path().join(format!("member{id}"));
         s.node.initial_members = self.addrs.clone();
+        s.node.restore_from = self.restore_from.clone();
         s.raft.tick_ms = 20;
         s.raft.election_timeout_ms = 300;
         s.raft.heartbeat_interval_ms = 60;
