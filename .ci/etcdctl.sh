@@ -14,6 +14,14 @@ cluster3
 start3
 
 ctl() { etcdctl --endpoints="$ENDPOINTS" --command-timeout=5s "$@"; }
+# contains NAME WANT TEXT: TEXT holds WANT.
+contains() {
+    if ! grep -qF "$2" <<<"$3"; then
+        printf 'FAIL %s: expected %s in\n%s\n' "$1" "$2" "$3" >&2
+        exit 1
+    fi
+    echo "ok   $1"
+}
 
 
 expect "put" "OK" "$(ctl put greeting hello)"
@@ -75,6 +83,17 @@ expect "endpoint status rows" "3" "$(wc -l <<<"$status" | tr -d ' ')"
 expect "exactly one leader" "1" "$(grep -c ', true,' <<<"$status")"
 echo "$status"
 
+# expect_local_value NAME ENDPOINT KEY WANT: the member at ENDPOINT's own (serializable) value
+# of KEY becomes WANT within 20 s.
+expect_local_value() {
+    local name=$1 ep=$2 key=$3 want=$4
+    for _ in $(seq 100); do
+        [ "$(etcdctl --endpoints="$ep" get "$key" --print-value-only --consistency=s 2>/dev/null)" = "$want" ] && break
+        sleep 0.2
+    done
+    expect "$name" "$want" "$(etcdctl --endpoints="$ep" get "$key" --print-value-only --consistency=s)"
+}
+
 # move-leader: etcdctl finds the leader and asks it to hand over to a follower.
 leader_id() { ctl endpoint status | awk -F', ' '$5 == "true" {print $2}'; }
 FROM=$(leader_id)
@@ -116,11 +135,14 @@ expect "member remove" "Member $LEARNER removed" \
 C[3]=$(port); P[3]=$(port)
 added=$(lctl member add kv4 --learner --peer-urls="http://127.0.0.1:${P[3]}")
 NEW=$((16#$(tr -s ' ' <<<"$added" | sed -n 's/^Member \([0-9a-f]*\) added.*/\1/p')))
-serve "$NEW" 4 --initial-cluster-state existing --initial-members "$FROM=127.0.0.1:${P[$((FROM-1))]},$NEW=127.0.0.1:${P[3]}"
+serve "$NEW" 4 --name kv4 --initial-cluster-state existing --initial-members "$FROM=127.0.0.1:${P[$((FROM-1))]},$NEW=127.0.0.1:${P[3]}"
 for _ in $(seq 100); do
     out=$(lctl member promote "$NEW" 2>&1) && break
     sleep 0.2
 done
+# Once started, the member is listed under the --name it was started with (as etcd lists it).
+contains "member list (the started member's --name)" "$(printf '%x' "$NEW"), started, kv4, http://127.0.0.1:${P[3]}" \
+    "$(lctl member list | sed 's/^ *//')"
 expect "member promote" "Member $NEW promoted in cluster" "$(tr -s ' ' <<<"$out" | sed 's/ 1$//')"
 expect "four voters" "false false false false" \
     "$(lctl member list -w json | python3 -c 'import json,sys; print(" ".join(str(m.get("isLearner", False)).lower() for m in json.load(sys.stdin)["members"]))')"
@@ -132,12 +154,7 @@ out=$(lctl member update "$NEW" --peer-urls="http://127.0.0.1:${P[3]}" | tr -s '
 expect "member update (a voter that moved)" "Member $NEW updated" "$out"
 lctl put moved yes >/dev/null
 serve "$NEW" 4 --initial-cluster-state existing --initial-members "$FROM=127.0.0.1:${P[$((FROM-1))]},$NEW=127.0.0.1:${P[3]}"
-for _ in $(seq 100); do
-    [ "$(etcdctl --endpoints="127.0.0.1:${C[3]}" get moved --print-value-only --consistency=s 2>/dev/null)" = yes ] && break
-    sleep 0.2
-done
-expect "the moved member caught up" "yes" \
-    "$(etcdctl --endpoints="127.0.0.1:${C[3]}" get moved --print-value-only --consistency=s)"
+expect_local_value "the moved member caught up" "127.0.0.1:${C[3]}" moved yes
 expect "member remove (the promoted one)" "Member $NEW removed" \
     "$(lctl member remove "$NEW" | tr -s ' ' | sed 's/ from cluster .*//')"
 
@@ -158,13 +175,6 @@ for _ in $(seq 50); do
 done
 expect "endpoint hashkv (one hash for three members)" "3" "$(ctl endpoint hashkv | awk -F', ' -v h="$hashes" '$2 == h' | wc -l | tr -d ' ')"
 
-contains() {
-    if ! grep -qF "$2" <<<"$3"; then
-        printf 'FAIL %s: expected %s in\n%s\n' "$1" "$2" "$3" >&2
-        exit 1
-    fi
-    echo "ok   $1"
-}
 # defrag: each member takes a snapshot of its state and compacts its log behind it (dengine-kv's
 # disk holds the log and the snapshots, not a database file to rewrite).
 out=$(ctl defrag)
@@ -200,12 +210,7 @@ expect "a write to the restored cluster" "OK" "$(rctl put restored yes)"
 added=$(rctl member add kv7 --learner --peer-urls="http://127.0.0.1:${P[6]}")
 LEARNER7=$((16#$(tr -s ' ' <<<"$added" | sed -n 's/^Member \([0-9a-f]*\) added.*/\1/p')))
 serve "$LEARNER7" 7 --initial-cluster-state existing --initial-members "1=127.0.0.1:${P[5]},$LEARNER7=127.0.0.1:${P[6]}"
-for _ in $(seq 100); do
-    [ "$(etcdctl --endpoints="127.0.0.1:${C[6]}" get greeting --print-value-only --consistency=s 2>/dev/null)" = other ] && break
-    sleep 0.2
-done
-expect "a learner of the restored cluster has its state" "other" \
-    "$(etcdctl --endpoints="127.0.0.1:${C[6]}" get greeting --print-value-only --consistency=s)"
+expect_local_value "a learner of the restored cluster has its state" "127.0.0.1:${C[6]}" greeting other
 
 # The space quota (etcd's --quota-backend-bytes) on a member of its own with a 20 kB quota: a
 # put past it raises the NOSPACE alarm; while it is raised writes are refused; deleting keys

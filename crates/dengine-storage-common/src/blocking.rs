@@ -204,14 +204,14 @@ mod tests {
         })
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn writes_apply_in_call_order_even_when_polled_in_reverse() {
+    /// Makes `n` writes, earlier ones slower (without the sequencer they would finish last),
+    /// awaits them in reverse, and returns the order they were applied in.
+    async fn applied_order_when_polled_in_reverse(n: u32) -> Vec<u32> {
         let shared = log();
-        let futures: Vec<_> = (0..20u32)
+        let futures: Vec<_> = (0..n)
             .map(|i| {
                 ordered_write(&shared, "writing", move |s: &Log| {
-                    // Earlier writes sleep longer: without the sequencer they would finish last.
-                    std::thread::sleep(Duration::from_millis(u64::from(20 - i)));
+                    std::thread::sleep(Duration::from_millis(u64::from(n - i)));
                     s.order.lock().push(i);
                     Ok(i)
                 })
@@ -220,25 +220,20 @@ mod tests {
         for f in futures.into_iter().rev() {
             f.await.unwrap();
         }
-        assert_eq!(*shared.order.lock(), (0..20).collect::<Vec<_>>());
+        shared.order.lock().clone()
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_apply_in_call_order_even_when_polled_in_reverse() {
+        let order = applied_order_when_polled_in_reverse(20).await;
+        assert_eq!(order, (0..20).collect::<Vec<_>>());
+    }
+
+    /// The blocking pool's threads race; the sequencer still applies writes in call order.
     #[tokio::test(flavor = "current_thread")]
     async fn on_a_current_thread_runtime_writes_still_apply_in_call_order() {
-        let shared = log();
-        let futures: Vec<_> = (0..10u32)
-            .map(|i| {
-                ordered_write(&shared, "writing", move |s: &Log| {
-                    std::thread::sleep(Duration::from_millis(u64::from(10 - i)));
-                    s.order.lock().push(i);
-                    Ok(i)
-                })
-            })
-            .collect();
-        for f in futures.into_iter().rev() {
-            f.await.unwrap();
-        }
-        assert_eq!(*shared.order.lock(), (0..10).collect::<Vec<_>>());
+        let order = applied_order_when_polled_in_reverse(10).await;
+        assert_eq!(order, (0..10).collect::<Vec<_>>());
     }
 
     /// On a multi-thread runtime a write runs in place at call time, and the thread's other

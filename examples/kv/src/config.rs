@@ -41,6 +41,9 @@ pub struct KvConfig {
     /// raised every member refuses writes that add data with etcd's "database space
     /// exceeded", until an operator frees space and runs `etcdctl alarm disarm`.
     pub quota_bytes: u64,
+    /// This member's name in `member list` (etcd's `--name`); the other members learn it
+    /// when they first reach this one. Empty (the default): listed as `node-<id>`.
+    pub name: String,
 }
 
 /// The default space quota: 2 GiB, as etcd's.
@@ -56,6 +59,7 @@ impl Default for KvConfig {
             advertise_client_urls: Vec::new(),
             lease_reads: false,
             quota_bytes: DEFAULT_QUOTA_BYTES,
+            name: String::new(),
         }
     }
 }

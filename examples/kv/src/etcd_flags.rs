@@ -95,6 +95,9 @@ impl EtcdFlags {
         if let Some(token) = &self.initial_cluster_token {
             s.node.cluster_id = cluster_id_of(token);
         }
+        if let Some(name) = &self.name {
+            kv.name = name.clone();
+        }
         if let Some(list) = &self.initial_cluster {
             let members = parse_initial_cluster(list)?;
             let name = self.name.as_deref().unwrap_or("default");

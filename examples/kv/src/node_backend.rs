@@ -41,8 +41,17 @@ use crate::proto::dengine::kv::v1::{
 use crate::state_machine::encode_error_response;
 use crate::validate;
 
-/// Client URLs by member id and peer address.
-type ClientUrls = HashMap<(NodeId, String), Vec<String>>;
+/// What members reported of themselves (`Info`), by member id and peer address.
+type PeerInfos = HashMap<(NodeId, String), PeerInfo>;
+
+/// What a member reports of itself (`Info`) for `member list`.
+#[derive(Clone, Debug, Default)]
+struct PeerInfo {
+    /// Where its clients connect.
+    client_urls: Vec<String>,
+    /// Its name (empty: none given).
+    name: String,
+}
 
 /// A replicated member's backend. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -59,9 +68,9 @@ pub struct NodeBackend {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Writes forwarded to the leader, on one stream per leader address.
     streams: Arc<ForwardStreams>,
-    /// Client URLs other members reported (`Info`), by member id and peer address (a member
-    /// moved with `MemberUpdate` is asked again).
-    peer_client_urls: Arc<Mutex<ClientUrls>>,
+    /// What other members reported of themselves (`Info`), by member id and peer address (a
+    /// member moved with `MemberUpdate` is asked again).
+    peer_infos: Arc<Mutex<PeerInfos>>,
     /// The client API's limits, applied again to writes forwarded by other members.
     config: Arc<KvConfig>,
 }
@@ -83,7 +92,7 @@ impl NodeBackend {
             client_urls,
             channels: Arc::new(Mutex::new(HashMap::new())),
             streams: Arc::default(),
-            peer_client_urls: Arc::new(Mutex::new(HashMap::new())),
+            peer_infos: Arc::new(Mutex::new(HashMap::new())),
             config: Arc::new(KvConfig::default()),
         }
     }
@@ -166,20 +175,23 @@ impl NodeBackend {
         }
     }
 
-    /// The client URLs of member `id` at peer address `address`: asked once (with a short
-    /// timeout) and remembered; empty while it cannot be reached (etcd lists an unstarted
-    /// member without client URLs too).
-    async fn client_urls_of(&self, id: NodeId, address: &str) -> Vec<String> {
+    /// What member `id` at peer address `address` reports of itself (client URLs, name):
+    /// asked once (with a short timeout) and remembered; empty while it cannot be reached
+    /// (etcd lists an unstarted member without name or client URLs too).
+    async fn info_of(&self, id: NodeId, address: &str) -> PeerInfo {
         if id == self.node.id() {
-            return self.client_urls.clone();
+            return PeerInfo {
+                client_urls: self.client_urls.clone(),
+                name: self.config.name.clone(),
+            };
         }
         let key = (id, address.to_string());
-        let known = self.peer_client_urls.lock().get(&key).cloned();
-        if let Some(urls) = known {
-            return urls;
+        let known = self.peer_infos.lock().get(&key).cloned();
+        if let Some(info) = known {
+            return info;
         }
         let Ok(channel) = self.channel(address) else {
-            return Vec::new();
+            return PeerInfo::default();
         };
         let request = self.transport.peer_request(InfoRequest {
             from: self.node.id(),
@@ -191,11 +203,15 @@ impl NodeBackend {
         .await;
         match asked {
             Ok(Ok(reply)) => {
-                let urls = reply.into_inner().client_urls;
-                self.peer_client_urls.lock().insert(key, urls.clone());
-                urls
+                let reply = reply.into_inner();
+                let info = PeerInfo {
+                    client_urls: reply.client_urls,
+                    name: reply.name,
+                };
+                self.peer_infos.lock().insert(key, info.clone());
+                info
             }
-            _ => Vec::new(),
+            _ => PeerInfo::default(),
         }
     }
 }
@@ -473,7 +489,11 @@ impl KvBackend for NodeBackend {
         let mut members = Vec::new();
         for mut m in members_of(&status.membership) {
             if let Some(address) = m.peer_urls.first().cloned() {
-                m.client_urls = self.client_urls_of(m.id, &address).await;
+                let info = self.info_of(m.id, &address).await;
+                m.client_urls = info.client_urls;
+                if !info.name.is_empty() {
+                    m.name = info.name;
+                }
             }
             if m.client_urls.is_empty() {
                 // Never reached: etcd lists a member that has not published its attributes
@@ -636,6 +656,7 @@ impl Forward for NodeBackend {
         self.transport.authorize_peer(&request, from)?;
         Ok(Response::new(InfoReply {
             client_urls: self.client_urls.clone(),
+            name: self.config.name.clone(),
         }))
     }
 

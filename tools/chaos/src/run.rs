@@ -19,6 +19,10 @@ use crate::nemesis::{self, Episode, FaultKind, Mode};
 use crate::topology::{HostRules, Network};
 use crate::workload::{self, Recorder, Session};
 
+/// How long a fault that needs a leader waits for one (an election may be running right after
+/// the previous fault's heal).
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+
 /// What to run (from the command line).
 #[derive(Clone, Debug)]
 pub(crate) struct Options {
@@ -215,6 +219,20 @@ impl Nemesis<'_> {
         cluster::leader(&self.c.live()).await.map(|(h, _)| h)
     }
 
+    /// The leader's host, polled for up to `limit` (an election may be running).
+    async fn leader_within(&self, limit: Duration) -> Option<usize> {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(l) = self.leader().await {
+                return Some(l);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     fn set_delay(&self, text: &str) -> Result<(), String> {
         for h in 1..=self.c.len() {
             let f = self.c.fault_file(h);
@@ -390,7 +408,13 @@ impl Nemesis<'_> {
                 ))
             }
             FaultKind::MembershipChurn => {
-                let l = leader.ok_or("no leader to remove a member through")?;
+                // Right after the previous fault's heal an election may still be running: wait
+                // for it, as an operator would, rather than skip the fault.
+                let leader = match leader {
+                    Some(l) => Some(l),
+                    None => self.leader_within(LEADER_WAIT).await,
+                };
+                let l = leader.ok_or("no leader to remove a member through (waited 5 s)")?;
                 let followers: Vec<usize> = self
                     .c
                     .live()
