@@ -231,6 +231,20 @@ async fn a_cluster_founded_from_a_seed_starts_with_its_state() {
         Err(StartError::SnapshotFile(_))
     ));
     assert_eq!(store.load_state().await.unwrap().snapshot_meta, None);
+    // A seed that covers no entry (index 0) is refused too, nothing written.
+    let empty_seed = Seed {
+        index: 0,
+        data: seed.data.clone(),
+    };
+    match builder(store.clone())
+        .snapshot_dir(tmp.path())
+        .bootstrap_from(members(), empty_seed)
+        .await
+    {
+        Err(StartError::SnapshotFile(e)) => assert!(e.contains("index 0"), "{e}"),
+        other => panic!("expected SnapshotFile, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 
     let node = builder(store.clone())
         .snapshot_dir(tmp.path())
