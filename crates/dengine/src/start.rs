@@ -653,3 +653,43 @@ mod data_dir_tests {
         assert_eq!(bytes_on_disk(&dir.path().join("missing")), 0);
     }
 }
+
+#[cfg(test)]
+mod restore_tests {
+    use super::{StartNodeError, backup_to_restore};
+    use crate::Settings;
+    use crate::settings::ClusterState;
+
+    fn with_backup(dir: &std::path::Path) -> Settings {
+        let path = dir.join("backup.db");
+        std::fs::write(&path, crate::backup::encode(5, b"state")).unwrap();
+        let mut s = Settings::default();
+        s.node.id = 1;
+        s.node.initial_members = [(1, "127.0.0.1:7000".to_string())].into();
+        s.node.restore_from = Some(path);
+        s
+    }
+
+    #[test]
+    fn a_backup_is_read_only_when_founding_a_new_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = with_backup(dir.path());
+        let seed = backup_to_restore(&s, true).unwrap().unwrap();
+        assert_eq!((seed.index, &seed.data[..]), (5, &b"state"[..]));
+        // A directory that holds state: ignored.
+        assert!(backup_to_restore(&s, false).unwrap().is_none());
+        // Joining an existing cluster with a backup: refused, naming the conflict.
+        s.node.initial_cluster_state = ClusterState::Existing;
+        match backup_to_restore(&s, true) {
+            Err(StartNodeError::Backup(e)) => assert!(e.contains("existing"), "{e}"),
+            other => panic!("expected a Backup error, got {:?}", other.map(|_| ())),
+        }
+        // No initial members to found a cluster with: refused.
+        s.node.initial_cluster_state = ClusterState::New;
+        s.node.initial_members.clear();
+        assert!(matches!(
+            backup_to_restore(&s, true),
+            Err(StartNodeError::Backup(_))
+        ));
+    }
+}
