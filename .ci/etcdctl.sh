@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Real etcdctl (Debian's etcd-client, v3 API) against a 3-member dengine-kv cluster on
-# loopback: put, get --prefix, del, txn (interactive input on stdin), watch, member list,
+# loopback: put, get --prefix, del, txn (interactive input on stdin), watch, get --rev and
+# watch --rev (MVCC history), compaction, member list,
 # endpoint status, move-leader, member add/update/promote/remove through a follower, check datascale,
 # endpoint hashkv, defrag, snapshot save and a restore from it, the space quota and alarms, and
 # what an unsupported call answers. Every
@@ -21,6 +22,17 @@ contains() {
         exit 1
     fi
     echo "ok   $1"
+}
+# refused_with NAME SUBSTRING CMD...: CMD fails, saying SUBSTRING.
+refused_with() {
+    local name=$1 want=$2 out rc=0
+    shift 2
+    out=$("$@" 2>&1) || rc=$?
+    if [ "$rc" = 0 ] || ! grep -qF "$want" <<<"$out"; then
+        printf 'FAIL %s: expected a refusal containing %s, got (exit %s)\n%s\n' "$name" "$want" "$rc" "$out" >&2
+        exit 1
+    fi
+    echo "ok   $name"
 }
 
 
@@ -64,6 +76,20 @@ done
 kill "$WATCH" 2>/dev/null || true
 wait "$WATCH" 2>/dev/null || true
 expect "watch" "$(printf 'PUT\nwatched\none\nPUT\nwatched\ntwo')" "$(head -6 "$DIR/watch.out")"
+
+# MVCC history: get --rev reads a past revision, watch --rev replays the history from one, and
+# a compaction frees what is before it (reads there get etcd's error), as in etcd.
+REV1=$(ctl put hist one -w json | sed -E 's/.*"revision":([0-9]+).*/\1/')
+ctl put hist two >/dev/null
+expect "del (history)" "1" "$(ctl del hist)"
+expect "get --rev (a past value)" "one" "$(ctl get hist --rev="$REV1" --print-value-only)"
+expect "get --rev (the next one)" "two" "$(ctl get hist --rev=$((REV1 + 1)) --print-value-only)"
+expect "get (deleted now)" "" "$(ctl get hist --print-value-only)"
+out=$( (timeout 3 etcdctl --endpoints="$ENDPOINTS" watch hist --rev="$REV1" 2>/dev/null || true) | head -8)
+expect "watch --rev (the history replayed)" "$(printf 'PUT\nhist\none\nPUT\nhist\ntwo\nDELETE\nhist')" "$out"
+expect "compaction" "compacted revision $((REV1 + 1))" "$(ctl compaction $((REV1 + 1)))"
+refused_with "get --rev before the compaction" "required revision has been compacted" ctl get hist --rev="$REV1"
+expect "get --rev at the compaction" "two" "$(ctl get hist --rev=$((REV1 + 1)) --print-value-only)"
 
 # member list: three started members with their peer and client URLs.
 members=$(ctl member list | sort)
@@ -110,16 +136,6 @@ lctl() { etcdctl --endpoints="$FOLLOWER_EP" --command-timeout=5s "$@"; }
 LEARNER=$(lctl member add spare --learner --peer-urls=http://127.0.0.1:9 | awk '/^Member/ {print $2}')
 expect "member list (unstarted learner)" "$LEARNER, unstarted, , http://127.0.0.1:9, , true" \
     "$(ctl member list | grep "http://127.0.0.1:9," | sed 's/^ *//')"
-refused_with() {
-    local name=$1 want=$2 out rc=0
-    shift 2
-    out=$("$@" 2>&1) || rc=$?
-    if [ "$rc" = 0 ] || ! grep -qF "$want" <<<"$out"; then
-        printf 'FAIL %s: expected a refusal containing %s, got (exit %s)\n%s\n' "$name" "$want" "$rc" "$out" >&2
-        exit 1
-    fi
-    echo "ok   $name"
-}
 out=$(lctl member update "$LEARNER" --peer-urls=http://127.0.0.1:10 | tr -s ' ' | sed 's/ in cluster .*//')
 expect "member update" "Member $LEARNER updated" "$out"
 expect "member list (updated peer URL)" "$LEARNER, unstarted, , http://127.0.0.1:10, , true" \
@@ -213,8 +229,8 @@ serve "$LEARNER7" 7 --initial-cluster-state existing --initial-members "1=127.0.
 expect_local_value "a learner of the restored cluster has its state" "127.0.0.1:${C[6]}" greeting other
 
 # The space quota (etcd's --quota-backend-bytes) on a member of its own with a 20 kB quota: a
-# put past it raises the NOSPACE alarm; while it is raised writes are refused; deleting keys
-# and `alarm disarm` lift it.
+# put past it raises the NOSPACE alarm; while it is raised writes are refused; etcd's way out
+# lifts it: delete keys, compact their history away, defrag, `alarm disarm`.
 C[4]=$(port); P[4]=$(port)
 serve 1 5 --initial-members "1=127.0.0.1:${P[4]}" --quota-backend-bytes 20000
 sctl() { etcdctl --endpoints="127.0.0.1:${C[4]}" --command-timeout=5s "$@"; }
@@ -225,6 +241,9 @@ refused_with "put past the quota" "etcdserver: mvcc: database space exceeded" sc
 contains "alarm list" "memberID:1 alarm:NOSPACE" "$(sctl alarm list)"
 sctl del --prefix big >/dev/null
 refused_with "put with the alarm raised" "etcdserver: mvcc: database space exceeded" sctl put small 1
+REV=$(sctl get small -w json | sed -E 's/.*"revision":([0-9]+).*/\1/')
+expect "compaction (frees the deleted keys' history)" "compacted revision $REV" "$(sctl compaction "$REV")"
+contains "defrag" "Finished defragmenting" "$(sctl defrag)"
 contains "alarm disarm" "memberID:1 alarm:NOSPACE" "$(sctl alarm disarm)"
 expect "alarm list (none left)" "" "$(sctl alarm list)"
 expect "put after the disarm" "OK" "$(sctl put small 1)"

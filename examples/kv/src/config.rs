@@ -1,6 +1,8 @@
 //! [`KvConfig`]: the limits the etcd API services enforce on what clients send and receive
 //! (and that the leader enforces again on writes forwarded by other members).
 
+pub use crate::compactor::{AutoCompaction, DEFAULT_AUTO_COMPACTION};
+
 /// etcd's default `--max-request-bytes`: 1.5 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 
@@ -41,6 +43,10 @@ pub struct KvConfig {
     /// raised every member refuses writes that add data with etcd's "database space
     /// exceeded", until an operator frees space and runs `etcdctl alarm disarm`.
     pub quota_bytes: u64,
+    /// How much MVCC history the cluster keeps (etcd's `--auto-compaction-mode` and
+    /// `--auto-compaction-retention`; default [`DEFAULT_AUTO_COMPACTION`], the last 10,000
+    /// revisions). Only the leader's setting acts: it proposes the compactions.
+    pub auto_compaction: AutoCompaction,
     /// This member's name in `member list` (etcd's `--name`); the other members learn it
     /// when they first reach this one. Empty (the default): listed as `node-<id>`.
     pub name: String,
@@ -59,6 +65,7 @@ impl Default for KvConfig {
             advertise_client_urls: Vec::new(),
             lease_reads: false,
             quota_bytes: DEFAULT_QUOTA_BYTES,
+            auto_compaction: DEFAULT_AUTO_COMPACTION,
             name: String::new(),
         }
     }

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use dengine::Settings;
 use dengine::grpc::TlsConfig;
 use dengine::settings::ClusterState;
-use dengine_kv::KvConfig;
+use std::time::Duration;
+
+use dengine_kv::{AutoCompaction, DEFAULT_AUTO_COMPACTION, KvConfig};
 
 /// etcd's flags (`dengine-kv serve --help`, "etcd's flags").
 #[derive(clap::Args, Default)]
@@ -68,6 +70,16 @@ pub(crate) struct EtcdFlags {
     /// claim to be (`member-<id>`, or network.member_names).
     #[arg(long)]
     peer_client_cert_auth: bool,
+    /// How the leader compacts the MVCC history: `revision` (keep the last
+    /// --auto-compaction-retention revisions) or `periodic` (keep that long). Without these
+    /// two flags: revision mode, 10000 revisions (etcd: off).
+    #[arg(long, value_name = "revision|periodic")]
+    auto_compaction_mode: Option<String>,
+    /// What --auto-compaction-mode keeps: a revision count, or a duration such as 1h, 30m or
+    /// 90s (a bare number in periodic mode is hours, as in etcd); 0 turns auto-compaction off.
+    /// Without it: 10000 revisions, or 1h in periodic mode.
+    #[arg(long, value_name = "N|DURATION")]
+    auto_compaction_retention: Option<String>,
 }
 
 impl EtcdFlags {
@@ -147,6 +159,12 @@ impl EtcdFlags {
                 }
             }
         }
+        if self.auto_compaction_mode.is_some() || self.auto_compaction_retention.is_some() {
+            kv.auto_compaction = auto_compaction(
+                self.auto_compaction_mode.as_deref().unwrap_or("revision"),
+                self.auto_compaction_retention.as_deref(),
+            )?;
+        }
         if client_https
             || self.cert_file.is_some()
             || self.key_file.is_some()
@@ -175,6 +193,65 @@ impl EtcdFlags {
         }
         Ok(())
     }
+}
+
+/// etcd's auto-compaction flags as an [`AutoCompaction`].
+fn auto_compaction(mode: &str, retention: Option<&str>) -> Result<AutoCompaction, String> {
+    match mode {
+        "revision" => match retention.map(str::parse::<u64>) {
+            None => Ok(DEFAULT_AUTO_COMPACTION),
+            Some(Ok(0)) => Ok(AutoCompaction::Off),
+            Some(Ok(n)) => Ok(AutoCompaction::Revisions(n)),
+            Some(Err(_)) => Err(format!(
+                "--auto-compaction-retention {:?}: in revision mode, give a number of revisions \
+                 (e.g. 10000), or 0 for no auto-compaction",
+                retention.unwrap_or_default()
+            )),
+        },
+        "periodic" => match retention.map(parse_go_duration) {
+            None => Ok(AutoCompaction::Periodic(Duration::from_secs(3600))),
+            Some(Ok(d)) if d.is_zero() => Ok(AutoCompaction::Off),
+            Some(Ok(d)) => Ok(AutoCompaction::Periodic(d)),
+            Some(Err(e)) => Err(format!("--auto-compaction-retention: {e}")),
+        },
+        other => Err(format!(
+            "--auto-compaction-mode {other:?}: give `revision` or `periodic`"
+        )),
+    }
+}
+
+/// A duration as etcd's flags take it: Go's format (`1h`, `30m`, `1h30m`, `90s`, `500ms`), or a
+/// bare number of hours.
+fn parse_go_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(hours) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(hours.saturating_mul(3600)));
+    }
+    let bad = || {
+        format!(
+            "{text:?} is not a duration: give a number with a unit, h, m, s or ms (e.g. 1h, \
+             30m, 1h30m), or a bare number of hours"
+        )
+    };
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "h" => Duration::from_secs(3600),
+            "m" => Duration::from_secs(60),
+            "s" => Duration::from_secs(1),
+            "ms" => Duration::from_millis(1),
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(unit.saturating_mul(u32::try_from(n).map_err(|_| bad())?));
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
 }
 
 /// The TLS settings of the client or peer flags: all three files are needed.
@@ -270,6 +347,48 @@ mod tests {
 
     const CLUSTER: &str =
         "infra0=http://10.0.0.1:2380,infra1=http://10.0.0.2:2380,infra2=http://10.0.0.3:2380";
+
+    #[test]
+    fn auto_compaction_flags_mean_what_they_mean_in_etcd() {
+        let apply = |mode: Option<&str>, retention: Option<&str>| {
+            let flags = EtcdFlags {
+                auto_compaction_mode: mode.map(Into::into),
+                auto_compaction_retention: retention.map(Into::into),
+                ..EtcdFlags::default()
+            };
+            let mut kv = KvConfig::default();
+            flags
+                .apply(&mut Settings::default(), &mut kv)
+                .map(|()| kv.auto_compaction)
+        };
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        assert_eq!(apply(None, None), Ok(DEFAULT_AUTO_COMPACTION));
+        assert_eq!(apply(None, Some("500")), Ok(AutoCompaction::Revisions(500)));
+        assert_eq!(apply(Some("revision"), Some("0")), Ok(AutoCompaction::Off));
+        assert_eq!(
+            apply(Some("periodic"), Some("2")),
+            Ok(AutoCompaction::Periodic(h(2)))
+        );
+        assert_eq!(
+            apply(Some("periodic"), Some("1h30m")),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(5400)))
+        );
+        assert_eq!(
+            apply(Some("periodic"), Some("90s")),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(90)))
+        );
+        assert_eq!(
+            apply(Some("periodic"), None),
+            Ok(AutoCompaction::Periodic(h(1)))
+        );
+        assert_eq!(apply(Some("periodic"), Some("0")), Ok(AutoCompaction::Off));
+        let err = apply(Some("revision"), Some("1h")).unwrap_err();
+        assert!(err.contains("number of revisions"), "{err}");
+        let err = apply(Some("periodic"), Some("1d")).unwrap_err();
+        assert!(err.contains("not a duration"), "{err}");
+        let err = apply(Some("weekly"), None).unwrap_err();
+        assert!(err.contains("`revision` or `periodic`"), "{err}");
+    }
 
     #[test]
     fn initial_cluster_gives_ids_by_position() {

@@ -18,8 +18,8 @@
 //!   of a [`KvConfig`]. [`LocalBackend`] is a single-member backend without Raft, for tests.
 //!
 //! What is and is not supported is listed in the crate's `README.md`. In short: no leases,
-//! no MVCC history (reads at past revisions are refused with UNIMPLEMENTED; watches can start
-//! at any revision still in the event history), simple tokens only (no JWT).
+//! simple tokens only (no JWT); the MVCC history (reads at past revisions) is kept in memory
+//! and bounded by auto-compaction ([`AutoCompaction`]).
 //!
 //! ## Example: a store without Raft
 //!
@@ -43,6 +43,7 @@
 mod auth;
 mod auth_service;
 mod backend;
+mod compactor;
 mod config;
 mod error;
 mod forward;
@@ -68,7 +69,8 @@ pub use backend::{
     members_of,
 };
 pub use config::{
-    DEFAULT_MAX_RANGE_RESPONSE_BYTES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUOTA_BYTES, KvConfig,
+    AutoCompaction, DEFAULT_AUTO_COMPACTION, DEFAULT_MAX_RANGE_RESPONSE_BYTES,
+    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUOTA_BYTES, KvConfig,
 };
 pub use error::KvError;
 pub use member::{Member, MemberError};

@@ -10,6 +10,7 @@ use dengine::{Node, Running, Services, Settings, StartNodeError};
 use dengine_net_grpc::GrpcTransport;
 
 use crate::auth::hub::AuthHub;
+use crate::compactor;
 use crate::config::KvConfig;
 use crate::node_backend::NodeBackend;
 use crate::routes::add_kv_services;
@@ -48,12 +49,15 @@ fn services(
     } else {
         config.advertise_client_urls.clone()
     };
-    let backend = NodeBackend::new(node.clone(), cluster_id, transport.clone(), client_urls)
-        .with_config(config.clone());
+    let backend = Arc::new(
+        NodeBackend::new(node.clone(), cluster_id, transport.clone(), client_urls)
+            .with_config(config.clone()),
+    );
+    compactor::spawn(backend.clone(), hub.clone(), config.auto_compaction);
     let peer = services.peer.add_service(backend.forward_service());
     let client = add_kv_services(
         services.client.unwrap_or_default(),
-        Arc::new(backend),
+        backend,
         hub,
         auth,
         config,

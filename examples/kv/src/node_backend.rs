@@ -104,6 +104,11 @@ impl NodeBackend {
         self
     }
 
+    /// Whether this member leads, as its node last published.
+    pub(crate) fn is_leader(&self) -> bool {
+        self.leadership.borrow().role == Role::Leader
+    }
+
     /// The internal service through which followers forward writes to this member.
     pub fn forward_service(&self) -> ForwardServer<NodeBackend> {
         ForwardServer::new(self.clone())

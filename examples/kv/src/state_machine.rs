@@ -19,8 +19,8 @@ use crate::auth::hub::AuthHub;
 use crate::auth::{AuthStore, user_of};
 use crate::error::KvError;
 use crate::proto::dengine::kv::v1::{
-    Backup, Command, CommandResponse, HashResult, Query, QueryResponse, Stats, StoreSnapshot,
-    command, command_response, query, query_response,
+    Backup, Command, CommandResponse, HashResult, PastKeyValue, Query, QueryResponse, Stats,
+    StoreSnapshot, command, command_response, query, query_response,
 };
 use crate::proto::etcdserverpb::{AlarmResponse, CompactionResponse};
 use crate::quota;
@@ -28,8 +28,9 @@ use crate::store::{self, KvStore};
 use crate::watch::WatchHub;
 
 /// Version of the [`StoreSnapshot`] encoding written by this build. 2: with the auth state;
-/// 3: without the entry's term and the cluster configuration (the runtime keeps those).
-const SNAPSHOT_FORMAT: u32 = 3;
+/// 3: without the entry's term and the cluster configuration (the runtime keeps those);
+/// 4: with the MVCC history (a build that reads only up to 3 would drop it, so it refuses).
+const SNAPSHOT_FORMAT: u32 = 4;
 
 /// The oldest snapshot format this build reads. Format 1 has no auth state: auth off, no
 /// users or roles.
@@ -168,12 +169,14 @@ impl KvStateMachine {
                 self.hub_publish(out.revision, out.events);
                 R::Txn(out.response)
             }),
-            command::Op::Compact(req) => self.store.compact(req.revision).map(|revision| {
-                self.hub.compact(req.revision);
-                R::Compact(CompactionResponse {
-                    header: Some(store::header(revision)),
+            command::Op::Compact(req) | command::Op::AutoCompact(req) => {
+                self.store.compact(req.revision).map(|revision| {
+                    self.hub.compact(req.revision);
+                    R::Compact(CompactionResponse {
+                        header: Some(store::header(revision)),
+                    })
                 })
-            }),
+            }
             auth_op => self.apply_auth(auth_op, user),
         };
         CommandResponse {
@@ -209,6 +212,7 @@ impl KvStateMachine {
                 compact_revision: self.store.compact_revision(),
                 keys: self.store.key_count(),
                 size_bytes: self.store.size_bytes(),
+                past_versions: self.store.past_version_count(),
             })),
             // Alarms: root only, checked by the service before it asks.
             Ok(Query {
@@ -259,6 +263,14 @@ impl KvStateMachine {
             revision: self.store.revision(),
             compact_revision: self.store.compact_revision(),
             kvs: self.store.key_values().collect(),
+            history: self
+                .store
+                .past_versions()
+                .map(|(kv, superseded_revision)| PastKeyValue {
+                    kv: Some(kv),
+                    superseded_revision,
+                })
+                .collect(),
             membership: None,
             auth: Some(self.auth.to_snapshot()),
             alarms: self.alarm_members(0, 0),
@@ -354,7 +366,17 @@ impl StateMachine for KvStateMachine {
                 ),
             ));
         }
-        self.store = KvStore::restore(snapshot.kvs, snapshot.revision, snapshot.compact_revision);
+        let past = snapshot
+            .history
+            .into_iter()
+            .map(|p| (p.kv.unwrap_or_default(), p.superseded_revision));
+        self.store = KvStore::restore(
+            snapshot.kvs,
+            past,
+            snapshot.revision,
+            snapshot.compact_revision,
+        )
+        .map_err(|e| corrupt_snapshot(index, e.0))?;
         // Format 1 has no auth state: auth off, no users, as the cluster was.
         self.auth = Arc::new(
             snapshot

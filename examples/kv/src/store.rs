@@ -1,12 +1,14 @@
 //! The key-value data and etcd's rules for reading and changing it: the store-wide revision,
 //! per-key create/mod revisions and versions, ranges, transactions and compaction.
 //!
-//! Pure and deterministic: no clock, no randomness, no I/O. [`KvStore`] keeps only the current
-//! value of every key (no MVCC history): reads at the current revision are served, reads at
-//! an older revision are refused (see [`KvStore::check_read_revision`]).
+//! Pure and deterministic: no clock, no randomness, no I/O. [`KvStore`] keeps every key's
+//! current value and, as etcd's MVCC store does, every version it replaced since the last
+//! compaction: a read at any revision from the compaction point to the current one sees the
+//! key space as it was then (see [`KvStore::check_read_revision`]).
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::iter::Peekable;
 
 use bytes::Bytes;
 
@@ -50,17 +52,36 @@ pub(crate) struct WriteOutcome<R> {
     pub(crate) revision: i64,
 }
 
-/// Every key's current value and metadata, the store revision and the compaction point.
+/// A version of a key that a later write replaced or deleted: it was the key's state from
+/// `record.mod_revision` up to, not including, `superseded_at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PastVersion {
+    pub(crate) record: KeyRecord,
+    pub(crate) superseded_at: i64,
+}
+
+/// Every key's current value and metadata, the versions replaced since the last compaction,
+/// the store revision and the compaction point.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct KvStore {
     keys: BTreeMap<Bytes, KeyRecord>,
+    /// Per key, its replaced versions, oldest first (by `superseded_at`, which is also the
+    /// order of their `mod_revision`s).
+    history: BTreeMap<Bytes, VecDeque<PastVersion>>,
+    /// Every entry of `history` as (superseded_at, key), in the order they were replaced:
+    /// compaction drops from the front, so it costs what it frees.
+    replaced: VecDeque<(i64, Bytes)>,
     /// Incremented once by every command that changes at least one key.
     revision: i64,
     /// The last compaction revision (0: never compacted).
     compact_revision: i64,
-    /// Sum over keys of key + value length + [`KEY_OVERHEAD_BYTES`].
+    /// Sum over keys and kept past versions of key + value length + [`KEY_OVERHEAD_BYTES`].
     size_bytes: u64,
 }
+
+/// A snapshot's past versions did not fit the store's rules (see [`KvStore::restore`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct BadHistory(pub(crate) String);
 
 impl KvStore {
     /// The current store revision.
@@ -83,17 +104,40 @@ impl KvStore {
         self.size_bytes
     }
 
+    /// Number of past versions kept (replaced or deleted since the last compaction).
+    pub(crate) fn past_version_count(&self) -> u64 {
+        self.replaced.len() as u64
+    }
+
     /// Every live key in key order.
     pub(crate) fn key_values(&self) -> impl Iterator<Item = KeyValue> + '_ {
         self.keys.iter().map(|(k, r)| to_kv(k, r))
     }
 
-    /// Rebuilds a store from a snapshot's contents.
+    /// Every past version kept, in the order they were replaced, with the revision that
+    /// replaced each.
+    pub(crate) fn past_versions(&self) -> impl Iterator<Item = (KeyValue, i64)> + '_ {
+        let mut next: BTreeMap<&Bytes, usize> = BTreeMap::new();
+        self.replaced.iter().filter_map(move |(at, key)| {
+            let i = next.entry(key).or_insert(0);
+            let past = self.history.get(key)?.get(*i)?;
+            *i += 1;
+            debug_assert_eq!(past.superseded_at, *at);
+            Some((to_kv(key, &past.record), past.superseded_at))
+        })
+    }
+
+    /// Rebuilds a store from a snapshot's contents: the live keys, and the past versions in
+    /// the order they were replaced ([`past_versions`](Self::past_versions)). Past versions
+    /// that break the store's rules — replaced out of order, at or before their own
+    /// revision, after the store's revision, or so old that the compaction should have
+    /// dropped them — are refused: the snapshot is damaged.
     pub(crate) fn restore(
         kvs: impl IntoIterator<Item = KeyValue>,
+        past: impl IntoIterator<Item = (KeyValue, i64)>,
         revision: i64,
         compact_revision: i64,
-    ) -> Self {
+    ) -> Result<Self, BadHistory> {
         let mut store = KvStore {
             revision,
             compact_revision,
@@ -101,37 +145,83 @@ impl KvStore {
         };
         for kv in kvs {
             store.size_bytes += record_size(&kv.key, &kv.value);
-            store.keys.insert(
-                kv.key,
-                KeyRecord {
-                    value: kv.value,
-                    create_revision: kv.create_revision,
-                    mod_revision: kv.mod_revision,
-                    version: kv.version,
-                },
-            );
+            let (key, record) = split_kv(kv);
+            store.keys.insert(key, record);
         }
-        store
+        for (kv, superseded_at) in past {
+            let (key, record) = split_kv(kv);
+            let last = store
+                .replaced
+                .back()
+                .map_or(compact_revision, |(at, _)| *at);
+            let key_last = store
+                .history
+                .get(&key)
+                .and_then(|h| h.back())
+                .map_or(0, |p| p.superseded_at);
+            if superseded_at <= compact_revision
+                || superseded_at < last
+                || superseded_at > revision
+                || record.mod_revision >= superseded_at
+                || record.mod_revision < key_last
+            {
+                return Err(BadHistory(format!(
+                    "past version of key {key:?} (mod revision {}) replaced at revision \
+                     {superseded_at}: out of order or outside the kept history ({} to {})",
+                    record.mod_revision, compact_revision, revision
+                )));
+            }
+            store.push_past(key, record, superseded_at);
+        }
+        Ok(store)
     }
 
-    /// Checks the `revision` of a read: 0 or the current revision is served; a revision after
-    /// the current one is [`KvError::FutureRevision`], one before the compaction point
-    /// [`KvError::Compacted`] (etcd's rules). Anything else in the past is refused as
-    /// unsupported, because the store keeps no MVCC history.
+    /// Keeps `record`, replaced at `superseded_at`, in the history.
+    fn push_past(&mut self, key: Bytes, record: KeyRecord, superseded_at: i64) {
+        self.size_bytes += record_size(&key, &record.value);
+        self.replaced.push_back((superseded_at, key.clone()));
+        self.history.entry(key).or_default().push_back(PastVersion {
+            record,
+            superseded_at,
+        });
+    }
+
+    /// Checks the `revision` of a read (etcd's rules): 0 reads the current revision; a
+    /// revision after the current one is [`KvError::FutureRevision`]; one before the
+    /// compaction point is [`KvError::Compacted`]; any other is served from the history.
     pub(crate) fn check_read_revision(&self, revision: i64) -> Result<(), KvError> {
-        if revision <= 0 || revision == self.revision {
-            Ok(())
-        } else if revision > self.revision {
+        if revision > self.revision {
             Err(KvError::FutureRevision)
-        } else if revision < self.compact_revision {
+        } else if revision > 0 && revision < self.compact_revision {
             Err(KvError::Compacted)
         } else {
-            Err(KvError::Unimplemented(format!(
-                "reading at past revision {revision}: dengine-kv keeps no MVCC history, so only \
-                 the current revision ({}) can be read; send revision 0",
-                self.revision
-            )))
+            Ok(())
         }
+    }
+
+    /// The revision a read asking for `revision` sees (0: the current one).
+    fn read_at(&self, revision: i64) -> ReadAt {
+        if revision <= 0 || revision >= self.revision {
+            ReadAt::Live
+        } else {
+            ReadAt::Past(revision)
+        }
+    }
+
+    /// The state of `key` at past revision `at`: the current record if it was already
+    /// written by then, else the kept version that was current at `at`, if any.
+    fn version_at(&self, key: &Bytes, at: i64) -> Option<&KeyRecord> {
+        if let Some(r) = self.keys.get(key)
+            && r.mod_revision <= at
+        {
+            return Some(r);
+        }
+        let past = self.history.get(key)?;
+        // The last version written at or before `at`; it was current at `at` unless it was
+        // replaced (or deleted) by then.
+        let i = past.partition_point(|p| p.record.mod_revision <= at);
+        let p = past.get(i.checked_sub(1)?)?;
+        (p.superseded_at > at).then_some(&p.record)
     }
 
     /// The checksum of the key space as of `revision` (0: the current one; the same rules as
@@ -141,7 +231,9 @@ impl KvStore {
     pub(crate) fn hash(&self, revision: i64) -> Result<u32, KvError> {
         self.check_read_revision(revision)?;
         let mut crc = 0u32;
-        for (key, r) in &self.keys {
+        let nul = Bytes::from_static(b"\0");
+        let all = KeyRange::new(&nul, &nul);
+        for (key, r) in self.iter_range_at(&all, self.read_at(revision)) {
             crc = crc32c::crc32c_append(crc, &(key.len() as u64).to_le_bytes());
             crc = crc32c::crc32c_append(crc, key);
             crc = crc32c::crc32c_append(crc, &(r.value.len() as u64).to_le_bytes());
@@ -162,17 +254,23 @@ impl KvStore {
     ) -> Result<RangeResponse, KvError> {
         check_range(req)?;
         self.check_read_revision(req.revision)?;
+        let at = self.read_at(req.revision);
         if let Some(max) = max_bytes {
-            self.range_size(req, max)?;
+            self.range_size(req, at, max)?;
         }
-        Ok(self.range_unchecked(req, self.revision))
+        Ok(self.range_unchecked(req, at, self.revision))
     }
 
     /// The bytes of the key-values a Range collects — every key of the range that passes the
     /// filters, or only the first `limit + 1` in key order when no sort or filter needs them
     /// all — or a refusal if they take more than `max_bytes`. The count stops as soon as the
     /// bound is passed, so checking a huge range costs little; nothing is copied.
-    fn range_size(&self, req: &RangeRequest, max_bytes: usize) -> Result<usize, KvError> {
+    fn range_size(
+        &self,
+        req: &RangeRequest,
+        at: ReadAt,
+        max_bytes: usize,
+    ) -> Result<usize, KvError> {
         if req.count_only {
             return Ok(0);
         }
@@ -181,11 +279,11 @@ impl KvStore {
         let collected: Box<dyn Iterator<Item = (&Bytes, &KeyRecord)>> =
             if plan.needs_all || plan.limit == 0 {
                 Box::new(
-                    self.iter_range(&range)
+                    self.iter_range_at(&range, at)
                         .filter(|(_, r)| passes_filters(req, r)),
                 )
             } else {
-                Box::new(self.iter_range(&range).take(plan.limit + 1))
+                Box::new(self.iter_range_at(&range, at).take(plan.limit + 1))
             };
         let mut total = 0usize;
         for (key, record) in collected {
@@ -213,10 +311,40 @@ impl KvStore {
         }
     }
 
-    fn range_unchecked(&self, req: &RangeRequest, read_revision: i64) -> RangeResponse {
+    /// The keys of `range` as they were at `at`, in key order.
+    fn iter_range_at<'a>(
+        &'a self,
+        range: &'a KeyRange,
+        at: ReadAt,
+    ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a KeyRecord)> + 'a> {
+        let ReadAt::Past(at) = at else {
+            return self.iter_range(range);
+        };
+        let Some(bounds) = range.bounds() else {
+            return Box::new(std::iter::empty());
+        };
+        let live = self.keys.range::<[u8], _>(bounds).map(|(k, _)| k);
+        let past = self.history.range::<[u8], _>(bounds).map(|(k, _)| k);
+        Box::new(
+            MergeKeys {
+                a: live.peekable(),
+                b: past.peekable(),
+            }
+            .filter_map(move |k| self.version_at(k, at).map(|r| (k, r))),
+        )
+    }
+
+    /// Serves a Range at `at` (checked by the caller); `header_revision` goes in the header
+    /// (etcd answers a read at a past revision with the current revision).
+    fn range_unchecked(
+        &self,
+        req: &RangeRequest,
+        at: ReadAt,
+        header_revision: i64,
+    ) -> RangeResponse {
         let range = KeyRange::new(&req.key, &req.range_end);
-        let count = self.iter_range(&range).count() as i64;
-        let header = Some(header(read_revision));
+        let count = self.iter_range_at(&range, at).count() as i64;
+        let header = Some(header(header_revision));
         if req.count_only {
             return RangeResponse {
                 header,
@@ -233,13 +361,13 @@ impl KvStore {
         } = RangePlan::of(req);
 
         let mut kvs: Vec<KeyValue> = if needs_all || limit == 0 {
-            self.iter_range(&range)
+            self.iter_range_at(&range, at)
                 .filter(|(_, r)| passes_filters(req, r))
                 .map(|(k, r)| to_kv(k, r))
                 .collect()
         } else {
             // Key order is the map's order: take one more than the limit to learn `more`.
-            self.iter_range(&range)
+            self.iter_range_at(&range, at)
                 .take(limit + 1)
                 .map(|(k, r)| to_kv(k, r))
                 .collect()
@@ -339,8 +467,9 @@ impl KvStore {
         })
     }
 
-    /// Compacts at `revision`: later reads and watches before it are refused. The revision
-    /// does not change. Returns the header revision.
+    /// Compacts at `revision`: reads and watches before it are refused from now on, and the
+    /// past versions no read at or after it can see (those replaced at or before it) are
+    /// dropped. The revision does not change. Returns the header revision.
     pub(crate) fn compact(&mut self, revision: i64) -> Result<i64, KvError> {
         if revision > self.revision {
             return Err(KvError::FutureRevision);
@@ -349,6 +478,23 @@ impl KvStore {
             return Err(KvError::Compacted);
         }
         self.compact_revision = revision;
+        while let Some(at) = self.replaced.front().map(|(at, _)| *at)
+            && at <= revision
+        {
+            let Some((_, key)) = self.replaced.pop_front() else {
+                break;
+            };
+            let Some(versions) = self.history.get_mut(&key) else {
+                continue;
+            };
+            if let Some(old) = versions.pop_front() {
+                debug_assert_eq!(old.superseded_at, at);
+                self.size_bytes -= record_size(&key, &old.record.value);
+            }
+            if versions.is_empty() {
+                self.history.remove(&key);
+            }
+        }
         Ok(self.revision)
     }
 
@@ -406,7 +552,7 @@ impl KvStore {
                 Some(Request::RequestRange(r)) => {
                     self.check_read_revision(r.revision)?;
                     if let Some(left) = budget {
-                        *left -= self.range_size(r, *left)?;
+                        *left -= self.range_size(r, self.read_at(r.revision), *left)?;
                     }
                 }
                 Some(Request::RequestPut(p)) => self.check_put_state(p)?,
@@ -434,6 +580,42 @@ impl KvStore {
             return compare_record(c, target, None);
         }
         matched.all(|(_, r)| compare_record(c, target, Some(r)))
+    }
+}
+
+/// Which state a read sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadAt {
+    /// The live keys (the current revision, or inside a transaction, its writes so far).
+    Live,
+    /// The key space as of this past revision (at or after the compaction point).
+    Past(i64),
+}
+
+/// The union of two ascending key sequences, each key once.
+struct MergeKeys<'a, A: Iterator<Item = &'a Bytes>, B: Iterator<Item = &'a Bytes>> {
+    a: Peekable<A>,
+    b: Peekable<B>,
+}
+
+impl<'a, A: Iterator<Item = &'a Bytes>, B: Iterator<Item = &'a Bytes>> Iterator
+    for MergeKeys<'a, A, B>
+{
+    type Item = &'a Bytes;
+
+    fn next(&mut self) -> Option<&'a Bytes> {
+        match (self.a.peek(), self.b.peek()) {
+            (Some(x), Some(y)) => match x.cmp(y) {
+                Ordering::Less => self.a.next(),
+                Ordering::Greater => self.b.next(),
+                Ordering::Equal => {
+                    self.b.next();
+                    self.a.next()
+                }
+            },
+            (Some(_), None) => self.a.next(),
+            (None, _) => self.b.next(),
+        }
     }
 }
 
@@ -554,6 +736,9 @@ impl WriteTxn<'_> {
         }
         self.store.size_bytes += record_size(&req.key, &record.value);
         let prev_kv = prev.as_ref().map(|p| to_kv(&req.key, p));
+        if let Some(p) = prev {
+            self.keep(req.key.clone(), p);
+        }
         self.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(to_kv(&req.key, &record)),
@@ -580,6 +765,7 @@ impl WriteTxn<'_> {
             };
             self.store.size_bytes -= record_size(key, &prev.value);
             let prev_kv = to_kv(key, &prev);
+            self.keep(key.clone(), prev);
             self.events.push(Event {
                 r#type: EventType::Delete as i32,
                 kv: Some(KeyValue {
@@ -611,14 +797,20 @@ impl WriteTxn<'_> {
         for op in ops {
             let response = match &op.request {
                 Some(Request::RequestRange(r)) => {
-                    // Reads inside a transaction see its earlier writes.
-                    let read_revision = if self.events.is_empty() {
+                    // Reads inside a transaction see its earlier writes; a read at an earlier
+                    // revision sees the history.
+                    let live = if self.events.is_empty() {
                         self.store.revision
                     } else {
                         self.revision
                     };
+                    let at = if r.revision <= 0 || r.revision >= live {
+                        ReadAt::Live
+                    } else {
+                        ReadAt::Past(r.revision)
+                    };
                     Some(Response::ResponseRange(
-                        self.store.range_unchecked(r, read_revision),
+                        self.store.range_unchecked(r, at, live),
                     ))
                 }
                 Some(Request::RequestPut(p)) => Some(Response::ResponsePut(self.put(p))),
@@ -636,6 +828,14 @@ impl WriteTxn<'_> {
             header: None,
             succeeded: path.succeeded,
             responses,
+        }
+    }
+
+    /// Keeps the version `record` of `key`, replaced by this write, in the history — unless
+    /// this write made it (a key written twice in one transaction): no revision ever saw it.
+    fn keep(&mut self, key: Bytes, record: KeyRecord) {
+        if record.mod_revision < self.revision {
+            self.store.push_past(key, record, self.revision);
         }
     }
 
@@ -667,6 +867,18 @@ fn passes_filters(req: &RangeRequest, r: &KeyRecord) -> bool {
         && (req.max_mod_revision == 0 || r.mod_revision <= req.max_mod_revision)
         && (req.min_create_revision == 0 || r.create_revision >= req.min_create_revision)
         && (req.max_create_revision == 0 || r.create_revision <= req.max_create_revision)
+}
+
+fn split_kv(kv: KeyValue) -> (Bytes, KeyRecord) {
+    (
+        kv.key,
+        KeyRecord {
+            value: kv.value,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+        },
+    )
 }
 
 fn record_size(key: &[u8], value: &[u8]) -> u64 {

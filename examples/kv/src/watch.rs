@@ -167,6 +167,8 @@ struct HubState {
     revision: i64,
     /// Every event with revision `>= floor` is in the history.
     floor: i64,
+    /// The store's compaction revision (0: never compacted).
+    compacted: i64,
 }
 
 /// The event history shared by a [`KvStateMachine`](crate::KvStateMachine), which publishes
@@ -206,6 +208,7 @@ impl WatchHub {
                 history_bytes: 0,
                 revision: 0,
                 floor: 1,
+                compacted: 0,
             })),
             revision_tx: Arc::new(revision_tx),
             closed: Arc::new(watch::channel(false).0),
@@ -243,6 +246,11 @@ impl WatchHub {
     /// The latest revision published (the local member's applied store revision).
     pub fn revision(&self) -> i64 {
         self.lock().revision
+    }
+
+    /// The store's last compaction revision (0: never compacted), as last published.
+    pub fn compact_revision(&self) -> i64 {
+        self.lock().compacted
     }
 
     /// The oldest revision a new watcher may start from.
@@ -301,6 +309,7 @@ impl WatchHub {
     /// The store was compacted at `revision`: watching from before it is refused, as in etcd.
     pub(crate) fn compact(&self, revision: i64) {
         let mut s = self.lock();
+        s.compacted = s.compacted.max(revision);
         s.floor = s.floor.max(revision);
         while s.history.front().is_some_and(|e| e.revision < revision) {
             if let Some(old) = s.history.pop_front() {
@@ -319,6 +328,7 @@ impl WatchHub {
             s.history_events = 0;
             s.history_bytes = 0;
             s.revision = revision;
+            s.compacted = compact_revision;
             s.floor = (revision + 1).max(compact_revision);
         }
         self.revision_tx.send_replace(revision);

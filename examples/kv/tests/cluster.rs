@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dengine_kv::{AutoCompaction, KvConfig};
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, GetResponse, PutOptions, Txn,
     TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
@@ -1118,4 +1119,61 @@ async fn a_backup_of_one_cluster_founds_another_with_its_keys() {
     assert_eq!(put.header().unwrap().revision(), revision + 1);
     drop(c);
     second.stop().await;
+}
+
+/// Auto-compaction (etcd's `--auto-compaction-mode=revision`): the leader compacts the MVCC
+/// history to its last N revisions through the log, so every member compacts, and reads a
+/// few revisions back still see the values of then; after the leader crashes, the new leader
+/// carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_compacts_the_history_to_its_last_revisions() {
+    let _turn = SERIAL.lock().await;
+    let kv = KvConfig {
+        auto_compaction: AutoCompaction::Revisions(5),
+        ..KvConfig::default()
+    };
+    let mut cluster = TestCluster::start_with(None, kv).await;
+    let mut last = 0;
+    for round in 0..2 {
+        let leader = cluster.leader().await;
+        let mut c = cluster.client(leader).await;
+        for i in 0..20 {
+            let put = ok("a put", async || {
+                c.put("k", format!("v{round}-{i}"), None).await
+            })
+            .await;
+            last = put.header().unwrap().revision();
+        }
+        for id in cluster.members.keys().copied().collect::<Vec<_>>() {
+            let mut m = cluster.client(id).await;
+            let at = |revision| {
+                Some(
+                    GetOptions::new()
+                        .with_revision(revision)
+                        .with_serializable(),
+                )
+            };
+            wait_for(
+                "the old revisions compacted on every member",
+                async || match m.get("k", at(last - 10)).await {
+                    Err(e) if e.to_string().contains("compacted") => Some(()),
+                    _ => None,
+                },
+            )
+            .await;
+            let old = read("a read 3 revisions back", async || {
+                m.get("k", at(last - 3)).await
+            })
+            .await;
+            assert_eq!(
+                old.kvs()[0].value_str().unwrap(),
+                format!("v{round}-16"),
+                "member {id}"
+            );
+        }
+        if round == 0 {
+            cluster.kill(leader).await;
+        }
+    }
+    cluster.stop().await;
 }

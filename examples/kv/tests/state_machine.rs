@@ -6,7 +6,10 @@
 use bytes::Bytes;
 use dengine_core::StateMachine;
 use dengine_core::store::Command as Committed;
-use dengine_kv::proto::dengine::kv::v1::{command, command_response, query, query_response};
+use dengine_kv::proto::dengine::kv::v1::{
+    HashRequest, Stats, StatsRequest, StoreSnapshot, command, command_response, query,
+    query_response,
+};
 use dengine_kv::proto::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
@@ -20,6 +23,7 @@ use dengine_kv::{
     KvError, KvStateMachine, WatchFilter, WatchHub, decode_command_response, decode_query_response,
     encode_command, encode_query,
 };
+use prost::Message;
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -605,15 +609,189 @@ async fn compaction_and_read_revisions() {
         "etcdserver: mvcc: required revision has been compacted"
     );
     assert_eq!(h.range(at(9)).await, Err(KvError::FutureRevision));
-    assert!(
-        matches!(h.range(at(3)).await, Err(KvError::Unimplemented(_))),
-        "no MVCC history"
-    );
+    // The compaction revision itself can still be read, from the history.
+    assert_eq!(h.range(at(3)).await.unwrap().kvs[0].value, b("3"));
     assert_eq!(h.range(at(4)).await.unwrap().kvs[0].value, b("4"));
     assert_eq!(h.compact(3).await, Err(KvError::Compacted));
     assert_eq!(h.compact(2).await, Err(KvError::Compacted));
     assert_eq!(h.compact(5).await, Err(KvError::FutureRevision));
     h.compact(4).await.unwrap();
+}
+
+impl Harness {
+    async fn stats(&self) -> Stats {
+        let response = self
+            .sm
+            .query(encode_query(query::Op::Stats(StatsRequest {})))
+            .await
+            .unwrap();
+        match decode_query_response(&response).unwrap() {
+            query_response::Result::Stats(s) => s,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn hash(&self, revision: i64) -> Result<u32, KvError> {
+        let response = self
+            .sm
+            .query(encode_query(query::Op::Hash(HashRequest { revision })))
+            .await
+            .unwrap();
+        match decode_query_response(&response)? {
+            query_response::Result::Hash(h) => Ok(h.hash),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// `(key, value, create, mod, version)` of each key a read returned.
+fn rows(resp: &RangeResponse) -> Vec<(String, String, i64, i64, i64)> {
+    resp.kvs
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                String::from_utf8_lossy(&kv.value).into_owned(),
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+            )
+        })
+        .collect()
+}
+
+fn all_at(revision: i64) -> RangeRequest {
+    RangeRequest {
+        revision,
+        ..range("\0", "\0")
+    }
+}
+
+fn row(k: &str, v: &str, create: i64, m: i64, version: i64) -> (String, String, i64, i64, i64) {
+    (k.into(), v.into(), create, m, version)
+}
+
+// etcd's MVCC rule: a read at revision R sees every key as the writes up to R left it.
+#[tokio::test]
+async fn reads_at_past_revisions_see_the_key_space_as_it_was() {
+    let mut h = Harness::new();
+    h.put("a", "1").await; // 1
+    h.put("b", "1").await; // 2
+    h.put("a", "2").await; // 3
+    h.delete(DeleteRangeRequest {
+        key: b("b"),
+        ..Default::default()
+    })
+    .await
+    .unwrap(); // 4
+    h.put("b", "again").await; // 5: recreated
+    let read = |r| h.range(all_at(r));
+    assert_eq!(rows(&read(1).await.unwrap()), [row("a", "1", 1, 1, 1)]);
+    assert_eq!(
+        rows(&read(2).await.unwrap()),
+        [row("a", "1", 1, 1, 1), row("b", "1", 2, 2, 1)]
+    );
+    assert_eq!(
+        rows(&read(3).await.unwrap()),
+        [row("a", "2", 1, 3, 2), row("b", "1", 2, 2, 1)]
+    );
+    assert_eq!(rows(&read(4).await.unwrap()), [row("a", "2", 1, 3, 2)]);
+    assert_eq!(
+        rows(&read(5).await.unwrap()),
+        [row("a", "2", 1, 3, 2), row("b", "again", 5, 5, 1)]
+    );
+    let past = read(3).await.unwrap();
+    assert_eq!(
+        revision_of(&past.header),
+        5,
+        "etcd: the header has the current revision"
+    );
+    assert_eq!(past.count, 2);
+    // Limits, counts and sorts apply to the past state.
+    let limited = h
+        .range(RangeRequest {
+            limit: 1,
+            ..all_at(3)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (keys(&limited), limited.more, limited.count),
+        (vec!["a".to_string()], true, 2)
+    );
+    let by_mod = h
+        .range(RangeRequest {
+            sort_target: SortTarget::Mod as i32,
+            sort_order: SortOrder::Descend as i32,
+            ..all_at(3)
+        })
+        .await
+        .unwrap();
+    assert_eq!(keys(&by_mod), ["a", "b"]);
+    let count_only = h
+        .range(RangeRequest {
+            count_only: true,
+            ..all_at(4)
+        })
+        .await
+        .unwrap();
+    assert_eq!(count_only.count, 1);
+
+    // Inside a transaction: a read at a past revision sees the history, a read at revision
+    // 0 the transaction's own earlier writes.
+    let at = |revision| RequestOp {
+        request: Some(Request::RequestRange(all_at(revision))),
+    };
+    let delete_a = RequestOp {
+        request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+            key: b("a"),
+            ..Default::default()
+        })),
+    };
+    let t = h
+        .txn(TxnRequest {
+            success: vec![put_op("c", "x"), delete_a, at(5), at(0), at(2)],
+            ..Default::default()
+        })
+        .await
+        .unwrap(); // 6
+    let read_in_txn = |i: usize| match &t.responses[i].response {
+        Some(Response::ResponseRange(r)) => keys(r),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(read_in_txn(2), ["a", "b"]);
+    assert_eq!(read_in_txn(3), ["b", "c"]);
+    assert_eq!(read_in_txn(4), ["a", "b"]);
+    assert_eq!(
+        rows(&h.range(all_at(5)).await.unwrap()),
+        [row("a", "2", 1, 3, 2), row("b", "again", 5, 5, 1)]
+    );
+
+    // A past revision's hash is the hash of a store that stopped there.
+    let mut stopped = Harness::new();
+    stopped.put("a", "1").await;
+    stopped.put("b", "1").await;
+    stopped.put("a", "2").await;
+    assert_eq!(h.hash(3).await.unwrap(), stopped.hash(0).await.unwrap());
+    assert_ne!(h.hash(3).await.unwrap(), h.hash(0).await.unwrap());
+
+    // Compaction frees what no read from it on can see, and nothing else.
+    let stats = h.stats().await;
+    assert_eq!(stats.past_versions, 3, "a=1, b=1 and a=2 were replaced");
+    h.compact(3).await.unwrap();
+    assert_eq!(h.stats().await.past_versions, 2, "a=1 went at 3");
+    assert_eq!(
+        rows(&h.range(all_at(3)).await.unwrap()),
+        [row("a", "2", 1, 3, 2), row("b", "1", 2, 2, 1)]
+    );
+    assert_eq!(h.range(all_at(2)).await, Err(KvError::Compacted));
+    assert_eq!(h.hash(2).await, Err(KvError::Compacted));
+    h.compact(6).await.unwrap();
+    let stats = h.stats().await;
+    assert_eq!(stats.past_versions, 0);
+    // Only the live keys are left in the size: b=again and c=x, 48 bytes of overhead each.
+    assert_eq!(stats.size_bytes, (1 + 5 + 48) + (1 + 1 + 48));
+    assert_eq!(keys(&h.range(all_at(6)).await.unwrap()), ["b", "c"]);
 }
 
 async fn build_state(h: &mut Harness) {
@@ -658,6 +836,13 @@ async fn snapshot_install_round_trip_gives_identical_answers() {
         range("key/01", ""),
         range("key/1", "key/2"),
         range("zzz", ""),
+        all_at(10),
+        all_at(15),
+        all_at(21),
+        RangeRequest {
+            revision: 20,
+            ..range("key/05", "key/09")
+        },
     ] {
         assert_eq!(
             range_of(&copy, req.clone()).await,
@@ -686,6 +871,25 @@ async fn snapshot_install_round_trip_gives_identical_answers() {
     assert!(
         other
             .install_snapshot(Bytes::from_static(b"\xff\xff"), index)
+            .await
+            .is_err()
+    );
+
+    // A history out of order (or older than the compaction) is damage, refused.
+    let mut decoded = StoreSnapshot::decode(snapshot.clone()).unwrap();
+    assert!(decoded.history.len() >= 2, "{decoded:?}");
+    let last = decoded.history.len() - 1;
+    decoded.history.swap(0, last); // replaced at 21 and at 22
+    let err = other
+        .install_snapshot(Bytes::from(decoded.encode_to_vec()), index)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("out of order"), "{err}");
+    let mut decoded = StoreSnapshot::decode(snapshot).unwrap();
+    decoded.history[0].superseded_revision = 10;
+    assert!(
+        other
+            .install_snapshot(Bytes::from(decoded.encode_to_vec()), index)
             .await
             .is_err()
     );

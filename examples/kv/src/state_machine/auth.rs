@@ -85,6 +85,7 @@ impl KvStateMachine {
             | command::Op::DeleteRange(_)
             | command::Op::Txn(_)
             | command::Op::Compact(_)
+            | command::Op::AutoCompact(_)
             | command::Op::Alarm(_) => Err(KvError::Internal(
                 "a key-value command was taken for an auth command".into(),
             )),

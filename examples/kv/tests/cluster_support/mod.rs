@@ -90,6 +90,8 @@ pub(crate) struct TestCluster {
     pub(crate) clients: BTreeMap<u64, String>,
     /// The backup the cluster is founded from (`node.restore_from`), if any.
     restore_from: Option<std::path::PathBuf>,
+    /// Every member's etcd API configuration.
+    kv: KvConfig,
     dir: TempDir,
 }
 
@@ -100,6 +102,11 @@ impl TestCluster {
 
     /// A new cluster founded from the backup file `restore_from` (or empty).
     pub(crate) async fn start_from(restore_from: Option<std::path::PathBuf>) -> Self {
+        Self::start_with(restore_from, KvConfig::default()).await
+    }
+
+    /// [`start_from`](Self::start_from), every member with the etcd API configuration `kv`.
+    pub(crate) async fn start_with(restore_from: Option<std::path::PathBuf>, kv: KvConfig) -> Self {
         let dir = TempDir::new();
         let ports = free_ports(6);
         let addrs: BTreeMap<u64, String> = (1..=3)
@@ -113,6 +120,7 @@ impl TestCluster {
             addrs,
             clients,
             restore_from,
+            kv,
             dir,
         };
         for id in 1..=3 {
@@ -142,7 +150,7 @@ impl TestCluster {
 
     /// Starts member `id` (again, after a crash: same port, same data directory).
     pub(crate) async fn start_member(&mut self, id: u64) {
-        let member = Member::start(self.settings(id), KvConfig::default())
+        let member = Member::start(self.settings(id), self.kv.clone())
             .await
             .unwrap();
         assert_eq!(member.peer_addr().to_string(), self.addrs[&id]);
