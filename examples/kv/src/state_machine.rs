@@ -391,7 +391,19 @@ impl StateMachine for KvStateMachine {
             .map(|a| (a.member_id, a.alarm))
             .collect();
         self.applied = index;
-        self.hub.reset(snapshot.revision, snapshot.compact_revision);
+        // Watchers may resume from a revision before the snapshot: rebuild the events of the
+        // revisions after the compaction point (at the compaction point itself its deletes
+        // are gone) from the history, as many as the hub can hold (each revision has at least
+        // one event).
+        let window = i64::try_from(self.hub.config().max_history_events).unwrap_or(i64::MAX);
+        let from =
+            (self.store.compact_revision() + 1).max(snapshot.revision.saturating_sub(window) + 1);
+        self.hub.reset(
+            snapshot.revision,
+            snapshot.compact_revision,
+            from,
+            self.store.events_since(from),
+        );
         self.hub.set_usage(self.store.size_bytes(), self.no_space());
         Ok(())
     }

@@ -176,6 +176,62 @@ impl KvStore {
         Ok(store)
     }
 
+    /// The change events of every revision from `from` on, rebuilt from the history (for a
+    /// watch event history after a snapshot was installed), oldest revision first. Every put
+    /// and delete the history still shows is there, with its previous version as `prev_kv`;
+    /// within one revision the events are in key order (the order the write made them in is
+    /// not kept). Revisions at or before the compaction point are incomplete (their deletes
+    /// are gone), so `from` should be after it.
+    pub(crate) fn events_since(&self, from: i64) -> Vec<(i64, Vec<Event>)> {
+        let mut by_revision: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
+        let keys = MergeKeys {
+            a: self.keys.keys().peekable(),
+            b: self.history.keys().peekable(),
+        };
+        for key in keys {
+            let past = self.history.get(key).into_iter().flatten();
+            let mut versions = past
+                .map(|p| (&p.record, Some(p.superseded_at)))
+                .chain(self.keys.get(key).map(|r| (r, None)))
+                .peekable();
+            let mut before: Option<(&KeyRecord, Option<i64>)> = None;
+            while let Some((record, superseded_at)) = versions.next() {
+                if record.mod_revision >= from {
+                    let prev = before
+                        .filter(|(_, at)| *at == Some(record.mod_revision))
+                        .map(|(r, _)| to_kv(key, r));
+                    by_revision
+                        .entry(record.mod_revision)
+                        .or_default()
+                        .push(Event {
+                            r#type: EventType::Put as i32,
+                            kv: Some(to_kv(key, record)),
+                            prev_kv: prev,
+                        });
+                }
+                // Replaced by a put at the same revision, or deleted then.
+                if let Some(at) = superseded_at
+                    && at >= from
+                    && versions
+                        .peek()
+                        .is_none_or(|(next, _)| next.mod_revision != at)
+                {
+                    by_revision.entry(at).or_default().push(Event {
+                        r#type: EventType::Delete as i32,
+                        kv: Some(KeyValue {
+                            key: key.clone(),
+                            mod_revision: at,
+                            ..KeyValue::default()
+                        }),
+                        prev_kv: Some(to_kv(key, record)),
+                    });
+                }
+                before = Some((record, superseded_at));
+            }
+        }
+        by_revision.into_iter().collect()
+    }
+
     /// Keeps `record`, replaced at `superseded_at`, in the history.
     fn push_past(&mut self, key: Bytes, record: KeyRecord, superseded_at: i64) {
         self.size_bytes += record_size(&key, &record.value);

@@ -171,6 +171,24 @@ struct HubState {
     compacted: i64,
 }
 
+impl HubState {
+    /// Drops the oldest revisions, whole, while the history is over its bounds; the newest
+    /// one is always kept.
+    fn trim(&mut self, config: &WatchConfig) {
+        while self.history.len() > 1
+            && (self.history_events > config.max_history_events
+                || self.history_bytes > config.max_history_bytes)
+        {
+            let Some(old) = self.history.pop_front() else {
+                break;
+            };
+            self.history_events -= old.events.len();
+            self.history_bytes -= old.bytes;
+            self.floor = self.floor.max(old.revision + 1);
+        }
+    }
+}
+
 /// The event history shared by a [`KvStateMachine`](crate::KvStateMachine), which publishes
 /// into it, and the Watch service, which reads from it. Cheap to clone; clones share the
 /// history.
@@ -291,17 +309,7 @@ impl WatchHub {
                 bytes,
             }));
             s.revision = revision;
-            while s.history.len() > 1
-                && (s.history_events > self.config.max_history_events
-                    || s.history_bytes > self.config.max_history_bytes)
-            {
-                let Some(old) = s.history.pop_front() else {
-                    break;
-                };
-                s.history_events -= old.events.len();
-                s.history_bytes -= old.bytes;
-                s.floor = s.floor.max(old.revision + 1);
-            }
+            s.trim(&self.config);
         }
         self.revision_tx.send_replace(revision);
     }
@@ -319,9 +327,17 @@ impl WatchHub {
         }
     }
 
-    /// The store was replaced (snapshot installed) at `revision`: the history is forgotten;
-    /// watchers that have not seen `revision` yet are answered "compacted".
-    pub(crate) fn reset(&self, revision: i64, compact_revision: i64) {
+    /// The store was replaced (snapshot installed) at `revision`: the history is replaced by
+    /// `replayed`, the events of every revision from `from` on (rebuilt from the store's
+    /// MVCC history, oldest first, within the hub's bounds); watchers that need an earlier
+    /// revision are answered "compacted".
+    pub(crate) fn reset(
+        &self,
+        revision: i64,
+        compact_revision: i64,
+        from: i64,
+        replayed: Vec<(i64, Vec<Event>)>,
+    ) {
         {
             let mut s = self.lock();
             s.history.clear();
@@ -329,7 +345,21 @@ impl WatchHub {
             s.history_bytes = 0;
             s.revision = revision;
             s.compacted = compact_revision;
-            s.floor = (revision + 1).max(compact_revision);
+            s.floor = from.clamp(compact_revision.max(1), revision + 1);
+            for (at, events) in replayed {
+                if at < s.floor || at > revision {
+                    continue;
+                }
+                let bytes = events.iter().map(Message::encoded_len).sum();
+                s.history_events += events.len();
+                s.history_bytes += bytes;
+                s.history.push_back(Arc::new(RevisionEvents {
+                    revision: at,
+                    events,
+                    bytes,
+                }));
+            }
+            s.trim(&self.config);
         }
         self.revision_tx.send_replace(revision);
     }
@@ -536,9 +566,22 @@ mod tests {
             })
         );
         assert_eq!(hub.read_events(2, &f, 10).unwrap().events.len(), 2);
-        hub.reset(10, 4);
+        // A snapshot at 10, compacted at 4, with the events of 8 to 10 rebuilt: watching
+        // from 8 on replays them; from before, "compacted".
+        let replayed = (8..=10).map(|r| (r, vec![put("k", r)])).collect();
+        hub.reset(10, 4, 8, replayed);
+        assert_eq!(hub.compact_revision(), 4);
         assert_eq!(
-            hub.read_events(4, &f, 10),
+            hub.read_events(7, &f, 10),
+            Err(Compacted {
+                compact_revision: 8
+            })
+        );
+        assert_eq!(hub.read_events(8, &f, 10).unwrap().events.len(), 3);
+        // Nothing rebuilt: only what comes next.
+        hub.reset(10, 4, 11, Vec::new());
+        assert_eq!(
+            hub.read_events(10, &f, 10),
             Err(Compacted {
                 compact_revision: 11
             })

@@ -854,6 +854,18 @@ async fn snapshot_install_round_trip_gives_identical_answers() {
         snapshot,
         "snapshot of the copy is the same"
     );
+    // A watcher may resume on the copy from any revision after the compaction point: the
+    // events are rebuilt from the history, with their previous values.
+    let all = WatchFilter::new(b("\0"), b("\0")).with_prev_kv(true);
+    let replayed = hub.read_events(11, &all, 1_000).unwrap();
+    let original = h.sm.watch_hub().read_events(11, &all, 1_000).unwrap();
+    assert_eq!(
+        replayed.events.len(),
+        14,
+        "10 puts, 3 deletes in one revision, a put"
+    );
+    assert_eq!(replayed, original);
+    assert!(hub.read_events(10, &all, 1_000).is_err(), "compacted at 10");
 
     // Both continue identically.
     let mut c = Harness { sm: copy };
