@@ -2,7 +2,7 @@
 # Real etcdctl (Debian's etcd-client, v3 API) against a 3-member dengine-kv cluster on
 # loopback: put, get --prefix, del, txn (interactive input on stdin), watch, get --rev and
 # watch --rev (MVCC history), compaction, member list,
-# endpoint status, move-leader, member add/update/promote/remove through a follower, check datascale,
+# endpoint status (also --cluster and http:// endpoints), move-leader, member add/update/promote/remove through a follower, check datascale,
 # endpoint hashkv, defrag, snapshot save and a restore from it, the space quota and alarms, and
 # what an unsupported call answers. Every
 # output is asserted. Everything started here is stopped on exit.
@@ -108,6 +108,14 @@ status=$(ctl endpoint status)
 expect "endpoint status rows" "3" "$(wc -l <<<"$status" | tr -d ' ')"
 expect "exactly one leader" "1" "$(grep -c ', true,' <<<"$status")"
 echo "$status"
+# http:// endpoints and --cluster (which dials the http:// URLs member list advertises):
+# etcdctl 3.4 sends the endpoint, scheme included, as the HTTP/2 :authority; accepted, as etcd
+# accepts it.
+status=$(etcdctl --endpoints="http://${ENDPOINTS%%,*}" endpoint status --cluster)
+expect "endpoint status --cluster (http:// URLs)" "3" "$(wc -l <<<"$status" | tr -d ' ')"
+contains "endpoint status --cluster lists the advertised URLs" "http://127.0.0.1:${C[1]}," "$status"
+expect "get with http:// endpoints" "other" \
+    "$(etcdctl --endpoints="http://${ENDPOINTS//,/,http://}" get greeting --print-value-only)"
 
 # expect_local_value NAME ENDPOINT KEY WANT: the member at ENDPOINT's own (serializable) value
 # of KEY becomes WANT within 20 s.
@@ -173,6 +181,14 @@ serve "$NEW" 4 --initial-cluster-state existing --initial-members "$FROM=127.0.0
 expect_local_value "the moved member caught up" "127.0.0.1:${C[3]}" moved yes
 expect "member remove (the promoted one)" "Member $NEW removed" \
     "$(lctl member remove "$NEW" | tr -s ' ' | sed 's/ from cluster .*//')"
+# A removed member stops (as etcd's does) and says why; it serves nothing more.
+for _ in $(seq 150); do kill -0 "${PIDS[4]}" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "${PIDS[4]}" 2>/dev/null; then
+    echo "FAIL the removed member still runs 15 s after its removal" >&2
+    exit 1
+fi
+echo "ok   the removed member stopped"
+contains "the removed member says why" "removed from the cluster" "$(tail -5 "$DIR/host-4.log")"
 
 # check datascale: 10,000 puts of 1 KiB, measuring the member's memory from /metrics on its
 # client port (process_resident_memory_bytes, served over HTTP/1.1 next to gRPC, as etcd does).

@@ -82,6 +82,7 @@
 )]
 
 pub mod auth;
+mod authority;
 mod common;
 mod config;
 pub mod convert;
@@ -100,7 +101,7 @@ pub use config::{
 };
 pub use error::GrpcError;
 pub use files::{read_file, read_secret};
-pub use listener::{Listener, ServerHandle, ServerTls, serve_routes};
+pub use listener::{Listener, ServeOptions, ServerHandle, ServerTls, serve_routes};
 /// The admin service's wire types and stubs (`dengine.admin.v1`).
 pub use proto::admin_pb;
 /// The peer protocol's wire types and stubs (`dengine.raft.v1`).

@@ -37,6 +37,7 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::authority::AuthorityFix;
 use crate::config::{ListenerLimits, TlsConfig};
 use crate::error::GrpcError;
 use crate::files::read_file;
@@ -162,17 +163,29 @@ impl Listener {
     }
 }
 
+/// What a listener accepts beyond gRPC over HTTP/2 ([`serve_routes`]). The default: nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Serve HTTP/1.1 requests too (for plain HTTP routes such as a client port's
+    /// `/metrics`); gRPC always speaks HTTP/2.
+    pub http1: bool,
+    /// Accept an HTTP/2 `:authority` that carries a scheme (`http://host:port`), as etcd's Go
+    /// client (etcdctl 3.4) sends: the scheme is dropped before the HTTP/2 server sees the
+    /// request, which would otherwise reset it with `PROTOCOL_ERROR` (`authority.rs`). Costs
+    /// an HPACK decoding of every request's headers.
+    pub authority_with_scheme: bool,
+}
+
 /// Serves `routes` on `listener` with `tls` (plaintext when `None`) and `limits` until the
 /// returned handle is shut down or dropped. `close` is signalled at shutdown so that open
-/// streams of the services can end. With `http1`, HTTP/1.1 requests are served too (for
-/// plain HTTP routes such as a client port's `/metrics`); gRPC always speaks HTTP/2.
+/// streams of the services can end. `options` says what is accepted beyond gRPC.
 pub fn serve_routes(
     listener: Listener,
     routes: Routes,
     tls: Option<ServerTls>,
     limits: &ListenerLimits,
     close: watch::Sender<bool>,
-    http1: bool,
+    options: ServeOptions,
 ) -> ServerHandle {
     let local_addr = listener.addr;
     let name = listener.name;
@@ -182,7 +195,7 @@ pub fn serve_routes(
         // Large frames: a 64 KiB append crosses in one frame instead of four.
         .max_frame_size(Some(1 << 20))
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
-        .accept_http1(http1)
+        .accept_http1(options.http1)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .add_routes(routes);
@@ -196,6 +209,7 @@ pub fn serve_routes(
         permits: Arc::new(Semaphore::new(limits.max_connections)),
         max_connections: limits.max_connections,
         handshake_timeout: limits.handshake_timeout,
+        authority_with_scheme: options.authority_with_scheme,
     };
     let task = tokio::spawn(async move {
         let stop = async {
@@ -251,6 +265,8 @@ struct Accept {
     permits: Arc<Semaphore>,
     max_connections: usize,
     handshake_timeout: Duration,
+    /// Connections go through an [`AuthorityFix`].
+    authority_with_scheme: bool,
 }
 
 impl Accept {
@@ -317,8 +333,11 @@ impl Accept {
         while let Some((stream, permit, accepted)) =
             self.next(&mut stopped, &mut refused, &mut errors).await
         {
-            let conn =
+            let mut conn =
                 LimitedConn::new(stream, permit, accepted + self.handshake_timeout, self.name);
+            if self.authority_with_scheme {
+                conn.fix = Some(Box::new(AuthorityFix::new()));
+            }
             if tx.send(Ok(conn)).await.is_err() {
                 return;
             }
@@ -342,12 +361,16 @@ impl Accept {
             let tx = tx.clone();
             let name = self.name;
             let failed_log = failed_log.clone();
+            let fix = self.authority_with_scheme;
             tokio::spawn(async move {
                 let remote = stream.peer_addr().ok();
                 let handshake = tokio::time::timeout_at(deadline.into(), acceptor.accept(stream));
                 let problem = match handshake.await {
                     Ok(Ok(tls_stream)) => {
-                        let conn = LimitedConn::new(tls_stream, permit, deadline, name);
+                        let mut conn = LimitedConn::new(tls_stream, permit, deadline, name);
+                        if fix {
+                            conn.fix = Some(Box::new(AuthorityFix::new()));
+                        }
                         let _ = tx.send(Ok(conn)).await;
                         return;
                     }
@@ -390,6 +413,11 @@ pub(crate) struct LimitedConn<IO> {
     /// Until the preface arrived: the deadline and the bytes read so far.
     handshake: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
     name: &'static str,
+    /// The client's bytes go through this filter first, if set.
+    fix: Option<Box<AuthorityFix>>,
+    /// The client closed its side (with a filter: once its last bytes are handed over, reads
+    /// answer end of stream).
+    eof: bool,
 }
 
 impl<IO> LimitedConn<IO> {
@@ -399,6 +427,39 @@ impl<IO> LimitedConn<IO> {
             _permit: permit,
             handshake: Some((Box::pin(tokio::time::sleep_until(deadline.into())), 0)),
             name,
+            fix: None,
+            eof: false,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> LimitedConn<IO> {
+    /// Reads from the connection itself, closing it if the preface is late.
+    fn poll_io(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if let Some((_, read)) = &mut self.handshake {
+                    *read += buf.filled().len() - before;
+                    if *read >= PREFACE_BYTES {
+                        self.handshake = None;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if let Some((deadline, _)) = &mut self.handshake
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    count_refused(self.name, "handshake_timeout");
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no HTTP/2 preface before the handshake deadline",
+                    )));
+                }
+                Poll::Pending
+            }
+            other => other,
         }
     }
 }
@@ -409,32 +470,44 @@ impl<IO: AsyncRead + Unpin> AsyncRead for LimitedConn<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if let Some((_, read)) = &mut this.handshake {
-                    *read += buf.filled().len() - before;
-                    if *read >= PREFACE_BYTES {
-                        this.handshake = None;
+        let Some(mut fix) = this.fix.take() else {
+            return this.poll_io(cx, buf);
+        };
+        let polled = loop {
+            let out = fix.output();
+            if !out.is_empty() {
+                let n = out.len().min(buf.remaining());
+                buf.put_slice(&out.split_to(n));
+                break Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                break Poll::Ready(Ok(()));
+            }
+            let mut scratch = [0u8; 16 * 1024];
+            let mut read = ReadBuf::new(&mut scratch);
+            match this.poll_io(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                    fix.finish();
+                    this.eof = true;
+                }
+                Poll::Ready(Ok(())) => {
+                    if let Err(e) = fix.feed(read.filled()) {
+                        break Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "HTTP/2 from the client that the authority filter cannot \
+                                 follow after re-encoding its headers: {}",
+                                e.0
+                            ),
+                        )));
                     }
                 }
-                Poll::Ready(Ok(()))
+                other => break other,
             }
-            Poll::Pending => {
-                if let Some((deadline, _)) = &mut this.handshake
-                    && deadline.as_mut().poll(cx).is_ready()
-                {
-                    count_refused(this.name, "handshake_timeout");
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "no HTTP/2 preface before the handshake deadline",
-                    )));
-                }
-                Poll::Pending
-            }
-            other => other,
-        }
+        };
+        this.fix = Some(fix);
+        polled
     }
 }
 

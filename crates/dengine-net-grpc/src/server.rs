@@ -11,7 +11,7 @@ use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::GrpcError;
-use crate::listener::{Listener, ServerHandle, ServerTls, serve_routes};
+use crate::listener::{Listener, ServeOptions, ServerHandle, ServerTls, serve_routes};
 use crate::proto::pb;
 use crate::proto::pb::peer_server::{Peer, PeerServer};
 use crate::snapshot;
@@ -152,7 +152,7 @@ impl GrpcTransport {
             self.server_tls(),
             &cfg.listener,
             close,
-            false,
+            ServeOptions::default(),
         )
     }
 }

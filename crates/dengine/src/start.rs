@@ -8,8 +8,8 @@ use std::time::Duration;
 use dengine_core::StateMachine;
 use dengine_net_grpc::tonic::service::Routes;
 use dengine_net_grpc::{
-    GrpcError, GrpcTransport, Listener, ListenerLimits, ServerHandle, ServerTls, TlsConfig,
-    serve_routes,
+    GrpcError, GrpcTransport, Listener, ListenerLimits, ServeOptions, ServerHandle, ServerTls,
+    TlsConfig, serve_routes,
 };
 use dengine_node::{Node, NodeBuilder, StartError};
 use dengine_storage_redb::RedbStore;
@@ -346,7 +346,12 @@ where
                 client_tls,
                 &client_limits,
                 watch_sender(),
-                true,
+                // Clients may be etcd's (the KV example): HTTP/1.1 for /metrics, and the
+                // scheme etcd's Go client puts in `:authority`.
+                ServeOptions {
+                    http1: true,
+                    authority_with_scheme: true,
+                },
             ))
         }
         (Some(listener), None) => {
@@ -374,7 +379,7 @@ where
             admin_tls,
             &admin_limits,
             watch_sender(),
-            false,
+            ServeOptions::default(),
         )
     });
     if !identity_saved(&data_dir, &identity)
