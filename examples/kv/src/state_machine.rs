@@ -20,7 +20,8 @@ use crate::auth::{AuthStore, user_of};
 use crate::error::KvError;
 use crate::proto::dengine::kv::v1::{
     Backup, Command, CommandResponse, HashResult, PastKeyValue, Query, QueryResponse, Stats,
-    StoreSnapshot, command, command_response, query, query_response,
+    StoreSnapshot, WatchHistory, WatchHistoryRequest, command, command_response, query,
+    query_response,
 };
 use crate::proto::etcdserverpb::{AlarmResponse, CompactionResponse};
 use crate::quota;
@@ -231,6 +232,14 @@ impl KvStateMachine {
                 data: self.encode_snapshot(),
                 revision: self.store.revision(),
             })),
+            Ok(Query {
+                op: Some(query::Op::WatchHistory(req)),
+                user,
+                ..
+            }) => self
+                .auth
+                .authorize(user_of(&user), &Needs::read(&req.key, &req.range_end))
+                .and_then(|()| self.watch_history(&req)),
             // Etcd's HashKV: root only, checked by the service before it asks.
             Ok(Query {
                 op: Some(query::Op::Hash(req)),
@@ -251,6 +260,23 @@ impl KvStateMachine {
         QueryResponse {
             result: Some(result.unwrap_or_else(|e| R::Error(e.to_proto()))),
         }
+    }
+
+    /// The events a watcher behind the watch event history needs, from the MVCC history.
+    fn watch_history(&self, req: &WatchHistoryRequest) -> Result<query_response::Result, KvError> {
+        if req.from <= self.store.compact_revision() {
+            return Err(KvError::Compacted);
+        }
+        let range = crate::key_range::KeyRange::new(&req.key, &req.range_end);
+        let events = self
+            .store
+            .events_between(&range, req.from, req.through)
+            .into_iter()
+            .flat_map(|(_, events)| events)
+            .collect();
+        Ok(query_response::Result::WatchHistory(WatchHistory {
+            events,
+        }))
     }
 
     fn encode_snapshot(&self) -> Bytes {

@@ -183,10 +183,33 @@ impl KvStore {
     /// not kept). Revisions at or before the compaction point are incomplete (their deletes
     /// are gone), so `from` should be after it.
     pub(crate) fn events_since(&self, from: i64) -> Vec<(i64, Vec<Event>)> {
+        let nul = Bytes::from_static(b"\0");
+        self.events_between(&KeyRange::new(&nul, &nul), from, i64::MAX)
+    }
+
+    /// [`events_since`](Self::events_since) for the keys of `range` and the revisions `from`
+    /// to `through` only.
+    pub(crate) fn events_between(
+        &self,
+        range: &KeyRange,
+        from: i64,
+        through: i64,
+    ) -> Vec<(i64, Vec<Event>)> {
         let mut by_revision: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
+        let Some(bounds) = range.bounds() else {
+            return Vec::new();
+        };
         let keys = MergeKeys {
-            a: self.keys.keys().peekable(),
-            b: self.history.keys().peekable(),
+            a: self
+                .keys
+                .range::<[u8], _>(bounds)
+                .map(|(k, _)| k)
+                .peekable(),
+            b: self
+                .history
+                .range::<[u8], _>(bounds)
+                .map(|(k, _)| k)
+                .peekable(),
         };
         for key in keys {
             let past = self.history.get(key).into_iter().flatten();
@@ -196,6 +219,9 @@ impl KvStore {
                 .peekable();
             let mut before: Option<(&KeyRecord, Option<i64>)> = None;
             while let Some((record, superseded_at)) = versions.next() {
+                if record.mod_revision > through {
+                    break;
+                }
                 if record.mod_revision >= from {
                     let prev = before
                         .filter(|(_, at)| *at == Some(record.mod_revision))
@@ -211,7 +237,7 @@ impl KvStore {
                 }
                 // Replaced by a put at the same revision, or deleted then.
                 if let Some(at) = superseded_at
-                    && at >= from
+                    && (from..=through).contains(&at)
                     && versions
                         .peek()
                         .is_none_or(|(next, _)| next.mod_revision != at)

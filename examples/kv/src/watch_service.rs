@@ -3,21 +3,24 @@
 //!
 //! The task owns its watchers and catches each one up whenever the hub publishes a revision,
 //! sending at most `response_buffer` responses ahead of the client. A client that stops
-//! reading holds up only its own task; once it reads again, any watcher whose next revision
-//! has left the history gets etcd's "compacted" response and is canceled.
+//! reading holds up only its own task; once it reads again, a watcher whose next revision has
+//! left the event history is served from the store's MVCC history (a local read of at most
+//! `max_history_events` revisions at a time), as etcd serves its unsynced watchers; only one
+//! whose next revision the store has compacted away gets etcd's "compacted" response and is
+//! canceled.
 //!
 //! When the hub signals a new revision, every watcher of the stream first takes hold of the
 //! next revision it needs (a shared reference into the history), then the watchers are served
 //! one by one. A watcher that waits behind another one delivering a large revision so keeps
-//! its place even if the history drops that revision meanwhile: only a watcher that was
-//! already behind the history when the write arrived is answered "compacted". Memory: each
-//! watcher holds at most one revision beyond the history's own bounds.
+//! its place even if the history drops that revision meanwhile. Memory: each watcher holds
+//! at most one revision beyond the history's own bounds, or one read of the MVCC history.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,6 +29,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::access::Needs;
 use crate::auth::identity::Credentials;
 use crate::backend::KvBackend;
+use crate::proto::dengine::kv::v1::{WatchHistoryRequest, query, query_response};
 use crate::proto::etcdserverpb::{
     WatchCreateRequest, WatchRequest, WatchResponse, watch_create_request::FilterType,
     watch_request::RequestUnion, watch_server::Watch,
@@ -86,6 +90,9 @@ impl<B: KvBackend> Watch for WatchService<B> {
 #[derive(Debug)]
 struct Watcher {
     filter: WatchFilter,
+    /// The watched range as the client gave it (for a replay from the MVCC history).
+    key: Bytes,
+    range_end: Bytes,
     /// The next revision to deliver.
     next_revision: i64,
     /// The revision being delivered (`next_revision` or a later one, held so that the
@@ -117,6 +124,11 @@ enum Gathered {
 
 /// The client went away; the task ends.
 struct Closed;
+
+/// The revision of an event (a delete's `kv` carries its revision too).
+fn revision_of(event: &mvccpb::Event) -> i64 {
+    event.kv.as_ref().map_or(0, |kv| kv.mod_revision)
+}
 
 struct StreamTask<B> {
     shared: Arc<Shared<B>>,
@@ -264,13 +276,15 @@ impl<B: KvBackend> StreamTask<B> {
         } else {
             revision + 1
         };
-        let filter = WatchFilter::new(create.key, create.range_end)
+        let filter = WatchFilter::new(create.key.clone(), create.range_end.clone())
             .with_prev_kv(create.prev_kv)
             .with_filters(filters);
         self.watchers.insert(
             id,
             Watcher {
                 filter,
+                key: create.key,
+                range_end: create.range_end,
                 next_revision,
                 current: None,
                 fragment: create.fragment,
@@ -314,6 +328,22 @@ impl<B: KvBackend> StreamTask<B> {
             match self.gather(id) {
                 None => return Ok(()),
                 Some(Gathered::Compacted { wanted, oldest }) => {
+                    // Behind the event history but not the compaction point: the MVCC history
+                    // has those revisions.
+                    // At most as many revisions per read as the event history holds events, so
+                    // memory stays bounded however far behind the watcher is.
+                    let window = i64::try_from(self.hub.config().max_history_events)
+                        .unwrap_or(i64::MAX)
+                        .max(1);
+                    let through = (oldest - 1).min(wanted.saturating_add(window - 1));
+                    if wanted > self.hub.compact_revision()
+                        && self.replay(id, wanted, through).await?
+                    {
+                        continue;
+                    }
+                    // The oldest revision a new watcher can start from: in the event
+                    // history, or right after the compaction point from the MVCC history.
+                    let oldest = oldest.min(self.hub.compact_revision() + 1);
                     self.watchers.remove(&id);
                     tracing::debug!(
                         watch_id = id,
@@ -358,6 +388,65 @@ impl<B: KvBackend> StreamTask<B> {
                 }
             }
         }
+    }
+
+    /// Sends watcher `id` the events of revisions `from` to `through`, rebuilt by the state
+    /// machine from its MVCC history (a local read), in responses of whole revisions and
+    /// about `max_events_per_response` events; then it goes on from the event history.
+    /// `false` if the history could not give them (compacted meanwhile, the member not
+    /// serving reads): the watcher is then answered "compacted".
+    async fn replay(&mut self, id: i64, from: i64, through: i64) -> Result<bool, Closed> {
+        let Some(w) = self.watchers.get(&id) else {
+            return Ok(false);
+        };
+        let Ok(user) = self.shared.auth.identify(&self.credentials) else {
+            return Ok(false);
+        };
+        let op = query::Op::WatchHistory(WatchHistoryRequest {
+            key: w.key.clone(),
+            range_end: w.range_end.clone(),
+            from,
+            through,
+        });
+        let events = match self.shared.query(op, user, true).await {
+            Ok(query_response::Result::WatchHistory(h)) => h.events,
+            Ok(_) | Err(_) => return Ok(false),
+        };
+        let matching: Vec<mvccpb::Event> = events
+            .iter()
+            .filter(|e| w.filter.matches(e))
+            .map(|e| w.filter.deliver(e))
+            .collect();
+        tracing::debug!(
+            watch_id = id,
+            from,
+            through,
+            events = matching.len(),
+            "watcher behind the event history: replayed from the MVCC history"
+        );
+        let max_events = self.hub.config().max_events_per_response.max(1);
+        let mut rest = &matching[..];
+        while !rest.is_empty() {
+            // Whole revisions: extend past the bound to the end of the last one.
+            let mut end = max_events.min(rest.len());
+            let last = revision_of(&rest[end - 1]);
+            while end < rest.len() && revision_of(&rest[end]) == last {
+                end += 1;
+            }
+            let response = WatchResponse {
+                watch_id: id,
+                events: rest[..end].to_vec(),
+                ..WatchResponse::default()
+            };
+            self.send(response, last).await?;
+            rest = &rest[end..];
+        }
+        if let Some(w) = self.watchers.get_mut(&id) {
+            w.next_revision = through + 1;
+            w.current = None;
+            w.sent_since_tick |= !matching.is_empty();
+        }
+        Ok(true)
     }
 
     /// The events of watcher `id`'s next response, read from the revision it holds and then

@@ -131,7 +131,8 @@ impl KvStateMachine {
             | query::Op::Stats(_)
             | query::Op::Hash(_)
             | query::Op::Alarms(_)
-            | query::Op::Backup(_) => Err(KvError::Internal(
+            | query::Op::Backup(_)
+            | query::Op::WatchHistory(_) => Err(KvError::Internal(
                 "a key-value query was taken for an auth query".into(),
             )),
         }
