@@ -8,13 +8,16 @@
 //! at the authority, so those clients work against etcd.
 //!
 //! This filter sits between the socket (after TLS) and the HTTP/2 server, on the client
-//! listener only. It follows the client's frames; in each header block it decodes (HPACK,
-//! keeping the client's dynamic table in step) it looks at `:authority`, and when that holds
-//! `scheme://`, it drops the scheme and re-encodes the block. Every other byte passes through
-//! unchanged. Once one block was re-encoded, every later block of the connection is too
-//! (re-encoded blocks are literals that never touch the server's dynamic table, so the
-//! client's later references to its own table could no longer be passed through as they
-//! are). The re-encoded blocks use no Huffman coding and no table: a little larger, never
+//! listener only. It follows the client's frames up to the end of the connection's first
+//! header block and decodes that block (HPACK). A client sends one authority for the whole
+//! connection, so the first request decides: if its `:authority` holds `scheme://`, the
+//! filter drops the scheme and re-encodes that block and every later one (decoding each, to
+//! keep the client's dynamic table in step: re-encoded blocks are literals that never touch
+//! the server's dynamic table, so the client's references to its own table could not be
+//! passed through as they are); every other byte passes through unchanged. Otherwise the
+//! filter steps aside for the rest of the connection and the connection reads the socket
+//! directly again: a well-formed client pays one header decoding per connection, not per
+//! request. The re-encoded blocks use no Huffman coding and no table: a little larger, never
 //! ambiguous.
 //!
 //! Hostile input: anything that is not what a well-formed client sends (no HTTP/2 preface — an
@@ -107,6 +110,12 @@ impl AuthorityFix {
             decoder,
             reencoding: false,
         }
+    }
+
+    /// Whether the filter has stepped aside and holds nothing: the connection can be read
+    /// directly from now on.
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self.state, State::Aside) && self.input.is_empty() && self.output.is_empty()
     }
 
     /// The processed bytes, ready for the HTTP/2 server.
@@ -282,7 +291,9 @@ impl AuthorityFix {
             }
         }
         if !(fixed || self.reencoding) {
+            // The connection's authority is fine: nothing more to follow.
             self.output.extend_from_slice(&block.raw);
+            self.state = State::Aside;
             return Ok(());
         }
         if fixed && !self.reencoding {
@@ -493,15 +504,29 @@ mod tests {
                 "fed {piece} bytes at a time"
             );
         }
+        // After the first header block the filter steps aside: the connection is read
+        // directly from then on.
+        let first = client(&[request("127.0.0.1:2379", "/a")]);
+        let mut fix = AuthorityFix::new();
+        let headers_end = first.len() - (FRAME_HEADER + 7);
+        fix.feed(&first[..headers_end]).unwrap();
+        assert!(!fix.is_done(), "the block is handed over first");
+        assert_eq!(fix.output().split().len(), headers_end);
+        assert!(fix.is_done());
+        // A client sends one authority per connection: a later block with a scheme is not
+        // looked at (the HTTP/2 server refuses it, as without the filter).
+        let mixed = client(&[request("a:1", "/a"), request("http://a:1", "/b")]);
+        assert_eq!(filter(&mixed, 4096).unwrap(), mixed);
     }
 
     #[test]
     fn a_scheme_in_the_authority_is_dropped_and_later_blocks_still_decode() {
         let sent = [
-            request("127.0.0.1:2379", "/first"),
+            request("http://127.0.0.1:2379", "/first"),
             request("http://127.0.0.1:2379", "/etcdserverpb.KV/Range"),
             // The client's encoder now refers to its table for most of these.
             request("http://127.0.0.1:2379", "/etcdserverpb.KV/Put"),
+            // (a client sends one authority per connection, but each block is looked at)
             request("https://[::1]:2379", "/etcdserverpb.Maintenance/Status"),
         ];
         let bytes = client(&sent);

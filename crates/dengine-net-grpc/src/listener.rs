@@ -471,6 +471,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for LimitedConn<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.fix.as_ref().is_some_and(|f| f.is_done()) {
+            this.fix = None;
+        }
         let Some(mut fix) = this.fix.take() else {
             return this.poll_io(cx, buf);
         };
@@ -484,8 +487,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for LimitedConn<IO> {
             if this.eof {
                 break Poll::Ready(Ok(()));
             }
-            let mut scratch = [0u8; 16 * 1024];
-            let mut read = ReadBuf::new(&mut scratch);
+            let mut scratch = [const { std::mem::MaybeUninit::<u8>::uninit() }; 16 * 1024];
+            let mut read = ReadBuf::uninit(&mut scratch);
             match this.poll_io(cx, &mut read) {
                 Poll::Ready(Ok(())) if read.filled().is_empty() => {
                     fix.finish();
