@@ -16,36 +16,11 @@ use prost::Message;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::backend::KvBackend;
+use crate::config::AutoCompaction;
 use crate::node_backend::NodeBackend;
 use crate::proto::dengine::kv::v1::{Command, command};
 use crate::proto::etcdserverpb::CompactionRequest;
 use crate::watch::WatchHub;
-
-/// How much MVCC history a cluster keeps (the `auto_compaction` of
-/// [`KvConfig`](crate::KvConfig)).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AutoCompaction {
-    /// Never compacted automatically: the history grows until a client compacts
-    /// (`etcdctl compaction REV`), as etcd's default.
-    Off,
-    /// Keep this many revisions: the leader compacts to `current - n`, checking every second
-    /// (etcd's `--auto-compaction-mode=revision`, which checks every 5 minutes).
-    Revisions(u64),
-    /// Keep this much time: the leader compacts to the revision the store had that long ago,
-    /// sampled every tenth of the period (at least every second), as etcd's
-    /// `--auto-compaction-mode=periodic`.
-    Periodic(Duration),
-}
-
-/// The default: keep the last 10,000 revisions (etcd keeps everything by default; dengine-kv
-/// holds its history in memory, so it bounds it unless told otherwise).
-pub const DEFAULT_AUTO_COMPACTION: AutoCompaction = AutoCompaction::Revisions(10_000);
-
-impl Default for AutoCompaction {
-    fn default() -> Self {
-        DEFAULT_AUTO_COMPACTION
-    }
-}
 
 impl AutoCompaction {
     /// How often the leader looks.

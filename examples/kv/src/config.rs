@@ -1,7 +1,7 @@
 //! [`KvConfig`]: the limits the etcd API services enforce on what clients send and receive
 //! (and that the leader enforces again on writes forwarded by other members).
 
-pub use crate::compactor::{AutoCompaction, DEFAULT_AUTO_COMPACTION};
+use std::time::Duration;
 
 /// etcd's default `--max-request-bytes`: 1.5 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
@@ -68,5 +68,31 @@ impl Default for KvConfig {
             auto_compaction: DEFAULT_AUTO_COMPACTION,
             name: String::new(),
         }
+    }
+}
+
+/// How much MVCC history a cluster keeps (the `auto_compaction` of
+/// [`KvConfig`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Never compacted automatically: the history grows until a client compacts
+    /// (`etcdctl compaction REV`), as etcd's default.
+    Off,
+    /// Keep this many revisions: the leader compacts to `current - n`, checking every second
+    /// (etcd's `--auto-compaction-mode=revision`, which checks every 5 minutes).
+    Revisions(u64),
+    /// Keep this much time: the leader compacts to the revision the store had that long ago,
+    /// sampled every tenth of the period (at least every second), as etcd's
+    /// `--auto-compaction-mode=periodic`.
+    Periodic(Duration),
+}
+
+/// The default: keep the last 10,000 revisions (etcd keeps everything by default; dengine-kv
+/// holds its history in memory, so it bounds it unless told otherwise).
+pub const DEFAULT_AUTO_COMPACTION: AutoCompaction = AutoCompaction::Revisions(10_000);
+
+impl Default for AutoCompaction {
+    fn default() -> Self {
+        DEFAULT_AUTO_COMPACTION
     }
 }
