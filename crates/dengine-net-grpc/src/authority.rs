@@ -196,8 +196,7 @@ impl AuthorityFix {
         }
         let mut header = [0u8; FRAME_HEADER];
         header.copy_from_slice(&self.input[..FRAME_HEADER]);
-        let length =
-            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+        let length = frame_length(&header);
         let kind = header[3];
         let collecting = self.block.is_some();
         match kind {
@@ -221,8 +220,7 @@ impl AuthorityFix {
     }
 
     fn block_payload(&mut self, header: [u8; FRAME_HEADER]) -> Result<bool, Unfollowable> {
-        let length =
-            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+        let length = frame_length(&header);
         if self.input.len() < length {
             return Ok(false);
         }
@@ -359,6 +357,13 @@ impl AuthorityFix {
     }
 }
 
+/// The payload length in a frame header (its first 3 bytes, big-endian; RFC 9113 §4.1).
+fn frame_length(header: &[u8]) -> usize {
+    header[..3]
+        .iter()
+        .fold(0, |length, &byte| length << 8 | usize::from(byte))
+}
+
 /// A HEADERS frame's priority fields (if flagged) and block fragment (without padding), or
 /// `None` if the frame is too short for what its flags announce.
 fn headers_fragment(flags: u8, payload: &[u8]) -> Option<(Option<[u8; 5]>, &[u8])> {
@@ -455,7 +460,7 @@ mod tests {
         let mut frames = Vec::new();
         let mut block = Vec::new();
         while !rest.is_empty() {
-            let n = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+            let n = frame_length(rest);
             let (kind, flags) = (rest[3], rest[4]);
             let stream = u32::from_be_bytes(rest[5..9].try_into().unwrap());
             let payload = &rest[9..9 + n];

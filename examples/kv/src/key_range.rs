@@ -32,6 +32,14 @@ impl KeyRange {
         }
     }
 
+    /// Every key (etcd's `key = "\0", range_end = "\0"`).
+    pub(crate) fn all() -> Self {
+        KeyRange::Span {
+            start: Bytes::new(),
+            end: None,
+        }
+    }
+
     /// Whether `key` belongs to the set.
     pub(crate) fn contains(&self, key: &[u8]) -> bool {
         match self {

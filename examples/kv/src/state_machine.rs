@@ -422,8 +422,11 @@ impl StateMachine for KvStateMachine {
         // are gone) from the history, as many as the hub can hold (each revision has at least
         // one event).
         let window = i64::try_from(self.hub.config().max_history_events).unwrap_or(i64::MAX);
-        let from =
-            (self.store.compact_revision() + 1).max(snapshot.revision.saturating_sub(window) + 1);
+        let from = self
+            .store
+            .compact_revision()
+            .saturating_add(1)
+            .max(snapshot.revision.saturating_sub(window).saturating_add(1));
         self.hub.reset(
             snapshot.revision,
             snapshot.compact_revision,

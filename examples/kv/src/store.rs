@@ -13,7 +13,7 @@ use std::iter::Peekable;
 use bytes::Bytes;
 
 use crate::error::KvError;
-use crate::key_range::KeyRange;
+use crate::key_range::{KeyBounds, KeyRange};
 use crate::proto::etcdserverpb::{
     Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
     RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
@@ -138,6 +138,12 @@ impl KvStore {
         revision: i64,
         compact_revision: i64,
     ) -> Result<Self, BadHistory> {
+        if revision < 0 || compact_revision < 0 || compact_revision > revision {
+            return Err(BadHistory(format!(
+                "revision {revision} with compaction point {compact_revision}: the compaction \
+                 point must be between 0 and the revision"
+            )));
+        }
         let mut store = KvStore {
             revision,
             compact_revision,
@@ -183,8 +189,7 @@ impl KvStore {
     /// not kept). Revisions at or before the compaction point are incomplete (their deletes
     /// are gone), so `from` should be after it.
     pub(crate) fn events_since(&self, from: i64) -> Vec<(i64, Vec<Event>)> {
-        let nul = Bytes::from_static(b"\0");
-        self.events_between(&KeyRange::new(&nul, &nul), from, i64::MAX)
+        self.events_between(&KeyRange::all(), from, i64::MAX)
     }
 
     /// [`events_since`](Self::events_since) for the keys of `range` and the revisions `from`
@@ -199,19 +204,7 @@ impl KvStore {
         let Some(bounds) = range.bounds() else {
             return Vec::new();
         };
-        let keys = MergeKeys {
-            a: self
-                .keys
-                .range::<[u8], _>(bounds)
-                .map(|(k, _)| k)
-                .peekable(),
-            b: self
-                .history
-                .range::<[u8], _>(bounds)
-                .map(|(k, _)| k)
-                .peekable(),
-        };
-        for key in keys {
+        for key in self.keys_in(bounds) {
             let past = self.history.get(key).into_iter().flatten();
             let mut versions = past
                 .map(|p| (&p.record, Some(p.superseded_at)))
@@ -283,11 +276,7 @@ impl KvStore {
 
     /// The revision a read asking for `revision` sees (0: the current one).
     fn read_at(&self, revision: i64) -> ReadAt {
-        if revision <= 0 || revision >= self.revision {
-            ReadAt::Live
-        } else {
-            ReadAt::Past(revision)
-        }
+        ReadAt::of(revision, self.revision)
     }
 
     /// The state of `key` at past revision `at`: the current record if it was already
@@ -313,8 +302,7 @@ impl KvStore {
     pub(crate) fn hash(&self, revision: i64) -> Result<u32, KvError> {
         self.check_read_revision(revision)?;
         let mut crc = 0u32;
-        let nul = Bytes::from_static(b"\0");
-        let all = KeyRange::new(&nul, &nul);
+        let all = KeyRange::all();
         for (key, r) in self.iter_range_at(&all, self.read_at(revision)) {
             crc = crc32c::crc32c_append(crc, &(key.len() as u64).to_le_bytes());
             crc = crc32c::crc32c_append(crc, key);
@@ -405,15 +393,26 @@ impl KvStore {
         let Some(bounds) = range.bounds() else {
             return Box::new(std::iter::empty());
         };
-        let live = self.keys.range::<[u8], _>(bounds).map(|(k, _)| k);
-        let past = self.history.range::<[u8], _>(bounds).map(|(k, _)| k);
         Box::new(
-            MergeKeys {
-                a: live.peekable(),
-                b: past.peekable(),
-            }
-            .filter_map(move |k| self.version_at(k, at).map(|r| (k, r))),
+            self.keys_in(bounds)
+                .filter_map(move |k| self.version_at(k, at).map(|r| (k, r))),
         )
+    }
+
+    /// Every key within `bounds` that is live or has kept past versions, in key order, once.
+    fn keys_in<'a>(&'a self, bounds: KeyBounds<'a>) -> impl Iterator<Item = &'a Bytes> + 'a {
+        MergeKeys {
+            a: self
+                .keys
+                .range::<[u8], _>(bounds)
+                .map(|(k, _)| k)
+                .peekable(),
+            b: self
+                .history
+                .range::<[u8], _>(bounds)
+                .map(|(k, _)| k)
+                .peekable(),
+        }
     }
 
     /// Serves a Range at `at` (checked by the caller); `header_revision` goes in the header
@@ -674,6 +673,18 @@ enum ReadAt {
     Past(i64),
 }
 
+impl ReadAt {
+    /// What a read asking for `revision` sees when the live keys are at `live` (0 or `live`
+    /// and later: the live keys).
+    fn of(revision: i64, live: i64) -> Self {
+        if revision <= 0 || revision >= live {
+            ReadAt::Live
+        } else {
+            ReadAt::Past(revision)
+        }
+    }
+}
+
 /// The union of two ascending key sequences, each key once.
 struct MergeKeys<'a, A: Iterator<Item = &'a Bytes>, B: Iterator<Item = &'a Bytes>> {
     a: Peekable<A>,
@@ -886,11 +897,7 @@ impl WriteTxn<'_> {
                     } else {
                         self.revision
                     };
-                    let at = if r.revision <= 0 || r.revision >= live {
-                        ReadAt::Live
-                    } else {
-                        ReadAt::Past(r.revision)
-                    };
+                    let at = ReadAt::of(r.revision, live);
                     Some(Response::ResponseRange(
                         self.store.range_unchecked(r, at, live),
                     ))

@@ -172,6 +172,18 @@ struct HubState {
 }
 
 impl HubState {
+    /// Appends the events of `revision` (newer than every revision held) to the history.
+    fn push(&mut self, revision: i64, events: Vec<Event>) {
+        let bytes = events.iter().map(Message::encoded_len).sum();
+        self.history_events += events.len();
+        self.history_bytes += bytes;
+        self.history.push_back(Arc::new(RevisionEvents {
+            revision,
+            events,
+            bytes,
+        }));
+    }
+
     /// Drops the oldest revisions, whole, while the history is over its bounds; the newest
     /// one is always kept.
     fn trim(&mut self, config: &WatchConfig) {
@@ -300,14 +312,7 @@ impl WatchHub {
         {
             let mut s = self.lock();
             debug_assert!(revision > s.revision, "revisions are published in order");
-            let bytes = events.iter().map(Message::encoded_len).sum();
-            s.history_events += events.len();
-            s.history_bytes += bytes;
-            s.history.push_back(Arc::new(RevisionEvents {
-                revision,
-                events,
-                bytes,
-            }));
+            s.push(revision, events);
             s.revision = revision;
             s.trim(&self.config);
         }
@@ -345,19 +350,14 @@ impl WatchHub {
             s.history_bytes = 0;
             s.revision = revision;
             s.compacted = compact_revision;
-            s.floor = from.clamp(compact_revision.max(1), revision + 1);
+            // Not `clamp`: it panics on inverted bounds, and a snapshot is input.
+            s.floor = from
+                .max(compact_revision.max(1))
+                .min(revision.saturating_add(1));
             for (at, events) in replayed {
-                if at < s.floor || at > revision {
-                    continue;
+                if at >= s.floor && at <= revision {
+                    s.push(at, events);
                 }
-                let bytes = events.iter().map(Message::encoded_len).sum();
-                s.history_events += events.len();
-                s.history_bytes += bytes;
-                s.history.push_back(Arc::new(RevisionEvents {
-                    revision: at,
-                    events,
-                    bytes,
-                }));
             }
             s.trim(&self.config);
         }

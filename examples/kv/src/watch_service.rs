@@ -412,41 +412,47 @@ impl<B: KvBackend> StreamTask<B> {
             Ok(query_response::Result::WatchHistory(h)) => h.events,
             Ok(_) | Err(_) => return Ok(false),
         };
-        let matching: Vec<mvccpb::Event> = events
-            .iter()
-            .filter(|e| w.filter.matches(e))
-            .map(|e| w.filter.deliver(e))
-            .collect();
         tracing::debug!(
             watch_id = id,
             from,
             through,
-            events = matching.len(),
+            events = events.len(),
             "watcher behind the event history: replayed from the MVCC history"
         );
+        // Whole revisions per response: one goes out once it holds the bound and the next
+        // event starts another revision.
         let max_events = self.hub.config().max_events_per_response.max(1);
-        let mut rest = &matching[..];
-        while !rest.is_empty() {
-            // Whole revisions: extend past the bound to the end of the last one.
-            let mut end = max_events.min(rest.len());
-            let last = revision_of(&rest[end - 1]);
-            while end < rest.len() && revision_of(&rest[end]) == last {
-                end += 1;
+        let mut chunk: Vec<mvccpb::Event> = Vec::new();
+        let mut sent = false;
+        for event in events.iter().filter(|e| w.filter.matches(e)) {
+            let last = chunk.last().map(revision_of);
+            if chunk.len() >= max_events && last != Some(revision_of(event)) {
+                self.send_events(id, std::mem::take(&mut chunk)).await?;
+                sent = true;
             }
-            let response = WatchResponse {
-                watch_id: id,
-                events: rest[..end].to_vec(),
-                ..WatchResponse::default()
-            };
-            self.send(response, last).await?;
-            rest = &rest[end..];
+            chunk.push(w.filter.deliver(event));
+        }
+        if !chunk.is_empty() {
+            self.send_events(id, chunk).await?;
+            sent = true;
         }
         if let Some(w) = self.watchers.get_mut(&id) {
-            w.next_revision = through + 1;
+            w.next_revision = through.saturating_add(1);
             w.current = None;
-            w.sent_since_tick |= !matching.is_empty();
+            w.sent_since_tick |= sent;
         }
         Ok(true)
+    }
+
+    /// Sends watcher `id` one response with `events` (not empty), at the last one's revision.
+    async fn send_events(&self, id: i64, events: Vec<mvccpb::Event>) -> Result<(), Closed> {
+        let revision = events.last().map_or(0, revision_of);
+        let response = WatchResponse {
+            watch_id: id,
+            events,
+            ..WatchResponse::default()
+        };
+        self.send(response, revision).await
     }
 
     /// The events of watcher `id`'s next response, read from the revision it holds and then

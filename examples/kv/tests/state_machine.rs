@@ -897,6 +897,18 @@ async fn snapshot_install_round_trip_gives_identical_answers() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("out of order"), "{err}");
+    // A compaction point after the revision (or negative revisions) is damage too, refused
+    // rather than panicking while the watch history is rebuilt.
+    for (revision, compact_revision) in [(22, 23), (-1, 0), (22, -5)] {
+        let mut decoded = StoreSnapshot::decode(snapshot.clone()).unwrap();
+        decoded.history.clear();
+        (decoded.revision, decoded.compact_revision) = (revision, compact_revision);
+        let err = other
+            .install_snapshot(Bytes::from(decoded.encode_to_vec()), index)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("compaction point"), "{err}");
+    }
     let mut decoded = StoreSnapshot::decode(snapshot).unwrap();
     decoded.history[0].superseded_revision = 10;
     assert!(
