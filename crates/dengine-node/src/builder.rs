@@ -344,8 +344,18 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
         };
         let mut stored = store.load_state().await?;
         let mut loaded = crate::snapshot_dir::Loaded::default();
+        // A snapshot the state machine already covers is not installed: its data is not read.
+        let durable = state_machine.durable();
+        let covered = if durable {
+            state_machine.applied_index()
+        } else {
+            0
+        };
         if let Some(dir) = &snapshot_dir {
-            loaded = dir.load_latest().await.map_err(StartError::SnapshotFile)?;
+            loaded = dir
+                .load_latest_after(covered)
+                .await
+                .map_err(StartError::SnapshotFile)?;
         }
         let snapshot_file = loaded.snapshot.take();
         let valid_snapshot_index = snapshot_file.as_ref().map(|f| f.meta.last_included.index);
@@ -406,7 +416,10 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
                 base = Some(file.meta.clone());
             }
         }
+        // A durable state machine builds a snapshot when a follower needs one; the runtime
+        // does not hold one in memory meanwhile.
         let initial_snapshot = snapshot_file
+            .filter(|_| !loaded.data_skipped && !durable)
             .filter(|f| base.as_ref().map(|b| b.last_included) == Some(f.meta.last_included));
         let compacted = stored.first_index.saturating_sub(1);
         if applied < compacted {
@@ -476,6 +489,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             fatal: fatal.clone(),
             snapshot_dir,
             initial_snapshot,
+            durable_state_machine: durable,
             leadership: leadership_tx,
             #[cfg(feature = "fault-injection")]
             bugs: options.bugs,

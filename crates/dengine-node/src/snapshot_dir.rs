@@ -17,6 +17,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use dengine_core::LogIndex;
+use dengine_core::SnapshotMeta;
 use dengine_core::store::Snapshot;
 use dengine_storage_common::codec::{decode_snapshot_meta, encode_snapshot_meta};
 
@@ -75,6 +77,13 @@ impl SnapshotDir {
     /// The newest snapshot that passes its checks, if any, and the newer files that failed
     /// them (each with what is wrong).
     pub(crate) async fn load_latest(&self) -> Result<Loaded, String> {
+        self.load_latest_after(0).await
+    }
+
+    /// [`load_latest`](Self::load_latest), but a file that covers no entry after `applied`
+    /// (the state machine already holds its state) is checked only up to its metadata and
+    /// returned without its data (see [`Loaded::data_skipped`]).
+    pub(crate) async fn load_latest_after(&self, applied: LogIndex) -> Result<Loaded, String> {
         // Without the `testing` feature the match has one arm.
         #[allow(clippy::infallible_destructuring_match)]
         let path = match &self.backend {
@@ -84,11 +93,12 @@ impl SnapshotDir {
                 return Ok(Loaded {
                     snapshot: memory.latest(),
                     damaged: Vec::new(),
+                    data_skipped: false,
                 });
             }
         };
         let dir = path.clone();
-        tokio::task::spawn_blocking(move || load_blocking(&dir))
+        tokio::task::spawn_blocking(move || load_blocking(&dir, applied))
             .await
             .map_err(|e| format!("snapshot reader task failed: {e}"))?
             .map_err(|e| format!("reading snapshots in {}: {e}", path.display()))
@@ -145,6 +155,8 @@ pub(crate) struct Loaded {
     pub(crate) snapshot: Option<Snapshot>,
     /// Newer files that failed them: path and what is wrong.
     pub(crate) damaged: Vec<(PathBuf, String)>,
+    /// `snapshot` holds only the metadata (its data was not needed, and not read).
+    pub(crate) data_skipped: bool,
 }
 
 impl Loaded {
@@ -158,7 +170,7 @@ impl Loaded {
     }
 }
 
-fn load_blocking(dir: &Path) -> io::Result<Loaded> {
+fn load_blocking(dir: &Path, applied: LogIndex) -> io::Result<Loaded> {
     let mut loaded = Loaded::default();
     if !dir.exists() {
         return Ok(loaded);
@@ -167,7 +179,23 @@ fn load_blocking(dir: &Path) -> io::Result<Loaded> {
     names.sort();
     for name in names.iter().rev() {
         let path = dir.join(name);
-        match decode(&fs::read(&path)?) {
+        let meta_only = match read_meta(&path)? {
+            Ok(meta) if meta.last_included.index <= applied => Ok(meta),
+            Ok(_) => Err(None),
+            Err(detail) => Err(Some(detail)),
+        };
+        let decoded = match meta_only {
+            Ok(meta) => {
+                loaded.data_skipped = true;
+                Ok(Snapshot {
+                    meta,
+                    data: Bytes::new(),
+                })
+            }
+            Err(Some(detail)) => Err(detail),
+            Err(None) => decode(fs::read(&path)?),
+        };
+        match decoded {
             Ok(snapshot) => {
                 loaded.snapshot = Some(snapshot);
                 break;
@@ -185,7 +213,47 @@ fn load_blocking(dir: &Path) -> io::Result<Loaded> {
     Ok(loaded)
 }
 
-fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
+/// The metadata of a snapshot file, checked up to there, and that the file is as long as its
+/// header says (the data's checksum is not checked: the data is not read).
+fn read_meta(path: &Path) -> io::Result<Result<SnapshotMeta, String>> {
+    use std::io::Read as _;
+    let mut file = fs::File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let mut head = vec![0u8; MAGIC.len() + 4];
+    if file.read_exact(&mut head).is_err() {
+        return Ok(Err("truncated header".into()));
+    }
+    let Some(rest) = head.strip_prefix(MAGIC) else {
+        return Ok(Err("bad magic".into()));
+    };
+    let meta_len = match split_u32(rest) {
+        Ok((len, _)) => len as u64,
+        Err(e) => return Ok(Err(e)),
+    };
+    let header_len = MAGIC.len() as u64 + 4 + meta_len + 12;
+    if file_len < header_len {
+        return Ok(Err("truncated metadata".into()));
+    }
+    let mut rest = vec![0u8; (meta_len + 12) as usize];
+    file.read_exact(&mut rest)?;
+    let (meta, sizes) = rest.split_at(meta_len as usize);
+    let meta = match decode_snapshot_meta(meta) {
+        Ok(meta) => meta,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let data_len = u64::from_be_bytes(sizes[..8].try_into().unwrap_or([0xff; 8]));
+    if file_len - header_len != data_len {
+        return Ok(Err(format!(
+            "data is {} bytes, expected {data_len}",
+            file_len - header_len
+        )));
+    }
+    Ok(Ok(meta))
+}
+
+fn decode(file: Vec<u8>) -> Result<Snapshot, String> {
+    let file = Bytes::from(file);
+    let bytes: &[u8] = &file;
     let rest = bytes.strip_prefix(MAGIC).ok_or("bad magic")?;
     let (len, rest) = split_u32(rest)?;
     let len = len as usize;
@@ -206,10 +274,9 @@ fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     if crc32fast::hash(data) != crc {
         return Err("data checksum mismatch".into());
     }
-    Ok(Snapshot {
-        meta,
-        data: Bytes::copy_from_slice(data),
-    })
+    // The data without a copy: a slice of the file's buffer.
+    let data = file.slice_ref(data);
+    Ok(Snapshot { meta, data })
 }
 
 fn split_u32(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
@@ -267,5 +334,30 @@ mod tests {
         assert_eq!(loaded.damaged.len(), 1);
         assert_eq!(loaded.damaged[0].0, newest, "the damaged file is named");
         assert!(loaded.describe_damaged().contains("checksum"), "{loaded:?}");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_the_state_machine_covers_is_read_only_up_to_its_metadata() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::new(tmp.path().to_path_buf());
+        dir.save(&snap(10, b"old")).await.unwrap();
+        dir.save(&snap(20, b"new")).await.unwrap();
+        let loaded = dir.load_latest_after(20).await.unwrap();
+        assert!(loaded.data_skipped);
+        let found = loaded.snapshot.unwrap();
+        assert_eq!(found.meta, snap(20, b"").meta);
+        assert!(found.data.is_empty(), "the data is not read");
+        // Newer than what the state machine holds: read whole, as before.
+        let loaded = dir.load_latest_after(19).await.unwrap();
+        assert!(!loaded.data_skipped);
+        assert_eq!(loaded.snapshot, Some(snap(20, b"new")));
+        // A covered file cut short is still found damaged (by its length), and the older one
+        // is used.
+        let newest = tmp.path().join(file_name(&snap(20, b"new")));
+        let bytes = fs::read(&newest).unwrap();
+        fs::write(&newest, &bytes[..bytes.len() - 1]).unwrap();
+        let loaded = dir.load_latest_after(20).await.unwrap();
+        assert_eq!(loaded.damaged.len(), 1, "{loaded:?}");
+        assert_eq!(loaded.snapshot.unwrap().meta, snap(10, b"").meta);
     }
 }

@@ -49,6 +49,10 @@ pub enum StartNodeError {
     /// The log store could not be opened.
     #[error("cannot open the log store: {0}")]
     Storage(#[from] dengine_core::StorageError),
+    /// The application could not open its state machine (a durable one's files) before the
+    /// node started.
+    #[error("cannot open the state machine: {0}")]
+    StateMachine(String),
     /// The member identity file could not be read or written.
     #[error("{0}")]
     Identity(#[from] IdentityError),

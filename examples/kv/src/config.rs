@@ -50,6 +50,35 @@ pub struct KvConfig {
     /// This member's name in `member list` (etcd's `--name`); the other members learn it
     /// when they first reach this one. Empty (the default): listed as `node-<id>`.
     pub name: String,
+    /// Where the keys live: on disk (the default) or in memory.
+    pub state: StateStorage,
+}
+
+/// Where a member keeps its keys, their history, the auth state and alarms (the `state` of
+/// [`KvConfig`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateStorage {
+    /// In a redb file, `<data_dir>/state/kv.redb`, written with each applied batch: a restart
+    /// resumes from it (replaying at most about a second of the log), and memory holds only
+    /// the file's page cache of `cache_bytes`, not the data set.
+    Durable {
+        /// The page cache's size in bytes (default [`DEFAULT_STATE_CACHE_BYTES`]).
+        cache_bytes: usize,
+    },
+    /// In memory, rebuilt from the newest snapshot and the log on every start: restarts take
+    /// longer as the data grows, and the whole data set (with its history) is in memory.
+    Memory,
+}
+
+/// The default page cache of a durable state: 64 MiB.
+pub const DEFAULT_STATE_CACHE_BYTES: usize = 64 << 20;
+
+impl Default for StateStorage {
+    fn default() -> Self {
+        StateStorage::Durable {
+            cache_bytes: DEFAULT_STATE_CACHE_BYTES,
+        }
+    }
 }
 
 /// The default space quota: 2 GiB, as etcd's.
@@ -67,6 +96,7 @@ impl Default for KvConfig {
             quota_bytes: DEFAULT_QUOTA_BYTES,
             auto_compaction: DEFAULT_AUTO_COMPACTION,
             name: String::new(),
+            state: StateStorage::default(),
         }
     }
 }

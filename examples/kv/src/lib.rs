@@ -70,10 +70,11 @@ pub use backend::{
 };
 pub use config::{
     AutoCompaction, DEFAULT_AUTO_COMPACTION, DEFAULT_MAX_RANGE_RESPONSE_BYTES,
-    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUOTA_BYTES, KvConfig,
+    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUOTA_BYTES, DEFAULT_STATE_CACHE_BYTES, KvConfig,
+    StateStorage,
 };
 pub use error::KvError;
-pub use member::{Member, MemberError};
+pub use member::{Member, MemberError, state_file};
 pub use node_backend::NodeBackend;
 pub use routes::{add_kv_services, kv_services};
 pub use service::ETCD_API_VERSION;

@@ -23,8 +23,8 @@ use dengine_kv::proto::etcdserverpb::kv_client::KvClient;
 use dengine_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use dengine_kv::proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
 use dengine_kv::{
-    DEFAULT_MAX_RANGE_RESPONSE_BYTES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUOTA_BYTES, KvConfig,
-    Member,
+    DEFAULT_MAX_RANGE_RESPONSE_BYTES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUOTA_BYTES,
+    DEFAULT_STATE_CACHE_BYTES, KvConfig, Member, StateStorage,
 };
 use mimalloc::MiMalloc;
 
@@ -164,6 +164,14 @@ struct ServeArgs {
     /// `etcdctl alarm disarm`.
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     quota_backend_bytes: u64,
+    /// Where the keys live: `durable` (the default: a redb file in DATA_DIR/state, written with
+    /// each applied batch, so a restart resumes from it) or `memory` (rebuilt from the
+    /// snapshot and the log at every start; the whole data set in memory).
+    #[arg(long, value_name = "durable|memory", default_value = "durable")]
+    state: StateArg,
+    /// Page cache of the durable state file, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_STATE_CACHE_BYTES >> 20)]
+    state_cache_mb: usize,
     /// Log filter (RUST_LOG wins when set), e.g. info or dengine_node=debug.
     #[arg(long, default_value = "info", env = "DENGINE_LOG")]
     log: String,
@@ -274,8 +282,21 @@ fn single_member_defaults(s: &mut Settings, args: &ServeArgs) {
     );
 }
 
+/// `--state`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum StateArg {
+    Durable,
+    Memory,
+}
+
 fn kv_config(args: &ServeArgs) -> KvConfig {
     KvConfig {
+        state: match args.state {
+            StateArg::Durable => StateStorage::Durable {
+                cache_bytes: args.state_cache_mb.saturating_mul(1 << 20),
+            },
+            StateArg::Memory => StateStorage::Memory,
+        },
         max_request_bytes: args.max_request_bytes,
         max_range_response_bytes: args.max_range_response_bytes,
         client_cert_auth: args.client_cert_auth,

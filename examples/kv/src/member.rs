@@ -11,7 +11,7 @@ use dengine_net_grpc::GrpcTransport;
 
 use crate::auth::hub::AuthHub;
 use crate::compactor;
-use crate::config::KvConfig;
+use crate::config::{KvConfig, StateStorage};
 use crate::node_backend::NodeBackend;
 use crate::routes::add_kv_services;
 use crate::state_machine::KvStateMachine;
@@ -69,6 +69,11 @@ fn services(
     }
 }
 
+/// Where a member with [`StateStorage::Durable`] keeps its state: `<data_dir>/state/kv.redb`.
+pub fn state_file(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("state").join("kv.redb")
+}
+
 impl Member {
     /// Starts a member as `settings` say: the redb log in `<data_dir>/log`, snapshots in
     /// `<data_dir>/snapshots`, bootstrapping from `node.initial_members` only if the data
@@ -90,7 +95,16 @@ impl Member {
     {
         let hub = WatchHub::default();
         let cluster_id = settings.node.cluster_id;
-        let state_machine = KvStateMachine::new(hub.clone());
+        let state_machine = match config.state {
+            StateStorage::Memory => KvStateMachine::new(hub.clone()),
+            StateStorage::Durable { cache_bytes } => KvStateMachine::open(
+                hub.clone(),
+                AuthHub::default(),
+                &state_file(&settings.node.data_dir),
+                cache_bytes,
+            )
+            .map_err(|e| StartNodeError::StateMachine(e.to_string()))?,
+        };
         let hubs = (hub.clone(), state_machine.auth_hub().clone());
         let running = dengine::start_with_transport(
             settings,

@@ -37,6 +37,10 @@ const SNAPSHOT_FORMAT: u32 = 4;
 /// users or roles.
 const OLDEST_SNAPSHOT_FORMAT: u32 = 1;
 
+/// What identifies the auth state and alarms a durable store wrote: (auth revision, auth
+/// enabled, alarms).
+type ClusterMarker = (u64, bool, BTreeSet<(u64, i32)>);
+
 /// The replicated key-value store with etcd v3 semantics.
 ///
 /// Commands are [`Command`] messages (see [`encode_command`]); each response is an encoded
@@ -48,11 +52,16 @@ const OLDEST_SNAPSHOT_FORMAT: u32 = 1;
 /// the state machine refuses what that user's permissions do not allow, when it applies the
 /// command, against the auth state of that moment.
 ///
-/// The state lives in memory: after a restart it is rebuilt from the log and snapshots
-/// ([`applied_index`](StateMachine::applied_index) is the index reached in memory, 0 at start).
+/// The state lives either in memory ([`new`](Self::new)): after a restart it is rebuilt from
+/// the log and snapshots ([`applied_index`](StateMachine::applied_index) is the index reached
+/// in memory, 0 at start); or in a file ([`open`](Self::open)): each applied batch is written
+/// with its log index in one transaction, and a restart resumes from the file.
 #[derive(Debug)]
 pub struct KvStateMachine {
     store: KvStore,
+    /// What of the auth state and alarms a durable store last wrote: (auth revision, auth
+    /// enabled, alarms).
+    persisted_cluster: Option<ClusterMarker>,
     /// Shared with `auth_hub` (copied on write: auth changes are rare).
     auth: Arc<AuthStore>,
     hub: WatchHub,
@@ -77,11 +86,129 @@ impl KvStateMachine {
         auth_hub.publish(auth.clone());
         KvStateMachine {
             store: KvStore::default(),
+            persisted_cluster: None,
             auth,
             hub,
             auth_hub,
             applied: 0,
             alarms: BTreeSet::new(),
+        }
+    }
+
+    /// Opens the durable store in the file at `path` (created if missing) with a page cache
+    /// of `cache_bytes`, publishing to `hub` and `auth_hub` as [`with_auth_hub`]
+    /// (Self::with_auth_hub). The state is what the file holds: the runtime resumes applying
+    /// after its [`applied_index`](StateMachine::applied_index). Watchers of revisions before
+    /// the restart are served from the store's history (the hub starts empty).
+    ///
+    /// A file of another format or with a damaged state record is refused with an error
+    /// that names it.
+    pub fn open(
+        hub: WatchHub,
+        auth_hub: AuthHub,
+        path: &std::path::Path,
+        cache_bytes: usize,
+    ) -> Result<Self, StorageError> {
+        let failed = |detail: String| StorageError::Backend {
+            path: path.to_path_buf(),
+            op: "opening the state file",
+            detail,
+        };
+        let store::Opened {
+            keyspace,
+            state,
+            cluster,
+        } = store::DurableKeyspace::open(path, cache_bytes).map_err(failed)?;
+        let mut sm = KvStateMachine::with_auth_hub(hub, auth_hub);
+        if let Some(cluster) = cluster {
+            let cluster = StoreSnapshot::decode(cluster.as_slice())
+                .map_err(|e| failed(format!("undecodable auth state and alarms: {e}")))?;
+            sm.auth = Arc::new(
+                cluster
+                    .auth
+                    .map(AuthStore::from_snapshot)
+                    .unwrap_or_default(),
+            );
+            sm.auth_hub.publish(sm.auth.clone());
+            sm.alarms = cluster
+                .alarms
+                .iter()
+                .map(|a| (a.member_id, a.alarm))
+                .collect();
+        }
+        sm.persisted_cluster = Some(sm.cluster_marker());
+        sm.store = KvStore::reopen(Box::new(keyspace), &state);
+        sm.applied = state.applied;
+        sm.hub.reset(
+            state.revision,
+            state.compact_revision,
+            state.revision.saturating_add(1),
+            Vec::new(),
+        );
+        sm.hub.set_usage(sm.store.size_bytes(), sm.no_space());
+        Ok(sm)
+    }
+
+    /// What identifies the auth state and alarms a durable store last wrote.
+    fn cluster_marker(&self) -> ClusterMarker {
+        (
+            self.auth.revision(),
+            self.auth.is_enabled(),
+            self.alarms.clone(),
+        )
+    }
+
+    /// The auth state and alarms, encoded, if they changed since a durable store last wrote
+    /// them (and records that it does now).
+    fn changed_cluster(&mut self) -> Option<Vec<u8>> {
+        let marker = self.cluster_marker();
+        if self.persisted_cluster.as_ref() == Some(&marker) {
+            return None;
+        }
+        self.persisted_cluster = Some(marker);
+        Some(
+            StoreSnapshot {
+                format: SNAPSHOT_FORMAT,
+                auth: Some(self.auth.to_snapshot()),
+                alarms: self.alarm_members(0, 0),
+                ..StoreSnapshot::default()
+            }
+            .encode_to_vec(),
+        )
+    }
+
+    /// Ends a batch on a durable store: its writes, the applied index and (if changed) the
+    /// auth state and alarms in one commit.
+    fn commit_batch(&mut self, sync: bool) -> Result<(), StorageError> {
+        if !self.store.data().is_durable() {
+            return Ok(());
+        }
+        let state = self.store.durable_state(self.applied);
+        let cluster = self.changed_cluster();
+        let result = self
+            .store
+            .data_mut()
+            .commit_batch(&state, cluster.as_deref(), sync);
+        result.map_err(|e| {
+            // Written again with the next batch, if there is one.
+            self.persisted_cluster = None;
+            self.store_error("committing a batch to", e)
+        })
+    }
+
+    /// A storage error the store hit since the last check.
+    fn check_store(&self) -> Result<(), StorageError> {
+        match self.store.data().take_error() {
+            Some(e) => Err(self.store_error("reading or writing", e)),
+            None => Ok(()),
+        }
+    }
+
+    fn store_error(&self, op: &'static str, detail: String) -> StorageError {
+        StorageError::Backend {
+            path: self.store.data().location(),
+            op,
+            detail,
         }
     }
 
@@ -339,6 +466,10 @@ impl StateMachine for KvStateMachine {
         applied_up_to: LogIndex,
     ) -> Result<Vec<Bytes>, StorageError> {
         let mut responses = Vec::with_capacity(commands.len());
+        self.store
+            .data_mut()
+            .begin_batch()
+            .map_err(|e| self.store_error("starting a batch in", e))?;
         for c in commands {
             // The contract: each command once, in log order. Applying one twice or out of
             // order would make this replica diverge, so refuse loudly (the runtime stops the
@@ -354,6 +485,7 @@ impl StateMachine for KvStateMachine {
             self.applied = c.index;
         }
         self.applied = self.applied.max(applied_up_to);
+        self.commit_batch(false)?;
         self.hub.set_usage(self.store.size_bytes(), self.no_space());
         Ok(responses)
     }
@@ -362,8 +494,14 @@ impl StateMachine for KvStateMachine {
         self.applied
     }
 
+    fn durable(&self) -> bool {
+        self.store.data().is_durable()
+    }
+
     async fn snapshot(&mut self) -> Result<Bytes, StorageError> {
-        Ok(self.encode_snapshot())
+        let snapshot = self.encode_snapshot();
+        self.check_store()?;
+        Ok(snapshot)
     }
 
     async fn install_snapshot(
@@ -396,13 +534,40 @@ impl StateMachine for KvStateMachine {
             .history
             .into_iter()
             .map(|p| (p.kv.unwrap_or_default(), p.superseded_revision));
-        self.store = KvStore::restore(
+        // A durable store is refilled in one transaction (the old state stays until it
+        // commits); one in memory is rebuilt apart, so a refused snapshot leaves it whole.
+        let durable = self.store.data().is_durable();
+        let before = self.store.durable_state(self.applied);
+        let mut data = if durable {
+            self.store.take_data()
+        } else {
+            Box::new(store::MemoryKeyspace::default())
+        };
+        if let Err(e) = data.begin_batch() {
+            let error = StorageError::Backend {
+                path: data.location(),
+                op: "starting a snapshot install in",
+                detail: e,
+            };
+            self.store = KvStore::reopen(data, &before);
+            return Err(error);
+        }
+        match KvStore::restore(
+            data,
             snapshot.kvs,
             past,
             snapshot.revision,
             snapshot.compact_revision,
-        )
-        .map_err(|e| corrupt_snapshot(index, e.0))?;
+        ) {
+            Ok(store) => self.store = store,
+            Err((e, mut data)) => {
+                data.abort_batch();
+                if durable {
+                    self.store = KvStore::reopen(data, &before);
+                }
+                return Err(corrupt_snapshot(index, e.0));
+            }
+        }
         // Format 1 has no auth state: auth off, no users, as the cluster was.
         self.auth = Arc::new(
             snapshot
@@ -417,6 +582,8 @@ impl StateMachine for KvStateMachine {
             .map(|a| (a.member_id, a.alarm))
             .collect();
         self.applied = index;
+        self.persisted_cluster = None;
+        self.commit_batch(true)?;
         // Watchers may resume from a revision before the snapshot: rebuild the events of the
         // revisions after the compaction point (at the compaction point itself its deletes
         // are gone) from the history, as many as the hub can hold (each revision has at least
@@ -438,7 +605,9 @@ impl StateMachine for KvStateMachine {
     }
 
     async fn query(&self, request: Bytes) -> Result<Bytes, StorageError> {
-        Ok(Bytes::from(self.answer(&request).encode_to_vec()))
+        let answer = self.answer(&request);
+        self.check_store()?;
+        Ok(Bytes::from(answer.encode_to_vec()))
     }
 }
 

@@ -6,8 +6,11 @@
 //! compaction: a read at any revision from the compaction point to the current one sees the
 //! key space as it was then (see [`KvStore::check_read_revision`]).
 
+mod durable;
+mod keyspace;
+
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::iter::Peekable;
 
 use bytes::Bytes;
@@ -24,6 +27,9 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
 use crate::validate::{check_delete, check_put, check_range, check_txn};
+
+pub(crate) use durable::{DurableKeyspace, DurableState, Opened};
+pub(crate) use keyspace::{Keyspace, MemoryKeyspace};
 
 /// Per-key bookkeeping added to every stored byte of key and value when estimating the size
 /// of the store (revisions, version, map node).
@@ -62,15 +68,10 @@ pub(crate) struct PastVersion {
 
 /// Every key's current value and metadata, the versions replaced since the last compaction,
 /// the store revision and the compaction point.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct KvStore {
-    keys: BTreeMap<Bytes, KeyRecord>,
-    /// Per key, its replaced versions, oldest first (by `superseded_at`, which is also the
-    /// order of their `mod_revision`s).
-    history: BTreeMap<Bytes, VecDeque<PastVersion>>,
-    /// Every entry of `history` as (superseded_at, key), in the order they were replaced:
-    /// compaction drops from the front, so it costs what it frees.
-    replaced: VecDeque<(i64, Bytes)>,
+    /// The keys and their kept past versions: in memory, or on disk.
+    data: Box<dyn Keyspace>,
     /// Incremented once by every command that changes at least one key.
     revision: i64,
     /// The last compaction revision (0: never compacted).
@@ -79,11 +80,63 @@ pub(crate) struct KvStore {
     size_bytes: u64,
 }
 
+impl Default for KvStore {
+    fn default() -> Self {
+        KvStore::empty(Box::new(MemoryKeyspace::default()))
+    }
+}
+
 /// A snapshot's past versions did not fit the store's rules (see [`KvStore::restore`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct BadHistory(pub(crate) String);
 
 impl KvStore {
+    /// An empty store at revision 0 on `data` (which must be empty).
+    pub(crate) fn empty(data: Box<dyn Keyspace>) -> Self {
+        KvStore {
+            data,
+            revision: 0,
+            compact_revision: 0,
+            size_bytes: 0,
+        }
+    }
+
+    /// A store on `data` as it was left: its revision, compaction point and size as recorded
+    /// with it.
+    pub(crate) fn reopen(data: Box<dyn Keyspace>, state: &DurableState) -> Self {
+        KvStore {
+            data,
+            revision: state.revision,
+            compact_revision: state.compact_revision,
+            size_bytes: state.size_bytes,
+        }
+    }
+
+    /// The keyspace.
+    pub(crate) fn data(&self) -> &dyn Keyspace {
+        self.data.as_ref()
+    }
+
+    /// The keyspace, to start or end a batch of writes on it.
+    pub(crate) fn data_mut(&mut self) -> &mut dyn Keyspace {
+        self.data.as_mut()
+    }
+
+    /// The keyspace, leaving an empty one in memory in its place.
+    pub(crate) fn take_data(&mut self) -> Box<dyn Keyspace> {
+        std::mem::replace(&mut self.data, Box::new(MemoryKeyspace::default()))
+    }
+
+    /// What a durable keyspace records with each batch, as of now (`applied`: the log index).
+    pub(crate) fn durable_state(&self, applied: u64) -> DurableState {
+        DurableState {
+            applied,
+            revision: self.revision,
+            compact_revision: self.compact_revision,
+            size_bytes: self.size_bytes,
+        }
+    }
+
     /// The current store revision.
     pub(crate) fn revision(&self) -> i64 {
         self.revision
@@ -96,7 +149,7 @@ impl KvStore {
 
     /// Number of live keys.
     pub(crate) fn key_count(&self) -> u64 {
-        self.keys.len() as u64
+        self.data.live_count()
     }
 
     /// Estimated memory held by keys and values.
@@ -106,25 +159,22 @@ impl KvStore {
 
     /// Number of past versions kept (replaced or deleted since the last compaction).
     pub(crate) fn past_version_count(&self) -> u64 {
-        self.replaced.len() as u64
+        self.data.past_count()
     }
 
     /// Every live key in key order.
     pub(crate) fn key_values(&self) -> impl Iterator<Item = KeyValue> + '_ {
-        self.keys.iter().map(|(k, r)| to_kv(k, r))
+        self.data
+            .live((std::ops::Bound::Unbounded, std::ops::Bound::Unbounded))
+            .map(|(k, r)| to_kv(&k, &r))
     }
 
     /// Every past version kept, in the order they were replaced, with the revision that
     /// replaced each.
     pub(crate) fn past_versions(&self) -> impl Iterator<Item = (KeyValue, i64)> + '_ {
-        let mut next: BTreeMap<&Bytes, usize> = BTreeMap::new();
-        self.replaced.iter().filter_map(move |(at, key)| {
-            let i = next.entry(key).or_insert(0);
-            let past = self.history.get(key)?.get(*i)?;
-            *i += 1;
-            debug_assert_eq!(past.superseded_at, *at);
-            Some((to_kv(key, &past.record), past.superseded_at))
-        })
+        self.data
+            .past_in_order()
+            .map(|(key, past)| (to_kv(&key, &past.record), past.superseded_at))
     }
 
     /// Rebuilds a store from a snapshot's contents: the live keys, and the past versions in
@@ -132,51 +182,57 @@ impl KvStore {
     /// that break the store's rules — replaced out of order, at or before their own
     /// revision, after the store's revision, or so old that the compaction should have
     /// dropped them — are refused: the snapshot is damaged.
+    /// `data` is emptied first; a refusal gives it back with the error, as it was left.
     pub(crate) fn restore(
+        mut data: Box<dyn Keyspace>,
         kvs: impl IntoIterator<Item = KeyValue>,
         past: impl IntoIterator<Item = (KeyValue, i64)>,
         revision: i64,
         compact_revision: i64,
-    ) -> Result<Self, BadHistory> {
+    ) -> Result<Self, (BadHistory, Box<dyn Keyspace>)> {
         if revision < 0 || compact_revision < 0 || compact_revision > revision {
-            return Err(BadHistory(format!(
-                "revision {revision} with compaction point {compact_revision}: the compaction \
+            return Err((
+                BadHistory(format!(
+                    "revision {revision} with compaction point {compact_revision}: the compaction \
                  point must be between 0 and the revision"
-            )));
+                )),
+                data,
+            ));
         }
+        data.clear();
         let mut store = KvStore {
             revision,
             compact_revision,
-            ..KvStore::default()
+            ..KvStore::empty(data)
         };
         for kv in kvs {
             store.size_bytes += record_size(&kv.key, &kv.value);
             let (key, record) = split_kv(kv);
-            store.keys.insert(key, record);
+            store.data.insert(key, record);
         }
+        // The revision each key's last past version was replaced at, and every one's.
+        let mut key_lasts: HashMap<Bytes, i64> = HashMap::new();
+        let mut last = compact_revision;
         for (kv, superseded_at) in past {
             let (key, record) = split_kv(kv);
-            let last = store
-                .replaced
-                .back()
-                .map_or(compact_revision, |(at, _)| *at);
-            let key_last = store
-                .history
-                .get(&key)
-                .and_then(|h| h.back())
-                .map_or(0, |p| p.superseded_at);
+            let key_last = key_lasts.get(&key).copied().unwrap_or(0);
             if superseded_at <= compact_revision
                 || superseded_at < last
                 || superseded_at > revision
                 || record.mod_revision >= superseded_at
                 || record.mod_revision < key_last
             {
-                return Err(BadHistory(format!(
-                    "past version of key {key:?} (mod revision {}) replaced at revision \
-                     {superseded_at}: out of order or outside the kept history ({} to {})",
-                    record.mod_revision, compact_revision, revision
-                )));
+                return Err((
+                    BadHistory(format!(
+                        "past version of key {key:?} (mod revision {}) replaced at revision \
+                         {superseded_at}: out of order or outside the kept history ({} to {})",
+                        record.mod_revision, compact_revision, revision
+                    )),
+                    store.data,
+                ));
             }
+            last = superseded_at;
+            key_lasts.insert(key.clone(), superseded_at);
             store.push_past(key, record, superseded_at);
         }
         Ok(store)
@@ -205,10 +261,12 @@ impl KvStore {
             return Vec::new();
         };
         for key in self.keys_in(bounds) {
-            let past = self.history.get(key).into_iter().flatten();
+            let past = self.data.history(&key);
+            let live = self.data.get(&key);
             let mut versions = past
+                .iter()
                 .map(|p| (&p.record, Some(p.superseded_at)))
-                .chain(self.keys.get(key).map(|r| (r, None)))
+                .chain(live.as_ref().map(|r| (r, None)))
                 .peekable();
             let mut before: Option<(&KeyRecord, Option<i64>)> = None;
             while let Some((record, superseded_at)) = versions.next() {
@@ -218,13 +276,13 @@ impl KvStore {
                 if record.mod_revision >= from {
                     let prev = before
                         .filter(|(_, at)| *at == Some(record.mod_revision))
-                        .map(|(r, _)| to_kv(key, r));
+                        .map(|(r, _)| to_kv(&key, r));
                     by_revision
                         .entry(record.mod_revision)
                         .or_default()
                         .push(Event {
                             r#type: EventType::Put as i32,
-                            kv: Some(to_kv(key, record)),
+                            kv: Some(to_kv(&key, record)),
                             prev_kv: prev,
                         });
                 }
@@ -242,7 +300,7 @@ impl KvStore {
                             mod_revision: at,
                             ..KeyValue::default()
                         }),
-                        prev_kv: Some(to_kv(key, record)),
+                        prev_kv: Some(to_kv(&key, record)),
                     });
                 }
                 before = Some((record, superseded_at));
@@ -254,11 +312,13 @@ impl KvStore {
     /// Keeps `record`, replaced at `superseded_at`, in the history.
     fn push_past(&mut self, key: Bytes, record: KeyRecord, superseded_at: i64) {
         self.size_bytes += record_size(&key, &record.value);
-        self.replaced.push_back((superseded_at, key.clone()));
-        self.history.entry(key).or_default().push_back(PastVersion {
-            record,
-            superseded_at,
-        });
+        self.data.push_past(
+            key,
+            PastVersion {
+                record,
+                superseded_at,
+            },
+        );
     }
 
     /// Checks the `revision` of a read (etcd's rules): 0 reads the current revision; a
@@ -281,18 +341,18 @@ impl KvStore {
 
     /// The state of `key` at past revision `at`: the current record if it was already
     /// written by then, else the kept version that was current at `at`, if any.
-    fn version_at(&self, key: &Bytes, at: i64) -> Option<&KeyRecord> {
-        if let Some(r) = self.keys.get(key)
+    fn version_at(&self, key: &Bytes, at: i64) -> Option<KeyRecord> {
+        if let Some(r) = self.data.get(key)
             && r.mod_revision <= at
         {
             return Some(r);
         }
-        let past = self.history.get(key)?;
+        let mut past = self.data.history(key);
         // The last version written at or before `at`; it was current at `at` unless it was
         // replaced (or deleted) by then.
         let i = past.partition_point(|p| p.record.mod_revision <= at);
-        let p = past.get(i.checked_sub(1)?)?;
-        (p.superseded_at > at).then_some(&p.record)
+        let p = past.swap_remove(i.checked_sub(1)?);
+        (p.superseded_at > at).then_some(p.record)
     }
 
     /// The checksum of the key space as of `revision` (0: the current one; the same rules as
@@ -305,7 +365,7 @@ impl KvStore {
         let all = KeyRange::all();
         for (key, r) in self.iter_range_at(&all, self.read_at(revision)) {
             crc = crc32c::crc32c_append(crc, &(key.len() as u64).to_le_bytes());
-            crc = crc32c::crc32c_append(crc, key);
+            crc = crc32c::crc32c_append(crc, &key);
             crc = crc32c::crc32c_append(crc, &(r.value.len() as u64).to_le_bytes());
             crc = crc32c::crc32c_append(crc, &r.value);
             for n in [r.create_revision, r.mod_revision, r.version] {
@@ -346,7 +406,7 @@ impl KvStore {
         }
         let range = KeyRange::new(&req.key, &req.range_end);
         let plan = RangePlan::of(req);
-        let collected: Box<dyn Iterator<Item = (&Bytes, &KeyRecord)>> =
+        let collected: Box<dyn Iterator<Item = (Bytes, KeyRecord)>> =
             if plan.needs_all || plan.limit == 0 {
                 Box::new(
                     self.iter_range_at(&range, at)
@@ -374,9 +434,9 @@ impl KvStore {
     fn iter_range<'a>(
         &'a self,
         range: &'a KeyRange,
-    ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a KeyRecord)> + 'a> {
+    ) -> Box<dyn Iterator<Item = (Bytes, KeyRecord)> + 'a> {
         match range.bounds() {
-            Some(bounds) => Box::new(self.keys.range::<[u8], _>(bounds)),
+            Some(bounds) => self.data.live(bounds),
             None => Box::new(std::iter::empty()),
         }
     }
@@ -386,7 +446,7 @@ impl KvStore {
         &'a self,
         range: &'a KeyRange,
         at: ReadAt,
-    ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a KeyRecord)> + 'a> {
+    ) -> Box<dyn Iterator<Item = (Bytes, KeyRecord)> + 'a> {
         let ReadAt::Past(at) = at else {
             return self.iter_range(range);
         };
@@ -395,23 +455,15 @@ impl KvStore {
         };
         Box::new(
             self.keys_in(bounds)
-                .filter_map(move |k| self.version_at(k, at).map(|r| (k, r))),
+                .filter_map(move |k| self.version_at(&k, at).map(|r| (k, r))),
         )
     }
 
     /// Every key within `bounds` that is live or has kept past versions, in key order, once.
-    fn keys_in<'a>(&'a self, bounds: KeyBounds<'a>) -> impl Iterator<Item = &'a Bytes> + 'a {
+    fn keys_in<'a>(&'a self, bounds: KeyBounds<'a>) -> impl Iterator<Item = Bytes> + 'a {
         MergeKeys {
-            a: self
-                .keys
-                .range::<[u8], _>(bounds)
-                .map(|(k, _)| k)
-                .peekable(),
-            b: self
-                .history
-                .range::<[u8], _>(bounds)
-                .map(|(k, _)| k)
-                .peekable(),
+            a: self.data.live(bounds).map(|(k, _)| k).peekable(),
+            b: self.data.keys_with_history(bounds).peekable(),
         }
     }
 
@@ -444,13 +496,13 @@ impl KvStore {
         let mut kvs: Vec<KeyValue> = if needs_all || limit == 0 {
             self.iter_range_at(&range, at)
                 .filter(|(_, r)| passes_filters(req, r))
-                .map(|(k, r)| to_kv(k, r))
+                .map(|(k, r)| into_kv(k, r))
                 .collect()
         } else {
             // Key order is the map's order: take one more than the limit to learn `more`.
             self.iter_range_at(&range, at)
                 .take(limit + 1)
-                .map(|(k, r)| to_kv(k, r))
+                .map(|(k, r)| into_kv(k, r))
                 .collect()
         };
         if order != SortOrder::None {
@@ -559,23 +611,11 @@ impl KvStore {
             return Err(KvError::Compacted);
         }
         self.compact_revision = revision;
-        while let Some(at) = self.replaced.front().map(|(at, _)| *at)
-            && at <= revision
-        {
-            let Some((_, key)) = self.replaced.pop_front() else {
-                break;
-            };
-            let Some(versions) = self.history.get_mut(&key) else {
-                continue;
-            };
-            if let Some(old) = versions.pop_front() {
-                debug_assert_eq!(old.superseded_at, at);
-                self.size_bytes -= record_size(&key, &old.record.value);
-            }
-            if versions.is_empty() {
-                self.history.remove(&key);
-            }
-        }
+        let mut freed = 0;
+        self.data.drop_past_through(revision, &mut |key, old| {
+            freed += record_size(key, &old.value)
+        });
+        self.size_bytes = self.size_bytes.saturating_sub(freed);
         Ok(self.revision)
     }
 
@@ -591,7 +631,7 @@ impl KvStore {
     /// Puts that keep the current value or lease need the key to exist; leases are not
     /// supported.
     fn check_put_state(&self, req: &PutRequest) -> Result<(), KvError> {
-        if (req.ignore_value || req.ignore_lease) && !self.keys.contains_key(&req.key) {
+        if (req.ignore_value || req.ignore_lease) && self.data.get(&req.key).is_none() {
             return Err(KvError::InvalidArgument("key not found".into()));
         }
         Ok(())
@@ -660,7 +700,7 @@ impl KvStore {
             }
             return compare_record(c, target, None);
         }
-        matched.all(|(_, r)| compare_record(c, target, Some(r)))
+        matched.all(|(_, r)| compare_record(c, target, Some(&r)))
     }
 }
 
@@ -686,17 +726,15 @@ impl ReadAt {
 }
 
 /// The union of two ascending key sequences, each key once.
-struct MergeKeys<'a, A: Iterator<Item = &'a Bytes>, B: Iterator<Item = &'a Bytes>> {
+struct MergeKeys<A: Iterator<Item = Bytes>, B: Iterator<Item = Bytes>> {
     a: Peekable<A>,
     b: Peekable<B>,
 }
 
-impl<'a, A: Iterator<Item = &'a Bytes>, B: Iterator<Item = &'a Bytes>> Iterator
-    for MergeKeys<'a, A, B>
-{
-    type Item = &'a Bytes;
+impl<A: Iterator<Item = Bytes>, B: Iterator<Item = Bytes>> Iterator for MergeKeys<A, B> {
+    type Item = Bytes;
 
-    fn next(&mut self) -> Option<&'a Bytes> {
+    fn next(&mut self) -> Option<Bytes> {
         match (self.a.peek(), self.b.peek()) {
             (Some(x), Some(y)) => match x.cmp(y) {
                 Ordering::Less => self.a.next(),
@@ -809,7 +847,7 @@ struct WriteTxn<'a> {
 
 impl WriteTxn<'_> {
     fn put(&mut self, req: &PutRequest) -> PutResponse {
-        let prev = self.store.keys.get(&req.key).cloned();
+        let prev = self.store.data.get(&req.key);
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
             None => (self.revision, 1),
@@ -837,7 +875,7 @@ impl WriteTxn<'_> {
             kv: Some(to_kv(&req.key, &record)),
             prev_kv: prev_kv.clone(),
         });
-        self.store.keys.insert(req.key.clone(), record);
+        self.store.data.insert(req.key.clone(), record);
         PutResponse {
             header: None,
             prev_kv: if req.prev_kv { prev_kv } else { None },
@@ -846,14 +884,10 @@ impl WriteTxn<'_> {
 
     fn delete_range(&mut self, req: &DeleteRangeRequest) -> DeleteRangeResponse {
         let range = KeyRange::new(&req.key, &req.range_end);
-        let doomed: Vec<Bytes> = self
-            .store
-            .iter_range(&range)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let doomed: Vec<Bytes> = self.store.iter_range(&range).map(|(k, _)| k).collect();
         let mut prev_kvs = Vec::new();
         for key in &doomed {
-            let Some(prev) = self.store.keys.remove(key) else {
+            let Some(prev) = self.store.data.remove(key) else {
                 continue;
             };
             self.store.size_bytes -= record_size(key, &prev.value);
@@ -972,6 +1006,18 @@ fn split_kv(kv: KeyValue) -> (Bytes, KeyRecord) {
 
 fn record_size(key: &[u8], value: &[u8]) -> u64 {
     (key.len() + value.len()) as u64 + KEY_OVERHEAD_BYTES
+}
+
+/// [`to_kv`], taking the key and record.
+fn into_kv(key: Bytes, r: KeyRecord) -> KeyValue {
+    KeyValue {
+        key,
+        create_revision: r.create_revision,
+        mod_revision: r.mod_revision,
+        version: r.version,
+        value: r.value,
+        lease: 0,
+    }
 }
 
 pub(crate) fn to_kv(key: &Bytes, r: &KeyRecord) -> KeyValue {

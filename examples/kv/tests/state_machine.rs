@@ -20,8 +20,8 @@ use dengine_kv::proto::etcdserverpb::{
 };
 use dengine_kv::proto::mvccpb::{KeyValue, event::EventType};
 use dengine_kv::{
-    KvError, KvStateMachine, WatchFilter, WatchHub, decode_command_response, decode_query_response,
-    encode_command, encode_query,
+    AuthHub, KvError, KvStateMachine, WatchFilter, WatchHub, decode_command_response,
+    decode_query_response, encode_command, encode_query,
 };
 use prost::Message;
 
@@ -31,13 +31,35 @@ fn b(s: &str) -> Bytes {
 
 struct Harness {
     sm: KvStateMachine,
+    /// The durable store's directory, removed when the harness is dropped.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Harness {
+    /// A durable store in a new temporary directory (the tests below that build a second
+    /// state machine use the in-memory store for it, so both are checked against each
+    /// other).
     fn new() -> Self {
+        Harness::durable(WatchHub::default())
+    }
+
+    fn durable(hub: WatchHub) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = KvStateMachine::open(
+            hub,
+            AuthHub::default(),
+            &dir.path().join("kv.redb"),
+            8 << 20,
+        )
+        .unwrap();
         Harness {
-            sm: KvStateMachine::new(WatchHub::default()),
+            sm,
+            _dir: Some(dir),
         }
+    }
+
+    fn memory(sm: KvStateMachine) -> Self {
+        Harness { sm, _dir: None }
     }
 
     async fn apply_command(&mut self, data: Bytes) -> Bytes {
@@ -868,7 +890,7 @@ async fn snapshot_install_round_trip_gives_identical_answers() {
     assert!(hub.read_events(10, &all, 1_000).is_err(), "compacted at 10");
 
     // Both continue identically.
-    let mut c = Harness { sm: copy };
+    let mut c = Harness::memory(copy);
     let next = PutRequest {
         key: b("key/01"),
         value: b("x"),
@@ -1008,9 +1030,7 @@ async fn commands_out_of_order_or_twice_are_refused() {
 #[tokio::test]
 async fn writes_publish_events_to_the_hub() {
     let hub = WatchHub::default();
-    let mut h = Harness {
-        sm: KvStateMachine::new(hub.clone()),
-    };
+    let mut h = Harness::durable(hub.clone());
     h.put("w/a", "1").await; // rev 1
     h.txn(TxnRequest {
         success: vec![put_op("w/a", "2"), put_op("w/b", "3")],
@@ -1107,9 +1127,7 @@ async fn a_nospace_alarm_caps_writes_on_every_replica_and_survives_snapshots() {
 
     // A replica that starts from a snapshot holds the alarm too.
     let snapshot = h.sm.snapshot().await.unwrap();
-    let mut copy = Harness {
-        sm: KvStateMachine::new(WatchHub::default()),
-    };
+    let mut copy = Harness::memory(KvStateMachine::new(WatchHub::default()));
     copy.sm
         .install_snapshot(snapshot, h.sm.applied_index())
         .await

@@ -177,6 +177,15 @@ pub trait StateMachine: Send + 'static {
         0
     }
 
+    /// Whether the state machine keeps its state across restarts (see "Restart" in the
+    /// contract). A durable state machine can build a snapshot from its own storage whenever
+    /// one is needed, so the runtime does not hold the newest snapshot in memory between the
+    /// times a follower needs one, and at start it reads only the metadata of snapshot files
+    /// the state already covers. Default: `false`.
+    fn durable(&self) -> bool {
+        false
+    }
+
     /// Serializes the current state (everything applied so far).
     fn snapshot(&mut self) -> impl Future<Output = Result<Bytes, Self::Error>> + Send;
 

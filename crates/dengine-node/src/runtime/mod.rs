@@ -238,6 +238,10 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     since_snapshot_bytes: u64,
     /// The newest snapshot's data, streamed to followers that need compacted entries.
     snapshot_cache: Option<Snapshot>,
+    /// See [`Parts::durable_state_machine`].
+    durable_state_machine: bool,
+    /// A follower asked for a snapshot this process did not hold: keep the next one built.
+    snapshot_for_peer: bool,
     /// The newest snapshot received from a peer, until the core asks to install it.
     incoming_snapshot: Option<(SnapshotMeta, Bytes)>,
     /// Peers whose snapshot could not be sent; reported failed on the next tick (reporting at
@@ -309,6 +313,9 @@ pub(crate) struct Parts<S, T> {
     pub(crate) snapshot_dir: Option<SnapshotDir>,
     /// The snapshot file the node started from, if it matches the core's snapshot.
     pub(crate) initial_snapshot: Option<Snapshot>,
+    /// The state machine is durable: the newest snapshot is held in memory only while a
+    /// follower waits for it ([`StateMachine::durable`](dengine_core::StateMachine::durable)).
+    pub(crate) durable_state_machine: bool,
     /// Where the loop publishes role, leader and membership changes.
     pub(crate) leadership: watch::Sender<Leadership>,
     /// Deliberate runtime bugs (feature `fault-injection`).
@@ -380,6 +387,8 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             since_snapshot_entries: 0,
             since_snapshot_bytes: 0,
             snapshot_cache: parts.initial_snapshot,
+            durable_state_machine: parts.durable_state_machine,
+            snapshot_for_peer: false,
             incoming_snapshot: None,
             failed_snapshot_sends: Vec::new(),
             known_members: Membership::default(),

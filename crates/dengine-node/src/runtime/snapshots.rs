@@ -68,10 +68,12 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             }
             tracing::info!(index = meta.last_included.index, "snapshot built");
         }
-        let keep = self.raft.latest_snapshot().map(|s| s.last_included) == Some(meta.last_included);
+        let keep = self.raft.latest_snapshot().map(|s| s.last_included) == Some(meta.last_included)
+            && (!self.durable_state_machine || self.snapshot_wanted());
         if keep {
             self.snapshot_cache = Some(snapshot);
         }
+        self.snapshot_for_peer = false;
         self.answer_snapshot_waiters(Ok(meta));
         Ok(())
     }
@@ -124,8 +126,16 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                 }
             }
         }
-        self.snapshot_cache = Some(Snapshot { meta, data });
+        if !self.durable_state_machine {
+            self.snapshot_cache = Some(Snapshot { meta, data });
+        }
         Ok(())
+    }
+
+    /// Whether a follower waits for the newest snapshot: one is being sent, or a send failed
+    /// (for want of data, or of the peer) and will be retried.
+    fn snapshot_wanted(&self) -> bool {
+        self.snapshot_for_peer || !self.snapshot_peers.is_empty()
     }
 
     /// Streams the snapshot an `InstallSnapshot` message announces to its peer, in a task of
@@ -141,6 +151,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             // The core knows a snapshot whose data this process does not hold (it was recorded
             // before a restart): build a fresh one and let the core retry.
             self.failed_snapshot_sends.push(peer);
+            self.snapshot_for_peer = true;
             let covered = meta.last_included.index;
             if !self.building_snapshot && self.raft.applied_index() >= covered {
                 self.building_snapshot = true;
@@ -186,6 +197,10 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             Ok(()) => {
                 metrics::counter!(m::SNAPSHOTS_SENT_TOTAL).increment(1);
                 self.raft.report_snapshot(peer, true);
+                // A durable state machine builds another when a follower needs one.
+                if self.durable_state_machine && !self.snapshot_wanted() {
+                    self.snapshot_cache = None;
+                }
             }
             Err(error) => {
                 // Reported on the next tick: the core asks again at once, and a stream that

@@ -1,0 +1,200 @@
+//! [`Keyspace`]: where a [`KvStore`](super::KvStore) keeps its keys and their past versions —
+//! in memory ([`MemoryKeyspace`]) or on disk (`durable.rs`). The store's rules (revisions,
+//! ranges, transactions, compaction) are written once, over this trait.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
+
+use bytes::Bytes;
+
+use super::{DurableState, KeyRecord, PastVersion};
+use crate::key_range::KeyBounds;
+
+/// The keys of a store and the versions they replaced.
+///
+/// Reads never fail: a keyspace on disk that hits an I/O error records it, answers as if the
+/// data were absent, and reports the error from [`take_error`](Keyspace::take_error), which
+/// the state machine checks after every batch and query (and then discards the answer and
+/// stops the member).
+pub(crate) trait Keyspace: Debug + Send + Sync {
+    /// The current record of `key`.
+    fn get(&self, key: &[u8]) -> Option<KeyRecord>;
+
+    /// The live keys within `bounds`, in key order.
+    fn live<'a>(
+        &'a self,
+        bounds: KeyBounds<'a>,
+    ) -> Box<dyn Iterator<Item = (Bytes, KeyRecord)> + 'a>;
+
+    /// The keys within `bounds` that have kept past versions, in key order.
+    fn keys_with_history<'a>(
+        &'a self,
+        bounds: KeyBounds<'a>,
+    ) -> Box<dyn Iterator<Item = Bytes> + 'a>;
+
+    /// The kept past versions of `key`, oldest first.
+    fn history(&self, key: &[u8]) -> Vec<PastVersion>;
+
+    /// Every kept past version, in the order they were replaced.
+    fn past_in_order(&self) -> Box<dyn Iterator<Item = (Bytes, PastVersion)> + '_>;
+
+    /// Number of live keys.
+    fn live_count(&self) -> u64;
+
+    /// Number of kept past versions.
+    fn past_count(&self) -> u64;
+
+    /// Sets the current record of `key`.
+    fn insert(&mut self, key: Bytes, record: KeyRecord);
+
+    /// Removes `key`, returning its record.
+    fn remove(&mut self, key: &[u8]) -> Option<KeyRecord>;
+
+    /// Keeps a replaced version of `key`; `past.superseded_at` is at or after every earlier
+    /// one's.
+    fn push_past(&mut self, key: Bytes, past: PastVersion);
+
+    /// Drops every past version replaced at or before `revision`; calls `dropped` with each.
+    fn drop_past_through(&mut self, revision: i64, dropped: &mut dyn FnMut(&[u8], &KeyRecord));
+
+    /// Removes every key and past version.
+    fn clear(&mut self);
+
+    /// The first storage error since the last call, if any.
+    fn take_error(&self) -> Option<String> {
+        None
+    }
+
+    /// Where the keyspace is kept, for error messages.
+    fn location(&self) -> std::path::PathBuf {
+        "<memory>".into()
+    }
+
+    /// Whether the keyspace outlives the process (then the state machine starts from it).
+    fn is_durable(&self) -> bool {
+        false
+    }
+
+    /// Starts a batch of writes that [`commit_batch`](Keyspace::commit_batch) makes one
+    /// atomic change.
+    fn begin_batch(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Ends the batch, storing `state` (and `cluster`, if given) with its writes; `sync`
+    /// makes it durable before returning.
+    fn commit_batch(
+        &mut self,
+        _state: &DurableState,
+        _cluster: Option<&[u8]>,
+        _sync: bool,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Abandons the batch: none of its writes happened.
+    fn abort_batch(&mut self) {}
+}
+
+/// A keyspace in memory: rebuilt from the log and snapshots on every start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MemoryKeyspace {
+    keys: BTreeMap<Bytes, KeyRecord>,
+    /// Per key, its replaced versions, oldest first (by `superseded_at`, which is also the
+    /// order of their `mod_revision`s).
+    history: BTreeMap<Bytes, VecDeque<PastVersion>>,
+    /// Every entry of `history` as (superseded_at, key), in the order they were replaced:
+    /// compaction drops from the front, so it costs what it frees.
+    replaced: VecDeque<(i64, Bytes)>,
+}
+
+impl Keyspace for MemoryKeyspace {
+    fn get(&self, key: &[u8]) -> Option<KeyRecord> {
+        self.keys.get(key).cloned()
+    }
+
+    fn live<'a>(
+        &'a self,
+        bounds: KeyBounds<'a>,
+    ) -> Box<dyn Iterator<Item = (Bytes, KeyRecord)> + 'a> {
+        Box::new(
+            self.keys
+                .range::<[u8], _>(bounds)
+                .map(|(k, r)| (k.clone(), r.clone())),
+        )
+    }
+
+    fn keys_with_history<'a>(
+        &'a self,
+        bounds: KeyBounds<'a>,
+    ) -> Box<dyn Iterator<Item = Bytes> + 'a> {
+        Box::new(
+            self.history
+                .range::<[u8], _>(bounds)
+                .map(|(k, _)| k.clone()),
+        )
+    }
+
+    fn history(&self, key: &[u8]) -> Vec<PastVersion> {
+        self.history
+            .get(key)
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn past_in_order(&self) -> Box<dyn Iterator<Item = (Bytes, PastVersion)> + '_> {
+        let mut next: BTreeMap<&Bytes, usize> = BTreeMap::new();
+        Box::new(self.replaced.iter().filter_map(move |(at, key)| {
+            let i = next.entry(key).or_insert(0);
+            let past = self.history.get(key)?.get(*i)?;
+            *i += 1;
+            debug_assert_eq!(past.superseded_at, *at);
+            Some((key.clone(), past.clone()))
+        }))
+    }
+
+    fn live_count(&self) -> u64 {
+        self.keys.len() as u64
+    }
+
+    fn past_count(&self) -> u64 {
+        self.replaced.len() as u64
+    }
+
+    fn insert(&mut self, key: Bytes, record: KeyRecord) {
+        self.keys.insert(key, record);
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<KeyRecord> {
+        self.keys.remove(key)
+    }
+
+    fn push_past(&mut self, key: Bytes, past: PastVersion) {
+        self.replaced.push_back((past.superseded_at, key.clone()));
+        self.history.entry(key).or_default().push_back(past);
+    }
+
+    fn drop_past_through(&mut self, revision: i64, dropped: &mut dyn FnMut(&[u8], &KeyRecord)) {
+        while let Some(at) = self.replaced.front().map(|(at, _)| *at)
+            && at <= revision
+        {
+            let Some((_, key)) = self.replaced.pop_front() else {
+                break;
+            };
+            let Some(versions) = self.history.get_mut(&key) else {
+                continue;
+            };
+            if let Some(old) = versions.pop_front() {
+                debug_assert_eq!(old.superseded_at, at);
+                dropped(&key, &old.record);
+            }
+            if versions.is_empty() {
+                self.history.remove(&key);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = MemoryKeyspace::default();
+    }
+}

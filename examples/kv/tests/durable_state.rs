@@ -1,0 +1,307 @@
+//! The durable state machine (`KvStateMachine::open`): it answers exactly as the in-memory
+//! one does, resumes after a restart from its file (applied index, keys, history, alarms),
+//! and refuses a file it cannot trust.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::path::Path;
+
+use bytes::Bytes;
+use dengine_core::StateMachine;
+use dengine_core::store::Command as Committed;
+use dengine_kv::proto::dengine::kv::v1::{HashRequest, command, query, query_response};
+use dengine_kv::proto::etcdserverpb::{
+    AlarmRequest, AlarmType, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
+    RangeRequest, RequestOp, TxnRequest,
+    alarm_request::AlarmAction,
+    compare::{CompareResult, CompareTarget, TargetUnion},
+    request_op::Request,
+};
+use dengine_kv::{
+    AuthHub, KvStateMachine, WatchHub, decode_query_response, encode_command, encode_query,
+};
+
+fn open(path: &Path) -> KvStateMachine {
+    KvStateMachine::open(WatchHub::default(), AuthHub::default(), path, 4 << 20).unwrap()
+}
+
+/// A small deterministic generator (xorshift), so a failure names its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn key(&mut self) -> Bytes {
+        Bytes::from(format!("k/{:02}", self.below(40)))
+    }
+}
+
+/// A random command over 40 keys: puts (some with prev_kv), range deletes, transactions that
+/// compare and write, and compactions (some refused: too old or in the future).
+fn random_command(rng: &mut Rng, revision: i64) -> command::Op {
+    match rng.below(10) {
+        0..=4 => command::Op::Put(PutRequest {
+            key: rng.key(),
+            value: Bytes::from(vec![b'v'; rng.below(30) as usize]),
+            prev_kv: rng.below(2) == 0,
+            ..Default::default()
+        }),
+        5 => {
+            let (a, b) = (rng.key(), rng.key());
+            command::Op::DeleteRange(DeleteRangeRequest {
+                key: a.clone().min(b.clone()),
+                range_end: if rng.below(3) == 0 {
+                    Bytes::new()
+                } else {
+                    a.max(b)
+                },
+                prev_kv: rng.below(2) == 0,
+            })
+        }
+        6..=8 => {
+            let key = rng.key();
+            let put = RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: rng.key(),
+                    value: Bytes::from_static(b"txn"),
+                    ..Default::default()
+                })),
+            };
+            let delete = RequestOp {
+                request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: rng.key(),
+                    ..Default::default()
+                })),
+            };
+            let read = RequestOp {
+                request: Some(Request::RequestRange(RangeRequest {
+                    key: Bytes::from_static(b"k/"),
+                    range_end: Bytes::from_static(b"k0"),
+                    revision: rng.below(revision.max(1) as u64 + 1) as i64,
+                    ..Default::default()
+                })),
+            };
+            command::Op::Txn(TxnRequest {
+                compare: vec![Compare {
+                    key,
+                    result: CompareResult::Greater as i32,
+                    target: CompareTarget::Version as i32,
+                    target_union: Some(TargetUnion::Version(1)),
+                    ..Default::default()
+                }],
+                success: vec![put.clone(), read.clone(), delete],
+                failure: vec![read, put],
+            })
+        }
+        _ => command::Op::Compact(CompactionRequest {
+            revision: revision - rng.below(12) as i64 + 2,
+            physical: false,
+        }),
+    }
+}
+
+/// Every read the two must agree on: all keys and a prefix at every revision still kept, and
+/// the hash.
+async fn reads(revision: i64) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    for at in (revision - 15).max(0)..=revision {
+        for (key, end) in [("\0", "\0"), ("k/1", "k/2")] {
+            out.push(encode_query(query::Op::Range(RangeRequest {
+                key: Bytes::from(key),
+                range_end: Bytes::from(end),
+                revision: at,
+                ..Default::default()
+            })));
+        }
+        out.push(encode_query(query::Op::Hash(HashRequest { revision: at })));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_durable_store_answers_every_command_and_read_as_the_memory_store_does() {
+    for seed in [1u64, 7, 42] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut durable = open(&dir.path().join("kv.redb"));
+        let mut memory = KvStateMachine::new(WatchHub::default());
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut index = 0;
+        for batch in 0..40 {
+            // Batches of 1 to 8 commands, with a Raft entry (no command) between some.
+            let mut commands = Vec::new();
+            for _ in 0..=rng.below(8) {
+                index += 1 + rng.below(2);
+                let op = random_command(&mut rng, durable.revision());
+                commands.push(Committed {
+                    index,
+                    data: encode_command(op),
+                });
+            }
+            let a = durable.apply(&commands, index).await.unwrap();
+            let b = memory.apply(&commands, index).await.unwrap();
+            assert_eq!(a, b, "seed {seed}, batch {batch}: responses differ");
+            assert_eq!(durable.revision(), memory.revision());
+            for q in reads(durable.revision()).await {
+                assert_eq!(
+                    durable.query(q.clone()).await.unwrap(),
+                    memory.query(q).await.unwrap(),
+                    "seed {seed}, batch {batch}: reads differ"
+                );
+            }
+        }
+        assert!(
+            durable.compact_revision() > 0,
+            "seed {seed}: no compaction ran"
+        );
+        assert_eq!(
+            durable.snapshot().await.unwrap(),
+            memory.snapshot().await.unwrap(),
+            "seed {seed}: snapshots differ"
+        );
+    }
+}
+
+fn put(key: &str, value: &str) -> command::Op {
+    command::Op::Put(PutRequest {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        ..Default::default()
+    })
+}
+
+async fn range_all(sm: &KvStateMachine, revision: i64) -> Bytes {
+    sm.query(encode_query(query::Op::Range(RangeRequest {
+        key: Bytes::from_static(b"\0"),
+        range_end: Bytes::from_static(b"\0"),
+        revision,
+        ..Default::default()
+    })))
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_restart_resumes_from_the_file_with_keys_history_and_alarms() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    let (before_now, before_past, snapshot) = {
+        let mut sm = open(&path);
+        assert_eq!(sm.applied_index(), 0, "a new file");
+        let mut index = 1; // a configuration entry first
+        for i in 0..30 {
+            index += 1;
+            let command = Committed {
+                index,
+                data: encode_command(put(&format!("r/{}", i % 7), &format!("v{i}"))),
+            };
+            sm.apply(&[command], index).await.unwrap();
+        }
+        let alarm = command::Op::Alarm(AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: 9,
+            alarm: AlarmType::Nospace as i32,
+        });
+        index += 1;
+        let c = Committed {
+            index,
+            data: encode_command(alarm),
+        };
+        // Raft's own entries after the last command: the batch covers them too.
+        sm.apply(&[c], index + 2).await.unwrap();
+        assert_eq!(sm.applied_index(), 34);
+        let now = range_all(&sm, 0).await;
+        let past = range_all(&sm, 12).await;
+        (now, past, sm.snapshot().await.unwrap())
+    };
+    let mut sm = open(&path);
+    assert_eq!(
+        sm.applied_index(),
+        34,
+        "the runtime resumes after this index"
+    );
+    assert_eq!(sm.revision(), 30);
+    assert_eq!(range_all(&sm, 0).await, before_now);
+    assert_eq!(
+        range_all(&sm, 12).await,
+        before_past,
+        "the history survives"
+    );
+    assert_eq!(sm.snapshot().await.unwrap(), snapshot, "alarms and all");
+    // The alarm still caps writes after the restart.
+    let refused = sm
+        .apply_next(encode_command(put("r/x", "1")))
+        .await
+        .unwrap();
+    let refused = dengine_kv::decode_command_response(&refused).unwrap_err();
+    assert!(refused.to_string().contains("space"), "{refused}");
+    // The hub starts empty at the file's revision; older revisions come from the history.
+    assert_eq!(sm.watch_hub().revision(), 30);
+    let history = sm
+        .query(encode_query(query::Op::WatchHistory(
+            dengine_kv::proto::dengine::kv::v1::WatchHistoryRequest {
+                key: Bytes::from_static(b"\0"),
+                range_end: Bytes::from_static(b"\0"),
+                from: 25,
+                through: 30,
+            },
+        )))
+        .await
+        .unwrap();
+    match decode_query_response(&history).unwrap() {
+        query_response::Result::WatchHistory(h) => assert_eq!(h.events.len(), 6),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_installed_snapshot_replaces_the_file_and_survives_a_restart() {
+    let mut source = KvStateMachine::new(WatchHub::default());
+    for i in 0..50 {
+        source
+            .apply_next(encode_command(put(&format!("s/{i:02}"), "x")))
+            .await
+            .unwrap();
+    }
+    let snapshot = source.snapshot().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    {
+        let mut sm = open(&path);
+        sm.apply_next(encode_command(put("old", "gone after the install")))
+            .await
+            .unwrap();
+        // A damaged snapshot is refused and the file keeps what it had.
+        assert!(
+            sm.install_snapshot(Bytes::from_static(b"\x0a\xff"), 50)
+                .await
+                .is_err()
+        );
+        assert_eq!(sm.revision(), 1);
+        sm.install_snapshot(snapshot.clone(), 50).await.unwrap();
+    }
+    let sm = open(&path);
+    assert_eq!((sm.applied_index(), sm.revision()), (50, 50));
+    assert_eq!(range_all(&sm, 0).await, range_all(&source, 0).await);
+}
+
+#[tokio::test]
+async fn a_damaged_or_foreign_state_file_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+    let err = KvStateMachine::open(WatchHub::default(), AuthHub::default(), &path, 1 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("kv.redb"), "{err}");
+    // The file is left for the operator to inspect, not overwritten.
+    assert_eq!(std::fs::read(&path).unwrap(), vec![0x5a; 8192]);
+}
