@@ -59,7 +59,7 @@ pub struct KvConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StateStorage {
     /// In a redb file, `<data_dir>/state/kv.redb`, written with each applied batch: a restart
-    /// resumes from it (replaying at most about a second of the log), and memory holds only
+    /// resumes from it (replaying at most about a quarter of a second of the log), and memory holds only
     /// the file's page cache of `cache_bytes`, not the data set.
     Durable {
         /// The page cache's size in bytes (default [`DEFAULT_STATE_CACHE_BYTES`]).
@@ -118,7 +118,8 @@ pub enum AutoCompaction {
 }
 
 /// The default: keep the last 10,000 revisions (etcd keeps everything by default; dengine-kv
-/// holds its history in memory, so it bounds it unless told otherwise).
+/// bounds its history unless told otherwise: with [`StateStorage::Memory`] it is all in
+/// memory, and every snapshot carries it).
 pub const DEFAULT_AUTO_COMPACTION: AutoCompaction = AutoCompaction::Revisions(10_000);
 
 impl Default for AutoCompaction {

@@ -9,7 +9,9 @@ use std::path::Path;
 use bytes::Bytes;
 use dengine_core::StateMachine;
 use dengine_core::store::Command as Committed;
-use dengine_kv::proto::dengine::kv::v1::{HashRequest, command, query, query_response};
+use dengine_kv::proto::dengine::kv::v1::{
+    HashRequest, StoreSnapshot, command, query, query_response,
+};
 use dengine_kv::proto::etcdserverpb::{
     AlarmRequest, AlarmType, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
     RangeRequest, RequestOp, TxnRequest,
@@ -20,6 +22,7 @@ use dengine_kv::proto::etcdserverpb::{
 use dengine_kv::{
     AuthHub, KvStateMachine, WatchHub, decode_query_response, encode_command, encode_query,
 };
+use prost::Message;
 
 fn open(path: &Path) -> KvStateMachine {
     KvStateMachine::open(WatchHub::default(), AuthHub::default(), path, 4 << 20).unwrap()
@@ -272,6 +275,10 @@ async fn an_installed_snapshot_replaces_the_file_and_survives_a_restart() {
             .unwrap();
     }
     let snapshot = source.snapshot().await.unwrap();
+    // Encoded a key at a time, it decodes as one message.
+    let decoded = StoreSnapshot::decode(snapshot.clone()).unwrap();
+    assert_eq!((decoded.kvs.len(), decoded.revision), (50, 50));
+    assert_eq!(decoded.kvs[7].key, Bytes::from_static(b"s/07"));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kv.redb");
     {

@@ -45,7 +45,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const FORMAT: u32 = 1;
 
 /// At most this long between synced commits (see the module docs).
-pub(crate) const SYNC_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const SYNC_EVERY: Duration = Duration::from_millis(250);
 
 /// Keys and past versions read per step of a range scan (each step opens the table again).
 const PAGE: usize = 512;
