@@ -32,6 +32,8 @@ pub(crate) struct Cluster {
     pub(crate) dir: PathBuf,
     pub(crate) keep_dir: bool,
     pub(crate) nodes: Vec<Node>,
+    /// More `serve` flags for every member (e.g. `--state memory`).
+    pub(crate) extra_args: Vec<String>,
     members: String,
 }
 
@@ -67,6 +69,7 @@ impl Cluster {
             dir,
             keep_dir: false,
             nodes,
+            extra_args: Vec::new(),
             members,
         })
     }
@@ -90,6 +93,7 @@ impl Cluster {
             .args(["--metrics-addr", &self.nodes[i].metrics])
             .arg("--data-dir")
             .arg(self.data_dir(id))
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -104,6 +108,13 @@ impl Cluster {
             // std's kill is SIGKILL on Unix: no graceful shutdown, as in a crash.
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Stops member `id` gracefully (SIGTERM; SIGKILL after 10 s).
+    pub(crate) fn stop(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes[(id - 1) as usize].child.take() {
+            terminate(&mut child);
         }
     }
 

@@ -9,8 +9,9 @@
 //!   (`cargo xtask sim-node --help`).
 //! - `cluster-demo`: a 3-node cluster of the example KV server on loopback, failover and
 //!   catch-up, then everything stopped (see `demo.rs`).
-//! - `bench ...`: the benchmarks of `docs/benchmarks.md`; `bench e2e` (`e2e.rs`) and
-//!   `bench soak` (`soak.rs`) drive real clusters with `dengine-loadgen` (tools/loadgen).
+//! - `bench ...`: the benchmarks of `docs/benchmarks.md`; `bench e2e` (`e2e.rs`),
+//!   `bench soak` (`soak.rs`) and `bench restart` (`restart.rs`) drive real clusters with
+//!   `dengine-loadgen` (tools/loadgen).
 //! - `imports`: the module import graph of every crate, checked for cycles (`imports.rs`).
 //! - `fuzz`: the libFuzzer targets of `fuzz/` (cargo-fuzz, nightly), each for a fixed time
 //!   (see `fuzz.rs`).
@@ -31,6 +32,7 @@ mod loadgen;
 mod machine;
 mod mutants;
 mod probe;
+mod restart;
 mod soak;
 
 use crate::env::workspace_root;
@@ -71,6 +73,10 @@ commands:
                  N puts (default 5,000,000) to a 3-member dengine-kv cluster (default
                  settings, compaction every 100,000 entries); rate, RSS and disk per member
                  every 10 s; fails unless the last 10% ran at >= 80% of the first 10%'s rate
+  bench restart [--keys N] [--value-size B] [--state durable,memory] [--dir DIR]
+                 N keys (default 1,000,000, 100-byte values) in a 3-member dengine-kv
+                 cluster, once per --state: a follower's RSS and data size, then the time
+                 until it applied again what it had, after SIGTERM and after SIGKILL
   sim [ARGS]     run the deterministic simulator in release mode, e.g.
                  `cargo xtask sim --seeds 1000` or `cargo xtask sim --seed 42 --verbose`
                  (`cargo xtask sim --help` lists every option)
@@ -200,10 +206,11 @@ fn bench(args: &[String]) -> ExitCode {
         Some("failover") => demo::bench_failover(&args[1..]),
         Some("e2e") => e2e::bench_e2e(&args[1..]),
         Some("soak") => soak::bench_soak(&args[1..]),
+        Some("restart") => restart::bench_restart(&args[1..]),
         other => {
             eprintln!(
                 "unknown benchmark {other:?}: available are `cargo xtask bench storage`, \
-                 `net`, `core`, `failover`, `e2e` and `soak`"
+                 `net`, `core`, `failover`, `e2e`, `soak` and `restart`"
             );
             ExitCode::FAILURE
         }

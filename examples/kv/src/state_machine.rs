@@ -552,6 +552,9 @@ impl StateMachine for KvStateMachine {
         // A durable store is refilled in one transaction (the old state stays until it
         // commits); one in memory is rebuilt apart, so a refused snapshot leaves it whole.
         let durable = self.store.data().is_durable();
+        // What the open transaction holds is committed first: a refused snapshot must leave
+        // the file as the state is.
+        self.commit_batch(true)?;
         let before = self.store.durable_state(self.applied);
         let mut data = if durable {
             self.store.take_data()

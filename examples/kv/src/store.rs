@@ -8,6 +8,7 @@
 
 mod durable;
 mod keyspace;
+mod record;
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
@@ -28,8 +29,9 @@ use crate::proto::etcdserverpb::{
 use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
 use crate::validate::{check_delete, check_put, check_range, check_txn};
 
-pub(crate) use durable::{DurableKeyspace, DurableState, Opened};
-pub(crate) use keyspace::{Keyspace, MemoryKeyspace};
+pub(crate) use durable::{DurableKeyspace, Opened};
+pub(crate) use keyspace::{DurableState, Keyspace, MemoryKeyspace};
+pub(crate) use record::{KeyRecord, PastVersion};
 
 /// Per-key bookkeeping added to every stored byte of key and value when estimating the size
 /// of the store (revisions, version, map node).
@@ -39,15 +41,6 @@ const KEY_OVERHEAD_BYTES: u64 = 48;
 /// the field tags), counted when bounding the size of a Range response.
 const KV_RESPONSE_OVERHEAD_BYTES: usize = 40;
 
-/// The current state of one key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct KeyRecord {
-    pub(crate) value: Bytes,
-    pub(crate) create_revision: i64,
-    pub(crate) mod_revision: i64,
-    pub(crate) version: i64,
-}
-
 /// The result of a write command: the response to encode and the events it produced.
 #[derive(Debug)]
 pub(crate) struct WriteOutcome<R> {
@@ -56,14 +49,6 @@ pub(crate) struct WriteOutcome<R> {
     pub(crate) events: Vec<Event>,
     /// The store revision after the command.
     pub(crate) revision: i64,
-}
-
-/// A version of a key that a later write replaced or deleted: it was the key's state from
-/// `record.mod_revision` up to, not including, `superseded_at`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct PastVersion {
-    pub(crate) record: KeyRecord,
-    pub(crate) superseded_at: i64,
 }
 
 /// Every key's current value and metadata, the versions replaced since the last compaction,

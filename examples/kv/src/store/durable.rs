@@ -1,14 +1,17 @@
 //! [`DurableKeyspace`]: the keys and their past versions in a redb file, so that a member
 //! restarts from disk instead of rebuilding its state from a snapshot and the log.
 //!
-//! One write transaction per batch of applied commands ([`begin`](DurableKeyspace::begin) …
-//! [`commit`](DurableKeyspace::commit)) holds the batch's changes and the [`DurableState`]
-//! (the applied log index, the revision, the compaction point) together, as the
+//! Each batch of applied commands ([`begin`](DurableKeyspace::begin) …
+//! [`commit`](DurableKeyspace::commit)) writes its changes and the [`DurableState`] (the
+//! applied log index, the revision, the compaction point) into one write transaction, as the
 //! durable-state-machine contract asks (`dengine_core::store::StateMachine`): after a crash
-//! the file holds some earlier batch whole, never part of one, and the runtime resumes with
-//! the command after that batch's index. Commits are not synced each time (the Raft log is:
-//! what a crash loses here is replayed from it); one every [`SYNC_EVERY`] is, and the last one
-//! when the keyspace is dropped, so a restart replays at most about that much of the log.
+//! the file holds the state as of some earlier batch, never part of one, and the runtime
+//! resumes with the command after that batch's index. Batches applied within [`GROUP_FOR`]
+//! share the transaction (reads go through it, so they see every applied batch), which is
+//! then committed: a page that many batches change is written once. Commits are not synced
+//! each time (the Raft log is: what a crash loses here is replayed from it); one every
+//! [`SYNC_EVERY`] is, and the last one when the keyspace is dropped, so a restart replays at
+//! most about that much of the log.
 //!
 //! Memory is redb's page cache, bounded by the cache size given to
 //! [`open`](DurableKeyspace::open), not by the data set.
@@ -32,8 +35,8 @@ use redb::{
     WriteTransaction,
 };
 
-use super::keyspace::Keyspace;
-use super::{KeyRecord, PastVersion};
+use super::keyspace::{DurableState, Keyspace};
+use super::record::{KeyRecord, PastVersion};
 use crate::key_range::KeyBounds;
 
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
@@ -45,45 +48,13 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const FORMAT: u32 = 1;
 
 /// At most this long between synced commits (see the module docs).
-pub(crate) const SYNC_EVERY: Duration = Duration::from_millis(250);
+pub(crate) const SYNC_EVERY: Duration = Duration::from_millis(500);
+
+/// Batches applied within this long share one transaction (see the module docs).
+const GROUP_FOR: Duration = Duration::from_millis(200);
 
 /// Keys and past versions read per step of a range scan (each step opens the table again).
 const PAGE: usize = 512;
-
-/// What the file's state covers, written with every batch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct DurableState {
-    /// The last log index applied.
-    pub(crate) applied: u64,
-    /// The store revision.
-    pub(crate) revision: i64,
-    /// The last compaction revision.
-    pub(crate) compact_revision: i64,
-    /// The store's size estimate.
-    pub(crate) size_bytes: u64,
-}
-
-impl DurableState {
-    fn encode(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        out[..8].copy_from_slice(&self.applied.to_le_bytes());
-        out[8..16].copy_from_slice(&self.revision.to_le_bytes());
-        out[16..24].copy_from_slice(&self.compact_revision.to_le_bytes());
-        out[24..].copy_from_slice(&self.size_bytes.to_le_bytes());
-        out
-    }
-
-    fn decode(bytes: &[u8]) -> Option<Self> {
-        let word = |i: usize| -> Option<[u8; 8]> { bytes.get(i..i + 8)?.try_into().ok() };
-        (bytes.len() == 32).then_some(())?;
-        Some(DurableState {
-            applied: u64::from_le_bytes(word(0)?),
-            revision: i64::from_le_bytes(word(8)?),
-            compact_revision: i64::from_le_bytes(word(16)?),
-            size_bytes: u64::from_le_bytes(word(24)?),
-        })
-    }
-}
 
 /// What [`DurableKeyspace::open`] found in the file.
 #[derive(Debug)]
@@ -101,8 +72,14 @@ pub(crate) struct Opened {
 pub(crate) struct DurableKeyspace {
     db: Database,
     path: PathBuf,
-    /// The batch being applied.
+    /// The open transaction: the batch being applied, and the batches applied since
+    /// `opened` that were not committed yet.
     write: Option<WriteTransaction>,
+    /// When `write` began.
+    opened: Instant,
+    /// A batch is being applied: `write` holds changes whose state record is not written
+    /// yet.
+    in_batch: bool,
     /// The read transaction queries use between batches (begun at the first read after a
     /// commit).
     read: Mutex<Option<ReadTransaction>>,
@@ -178,6 +155,8 @@ impl DurableKeyspace {
                 db,
                 path: path.to_path_buf(),
                 write: None,
+                opened: Instant::now(),
+                in_batch: false,
                 read: Mutex::new(None),
                 error: Mutex::new(None),
                 last_sync: Instant::now(),
@@ -192,13 +171,17 @@ impl DurableKeyspace {
         if self.write.is_none() {
             let txn = self.db.begin_write().map_err(|e| self.named(&e))?;
             self.write = Some(txn);
+            self.opened = Instant::now();
         }
+        self.in_batch = true;
         Ok(())
     }
 
     /// Ends the batch: writes `state` (and `cluster`, the auth state and alarms, if given)
-    /// with its changes, and commits — synced if the last synced commit is older than
-    /// [`SYNC_EVERY`] or `sync` is set.
+    /// with its changes, and commits the transaction if it is older than [`GROUP_FOR`] (else
+    /// a later batch commits it; reads see it meanwhile, through the transaction) — synced
+    /// if the last synced commit is older than [`SYNC_EVERY`] or `sync` is set (which also
+    /// commits at once).
     pub(crate) fn commit(
         &mut self,
         state: &DurableState,
@@ -213,15 +196,24 @@ impl DurableKeyspace {
         let Some(mut txn) = self.write.take() else {
             return Err(self.named(&"no batch to commit"));
         };
+        self.in_batch = false;
         let sync = sync || self.last_sync.elapsed() >= SYNC_EVERY;
-        let result = (|| -> Result<(), redb::Error> {
-            {
-                let mut meta = txn.open_table(META)?;
-                meta.insert("state", state.encode().as_slice())?;
-                if let Some(cluster) = cluster {
-                    meta.insert("cluster", cluster)?;
-                }
+        let recorded = (|| -> Result<(), redb::Error> {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("state", state.encode().as_slice())?;
+            if let Some(cluster) = cluster {
+                meta.insert("cluster", cluster)?;
             }
+            Ok(())
+        })();
+        if let Err(e) = recorded {
+            return Err(self.named(&e));
+        }
+        if !sync && self.opened.elapsed() < GROUP_FOR {
+            self.write = Some(txn);
+            return Ok(());
+        }
+        let result = (|| -> Result<(), redb::Error> {
             if sync {
                 txn.set_durability(Durability::Immediate)
                     .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
@@ -768,13 +760,17 @@ impl Keyspace for DurableKeyspace {
 impl Drop for DurableKeyspace {
     /// A synced empty commit makes every unsynced one durable: a clean stop replays nothing.
     fn drop(&mut self) {
-        self.write = None; // an unfinished batch is abandoned (a failed apply)
+        // The open transaction holds whole batches with their state record, unless a batch
+        // was left unfinished (a failed apply): then it is abandoned, replayed from the log.
+        let open = self.write.take().filter(|_| !self.in_batch);
         *self.lock_read() = None;
-        let synced = self.db.begin_write().map(|mut txn| {
-            let _ = txn.set_durability(Durability::Immediate);
-            txn.set_quick_repair(true);
-            txn.commit()
-        });
+        let synced = open
+            .map_or_else(|| self.db.begin_write(), Ok)
+            .map(|mut txn| {
+                let _ = txn.set_durability(Durability::Immediate);
+                txn.set_quick_repair(true);
+                txn.commit()
+            });
         match synced {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

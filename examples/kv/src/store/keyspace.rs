@@ -7,7 +7,7 @@ use std::fmt::Debug;
 
 use bytes::Bytes;
 
-use super::{DurableState, KeyRecord, PastVersion};
+use super::record::{KeyRecord, PastVersion};
 use crate::key_range::KeyBounds;
 
 /// The keys of a store and the versions they replaced.
@@ -94,6 +94,41 @@ pub(crate) trait Keyspace: Debug + Send + Sync {
 
     /// Abandons the batch: none of its writes happened.
     fn abort_batch(&mut self) {}
+}
+
+/// What a durable keyspace's state covers, written with every batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DurableState {
+    /// The last log index applied.
+    pub(crate) applied: u64,
+    /// The store revision.
+    pub(crate) revision: i64,
+    /// The last compaction revision.
+    pub(crate) compact_revision: i64,
+    /// The store's size estimate.
+    pub(crate) size_bytes: u64,
+}
+
+impl DurableState {
+    pub(super) fn encode(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out[..8].copy_from_slice(&self.applied.to_le_bytes());
+        out[8..16].copy_from_slice(&self.revision.to_le_bytes());
+        out[16..24].copy_from_slice(&self.compact_revision.to_le_bytes());
+        out[24..].copy_from_slice(&self.size_bytes.to_le_bytes());
+        out
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
+        let word = |i: usize| -> Option<[u8; 8]> { bytes.get(i..i + 8)?.try_into().ok() };
+        (bytes.len() == 32).then_some(())?;
+        Some(DurableState {
+            applied: u64::from_le_bytes(word(0)?),
+            revision: i64::from_le_bytes(word(8)?),
+            compact_revision: i64::from_le_bytes(word(16)?),
+            size_bytes: u64::from_le_bytes(word(24)?),
+        })
+    }
 }
 
 /// A keyspace in memory: rebuilt from the log and snapshots on every start.

@@ -1,0 +1,308 @@
+//! `cargo xtask bench restart`: how long a dengine-kv member holding many keys takes to serve
+//! again after a restart, and how much memory it holds, with its state on disk (the default)
+//! and in memory (`--state memory`), measured in the same run.
+//!
+//! For each state: a 3-member cluster (release build, default settings otherwise), every key
+//! written once by `dengine-loadgen --preload`; then one follower is stopped with SIGTERM and
+//! started again, and the time from its start to the moment its `status` reports it has
+//! applied everything it had applied before is the restart time; then, after more writes,
+//! the same follower is killed with SIGKILL (a crash) and timed the same way.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use crate::cluster::{Cluster, NODES, build_bins, print_log_tails, wait_until};
+use crate::e2e::now_utc;
+use crate::{loadgen, machine};
+
+const USAGE: &str = "usage: cargo xtask bench restart [--keys N] [--value-size B] \
+                     [--state durable,memory] [--dir DIR]";
+
+/// Options of `bench restart`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Options {
+    /// Keys written before the restarts.
+    pub(crate) keys: u64,
+    /// Value size in bytes.
+    pub(crate) value_size: u64,
+    /// The `--state` values to measure, in order.
+    pub(crate) states: Vec<String>,
+    /// Where the data directories go.
+    pub(crate) dir: PathBuf,
+}
+
+/// Parses the arguments after `bench restart`.
+pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        keys: 1_000_000,
+        value_size: 100,
+        states: vec!["durable".into(), "memory".into()],
+        dir: std::env::temp_dir(),
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .map(String::as_str)
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--keys" | "--value-size" => {
+                let text = value()?;
+                let n =
+                    text.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("{flag} {text:?}: expected a positive whole number")
+                    })?;
+                if flag == "--keys" {
+                    o.keys = n;
+                } else {
+                    o.value_size = n;
+                }
+            }
+            "--state" => {
+                o.states = value()?.split(',').map(str::to_string).collect();
+                if let Some(bad) = o
+                    .states
+                    .iter()
+                    .find(|s| !["durable", "memory"].contains(&s.as_str()))
+                {
+                    return Err(format!("--state {bad:?}: expected durable or memory"));
+                }
+            }
+            "--dir" => o.dir = PathBuf::from(value()?),
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    Ok(o)
+}
+
+/// `cargo xtask bench restart ...`.
+pub(crate) fn bench_restart(args: &[String]) -> ExitCode {
+    let opts = match parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench restart: {e}\n{USAGE}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let interrupted = crate::env::interrupt_flag("bench restart");
+    match run(&opts, &interrupted) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nbench restart FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What one state measured.
+struct Measured {
+    state: String,
+    preload_s: f64,
+    rss_running: u64,
+    disk: u64,
+    restart_s: f64,
+    rss_restarted: u64,
+    crash_restart_s: f64,
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn run(opts: &Options, interrupted: &AtomicBool) -> Result<(), String> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&opts.dir)
+        .map_err(|e| format!("cannot create {}: {e}", opts.dir.display()))?;
+    let bins = build_bins(
+        true,
+        &[
+            ("dengine-kv", "dengine-kv"),
+            ("dengine-loadgen", "dengine-loadgen"),
+        ],
+        &[],
+    )?;
+    println!("bench restart, {}", now_utc());
+    for line in machine::describe(&opts.dir) {
+        println!("  {line}");
+    }
+    println!(
+        "  {} keys (16-byte keys, {}-byte values) in a 3-member dengine-kv cluster; a \
+         follower restarted after SIGTERM, then after SIGKILL",
+        opts.keys, opts.value_size
+    );
+    let mut all = Vec::new();
+    for state in &opts.states {
+        let mut cluster = Cluster::new_in(bins[0].clone(), &opts.dir, &format!("restart-{state}"))?;
+        cluster.extra_args = vec!["--state".into(), state.clone()];
+        for id in 1..=NODES {
+            cluster.start(id)?;
+        }
+        let result = measure(&mut cluster, &bins[1], opts, state, interrupted);
+        if result.is_err() {
+            cluster.keep_dir = true;
+            print_log_tails(&cluster.dir);
+        }
+        cluster.stop_all();
+        all.push(result?);
+    }
+    println!(
+        "\n| | {} |",
+        all.iter()
+            .map(|m| m.state.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("| --- |{}", " ---: |".repeat(all.len()));
+    let row = |name: &str, cell: &dyn Fn(&Measured) -> String| {
+        let cells: Vec<String> = all.iter().map(cell).collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    };
+    row("preload (s)", &|m| format!("{:.1}", m.preload_s));
+    row("follower RSS, running", &|m| mib(m.rss_running));
+    row("follower data directory", &|m| mib(m.disk));
+    row("restart after SIGTERM (s)", &|m| {
+        format!("{:.2}", m.restart_s)
+    });
+    row("RSS after the restart", &|m| mib(m.rss_restarted));
+    row("restart after SIGKILL (s)", &|m| {
+        format!("{:.2}", m.crash_restart_s)
+    });
+    println!(
+        "\nbench restart done in {:.0} s; every process it started is stopped.",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn measure(
+    cluster: &mut Cluster,
+    loadgen_bin: &std::path::Path,
+    opts: &Options,
+    state: &str,
+    interrupted: &AtomicBool,
+) -> Result<Measured, String> {
+    let leader = wait_until("a leader", Duration::from_secs(30), interrupted, || {
+        cluster.leader()
+    })?;
+    let endpoints = cluster.endpoints().join(",");
+    let load = |preload: bool| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--endpoints",
+            &endpoints,
+            "--op",
+            "put",
+            "--clients",
+            "64",
+            "--keys",
+            &opts.keys.to_string(),
+            "--value-size",
+            &opts.value_size.to_string(),
+            "--seconds",
+            if preload { "1" } else { "5" },
+            "--warmup",
+            "0",
+            "--report-every",
+            "30",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if preload {
+            args.push("--preload".into());
+        }
+        args
+    };
+    println!("\n  --state {state}: writing {} keys ...", opts.keys);
+    let t = Instant::now();
+    loadgen::run(loadgen_bin, &load(true), interrupted, |_| {})?;
+    let preload_s = t.elapsed().as_secs_f64();
+    let follower = (1..=NODES).find(|&id| id != leader).unwrap_or(NODES);
+    // Let the follower apply everything, then measure it.
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_running = cluster.pid(follower).map_or(0, machine::rss_bytes);
+    let disk = machine::disk_bytes(&cluster.data_dir(follower));
+    let restart_s = restart(cluster, follower, false, interrupted)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_restarted = cluster.pid(follower).map_or(0, machine::rss_bytes);
+    println!(
+        "  preload {preload_s:.1} s; follower {follower}: RSS {}, data {}; restart after \
+         SIGTERM {restart_s:.2} s, RSS {} after",
+        mib(rss_running),
+        mib(disk),
+        mib(rss_restarted)
+    );
+    loadgen::run(loadgen_bin, &load(false), interrupted, |_| {})?;
+    let crash_restart_s = restart(cluster, follower, true, interrupted)?;
+    println!("  restart after SIGKILL {crash_restart_s:.2} s");
+    Ok(Measured {
+        state: state.to_string(),
+        preload_s,
+        rss_running,
+        disk,
+        restart_s,
+        rss_restarted,
+        crash_restart_s,
+    })
+}
+
+/// Stops member `id` (SIGKILL if `crash`, else SIGTERM), starts it again and returns the
+/// seconds from the start until its status reports the applied index it had before.
+fn restart(
+    cluster: &mut Cluster,
+    id: u64,
+    crash: bool,
+    interrupted: &AtomicBool,
+) -> Result<f64, String> {
+    let applied = |c: &Cluster| -> Option<u64> { c.status(id).ok()?.get("applied")?.parse().ok() };
+    let before = applied(cluster).ok_or_else(|| format!("member {id} gives no status"))?;
+    if crash {
+        cluster.kill(id);
+    } else {
+        cluster.stop(id);
+    }
+    let t = Instant::now();
+    cluster.start(id)?;
+    // Polled every 10 ms (each poll runs `dengine-kv status`, a few ms itself).
+    let deadline = t + Duration::from_secs(120);
+    loop {
+        if applied(cluster).is_some_and(|a| a >= before) {
+            return Ok(t.elapsed().as_secs_f64());
+        }
+        if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("interrupted".into());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "member {id} did not apply up to index {before} within 120 s of its restart"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(text: &str) -> Vec<String> {
+        text.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn options() {
+        let o = parse(&[]).unwrap();
+        assert_eq!((o.keys, o.value_size), (1_000_000, 100));
+        assert_eq!(o.states, ["durable", "memory"]);
+        let o = parse(&args("--keys 5000 --value-size 10 --state memory --dir /d")).unwrap();
+        assert_eq!((o.keys, o.value_size), (5000, 10));
+        assert_eq!(o.states, ["memory"]);
+        assert_eq!(o.dir, PathBuf::from("/d"));
+        assert!(parse(&args("--keys 0")).is_err());
+        assert!(parse(&args("--state disk")).is_err());
+        assert!(parse(&args("--keys")).is_err());
+        assert!(parse(&args("--nope")).is_err());
+    }
+}
