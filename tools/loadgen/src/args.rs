@@ -19,7 +19,8 @@ options:
   --key-size B          key length in bytes (default 16)
   --value-size B        value length in bytes (default 256)
   --keys K              key space; each op picks a key at random (default 10000)
-  --preload             write every key of the key space once before measuring
+  --preload             write every key of the key space once before measuring (a failed
+                        put is tried again, up to 100 times 100 ms apart)
   --seconds S           measured window in seconds (default 10); with --total, the longest
                         the run may take (default 3600)
   --warmup S            unmeasured warm-up before the window, seconds (default 2; not with

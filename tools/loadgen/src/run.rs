@@ -129,6 +129,9 @@ async fn client(
 }
 
 /// Writes every key of the key space once, with up to 64 requests in flight.
+/// How many times the preload tries one key before it gives up.
+const PRELOAD_ATTEMPTS: u32 = 100;
+
 async fn preload(opts: &Options, conns: &[KvClient]) -> Result<(), String> {
     let next = Arc::new(AtomicU64::new(0));
     let value = Arc::new(vec![b'v'; opts.value_size]);
@@ -148,12 +151,22 @@ async fn preload(opts: &Options, conns: &[KvClient]) -> Result<(), String> {
                 if i >= keys {
                     return Ok(());
                 }
-                let k = key(i, key_size);
-                let put = one_op(&mut kv, Op::Put, k, &value);
-                match tokio::time::timeout(timeout, put).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(format!("preload of key {i}: {e}")),
-                    Err(_) => return Err(format!("preload of key {i}: timed out")),
+                // A put of the same value is idempotent: one that failed (an election under
+                // way, a timeout) is tried again, for up to about 10 s.
+                let mut attempts = 0;
+                loop {
+                    let k = key(i, key_size);
+                    let put = one_op(&mut kv, Op::Put, k, &value);
+                    let error = match tokio::time::timeout(timeout, put).await {
+                        Ok(Ok(())) => break,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "timed out".to_string(),
+                    };
+                    attempts += 1;
+                    if attempts == PRELOAD_ATTEMPTS {
+                        return Err(format!("preload of key {i}: {error} ({attempts} attempts)"));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             }
         }));

@@ -128,9 +128,7 @@ pub(crate) async fn run<M: StateMachine>(
             }
             ApplyCmd::BuildSnapshot => {
                 let span = tracing::info_span!("snapshot_build", index = last.index);
-                let result = sm
-                    .snapshot()
-                    .instrument(span)
+                let result = long_call(sm.snapshot().instrument(span))
                     .await
                     .map_err(|e| e.to_string());
                 let result = result.map(|data| Snapshot {
@@ -145,9 +143,8 @@ pub(crate) async fn run<M: StateMachine>(
             ApplyCmd::Install { meta, data } => {
                 let span =
                     tracing::info_span!("snapshot_install", index = meta.last_included.index);
-                let result = sm
-                    .install_snapshot(data.clone(), meta.last_included.index)
-                    .instrument(span)
+                let install = sm.install_snapshot(data.clone(), meta.last_included.index);
+                let result = long_call(install.instrument(span))
                     .await
                     .map_err(|e| e.to_string());
                 if result.is_ok() {
@@ -158,5 +155,21 @@ pub(crate) async fn run<M: StateMachine>(
                 let _ = events.send(Event::Installed { meta, data, result }).await;
             }
         }
+    }
+}
+
+/// Runs a long state machine call (building or installing a snapshot of a large state: seconds
+/// of CPU) without holding up the other tasks of this thread. On a multi-thread runtime it runs
+/// inside [`tokio::task::block_in_place`], which first hands the thread's queued tasks — the
+/// protocol loop among them, whose heartbeats keep the leader's lease and quorum — to another
+/// thread; a task woken last on this thread would otherwise wait for the whole call (seen as a
+/// leader stepping down while three members built 400,000-key snapshots at once). On a
+/// current-thread runtime it runs as is.
+async fn long_call<F: std::future::Future>(call: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| handle.block_on(call))
+        }
+        _ => call.await,
     }
 }
