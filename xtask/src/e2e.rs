@@ -106,21 +106,7 @@ pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
 
 /// `cargo xtask bench e2e ...`.
 pub(crate) fn bench_e2e(args: &[String]) -> ExitCode {
-    let opts = match parse(args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("bench e2e: {e}\n{USAGE}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let interrupted = crate::env::interrupt_flag("bench e2e");
-    match run(&opts, &interrupted) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("\nbench e2e FAILED: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::env::bench_main("e2e", USAGE, args, parse, |o, i| run(o, i).map(|()| true))
 }
 
 /// The results of one system.

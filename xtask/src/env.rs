@@ -36,3 +36,32 @@ pub(crate) fn interrupt_flag(what: &str) -> std::sync::Arc<std::sync::atomic::At
     }
     interrupted
 }
+
+/// The body of a `cargo xtask bench NAME` command: parses the options (printing the error and
+/// `usage` if they are wrong), runs with Ctrl-C caught, and turns the outcome into an exit
+/// code: `Ok(true)` success, `Ok(false)` a failure `run` has already explained, `Err` printed
+/// as "bench NAME FAILED".
+pub(crate) fn bench_main<O>(
+    name: &str,
+    usage: &str,
+    args: &[String],
+    parse: impl FnOnce(&[String]) -> Result<O, String>,
+    run: impl FnOnce(&O, &std::sync::atomic::AtomicBool) -> Result<bool, String>,
+) -> std::process::ExitCode {
+    let opts = match parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench {name}: {e}\n{usage}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let interrupted = interrupt_flag(&format!("bench {name}"));
+    match run(&opts, &interrupted) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("\nbench {name} FAILED: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

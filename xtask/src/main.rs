@@ -28,6 +28,7 @@ mod env;
 mod etcd;
 mod fuzz;
 mod imports;
+mod kvbench;
 mod loadgen;
 mod machine;
 mod mutants;

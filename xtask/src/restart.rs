@@ -13,9 +13,8 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{Cluster, NODES, build_bins, print_log_tails, wait_until};
-use crate::e2e::now_utc;
-use crate::{loadgen, machine};
+use crate::cluster::{Cluster, NODES, print_log_tails, wait_until};
+use crate::{kvbench, loadgen, machine};
 
 const USAGE: &str = "usage: cargo xtask bench restart [--keys N] [--value-size B] \
                      [--state durable,memory] [--dir DIR]";
@@ -80,21 +79,9 @@ pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
 
 /// `cargo xtask bench restart ...`.
 pub(crate) fn bench_restart(args: &[String]) -> ExitCode {
-    let opts = match parse(args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("bench restart: {e}\n{USAGE}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let interrupted = crate::env::interrupt_flag("bench restart");
-    match run(&opts, &interrupted) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("\nbench restart FAILED: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::env::bench_main("restart", USAGE, args, parse, |o, i| {
+        run(o, i).map(|()| true)
+    })
 }
 
 /// What one state measured.
@@ -114,20 +101,7 @@ fn mib(bytes: u64) -> String {
 
 fn run(opts: &Options, interrupted: &AtomicBool) -> Result<(), String> {
     let started = Instant::now();
-    std::fs::create_dir_all(&opts.dir)
-        .map_err(|e| format!("cannot create {}: {e}", opts.dir.display()))?;
-    let bins = build_bins(
-        true,
-        &[
-            ("dengine-kv", "dengine-kv"),
-            ("dengine-loadgen", "dengine-loadgen"),
-        ],
-        &[],
-    )?;
-    println!("bench restart, {}", now_utc());
-    for line in machine::describe(&opts.dir) {
-        println!("  {line}");
-    }
+    let (server, loadgen_bin) = kvbench::prepare("restart", &opts.dir)?;
     println!(
         "  {} keys (16-byte keys, {}-byte values) in a 3-member dengine-kv cluster; a \
          follower restarted after SIGTERM, then after SIGKILL",
@@ -135,12 +109,12 @@ fn run(opts: &Options, interrupted: &AtomicBool) -> Result<(), String> {
     );
     let mut all = Vec::new();
     for state in &opts.states {
-        let mut cluster = Cluster::new_in(bins[0].clone(), &opts.dir, &format!("restart-{state}"))?;
+        let mut cluster = Cluster::new_in(server.clone(), &opts.dir, &format!("restart-{state}"))?;
         cluster.extra_args = vec!["--state".into(), state.clone()];
         for id in 1..=NODES {
             cluster.start(id)?;
         }
-        let result = measure(&mut cluster, &bins[1], opts, state, interrupted);
+        let result = measure(&mut cluster, &loadgen_bin, opts, state, interrupted);
         if result.is_err() {
             cluster.keep_dir = true;
             print_log_tails(&cluster.dir);

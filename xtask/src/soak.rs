@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cluster::{Cluster, NODES, build_bins, print_log_tails, wait_until};
-use crate::e2e::now_utc;
-use crate::{loadgen, machine};
+use crate::cluster::{Cluster, NODES, print_log_tails, wait_until};
+use crate::{kvbench, loadgen, machine};
 
 const USAGE: &str = "usage: cargo xtask bench soak [--entries N] [--clients N] [--keys K]
        [--report-every S] [--max-seconds S] [--dir DIR]";
@@ -77,25 +76,13 @@ pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
 
 /// `cargo xtask bench soak ...`.
 pub(crate) fn bench_soak(args: &[String]) -> ExitCode {
-    let opts = match parse(args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("bench soak: {e}\n{USAGE}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let interrupted = crate::env::interrupt_flag("bench soak");
-    match run(&opts, &interrupted) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
+    crate::env::bench_main("soak", USAGE, args, parse, |o, i| {
+        let flat = run(o, i)?;
+        if !flat {
             eprintln!("\nbench soak: the write rate was NOT flat");
-            ExitCode::FAILURE
         }
-        Err(e) => {
-            eprintln!("\nbench soak FAILED: {e}");
-            ExitCode::FAILURE
-        }
-    }
+        Ok(flat)
+    })
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -111,31 +98,18 @@ pub(crate) fn flat(first: f64, last: f64) -> bool {
 /// Runs the soak; `Ok(flat)`.
 fn run(opts: &Options, interrupted: &AtomicBool) -> Result<bool, String> {
     let started = Instant::now();
-    std::fs::create_dir_all(&opts.dir)
-        .map_err(|e| format!("cannot create {}: {e}", opts.dir.display()))?;
-    let bins = build_bins(
-        true,
-        &[
-            ("dengine-kv", "dengine-kv"),
-            ("dengine-loadgen", "dengine-loadgen"),
-        ],
-        &[],
-    )?;
-    println!("bench soak, {}", now_utc());
-    for line in machine::describe(&opts.dir) {
-        println!("  {line}");
-    }
+    let (server, loadgen_bin) = kvbench::prepare("soak", &opts.dir)?;
     println!(
         "  {} puts by {} clients (random keys out of {}, 16-byte keys, 256-byte values) to a \
          3-member dengine-kv cluster with default settings (write-ahead log, fsync before ack, a snapshot \
          and log compaction every 100,000 applied entries)",
         opts.entries, opts.clients, opts.keys
     );
-    let mut cluster = Cluster::new_in(bins[0].clone(), &opts.dir, "soak")?;
+    let mut cluster = Cluster::new_in(server, &opts.dir, "soak")?;
     for id in 1..=NODES {
         cluster.start(id)?;
     }
-    let result = soak(&mut cluster, &bins[1], opts, interrupted);
+    let result = soak(&mut cluster, &loadgen_bin, opts, interrupted);
     if result.is_err() && !interrupted.load(Ordering::SeqCst) {
         cluster.keep_dir = true;
         print_log_tails(&cluster.dir);

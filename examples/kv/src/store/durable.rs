@@ -350,6 +350,26 @@ impl DurableKeyspace {
     }
 }
 
+impl DurableKeyspace {
+    /// Up to [`PAGE`] entries of the `replaced` table within `bounds`, in order:
+    /// (replaced at, key, mod revision).
+    fn replaced_page(&self, bounds: ReplacedBounds<'_>) -> Vec<(i64, Bytes, i64)> {
+        self.read_table(REPLACED, |t| {
+            let mut out = Vec::new();
+            for item in t.range_of(bounds)? {
+                let (k, v) = item?;
+                let (at, key) = k.value();
+                out.push((at, Bytes::copy_from_slice(key), v.value()));
+                if out.len() == PAGE {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .unwrap_or_default()
+    }
+}
+
 /// The reads this keyspace makes, over a write or a read-only table (redb's
 /// `ReadableTable` is not object-safe).
 trait ReadTable<K: redb::Key + 'static, V: redb::Value + 'static> {
@@ -455,6 +475,9 @@ fn decode_past(mod_revision: i64, bytes: &[u8]) -> Option<PastVersion> {
         },
     })
 }
+
+/// Bounds on the `replaced` table's (replaced at, key).
+type ReplacedBounds<'a> = (Bound<(i64, &'a [u8])>, Bound<(i64, &'a [u8])>);
 
 /// Owned bounds on the history table's (key, mod revision).
 type HistoryBounds = (Bound<(Bytes, i64)>, Bound<(Bytes, i64)>);
@@ -569,24 +592,11 @@ impl Keyspace for DurableKeyspace {
         let mut done = false;
         Box::new(std::iter::from_fn(move || {
             if page.is_empty() && !done {
-                let got: Vec<(i64, Bytes, i64)> = self
-                    .read_table(REPLACED, |t| {
-                        let mut out = Vec::new();
-                        let low = match &lower {
-                            Bound::Excluded((at, k)) => Bound::Excluded((*at, k.as_ref())),
-                            _ => Bound::Unbounded,
-                        };
-                        for item in t.range_of((low, Bound::Unbounded))? {
-                            let (k, v) = item?;
-                            let (at, key) = k.value();
-                            out.push((at, Bytes::copy_from_slice(key), v.value()));
-                            if out.len() == PAGE {
-                                break;
-                            }
-                        }
-                        Ok(out)
-                    })
-                    .unwrap_or_default();
+                let low = match &lower {
+                    Bound::Excluded((at, k)) => Bound::Excluded((*at, k.as_ref())),
+                    _ => Bound::Unbounded,
+                };
+                let got = self.replaced_page((low, Bound::Unbounded));
                 done = got.len() < PAGE;
                 if let Some((at, key, _)) = got.last() {
                     lower = Bound::Excluded((*at, key.clone()));
@@ -657,21 +667,7 @@ impl Keyspace for DurableKeyspace {
         // smallest, so this bound excludes exactly the later ones.
         let after = revision.saturating_add(1);
         loop {
-            let page: Vec<(i64, Bytes, i64)> = self
-                .read_table(REPLACED, |t| {
-                    let mut out = Vec::new();
-                    let bounds = (Bound::Unbounded, Bound::Excluded((after, &b""[..])));
-                    for item in t.range_of(bounds)? {
-                        let (k, v) = item?;
-                        let (at, key) = k.value();
-                        out.push((at, Bytes::copy_from_slice(key), v.value()));
-                        if out.len() == PAGE {
-                            break;
-                        }
-                    }
-                    Ok(out)
-                })
-                .unwrap_or_default();
+            let page = self.replaced_page((Bound::Unbounded, Bound::Excluded((after, &b""[..]))));
             if page.is_empty() {
                 return;
             }
