@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dengine_kv::{AutoCompaction, KvConfig};
+use dengine_kv::{AutoCompaction, KvConfig, StateStorage};
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, GetResponse, PutOptions, Txn,
     TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
@@ -402,8 +402,23 @@ async fn a_watch_on_a_follower_sees_the_leaders_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_crash_loses_no_acknowledged_write() {
+    leader_crash_loses_nothing(KvConfig::default()).await;
+}
+
+/// The same with the keys in memory (`--state memory`): a restarted member rebuilds them from
+/// its snapshot and log instead of resuming from its state file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_crash_loses_no_acknowledged_write_with_the_state_in_memory() {
+    leader_crash_loses_nothing(KvConfig {
+        state: StateStorage::Memory,
+        ..KvConfig::default()
+    })
+    .await;
+}
+
+async fn leader_crash_loses_nothing(kv: KvConfig) {
     let _turn = SERIAL.lock().await;
-    let mut cluster = TestCluster::start().await;
+    let mut cluster = TestCluster::start_with(None, kv).await;
     let leader = cluster.leader().await;
     let survivors = cluster.running_except(leader);
 
