@@ -69,6 +69,30 @@ fn services(
     }
 }
 
+/// What a member's start created before the node's own checks ran.
+struct Created {
+    /// The data directory, if it did not exist.
+    data_dir: Option<std::path::PathBuf>,
+    /// The state file's directory, if it did not exist.
+    state_dir: Option<std::path::PathBuf>,
+}
+
+impl Created {
+    /// Removes them again (the data directory only if nothing else was written in it).
+    fn remove(&self) {
+        if let Some(dir) = &self.state_dir
+            && let Err(e) = std::fs::remove_dir_all(dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), "could not remove the new state directory: {e}");
+        }
+        if let Some(dir) = &self.data_dir {
+            // Fails, as it should, if the node wrote anything else there.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 /// Where a member with [`StateStorage::Durable`] keeps its state: `<data_dir>/state/kv.redb`.
 pub fn state_file(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join("state").join("kv.redb")
@@ -95,6 +119,16 @@ impl Member {
     {
         let hub = WatchHub::default();
         let cluster_id = settings.node.cluster_id;
+        // A start that fails writes nothing: what opening the state file created (the file,
+        // its directory, the data directory) is removed again if the node does not start.
+        let data_dir = settings.node.data_dir.clone();
+        let created = Created {
+            data_dir: (!data_dir.exists()).then(|| data_dir.clone()),
+            state_dir: state_file(&data_dir)
+                .parent()
+                .filter(|dir| !dir.exists())
+                .map(std::path::Path::to_path_buf),
+        };
         let state_machine = match config.state {
             StateStorage::Memory => KvStateMachine::new(hub.clone()),
             StateStorage::Durable { cache_bytes } => KvStateMachine::open(
@@ -103,17 +137,27 @@ impl Member {
                 &state_file(&settings.node.data_dir),
                 cache_bytes,
             )
-            .map_err(|e| StartNodeError::StateMachine(e.to_string()))?,
+            .map_err(|e| {
+                created.remove();
+                StartNodeError::StateMachine(e.to_string())
+            })?,
         };
         let hubs = (hub.clone(), state_machine.auth_hub().clone());
-        let running = dengine::start_with_transport(
+        let started = dengine::start_with_transport(
             settings,
             state_machine,
             wrap,
             move |node, transport, s| services(node, transport, s, hubs, cluster_id, config),
         )
-        .await?;
-        Ok(Member { running, hub })
+        .await;
+        match started {
+            Ok(running) => Ok(Member { running, hub }),
+            Err(e) => {
+                // The state machine (and its file) was dropped with the failed start.
+                created.remove();
+                Err(e)
+            }
+        }
     }
 
     /// [`start`](Member::start), sending peer messages through a
