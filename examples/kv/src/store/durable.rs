@@ -36,7 +36,7 @@ use redb::{
 };
 
 use super::keyspace::{DurableState, Keyspace};
-use super::record::{KeyRecord, PastVersion};
+use super::record::{KeyRecord, PastVersion, le_word};
 use crate::key_range::KeyBounds;
 
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
@@ -440,9 +440,7 @@ fn encode_record(r: &KeyRecord) -> Vec<u8> {
 }
 
 fn decode_record(bytes: &[u8]) -> Option<KeyRecord> {
-    let word = |i: usize| -> Option<i64> {
-        Some(i64::from_le_bytes(bytes.get(i..i + 8)?.try_into().ok()?))
-    };
+    let word = |i: usize| le_word(bytes, i).map(i64::from_le_bytes);
     Some(KeyRecord {
         create_revision: word(0)?,
         mod_revision: word(8)?,
@@ -462,9 +460,7 @@ fn encode_past(p: &PastVersion) -> Vec<u8> {
 }
 
 fn decode_past(mod_revision: i64, bytes: &[u8]) -> Option<PastVersion> {
-    let word = |i: usize| -> Option<i64> {
-        Some(i64::from_le_bytes(bytes.get(i..i + 8)?.try_into().ok()?))
-    };
+    let word = |i: usize| le_word(bytes, i).map(i64::from_le_bytes);
     Some(PastVersion {
         superseded_at: word(0)?,
         record: KeyRecord {

@@ -7,7 +7,7 @@ use std::fmt::Debug;
 
 use bytes::Bytes;
 
-use super::record::{KeyRecord, PastVersion};
+use super::record::{KeyRecord, PastVersion, le_word};
 use crate::key_range::KeyBounds;
 
 /// The keys of a store and the versions they replaced.
@@ -120,8 +120,10 @@ impl DurableState {
     }
 
     pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
-        let word = |i: usize| -> Option<[u8; 8]> { bytes.get(i..i + 8)?.try_into().ok() };
-        (bytes.len() == 32).then_some(())?;
+        if bytes.len() != 32 {
+            return None;
+        }
+        let word = |i: usize| le_word(bytes, i);
         Some(DurableState {
             applied: u64::from_le_bytes(word(0)?),
             revision: i64::from_le_bytes(word(8)?),

@@ -19,3 +19,8 @@ pub(crate) struct PastVersion {
     pub(crate) record: KeyRecord,
     pub(crate) superseded_at: i64,
 }
+
+/// The 8 bytes at `at`, if there are that many.
+pub(super) fn le_word(bytes: &[u8], at: usize) -> Option<[u8; 8]> {
+    bytes.get(at..at.checked_add(8)?)?.try_into().ok()
+}
