@@ -117,7 +117,8 @@ pub use ready::{FailedRead, PeerRegression, ProposeError, ReadError, ReadMode, R
 #[cfg(feature = "memory")]
 pub use store::MemoryStore;
 pub use store::{
-    LogReader, LogStore, PersistRequest, Persisted, StateMachine, StorageError, StoredState,
+    LogReader, LogStore, PersistRequest, Persisted, SnapshotData, StateMachine, StorageError,
+    StoredState,
 };
 pub use transport::{ClusterView, Inbox, InboxError, Transport, TransportError};
 pub use types::{

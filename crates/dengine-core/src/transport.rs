@@ -11,9 +11,8 @@
 
 use std::future::Future;
 
-use bytes::Bytes;
-
 use crate::message::Message;
+use crate::store::SnapshotData;
 use crate::types::NodeId;
 
 /// Sends messages to peers. One transport serves one node.
@@ -35,11 +34,13 @@ pub trait Transport: Send + Sync + 'static {
     fn send(&self, message: Message);
 
     /// Streams a snapshot to `message.to` (`message.body` is `InstallSnapshot`). Resolves `Ok`
-    /// once the receiving node has accepted the whole snapshot, verified.
+    /// once the receiving node has accepted the whole snapshot, verified. A transport reads
+    /// `data` piece by piece ([`SnapshotData::read_chunk`], blocking I/O when it lies in a
+    /// file): a large snapshot is never held whole in memory.
     fn send_snapshot(
         &self,
         message: Message,
-        data: Bytes,
+        data: SnapshotData,
     ) -> impl Future<Output = Result<(), TransportError>> + Send;
 
     /// Sets (or changes) the address at which peer `id` is reached, e.g. when it joins.
@@ -56,8 +57,10 @@ pub trait Inbox: Send + Sync + 'static {
     fn deliver(&self, message: Message) -> Result<(), InboxError>;
 
     /// A complete snapshot from a peer whose checksums were verified: `message.body` is
-    /// `InstallSnapshot` with the metadata, `data` the state machine's serialized state.
-    fn deliver_snapshot(&self, message: Message, data: Bytes) -> Result<(), InboxError>;
+    /// `InstallSnapshot` with the metadata, `data` the state machine's serialized state (in
+    /// memory, or in a file the transport received it into, which the runtime then owns: it
+    /// is gone when the last handle is dropped).
+    fn deliver_snapshot(&self, message: Message, data: SnapshotData) -> Result<(), InboxError>;
     /// Whether `from` left this cluster for good (a committed configuration retired it, see
     /// [`Membership::is_retired`](crate::Membership::is_retired)). A transport refuses such a
     /// sender's traffic — uploads included — and tells it why, so a removed member stops
@@ -152,7 +155,7 @@ mod tests {
         fn deliver(&self, _: Message) -> Result<(), InboxError> {
             Ok(())
         }
-        fn deliver_snapshot(&self, _: Message, _: Bytes) -> Result<(), InboxError> {
+        fn deliver_snapshot(&self, _: Message, _: SnapshotData) -> Result<(), InboxError> {
             Ok(())
         }
     }

@@ -64,7 +64,11 @@ impl Inbox for CheckingInbox {
         Ok(())
     }
 
-    fn deliver_snapshot(&self, message: Message, _data: Bytes) -> Result<(), InboxError> {
+    fn deliver_snapshot(
+        &self,
+        message: Message,
+        _data: dengine_core::SnapshotData,
+    ) -> Result<(), InboxError> {
         assert!(
             matches!(message.body, MessageBody::InstallSnapshot(_)),
             "snapshot data came with a {} message",

@@ -42,7 +42,11 @@ impl Inbox for Follower {
         Ok(())
     }
 
-    fn deliver_snapshot(&self, _m: Message, _d: Bytes) -> Result<(), InboxError> {
+    fn deliver_snapshot(
+        &self,
+        _m: Message,
+        _d: dengine_core::SnapshotData,
+    ) -> Result<(), InboxError> {
         Ok(())
     }
 }
@@ -62,7 +66,11 @@ impl Inbox for Leader {
         Ok(())
     }
 
-    fn deliver_snapshot(&self, _m: Message, _d: Bytes) -> Result<(), InboxError> {
+    fn deliver_snapshot(
+        &self,
+        _m: Message,
+        _d: dengine_core::SnapshotData,
+    ) -> Result<(), InboxError> {
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use dengine_core::store::SnapshotData;
 use dengine_core::{Message, NodeId, Transport, TransportError};
 use parking_lot::{Mutex, MutexGuard};
 
@@ -187,7 +187,7 @@ impl<T: Transport> Transport for FaultyTransport<T> {
     fn send_snapshot(
         &self,
         message: Message,
-        data: Bytes,
+        data: SnapshotData,
     ) -> impl std::future::Future<Output = Result<(), TransportError>> + Send {
         let (blocked, delay) = {
             let mut s = self.handle.lock();
@@ -233,7 +233,7 @@ mod tests {
         fn send(&self, message: Message) {
             self.0.lock().push(message);
         }
-        async fn send_snapshot(&self, _m: Message, _d: Bytes) -> Result<(), TransportError> {
+        async fn send_snapshot(&self, _m: Message, _d: SnapshotData) -> Result<(), TransportError> {
             Ok(())
         }
         fn set_peer(&self, _id: NodeId, _address: String) {}
@@ -289,7 +289,7 @@ mod tests {
         assert_eq!(t.inner().0.lock().len(), 1);
         h.heal();
         h.block([2]);
-        let r = t.send_snapshot(msg(2, 0), Bytes::new()).await;
+        let r = t.send_snapshot(msg(2, 0), SnapshotData::empty()).await;
         assert!(matches!(
             r,
             Err(TransportError::Unreachable { peer: 2, .. })

@@ -37,8 +37,7 @@
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
-//! use bytes::Bytes;
-//! use dengine_core::{Heartbeat, Inbox, InboxError, Message, MessageBody, Transport};
+//! use dengine_core::{Heartbeat, Inbox, InboxError, Message, MessageBody, SnapshotData, Transport};
 //! use dengine_net_grpc::{GrpcConfig, GrpcTransport};
 //!
 //! /// A node's inbox; a real runtime pushes into its event loop's queue instead.
@@ -49,7 +48,7 @@
 //!         self.0.lock().unwrap().push(m);
 //!         Ok(())
 //!     }
-//!     fn deliver_snapshot(&self, m: Message, _data: Bytes) -> Result<(), InboxError> {
+//!     fn deliver_snapshot(&self, m: Message, _data: SnapshotData) -> Result<(), InboxError> {
 //!         self.deliver(m)
 //!     }
 //! }

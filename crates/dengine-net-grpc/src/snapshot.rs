@@ -16,7 +16,9 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dengine_core::store::SnapshotData;
 use dengine_core::{Message, MessageBody, NodeId, SnapshotMeta, Term, TransportError};
+use dengine_storage_common::FileRegion;
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc};
@@ -29,12 +31,13 @@ use crate::proto::pb;
 use crate::proto::pb::snapshot_reply::Outcome;
 use crate::stats::Counters;
 
-/// Streams `data` to the peer at `address`; see the module docs.
+/// Streams `data` to the peer at `address`, read a chunk at a time (a snapshot in a file is
+/// never held whole in memory); see the module docs.
 pub(crate) async fn send(
     common: &Arc<Common>,
     address: &str,
     message: Message,
-    data: Bytes,
+    data: SnapshotData,
 ) -> Result<(), TransportError> {
     let peer = message.to;
     let MessageBody::InstallSnapshot(meta) = &message.body else {
@@ -47,7 +50,13 @@ pub(crate) async fn send(
         });
     };
     let cfg = &common.config;
-    let total_crc32 = crc32fast::hash(&data);
+    let unreadable = |e: std::io::Error| TransportError::Rejected {
+        peer,
+        detail: format!("the snapshot to send cannot be read: {e}"),
+    };
+    let chunk_bytes = cfg.snapshot_chunk_bytes;
+    let total_crc32 = crc_of(&data, chunk_bytes).await.map_err(unreadable)?;
+    let total = data.len();
     let mut offset: u64 = 0;
     let mut last_error = String::from("no attempt made");
     for attempt in 1..=cfg.snapshot_attempts.max(1) {
@@ -72,14 +81,19 @@ pub(crate) async fn send(
         let (tx, rx) = mpsc::channel::<pb::SnapshotChunk>(2);
         let request = common.request(ReceiverStream::new(rx));
         let call = tokio::spawn(async move { client.install_snapshot(request).await });
-        let chunk_bytes = cfg.snapshot_chunk_bytes as u64;
-        let mut pos = offset.min(data.len() as u64);
+        let mut pos = offset.min(total);
         let mut first = true;
         let mut timed_out = false;
         loop {
-            let end = (pos + chunk_bytes).min(data.len() as u64);
-            let piece = data.slice(pos as usize..end as usize);
-            let last = end == data.len() as u64;
+            let piece = match read_chunk(&data, pos, chunk_bytes).await {
+                Ok(piece) => piece,
+                Err(e) => {
+                    call.abort();
+                    return Err(unreadable(e));
+                }
+            };
+            let end = pos + piece.len() as u64;
+            let last = end == total;
             let mut chunk = pb::SnapshotChunk {
                 offset: pos,
                 crc32: crc32fast::hash(&piece),
@@ -96,7 +110,7 @@ pub(crate) async fn send(
                 });
                 chunk.term = message.term;
                 chunk.meta = Some(convert::encode_meta(meta));
-                chunk.total_size = data.len() as u64;
+                chunk.total_size = total;
                 chunk.total_crc32 = total_crc32;
                 first = false;
             }
@@ -174,6 +188,40 @@ pub(crate) async fn send(
             cfg.snapshot_attempts
         ),
     })
+}
+
+/// Up to `max` bytes of `data` from `offset` on, read off the async threads.
+async fn read_chunk(data: &SnapshotData, offset: u64, max: usize) -> std::io::Result<Bytes> {
+    if let SnapshotData::Bytes(bytes) = data {
+        let start = (offset as usize).min(bytes.len());
+        return Ok(bytes.slice(start..(start.saturating_add(max)).min(bytes.len())));
+    }
+    let data = data.clone();
+    tokio::task::spawn_blocking(move || data.read_chunk(offset, max))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// The CRC-32 of all of `data`, read `piece` bytes at a time off the async threads.
+async fn crc_of(data: &SnapshotData, piece: usize) -> std::io::Result<u32> {
+    if let SnapshotData::Bytes(bytes) = data {
+        return Ok(crc32fast::hash(bytes));
+    }
+    let data = data.clone();
+    tokio::task::spawn_blocking(move || crc_blocking(&data, piece))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+fn crc_blocking(data: &SnapshotData, piece: usize) -> std::io::Result<u32> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut offset = 0;
+    while offset < data.len() {
+        let bytes = data.read_chunk(offset, piece)?;
+        crc.update(&bytes);
+        offset += bytes.len() as u64;
+    }
+    Ok(crc.finalize())
 }
 
 /// What a receiver has verified of one sender's snapshot so far. The bytes are in a spool
@@ -518,32 +566,44 @@ impl Receiver {
             self.discard(partial).await;
             return Err(status);
         }
-        let data = match tokio::fs::read(&partial.path).await {
-            Ok(data) => Bytes::from(data),
+        // Handed over as the spool file itself, opened before its name is removed: the node
+        // reads it from disk (it is never held whole in memory), and its space is freed when
+        // the node drops the last handle.
+        let path = partial.path.clone();
+        let total_size = partial.total_size;
+        let reread = tokio::task::spawn_blocking(move || {
+            let data = FileRegion::open(&path, 0, total_size)?.into_data();
+            let crc = crc_blocking(&data, 1 << 20)?;
+            Ok::<_, std::io::Error>((data, crc))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        let data = match reread {
+            Ok((data, crc)) if crc == partial.total_crc32 => data,
+            Ok(_) => {
+                // What is handed to the node is checked again as read back from the spool, so
+                // a damaged spool file is never delivered.
+                tracing::warn!(
+                    node = cfg.id,
+                    peer = from,
+                    path = %partial.path.display(),
+                    "the spooled snapshot read back differs from what was received; restarting"
+                );
+                self.discard(partial).await;
+                return Ok(reply(
+                    Outcome::Resume,
+                    0,
+                    "the spooled snapshot read back differs from what was received; restarting \
+                     from offset 0",
+                ));
+            }
             Err(e) => {
                 let status = io_status("read back", &partial.path, e);
                 self.discard(partial).await;
                 return Err(status);
             }
         };
-        // What is handed to the node is checked again as read back from the spool, so a
-        // short or damaged spool file is never delivered.
-        if data.len() as u64 != partial.total_size || crc32fast::hash(&data) != partial.total_crc32
-        {
-            tracing::warn!(
-                node = cfg.id,
-                peer = from,
-                path = %partial.path.display(),
-                "the spooled snapshot read back differs from what was received; restarting"
-            );
-            self.discard(partial).await;
-            return Ok(reply(
-                Outcome::Resume,
-                0,
-                "the spooled snapshot read back differs from what was received; restarting from \
-                 offset 0",
-            ));
-        }
         let message = Message {
             from,
             to: cfg.id,

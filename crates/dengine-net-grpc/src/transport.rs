@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use dengine_core::store::SnapshotData;
 use dengine_core::{Inbox, Message, MessageBody, NodeId, Transport, TransportError};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
@@ -340,7 +340,7 @@ impl Transport for GrpcTransport {
     fn send_snapshot(
         &self,
         message: Message,
-        data: Bytes,
+        data: SnapshotData,
     ) -> impl std::future::Future<Output = Result<(), TransportError>> + Send {
         let common = self.shared.common.clone();
         let address = self.peer_address(message.to);

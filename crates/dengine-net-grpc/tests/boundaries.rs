@@ -101,7 +101,7 @@ async fn requests_without_the_cluster_secret_are_refused() {
         .await;
         let snap = c
             .transport
-            .send_snapshot(snapshot_message(3, 2), pattern(100))
+            .send_snapshot(snapshot_message(3, 2), pattern(100).into())
             .await;
         assert!(snap.is_err(), "a snapshot without the secret is refused");
     }
@@ -259,7 +259,7 @@ async fn a_removed_member_is_refused_and_learns_why() {
     );
     let snap = a
         .transport
-        .send_snapshot(snapshot_message(1, 2), Bytes::from_static(b"x"))
+        .send_snapshot(snapshot_message(1, 2), Bytes::from_static(b"x").into())
         .await;
     assert!(snap.is_err());
     assert_eq!(b.inbox.count(), 0);

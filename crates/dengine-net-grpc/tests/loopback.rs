@@ -135,21 +135,44 @@ async fn a_peer_that_is_down_costs_only_periodic_reconnects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_of_several_mib_streams_in_chunks_and_verifies() {
+    // Sent from a file and received into one: neither side holds the snapshot in memory.
+    let tmp = tempfile::tempdir().unwrap();
     let mut c = fast(1, 7);
     c.snapshot_chunk_bytes = 256 << 10;
     let a = node_with(c).await;
-    let b = node_with(fast(2, 7)).await;
+    let mut receiving = fast(2, 7);
+    let spool = tmp.path().join("spool");
+    receiving.snapshot_spool_dir = Some(spool.clone());
+    let b = node_with(receiving).await;
     a.transport.set_peer(2, b.server.local_addr().to_string());
     let data = pattern(6 << 20);
+    let file = tmp.path().join("snapshot");
+    let mut with_header = b"header".to_vec();
+    with_header.extend_from_slice(&data);
+    std::fs::write(&file, &with_header).unwrap();
+    let from_file = dengine_storage_common::FileRegion::open(&file, 6, data.len() as u64)
+        .unwrap()
+        .into_data();
     let msg = snapshot_message(1, 2);
     a.transport
-        .send_snapshot(msg.clone(), data.clone())
+        .send_snapshot(msg.clone(), from_file)
         .await
         .unwrap();
     let got = b.inbox.snapshots.lock().unwrap().clone();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, msg);
     assert_eq!(got[0].1, data);
+    assert_eq!(
+        b.inbox
+            .snapshots_in_files
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "handed over as the spool file, not read into memory"
+    );
+    let left: Vec<_> = std::fs::read_dir(&spool)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "the spool file's name is gone: {left:?}");
     assert_eq!(a.transport.stats().snapshots_sent, 1);
     assert_eq!(
         a.transport.stats().snapshot_resumes,
@@ -169,7 +192,7 @@ async fn corrupted_chunks_are_detected_and_resent() {
     let data = pattern(3 << 20);
     corrupt.store(2, Ordering::SeqCst);
     a.transport
-        .send_snapshot(snapshot_message(1, 2), data.clone())
+        .send_snapshot(snapshot_message(1, 2), data.clone().into())
         .await
         .unwrap();
     assert_eq!(
@@ -283,7 +306,7 @@ async fn another_clusters_messages_are_refused_with_a_clear_status() {
 
     let err = a
         .transport
-        .send_snapshot(snapshot_message(1, 2), pattern(10))
+        .send_snapshot(snapshot_message(1, 2), pattern(10).into())
         .await
         .unwrap_err();
     assert!(
@@ -344,7 +367,7 @@ async fn compressed_streams_carry_appends_and_snapshots() {
     wait_until("compressed appends", || b.inbox.count() == 100).await;
     let data = Bytes::from(vec![7u8; 4 << 20]);
     a.transport
-        .send_snapshot(snapshot_message(1, 2), data.clone())
+        .send_snapshot(snapshot_message(1, 2), data.clone().into())
         .await
         .unwrap();
     assert_eq!(b.inbox.snapshots.lock().unwrap()[0].1, data);
@@ -372,7 +395,7 @@ async fn mutual_tls_admits_nodes_of_the_cluster_ca_and_refuses_others() {
     }
     let snap = impostor
         .transport
-        .send_snapshot(snapshot_message(3, 2), pattern(100))
+        .send_snapshot(snapshot_message(3, 2), pattern(100).into())
         .await;
     assert!(snap.is_err(), "the impostor's snapshot was refused");
     assert_eq!(b.inbox.count(), 1, "nothing from the impostor arrived");
@@ -501,7 +524,7 @@ async fn snapshots_are_read_back_from_the_spool_only_after_their_last_write() {
     for i in 0..40u8 {
         let data = Bytes::from(vec![i; (2 << 20) + 3]);
         a.transport
-            .send_snapshot(snapshot_message(1, 2), data.clone())
+            .send_snapshot(snapshot_message(1, 2), data.clone().into())
             .await
             .unwrap();
         let got = b.inbox.snapshots.lock().unwrap().last().unwrap().1.clone();

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use dengine_core::store::Snapshot;
+use dengine_core::store::{Snapshot, SnapshotData};
 use dengine_core::{
     EntryId, HardState, InitialState, LogIndex, LogStore, Membership, NodeId, PersistRequest, Raft,
     SnapshotMeta, StateMachine, StoredState, Transport,
@@ -28,15 +27,15 @@ use crate::snapshot_dir::SnapshotDir;
 const ADMIN_QUEUE: usize = 1024;
 
 /// The state a new cluster is founded with instead of an empty one (a restore from a
-/// backup): a state-machine snapshot, as [`StateMachine::snapshot`] made it, covering the log
+/// backup): a state-machine snapshot, as [`StateMachine::write_snapshot`] made it, covering the log
 /// up to `index` (the index its state machine had applied). See
 /// [`bootstrap_from`](NodeBuilder::bootstrap_from).
 #[derive(Clone, Debug)]
 pub struct Seed {
     /// The log index the snapshot covers (at least 1); the new log continues after it.
     pub index: LogIndex,
-    /// The state machine's snapshot.
-    pub data: Bytes,
+    /// The state machine's snapshot (in memory, or read from the backup file).
+    pub data: SnapshotData,
 }
 
 /// How a new cluster's first members start: the initial voters, and the state they start
@@ -407,7 +406,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
                     "restoring the state machine from its snapshot file"
                 );
                 state_machine
-                    .install_snapshot(file.data.clone(), index)
+                    .install_snapshot_from(file.data.clone(), index)
                     .await
                     .map_err(|e| StartError::StateMachine(e.to_string()))?;
                 applied = index;

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
+use dengine_core::store::SnapshotData;
 use dengine_core::{ClusterView, Inbox, InboxError, LogIndex, Membership, Message, NodeId, Term};
 use tokio::sync::mpsc;
 
@@ -15,7 +15,7 @@ pub(crate) enum PeerInput {
     /// A protocol message.
     Message(Message),
     /// A complete, verified snapshot (`InstallSnapshot` metadata and data).
-    Snapshot(Message, Bytes),
+    Snapshot(Message, SnapshotData),
     /// A member refused this node's traffic: a committed configuration removed it.
     Removed(String),
 }
@@ -85,7 +85,7 @@ impl Inbox for NodeInbox {
         self.push(PeerInput::Message(message))
     }
 
-    fn deliver_snapshot(&self, message: Message, data: Bytes) -> Result<(), InboxError> {
+    fn deliver_snapshot(&self, message: Message, data: SnapshotData) -> Result<(), InboxError> {
         self.push(PeerInput::Snapshot(message, data))
     }
 

@@ -13,18 +13,20 @@
 //! The two newest files are kept; a file that fails its checks is skipped for an older one.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Read as _, Seek as _, Write};
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use dengine_core::LogIndex;
 use dengine_core::SnapshotMeta;
-use dengine_core::store::Snapshot;
+use dengine_core::store::{Snapshot, SnapshotData};
+use dengine_storage_common::FileRegion;
 use dengine_storage_common::codec::{decode_snapshot_meta, encode_snapshot_meta};
 
 const MAGIC: &[u8; 8] = b"DSNAP001";
 const SUFFIX: &str = ".dsnap";
 const KEEP: usize = 2;
+/// The pieces a snapshot's data is checked and copied in.
+const PIECE: usize = 1 << 20;
 
 /// Where the newest snapshots are kept: a directory of files, or (feature `testing`) memory
 /// that outlives the node, for deterministic simulation.
@@ -54,24 +56,42 @@ impl SnapshotDir {
         }
     }
 
-    /// Writes `snapshot` durably and removes older files beyond the newest [`KEEP`].
-    pub(crate) async fn save(&self, snapshot: &Snapshot) -> Result<(), String> {
-        // Without the `testing` feature the match has one arm.
-        #[allow(clippy::infallible_destructuring_match)]
-        let path = match &self.backend {
-            Backend::Files(path) => path,
+    /// A writer of a new snapshot file for `meta` (blocking I/O): the state machine writes
+    /// its data into it, and [`SnapshotWriter::finish`] makes the file durable.
+    pub(crate) fn writer(&self, meta: SnapshotMeta) -> io::Result<SnapshotWriter> {
+        let sink = match &self.backend {
+            Backend::Files(dir) => Sink::file(dir, &meta)?,
             #[cfg(feature = "testing")]
-            Backend::Memory(memory) => {
-                memory.save(snapshot.clone(), KEEP);
-                return Ok(());
-            }
+            Backend::Memory(memory) => Sink::Memory {
+                buf: Vec::new(),
+                keep_in: Some(memory.clone()),
+            },
         };
-        let dir = path.clone();
+        Ok(SnapshotWriter::new(meta, sink))
+    }
+
+    /// Writes `snapshot` durably (its data read piece by piece) and removes older files
+    /// beyond the newest [`KEEP`]. Returns the snapshot as saved: its data now read from the
+    /// new file.
+    pub(crate) async fn save(&self, snapshot: &Snapshot) -> Result<Snapshot, String> {
+        let dir = self.clone();
         let snapshot = snapshot.clone();
-        tokio::task::spawn_blocking(move || save_blocking(&dir, &snapshot))
-            .await
-            .map_err(|e| format!("snapshot writer task failed: {e}"))?
-            .map_err(|e| format!("writing a snapshot into {}: {e}", path.display()))
+        tokio::task::spawn_blocking(move || {
+            let mut writer = dir.writer(snapshot.meta.clone())?;
+            io::copy(&mut snapshot.data.reader(), &mut writer)?;
+            writer.finish()
+        })
+        .await
+        .map_err(|e| format!("snapshot writer task failed: {e}"))?
+        .map_err(|e| format!("writing a snapshot into {}: {e}", self.describe()))
+    }
+
+    fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Files(path) => path.display().to_string(),
+            #[cfg(feature = "testing")]
+            Backend::Memory(_) => "memory".into(),
+        }
     }
 
     /// The newest snapshot that passes its checks, if any, and the newer files that failed
@@ -82,7 +102,8 @@ impl SnapshotDir {
 
     /// [`load_latest`](Self::load_latest), but a file that covers no entry after `applied`
     /// (the state machine already holds its state) is checked only up to its metadata and
-    /// returned without its data (see [`Loaded::data_skipped`]).
+    /// returned without its data (see [`Loaded::data_skipped`]). A snapshot's data is not
+    /// read into memory: it is checked piece by piece and read from the file when needed.
     pub(crate) async fn load_latest_after(&self, applied: LogIndex) -> Result<Loaded, String> {
         // Without the `testing` feature the match has one arm.
         #[allow(clippy::infallible_destructuring_match)]
@@ -105,36 +126,164 @@ impl SnapshotDir {
     }
 }
 
-fn file_name(snapshot: &Snapshot) -> String {
-    let id = snapshot.meta.last_included;
-    format!("snapshot-{:020}-{:020}{SUFFIX}", id.index, id.term)
+/// A snapshot being written (see [`SnapshotDir::writer`]): counts and checksums what goes
+/// through. Dropped unfinished, it leaves nothing behind.
+pub(crate) struct SnapshotWriter {
+    meta: SnapshotMeta,
+    sink: Sink,
+    len: u64,
+    crc: crc32fast::Hasher,
 }
 
-fn save_blocking(dir: &Path, snapshot: &Snapshot) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
-    let name = file_name(snapshot);
-    let tmp = dir.join(format!("{name}.tmp"));
-    let meta = encode_snapshot_meta(&snapshot.meta);
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(MAGIC)?;
-        f.write_all(&(meta.len() as u32).to_be_bytes())?;
-        f.write_all(&meta)?;
-        f.write_all(&(snapshot.data.len() as u64).to_be_bytes())?;
-        f.write_all(&crc32fast::hash(&snapshot.data).to_be_bytes())?;
-        f.write_all(&snapshot.data)?;
-        f.sync_all()?;
+enum Sink {
+    /// A temporary file in the directory; `header_len` bytes of header come before the data.
+    File {
+        dir: PathBuf,
+        tmp: PathBuf,
+        name: String,
+        file: Option<BufWriter<fs::File>>,
+        header_len: u64,
+    },
+    /// Memory: a node that keeps no snapshot files, or (feature `testing`) keeps them in
+    /// [`MemorySnapshots`](crate::testing::MemorySnapshots).
+    Memory {
+        buf: Vec<u8>,
+        #[cfg(feature = "testing")]
+        keep_in: Option<crate::testing::MemorySnapshots>,
+    },
+}
+
+impl Sink {
+    fn file(dir: &Path, meta: &SnapshotMeta) -> io::Result<Sink> {
+        fs::create_dir_all(dir)?;
+        let id = meta.last_included;
+        let name = format!("snapshot-{:020}-{:020}{SUFFIX}", id.index, id.term);
+        let tmp = dir.join(format!("{name}.tmp"));
+        let encoded = encode_snapshot_meta(meta);
+        let mut file = BufWriter::with_capacity(PIECE, fs::File::create(&tmp)?);
+        file.write_all(MAGIC)?;
+        file.write_all(&(encoded.len() as u32).to_be_bytes())?;
+        file.write_all(&encoded)?;
+        // Length and checksum, filled in by `finish`.
+        file.write_all(&[0u8; 12])?;
+        Ok(Sink::File {
+            dir: dir.to_path_buf(),
+            tmp,
+            name,
+            file: Some(file),
+            header_len: (MAGIC.len() + 4 + encoded.len() + 12) as u64,
+        })
     }
-    fs::rename(&tmp, dir.join(&name))?;
-    // Make the rename durable.
-    fs::File::open(dir)?.sync_all()?;
-    let mut names = snapshot_files(dir)?;
-    names.sort();
-    let old = names.len().saturating_sub(KEEP);
-    for stale in &names[..old] {
-        let _ = fs::remove_file(dir.join(stale));
+}
+
+impl SnapshotWriter {
+    fn new(meta: SnapshotMeta, sink: Sink) -> Self {
+        SnapshotWriter {
+            meta,
+            sink,
+            len: 0,
+            crc: crc32fast::Hasher::new(),
+        }
     }
-    Ok(())
+
+    /// A writer into memory, for a node that keeps no snapshot files.
+    pub(crate) fn in_memory(meta: SnapshotMeta) -> Self {
+        SnapshotWriter::new(
+            meta,
+            Sink::Memory {
+                buf: Vec::new(),
+                #[cfg(feature = "testing")]
+                keep_in: None,
+            },
+        )
+    }
+
+    /// Completes the snapshot (blocking I/O): a file gets its length and checksum, is synced
+    /// and renamed into place, the directory is synced, and files beyond the newest [`KEEP`]
+    /// are removed. Returns the snapshot, its data read from where it now lies.
+    pub(crate) fn finish(mut self) -> io::Result<Snapshot> {
+        let crc = std::mem::take(&mut self.crc).finalize();
+        let data = match &mut self.sink {
+            Sink::File {
+                dir,
+                tmp,
+                name,
+                file,
+                header_len,
+            } => {
+                let Some(file) = file.take() else {
+                    return Err(io::Error::other("the snapshot file was already finished"));
+                };
+                let mut file = file.into_inner().map_err(|e| e.into_error())?;
+                file.seek(io::SeekFrom::Start(*header_len - 12))?;
+                file.write_all(&self.len.to_be_bytes())?;
+                file.write_all(&crc.to_be_bytes())?;
+                file.sync_all()?;
+                drop(file);
+                let path = dir.join(&*name);
+                fs::rename(&*tmp, &path)?;
+                // Make the rename durable.
+                fs::File::open(&*dir)?.sync_all()?;
+                let mut names = snapshot_files(dir)?;
+                names.sort();
+                let old = names.len().saturating_sub(KEEP);
+                for stale in &names[..old] {
+                    let _ = fs::remove_file(dir.join(stale));
+                }
+                FileRegion::open(&path, *header_len, self.len)?.into_data()
+            }
+            Sink::Memory { buf, .. } => SnapshotData::from(std::mem::take(buf)),
+        };
+        let snapshot = Snapshot {
+            meta: self.meta.clone(),
+            data,
+        };
+        #[cfg(feature = "testing")]
+        if let Sink::Memory {
+            keep_in: Some(memory),
+            ..
+        } = &self.sink
+        {
+            memory.save(snapshot.clone(), KEEP);
+        }
+        Ok(snapshot)
+    }
+}
+
+impl Write for SnapshotWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = match &mut self.sink {
+            Sink::File { file: Some(f), .. } => f.write(buf)?,
+            Sink::File { file: None, .. } => {
+                return Err(io::Error::other("the snapshot file was already finished"));
+            }
+            Sink::Memory { buf: out, .. } => {
+                out.extend_from_slice(buf);
+                buf.len()
+            }
+        };
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.sink {
+            Sink::File { file: Some(f), .. } => f.flush(),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for SnapshotWriter {
+    fn drop(&mut self) {
+        if let Sink::File {
+            tmp, file: Some(_), ..
+        } = &self.sink
+        {
+            let _ = fs::remove_file(tmp);
+        }
+    }
 }
 
 fn snapshot_files(dir: &Path) -> io::Result<Vec<String>> {
@@ -179,23 +328,18 @@ fn load_blocking(dir: &Path, applied: LogIndex) -> io::Result<Loaded> {
     names.sort();
     for name in names.iter().rev() {
         let path = dir.join(name);
-        let meta_only = match read_meta(&path)? {
-            Ok(meta) if meta.last_included.index <= applied => Ok(meta),
-            Ok(_) => Err(None),
-            Err(detail) => Err(Some(detail)),
-        };
-        let decoded = match meta_only {
-            Ok(meta) => {
+        let checked = match read_header(&path)? {
+            Ok(header) if header.meta.last_included.index <= applied => {
                 loaded.data_skipped = true;
                 Ok(Snapshot {
-                    meta,
-                    data: Bytes::new(),
+                    meta: header.meta,
+                    data: SnapshotData::empty(),
                 })
             }
-            Err(Some(detail)) => Err(detail),
-            Err(None) => decode(fs::read(&path)?),
+            Ok(header) => check_data(&path, header),
+            Err(detail) => Err(detail),
         };
-        match decoded {
+        match checked {
             Ok(snapshot) => {
                 loaded.snapshot = Some(snapshot);
                 break;
@@ -213,10 +357,17 @@ fn load_blocking(dir: &Path, applied: LogIndex) -> io::Result<Loaded> {
     Ok(loaded)
 }
 
-/// The metadata of a snapshot file, checked up to there, and that the file is as long as its
+/// A snapshot file's header, checked.
+struct Header {
+    meta: SnapshotMeta,
+    data_offset: u64,
+    data_len: u64,
+    crc: u32,
+}
+
+/// The header of a snapshot file, checked up to there, and that the file is as long as its
 /// header says (the data's checksum is not checked: the data is not read).
-fn read_meta(path: &Path) -> io::Result<Result<SnapshotMeta, String>> {
-    use std::io::Read as _;
+fn read_header(path: &Path) -> io::Result<Result<Header, String>> {
     let mut file = fs::File::open(path)?;
     let file_len = file.metadata()?.len();
     let mut head = vec![0u8; MAGIC.len() + 4];
@@ -242,41 +393,46 @@ fn read_meta(path: &Path) -> io::Result<Result<SnapshotMeta, String>> {
         Err(e) => return Ok(Err(e.to_string())),
     };
     let data_len = u64::from_be_bytes(sizes[..8].try_into().unwrap_or([0xff; 8]));
+    let crc = match split_u32(&sizes[8..]) {
+        Ok((crc, _)) => crc,
+        Err(e) => return Ok(Err(e)),
+    };
     if file_len - header_len != data_len {
         return Ok(Err(format!(
             "data is {} bytes, expected {data_len}",
             file_len - header_len
         )));
     }
-    Ok(Ok(meta))
+    Ok(Ok(Header {
+        meta,
+        data_offset: header_len,
+        data_len,
+        crc,
+    }))
 }
 
-fn decode(file: Vec<u8>) -> Result<Snapshot, String> {
-    let file = Bytes::from(file);
-    let bytes: &[u8] = &file;
-    let rest = bytes.strip_prefix(MAGIC).ok_or("bad magic")?;
-    let (len, rest) = split_u32(rest)?;
-    let len = len as usize;
-    if rest.len() < len {
-        return Err("truncated metadata".into());
+/// The snapshot of a file whose header passed: its data checked against the checksum piece by
+/// piece, then left in the file (read again when needed).
+fn check_data(path: &Path, header: Header) -> Result<Snapshot, String> {
+    let region = FileRegion::open(path, header.data_offset, header.data_len)
+        .map_err(|e| e.to_string())?
+        .into_data();
+    let mut crc = crc32fast::Hasher::new();
+    let mut offset = 0;
+    while offset < header.data_len {
+        let piece = region
+            .read_chunk(offset, PIECE)
+            .map_err(|e| e.to_string())?;
+        crc.update(&piece);
+        offset += piece.len() as u64;
     }
-    let (meta, rest) = rest.split_at(len);
-    let meta = decode_snapshot_meta(meta).map_err(|e| e.to_string())?;
-    if rest.len() < 12 {
-        return Err("truncated header".into());
-    }
-    let (data_len, rest) = rest.split_at(8);
-    let data_len = u64::from_be_bytes(data_len.try_into().map_err(|_| "bad length")?);
-    let (crc, data) = split_u32(rest)?;
-    if data.len() as u64 != data_len {
-        return Err(format!("data is {} bytes, expected {data_len}", data.len()));
-    }
-    if crc32fast::hash(data) != crc {
+    if crc.finalize() != header.crc {
         return Err("data checksum mismatch".into());
     }
-    // The data without a copy: a slice of the file's buffer.
-    let data = file.slice_ref(data);
-    Ok(Snapshot { meta, data })
+    Ok(Snapshot {
+        meta: header.meta,
+        data: region,
+    })
 }
 
 fn split_u32(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
@@ -291,7 +447,12 @@ fn split_u32(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use dengine_core::{EntryId, Membership, SnapshotMeta};
+
+    fn file_name(index: u64) -> String {
+        format!("snapshot-{index:020}-{:020}{SUFFIX}", 2)
+    }
 
     fn snap(index: u64, data: &'static [u8]) -> Snapshot {
         Snapshot {
@@ -299,7 +460,7 @@ mod tests {
                 last_included: EntryId::new(2, index),
                 membership: Membership::new([1, 2, 3]).with_address(1, "a:1"),
             },
-            data: Bytes::from_static(data),
+            data: SnapshotData::from(Bytes::from_static(data)),
         }
     }
 
@@ -324,7 +485,7 @@ mod tests {
         let dir = SnapshotDir::new(tmp.path().to_path_buf());
         dir.save(&snap(10, b"old")).await.unwrap();
         dir.save(&snap(20, b"new")).await.unwrap();
-        let newest = tmp.path().join(file_name(&snap(20, b"new")));
+        let newest = tmp.path().join(file_name(20));
         let mut bytes = fs::read(&newest).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
@@ -353,11 +514,45 @@ mod tests {
         assert_eq!(loaded.snapshot, Some(snap(20, b"new")));
         // A covered file cut short is still found damaged (by its length), and the older one
         // is used.
-        let newest = tmp.path().join(file_name(&snap(20, b"new")));
+        let newest = tmp.path().join(file_name(20));
         let bytes = fs::read(&newest).unwrap();
         fs::write(&newest, &bytes[..bytes.len() - 1]).unwrap();
         let loaded = dir.load_latest_after(20).await.unwrap();
         assert_eq!(loaded.damaged.len(), 1, "{loaded:?}");
         assert_eq!(loaded.snapshot.unwrap().meta, snap(10, b"").meta);
+    }
+
+    #[test]
+    fn a_written_snapshot_is_read_from_its_file_and_an_unfinished_one_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::new(tmp.path().to_path_buf());
+        let meta = snap(30, b"").meta;
+        let mut writer = dir.writer(meta.clone()).unwrap();
+        for piece in [&b"one "[..], b"two ", b"three"] {
+            writer.write_all(piece).unwrap();
+        }
+        let written = writer.finish().unwrap();
+        assert!(
+            matches!(written.data, SnapshotData::Source(_)),
+            "read from the file, not held in memory: {:?}",
+            written.data
+        );
+        assert_eq!(written.data.to_bytes().unwrap(), &b"one two three"[..]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let loaded = rt.block_on(dir.load_latest()).unwrap().snapshot.unwrap();
+        assert_eq!(loaded.meta, meta);
+        assert_eq!(loaded.data.to_bytes().unwrap(), &b"one two three"[..]);
+        // A build that fails halfway (the writer is dropped) leaves no file.
+        let mut writer = dir.writer(snap(40, b"").meta).unwrap();
+        writer.write_all(b"half").unwrap();
+        drop(writer);
+        let names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(file_name(30))]);
     }
 }

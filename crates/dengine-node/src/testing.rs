@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use dengine_core::store::SnapshotData;
 use dengine_core::{Inbox, InboxError, Message, NodeId, Transport, TransportError};
 use parking_lot::Mutex;
 
@@ -171,7 +171,7 @@ impl LocalNetwork {
         }
     }
 
-    fn deliver_snapshot(&self, msg: Message, data: Bytes) -> Result<(), TransportError> {
+    fn deliver_snapshot(&self, msg: Message, data: SnapshotData) -> Result<(), TransportError> {
         let (from, to) = (msg.from, msg.to);
         let Some(inbox) = self.state.lock().route(from, to) else {
             return Err(TransportError::Unreachable {
@@ -206,7 +206,7 @@ impl Transport for LocalTransport {
     fn send_snapshot(
         &self,
         message: Message,
-        data: Bytes,
+        data: SnapshotData,
     ) -> impl Future<Output = Result<(), TransportError>> + Send {
         let result = self.net.deliver_snapshot(message, data);
         async move {
@@ -282,7 +282,7 @@ mod tests {
                 last_included: EntryId::new(1, index),
                 membership: Membership::new([1]),
             },
-            data: Bytes::from(index.to_string()),
+            data: SnapshotData::from(index.to_string().into_bytes()),
         }
     }
 

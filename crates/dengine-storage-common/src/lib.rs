@@ -16,6 +16,8 @@
 //!   store marker's text.
 //! - [`marker`]: the store directory's marker file (backend name and format version), checked
 //!   before the database is opened and written last when a store is created.
+//! - [`FileRegion`]: snapshot data that lies in a file (part of an open file, read on demand),
+//!   for the runtime's snapshot files and the transport's spool.
 //! - `testing` (feature `testing`): the `LogStore` conformance suite, the damaged-input suite
 //!   and the SIGKILL crash harness that every backend runs unchanged, plus small helpers.
 //! - `bench` (feature `testing`): the synced-append benchmark behind
@@ -32,6 +34,7 @@
 mod blocking;
 mod bounds;
 pub mod codec;
+mod file_region;
 pub mod marker;
 mod store;
 
@@ -41,4 +44,5 @@ pub mod bench;
 pub mod testing;
 
 pub use bounds::{Bounds, engine_error, io_error};
+pub use file_region::FileRegion;
 pub use store::{Reader, Store, StoreKind, SyncLog};

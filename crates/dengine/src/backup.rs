@@ -19,7 +19,7 @@
 //!
 //! let file = backup::encode(42, b"state");
 //! let seed = backup::decode(&file).unwrap();
-//! assert_eq!((seed.index, &seed.data[..]), (42, &b"state"[..]));
+//! assert_eq!((seed.index, &seed.data.to_bytes().unwrap()[..]), (42, &b"state"[..]));
 //! assert!(backup::decode(&file[..file.len() - 1]).is_err());
 //! ```
 
@@ -156,7 +156,7 @@ fn decode_from(bytes: &[u8], origin: &str) -> Result<Seed, BackupError> {
     }
     Ok(Seed {
         index,
-        data: Bytes::copy_from_slice(&bytes[HEADER..data_end]),
+        data: Bytes::copy_from_slice(&bytes[HEADER..data_end]).into(),
     })
 }
 
@@ -177,7 +177,10 @@ mod tests {
             );
         }
         let seed = decode(&file).unwrap();
-        assert_eq!((seed.index, &seed.data[..]), (7, &b"some state"[..]));
+        assert_eq!(
+            (seed.index, &seed.data.to_bytes().unwrap()[..]),
+            (7, &b"some state"[..])
+        );
         let empty = decode(&encode(1, b"")).unwrap();
         assert!(empty.data.is_empty());
 

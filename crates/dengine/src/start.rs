@@ -684,7 +684,10 @@ mod restore_tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = with_backup(dir.path());
         let seed = backup_to_restore(&s, true).unwrap().unwrap();
-        assert_eq!((seed.index, &seed.data[..]), (5, &b"state"[..]));
+        assert_eq!(
+            (seed.index, &seed.data.to_bytes().unwrap()[..]),
+            (5, &b"state"[..])
+        );
         // A directory that holds state: ignored.
         assert!(backup_to_restore(&s, false).unwrap().is_none());
         // Joining an existing cluster with a backup: refused, naming the conflict.

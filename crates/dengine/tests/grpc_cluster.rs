@@ -14,7 +14,54 @@ use common::{fast_timing, free_ports, leader_of, put, wait_for};
 use dengine::core::store::MemoryStateMachine;
 use dengine::grpc::admin_pb::admin_client::AdminClient;
 use dengine::grpc::admin_pb::{AddLearnerRequest, NodeRequest, StatusRequest};
-use dengine::{Consistency, Node, Running, Settings};
+use dengine::{Command, Consistency, LogIndex, Node, Running, Settings, StateMachine};
+
+/// A [`MemoryStateMachine`] that counts the snapshots it installed, and those it installed
+/// from a file (the runtime hands over the file a snapshot lies in, not bytes in memory).
+#[derive(Default)]
+struct CountingInstalls {
+    inner: MemoryStateMachine,
+    installs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    from_files: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl StateMachine for CountingInstalls {
+    type Error = <MemoryStateMachine as StateMachine>::Error;
+
+    async fn apply(
+        &mut self,
+        commands: &[Command],
+        up_to: LogIndex,
+    ) -> Result<Vec<Bytes>, Self::Error> {
+        self.inner.apply(commands, up_to).await
+    }
+
+    async fn snapshot(&mut self) -> Result<Bytes, Self::Error> {
+        self.inner.snapshot().await
+    }
+
+    async fn install_snapshot(&mut self, data: Bytes, up_to: LogIndex) -> Result<(), Self::Error> {
+        self.inner.install_snapshot(data, up_to).await
+    }
+
+    async fn install_snapshot_from(
+        &mut self,
+        data: dengine::core::store::SnapshotData,
+        up_to: LogIndex,
+    ) -> Result<(), dengine::core::store::SnapshotIoError> {
+        self.installs
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if matches!(data, dengine::core::store::SnapshotData::Source(_)) {
+            self.from_files
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.install_snapshot_from(data, up_to).await
+    }
+
+    async fn query(&self, request: Bytes) -> Result<Bytes, Self::Error> {
+        self.inner.query(request).await
+    }
+}
 
 fn settings(id: u64, port: u16, dir: &Path, members: &BTreeMap<u64, String>) -> Settings {
     let mut s = Settings::default();
@@ -82,7 +129,9 @@ async fn a_grpc_cluster_fails_over_without_losing_acknowledged_writes() {
 
     // Restart the crashed node from its data directory: it catches up, by snapshot over gRPC.
     let s = settings(crashed, ports[crashed as usize - 1], dir.path(), &members);
-    let restarted = dengine::start(s, MemoryStateMachine::new()).await.unwrap();
+    let counting = CountingInstalls::default();
+    let (installs, from_files) = (counting.installs.clone(), counting.from_files.clone());
+    let restarted = dengine::start(s, counting).await.unwrap();
     let node = restarted.node().clone();
     wait_for("the restarted node to catch up", async || {
         let v = node
@@ -96,6 +145,14 @@ async fn a_grpc_cluster_fails_over_without_losing_acknowledged_writes() {
     assert!(
         installed.last_included.index >= leader_snapshot.last_included.index,
         "caught up through the leader's snapshot: {installed:?}"
+    );
+    // Its own snapshot file at the restart, then the leader's, both installed from files.
+    let installs = installs.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(installs >= 2, "{installs} snapshots installed");
+    assert_eq!(
+        from_files.load(std::sync::atomic::Ordering::SeqCst),
+        installs,
+        "every snapshot was installed from a file, none from bytes in memory"
     );
     running.insert(crashed, restarted);
 

@@ -5,12 +5,13 @@
 
 mod alarm;
 mod auth;
+mod snapshot;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dengine_core::store::{Command as Committed, StorageError};
+use dengine_core::store::{Command as Committed, SnapshotData, SnapshotIoError, StorageError};
 use dengine_core::{LogIndex, StateMachine};
 use prost::Message;
 
@@ -19,9 +20,8 @@ use crate::auth::hub::AuthHub;
 use crate::auth::{AuthStore, user_of};
 use crate::error::KvError;
 use crate::proto::dengine::kv::v1::{
-    Backup, Command, CommandResponse, HashResult, PastKeyValue, Query, QueryResponse, Stats,
-    StoreSnapshot, WatchHistory, WatchHistoryRequest, command, command_response, query,
-    query_response,
+    Backup, Command, CommandResponse, HashResult, Query, QueryResponse, Stats, StoreSnapshot,
+    WatchHistory, WatchHistoryRequest, command, command_response, query, query_response,
 };
 use crate::proto::etcdserverpb::{AlarmResponse, CompactionResponse};
 use crate::quota;
@@ -30,8 +30,10 @@ use crate::watch::WatchHub;
 
 /// Version of the [`StoreSnapshot`] encoding written by this build. 2: with the auth state;
 /// 3: without the entry's term and the cluster configuration (the runtime keeps those);
-/// 4: with the MVCC history (a build that reads only up to 3 would drop it, so it refuses).
-const SNAPSHOT_FORMAT: u32 = 4;
+/// 4: with the MVCC history (a build that reads only up to 3 would drop it, so it refuses);
+/// 5: with the counts and the `complete` mark after the keys and history (a snapshot cut short
+/// is refused; it is read a field at a time, never whole).
+const SNAPSHOT_FORMAT: u32 = 5;
 
 /// The oldest snapshot format this build reads. Format 1 has no auth state: auth off, no
 /// users or roles.
@@ -405,47 +407,18 @@ impl KvStateMachine {
             events,
         }))
     }
+}
 
-    /// The state as a [`StoreSnapshot`], encoded one key at a time: the keys and past
-    /// versions are never all decoded at once, so building a snapshot of a large store costs
-    /// the encoded bytes and little more. The fields come in another order than
-    /// `encode_to_vec` writes them, which protobuf readers accept.
+impl KvStateMachine {
+    /// The whole snapshot in memory (for a backup, and the runtime's [`StateMachine::snapshot`]).
     fn encode_snapshot(&self) -> Bytes {
-        let head = StoreSnapshot {
-            format: SNAPSHOT_FORMAT,
-            applied_index: self.applied,
-            // Before format 3 the snapshot also held the entry's term and the cluster
-            // configuration; the runtime keeps those now.
-            applied_term: 0,
-            revision: self.store.revision(),
-            compact_revision: self.store.compact_revision(),
-            kvs: Vec::new(),
-            history: Vec::new(),
-            membership: None,
-            auth: Some(self.auth.to_snapshot()),
-            alarms: self.alarm_members(0, 0),
-        };
-        // The store's size estimate is close to the encoded size: one allocation, no copies.
         let estimate = usize::try_from(self.store.size_bytes()).unwrap_or(0);
-        let mut out = Vec::with_capacity(head.encoded_len() + estimate);
-        head.encode_raw(&mut out);
-        for kv in self.store.key_values() {
-            prost::encoding::message::encode(SNAPSHOT_KVS_TAG, &kv, &mut out);
-        }
-        for (kv, superseded_revision) in self.store.past_versions() {
-            let past = PastKeyValue {
-                kv: Some(kv),
-                superseded_revision,
-            };
-            prost::encoding::message::encode(SNAPSHOT_HISTORY_TAG, &past, &mut out);
-        }
+        let mut out = Vec::with_capacity(estimate + 4096);
+        // Writing into memory cannot fail.
+        let _ = self.write_snapshot_into(&mut out);
         Bytes::from(out)
     }
 }
-
-/// The field numbers of `StoreSnapshot.kvs` and `StoreSnapshot.history` (command.proto).
-const SNAPSHOT_KVS_TAG: u32 = 6;
-const SNAPSHOT_HISTORY_TAG: u32 = 10;
 
 /// A size bound as the wire carries it (0: none).
 fn bound(bytes: u64) -> Option<usize> {
@@ -524,102 +497,24 @@ impl StateMachine for KvStateMachine {
         data: Bytes,
         applied_up_to: LogIndex,
     ) -> Result<(), StorageError> {
-        let index = applied_up_to;
-        let snapshot = StoreSnapshot::decode(data)
-            .map_err(|e| corrupt_snapshot(index, format!("undecodable kv snapshot: {e}")))?;
-        if !(OLDEST_SNAPSHOT_FORMAT..=SNAPSHOT_FORMAT).contains(&snapshot.format) {
-            return Err(StorageError::FormatMismatch {
-                path: "<kv snapshot>".into(),
-                found: format!("dengine-kv snapshot format {}", snapshot.format),
-                expected: format!(
-                    "dengine-kv snapshot format {OLDEST_SNAPSHOT_FORMAT} to {SNAPSHOT_FORMAT}"
-                ),
-            });
-        }
-        if snapshot.applied_index != index {
-            return Err(corrupt_snapshot(
-                index,
-                format!(
-                    "kv snapshot covers entry {} but the runtime installs it as {index}",
-                    snapshot.applied_index
-                ),
-            ));
-        }
-        let past = snapshot
-            .history
-            .into_iter()
-            .map(|p| (p.kv.unwrap_or_default(), p.superseded_revision));
-        // A durable store is refilled in one transaction (the old state stays until it
-        // commits); one in memory is rebuilt apart, so a refused snapshot leaves it whole.
-        let durable = self.store.data().is_durable();
-        // What the open transaction holds is committed first: a refused snapshot must leave
-        // the file as the state is.
-        self.commit_batch(true)?;
-        let before = self.store.durable_state(self.applied);
-        let mut data = if durable {
-            self.store.take_data()
-        } else {
-            Box::new(store::MemoryKeyspace::default())
-        };
-        if let Err(e) = data.begin_batch() {
-            let error = StorageError::Backend {
-                path: data.location(),
-                op: "starting a snapshot install in",
-                detail: e,
-            };
-            self.store = KvStore::reopen(data, &before);
-            return Err(error);
-        }
-        match KvStore::restore(
-            data,
-            snapshot.kvs,
-            past,
-            snapshot.revision,
-            snapshot.compact_revision,
-        ) {
-            Ok(store) => self.store = store,
-            Err((e, mut data)) => {
-                data.abort_batch();
-                if durable {
-                    self.store = KvStore::reopen(data, &before);
-                }
-                return Err(corrupt_snapshot(index, e.0));
-            }
-        }
-        // Format 1 has no auth state: auth off, no users, as the cluster was.
-        self.auth = Arc::new(
-            snapshot
-                .auth
-                .map(AuthStore::from_snapshot)
-                .unwrap_or_default(),
-        );
-        self.auth_hub.publish(self.auth.clone());
-        self.alarms = snapshot
-            .alarms
-            .iter()
-            .map(|a| (a.member_id, a.alarm))
-            .collect();
-        self.applied = index;
-        self.persisted_cluster = None;
-        self.commit_batch(true)?;
-        // Watchers may resume from a revision before the snapshot: rebuild the events of the
-        // revisions after the compaction point (at the compaction point itself its deletes
-        // are gone) from the history, as many as the hub can hold (each revision has at least
-        // one event).
-        let window = i64::try_from(self.hub.config().max_history_events).unwrap_or(i64::MAX);
-        let from = self
-            .store
-            .compact_revision()
-            .saturating_add(1)
-            .max(snapshot.revision.saturating_sub(window).saturating_add(1));
-        self.hub.reset(
-            snapshot.revision,
-            snapshot.compact_revision,
-            from,
-            self.store.events_since(from),
-        );
-        self.hub.set_usage(self.store.size_bytes(), self.no_space());
+        self.install(&SnapshotData::from(data), applied_up_to)
+    }
+
+    async fn write_snapshot(
+        &mut self,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<(), SnapshotIoError> {
+        self.write_snapshot_into(out)?;
+        self.check_store()?;
         Ok(())
+    }
+
+    async fn install_snapshot_from(
+        &mut self,
+        data: SnapshotData,
+        applied_up_to: LogIndex,
+    ) -> Result<(), SnapshotIoError> {
+        Ok(self.install(&data, applied_up_to)?)
     }
 
     async fn query(&self, request: Bytes) -> Result<Bytes, StorageError> {

@@ -735,6 +735,7 @@ async fn a_format_1_snapshot_loads_with_auth_off() {
         auth: None,
         alarms: Vec::new(),
         history: Vec::new(),
+        ..Default::default()
     };
     let mut r = Replica::new();
     r.sm.install_snapshot(Bytes::from(old.encode_to_vec()), 7)
@@ -746,7 +747,8 @@ async fn a_format_1_snapshot_loads_with_auth_off() {
     r.run("", user_add("root", 1)).await.unwrap();
     // Snapshots it takes are of the current format, with the auth state.
     let taken = StoreSnapshot::decode(r.sm.snapshot().await.unwrap()).unwrap();
-    assert_eq!(taken.format, 4);
+    assert_eq!(taken.format, 5);
+    assert!(taken.complete && taken.key_count == 1, "{taken:?}");
     assert_eq!((taken.applied_index, taken.applied_term), (8, 0));
     assert!(
         taken.membership.is_none(),
@@ -754,7 +756,7 @@ async fn a_format_1_snapshot_loads_with_auth_off() {
     );
     assert_eq!(taken.auth.unwrap().users.len(), 1);
     // A format from the future is refused.
-    let future = StoreSnapshot { format: 5, ..old };
+    let future = StoreSnapshot { format: 6, ..old };
     assert!(
         r.sm.install_snapshot(Bytes::from(future.encode_to_vec()), 7)
             .await

@@ -22,6 +22,7 @@ use dengine_kv::proto::etcdserverpb::{
 use dengine_kv::{
     AuthHub, KvStateMachine, WatchHub, decode_query_response, encode_command, encode_query,
 };
+use dengine_storage_common::FileRegion;
 use prost::Message;
 
 fn open(path: &Path) -> KvStateMachine {
@@ -298,6 +299,60 @@ async fn an_installed_snapshot_replaces_the_file_and_survives_a_restart() {
     let sm = open(&path);
     assert_eq!((sm.applied_index(), sm.revision()), (50, 50));
     assert_eq!(range_all(&sm, 0).await, range_all(&source, 0).await);
+}
+
+/// The runtime's path for large states: the snapshot written into a file a piece at a time
+/// (`write_snapshot`) and installed from the file (`install_snapshot_from`), never read whole
+/// into memory. A snapshot file cut short is refused and the state is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_streams_through_a_file_and_a_cut_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut source = open(&dir.path().join("source.redb"));
+    for i in 0..3000 {
+        let key = format!("k/{:04}", i % 2000);
+        source
+            .apply_next(encode_command(put(&key, &"v".repeat(i % 50))))
+            .await
+            .unwrap();
+    }
+    let file = dir.path().join("snapshot");
+    {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+        source.write_snapshot(&mut out).await.unwrap();
+        std::io::Write::flush(&mut out).unwrap();
+    }
+    let len = std::fs::metadata(&file).unwrap().len();
+    let whole = source.snapshot().await.unwrap();
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        whole,
+        "the same bytes either way"
+    );
+    let data = FileRegion::open(&file, 0, len).unwrap().into_data();
+    let mut target = open(&dir.path().join("target.redb"));
+    target
+        .apply_next(encode_command(put("before", "kept if refused")))
+        .await
+        .unwrap();
+    for cut in [1, len / 2, len - 1] {
+        let short = FileRegion::open(&file, 0, cut).unwrap().into_data();
+        let err = target.install_snapshot_from(short, 3000).await.unwrap_err();
+        assert!(err.to_string().contains("snapshot"), "{err}");
+        assert_eq!(
+            target.revision(),
+            1,
+            "a refused snapshot changes nothing (cut at {cut})"
+        );
+    }
+    target.install_snapshot_from(data, 3000).await.unwrap();
+    assert_eq!(target.revision(), source.revision());
+    for revision in [0, 1500, 2999] {
+        assert_eq!(
+            range_all(&target, revision).await,
+            range_all(&source, revision).await,
+            "revision {revision}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -616,7 +616,9 @@ async fn snapshot_streams_a_backup_of_the_state() {
         );
     }
     let seed = dengine::backup::decode(&file).unwrap();
-    let state = dengine_kv::proto::dengine::kv::v1::StoreSnapshot::decode(seed.data).unwrap();
+    let state =
+        dengine_kv::proto::dengine::kv::v1::StoreSnapshot::decode(seed.data.to_bytes().unwrap())
+            .unwrap();
     // The backup covers the index the state machine had applied (the two puts and what came
     // before them).
     assert_eq!(seed.index, state.applied_index);

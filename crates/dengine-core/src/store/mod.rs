@@ -20,7 +20,8 @@
 //! One job per file, and no file imports the one that imports it: `error.rs`
 //! ([`StorageError`]), `persist.rs` ([`PersistRequest`], [`Persisted`]), `log_store.rs`
 //! ([`LogReader`], [`LogStore`], [`StoredState`]), `validate.rs` (the request rules every
-//! store checks), `state_machine.rs` ([`StateMachine`], [`Snapshot`]) and `memory.rs` (the
+//! store checks), `snapshot_data.rs` ([`SnapshotData`], a snapshot's bytes in memory or in a file), `state_machine.rs`
+//! ([`StateMachine`], [`Snapshot`]) and `memory.rs` (the
 //! in-memory implementations). [`Ready`](crate::Ready) uses the write and the error type from
 //! here; nothing here uses `Ready`.
 //!
@@ -80,6 +81,7 @@ mod log_store;
 #[cfg(feature = "memory")]
 mod memory;
 mod persist;
+mod snapshot_data;
 mod state_machine;
 mod validate;
 
@@ -91,5 +93,6 @@ pub use log_store::{LogReader, LogStore, StoredState};
 #[cfg(feature = "memory")]
 pub use memory::{MemoryStateMachine, MemoryStore};
 pub use persist::{PersistRequest, Persisted};
-pub use state_machine::{Command, Snapshot, StateMachine};
+pub use snapshot_data::{SnapshotData, SnapshotReader, SnapshotSource};
+pub use state_machine::{Command, Snapshot, SnapshotIoError, StateMachine};
 pub use validate::{validate_persist, validate_range, validate_snapshot};

@@ -1,20 +1,27 @@
 //! The [`StateMachine`] contract: what the runtime applies committed commands to.
 
 use std::future::Future;
+use std::io;
 
 use bytes::Bytes;
 
+use super::snapshot_data::SnapshotData;
 use crate::types::{LogIndex, SnapshotMeta};
+
+/// The error of the streaming snapshot calls ([`StateMachine::write_snapshot`],
+/// [`StateMachine::install_snapshot_from`]): the state machine's own error or an I/O error of
+/// the snapshot's file, boxed. The runtime treats it as it treats [`StateMachine::Error`].
+pub type SnapshotIoError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A snapshot as the runtime keeps and ships it: the state machine's serialized state and
 /// what it covers (the last entry folded in, and the cluster configuration at that point).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
     /// The last entry folded in, and the membership at that point (the runtime's bookkeeping).
     pub meta: SnapshotMeta,
-    /// The serialized state, opaque to Raft: what [`StateMachine::snapshot`] returned and
-    /// [`StateMachine::install_snapshot`] reads back.
-    pub data: Bytes,
+    /// The serialized state, opaque to Raft: what [`StateMachine::write_snapshot`] wrote and
+    /// [`StateMachine::install_snapshot_from`] reads back; in memory, or in a file.
+    pub data: SnapshotData,
 }
 
 /// A committed command, as the state machine sees it.
@@ -186,16 +193,54 @@ pub trait StateMachine: Send + 'static {
         false
     }
 
-    /// Serializes the current state (everything applied so far).
+    /// Serializes the current state (everything applied so far). The runtime calls
+    /// [`write_snapshot`](Self::write_snapshot), which calls this unless it is overridden.
     fn snapshot(&mut self) -> impl Future<Output = Result<Bytes, Self::Error>> + Send;
 
     /// Replaces the whole state with a snapshot (received from the leader, or this node's own
-    /// after a restart) that covers the log up to `applied_up_to`.
+    /// after a restart) that covers the log up to `applied_up_to`. The runtime calls
+    /// [`install_snapshot_from`](Self::install_snapshot_from), which calls this unless it is
+    /// overridden.
     fn install_snapshot(
         &mut self,
         data: Bytes,
         applied_up_to: LogIndex,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Writes the serialized state to `out` (blocking writes, usually into the snapshot file
+    /// the runtime is writing, or into memory when the node keeps no snapshot files). Override
+    /// it, together with [`install_snapshot_from`](Self::install_snapshot_from), when the
+    /// state is too large to hold twice in memory: write it piece by piece from a consistent
+    /// view (a read transaction). The runtime calls it off the protocol loop, as it calls
+    /// [`snapshot`](Self::snapshot). Default: writes what [`snapshot`](Self::snapshot)
+    /// returns.
+    fn write_snapshot(
+        &mut self,
+        out: &mut (dyn io::Write + Send),
+    ) -> impl Future<Output = Result<(), SnapshotIoError>> + Send {
+        async move {
+            let data = self.snapshot().await?;
+            out.write_all(&data)?;
+            Ok(())
+        }
+    }
+
+    /// [`install_snapshot`](Self::install_snapshot) from a [`SnapshotData`], which may lie in
+    /// a file: read it piece by piece ([`SnapshotData::reader`]) to install a large state
+    /// without holding it in memory. A refused snapshot (damaged) must leave the state as it
+    /// was. Default: reads the data into memory and calls
+    /// [`install_snapshot`](Self::install_snapshot).
+    fn install_snapshot_from(
+        &mut self,
+        data: SnapshotData,
+        applied_up_to: LogIndex,
+    ) -> impl Future<Output = Result<(), SnapshotIoError>> + Send {
+        async move {
+            let bytes = data.to_bytes()?;
+            self.install_snapshot(bytes, applied_up_to).await?;
+            Ok(())
+        }
+    }
 
     /// Answers a read-only request against the current state. Linearizability is the
     /// runtime's job (it calls this only once the read's index has been applied).

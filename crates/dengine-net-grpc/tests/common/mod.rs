@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use dengine_core::store::SnapshotData;
 use dengine_core::{
     AppendRequest, AppendResponse, Entry, EntryId, EntryPayload, Inbox, InboxError, Membership,
     Message, MessageBody, NodeId, SnapshotMeta, Transport,
@@ -19,6 +20,8 @@ use dengine_net_grpc::{GrpcConfig, GrpcTransport, ServerHandle, TlsConfig};
 pub struct Collect {
     pub messages: Mutex<Vec<Message>>,
     pub snapshots: Mutex<Vec<(Message, Bytes)>>,
+    /// How many of `snapshots` were handed over in a file rather than in memory.
+    pub snapshots_in_files: std::sync::atomic::AtomicUsize,
     pub answer_with: Mutex<Option<GrpcTransport>>,
     /// Senders this node considers removed from the cluster.
     pub retired: Mutex<Vec<NodeId>>,
@@ -47,8 +50,13 @@ impl Inbox for Collect {
         Ok(())
     }
 
-    fn deliver_snapshot(&self, m: Message, data: Bytes) -> Result<(), InboxError> {
-        self.snapshots.lock().unwrap().push((m, data));
+    fn deliver_snapshot(&self, m: Message, data: SnapshotData) -> Result<(), InboxError> {
+        if matches!(data, SnapshotData::Source(_)) {
+            self.snapshots_in_files
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        let bytes = data.to_bytes().expect("the delivered snapshot reads back");
+        self.snapshots.lock().unwrap().push((m, bytes));
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use dengine_core::store::{Command, Snapshot};
+use dengine_core::store::{Command, Snapshot, SnapshotData};
 use dengine_core::{
     Entry, EntryId, EntryPayload, LogIndex, LogLimiter, Membership, SnapshotMeta, StateMachine,
 };
@@ -15,6 +15,7 @@ use tracing::Instrument as _;
 use super::request::Event;
 use crate::error::{ProposeError, ReadError};
 use crate::metric_names as m;
+use crate::snapshot_dir::{SnapshotDir, SnapshotWriter};
 
 /// A proposer waiting for the response to the entry at `index`.
 pub(crate) struct Responder {
@@ -35,10 +36,13 @@ pub(crate) enum ApplyCmd {
         query: Bytes,
         tx: oneshot::Sender<Result<Bytes, ReadError>>,
     },
-    /// Serialize the state machine.
+    /// Serialize the state machine (into a new snapshot file when the node keeps them).
     BuildSnapshot,
     /// Replace the state with a snapshot from the leader.
-    Install { meta: SnapshotMeta, data: Bytes },
+    Install {
+        meta: SnapshotMeta,
+        data: SnapshotData,
+    },
 }
 
 /// Runs until the loop drops its sender (or the state machine fails).
@@ -47,9 +51,10 @@ pub(crate) enum ApplyCmd {
 /// never sees: `last`, the last entry applied (a command or one of Raft's own), and
 /// `membership`, the configuration as of it (applied configuration entries change it; the
 /// configuration of a bootstrapped cluster is in no entry). Both go into every snapshot the
-/// task builds.
+/// task builds, which it writes into `snapshot_dir` (or memory, without one).
 pub(crate) async fn run<M: StateMachine>(
     mut sm: M,
+    snapshot_dir: Option<SnapshotDir>,
     mut rx: mpsc::Receiver<ApplyCmd>,
     applied: watch::Sender<LogIndex>,
     events: mpsc::Sender<Event>,
@@ -128,22 +133,18 @@ pub(crate) async fn run<M: StateMachine>(
             }
             ApplyCmd::BuildSnapshot => {
                 let span = tracing::info_span!("snapshot_build", index = last.index);
-                let result = long_call(sm.snapshot().instrument(span))
-                    .await
-                    .map_err(|e| e.to_string());
-                let result = result.map(|data| Snapshot {
-                    meta: SnapshotMeta {
-                        last_included: last,
-                        membership: membership.clone(),
-                    },
-                    data,
-                });
+                let meta = SnapshotMeta {
+                    last_included: last,
+                    membership: membership.clone(),
+                };
+                let build = build_snapshot(&mut sm, snapshot_dir.as_ref(), meta);
+                let result = long_call(build.instrument(span)).await;
                 let _ = events.send(Event::SnapshotBuilt(result)).await;
             }
             ApplyCmd::Install { meta, data } => {
                 let span =
                     tracing::info_span!("snapshot_install", index = meta.last_included.index);
-                let install = sm.install_snapshot(data.clone(), meta.last_included.index);
+                let install = sm.install_snapshot_from(data.clone(), meta.last_included.index);
                 let result = long_call(install.instrument(span))
                     .await
                     .map_err(|e| e.to_string());
@@ -156,6 +157,28 @@ pub(crate) async fn run<M: StateMachine>(
             }
         }
     }
+}
+
+/// Has the state machine write a snapshot straight into a new snapshot file (or memory, when
+/// the node keeps no files), so the snapshot is never held whole in memory by the runtime; the
+/// file is durable when this returns.
+async fn build_snapshot<M: StateMachine>(
+    sm: &mut M,
+    dir: Option<&SnapshotDir>,
+    meta: SnapshotMeta,
+) -> Result<Snapshot, String> {
+    let mut writer = match dir {
+        Some(dir) => dir
+            .writer(meta)
+            .map_err(|e| format!("creating a snapshot file: {e}"))?,
+        None => SnapshotWriter::in_memory(meta),
+    };
+    sm.write_snapshot(&mut writer)
+        .await
+        .map_err(|e| e.to_string())?;
+    writer
+        .finish()
+        .map_err(|e| format!("completing the snapshot file: {e}"))
 }
 
 /// Runs a long state machine call (building or installing a snapshot of a large state: seconds

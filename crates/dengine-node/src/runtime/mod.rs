@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dengine_core::store::Snapshot;
+use dengine_core::store::{Snapshot, SnapshotData};
 use dengine_core::{
     Entry, EntryId, EntryPayload, LogIndex, LogReader, LogStore, Membership, Message, MessageBody,
     NodeId, PersistRequest, Persisted, Raft, ReadCtx, ReadMode, Role, SnapshotMeta, SoftState,
@@ -243,7 +243,7 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     /// A follower asked for a snapshot this process did not hold: keep the next one built.
     snapshot_for_peer: bool,
     /// The newest snapshot received from a peer, until the core asks to install it.
-    incoming_snapshot: Option<(SnapshotMeta, Bytes)>,
+    incoming_snapshot: Option<(SnapshotMeta, SnapshotData)>,
     /// Peers whose snapshot could not be sent; reported failed on the next tick (reporting at
     /// once would make the core ask again in the same turn).
     failed_snapshot_sends: Vec<NodeId>,
@@ -339,6 +339,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE_LEN);
         let apply_task = tokio::spawn(apply::run(
             state_machine,
+            parts.snapshot_dir.clone(),
             apply_rx,
             applied_tx,
             events_tx,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use dengine_core::store::Snapshot;
+use dengine_core::store::{Snapshot, SnapshotData};
 use dengine_core::{Membership, MembershipChange, NodeId, SnapshotMeta};
 use tokio::sync::oneshot;
 
@@ -62,7 +62,7 @@ pub(crate) enum Event {
     /// A snapshot from the leader was loaded into the state machine (or failed to).
     Installed {
         meta: SnapshotMeta,
-        data: Bytes,
+        data: SnapshotData,
         result: Result<(), String>,
     },
     /// The state machine failed; the node must stop.

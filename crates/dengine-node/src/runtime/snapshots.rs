@@ -2,8 +2,7 @@
 //! (snapshot file, log store metadata, core), streaming it to followers that need compacted
 //! entries, and installing one received from the leader (§7, thesis §5).
 
-use bytes::Bytes;
-use dengine_core::store::Snapshot;
+use dengine_core::store::{Snapshot, SnapshotData};
 use dengine_core::{LogStore, Message, SnapshotMeta, StorageError, Transport};
 
 use super::apply::ApplyCmd;
@@ -40,15 +39,8 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             .latest_snapshot()
             .map_or(0, |s| s.last_included.index);
         if meta.last_included.index > known {
-            // The file first: the log is compacted only behind a snapshot that survives a
-            // restart.
-            if let Some(dir) = &self.snapshot_dir
-                && let Err(e) = dir.save(&snapshot).await
-            {
-                tracing::warn!(error = %e, "snapshot not saved; the log is not compacted");
-                self.answer_snapshot_waiters(Err(AdminError::Snapshot(e)));
-                return Ok(());
-            }
+            // The apply task wrote the snapshot file (synced) before it reported the build:
+            // the log is compacted only behind a snapshot that survives a restart.
             self.flush_writes().await?;
             match self.store.save_snapshot_meta(&meta).await {
                 Ok(()) => {}
@@ -81,7 +73,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
     pub(super) async fn on_snapshot_loaded(
         &mut self,
         meta: SnapshotMeta,
-        data: Bytes,
+        data: SnapshotData,
         result: Result<(), String>,
     ) -> Result<(), Fatal> {
         if let Err(e) = result {
@@ -89,14 +81,16 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             self.raft.abort_snapshot_install();
             return Ok(());
         }
+        let mut data = data;
         if let Some(dir) = &self.snapshot_dir {
             let snapshot = Snapshot {
                 meta: meta.clone(),
-                data: data.clone(),
+                data,
             };
             // The log is about to be discarded up to the snapshot: without the file a
-            // restart could not rebuild the state machine.
-            dir.save(&snapshot).await?;
+            // restart could not rebuild the state machine. From here on the data is read
+            // from the new file (what the transport received it into can go).
+            data = dir.save(&snapshot).await?.data;
         }
         self.flush_writes().await?;
         if let Err(e) = self.store.reset_to_snapshot(&meta).await {

@@ -208,7 +208,7 @@ async fn a_cluster_founded_from_a_seed_starts_with_its_state() {
     old.apply(&commands, 2).await.unwrap();
     let seed = Seed {
         index: 40,
-        data: old.snapshot().await.unwrap(),
+        data: old.snapshot().await.unwrap().into(),
     };
 
     let tmp = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use dengine_core::store::SnapshotData;
 use dengine_core::{Message, NodeId, Transport, TransportError};
 use parking_lot::Mutex;
 
@@ -34,7 +34,7 @@ pub enum Packet {
     /// A peer message.
     Message(Message),
     /// `InstallSnapshot` and the snapshot's bytes.
-    Snapshot(Message, Bytes),
+    Snapshot(Message, SnapshotData),
 }
 
 impl Packet {
@@ -206,11 +206,11 @@ impl Transport for SimTransport {
     fn send_snapshot(
         &self,
         message: Message,
-        data: Bytes,
+        data: SnapshotData,
     ) -> impl Future<Output = Result<(), TransportError>> + Send {
         let to = message.to;
         // A snapshot streams for a while: its delay grows with its size (1 µs per 64 bytes).
-        let extra = data.len() as u64 / 64;
+        let extra = data.len() / 64;
         let sent = self.net.inner.lock().send(Packet::Snapshot(message, data));
         async move {
             match sent {
