@@ -150,6 +150,11 @@ impl Cluster {
             .collect())
     }
 
+    /// The metrics address (`host:port`) of member `id`.
+    pub(crate) fn metrics_addr(&self, id: u64) -> String {
+        self.nodes[(id - 1) as usize].metrics.clone()
+    }
+
     /// The process id of member `id`, if it runs.
     pub(crate) fn pid(&self, id: u64) -> Option<u32> {
         self.nodes[(id - 1) as usize].child.as_ref().map(Child::id)

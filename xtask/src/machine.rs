@@ -72,14 +72,31 @@ fn raw_fdatasync_rate(dir: &Path, duration: Duration) -> Result<(f64, Duration),
 
 /// Resident set size of process `pid`, bytes (0 if it cannot be read).
 pub(crate) fn rss_bytes(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:") * 1024
+}
+
+/// The highest resident set size of process `pid` since it started or since
+/// [`reset_peak_rss`], bytes (0 if it cannot be read).
+pub(crate) fn peak_rss_bytes(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:") * 1024
+}
+
+/// Starts the peak of [`peak_rss_bytes`] over from the current RSS (Linux `clear_refs` 5).
+pub(crate) fn reset_peak_rss(pid: u32) -> Result<(), String> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .map_err(|e| format!("cannot reset the peak RSS of process {pid}: {e}"))
+}
+
+/// A `kB` field of `/proc/PID/status` (0 if it cannot be read).
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
-        .map_or(0, |kb| kb * 1024)
+        .unwrap_or(0)
 }
 
 /// Disk space used by the files under `dir` (allocated blocks, as `du` counts), bytes.
@@ -104,7 +121,20 @@ mod tests {
 
     #[test]
     fn own_rss_and_a_file_on_disk_are_seen() {
-        assert!(rss_bytes(std::process::id()) > 0);
+        let me = std::process::id();
+        assert!(rss_bytes(me) > 0);
+        assert!(peak_rss_bytes(me) >= rss_bytes(me));
+        // Touch 64 MiB, let it go: the peak keeps it until it is reset.
+        let big = vec![1u8; 64 << 20];
+        std::hint::black_box(&big);
+        drop(big);
+        assert!(peak_rss_bytes(me) >= 64 << 20);
+        reset_peak_rss(me).unwrap();
+        assert!(
+            peak_rss_bytes(me) < 64 << 20,
+            "the peak starts over at the reset: {}",
+            peak_rss_bytes(me)
+        );
         let dir = std::env::temp_dir().join(format!("xtask-disk-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::write(dir.join("sub").join("f"), vec![1u8; 100_000]).unwrap();

@@ -171,7 +171,7 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 /// The body of `GET /metrics` from `addr`, or `None`.
-fn scrape(addr: &str) -> Option<String> {
+pub(crate) fn scrape(addr: &str) -> Option<String> {
     let socket = addr.parse().ok()?;
     let mut stream = TcpStream::connect_timeout(&socket, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -191,7 +191,7 @@ fn scrape(addr: &str) -> Option<String> {
 }
 
 /// The sum of every sample of counter `name` (any labels) in Prometheus text format.
-fn counter_sum(text: &str, name: &str) -> f64 {
+pub(crate) fn counter_sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {

@@ -6,7 +6,12 @@
 //! written once by `dengine-loadgen --preload`; then one follower is stopped with SIGTERM and
 //! started again, and the time from its start to the moment its `status` reports it has
 //! applied everything it had applied before is the restart time; then, after more writes,
-//! the same follower is killed with SIGKILL (a crash) and timed the same way.
+//! the same follower is killed with SIGKILL (a crash) and timed the same way. Last, the
+//! follower is stopped while the others take `--catch-up-seconds` of writes (enough for the
+//! leader to snapshot and compact its log past the follower, every 100,000 entries by
+//! default), and started again: it catches up by a snapshot from the leader. That phase
+//! reports the time to catch up, the snapshot's size and the peak RSS of both (`VmHWM`, the
+//! leader's reset before the phase), which shows whether a snapshot is held whole in memory.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +22,7 @@ use crate::cluster::{Cluster, NODES, print_log_tails, wait_until};
 use crate::{kvbench, loadgen, machine};
 
 const USAGE: &str = "usage: cargo xtask bench restart [--keys N] [--value-size B] \
-                     [--state durable,memory] [--dir DIR]";
+                     [--state durable,memory] [--catch-up-seconds S] [--server PATH] [--dir DIR]";
 
 /// Options of `bench restart`.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,6 +33,10 @@ pub(crate) struct Options {
     pub(crate) value_size: u64,
     /// The `--state` values to measure, in order.
     pub(crate) states: Vec<String>,
+    /// Seconds of writes while the follower is down, before it catches up by snapshot.
+    pub(crate) catch_up_seconds: u64,
+    /// A `dengine-kv` binary to measure instead of this tree's (e.g. an older commit's).
+    pub(crate) server: Option<PathBuf>,
     /// Where the data directories go.
     pub(crate) dir: PathBuf,
 }
@@ -38,6 +47,8 @@ pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
         keys: 1_000_000,
         value_size: 100,
         states: vec!["durable".into(), "memory".into()],
+        catch_up_seconds: 30,
+        server: None,
         dir: std::env::temp_dir(),
     };
     let mut it = args.iter();
@@ -48,16 +59,16 @@ pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
                 .ok_or_else(|| format!("{flag} needs a value"))
         };
         match flag.as_str() {
-            "--keys" | "--value-size" => {
+            "--keys" | "--value-size" | "--catch-up-seconds" => {
                 let text = value()?;
                 let n =
                     text.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
                         format!("{flag} {text:?}: expected a positive whole number")
                     })?;
-                if flag == "--keys" {
-                    o.keys = n;
-                } else {
-                    o.value_size = n;
+                match flag.as_str() {
+                    "--keys" => o.keys = n,
+                    "--value-size" => o.value_size = n,
+                    _ => o.catch_up_seconds = n,
                 }
             }
             "--state" => {
@@ -71,6 +82,7 @@ pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
                 }
             }
             "--dir" => o.dir = PathBuf::from(value()?),
+            "--server" => o.server = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -93,6 +105,17 @@ struct Measured {
     restart_s: f64,
     rss_restarted: u64,
     crash_restart_s: f64,
+    catch_up: CatchUp,
+}
+
+/// The catch-up by snapshot.
+struct CatchUp {
+    seconds: f64,
+    snapshots_installed: f64,
+    snapshot_bytes: u64,
+    follower_peak: u64,
+    leader_before: u64,
+    leader_peak: u64,
 }
 
 fn mib(bytes: u64) -> String {
@@ -101,7 +124,14 @@ fn mib(bytes: u64) -> String {
 
 fn run(opts: &Options, interrupted: &AtomicBool) -> Result<(), String> {
     let started = Instant::now();
-    let (server, loadgen_bin) = kvbench::prepare("restart", &opts.dir)?;
+    let (built, loadgen_bin) = kvbench::prepare("restart", &opts.dir)?;
+    let server = match &opts.server {
+        Some(path) => {
+            println!("  server: {}", path.display());
+            path.clone()
+        }
+        None => built,
+    };
     println!(
         "  {} keys (16-byte keys, {}-byte values) in a 3-member dengine-kv cluster; a \
          follower restarted after SIGTERM, then after SIGKILL",
@@ -143,6 +173,23 @@ fn run(opts: &Options, interrupted: &AtomicBool) -> Result<(), String> {
     row("RSS after the restart", &|m| mib(m.rss_restarted));
     row("restart after SIGKILL (s)", &|m| {
         format!("{:.2}", m.crash_restart_s)
+    });
+    row("catch-up by snapshot (s)", &|m| {
+        format!("{:.2}", m.catch_up.seconds)
+    });
+    row("snapshots installed", &|m| {
+        format!("{:.0}", m.catch_up.snapshots_installed)
+    });
+    row("snapshot size", &|m| mib(m.catch_up.snapshot_bytes));
+    row("follower peak RSS, catching up", &|m| {
+        mib(m.catch_up.follower_peak)
+    });
+    row("leader RSS before, peak while sending", &|m| {
+        format!(
+            "{} / {}",
+            mib(m.catch_up.leader_before),
+            mib(m.catch_up.leader_peak)
+        )
     });
     println!(
         "\nbench restart done in {:.0} s; every process it started is stopped.",
@@ -211,6 +258,7 @@ fn measure(
     loadgen::run(loadgen_bin, &load(false), interrupted, |_| {})?;
     let crash_restart_s = restart(cluster, follower, true, interrupted)?;
     println!("  restart after SIGKILL {crash_restart_s:.2} s");
+    let catch_up = catch_up(cluster, loadgen_bin, opts, follower, interrupted)?;
     Ok(Measured {
         state: state.to_string(),
         preload_s,
@@ -219,7 +267,122 @@ fn measure(
         restart_s,
         rss_restarted,
         crash_restart_s,
+        catch_up,
     })
+}
+
+/// Stops member `id`, writes through the others for `--catch-up-seconds`, starts it again and
+/// measures its catch-up (see the module docs).
+fn catch_up(
+    cluster: &mut Cluster,
+    loadgen_bin: &std::path::Path,
+    opts: &Options,
+    id: u64,
+    interrupted: &AtomicBool,
+) -> Result<CatchUp, String> {
+    cluster.stop(id);
+    let leader = wait_until("a leader", Duration::from_secs(30), interrupted, || {
+        cluster.leader()
+    })?;
+    let leader_pid = cluster
+        .pid(leader)
+        .ok_or_else(|| format!("the leader, member {leader}, has no process"))?;
+    let endpoints: Vec<String> = cluster
+        .running()
+        .into_iter()
+        .map(|m| cluster.endpoints()[(m - 1) as usize].clone())
+        .collect();
+    println!(
+        "  member {id} stopped; {} s of writes through members {:?} ...",
+        opts.catch_up_seconds,
+        cluster.running()
+    );
+    let seconds = opts.catch_up_seconds.to_string();
+    let keys = opts.keys.to_string();
+    let value_size = opts.value_size.to_string();
+    let joined = endpoints.join(",");
+    let args: Vec<String> = [
+        "--endpoints",
+        &joined,
+        "--op",
+        "put",
+        "--clients",
+        "64",
+        "--keys",
+        &keys,
+        "--value-size",
+        &value_size,
+        "--seconds",
+        &seconds,
+        "--warmup",
+        "0",
+        "--report-every",
+        "30",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    loadgen::run(loadgen_bin, &args, interrupted, |_| {})?;
+    let target: u64 = cluster
+        .status(leader)?
+        .get("applied")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("the leader, member {leader}, gives no applied index"))?;
+    let leader_before = machine::rss_bytes(leader_pid);
+    machine::reset_peak_rss(leader_pid)?;
+    let t = Instant::now();
+    cluster.start(id)?;
+    wait_until(
+        "the follower to catch up",
+        Duration::from_secs(300),
+        interrupted,
+        || {
+            let applied: Option<u64> = cluster.status(id).ok()?.get("applied")?.parse().ok();
+            applied.filter(|&a| a >= target)
+        },
+    )?;
+    let seconds = t.elapsed().as_secs_f64();
+    let follower_pid = cluster
+        .pid(id)
+        .ok_or_else(|| format!("member {id} has no process"))?;
+    let metrics = &cluster.metrics_addr(id);
+    let snapshots_installed = crate::probe::scrape(metrics).map_or(0.0, |t| {
+        crate::probe::counter_sum(&t, "dengine_snapshots_installed_total")
+    });
+    let measured = CatchUp {
+        seconds,
+        snapshots_installed,
+        snapshot_bytes: newest_snapshot_bytes(&cluster.data_dir(id).join("snapshots")),
+        follower_peak: machine::peak_rss_bytes(follower_pid),
+        leader_before,
+        leader_peak: machine::peak_rss_bytes(leader_pid),
+    };
+    println!(
+        "  caught up in {seconds:.2} s with {snapshots_installed:.0} snapshot(s) installed \
+         ({}); peak RSS: follower {}, leader {} (before {})",
+        mib(measured.snapshot_bytes),
+        mib(measured.follower_peak),
+        mib(measured.leader_peak),
+        mib(leader_before)
+    );
+    Ok(measured)
+}
+
+/// The size of the newest snapshot file in `dir` (0 if none).
+fn newest_snapshot_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut files: Vec<(String, u64)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let len = e.metadata().ok()?.len();
+            name.ends_with(".dsnap").then_some((name, len))
+        })
+        .collect();
+    files.sort();
+    files.last().map_or(0, |(_, len)| *len)
 }
 
 /// Stops member `id` (SIGKILL if `crash`, else SIGTERM), starts it again and returns the
@@ -270,8 +433,13 @@ mod tests {
         let o = parse(&[]).unwrap();
         assert_eq!((o.keys, o.value_size), (1_000_000, 100));
         assert_eq!(o.states, ["durable", "memory"]);
-        let o = parse(&args("--keys 5000 --value-size 10 --state memory --dir /d")).unwrap();
-        assert_eq!((o.keys, o.value_size), (5000, 10));
+        assert_eq!((o.catch_up_seconds, o.server), (30, None));
+        let o = parse(&args(
+            "--keys 5000 --value-size 10 --state memory --dir /d --catch-up-seconds 9 --server /b",
+        ))
+        .unwrap();
+        assert_eq!((o.keys, o.value_size, o.catch_up_seconds), (5000, 10, 9));
+        assert_eq!(o.server, Some(PathBuf::from("/b")));
         assert_eq!(o.states, ["memory"]);
         assert_eq!(o.dir, PathBuf::from("/d"));
         assert!(parse(&args("--keys 0")).is_err());
