@@ -209,33 +209,7 @@ fn measure(
         cluster.leader()
     })?;
     let endpoints = cluster.endpoints().join(",");
-    let load = |preload: bool| -> Vec<String> {
-        let mut args: Vec<String> = [
-            "--endpoints",
-            &endpoints,
-            "--op",
-            "put",
-            "--clients",
-            "64",
-            "--keys",
-            &opts.keys.to_string(),
-            "--value-size",
-            &opts.value_size.to_string(),
-            "--seconds",
-            if preload { "1" } else { "5" },
-            "--warmup",
-            "0",
-            "--report-every",
-            "30",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if preload {
-            args.push("--preload".into());
-        }
-        args
-    };
+    let load = |preload: bool| put_args(&endpoints, opts, if preload { 1 } else { 5 }, preload);
     println!("\n  --state {state}: writing {} keys ...", opts.keys);
     let t = Instant::now();
     loadgen::run(loadgen_bin, &load(true), interrupted, |_| {})?;
@@ -271,6 +245,36 @@ fn measure(
     })
 }
 
+/// `dengine-loadgen` arguments: puts by 64 clients through `endpoints` for `seconds` (or, with
+/// `preload`, until every key was written once).
+fn put_args(endpoints: &str, opts: &Options, seconds: u64, preload: bool) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--endpoints",
+        endpoints,
+        "--op",
+        "put",
+        "--clients",
+        "64",
+        "--keys",
+        &opts.keys.to_string(),
+        "--value-size",
+        &opts.value_size.to_string(),
+        "--seconds",
+        &seconds.to_string(),
+        "--warmup",
+        "0",
+        "--report-every",
+        "30",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if preload {
+        args.push("--preload".into());
+    }
+    args
+}
+
 /// Stops member `id`, writes through the others for `--catch-up-seconds`, starts it again and
 /// measures its catch-up (see the module docs).
 fn catch_up(
@@ -297,31 +301,7 @@ fn catch_up(
         opts.catch_up_seconds,
         cluster.running()
     );
-    let seconds = opts.catch_up_seconds.to_string();
-    let keys = opts.keys.to_string();
-    let value_size = opts.value_size.to_string();
-    let joined = endpoints.join(",");
-    let args: Vec<String> = [
-        "--endpoints",
-        &joined,
-        "--op",
-        "put",
-        "--clients",
-        "64",
-        "--keys",
-        &keys,
-        "--value-size",
-        &value_size,
-        "--seconds",
-        &seconds,
-        "--warmup",
-        "0",
-        "--report-every",
-        "30",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = put_args(&endpoints.join(","), opts, opts.catch_up_seconds, false);
     loadgen::run(loadgen_bin, &args, interrupted, |_| {})?;
     let target: u64 = cluster
         .status(leader)?

@@ -24,6 +24,8 @@ use dengine_storage_common::codec::{decode_snapshot_meta, encode_snapshot_meta};
 
 const MAGIC: &[u8; 8] = b"DSNAP001";
 const SUFFIX: &str = ".dsnap";
+/// Files being written end so; one left by a crash is removed at the next start.
+const TMP_SUFFIX: &str = ".tmp";
 const KEEP: usize = 2;
 /// The pieces a snapshot's data is checked and copied in.
 const PIECE: usize = 1 << 20;
@@ -158,7 +160,11 @@ impl Sink {
         fs::create_dir_all(dir)?;
         let id = meta.last_included;
         let name = format!("snapshot-{:020}-{:020}{SUFFIX}", id.index, id.term);
-        let tmp = dir.join(format!("{name}.tmp"));
+        // Unique, so two writers of the same snapshot (one built, one received) never share
+        // a temporary file.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!("{name}.{n}{TMP_SUFFIX}"));
         let encoded = encode_snapshot_meta(meta);
         let mut file = BufWriter::with_capacity(PIECE, fs::File::create(&tmp)?);
         file.write_all(MAGIC)?;
@@ -323,6 +329,13 @@ fn load_blocking(dir: &Path, applied: LogIndex) -> io::Result<Loaded> {
     let mut loaded = Loaded::default();
     if !dir.exists() {
         return Ok(loaded);
+    }
+    // Snapshots a crash interrupted: nothing writes them any more (this runs at start).
+    for entry in fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("snapshot-") && name.ends_with(TMP_SUFFIX) {
+            let _ = fs::remove_file(entry.path());
+        }
     }
     let mut names = snapshot_files(dir)?;
     names.sort();
@@ -544,6 +557,9 @@ mod tests {
         let loaded = rt.block_on(dir.load_latest()).unwrap().snapshot.unwrap();
         assert_eq!(loaded.meta, meta);
         assert_eq!(loaded.data.to_bytes().unwrap(), &b"one two three"[..]);
+        // A file a crash left half written is removed at the next start.
+        fs::write(tmp.path().join(format!("{}.7.tmp", file_name(35))), b"half").unwrap();
+        rt.block_on(dir.load_latest()).unwrap();
         // A build that fails halfway (the writer is dropped) leaves no file.
         let mut writer = dir.writer(snap(40, b"").meta).unwrap();
         writer.write_all(b"half").unwrap();

@@ -60,8 +60,11 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             }
             tracing::info!(index = meta.last_included.index, "snapshot built");
         }
+        // A snapshot in a file costs nothing to keep; one in memory is kept for a durable
+        // state machine only while a follower needs it (it can build another).
+        let in_memory = matches!(snapshot.data, SnapshotData::Bytes(_));
         let keep = self.raft.latest_snapshot().map(|s| s.last_included) == Some(meta.last_included)
-            && (!self.durable_state_machine || self.snapshot_wanted());
+            && (!self.durable_state_machine || !in_memory || self.snapshot_wanted());
         if keep {
             self.snapshot_cache = Some(snapshot);
         }
@@ -120,7 +123,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                 }
             }
         }
-        if !self.durable_state_machine {
+        if !self.durable_state_machine || !matches!(data, SnapshotData::Bytes(_)) {
             self.snapshot_cache = Some(Snapshot { meta, data });
         }
         Ok(())
@@ -192,7 +195,11 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                 metrics::counter!(m::SNAPSHOTS_SENT_TOTAL).increment(1);
                 self.raft.report_snapshot(peer, true);
                 // A durable state machine builds another when a follower needs one.
-                if self.durable_state_machine && !self.snapshot_wanted() {
+                let in_memory = self
+                    .snapshot_cache
+                    .as_ref()
+                    .is_some_and(|s| matches!(s.data, SnapshotData::Bytes(_)));
+                if self.durable_state_machine && in_memory && !self.snapshot_wanted() {
                     self.snapshot_cache = None;
                 }
             }
