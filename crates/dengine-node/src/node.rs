@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dengine_core::ProposeError as Refusal;
+use dengine_core::store::Snapshot;
 use dengine_core::{Membership, MembershipChange, NodeId, SnapshotMeta};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -373,6 +374,15 @@ impl Node {
     /// Takes a snapshot of the state machine now and lets the log be compacted behind it.
     /// Resolves with what the snapshot covers.
     pub async fn trigger_snapshot(&self) -> Result<SnapshotMeta, AdminError> {
+        Ok(self.snapshot().await?.meta)
+    }
+
+    /// [`trigger_snapshot`](Self::trigger_snapshot), resolving with the snapshot itself: what
+    /// it covers and the state machine's data, read on demand from the snapshot file (in
+    /// memory when the node keeps no snapshot files). For a backup of this node's applied
+    /// state that is never held whole in memory; the file stays readable through the handle
+    /// even after newer snapshots replace it.
+    pub async fn snapshot(&self) -> Result<Snapshot, AdminError> {
         let (tx, rx) = oneshot::channel();
         let span = tracing::info_span!("trigger_snapshot", node = self.shared.id);
         self.admin(Request::TriggerSnapshot { tx }, rx)

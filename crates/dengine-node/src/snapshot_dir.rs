@@ -76,16 +76,25 @@ impl SnapshotDir {
     /// beyond the newest [`KEEP`]. Returns the snapshot as saved: its data now read from the
     /// new file.
     pub(crate) async fn save(&self, snapshot: &Snapshot) -> Result<Snapshot, String> {
+        let describe = |e: io::Error| format!("writing a snapshot into {}: {e}", self.describe());
+        // Memory for deterministic simulation: no blocking pool, whose threads would make
+        // the moment the save completes differ from run to run.
+        #[cfg(feature = "testing")]
+        if let Backend::Memory(_) = &self.backend {
+            return self.save_blocking(snapshot).map_err(describe);
+        }
         let dir = self.clone();
         let snapshot = snapshot.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut writer = dir.writer(snapshot.meta.clone())?;
-            io::copy(&mut snapshot.data.reader(), &mut writer)?;
-            writer.finish()
-        })
-        .await
-        .map_err(|e| format!("snapshot writer task failed: {e}"))?
-        .map_err(|e| format!("writing a snapshot into {}: {e}", self.describe()))
+        tokio::task::spawn_blocking(move || dir.save_blocking(&snapshot))
+            .await
+            .map_err(|e| format!("snapshot writer task failed: {e}"))?
+            .map_err(describe)
+    }
+
+    fn save_blocking(&self, snapshot: &Snapshot) -> io::Result<Snapshot> {
+        let mut writer = self.writer(snapshot.meta.clone())?;
+        io::copy(&mut snapshot.data.reader(), &mut writer)?;
+        writer.finish()
     }
 
     fn describe(&self) -> String {

@@ -9,7 +9,7 @@
 use std::future::Future;
 
 use bytes::Bytes;
-use dengine_core::store::StorageError;
+use dengine_core::store::{SnapshotData, StorageError};
 use dengine_core::{Membership, NodeId, StateMachine};
 use parking_lot::Mutex;
 use tonic::{Code, Status};
@@ -214,6 +214,11 @@ pub trait KvBackend: Send + Sync + 'static {
     /// machine now and compacts the log behind it; resolves with the log index the snapshot
     /// covers.
     fn defragment(&self) -> impl Future<Output = Result<u64, BackendError>> + Send;
+
+    /// A snapshot of this member's applied state for a backup (etcd's Snapshot, read on this
+    /// member as etcd's): the log index it covers and the state machine's snapshot, read on
+    /// demand (from the snapshot file on a member that keeps them).
+    fn backup(&self) -> impl Future<Output = Result<(u64, SnapshotData), BackendError>> + Send;
 }
 
 /// A single-member [`KvBackend`] without Raft, for tests and examples: every command is
@@ -404,6 +409,16 @@ impl KvBackend for LocalBackend {
     /// Nothing on disk to reclaim: the local backend keeps no log.
     async fn defragment(&self) -> Result<u64, BackendError> {
         Ok(self.meta.lock().1)
+    }
+
+    /// The state machine's snapshot, in memory (the local backend keeps no files).
+    async fn backup(&self) -> Result<(u64, SnapshotData), BackendError> {
+        let mut sm = self.sm.lock().await;
+        let data = sm
+            .snapshot()
+            .await
+            .map_err(|e| BackendError::Internal(e.to_string()))?;
+        Ok((sm.applied_index(), data.into()))
     }
 }
 

@@ -8,8 +8,7 @@ use tonic::{Request, Response, Status};
 use crate::backend::{KvBackend, MemberInfo};
 use crate::error::KvError;
 use crate::proto::dengine::kv::v1::{
-    BackupRequest, HashRequest, HashResult, StatsRequest, command, command_response, query,
-    query_response,
+    HashRequest, HashResult, StatsRequest, command, command_response, query, query_response,
 };
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::{
@@ -292,45 +291,81 @@ impl<B: KvBackend> MaintenanceService<B> {
 
 #[tonic::async_trait]
 impl<B: KvBackend> Maintenance for MaintenanceService<B> {
-    type SnapshotStream = tokio_stream::Iter<std::vec::IntoIter<Result<SnapshotResponse, Status>>>;
+    type SnapshotStream = tokio_stream::wrappers::ReceiverStream<Result<SnapshotResponse, Status>>;
 
     /// A backup of this member's state (a local read, as etcd snapshots the member it is sent
     /// to), in dengine's backup format (`dengine::backup`: the state machine's snapshot, the
-    /// log index it covers, a checksum), streamed in [`SNAPSHOT_CHUNK`] pieces. Root only with
-    /// auth on, as etcd's. `dengine-kv serve --restore-from FILE` founds a cluster from it.
+    /// log index it covers, a checksum), streamed in [`SNAPSHOT_CHUNK`] pieces read from the
+    /// snapshot file as they are sent (never the whole backup in memory). Root only with auth
+    /// on, as etcd's. `dengine-kv serve --restore-from FILE` founds a cluster from it.
     async fn snapshot(
         &self,
         request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         check_root(&self.shared, &request)?;
-        let backup = match self
-            .shared
-            .query(query::Op::Backup(BackupRequest {}), None, true)
-            .await?
-        {
-            query_response::Result::Backup(b) => b,
-            _ => return Err(unexpected("snapshot")),
-        };
-        let file = bytes::Bytes::from(dengine::backup::encode(backup.applied_index, &backup.data));
-        tracing::info!(
-            index = backup.applied_index,
-            revision = backup.revision,
-            bytes = file.len(),
-            "streaming a backup"
-        );
-        let header = self.shared.header(backup.revision);
-        let mut messages = Vec::with_capacity(file.len().div_ceil(SNAPSHOT_CHUNK));
-        let mut at = 0;
-        while at < file.len() {
-            let end = (at + SNAPSHOT_CHUNK).min(file.len());
-            messages.push(Ok(SnapshotResponse {
-                header: Some(header),
-                remaining_bytes: (file.len() - end) as u64,
-                blob: file.slice(at..end),
-            }));
-            at = end;
-        }
-        Ok(Response::new(tokio_stream::iter(messages)))
+        let (index, data) = self.shared.backend.backup().await?;
+        let (mut encoder, head) = dengine::backup::Encoder::new(index, data.len());
+        let total = encoder.file_len();
+        tracing::info!(index, bytes = total, "streaming a backup");
+        let header = self.shared.header(self.shared.hub.revision());
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            let message = |blob: bytes::Bytes, sent: &mut u64| {
+                *sent += blob.len() as u64;
+                Ok(SnapshotResponse {
+                    header: Some(header),
+                    remaining_bytes: total - *sent,
+                    blob,
+                })
+            };
+            if tx.send(message(head.into(), &mut sent)).await.is_err() {
+                return; // the client went away
+            }
+            let mut at = 0;
+            while at < data.len() {
+                let source = data.clone();
+                let read =
+                    tokio::task::spawn_blocking(move || source.read_chunk(at, SNAPSHOT_CHUNK))
+                        .await
+                        .map_err(std::io::Error::other)
+                        .and_then(|r| r);
+                let piece = match read {
+                    Ok(piece) if !piece.is_empty() => piece,
+                    Ok(_) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!(
+                                "the snapshot ended at byte {at} of {}",
+                                data.len()
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the snapshot for a backup failed");
+                        let _ = tx
+                            .send(Err(Status::internal(format!(
+                                "reading this member's snapshot for the backup failed: {e}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                };
+                at += piece.len() as u64;
+                encoder.data(&piece);
+                if tx.send(message(piece, &mut sent)).await.is_err() {
+                    return;
+                }
+            }
+            let last = match encoder.finish() {
+                Ok(tail) => message(tail.into(), &mut sent),
+                Err(e) => Err(Status::internal(e.to_string())),
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn status(

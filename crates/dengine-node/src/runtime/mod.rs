@@ -232,7 +232,7 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     reads: BTreeMap<ReadCtx, PendingRead>,
     retry_reads: Vec<ReadCtx>,
     next_read_ctx: ReadCtx,
-    snapshot_waiters: Vec<oneshot::Sender<Result<SnapshotMeta, AdminError>>>,
+    snapshot_waiters: Vec<oneshot::Sender<Result<Snapshot, AdminError>>>,
     building_snapshot: bool,
     since_snapshot_entries: u64,
     since_snapshot_bytes: u64,

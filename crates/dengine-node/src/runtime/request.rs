@@ -40,7 +40,7 @@ pub(crate) enum Request {
         tx: oneshot::Sender<Result<(), AdminError>>,
     },
     TriggerSnapshot {
-        tx: oneshot::Sender<Result<SnapshotMeta, AdminError>>,
+        tx: oneshot::Sender<Result<Snapshot, AdminError>>,
     },
     Campaign,
     Shutdown {

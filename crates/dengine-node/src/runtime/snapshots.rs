@@ -66,10 +66,10 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         let keep = self.raft.latest_snapshot().map(|s| s.last_included) == Some(meta.last_included)
             && (!self.durable_state_machine || !in_memory || self.snapshot_wanted());
         if keep {
-            self.snapshot_cache = Some(snapshot);
+            self.snapshot_cache = Some(snapshot.clone());
         }
         self.snapshot_for_peer = false;
-        self.answer_snapshot_waiters(Ok(meta));
+        self.answer_snapshot_waiters(Ok(snapshot));
         Ok(())
     }
 
@@ -246,7 +246,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         self.send_apply(ApplyCmd::Install { meta, data }).await
     }
 
-    pub(super) fn answer_snapshot_waiters(&mut self, result: Result<SnapshotMeta, AdminError>) {
+    pub(super) fn answer_snapshot_waiters(&mut self, result: Result<Snapshot, AdminError>) {
         for tx in std::mem::take(&mut self.snapshot_waiters) {
             let _ = tx.send(result.clone());
         }
