@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dengine_core::store::SnapshotData;
 use dengine_core::{Message, MessageBody, NodeId, SnapshotMeta, Term, TransportError};
-use dengine_storage_common::FileRegion;
+use dengine_storage_common::{FileRegion, crc32_of};
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc};
@@ -208,20 +208,9 @@ async fn crc_of(data: &SnapshotData, piece: usize) -> std::io::Result<u32> {
         return Ok(crc32fast::hash(bytes));
     }
     let data = data.clone();
-    tokio::task::spawn_blocking(move || crc_blocking(&data, piece))
+    tokio::task::spawn_blocking(move || crc32_of(&data, piece))
         .await
         .map_err(std::io::Error::other)?
-}
-
-fn crc_blocking(data: &SnapshotData, piece: usize) -> std::io::Result<u32> {
-    let mut crc = crc32fast::Hasher::new();
-    let mut offset = 0;
-    while offset < data.len() {
-        let bytes = data.read_chunk(offset, piece)?;
-        crc.update(&bytes);
-        offset += bytes.len() as u64;
-    }
-    Ok(crc.finalize())
 }
 
 /// What a receiver has verified of one sender's snapshot so far. The bytes are in a spool
@@ -573,7 +562,7 @@ impl Receiver {
         let total_size = partial.total_size;
         let reread = tokio::task::spawn_blocking(move || {
             let data = FileRegion::open(&path, 0, total_size)?.into_data();
-            let crc = crc_blocking(&data, 1 << 20)?;
+            let crc = crc32_of(&data, 1 << 20)?;
             Ok::<_, std::io::Error>((data, crc))
         })
         .await

@@ -133,6 +133,37 @@ async fn a_peer_that_is_down_costs_only_periodic_reconnects() {
     );
 }
 
+/// A snapshot whose file was cut short after it was taken is refused at the sender, with
+/// what is wrong; nothing reaches the receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_file_cut_short_is_refused_by_the_sender() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = node_with(fast(1, 7)).await;
+    let b = node_with(fast(2, 7)).await;
+    a.transport.set_peer(2, b.server.local_addr().to_string());
+    let file = tmp.path().join("snapshot");
+    std::fs::write(&file, pattern(100_000)).unwrap();
+    let data = dengine_storage_common::FileRegion::open(&file, 0, 100_000)
+        .unwrap()
+        .into_data();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(10)
+        .unwrap();
+    let err = a
+        .transport
+        .send_snapshot(snapshot_message(1, 2), data)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, TransportError::Rejected { detail, .. } if detail.contains("cannot be read")),
+        "{err:?}"
+    );
+    assert!(b.inbox.snapshots.lock().unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_of_several_mib_streams_in_chunks_and_verifies() {
     // Sent from a file and received into one: neither side holds the snapshot in memory.

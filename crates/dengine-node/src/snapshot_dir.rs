@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use dengine_core::LogIndex;
 use dengine_core::SnapshotMeta;
 use dengine_core::store::{Snapshot, SnapshotData};
-use dengine_storage_common::FileRegion;
 use dengine_storage_common::codec::{decode_snapshot_meta, encode_snapshot_meta};
+use dengine_storage_common::{FileRegion, crc32_of};
 
 const MAGIC: &[u8; 8] = b"DSNAP001";
 const SUFFIX: &str = ".dsnap";
@@ -291,11 +291,10 @@ impl Write for SnapshotWriter {
 }
 
 impl Drop for SnapshotWriter {
+    /// An unfinished writer, or one whose `finish` failed, removes its temporary file (after
+    /// a successful `finish` it was renamed: nothing is left to remove).
     fn drop(&mut self) {
-        if let Sink::File {
-            tmp, file: Some(_), ..
-        } = &self.sink
-        {
+        if let Sink::File { tmp, .. } = &self.sink {
             let _ = fs::remove_file(tmp);
         }
     }
@@ -439,16 +438,7 @@ fn check_data(path: &Path, header: Header) -> Result<Snapshot, String> {
     let region = FileRegion::open(path, header.data_offset, header.data_len)
         .map_err(|e| e.to_string())?
         .into_data();
-    let mut crc = crc32fast::Hasher::new();
-    let mut offset = 0;
-    while offset < header.data_len {
-        let piece = region
-            .read_chunk(offset, PIECE)
-            .map_err(|e| e.to_string())?;
-        crc.update(&piece);
-        offset += piece.len() as u64;
-    }
-    if crc.finalize() != header.crc {
+    if crc32_of(&region, PIECE).map_err(|e| e.to_string())? != header.crc {
         return Err("data checksum mismatch".into());
     }
     Ok(Snapshot {

@@ -1,5 +1,6 @@
 //! [`FileRegion`]: a [`SnapshotSource`] over part of an open file, for snapshot data that
-//! lies on disk (the runtime's snapshot files, the transport's spool files).
+//! lies on disk (the runtime's snapshot files, the transport's spool files), and [`crc32_of`],
+//! its checksum read a piece at a time.
 
 use std::fs::File;
 use std::io;
@@ -70,6 +71,19 @@ impl SnapshotSource for FileRegion {
     }
 }
 
+/// The CRC-32 (IEEE, as `crc32fast::hash`) of all of `data`, read `piece` bytes at a time so
+/// that a snapshot in a file is never held whole in memory. Blocking I/O for a source.
+pub fn crc32_of(data: &SnapshotData, piece: usize) -> io::Result<u32> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut offset = 0;
+    while offset < data.len() {
+        let bytes = data.read_chunk(offset, piece.max(1))?;
+        crc.update(&bytes);
+        offset += bytes.len() as u64;
+    }
+    Ok(crc.finalize())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +102,7 @@ mod tests {
         let mut s = String::new();
         data.reader().read_to_string(&mut s).unwrap();
         assert_eq!(s, "PAYLOAD");
+        assert_eq!(crc32_of(&data, 3).unwrap(), crc32fast::hash(b"PAYLOAD"));
     }
 
     #[test]

@@ -44,5 +44,5 @@ pub mod bench;
 pub mod testing;
 
 pub use bounds::{Bounds, engine_error, io_error};
-pub use file_region::FileRegion;
+pub use file_region::{FileRegion, crc32_of};
 pub use store::{Reader, Store, StoreKind, SyncLog};

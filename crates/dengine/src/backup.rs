@@ -142,8 +142,7 @@ impl Encoder {
 /// Reads a backup made by [`encode`], checking every byte.
 pub fn decode(bytes: &[u8]) -> Result<Seed, BackupError> {
     let all = Bytes::copy_from_slice(bytes);
-    let len = check(&SnapshotData::from(all.clone()), "the backup", None)?.1;
-    let index = u64_at(bytes, 8);
+    let (index, len) = check(&SnapshotData::from(all.clone()), "the backup", None)?;
     Ok(Seed {
         index,
         data: all.slice(HEADER..HEADER + len as usize).into(),
