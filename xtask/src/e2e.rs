@@ -325,6 +325,11 @@ fn run_points(
             r.errors,
             t.elapsed().as_secs_f64()
         );
+        if r.errors > 0
+            && let Some(e) = &r.last_error
+        {
+            println!("          last error: {e}");
+        }
         if op == "put"
             && let Some(s) = &r.stages
         {
