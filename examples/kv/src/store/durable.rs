@@ -18,11 +18,16 @@
 //!
 //! Tables:
 //! * `keys`: key → current record (create revision, mod revision, version, value);
-//! * `history`: (key, mod revision) → a replaced version (the revision that replaced it,
-//!   create revision, version, value);
-//! * `replaced`: (revision that replaced it, key) → its mod revision: the order compaction
-//!   drops past versions in;
+//! * `past`: (revision that replaced it, key) → a replaced version (mod revision, create
+//!   revision, version, value). Its order is the order versions are replaced and compacted
+//!   in, so both write at the ends of the tree (format 2);
+//! * `past_by_key`: (key, mod revision) → the revision that replaced it: the index that
+//!   finds a key's past versions, small entries in key order;
 //! * `meta`: the [`DurableState`], the file format, and the cluster state (auth, alarms).
+//!
+//! Format 1 kept the values in a (key, mod revision) table and the order in a small one, so
+//! every put and every compacted version wrote a large entry at a random place of the tree;
+//! a format-1 file is converted when it is opened.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -40,12 +45,19 @@ use super::record::{KeyRecord, PastVersion, le_word};
 use crate::key_range::KeyBounds;
 
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
-const HISTORY: TableDefinition<(&[u8], i64), &[u8]> = TableDefinition::new("history");
-const REPLACED: TableDefinition<(i64, &[u8]), i64> = TableDefinition::new("replaced");
+const PAST: TableDefinition<(i64, &[u8]), &[u8]> = TableDefinition::new("past");
+const BY_KEY: TableDefinition<(&[u8], i64), i64> = TableDefinition::new("past_by_key");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-/// The layout of the file written by this build; a file of another is refused.
-const FORMAT: u32 = 1;
+/// Format 1's past versions: (key, mod revision) → (replaced at, create revision, version,
+/// value).
+const FORMAT_1_HISTORY: TableDefinition<(&[u8], i64), &[u8]> = TableDefinition::new("history");
+/// Format 1's order of replacement: (replaced at, key) → mod revision.
+const FORMAT_1_REPLACED: TableDefinition<(i64, &[u8]), i64> = TableDefinition::new("replaced");
+
+/// The layout of the file written by this build; a file of another is refused, except
+/// format 1, which is converted.
+const FORMAT: u32 = 2;
 
 /// At most this long between synced commits (see the module docs).
 pub(crate) const SYNC_EVERY: Duration = Duration::from_millis(2000);
@@ -63,8 +75,8 @@ const GROUP_FOR: Duration = Duration::from_millis(1000);
 /// about 6% of a member's CPU at 256 clients when every put did it four times.
 struct Tables<'t> {
     keys: redb::Table<'t, &'static [u8], &'static [u8]>,
-    history: redb::Table<'t, (&'static [u8], i64), &'static [u8]>,
-    replaced: redb::Table<'t, (i64, &'static [u8]), i64>,
+    past: redb::Table<'t, (i64, &'static [u8]), &'static [u8]>,
+    by_key: redb::Table<'t, (&'static [u8], i64), i64>,
 }
 
 self_cell::self_cell!(
@@ -82,8 +94,8 @@ impl OpenWrite {
         Self::try_new(txn, |txn| {
             Ok(Tables {
                 keys: txn.open_table(KEYS)?,
-                history: txn.open_table(HISTORY)?,
-                replaced: txn.open_table(REPLACED)?,
+                past: txn.open_table(PAST)?,
+                by_key: txn.open_table(BY_KEY)?,
             })
         })
     }
@@ -101,10 +113,10 @@ trait Pick {
 
 /// The `keys` table.
 struct Keys;
-/// The `history` table.
-struct History;
-/// The `replaced` table.
-struct Replaced;
+/// The `past` table.
+struct Past;
+/// The `past_by_key` table.
+struct ByKey;
 
 impl Pick for Keys {
     type K = &'static [u8];
@@ -118,27 +130,27 @@ impl Pick for Keys {
     }
 }
 
-impl Pick for History {
-    type K = (&'static [u8], i64);
+impl Pick for Past {
+    type K = (i64, &'static [u8]);
     type V = &'static [u8];
-    const DEF: TableDefinition<'static, Self::K, Self::V> = HISTORY;
+    const DEF: TableDefinition<'static, Self::K, Self::V> = PAST;
     fn pick<'b, 't>(tables: &'b Tables<'t>) -> &'b redb::Table<'t, Self::K, Self::V> {
-        &tables.history
+        &tables.past
     }
     fn pick_mut<'b, 't>(tables: &'b mut Tables<'t>) -> &'b mut redb::Table<'t, Self::K, Self::V> {
-        &mut tables.history
+        &mut tables.past
     }
 }
 
-impl Pick for Replaced {
-    type K = (i64, &'static [u8]);
+impl Pick for ByKey {
+    type K = (&'static [u8], i64);
     type V = i64;
-    const DEF: TableDefinition<'static, Self::K, Self::V> = REPLACED;
+    const DEF: TableDefinition<'static, Self::K, Self::V> = BY_KEY;
     fn pick<'b, 't>(tables: &'b Tables<'t>) -> &'b redb::Table<'t, Self::K, Self::V> {
-        &tables.replaced
+        &tables.by_key
     }
     fn pick_mut<'b, 't>(tables: &'b mut Tables<'t>) -> &'b mut redb::Table<'t, Self::K, Self::V> {
-        &mut tables.replaced
+        &mut tables.by_key
     }
 }
 
@@ -203,8 +215,8 @@ impl DurableKeyspace {
         let (state, cluster) = {
             let mut meta = txn.open_table(META).map_err(|e| named(&e))?;
             txn.open_table(KEYS).map_err(|e| named(&e))?;
-            txn.open_table(HISTORY).map_err(|e| named(&e))?;
-            txn.open_table(REPLACED).map_err(|e| named(&e))?;
+            txn.open_table(PAST).map_err(|e| named(&e))?;
+            txn.open_table(BY_KEY).map_err(|e| named(&e))?;
             let format = meta
                 .get("format")
                 .map_err(|e| named(&e))?
@@ -215,6 +227,17 @@ impl DurableKeyspace {
                         .map_err(|e| named(&e))?;
                 }
                 Some(f) if f == FORMAT.to_le_bytes() => {}
+                Some(f) if f == 1u32.to_le_bytes() => {
+                    convert_format_1(&txn).map_err(|e| {
+                        named(&format!(
+                            "converting the state file from format 1 to format {FORMAT}: {e} \
+                             (nothing was changed; remove the file to rebuild the state from \
+                             the member's snapshot and log)"
+                        ))
+                    })?;
+                    meta.insert("format", FORMAT.to_le_bytes().as_slice())
+                        .map_err(|e| named(&e))?;
+                }
                 Some(f) => {
                     return Err(named(&format!(
                         "a dengine-kv state file of format {f:?}, this build reads format \
@@ -405,12 +428,12 @@ impl DurableKeyspace {
     }
 
     /// Up to [`PAGE`] (key, mod revision) of past versions within `bounds`.
-    fn history_page(
+    fn by_key_page(
         &self,
         lower: Bound<(Bytes, i64)>,
         upper: Bound<(Bytes, i64)>,
     ) -> Vec<(Bytes, i64)> {
-        self.read_table::<History, _>(|t| {
+        self.read_table::<ByKey, _>(|t| {
             let mut out = Vec::new();
             for item in t.range_of((bound_ref(&lower), bound_ref(&upper)))? {
                 let (k, _) = item?;
@@ -427,15 +450,15 @@ impl DurableKeyspace {
 }
 
 impl DurableKeyspace {
-    /// Up to [`PAGE`] entries of the `replaced` table within `bounds`, in order:
-    /// (replaced at, key, mod revision).
-    fn replaced_page(&self, bounds: ReplacedBounds<'_>) -> Vec<(i64, Bytes, i64)> {
-        self.read_table::<Replaced, _>(|t| {
+    /// Up to [`PAGE`] past versions within `bounds`, in the order they were replaced.
+    fn past_page(&self, bounds: PastBounds<'_>) -> Vec<(Bytes, PastVersion)> {
+        self.read_table::<Past, _>(|t| {
             let mut out = Vec::new();
             for item in t.range_of(bounds)? {
                 let (k, v) = item?;
                 let (at, key) = k.value();
-                out.push((at, Bytes::copy_from_slice(key), v.value()));
+                let past = decode_past(at, v.value()).ok_or_else(|| damaged("past", key))?;
+                out.push((Bytes::copy_from_slice(key), past));
                 if out.len() == PAGE {
                     break;
                 }
@@ -525,17 +548,32 @@ fn decode_record(bytes: &[u8]) -> Option<KeyRecord> {
     })
 }
 
-/// A past version as the history table keeps it (its mod revision is in the table's key).
+/// A past version as the `past` table keeps it (the revision that replaced it is in the
+/// table's key).
 fn encode_past(p: &PastVersion) -> Vec<u8> {
     let mut out = Vec::with_capacity(24 + p.record.value.len());
-    out.extend_from_slice(&p.superseded_at.to_le_bytes());
+    out.extend_from_slice(&p.record.mod_revision.to_le_bytes());
     out.extend_from_slice(&p.record.create_revision.to_le_bytes());
     out.extend_from_slice(&p.record.version.to_le_bytes());
     out.extend_from_slice(&p.record.value);
     out
 }
 
-fn decode_past(mod_revision: i64, bytes: &[u8]) -> Option<PastVersion> {
+fn decode_past(superseded_at: i64, bytes: &[u8]) -> Option<PastVersion> {
+    let word = |i: usize| le_word(bytes, i).map(i64::from_le_bytes);
+    Some(PastVersion {
+        superseded_at,
+        record: KeyRecord {
+            mod_revision: word(0)?,
+            create_revision: word(8)?,
+            version: word(16)?,
+            value: Bytes::copy_from_slice(bytes.get(24..)?),
+        },
+    })
+}
+
+/// A past version as format 1's history table kept it (its mod revision in the table's key).
+fn decode_format_1_past(mod_revision: i64, bytes: &[u8]) -> Option<PastVersion> {
     let word = |i: usize| le_word(bytes, i).map(i64::from_le_bytes);
     Some(PastVersion {
         superseded_at: word(0)?,
@@ -548,10 +586,34 @@ fn decode_past(mod_revision: i64, bytes: &[u8]) -> Option<PastVersion> {
     })
 }
 
-/// Bounds on the `replaced` table's (replaced at, key).
-type ReplacedBounds<'a> = (Bound<(i64, &'a [u8])>, Bound<(i64, &'a [u8])>);
+/// Rewrites format 1's past versions into format 2's tables, in `txn` (which the caller
+/// commits, or drops on an error: then the file is as it was).
+fn convert_format_1(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    {
+        let old = txn.open_table(FORMAT_1_HISTORY)?;
+        let mut past = txn.open_table(PAST)?;
+        let mut by_key = txn.open_table(BY_KEY)?;
+        for item in old.iter()? {
+            let (k, v) = item?;
+            let (key, mod_revision) = k.value();
+            let version = decode_format_1_past(mod_revision, v.value())
+                .ok_or_else(|| damaged("history", key))?;
+            past.insert(
+                (version.superseded_at, key),
+                encode_past(&version).as_slice(),
+            )?;
+            by_key.insert((key, mod_revision), version.superseded_at)?;
+        }
+    }
+    txn.delete_table(FORMAT_1_HISTORY)?;
+    txn.delete_table(FORMAT_1_REPLACED)?;
+    Ok(())
+}
 
-/// Owned bounds on the history table's (key, mod revision).
+/// Bounds on the `past` table's (replaced at, key).
+type PastBounds<'a> = (Bound<(i64, &'a [u8])>, Bound<(i64, &'a [u8])>);
+
+/// Owned bounds on the `past_by_key` table's (key, mod revision).
 type HistoryBounds = (Bound<(Bytes, i64)>, Bound<(Bytes, i64)>);
 
 /// A bound on keys, owned, for a scan that resumes page by page.
@@ -619,7 +681,7 @@ impl Keyspace for DurableKeyspace {
                     if done {
                         return None;
                     }
-                    let got = self.history_page(lower.clone(), upper.clone());
+                    let got = self.by_key_page(lower.clone(), upper.clone());
                     done = got.len() < PAGE;
                     if let Some((key, _)) = got.last() {
                         // Resume after every version of the last key seen.
@@ -640,18 +702,31 @@ impl Keyspace for DurableKeyspace {
     }
 
     fn history(&self, key: &[u8]) -> Vec<PastVersion> {
-        self.read_table::<History, _>(|t| {
-            let mut out = Vec::new();
-            let range = (
-                Bound::Included((key, i64::MIN)),
-                Bound::Included((key, i64::MAX)),
-            );
-            for item in t.range_of(range)? {
-                let (k, v) = item?;
-                let (_, mod_revision) = k.value();
-                out.push(
-                    decode_past(mod_revision, v.value()).ok_or_else(|| damaged("history", key))?,
+        // The index gives when each version was replaced, in mod revision order (which is
+        // also the order they were replaced in); the versions are read from `past`.
+        let replaced_at: Vec<i64> = self
+            .read_table::<ByKey, _>(|t| {
+                let range = (
+                    Bound::Included((key, i64::MIN)),
+                    Bound::Included((key, i64::MAX)),
                 );
+                let mut out = Vec::new();
+                for item in t.range_of(range)? {
+                    out.push(item?.1.value());
+                }
+                Ok(out)
+            })
+            .unwrap_or_default();
+        if replaced_at.is_empty() {
+            return Vec::new();
+        }
+        self.read_table::<Past, _>(|t| {
+            let mut out = Vec::with_capacity(replaced_at.len());
+            for at in &replaced_at {
+                let v = t
+                    .get_value((*at, key))?
+                    .ok_or_else(|| damaged("past_by_key", key))?;
+                out.push(decode_past(*at, v.value()).ok_or_else(|| damaged("past", key))?);
             }
             Ok(out)
         })
@@ -668,31 +743,14 @@ impl Keyspace for DurableKeyspace {
                     Bound::Excluded((at, k)) => Bound::Excluded((*at, k.as_ref())),
                     _ => Bound::Unbounded,
                 };
-                let got = self.replaced_page((low, Bound::Unbounded));
+                let got = self.past_page((low, Bound::Unbounded));
                 done = got.len() < PAGE;
-                if let Some((at, key, _)) = got.last() {
-                    lower = Bound::Excluded((*at, key.clone()));
+                if let Some((key, past)) = got.last() {
+                    lower = Bound::Excluded((past.superseded_at, key.clone()));
                 }
                 page.extend(got);
             }
-            let (_, key, mod_revision) = page.pop_front()?;
-            let past = self
-                .read_table::<History, _>(|t| {
-                    t.get_value((key.as_ref(), mod_revision))?
-                        .map(|v| {
-                            decode_past(mod_revision, v.value())
-                                .ok_or_else(|| damaged("history", &key))
-                        })
-                        .transpose()
-                })
-                .flatten();
-            match past {
-                Some(p) => Some((key, p)),
-                None => {
-                    self.fail(damaged("replaced", &key));
-                    None
-                }
-            }
+            page.pop_front()
         }))
     }
 
@@ -701,7 +759,7 @@ impl Keyspace for DurableKeyspace {
     }
 
     fn past_count(&self) -> u64 {
-        self.read_table::<Replaced, _>(|t| t.count()).unwrap_or(0)
+        self.read_table::<Past, _>(|t| t.count()).unwrap_or(0)
     }
 
     fn insert(&mut self, key: Bytes, record: KeyRecord) {
@@ -721,55 +779,64 @@ impl Keyspace for DurableKeyspace {
     }
 
     fn push_past(&mut self, key: Bytes, past: PastVersion) {
-        self.write_table::<History, _>(|t| {
+        // At the end of `past` (replaced at the newest revision), and a small entry in the
+        // index.
+        self.write_table::<Past, _>(|t| {
             t.insert(
-                (key.as_ref(), past.record.mod_revision),
+                (past.superseded_at, key.as_ref()),
                 encode_past(&past).as_slice(),
             )?;
             Ok(())
         });
-        self.write_table::<Replaced, _>(|t| {
-            t.insert((past.superseded_at, key.as_ref()), past.record.mod_revision)?;
+        self.write_table::<ByKey, _>(|t| {
+            t.insert((key.as_ref(), past.record.mod_revision), past.superseded_at)?;
             Ok(())
         });
     }
 
     fn drop_past_through(&mut self, revision: i64, dropped: &mut dyn FnMut(&[u8], &KeyRecord)) {
         // Every (superseded_at, key) with superseded_at <= revision: the empty key is the
-        // smallest, so this bound excludes exactly the later ones.
+        // smallest, so this bound excludes exactly the later ones. They are the first
+        // entries of `past`, removed from its start.
         let after = revision.saturating_add(1);
         loop {
-            let page = self.replaced_page((Bound::Unbounded, Bound::Excluded((after, &b""[..]))));
-            if page.is_empty() {
+            let page = self.past_page((Bound::Unbounded, Bound::Excluded((after, &b""[..]))));
+            let Some((last_key, last)) = page.last() else {
                 return;
-            }
-            let full = page.len() == PAGE;
+            };
+            let through = (last.superseded_at, last_key.clone());
+            let (full, count) = (page.len() == PAGE, page.len());
             let removed: Vec<(Bytes, KeyRecord)> = self
-                .write_table::<Replaced, _>(|replaced| {
-                    for (at, key, _) in &page {
-                        replaced.remove((*at, key.as_ref()))?;
+                .write_table::<ByKey, _>(|t| {
+                    for (key, past) in &page {
+                        if t.remove((key.as_ref(), past.record.mod_revision))?
+                            .is_none()
+                        {
+                            return Err(damaged("past", key));
+                        }
                     }
                     Ok(())
                 })
                 .and_then(|()| {
-                    self.write_table::<History, _>(|t| {
-                        let mut out = Vec::new();
-                        for (_, key, mod_revision) in &page {
-                            let Some(v) = t.remove((key.as_ref(), *mod_revision))? else {
-                                return Err(damaged("replaced", key));
-                            };
-                            let past = decode_past(*mod_revision, v.value())
-                                .ok_or_else(|| damaged("history", key))?;
-                            out.push((key.clone(), past.record));
-                        }
-                        Ok(out)
+                    self.write_table::<Past, _>(|t| {
+                        let bounds = (
+                            Bound::Unbounded,
+                            Bound::Included((through.0, through.1.as_ref())),
+                        );
+                        t.retain_in::<(i64, &[u8]), _>(bounds, |_, _| false)?;
+                        Ok(())
                     })
+                })
+                .map(|()| {
+                    page.into_iter()
+                        .map(|(key, past)| (key, past.record))
+                        .collect()
                 })
                 .unwrap_or_default();
             for (key, record) in &removed {
                 dropped(key, record);
             }
-            if !full || removed.len() != page.len() {
+            if !full || removed.len() != count {
                 return;
             }
         }
@@ -784,8 +851,8 @@ impl Keyspace for DurableKeyspace {
         let txn = open.into_owner();
         let result = (|| -> Result<(), redb::Error> {
             txn.delete_table(KEYS)?;
-            txn.delete_table(HISTORY)?;
-            txn.delete_table(REPLACED)?;
+            txn.delete_table(PAST)?;
+            txn.delete_table(BY_KEY)?;
             Ok(())
         })();
         if let Err(e) = result {
@@ -856,5 +923,140 @@ impl Drop for DurableKeyspace {
                 tracing::warn!(file = %self.path.display(), "could not sync the state file at stop: {e}")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::TableHandle;
+
+    use super::*;
+
+    /// Writes a file as a format-1 build did: a live key `a`, and past versions of `a` and `b`
+    /// as (key, replaced at, mod revision, create revision, version, value).
+    fn write_format_1(
+        path: &Path,
+        state: &DurableState,
+        versions: &[(&str, i64, i64, i64, i64, &str)],
+    ) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("format", 1u32.to_le_bytes().as_slice())
+                .unwrap();
+            meta.insert("state", state.encode().as_slice()).unwrap();
+            let mut keys = txn.open_table(KEYS).unwrap();
+            let live = KeyRecord {
+                create_revision: 1,
+                mod_revision: 5,
+                version: 3,
+                value: Bytes::from("a3"),
+            };
+            keys.insert(b"a".as_slice(), encode_record(&live).as_slice())
+                .unwrap();
+            let mut history = txn.open_table(FORMAT_1_HISTORY).unwrap();
+            let mut replaced = txn.open_table(FORMAT_1_REPLACED).unwrap();
+            for (key, at, mod_revision, create, version, value) in versions {
+                let mut bytes = Vec::new();
+                for word in [at, create, version] {
+                    bytes.extend_from_slice(&word.to_le_bytes());
+                }
+                bytes.extend_from_slice(value.as_bytes());
+                history
+                    .insert((key.as_bytes(), *mod_revision), bytes.as_slice())
+                    .unwrap();
+                replaced
+                    .insert((*at, key.as_bytes()), *mod_revision)
+                    .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    fn versions_of(ks: &DurableKeyspace, key: &str) -> Vec<(i64, i64, String)> {
+        ks.history(key.as_bytes())
+            .into_iter()
+            .map(|p| {
+                let value = String::from_utf8_lossy(&p.record.value).into_owned();
+                (p.superseded_at, p.record.mod_revision, value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_format_1_file_is_converted_with_its_history_and_compacts_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let state = DurableState {
+            applied: 9,
+            revision: 5,
+            compact_revision: 0,
+            size_bytes: 12,
+        };
+        write_format_1(
+            &path,
+            &state,
+            &[
+                ("a", 3, 1, 1, 1, "a1"),
+                ("b", 4, 2, 2, 1, "b1"),
+                ("a", 5, 3, 1, 2, "a2"),
+            ],
+        );
+
+        let opened = DurableKeyspace::open(&path, 1 << 20).unwrap();
+        assert_eq!(opened.state, state);
+        let mut ks = opened.keyspace;
+        assert_eq!(
+            versions_of(&ks, "a"),
+            [(3, 1, "a1".to_string()), (5, 3, "a2".to_string())]
+        );
+        assert_eq!(versions_of(&ks, "b"), [(4, 2, "b1".to_string())]);
+        let order: Vec<(Bytes, i64)> = ks
+            .past_in_order()
+            .map(|(k, p)| (k, p.superseded_at))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (Bytes::from("a"), 3),
+                (Bytes::from("b"), 4),
+                (Bytes::from("a"), 5)
+            ]
+        );
+        let with_history: Vec<Bytes> = ks
+            .keys_with_history((Bound::Unbounded, Bound::Unbounded))
+            .collect();
+        assert_eq!(with_history, [Bytes::from("a"), Bytes::from("b")]);
+        assert_eq!((ks.past_count(), ks.live_count()), (3, 1));
+
+        // Compaction through revision 4 drops the first two, from both tables.
+        ks.begin().unwrap();
+        let mut dropped = Vec::new();
+        ks.drop_past_through(4, &mut |k, r| {
+            dropped.push((Bytes::copy_from_slice(k), r.mod_revision))
+        });
+        assert_eq!(dropped, [(Bytes::from("a"), 1), (Bytes::from("b"), 2)]);
+        ks.commit(&state, None, true).unwrap();
+        assert_eq!(ks.take_error(), None);
+        assert_eq!(versions_of(&ks, "a"), [(5, 3, "a2".to_string())]);
+        assert!(versions_of(&ks, "b").is_empty());
+        drop(ks);
+
+        // Reopened, it is a format-2 file with the same content, and the old tables are gone.
+        let again = DurableKeyspace::open(&path, 1 << 20).unwrap().keyspace;
+        assert_eq!(versions_of(&again, "a"), [(5, 3, "a2".to_string())]);
+        assert_eq!(again.past_count(), 1);
+        let txn = again.db.begin_read().unwrap();
+        let names: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_string())
+            .collect();
+        assert!(!names.contains(&"history".to_string()), "{names:?}");
+        assert!(!names.contains(&"replaced".to_string()), "{names:?}");
+        let meta = txn.open_table(META).unwrap();
+        let format = meta.get("format").unwrap().unwrap().value().to_vec();
+        assert_eq!(format, FORMAT.to_le_bytes());
     }
 }
