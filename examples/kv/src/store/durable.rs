@@ -154,7 +154,7 @@ impl Pick for ByKey {
     }
 }
 
-/// Keys and past versions read per step of a range scan (each step opens the table again).
+/// Keys and past versions read per step of a range scan (each step reads from the table again).
 const PAGE: usize = 512;
 
 /// What [`DurableKeyspace::open`] found in the file.
@@ -200,8 +200,8 @@ impl std::fmt::Debug for DurableKeyspace {
 
 impl DurableKeyspace {
     /// Opens (or creates) the keyspace file at `path` with a page cache of `cache_bytes`.
-    /// A file of another format, or whose state record is damaged, is refused with a message
-    /// naming it.
+    /// A format-1 file is converted to format 2 first (in the same transaction). A file of
+    /// another format, or whose state record is damaged, is refused with a message naming it.
     pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<Opened, String> {
         let named = |e: &dyn std::fmt::Display| e.to_string();
         if let Some(dir) = path.parent() {
@@ -621,7 +621,7 @@ fn owned(b: Bound<&[u8]>) -> Bound<Bytes> {
     b.map(Bytes::copy_from_slice)
 }
 
-/// The history table's bounds for the keys within `bounds`: every version of those keys.
+/// The `past_by_key` bounds for the keys within `bounds`: every version of those keys.
 fn history_bounds(bounds: KeyBounds<'_>) -> HistoryBounds {
     let lower = match bounds.0 {
         Bound::Included(k) => Bound::Included((Bytes::copy_from_slice(k), i64::MIN)),
