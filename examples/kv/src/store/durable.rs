@@ -118,41 +118,28 @@ struct Past;
 /// The `past_by_key` table.
 struct ByKey;
 
-impl Pick for Keys {
-    type K = &'static [u8];
-    type V = &'static [u8];
-    const DEF: TableDefinition<'static, Self::K, Self::V> = KEYS;
-    fn pick<'b, 't>(tables: &'b Tables<'t>) -> &'b redb::Table<'t, Self::K, Self::V> {
-        &tables.keys
-    }
-    fn pick_mut<'b, 't>(tables: &'b mut Tables<'t>) -> &'b mut redb::Table<'t, Self::K, Self::V> {
-        &mut tables.keys
-    }
+/// Implements [`Pick`] for `$name`: table `$def`, field `$field` of [`Tables`].
+macro_rules! pick {
+    ($name:ident, $field:ident, $def:ident, $k:ty, $v:ty) => {
+        impl Pick for $name {
+            type K = $k;
+            type V = $v;
+            const DEF: TableDefinition<'static, Self::K, Self::V> = $def;
+            fn pick<'b, 't>(tables: &'b Tables<'t>) -> &'b redb::Table<'t, Self::K, Self::V> {
+                &tables.$field
+            }
+            fn pick_mut<'b, 't>(
+                tables: &'b mut Tables<'t>,
+            ) -> &'b mut redb::Table<'t, Self::K, Self::V> {
+                &mut tables.$field
+            }
+        }
+    };
 }
 
-impl Pick for Past {
-    type K = (i64, &'static [u8]);
-    type V = &'static [u8];
-    const DEF: TableDefinition<'static, Self::K, Self::V> = PAST;
-    fn pick<'b, 't>(tables: &'b Tables<'t>) -> &'b redb::Table<'t, Self::K, Self::V> {
-        &tables.past
-    }
-    fn pick_mut<'b, 't>(tables: &'b mut Tables<'t>) -> &'b mut redb::Table<'t, Self::K, Self::V> {
-        &mut tables.past
-    }
-}
-
-impl Pick for ByKey {
-    type K = (&'static [u8], i64);
-    type V = i64;
-    const DEF: TableDefinition<'static, Self::K, Self::V> = BY_KEY;
-    fn pick<'b, 't>(tables: &'b Tables<'t>) -> &'b redb::Table<'t, Self::K, Self::V> {
-        &tables.by_key
-    }
-    fn pick_mut<'b, 't>(tables: &'b mut Tables<'t>) -> &'b mut redb::Table<'t, Self::K, Self::V> {
-        &mut tables.by_key
-    }
-}
+pick!(Keys, keys, KEYS, &'static [u8], &'static [u8]);
+pick!(Past, past, PAST, (i64, &'static [u8]), &'static [u8]);
+pick!(ByKey, by_key, BY_KEY, (&'static [u8], i64), i64);
 
 /// Keys and past versions read per step of a range scan (each step reads from the table again).
 const PAGE: usize = 512;
@@ -972,6 +959,35 @@ mod tests {
             }
         }
         txn.commit().unwrap();
+    }
+
+    /// The format recorded in the file at `path`.
+    fn format_of(path: &Path) -> Vec<u8> {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        meta.get("format").unwrap().unwrap().value().to_vec()
+    }
+
+    #[test]
+    fn a_damaged_format_1_file_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        write_format_1(&path, &DurableState::default(), &[("a", 3, 1, 1, 1, "a1")]);
+        {
+            // A past version too short to hold its three words.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(FORMAT_1_HISTORY)
+                .unwrap()
+                .insert((b"b".as_slice(), 2), [0u8; 5].as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let e = DurableKeyspace::open(&path, 1 << 20).unwrap_err();
+        assert!(e.contains("converting the state file from format 1"), "{e}");
+        assert!(e.contains("remove the file"), "{e}");
+        assert_eq!(format_of(&path), 1u32.to_le_bytes());
     }
 
     fn versions_of(ks: &DurableKeyspace, key: &str) -> Vec<(i64, i64, String)> {
