@@ -48,6 +48,8 @@ mod config;
 mod error;
 mod forward;
 mod key_range;
+mod lease;
+mod lease_service;
 mod member;
 mod node_backend;
 pub mod proto;
@@ -71,9 +73,10 @@ pub use backend::{
 pub use config::{
     AutoCompaction, DEFAULT_AUTO_COMPACTION, DEFAULT_MAX_RANGE_RESPONSE_BYTES,
     DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUOTA_BYTES, DEFAULT_STATE_CACHE_BYTES, KvConfig,
-    StateStorage,
+    LeaseConfig, StateStorage,
 };
 pub use error::KvError;
+pub use lease::LeaseHub;
 pub use member::{Member, MemberError, state_file};
 pub use node_backend::NodeBackend;
 pub use routes::{add_kv_services, kv_services};

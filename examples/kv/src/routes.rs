@@ -8,9 +8,11 @@ use crate::auth::hub::AuthHub;
 use crate::auth_service::AuthService;
 use crate::backend::KvBackend;
 use crate::config::KvConfig;
+use crate::lease;
+use crate::lease_service::LeaseService;
 use crate::proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::service::{ClusterService, KvService, MaintenanceService};
 use crate::shared::Shared;
@@ -18,11 +20,13 @@ use crate::unsupported::{self, NamesMissing, Unsupported};
 use crate::watch::WatchHub;
 use crate::watch_service::WatchService;
 
-/// The etcd services over one backend: `KV`, `Watch`, `Cluster`, `Maintenance` and `Auth`
-/// (plus stand-ins that answer every `Lease`, `Election` and `Lock` call with
+/// The etcd services over one backend: `KV`, `Watch`, `Cluster`, `Maintenance`, `Auth` and
+/// `Lease` (plus stand-ins that answer every `Election` and `Lock` call with
 /// `UNIMPLEMENTED` and a message saying why; a method missing from an implemented service is
 /// answered `UNIMPLEMENTED` with a message naming it). `hub` and `auth` must be the ones the backend's
-/// [`KvStateMachine`](crate::KvStateMachine) publishes to.
+/// [`KvStateMachine`](crate::KvStateMachine) publishes to, and so must the backend's lease hub.
+/// The leader's lease keeper (`lease.rs`) runs from here until `hub` closes: call this
+/// inside a tokio runtime.
 ///
 /// Serve them with tonic:
 ///
@@ -59,6 +63,12 @@ pub fn add_kv_services<B: KvBackend>(
     auth: AuthHub,
     config: KvConfig,
 ) -> Routes {
+    lease::spawn_keeper(
+        backend.clone(),
+        backend.lease_hub().clone(),
+        hub.clone(),
+        config.leases,
+    );
     let shared = Arc::new(Shared {
         backend,
         hub,
@@ -79,9 +89,9 @@ pub fn add_kv_services<B: KvBackend>(
             shared.clone(),
         ))))
         .add_service(NamesMissing(MaintenanceServer::new(MaintenanceService {
-            shared,
+            shared: shared.clone(),
         })))
-        .add_service(Unsupported::<unsupported::Lease>::new())
+        .add_service(NamesMissing(LeaseServer::new(LeaseService { shared })))
         .add_service(Unsupported::<unsupported::Election>::new())
         .add_service(Unsupported::<unsupported::Lock>::new())
 }

@@ -1,5 +1,5 @@
 //! Answers for the etcd calls dengine-kv does not implement: stand-ins for whole services
-//! (Lease, Election, Lock), and [`NamesMissing`] around the implemented ones for their missing
+//! (Election, Lock), and [`NamesMissing`] around the implemented ones for their missing
 //! methods. Every such call gets `UNIMPLEMENTED` with a message naming the method, rather than
 //! tonic's bare `UNIMPLEMENTED` with an empty message (which etcdctl prints as
 //! `code = Unimplemented desc = `).
@@ -61,13 +61,6 @@ impl<M: UnsupportedApi, B> Service<http::Request<B>> for Unsupported<M> {
         ));
         ready(Ok(status.into_http()))
     }
-}
-
-/// etcd's `Lease` service.
-pub(crate) struct Lease;
-impl UnsupportedApi for Lease {
-    const NAME: &'static str = "etcdserverpb.Lease";
-    const WHY: &'static str = "leases are not implemented; keys never expire";
 }
 
 /// etcd's `Election` service (concurrency API).
