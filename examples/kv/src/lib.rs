@@ -17,9 +17,12 @@
 //!   reach the replication layer (propose a write, read, membership, status), with the limits
 //!   of a [`KvConfig`]. [`LocalBackend`] is a single-member backend without Raft, for tests.
 //!
-//! What is and is not supported is listed in the crate's `README.md`. In short: no leases,
-//! simple tokens only (no JWT); the MVCC history (reads at past revisions) is kept in memory
-//! and bounded by auto-compaction ([`AutoCompaction`]).
+//! * Leases: keys that are deleted when their lease expires or is revoked. Expiry is decided
+//!   by the leader's clock and applied through the log ([`LeaseHub`], [`LeaseConfig`]).
+//!
+//! What is and is not supported is listed in the crate's `README.md`. In short: no election
+//! or lock services, simple tokens only (no JWT); the MVCC history (reads at past revisions)
+//! is bounded by auto-compaction ([`AutoCompaction`]).
 //!
 //! ## Example: a store without Raft
 //!
