@@ -67,9 +67,43 @@ pub struct LeaseConfig {
     /// The shortest TTL granted, in seconds: a grant asking for less gets this (etcd: 1.5
     /// election timeouts, rounded up). Default 2.
     pub min_ttl_secs: i64,
-    /// How often the leader records every lease's remaining TTL through the log, so that a
-    /// new leader does not give a long lease its full TTL again. Default 5 minutes.
+    /// How often the leader looks for leases to checkpoint: those whose remaining TTL dropped
+    /// by a quarter of their TTL since it was last recorded get it recorded through the log,
+    /// so that a new leader does not give them their full TTL again. Default 1 s.
     pub checkpoint_interval: std::time::Duration,
+    /// A deliberately broken lease rule, for showing that the chaos harness catches it.
+    #[cfg(feature = "fault-injection")]
+    pub fault: LeaseFault,
+}
+
+/// Lease rules deliberately broken (only in builds with the `fault-injection` feature): the
+/// chaos harness must catch each.
+#[cfg(feature = "fault-injection")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LeaseFault {
+    /// None: the real rules.
+    #[default]
+    None,
+    /// Every member expires leases on its own clock, leading or not (a follower never sees
+    /// the renewals, which the leader takes).
+    FollowerClock,
+    /// A new leader does not extend the leases it takes over.
+    NoExtension,
+}
+
+#[cfg(feature = "fault-injection")]
+impl LeaseFault {
+    /// From `DENGINE_KV_LEASE_FAULT` (`follower-clock`, `no-extension`; unset: none).
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("DENGINE_KV_LEASE_FAULT").as_deref() {
+            Err(_) | Ok("") => Ok(LeaseFault::None),
+            Ok("follower-clock") => Ok(LeaseFault::FollowerClock),
+            Ok("no-extension") => Ok(LeaseFault::NoExtension),
+            Ok(other) => Err(format!(
+                "DENGINE_KV_LEASE_FAULT={other:?}: expected follower-clock or no-extension"
+            )),
+        }
+    }
 }
 
 impl Default for LeaseConfig {
@@ -77,7 +111,9 @@ impl Default for LeaseConfig {
         LeaseConfig {
             extend: Duration::from_secs(1),
             min_ttl_secs: 2,
-            checkpoint_interval: Duration::from_secs(300),
+            checkpoint_interval: Duration::from_secs(1),
+            #[cfg(feature = "fault-injection")]
+            fault: LeaseFault::None,
         }
     }
 }

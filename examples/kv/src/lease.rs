@@ -19,8 +19,10 @@
 //!   covers the time the old leader may still have acknowledged keep-alives before it
 //!   noticed it was deposed (CheckQuorum makes it step down within an election timeout), so
 //!   a lease whose keep-alives were acknowledged never expires early;
-//! * **checkpoints** the remaining TTLs every [`LeaseConfig::checkpoint_interval`], so that a
-//!   long lease does not get its full TTL back at every election.
+//! * **checkpoints** remaining TTLs (looking every [`LeaseConfig::checkpoint_interval`]):
+//!   a lease whose remaining TTL dropped by a quarter of its TTL since the state last recorded
+//!   it is recorded again, so that a lease nobody renews does not get its full TTL back at
+//!   every election. A lease renewed more often is never checkpointed.
 //!
 //! Time is tokio's clock: deterministic under a paused clock.
 
@@ -193,7 +195,11 @@ impl LeaseHub {
         }
     }
 
-    /// The remaining TTLs to checkpoint: every live lease's, in whole seconds (at least 1).
+    /// The remaining TTLs to checkpoint, in whole seconds (at least 1): those of the leases
+    /// whose remaining TTL dropped by a quarter of their TTL (at least a second) below what
+    /// the state last recorded. A lease renewed more often than that is never checkpointed
+    /// (its renewals cost nothing in the log); one left alone is recorded as it runs down, so
+    /// a new leader gives it about what it had left, not its full TTL again.
     fn checkpoints(&self, now: Instant) -> Vec<LeaseCheckpoint> {
         let view = self.view.lock();
         if view.primary.is_none() {
@@ -204,10 +210,11 @@ impl LeaseHub {
             .iter()
             .filter(|(_, l)| !l.expiring)
             .filter_map(|(id, l)| {
-                let left = l.expiry?.saturating_duration_since(now);
-                Some(LeaseCheckpoint {
+                let left = ceil_secs(l.expiry?.saturating_duration_since(now)).clamp(1, l.ttl);
+                let recorded = if l.remaining > 0 { l.remaining } else { l.ttl };
+                (recorded - left >= (l.ttl / 4).max(1)).then_some(LeaseCheckpoint {
                     id: *id,
-                    remaining_ttl: ceil_secs(left).clamp(1, l.ttl),
+                    remaining_ttl: left,
                 })
             })
             .collect();
@@ -326,6 +333,13 @@ pub(crate) fn spawn_keeper<B: KvBackend>(
                 () = hub.closed() => return,
                 _ = tick.tick() => {}
             }
+            #[cfg(feature = "fault-injection")]
+            if config.fault == crate::config::LeaseFault::FollowerClock
+                && backend.leading_term().is_none()
+            {
+                follower_clock_tick(&backend, &leases, config.extend).await;
+                continue;
+            }
             let Some(term) = backend.leading_term() else {
                 leases.demote();
                 continue;
@@ -336,7 +350,15 @@ pub(crate) fn spawn_keeper<B: KvBackend>(
                 if backend.barrier().await.is_err() || backend.leading_term() != Some(term) {
                     continue;
                 }
-                leases.promote(term, Instant::now(), config.extend);
+                #[cfg(feature = "fault-injection")]
+                let extend = if config.fault == crate::config::LeaseFault::NoExtension {
+                    Duration::ZERO
+                } else {
+                    config.extend
+                };
+                #[cfg(not(feature = "fault-injection"))]
+                let extend = config.extend;
+                leases.promote(term, Instant::now(), extend);
                 next_checkpoint = Instant::now() + config.checkpoint_interval;
                 tracing::debug!(term, "took the leases over as leader");
             }
@@ -368,6 +390,27 @@ pub(crate) fn spawn_keeper<B: KvBackend>(
             }
         }
     });
+}
+
+/// The deliberately broken rule `LeaseFault::FollowerClock`: a member that does not lead
+/// expires leases on its own clock (it never sees the renewals, which the leader takes) and
+/// sends the revokes to the leader as a client would.
+#[cfg(feature = "fault-injection")]
+async fn follower_clock_tick<B: KvBackend>(backend: &Arc<B>, leases: &LeaseHub, extend: Duration) {
+    /// The "term" a follower's clock runs in.
+    const FOLLOWER: u64 = u64::MAX;
+    if leases.primary() != Some(FOLLOWER) {
+        leases.promote(FOLLOWER, Instant::now(), extend);
+    }
+    for id in leases.take_expired(Instant::now(), MAX_EXPIRIES_PER_TICK) {
+        let op = command::Op::LeaseRevoke(LeaseRevokeRequest { id });
+        let (backend, leases) = (backend.clone(), leases.clone());
+        tokio::spawn(async move {
+            if backend.propose(internal(op)).await.is_err() {
+                leases.unmark(id);
+            }
+        });
+    }
 }
 
 #[cfg(test)]
@@ -419,10 +462,17 @@ mod tests {
         );
         assert_eq!(hub.remaining(9, at(t0, 4_000)), Ok(Some(10)));
         assert_eq!(hub.take_expired(at(t0, 13_999), 10), Vec::<i64>::new());
+        // Renewed at 4 s: at 5.5 s it has dropped 1.5 s of 10, less than a quarter: no
+        // checkpoint; at 8.5 s, 4.5 s: recorded as 6 s (rounded up).
+        assert!(hub.checkpoints(at(t0, 5_500)).is_empty());
         let checkpoints = hub.checkpoints(at(t0, 8_500));
         assert_eq!(checkpoints.len(), 1);
         assert_eq!(checkpoints[0].remaining_ttl, 6);
         hub.checkpointed(9, 6);
+        // Measured from the recorded 6 s now: 2 s more (a quarter of 10, in whole seconds)
+        // before the next one.
+        assert!(hub.checkpoints(at(t0, 9_500)).is_empty());
+        assert_eq!(hub.checkpoints(at(t0, 11_000))[0].remaining_ttl, 3);
         assert_eq!(
             hub.renew(9, at(t0, 9_000)),
             Renewal::Renewed {

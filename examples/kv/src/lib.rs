@@ -73,6 +73,8 @@ pub use backend::{
     BackendError, HeaderInfo, KvBackend, LOCAL_CLUSTER_ID, LocalBackend, MemberInfo, StatusInfo,
     members_of,
 };
+#[cfg(feature = "fault-injection")]
+pub use config::LeaseFault;
 pub use config::{
     AutoCompaction, DEFAULT_AUTO_COMPACTION, DEFAULT_MAX_RANGE_RESPONSE_BYTES,
     DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUOTA_BYTES, DEFAULT_STATE_CACHE_BYTES, KvConfig,
