@@ -93,14 +93,14 @@ pub enum LeaseFault {
 
 #[cfg(feature = "fault-injection")]
 impl LeaseFault {
-    /// From `DENGINE_KV_LEASE_FAULT` (`follower-clock`, `no-extension`; unset: none).
-    pub fn from_env() -> Result<Self, String> {
-        match std::env::var("DENGINE_KV_LEASE_FAULT").as_deref() {
-            Err(_) | Ok("") => Ok(LeaseFault::None),
-            Ok("follower-clock") => Ok(LeaseFault::FollowerClock),
-            Ok("no-extension") => Ok(LeaseFault::NoExtension),
-            Ok(other) => Err(format!(
-                "DENGINE_KV_LEASE_FAULT={other:?}: expected follower-clock or no-extension"
+    /// From `serve --lease-fault` (`follower-clock`, `no-extension`; absent: none).
+    pub fn parse(rule: Option<&str>) -> Result<Self, String> {
+        match rule {
+            None => Ok(LeaseFault::None),
+            Some("follower-clock") => Ok(LeaseFault::FollowerClock),
+            Some("no-extension") => Ok(LeaseFault::NoExtension),
+            Some(other) => Err(format!(
+                "--lease-fault {other:?}: expected follower-clock or no-extension"
             )),
         }
     }

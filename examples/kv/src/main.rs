@@ -180,6 +180,12 @@ struct ServeArgs {
     #[cfg(feature = "fault-injection")]
     #[arg(long, value_name = "FILE", hide = true)]
     fault_control: Option<PathBuf>,
+    /// Chaos-harness hook: run with a deliberately broken lease rule (`follower-clock`,
+    /// `no-extension`), which the harness must catch. Only in builds with the
+    /// `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, value_name = "RULE", hide = true)]
+    lease_fault: Option<String>,
     #[command(flatten)]
     etcd: etcd_flags::EtcdFlags,
 }
@@ -322,7 +328,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     settings.observability = Default::default(); // installed above
     #[cfg(feature = "fault-injection")]
     {
-        config.leases.fault = dengine_kv::LeaseFault::from_env()?;
+        config.leases.fault = dengine_kv::LeaseFault::parse(args.lease_fault.as_deref())?;
     }
     #[cfg(feature = "fault-injection")]
     let member = match &args.fault_control {

@@ -82,7 +82,7 @@ pub(crate) struct Cluster {
     dir: PathBuf,
     hosts: Vec<Host>,
     fsync: bool,
-    /// A deliberately broken lease rule the nodes run with (`DENGINE_KV_LEASE_FAULT`).
+    /// A deliberately broken lease rule the nodes run with (`serve --lease-fault`).
     pub(crate) lease_fault: Option<String>,
     /// The hosts' libfaketime clocks (`None`: the real clock).
     clocks: Option<Clocks>,
@@ -206,7 +206,7 @@ impl Cluster {
             cmd.arg("--lease-reads");
         }
         if let Some(fault) = &self.lease_fault {
-            cmd.env("DENGINE_KV_LEASE_FAULT", fault);
+            cmd.args(["--lease-fault", fault]);
         }
         if let Some(clocks) = &self.clocks {
             cmd.envs(clocks.env(host));
