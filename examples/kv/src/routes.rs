@@ -8,20 +8,25 @@ use crate::auth::hub::AuthHub;
 use crate::auth_service::AuthService;
 use crate::backend::KvBackend;
 use crate::config::KvConfig;
+use crate::election_service::ElectionService;
+use crate::lock_service::LockService;
 use crate::proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::service::{ClusterService, KvService, MaintenanceService};
 use crate::shared::Shared;
 use crate::unsupported::{self, NamesMissing, Unsupported};
 use crate::watch::WatchHub;
 use crate::watch_service::WatchService;
 
-/// The etcd services over one backend: `KV`, `Watch`, `Cluster`, `Maintenance` and `Auth`
-/// (plus stand-ins that answer every `Lease`, `Election` and `Lock` call with
-/// `UNIMPLEMENTED` and a message saying why; a method missing from an implemented service is
-/// answered `UNIMPLEMENTED` with a message naming it). `hub` and `auth` must be the ones the backend's
+/// The etcd services over one backend: `KV`, `Watch`, `Cluster`, `Maintenance`, `Auth`, and
+/// etcd's concurrency services `Lock` (`v3lockpb`) and `Election` (`v3electionpb`) (plus a
+/// stand-in that answers every `Lease` call with `UNIMPLEMENTED` and a message saying why; a
+/// method missing from an implemented service is answered `UNIMPLEMENTED` with a message
+/// naming it). `hub` and `auth` must be the ones the backend's
 /// [`KvStateMachine`](crate::KvStateMachine) publishes to.
 ///
 /// Serve them with tonic:
@@ -79,9 +84,13 @@ pub fn add_kv_services<B: KvBackend>(
             shared.clone(),
         ))))
         .add_service(NamesMissing(MaintenanceServer::new(MaintenanceService {
-            shared,
+            shared: shared.clone(),
         })))
+        .add_service(NamesMissing(LockServer::new(LockService::new(
+            shared.clone(),
+        ))))
+        .add_service(NamesMissing(ElectionServer::new(ElectionService::new(
+            shared,
+        ))))
         .add_service(Unsupported::<unsupported::Lease>::new())
-        .add_service(Unsupported::<unsupported::Election>::new())
-        .add_service(Unsupported::<unsupported::Lock>::new())
 }

@@ -1,5 +1,5 @@
 //! Answers for the etcd calls dengine-kv does not implement: stand-ins for whole services
-//! (Lease, Election, Lock), and [`NamesMissing`] around the implemented ones for their missing
+//! (Lease), and [`NamesMissing`] around the implemented ones for their missing
 //! methods. Every such call gets `UNIMPLEMENTED` with a message naming the method, rather than
 //! tonic's bare `UNIMPLEMENTED` with an empty message (which etcdctl prints as
 //! `code = Unimplemented desc = `).
@@ -68,20 +68,6 @@ pub(crate) struct Lease;
 impl UnsupportedApi for Lease {
     const NAME: &'static str = "etcdserverpb.Lease";
     const WHY: &'static str = "leases are not implemented; keys never expire";
-}
-
-/// etcd's `Election` service (concurrency API).
-pub(crate) struct Election;
-impl UnsupportedApi for Election {
-    const NAME: &'static str = "v3electionpb.Election";
-    const WHY: &'static str = "the election API needs leases, which are not implemented";
-}
-
-/// etcd's `Lock` service (concurrency API).
-pub(crate) struct Lock;
-impl UnsupportedApi for Lock {
-    const NAME: &'static str = "v3lockpb.Lock";
-    const WHY: &'static str = "the lock API needs leases, which are not implemented";
 }
 
 /// Wraps one of the implemented etcd services: a call of a method the service does not have
