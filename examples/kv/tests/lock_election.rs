@@ -119,7 +119,7 @@ async fn a_second_lock_waits_until_the_first_is_unlocked_steps() {
     let first = c.lock("job", None).await.unwrap();
     let first_key = key_of(&first);
     assert!(first_key.starts_with("job/"), "{first_key}");
-    assert_eq!(queue(&mut c, "job/").await, [first_key.clone()]);
+    assert_eq!(queue(&mut c, "job/").await, [first_key.as_str()]);
 
     let second = lock_in_background(&c, "job");
     // Queued (its key exists) and waiting.
@@ -138,7 +138,7 @@ async fn a_second_lock_waits_until_the_first_is_unlocked_steps() {
     assert_eq!(second_key, keys[1]);
     assert_ne!(second_key, first_key);
     assert!(second.header().unwrap().revision() > first.header().unwrap().revision());
-    assert_eq!(queue(&mut c, "job/").await, [second_key.clone()]);
+    assert_eq!(queue(&mut c, "job/").await, [second_key.as_str()]);
 
     c.unlock(second_key).await.unwrap();
     assert!(queue(&mut c, "job/").await.is_empty());
@@ -189,7 +189,7 @@ async fn a_waiter_that_goes_away_leaves_no_key_behind_steps() {
     let dropped = lock_in_background(&c, "gone");
     queue_of(&mut c, "gone/", 2).await;
     dropped.abort();
-    assert_eq!(queue_of(&mut c, "gone/", 1).await, [holder_key.clone()]);
+    assert_eq!(queue_of(&mut c, "gone/", 1).await, [holder_key.as_str()]);
 
     // A client whose deadline passes while it waits.
     let mut pb = PbLockClient::connect(url.clone()).await.unwrap();
@@ -206,7 +206,7 @@ async fn a_waiter_that_goes_away_leaves_no_key_behind_steps() {
         ),
         "{status:?}"
     );
-    assert_eq!(queue_of(&mut c, "gone/", 1).await, [holder_key.clone()]);
+    assert_eq!(queue_of(&mut c, "gone/", 1).await, [holder_key.as_str()]);
 
     // A waiter whose own key is deleted under it is told so (etcd's text).
     let waiting = lock_in_background(&c, "gone");
@@ -352,7 +352,7 @@ async fn campaign_proclaim_resign_and_observe_steps() {
     let dropped = tokio::spawn(async move { c3.campaign("e", "x", 0).await });
     queue_of(&mut c, "e/", 2).await;
     dropped.abort();
-    assert_eq!(queue_of(&mut c, "e/", 1).await, [next_key.clone()]);
+    assert_eq!(queue_of(&mut c, "e/", 1).await, [next_key.as_str()]);
 
     // The last leader resigns: no leader, and the observers hear nothing more.
     c.resign(resign_as(&next)).await.unwrap();
