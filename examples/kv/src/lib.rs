@@ -16,8 +16,13 @@
 //!   and `Auth` services over a [`KvBackend`], the small trait through which the services
 //!   reach the replication layer (propose a write, read, membership, status), with the limits
 //!   of a [`KvConfig`]. [`LocalBackend`] is a single-member backend without Raft, for tests.
+//! * etcd's concurrency services, `Lock` ([`proto::v3lockpb`]) and `Election`
+//!   ([`proto::v3electionpb`]), are among those routes: distributed locks and leader
+//!   elections built, as etcd's servers build them, on keys queued under a name, transactions,
+//!   linearizable reads and waits on the [`WatchHub`], as the requesting user.
 //!
-//! What is and is not supported is listed in the crate's `README.md`. In short: no leases,
+//! What is and is not supported is listed in the crate's `README.md`. In short: no leases
+//! (so a lock or a leadership lasts until it is released, whatever happens to its client),
 //! simple tokens only (no JWT); the MVCC history (reads at past revisions) is kept in memory
 //! and bounded by auto-compaction ([`AutoCompaction`]).
 //!
