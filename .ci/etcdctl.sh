@@ -4,7 +4,7 @@
 # watch --rev (MVCC history), compaction, member list,
 # endpoint status (also --cluster and http:// endpoints), move-leader, member add/update/promote/remove through a follower, check datascale,
 # endpoint hashkv, defrag, snapshot save and a restore from it, the space quota and alarms, and
-# what an unsupported call answers. Every
+# leases (grant, put --lease, timetolive, list, keep-alive, revoke, expiry). Every
 # output is asserted. Everything started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -264,8 +264,37 @@ contains "alarm disarm" "memberID:1 alarm:NOSPACE" "$(sctl alarm disarm)"
 expect "alarm list (none left)" "" "$(sctl alarm list)"
 expect "put after the disarm" "OK" "$(sctl put small 1)"
 
-# Calls dengine-kv does not serve name the method (tonic alone would send an empty message).
-refused_with "lease grant" \
-    "code = Unimplemented desc = etcdserver: not supported by dengine-kv: /etcdserverpb.Lease/LeaseGrant" \
-    ctl lease grant 10
+# Leases: grant, put --lease, timetolive --keys, list, keep-alive (also through a follower),
+# revoke (the keys go), and expiry when nobody keeps a lease alive.
+lease_id() { sed -n 's/^lease \([0-9a-f]*\) granted with TTL(.*)$/\1/p'; }
+LEASE=$(ctl lease grant 60 | lease_id)
+[ -n "$LEASE" ] || { echo "FAIL lease grant: no lease id"; exit 1; }
+echo "ok   lease grant ($LEASE)"
+expect "put --lease" "OK" "$(ctl put --lease="$LEASE" svc/a up)"
+contains "lease timetolive --keys" "lease $LEASE granted with TTL(60s), remaining(" "$(ctl lease timetolive --keys "$LEASE")"
+contains "lease timetolive --keys (the key)" "attached keys([svc/a])" "$(ctl lease timetolive --keys "$LEASE")"
+contains "lease list" "$LEASE" "$(ctl lease list)"
+expect "lease keep-alive --once" "lease $LEASE keepalived with TTL(60)" "$(ctl lease keep-alive --once "$LEASE")"
+expect "lease keep-alive --once through a follower" "lease $LEASE keepalived with TTL(60)" \
+    "$(etcdctl --endpoints="$FOLLOWER_EP" lease keep-alive --once "$LEASE")"
+contains "get -w json shows the lease" "\"lease\":$((16#$LEASE))" "$(ctl get svc/a -w json)"
+expect "lease revoke" "lease $LEASE revoked" "$(ctl lease revoke "$LEASE")"
+expect "a revoked lease's key is gone" "" "$(ctl get svc/a)"
+expect "lease timetolive of a revoked lease" "lease $LEASE already expired" "$(ctl lease timetolive "$LEASE")"
+refused_with "put --lease with an unknown lease" "requested lease not found" ctl put --lease="$LEASE" svc/b x
+SHORT=$(ctl lease grant 2 | lease_id)
+ctl put --lease="$SHORT" svc/short x >/dev/null
+expect "a key of a 2 s lease, just put" "x" "$(ctl get svc/short --print-value-only)"
+for _ in $(seq 100); do [ -z "$(ctl get svc/short)" ] && break; sleep 0.1; done
+expect "a key of an expired lease is deleted" "" "$(ctl get svc/short)"
+expect "lease timetolive of an expired lease" "lease $SHORT already expired" "$(ctl lease timetolive "$SHORT")"
+# A background keep-alive holds a 2 s lease for 5 s.
+KEPT=$(ctl lease grant 2 | lease_id)
+ctl put --lease="$KEPT" svc/kept x >/dev/null
+ctl lease keep-alive "$KEPT" >/dev/null 2>&1 &
+PIDS[keepalive]=$!
+sleep 5
+expect "a key kept alive by lease keep-alive stays" "x" "$(ctl get svc/kept --print-value-only)"
+kill "${PIDS[keepalive]}"; wait "${PIDS[keepalive]}" 2>/dev/null || true
+unset 'PIDS[keepalive]'
 echo "etcdctl checks passed"

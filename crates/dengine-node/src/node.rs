@@ -244,10 +244,57 @@ impl Node {
         // At debug level, as `propose`'s: a span per read costs an allocation in every
         // subscriber that sees it.
         let span = tracing::debug_span!("read", node = self.shared.id, consistency = ?consistency);
-        self.read_inner(query, consistency).instrument(span).await
+        self.read_inner(Some(query), consistency)
+            .instrument(span)
+            .await
     }
 
-    async fn read_inner(&self, query: Bytes, consistency: Consistency) -> Result<Bytes, ReadError> {
+    /// Waits until this node's state machine has applied every entry committed before the
+    /// call, without asking the state machine anything: a linearizable barrier (ReadIndex,
+    /// thesis §6.4; on a follower, confirmed by the leader), under the same timeout as
+    /// [`read`](Node::read).
+    ///
+    /// On a node that has just become leader it returns once the leader has committed an
+    /// entry of its own term and applied everything before it: from then on the local state
+    /// includes every write of earlier terms. That is the point from which a leader-side
+    /// task may act on the state — expire leases, fire timers, compact — as this pattern
+    /// does (`dengine-kv`'s lease keeper is one):
+    ///
+    /// ```no_run
+    /// # async fn example(node: dengine_node::Node) {
+    /// use dengine_core::Role;
+    /// let mut leadership = node.watch_leadership();
+    /// loop {
+    ///     let term = leadership.borrow_and_update().term;
+    ///     let leads = leadership.borrow().role == Role::Leader;
+    ///     if leads && node.barrier().await.is_ok() {
+    ///         // Caught up as leader of `term`: start the term's leader-side work, and stop it
+    ///         // when `watch_leadership` shows another role or term.
+    ///         let _ = term;
+    ///     }
+    ///     if leadership.changed().await.is_err() {
+    ///         break; // the node stopped
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// Time on the leader side should be read from tokio's clock
+    /// (`tokio::time::Instant`), as the runtime does: under a paused clock (the simulator)
+    /// it is then deterministic.
+    pub async fn barrier(&self) -> Result<(), ReadError> {
+        let span = tracing::debug_span!("barrier", node = self.shared.id);
+        self.read_inner(None, Consistency::Linearizable)
+            .instrument(span)
+            .await
+            .map(drop)
+    }
+
+    async fn read_inner(
+        &self,
+        query: Option<Bytes>,
+        consistency: Consistency,
+    ) -> Result<Bytes, ReadError> {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(
                 self.stopped_or(ReadError::ShuttingDown, |reason| ReadError::Stopped {

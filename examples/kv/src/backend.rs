@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use tonic::{Code, Status};
 
 use crate::auth::hub::AuthHub;
+use crate::lease::{self, LeaseHub};
 use crate::state_machine::KvStateMachine;
 use crate::watch::WatchHub;
 
@@ -219,6 +220,32 @@ pub trait KvBackend: Send + Sync + 'static {
     /// member as etcd's): the log index it covers and the state machine's snapshot, read on
     /// demand (from the snapshot file on a member that keeps them).
     fn backup(&self) -> impl Future<Output = Result<(u64, SnapshotData), BackendError>> + Send;
+
+    /// The term this member leads, `None` if it does not lead. Called often: must be cheap.
+    fn leading_term(&self) -> Option<u64>;
+
+    /// Resolves once this member has applied every write committed before the call (a
+    /// linearizable barrier): on a new leader, every entry of earlier terms.
+    fn barrier(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Proposes a command decided by this member as leader (a lease expiry or checkpoint):
+    /// never forwarded, refused where this member does not lead.
+    fn propose_as_leader(
+        &self,
+        command: Bytes,
+    ) -> impl Future<Output = Result<Bytes, BackendError>> + Send;
+
+    /// The leases the [`KvStateMachine`](crate::KvStateMachine) publishes to.
+    fn lease_hub(&self) -> &LeaseHub;
+
+    /// The leader's answer for lease `id` (its clock decides expiry): a renewal
+    /// (`ttl_only == false`) or the remaining TTL; -1 if there is no such lease. A follower
+    /// asks the leader.
+    fn lease_at_leader(
+        &self,
+        id: i64,
+        ttl_only: bool,
+    ) -> impl Future<Output = Result<i64, BackendError>> + Send;
 }
 
 /// A single-member [`KvBackend`] without Raft, for tests and examples: every command is
@@ -232,6 +259,7 @@ pub struct LocalBackend {
     meta: Mutex<(Membership, u64)>,
     member_id: u64,
     auth: AuthHub,
+    leases: LeaseHub,
 }
 
 /// The cluster id [`LocalBackend`] reports.
@@ -243,6 +271,7 @@ impl LocalBackend {
     pub async fn new(hub: WatchHub, peer_url: &str) -> Result<Self, StorageError> {
         let mut sm = KvStateMachine::new(hub);
         let auth = sm.auth_hub().clone();
+        let leases = sm.lease_hub().clone();
         // Index 1 holds the initial configuration, as a bootstrapped cluster's would.
         let membership = Membership::new([1]).with_address(1, peer_url);
         sm.apply(&[], 1).await?;
@@ -251,6 +280,7 @@ impl LocalBackend {
             meta: Mutex::new((membership, 1)),
             member_id: 1,
             auth,
+            leases,
         })
     }
 
@@ -419,6 +449,28 @@ impl KvBackend for LocalBackend {
             .await
             .map_err(|e| BackendError::Internal(e.to_string()))?;
         Ok((sm.applied_index(), data.into()))
+    }
+
+    /// The only member: it always leads, in term 1.
+    fn leading_term(&self) -> Option<u64> {
+        Some(1)
+    }
+
+    /// Every command is applied when proposed: nothing to wait for.
+    async fn barrier(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn propose_as_leader(&self, command: Bytes) -> Result<Bytes, BackendError> {
+        self.apply(command).await
+    }
+
+    fn lease_hub(&self) -> &LeaseHub {
+        &self.leases
+    }
+
+    async fn lease_at_leader(&self, id: i64, ttl_only: bool) -> Result<i64, BackendError> {
+        lease::at_leader(self, &self.leases, id, ttl_only).await
     }
 }
 

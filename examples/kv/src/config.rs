@@ -52,6 +52,84 @@ pub struct KvConfig {
     pub name: String,
     /// Where the keys live: on disk (the default) or in memory.
     pub state: StateStorage,
+    /// How the leader times leases (etcd's lease rules; see [`LeaseConfig`]).
+    pub leases: LeaseConfig,
+}
+
+/// The timing of leases. A member sets `extend` and `min_ttl_secs` from its Raft election
+/// timeout when it starts ([`Member::start`](crate::Member::start)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// Added to every lease's remaining TTL when a member becomes leader: at least the
+    /// longest election timeout, the time a deposed leader may still have acknowledged
+    /// keep-alives (etcd's rule). Default 1 s.
+    pub extend: std::time::Duration,
+    /// The shortest TTL granted, in seconds: a grant asking for less gets this (etcd: 1.5
+    /// election timeouts, rounded up). Default 2.
+    pub min_ttl_secs: i64,
+    /// How often the leader looks for leases to checkpoint: those whose remaining TTL dropped
+    /// by a quarter of their TTL since it was last recorded get it recorded through the log,
+    /// so that a new leader does not give them their full TTL again. Default 1 s.
+    pub checkpoint_interval: std::time::Duration,
+    /// A deliberately broken lease rule, for showing that the chaos harness catches it.
+    #[cfg(feature = "fault-injection")]
+    pub fault: LeaseFault,
+}
+
+/// Lease rules deliberately broken (only in builds with the `fault-injection` feature): the
+/// chaos harness must catch each.
+#[cfg(feature = "fault-injection")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LeaseFault {
+    /// None: the real rules.
+    #[default]
+    None,
+    /// Every member expires leases on its own clock, leading or not (a follower never sees
+    /// the renewals, which the leader takes).
+    FollowerClock,
+    /// A new leader does not extend the leases it takes over.
+    NoExtension,
+}
+
+#[cfg(feature = "fault-injection")]
+impl LeaseFault {
+    /// From `DENGINE_KV_LEASE_FAULT` (`follower-clock`, `no-extension`; unset: none).
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("DENGINE_KV_LEASE_FAULT").as_deref() {
+            Err(_) | Ok("") => Ok(LeaseFault::None),
+            Ok("follower-clock") => Ok(LeaseFault::FollowerClock),
+            Ok("no-extension") => Ok(LeaseFault::NoExtension),
+            Ok(other) => Err(format!(
+                "DENGINE_KV_LEASE_FAULT={other:?}: expected follower-clock or no-extension"
+            )),
+        }
+    }
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            extend: Duration::from_secs(1),
+            min_ttl_secs: 2,
+            checkpoint_interval: Duration::from_secs(1),
+            #[cfg(feature = "fault-injection")]
+            fault: LeaseFault::None,
+        }
+    }
+}
+
+impl LeaseConfig {
+    /// The timing for a cluster whose election timeout is at most `election_timeout`.
+    pub fn for_election_timeout(election_timeout: Duration) -> Self {
+        let min_ms = election_timeout.as_millis().saturating_mul(3) / 2;
+        LeaseConfig {
+            extend: election_timeout,
+            min_ttl_secs: i64::try_from(min_ms.div_ceil(1000))
+                .unwrap_or(i64::MAX)
+                .max(1),
+            ..LeaseConfig::default()
+        }
+    }
 }
 
 /// Where a member keeps its keys, their history, the auth state and alarms (the `state` of
@@ -97,6 +175,7 @@ impl Default for KvConfig {
             auto_compaction: DEFAULT_AUTO_COMPACTION,
             name: String::new(),
             state: StateStorage::default(),
+            leases: LeaseConfig::default(),
         }
     }
 }

@@ -42,6 +42,9 @@ pub enum KvError {
     /// the member's `max_range_response_bytes`); the message says how to ask for less.
     #[error("etcdserver: {0}")]
     ResourceExhausted(String),
+    /// A lease was asked for a TTL above the maximum (etcd's `ErrLeaseTTLTooLarge`).
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     /// A response from the state machine could not be understood (a bug or a version skew
     /// between members).
     #[error("etcdserver: internal error: {0}")]
@@ -49,11 +52,24 @@ pub enum KvError {
 }
 
 impl KvError {
+    /// etcd's `ErrLeaseNotFound`: the lease named does not exist (never granted, expired or
+    /// revoked).
+    pub fn lease_not_found() -> Self {
+        KvError::NotFound("requested lease not found".into())
+    }
+
+    /// etcd's `ErrLeaseExist`: a grant named an id already in use.
+    pub fn lease_exists() -> Self {
+        KvError::FailedPrecondition("lease already exists".into())
+    }
+
     /// The gRPC status etcd answers with for this error.
     pub fn to_status(&self) -> Status {
         let code = match self {
             KvError::InvalidArgument(_) => Code::InvalidArgument,
-            KvError::Compacted | KvError::FutureRevision => Code::OutOfRange,
+            KvError::Compacted | KvError::FutureRevision | KvError::LeaseTtlTooLarge => {
+                Code::OutOfRange
+            }
             KvError::Unimplemented(_) => Code::Unimplemented,
             KvError::NotFound(_) => Code::NotFound,
             KvError::ResourceExhausted(_) => Code::ResourceExhausted,
@@ -77,6 +93,7 @@ impl KvError {
             KvError::FailedPrecondition(m) => (C::FailedPrecondition, m.clone()),
             KvError::PermissionDenied => (C::PermissionDenied, String::new()),
             KvError::InvalidAuthToken => (C::Unauthenticated, String::new()),
+            KvError::LeaseTtlTooLarge => (C::LeaseTtlTooLarge, String::new()),
             KvError::Internal(m) => (C::Internal, m.clone()),
         };
         pb::KvError {
@@ -98,6 +115,7 @@ impl KvError {
             Ok(C::PermissionDenied) => KvError::PermissionDenied,
             Ok(C::Unauthenticated) => KvError::InvalidAuthToken,
             Ok(C::Internal) => KvError::Internal(err.message.clone()),
+            Ok(C::LeaseTtlTooLarge) => KvError::LeaseTtlTooLarge,
             Err(_) => KvError::Internal(format!(
                 "unknown error code {} from the state machine: {}",
                 err.code, err.message

@@ -583,6 +583,13 @@ mod tests {
         ) -> Result<Response<crate::proto::dengine::kv::v1::MembershipReply>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
+
+        async fn lease_at_leader(
+            &self,
+            _request: Request<crate::proto::dengine::kv::v1::LeaseAtLeaderRequest>,
+        ) -> Result<Response<crate::proto::dengine::kv::v1::LeaseAtLeaderReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
     }
 
     /// A fake leader on a free loopback port, and a way to reach it.

@@ -21,10 +21,13 @@
 //!   elections built, as etcd's servers build them, on keys queued under a name, transactions,
 //!   linearizable reads and waits on the [`WatchHub`], as the requesting user.
 //!
-//! What is and is not supported is listed in the crate's `README.md`. In short: no leases
-//! (so a lock or a leadership lasts until it is released, whatever happens to its client),
-//! simple tokens only (no JWT); the MVCC history (reads at past revisions) is kept in memory
-//! and bounded by auto-compaction ([`AutoCompaction`]).
+//! * Leases: keys that are deleted when their lease expires or is revoked. Expiry is decided
+//!   by the leader's clock and applied through the log ([`LeaseHub`], [`LeaseConfig`]); a
+//!   lock or a leadership held with a lease ends when the lease does.
+//!
+//! What is and is not supported is listed in the crate's `README.md`. In short: simple tokens
+//! only (no JWT); the MVCC history (reads at past revisions) is bounded by auto-compaction
+//! ([`AutoCompaction`]).
 //!
 //! ## Example: a store without Raft
 //!
@@ -55,6 +58,8 @@ mod election_service;
 mod error;
 mod forward;
 mod key_range;
+mod lease;
+mod lease_service;
 mod lock_service;
 mod member;
 mod node_backend;
@@ -76,12 +81,15 @@ pub use backend::{
     BackendError, HeaderInfo, KvBackend, LOCAL_CLUSTER_ID, LocalBackend, MemberInfo, StatusInfo,
     members_of,
 };
+#[cfg(feature = "fault-injection")]
+pub use config::LeaseFault;
 pub use config::{
     AutoCompaction, DEFAULT_AUTO_COMPACTION, DEFAULT_MAX_RANGE_RESPONSE_BYTES,
     DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUOTA_BYTES, DEFAULT_STATE_CACHE_BYTES, KvConfig,
-    StateStorage,
+    LeaseConfig, StateStorage,
 };
 pub use error::KvError;
+pub use lease::LeaseHub;
 pub use member::{Member, MemberError, state_file};
 pub use node_backend::NodeBackend;
 pub use routes::{add_kv_services, kv_services};

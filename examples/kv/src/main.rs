@@ -321,6 +321,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     observability::init_logging(&args.log).map_err(|e| format!("--log / DENGINE_LOG: {e}"))?;
     settings.observability = Default::default(); // installed above
     #[cfg(feature = "fault-injection")]
+    {
+        config.leases.fault = dengine_kv::LeaseFault::from_env()?;
+    }
+    #[cfg(feature = "fault-injection")]
     let member = match &args.fault_control {
         Some(file) => {
             let seed = settings.node.id;

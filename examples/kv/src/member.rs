@@ -11,7 +11,8 @@ use dengine_net_grpc::GrpcTransport;
 
 use crate::auth::hub::AuthHub;
 use crate::compactor;
-use crate::config::{KvConfig, StateStorage};
+use crate::config::{KvConfig, LeaseConfig, StateStorage};
+use crate::lease::LeaseHub;
 use crate::node_backend::NodeBackend;
 use crate::routes::add_kv_services;
 use crate::state_machine::KvStateMachine;
@@ -29,17 +30,28 @@ pub struct Member {
     hub: WatchHub,
 }
 
+/// What the state machine publishes to, for the member's services.
+struct Hubs {
+    watch: WatchHub,
+    auth: AuthHub,
+    leases: LeaseHub,
+}
+
 /// Adds the member's services: forwarding on the peer listener, the etcd API on the client
 /// listener.
 fn services(
     node: &Node,
     transport: &GrpcTransport,
     services: Services,
-    hubs: (WatchHub, AuthHub),
+    hubs: Hubs,
     cluster_id: u64,
     config: KvConfig,
 ) -> Services {
-    let (hub, auth) = hubs;
+    let Hubs {
+        watch: hub,
+        auth,
+        leases,
+    } = hubs;
     let scheme = if services.client_tls { "https" } else { "http" };
     let client_urls = if config.advertise_client_urls.is_empty() {
         services
@@ -51,7 +63,8 @@ fn services(
     };
     let backend = Arc::new(
         NodeBackend::new(node.clone(), cluster_id, transport.clone(), client_urls)
-            .with_config(config.clone()),
+            .with_config(config.clone())
+            .with_lease_hub(leases),
     );
     compactor::spawn(backend.clone(), hub.clone(), config.auto_compaction);
     let peer = services.peer.add_service(backend.forward_service());
@@ -142,7 +155,19 @@ impl Member {
                 StartNodeError::StateMachine(e.to_string())
             })?,
         };
-        let hubs = (hub.clone(), state_machine.auth_hub().clone());
+        let hubs = Hubs {
+            watch: hub.clone(),
+            auth: state_machine.auth_hub().clone(),
+            leases: state_machine.lease_hub().clone(),
+        };
+        // A lease is extended by the longest election timeout when a new leader takes it
+        // over (the raft timeout is random in [t, 2t)).
+        let mut config = config;
+        let election_max =
+            std::time::Duration::from_millis(settings.raft.election_timeout_ms.saturating_mul(2));
+        let timing = LeaseConfig::for_election_timeout(election_max);
+        config.leases.extend = config.leases.extend.max(timing.extend);
+        config.leases.min_ttl_secs = config.leases.min_ttl_secs.max(timing.min_ttl_secs);
         let started = dengine::start_with_transport(
             settings,
             state_machine,

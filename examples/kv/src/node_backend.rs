@@ -31,12 +31,14 @@ use crate::backend::{BackendError, HeaderInfo, KvBackend, MemberInfo, StatusInfo
 use crate::config::KvConfig;
 use crate::error::KvError;
 use crate::forward::{self, ForwardStreams, Link, ProposeForwarded, from_status};
+use crate::lease::{self, LeaseHub};
 use crate::proto::dengine::kv::v1::forward_client::ForwardClient;
 use crate::proto::dengine::kv::v1::forward_server::{Forward, ForwardServer};
 use crate::proto::dengine::kv::v1::membership_request::Op;
 use crate::proto::dengine::kv::v1::{
     AddedMember, Command, ForwardBatch, ForwardReply, ForwardReplyBatch, ForwardRequest, InfoReply,
-    InfoRequest, MemberAddOp, MemberUpdateOp, MembershipReply, MembershipRequest,
+    InfoRequest, LeaseAtLeaderReply, LeaseAtLeaderRequest, MemberAddOp, MemberUpdateOp,
+    MembershipReply, MembershipRequest,
 };
 use crate::state_machine::encode_error_response;
 use crate::validate;
@@ -73,6 +75,8 @@ pub struct NodeBackend {
     peer_infos: Arc<Mutex<PeerInfos>>,
     /// The client API's limits, applied again to writes forwarded by other members.
     config: Arc<KvConfig>,
+    /// The leases the state machine publishes to; the leader's clock for them.
+    leases: LeaseHub,
 }
 
 impl NodeBackend {
@@ -94,6 +98,36 @@ impl NodeBackend {
             streams: Arc::default(),
             peer_infos: Arc::new(Mutex::new(HashMap::new())),
             config: Arc::new(KvConfig::default()),
+            leases: LeaseHub::default(),
+        }
+    }
+
+    /// The same backend, with the lease hub its state machine publishes to (see
+    /// [`KvStateMachine::lease_hub`](crate::KvStateMachine::lease_hub)). Without it, the
+    /// member knows of no lease: keep-alives find none.
+    pub fn with_lease_hub(mut self, leases: LeaseHub) -> Self {
+        self.leases = leases;
+        self
+    }
+
+    /// Asks the leader for lease `id` (`Forward/LeaseAtLeader`).
+    async fn lease_at_remote_leader(&self, id: i64, ttl_only: bool) -> Result<i64, BackendError> {
+        let address = {
+            let now = self.leadership.borrow();
+            match (now.leader, &now.leader_address) {
+                (Some(leader), Some(address)) if leader != self.node.id() => address.clone(),
+                _ => return Err(BackendError::NoLeader),
+            }
+        };
+        let mut client = ForwardClient::new(self.channel(&address)?);
+        let request = self.transport.peer_request(LeaseAtLeaderRequest {
+            from: self.node.id(),
+            id,
+            time_to_live_only: ttl_only,
+        });
+        match client.lease_at_leader(request).await {
+            Ok(reply) => Ok(reply.into_inner().ttl),
+            Err(status) => Err(from_status(&status)),
         }
     }
 
@@ -481,6 +515,31 @@ impl KvBackend for NodeBackend {
         self.node.read(query, consistency).await.map_err(read_error)
     }
 
+    fn leading_term(&self) -> Option<u64> {
+        let now = self.leadership.borrow();
+        (now.role == Role::Leader).then_some(now.term)
+    }
+
+    async fn barrier(&self) -> Result<(), BackendError> {
+        self.node.barrier().await.map_err(read_error)
+    }
+
+    async fn propose_as_leader(&self, command: Bytes) -> Result<Bytes, BackendError> {
+        self.node.propose(command).await.map_err(propose_error)
+    }
+
+    fn lease_hub(&self) -> &LeaseHub {
+        &self.leases
+    }
+
+    async fn lease_at_leader(&self, id: i64, ttl_only: bool) -> Result<i64, BackendError> {
+        if self.leading_term().is_some() {
+            lease::at_leader(self, &self.leases, id, ttl_only).await
+        } else {
+            self.lease_at_remote_leader(id, ttl_only).await
+        }
+    }
+
     fn header(&self) -> HeaderInfo {
         HeaderInfo {
             cluster_id: self.cluster_id,
@@ -684,5 +743,24 @@ impl Forward for NodeBackend {
         tracing::info!(from, op = ?op, "membership change forwarded by a member");
         let status = self.node.status().await.map_err(admin_error)?;
         Ok(Response::new(self.change_members_here(status, op).await?))
+    }
+
+    /// A follower's client renews a lease or asks its remaining TTL: answered here only
+    /// while this member leads (asked once, never passed on).
+    async fn lease_at_leader(
+        &self,
+        request: Request<LeaseAtLeaderRequest>,
+    ) -> Result<Response<LeaseAtLeaderReply>, Status> {
+        let from = request.get_ref().from;
+        self.transport.authorize_peer(&request, from)?;
+        let req = request.into_inner();
+        if self.leading_term().is_none() {
+            return Err(BackendError::Unavailable(
+                "not leader: the lease request reached a member that no longer leads".into(),
+            )
+            .to_status());
+        }
+        let ttl = lease::at_leader(self, &self.leases, req.id, req.time_to_live_only).await?;
+        Ok(Response::new(LeaseAtLeaderReply { ttl }))
     }
 }

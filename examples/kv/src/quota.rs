@@ -15,7 +15,7 @@ pub(crate) fn no_space() -> KvError {
 /// depth).
 pub(crate) fn adds_data(op: &command::Op) -> bool {
     match op {
-        command::Op::Put(_) => true,
+        command::Op::Put(_) | command::Op::LeaseGrant(_) => true,
         command::Op::Txn(t) => txn_puts(t),
         _ => false,
     }

@@ -9,25 +9,28 @@ use crate::auth_service::AuthService;
 use crate::backend::KvBackend;
 use crate::config::KvConfig;
 use crate::election_service::ElectionService;
+use crate::lease;
+use crate::lease_service::LeaseService;
 use crate::lock_service::LockService;
 use crate::proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::service::{ClusterService, KvService, MaintenanceService};
 use crate::shared::Shared;
-use crate::unsupported::{self, NamesMissing, Unsupported};
+use crate::unsupported::NamesMissing;
 use crate::watch::WatchHub;
 use crate::watch_service::WatchService;
 
-/// The etcd services over one backend: `KV`, `Watch`, `Cluster`, `Maintenance`, `Auth`, and
-/// etcd's concurrency services `Lock` (`v3lockpb`) and `Election` (`v3electionpb`) (plus a
-/// stand-in that answers every `Lease` call with `UNIMPLEMENTED` and a message saying why; a
-/// method missing from an implemented service is answered `UNIMPLEMENTED` with a message
-/// naming it). `hub` and `auth` must be the ones the backend's
-/// [`KvStateMachine`](crate::KvStateMachine) publishes to.
+/// The etcd services over one backend: `KV`, `Watch`, `Cluster`, `Maintenance`, `Auth`,
+/// `Lease`, and etcd's concurrency services `Lock` (`v3lockpb`) and `Election`
+/// (`v3electionpb`); a method missing from an implemented service is answered
+/// `UNIMPLEMENTED` with a message naming it. `hub` and `auth` must be the ones the backend's
+/// [`KvStateMachine`](crate::KvStateMachine) publishes to, and so must the backend's lease hub.
+/// The leader's lease keeper (`lease.rs`) runs from here until `hub` closes: call this
+/// inside a tokio runtime.
 ///
 /// Serve them with tonic:
 ///
@@ -64,6 +67,12 @@ pub fn add_kv_services<B: KvBackend>(
     auth: AuthHub,
     config: KvConfig,
 ) -> Routes {
+    lease::spawn_keeper(
+        backend.clone(),
+        backend.lease_hub().clone(),
+        hub.clone(),
+        config.leases,
+    );
     let shared = Arc::new(Shared {
         backend,
         hub,
@@ -90,7 +99,7 @@ pub fn add_kv_services<B: KvBackend>(
             shared.clone(),
         ))))
         .add_service(NamesMissing(ElectionServer::new(ElectionService::new(
-            shared,
+            shared.clone(),
         ))))
-        .add_service(Unsupported::<unsupported::Lease>::new())
+        .add_service(NamesMissing(LeaseServer::new(LeaseService { shared })))
 }

@@ -5,6 +5,7 @@
 
 mod alarm;
 mod auth;
+mod leases;
 mod snapshot;
 
 use std::collections::BTreeSet;
@@ -19,6 +20,7 @@ use crate::auth::access::Needs;
 use crate::auth::hub::AuthHub;
 use crate::auth::{AuthStore, user_of};
 use crate::error::KvError;
+use crate::lease::LeaseHub;
 use crate::proto::dengine::kv::v1::{
     Backup, Command, CommandResponse, HashResult, Query, QueryResponse, Stats, StoreSnapshot,
     WatchHistory, WatchHistoryRequest, command, command_response, query, query_response,
@@ -32,16 +34,17 @@ use crate::watch::WatchHub;
 /// 3: without the entry's term and the cluster configuration (the runtime keeps those);
 /// 4: with the MVCC history (a build that reads only up to 3 would drop it, so it refuses);
 /// 5: with the counts and the `complete` mark after the keys and history (a snapshot cut short
-/// is refused; it is read a field at a time, never whole).
-const SNAPSHOT_FORMAT: u32 = 5;
+/// is refused; it is read a field at a time, never whole); 6: with the leases (a build that
+/// reads only up to 5 would drop them, and keys would never expire, so it refuses).
+const SNAPSHOT_FORMAT: u32 = 6;
 
 /// The oldest snapshot format this build reads. Format 1 has no auth state: auth off, no
 /// users or roles.
 const OLDEST_SNAPSHOT_FORMAT: u32 = 1;
 
-/// What identifies the auth state and alarms a durable store wrote: (auth revision, auth
-/// enabled, alarms).
-type ClusterMarker = (u64, bool, BTreeSet<(u64, i32)>);
+/// What identifies the auth state, alarms and leases a durable store wrote: (auth revision,
+/// auth enabled, alarms, lease table generation).
+type ClusterMarker = (u64, bool, BTreeSet<(u64, i32)>, u64);
 
 /// The replicated key-value store with etcd v3 semantics.
 ///
@@ -68,6 +71,8 @@ pub struct KvStateMachine {
     auth: Arc<AuthStore>,
     hub: WatchHub,
     auth_hub: AuthHub,
+    /// Where the lease table's changes are published, for the leader's lease keeper.
+    lease_hub: LeaseHub,
     /// The log index the state covers.
     applied: LogIndex,
     /// The raised alarms, as (member id, `AlarmType`): replicated through the log and kept in
@@ -92,9 +97,27 @@ impl KvStateMachine {
             auth,
             hub,
             auth_hub,
+            lease_hub: LeaseHub::default(),
             applied: 0,
             alarms: BTreeSet::new(),
         }
+    }
+
+    /// The hub this state machine publishes its leases to; the member's lease services and
+    /// the leader's lease keeper need it ([`NodeBackend::with_lease_hub`]
+    /// (crate::NodeBackend::with_lease_hub)).
+    pub fn lease_hub(&self) -> &LeaseHub {
+        &self.lease_hub
+    }
+
+    /// Tells the lease hub the whole lease table (after it was replaced).
+    fn publish_leases(&self) {
+        self.lease_hub.reset(
+            self.store
+                .leases()
+                .iter()
+                .map(|(id, l)| (id, l.ttl, l.remaining)),
+        );
     }
 
     /// Opens the durable store in the file at `path` (created if missing) with a page cache
@@ -122,6 +145,7 @@ impl KvStateMachine {
             cluster,
         } = store::DurableKeyspace::open(path, cache_bytes).map_err(failed)?;
         let mut sm = KvStateMachine::with_auth_hub(hub, auth_hub);
+        let mut leases = Vec::new();
         if let Some(cluster) = cluster {
             let cluster = StoreSnapshot::decode(cluster.as_slice())
                 .map_err(|e| failed(format!("undecodable auth state and alarms: {e}")))?;
@@ -137,9 +161,14 @@ impl KvStateMachine {
                 .iter()
                 .map(|a| (a.member_id, a.alarm))
                 .collect();
+            leases = cluster.leases;
         }
-        sm.persisted_cluster = Some(sm.cluster_marker());
         sm.store = KvStore::reopen(Box::new(keyspace), &state);
+        sm.store
+            .set_leases(leases)
+            .map_err(|e| failed(format!("damaged lease table: {e}")))?;
+        sm.publish_leases();
+        sm.persisted_cluster = Some(sm.cluster_marker());
         sm.applied = state.applied;
         sm.hub.reset(
             state.revision,
@@ -157,6 +186,7 @@ impl KvStateMachine {
             self.auth.revision(),
             self.auth.is_enabled(),
             self.alarms.clone(),
+            self.store.leases().generation(),
         )
     }
 
@@ -173,6 +203,7 @@ impl KvStateMachine {
                 format: SNAPSHOT_FORMAT,
                 auth: Some(self.auth.to_snapshot()),
                 alarms: self.alarm_members(0, 0),
+                leases: self.store.leases().to_states(),
                 ..StoreSnapshot::default()
             }
             .encode_to_vec(),
@@ -307,6 +338,10 @@ impl KvStateMachine {
                     })
                 })
             }
+            command::Op::LeaseGrant(_)
+            | command::Op::LeaseRevoke(_)
+            | command::Op::LeaseExpire(_)
+            | command::Op::LeaseCheckpoint(_) => self.apply_lease(command, user),
             auth_op => self.apply_auth(auth_op, user),
         };
         CommandResponse {
@@ -380,6 +415,14 @@ impl KvStateMachine {
                     compact_revision: self.store.compact_revision(),
                 })
             }),
+            Ok(Query {
+                op: Some(query::Op::LeaseTimeToLive(req)),
+                ..
+            }) => Ok(R::LeaseTimeToLive(self.lease_time_to_live(&req))),
+            Ok(Query {
+                op: Some(query::Op::LeaseLeases(_)),
+                ..
+            }) => Ok(R::LeaseLeases(self.lease_list())),
             Ok(Query {
                 op: Some(op), user, ..
             }) => self.answer_auth(op, user_of(&user)),

@@ -8,6 +8,7 @@
 
 mod durable;
 mod keyspace;
+mod leases;
 mod record;
 
 use std::cmp::Ordering;
@@ -31,6 +32,7 @@ use crate::validate::{check_delete, check_put, check_range, check_txn};
 
 pub(crate) use durable::{DurableKeyspace, Opened};
 pub(crate) use keyspace::{DurableState, Keyspace, MemoryKeyspace};
+pub(crate) use leases::{Leases, MAX_LEASE_TTL};
 pub(crate) use record::{KeyRecord, PastVersion};
 
 /// Per-key bookkeeping added to every stored byte of key and value when estimating the size
@@ -63,6 +65,8 @@ pub(crate) struct KvStore {
     compact_revision: i64,
     /// Sum over keys and kept past versions of key + value length + [`KEY_OVERHEAD_BYTES`].
     size_bytes: u64,
+    /// The leases and the keys attached to them.
+    leases: Leases,
 }
 
 impl Default for KvStore {
@@ -83,6 +87,7 @@ impl KvStore {
             revision: 0,
             compact_revision: 0,
             size_bytes: 0,
+            leases: Leases::default(),
         }
     }
 
@@ -94,7 +99,60 @@ impl KvStore {
             revision: state.revision,
             compact_revision: state.compact_revision,
             size_bytes: state.size_bytes,
+            leases: Leases::default(),
         }
+    }
+
+    /// The leases and the keys attached to them.
+    pub(crate) fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    /// Replaces the lease table with `states` (a snapshot's or the state file's), checked
+    /// against the live keys; a damaged table is refused and the old one kept.
+    pub(crate) fn set_leases(
+        &mut self,
+        states: Vec<crate::proto::dengine::kv::v1::LeaseState>,
+    ) -> Result<(), String> {
+        let data = &self.data;
+        self.leases = Leases::from_states(states, |key| data.get(key).map(|r| r.mod_revision))?;
+        Ok(())
+    }
+
+    /// Grants lease `id` with `ttl` seconds (no key changes: the revision stays).
+    pub(crate) fn grant_lease(&mut self, id: i64, ttl: i64) -> Result<(), KvError> {
+        self.leases.grant(id, ttl)
+    }
+
+    /// Records lease `id`'s remaining TTL, as its leader checkpointed it.
+    pub(crate) fn checkpoint_lease(&mut self, id: i64, remaining: i64) {
+        self.leases.checkpoint(id, remaining);
+    }
+
+    /// Revokes lease `id`: its keys are deleted, all at one revision (none if it had no
+    /// keys), and the lease is gone.
+    pub(crate) fn revoke_lease(&mut self, id: i64) -> Result<WriteOutcome<()>, KvError> {
+        let lease = self
+            .leases
+            .remove(id)
+            .ok_or_else(KvError::lease_not_found)?;
+        let mut w = self.begin();
+        for key in &lease.keys {
+            w.delete_key(key);
+        }
+        let (revision, events) = w.finish();
+        Ok(WriteOutcome {
+            response: (),
+            events,
+            revision,
+        })
+    }
+
+    /// `to_kv` with the lease of the version, if it is the live one and attached.
+    fn kv(&self, key: &Bytes, r: &KeyRecord) -> KeyValue {
+        let mut kv = to_kv(key, r);
+        kv.lease = self.leases.lease_of(key, r.mod_revision);
+        kv
     }
 
     /// The keyspace.
@@ -151,7 +209,7 @@ impl KvStore {
     pub(crate) fn key_values(&self) -> impl Iterator<Item = KeyValue> + '_ {
         self.data
             .live((std::ops::Bound::Unbounded, std::ops::Bound::Unbounded))
-            .map(|(k, r)| to_kv(&k, &r))
+            .map(|(k, r)| self.kv(&k, &r))
     }
 
     /// Every past version kept, in the order they were replaced, with the revision that
@@ -261,13 +319,13 @@ impl KvStore {
                 if record.mod_revision >= from {
                     let prev = before
                         .filter(|(_, at)| *at == Some(record.mod_revision))
-                        .map(|(r, _)| to_kv(&key, r));
+                        .map(|(r, _)| self.kv(&key, r));
                     by_revision
                         .entry(record.mod_revision)
                         .or_default()
                         .push(Event {
                             r#type: EventType::Put as i32,
-                            kv: Some(to_kv(&key, record)),
+                            kv: Some(self.kv(&key, record)),
                             prev_kv: prev,
                         });
                 }
@@ -285,7 +343,7 @@ impl KvStore {
                             mod_revision: at,
                             ..KeyValue::default()
                         }),
-                        prev_kv: Some(to_kv(&key, record)),
+                        prev_kv: Some(self.kv(&key, record)),
                     });
                 }
                 before = Some((record, superseded_at));
@@ -481,13 +539,13 @@ impl KvStore {
         let mut kvs: Vec<KeyValue> = if needs_all || limit == 0 {
             self.iter_range_at(&range, at)
                 .filter(|(_, r)| passes_filters(req, r))
-                .map(|(k, r)| into_kv(k, r))
+                .map(|(k, r)| self.kv_owned(k, r))
                 .collect()
         } else {
             // Key order is the map's order: take one more than the limit to learn `more`.
             self.iter_range_at(&range, at)
                 .take(limit + 1)
-                .map(|(k, r)| into_kv(k, r))
+                .map(|(k, r)| self.kv_owned(k, r))
                 .collect()
         };
         if order != SortOrder::None {
@@ -613,11 +671,14 @@ impl KvStore {
         }
     }
 
-    /// Puts that keep the current value or lease need the key to exist; leases are not
-    /// supported.
+    /// Puts that keep the current value or lease need the key to exist; a put with a lease
+    /// needs the lease to exist.
     fn check_put_state(&self, req: &PutRequest) -> Result<(), KvError> {
         if (req.ignore_value || req.ignore_lease) && self.data.get(&req.key).is_none() {
             return Err(KvError::InvalidArgument("key not found".into()));
+        }
+        if req.lease != 0 && self.leases.get(req.lease).is_none() {
+            return Err(KvError::lease_not_found());
         }
         Ok(())
     }
@@ -685,7 +746,10 @@ impl KvStore {
             }
             return compare_record(c, target, None);
         }
-        matched.all(|(_, r)| compare_record(c, target, Some(&r)))
+        matched.all(|(k, r)| {
+            let lease = self.leases.lease_of(&k, r.mod_revision);
+            compare_record(c, target, Some((&r, lease)))
+        })
     }
 }
 
@@ -771,24 +835,27 @@ impl RangePlan {
     }
 }
 
-fn compare_record(c: &Compare, target: CompareTarget, record: Option<&KeyRecord>) -> bool {
+/// `record`: the key's live version and its lease, `None` for a missing key.
+fn compare_record(c: &Compare, target: CompareTarget, record: Option<(&KeyRecord, i64)>) -> bool {
     let ordering = match target {
         CompareTarget::Value => {
             let wanted: &[u8] = match &c.target_union {
                 Some(TargetUnion::Value(v)) => v,
                 _ => &[],
             };
-            record.map_or(&[][..], |r| r.value.as_ref()).cmp(wanted)
+            record
+                .map_or(&[][..], |(r, _)| r.value.as_ref())
+                .cmp(wanted)
         }
         CompareTarget::Version
         | CompareTarget::Create
         | CompareTarget::Mod
         | CompareTarget::Lease => {
-            let actual = record.map_or(0, |r| match target {
+            let actual = record.map_or(0, |(r, lease)| match target {
                 CompareTarget::Version => r.version,
                 CompareTarget::Create => r.create_revision,
                 CompareTarget::Mod => r.mod_revision,
-                _ => 0, // no leases: every key's lease is 0
+                _ => lease,
             });
             let wanted = match (&c.target_union, target) {
                 (Some(TargetUnion::Version(v)), CompareTarget::Version)
@@ -851,13 +918,23 @@ impl WriteTxn<'_> {
             self.store.size_bytes -= record_size(&req.key, &p.value);
         }
         self.store.size_bytes += record_size(&req.key, &record.value);
-        let prev_kv = prev.as_ref().map(|p| to_kv(&req.key, p));
+        let prev_kv = prev.as_ref().map(|p| self.store.kv(&req.key, p));
         if let Some(p) = prev {
             self.keep(req.key.clone(), p);
         }
+        // etcd: a put keeps the key's lease only when asked to; otherwise the key moves to
+        // the put's lease (0: none).
+        let lease = if req.ignore_lease {
+            self.store.leases.lease_of_live(&req.key)
+        } else {
+            req.lease
+        };
+        self.store.leases.attach(&req.key, lease, self.revision);
+        let mut kv = to_kv(&req.key, &record);
+        kv.lease = lease;
         self.events.push(Event {
             r#type: EventType::Put as i32,
-            kv: Some(to_kv(&req.key, &record)),
+            kv: Some(kv),
             prev_kv: prev_kv.clone(),
         });
         self.store.data.insert(req.key.clone(), record);
@@ -872,22 +949,9 @@ impl WriteTxn<'_> {
         let doomed: Vec<Bytes> = self.store.iter_range(&range).map(|(k, _)| k).collect();
         let mut prev_kvs = Vec::new();
         for key in &doomed {
-            let Some(prev) = self.store.data.remove(key) else {
-                continue;
-            };
-            self.store.size_bytes -= record_size(key, &prev.value);
-            let prev_kv = to_kv(key, &prev);
-            self.keep(key.clone(), prev);
-            self.events.push(Event {
-                r#type: EventType::Delete as i32,
-                kv: Some(KeyValue {
-                    key: key.clone(),
-                    mod_revision: self.revision,
-                    ..KeyValue::default()
-                }),
-                prev_kv: Some(prev_kv.clone()),
-            });
-            if req.prev_kv {
+            if let Some(prev_kv) = self.delete_key(key)
+                && req.prev_kv
+            {
                 prev_kvs.push(prev_kv);
             }
         }
@@ -937,6 +1001,26 @@ impl WriteTxn<'_> {
             succeeded: path.succeeded,
             responses,
         }
+    }
+
+    /// Deletes `key` (detaching it from its lease) and returns its last version, `None` if
+    /// it is not live.
+    fn delete_key(&mut self, key: &Bytes) -> Option<KeyValue> {
+        let prev = self.store.data.remove(key)?;
+        self.store.size_bytes -= record_size(key, &prev.value);
+        let prev_kv = self.store.kv(key, &prev);
+        self.store.leases.detach(key);
+        self.keep(key.clone(), prev);
+        self.events.push(Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(KeyValue {
+                key: key.clone(),
+                mod_revision: self.revision,
+                ..KeyValue::default()
+            }),
+            prev_kv: Some(prev_kv.clone()),
+        });
+        Some(prev_kv)
     }
 
     /// Keeps the version `record` of `key`, replaced by this write, in the history — unless
@@ -993,15 +1077,18 @@ fn record_size(key: &[u8], value: &[u8]) -> u64 {
     (key.len() + value.len()) as u64 + KEY_OVERHEAD_BYTES
 }
 
-/// [`to_kv`], taking the key and record.
-fn into_kv(key: Bytes, r: KeyRecord) -> KeyValue {
-    KeyValue {
-        key,
-        create_revision: r.create_revision,
-        mod_revision: r.mod_revision,
-        version: r.version,
-        value: r.value,
-        lease: 0,
+impl KvStore {
+    /// [`kv`](Self::kv), taking the key and record.
+    fn kv_owned(&self, key: Bytes, r: KeyRecord) -> KeyValue {
+        let lease = self.leases.lease_of(&key, r.mod_revision);
+        KeyValue {
+            key,
+            create_revision: r.create_revision,
+            mod_revision: r.mod_revision,
+            version: r.version,
+            value: r.value,
+            lease,
+        }
     }
 }
 

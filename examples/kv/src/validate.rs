@@ -39,8 +39,13 @@ pub(crate) fn check_command(command: &Command, config: &KvConfig) -> Result<(), 
             }
             check_txn(t)
         }
-        // Compactions and auth commands have no shape to check beyond their size; the state
-        // machine applies their rules.
+        // Lease expiries and checkpoints are the leader's own decisions (`lease.rs`), proposed
+        // where they are decided: one that arrives from elsewhere is refused.
+        Some(command::Op::LeaseExpire(_) | command::Op::LeaseCheckpoint(_)) => Err(
+            KvError::InvalidArgument("lease expiries and checkpoints are the leader's own".into()),
+        ),
+        // Compactions, leases and auth commands have no shape to check beyond their size; the
+        // state machine applies their rules.
         Some(_) => Ok(()),
         None => Err(KvError::InvalidArgument("empty command".into())),
     }
@@ -84,14 +89,8 @@ pub(crate) fn check_put(req: &PutRequest) -> Result<(), KvError> {
     if req.ignore_value && !req.value.is_empty() {
         return Err(KvError::InvalidArgument("value is provided".into()));
     }
-    if req.lease != 0 {
-        if req.ignore_lease {
-            return Err(KvError::InvalidArgument("lease is provided".into()));
-        }
-        return Err(KvError::Unimplemented(format!(
-            "leases (put with lease {:x}): dengine-kv has no Lease service",
-            req.lease
-        )));
+    if req.lease != 0 && req.ignore_lease {
+        return Err(KvError::InvalidArgument("lease is provided".into()));
     }
     Ok(())
 }

@@ -747,7 +747,7 @@ async fn a_format_1_snapshot_loads_with_auth_off() {
     r.run("", user_add("root", 1)).await.unwrap();
     // Snapshots it takes are of the current format, with the auth state.
     let taken = StoreSnapshot::decode(r.sm.snapshot().await.unwrap()).unwrap();
-    assert_eq!(taken.format, 5);
+    assert_eq!(taken.format, 6);
     assert!(taken.complete && taken.key_count == 1, "{taken:?}");
     assert_eq!((taken.applied_index, taken.applied_term), (8, 0));
     assert!(

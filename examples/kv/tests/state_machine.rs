@@ -359,7 +359,7 @@ async fn put_options_and_refusals() {
             ..Default::default()
         })
         .await;
-    assert!(matches!(lease, Err(KvError::Unimplemented(_))));
+    assert_eq!(lease, Err(KvError::lease_not_found()));
     // Refusals changed nothing.
     assert_eq!(h.sm.revision(), 3);
 }

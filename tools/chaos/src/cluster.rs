@@ -82,6 +82,8 @@ pub(crate) struct Cluster {
     dir: PathBuf,
     hosts: Vec<Host>,
     fsync: bool,
+    /// A deliberately broken lease rule the nodes run with (`DENGINE_KV_LEASE_FAULT`).
+    pub(crate) lease_fault: Option<String>,
     /// The hosts' libfaketime clocks (`None`: the real clock).
     clocks: Option<Clocks>,
     initial_members: String,
@@ -115,6 +117,7 @@ impl Cluster {
                 })
                 .collect(),
             fsync,
+            lease_fault: None,
             clocks,
             initial_members,
             crashed: Vec::new(),
@@ -201,6 +204,9 @@ impl Cluster {
             );
         if lease_reads(host) {
             cmd.arg("--lease-reads");
+        }
+        if let Some(fault) = &self.lease_fault {
+            cmd.env("DENGINE_KV_LEASE_FAULT", fault);
         }
         if let Some(clocks) = &self.clocks {
             cmd.envs(clocks.env(host));

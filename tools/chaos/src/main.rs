@@ -12,6 +12,7 @@
 mod clock;
 mod cluster;
 mod history;
+mod lock;
 mod nemesis;
 mod run;
 mod topology;
@@ -40,6 +41,14 @@ options:
   --bug fsync-off      run the nodes with storage.fsync = false on the redb backend (implies
                        --nemesis kill-majority unless --nemesis is given): acknowledged writes
                        should be lost
+  --bug lease-follower-clock
+                       every member expires leases on its own clock, leader or not: keys of
+                       leases kept alive should vanish early
+  --bug lease-no-extension
+                       a new leader does not extend the leases it takes over
+  --lock-clients N     clients of the lock workload (default 3; 0: none): a lease, a lock,
+                       guarded increments of a counter, checked for mutual exclusion and
+                       leases that never expire early
   --expect-failure     succeed only if some seed finds a safety violation (linearizability or a
                        lost acknowledged write), to prove the harness catches a known bug
   --no-clock-faults    run the nodes on the real clock (no libfaketime: no clock jumps, no fast
@@ -225,6 +234,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
         keys: 8,
         mode: Mode::All,
         fsync: true,
+        lease_fault: None,
+        lock_clients: 3,
         clock_library: None,
         expect_failure: false,
         keep: false,
@@ -269,8 +280,17 @@ fn parse(args: &[String]) -> Result<Options, String> {
             }
             "--bug" => match value()?.as_str() {
                 "fsync-off" => o.fsync = false,
-                other => return Err(format!("unknown --bug {other:?} (known: fsync-off)")),
+                fault @ ("lease-follower-clock" | "lease-no-extension") => {
+                    o.lease_fault = Some(fault.trim_start_matches("lease-").to_string());
+                }
+                other => {
+                    return Err(format!(
+                        "unknown --bug {other:?} (known: fsync-off, lease-follower-clock, \
+                         lease-no-extension)"
+                    ));
+                }
             },
+            "--lock-clients" => o.lock_clients = number(value()?)?,
             "--expect-failure" => o.expect_failure = true,
             "--no-clock-faults" => clock_faults = false,
             "--keep" => o.keep = true,

@@ -15,6 +15,7 @@ use dengine_sim::rng::SimRng;
 use crate::clock::{self, Clocks};
 use crate::cluster::{self, Cluster};
 use crate::history;
+use crate::lock::{self, LockLog};
 use crate::nemesis::{self, Episode, FaultKind, Mode};
 use crate::topology::{HostRules, Network};
 use crate::workload::{self, Recorder, Session};
@@ -42,6 +43,10 @@ pub(crate) struct Options {
     pub(crate) mode: Mode,
     /// `storage.fsync` of the nodes.
     pub(crate) fsync: bool,
+    /// A deliberately broken lease rule for the nodes (`--bug lease-...`).
+    pub(crate) lease_fault: Option<String>,
+    /// Clients of the lock workload (`lock.rs`).
+    pub(crate) lock_clients: u64,
     /// libfaketime, for clock faults (`None`: the nodes run on the real clock).
     pub(crate) clock_library: Option<PathBuf>,
     /// Passing means finding a safety violation.
@@ -141,6 +146,7 @@ pub(crate) async fn run_seed(options: &Options, seed: u64, interrupted: &AtomicB
                 options.fsync,
                 clocks,
             );
+            c.lease_fault = options.lease_fault.clone();
             let v = drive(options, seed, &net, &mut c, &dir, interrupted).await;
             c.kill_all();
             drop(net);
@@ -661,6 +667,27 @@ async fn drive(
             seed,
         )));
     }
+    // The lock workload, beside the key-value clients.
+    let lock_log = Arc::new(LockLog::default());
+    let lock_stop = Arc::new(AtomicBool::new(false));
+    let max_jump = if o.clock_library.is_some() {
+        Duration::from_millis(crate::clock::LEADER_JUMP_MS.1)
+    } else {
+        Duration::ZERO
+    };
+    let margin = lock::margin(max_jump);
+    let lock_clients: Vec<_> = (1..=o.lock_clients)
+        .map(|client| {
+            tokio::spawn(lock::client(
+                lock_log.clone(),
+                lock_stop.clone(),
+                client,
+                o.nodes,
+                seed,
+                margin,
+            ))
+        })
+        .collect();
     let progress = {
         let rec = rec.clone();
         let current = current.clone();
@@ -733,8 +760,18 @@ async fn drive(
         was_interrupted = interrupted.load(Ordering::SeqCst);
     }
     rec.stop.store(true, Ordering::SeqCst);
+    lock_stop.store(true, Ordering::SeqCst);
     for client in clients {
         let _ = client.await;
+    }
+    for client in lock_clients {
+        // A lock client checks the stop flag at least every half second.
+        if tokio::time::timeout(Duration::from_secs(10), client)
+            .await
+            .is_err()
+        {
+            harness_errors.push("a lock client did not stop within 10 s".into());
+        }
     }
     progress.abort();
     if was_interrupted {
@@ -750,6 +787,12 @@ async fn drive(
     let converged = converge(nem.c, interrupted).await;
     let finals = match &converged {
         Ok(()) => read_back(&rec, o.keys, o.nodes, seed).await,
+        Err(_) => Err("not converged".into()),
+    };
+    let counter = match &converged {
+        Ok(()) => {
+            lock::final_counter(o.nodes, seed, Instant::now() + Duration::from_secs(20)).await
+        }
         Err(_) => Err("not converged".into()),
     };
     let hashes = match &converged {
@@ -882,6 +925,44 @@ async fn drive(
         );
         let _ = std::fs::write(dir.join("violation.txt"), text);
     }
+    let increments = std::mem::take(
+        &mut *lock_log
+            .increments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    let early = std::mem::take(&mut *lock_log.early.lock().unwrap_or_else(|p| p.into_inner()));
+    let acked = increments.iter().filter(|i| i.acked).count();
+    println!(
+        "  locks: {} leases, {} acquisitions, {} guarded increments acknowledged, {} unknown, \
+         {} fenced off; {} keep-alives acknowledged; {} leases left to expire ({} seen gone); \
+         early-expiry margin {:.1} s",
+        lock_log.leases.load(Ordering::Relaxed),
+        lock_log.acquired.load(Ordering::Relaxed),
+        acked,
+        increments.len() - acked,
+        lock_log.fenced.load(Ordering::Relaxed),
+        lock_log.keepalives.load(Ordering::Relaxed),
+        lock_log.let_expire.load(Ordering::Relaxed),
+        lock_log.expired_seen.load(Ordering::Relaxed),
+        margin.as_secs_f64()
+    );
+    let lock_problems = match &counter {
+        Ok(value) => {
+            println!("  final counter: {value}");
+            lock::judge(&increments, &early, *value)
+        }
+        Err(e) => {
+            println!("  final counter: not read ({e})");
+            lock::judge(&[], &early, 0)
+        }
+    };
+    for p in &lock_problems {
+        println!("  LOCK VIOLATION: {p}");
+    }
+    if o.lock_clients > 0 && o.seconds >= 30 && acked == 0 {
+        harness_errors.push("the lock workload acknowledged no guarded increment".into());
+    }
     match &hashes {
         HashCheck::Agree(what) => println!("  replicas (HashKV): {what}"),
         HashCheck::Differ(what) => println!("  replicas (HashKV): DIFFER: {what}"),
@@ -905,12 +986,25 @@ async fn drive(
     if !lost.is_empty() {
         return Verdict::Unsafe(format!("{} acknowledged writes lost", lost.len()));
     }
+    if let Some(first) = lock_problems.first() {
+        return Verdict::Unsafe(format!(
+            "lock workload: {first}{}",
+            if lock_problems.len() > 1 {
+                format!(" (and {} more)", lock_problems.len() - 1)
+            } else {
+                String::new()
+            }
+        ));
+    }
     if let HashCheck::Differ(what) = &hashes {
         return Verdict::Unsafe(format!("the replicas' key spaces differ: {what}"));
     }
     let mut problems = Vec::new();
     if let Err(e) = converged {
         problems.push(e);
+    }
+    if let Err(e) = counter {
+        problems.push(format!("lock workload: {e}"));
     }
     if let Err(e) = finals {
         problems.push(format!("final read-back: {e}"));

@@ -33,7 +33,8 @@ pub(crate) enum ApplyCmd {
     },
     /// Answer a read from the state as of every entry sent before.
     Query {
-        query: Bytes,
+        /// `None`: a barrier, answered with an empty response.
+        query: Option<Bytes>,
         tx: oneshot::Sender<Result<Bytes, ReadError>>,
     },
     /// Serialize the state machine (into a new snapshot file when the node keeps them).
@@ -125,10 +126,13 @@ pub(crate) async fn run<M: StateMachine>(
                 }
             }
             ApplyCmd::Query { query, tx } => {
-                let result = sm
-                    .query(query)
-                    .await
-                    .map_err(|e| ReadError::StateMachine(e.to_string()));
+                let result = match query {
+                    Some(query) => sm
+                        .query(query)
+                        .await
+                        .map_err(|e| ReadError::StateMachine(e.to_string())),
+                    None => Ok(Bytes::new()),
+                };
                 let _ = tx.send(result);
             }
             ApplyCmd::BuildSnapshot => {

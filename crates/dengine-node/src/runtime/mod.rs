@@ -107,7 +107,8 @@ struct TransferWaiter {
 }
 
 struct PendingRead {
-    query: Bytes,
+    /// `None`: a barrier.
+    query: Option<Bytes>,
     mode: ReadMode,
     tx: oneshot::Sender<Result<Bytes, ReadError>>,
 }

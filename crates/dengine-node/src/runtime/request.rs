@@ -21,7 +21,9 @@ pub(crate) enum Request {
         tx: oneshot::Sender<Result<Bytes, ProposeError>>,
     },
     Read {
-        query: Bytes,
+        /// `None`: a barrier (answered with an empty response once applied, without asking
+        /// the state machine).
+        query: Option<Bytes>,
         consistency: Consistency,
         tx: oneshot::Sender<Result<Bytes, ReadError>>,
     },

@@ -42,6 +42,25 @@ async fn propose_returns_the_state_machines_response() {
     c.shutdown_all().await;
 }
 
+/// `Node::barrier`: once it returns on a follower, every write committed before the call is
+/// applied there, so a stale (local) read sees the last one (thesis §6.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_barrier_on_a_follower_waits_until_earlier_writes_are_applied() {
+    let mut c = Cluster::new(3).await;
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    for round in 0..20 {
+        c.propose(&format!("b={round}")).await;
+        c.node(follower).barrier().await.unwrap();
+        assert_eq!(
+            c.read(follower, "b", Consistency::Stale).await,
+            round.to_string(),
+            "round {round}"
+        );
+    }
+    c.shutdown_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_leader_carries_the_leaders_address() {
     let mut c = Cluster::new(3).await;

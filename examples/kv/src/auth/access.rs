@@ -41,7 +41,7 @@ impl Interval {
     /// A request's `(key, range_end)`. An inverted range names no key; it is checked as the
     /// single key `key`, so that a user with no permission at all is refused whatever it
     /// sends rather than allowed an empty read.
-    fn of_request(key: &Bytes, range_end: &Bytes) -> Self {
+    pub(crate) fn of_request(key: &Bytes, range_end: &Bytes) -> Self {
         let interval = Interval::of(key, range_end);
         if interval.is_empty() {
             Interval::of(key, &Bytes::new())

@@ -86,7 +86,11 @@ impl KvStateMachine {
             | command::Op::Txn(_)
             | command::Op::Compact(_)
             | command::Op::AutoCompact(_)
-            | command::Op::Alarm(_) => Err(KvError::Internal(
+            | command::Op::Alarm(_)
+            | command::Op::LeaseGrant(_)
+            | command::Op::LeaseRevoke(_)
+            | command::Op::LeaseExpire(_)
+            | command::Op::LeaseCheckpoint(_) => Err(KvError::Internal(
                 "a key-value command was taken for an auth command".into(),
             )),
         };
@@ -132,7 +136,9 @@ impl KvStateMachine {
             | query::Op::Hash(_)
             | query::Op::Alarms(_)
             | query::Op::Backup(_)
-            | query::Op::WatchHistory(_) => Err(KvError::Internal(
+            | query::Op::WatchHistory(_)
+            | query::Op::LeaseTimeToLive(_)
+            | query::Op::LeaseLeases(_) => Err(KvError::Internal(
                 "a key-value query was taken for an auth query".into(),
             )),
         }

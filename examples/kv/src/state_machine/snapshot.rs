@@ -54,6 +54,7 @@ impl KvStateMachine {
             membership: None,
             auth: Some(self.auth.to_snapshot()),
             alarms: self.alarm_members(0, 0),
+            leases: self.store.leases().to_states(),
             // Written after the keys and history, below.
             key_count: 0,
             history_count: 0,
@@ -100,7 +101,7 @@ impl KvStateMachine {
         applied_up_to: LogIndex,
     ) -> Result<(), StorageError> {
         let index = applied_up_to;
-        let head = read_head(data)
+        let mut head = read_head(data)
             .map_err(|e| corrupt_snapshot(index, format!("undecodable kv snapshot: {e}")))?;
         if !(OLDEST_SNAPSHOT_FORMAT..=SNAPSHOT_FORMAT).contains(&head.format) {
             return Err(StorageError::FormatMismatch {
@@ -171,11 +172,15 @@ impl KvStateMachine {
                 counted.0, counted.1, head.key_count, head.history_count
             ));
         }
+        let leases = std::mem::take(&mut head.leases);
         let refused = match (restored, undecodable) {
-            (Ok(store), None) => {
-                self.store = store;
-                None
-            }
+            (Ok(mut store), None) => match store.set_leases(leases) {
+                Ok(()) => {
+                    self.store = store;
+                    None
+                }
+                Err(e) => Some((format!("damaged lease table: {e}"), store.take_data())),
+            },
             (Ok(mut store), Some(e)) => {
                 Some((format!("undecodable kv snapshot: {e}"), store.take_data()))
             }
@@ -192,6 +197,7 @@ impl KvStateMachine {
         self.auth = Arc::new(head.auth.map(AuthStore::from_snapshot).unwrap_or_default());
         self.auth_hub.publish(self.auth.clone());
         self.alarms = head.alarms.iter().map(|a| (a.member_id, a.alarm)).collect();
+        self.publish_leases();
         self.applied = index;
         self.persisted_cluster = None;
         self.commit_batch(true)?;
