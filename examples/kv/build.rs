@@ -1,5 +1,6 @@
-//! Compiles `proto/` (the etcd v3 API subset and the internal command encoding) with protox, a
-//! pure-Rust protobuf compiler, so building needs no system `protoc`.
+//! Compiles `proto/` (the etcd v3 API subset, etcd's lock and election services, and the
+//! internal command encoding) with protox, a pure-Rust protobuf compiler, so building needs no
+//! system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Read at run time: `env!` would bake in the path the build script was compiled at, which
@@ -9,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("etcd/mvccpb/kv.proto"),
         root.join("etcd/authpb/auth.proto"),
         root.join("etcd/etcdserverpb/rpc.proto"),
+        root.join("etcd/v3lock/v3lock.proto"),
+        root.join("etcd/v3election/v3election.proto"),
         root.join("dengine/kv/v1/command.proto"),
     ];
     println!("cargo:rerun-if-changed={}", root.display());

@@ -16,13 +16,18 @@
 //!   and `Auth` services over a [`KvBackend`], the small trait through which the services
 //!   reach the replication layer (propose a write, read, membership, status), with the limits
 //!   of a [`KvConfig`]. [`LocalBackend`] is a single-member backend without Raft, for tests.
+//! * etcd's concurrency services, `Lock` ([`proto::v3lockpb`]) and `Election`
+//!   ([`proto::v3electionpb`]), are among those routes: distributed locks and leader
+//!   elections built, as etcd's servers build them, on keys queued under a name, transactions,
+//!   linearizable reads and waits on the [`WatchHub`], as the requesting user.
 //!
 //! * Leases: keys that are deleted when their lease expires or is revoked. Expiry is decided
-//!   by the leader's clock and applied through the log ([`LeaseHub`], [`LeaseConfig`]).
+//!   by the leader's clock and applied through the log ([`LeaseHub`], [`LeaseConfig`]); a
+//!   lock or a leadership held with a lease ends when the lease does.
 //!
-//! What is and is not supported is listed in the crate's `README.md`. In short: no election
-//! or lock services, simple tokens only (no JWT); the MVCC history (reads at past revisions)
-//! is bounded by auto-compaction ([`AutoCompaction`]).
+//! What is and is not supported is listed in the crate's `README.md`. In short: simple tokens
+//! only (no JWT); the MVCC history (reads at past revisions) is bounded by auto-compaction
+//! ([`AutoCompaction`]).
 //!
 //! ## Example: a store without Raft
 //!
@@ -47,12 +52,15 @@ mod auth;
 mod auth_service;
 mod backend;
 mod compactor;
+mod concurrency;
 mod config;
+mod election_service;
 mod error;
 mod forward;
 mod key_range;
 mod lease;
 mod lease_service;
+mod lock_service;
 mod member;
 mod node_backend;
 pub mod proto;

@@ -1,6 +1,7 @@
 //! The protobuf types and gRPC service stubs generated from `proto/` at build time: the etcd v3
-//! API subset ([`etcdserverpb`], [`mvccpb`], [`authpb`]) and dengine-kv's internal encoding of
-//! commands, queries and snapshots ([`dengine::kv::v1`]).
+//! API subset ([`etcdserverpb`], [`mvccpb`], [`authpb`]), etcd's lock and election services
+//! ([`v3lockpb`], [`v3electionpb`]) and dengine-kv's internal encoding of commands, queries and
+//! snapshots ([`dengine::kv::v1`]).
 
 #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 
@@ -17,6 +18,17 @@ pub mod authpb {
 /// etcd's v3 RPC messages and services (`etcdserverpb`), the subset dengine-kv serves.
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+
+/// etcd's lock service (`v3lockpb`): `Lock` and `Unlock`.
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's election service (`v3electionpb`): `Campaign`, `Proclaim`, `Leader`, `Observe` and
+/// `Resign`.
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
 }
 
 /// dengine-kv's own messages (package `dengine.kv.v1`).

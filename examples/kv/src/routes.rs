@@ -8,22 +8,26 @@ use crate::auth::hub::AuthHub;
 use crate::auth_service::AuthService;
 use crate::backend::KvBackend;
 use crate::config::KvConfig;
+use crate::election_service::ElectionService;
 use crate::lease;
 use crate::lease_service::LeaseService;
+use crate::lock_service::LockService;
 use crate::proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::service::{ClusterService, KvService, MaintenanceService};
 use crate::shared::Shared;
-use crate::unsupported::{self, NamesMissing, Unsupported};
+use crate::unsupported::NamesMissing;
 use crate::watch::WatchHub;
 use crate::watch_service::WatchService;
 
-/// The etcd services over one backend: `KV`, `Watch`, `Cluster`, `Maintenance`, `Auth` and
-/// `Lease` (plus stand-ins that answer every `Election` and `Lock` call with
-/// `UNIMPLEMENTED` and a message saying why; a method missing from an implemented service is
-/// answered `UNIMPLEMENTED` with a message naming it). `hub` and `auth` must be the ones the backend's
+/// The etcd services over one backend: `KV`, `Watch`, `Cluster`, `Maintenance`, `Auth`,
+/// `Lease`, and etcd's concurrency services `Lock` (`v3lockpb`) and `Election`
+/// (`v3electionpb`); a method missing from an implemented service is answered
+/// `UNIMPLEMENTED` with a message naming it. `hub` and `auth` must be the ones the backend's
 /// [`KvStateMachine`](crate::KvStateMachine) publishes to, and so must the backend's lease hub.
 /// The leader's lease keeper (`lease.rs`) runs from here until `hub` closes: call this
 /// inside a tokio runtime.
@@ -91,7 +95,11 @@ pub fn add_kv_services<B: KvBackend>(
         .add_service(NamesMissing(MaintenanceServer::new(MaintenanceService {
             shared: shared.clone(),
         })))
+        .add_service(NamesMissing(LockServer::new(LockService::new(
+            shared.clone(),
+        ))))
+        .add_service(NamesMissing(ElectionServer::new(ElectionService::new(
+            shared.clone(),
+        ))))
         .add_service(NamesMissing(LeaseServer::new(LeaseService { shared })))
-        .add_service(Unsupported::<unsupported::Election>::new())
-        .add_service(Unsupported::<unsupported::Lock>::new())
 }

@@ -1,12 +1,10 @@
-//! Answers for the etcd calls dengine-kv does not implement: stand-ins for whole services
-//! (Election, Lock), and [`NamesMissing`] around the implemented ones for their missing
-//! methods. Every such call gets `UNIMPLEMENTED` with a message naming the method, rather than
+//! [`NamesMissing`]: around each etcd service dengine-kv serves, so that a call of a method the
+//! service does not have gets `UNIMPLEMENTED` with a message naming the method, rather than
 //! tonic's bare `UNIMPLEMENTED` with an empty message (which etcdctl prints as
 //! `code = Unimplemented desc = `).
 
 use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
-use std::marker::PhantomData;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -16,66 +14,6 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
-
-/// Names one unsupported gRPC service.
-pub(crate) trait UnsupportedApi: Send + Sync + 'static {
-    /// The fully qualified service name.
-    const NAME: &'static str;
-    /// Why it is missing, for the error message.
-    const WHY: &'static str;
-}
-
-/// A gRPC service that answers every method with `UNIMPLEMENTED`.
-pub(crate) struct Unsupported<M>(PhantomData<M>);
-
-impl<M> Unsupported<M> {
-    pub(crate) fn new() -> Self {
-        Unsupported(PhantomData)
-    }
-}
-
-impl<M> Clone for Unsupported<M> {
-    fn clone(&self) -> Self {
-        Unsupported(PhantomData)
-    }
-}
-
-impl<M: UnsupportedApi> NamedService for Unsupported<M> {
-    const NAME: &'static str = M::NAME;
-}
-
-impl<M: UnsupportedApi, B> Service<http::Request<B>> for Unsupported<M> {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let status = Status::unimplemented(format!(
-            "etcdserver: not supported by dengine-kv: {} ({})",
-            req.uri().path(),
-            M::WHY
-        ));
-        ready(Ok(status.into_http()))
-    }
-}
-
-/// etcd's `Election` service (concurrency API).
-pub(crate) struct Election;
-impl UnsupportedApi for Election {
-    const NAME: &'static str = "v3electionpb.Election";
-    const WHY: &'static str = "the election API needs leases, which are not implemented";
-}
-
-/// etcd's `Lock` service (concurrency API).
-pub(crate) struct Lock;
-impl UnsupportedApi for Lock {
-    const NAME: &'static str = "v3lockpb.Lock";
-    const WHY: &'static str = "the lock API needs leases, which are not implemented";
-}
 
 /// Wraps one of the implemented etcd services: a call of a method the service does not have
 /// (tonic answers those `UNIMPLEMENTED` with no message) gets a message naming the method.

@@ -203,10 +203,6 @@ async fn errors_are_etcd_statuses() {
     );
     assert_eq!(code, "NotFound");
     assert_eq!(message, "etcdserver: requested lease not found");
-    // Services dengine-kv does not serve at all.
-    let (code, message) = status_of(c.lock("l", None).await.unwrap_err());
-    assert_eq!(code, "Unimplemented");
-    assert!(message.contains("leases"), "{message}");
     // Methods missing from services it does serve: named too (tonic alone sends no message).
     // (etcd 3.5's Downgrade, which no etcd-client call sends: called by its path.)
     let mut grpc = tonic::client::Grpc::new(
