@@ -4,7 +4,7 @@
 # watch --rev (MVCC history), compaction, member list,
 # endpoint status (also --cluster and http:// endpoints), move-leader, member add/update/promote/remove through a follower, check datascale,
 # endpoint hashkv, defrag, snapshot save and a restore from it, the space quota and alarms, and
-# leases (grant, put --lease, timetolive, list, keep-alive, revoke, expiry). Every
+# leases (grant, put --lease, timetolive, list, keep-alive, revoke, expiry), lock and elect. Every
 # output is asserted. Everything started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -291,10 +291,37 @@ expect "lease timetolive of an expired lease" "lease $SHORT already expired" "$(
 # A background keep-alive holds a 2 s lease for 5 s.
 KEPT=$(ctl lease grant 2 | lease_id)
 ctl put --lease="$KEPT" svc/kept x >/dev/null
-ctl lease keep-alive "$KEPT" >/dev/null 2>&1 &
+# (etcdctl itself in the background, not through `ctl`: its pid is then etcdctl's.)
+etcdctl --endpoints="$ENDPOINTS" lease keep-alive "$KEPT" >/dev/null 2>&1 &
 PIDS[keepalive]=$!
 sleep 5
 expect "a key kept alive by lease keep-alive stays" "x" "$(ctl get svc/kept --print-value-only)"
 kill "${PIDS[keepalive]}"; wait "${PIDS[keepalive]}" 2>/dev/null || true
 unset 'PIDS[keepalive]'
+
+# Locks and elections (etcdctl runs etcd's recipes on a session lease, kept alive while it runs).
+expect "lock NAME CMD (runs CMD holding the lock)" "held" "$(ctl lock job echo held)"
+etcdctl --endpoints="$ENDPOINTS" lock job sleep 3 >/dev/null &
+PIDS[holder]=$!
+sleep 1
+START=$(date +%s%N)
+expect "a second lock waits for the holder" "second" "$(ctl lock job echo second)"
+WAITED=$(( ($(date +%s%N) - START) / 1000000 ))
+[ "$WAITED" -ge 1000 ] || { echo "FAIL the second lock did not wait (${WAITED} ms)"; exit 1; }
+echo "ok   it waited ${WAITED} ms"
+wait "${PIDS[holder]}" || true; unset 'PIDS[holder]'
+# `elect -l` listens: it prints the leader's key and proposal, then every change, until stopped.
+listen() { timeout 2 etcdctl --endpoints="$ENDPOINTS" elect -l pick 2>/dev/null || true; }
+etcdctl --endpoints="$ENDPOINTS" elect pick alpha >/dev/null 2>&1 &
+PIDS[campaign]=$!
+for _ in $(seq 20); do listen | grep -q alpha && break; done
+contains "elect -l (the leader's proposal)" "alpha" "$(listen)"
+kill -INT "${PIDS[campaign]}"; wait "${PIDS[campaign]}" 2>/dev/null || true
+unset 'PIDS[campaign]'
+etcdctl --endpoints="$ENDPOINTS" elect pick beta >/dev/null 2>&1 &
+PIDS[campaign]=$!
+for _ in $(seq 20); do listen | grep -q beta && break; done
+contains "the next campaigner leads once the first resigned" "beta" "$(listen)"
+kill -INT "${PIDS[campaign]}"; wait "${PIDS[campaign]}" 2>/dev/null || true
+unset 'PIDS[campaign]'
 echo "etcdctl checks passed"

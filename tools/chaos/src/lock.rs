@@ -2,8 +2,8 @@
 //! under a prefix, attached to the client's lease; the holder is the key with the lowest
 //! create revision), do a guarded read-modify-write of a counter under it — a transaction
 //! that compares the lock key's create revision (the fencing token) and the counter's mod
-//! revision — and release it (delete the key and revoke the lease, or let the lease expire).
-//! A keep-alive task renews each client's lease every second.
+//! revision — and release it; one lease serves one to eight rounds of the lock, then it is
+//! revoked or left to expire. A keep-alive task renews each client's lease every second.
 //!
 //! Two properties are checked ([`judge`]):
 //!
@@ -247,19 +247,32 @@ pub(crate) async fn client(
             log.clone(),
             margin,
         ));
+        // One lease for several rounds of the lock, so that leases kept alive outlive their
+        // TTL several times over; the last round may leave its key to the lease's expiry.
         let let_expire = rng.chance(150);
-        let held = hold(
-            &log,
-            &stop,
-            &mut rng,
-            hosts,
-            client,
-            lease,
-            &promise,
-            margin,
-            !let_expire,
-        )
-        .await;
+        let rounds = 1 + rng.below(8);
+        let mut held = false;
+        for round in 0..rounds {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let last = round + 1 == rounds;
+            held = hold(
+                &log,
+                &stop,
+                &mut rng,
+                hosts,
+                client,
+                lease,
+                &promise,
+                margin,
+                !(last && let_expire),
+            )
+            .await;
+            if !last {
+                tokio::time::sleep(Duration::from_millis(rng.below(1_000))).await;
+            }
+        }
         if let_expire && held {
             // Stop renewing and wait (bounded) for the lease's key to go: expiry exercised.
             // The last acknowledged renewal's promise still holds: the key must not go before.
