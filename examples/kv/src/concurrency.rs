@@ -20,8 +20,8 @@
 //! cancelled, its deadline passed, its connection closed) or the wait fails, the task still
 //! deletes the key the call created, with a transaction that only deletes it if it is still
 //! the same key (same create revision); a key that existed before the call is left alone.
-//! Without leases a key whose caller vanished after it was answered stays until it is deleted
-//! (`Unlock`, `Resign`, or a delete of the key).
+//! A key whose caller vanished after it was answered stays until it is deleted (`Unlock`,
+//! `Resign`, a delete of the key) or, if it was put with a lease, until the lease ends.
 
 use std::convert::Infallible;
 use std::future::Future;

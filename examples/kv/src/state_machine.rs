@@ -104,8 +104,8 @@ impl KvStateMachine {
     }
 
     /// The hub this state machine publishes its leases to; the member's lease services and
-    /// the leader's lease keeper need it ([`NodeBackend::with_lease_hub`]
-    /// (crate::NodeBackend::with_lease_hub)).
+    /// the leader's lease keeper need it
+    /// ([`NodeBackend::with_lease_hub`](crate::NodeBackend::with_lease_hub)).
     pub fn lease_hub(&self) -> &LeaseHub {
         &self.lease_hub
     }
@@ -121,8 +121,8 @@ impl KvStateMachine {
     }
 
     /// Opens the durable store in the file at `path` (created if missing) with a page cache
-    /// of `cache_bytes`, publishing to `hub` and `auth_hub` as [`with_auth_hub`]
-    /// (Self::with_auth_hub). The state is what the file holds: the runtime resumes applying
+    /// of `cache_bytes`, publishing to `hub` and `auth_hub` as
+    /// [`with_auth_hub`](Self::with_auth_hub). The state is what the file holds: the runtime resumes applying
     /// after its [`applied_index`](StateMachine::applied_index). Watchers of revisions before
     /// the restart are served from the store's history (the hub starts empty).
     ///

@@ -20,7 +20,9 @@ use dengine_kv::{
     AuthHub, KvConfig, KvError, KvStateMachine, WatchConfig, WatchFilter, WatchHub,
     decode_command_response, decode_query_response, encode_command, encode_query,
 };
-use etcd_client::{Client, EventType as ClientEvent, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, EventType as ClientEvent, GetOptions, LockOptions, PutOptions, WatchOptions,
+};
 
 mod cluster_support;
 mod common;
@@ -409,4 +411,35 @@ async fn leases_are_kept_alive_through_a_follower_and_survive_a_leader_crash() {
     assert!(ttl.ttl() > 0, "{}", ttl.ttl());
     keeping.abort();
     cluster.stop().await;
+}
+
+/// A lock taken with a lease ends with the lease: the next locker gets it when the holder's
+/// lease is revoked (as it would when it expires).
+#[tokio::test]
+async fn a_lock_held_with_a_lease_is_released_when_the_lease_ends() {
+    let url = common::serve_local_with(WatchConfig::default(), KvConfig::default()).await;
+    let mut c = Client::connect([url.clone()], None).await.unwrap();
+    let first = c.lease_grant(60, None).await.unwrap().id();
+    let second = c.lease_grant(60, None).await.unwrap().id();
+    let held = c
+        .lock("job", Some(LockOptions::new().with_lease(first)))
+        .await
+        .unwrap();
+    assert!(held.key().starts_with(b"job/"));
+    let mut other = Client::connect([url], None).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        other
+            .lock("job", Some(LockOptions::new().with_lease(second)))
+            .await
+            .map(|r| r.key().to_vec())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "the second locker did not wait");
+    c.lease_revoke(first).await.unwrap();
+    let key = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the second locker gets the lock once the first lease ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(key, format!("job/{second:x}").into_bytes());
 }
