@@ -312,16 +312,16 @@ echo "ok   it waited ${WAITED} ms"
 wait "${PIDS[holder]}" || true; unset 'PIDS[holder]'
 # `elect -l` listens: it prints the leader's key and proposal, then every change, until stopped.
 listen() { timeout 2 etcdctl --endpoints="$ENDPOINTS" elect -l pick 2>/dev/null || true; }
-etcdctl --endpoints="$ENDPOINTS" elect pick alpha >/dev/null 2>&1 &
-PIDS[campaign]=$!
-for _ in $(seq 20); do listen | grep -q alpha && break; done
-contains "elect -l (the leader's proposal)" "alpha" "$(listen)"
-kill -INT "${PIDS[campaign]}"; wait "${PIDS[campaign]}" 2>/dev/null || true
-unset 'PIDS[campaign]'
-etcdctl --endpoints="$ENDPOINTS" elect pick beta >/dev/null 2>&1 &
-PIDS[campaign]=$!
-for _ in $(seq 20); do listen | grep -q beta && break; done
-contains "the next campaigner leads once the first resigned" "beta" "$(listen)"
-kill -INT "${PIDS[campaign]}"; wait "${PIDS[campaign]}" 2>/dev/null || true
-unset 'PIDS[campaign]'
+# campaign CHECK PROPOSAL: `elect` in the background until it leads with PROPOSAL (checked
+# with `elect -l`), then it resigns (SIGINT).
+campaign() {
+    etcdctl --endpoints="$ENDPOINTS" elect pick "$2" >/dev/null 2>&1 &
+    PIDS[campaign]=$!
+    for _ in $(seq 20); do listen | grep -q "$2" && break; done
+    contains "$1" "$2" "$(listen)"
+    kill -INT "${PIDS[campaign]}"; wait "${PIDS[campaign]}" 2>/dev/null || true
+    unset 'PIDS[campaign]'
+}
+campaign "elect -l (the leader's proposal)" alpha
+campaign "the next campaigner leads once the first resigned" beta
 echo "etcdctl checks passed"

@@ -182,17 +182,8 @@ async fn keep_alive(
                 }
                 Ok(Ok(Some(_))) => {
                     // The leader knows no such lease any more.
-                    if let Some(early) = promise.early_by(Instant::now(), margin) {
-                        log.early
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(EarlyExpiry {
-                                client,
-                                lease,
-                                early,
-                                how: "a keep-alive found the lease gone",
-                            });
-                    }
+                    let how = "a keep-alive found the lease gone";
+                    record_early(&log, &promise, client, lease, margin, how);
                     return;
                 }
                 _ => break,
