@@ -12,10 +12,13 @@ use bytes::Bytes;
 use dengine_core::store::{SnapshotData, StorageError};
 use dengine_core::{Membership, NodeId, StateMachine};
 use parking_lot::Mutex;
+use tokio::time::Instant;
 use tonic::{Code, Status};
 
 use crate::auth::hub::AuthHub;
-use crate::lease::{self, LeaseHub};
+use crate::lease_hub::{LeaseHub, Renewal, internal};
+use crate::proto::dengine::kv::v1::command;
+use crate::proto::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest};
 use crate::state_machine::KvStateMachine;
 use crate::watch::WatchHub;
 
@@ -246,6 +249,51 @@ pub trait KvBackend: Send + Sync + 'static {
         id: i64,
         ttl_only: bool,
     ) -> impl Future<Output = Result<i64, BackendError>> + Send;
+
+    /// [`lease_at_leader`](Self::lease_at_leader) answered here, where this member leads: a
+    /// renewal restarts the lease's TTL on this member's clock (recorded through the log
+    /// first if the lease carries a checkpoint), or the remaining TTL is read off it. Refused
+    /// (`UNAVAILABLE`, "not leader") where this member does not lead or has not taken the
+    /// leases over yet.
+    fn lease_at_this_leader(
+        &self,
+        id: i64,
+        ttl_only: bool,
+    ) -> impl Future<Output = Result<i64, BackendError>> + Send {
+        async move {
+            let hub = self.lease_hub();
+            let not_leader =
+                || BackendError::Unavailable("not leader (of the leases, yet); retry".into());
+            if ttl_only {
+                return match hub.remaining(id, Instant::now()) {
+                    Ok(left) => Ok(left.unwrap_or(-1)),
+                    Err(()) => Err(not_leader()),
+                };
+            }
+            let mut renewal = hub.renew(id, Instant::now());
+            if renewal == Renewal::NotFound {
+                // A grant committed but not applied here yet: catch up once and look again.
+                self.barrier().await?;
+                renewal = hub.renew(id, Instant::now());
+            }
+            match renewal {
+                Renewal::NotLeader => Err(not_leader()),
+                Renewal::NotFound => Ok(-1),
+                Renewal::Renewed { ttl, reset } => {
+                    if reset {
+                        let reset = command::Op::LeaseCheckpoint(LeaseCheckpointRequest {
+                            checkpoints: vec![LeaseCheckpoint {
+                                id,
+                                remaining_ttl: 0,
+                            }],
+                        });
+                        self.propose_as_leader(internal(reset)).await?;
+                    }
+                    Ok(ttl)
+                }
+            }
+        }
+    }
 }
 
 /// A single-member [`KvBackend`] without Raft, for tests and examples: every command is
@@ -470,7 +518,7 @@ impl KvBackend for LocalBackend {
     }
 
     async fn lease_at_leader(&self, id: i64, ttl_only: bool) -> Result<i64, BackendError> {
-        lease::at_leader(self, &self.leases, id, ttl_only).await
+        self.lease_at_this_leader(id, ttl_only).await
     }
 }
 

@@ -59,6 +59,7 @@ mod error;
 mod forward;
 mod key_range;
 mod lease;
+mod lease_hub;
 mod lease_service;
 mod lock_service;
 mod member;
@@ -89,7 +90,7 @@ pub use config::{
     LeaseConfig, StateStorage,
 };
 pub use error::KvError;
-pub use lease::LeaseHub;
+pub use lease_hub::LeaseHub;
 pub use member::{Member, MemberError, state_file};
 pub use node_backend::NodeBackend;
 pub use routes::{add_kv_services, kv_services};

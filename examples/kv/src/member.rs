@@ -12,7 +12,7 @@ use dengine_net_grpc::GrpcTransport;
 use crate::auth::hub::AuthHub;
 use crate::compactor;
 use crate::config::{KvConfig, LeaseConfig, StateStorage};
-use crate::lease::LeaseHub;
+use crate::lease_hub::LeaseHub;
 use crate::node_backend::NodeBackend;
 use crate::routes::add_kv_services;
 use crate::state_machine::KvStateMachine;

@@ -31,7 +31,7 @@ use crate::backend::{BackendError, HeaderInfo, KvBackend, MemberInfo, StatusInfo
 use crate::config::KvConfig;
 use crate::error::KvError;
 use crate::forward::{self, ForwardStreams, Link, ProposeForwarded, from_status};
-use crate::lease::{self, LeaseHub};
+use crate::lease_hub::LeaseHub;
 use crate::proto::dengine::kv::v1::forward_client::ForwardClient;
 use crate::proto::dengine::kv::v1::forward_server::{Forward, ForwardServer};
 use crate::proto::dengine::kv::v1::membership_request::Op;
@@ -534,7 +534,7 @@ impl KvBackend for NodeBackend {
 
     async fn lease_at_leader(&self, id: i64, ttl_only: bool) -> Result<i64, BackendError> {
         if self.leading_term().is_some() {
-            lease::at_leader(self, &self.leases, id, ttl_only).await
+            self.lease_at_this_leader(id, ttl_only).await
         } else {
             self.lease_at_remote_leader(id, ttl_only).await
         }
@@ -760,7 +760,9 @@ impl Forward for NodeBackend {
             )
             .to_status());
         }
-        let ttl = lease::at_leader(self, &self.leases, req.id, req.time_to_live_only).await?;
+        let ttl = self
+            .lease_at_this_leader(req.id, req.time_to_live_only)
+            .await?;
         Ok(Response::new(LeaseAtLeaderReply { ttl }))
     }
 }

@@ -20,7 +20,7 @@ use crate::auth::access::Needs;
 use crate::auth::hub::AuthHub;
 use crate::auth::{AuthStore, user_of};
 use crate::error::KvError;
-use crate::lease::LeaseHub;
+use crate::lease_hub::LeaseHub;
 use crate::proto::dengine::kv::v1::{
     Backup, Command, CommandResponse, HashResult, Query, QueryResponse, Stats, StoreSnapshot,
     WatchHistory, WatchHistoryRequest, command, command_response, query, query_response,
