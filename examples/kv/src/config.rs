@@ -71,6 +71,13 @@ pub struct LeaseConfig {
     /// by a quarter of their TTL since it was last recorded get it recorded through the log,
     /// so that a new leader does not give them their full TTL again. Default 1 s.
     pub checkpoint_interval: std::time::Duration,
+    /// The most leases the cluster holds (default [`DEFAULT_MAX_LEASES`]): a grant beyond it
+    /// is refused with `RESOURCE_EXHAUSTED` until leases are revoked or expire. Checked by
+    /// the member a grant arrives at, on its applied table, so grants racing each other may
+    /// pass it by a few. The bound exists because the whole lease table is written to the
+    /// state file with every batch that changes a lease, and the leader's keeper scans it
+    /// every `checkpoint_interval`: both cost time in proportion to the table.
+    pub max_leases: usize,
     /// A deliberately broken lease rule, for showing that the chaos harness catches it.
     #[cfg(feature = "fault-injection")]
     pub fault: LeaseFault,
@@ -106,12 +113,16 @@ impl LeaseFault {
     }
 }
 
+/// The default bound on the number of leases: 10,000.
+pub const DEFAULT_MAX_LEASES: usize = 10_000;
+
 impl Default for LeaseConfig {
     fn default() -> Self {
         LeaseConfig {
             extend: Duration::from_secs(1),
             min_ttl_secs: 2,
             checkpoint_interval: Duration::from_secs(1),
+            max_leases: DEFAULT_MAX_LEASES,
             #[cfg(feature = "fault-injection")]
             fault: LeaseFault::None,
         }

@@ -71,6 +71,11 @@ impl LeaseHub {
         );
     }
 
+    /// How many leases the applied table holds.
+    pub(crate) fn len(&self) -> usize {
+        self.view.lock().leases.len()
+    }
+
     /// The state machine revoked (or expired) lease `id`.
     pub(crate) fn revoked(&self, id: i64) {
         self.view.lock().leases.remove(&id);

@@ -91,6 +91,14 @@ impl<B: KvBackend> Lease for LeaseService<B> {
                 KvError::InvalidArgument(format!("lease id {} is negative", req.id)).into(),
             );
         }
+        let max_leases = self.shared.config.leases.max_leases;
+        let held = self.shared.backend.lease_hub().len();
+        if held >= max_leases {
+            return Err(KvError::ResourceExhausted(format!(
+                "etcdserver: too many leases: the cluster holds {held}, the most this member                  grants is {max_leases} (--max-leases); revoke leases that are no longer used,                  or raise the bound on every member"
+            ))
+            .into());
+        }
         let ttl = req.ttl.max(self.shared.config.leases.min_ttl_secs);
         if req.id != 0 {
             return Ok(Response::new(self.grant(user, req.id, ttl).await?));

@@ -85,7 +85,7 @@ pub use backend::{
 #[cfg(feature = "fault-injection")]
 pub use config::LeaseFault;
 pub use config::{
-    AutoCompaction, DEFAULT_AUTO_COMPACTION, DEFAULT_MAX_RANGE_RESPONSE_BYTES,
+    AutoCompaction, DEFAULT_AUTO_COMPACTION, DEFAULT_MAX_LEASES, DEFAULT_MAX_RANGE_RESPONSE_BYTES,
     DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUOTA_BYTES, DEFAULT_STATE_CACHE_BYTES, KvConfig,
     LeaseConfig, StateStorage,
 };

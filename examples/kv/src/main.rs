@@ -23,8 +23,8 @@ use dengine_kv::proto::etcdserverpb::kv_client::KvClient;
 use dengine_kv::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use dengine_kv::proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
 use dengine_kv::{
-    DEFAULT_MAX_RANGE_RESPONSE_BYTES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_QUOTA_BYTES,
-    DEFAULT_STATE_CACHE_BYTES, KvConfig, Member, StateStorage,
+    DEFAULT_MAX_LEASES, DEFAULT_MAX_RANGE_RESPONSE_BYTES, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_QUOTA_BYTES, DEFAULT_STATE_CACHE_BYTES, KvConfig, LeaseConfig, Member, StateStorage,
 };
 use mimalloc::MiMalloc;
 
@@ -164,6 +164,10 @@ struct ServeArgs {
     /// `etcdctl alarm disarm`.
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     quota_backend_bytes: u64,
+    /// The most leases the cluster holds: a grant beyond it is refused with
+    /// RESOURCE_EXHAUSTED until leases are revoked or expire.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_LEASES)]
+    max_leases: usize,
     /// Where the keys live: `durable` (the default: a redb file in DATA_DIR/state, written with
     /// each applied batch, so a restart resumes from it) or `memory` (rebuilt from the
     /// snapshot and the log at every start; the whole data set in memory).
@@ -310,6 +314,10 @@ fn kv_config(args: &ServeArgs) -> KvConfig {
         quota_bytes: match args.quota_backend_bytes {
             0 => DEFAULT_QUOTA_BYTES,
             bytes => bytes,
+        },
+        leases: LeaseConfig {
+            max_leases: args.max_leases,
+            ..LeaseConfig::default()
         },
         ..KvConfig::default()
     }

@@ -415,6 +415,44 @@ async fn leases_are_kept_alive_through_a_follower_and_survive_a_leader_crash() {
 
 /// A lock taken with a lease ends with the lease: the next locker gets it when the holder's
 /// lease is revoked (as it would when it expires).
+/// `max_leases` bounds the lease table: a grant beyond it is refused with RESOURCE_EXHAUSTED
+/// and a message naming the setting, until a lease is revoked.
+#[tokio::test]
+async fn grants_beyond_max_leases_are_refused_until_a_lease_is_revoked() {
+    let mut kv = KvConfig::default();
+    kv.leases.max_leases = 3;
+    let url = common::serve_local_with(WatchConfig::default(), kv).await;
+    let mut c = Client::connect([url], None).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(c.lease_grant(60, None).await.unwrap().id());
+    }
+    // A chosen id is refused as a random one is.
+    for options in [
+        None,
+        Some(etcd_client::LeaseGrantOptions::new().with_id(77)),
+    ] {
+        let refused = c.lease_grant(60, options).await.unwrap_err();
+        match &refused {
+            etcd_client::Error::GRpcStatus(s) => {
+                // (etcd-client speaks an older tonic: compared by the code's number)
+                assert_eq!(
+                    s.code() as i32,
+                    tonic::Code::ResourceExhausted as i32,
+                    "{refused}"
+                );
+                assert!(s.message().contains("too many leases"), "{refused}");
+                assert!(s.message().contains("--max-leases"), "{refused}");
+            }
+            other => panic!("expected RESOURCE_EXHAUSTED, got {other}"),
+        }
+    }
+    assert_eq!(c.leases().await.unwrap().leases().len(), 3);
+    c.lease_revoke(ids[0]).await.unwrap();
+    let again = c.lease_grant(60, None).await.unwrap();
+    assert!(again.id() > 0);
+}
+
 #[tokio::test]
 async fn a_lock_held_with_a_lease_is_released_when_the_lease_ends() {
     let url = common::serve_local_with(WatchConfig::default(), KvConfig::default()).await;
