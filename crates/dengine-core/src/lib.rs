@@ -96,6 +96,7 @@ mod quorum;
 mod raft;
 mod ready;
 mod rng;
+pub mod sessions;
 pub mod store;
 pub mod transport;
 mod types;
