@@ -255,6 +255,7 @@ pub(crate) async fn client(
                 hosts,
                 client,
                 lease,
+                round,
                 &promise,
                 margin,
                 !(last && let_expire),
@@ -272,7 +273,7 @@ pub(crate) async fn client(
             let deadline = Instant::now() + Duration::from_secs(2 * LEASE_TTL_SECS as u64);
             while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                if let Some(false) = lock_key_exists(&mut rng, hosts, lease).await {
+                if let Some(false) = lock_key_exists(&mut rng, hosts, lease, rounds - 1).await {
                     log.expired_seen.fetch_add(1, Ordering::Relaxed);
                     record_early(
                         &log,
@@ -297,15 +298,18 @@ pub(crate) async fn client(
     }
 }
 
-fn lock_key(lease: i64) -> Bytes {
-    key(&format!("{LOCK_PREFIX}{lease:016x}"))
+/// The lock key of one round of `lease`. A key of its own per round: a release whose
+/// answer was lost (a timeout) may still be applied seconds later, and with one key per lease
+/// it would delete the next round's key — which the check would take for an early expiry.
+fn lock_key(lease: i64, round: u64) -> Bytes {
+    key(&format!("{LOCK_PREFIX}{lease:016x}/{round}"))
 }
 
-/// Whether the lock key of `lease` exists (`None`: no answer).
-async fn lock_key_exists(rng: &mut SimRng, hosts: usize, lease: i64) -> Option<bool> {
+/// Whether the lock key of `round` of `lease` exists (`None`: no answer).
+async fn lock_key_exists(rng: &mut SimRng, hosts: usize, lease: i64, round: u64) -> Option<bool> {
     let ch = channel(rng, hosts).await?;
     let r = within(KvClient::new(ch).range(RangeRequest {
-        key: lock_key(lease),
+        key: lock_key(lease, round),
         count_only: true,
         ..Default::default()
     }))
@@ -345,6 +349,7 @@ async fn hold(
     hosts: usize,
     client: u64,
     lease: i64,
+    round: u64,
     promise: &Promise,
     margin: Duration,
     release: bool,
@@ -353,7 +358,7 @@ async fn hold(
         return false;
     };
     let mut kv = KvClient::new(ch);
-    let me = lock_key(lease);
+    let me = lock_key(lease, round);
     // Create the lock key (once: a retry finds it) and learn its create revision.
     let create = TxnRequest {
         compare: vec![Compare {
@@ -501,13 +506,20 @@ async fn hold(
     if !release {
         return true;
     }
-    // Release the lock (the caller ends the lease).
-    let deleted = within(kv.delete_range(DeleteRangeRequest {
-        key: me,
-        ..Default::default()
-    }))
-    .await;
-    deleted.is_none()
+    // Release the lock (the caller ends the lease); a delete is idempotent, so one whose
+    // answer was lost is sent again, lest the key hold up the next holders until the lease
+    // ends.
+    for _ in 0..3 {
+        let deleted = within(kv.delete_range(DeleteRangeRequest {
+            key: me.clone(),
+            ..Default::default()
+        }))
+        .await;
+        if deleted.is_some() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Reads the counter's final value through any member (retried until `deadline`).
