@@ -27,7 +27,7 @@
 //!   refused, not applied: the client must register again (and treat its unanswered commands
 //!   as of unknown outcome);
 //! - when `max_sessions` are open, a registration evicts the least recently active one;
-//! - a session holds at most `max_pending` responses: a client with more unacknowledged
+//! - a session holds at most `max_unacknowledged` responses: a client with more unacknowledged
 //!   commands is refused (it must collect its answers first).
 
 use std::collections::BTreeMap;
@@ -52,7 +52,7 @@ pub struct SessionLimits {
     pub idle_expiry_ms: u64,
     /// Most responses one session holds (commands applied whose responses the client has not
     /// acknowledged); a command beyond it is refused. Default 1,024.
-    pub max_pending: usize,
+    pub max_unacknowledged: usize,
 }
 
 impl Default for SessionLimits {
@@ -60,14 +60,16 @@ impl Default for SessionLimits {
         SessionLimits {
             max_sessions: 10_000,
             idle_expiry_ms: 10 * 60 * 1000,
-            max_pending: 1024,
+            max_unacknowledged: 1024,
         }
     }
 }
 
-/// What a runtime writes into the log for a client with a session.
+/// What a runtime with client sessions writes into the log: every command is one of these.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionEntry {
+    /// A command outside any session (applied as it comes, as without sessions).
+    Plain(Bytes),
     /// Opens a session; its id is this entry's log index.
     Register {
         /// The proposing leader's clock, milliseconds.
@@ -128,10 +130,13 @@ pub enum SessionRefusal {
     /// The command's response was already acknowledged by the client (it is a late
     /// duplicate): it was applied once, and is not applied again.
     AlreadyAcknowledged,
-    /// The session holds [`SessionLimits::max_pending`] unacknowledged responses.
-    TooManyPending,
+    /// The session holds [`SessionLimits::max_unacknowledged`] unacknowledged responses.
+    TooManyUnacknowledged,
     /// Sequence number 0 (they start at 1).
     InvalidSequence,
+    /// The entry is not a session entry at all (written by a member without client sessions,
+    /// or damaged): nothing of it is applied, on every replica alike.
+    Malformed,
 }
 
 impl fmt::Display for SessionRefusal {
@@ -146,11 +151,16 @@ impl fmt::Display for SessionRefusal {
                 "this command of the session was applied and its response acknowledged \
                  before; it is not applied again"
             }
-            SessionRefusal::TooManyPending => {
+            SessionRefusal::TooManyUnacknowledged => {
                 "the session holds its most unacknowledged responses: wait for answers to \
                  earlier commands before sending more"
             }
             SessionRefusal::InvalidSequence => "sequence numbers of a session start at 1",
+            SessionRefusal::Malformed => {
+                "the log entry is not a client-session entry (was it proposed by a member \
+                 without client sessions? every member must have the same setting); it was \
+                 not applied"
+            }
         })
     }
 }
@@ -233,6 +243,7 @@ impl SessionTable {
     /// applies the command and then calls [`record`](Self::record) with its response.
     pub fn apply(&mut self, index: LogIndex, entry: &SessionEntry) -> Verdict {
         let stamp = match entry {
+            SessionEntry::Plain(_) => return Verdict::Apply,
             SessionEntry::Register { stamp_ms }
             | SessionEntry::Command { stamp_ms, .. }
             | SessionEntry::KeepAlive { stamp_ms, .. }
@@ -243,6 +254,7 @@ impl SessionTable {
         self.now_ms = self.now_ms.max(stamp);
         let now = self.now_ms;
         match entry {
+            SessionEntry::Plain(_) => Verdict::Apply,
             SessionEntry::Register { .. } => {
                 self.register(index);
                 Verdict::Registered(index)
@@ -320,7 +332,7 @@ impl SessionTable {
         if seq == 0 {
             return Verdict::Refused(SessionRefusal::InvalidSequence);
         }
-        let max_pending = self.limits.max_pending;
+        let max_unacknowledged = self.limits.max_unacknowledged;
         let now = self.now_ms;
         let Some(s) = self.open_session(session) else {
             return Verdict::Refused(SessionRefusal::UnknownSession);
@@ -340,8 +352,8 @@ impl SessionTable {
         if let Some(saved) = s.responses.get(&seq) {
             return Verdict::Duplicate(saved.clone());
         }
-        if s.responses.len() >= max_pending {
-            return Verdict::Refused(SessionRefusal::TooManyPending);
+        if s.responses.len() >= max_unacknowledged {
+            return Verdict::Refused(SessionRefusal::TooManyUnacknowledged);
         }
         Verdict::Apply
     }
@@ -416,17 +428,29 @@ impl Default for SessionTable {
     }
 }
 
-/// Tags of [`SessionEntry`]'s encoding.
+/// Tags of [`SessionEntry`]'s encoding, after [`ENTRY_MAGIC`].
+const PLAIN: u8 = 0;
 const REGISTER: u8 = 1;
 const COMMAND: u8 = 2;
 const KEEP_ALIVE: u8 = 3;
 const CLOSE: u8 = 4;
 
+/// The first bytes of every encoded [`SessionEntry`]: a bare command of a member without
+/// client sessions is refused as [`SessionRefusal::Malformed`] rather than misread (unless
+/// it happens to start with these two bytes and a valid tag).
+const ENTRY_MAGIC: [u8; 2] = [0xD5, 0x51];
+
 impl SessionEntry {
     /// The entry as a runtime writes it into the log.
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::new();
+        out.put_slice(&ENTRY_MAGIC);
         match self {
+            SessionEntry::Plain(command) => {
+                out.reserve(1 + command.len());
+                out.put_u8(PLAIN);
+                out.put_slice(command);
+            }
             SessionEntry::Register { stamp_ms } => {
                 out.put_u8(REGISTER);
                 out.put_u64_le(*stamp_ms);
@@ -438,7 +462,7 @@ impl SessionEntry {
                 stamp_ms,
                 command,
             } => {
-                out.reserve(33 + command.len());
+                out.reserve(35 + command.len());
                 out.put_u8(COMMAND);
                 out.put_u64_le(*stamp_ms);
                 out.put_u64_le(*session);
@@ -464,7 +488,13 @@ impl SessionEntry {
     /// [`Command`](SessionEntry::Command) shares `bytes`' memory.
     pub fn decode(bytes: &Bytes) -> Result<Self, SessionDecodeError> {
         let mut r = Reader { bytes, at: 0 };
+        if r.take(2)? != ENTRY_MAGIC {
+            return Err(r.error("not a client-session entry"));
+        }
         let tag = r.u8()?;
+        if tag == PLAIN {
+            return Ok(SessionEntry::Plain(bytes.slice(r.at..)));
+        }
         let stamp_ms = r.u64()?;
         let entry = match tag {
             REGISTER => SessionEntry::Register { stamp_ms },
@@ -564,11 +594,15 @@ mod tests {
         }
     }
 
-    fn limits(max_sessions: usize, idle_expiry_ms: u64, max_pending: usize) -> SessionLimits {
+    fn limits(
+        max_sessions: usize,
+        idle_expiry_ms: u64,
+        max_unacknowledged: usize,
+    ) -> SessionLimits {
         SessionLimits {
             max_sessions,
             idle_expiry_ms,
-            max_pending,
+            max_unacknowledged,
         }
     }
 
@@ -690,7 +724,7 @@ mod tests {
 
     /// A client must collect answers: a session holds a bounded number of responses.
     #[test]
-    fn a_session_holds_at_most_max_pending_responses() {
+    fn a_session_holds_at_most_max_unacknowledged_responses() {
         let mut t = SessionTable::new(limits(10, u64::MAX, 2));
         t.apply(1, &SessionEntry::Register { stamp_ms: 0 });
         for seq in 1..=2 {
@@ -699,7 +733,7 @@ mod tests {
         }
         assert_eq!(
             t.apply(4, &cmd(1, 3, 1, 0)),
-            Verdict::Refused(SessionRefusal::TooManyPending)
+            Verdict::Refused(SessionRefusal::TooManyUnacknowledged)
         );
         // Retries of held ones are still answered; acknowledging frees room.
         assert_eq!(
@@ -736,6 +770,7 @@ mod tests {
     fn entries_and_tables_round_trip_and_damaged_bytes_are_refused() {
         let entries = [
             SessionEntry::Register { stamp_ms: 9 },
+            SessionEntry::Plain(Bytes::from_static(b"bare")),
             cmd(3, 4, 2, 11),
             SessionEntry::KeepAlive {
                 session: 3,
@@ -752,7 +787,12 @@ mod tests {
             for cut in 0..bytes.len() {
                 let cut_bytes = bytes.slice(..cut);
                 // Only a command's payload may end anywhere.
-                if !matches!(e, SessionEntry::Command { .. }) || cut < 33 {
+                let fixed = match e {
+                    SessionEntry::Plain(_) => 3,
+                    SessionEntry::Command { .. } => 35,
+                    _ => bytes.len(),
+                };
+                if cut < fixed {
                     assert!(
                         SessionEntry::decode(&cut_bytes).is_err(),
                         "{e:?} cut at {cut}"
@@ -761,6 +801,11 @@ mod tests {
             }
         }
         assert!(SessionEntry::decode(&Bytes::from_static(&[9; 9])).is_err());
+        // A bare command (no magic) is not a session entry.
+        assert!(SessionEntry::decode(&Bytes::from_static(b"set x = 1")).is_err());
+        let mut unknown = SessionEntry::Register { stamp_ms: 1 }.encode().to_vec();
+        unknown[2] = 9;
+        assert!(SessionEntry::decode(&Bytes::from(unknown)).is_err());
 
         let mut t = SessionTable::default();
         t.apply(1, &SessionEntry::Register { stamp_ms: 3 });

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dengine_core::sessions::SessionLimits;
 use dengine_core::store::{Snapshot, SnapshotData};
 use dengine_core::{
     EntryId, HardState, InitialState, LogIndex, LogStore, Membership, NodeId, PersistRequest, Raft,
@@ -21,6 +22,7 @@ use crate::error::StartError;
 use crate::inbox::{InboxView, NodeInbox, PeerInput};
 use crate::node::{Node, Shared};
 use crate::runtime::{Parts, Runtime, leadership_of};
+use crate::sessions::SessionMachine;
 use crate::snapshot_dir::SnapshotDir;
 
 /// Room in the request queue for administrative requests beyond `client.max_pending`.
@@ -68,6 +70,8 @@ pub struct NodeBuilder<S = (), M = (), T = ()> {
     peer_rx: mpsc::Receiver<PeerInput>,
     view: Arc<InboxView>,
     snapshot_dir: Option<SnapshotDir>,
+    /// Client sessions: off (`None`) unless [`client_sessions`](NodeBuilder::client_sessions).
+    sessions: Option<SessionLimits>,
     options: RunOptions,
 }
 
@@ -95,6 +99,7 @@ impl NodeBuilder {
             peer_rx,
             view: Arc::default(),
             snapshot_dir: None,
+            sessions: None,
             options: RunOptions::default(),
         }
     }
@@ -112,6 +117,7 @@ impl<S, M, T> NodeBuilder<S, M, T> {
             peer_rx: self.peer_rx,
             view: self.view,
             snapshot_dir: self.snapshot_dir,
+            sessions: self.sessions,
             options: self.options,
         }
     }
@@ -127,6 +133,7 @@ impl<S, M, T> NodeBuilder<S, M, T> {
             peer_rx: self.peer_rx,
             view: self.view,
             snapshot_dir: self.snapshot_dir,
+            sessions: self.sessions,
             options: self.options,
         }
     }
@@ -142,6 +149,7 @@ impl<S, M, T> NodeBuilder<S, M, T> {
             peer_rx: self.peer_rx,
             view: self.view,
             snapshot_dir: self.snapshot_dir,
+            sessions: self.sessions,
             options: self.options,
         }
     }
@@ -167,6 +175,21 @@ impl<S, M, T> NodeBuilder<S, M, T> {
     #[cfg(feature = "testing")]
     pub fn snapshot_memory(mut self, snapshots: crate::testing::MemorySnapshots) -> Self {
         self.snapshot_dir = Some(SnapshotDir::memory(snapshots));
+        self
+    }
+
+    /// Turns client sessions on (Raft thesis §6.3): commands proposed in a session
+    /// ([`Node::propose_in_session`]) take effect at most once however often they are
+    /// retried, and a retry gets the first response — the runtime keeps a table of the
+    /// sessions and their responses beside the state machine (in every snapshot), so the
+    /// state machine never sees a duplicate. `limits` bound the table; every member must use
+    /// the same, and **every member must have sessions on or every member off**, from the
+    /// cluster's first start (the log's entries are written differently: a member with the
+    /// other setting refuses them). Not available with a durable state machine yet (the
+    /// node refuses to start, [`StartError::SessionsNeedSnapshots`]). docs/sessions.md
+    /// describes what a client gets.
+    pub fn client_sessions(mut self, limits: SessionLimits) -> Self {
+        self.sessions = Some(limits);
         self
     }
 
@@ -322,9 +345,14 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             peer_rx,
             view,
             snapshot_dir,
+            sessions,
             options,
         } = self;
         settings.validate()?;
+        if sessions.is_some() && state_machine.durable() {
+            return Err(StartError::SessionsNeedSnapshots);
+        }
+        let state_machine = SessionMachine::new(state_machine, sessions);
         let id = settings.id;
         // A cluster founded from a seed starts as a restart from what `seed` writes.
         let bootstrap = match bootstrap {
@@ -514,6 +542,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             read_timeout: Duration::from_millis(client.read_timeout_ms),
             admin_timeout: propose_timeout.max(election * 4),
             leadership,
+            sessions: sessions.is_some(),
         };
         Ok(Node::new(Arc::new(shared)))
     }

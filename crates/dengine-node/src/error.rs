@@ -40,6 +40,17 @@ pub enum ProposeError {
         /// The fatal error.
         reason: String,
     },
+    /// The client session refused the command; it was not applied (see
+    /// [`SessionRefusal`](dengine_core::sessions::SessionRefusal) for what to do).
+    #[error("{0}")]
+    Session(dengine_core::sessions::SessionRefusal),
+    /// A session call on a node without client sessions
+    /// ([`NodeBuilder::client_sessions`](crate::NodeBuilder::client_sessions)).
+    #[error(
+        "client sessions are off on this node: start every member with client sessions on \
+         (NodeBuilder::client_sessions) to use them"
+    )]
+    SessionsOff,
 }
 
 impl ProposeError {
@@ -159,6 +170,17 @@ pub enum StartError {
         /// The stored last log index.
         last_index: LogIndex,
     },
+    /// Client sessions were asked for with a durable state machine: the session table would
+    /// have to be written in the state machine's own atomic writes, which the
+    /// `StateMachine` contract has no place for yet. Run without sessions, or with a state
+    /// machine restored from snapshots and the log.
+    #[error(
+        "client sessions are not available with a durable state machine yet (its state \
+         survives restarts without the log, and the session table would not): run without \
+         NodeBuilder::client_sessions, or with a state machine rebuilt from snapshots and the \
+         log (StateMachine::durable() == false)"
+    )]
+    SessionsNeedSnapshots,
     /// The initial members given to `bootstrap` are unusable.
     #[error("invalid initial members: {0}")]
     InvalidMembers(String),

@@ -104,6 +104,7 @@ mod inbox;
 pub mod metric_names;
 mod node;
 mod runtime;
+mod sessions;
 mod snapshot_dir;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -113,6 +114,7 @@ pub use api::{Consistency, Leadership, PeerStatus, Status};
 pub use bugs::RuntimeBug;
 pub use builder::{NodeBuilder, Seed};
 pub use config::NodeConfig;
+pub use dengine_core::sessions::{SessionId, SessionLimits, SessionRefusal};
 pub use error::{AdminError, ProposeError, ReadError, StartError};
 pub use inbox::NodeInbox;
 pub use node::Node;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dengine_core::ProposeError as Refusal;
+use dengine_core::sessions::{SessionEntry, SessionId, SessionRefusal};
 use dengine_core::store::Snapshot;
 use dengine_core::{Membership, MembershipChange, NodeId, SnapshotMeta};
 use parking_lot::Mutex;
@@ -21,6 +22,7 @@ use crate::error::{AdminError, ProposeError, ReadError};
 use crate::inbox::NodeInbox;
 use crate::metric_names as m;
 use crate::runtime::request::Request;
+use crate::sessions::SessionAnswer;
 
 // Per-proposal metrics through static keys. `metrics::counter!` with a label value that is
 // not a literal allocates and hashes a new key on every call (~5% of the instructions per
@@ -87,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) read_timeout: Duration,
     pub(crate) admin_timeout: Duration,
     pub(crate) leadership: watch::Receiver<Leadership>,
+    /// Client sessions are on: every command goes into the log as a session entry.
+    pub(crate) sessions: bool,
 }
 
 /// A running node: a cheap, cloneable handle (`Send + Sync`) on its event loop.
@@ -145,6 +149,97 @@ impl Node {
     /// write that hangs for a minute stops the node, which answers every waiting caller with
     /// [`ProposeError::Stopped`].
     pub async fn propose(&self, command: Bytes) -> Result<Bytes, ProposeError> {
+        let command = if self.shared.sessions {
+            SessionEntry::Plain(command).encode()
+        } else {
+            command
+        };
+        self.propose_entry(command).await
+    }
+
+    /// Opens a client session (thesis §6.3; needs
+    /// [`NodeBuilder::client_sessions`](crate::NodeBuilder::client_sessions) on every
+    /// member): its id, to pass to [`propose_in_session`](Self::propose_in_session). Like a
+    /// proposal, it is answered by the leader; a session left idle longer than the
+    /// `idle_expiry_ms` of [`SessionLimits`](crate::SessionLimits) (in the leaders' clock
+    /// time, as recorded in the log) is closed.
+    pub async fn open_session(&self) -> Result<SessionId, ProposeError> {
+        match self
+            .session_call(SessionEntry::Register { stamp_ms: stamp() })
+            .await?
+        {
+            SessionAnswer::Registered(id) => Ok(id),
+            _ => Err(ProposeError::Session(SessionRefusal::Malformed)),
+        }
+    }
+
+    /// Proposes `command` as number `seq` of `session` and returns the state machine's
+    /// response. **Exactly once**: proposing the same `(session, seq)` again — after a
+    /// timeout, a lost leader, from another node — never applies it a second time; the
+    /// retry gets the response of the first.
+    ///
+    /// Number a session's commands 1, 2, 3, ... and pass, as `first_unanswered`, the
+    /// lowest number whose response you have not received yet: the runtime then forgets the
+    /// responses below it (a retry of one of those is refused with
+    /// [`SessionRefusal::AlreadyAcknowledged`](crate::SessionRefusal), never applied). Other
+    /// refusals: [`ProposeError::Session`] with `UnknownSession` (expired, evicted, closed:
+    /// open a new session; the unanswered commands of the old one have an unknown outcome)
+    /// or `TooManyUnacknowledged`. The errors of [`propose`](Self::propose) apply too, and
+    /// after a `Timeout` the same call may simply be made again.
+    pub async fn propose_in_session(
+        &self,
+        session: SessionId,
+        seq: u64,
+        first_unanswered: u64,
+        command: Bytes,
+    ) -> Result<Bytes, ProposeError> {
+        let entry = SessionEntry::Command {
+            session,
+            seq,
+            first_unanswered,
+            stamp_ms: stamp(),
+            command,
+        };
+        match self.session_call(entry).await? {
+            SessionAnswer::Response(response) => Ok(response),
+            _ => Err(ProposeError::Session(SessionRefusal::Malformed)),
+        }
+    }
+
+    /// Keeps an idle session open (any command of the session does too).
+    pub async fn keep_session_alive(&self, session: SessionId) -> Result<(), ProposeError> {
+        let entry = SessionEntry::KeepAlive {
+            session,
+            stamp_ms: stamp(),
+        };
+        self.session_call(entry).await.map(drop)
+    }
+
+    /// Closes a session: its saved responses are dropped.
+    pub async fn close_session(&self, session: SessionId) -> Result<(), ProposeError> {
+        let entry = SessionEntry::Close {
+            session,
+            stamp_ms: stamp(),
+        };
+        self.session_call(entry).await.map(drop)
+    }
+
+    /// Proposes a session entry and decodes the runtime's answer; a refusal is an error.
+    async fn session_call(&self, entry: SessionEntry) -> Result<SessionAnswer, ProposeError> {
+        if !self.shared.sessions {
+            return Err(ProposeError::SessionsOff);
+        }
+        let response = self.propose_entry(entry.encode()).await?;
+        match SessionAnswer::decode(&response) {
+            Some(SessionAnswer::Refused(why)) => Err(ProposeError::Session(why)),
+            Some(answer) => Ok(answer),
+            None => Err(ProposeError::Session(SessionRefusal::Malformed)),
+        }
+    }
+
+    /// Replicates an encoded log entry's command and returns its response (see
+    /// [`propose`](Self::propose)).
+    async fn propose_entry(&self, command: Bytes) -> Result<Bytes, ProposeError> {
         let started = Instant::now();
         // At debug level: a span per proposal costs an allocation and a formatted field in every
         // subscriber that sees it (about 1% of a put's CPU at the default `info` filter).
@@ -180,6 +275,8 @@ impl Node {
             Err(ProposeError::ShuttingDown | ProposeError::Stopped { .. }) => {
                 result_key!(m::RESULT_SHUTTING_DOWN)
             }
+            // Decided from the entry's response, after this point: never seen here.
+            Err(ProposeError::Session(_) | ProposeError::SessionsOff) => result_key!(m::RESULT_OK),
         };
         metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
         result
@@ -547,4 +644,12 @@ impl Node {
             None => shutting_down,
         }
     }
+}
+
+/// The leader's clock for a session entry, in milliseconds since the Unix epoch: session
+/// expiry counts in these (as the log records them), never in a replica's own clock.
+fn stamp() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -64,7 +64,7 @@ pub use dengine_core::{
 pub use dengine_net_grpc as grpc;
 pub use dengine_node::{
     AdminError, Consistency, Leadership, Node, NodeBuilder, NodeConfig, ProposeError, ReadError,
-    Seed, StartError, Status, config, metric_names,
+    Seed, SessionId, SessionLimits, SessionRefusal, StartError, Status, config, metric_names,
 };
 #[cfg(feature = "redb")]
 pub use dengine_storage_redb::RedbStore;

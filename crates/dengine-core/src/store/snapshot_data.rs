@@ -96,6 +96,21 @@ impl SnapshotData {
         }
     }
 
+    /// The bytes from `offset` on (none at or past the end), sharing this data's memory or
+    /// source: for a runtime that stores a header of its own before a state machine's bytes.
+    pub fn slice_from(&self, offset: u64) -> SnapshotData {
+        let len = self.len();
+        let start = offset.min(len);
+        match self {
+            SnapshotData::Bytes(b) => SnapshotData::Bytes(b.slice(start as usize..)),
+            SnapshotData::Source(s) => SnapshotData::Source(Arc::new(Tail {
+                source: s.clone(),
+                offset: start,
+                len: len - start,
+            })),
+        }
+    }
+
     /// A reader from the first byte on, which also seeks. Wrap it in a
     /// [`std::io::BufReader`] for small reads: each read of a source is a system call.
     pub fn reader(&self) -> SnapshotReader {
@@ -143,6 +158,30 @@ impl PartialEq for SnapshotData {
                 _ => false,
             },
         }
+    }
+}
+
+/// The bytes of a source from an offset on ([`SnapshotData::slice_from`]).
+#[derive(Debug)]
+struct Tail {
+    source: Arc<dyn SnapshotSource>,
+    offset: u64,
+    len: u64,
+}
+
+impl SnapshotSource for Tail {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if offset >= self.len {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.len - offset).unwrap_or(usize::MAX));
+        self.source.read_at(self.offset + offset, &mut buf[..want])
     }
 }
 
@@ -281,6 +320,23 @@ mod tests {
         }
         let [a, b] = both(&bytes);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_slice_from_an_offset_reads_the_same_tail_from_memory_and_sources() {
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(100).collect();
+        for data in both(&bytes) {
+            let tail = data.slice_from(40);
+            assert_eq!(tail.len(), 60);
+            assert_eq!(tail.to_bytes().unwrap(), bytes[40..]);
+            assert_eq!(tail.read_chunk(50, 64).unwrap(), bytes[90..]);
+            let mut all = Vec::new();
+            tail.reader().read_to_end(&mut all).unwrap();
+            assert_eq!(all, bytes[40..]);
+            assert!(data.slice_from(100).is_empty());
+            assert!(data.slice_from(500).is_empty());
+            assert_eq!(tail.slice_from(10).to_bytes().unwrap(), bytes[50..]);
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@ use dengine_core::store::{MemoryStateMachine, MemoryStore};
 use dengine_core::{LogStore, NodeId, Role};
 use dengine_node::testing::LocalNetwork;
 use dengine_node::{
-    AdminError, Consistency, Node, NodeBuilder, NodeConfig, ProposeError, StartError, Status,
+    AdminError, Consistency, Node, NodeBuilder, NodeConfig, ProposeError, SessionLimits,
+    StartError, Status,
 };
 use tokio::time::{Instant, sleep};
 
@@ -57,6 +58,8 @@ pub(crate) struct Cluster {
     pub(crate) settings: fn(NodeId) -> NodeConfig,
     /// When set, node `id` keeps snapshot files in `<root>/<id>`.
     pub(crate) snapshot_root: Option<std::path::PathBuf>,
+    /// Client sessions on every node, when set.
+    pub(crate) sessions: Option<SessionLimits>,
 }
 
 impl Cluster {
@@ -74,12 +77,22 @@ impl Cluster {
         settings: fn(NodeId) -> NodeConfig,
         snapshot_root: Option<std::path::PathBuf>,
     ) -> Cluster {
+        Self::build_with_sessions(n, settings, snapshot_root, None).await
+    }
+
+    pub(crate) async fn build_with_sessions(
+        n: u64,
+        settings: fn(NodeId) -> NodeConfig,
+        snapshot_root: Option<std::path::PathBuf>,
+        sessions: Option<SessionLimits>,
+    ) -> Cluster {
         let mut cluster = Cluster {
             net: LocalNetwork::new(),
             nodes: BTreeMap::new(),
             stores: BTreeMap::new(),
             settings,
             snapshot_root,
+            sessions,
         };
         let members: BTreeMap<NodeId, String> = (1..=n).map(|id| (id, address(id))).collect();
         for id in 1..=n {
@@ -103,6 +116,9 @@ impl Cluster {
             .transport(self.net.transport(id));
         if let Some(root) = &self.snapshot_root {
             builder = builder.snapshot_dir(root.join(id.to_string()));
+        }
+        if let Some(limits) = self.sessions {
+            builder = builder.client_sessions(limits);
         }
         self.net.register(id, builder.inbox());
         builder

@@ -9,5 +9,6 @@ mod membership;
 mod metrics;
 mod pipelining;
 mod redb;
+mod sessions;
 mod test_store;
 mod throughput;
