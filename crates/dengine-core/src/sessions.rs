@@ -398,7 +398,9 @@ impl SessionTable {
                 let seq = r.u64()?;
                 let len = r.count(1)?;
                 let response = Bytes::copy_from_slice(r.take(len)?);
-                let in_order = responses.last_key_value().is_none_or(|(last, _)| seq > *last);
+                let in_order = responses
+                    .last_key_value()
+                    .is_none_or(|(last, _)| seq > *last);
                 if seq < first_unanswered || !in_order {
                     return Err(r.error("a response out of order or already acknowledged"));
                 }
@@ -409,7 +411,10 @@ impl SessionTable {
                 first_unanswered,
                 responses,
             };
-            if sessions.last_key_value().is_some_and(|(last, _)| id <= *last) {
+            if sessions
+                .last_key_value()
+                .is_some_and(|(last, _)| id <= *last)
+            {
                 return Err(r.error("sessions out of order"));
             }
             sessions.insert(id, session);

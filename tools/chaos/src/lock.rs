@@ -247,6 +247,13 @@ pub(crate) async fn client(
             if stop.load(Ordering::Relaxed) {
                 break;
             }
+            // A round that ended early (a failed or unknown call) may have left its key in
+            // place, which would hold up every later holder while the lease lives: deleted
+            // first (again, if its release did), or this lease's rounds end here (its revoke
+            // removes the key).
+            if round > 0 && !delete_key(&mut rng, hosts, lock_key(lease, round - 1)).await {
+                break;
+            }
             let last = round + 1 == rounds;
             held = hold(
                 &log,
@@ -506,20 +513,27 @@ async fn hold(
     if !release {
         return true;
     }
-    // Release the lock (the caller ends the lease); a delete is idempotent, so one whose
-    // answer was lost is sent again, lest the key hold up the next holders until the lease
-    // ends.
+    // Release the lock (the caller ends the lease).
+    !delete_key(rng, hosts, me).await
+}
+
+/// Deletes `lock_key` (sent again, through any member, while the answer is lost: a delete is
+/// idempotent); whether it is known gone.
+async fn delete_key(rng: &mut SimRng, hosts: usize, lock_key: Bytes) -> bool {
     for _ in 0..3 {
-        let deleted = within(kv.delete_range(DeleteRangeRequest {
-            key: me.clone(),
+        let Some(ch) = channel(rng, hosts).await else {
+            continue;
+        };
+        let deleted = within(KvClient::new(ch).delete_range(DeleteRangeRequest {
+            key: lock_key.clone(),
             ..Default::default()
         }))
         .await;
         if deleted.is_some() {
-            return false;
+            return true;
         }
     }
-    true
+    false
 }
 
 /// Reads the counter's final value through any member (retried until `deadline`).
