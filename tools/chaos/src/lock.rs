@@ -242,7 +242,9 @@ pub(crate) async fn client(
         // TTL several times over; the last round may leave its key to the lease's expiry.
         let let_expire = rng.chance(150);
         let rounds = 1 + rng.below(8);
-        let mut held = false;
+        // The key left to the lease's expiry: the last round's, once that round ran and
+        // left it in place (a round skipped, or ended early, leaves nothing to watch).
+        let mut expiring = None;
         for round in 0..rounds {
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -255,7 +257,7 @@ pub(crate) async fn client(
                 break;
             }
             let last = round + 1 == rounds;
-            held = hold(
+            let held = hold(
                 &log,
                 &stop,
                 &mut rng,
@@ -268,11 +270,14 @@ pub(crate) async fn client(
                 !(last && let_expire),
             )
             .await;
+            if last && let_expire && held {
+                expiring = Some(round);
+            }
             if !last {
                 tokio::time::sleep(Duration::from_millis(rng.below(1_000))).await;
             }
         }
-        if let_expire && held {
+        if let Some(round) = expiring {
             // Stop renewing and wait (bounded) for the lease's key to go: expiry exercised.
             // The last acknowledged renewal's promise still holds: the key must not go before.
             keeper.abort();
@@ -280,7 +285,7 @@ pub(crate) async fn client(
             let deadline = Instant::now() + Duration::from_secs(2 * LEASE_TTL_SECS as u64);
             while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                if let Some(false) = lock_key_exists(&mut rng, hosts, lease, rounds - 1).await {
+                if let Some(false) = lock_key_exists(&mut rng, hosts, lease, round).await {
                     log.expired_seen.fetch_add(1, Ordering::Relaxed);
                     record_early(
                         &log,
