@@ -95,7 +95,9 @@ impl<B: KvBackend> Lease for LeaseService<B> {
         let held = self.shared.backend.lease_hub().len();
         if held >= max_leases {
             return Err(KvError::ResourceExhausted(format!(
-                "etcdserver: too many leases: the cluster holds {held}, the most this member                  grants is {max_leases} (--max-leases); revoke leases that are no longer used,                  or raise the bound on every member"
+                "etcdserver: too many leases: the cluster holds {held}, the most this member \
+                 grants is {max_leases} (--max-leases); revoke leases that are no longer used, \
+                 or raise the bound on every member"
             ))
             .into());
         }

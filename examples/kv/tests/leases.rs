@@ -443,6 +443,7 @@ async fn grants_beyond_max_leases_are_refused_until_a_lease_is_revoked() {
                 );
                 assert!(s.message().contains("too many leases"), "{refused}");
                 assert!(s.message().contains("--max-leases"), "{refused}");
+                assert!(!s.message().contains("  "), "one line of prose: {refused}");
             }
             other => panic!("expected RESOURCE_EXHAUSTED, got {other}"),
         }
