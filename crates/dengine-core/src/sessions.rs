@@ -111,9 +111,11 @@ pub enum Verdict {
     /// A session was opened with this id.
     Registered(SessionId),
     /// Apply the command to the state machine, then [`record`](SessionTable::record) its
-    /// response.
+    /// response. The table holds an empty response for it until then, so that what it
+    /// decides for the entries after it does not depend on when responses are recorded.
     Apply,
-    /// The command was applied before: here is its response; apply nothing.
+    /// The command was applied before: here is its response (empty if it was let through
+    /// earlier in the same batch and its response is not recorded yet); apply nothing.
     Duplicate(Bytes),
     /// Done: a keep-alive or a close of an open session.
     Done,
@@ -283,10 +285,17 @@ impl SessionTable {
     }
 
     /// Records the response of the command that [`apply`](Self::apply) let through, so that
-    /// a retry of it gets this response.
+    /// a retry of it gets this response. A runtime records the responses of a batch after
+    /// the state machine applied it, so a later command of the same batch may already have
+    /// acknowledged this one (its `first_unanswered` is past `seq`), or closed the session:
+    /// the response is then not kept (the client holds it, thesis §6.3).
     pub fn record(&mut self, session: SessionId, seq: u64, response: Bytes) {
-        if let Some(s) = self.sessions.get_mut(&session) {
-            s.responses.insert(seq, response);
+        if let Some(slot) = self
+            .sessions
+            .get_mut(&session)
+            .and_then(|s| s.responses.get_mut(&seq))
+        {
+            *slot = response;
         }
     }
 
@@ -355,6 +364,11 @@ impl SessionTable {
         if s.responses.len() >= max_unacknowledged {
             return Verdict::Refused(SessionRefusal::TooManyUnacknowledged);
         }
+        // Held at once (empty until `record`): a runtime applies a batch of entries before it
+        // records their responses, and every replica must decide the entries after this one
+        // (a retry of it, the bound on unacknowledged responses) as if the response were
+        // already here, whatever its batches.
+        s.responses.insert(seq, Bytes::new());
         Verdict::Apply
     }
 
@@ -624,6 +638,91 @@ mod tests {
         );
         assert!(t.is_open(7));
         assert!(!t.is_open(8));
+    }
+
+    /// §6.3: a response whose command a later one already acknowledged (both applied in one
+    /// batch, responses recorded after it) is not kept: the table stays one that `decode`
+    /// accepts, so the snapshot that holds it can be loaded. (The simulator's exactly-once
+    /// workload found this: a node could not restart from such a snapshot.)
+    #[test]
+    fn a_response_acknowledged_before_it_was_recorded_is_not_kept() {
+        let mut t = SessionTable::default();
+        t.apply(1, &SessionEntry::Register { stamp_ms: 0 });
+        // One batch: seq 1 (a retry of which is also in the log), then seq 2 acknowledging 1.
+        assert_eq!(t.apply(2, &cmd(1, 1, 1, 0)), Verdict::Apply);
+        assert_eq!(t.apply(3, &cmd(1, 2, 2, 0)), Verdict::Apply);
+        t.record(1, 1, Bytes::from_static(b"one"));
+        t.record(1, 2, Bytes::from_static(b"two"));
+        let decoded = SessionTable::decode(SessionLimits::default(), &t.encode()).unwrap();
+        assert_eq!(decoded, t);
+        assert_eq!(
+            t.apply(4, &cmd(1, 1, 2, 0)),
+            Verdict::Refused(SessionRefusal::AlreadyAcknowledged)
+        );
+        assert_eq!(
+            t.apply(5, &cmd(1, 2, 2, 0)),
+            Verdict::Duplicate(Bytes::from_static(b"two"))
+        );
+    }
+
+    /// Every replica must decide alike however its entries were batched: the leader may
+    /// apply a command and its retry in one batch, a follower in two. The table's decisions
+    /// therefore do not depend on when a response is recorded: the retry is a duplicate
+    /// either way (and refreshes the session's activity), and the command counts toward the
+    /// bound on unacknowledged responses at once. (The simulator's exactly-once workload
+    /// found replicas whose sessions expired at different entries: a retry in the same batch
+    /// had skipped the table.)
+    #[test]
+    fn decisions_do_not_depend_on_when_responses_are_recorded() {
+        let entries = [
+            SessionEntry::Register { stamp_ms: 0 },
+            cmd(1, 1, 1, 10),
+            cmd(1, 1, 1, 2_000),
+            cmd(1, 2, 1, 2_500),
+            cmd(1, 3, 3, 3_500),
+        ];
+        // Sequential: each response recorded before the next entry.
+        let mut one_by_one = SessionTable::new(limits(8, 3_000, 1));
+        let mut verdicts = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let v = one_by_one.apply(i as u64 + 1, e);
+            if v == Verdict::Apply
+                && let SessionEntry::Command { session, seq, .. } = e
+            {
+                one_by_one.record(*session, *seq, Bytes::from(format!("r{seq}")));
+            }
+            verdicts.push(v);
+        }
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Registered(1),
+                Verdict::Apply,
+                Verdict::Duplicate(Bytes::from_static(b"r1")),
+                // One unacknowledged response at most: seq 1's.
+                Verdict::Refused(SessionRefusal::TooManyUnacknowledged),
+                // Still open at 3,500 ms: the retry at 2,000 ms kept it active.
+                Verdict::Apply,
+            ]
+        );
+        // One batch: responses recorded after every entry was decided.
+        let mut batched = SessionTable::new(limits(8, 3_000, 1));
+        let decided: Vec<Verdict> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| batched.apply(i as u64 + 1, e))
+            .collect();
+        let same = |a: &Verdict, b: &Verdict| match (a, b) {
+            (Verdict::Duplicate(_), Verdict::Duplicate(_)) => true,
+            _ => a == b,
+        };
+        assert!(
+            decided.iter().zip(&verdicts).all(|(a, b)| same(a, b)),
+            "{decided:?}"
+        );
+        batched.record(1, 1, Bytes::from_static(b"r1"));
+        batched.record(1, 3, Bytes::from_static(b"r3"));
+        assert_eq!(batched, one_by_one);
     }
 
     /// §6.3: a command seen before is answered with its saved response, not applied again.

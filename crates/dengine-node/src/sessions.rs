@@ -194,11 +194,17 @@ impl<M: StateMachine> SessionMachine<M> {
                 SessionEntry::Command { session, seq, .. } => Some((*session, *seq)),
                 _ => None,
             };
-            if let Some(first) = key.and_then(|k| in_batch.get(&k)) {
+            // The table decides every entry, a retry of a command of this batch too (it
+            // refreshes the session, and replicas batch differently); such a retry's saved
+            // response is only a placeholder yet, so it gets the first copy's answer.
+            let verdict = table.apply(c.index, &entry);
+            if let (Verdict::Duplicate(_), Some(first)) =
+                (&verdict, key.and_then(|k| in_batch.get(&k)))
+            {
                 slots.push(Slot::SameAs(*first));
                 continue;
             }
-            let slot = match table.apply(c.index, &entry) {
+            let slot = match verdict {
                 Verdict::Apply => {
                     let command = match entry {
                         SessionEntry::Plain(command) | SessionEntry::Command { command, .. } => {
