@@ -84,6 +84,19 @@ pub(crate) struct RunOptions {
     /// Deliberate runtime bugs (feature `fault-injection`).
     #[cfg(feature = "fault-injection")]
     pub(crate) bugs: Vec<crate::bugs::RuntimeBug>,
+    /// Where session stamps come from; `None`: the system clock.
+    pub(crate) session_clock: Option<SessionClock>,
+}
+
+/// A source of session stamps, milliseconds (see
+/// [`NodeBuilder::session_clock`]).
+#[derive(Clone)]
+pub(crate) struct SessionClock(pub(crate) Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl std::fmt::Debug for SessionClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionClock")
+    }
 }
 
 impl NodeBuilder {
@@ -190,6 +203,15 @@ impl<S, M, T> NodeBuilder<S, M, T> {
     /// describes what a client gets.
     pub fn client_sessions(mut self, limits: SessionLimits) -> Self {
         self.sessions = Some(limits);
+        self
+    }
+
+    /// Stamps session entries (the leader time that session expiry counts in, thesis §6.3)
+    /// with `clock`, in milliseconds, instead of the system clock: for deterministic
+    /// simulation, where nothing may read the wall clock.
+    #[cfg(feature = "testing")]
+    pub fn session_clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.options.session_clock = Some(SessionClock(Arc::new(clock)));
         self
     }
 
@@ -543,6 +565,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             admin_timeout: propose_timeout.max(election * 4),
             leadership,
             sessions: sessions.is_some(),
+            session_clock: options.session_clock,
         };
         Ok(Node::new(Arc::new(shared)))
     }

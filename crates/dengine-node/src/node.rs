@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     pub(crate) leadership: watch::Receiver<Leadership>,
     /// Client sessions are on: every command goes into the log as a session entry.
     pub(crate) sessions: bool,
+    /// Where session stamps come from; `None`: the system clock.
+    pub(crate) session_clock: Option<crate::builder::SessionClock>,
 }
 
 /// A running node: a cheap, cloneable handle (`Send + Sync`) on its event loop.
@@ -165,7 +167,9 @@ impl Node {
     /// time, as recorded in the log) is closed.
     pub async fn open_session(&self) -> Result<SessionId, ProposeError> {
         match self
-            .session_call(SessionEntry::Register { stamp_ms: stamp() })
+            .session_call(SessionEntry::Register {
+                stamp_ms: self.stamp(),
+            })
             .await?
         {
             SessionAnswer::Registered(id) => Ok(id),
@@ -197,7 +201,7 @@ impl Node {
             session,
             seq,
             first_unanswered,
-            stamp_ms: stamp(),
+            stamp_ms: self.stamp(),
             command,
         };
         match self.session_call(entry).await? {
@@ -210,7 +214,7 @@ impl Node {
     pub async fn keep_session_alive(&self, session: SessionId) -> Result<(), ProposeError> {
         let entry = SessionEntry::KeepAlive {
             session,
-            stamp_ms: stamp(),
+            stamp_ms: self.stamp(),
         };
         self.session_call(entry).await.map(drop)
     }
@@ -219,9 +223,18 @@ impl Node {
     pub async fn close_session(&self, session: SessionId) -> Result<(), ProposeError> {
         let entry = SessionEntry::Close {
             session,
-            stamp_ms: stamp(),
+            stamp_ms: self.stamp(),
         };
         self.session_call(entry).await.map(drop)
+    }
+
+    /// The time to stamp a session entry with (milliseconds; the leader's clock, as the log
+    /// records it).
+    fn stamp(&self) -> u64 {
+        self.shared
+            .session_clock
+            .as_ref()
+            .map_or_else(system_stamp, |clock| (clock.0)())
     }
 
     /// Proposes a session entry and decodes the runtime's answer; a refusal is an error.
@@ -648,7 +661,7 @@ impl Node {
 
 /// The leader's clock for a session entry, in milliseconds since the Unix epoch: session
 /// expiry counts in these (as the log records them), never in a replica's own clock.
-fn stamp() -> u64 {
+fn system_stamp() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
