@@ -25,8 +25,9 @@
 //!   fails. Snapshots being received are spooled to disk, one upload per sender, within a
 //!   total byte bound.
 //! * **TLS and mutual TLS** (rustls) from PEM files; optional gzip compression.
-//! * The wire types of the admin API (`dengine.admin.v1.Admin`, [`admin_pb`]); the service
-//!   on a node lives in the `dengine` facade.
+//! * The wire types of the admin API (`dengine.admin.v1.Admin`, [`admin_pb`]) and of the
+//!   client API (`dengine.client.v1.Client`, [`client_pb`]); the services on a node live in
+//!   the `dengine` facade, the client in the `dengine-client` crate.
 //! * [`fault::FaultyTransport`] wraps any transport to drop, delay, duplicate or block
 //!   messages, for tests and chaos runs.
 //!
@@ -103,6 +104,7 @@ pub use files::{read_file, read_secret};
 pub use listener::{Listener, ServeOptions, ServerHandle, ServerTls, serve_routes};
 /// The admin service's wire types and stubs (`dengine.admin.v1`).
 pub use proto::admin_pb;
+pub use proto::client_pb;
 /// The peer protocol's wire types and stubs (`dengine.raft.v1`).
 pub use proto::pb;
 pub use server::PeerService;

@@ -19,10 +19,19 @@ pub mod generated {
                 tonic::include_proto!("dengine.admin.v1");
             }
         }
+        /// `dengine.client.*`.
+        pub mod client {
+            /// `dengine.client.v1`: the client service.
+            pub mod v1 {
+                tonic::include_proto!("dengine.client.v1");
+            }
+        }
     }
 }
 
 /// The admin service's wire types and stubs (`dengine.admin.v1`).
 pub use generated::dengine::admin::v1 as admin_pb;
+/// The client service's wire types and stubs (`dengine.client.v1`).
+pub use generated::dengine::client::v1 as client_pb;
 /// The peer protocol's wire types and stubs (`dengine.raft.v1`).
 pub use generated::dengine::raft::v1 as pb;

@@ -9,7 +9,7 @@
 //!
 //! | Feature | Default | Brings |
 //! |---|---|---|
-//! | `server` | yes | [`start`], [`Settings`], the admin service, [`observability`]; implies `wal`, `redb` and `grpc` |
+//! | `server` | yes | [`start`], [`Settings`], the admin and client services, [`observability`]; implies `wal`, `redb` and `grpc` |
 //! | `wal` | yes | [`WalStore`], the write-ahead log store (the default of [`start`]) |
 //! | `redb` | yes | [`RedbStore`], the durable log store on redb |
 //! | `sled` | no | `SledStore`, the durable log store on sled |
@@ -78,6 +78,8 @@ mod admin;
 #[cfg(feature = "server")]
 pub mod backup;
 #[cfg(feature = "server")]
+pub mod client_service;
+#[cfg(feature = "server")]
 pub mod identity;
 #[cfg(feature = "server")]
 pub mod observability;
@@ -89,6 +91,8 @@ pub mod settings;
 mod start;
 #[cfg(feature = "server")]
 pub use admin::{AdminService, AdminToken, admin_status};
+#[cfg(feature = "server")]
+pub use client_service::ClientService;
 #[cfg(feature = "server")]
 pub use settings::Settings;
 #[cfg(feature = "server")]

@@ -60,6 +60,8 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// Client-facing limits.
     pub client: ClientSettings,
+    /// Exactly-once client sessions (Raft thesis §6.3).
+    pub client_sessions: ClientSessionsSettings,
     /// Graceful shutdown.
     pub shutdown: ShutdownSettings,
     /// Metrics and tracing export.
@@ -198,6 +200,49 @@ impl Default for ClientApiSettings {
             tls: None,
             max_connections: 1024,
         }
+    }
+}
+
+/// `[client_sessions]`: exactly-once client sessions (Raft thesis §6.3, docs/sessions.md).
+/// Every member of a cluster must have the same values: they decide, on every replica
+/// alike, what a session refuses and when it expires.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientSessionsSettings {
+    /// Turns sessions on. Default false. Needs a state machine kept in memory and rebuilt from
+    /// snapshots (a durable one is refused at start).
+    pub enabled: bool,
+    /// Most sessions open at once; opening one more evicts the least recently active.
+    /// Default 10,000.
+    pub max_sessions: usize,
+    /// A session with no command or keep-alive for this long (in the leaders' clock time, as
+    /// recorded in the log) expires. Default 600,000 (10 minutes).
+    pub idle_expiry_ms: u64,
+    /// Most responses one session keeps that its client has not acknowledged; a command
+    /// beyond it is refused. Default 1,024.
+    pub max_unacknowledged: usize,
+}
+
+impl Default for ClientSessionsSettings {
+    fn default() -> Self {
+        let limits = dengine_node::SessionLimits::default();
+        ClientSessionsSettings {
+            enabled: false,
+            max_sessions: limits.max_sessions,
+            idle_expiry_ms: limits.idle_expiry_ms,
+            max_unacknowledged: limits.max_unacknowledged,
+        }
+    }
+}
+
+impl ClientSessionsSettings {
+    /// The limits to start the node with, when sessions are on.
+    pub fn limits(&self) -> Option<dengine_node::SessionLimits> {
+        self.enabled.then_some(dengine_node::SessionLimits {
+            max_sessions: self.max_sessions,
+            idle_expiry_ms: self.idle_expiry_ms,
+            max_unacknowledged: self.max_unacknowledged,
+        })
     }
 }
 
@@ -408,6 +453,19 @@ impl Settings {
         }
         if self.client_api.max_connections == 0 {
             problems.push(ConfigProblem::new("client_api.max_connections", 0, ">= 1"));
+        }
+        let sessions = &self.client_sessions;
+        for (field, value) in [
+            ("client_sessions.max_sessions", sessions.max_sessions as u64),
+            ("client_sessions.idle_expiry_ms", sessions.idle_expiry_ms),
+            (
+                "client_sessions.max_unacknowledged",
+                sessions.max_unacknowledged as u64,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(ConfigProblem::new(field, 0, ">= 1"));
+            }
         }
         let o = &self.observability;
         if let Some(addr) = &o.metrics_addr
@@ -1190,6 +1248,33 @@ mod tests {
             sled.validate().is_ok(),
             cfg!(feature = "sled"),
             "sled only in builds that have it"
+        );
+    }
+
+    #[test]
+    fn client_sessions_are_off_by_default_and_their_limits_are_checked() {
+        assert_eq!(Settings::default().client_sessions.limits(), None);
+        let s = Settings::from_toml_str(
+            "[client_sessions]\nenabled = true\nmax_sessions = 5\nidle_expiry_ms = 7000\n",
+        )
+        .unwrap();
+        let limits = s.client_sessions.limits().unwrap();
+        assert_eq!((limits.max_sessions, limits.idle_expiry_ms), (5, 7000));
+        assert_eq!(
+            limits.max_unacknowledged, 1024,
+            "an unset key keeps its default"
+        );
+        let err = Settings::from_toml_str("[client_sessions]\nenable = true\n").unwrap_err();
+        assert!(err.to_string().contains("enable"), "{err}");
+        let mut zero = valid();
+        zero.client_sessions.max_unacknowledged = 0;
+        zero.client_sessions.idle_expiry_ms = 0;
+        let err = zero.validate().unwrap_err();
+        let fields = fields(&err);
+        assert!(
+            fields.contains(&"client_sessions.max_unacknowledged")
+                && fields.contains(&"client_sessions.idle_expiry_ms"),
+            "{fields:?}"
         );
     }
 

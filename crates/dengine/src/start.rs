@@ -16,6 +16,7 @@ use dengine_storage_redb::RedbStore;
 use dengine_storage_wal::WalStore;
 
 use crate::admin::AdminService;
+use crate::client_service::ClientService;
 use crate::identity::{IdentityError, MemberIdentity};
 use crate::observability::{self, ObservabilityError, ObservabilityGuard};
 use crate::settings::{ClusterState, LogBackend, Settings, SettingsError};
@@ -178,21 +179,33 @@ async fn stop_servers(
 /// * bootstraps a new cluster from `node.initial_members` if the store is empty, members are
 ///   given and `node.initial_cluster_state` is `new`; otherwise restarts from the store
 ///   (never bootstrapping it again) or waits, as an empty node, to be added by the leader;
-/// * serves the peer service on `node.listen_addr` and the admin service on
-///   `node.admin_addr` (if set).
+/// * serves the peer service on `node.listen_addr`, the admin service on
+///   `node.admin_addr` (if set) and the client service ([`ClientService`]: proposals,
+///   exactly-once sessions, reads, the leader, for the `dengine-client` crate) on
+///   `node.client_addr` (if set).
 ///
 /// Must be called within a tokio runtime.
 pub async fn start<M: StateMachine>(
     settings: Settings,
     state_machine: M,
 ) -> Result<Running, StartNodeError> {
-    start_with(settings, state_machine, |_, _, services| services).await
+    let max_message_bytes = settings.network.max_message_bytes;
+    start_with(settings, state_machine, move |node, _, mut services| {
+        if services.client_addr.is_some() {
+            let service = ClientService::new(node.clone(), max_message_bytes).server();
+            services.client = Some(Routes::new(service));
+        }
+        services
+    })
+    .await
 }
 
 /// [`start`], serving the application's own gRPC services: `add` gets the started node, its
 /// transport and the [`Services`] (the peer service already in), and returns them with its
 /// own services added — e.g. a client API that calls `node.propose`, served on
-/// `node.client_addr`.
+/// `node.client_addr`. The built-in [`ClientService`] is not served unless `add` adds it:
+/// an application with its own API (and its own rules about who may change what) decides
+/// whether raw proposals are reachable from its clients.
 pub async fn start_with<M, F>(
     settings: Settings,
     state_machine: M,
@@ -291,6 +304,7 @@ where
     };
     let parts = NodeParts {
         config: settings.node_config(),
+        sessions: settings.client_sessions.limits(),
         state_machine,
         transport: wrap(transport.clone()),
         snapshot_dir: data_dir.join("snapshots"),
@@ -404,6 +418,8 @@ where
 /// What a node is started with, whichever log store it gets.
 struct NodeParts<M, T> {
     config: dengine_node::NodeConfig,
+    /// Client sessions' limits, when they are on.
+    sessions: Option<dengine_node::SessionLimits>,
     state_machine: M,
     transport: T,
     snapshot_dir: std::path::PathBuf,
@@ -416,11 +432,14 @@ struct NodeParts<M, T> {
 
 impl<M: StateMachine, T: dengine_core::Transport> NodeParts<M, T> {
     async fn start<S: dengine_core::LogStore>(self, store: S) -> Result<Node, StartError> {
-        let builder = NodeBuilder::new(self.config)
+        let mut builder = NodeBuilder::new(self.config)
             .log_store(store)
             .state_machine(self.state_machine)
             .transport(self.transport)
             .snapshot_dir(self.snapshot_dir);
+        if let Some(limits) = self.sessions {
+            builder = builder.client_sessions(limits);
+        }
         match self.bootstrap {
             Some(members) => builder.start_or_bootstrap_from(members, self.seed).await,
             None => builder.start().await,

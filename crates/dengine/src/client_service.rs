@@ -1,0 +1,254 @@
+//! The `dengine.client.v1.Client` gRPC service on a [`Node`]: proposals (plain, or exactly once
+//! in a client session), reads, and the leader and membership, for programs on other
+//! machines. [`start`](crate::start) serves it on `node.client_addr`; an application that
+//! serves its own API ([`start_with`](crate::start_with)) adds it with
+//! [`ClientService::server`] if it wants it. The client library is the `dengine-client`
+//! crate.
+//!
+//! A follower does not forward proposals: it refuses them with the `not-leader` kind and the
+//! leader's id, and the client sends them to the leader (reads are served by any member; a
+//! follower confirms a linearizable one with its leader). Every refusal carries a
+//! `dengine-error` metadata kind that says whether the command was applied (see
+//! `proto/dengine/client/v1/client.proto`), so that a client never has to parse a message
+//! to decide whether it may retry.
+
+use std::pin::Pin;
+
+use dengine_core::sessions::SessionRefusal;
+use dengine_net_grpc::client_pb;
+use dengine_net_grpc::client_pb::client_server::{Client, ClientServer};
+use dengine_net_grpc::tonic::metadata::{MetadataMap, MetadataValue};
+use dengine_net_grpc::tonic::{Code, Request, Response, Status};
+use dengine_node::{Consistency, Leadership, Node, ProposeError, ReadError, SessionId};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// The metadata key of an error's kind.
+pub const ERROR_KIND: &str = "dengine-error";
+/// The metadata key of the leader's id on a `not-leader` refusal.
+pub const LEADER_ID: &str = "dengine-leader";
+
+/// Serves the client API of one node. Add it to a tonic server with [`ClientService::server`].
+#[derive(Clone, Debug)]
+pub struct ClientService {
+    node: Node,
+    max_message_bytes: usize,
+}
+
+impl ClientService {
+    /// The client service of `node`, accepting messages of up to `max_message_bytes` (the
+    /// peers' `network.max_message_bytes` is a good value: a command cannot be larger than
+    /// what replication carries).
+    pub fn new(node: Node, max_message_bytes: usize) -> Self {
+        ClientService {
+            node,
+            max_message_bytes,
+        }
+    }
+
+    /// The tonic service, ready for `Server::builder().add_service(..)`.
+    pub fn server(self) -> ClientServer<ClientService> {
+        let max = self.max_message_bytes;
+        ClientServer::new(self)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+    }
+}
+
+/// A refusal with its kind (and the leader's id, for `not-leader`) in the metadata.
+fn refusal(code: Code, kind: &'static str, leader: Option<u64>, message: String) -> Status {
+    let mut metadata = MetadataMap::new();
+    metadata.insert(ERROR_KIND, MetadataValue::from_static(kind));
+    if let Some(leader) = leader {
+        metadata.insert(LEADER_ID, MetadataValue::from(leader));
+    }
+    Status::with_metadata(code, message, metadata)
+}
+
+/// The gRPC status of a failed proposal or session call.
+pub fn propose_status(e: ProposeError) -> Status {
+    use dengine_core::ProposeError as Core;
+    let message = e.to_string();
+    match e {
+        ProposeError::Refused(Core::NotLeader {
+            leader: Some(leader),
+            ..
+        }) => refusal(
+            Code::FailedPrecondition,
+            "not-leader",
+            Some(leader),
+            message,
+        ),
+        ProposeError::Refused(Core::NotLeader { leader: None, .. })
+        | ProposeError::Refused(Core::TransferInProgress { .. })
+        | ProposeError::Refused(Core::UncommittedLimit { .. })
+        | ProposeError::Busy(_) => refusal(Code::Unavailable, "retry", None, message),
+        ProposeError::Refused(Core::TooLarge { .. }) => {
+            refusal(Code::InvalidArgument, "too-large", None, message)
+        }
+        ProposeError::Timeout => refusal(Code::DeadlineExceeded, "unknown-outcome", None, message),
+        ProposeError::Interrupted(_)
+        | ProposeError::ShuttingDown
+        | ProposeError::Stopped { .. } => {
+            refusal(Code::Unavailable, "unknown-outcome", None, message)
+        }
+        ProposeError::Session(why) => {
+            let (code, kind) = match why {
+                SessionRefusal::UnknownSession => (Code::FailedPrecondition, "session-unknown"),
+                SessionRefusal::AlreadyAcknowledged => {
+                    (Code::FailedPrecondition, "session-acknowledged")
+                }
+                SessionRefusal::TooManyUnacknowledged => {
+                    (Code::ResourceExhausted, "session-too-many")
+                }
+                SessionRefusal::InvalidSequence | SessionRefusal::Malformed => {
+                    (Code::InvalidArgument, "session-invalid")
+                }
+            };
+            refusal(code, kind, None, message)
+        }
+        ProposeError::SessionsOff => {
+            refusal(Code::FailedPrecondition, "sessions-off", None, message)
+        }
+        // A kind added later: its outcome is not known to this mapping.
+        _ => refusal(Code::Unavailable, "unknown-outcome", None, message),
+    }
+}
+
+/// The gRPC status of a failed read. Nothing of a read changes state, so every kind but a
+/// failed query may be retried.
+pub fn read_status(e: ReadError) -> Status {
+    let message = e.to_string();
+    match e {
+        ReadError::StateMachine(_) => refusal(Code::Internal, "read-failed", None, message),
+        ReadError::Timeout => refusal(Code::DeadlineExceeded, "retry", None, message),
+        _ => refusal(Code::Unavailable, "retry", None, message),
+    }
+}
+
+fn leader_reply(id: u64, l: &Leadership) -> client_pb::LeaderReply {
+    client_pb::LeaderReply {
+        id,
+        role: l.role.to_string(),
+        term: l.term,
+        leader: l.leader.unwrap_or(0),
+        members: l
+            .membership
+            .members()
+            .map(|m| client_pb::Member {
+                id: m,
+                peer_address: l.membership.address(m).unwrap_or_default().to_string(),
+                voter: l.membership.is_voter(m),
+            })
+            .collect(),
+    }
+}
+
+/// Replies of [`Client::watch_leader`] that a client has not read yet; older ones are
+/// superseded, so a slow reader holds a few, never an unbounded queue.
+const WATCH_BUFFER: usize = 4;
+
+#[dengine_net_grpc::tonic::async_trait]
+impl Client for ClientService {
+    async fn propose(
+        &self,
+        request: Request<client_pb::ProposeRequest>,
+    ) -> Result<Response<client_pb::ProposeReply>, Status> {
+        let r = request.into_inner();
+        let command = r.command;
+        let response = if r.session == 0 {
+            self.node.propose(command).await
+        } else {
+            self.node
+                .propose_in_session(r.session, r.seq, r.first_unanswered, command)
+                .await
+        }
+        .map_err(propose_status)?;
+        Ok(Response::new(client_pb::ProposeReply { response }))
+    }
+
+    async fn read(
+        &self,
+        request: Request<client_pb::ReadRequest>,
+    ) -> Result<Response<client_pb::ReadReply>, Status> {
+        let r = request.into_inner();
+        let consistency = match r.consistency() {
+            client_pb::Consistency::Linearizable => Consistency::Linearizable,
+            client_pb::Consistency::Lease => Consistency::Lease,
+            client_pb::Consistency::Stale => Consistency::Stale,
+        };
+        let response = self
+            .node
+            .read(r.query, consistency)
+            .await
+            .map_err(read_status)?;
+        Ok(Response::new(client_pb::ReadReply { response }))
+    }
+
+    async fn open_session(
+        &self,
+        _request: Request<client_pb::OpenSessionRequest>,
+    ) -> Result<Response<client_pb::OpenSessionReply>, Status> {
+        let id = self.node.open_session().await.map_err(propose_status)?;
+        Ok(Response::new(client_pb::OpenSessionReply { session: id }))
+    }
+
+    async fn keep_session_alive(
+        &self,
+        request: Request<client_pb::SessionRequest>,
+    ) -> Result<Response<client_pb::SessionReply>, Status> {
+        let session: SessionId = request.into_inner().session;
+        self.node
+            .keep_session_alive(session)
+            .await
+            .map_err(propose_status)?;
+        Ok(Response::new(client_pb::SessionReply {}))
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<client_pb::SessionRequest>,
+    ) -> Result<Response<client_pb::SessionReply>, Status> {
+        let session: SessionId = request.into_inner().session;
+        self.node
+            .close_session(session)
+            .await
+            .map_err(propose_status)?;
+        Ok(Response::new(client_pb::SessionReply {}))
+    }
+
+    async fn leader(
+        &self,
+        _request: Request<client_pb::LeaderRequest>,
+    ) -> Result<Response<client_pb::LeaderReply>, Status> {
+        let leadership = self.node.watch_leadership();
+        let reply = leader_reply(self.node.id(), &leadership.borrow());
+        Ok(Response::new(reply))
+    }
+
+    type WatchLeaderStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<client_pb::LeaderReply, Status>> + Send>>;
+
+    async fn watch_leader(
+        &self,
+        _request: Request<client_pb::LeaderRequest>,
+    ) -> Result<Response<Self::WatchLeaderStream>, Status> {
+        let mut leadership = self.node.watch_leadership();
+        let id = self.node.id();
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let reply = leader_reply(id, &leadership.borrow_and_update());
+                if tx.send(Ok(reply)).await.is_err() {
+                    break;
+                }
+                // Ends when the client goes away (the stream is dropped) or the node stops.
+                tokio::select! {
+                    () = tx.closed() => break,
+                    changed = leadership.changed() => if changed.is_err() { break },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
