@@ -1,0 +1,340 @@
+//! The client against real members started by `dengine::start` (loopback gRPC, write-ahead
+//! logs in temporary directories): follower redirects, exactly-once session retries
+//! through a leader crash, deadlines, TLS.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dengine::{Command, LogIndex, Running, Settings};
+use dengine_client::{Client, ClientConfig, ClientError, ClientTls, Consistency};
+
+/// Counts increments, each carrying a unique 8-byte id, and remembers every id it applied:
+/// an increment applied twice shows up as a duplicate. Responds with the count; a read
+/// answers (count, duplicates), 16 bytes.
+#[derive(Default)]
+struct Increments {
+    seen: BTreeSet<u64>,
+    count: u64,
+    duplicates: u64,
+}
+
+impl Increments {
+    fn encode(&self) -> Bytes {
+        let mut b = Vec::with_capacity(16);
+        b.extend_from_slice(&self.count.to_le_bytes());
+        b.extend_from_slice(&self.duplicates.to_le_bytes());
+        Bytes::from(b)
+    }
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+impl dengine::StateMachine for Increments {
+    type Error = Infallible;
+
+    async fn apply(&mut self, commands: &[Command], _: LogIndex) -> Result<Vec<Bytes>, Infallible> {
+        Ok(commands
+            .iter()
+            .map(|c| {
+                if c.data.len() == 8 {
+                    self.count += 1;
+                    if !self.seen.insert(u64_at(&c.data, 0)) {
+                        self.duplicates += 1;
+                    }
+                }
+                Bytes::copy_from_slice(&self.count.to_le_bytes())
+            })
+            .collect())
+    }
+
+    async fn snapshot(&mut self) -> Result<Bytes, Infallible> {
+        let mut b = self.encode().to_vec();
+        for id in &self.seen {
+            b.extend_from_slice(&id.to_le_bytes());
+        }
+        Ok(Bytes::from(b))
+    }
+
+    async fn install_snapshot(&mut self, data: Bytes, _: LogIndex) -> Result<(), Infallible> {
+        self.count = u64_at(&data, 0);
+        self.duplicates = u64_at(&data, 8);
+        self.seen = data[16..].chunks(8).map(|c| u64_at(c, 0)).collect();
+        Ok(())
+    }
+
+    async fn query(&self, _: Bytes) -> Result<Bytes, Infallible> {
+        Ok(self.encode())
+    }
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Three members with client listeners and fast timing; sessions on when `sessions`.
+struct Cluster {
+    _dir: tempfile::TempDir,
+    members: BTreeMap<u64, Running>,
+    client_addrs: BTreeMap<u64, String>,
+}
+
+impl Cluster {
+    async fn start(sessions: bool, tls: Option<dengine::grpc::TlsConfig>) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(6);
+        let peers: BTreeMap<u64, String> = (1..=3)
+            .map(|id| (id, format!("127.0.0.1:{}", ports[id as usize - 1])))
+            .collect();
+        let mut members = BTreeMap::new();
+        let mut client_addrs = BTreeMap::new();
+        for (&id, peer) in &peers {
+            let mut s = Settings::default();
+            s.node.id = id;
+            s.node.listen_addr = peer.clone();
+            s.node.client_addr = Some(format!("127.0.0.1:{}", ports[id as usize + 2]));
+            s.node.data_dir = dir.path().join(format!("node{id}"));
+            s.node.initial_members = peers.clone();
+            s.raft.tick_ms = 20;
+            s.raft.election_timeout_ms = 300;
+            s.raft.heartbeat_interval_ms = 60;
+            s.raft.lease_drift_ms = 60;
+            s.network.reconnect_initial = Duration::from_millis(20);
+            s.network.reconnect_max = Duration::from_millis(300);
+            s.client.propose_timeout_ms = 2000;
+            s.client_sessions.enabled = sessions;
+            s.client_api.tls = tls.clone();
+            client_addrs.insert(id, s.node.client_addr.clone().unwrap());
+            members.insert(id, dengine::start(s, Increments::default()).await.unwrap());
+        }
+        Cluster {
+            _dir: dir,
+            members,
+            client_addrs,
+        }
+    }
+
+    async fn leader(&self) -> u64 {
+        for _ in 0..1500 {
+            for (&id, r) in &self.members {
+                if r.node().watch_leadership().borrow().role == dengine::core::Role::Leader {
+                    return id;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no leader within 30 s");
+    }
+
+    fn config(&self, order: impl IntoIterator<Item = u64>) -> ClientConfig {
+        ClientConfig::new(order.into_iter().map(|id| self.client_addrs[&id].clone()))
+    }
+
+    async fn stop(self) {
+        for (_, r) in self.members {
+            r.shutdown().await;
+        }
+    }
+}
+
+fn id_command(id: u64) -> Bytes {
+    Bytes::copy_from_slice(&id.to_le_bytes())
+}
+
+/// A follower refuses a proposal with the leader's id; the client learns which endpoint that
+/// is and sends it there, and keeps going to the leader afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_refers_the_client_to_the_leader() {
+    let c = Cluster::start(false, None).await;
+    let leader = c.leader().await;
+    let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    // The leader's endpoint last: the first attempt certainly reaches a follower.
+    let client = Client::connect(c.config([followers[0], followers[1], leader])).unwrap();
+    let response = client.propose(id_command(1)).await.unwrap();
+    assert_eq!(u64_at(&response, 0), 1);
+    let response = client.propose(id_command(2)).await.unwrap();
+    assert_eq!(u64_at(&response, 0), 2);
+    let info = client.leader().await.unwrap();
+    assert_eq!(info.leader, Some(leader), "{info:?}");
+    assert_eq!(info.members.len(), 3, "{info:?}");
+    for consistency in [Consistency::Linearizable, Consistency::Lease] {
+        let state = client.read(Bytes::new(), consistency).await.unwrap();
+        assert_eq!(u64_at(&state, 0), 2, "{consistency:?}");
+    }
+    // Stale reads go to every member in turn; each has the writes once it applied them.
+    let mut answers = 0;
+    for _ in 0..200 {
+        let state = client.read(Bytes::new(), Consistency::Stale).await.unwrap();
+        if u64_at(&state, 0) == 2 {
+            answers += 1;
+            if answers == 3 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(answers, 3, "stale reads caught up");
+    let mut watch = client.watch_leader().await.unwrap();
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!(first.leader, Some(leader));
+    // Sessions are off in this cluster: a session is refused, and says why.
+    let off = client.open_session().await.unwrap_err();
+    assert!(
+        matches!(&off, ClientError::Refused { kind, .. } if kind == "sessions-off"),
+        "{off}"
+    );
+    c.stop().await;
+}
+
+/// Four sessions propose 40 increments each while the leader is killed: every proposal is
+/// answered, and each increment is applied exactly once (the count is 160, no id twice),
+/// though some were in flight at the leader when it died and were sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_proposals_retried_through_a_leader_crash_are_applied_once() {
+    let mut c = Cluster::start(true, None).await;
+    let leader = c.leader().await;
+    let client = Client::connect(c.config(1..=3)).unwrap();
+    let (progress_tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let client = client.clone();
+        let progress = progress_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let session = client.open_session().await.unwrap();
+            for i in 0..40 {
+                session.propose(id_command(t * 1000 + i)).await.unwrap();
+                let _ = progress.send(());
+            }
+            session.close().await.unwrap();
+        }));
+    }
+    // Kill the leader once the sessions are well under way (with commands in flight).
+    for _ in 0..30 {
+        progress.recv().await.unwrap();
+    }
+    c.members.remove(&leader).unwrap().kill().await;
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let state = client
+        .read(Bytes::new(), Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(
+        (u64_at(&state, 0), u64_at(&state, 8)),
+        (160, 0),
+        "(count, duplicates)"
+    );
+    let new_leader = client.leader().await.unwrap().leader;
+    assert!(new_leader.is_some() && new_leader != Some(leader));
+    c.stop().await;
+}
+
+/// A call ends at its deadline: with no member listening nothing was applied; with a leader
+/// that lost its quorum, a proposal's outcome is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_end_at_their_deadline_and_say_whether_anything_may_have_applied() {
+    let nobody = free_ports(2);
+    let mut config = ClientConfig::new(nobody.iter().map(|p| format!("127.0.0.1:{p}")));
+    config.request_timeout = Duration::from_millis(600);
+    let client = Client::connect(config).unwrap();
+    let started = tokio::time::Instant::now();
+    let e = client.propose(id_command(1)).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::Deadline {
+                outcome_unknown: false,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let mut c = Cluster::start(false, None).await;
+    let leader = c.leader().await;
+    let mut config = c.config([leader]);
+    config.request_timeout = Duration::from_millis(800);
+    let client = Client::connect(config).unwrap();
+    client.propose(id_command(1)).await.unwrap();
+    for id in (1..=3).filter(|&id| id != leader) {
+        c.members.remove(&id).unwrap().kill().await;
+    }
+    let e = client.propose(id_command(2)).await.unwrap_err();
+    assert!(e.outcome_unknown(), "{e}");
+    c.stop().await;
+}
+
+/// With `[client_api.tls]`, a client that trusts the CA gets through; one that does not
+/// trust it, or speaks plaintext, does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reach_a_tls_client_listener_only_with_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let ca = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let path = |f: &str| dir.path().join(f);
+    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(path("member.pem"), cert.pem()).unwrap();
+    std::fs::write(path("member.key"), key.serialize_pem()).unwrap();
+    let tls = dengine::grpc::TlsConfig {
+        cert: path("member.pem"),
+        key: path("member.key"),
+        ca: path("ca.pem"),
+        require_client_cert: false,
+        server_name: None,
+    };
+    let c = Cluster::start(false, Some(tls)).await;
+    c.leader().await;
+
+    let mut config = c.config(1..=3);
+    config.tls = Some(
+        ClientTls::from_files(&path("ca.pem"), None)
+            .unwrap()
+            .server_name("localhost"),
+    );
+    let client = Client::connect(config).unwrap();
+    let response = client.propose(id_command(7)).await.unwrap();
+    assert_eq!(u64_at(&response, 0), 1);
+
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut other = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other = other.self_signed(&other_key).unwrap();
+    for tls in [
+        Some(ClientTls::new(other.pem()).server_name("localhost")),
+        None,
+    ] {
+        let mut config = c.config(1..=3);
+        config.tls = tls;
+        config.request_timeout = Duration::from_millis(800);
+        let client = Client::connect(config).unwrap();
+        let e = client
+            .read(Bytes::new(), Consistency::Stale)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Deadline { .. }), "{e}");
+    }
+    c.stop().await;
+}
