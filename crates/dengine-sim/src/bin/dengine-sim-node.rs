@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dengine_node::RuntimeBug;
 use dengine_sim::runner::{Seeds, number, run_seeds};
-use dengine_sim::runtime::{Failure, NodeSimConfig, Report, Stats, run};
+use dengine_sim::runtime::{Failure, NodeSimConfig, Report, Stats, Workload, run};
 
 const USAGE: &str = "usage: dengine-sim-node [options]
 
@@ -16,6 +16,11 @@ const USAGE: &str = "usage: dengine-sim-node [options]
   --seed X             run only seed X (same as --start X --seeds 1)
   --nodes K            cluster size, 3..=5 (default 3)
   --fault-ms M         simulated milliseconds of faults per seed (default 6000)
+  --exactly-once       clients send increments with unique ids through client sessions,
+                       resending each until answered; checks none is applied twice
+  --exactly-once-without-sessions
+                       the same resends as plain proposals (use with --expect-failure:
+                       the check catches the increments applied twice)
   --verbose            print the events of each run (use with --seed)
   --replay-check       run every seed twice and require identical fingerprints
   --inject-bug NAME    switch on a deliberate bug (repeatable); names:
@@ -33,6 +38,7 @@ struct Args {
     replay_check: bool,
     bugs: Vec<RuntimeBug>,
     lying_sync: bool,
+    workload: Workload,
 }
 
 fn parse() -> Result<Args, String> {
@@ -44,6 +50,7 @@ fn parse() -> Result<Args, String> {
         replay_check: false,
         bugs: Vec::new(),
         lying_sync: false,
+        workload: Workload::Kv,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -54,6 +61,10 @@ fn parse() -> Result<Args, String> {
             "--nodes" => a.nodes = number("--nodes", it.next())?,
             "--fault-ms" => a.fault_ms = number("--fault-ms", it.next())?,
             "--verbose" => a.verbose = true,
+            "--exactly-once" => a.workload = Workload::Increments { sessions: true },
+            "--exactly-once-without-sessions" => {
+                a.workload = Workload::Increments { sessions: false };
+            }
             "--replay-check" => a.replay_check = true,
             "--expect-failure" => a.seeds.stop_on_failure = true,
             "--inject-bug" => {
@@ -81,6 +92,7 @@ impl Args {
             fault_ms: self.fault_ms,
             bugs: self.bugs.clone(),
             lying_sync: self.lying_sync,
+            workload: self.workload,
             verbose: self.verbose,
             ..NodeSimConfig::new(seed)
         }
@@ -90,6 +102,9 @@ impl Args {
         let mut names: Vec<_> = self.bugs.iter().map(|b| b.name()).collect();
         if self.lying_sync {
             names.push("lying-sync");
+        }
+        if self.workload == (Workload::Increments { sessions: false }) {
+            names.push("resends without sessions");
         }
         names
     }
@@ -109,6 +124,10 @@ fn add(t: &mut Stats, s: &Stats) {
     t.stale_reads += s.stale_reads;
     t.max_term = t.max_term.max(s.max_term);
     t.snapshot_installs += s.snapshot_installs;
+    t.increments_ok += s.increments_ok;
+    t.increments_unknown += s.increments_unknown;
+    t.resends += s.resends;
+    t.sessions_lost += s.sessions_lost;
     t.net.sent += s.net.sent;
     t.net.dropped += s.net.dropped;
     t.net.duplicated += s.net.duplicated;
@@ -212,11 +231,26 @@ fn main() -> ExitCode {
         s.snapshot_installs,
         s.max_term
     );
+    if let Workload::Increments { sessions } = args.workload {
+        eprintln!(
+            "increments {}: {} acknowledged, {} with an unknown outcome, {} resends after an \
+             unknown outcome; {} sessions expired under their clients",
+            if sessions {
+                "in client sessions"
+            } else {
+                "WITHOUT sessions"
+            },
+            s.increments_ok,
+            s.increments_unknown,
+            s.resends,
+            s.sessions_lost
+        );
+    }
     let failed = ran.failures.len();
     if args.seeds.stop_on_failure {
         if let Some(first) = ran.failures.first() {
             println!(
-                "caught: injected bug(s) {:?} detected at seed {} after {} seeds: {first}",
+                "caught: {:?} detected at seed {} after {} seeds: {first}",
                 args.bug_names(),
                 first.seed,
                 first.seed - args.seeds.start + 1,

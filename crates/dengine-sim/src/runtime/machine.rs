@@ -2,7 +2,13 @@
 //! [`StateMachine`] contract. It is durable in the contract's sense: each applied batch and
 //! its index are saved together, atomically (the state lives in a [`MachineState`] that the
 //! host keeps across crashes), so a restarted node resumes after what was applied.
+//!
+//! The exactly-once workload adds increments ([`increment_command`]), each with a unique id:
+//! the machine counts how often each id was applied, so an increment applied twice is seen.
+//! That workload runs the machine as a volatile one (the host forgets its state on a crash
+//! and the runtime rebuilds it from a snapshot and the log), as client sessions require.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,6 +30,27 @@ pub struct MachineState {
     pub commands: u64,
     /// Snapshots installed.
     pub installs: u64,
+    /// How many times each increment (by id) was applied: once, if exactly once holds.
+    pub increments: BTreeMap<u64, u32>,
+}
+
+/// The tag of an increment command.
+const INCREMENT: u8 = 3;
+
+/// Encodes the increment with unique `id` (the response is the number of increments
+/// applied so far, 8 bytes).
+pub fn increment_command(id: u64) -> Bytes {
+    let mut b = Vec::with_capacity(9);
+    b.push(INCREMENT);
+    b.extend_from_slice(&id.to_be_bytes());
+    Bytes::from(b)
+}
+
+fn increment_id(data: &[u8]) -> Option<u64> {
+    match data {
+        [INCREMENT, id @ ..] => Some(u64::from_be_bytes(id.try_into().ok()?)),
+        _ => None,
+    }
 }
 
 /// The [`StateMachine`] of one node incarnation over its host's [`MachineState`].
@@ -63,6 +90,27 @@ pub fn write_answer(answer: &[u8]) -> Option<bool> {
     }
 }
 
+/// Reads what [`SimMachine`]'s `snapshot` wrote.
+fn decode_snapshot(data: &[u8]) -> Option<(KvStore, BTreeMap<u64, u32>)> {
+    let kv_len = usize::try_from(u64::from_be_bytes(data.get(..8)?.try_into().ok()?)).ok()?;
+    let kv = KvStore::decode(data.get(8..8usize.checked_add(kv_len)?)?)?;
+    let rest = &data[8 + kv_len..];
+    if !rest.len().is_multiple_of(12) {
+        return None;
+    }
+    let increments = rest
+        .chunks_exact(12)
+        .map(|c| {
+            let (id, times) = c.split_at(8);
+            Some((
+                u64::from_be_bytes(id.try_into().ok()?),
+                u32::from_be_bytes(times.try_into().ok()?),
+            ))
+        })
+        .collect::<Option<_>>()?;
+    Some((kv, increments))
+}
+
 impl StateMachine for SimMachine {
     type Error = std::io::Error;
 
@@ -74,9 +122,15 @@ impl StateMachine for SimMachine {
         let mut state = self.state.lock();
         let mut answers = Vec::with_capacity(commands.len());
         for c in commands {
-            let answer = match Command::decode(&c.data) {
-                Some(cmd) => Bytes::from_static(if state.kv.apply(cmd) { &[1] } else { &[0] }),
-                None => Bytes::new(),
+            let answer = if let Some(id) = increment_id(&c.data) {
+                *state.increments.entry(id).or_default() += 1;
+                let applied: u64 = state.increments.values().map(|&n| u64::from(n)).sum();
+                Bytes::copy_from_slice(&applied.to_be_bytes())
+            } else {
+                match Command::decode(&c.data) {
+                    Some(cmd) => Bytes::from_static(if state.kv.apply(cmd) { &[1] } else { &[0] }),
+                    None => Bytes::new(),
+                }
             };
             answers.push(answer);
         }
@@ -89,8 +143,18 @@ impl StateMachine for SimMachine {
         self.state.lock().applied
     }
 
+    /// The key-value pairs (length-prefixed) and then the increments, (id, times) each.
     async fn snapshot(&mut self) -> Result<Bytes, std::io::Error> {
-        Ok(self.state.lock().kv.encode())
+        let state = self.state.lock();
+        let kv = state.kv.encode();
+        let mut b = Vec::with_capacity(8 + kv.len() + state.increments.len() * 12);
+        b.extend_from_slice(&(kv.len() as u64).to_be_bytes());
+        b.extend_from_slice(&kv);
+        for (id, times) in &state.increments {
+            b.extend_from_slice(&id.to_be_bytes());
+            b.extend_from_slice(&times.to_be_bytes());
+        }
+        Ok(Bytes::from(b))
     }
 
     async fn install_snapshot(
@@ -98,11 +162,12 @@ impl StateMachine for SimMachine {
         data: Bytes,
         applied_up_to: LogIndex,
     ) -> Result<(), std::io::Error> {
-        let kv = KvStore::decode(&data).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, "not a key-value snapshot")
+        let (kv, increments) = decode_snapshot(&data).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "not a simulator snapshot")
         })?;
         let mut state = self.state.lock();
         state.kv = kv;
+        state.increments = increments;
         state.applied = applied_up_to;
         state.installs += 1;
         Ok(())

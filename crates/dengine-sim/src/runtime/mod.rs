@@ -28,6 +28,13 @@
 //! would). Then everything heals and the run must recover: a fresh write must commit and be
 //! read back through every node within [`NodeSimConfig::heal_ms`].
 //!
+//! The clients run one of two workloads ([`Workload`]): puts, compare-and-sets and reads of a
+//! few keys, or **increments** with unique ids that each client resends, through every
+//! fault, until it is answered — in a client session (thesis §6.3), or without one to show
+//! why sessions exist. The second is checked for exactly once: after healing, no increment
+//! was applied twice, every acknowledged one was applied, and every applied one was proposed
+//! (so the count lies between the acknowledged increments and those plus the unknown ones).
+//!
 //! Checks: at most one leader per term (Election Safety, observed at every step through
 //! `Node::watch_leadership`); the client history — puts, compare-and-sets, linearizable and
 //! lease reads — is linearizable ([`crate::linearizability`]); after healing, every replica's
@@ -48,13 +55,16 @@ use std::time::Duration;
 use dengine_core::{LogReader, LogStore, NodeId, Role};
 use dengine_node::testing::MemorySnapshots;
 use dengine_node::{
-    Consistency, Leadership, Node, NodeBuilder, NodeConfig, ProposeError, RuntimeBug,
+    Consistency, Leadership, Node, NodeBuilder, NodeConfig, ProposeError, RuntimeBug, SessionId,
+    SessionLimits, SessionRefusal,
 };
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
 use self::disk::{Disk, DiskFaults, DiskStats, SimDisk};
-use self::machine::{MachineState, SimMachine, read_answer, read_query, write_answer};
+use self::machine::{
+    MachineState, SimMachine, increment_command, read_answer, read_query, write_answer,
+};
 use self::net::{LinkFaults, NetStats, Packet, SimNet};
 use crate::kv::Command;
 use crate::linearizability::{self, History, Op, OpResult, Operation, Outcome, Verdict};
@@ -80,9 +90,36 @@ pub struct NodeSimConfig {
     pub bugs: Vec<RuntimeBug>,
     /// Deliberate disk bug: syncs report success without making anything durable.
     pub lying_sync: bool,
+    /// What the clients do.
+    pub workload: Workload,
     /// Print the run's events.
     pub verbose: bool,
 }
+
+/// What the simulated clients do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Puts, compare-and-sets and reads of a few keys; the history is checked for
+    /// linearizability.
+    Kv,
+    /// Increments, each with a unique id, resent through every fault until answered; checked
+    /// for exactly once. With `sessions`, in client sessions (the nodes run with
+    /// [`SESSION_LIMITS`] and a volatile state machine, as sessions require); without, as
+    /// plain proposals, which a resend can apply twice.
+    Increments {
+        /// Whether the clients use client sessions.
+        sessions: bool,
+    },
+}
+
+/// The session limits of the exactly-once workload: sessions idle for 3 s of log time
+/// expire, so that long partitions and crashes also exercise expiry (a client whose session
+/// expired opens a new one; its unanswered increment has an unknown outcome).
+pub const SESSION_LIMITS: SessionLimits = SessionLimits {
+    max_sessions: 64,
+    idle_expiry_ms: 3_000,
+    max_unacknowledged: 16,
+};
 
 impl NodeSimConfig {
     /// The defaults for `seed`: 3 nodes, 6 s of faults, 10 s to heal, 6 clients on 4 keys.
@@ -96,6 +133,7 @@ impl NodeSimConfig {
             keys: 4,
             bugs: Vec::new(),
             lying_sync: false,
+            workload: Workload::Kv,
             verbose: false,
         }
     }
@@ -211,6 +249,15 @@ pub struct Stats {
     pub max_term: u64,
     /// Snapshots installed by followers.
     pub snapshot_installs: u64,
+    /// Increments acknowledged (exactly-once workload).
+    pub increments_ok: u64,
+    /// Increments whose outcome stayed unknown (the clients stopped, or the session expired,
+    /// while one was unanswered).
+    pub increments_unknown: u64,
+    /// Increments sent again after a try whose outcome was unknown.
+    pub resends: u64,
+    /// Sessions that expired (or were evicted) under a client.
+    pub sessions_lost: u64,
     /// The network's counts.
     pub net: NetStats,
     /// The disks' counts, summed.
@@ -300,6 +347,21 @@ struct World {
     next_call: AtomicU64,
     stop_clients: AtomicBool,
     stats: Mutex<Stats>,
+    /// The exactly-once workload's record.
+    increments: Mutex<Increments>,
+}
+
+/// What the clients of the exactly-once workload know about their increments.
+#[derive(Debug, Default)]
+struct Increments {
+    /// Acknowledged: certainly applied.
+    acked: std::collections::BTreeSet<u64>,
+    /// Sent at least once, never acknowledged: applied once or not at all.
+    unknown: std::collections::BTreeSet<u64>,
+    /// Being sent.
+    in_flight: std::collections::BTreeSet<u64>,
+    /// Answers that must never come (a session refusing a client's own current command).
+    violations: Vec<String>,
 }
 
 impl World {
@@ -433,6 +495,9 @@ struct Sim<'a> {
     world: Arc<World>,
     clients: tokio::runtime::Runtime,
     client_clock_ms: u64,
+    /// Global simulated time, µs, for the nodes' session stamps (kept apart from [`World`],
+    /// which holds the nodes: a node holding it would never be freed).
+    clock: Arc<AtomicU64>,
     /// Active partitions: the links each one cuts, and when it heals (µs).
     partitions: Vec<(Vec<(NodeId, NodeId)>, u64)>,
     /// Leader of each term seen so far.
@@ -493,6 +558,7 @@ impl<'a> Sim<'a> {
             next_call: AtomicU64::new(0),
             stop_clients: AtomicBool::new(false),
             stats: Mutex::new(Stats::default()),
+            increments: Mutex::new(Increments::default()),
         });
         Ok(Sim {
             config,
@@ -503,6 +569,7 @@ impl<'a> Sim<'a> {
             world,
             clients: paused_runtime(config.seed)?,
             client_clock_ms: 0,
+            clock: Arc::default(),
             partitions: Vec::new(),
             leaders: BTreeMap::new(),
             now_ms: 0,
@@ -546,6 +613,11 @@ impl<'a> Sim<'a> {
         let store = host.disk.open();
         let rt = paused_runtime(self.config.seed)?;
         let seed = self.config.seed ^ (host.id << 48) ^ (host.starts << 32);
+        if let Workload::Increments { .. } = self.config.workload {
+            // A volatile state machine: what it held is gone with the crash, and the runtime
+            // rebuilds it (and the session table) from the snapshot and the log.
+            host.machine = Arc::default();
+        }
         let mut builder = NodeBuilder::new(config)
             .log_store(store.clone())
             .state_machine(SimMachine::new(host.machine.clone()))
@@ -554,6 +626,13 @@ impl<'a> Sim<'a> {
             .rng_seed(seed);
         for bug in &self.config.bugs {
             builder = builder.inject_bug(*bug);
+        }
+        if self.config.workload == (Workload::Increments { sessions: true }) {
+            // Stamped with the simulated time: nothing reads the wall clock.
+            let now_us = self.clock.clone();
+            builder = builder
+                .client_sessions(SESSION_LIMITS)
+                .session_clock(move || now_us.load(Ordering::Relaxed) / 1000);
         }
         // The initial members bootstrap an empty disk (again, if the first attempt's writes
         // were lost); a disk that holds state is restarted from.
@@ -624,7 +703,12 @@ impl<'a> Sim<'a> {
             let world = self.world.clone();
             let seed = self.rng.next_u64();
             let (nodes, keys) = (self.config.nodes, self.config.keys);
-            self.clients.spawn(client(world, c, seed, nodes, keys));
+            match self.config.workload {
+                Workload::Kv => self.clients.spawn(client(world, c, seed, nodes, keys)),
+                Workload::Increments { sessions } => self
+                    .clients
+                    .spawn(incrementer(world, c, seed, nodes, sessions)),
+            };
         }
         let fault_end = self.config.fault_ms;
         while self.now_ms < fault_end {
@@ -641,6 +725,7 @@ impl<'a> Sim<'a> {
         self.now_ms += 1;
         let now_us = self.now_us();
         self.world.now_us.store(now_us, Ordering::Relaxed);
+        self.clock.store(now_us, Ordering::Relaxed);
         self.net.set_now(now_us);
         // Restarts and resumptions due.
         for i in 0..self.hosts.len() {
@@ -902,7 +987,7 @@ impl<'a> Sim<'a> {
 
     /// No client operation is pending.
     fn quiet(&self) -> bool {
-        self.world.history.lock().1.is_empty()
+        self.world.history.lock().1.is_empty() && self.world.increments.lock().in_flight.is_empty()
     }
 
     fn finish(self) -> Result<Report, Failure> {
@@ -919,8 +1004,36 @@ impl<'a> Sim<'a> {
                     ),
                 ));
             }
+            if m.increments != first.increments {
+                return Err(self.fail(
+                    "state machine safety",
+                    format!(
+                        "node {} applied {} increments, node 1 {}, at index {} (snapshots \
+                         installed: {} and {}; increments one has and the other not: {:?})",
+                        h.id,
+                        m.increments.len(),
+                        first.increments.len(),
+                        first.applied,
+                        m.installs,
+                        first.installs,
+                        m.increments
+                            .keys()
+                            .filter(|k| !first.increments.contains_key(k))
+                            .chain(
+                                first
+                                    .increments
+                                    .keys()
+                                    .filter(|k| !m.increments.contains_key(k))
+                            )
+                            .take(6)
+                            .map(|k| format!("{k:#x}"))
+                            .collect::<Vec<_>>()
+                    ),
+                ));
+            }
         }
         self.check_logs(first.applied)?;
+        self.check_exactly_once(&first.increments)?;
         let (mut done, pending) = std::mem::take(&mut *self.world.history.lock());
         done.extend(pending.into_values());
         let mut history = History::new();
@@ -961,7 +1074,12 @@ impl<'a> Sim<'a> {
         for op in &done {
             fp.write(&format!("{op:?}"));
         }
-        fp.write(&format!("{:?}{:?}", first.kv.encode(), first.applied));
+        fp.write(&format!(
+            "{:?}{:?}{:?}",
+            first.kv.encode(),
+            first.applied,
+            first.increments
+        ));
         fp.write(&format!("{stats:?}"));
         let report = Report {
             seed: self.config.seed,
@@ -970,6 +1088,41 @@ impl<'a> Sim<'a> {
         };
         self.shutdown();
         Ok(report)
+    }
+
+    /// Exactly once (thesis §6.3), for the increments: none applied twice, every
+    /// acknowledged one applied, every applied one proposed and not certainly refused. So the
+    /// count lies between the acknowledged increments and those plus the unknown ones.
+    fn check_exactly_once(&self, applied: &BTreeMap<u64, u32>) -> Result<(), Failure> {
+        let record = self.world.increments.lock();
+        if let Some(v) = record.violations.first() {
+            return Err(self.fail("exactly once", v.clone()));
+        }
+        if let Some((id, times)) = applied.iter().find(|(_, times)| **times > 1) {
+            return Err(self.fail(
+                "exactly once",
+                format!(
+                    "increment {id:#x} (client {}) was applied {times} times",
+                    id >> 32
+                ),
+            ));
+        }
+        if let Some(id) = record.acked.iter().find(|id| !applied.contains_key(id)) {
+            return Err(self.fail(
+                "exactly once",
+                format!("acknowledged increment {id:#x} was never applied (lost)"),
+            ));
+        }
+        if let Some(id) = applied
+            .keys()
+            .find(|id| !record.acked.contains(id) && !record.unknown.contains(id))
+        {
+            return Err(self.fail(
+                "exactly once",
+                format!("increment {id:#x} was applied, but its client saw it refused"),
+            ));
+        }
+        Ok(())
     }
 
     /// Log Matching where it can be seen: every pair of nodes holds the same term at every
@@ -1227,6 +1380,132 @@ async fn probe(world: Arc<World>, key: u64, nodes: u64, done: Arc<AtomicBool>) {
         }
     }
     done.store(true, Ordering::Relaxed);
+}
+
+/// One client of the exactly-once workload: increments with unique ids, one at a time, each
+/// sent until it is answered — to the node it believes leads, and on anything that leaves
+/// the outcome unknown (no answer, a crash, a timeout) again to the next node. With
+/// `sessions` the increments go through a client session (opened again when it expires);
+/// without, the same resends are plain proposals.
+async fn incrementer(world: Arc<World>, client: u64, seed: u64, nodes: u64, sessions: bool) {
+    let mut rng = SimRng::new(seed);
+    let mut target: NodeId = 1 + rng.below(nodes);
+    let mut session: Option<(SessionId, u64)> = None;
+    let mut k = 0u64;
+    let next = |t: NodeId| t % nodes + 1;
+    while !world.stop_clients.load(Ordering::Relaxed) {
+        if sessions && session.is_none() {
+            match world
+                .call(target, |node| async move { node.open_session().await })
+                .await
+            {
+                Call::Answered(Ok(id)) => session = Some((id, 1)),
+                Call::Answered(Err(e)) => {
+                    target = e.leader().map_or(next(target), |(l, _)| l);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                // A registration lost on the way is a session nobody uses: it expires.
+                Call::Down | Call::Lost => {
+                    target = next(target);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            continue;
+        }
+        k += 1;
+        let id = (client << 32) | k;
+        world.increments.lock().in_flight.insert(id);
+        target = send_increment(&world, id, target, nodes, &mut session).await;
+        if let Some((_, seq)) = &mut session {
+            *seq += 1;
+        }
+        let pause = rng.below(20);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+}
+
+/// Sends increment `id` until it is answered, its session is gone, or the clients stop;
+/// records the outcome and returns the node to use next.
+async fn send_increment(
+    world: &World,
+    id: u64,
+    mut target: NodeId,
+    nodes: u64,
+    session: &mut Option<(SessionId, u64)>,
+) -> NodeId {
+    let next = |t: NodeId| t % nodes + 1;
+    let mut taken = false;
+    let settle = |acked: bool, taken: bool| {
+        let mut record = world.increments.lock();
+        record.in_flight.remove(&id);
+        if acked {
+            record.acked.insert(id);
+        } else if taken {
+            record.unknown.insert(id);
+        }
+        drop(record);
+        let mut stats = world.stats.lock();
+        if acked {
+            stats.increments_ok += 1;
+        } else if taken {
+            stats.increments_unknown += 1;
+        }
+    };
+    loop {
+        if world.stop_clients.load(Ordering::Relaxed) {
+            settle(false, taken);
+            return target;
+        }
+        let command = increment_command(id);
+        let in_session = *session;
+        let answer = world
+            .call(target, move |node| async move {
+                match in_session {
+                    // One command at a time: the first unanswered one is this one.
+                    Some((s, seq)) => node.propose_in_session(s, seq, seq, command).await,
+                    None => node.propose(command).await,
+                }
+            })
+            .await;
+        match answer {
+            Call::Answered(Ok(_)) => {
+                settle(true, taken);
+                return target;
+            }
+            Call::Answered(Err(ProposeError::Session(SessionRefusal::UnknownSession))) => {
+                // Expired or evicted: a try taken before may have been applied.
+                settle(false, taken);
+                world.stats.lock().sessions_lost += 1;
+                *session = None;
+                return target;
+            }
+            Call::Answered(Err(ProposeError::Session(why))) => {
+                world.increments.lock().violations.push(format!(
+                    "the session refused its client's current increment {id:#x}: {why}"
+                ));
+                settle(false, true);
+                *session = None;
+                return target;
+            }
+            Call::Answered(Err(e @ (ProposeError::Refused(_) | ProposeError::Busy(_)))) => {
+                // Certainly not applied by this try.
+                target = e.leader().map_or(next(target), |(l, _)| l);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Call::Down => {
+                target = next(target);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // Timeout, interrupted, shutting down, stopped, or no answer at all: this try may
+            // still be applied. Send it again (safe only in a session).
+            Call::Answered(Err(_)) | Call::Lost => {
+                taken = true;
+                world.stats.lock().resends += 1;
+                target = next(target);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
