@@ -9,6 +9,7 @@
 )]
 
 pub mod admin;
+pub mod client;
 mod grpc;
 pub mod kv;
 pub mod peer;
@@ -43,6 +44,11 @@ pub const TARGETS: &[Target] = &[
         name: "admin",
         run: admin::admin,
         seeds: admin::seeds,
+    },
+    Target {
+        name: "client",
+        run: client::client,
+        seeds: client::seeds,
     },
     Target {
         name: "kv",
