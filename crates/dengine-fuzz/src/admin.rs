@@ -11,14 +11,13 @@
 use std::time::Duration;
 
 use dengine::AdminService;
-use dengine_core::store::{MemoryStateMachine, MemoryStore};
+use dengine_core::store::MemoryStateMachine;
 use dengine_net_grpc::admin_pb;
-use dengine_node::testing::LocalNetwork;
-use dengine_node::{NodeBuilder, NodeConfig};
 use dengine_sim::fuzz::Input;
 use prost::Message as _;
 
 use crate::grpc::{body_from, call, frame};
+use crate::support::{leading_single_member, paused_runtime};
 
 const PATHS: [&str; 7] = [
     "/dengine.admin.v1.Admin/Status",
@@ -41,37 +40,8 @@ pub fn admin(data: &[u8]) {
 fn run(data: &[u8]) -> Vec<String> {
     let mut codes = Vec::new();
     let mut input = Input::new(data);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => panic!("cannot start a tokio runtime: {e}"),
-    };
-    rt.block_on(async {
-        let mut settings = NodeConfig::new(1);
-        settings.client.propose_timeout_ms = 2_000;
-        let net = LocalNetwork::new();
-        let builder = NodeBuilder::new(settings)
-            .log_store(MemoryStore::new())
-            .state_machine(MemoryStateMachine::new())
-            .transport(net.transport(1));
-        net.register(1, builder.inbox());
-        let node = match builder
-            .bootstrap([(1, "node-1:7000".to_string())].into())
-            .await
-        {
-            Ok(n) => n,
-            Err(e) => panic!("cannot start a single-member node: {e}"),
-        };
-        // Calls go to a leader (a single member elects itself after one election timeout).
-        for _ in 0..1000 {
-            if node.status().await.is_ok_and(|s| s.leader == Some(1)) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    paused_runtime().block_on(async {
+        let (node, _net) = leading_single_member(MemoryStateMachine::new(), |b| b).await;
         let mut service = AdminService::new(node.clone()).server();
         let mut removed_itself = false;
         for _ in 0..6 {

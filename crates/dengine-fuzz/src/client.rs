@@ -13,15 +13,15 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dengine_core::store::{Command, MemoryStore, StateMachine};
+use dengine_core::store::{Command, StateMachine};
 use dengine_core::{LogIndex, sessions::SessionLimits};
 use dengine_net_grpc::client_pb;
-use dengine_node::testing::LocalNetwork;
-use dengine_node::{Consistency, NodeBuilder, NodeConfig};
+use dengine_node::Consistency;
 use dengine_sim::fuzz::Input;
 use prost::Message as _;
 
 use crate::grpc::{body_from, call};
+use crate::support::{leading_single_member, paused_runtime};
 
 const PATHS: [&str; 7] = [
     "/dengine.client.v1.Client/Propose",
@@ -79,46 +79,18 @@ pub fn client(data: &[u8]) {
 fn run(data: &[u8]) -> Vec<String> {
     let mut codes = Vec::new();
     let mut input = Input::new(data);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => panic!("cannot start a tokio runtime: {e}"),
-    };
-    rt.block_on(async {
-        let mut settings = NodeConfig::new(1);
-        settings.client.propose_timeout_ms = 2_000;
-        let net = LocalNetwork::new();
+    paused_runtime().block_on(async {
         let base = tokio::time::Instant::now();
-        let builder = NodeBuilder::new(settings)
-            .log_store(MemoryStore::new())
-            .state_machine(Counting::default())
-            .transport(net.transport(1))
-            .client_sessions(SessionLimits {
+        let (node, _net) = leading_single_member(Counting::default(), |b| {
+            b.client_sessions(SessionLimits {
                 max_sessions: 8,
                 idle_expiry_ms: 60_000,
                 max_unacknowledged: 4,
             })
             // Stamps from the paused clock: one input runs one way.
-            .session_clock(move || {
-                u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX)
-            });
-        net.register(1, builder.inbox());
-        let node = match builder
-            .bootstrap([(1, "node-1:7000".to_string())].into())
-            .await
-        {
-            Ok(n) => n,
-            Err(e) => panic!("cannot start a single-member node: {e}"),
-        };
-        for _ in 0..1000 {
-            if node.status().await.is_ok_and(|s| s.leader == Some(1)) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            .session_clock(move || u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX))
+        })
+        .await;
         let mut service = dengine::ClientService::new(node.clone(), 1 << 20).server();
         for _ in 0..8 {
             if input.is_empty() {
@@ -148,8 +120,12 @@ fn run(data: &[u8]) -> Vec<String> {
             Err(e) => panic!("no session can be opened after the input: {e}"),
         };
         let before = applied(&node).await;
-        let first = node.propose_in_session(session, 1, 1, Bytes::from_static(b"x")).await;
-        let again = node.propose_in_session(session, 1, 1, Bytes::from_static(b"x")).await;
+        let first = node
+            .propose_in_session(session, 1, 1, Bytes::from_static(b"x"))
+            .await;
+        let again = node
+            .propose_in_session(session, 1, 1, Bytes::from_static(b"x"))
+            .await;
         match (first, again) {
             (Ok(a), Ok(b)) => assert_eq!(a, b, "a retry got another response"),
             other => panic!("a fresh session's command failed: {other:?}"),
