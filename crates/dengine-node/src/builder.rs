@@ -85,18 +85,7 @@ pub(crate) struct RunOptions {
     #[cfg(feature = "fault-injection")]
     pub(crate) bugs: Vec<crate::bugs::RuntimeBug>,
     /// Where session stamps come from; `None`: the system clock.
-    pub(crate) session_clock: Option<SessionClock>,
-}
-
-/// A source of session stamps, milliseconds (see
-/// [`NodeBuilder::session_clock`]).
-#[derive(Clone)]
-pub(crate) struct SessionClock(pub(crate) Arc<dyn Fn() -> u64 + Send + Sync>);
-
-impl std::fmt::Debug for SessionClock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SessionClock")
-    }
+    pub(crate) session_clock: Option<crate::node::SessionClock>,
 }
 
 impl NodeBuilder {
@@ -211,7 +200,7 @@ impl<S, M, T> NodeBuilder<S, M, T> {
     /// simulation, where nothing may read the wall clock.
     #[cfg(feature = "testing")]
     pub fn session_clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
-        self.options.session_clock = Some(SessionClock(Arc::new(clock)));
+        self.options.session_clock = Some(crate::node::SessionClock(Arc::new(clock)));
         self
     }
 

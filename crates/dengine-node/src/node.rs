@@ -92,7 +92,18 @@ pub(crate) struct Shared {
     /// Client sessions are on: every command goes into the log as a session entry.
     pub(crate) sessions: bool,
     /// Where session stamps come from; `None`: the system clock.
-    pub(crate) session_clock: Option<crate::builder::SessionClock>,
+    pub(crate) session_clock: Option<SessionClock>,
+}
+
+/// A source of session stamps, milliseconds (see
+/// [`NodeBuilder::session_clock`](crate::NodeBuilder)).
+#[derive(Clone)]
+pub(crate) struct SessionClock(pub(crate) Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl std::fmt::Debug for SessionClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionClock")
+    }
 }
 
 /// A running node: a cheap, cloneable handle (`Send + Sync`) on its event loop.
