@@ -165,6 +165,21 @@ async fn a_follower_refers_the_client_to_the_leader() {
     assert_eq!(u64_at(&response, 0), 1);
     let response = client.propose(id_command(2)).await.unwrap();
     assert_eq!(u64_at(&response, 0), 2);
+    // Over the size limit: refused at once, never retried until the deadline. Just over
+    // raft.max_proposal_bytes, by the core (`too-large`); far over, before the member reads
+    // the request at all.
+    for size in [(1 << 20) + 1, 2 << 20] {
+        let started = tokio::time::Instant::now();
+        let e = client
+            .propose(Bytes::from(vec![0u8; size]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Refused { .. }), "{size}: {e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{size}: retried"
+        );
+    }
     let info = client.leader().await.unwrap();
     assert_eq!(info.leader, Some(leader), "{info:?}");
     assert_eq!(info.members.len(), 3, "{info:?}");

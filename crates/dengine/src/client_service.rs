@@ -32,26 +32,25 @@ pub const LEADER_ID: &str = "dengine-leader";
 #[derive(Clone, Debug)]
 pub struct ClientService {
     node: Node,
-    max_message_bytes: usize,
+    max_request_bytes: usize,
 }
 
 impl ClientService {
-    /// The client service of `node`, accepting messages of up to `max_message_bytes` (the
-    /// peers' `network.max_message_bytes` is a good value: a command cannot be larger than
-    /// what replication carries).
-    pub fn new(node: Node, max_message_bytes: usize) -> Self {
+    /// The client service of `node`, accepting requests of up to `max_request_bytes`
+    /// (`raft.max_proposal_bytes` plus some headroom is a good value: a larger command would
+    /// be refused anyway, and the bound is what one request can make a member buffer).
+    pub fn new(node: Node, max_request_bytes: usize) -> Self {
         ClientService {
             node,
-            max_message_bytes,
+            max_request_bytes,
         }
     }
 
     /// The tonic service, ready for `Server::builder().add_service(..)`.
     pub fn server(self) -> ClientServer<ClientService> {
-        let max = self.max_message_bytes;
-        ClientServer::new(self)
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max)
+        let max = self.max_request_bytes;
+        // Answers are the state machine's own responses: not bounded here.
+        ClientServer::new(self).max_decoding_message_size(max)
     }
 }
 

@@ -189,10 +189,12 @@ pub async fn start<M: StateMachine>(
     settings: Settings,
     state_machine: M,
 ) -> Result<Running, StartNodeError> {
-    let max_message_bytes = settings.network.max_message_bytes;
+    let max_request_bytes = usize::try_from(settings.raft.max_proposal_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(crate::settings::MESSAGE_HEADROOM_BYTES);
     start_with(settings, state_machine, move |node, _, mut services| {
         if services.client_addr.is_some() {
-            let service = ClientService::new(node.clone(), max_message_bytes).server();
+            let service = ClientService::new(node.clone(), max_request_bytes).server();
             services.client = Some(Routes::new(service));
         }
         services
