@@ -851,6 +851,110 @@ mod tests {
         assert!(matches!(bad, ClientError::Config(_)), "{bad}");
     }
 
+    fn status(code: Code, kind: Option<&'static str>, leader: Option<u64>) -> Status {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        if let Some(kind) = kind {
+            metadata.insert(
+                ERROR_KIND,
+                tonic::metadata::MetadataValue::from_static(kind),
+            );
+        }
+        if let Some(leader) = leader {
+            metadata.insert(LEADER_ID, tonic::metadata::MetadataValue::from(leader));
+        }
+        Status::with_metadata(code, "test", metadata)
+    }
+
+    /// What the client does after each kind of failure, for each kind of call: the retry
+    /// semantics of docs/sessions.md. A plain proposal is never resent after an unknown
+    /// outcome; a session's entry is; a read always is; a definite refusal ends every call.
+    #[tokio::test]
+    async fn each_failure_leads_to_the_documented_next_step() {
+        // Endpoints connect lazily: nothing here reaches the network.
+        let client = Client::connect(ClientConfig::new(["127.0.0.1:1", "127.0.0.1:2"])).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let read = Kind::Read { stale: false };
+        let kinds = [Kind::Propose, Kind::SessionEntry, read];
+        // (status, [plain proposal, session entry, read]); `R(unknown)` retries, `F` fails.
+        #[derive(Debug, PartialEq)]
+        enum N {
+            R(bool),
+            Unknown,
+            Refused(String),
+        }
+        let next =
+            async |kind: Kind, status: &Status| match client.after(kind, 0, status, deadline).await
+            {
+                Next::Retry { unknown, .. } => N::R(unknown),
+                Next::Fail(ClientError::OutcomeUnknown(_)) => N::Unknown,
+                Next::Fail(ClientError::Refused { kind, .. }) => N::Refused(kind),
+                Next::Fail(e) => panic!("unexpected {e}"),
+            };
+        let cases = [
+            (
+                status(Code::Unavailable, Some("retry"), None),
+                [N::R(false), N::R(false), N::R(false)],
+            ),
+            (
+                status(Code::FailedPrecondition, Some("not-leader"), None),
+                [N::R(false), N::R(false), N::R(false)],
+            ),
+            (
+                status(Code::Unavailable, Some("unknown-outcome"), None),
+                [N::Unknown, N::R(true), N::R(false)],
+            ),
+            (
+                status(Code::InvalidArgument, Some("too-large"), None),
+                [
+                    N::Refused("too-large".into()),
+                    N::Refused("too-large".into()),
+                    N::Refused("too-large".into()),
+                ],
+            ),
+            (
+                status(Code::FailedPrecondition, Some("session-unknown"), None),
+                [
+                    N::Refused("session-unknown".into()),
+                    N::Refused("session-unknown".into()),
+                    N::Refused("session-unknown".into()),
+                ],
+            ),
+            // The connection broke after sending (no kind: not the service's answer).
+            (
+                status(Code::Unavailable, None, None),
+                [N::Unknown, N::R(true), N::R(false)],
+            ),
+            // A member that cannot parse the request.
+            (
+                status(Code::Unimplemented, None, None),
+                [
+                    N::Refused("Unimplemented".into()),
+                    N::Refused("Unimplemented".into()),
+                    N::Refused("Unimplemented".into()),
+                ],
+            ),
+        ];
+        for (status, expected) in cases {
+            for (kind, want) in kinds.iter().zip(expected) {
+                assert_eq!(
+                    next(*kind, &status).await,
+                    want,
+                    "{:?} {:?}",
+                    status.metadata().get(ERROR_KIND),
+                    status.code()
+                );
+            }
+        }
+        // Nothing was sent when the connection could not be made: every call retries.
+        let refused = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "tcp connect error: Connection refused",
+        )));
+        for kind in kinds {
+            assert_eq!(next(kind, &refused).await, N::R(false));
+        }
+    }
+
     #[test]
     fn only_unknown_outcomes_and_deadlines_that_may_have_applied_say_so() {
         assert!(ClientError::OutcomeUnknown("x".into()).outcome_unknown());

@@ -251,3 +251,128 @@ impl Client for ClientService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dengine_core::ProposeError as Core;
+
+    fn kind(status: &Status) -> (&'static str, Code, Option<String>) {
+        let meta = |key: &str| {
+            status
+                .metadata()
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let kind = match meta(ERROR_KIND).as_deref() {
+            Some("not-leader") => "not-leader",
+            Some("retry") => "retry",
+            Some("unknown-outcome") => "unknown-outcome",
+            Some("too-large") => "too-large",
+            Some("session-unknown") => "session-unknown",
+            Some("session-acknowledged") => "session-acknowledged",
+            Some("session-too-many") => "session-too-many",
+            Some("session-invalid") => "session-invalid",
+            Some("sessions-off") => "sessions-off",
+            Some("read-failed") => "read-failed",
+            other => panic!("no known kind: {other:?}"),
+        };
+        (kind, status.code(), meta(LEADER_ID))
+    }
+
+    /// Every refusal says whether the command was applied (client.proto's table): what was
+    /// certainly not applied is `not-leader`, `retry`, `too-large` or a session refusal; what
+    /// may have been is `unknown-outcome`, never `retry`.
+    #[test]
+    fn every_propose_error_has_the_kind_that_says_whether_it_applied() {
+        let cases = [
+            (
+                ProposeError::Refused(Core::NotLeader {
+                    leader: Some(3),
+                    leader_address: None,
+                }),
+                (
+                    "not-leader",
+                    Code::FailedPrecondition,
+                    Some("3".to_string()),
+                ),
+            ),
+            (
+                ProposeError::Refused(Core::NotLeader {
+                    leader: None,
+                    leader_address: None,
+                }),
+                ("retry", Code::Unavailable, None),
+            ),
+            (
+                ProposeError::Refused(Core::TransferInProgress { to: 2 }),
+                ("retry", Code::Unavailable, None),
+            ),
+            (
+                ProposeError::Refused(Core::UncommittedLimit {
+                    uncommitted: 9,
+                    max: 8,
+                }),
+                ("retry", Code::Unavailable, None),
+            ),
+            (
+                ProposeError::Busy("full"),
+                ("retry", Code::Unavailable, None),
+            ),
+            (
+                ProposeError::Refused(Core::TooLarge { size: 9, max: 8 }),
+                ("too-large", Code::InvalidArgument, None),
+            ),
+            (
+                ProposeError::Timeout,
+                ("unknown-outcome", Code::DeadlineExceeded, None),
+            ),
+            (
+                ProposeError::Interrupted("snapshot"),
+                ("unknown-outcome", Code::Unavailable, None),
+            ),
+            (
+                ProposeError::ShuttingDown,
+                ("unknown-outcome", Code::Unavailable, None),
+            ),
+            (
+                ProposeError::Stopped {
+                    reason: "disk".into(),
+                },
+                ("unknown-outcome", Code::Unavailable, None),
+            ),
+            (
+                ProposeError::Session(SessionRefusal::UnknownSession),
+                ("session-unknown", Code::FailedPrecondition, None),
+            ),
+            (
+                ProposeError::Session(SessionRefusal::AlreadyAcknowledged),
+                ("session-acknowledged", Code::FailedPrecondition, None),
+            ),
+            (
+                ProposeError::Session(SessionRefusal::TooManyUnacknowledged),
+                ("session-too-many", Code::ResourceExhausted, None),
+            ),
+            (
+                ProposeError::Session(SessionRefusal::InvalidSequence),
+                ("session-invalid", Code::InvalidArgument, None),
+            ),
+            (
+                ProposeError::SessionsOff,
+                ("sessions-off", Code::FailedPrecondition, None),
+            ),
+        ];
+        for (error, want) in cases {
+            let shown = error.to_string();
+            let status = propose_status(error);
+            assert_eq!(status.message(), shown, "the message is the error's");
+            let (k, code, leader) = kind(&status);
+            assert_eq!((k, code, leader), want, "{shown}");
+        }
+        let failed = read_status(ReadError::StateMachine("boom".into()));
+        assert_eq!(kind(&failed).0, "read-failed");
+        assert_eq!(kind(&read_status(ReadError::Timeout)).0, "retry");
+        assert_eq!(kind(&read_status(ReadError::Busy)).0, "retry");
+    }
+}
