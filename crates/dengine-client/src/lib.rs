@@ -199,16 +199,24 @@ pub enum ClientError {
         /// The last error seen while retrying.
         last_error: String,
     },
-    /// The cluster refused the request; **it was not applied**. `kind` says why
-    /// (`too-large`, `session-unknown` — the session expired or was closed: open a new one —,
-    /// `session-acknowledged`, `session-too-many`, `session-invalid`, `sessions-off`,
-    /// `read-failed`, or a gRPC code for a request the member could not parse).
-    #[error("refused ({kind}): {message}")]
+    /// The cluster refused the request: **this copy of it was not applied**. `kind` says
+    /// why (`too-large`, `session-unknown` — the session expired or was closed: open a new
+    /// one —, `session-acknowledged`, `session-too-many`, `session-invalid`, `sessions-off`,
+    /// `read-failed`, or a gRPC code for a request the member could not parse). When a
+    /// session's command was resent after an attempt of unknown outcome, that earlier copy
+    /// may have been applied (its session then expired, say, before the resend arrived):
+    /// `outcome_unknown` says so, and [`ClientError::outcome_unknown`] is true.
+    #[error(
+        "refused ({kind}): {message}{}",
+        if *.outcome_unknown { "; an earlier attempt of unknown outcome may have applied the command" } else { "" }
+    )]
     Refused {
         /// The refusal's kind.
         kind: String,
         /// The member's explanation.
         message: String,
+        /// Whether an earlier attempt of the same call may have applied the command.
+        outcome_unknown: bool,
     },
 }
 
@@ -225,6 +233,10 @@ impl ClientError {
             self,
             ClientError::OutcomeUnknown(_)
                 | ClientError::Deadline {
+                    outcome_unknown: true,
+                    ..
+                }
+                | ClientError::Refused {
                     outcome_unknown: true,
                     ..
                 }
@@ -502,6 +514,14 @@ impl Client {
             };
             last_error = format!("{}: {}", inner.targets[target].address, status.message());
             match self.after(kind, target, &status, deadline).await {
+                // A refusal answers this copy only; an earlier one may have been applied.
+                Next::Fail(ClientError::Refused { kind, message, .. }) => {
+                    return Err(ClientError::Refused {
+                        kind,
+                        message,
+                        outcome_unknown: unknown,
+                    });
+                }
                 Next::Fail(e) => return Err(e),
                 Next::Retry {
                     target: next,
@@ -532,6 +552,7 @@ impl Client {
             Next::Fail(ClientError::Refused {
                 kind: kind.to_string(),
                 message: status.message().to_string(),
+                outcome_unknown: false,
             })
         };
         let Some(error_kind) = error_kind else {
@@ -720,6 +741,7 @@ impl LeaderWatch {
             Err(status) => Some(Err(ClientError::Refused {
                 kind: format!("{:?}", status.code()),
                 message: status.message().to_string(),
+                outcome_unknown: false,
             })),
         }
     }
@@ -955,14 +977,50 @@ mod tests {
         }
     }
 
+    /// A session's command resent after an attempt of unknown outcome, then refused (its
+    /// session expired meanwhile): the refusal does not prove the first copy unapplied.
+    #[tokio::test]
+    async fn a_refusal_after_an_unknown_outcome_does_not_claim_the_command_unapplied() {
+        let mut config = ClientConfig::new(["127.0.0.1:1"]);
+        config.backoff_initial = Duration::from_millis(1);
+        config.backoff_max = Duration::from_millis(1);
+        let client = Client::connect(config).unwrap();
+        for (first, unknown) in [("unknown-outcome", true), ("retry", false)] {
+            let mut attempts = 0;
+            let err = client
+                .call(Kind::SessionEntry, |_stub, _timeout| {
+                    attempts += 1;
+                    let answer = if attempts == 1 {
+                        status(Code::Unavailable, Some(first), None)
+                    } else {
+                        status(Code::FailedPrecondition, Some("session-unknown"), None)
+                    };
+                    async move { Err::<(), _>(answer) }
+                })
+                .await
+                .unwrap_err();
+            assert!(err.is_session_gone(), "{first}: {err}");
+            assert_eq!(err.outcome_unknown(), unknown, "{first}: {err}");
+            assert_eq!(attempts, 2, "{first}");
+        }
+    }
+
     #[test]
     fn only_unknown_outcomes_and_deadlines_that_may_have_applied_say_so() {
         assert!(ClientError::OutcomeUnknown("x".into()).outcome_unknown());
         let refused = ClientError::Refused {
             kind: "session-unknown".into(),
             message: String::new(),
+            outcome_unknown: false,
         };
         assert!(!refused.outcome_unknown() && refused.is_session_gone());
+        // The session expired while a resend was on its way: the first copy may be applied.
+        let after_unknown = ClientError::Refused {
+            kind: "session-unknown".into(),
+            message: String::new(),
+            outcome_unknown: true,
+        };
+        assert!(after_unknown.outcome_unknown() && after_unknown.is_session_gone());
         let read_deadline = ClientError::Deadline {
             outcome_unknown: false,
             last_error: String::new(),
