@@ -91,7 +91,19 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Started on free ports; started again on others when a port was taken between the
+    /// check and the bind (another test's connection can get it as its local port).
     async fn start(sessions: bool, tls: Option<dengine::grpc::TlsConfig>) -> Cluster {
+        for _ in 0..5 {
+            if let Some(cluster) = Self::try_start(sessions, tls.clone()).await {
+                return cluster;
+            }
+        }
+        panic!("no free ports for a cluster in 5 attempts");
+    }
+
+    /// `None` if a port was taken meanwhile (what started is stopped again).
+    async fn try_start(sessions: bool, tls: Option<dengine::grpc::TlsConfig>) -> Option<Cluster> {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(6);
         let peers: BTreeMap<u64, String> = (1..=3)
@@ -116,13 +128,22 @@ impl Cluster {
             s.client_sessions.enabled = sessions;
             s.client_api.tls = tls.clone();
             client_addrs.insert(id, s.node.client_addr.clone().unwrap());
-            members.insert(id, dengine::start(s, Increments::default()).await.unwrap());
+            match dengine::start(s, Increments::default()).await {
+                Ok(running) => members.insert(id, running),
+                Err(e) if e.to_string().contains("Address already in use") => {
+                    for (_, running) in members {
+                        running.kill().await;
+                    }
+                    return None;
+                }
+                Err(e) => panic!("member {id} did not start: {e}"),
+            };
         }
-        Cluster {
+        Some(Cluster {
             _dir: dir,
             members,
             client_addrs,
-        }
+        })
     }
 
     async fn leader(&self) -> u64 {
