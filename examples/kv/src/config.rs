@@ -54,6 +54,13 @@ pub struct KvConfig {
     pub state: StateStorage,
     /// How the leader times leases (etcd's lease rules; see [`LeaseConfig`]).
     pub leases: LeaseConfig,
+    /// Chaos-harness hook (only in builds with the `fault-injection` feature): also serve
+    /// dengine's own client API (`dengine.client.v1`, what `dengine-client` speaks) on the
+    /// client listener, next to the etcd API. Its proposals are raw state machine commands,
+    /// which name the user they run as: **it bypasses etcd authentication and permissions**,
+    /// so it is for test clusters only. Default false.
+    #[cfg(feature = "fault-injection")]
+    pub dengine_client_api: bool,
 }
 
 /// The timing of leases. A member sets `extend` and `min_ttl_secs` from its Raft election
@@ -187,6 +194,8 @@ impl Default for KvConfig {
             name: String::new(),
             state: StateStorage::default(),
             leases: LeaseConfig::default(),
+            #[cfg(feature = "fault-injection")]
+            dengine_client_api: false,
         }
     }
 }

@@ -190,6 +190,12 @@ struct ServeArgs {
     #[cfg(feature = "fault-injection")]
     #[arg(long, value_name = "RULE", hide = true)]
     lease_fault: Option<String>,
+    /// Chaos-harness hook: also serve dengine's client API (`dengine-client`) on the client
+    /// listener. It bypasses etcd authentication: test clusters only. Only in builds with the
+    /// `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, hide = true)]
+    dengine_client_api: bool,
     #[command(flatten)]
     etcd: etcd_flags::EtcdFlags,
 }
@@ -337,6 +343,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     #[cfg(feature = "fault-injection")]
     {
         config.leases.fault = dengine_kv::LeaseFault::parse(args.lease_fault.as_deref())?;
+        config.dengine_client_api = args.dengine_client_api;
     }
     #[cfg(feature = "fault-injection")]
     let member = match &args.fault_control {

@@ -68,13 +68,20 @@ fn services(
     );
     compactor::spawn(backend.clone(), hub.clone(), config.auto_compaction);
     let peer = services.peer.add_service(backend.forward_service());
-    let client = add_kv_services(
-        services.client.unwrap_or_default(),
-        backend,
-        hub,
-        auth,
-        config,
-    );
+    #[cfg(feature = "fault-injection")]
+    let routes = if config.dengine_client_api {
+        // Bounded like the etcd API's requests, with room for the envelope.
+        let max = config.max_request_bytes.saturating_add(64 << 10);
+        services
+            .client
+            .unwrap_or_default()
+            .add_service(dengine::ClientService::new(node.clone(), max).server())
+    } else {
+        services.client.unwrap_or_default()
+    };
+    #[cfg(not(feature = "fault-injection"))]
+    let routes = services.client.unwrap_or_default();
+    let client = add_kv_services(routes, backend, hub, auth, config);
     Services {
         peer,
         client: Some(client),
