@@ -75,6 +75,13 @@ pub(crate) struct Host {
     original: bool,
 }
 
+/// Client sessions on the members (`client_sessions.enabled`) or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sessions {
+    On,
+    Off,
+}
+
 /// Every host's process, killed on drop.
 #[derive(Debug)]
 pub(crate) struct Cluster {
@@ -84,6 +91,9 @@ pub(crate) struct Cluster {
     fsync: bool,
     /// A deliberately broken lease rule the nodes run with (`serve --lease-fault`).
     pub(crate) lease_fault: Option<String>,
+    /// Whether the nodes serve dengine's client API for the exactly-once workload
+    /// (`once.rs`), and with client sessions on or off: `None` (the default), neither.
+    pub(crate) client_api: Option<Sessions>,
     /// The hosts' libfaketime clocks (`None`: the real clock).
     clocks: Option<Clocks>,
     initial_members: String,
@@ -118,6 +128,7 @@ impl Cluster {
                 .collect(),
             fsync,
             lease_fault: None,
+            client_api: None,
             clocks,
             initial_members,
             crashed: Vec::new(),
@@ -227,6 +238,21 @@ impl Cluster {
             cmd.args(["--initial-cluster-state", "existing"])
                 .args(["--initial-members", &members]);
         }
+        if let Some(sessions) = self.client_api {
+            // The exactly-once workload: dengine's client API next to the etcd API, and the
+            // keys in memory — sessions need a state machine rebuilt from snapshots and the
+            // log (docs/sessions.md).
+            cmd.arg("--dengine-client-api");
+            if sessions == Sessions::On {
+                cmd.env("DENGINE_CLIENT_SESSIONS__ENABLED", "true").env(
+                    "DENGINE_CLIENT_SESSIONS__IDLE_EXPIRY_MS",
+                    crate::once::IDLE_EXPIRY_MS.to_string(),
+                );
+            }
+        }
+        if self.client_api.is_some() || !self.fsync {
+            cmd.args(["--state", "memory"]);
+        }
         if !self.fsync {
             // On redb, whose unsynced commits live in the process's memory and die with a
             // SIGKILL, as a power loss would lose them. The write-ahead log (the default) hands
@@ -234,11 +260,10 @@ impl Cluster {
             // bug could not be seen by killing processes.
             cmd.env("DENGINE_STORAGE__FSYNC", "false")
                 .env("DENGINE_STORAGE__BACKEND", "redb");
-            // The keys in memory: dengine-kv's state file is synced on its own, so it ends up
-            // ahead of the unsynced log and the member refuses to start ("state machine ahead
-            // of the log") instead of serving with acknowledged writes lost, which is the bug
-            // this run must show.
-            cmd.args(["--state", "memory"]);
+            // The keys in memory (above): dengine-kv's state file is synced on its own, so it
+            // would end up ahead of the unsynced log and the member would refuse to start
+            // ("state machine ahead of the log") instead of serving with acknowledged writes
+            // lost, which is the bug this run must show.
         }
         let child = cmd
             .stdin(Stdio::null())

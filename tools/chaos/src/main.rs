@@ -2,18 +2,21 @@
 //! nemesis (partitions with `nft`, SIGKILL, SIGSTOP, membership churn, leader transfers,
 //! message delay, clock jumps and fast and slow clocks with libfaketime, several at once) and
 //! a concurrent etcd-API workload, half of whose linearizable reads are lease reads, whose
-//! history is checked for linearizability and lost acknowledged writes. Run it through `cargo xtask chaos`, which
+//! history is checked for linearizability and lost acknowledged writes, a lock workload and,
+//! if asked, an exactly-once workload in client sessions. Run it through `cargo xtask chaos`, which
 //! builds the server with its `fault-injection` feature and passes `--server-bin`.
 //!
 //! Modules: [`topology`] (namespaces, bridge, `nft` rules), [`cluster`] (processes and
 //! admin RPCs), [`clock`] (libfaketime clocks and the lease margin), [`nemesis`] (the seeded schedule), [`workload`] (clients and recording),
-//! [`history`] (file format and the checks), [`run`] (one seed from start to verdict).
+//! [`history`] (file format and the checks), [`lock`] and [`once`] (the lock and
+//! exactly-once workloads), [`run`] (one seed from start to verdict).
 
 mod clock;
 mod cluster;
 mod history;
 mod lock;
 mod nemesis;
+mod once;
 mod run;
 mod topology;
 mod workload;
@@ -46,6 +49,14 @@ options:
                        leases kept alive should vanish early
   --bug lease-no-extension
                        a new leader does not extend the leases it takes over
+  --bug sessions-off   with --exactly-once-clients: the members run without client sessions
+                       and the clients resend a command of unknown outcome as a new plain
+                       proposal: some increment should be applied twice
+  --exactly-once-clients N
+                       clients of the exactly-once workload (default 0: none): increments
+                       proposed through dengine-client in client sessions, resent through
+                       every fault, checked to be applied once each (the members then keep
+                       their keys in memory: sessions need it)
   --lock-clients N     clients of the lock workload (default 3; 0: none): a lease, a lock,
                        guarded increments of a counter, checked for mutual exclusion and
                        leases that never expire early
@@ -236,6 +247,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
         fsync: true,
         lease_fault: None,
         lock_clients: 3,
+        once_clients: 0,
+        sessions: true,
         clock_library: None,
         expect_failure: false,
         keep: false,
@@ -283,14 +296,16 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 fault @ ("lease-follower-clock" | "lease-no-extension") => {
                     o.lease_fault = Some(fault.trim_start_matches("lease-").to_string());
                 }
+                "sessions-off" => o.sessions = false,
                 other => {
                     return Err(format!(
                         "unknown --bug {other:?} (known: fsync-off, lease-follower-clock, \
-                         lease-no-extension)"
+                         lease-no-extension, sessions-off)"
                     ));
                 }
             },
             "--lock-clients" => o.lock_clients = number(value()?)?,
+            "--exactly-once-clients" => o.once_clients = number(value()?)?,
             "--expect-failure" => o.expect_failure = true,
             "--no-clock-faults" => clock_faults = false,
             "--keep" => o.keep = true,
@@ -309,6 +324,11 @@ fn parse(args: &[String]) -> Result<Options, String> {
     }
     if !(3..=9).contains(&o.nodes) {
         return Err(format!("--nodes {} is not in 3..=9", o.nodes));
+    }
+    if !o.sessions && o.once_clients == 0 {
+        return Err(
+            "--bug sessions-off needs the exactly-once workload (--exactly-once-clients N)".into(),
+        );
     }
     if o.clients == 0 || o.keys == 0 || o.seeds.is_empty() {
         return Err("--clients, --keys and --seeds need at least one".into());

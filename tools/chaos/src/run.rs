@@ -17,6 +17,7 @@ use crate::cluster::{self, Cluster};
 use crate::history;
 use crate::lock::{self, LockLog};
 use crate::nemesis::{self, Episode, FaultKind, Mode};
+use crate::once::{self, OnceLog};
 use crate::topology::{HostRules, Network};
 use crate::workload::{self, Recorder, Session};
 
@@ -47,6 +48,11 @@ pub(crate) struct Options {
     pub(crate) lease_fault: Option<String>,
     /// Clients of the lock workload (`lock.rs`).
     pub(crate) lock_clients: u64,
+    /// Clients of the exactly-once workload (`once.rs`; 0: none).
+    pub(crate) once_clients: u64,
+    /// Client sessions on the members, and used by the exactly-once clients (`false`:
+    /// `--bug sessions-off`).
+    pub(crate) sessions: bool,
     /// libfaketime, for clock faults (`None`: the nodes run on the real clock).
     pub(crate) clock_library: Option<PathBuf>,
     /// Passing means finding a safety violation.
@@ -147,6 +153,19 @@ pub(crate) async fn run_seed(options: &Options, seed: u64, interrupted: &AtomicB
                 clocks,
             );
             c.lease_fault = options.lease_fault.clone();
+            if options.once_clients > 0 {
+                c.client_api = Some(if options.sessions {
+                    cluster::Sessions::On
+                } else {
+                    cluster::Sessions::Off
+                });
+                println!(
+                    "chaos: seed {seed}: {} exactly-once clients, client sessions {} (keys in \
+                     memory)",
+                    options.once_clients,
+                    if options.sessions { "on" } else { "OFF" }
+                );
+            }
             let v = drive(options, seed, &net, &mut c, &dir, interrupted).await;
             c.kill_all();
             drop(net);
@@ -688,6 +707,21 @@ async fn drive(
             ))
         })
         .collect();
+    // The exactly-once workload.
+    let once_log = Arc::new(OnceLog::default());
+    let once_stop = Arc::new(AtomicBool::new(false));
+    let once_clients: Vec<_> = (1..=o.once_clients)
+        .map(|client| {
+            tokio::spawn(once::client(
+                once_log.clone(),
+                once_stop.clone(),
+                client,
+                o.nodes,
+                seed,
+                o.sessions,
+            ))
+        })
+        .collect();
     let progress = {
         let rec = rec.clone();
         let current = current.clone();
@@ -761,6 +795,16 @@ async fn drive(
     }
     rec.stop.store(true, Ordering::SeqCst);
     lock_stop.store(true, Ordering::SeqCst);
+    once_stop.store(true, Ordering::SeqCst);
+    for client in once_clients {
+        // A proposal's deadline (resends included) is a few seconds.
+        if tokio::time::timeout(Duration::from_secs(15), client)
+            .await
+            .is_err()
+        {
+            harness_errors.push("an exactly-once client did not stop within 15 s".into());
+        }
+    }
     for client in clients {
         let _ = client.await;
     }
@@ -794,6 +838,13 @@ async fn drive(
             lock::final_counter(o.nodes, seed, Instant::now() + Duration::from_secs(20)).await
         }
         Err(_) => Err("not converged".into()),
+    };
+    let once_found = match (&converged, o.once_clients) {
+        (_, 0) => Ok(Default::default()),
+        (Ok(()), _) => {
+            once::read_back(o.nodes, seed, Instant::now() + Duration::from_secs(20)).await
+        }
+        (Err(_), _) => Err("not converged".into()),
     };
     let hashes = match &converged {
         Ok(()) => compare_hashes(nem.c).await,
@@ -963,6 +1014,42 @@ async fn drive(
     if o.lock_clients > 0 && o.seconds >= 30 && acked == 0 {
         harness_errors.push("the lock workload acknowledged no guarded increment".into());
     }
+    let once_problems = if o.once_clients == 0 {
+        Vec::new()
+    } else {
+        let (acked, unknown, refused) = once_log.counts();
+        println!(
+            "  exactly-once: {acked} increments acknowledged ({} after more than a second: \
+             waited out a fault), {unknown} unknown, {refused} refused; {} sessions opened, {} \
+             found expired; {} plain resends",
+            once_log.slow.load(Ordering::Relaxed),
+            once_log.sessions.load(Ordering::Relaxed),
+            once_log.sessions_lost.load(Ordering::Relaxed),
+            once_log.resends.load(Ordering::Relaxed),
+        );
+        if o.seconds >= 30 && acked == 0 {
+            harness_errors.push("the exactly-once workload acknowledged no increment".into());
+        }
+        match &once_found {
+            Ok(found) => {
+                println!(
+                    "  exactly-once: {} increments applied (acknowledged {acked} + {} of the \
+                     unknown)",
+                    found.len(),
+                    found.len().saturating_sub(acked)
+                );
+                let outcomes = once_log.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+                once::judge(&outcomes, found)
+            }
+            Err(e) => {
+                println!("  exactly-once: not read back ({e})");
+                Vec::new()
+            }
+        }
+    };
+    for p in once_problems.iter().take(10) {
+        println!("  EXACTLY-ONCE VIOLATION: {p}");
+    }
     match &hashes {
         HashCheck::Agree(what) => println!("  replicas (HashKV): {what}"),
         HashCheck::Differ(what) => println!("  replicas (HashKV): DIFFER: {what}"),
@@ -996,6 +1083,16 @@ async fn drive(
             }
         ));
     }
+    if let Some(first) = once_problems.first() {
+        return Verdict::Unsafe(format!(
+            "exactly-once workload: {first}{}",
+            if once_problems.len() > 1 {
+                format!(" (and {} more)", once_problems.len() - 1)
+            } else {
+                String::new()
+            }
+        ));
+    }
     if let HashCheck::Differ(what) = &hashes {
         return Verdict::Unsafe(format!("the replicas' key spaces differ: {what}"));
     }
@@ -1008,6 +1105,9 @@ async fn drive(
     }
     if let Err(e) = finals {
         problems.push(format!("final read-back: {e}"));
+    }
+    if let Err(e) = once_found {
+        problems.push(format!("exactly-once workload: {e}"));
     }
     if let HashCheck::NotDone(why) = hashes {
         problems.push(format!("HashKV not compared: {why}"));
