@@ -199,6 +199,12 @@ pub enum ClientError {
         /// The last error seen while retrying.
         last_error: String,
     },
+    /// A session's command **was applied, once**, but its response is lost: the leader
+    /// applied it before a restart, and with a durable state machine the cluster keeps no
+    /// copy of such a response (docs/sessions.md). It will not be applied again; read the
+    /// state to learn its effect.
+    #[error("the command was applied once, but its response is lost: {0}")]
+    ResponseLost(String),
     /// The cluster refused the request: **this copy of it was not applied**. `kind` says
     /// why (`too-large`, `session-unknown` — the session expired or was closed: open a new
     /// one —, `session-acknowledged`, `session-too-many`, `session-invalid`, `sessions-off`,
@@ -626,6 +632,7 @@ impl Client {
                     unknown: kind == Kind::SessionEntry,
                 },
             },
+            "response-lost" => Next::Fail(ClientError::ResponseLost(status.message().to_string())),
             other => refused(other),
         }
     }
@@ -903,6 +910,7 @@ mod tests {
             R(bool),
             Unknown,
             Refused(String),
+            Lost,
         }
         let next =
             async |kind: Kind, status: &Status| match client.after(kind, 0, status, deadline).await
@@ -910,6 +918,7 @@ mod tests {
                 Next::Retry { unknown, .. } => N::R(unknown),
                 Next::Fail(ClientError::OutcomeUnknown(_)) => N::Unknown,
                 Next::Fail(ClientError::Refused { kind, .. }) => N::Refused(kind),
+                Next::Fail(ClientError::ResponseLost(_)) => N::Lost,
                 Next::Fail(e) => panic!("unexpected {e}"),
             };
         let cases = [
@@ -940,6 +949,11 @@ mod tests {
                     N::Refused("session-unknown".into()),
                     N::Refused("session-unknown".into()),
                 ],
+            ),
+            // Applied once before a restart, response not kept: not resent.
+            (
+                status(Code::FailedPrecondition, Some("response-lost"), None),
+                [N::Lost, N::Lost, N::Lost],
             ),
             // The connection broke after sending (no kind: not the service's answer).
             (

@@ -187,9 +187,12 @@ impl<S, M, T> NodeBuilder<S, M, T> {
     /// state machine never sees a duplicate. `limits` bound the table; every member must use
     /// the same, and **every member must have sessions on or every member off**, from the
     /// cluster's first start (the log's entries are written differently: a member with the
-    /// other setting refuses them). Not available with a durable state machine yet (the
-    /// node refuses to start, [`StartError::SessionsNeedSnapshots`]). docs/sessions.md
-    /// describes what a client gets.
+    /// other setting refuses them). With a durable state machine the node needs a
+    /// [`snapshot_dir`](Self::snapshot_dir) ([`StartError::SessionsNeedSnapshots`]
+    /// otherwise): at a restart it rebuilds the table from the newest snapshot and the log
+    /// after it, without the responses of the commands in that stretch of log — a retry of
+    /// one of those gets [`ProposeError::ResponseLost`](crate::ProposeError::ResponseLost)
+    /// (applied once, response unknown). docs/sessions.md describes what a client gets.
     pub fn client_sessions(mut self, limits: SessionLimits) -> Self {
         self.sessions = Some(limits);
         self
@@ -360,7 +363,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
             options,
         } = self;
         settings.validate()?;
-        if sessions.is_some() && state_machine.durable() {
+        if sessions.is_some() && state_machine.durable() && snapshot_dir.is_none() {
             return Err(StartError::SessionsNeedSnapshots);
         }
         let state_machine = SessionMachine::new(state_machine, sessions);
@@ -382,9 +385,11 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
         };
         let mut stored = store.load_state().await?;
         let mut loaded = crate::snapshot_dir::Loaded::default();
-        // A snapshot the state machine already covers is not installed: its data is not read.
+        // A snapshot the state machine already covers is not installed: its data is not read
+        // (unless a durable state machine's session table is to be rebuilt from it).
         let durable = state_machine.durable();
-        let covered = if durable {
+        let rebuild_sessions = durable && state_machine.sessions_on();
+        let covered = if durable && !rebuild_sessions {
             state_machine.applied_index()
         } else {
             0
@@ -430,6 +435,7 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
         // What the state machine's state covers: what it stored (a durable one), or what the
         // snapshot it is restored from covers.
         let mut applied = state_machine.applied_index();
+        let mut installed = false;
         if let Some(file) = &snapshot_file {
             let index = file.meta.last_included.index;
             if index > stored.last_index {
@@ -449,11 +455,16 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
                     .await
                     .map_err(|e| StartError::StateMachine(e.to_string()))?;
                 applied = index;
+                installed = true;
             }
             if base.as_ref().is_none_or(|b| b.last_included.index <= index) {
                 base = Some(file.meta.clone());
             }
         }
+        // Where a durable state machine's session table is rebuilt from (see below).
+        let table_base = snapshot_file
+            .as_ref()
+            .map(|f| (f.meta.last_included.index, f.data.clone()));
         // A durable state machine builds a snapshot when a follower needs one; the runtime
         // does not hold one in memory meanwhile.
         let initial_snapshot = snapshot_file
@@ -483,6 +494,16 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
                 applied,
                 last_index: stored.last_index,
             });
+        }
+        if rebuild_sessions && !installed {
+            rebuild_session_table(
+                &mut state_machine,
+                &store,
+                table_base,
+                applied,
+                stored.first_index,
+            )
+            .await?;
         }
         let seed = options.rng_seed.unwrap_or_else(|| {
             SystemTime::now()
@@ -558,6 +579,58 @@ impl<S: LogStore, M: StateMachine, T: Transport> NodeBuilder<S, M, T> {
         };
         Ok(Node::new(Arc::new(shared)))
     }
+}
+
+/// Rebuilds a durable state machine's session table at start: from the table of the newest
+/// snapshot (`base`: its index and data; `None`: there is none) through the log entries after
+/// it up to `applied`, the state machine's own applied index (see
+/// [`SessionMachine::rebuild_table`]).
+async fn rebuild_session_table<M: StateMachine, S: LogStore>(
+    state_machine: &mut SessionMachine<M>,
+    store: &S,
+    base: Option<(LogIndex, SnapshotData)>,
+    applied: LogIndex,
+    first_index: LogIndex,
+) -> Result<(), StartError> {
+    let from = base.as_ref().map_or(0, |(index, _)| *index);
+    let data = base.map(|(_, data)| data);
+    state_machine
+        .rebuild_table(data.as_ref(), &[])
+        .map_err(StartError::SessionTable)?;
+    if from >= applied {
+        return Ok(());
+    }
+    if from + 1 < first_index {
+        return Err(StartError::SessionTable(format!(
+            "the log is compacted up to index {}, but the newest snapshot ends at {from}: the \
+             entries between them are gone (was the snapshot file removed?)",
+            first_index - 1
+        )));
+    }
+    let mut next = from + 1;
+    while next <= applied {
+        let chunk = store
+            .read_entries(next, applied + 1, 16 << 20)
+            .await
+            .map_err(|e| {
+                StartError::SessionTable(format!("reading log entries {next}..={applied}: {e}"))
+            })?;
+        let Some(last) = chunk.last().map(|e| e.index) else {
+            return Err(StartError::SessionTable(format!(
+                "the log store returned no entries for {next}..={applied}"
+            )));
+        };
+        state_machine
+            .rebuild_table(None, &chunk)
+            .map_err(StartError::SessionTable)?;
+        next = last + 1;
+    }
+    tracing::info!(
+        from = from + 1,
+        to = applied,
+        "client session table rebuilt from the snapshot and the log"
+    );
+    Ok(())
 }
 
 /// Whether a store was never written: no term, no entries, no snapshot.

@@ -44,6 +44,14 @@ pub enum ProposeError {
     /// [`SessionRefusal`](dengine_core::sessions::SessionRefusal) for what to do).
     #[error("{0}")]
     Session(dengine_core::sessions::SessionRefusal),
+    /// A retried session command that **was applied, once**, but whose response is no
+    /// longer known: the member applied it before a restart, and a durable state machine's
+    /// session table is rebuilt from the log without the responses (docs/sessions.md). It
+    /// will not be applied again; read the state to learn its effect.
+    #[error(
+        "the command was applied (once), but its response is lost: the leader restarted          since it applied it and keeps no copy; read the state to learn its effect"
+    )]
+    ResponseLost,
     /// A session call on a node without client sessions
     /// ([`NodeBuilder::client_sessions`](crate::NodeBuilder::client_sessions)).
     #[error(
@@ -170,17 +178,23 @@ pub enum StartError {
         /// The stored last log index.
         last_index: LogIndex,
     },
-    /// Client sessions were asked for with a durable state machine: the session table would
-    /// have to be written in the state machine's own atomic writes, which the
-    /// `StateMachine` contract has no place for yet. Run without sessions, or with a state
-    /// machine restored from snapshots and the log.
+    /// Client sessions were asked for with a durable state machine on a node that keeps no
+    /// snapshot files: at a restart the session table is rebuilt from the newest snapshot
+    /// file and the log after it, which needs the files. Give the node a snapshot directory
+    /// ([`NodeBuilder::snapshot_dir`](crate::NodeBuilder::snapshot_dir)), or run without
+    /// sessions.
     #[error(
-        "client sessions are not available with a durable state machine yet (its state \
-         survives restarts without the log, and the session table would not): run without \
-         NodeBuilder::client_sessions, or with a state machine rebuilt from snapshots and the \
-         log (StateMachine::durable() == false)"
+        "client sessions with a durable state machine need snapshot files (the session table \
+         is rebuilt at a restart from the newest snapshot and the log after it): give the node \
+         a snapshot directory (NodeBuilder::snapshot_dir), or run without \
+         NodeBuilder::client_sessions"
     )]
     SessionsNeedSnapshots,
+    /// A durable state machine's session table cannot be rebuilt at start (see
+    /// [`SessionsNeedSnapshots`](StartError::SessionsNeedSnapshots)): the snapshot's table is
+    /// damaged, or log entries it needs are compacted or unreadable.
+    #[error("the client session table cannot be rebuilt: {0}")]
+    SessionTable(String),
     /// The initial members given to `bootstrap` are unusable.
     #[error("invalid initial members: {0}")]
     InvalidMembers(String),

@@ -217,6 +217,7 @@ impl Node {
         };
         match self.session_call(entry).await? {
             SessionAnswer::Response(response) => Ok(response),
+            SessionAnswer::ResponseLost => Err(ProposeError::ResponseLost),
             _ => Err(ProposeError::Session(SessionRefusal::Malformed)),
         }
     }
@@ -300,7 +301,9 @@ impl Node {
                 result_key!(m::RESULT_SHUTTING_DOWN)
             }
             // Decided from the entry's response, after this point: never seen here.
-            Err(ProposeError::Session(_) | ProposeError::SessionsOff) => result_key!(m::RESULT_OK),
+            Err(
+                ProposeError::Session(_) | ProposeError::SessionsOff | ProposeError::ResponseLost,
+            ) => result_key!(m::RESULT_OK),
         };
         metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
         result

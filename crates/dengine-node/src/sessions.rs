@@ -13,13 +13,21 @@
 //! The table is in every snapshot, ahead of the state machine's own bytes:
 //!
 //! ```text
-//! "DSESS001" | u64 table_len | table (SessionTable::encode) | the state machine's snapshot
+//! "DSESS002" | u64 table_len | table (SessionTable::encode) | the state machine's snapshot
 //! ```
 //!
 //! so a member restored from a snapshot, or rebuilt from one and the log after it at a
-//! restart, holds the same table as the others. A durable state machine (one that keeps its
-//! own state across restarts) would need the table kept in its own atomic writes, which the
-//! [`StateMachine`] contract has no place for yet: the builder refuses sessions with one.
+//! restart, holds the same table as the others. The responses the table keeps are encoded
+//! [`SessionAnswer`]s, ready to send again.
+//!
+//! A durable state machine (one that keeps its own state across restarts) restarts at its
+//! own applied index `A` without the log being applied again, so the table is rebuilt at
+//! start instead ([`SessionMachine::rebuild_table`]): taken from the newest snapshot (at
+//! `S <= A`) and brought to `A` by passing the log entries `(S, A]` through the table only.
+//! The table's decisions come out as on every other member (they depend on the entries, not
+//! on the responses), but the responses of the commands in `(S, A]` were given before the
+//! restart and are gone: a retry of one of them is answered
+//! [`SessionAnswer::ResponseLost`] — applied once, response unavailable — never applied again.
 //!
 //! With sessions off the wrapper passes everything through unchanged.
 
@@ -35,7 +43,7 @@ use dengine_core::store::{Command, SnapshotData, SnapshotIoError};
 use dengine_core::{LogIndex, LogLimiter, StateMachine};
 
 /// First bytes of a snapshot that carries a session table.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"DSESS001";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"DSESS002";
 /// The magic and the table's length.
 const HEADER_LEN: usize = 16;
 
@@ -50,12 +58,17 @@ pub(crate) enum SessionAnswer {
     Done,
     /// Refused; nothing applied.
     Refused(SessionRefusal),
+    /// The command was applied (once), but its response is not known any more: it was
+    /// applied on this member before a restart that rebuilt the table from the log (a
+    /// durable state machine; see the module documentation).
+    ResponseLost,
 }
 
 const ANSWER_RESPONSE: u8 = 0;
 const ANSWER_REGISTERED: u8 = 1;
 const ANSWER_DONE: u8 = 2;
 const ANSWER_REFUSED: u8 = 3;
+const ANSWER_RESPONSE_LOST: u8 = 4;
 
 /// A refusal's code in an encoded answer, and back. Written as matches, so that a new kind
 /// of refusal does not compile until it has a code.
@@ -98,6 +111,7 @@ impl SessionAnswer {
                 out.put_u8(ANSWER_REFUSED);
                 out.put_u8(refusal_code(*why));
             }
+            SessionAnswer::ResponseLost => out.put_u8(ANSWER_RESPONSE_LOST),
         }
         out.freeze()
     }
@@ -116,6 +130,7 @@ impl SessionAnswer {
                 [code] => refusal_of(*code).map(SessionAnswer::Refused),
                 _ => None,
             },
+            ANSWER_RESPONSE_LOST if rest.is_empty() => Some(SessionAnswer::ResponseLost),
             _ => None,
         }
     }
@@ -138,6 +153,8 @@ enum Slot {
     Applied(usize, Option<(SessionId, u64)>),
     /// Decided by the table.
     Answered(SessionAnswer),
+    /// A saved answer, already encoded.
+    Saved(Bytes),
     /// The same command as an earlier slot of this batch (a retry committed with it).
     SameAs(usize),
 }
@@ -223,7 +240,7 @@ impl<M: StateMachine> SessionMachine<M> {
                     Slot::Applied(to_apply.len() - 1, key)
                 }
                 Verdict::Registered(id) => Slot::Answered(SessionAnswer::Registered(id)),
-                Verdict::Duplicate(saved) => Slot::Answered(SessionAnswer::Response(saved)),
+                Verdict::Duplicate(saved) => Slot::Saved(saved),
                 Verdict::Done => Slot::Answered(SessionAnswer::Done),
                 Verdict::Refused(why) => Slot::Answered(SessionAnswer::Refused(why)),
             };
@@ -237,19 +254,68 @@ impl<M: StateMachine> SessionMachine<M> {
                     let response = responses.get(i).cloned().unwrap_or_default();
                     match key {
                         Some((session, seq)) => {
-                            table.record(session, seq, response.clone());
-                            SessionAnswer::Response(response).encode()
+                            // Saved as sent: a retry gets the same bytes, with no copy.
+                            let answer = SessionAnswer::Response(response).encode();
+                            table.record(session, seq, answer.clone());
+                            answer
                         }
                         // A plain command's response goes back as the state machine gave it.
                         None => response,
                     }
                 }
                 Slot::Answered(answer) => answer.encode(),
+                Slot::Saved(saved) => saved,
                 Slot::SameAs(first) => out.get(first).cloned().unwrap_or_default(),
             };
             out.push(answer);
         }
         Ok(out)
+    }
+}
+
+impl<M: StateMachine> SessionMachine<M> {
+    /// Whether sessions are on.
+    pub(crate) fn sessions_on(&self) -> bool {
+        self.table.is_some()
+    }
+
+    /// Rebuilds the session table of a durable state machine at a restart (see the module
+    /// documentation): from the table at the head of `snapshot` (the newest snapshot, which
+    /// the state machine's state covers; `None`: there is none, start empty), then through
+    /// `entries`, the log entries after that snapshot up to the state machine's applied
+    /// index, in order. Their commands are not applied again; a retry of one is answered
+    /// [`SessionAnswer::ResponseLost`]. A no-op with sessions off.
+    pub(crate) fn rebuild_table(
+        &mut self,
+        snapshot: Option<&SnapshotData>,
+        entries: &[dengine_core::Entry],
+    ) -> Result<(), String> {
+        let Some(table) = self.table.as_mut() else {
+            return Ok(());
+        };
+        if let Some(data) = snapshot {
+            let (from_snapshot, _) = read_header(table.limits(), data).map_err(|problem| {
+                format!("the snapshot's client session table cannot be read: {problem}")
+            })?;
+            *table = from_snapshot;
+        }
+        let lost = SessionAnswer::ResponseLost.encode();
+        for e in entries {
+            let dengine_core::EntryPayload::Normal(data) = &e.payload else {
+                continue;
+            };
+            // What the apply path does with each command, minus the state machine: a
+            // malformed entry leaves the table alone, the rest is decided by it.
+            let Ok(entry) = SessionEntry::decode(data) else {
+                continue;
+            };
+            if let (Verdict::Apply, SessionEntry::Command { session, seq, .. }) =
+                (table.apply(e.index, &entry), &entry)
+            {
+                table.record(*session, *seq, lost.clone());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -573,6 +639,73 @@ mod tests {
         }
     }
 
+    /// A durable state machine's table rebuilt at a restart (thesis §6.3: every replica must
+    /// decide each session entry alike): from the snapshot's table and the log after it, it
+    /// decides what follows as the table of a member that applied everything does — only
+    /// the responses of the replayed commands are gone, answered `ResponseLost`, never
+    /// applied again.
+    #[tokio::test]
+    async fn a_table_rebuilt_from_a_snapshot_and_the_log_decides_as_the_others() {
+        let log = [
+            SessionEntry::Register { stamp_ms: 0 },
+            set(1, 1, "a=1"),
+            SessionEntry::Register { stamp_ms: 10 },
+            set(1, 2, "a=2"),
+            set(3, 1, "b=1"),
+            SessionEntry::Plain(Bytes::from_static(b"c=1")),
+        ];
+        let entries: Vec<dengine_core::Entry> = log
+            .iter()
+            .enumerate()
+            .map(|(i, e)| dengine_core::Entry {
+                index: i as u64 + 1,
+                term: 1,
+                payload: dengine_core::EntryPayload::Normal(e.encode()),
+            })
+            .collect();
+        let mut applied = SessionMachine::new(Counting::default(), Some(Default::default()));
+        let mut snapshot = None;
+        for (i, e) in log.iter().enumerate() {
+            let index = i as u64 + 1;
+            applied.apply(&[at(index, e)], index).await.unwrap();
+            if i == 1 {
+                snapshot = Some(SnapshotData::from(applied.snapshot().await.unwrap()));
+            }
+        }
+        // Restarted at index 6 with its own state; the newest snapshot is at index 2.
+        let mut rebuilt = SessionMachine::new(Counting::default(), Some(Default::default()));
+        rebuilt
+            .rebuild_table(snapshot.as_ref(), &entries[2..])
+            .unwrap();
+        let (a, r) = (
+            applied.table.as_ref().unwrap(),
+            rebuilt.table.as_ref().unwrap(),
+        );
+        assert_eq!((a.len(), a.now_ms()), (r.len(), r.now_ms()));
+
+        let next = [
+            at(7, &set(1, 1, "a=1")), // in the snapshot: the saved response
+            at(8, &set(1, 2, "a=2")), // replayed: lost
+            at(9, &set(3, 2, "b=2")), // new: applied by both
+            at(10, &set(9, 1, "x")),  // no such session on either
+        ];
+        let from_applied = answers(&applied.apply(&next, 10).await.unwrap());
+        let from_rebuilt = answers(&rebuilt.apply(&next, 10).await.unwrap());
+        assert_eq!(from_rebuilt[0], from_applied[0]);
+        assert!(matches!(from_applied[1], SessionAnswer::Response(_)));
+        assert_eq!(from_rebuilt[1], SessionAnswer::ResponseLost);
+        assert!(matches!(from_rebuilt[2], SessionAnswer::Response(_)));
+        assert_eq!(from_rebuilt[3], from_applied[3]);
+        assert_eq!(rebuilt.inner.applied_commands(), 1, "only the new command");
+
+        // A snapshot without a table (a member without sessions took it) is refused.
+        let mut other = SessionMachine::new(Counting::default(), Some(Default::default()));
+        let err = other
+            .rebuild_table(Some(&SnapshotData::from(b"12345678".to_vec())), &[])
+            .unwrap_err();
+        assert!(err.contains("session table"), "{err}");
+    }
+
     #[tokio::test]
     async fn with_sessions_off_everything_passes_through() {
         let mut sm = SessionMachine::new(Counting::default(), None);
@@ -597,13 +730,21 @@ mod tests {
             SessionAnswer::Response(Bytes::from_static(b"x")),
             SessionAnswer::Registered(42),
             SessionAnswer::Done,
+            SessionAnswer::ResponseLost,
         ]
         .into_iter()
         .chain(refusals)
         {
             assert_eq!(SessionAnswer::decode(&a.encode()), Some(a));
         }
-        for foreign in [&b""[..], b"\x09", b"\x01abc", b"\x02x", b"\x03\x09"] {
+        for foreign in [
+            &b""[..],
+            b"\x09",
+            b"\x01abc",
+            b"\x02x",
+            b"\x03\x09",
+            b"\x04x",
+        ] {
             assert_eq!(
                 SessionAnswer::decode(&Bytes::copy_from_slice(foreign)),
                 None

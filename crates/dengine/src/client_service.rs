@@ -109,6 +109,9 @@ pub fn propose_status(e: ProposeError) -> Status {
         ProposeError::SessionsOff => {
             refusal(Code::FailedPrecondition, "sessions-off", None, message)
         }
+        ProposeError::ResponseLost => {
+            refusal(Code::FailedPrecondition, "response-lost", None, message)
+        }
         // A kind added later: its outcome is not known to this mapping.
         _ => refusal(Code::Unavailable, "unknown-outcome", None, message),
     }
@@ -275,6 +278,7 @@ mod tests {
             Some("session-too-many") => "session-too-many",
             Some("session-invalid") => "session-invalid",
             Some("sessions-off") => "sessions-off",
+            Some("response-lost") => "response-lost",
             Some("read-failed") => "read-failed",
             other => panic!("no known kind: {other:?}"),
         };
@@ -361,6 +365,10 @@ mod tests {
             (
                 ProposeError::SessionsOff,
                 ("sessions-off", Code::FailedPrecondition, None),
+            ),
+            (
+                ProposeError::ResponseLost,
+                ("response-lost", Code::FailedPrecondition, None),
             ),
         ];
         for (error, want) in cases {

@@ -209,8 +209,9 @@ impl Default for ClientApiSettings {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientSessionsSettings {
-    /// Turns sessions on. Default false. Needs a state machine kept in memory and rebuilt from
-    /// snapshots (a durable one is refused at start).
+    /// Turns sessions on. Default false. With a durable state machine, a retry of a command
+    /// applied in the log after the newest snapshot, before a restart, is answered "applied,
+    /// response lost" (docs/sessions.md).
     pub enabled: bool,
     /// Most sessions open at once; opening one more evicts the least recently active.
     /// Default 10,000.

@@ -3,7 +3,7 @@
 //! that compacted its session's registration away — and the refusals say why.
 
 use bytes::Bytes;
-use dengine_core::store::{Command, MemoryStateMachine, MemoryStore};
+use dengine_core::store::{Command, MemoryStore};
 use dengine_core::{LogIndex, StateMachine};
 use dengine_node::{
     Consistency, NodeBuilder, ProposeError, SessionId, SessionLimits, SessionRefusal, StartError,
@@ -124,15 +124,46 @@ async fn session_calls_on_a_node_without_sessions_are_refused() {
     c.shutdown_all().await;
 }
 
-/// A state machine that says it keeps its state across restarts.
+/// A durable state machine: `k=v` commands on a map, answered with the previous value; its
+/// state and applied index live in `Arc`s the test keeps, so they survive the node (as a
+/// file would), and it counts every command it applies.
+#[derive(Clone, Default)]
+struct Durable(std::sync::Arc<std::sync::Mutex<DurableState>>);
+
 #[derive(Default)]
-struct Durable(MemoryStateMachine);
+struct DurableState {
+    map: std::collections::BTreeMap<String, String>,
+    applied: LogIndex,
+    commands: u64,
+}
+
+impl Durable {
+    fn commands(&self) -> u64 {
+        self.0.lock().unwrap().commands
+    }
+}
 
 impl StateMachine for Durable {
-    type Error = <MemoryStateMachine as StateMachine>::Error;
+    type Error = std::convert::Infallible;
 
     async fn apply(&mut self, c: &[Command], up_to: LogIndex) -> Result<Vec<Bytes>, Self::Error> {
-        self.0.apply(c, up_to).await
+        let mut state = self.0.lock().unwrap();
+        let answers = c
+            .iter()
+            .map(|c| {
+                state.commands += 1;
+                let text = String::from_utf8_lossy(&c.data).into_owned();
+                let (k, v) = text.split_once('=').unwrap_or((&text, ""));
+                let previous = state.map.insert(k.to_string(), v.to_string());
+                Bytes::from(previous.unwrap_or_default())
+            })
+            .collect();
+        state.applied = up_to;
+        Ok(answers)
+    }
+
+    fn applied_index(&self) -> LogIndex {
+        self.0.lock().unwrap().applied
     }
 
     fn durable(&self) -> bool {
@@ -140,28 +171,142 @@ impl StateMachine for Durable {
     }
 
     async fn snapshot(&mut self) -> Result<Bytes, Self::Error> {
-        self.0.snapshot().await
+        let state = self.0.lock().unwrap();
+        let text: Vec<String> = state.map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Ok(Bytes::from(text.join("\n")))
     }
 
     async fn install_snapshot(&mut self, data: Bytes, up_to: LogIndex) -> Result<(), Self::Error> {
-        self.0.install_snapshot(data, up_to).await
+        let mut state = self.0.lock().unwrap();
+        state.map = String::from_utf8_lossy(&data)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        state.applied = up_to;
+        Ok(())
     }
 
     async fn query(&self, request: Bytes) -> Result<Bytes, Self::Error> {
-        self.0.query(request).await
+        let state = self.0.lock().unwrap();
+        let key = String::from_utf8_lossy(&request).into_owned();
+        Ok(Bytes::from(
+            state.map.get(&key).cloned().unwrap_or_default(),
+        ))
+    }
+}
+
+/// Member 1 of a single-member cluster with sessions on, `state` as its durable state
+/// machine, snapshots in `snapshots` (none: no snapshot directory).
+async fn durable_member(
+    store: &MemoryStore,
+    state: &Durable,
+    snapshots: Option<&std::path::Path>,
+    bootstrap: bool,
+) -> Result<dengine_node::Node, StartError> {
+    let net = dengine_node::testing::LocalNetwork::new();
+    let mut b = NodeBuilder::new(settings(1))
+        .log_store(store.clone())
+        .state_machine(state.clone())
+        .transport(net.transport(1))
+        .client_sessions(SessionLimits::default());
+    if let Some(dir) = snapshots {
+        b = b.snapshot_dir(dir);
+    }
+    net.register(1, b.inbox());
+    if bootstrap {
+        b.bootstrap([(1, crate::common::address(1))].into()).await
+    } else {
+        b.start().await
     }
 }
 
 #[tokio::test]
-async fn sessions_with_a_durable_state_machine_are_refused_at_start() {
-    let err = NodeBuilder::new(settings(1))
-        .log_store(MemoryStore::new())
-        .state_machine(Durable::default())
-        .transport(dengine_node::testing::LocalNetwork::new().transport(1))
-        .client_sessions(SessionLimits::default())
-        .bootstrap([(1, "local-1".to_string())].into())
+async fn a_durable_state_machine_keeps_commands_exactly_once_across_restarts() {
+    let snapshots = tempfile::tempdir().unwrap();
+    let (store, state) = (MemoryStore::new(), Durable::default());
+    let node = durable_member(&store, &state, Some(snapshots.path()), true)
+        .await
+        .unwrap();
+    crate::common::wait_leader(&node).await;
+    let session = node.open_session().await.unwrap();
+    assert_eq!(
+        node.propose_in_session(session, 1, 1, b("x=1"))
+            .await
+            .unwrap(),
+        ""
+    );
+    // Command 1's response goes into the snapshot's table; command 2 comes after it.
+    node.trigger_snapshot().await.unwrap();
+    assert_eq!(
+        node.propose_in_session(session, 2, 1, b("x=2"))
+            .await
+            .unwrap(),
+        "1"
+    );
+    node.kill().await;
+
+    // The state machine resumes at its own applied index; the table is rebuilt from the
+    // snapshot and the log after it.
+    let node = durable_member(&store, &state, Some(snapshots.path()), false)
+        .await
+        .unwrap();
+    crate::common::wait_leader(&node).await;
+    assert_eq!(
+        node.propose_in_session(session, 1, 1, b("x=1"))
+            .await
+            .unwrap(),
+        "",
+        "a response in the snapshot's table is answered again"
+    );
+    assert_eq!(
+        node.propose_in_session(session, 2, 1, b("x=2")).await,
+        Err(ProposeError::ResponseLost),
+        "applied after the snapshot: applied once, its response gone"
+    );
+    assert_eq!(state.commands(), 2, "no retry reached the state machine");
+    assert_eq!(
+        node.propose_in_session(session, 3, 3, b("x=3"))
+            .await
+            .unwrap(),
+        "2"
+    );
+    // Below first_unanswered: refused, as on any member.
+    assert_eq!(
+        node.propose_in_session(session, 2, 3, b("x=2")).await,
+        Err(ProposeError::Session(SessionRefusal::AlreadyAcknowledged))
+    );
+    node.shutdown().await;
+
+    // Without any snapshot at all the table is rebuilt from the whole log.
+    let (store, state) = (MemoryStore::new(), Durable::default());
+    let empty = tempfile::tempdir().unwrap();
+    let node = durable_member(&store, &state, Some(empty.path()), true)
+        .await
+        .unwrap();
+    crate::common::wait_leader(&node).await;
+    let session = node.open_session().await.unwrap();
+    node.propose_in_session(session, 1, 1, b("y=1"))
+        .await
+        .unwrap();
+    node.kill().await;
+    let node = durable_member(&store, &state, Some(empty.path()), false)
+        .await
+        .unwrap();
+    crate::common::wait_leader(&node).await;
+    assert_eq!(
+        node.propose_in_session(session, 1, 1, b("y=1")).await,
+        Err(ProposeError::ResponseLost)
+    );
+    assert_eq!(state.commands(), 1);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn sessions_with_a_durable_state_machine_need_snapshot_files() {
+    let err = durable_member(&MemoryStore::new(), &Durable::default(), None, true)
         .await
         .unwrap_err();
     assert!(matches!(err, StartError::SessionsNeedSnapshots), "{err}");
-    assert!(err.to_string().contains("durable"), "{err}");
+    assert!(err.to_string().contains("snapshot"), "{err}");
 }
