@@ -34,6 +34,11 @@ pub(crate) const ADMIN_PORT: u16 = 2381;
 /// The Prometheus `/metrics` port of every member (`--metrics-addr`).
 pub(crate) const METRICS_PORT: u16 = 2382;
 
+/// The members' idle expiry of client sessions when they serve the exactly-once workload
+/// (`client_sessions.idle_expiry_ms`): short, so that sessions expire while their clients
+/// wait out a fault, and the clients' handling of an expired session is exercised too.
+const SESSION_IDLE_EXPIRY_MS: u64 = 5_000;
+
 /// The admin token every member is started with (`admin.token_file`).
 const ADMIN_TOKEN: &str = "chaos-harness-admin-token-0123456789";
 
@@ -239,19 +244,14 @@ impl Cluster {
                 .args(["--initial-members", &members]);
         }
         if let Some(sessions) = self.client_api {
-            // The exactly-once workload: dengine's client API next to the etcd API, and the
-            // keys in memory — sessions need a state machine rebuilt from snapshots and the
-            // log (docs/sessions.md).
+            // The exactly-once workload: dengine's client API next to the etcd API.
             cmd.arg("--dengine-client-api");
             if sessions == Sessions::On {
                 cmd.env("DENGINE_CLIENT_SESSIONS__ENABLED", "true").env(
                     "DENGINE_CLIENT_SESSIONS__IDLE_EXPIRY_MS",
-                    crate::once::IDLE_EXPIRY_MS.to_string(),
+                    SESSION_IDLE_EXPIRY_MS.to_string(),
                 );
             }
-        }
-        if self.client_api.is_some() || !self.fsync {
-            cmd.args(["--state", "memory"]);
         }
         if !self.fsync {
             // On redb, whose unsynced commits live in the process's memory and die with a
@@ -260,10 +260,11 @@ impl Cluster {
             // bug could not be seen by killing processes.
             cmd.env("DENGINE_STORAGE__FSYNC", "false")
                 .env("DENGINE_STORAGE__BACKEND", "redb");
-            // The keys in memory (above): dengine-kv's state file is synced on its own, so it
-            // would end up ahead of the unsynced log and the member would refuse to start
-            // ("state machine ahead of the log") instead of serving with acknowledged writes
-            // lost, which is the bug this run must show.
+            // The keys in memory: dengine-kv's state file is synced on its own, so it ends up
+            // ahead of the unsynced log and the member refuses to start ("state machine ahead
+            // of the log") instead of serving with acknowledged writes lost, which is the bug
+            // this run must show.
+            cmd.args(["--state", "memory"]);
         }
         let child = cmd
             .stdin(Stdio::null())

@@ -55,8 +55,7 @@ options:
   --exactly-once-clients N
                        clients of the exactly-once workload (default 0: none): increments
                        proposed through dengine-client in client sessions, resent through
-                       every fault, checked to be applied once each (the members then keep
-                       their keys in memory: sessions need it)
+                       every fault, checked to be applied once each
   --lock-clients N     clients of the lock workload (default 3; 0: none): a lease, a lock,
                        guarded increments of a counter, checked for mutual exclusion and
                        leases that never expire early

@@ -10,6 +10,11 @@
 //! was told was not, and none that was never proposed — so the final count is the
 //! acknowledged increments plus a subset of those of unknown outcome.
 //!
+//! The members keep their keys in dengine-kv's durable state (the default), so a member
+//! restarted after a kill rebuilds its session table from the newest snapshot and the log;
+//! a retry of an increment it applied before the kill is answered "applied, response lost"
+//! (counted as acknowledged: it must be there, once).
+//!
 //! With `--bug sessions-off` the members run without sessions and the clients do what a
 //! client without them can only do: resend a command whose outcome is unknown as a new
 //! plain proposal. The check must then find an increment applied twice.
@@ -35,11 +40,6 @@ const PREFIX: &str = "chaos-once/";
 /// client stuck behind a lost majority gives up (outcome unknown) and goes on.
 const DEADLINE: Duration = Duration::from_secs(4);
 
-/// The members' idle expiry of sessions in these runs (`client_sessions.idle_expiry_ms`):
-/// short, so that sessions expire while their clients wait out a fault, and the clients'
-/// handling of an expired session is exercised too.
-pub(crate) const IDLE_EXPIRY_MS: u64 = 5_000;
-
 /// What a client was told about one increment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -61,6 +61,10 @@ pub(crate) struct OnceLog {
     pub(crate) sessions_lost: AtomicU64,
     /// Plain proposals resent after an unknown outcome (`--bug sessions-off` only).
     pub(crate) resends: AtomicU64,
+    /// Increments answered "applied, response lost" (counted as acknowledged): applied
+    /// before a leader restarted, whose durable state machine's table was rebuilt from the
+    /// log without the responses.
+    pub(crate) responses_lost: AtomicU64,
     /// Increments acknowledged only after [`SLOW`]: they waited out a fault, resent by the
     /// client meanwhile (evidence that the faults reached the workload).
     pub(crate) slow: AtomicU64,
@@ -121,6 +125,9 @@ fn answered(response: &[u8]) -> Outcome {
 fn failed(e: &ClientError) -> Outcome {
     if e.outcome_unknown() {
         Outcome::Unknown
+    } else if matches!(e, ClientError::ResponseLost(_)) {
+        // Applied once before the leader restarted; only its response is gone.
+        Outcome::Acked
     } else {
         Outcome::Refused
     }
@@ -170,6 +177,9 @@ pub(crate) async fn client(
             Some(s) => match s.propose(command).await {
                 Ok(response) => answered(&response),
                 Err(e) => {
+                    if matches!(e, ClientError::ResponseLost(_)) {
+                        log.responses_lost.fetch_add(1, Ordering::Relaxed);
+                    }
                     if e.is_session_gone() {
                         log.sessions_lost.fetch_add(1, Ordering::Relaxed);
                         session = None;

@@ -160,8 +160,7 @@ pub(crate) async fn run_seed(options: &Options, seed: u64, interrupted: &AtomicB
                     cluster::Sessions::Off
                 });
                 println!(
-                    "chaos: seed {seed}: {} exactly-once clients, client sessions {} (keys in \
-                     memory)",
+                    "chaos: seed {seed}: {} exactly-once clients, client sessions {}",
                     options.once_clients,
                     if options.sessions { "on" } else { "OFF" }
                 );
@@ -1020,9 +1019,10 @@ async fn drive(
         let (acked, unknown, refused) = once_log.counts();
         println!(
             "  exactly-once: {acked} increments acknowledged ({} after more than a second: \
-             waited out a fault), {unknown} unknown, {refused} refused; {} sessions opened, {} \
-             found expired; {} plain resends",
+             waited out a fault; {} answered \"applied, response lost\"), {unknown} unknown, \
+             {refused} refused; {} sessions opened, {} found expired; {} plain resends",
             once_log.slow.load(Ordering::Relaxed),
+            once_log.responses_lost.load(Ordering::Relaxed),
             once_log.sessions.load(Ordering::Relaxed),
             once_log.sessions_lost.load(Ordering::Relaxed),
             once_log.resends.load(Ordering::Relaxed),
