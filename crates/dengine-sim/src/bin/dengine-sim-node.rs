@@ -128,6 +128,7 @@ fn add(t: &mut Stats, s: &Stats) {
     t.increments_unknown += s.increments_unknown;
     t.resends += s.resends;
     t.sessions_lost += s.sessions_lost;
+    t.responses_lost += s.responses_lost;
     t.net.sent += s.net.sent;
     t.net.dropped += s.net.dropped;
     t.net.duplicated += s.net.duplicated;
@@ -234,7 +235,8 @@ fn main() -> ExitCode {
     if let Workload::Increments { sessions } = args.workload {
         eprintln!(
             "increments {}: {} acknowledged, {} with an unknown outcome, {} resends after an \
-             unknown outcome; {} sessions expired under their clients",
+             unknown outcome; {} sessions expired under their clients; {} answered \"applied, \
+             response lost\" (durable state machines, odd seeds)",
             if sessions {
                 "in client sessions"
             } else {
@@ -243,7 +245,8 @@ fn main() -> ExitCode {
             s.increments_ok,
             s.increments_unknown,
             s.resends,
-            s.sessions_lost
+            s.sessions_lost,
+            s.responses_lost
         );
     }
     let failed = ran.failures.len();

@@ -6,7 +6,9 @@
 //! The exactly-once workload adds increments ([`increment_command`]), each with a unique id:
 //! the machine counts how often each id was applied, so an increment applied twice is seen.
 //! That workload runs the machine as a volatile one (the host forgets its state on a crash
-//! and the runtime rebuilds it from a snapshot and the log), as client sessions require.
+//! and the runtime rebuilds it, and the session table, from a snapshot and the log) in even
+//! seeds, and as a durable one ([`SimMachine::durable`]: the state survives, and the runtime
+//! rebuilds only the session table from the newest snapshot and the log) in odd seeds.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -57,12 +59,27 @@ fn increment_id(data: &[u8]) -> Option<u64> {
 #[derive(Clone, Debug)]
 pub struct SimMachine {
     state: Arc<Mutex<MachineState>>,
+    durable: bool,
 }
 
 impl SimMachine {
-    /// A state machine over `state`.
+    /// A state machine over `state` that reports itself not durable
+    /// ([`StateMachine::durable`] false; it resumes at its applied index all the same).
     pub fn new(state: Arc<Mutex<MachineState>>) -> SimMachine {
-        SimMachine { state }
+        SimMachine {
+            state,
+            durable: false,
+        }
+    }
+
+    /// A state machine over `state` that reports itself durable: the runtime then reads no
+    /// snapshot its state covers, and with client sessions rebuilds the session table at a
+    /// restart from the newest snapshot and the log.
+    pub fn durable(state: Arc<Mutex<MachineState>>) -> SimMachine {
+        SimMachine {
+            state,
+            durable: true,
+        }
     }
 }
 
@@ -141,6 +158,10 @@ impl StateMachine for SimMachine {
 
     fn applied_index(&self) -> LogIndex {
         self.state.lock().applied
+    }
+
+    fn durable(&self) -> bool {
+        self.durable
     }
 
     /// The key-value pairs (length-prefixed) and then the increments, (id, times) each.

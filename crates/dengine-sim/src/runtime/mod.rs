@@ -104,8 +104,8 @@ pub enum Workload {
     Kv,
     /// Increments, each with a unique id, resent through every fault until answered; checked
     /// for exactly once. With `sessions`, in client sessions (the nodes run with
-    /// [`SESSION_LIMITS`] and a volatile state machine, as sessions require); without, as
-    /// plain proposals, which a resend can apply twice.
+    /// [`SESSION_LIMITS`]; the state machine is volatile in even seeds and durable in odd
+    /// ones); without, as plain proposals, which a resend can apply twice.
     Increments {
         /// Whether the clients use client sessions.
         sessions: bool,
@@ -258,6 +258,9 @@ pub struct Stats {
     pub resends: u64,
     /// Sessions that expired (or were evicted) under a client.
     pub sessions_lost: u64,
+    /// Increments answered "applied, response lost" (counted as acknowledged): a resend to a
+    /// leader whose durable state machine applied the increment before a restart.
+    pub responses_lost: u64,
     /// The network's counts.
     pub net: NetStats,
     /// The disks' counts, summed.
@@ -613,14 +616,23 @@ impl<'a> Sim<'a> {
         let store = host.disk.open();
         let rt = paused_runtime(self.config.seed)?;
         let seed = self.config.seed ^ (host.id << 48) ^ (host.starts << 32);
-        if let Workload::Increments { .. } = self.config.workload {
-            // A volatile state machine: what it held is gone with the crash, and the runtime
-            // rebuilds it (and the session table) from the snapshot and the log.
-            host.machine = Arc::default();
-        }
+        // The exactly-once workload's state machine: volatile in even seeds (what it held is
+        // gone with the crash, and the runtime rebuilds it and the session table from the
+        // snapshot and the log), durable in odd ones (it keeps its state, and the runtime
+        // rebuilds the session table from the newest snapshot and the log after it).
+        let machine = match self.config.workload {
+            Workload::Increments { .. } if self.config.seed % 2 == 1 => {
+                SimMachine::durable(host.machine.clone())
+            }
+            Workload::Increments { .. } => {
+                host.machine = Arc::default();
+                SimMachine::new(host.machine.clone())
+            }
+            Workload::Kv => SimMachine::new(host.machine.clone()),
+        };
         let mut builder = NodeBuilder::new(config)
             .log_store(store.clone())
-            .state_machine(SimMachine::new(host.machine.clone()))
+            .state_machine(machine)
             .transport(self.net.transport(host.id))
             .snapshot_memory(host.snapshots.clone())
             .rng_seed(seed);
@@ -1470,6 +1482,12 @@ async fn send_increment(
         match answer {
             Call::Answered(Ok(_)) => {
                 settle(true, taken);
+                return target;
+            }
+            Call::Answered(Err(ProposeError::ResponseLost)) => {
+                // Applied, once, before that leader restarted: acknowledged all the same.
+                settle(true, taken);
+                world.stats.lock().responses_lost += 1;
                 return target;
             }
             Call::Answered(Err(ProposeError::Session(SessionRefusal::UnknownSession))) => {
