@@ -170,6 +170,12 @@ impl Node {
         self.propose_entry(command).await
     }
 
+    /// Whether this node runs with client sessions
+    /// ([`NodeBuilder::client_sessions`](crate::NodeBuilder::client_sessions)).
+    pub fn client_sessions(&self) -> bool {
+        self.shared.sessions
+    }
+
     /// Opens a client session (thesis §6.3; needs
     /// [`NodeBuilder::client_sessions`](crate::NodeBuilder::client_sessions) on every
     /// member): its id, to pass to [`propose_in_session`](Self::propose_in_session). Like a

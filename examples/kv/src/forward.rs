@@ -14,6 +14,11 @@
 //! sent on a stream that then broke, or not answered within [`FORWARD_DEADLINE`], has an
 //! unknown outcome (it may have been applied) and is reported as a timeout; a write that was
 //! queued but never sent is reported as unavailable (it was not applied; retry).
+//!
+//! With client sessions on, a write carries its place in the forwarding member's session
+//! ([`ForwardSession`]) and the leader proposes it exactly once however often it arrives;
+//! the session's own refusals come back with their kind ([`FORWARD_KIND`]), and the caller
+//! (`node_backend.rs`) resends a write of unknown outcome instead of reporting it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Weak};
@@ -32,8 +37,14 @@ use tonic::{Status, Streaming};
 use crate::backend::BackendError;
 use crate::proto::dengine::kv::v1::forward_client::ForwardClient;
 use crate::proto::dengine::kv::v1::{
-    ForwardBatch, ForwardFailure, ForwardItem, ForwardReplyBatch, ForwardResult, forward_result,
+    ForwardBatch, ForwardFailure, ForwardItem, ForwardReplyBatch, ForwardResult, ForwardSession,
+    forward_result,
 };
+
+/// The metadata key, on a leader's refusal of a forwarded write in a session, of what the
+/// session said (`session-unknown`, `session-too-many`, `session-acknowledged`,
+/// `session-invalid`, `response-lost`); carried back as `ForwardFailure::kind`.
+pub(crate) const FORWARD_KIND: &str = "dengine-forward-kind";
 
 /// Writes in flight on one stream, on either side: the follower stops taking new writes
 /// from its queue, and the leader stops reading the stream, at this many. Both use the same
@@ -53,9 +64,13 @@ const MAX_BATCH: usize = 1024;
 /// The answer to one forwarded write.
 pub(crate) type Answer = Result<Bytes, BackendError>;
 
+/// The answer to one forwarded write and, for a refusal of a write in a session, what the
+/// session said ([`FORWARD_KIND`]; empty otherwise).
+pub(crate) type Answered = (Answer, String);
+
 /// What a stream task tells the caller of a write.
 enum Reply {
-    Done(Answer),
+    Done(Answered),
     /// The leader does not know the stream call; the write was not proposed.
     Unsupported,
 }
@@ -64,6 +79,7 @@ enum Reply {
 struct Queued {
     command: Bytes,
     trace: Vec<(String, String)>,
+    session: Option<ForwardSession>,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -103,19 +119,22 @@ impl ForwardStreams {
         self.unary_only.lock().contains(address)
     }
 
-    /// Forwards `command` on the stream to `link.address` and waits for the leader's answer.
-    /// `Err(Unsupported)` when the leader has no stream service: the caller sends it unary.
+    /// Forwards `command` (in its `session`, if any) on the stream to `link.address` and
+    /// waits for the leader's answer. `Err(Unsupported)` when the leader has no stream
+    /// service: the caller sends it unary.
     pub(crate) async fn forward(
         self: &Arc<Self>,
         link: impl FnOnce() -> Result<Link, BackendError>,
         address: &str,
         command: Bytes,
         trace: Vec<(String, String)>,
-    ) -> Result<Answer, Unsupported> {
+        session: Option<ForwardSession>,
+    ) -> Result<Answered, Unsupported> {
         let (reply, answer) = oneshot::channel();
         let queued = Queued {
             command,
             trace,
+            session,
             reply,
         };
         // Looked up and started under one lock: concurrent first writes share one stream.
@@ -129,26 +148,32 @@ impl ForwardStreams {
                         queues.insert(address.to_string(), queue.clone());
                         queue
                     }
-                    Err(e) => return Ok(Err(e)),
+                    Err(e) => return Ok((Err(e), String::new())),
                 },
             }
         };
         if let Err(mpsc::error::SendError(_)) = queue.send(queued).await {
             // The task ended between the lookup and the send: the write was not sent.
-            return Ok(Err(BackendError::Unavailable(
-                "the stream to the leader closed before the write was sent; it was not \
-                 applied, retry"
-                    .into(),
-            )));
+            return Ok((
+                Err(BackendError::Unavailable(
+                    "the stream to the leader closed before the write was sent; it was not \
+                     applied, retry"
+                        .into(),
+                )),
+                String::new(),
+            ));
         }
         match answer.await {
             Ok(Reply::Unsupported) => Err(Unsupported),
-            Ok(Reply::Done(answer)) => Ok(answer),
-            Err(_) => Ok(Err(BackendError::Timeout(
-                "forwarding to the leader failed: the stream task ended; the write may or \
-                 may not have been applied"
-                    .into(),
-            ))),
+            Ok(Reply::Done(answered)) => Ok(answered),
+            Err(_) => Ok((
+                Err(BackendError::Timeout(
+                    "forwarding to the leader failed: the stream task ended; the write may or \
+                     may not have been applied"
+                        .into(),
+                )),
+                String::new(),
+            )),
         }
     }
 
@@ -207,6 +232,7 @@ async fn run_stream(
                     id: next_id,
                     command: q.command,
                     trace: q.trace.into_iter().collect(),
+                    session: q.session,
                 });
                 in_flight.insert(
                     next_id,
@@ -276,11 +302,14 @@ async fn run_stream(
         let reply = if unsupported {
             Reply::Unsupported
         } else {
-            Reply::Done(Err(BackendError::Unavailable(
-                "the stream to the leader broke before the write was sent; it was not \
-                 applied, retry"
-                    .into(),
-            )))
+            Reply::Done((
+                Err(BackendError::Unavailable(
+                    "the stream to the leader broke before the write was sent; it was not \
+                     applied, retry"
+                        .into(),
+                )),
+                String::new(),
+            ))
         };
         let _ = q.reply.send(reply);
     }
@@ -333,10 +362,13 @@ async fn pump(
                     .collect();
                 for id in late {
                     if let Some(w) = in_flight.remove(&id) {
-                        let _ = w.reply.send(Reply::Done(Err(BackendError::Timeout(format!(
-                            "the leader did not answer a forwarded write within \
-                             {deadline:?}; it may or may not have been applied"
-                        )))));
+                        let _ = w.reply.send(Reply::Done((
+                            Err(BackendError::Timeout(format!(
+                                "the leader did not answer a forwarded write within \
+                                 {deadline:?}; it may or may not have been applied"
+                            ))),
+                            String::new(),
+                        )));
                     }
                 }
             }
@@ -347,7 +379,9 @@ async fn pump(
 /// Every write in flight gets the stream's failure: outcome unknown.
 fn fail_all(in_flight: &mut HashMap<u64, InFlight>, status: &Status) {
     for (_, w) in in_flight.drain() {
-        let _ = w.reply.send(Reply::Done(Err(from_status(status))));
+        let _ = w
+            .reply
+            .send(Reply::Done((Err(from_status(status)), String::new())));
     }
 }
 
@@ -368,30 +402,38 @@ pub(crate) fn from_status(status: &Status) -> BackendError {
     }
 }
 
-fn answer_of(outcome: Option<forward_result::Outcome>) -> Answer {
+fn answer_of(outcome: Option<forward_result::Outcome>) -> Answered {
     match outcome {
-        Some(forward_result::Outcome::Response(response)) => Ok(response),
-        Some(forward_result::Outcome::Failure(f)) => Err(from_status(&Status::new(
-            tonic::Code::from(f.code),
-            f.message,
-        ))),
-        None => Err(BackendError::Timeout(
-            "the leader's answer to a forwarded write was empty; the write may or may not \
-             have been applied"
-                .into(),
-        )),
+        Some(forward_result::Outcome::Response(response)) => (Ok(response), String::new()),
+        Some(forward_result::Outcome::Failure(f)) => (
+            Err(from_status(&Status::new(
+                tonic::Code::from(f.code),
+                f.message,
+            ))),
+            f.kind,
+        ),
+        None => (
+            Err(BackendError::Timeout(
+                "the leader's answer to a forwarded write was empty; the write may or may not \
+                 have been applied"
+                    .into(),
+            )),
+            String::new(),
+        ),
     }
 }
 
 /// What the leader does with one forwarded write: `(id, command, trace context)` to its
 /// answer. Implemented by the backend (checks the command, proposes it).
 pub(crate) trait ProposeForwarded: Clone + Send + Sync + 'static {
-    /// Proposes one forwarded write from member `from`.
+    /// Proposes one forwarded write from member `from` (in its `session`, if any). A
+    /// session's refusal carries its kind in the status's [`FORWARD_KIND`] metadata.
     fn propose_forwarded(
         &self,
         from: NodeId,
         command: Bytes,
         trace: BTreeMap<String, String>,
+        session: Option<ForwardSession>,
     ) -> impl Future<Output = Result<Bytes, Status>> + Send;
 }
 
@@ -438,13 +480,19 @@ pub(crate) fn serve<P: ProposeForwarded>(
                 let done = done_tx.clone();
                 tokio::spawn(async move {
                     let outcome = match proposer
-                        .propose_forwarded(from, item.command, item.trace)
+                        .propose_forwarded(from, item.command, item.trace, item.session)
                         .await
                     {
                         Ok(response) => forward_result::Outcome::Response(response),
                         Err(status) => forward_result::Outcome::Failure(ForwardFailure {
                             code: status.code() as i32,
                             message: status.message().to_string(),
+                            kind: status
+                                .metadata()
+                                .get(FORWARD_KIND)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string(),
                         }),
                     };
                     let result = ForwardResult {
@@ -590,6 +638,13 @@ mod tests {
         ) -> Result<Response<crate::proto::dengine::kv::v1::LeaseAtLeaderReply>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
+
+        async fn open_session(
+            &self,
+            _request: Request<crate::proto::dengine::kv::v1::OpenSessionRequest>,
+        ) -> Result<Response<crate::proto::dengine::kv::v1::OpenSessionReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
     }
 
     /// A fake leader on a free loopback port, and a way to reach it.
@@ -633,9 +688,10 @@ mod tests {
             writes.spawn(async move {
                 let command = Bytes::from(format!("write {i}"));
                 let answer = streams
-                    .forward(link, &address, command.clone(), Vec::new())
+                    .forward(link, &address, command.clone(), Vec::new(), None)
                     .await
                     .unwrap()
+                    .0
                     .unwrap();
                 assert_eq!(answer, reversed(&command));
             });
@@ -653,7 +709,7 @@ mod tests {
         let (address, link) = leader(Leader::NoStream).await;
         let streams = Arc::new(ForwardStreams::default());
         let first = streams
-            .forward(&link, &address, Bytes::from_static(b"a"), Vec::new())
+            .forward(&link, &address, Bytes::from_static(b"a"), Vec::new(), None)
             .await;
         assert!(matches!(first, Err(Unsupported)));
         assert!(streams.is_unary_only(&address));
@@ -664,18 +720,20 @@ mod tests {
         let (address, link) = leader(Leader::Breaks).await;
         let streams = Arc::new(ForwardStreams::default());
         let answer = streams
-            .forward(&link, &address, Bytes::from_static(b"a"), Vec::new())
+            .forward(&link, &address, Bytes::from_static(b"a"), Vec::new(), None)
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         match answer {
             Err(BackendError::Timeout(why)) => assert!(why.contains("crashed"), "{why}"),
             other => panic!("expected an unknown outcome, got {other:?}"),
         }
         // The next write opens a new stream (which breaks the same way).
         let again = streams
-            .forward(&link, &address, Bytes::from_static(b"b"), Vec::new())
+            .forward(&link, &address, Bytes::from_static(b"b"), Vec::new(), None)
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         assert!(matches!(again, Err(BackendError::Timeout(_))), "{again:?}");
     }
 
@@ -689,11 +747,12 @@ mod tests {
         let started = Instant::now();
         let answer = tokio::time::timeout(
             Duration::from_secs(5),
-            streams.forward(&link, &address, Bytes::from_static(b"a"), Vec::new()),
+            streams.forward(&link, &address, Bytes::from_static(b"a"), Vec::new(), None),
         )
         .await
         .expect("an answer within the deadline")
-        .unwrap();
+        .unwrap()
+        .0;
         match answer {
             Err(BackendError::Timeout(why)) => {
                 assert!(why.contains("may or may not"), "{why}");

@@ -40,8 +40,11 @@ use crate::proto::dengine::kv::v1::{
     InfoRequest, LeaseAtLeaderReply, LeaseAtLeaderRequest, MemberAddOp, MemberUpdateOp,
     MembershipReply, MembershipRequest,
 };
+use crate::proto::dengine::kv::v1::{ForwardSession, OpenSessionReply, OpenSessionRequest};
 use crate::state_machine::encode_error_response;
 use crate::validate;
+
+mod forward_once;
 
 /// What members reported of themselves (`Info`), by member id and peer address.
 type PeerInfos = HashMap<(NodeId, String), PeerInfo>;
@@ -70,6 +73,9 @@ pub struct NodeBackend {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Writes forwarded to the leader, on one stream per leader address.
     streams: Arc<ForwardStreams>,
+    /// This member's client session for its forwarded writes, when the node runs with
+    /// client sessions (`forward_once.rs`).
+    session: Arc<forward_once::SessionSlot>,
     /// What other members reported of themselves (`Info`), by member id and peer address (a
     /// member moved with `MemberUpdate` is asked again).
     peer_infos: Arc<Mutex<PeerInfos>>,
@@ -96,6 +102,7 @@ impl NodeBackend {
             client_urls,
             channels: Arc::new(Mutex::new(HashMap::new())),
             streams: Arc::default(),
+            session: Arc::default(),
             peer_infos: Arc::new(Mutex::new(HashMap::new())),
             config: Arc::new(KvConfig::default()),
             leases: LeaseHub::default(),
@@ -167,20 +174,16 @@ impl NodeBackend {
     async fn forward(&self, address: &str, command: Bytes) -> Result<Bytes, BackendError> {
         let span = tracing::debug_span!("forward_write", leader = %address);
         async {
+            if self.node.client_sessions() {
+                // Resent through leader changes, applied once (`forward_once.rs`).
+                return self.forward_exactly_once(command).await;
+            }
             if !self.streams.is_unary_only(address) {
-                let link = || {
-                    Ok(Link {
-                        address: address.to_string(),
-                        channel: self.channel(address)?,
-                        transport: self.transport.clone(),
-                        from: self.node.id(),
-                    })
-                };
                 let trace = dengine::observability::trace_headers();
                 // Err(Unsupported): a leader of an older version, one call per write.
-                if let Ok(answer) = self
+                if let Ok((answer, _)) = self
                     .streams
-                    .forward(link, address, command.clone(), trace)
+                    .forward(self.link(address), address, command.clone(), trace, None)
                     .await
                 {
                     return answer;
@@ -190,6 +193,19 @@ impl NodeBackend {
         }
         .instrument(span)
         .await
+    }
+
+    /// How a stream to the leader at `address` connects.
+    fn link(&self, address: &str) -> impl FnOnce() -> Result<Link, BackendError> + '_ {
+        let address = address.to_string();
+        move || {
+            Ok(Link {
+                channel: self.channel(&address)?,
+                address,
+                transport: self.transport.clone(),
+                from: self.node.id(),
+            })
+        }
     }
 
     /// Sends one write as its own `Forward/Propose` call (to a leader without the stream).
@@ -417,7 +433,9 @@ fn propose_error(e: ProposeError) -> BackendError {
         ProposeError::Refused(Refusal::TooLarge { .. }) => {
             BackendError::InvalidArgument(e.to_string())
         }
-        ProposeError::Timeout | ProposeError::Interrupted(_) => {
+        // A write the node took before it began to stop has an unknown outcome: a client
+        // told "unavailable" would retry it and might apply it twice.
+        ProposeError::Timeout | ProposeError::Interrupted(_) | ProposeError::ShuttingDown => {
             BackendError::Timeout(e.to_string())
         }
         ProposeError::Stopped { .. } => BackendError::Internal(e.to_string()),
@@ -656,6 +674,7 @@ impl ProposeForwarded for NodeBackend {
         from: NodeId,
         command: Bytes,
         trace: BTreeMap<String, String>,
+        session: Option<ForwardSession>,
     ) -> Result<Bytes, Status> {
         let span = tracing::debug_span!("forwarded_write", from);
         if !trace.is_empty() {
@@ -670,10 +689,16 @@ impl ProposeForwarded for NodeBackend {
         if let Err(e) = checked {
             return Ok(encode_error_response(&e));
         }
-        match self.node.propose(command).instrument(span).await {
-            Ok(response) => Ok(response),
-            Err(e) => Err(propose_error(e).to_status()),
-        }
+        let proposed = match session {
+            Some(s) => {
+                self.node
+                    .propose_in_session(s.id, s.seq, s.first_unanswered, command)
+                    .instrument(span)
+                    .await
+            }
+            None => self.node.propose(command).instrument(span).await,
+        };
+        proposed.map_err(forward_once::forwarded_status)
     }
 }
 
@@ -693,7 +718,7 @@ impl Forward for NodeBackend {
             })
             .collect();
         let command = request.into_inner().command;
-        let response = self.propose_forwarded(from, command, trace).await?;
+        let response = self.propose_forwarded(from, command, trace, None).await?;
         Ok(Response::new(ForwardReply { response }))
     }
 
@@ -743,6 +768,23 @@ impl Forward for NodeBackend {
         tracing::info!(from, op = ?op, "membership change forwarded by a member");
         let status = self.node.status().await.map_err(admin_error)?;
         Ok(Response::new(self.change_members_here(status, op).await?))
+    }
+
+    /// A follower opens the client session its forwarded writes go in: opened here (through
+    /// the log) only while this member leads.
+    async fn open_session(
+        &self,
+        request: Request<OpenSessionRequest>,
+    ) -> Result<Response<OpenSessionReply>, Status> {
+        let from = request.get_ref().from;
+        self.transport.authorize_peer(&request, from)?;
+        let session = self
+            .node
+            .open_session()
+            .await
+            .map_err(|e| propose_error(e).to_status())?;
+        tracing::debug!(from, session, "forwarding session opened for a member");
+        Ok(Response::new(OpenSessionReply { session }))
     }
 
     /// A follower's client renews a lease or asks its remaining TTL: answered here only

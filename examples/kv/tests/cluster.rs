@@ -1001,6 +1001,7 @@ async fn forwarded_writes_get_the_client_apis_checks() {
         id,
         command: command.encode_to_vec().into(),
         trace: Default::default(),
+        session: None,
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<ForwardBatch>(4);
     tx.send(ForwardBatch {
@@ -1073,6 +1074,125 @@ async fn forwarded_writes_get_the_client_apis_checks() {
     );
 
     drop(c);
+    cluster.stop().await;
+}
+
+/// With client sessions on, a follower forwards writes in a session of its own (thesis
+/// §6.3): a write whose leader crashed before answering is resent to the next leader and
+/// applied once. The leader answers a resent item of a session with its first answer; and
+/// writes through a follower across a leader crash all succeed, each applied once (every
+/// key's version is 1), where without sessions a write caught by the crash fails with an
+/// unknown outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_writes_in_a_session_apply_once_across_a_leader_crash() {
+    use dengine_kv::proto::dengine::kv::v1::{
+        Command, ForwardBatch, ForwardItem, ForwardSession, OpenSessionRequest, command,
+        forward_client::ForwardClient, forward_result,
+    };
+    use dengine_kv::proto::etcdserverpb::PutRequest;
+    use prost::Message;
+
+    let _turn = SERIAL.lock().await;
+    let mut cluster = TestCluster::start_with_sessions(KvConfig::default()).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.running_except(leader)[0];
+
+    // The leader's side, as a follower would call it: one put sent twice in a session.
+    let mut forward = ForwardClient::connect(format!("http://{}", cluster.addrs[&leader]))
+        .await
+        .unwrap();
+    let session = forward
+        .open_session(OpenSessionRequest { from: follower })
+        .await
+        .unwrap()
+        .into_inner()
+        .session;
+    let put = Command {
+        op: Some(command::Op::Put(PutRequest {
+            key: "once/a".into(),
+            value: "1".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let item = |id| ForwardItem {
+        id,
+        command: put.encode_to_vec().into(),
+        trace: Default::default(),
+        session: Some(ForwardSession {
+            id: session,
+            seq: 1,
+            first_unanswered: 1,
+        }),
+    };
+    let mut answers = Vec::new();
+    for id in [1, 2] {
+        let batch = ForwardBatch {
+            from: follower,
+            items: vec![item(id)],
+        };
+        let mut stream = forward
+            .propose_stream(tokio_stream::iter([batch]))
+            .await
+            .unwrap()
+            .into_inner();
+        let reply = timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("an answer in time")
+            .unwrap()
+            .expect("one answer");
+        match &reply.results[0].outcome {
+            Some(forward_result::Outcome::Response(r)) => answers.push(r.clone()),
+            other => panic!("item {id}: {other:?}"),
+        }
+    }
+    assert_eq!(answers[0], answers[1], "the resend gets the first answer");
+    let mut c = cluster.client(leader).await;
+    let once = read("once/a", async || c.get("once/a", None).await).await;
+    assert_eq!(once.kvs()[0].version(), 1, "applied once");
+
+    // Writes through a follower while the leader crashes: every one succeeds, once.
+    let mut via = cluster.client(follower).await;
+    let writer = {
+        let mut via = via.clone();
+        tokio::spawn(async move {
+            let mut failed = Vec::new();
+            for i in 0..60 {
+                let key = format!("once/f/{i:03}");
+                if let Err(e) = via.put(key.clone(), "v", None).await {
+                    failed.push(format!("{key}: {e}"));
+                }
+            }
+            failed
+        })
+    };
+    wait_for("10 writes through the follower", async || {
+        let r = via
+            .get(
+                "once/f/",
+                Some(GetOptions::new().with_prefix().with_serializable()),
+            )
+            .await
+            .ok()?;
+        (r.count() >= 10).then_some(())
+    })
+    .await;
+    cluster.kill(leader).await;
+    let failed = timeout(PATIENCE, writer).await.unwrap().unwrap();
+    assert!(
+        failed.is_empty(),
+        "writes failed across the crash: {failed:?}"
+    );
+    let all = read("the follower's writes", async || {
+        via.get("once/f/", Some(GetOptions::new().with_prefix()))
+            .await
+    })
+    .await;
+    assert_eq!(all.kvs().len(), 60);
+    for kv in all.kvs() {
+        assert_eq!(kv.version(), 1, "{:?} applied more than once", kv.key_str());
+    }
+    drop((c, via));
     cluster.stop().await;
 }
 

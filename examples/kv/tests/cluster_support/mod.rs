@@ -92,6 +92,8 @@ pub(crate) struct TestCluster {
     restore_from: Option<std::path::PathBuf>,
     /// Every member's etcd API configuration.
     kv: KvConfig,
+    /// Client sessions on every member (`[client_sessions] enabled`).
+    sessions: bool,
     dir: TempDir,
 }
 
@@ -107,6 +109,20 @@ impl TestCluster {
 
     /// [`start_from`](Self::start_from), every member with the etcd API configuration `kv`.
     pub(crate) async fn start_with(restore_from: Option<std::path::PathBuf>, kv: KvConfig) -> Self {
+        Self::start_configured(restore_from, kv, false).await
+    }
+
+    /// A new cluster whose members run with client sessions: followers forward writes in
+    /// their own sessions.
+    pub(crate) async fn start_with_sessions(kv: KvConfig) -> Self {
+        Self::start_configured(None, kv, true).await
+    }
+
+    async fn start_configured(
+        restore_from: Option<std::path::PathBuf>,
+        kv: KvConfig,
+        sessions: bool,
+    ) -> Self {
         let dir = TempDir::new();
         let ports = free_ports(6);
         let addrs: BTreeMap<u64, String> = (1..=3)
@@ -121,6 +137,7 @@ impl TestCluster {
             clients,
             restore_from,
             kv,
+            sessions,
             dir,
         };
         for id in 1..=3 {
@@ -145,6 +162,7 @@ impl TestCluster {
         s.network.reconnect_initial = Duration::from_millis(20);
         s.network.reconnect_max = Duration::from_millis(300);
         s.shutdown.transfer_timeout_ms = 1000;
+        s.client_sessions.enabled = self.sessions;
         s
     }
 
