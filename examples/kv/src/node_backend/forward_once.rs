@@ -159,17 +159,7 @@ impl NodeBackend {
         first_unanswered: u64,
         command: &Bytes,
     ) -> Attempt {
-        let target = {
-            let now = self.leadership.borrow();
-            match (now.role, now.leader, &now.leader_address) {
-                (Role::Leader, ..) => Some(None),
-                (_, Some(leader), Some(address)) if leader != self.node.id() => {
-                    Some(Some(address.clone()))
-                }
-                _ => None,
-            }
-        };
-        match target {
+        match self.leader_target() {
             None => Attempt::Retry {
                 taken: false,
                 why: "no leader known".into(),
@@ -210,6 +200,19 @@ impl NodeBackend {
         }
     }
 
+    /// Where a session's call goes now: `Some(None)` this member (it leads), `Some(Some(address))`
+    /// the leader at that peer address, `None` no leader known.
+    fn leader_target(&self) -> Option<Option<String>> {
+        let now = self.leadership.borrow();
+        match (now.role, now.leader, &now.leader_address) {
+            (Role::Leader, ..) => Some(None),
+            (_, Some(leader), Some(address)) if leader != self.node.id() => {
+                Some(Some(address.clone()))
+            }
+            _ => None,
+        }
+    }
+
     /// A number in this member's session, opening one first if there is none.
     async fn session_number(&self, deadline: Instant) -> Result<(u64, u64), BackendError> {
         if let Some(number) = self.session.number() {
@@ -235,17 +238,7 @@ impl NodeBackend {
         let mut last = String::from("no leader known");
         let mut failures = 0u32;
         while Instant::now() < deadline {
-            let target = {
-                let now = self.leadership.borrow();
-                match (now.role, now.leader, &now.leader_address) {
-                    (Role::Leader, ..) => Some(None),
-                    (_, Some(leader), Some(address)) if leader != self.node.id() => {
-                        Some(Some(address.clone()))
-                    }
-                    _ => None,
-                }
-            };
-            let opened = match target {
+            let opened = match self.leader_target() {
                 None => Err(last.clone()),
                 Some(None) => self.node.open_session().await.map_err(|e| e.to_string()),
                 Some(Some(address)) => match self.channel(&address) {
