@@ -57,6 +57,7 @@ mod config;
 mod election_service;
 mod error;
 mod forward;
+mod forward_session;
 mod key_range;
 mod lease;
 mod lease_hub;

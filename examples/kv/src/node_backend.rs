@@ -16,11 +16,13 @@ use dengine_core::ProposeError as Refusal;
 use dengine_core::{MembershipChange, NodeId, Role};
 use dengine_net_grpc::GrpcTransport;
 use dengine_node::{
-    AdminError, Consistency, Leadership, Node, ProposeError, ReadError, Status as NodeStatus,
+    AdminError, Consistency, Leadership, Node, ProposeError, ReadError, SessionRefusal,
+    Status as NodeStatus,
 };
 use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataKey;
 use tonic::transport::Channel;
@@ -30,7 +32,8 @@ use tracing::Instrument as _;
 use crate::backend::{BackendError, HeaderInfo, KvBackend, MemberInfo, StatusInfo, members_of};
 use crate::config::KvConfig;
 use crate::error::KvError;
-use crate::forward::{self, ForwardStreams, Link, ProposeForwarded, from_status};
+use crate::forward::{self, FORWARD_KIND, ForwardStreams, Link, ProposeForwarded, from_status};
+use crate::forward_session::{Attempt, SessionSlot, backoff, local, remote};
 use crate::lease_hub::LeaseHub;
 use crate::proto::dengine::kv::v1::forward_client::ForwardClient;
 use crate::proto::dengine::kv::v1::forward_server::{Forward, ForwardServer};
@@ -43,8 +46,6 @@ use crate::proto::dengine::kv::v1::{
 use crate::proto::dengine::kv::v1::{ForwardSession, OpenSessionReply, OpenSessionRequest};
 use crate::state_machine::encode_error_response;
 use crate::validate;
-
-mod forward_once;
 
 /// What members reported of themselves (`Info`), by member id and peer address.
 type PeerInfos = HashMap<(NodeId, String), PeerInfo>;
@@ -74,8 +75,8 @@ pub struct NodeBackend {
     /// Writes forwarded to the leader, on one stream per leader address.
     streams: Arc<ForwardStreams>,
     /// This member's client session for its forwarded writes, when the node runs with
-    /// client sessions (`forward_once.rs`).
-    session: Arc<forward_once::SessionSlot>,
+    /// client sessions (`forward_session.rs`).
+    session: Arc<SessionSlot>,
     /// What other members reported of themselves (`Info`), by member id and peer address (a
     /// member moved with `MemberUpdate` is asked again).
     peer_infos: Arc<Mutex<PeerInfos>>,
@@ -175,7 +176,7 @@ impl NodeBackend {
         let span = tracing::debug_span!("forward_write", leader = %address);
         async {
             if self.node.client_sessions() {
-                // Resent through leader changes, applied once (`forward_once.rs`).
+                // Resent through leader changes, applied once (`forward_session.rs`).
                 return self.forward_exactly_once(command).await;
             }
             if !self.streams.is_unary_only(address) {
@@ -698,7 +699,7 @@ impl ProposeForwarded for NodeBackend {
             }
             None => self.node.propose(command).instrument(span).await,
         };
-        proposed.map_err(forward_once::forwarded_status)
+        proposed.map_err(forwarded_status)
     }
 }
 
@@ -806,5 +807,239 @@ impl Forward for NodeBackend {
             .lease_at_this_leader(req.id, req.time_to_live_only)
             .await?;
         Ok(Response::new(LeaseAtLeaderReply { ttl }))
+    }
+}
+
+/// Forwarded writes in a client session (`forward_session.rs`): resent until answered.
+impl NodeBackend {
+    /// Forwards `command` to the leader in this member's session, resending it until it is
+    /// answered: applied once whatever happens to the leaders meanwhile.
+    async fn forward_exactly_once(&self, command: Bytes) -> Result<Bytes, BackendError> {
+        let deadline = Instant::now() + forward::FORWARD_DEADLINE;
+        let (mut id, mut seq) = self.session_number(deadline).await?;
+        // Whether some attempt may have been applied.
+        let mut taken = false;
+        let mut failures = 0u32;
+        loop {
+            if Instant::now() >= deadline {
+                self.session.settle(id, seq);
+                return Err(if taken {
+                    BackendError::Timeout(format!(
+                        "no leader answered the forwarded write within {:?}; it may or may \
+                         not have been applied",
+                        forward::FORWARD_DEADLINE
+                    ))
+                } else {
+                    BackendError::Unavailable(
+                        "no leader took the forwarded write in time; it was not applied, retry"
+                            .into(),
+                    )
+                });
+            }
+            let first_unanswered = self.session.first_unanswered(id, seq);
+            let attempt = self
+                .attempt_in_session(id, seq, first_unanswered, &command)
+                .await;
+            match attempt {
+                Attempt::Done(result) => {
+                    self.session.settle(id, seq);
+                    return result;
+                }
+                Attempt::SessionGone => {
+                    self.session.settle(id, seq);
+                    self.session.forget(id);
+                    if taken {
+                        return Err(BackendError::Timeout(
+                            "the forwarding session expired while the write's outcome was \
+                             unknown; it may or may not have been applied"
+                                .into(),
+                        ));
+                    }
+                    // Never taken: the same write in a new session.
+                    (id, seq) = self.session_number(deadline).await?;
+                }
+                Attempt::Retry { taken: t, why } => {
+                    taken |= t;
+                    tracing::debug!(session = id, seq, %why, "resending a forwarded write");
+                    failures = failures.saturating_add(1);
+                    tokio::time::sleep(backoff(failures)).await;
+                }
+            }
+        }
+    }
+
+    /// One attempt: on this member's node if it leads now, else forwarded to the leader.
+    async fn attempt_in_session(
+        &self,
+        id: u64,
+        seq: u64,
+        first_unanswered: u64,
+        command: &Bytes,
+    ) -> Attempt {
+        match self.leader_target() {
+            None => Attempt::Retry {
+                taken: false,
+                why: "no leader known".into(),
+            },
+            Some(None) => local(
+                self.node
+                    .propose_in_session(id, seq, first_unanswered, command.clone())
+                    .await,
+            ),
+            Some(Some(address)) => {
+                let session = ForwardSession {
+                    id,
+                    seq,
+                    first_unanswered,
+                };
+                let trace = dengine::observability::trace_headers();
+                match self
+                    .streams
+                    .forward(
+                        self.link(&address),
+                        &address,
+                        command.clone(),
+                        trace,
+                        Some(session),
+                    )
+                    .await
+                {
+                    Ok((answer, kind)) => remote(answer, &kind),
+                    // A leader of a version without the stream knows no sessions either.
+                    Err(forward::Unsupported) => {
+                        Attempt::Done(Err(BackendError::Unavailable(format!(
+                            "the leader at {address} is of an older version without \
+                             forwarding sessions; the write was not applied"
+                        ))))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where a session's call goes now: `Some(None)` this member (it leads), `Some(Some(address))`
+    /// the leader at that peer address, `None` no leader known.
+    fn leader_target(&self) -> Option<Option<String>> {
+        let now = self.leadership.borrow();
+        match (now.role, now.leader, &now.leader_address) {
+            (Role::Leader, ..) => Some(None),
+            (_, Some(leader), Some(address)) if leader != self.node.id() => {
+                Some(Some(address.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// A number in this member's session, opening one first if there is none.
+    async fn session_number(&self, deadline: Instant) -> Result<(u64, u64), BackendError> {
+        if let Some(number) = self.session.number() {
+            return Ok(number);
+        }
+        let _opening = self.session.opening.lock().await;
+        if let Some(number) = self.session.number() {
+            return Ok(number);
+        }
+        let id = self.open_session(deadline).await?;
+        self.session.install(id);
+        self.session.number().ok_or_else(|| {
+            BackendError::Internal("the forwarding session was dropped as it opened".into())
+        })
+    }
+
+    /// Opens a session through the leader (or on this node, if it leads).
+    async fn open_session(&self, deadline: Instant) -> Result<u64, BackendError> {
+        let mut last = String::from("no leader known");
+        let mut failures = 0u32;
+        while Instant::now() < deadline {
+            let opened = match self.leader_target() {
+                None => Err(last.clone()),
+                Some(None) => self.node.open_session().await.map_err(|e| e.to_string()),
+                Some(Some(address)) => match self.channel(&address) {
+                    Ok(channel) => {
+                        let request = self.transport.peer_request(OpenSessionRequest {
+                            from: self.node.id(),
+                        });
+                        match tokio::time::timeout(
+                            Duration::from_secs(5),
+                            ForwardClient::new(channel).open_session(request),
+                        )
+                        .await
+                        {
+                            Ok(Ok(reply)) => Ok(reply.into_inner().session),
+                            Ok(Err(status)) => Err(status.message().to_string()),
+                            Err(_) => Err(format!("the leader at {address} did not answer")),
+                        }
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            match opened {
+                Ok(id) => return Ok(id),
+                Err(why) => last = why,
+            }
+            failures = failures.saturating_add(1);
+            tokio::time::sleep(backoff(failures)).await;
+        }
+        Err(BackendError::Unavailable(format!(
+            "cannot open a session to forward the write ({last}); it was not applied, retry"
+        )))
+    }
+}
+
+/// The status of a forwarded write the leader could not propose; a session's own answer
+/// says what it was in [`FORWARD_KIND`].
+fn forwarded_status(e: ProposeError) -> tonic::Status {
+    let kind = match &e {
+        ProposeError::Session(SessionRefusal::UnknownSession) => Some("session-unknown"),
+        ProposeError::Session(SessionRefusal::TooManyUnacknowledged) => Some("session-too-many"),
+        ProposeError::Session(SessionRefusal::AlreadyAcknowledged) => Some("session-acknowledged"),
+        ProposeError::Session(_) | ProposeError::SessionsOff => Some("session-invalid"),
+        ProposeError::ResponseLost => Some("response-lost"),
+        _ => None,
+    };
+    let mut status = propose_error(e).to_status();
+    if let Some(kind) = kind {
+        status.metadata_mut().insert(
+            FORWARD_KIND,
+            tonic::metadata::MetadataValue::from_static(kind),
+        );
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The leader's side and the follower's agree: what the session said travels with the
+    /// status and decides the follower's next step.
+    #[test]
+    fn the_kind_of_a_sessions_refusal_travels_with_its_status() {
+        let follower_sees = |e: ProposeError| {
+            let status = forwarded_status(e);
+            let kind = status
+                .metadata()
+                .get(FORWARD_KIND)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            remote(Err(forward::from_status(&status)), &kind)
+        };
+        assert!(matches!(
+            follower_sees(ProposeError::Session(SessionRefusal::UnknownSession)),
+            Attempt::SessionGone
+        ));
+        assert!(matches!(
+            follower_sees(ProposeError::ResponseLost),
+            Attempt::Done(Err(BackendError::Timeout(m))) if m.contains("applied once")
+        ));
+        assert!(matches!(
+            follower_sees(ProposeError::Timeout),
+            Attempt::Retry { taken: true, .. }
+        ));
+        assert!(matches!(
+            follower_sees(ProposeError::Session(SessionRefusal::TooManyUnacknowledged)),
+            Attempt::Retry { taken: false, .. }
+        ));
     }
 }
