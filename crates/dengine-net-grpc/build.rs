@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("dengine/raft/v1/peer.proto"),
         root.join("dengine/admin/v1/admin.proto"),
         root.join("dengine/client/v1/client.proto"),
+        root.join("dengine/client/v1/forward.proto"),
     ];
     println!("cargo:rerun-if-changed={}", root.display());
     let fds = protox::compile(&files, [&root])?;

@@ -6,7 +6,9 @@
 //!
 //! * **Follows the leader.** Give it some or all members' client addresses; a follower's
 //!   refusal names the leader, and the client goes there (learning which address is which
-//!   member by asking, [`Client::leader`]). Across elections it keeps following.
+//!   member by asking, [`Client::leader`]). Across elections it keeps following. Or let
+//!   the followers forward writes to the leader ([`ClientConfig::forward`]), for a client
+//!   that reaches only some members.
 //! * **Retries safely.** Every call has a deadline ([`ClientConfig::request_timeout`]) and is
 //!   retried within it, with exponential backoff and jitter, on anything that certainly did
 //!   not apply it (no leader yet, busy, a member that cannot be reached). A plain
@@ -156,6 +158,13 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// The largest message sent or received. Default 64 MiB (the members' default).
     pub max_message_bytes: usize,
+    /// Whether a follower that receives a proposal or session call forwards it to the leader
+    /// (`true`) or refuses it with the leader's id, so that the client sends it there
+    /// itself (`false`, the default). Forwarding lets a client that can reach only some
+    /// members (say, one behind a load balancer) write through any of them, at the cost of a
+    /// hop between members; the retry rules are the same either way. Reads are not
+    /// forwarded (any member serves them).
+    pub forward: bool,
 }
 
 impl ClientConfig {
@@ -169,6 +178,7 @@ impl ClientConfig {
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_secs(1),
             max_message_bytes: 64 << 20,
+            forward: false,
         }
     }
 }
@@ -389,6 +399,7 @@ impl Client {
     pub async fn propose(&self, command: Bytes) -> Result<Bytes, ClientError> {
         let request = pb::ProposeRequest {
             command,
+            forward: self.inner.config.forward,
             ..Default::default()
         };
         self.call(Kind::Propose, move |mut stub, timeout| {
@@ -427,7 +438,12 @@ impl Client {
         // the registration is retried like a session's entry.
         let id = self
             .call(Kind::SessionEntry, |mut stub, timeout| {
-                let request = with_timeout(pb::OpenSessionRequest {}, timeout);
+                let request = with_timeout(
+                    pb::OpenSessionRequest {
+                        forward: self.inner.config.forward,
+                    },
+                    timeout,
+                );
                 async move {
                     stub.open_session(request)
                         .await
@@ -796,6 +812,7 @@ impl Session {
             seq
         };
         let session = self.id;
+        let forward = self.client.inner.config.forward;
         let result = self
             .client
             .call(Kind::SessionEntry, |mut stub, timeout| {
@@ -808,6 +825,7 @@ impl Session {
                         session,
                         seq,
                         first_unanswered,
+                        forward,
                     },
                     timeout,
                 );
@@ -821,10 +839,10 @@ impl Session {
 
     /// Keeps the session open while it has nothing to propose (every proposal does too).
     pub async fn keep_alive(&self) -> Result<(), ClientError> {
-        let session = self.id;
+        let request = self.request();
         self.client
             .call(Kind::SessionEntry, |mut stub, timeout| {
-                let request = with_timeout(pb::SessionRequest { session }, timeout);
+                let request = with_timeout(request, timeout);
                 async move { stub.keep_session_alive(request).await.map(drop) }
             })
             .await
@@ -832,13 +850,21 @@ impl Session {
 
     /// Closes the session: the cluster drops its saved responses.
     pub async fn close(self) -> Result<(), ClientError> {
-        let session = self.id;
+        let request = self.request();
         self.client
             .call(Kind::SessionEntry, |mut stub, timeout| {
-                let request = with_timeout(pb::SessionRequest { session }, timeout);
+                let request = with_timeout(request, timeout);
                 async move { stub.close_session(request).await.map(drop) }
             })
             .await
+    }
+
+    /// A keep-alive or close request of this session.
+    fn request(&self) -> pb::SessionRequest {
+        pb::SessionRequest {
+            session: self.id,
+            forward: self.client.inner.config.forward,
+        }
     }
 
     fn first_unanswered(&self, seq: u64) -> u64 {

@@ -1,6 +1,6 @@
 //! The client against real members started by `dengine::start` (loopback gRPC, write-ahead
-//! logs in temporary directories): follower redirects, exactly-once session retries
-//! through a leader crash, deadlines, TLS.
+//! logs in temporary directories): follower redirects and forwarding, exactly-once session
+//! retries through a leader crash, deadlines, TLS.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -101,11 +101,15 @@ fn free_ports(n: usize) -> Vec<u16> {
     ports
 }
 
+/// The test clusters' cluster secret (`network.cluster_secret_file`).
+const CLUSTER_SECRET: &str = "dengine-client-tests-secret";
+
 /// Three members with client listeners and fast timing; sessions on when `sessions`.
 struct Cluster {
     _dir: tempfile::TempDir,
     members: BTreeMap<u64, Running>,
     client_addrs: BTreeMap<u64, String>,
+    peer_addrs: BTreeMap<u64, String>,
 }
 
 impl Cluster {
@@ -145,6 +149,8 @@ impl Cluster {
             s.client.propose_timeout_ms = 2000;
             s.client_sessions.enabled = sessions;
             s.client_api.tls = tls.clone();
+            // Peer requests, the forwarded ones among them, must carry it.
+            s.network.cluster_secret = Some(CLUSTER_SECRET.to_string());
             client_addrs.insert(id, s.node.client_addr.clone().unwrap());
             match dengine::start(s, Increments::default()).await {
                 Ok(running) => members.insert(id, running),
@@ -161,6 +167,7 @@ impl Cluster {
             _dir: dir,
             members,
             client_addrs,
+            peer_addrs: peers,
         })
     }
 
@@ -251,14 +258,169 @@ async fn a_follower_refers_the_client_to_the_leader() {
     c.stop().await;
 }
 
+/// A client that reaches only a follower writes through it when it asks for forwarding
+/// (plain proposals, and session calls applied once however often they are sent), and
+/// cannot write at all when it does not (the follower refers it to a leader it cannot reach).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_to_the_leader_when_the_client_asks() {
+    use dengine_client::pb::client_client::ClientClient;
+    use dengine_client::pb::{ProposeRequest, SessionRequest};
+
+    let c = Cluster::start(true, None).await;
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+
+    let mut config = c.config([follower]);
+    config.request_timeout = Duration::from_secs(1);
+    let redirected = Client::connect(config.clone()).unwrap();
+    let e = redirected.propose(id_command(1)).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::Deadline {
+                outcome_unknown: false,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    config.forward = true;
+    let forwarded = Client::connect(config).unwrap();
+    let response = forwarded.propose(id_command(1)).await.unwrap();
+    assert_eq!(u64_at(&response, 0), 1);
+    let session = forwarded.open_session().await.unwrap();
+    assert_eq!(u64_at(&session.propose(id_command(2)).await.unwrap(), 0), 2);
+    session.keep_alive().await.unwrap();
+
+    // The same (session, seq) sent twice through the follower: the second is answered
+    // with the first's response, not applied again.
+    let mut raw = ClientClient::connect(format!("http://{}", c.client_addrs[&follower]))
+        .await
+        .unwrap();
+    let again = ProposeRequest {
+        command: id_command(3),
+        session: session.id(),
+        seq: 7,
+        first_unanswered: 7,
+        forward: true,
+    };
+    let first = raw.propose(again.clone()).await.unwrap().into_inner();
+    let second = raw.propose(again.clone()).await.unwrap().into_inner();
+    assert_eq!(u64_at(&first.response, 0), 3);
+    assert_eq!(
+        first.response, second.response,
+        "answered from the session table"
+    );
+    // Without `forward` the follower refuses with the leader's id, as before.
+    let refused = raw
+        .propose(ProposeRequest {
+            forward: false,
+            seq: 8,
+            ..again.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.metadata().get("dengine-error").unwrap(),
+        "not-leader",
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.metadata().get("dengine-leader").unwrap(),
+        leader.to_string().as_str()
+    );
+    // Number 8 through the follower says the client holds 7's answer; a refusal of the
+    // leader's session table then comes back through the follower as the leader sent it.
+    let eighth = raw
+        .propose(ProposeRequest {
+            command: id_command(4),
+            seq: 8,
+            first_unanswered: 8,
+            ..again.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(u64_at(&eighth.response, 0), 4);
+    let acknowledged = raw.propose(again).await.unwrap_err();
+    assert_eq!(
+        acknowledged.metadata().get("dengine-error").unwrap(),
+        "session-acknowledged",
+        "{acknowledged:?}"
+    );
+    raw.close_session(SessionRequest {
+        session: session.id(),
+        forward: true,
+    })
+    .await
+    .unwrap();
+
+    // The leader's side of forwarding is a peer service: a caller without the cluster's
+    // secret that claims to be a member is refused, and nothing it sent is applied.
+    {
+        use dengine::grpc::client_pb::forward_client::ForwardClient;
+        use dengine::grpc::client_pb::{
+            self as member_pb, ForwardBatch, ForwardCall, forward_call,
+        };
+        let mut forged = ForwardClient::connect(format!("http://{}", c.peer_addrs[&leader]))
+            .await
+            .unwrap();
+        let batch = ForwardBatch {
+            from: follower,
+            calls: vec![ForwardCall {
+                id: 1,
+                call: Some(forward_call::Call::Propose(member_pb::ProposeRequest {
+                    command: id_command(99),
+                    ..Default::default()
+                })),
+            }],
+        };
+        let refused = forged
+            .stream(tokio_stream::iter([batch]))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    }
+
+    let state = forwarded
+        .read(Bytes::new(), Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(
+        (u64_at(&state, 0), u64_at(&state, 8)),
+        (4, 0),
+        "(count, duplicates)"
+    );
+    c.stop().await;
+}
+
 /// Four sessions propose 40 increments each while the leader is killed: every proposal is
 /// answered, and each increment is applied exactly once (the count is 160, no id twice),
 /// though some were in flight at the leader when it died and were sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_proposals_retried_through_a_leader_crash_are_applied_once() {
+    sessions_through_a_leader_crash(false).await;
+}
+
+/// The same through the followers only, which forward every call to the leader: the calls
+/// in flight on the forwarding streams when the leader dies come back of unknown outcome,
+/// are sent again (to the follower that then leads, or forwarded to it) and still apply once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_proposals_forwarded_through_a_leader_crash_are_applied_once() {
+    sessions_through_a_leader_crash(true).await;
+}
+
+async fn sessions_through_a_leader_crash(forward: bool) {
     let mut c = Cluster::start(true, None).await;
     let leader = c.leader().await;
-    let client = Client::connect(c.config(1..=3)).unwrap();
+    let mut config = if forward {
+        c.config((1..=3).filter(|&id| id != leader))
+    } else {
+        c.config(1..=3)
+    };
+    config.forward = forward;
+    let client = Client::connect(config).unwrap();
     let (progress_tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = Vec::new();
     for t in 0..4u64 {

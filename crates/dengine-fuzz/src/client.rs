@@ -162,13 +162,18 @@ pub fn seeds() -> Vec<Vec<u8>> {
         session: 2,
         seq: 1,
         first_unanswered: 1,
+        // The only member leads: nothing to forward, and the flag changes nothing.
+        forward: true,
     };
     let read = client_pb::ReadRequest {
         query: Bytes::new(),
         consistency: client_pb::Consistency::Lease as i32,
     };
-    let session = client_pb::SessionRequest { session: 2 };
-    let open = one(2, client_pb::OpenSessionRequest {}.encode_to_vec());
+    let session = client_pb::SessionRequest {
+        session: 2,
+        ..Default::default()
+    };
+    let open = one(2, client_pb::OpenSessionRequest::default().encode_to_vec());
     let propose = one(0, in_session.encode_to_vec());
     vec![
         one(0, plain.encode_to_vec()),

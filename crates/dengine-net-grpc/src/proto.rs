@@ -31,7 +31,8 @@ pub mod generated {
 
 /// The admin service's wire types and stubs (`dengine.admin.v1`).
 pub use generated::dengine::admin::v1 as admin_pb;
-/// The client service's wire types and stubs (`dengine.client.v1`).
+/// The client service's wire types and stubs (`dengine.client.v1`), and those of the
+/// forwarding between members that it uses (`Forward`).
 pub use generated::dengine::client::v1 as client_pb;
 /// The peer protocol's wire types and stubs (`dengine.raft.v1`).
 pub use generated::dengine::raft::v1 as pb;

@@ -5,34 +5,40 @@
 //! [`ClientService::server`] if it wants it. The client library is the `dengine-client`
 //! crate.
 //!
-//! A follower does not forward proposals: it refuses them with the `not-leader` kind and the
-//! leader's id, and the client sends them to the leader (reads are served by any member; a
-//! follower confirms a linearizable one with its leader). Every refusal carries a
-//! `dengine-error` metadata kind that says whether the command was applied (see
-//! `proto/dengine/client/v1/client.proto`), so that a client never has to parse a message
-//! to decide whether it may retry.
+//! A follower answers a proposal or session call as the caller chose in the request's
+//! `forward` field: refused with the `not-leader` kind and the leader's id, so that the
+//! client sends it to the leader (the default), or forwarded to the leader on a stream
+//! between the members and answered with the leader's reply
+//! ([`with_forwarding`](ClientService::with_forwarding), which [`start`](crate::start) sets
+//! up). Reads are served by any member (a follower confirms a linearizable one with its
+//! leader). Every refusal carries a `dengine-error` metadata kind that says whether the
+//! command was applied (see `proto/dengine/client/v1/client.proto`), so that a client never
+//! has to parse a message to decide whether it may retry.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
-use dengine_core::sessions::SessionRefusal;
+use dengine_core::ProposeError as CoreRefusal;
+use dengine_net_grpc::GrpcTransport;
 use dengine_net_grpc::client_pb;
 use dengine_net_grpc::client_pb::client_server::{Client, ClientServer};
-use dengine_net_grpc::tonic::metadata::{MetadataMap, MetadataValue};
-use dengine_net_grpc::tonic::{Code, Request, Response, Status};
-use dengine_node::{Consistency, Leadership, Node, ProposeError, ReadError, SessionId};
+use dengine_net_grpc::client_pb::{forward_answer, forward_call};
+use dengine_net_grpc::tonic::{Request, Response, Status};
+use dengine_node::{Consistency, Leadership, Node, ProposeError, SessionId};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// The metadata key of an error's kind.
-pub const ERROR_KIND: &str = "dengine-error";
-/// The metadata key of the leader's id on a `not-leader` refusal.
-pub const LEADER_ID: &str = "dengine-leader";
+use crate::client_forward::{ForwardService, Forwarder, response_of, run_locally, session_of};
+pub use crate::client_status::{ERROR_KIND, LEADER_ID, propose_status, read_status};
 
 /// Serves the client API of one node. Add it to a tonic server with [`ClientService::server`].
 #[derive(Clone, Debug)]
 pub struct ClientService {
     node: Node,
     max_request_bytes: usize,
+    /// Set by [`with_forwarding`](Self::with_forwarding): how requests marked `forward`
+    /// reach the leader.
+    forwarder: Option<Arc<Forwarder>>,
 }
 
 impl ClientService {
@@ -43,6 +49,70 @@ impl ClientService {
         ClientService {
             node,
             max_request_bytes,
+            forwarder: None,
+        }
+    }
+
+    /// Forwards the proposals and session calls that a client marks `forward`, when this
+    /// member is not the leader, to the leader's peer listener through `transport` (the
+    /// node's own peer transport, whose TLS and credentials the leader checks); the leader
+    /// must serve [`forward_service`](Self::forward_service) there. Without this, such
+    /// requests are refused with `not-leader` like the others.
+    #[must_use]
+    pub fn with_forwarding(mut self, transport: GrpcTransport) -> Self {
+        let forwarder = Forwarder::new(
+            transport,
+            self.node.id(),
+            self.max_request_bytes
+                .saturating_add(crate::client_forward::BATCH_BYTES),
+        );
+        self.forwarder = Some(Arc::new(forwarder));
+        self
+    }
+
+    /// The leader's side of forwarding (`dengine.client.v1.Forward`), for the peer
+    /// listener's routes: runs the requests other members forward on this node, for members
+    /// whose peer credentials `transport` accepts.
+    pub fn forward_service(&self, transport: GrpcTransport) -> ForwardService {
+        ForwardService::new(self.node.clone(), transport, self.max_request_bytes)
+    }
+
+    /// Runs `call` here; if this member is not the leader and the caller asked for it
+    /// (`forward`), on the leader.
+    async fn run(
+        &self,
+        call: forward_call::Call,
+        forward: bool,
+    ) -> Result<forward_answer::Outcome, Status> {
+        let forwarder = self.forwarder.as_ref().filter(|_| forward);
+        let copy = forwarder.map(|_| call.clone());
+        match run_locally(&self.node, call).await {
+            Ok(outcome) => Ok(outcome),
+            Err(ProposeError::Refused(CoreRefusal::NotLeader {
+                leader: Some(leader),
+                leader_address,
+            })) if forwarder.is_some() && leader != self.node.id() => {
+                let address = leader_address.or_else(|| {
+                    let leadership = self.node.watch_leadership();
+                    leadership
+                        .borrow()
+                        .membership
+                        .address(leader)
+                        .map(str::to_owned)
+                });
+                match (forwarder, copy, address) {
+                    (Some(forwarder), Some(call), Some(address)) => {
+                        forwarder.forward(leader, &address, call).await
+                    }
+                    _ => Err(propose_status(ProposeError::Refused(
+                        CoreRefusal::NotLeader {
+                            leader: Some(leader),
+                            leader_address: None,
+                        },
+                    ))),
+                }
+            }
+            Err(e) => Err(propose_status(e)),
         }
     }
 
@@ -51,80 +121,6 @@ impl ClientService {
         let max = self.max_request_bytes;
         // Answers are the state machine's own responses: not bounded here.
         ClientServer::new(self).max_decoding_message_size(max)
-    }
-}
-
-/// A refusal with its kind (and the leader's id, for `not-leader`) in the metadata.
-fn refusal(code: Code, kind: &'static str, leader: Option<u64>, message: String) -> Status {
-    let mut metadata = MetadataMap::new();
-    metadata.insert(ERROR_KIND, MetadataValue::from_static(kind));
-    if let Some(leader) = leader {
-        metadata.insert(LEADER_ID, MetadataValue::from(leader));
-    }
-    Status::with_metadata(code, message, metadata)
-}
-
-/// The gRPC status of a failed proposal or session call.
-pub fn propose_status(e: ProposeError) -> Status {
-    use dengine_core::ProposeError as Core;
-    let message = e.to_string();
-    match e {
-        ProposeError::Refused(Core::NotLeader {
-            leader: Some(leader),
-            ..
-        }) => refusal(
-            Code::FailedPrecondition,
-            "not-leader",
-            Some(leader),
-            message,
-        ),
-        ProposeError::Refused(Core::NotLeader { leader: None, .. })
-        | ProposeError::Refused(Core::TransferInProgress { .. })
-        | ProposeError::Refused(Core::UncommittedLimit { .. })
-        | ProposeError::Busy(_) => refusal(Code::Unavailable, "retry", None, message),
-        ProposeError::Refused(Core::TooLarge { .. }) => {
-            refusal(Code::InvalidArgument, "too-large", None, message)
-        }
-        ProposeError::Timeout => refusal(Code::DeadlineExceeded, "unknown-outcome", None, message),
-        ProposeError::Interrupted(_)
-        | ProposeError::ShuttingDown
-        | ProposeError::Stopped { .. } => {
-            refusal(Code::Unavailable, "unknown-outcome", None, message)
-        }
-        ProposeError::Session(why) => {
-            let (code, kind) = match why {
-                SessionRefusal::UnknownSession => (Code::FailedPrecondition, "session-unknown"),
-                SessionRefusal::AlreadyAcknowledged => {
-                    (Code::FailedPrecondition, "session-acknowledged")
-                }
-                SessionRefusal::TooManyUnacknowledged => {
-                    (Code::ResourceExhausted, "session-too-many")
-                }
-                SessionRefusal::InvalidSequence | SessionRefusal::Malformed => {
-                    (Code::InvalidArgument, "session-invalid")
-                }
-            };
-            refusal(code, kind, None, message)
-        }
-        ProposeError::SessionsOff => {
-            refusal(Code::FailedPrecondition, "sessions-off", None, message)
-        }
-        ProposeError::ResponseLost => {
-            refusal(Code::FailedPrecondition, "response-lost", None, message)
-        }
-        // A kind added later: its outcome is not known to this mapping.
-        _ => refusal(Code::Unavailable, "unknown-outcome", None, message),
-    }
-}
-
-/// The gRPC status of a failed read. Nothing of a read changes state, so every kind but a
-/// failed query may be retried.
-pub fn read_status(e: ReadError) -> Status {
-    let message = e.to_string();
-    match e {
-        ReadError::StateMachine(_) => refusal(Code::Internal, "read-failed", None, message),
-        ReadError::Timeout => refusal(Code::DeadlineExceeded, "retry", None, message),
-        _ => refusal(Code::Unavailable, "retry", None, message),
     }
 }
 
@@ -157,15 +153,9 @@ impl Client for ClientService {
         request: Request<client_pb::ProposeRequest>,
     ) -> Result<Response<client_pb::ProposeReply>, Status> {
         let r = request.into_inner();
-        let command = r.command;
-        let response = if r.session == 0 {
-            self.node.propose(command).await
-        } else {
-            self.node
-                .propose_in_session(r.session, r.seq, r.first_unanswered, command)
-                .await
-        }
-        .map_err(propose_status)?;
+        let forward = r.forward;
+        let outcome = self.run(forward_call::Call::Propose(r), forward).await?;
+        let response = response_of(outcome)?;
         Ok(Response::new(client_pb::ProposeReply { response }))
     }
 
@@ -189,21 +179,27 @@ impl Client for ClientService {
 
     async fn open_session(
         &self,
-        _request: Request<client_pb::OpenSessionRequest>,
+        request: Request<client_pb::OpenSessionRequest>,
     ) -> Result<Response<client_pb::OpenSessionReply>, Status> {
-        let id = self.node.open_session().await.map_err(propose_status)?;
-        Ok(Response::new(client_pb::OpenSessionReply { session: id }))
+        let r = request.into_inner();
+        let forward = r.forward;
+        let outcome = self
+            .run(forward_call::Call::OpenSession(r), forward)
+            .await?;
+        let session: SessionId = session_of(outcome)?;
+        Ok(Response::new(client_pb::OpenSessionReply { session }))
     }
 
     async fn keep_session_alive(
         &self,
         request: Request<client_pb::SessionRequest>,
     ) -> Result<Response<client_pb::SessionReply>, Status> {
-        let session: SessionId = request.into_inner().session;
-        self.node
-            .keep_session_alive(session)
-            .await
-            .map_err(propose_status)?;
+        let r = request.into_inner();
+        let forward = r.forward;
+        let outcome = self
+            .run(forward_call::Call::KeepSessionAlive(r), forward)
+            .await?;
+        response_of(outcome)?;
         Ok(Response::new(client_pb::SessionReply {}))
     }
 
@@ -211,11 +207,12 @@ impl Client for ClientService {
         &self,
         request: Request<client_pb::SessionRequest>,
     ) -> Result<Response<client_pb::SessionReply>, Status> {
-        let session: SessionId = request.into_inner().session;
-        self.node
-            .close_session(session)
-            .await
-            .map_err(propose_status)?;
+        let r = request.into_inner();
+        let forward = r.forward;
+        let outcome = self
+            .run(forward_call::Call::CloseSession(r), forward)
+            .await?;
+        response_of(outcome)?;
         Ok(Response::new(client_pb::SessionReply {}))
     }
 
@@ -252,135 +249,5 @@ impl Client for ClientService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use dengine_core::ProposeError as Core;
-
-    fn kind(status: &Status) -> (&'static str, Code, Option<String>) {
-        let meta = |key: &str| {
-            status
-                .metadata()
-                .get(key)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let kind = match meta(ERROR_KIND).as_deref() {
-            Some("not-leader") => "not-leader",
-            Some("retry") => "retry",
-            Some("unknown-outcome") => "unknown-outcome",
-            Some("too-large") => "too-large",
-            Some("session-unknown") => "session-unknown",
-            Some("session-acknowledged") => "session-acknowledged",
-            Some("session-too-many") => "session-too-many",
-            Some("session-invalid") => "session-invalid",
-            Some("sessions-off") => "sessions-off",
-            Some("response-lost") => "response-lost",
-            Some("read-failed") => "read-failed",
-            other => panic!("no known kind: {other:?}"),
-        };
-        (kind, status.code(), meta(LEADER_ID))
-    }
-
-    /// Every refusal says whether the command was applied (client.proto's table): what was
-    /// certainly not applied is `not-leader`, `retry`, `too-large` or a session refusal; what
-    /// may have been is `unknown-outcome`, never `retry`.
-    #[test]
-    fn every_propose_error_has_the_kind_that_says_whether_it_applied() {
-        let cases = [
-            (
-                ProposeError::Refused(Core::NotLeader {
-                    leader: Some(3),
-                    leader_address: None,
-                }),
-                (
-                    "not-leader",
-                    Code::FailedPrecondition,
-                    Some("3".to_string()),
-                ),
-            ),
-            (
-                ProposeError::Refused(Core::NotLeader {
-                    leader: None,
-                    leader_address: None,
-                }),
-                ("retry", Code::Unavailable, None),
-            ),
-            (
-                ProposeError::Refused(Core::TransferInProgress { to: 2 }),
-                ("retry", Code::Unavailable, None),
-            ),
-            (
-                ProposeError::Refused(Core::UncommittedLimit {
-                    uncommitted: 9,
-                    max: 8,
-                }),
-                ("retry", Code::Unavailable, None),
-            ),
-            (
-                ProposeError::Busy("full"),
-                ("retry", Code::Unavailable, None),
-            ),
-            (
-                ProposeError::Refused(Core::TooLarge { size: 9, max: 8 }),
-                ("too-large", Code::InvalidArgument, None),
-            ),
-            (
-                ProposeError::Timeout,
-                ("unknown-outcome", Code::DeadlineExceeded, None),
-            ),
-            (
-                ProposeError::Interrupted("snapshot"),
-                ("unknown-outcome", Code::Unavailable, None),
-            ),
-            (
-                ProposeError::ShuttingDown,
-                ("unknown-outcome", Code::Unavailable, None),
-            ),
-            (
-                ProposeError::Stopped {
-                    reason: "disk".into(),
-                },
-                ("unknown-outcome", Code::Unavailable, None),
-            ),
-            (
-                ProposeError::Session(SessionRefusal::UnknownSession),
-                ("session-unknown", Code::FailedPrecondition, None),
-            ),
-            (
-                ProposeError::Session(SessionRefusal::AlreadyAcknowledged),
-                ("session-acknowledged", Code::FailedPrecondition, None),
-            ),
-            (
-                ProposeError::Session(SessionRefusal::TooManyUnacknowledged),
-                ("session-too-many", Code::ResourceExhausted, None),
-            ),
-            (
-                ProposeError::Session(SessionRefusal::InvalidSequence),
-                ("session-invalid", Code::InvalidArgument, None),
-            ),
-            (
-                ProposeError::SessionsOff,
-                ("sessions-off", Code::FailedPrecondition, None),
-            ),
-            (
-                ProposeError::ResponseLost,
-                ("response-lost", Code::FailedPrecondition, None),
-            ),
-        ];
-        for (error, want) in cases {
-            let shown = error.to_string();
-            let status = propose_status(error);
-            assert_eq!(status.message(), shown, "the message is the error's");
-            let (k, code, leader) = kind(&status);
-            assert_eq!((k, code, leader), want, "{shown}");
-        }
-        let failed = read_status(ReadError::StateMachine("boom".into()));
-        assert_eq!(kind(&failed).0, "read-failed");
-        assert_eq!(kind(&read_status(ReadError::Timeout)).0, "retry");
-        assert_eq!(kind(&read_status(ReadError::Busy)).0, "retry");
     }
 }

@@ -78,7 +78,11 @@ mod admin;
 #[cfg(feature = "server")]
 pub mod backup;
 #[cfg(feature = "server")]
+mod client_forward;
+#[cfg(feature = "server")]
 pub mod client_service;
+#[cfg(feature = "server")]
+mod client_status;
 #[cfg(feature = "server")]
 pub mod identity;
 #[cfg(feature = "server")]
@@ -91,6 +95,8 @@ pub mod settings;
 mod start;
 #[cfg(feature = "server")]
 pub use admin::{AdminService, AdminToken, admin_status};
+#[cfg(feature = "server")]
+pub use client_forward::ForwardService;
 #[cfg(feature = "server")]
 pub use client_service::ClientService;
 #[cfg(feature = "server")]

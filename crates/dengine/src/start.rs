@@ -182,7 +182,8 @@ async fn stop_servers(
 /// * serves the peer service on `node.listen_addr`, the admin service on
 ///   `node.admin_addr` (if set) and the client service ([`ClientService`]: proposals,
 ///   exactly-once sessions, reads, the leader, for the `dengine-client` crate) on
-///   `node.client_addr` (if set).
+///   `node.client_addr` (if set), with the forwarding of followers' requests to the leader
+///   ([`ForwardService`](crate::ForwardService)) on the peer listener.
 ///
 /// Must be called within a tokio runtime.
 pub async fn start<M: StateMachine>(
@@ -192,13 +193,23 @@ pub async fn start<M: StateMachine>(
     let max_request_bytes = usize::try_from(settings.raft.max_proposal_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(crate::settings::MESSAGE_HEADROOM_BYTES);
-    start_with(settings, state_machine, move |node, _, mut services| {
-        if services.client_addr.is_some() {
-            let service = ClientService::new(node.clone(), max_request_bytes).server();
-            services.client = Some(Routes::new(service));
-        }
-        services
-    })
+    start_with(
+        settings,
+        state_machine,
+        move |node, transport, mut services| {
+            let service = ClientService::new(node.clone(), max_request_bytes)
+                .with_forwarding(transport.clone());
+            // Served whether or not this member has a client listener: followers forward to
+            // whichever member leads.
+            services.peer = services
+                .peer
+                .add_service(service.forward_service(transport.clone()).server());
+            if services.client_addr.is_some() {
+                services.client = Some(Routes::new(service.server()));
+            }
+            services
+        },
+    )
     .await
 }
 
