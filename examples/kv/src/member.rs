@@ -69,15 +69,21 @@ fn services(
     compactor::spawn(backend.clone(), hub.clone(), config.auto_compaction);
     let peer = services.peer.add_service(backend.forward_service());
     #[cfg(feature = "fault-injection")]
-    let routes = if config.dengine_client_api {
-        // Bounded like the etcd API's requests, with room for the envelope.
+    let (peer, routes) = if config.dengine_client_api {
+        // Bounded like the etcd API's requests, with room for the envelope; followers
+        // forward the requests that ask for it, as under `dengine::start`.
         let max = config.max_request_bytes.saturating_add(64 << 10);
-        services
-            .client
-            .unwrap_or_default()
-            .add_service(dengine::ClientService::new(node.clone(), max).server())
+        let service =
+            dengine::ClientService::new(node.clone(), max).with_forwarding(transport.clone());
+        (
+            peer.add_service(service.forward_service(transport.clone()).server()),
+            services
+                .client
+                .unwrap_or_default()
+                .add_service(service.server()),
+        )
     } else {
-        services.client.unwrap_or_default()
+        (peer, services.client.unwrap_or_default())
     };
     #[cfg(not(feature = "fault-injection"))]
     let routes = services.client.unwrap_or_default();

@@ -10,6 +10,10 @@
 //! was told was not, and none that was never proposed — so the final count is the
 //! acknowledged increments plus a subset of those of unknown outcome.
 //!
+//! Odd-numbered clients set `ClientConfig::forward`: a follower forwards their calls to the
+//! leader on the members' forwarding streams, so the faults also break those streams with
+//! calls in flight; even-numbered clients go to the leader themselves.
+//!
 //! The members keep their keys in dengine-kv's durable state (the default), so a member
 //! restarted after a kill rebuilds its session table from the newest snapshot and the log;
 //! a retry of an increment it applied before the kill is answered "applied, response lost"
@@ -144,6 +148,9 @@ pub(crate) async fn client(
     sessions: bool,
 ) {
     let mut config = ClientConfig::new((1..=hosts).map(url));
+    // Every other client lets the followers forward its calls to the leader (on the
+    // members' forwarding streams); the others follow the leader themselves.
+    config.forward = client % 2 == 1;
     config.request_timeout = DEADLINE;
     config.connect_timeout = Duration::from_millis(500);
     let cluster = match Client::connect(config) {
