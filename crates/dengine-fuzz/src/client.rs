@@ -1,6 +1,9 @@
 //! Target `client`: dengine's client service (`dengine.client.v1.Client`, what `dengine::start`
 //! serves on `node.client_addr`) with arbitrary requests — proposals plain and in sessions,
-//! reads, session calls, the leader and its watch — against a real single-member node with
+//! reads, session calls, the leader and its watch — and the leader's side of forwarding
+//! (`dengine.client.v1.Forward/Stream`, what followers send on the peer listener; this
+//! transport has no peer authentication configured, so every claimed sender is let in and
+//! the input reaches the node), against a real single-member node with
 //! client sessions on (the runtime, an in-memory log, a state machine that counts what it
 //! applies), through the tower service. Time is tokio's paused clock, so one input always
 //! runs the same way.
@@ -16,6 +19,7 @@ use bytes::Bytes;
 use dengine_core::store::{Command, StateMachine};
 use dengine_core::{LogIndex, sessions::SessionLimits};
 use dengine_net_grpc::client_pb;
+use dengine_net_grpc::{GrpcConfig, GrpcTransport};
 use dengine_node::Consistency;
 use dengine_sim::fuzz::Input;
 use prost::Message as _;
@@ -23,7 +27,7 @@ use prost::Message as _;
 use crate::grpc::{body_from, call};
 use crate::support::{leading_single_member, paused_runtime};
 
-const PATHS: [&str; 7] = [
+const PATHS: [&str; 8] = [
     "/dengine.client.v1.Client/Propose",
     "/dengine.client.v1.Client/Read",
     "/dengine.client.v1.Client/OpenSession",
@@ -31,9 +35,12 @@ const PATHS: [&str; 7] = [
     "/dengine.client.v1.Client/CloseSession",
     "/dengine.client.v1.Client/Leader",
     "/dengine.client.v1.Client/WatchLeader",
+    "/dengine.client.v1.Forward/Stream",
 ];
 /// The streaming call: it stays open while the node runs.
 const WATCH: usize = 6;
+/// The forwarding stream: it ends once its requests are answered.
+const FORWARD: usize = 7;
 /// Virtual time: far beyond the node's own timeouts, so a unary call still open is a hang.
 const HANG: Duration = Duration::from_secs(600);
 
@@ -75,8 +82,9 @@ pub fn client(data: &[u8]) {
     run(data);
 }
 
-/// Runs one input; returns the gRPC status code of each unary call.
-fn run(data: &[u8]) -> Vec<String> {
+/// Runs one input; returns the gRPC status code and the response body of each call that
+/// finished.
+fn run(data: &[u8]) -> Vec<(String, Vec<u8>)> {
     let mut codes = Vec::new();
     let mut input = Input::new(data);
     paused_runtime().block_on(async {
@@ -91,7 +99,13 @@ fn run(data: &[u8]) -> Vec<String> {
             .session_clock(move || u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX))
         })
         .await;
-        let mut service = dengine::ClientService::new(node.clone(), 1 << 20).server();
+        let client_service = dengine::ClientService::new(node.clone(), 1 << 20);
+        let transport = match GrpcTransport::new(GrpcConfig::new(1, 1)) {
+            Ok(t) => t,
+            Err(e) => panic!("cannot make a transport: {e}"),
+        };
+        let mut forward = client_service.forward_service(transport).server();
+        let mut service = client_service.server();
         for _ in 0..8 {
             if input.is_empty() {
                 break;
@@ -103,10 +117,14 @@ fn run(data: &[u8]) -> Vec<String> {
             } else {
                 HANG
             };
-            let reply = call(&mut service, PATHS[which], body, wait).await;
+            let reply = if which == FORWARD {
+                call(&mut forward, PATHS[which], body, wait).await
+            } else {
+                call(&mut service, PATHS[which], body, wait).await
+            };
             assert_eq!(reply.http_status, 200, "{}: {reply:?}", PATHS[which]);
             match reply.grpc_status {
-                Some(code) => codes.push(code),
+                Some(code) => codes.push((code, reply.body)),
                 None if which == WATCH => {}
                 None => panic!(
                     "{} gave no gRPC status within {HANG:?}: {reply:?}",
@@ -187,8 +205,47 @@ pub fn seeds() -> Vec<Vec<u8>> {
         ]
         .concat(),
         one(5, client_pb::LeaderRequest {}.encode_to_vec()),
-        [one(6, client_pb::LeaderRequest {}.encode_to_vec()), open].concat(),
+        [
+            one(6, client_pb::LeaderRequest {}.encode_to_vec()),
+            open.clone(),
+        ]
+        .concat(),
+        [open, one(7, forwarded().encode_to_vec())].concat(),
     ]
+}
+
+/// A follower's message (after the session 2 was opened): a plain proposal, a command of
+/// the session sent twice, a keep-alive, and a call without a request. The leader runs a
+/// message's calls concurrently.
+fn forwarded() -> client_pb::ForwardBatch {
+    use client_pb::forward_call::Call;
+    let in_session = client_pb::ProposeRequest {
+        command: Bytes::from_static(b"c"),
+        session: 2,
+        seq: 1,
+        first_unanswered: 1,
+        forward: false,
+    };
+    let calls = [
+        Some(Call::Propose(client_pb::ProposeRequest {
+            command: Bytes::from_static(b"a"),
+            ..Default::default()
+        })),
+        Some(Call::Propose(in_session.clone())),
+        Some(Call::Propose(in_session)),
+        Some(Call::KeepSessionAlive(client_pb::SessionRequest {
+            session: 2,
+            forward: false,
+        })),
+        None,
+    ];
+    client_pb::ForwardBatch {
+        from: 2,
+        calls: (1..)
+            .zip(calls)
+            .map(|(id, call)| client_pb::ForwardCall { id, call })
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -197,20 +254,61 @@ mod tests {
 
     #[test]
     fn the_seeds_are_carried_out() {
-        let codes: Vec<Vec<String>> = seeds().iter().map(|s| run(s)).collect();
+        let codes: Vec<Vec<String>> = seeds()
+            .iter()
+            .map(|s| run(s).into_iter().map(|(code, _)| code).collect())
+            .collect();
         // A plain proposal; a lease read; a session, a command and its retry; a session
         // kept alive, closed, and then refused (FAILED_PRECONDITION: session-unknown); the
-        // leader; a watch (left open) and a session.
-        let expected: [&[&str]; 6] = [
+        // leader; a watch (left open) and a session; a session and a forwarding stream (it
+        // ends OK; its calls are answered inside it).
+        let expected: [&[&str]; 7] = [
             &["0"],
             &["0"],
             &["0", "0", "0"],
             &["0", "0", "0", "9"],
             &["0"],
             &["0"],
+            &["0", "0"],
         ];
         for (got, want) in codes.iter().zip(expected) {
             assert_eq!(got, want, "all: {codes:?}");
+        }
+    }
+
+    /// The forwarded seed's calls are each answered on the stream as the client service
+    /// would answer them: both copies of the session's command with one response (applied
+    /// once), the call without a request refused.
+    #[test]
+    fn forwarded_calls_are_answered_like_the_client_services() {
+        use client_pb::forward_answer::Outcome;
+        let seed = seeds().pop().unwrap();
+        let [_, (code, body)] = run(&seed).try_into().unwrap();
+        assert_eq!(code, "0");
+        let mut answers = std::collections::BTreeMap::new();
+        let mut rest = body.as_slice();
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+            let message = client_pb::ForwardAnswers::decode(&rest[5..5 + len]).unwrap();
+            for a in message.answers {
+                answers.insert(a.id, a.outcome.unwrap());
+            }
+            rest = &rest[5 + len..];
+        }
+        let count = |o: &Outcome| match o {
+            Outcome::Response(b) => u64::from_le_bytes(b.as_ref().try_into().unwrap()),
+            other => panic!("not a proposal's response: {other:?}"),
+        };
+        assert_eq!(answers.len(), 5, "{answers:?}");
+        // Two commands applied, in either order; the copy answered from the table.
+        let mut applied = [count(&answers[&1]), count(&answers[&2])];
+        applied.sort_unstable();
+        assert_eq!(applied, [1, 2], "{answers:?}");
+        assert_eq!(answers[&3], answers[&2], "the copy got another response");
+        assert_eq!(answers[&4], Outcome::Response(Bytes::new()));
+        match &answers[&5] {
+            Outcome::Refusal(r) => assert_eq!(r.kind, "invalid-request", "{r:?}"),
+            other => panic!("a call without a request was answered {other:?}"),
         }
     }
 }
