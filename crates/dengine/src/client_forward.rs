@@ -38,7 +38,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 
-use crate::client_status::{ERROR_KIND, LEADER_ID, propose_status, refusal, status_of};
+use crate::client_status::{
+    ERROR_KIND, LEADER_ID, metadata_text, propose_status, refusal, status_of,
+};
 
 /// How long a follower waits for the leader's answer to a forwarded request before
 /// answering `unknown-outcome`. The leader answers sooner on its own (its
@@ -467,13 +469,7 @@ pub(crate) async fn run_locally(
 
 /// The refusal a follower passes on, from the leader's status.
 fn refusal_of(status: &Status) -> ForwardRefusal {
-    let meta = |key: &str| {
-        status
-            .metadata()
-            .get(key)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let meta = |key: &str| metadata_text(status, key);
     ForwardRefusal {
         code: status.code() as i32,
         kind: meta(ERROR_KIND).unwrap_or_else(|| "unknown-outcome".to_string()),

@@ -36,6 +36,15 @@ pub(crate) fn status_of(code: Code, kind: &str, leader: Option<u64>, message: St
     with_kind(code, kind, leader, message)
 }
 
+/// The text of metadata `key` of `status` (its kind, its leader), if it has readable text.
+pub(crate) fn metadata_text(status: &Status, key: &str) -> Option<String> {
+    status
+        .metadata()
+        .get(key)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 fn with_kind(
     code: Code,
     kind: MetadataValue<Ascii>,
@@ -120,13 +129,7 @@ mod tests {
     use dengine_core::ProposeError as Core;
 
     fn kind(status: &Status) -> (&'static str, Code, Option<String>) {
-        let meta = |key: &str| {
-            status
-                .metadata()
-                .get(key)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let meta = |key: &str| metadata_text(status, key);
         let kind = match meta(ERROR_KIND).as_deref() {
             Some("not-leader") => "not-leader",
             Some("retry") => "retry",
