@@ -10,11 +10,13 @@
 //! loopback, three client processes that add 1, 2 and 3 a hundred times each through
 //! exactly-once sessions, the leader killed (SIGKILL) while they run, and the total read
 //! back: exactly 600, though some additions were in flight at the killed leader and were
-//! sent again. The pieces run on their own too:
+//! sent again. The client adding 2 lets the followers forward its calls to the leader
+//! (`ClientConfig::forward`); the others go to the leader themselves. The pieces run on their
+//! own too:
 //!
 //! ```text
-//! counter serve ID PEERS CLIENT_ADDR DATA_DIR   # PEERS: 1=127.0.0.1:7001,2=...,3=...
-//! counter add AMOUNT TIMES ENDPOINTS            # ENDPOINTS: the client addresses, comma-separated
+//! counter serve ID PEERS CLIENT_ADDR DATA_DIR     # PEERS: 1=127.0.0.1:7001,2=...,3=...
+//! counter add AMOUNT TIMES ENDPOINTS [--forward]  # ENDPOINTS: the client addresses, comma-separated
 //! counter total ENDPOINTS
 //! ```
 
@@ -87,9 +89,12 @@ async fn serve(id: u64, peers: &str, client_addr: &str, data_dir: &str) -> Resul
     Ok(())
 }
 
-/// `counter add`: adds `amount`, `times` times, in one exactly-once session.
-async fn add(amount: i64, times: u32, endpoints: &str) -> Result<(), Error> {
-    let client = Client::connect(ClientConfig::new(endpoints.split(',')))?;
+/// `counter add`: adds `amount`, `times` times, in one exactly-once session; through any
+/// member when `forward` (a follower forwards the calls to the leader).
+async fn add(amount: i64, times: u32, endpoints: &str, forward: bool) -> Result<(), Error> {
+    let mut config = ClientConfig::new(endpoints.split(','));
+    config.forward = forward;
+    let client = Client::connect(config)?;
     let session = client.open_session().await?;
     for _ in 0..times {
         session
@@ -98,7 +103,12 @@ async fn add(amount: i64, times: u32, endpoints: &str) -> Result<(), Error> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     session.close().await?;
-    println!("client +{amount}: {times} additions acknowledged");
+    let how = if forward {
+        " (followers forwarding)"
+    } else {
+        ""
+    };
+    println!("client +{amount}: {times} additions acknowledged{how}");
     Ok(())
 }
 
@@ -149,11 +159,12 @@ async fn drive(
     let client = Client::connect(ClientConfig::new(endpoints.split(',')))?;
     let mut adders = Vec::new();
     for amount in 1..=3 {
-        adders.push(
-            Process::new(me)
-                .args(["add", &amount.to_string(), "100", endpoints])
-                .spawn()?,
-        );
+        let mut adder = Process::new(me);
+        adder.args(["add", &amount.to_string(), "100", endpoints]);
+        if amount == 2 {
+            adder.arg("--forward");
+        }
+        adders.push(adder.spawn()?);
     }
     // Once the clients are adding, kill the leader.
     let mut leader = None;
@@ -204,7 +215,12 @@ async fn main() -> Result<(), Error> {
         ["serve", id, peers, client_addr, data_dir] => {
             serve(id.parse()?, peers, client_addr, data_dir).await
         }
-        ["add", amount, times, endpoints] => add(amount.parse()?, times.parse()?, endpoints).await,
+        ["add", amount, times, endpoints] => {
+            add(amount.parse()?, times.parse()?, endpoints, false).await
+        }
+        ["add", amount, times, endpoints, "--forward"] => {
+            add(amount.parse()?, times.parse()?, endpoints, true).await
+        }
         ["total", endpoints] => {
             let client = Client::connect(ClientConfig::new(endpoints.split(',')))?;
             println!("{}", total(&client).await?);
@@ -212,7 +228,7 @@ async fn main() -> Result<(), Error> {
         }
         _ => Err(
             "usage: counter [serve ID PEERS CLIENT_ADDR DATA_DIR | add AMOUNT TIMES \
-                  ENDPOINTS | total ENDPOINTS] (no arguments: the demo)"
+                  ENDPOINTS [--forward] | total ENDPOINTS] (no arguments: the demo)"
                 .into(),
         ),
     }
