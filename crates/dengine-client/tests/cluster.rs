@@ -497,30 +497,74 @@ async fn calls_end_at_their_deadline_and_say_whether_anything_may_have_applied()
     c.stop().await;
 }
 
-/// With `[client_api.tls]`, a client that trusts the CA gets through; one that does not
-/// trust it, or speaks plaintext, does not.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_reach_a_tls_client_listener_only_with_the_ca() {
-    let dir = tempfile::tempdir().unwrap();
+/// A CA, a member certificate for `localhost` and a client certificate signed by it, as
+/// files in `dir`: `ca.pem`, `member.pem`/`member.key`, `client.pem`/`client.key`. Returns the
+/// members' `[client_api.tls]`.
+fn tls_files(dir: &std::path::Path, require_client_cert: bool) -> dengine::grpc::TlsConfig {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let ca = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let path = |f: &str| dir.path().join(f);
-    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(path("member.pem"), cert.pem()).unwrap();
-    std::fs::write(path("member.key"), key.serialize_pem()).unwrap();
-    let tls = dengine::grpc::TlsConfig {
-        cert: path("member.pem"),
-        key: path("member.key"),
-        ca: path("ca.pem"),
-        require_client_cert: false,
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    for (name, subject) in [("member", "localhost"), ("client", "app-client")] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![subject.to_string()]).unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+    dengine::grpc::TlsConfig {
+        cert: dir.join("member.pem"),
+        key: dir.join("member.key"),
+        ca: dir.join("ca.pem"),
+        require_client_cert,
         server_name: None,
-    };
+    }
+}
+
+/// With `[client_api.tls]` and `require_client_cert`, a client with a certificate of the CA
+/// gets through; one that trusts the CA but has no certificate does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reach_a_mutual_tls_client_listener_only_with_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |f: &str| dir.path().join(f);
+    let c = Cluster::start(false, Some(tls_files(dir.path(), true))).await;
+    c.leader().await;
+    let with_identity = ClientTls::from_files(
+        &path("ca.pem"),
+        Some((path("client.pem").as_path(), path("client.key").as_path())),
+    )
+    .unwrap()
+    .server_name("localhost");
+    let without = ClientTls::from_files(&path("ca.pem"), None)
+        .unwrap()
+        .server_name("localhost");
+    let mut config = c.config(1..=3);
+    config.tls = Some(with_identity);
+    let client = Client::connect(config).unwrap();
+    let response = client.propose(id_command(7)).await.unwrap();
+    assert_eq!(u64_at(&response, 0), 1);
+
+    let mut config = c.config(1..=3);
+    config.tls = Some(without);
+    config.request_timeout = Duration::from_millis(800);
+    let client = Client::connect(config).unwrap();
+    let e = client
+        .read(Bytes::new(), Consistency::Stale)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Deadline { .. }), "{e}");
+    c.stop().await;
+}
+
+/// With `[client_api.tls]`, a client that trusts the CA gets through; one that does not
+/// trust it, or speaks plaintext, does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reach_a_tls_client_listener_only_with_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |f: &str| dir.path().join(f);
+    let tls = tls_files(dir.path(), false);
     let c = Cluster::start(false, Some(tls)).await;
     c.leader().await;
 
