@@ -1,6 +1,6 @@
 //! The client against real members started by `dengine::start` (loopback gRPC, write-ahead
 //! logs in temporary directories): follower redirects and forwarding, exactly-once session
-//! retries through a leader crash, deadlines, TLS.
+//! retries through a leader crash, deadlines, TLS and mutual TLS.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
