@@ -663,4 +663,146 @@ mod tests {
         assert_eq!(plain.kind, "unknown-outcome");
         assert_eq!(plain.leader, 0);
     }
+
+    /// How a fake leader treats a forwarding stream.
+    #[derive(Clone, Copy)]
+    enum Leader {
+        /// Answers every proposal with its command.
+        Echo,
+        /// Has no forwarding (a member of an older version).
+        NoForwarding,
+        /// Reads the first message, then breaks the stream without answering.
+        Breaks,
+    }
+
+    #[derive(Clone, Copy)]
+    struct Fake(Leader);
+
+    #[dengine_net_grpc::tonic::async_trait]
+    impl Forward for Fake {
+        type StreamStream = ReceiverStream<Result<ForwardAnswers, Status>>;
+
+        async fn stream(
+            &self,
+            request: Request<Streaming<ForwardBatch>>,
+        ) -> Result<Response<Self::StreamStream>, Status> {
+            let mut inbound = request.into_inner();
+            let (tx, rx) = mpsc::channel(16);
+            match self.0 {
+                Leader::NoForwarding => return Err(Status::unimplemented("no such service")),
+                Leader::Breaks => {
+                    let _ = inbound.message().await;
+                    let _ = tx.send(Err(Status::internal("the leader crashed"))).await;
+                }
+                Leader::Echo => {
+                    tokio::spawn(async move {
+                        while let Ok(Some(batch)) = inbound.message().await {
+                            let answers = batch
+                                .calls
+                                .into_iter()
+                                .map(|c| ForwardAnswer {
+                                    id: c.id,
+                                    outcome: match c.call {
+                                        Some(forward_call::Call::Propose(p)) => {
+                                            Some(forward_answer::Outcome::Response(p.command))
+                                        }
+                                        _ => None,
+                                    },
+                                })
+                                .collect();
+                            if tx.send(Ok(ForwardAnswers { answers })).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+    }
+
+    /// A fake leader (member 1) on a free loopback port; its address.
+    async fn fake_leader(kind: Leader) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            dengine_net_grpc::tonic::transport::Server::builder()
+                .add_service(ForwardServer::new(Fake(kind)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        address
+    }
+
+    fn forwarder() -> Arc<Forwarder> {
+        let transport = GrpcTransport::new(dengine_net_grpc::GrpcConfig::new(2, 1)).unwrap();
+        Arc::new(Forwarder::new(transport, 2, 1 << 20))
+    }
+
+    fn propose(command: &'static [u8]) -> forward_call::Call {
+        forward_call::Call::Propose(dengine_net_grpc::client_pb::ProposeRequest {
+            command: Bytes::from_static(command),
+            ..Default::default()
+        })
+    }
+
+    /// Concurrent requests share one stream and each gets its own answer.
+    #[tokio::test]
+    async fn each_request_gets_its_own_answer() {
+        let address = fake_leader(Leader::Echo).await;
+        let forwarder = forwarder();
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..50u8 {
+            let (forwarder, address) = (Arc::clone(&forwarder), address.clone());
+            calls.spawn(async move {
+                let command = Bytes::from(vec![i; 3]);
+                let call =
+                    forward_call::Call::Propose(dengine_net_grpc::client_pb::ProposeRequest {
+                        command: command.clone(),
+                        ..Default::default()
+                    });
+                let answer = forwarder.forward(1, &address, call).await.unwrap();
+                assert_eq!(response_of(answer).unwrap(), command);
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            done.unwrap();
+        }
+        assert_eq!(forwarder.queues.lock().unwrap().len(), 1, "one stream");
+    }
+
+    /// What a follower answers when the leader is not there to answer: never "not applied"
+    /// for a request that was sent.
+    #[tokio::test]
+    async fn a_failed_stream_says_whether_the_request_may_have_been_applied() {
+        // Sent, then the stream broke: may have been applied.
+        let address = fake_leader(Leader::Breaks).await;
+        let status = forwarder()
+            .forward(1, &address, propose(b"a"))
+            .await
+            .unwrap_err();
+        assert_eq!(kind(&status).1, Some("unknown-outcome"), "{status:?}");
+
+        // No forwarding at the leader: nothing proposed, the client goes there itself.
+        let address = fake_leader(Leader::NoForwarding).await;
+        let status = forwarder()
+            .forward(1, &address, propose(b"a"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            kind(&status),
+            (Code::FailedPrecondition, Some("not-leader"), Some("1")),
+            "{status:?}"
+        );
+
+        // Nobody listening: never sent, not applied.
+        let nobody = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let status = forwarder()
+            .forward(1, &nobody, propose(b"a"))
+            .await
+            .unwrap_err();
+        assert_eq!(kind(&status).1, Some("retry"), "{status:?}");
+    }
 }
