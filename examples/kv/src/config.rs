@@ -155,7 +155,7 @@ impl LeaseConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StateStorage {
     /// In a redb file, `<data_dir>/state/kv.redb`, written with each applied batch: a restart
-    /// resumes from it (replaying at most about two seconds of the log), and memory holds only
+    /// resumes from it (replaying at most about a second of the log), and memory holds only
     /// the file's page cache of `cache_bytes`, not the data set.
     Durable {
         /// The page cache's size in bytes (default [`DEFAULT_STATE_CACHE_BYTES`]).

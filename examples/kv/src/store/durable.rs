@@ -59,13 +59,20 @@ const FORMAT_1_REPLACED: TableDefinition<(i64, &[u8]), i64> = TableDefinition::n
 /// format 1, which is converted.
 const FORMAT: u32 = 2;
 
-/// At most this long between synced commits (see the module docs).
-pub(crate) const SYNC_EVERY: Duration = Duration::from_millis(2000);
+/// At most this long between synced commits (see the module docs). With [`GROUP_FOR`] as
+/// long, every group's commit is synced. Against 2 s (every other group's commit synced),
+/// at 256 clients this bought 4.5% more puts per second, 6% less of the servers' CPU per put
+/// and a quarter off the p99.9 latency (three alternating pairs of runs, docs/benchmarks.md,
+/// 2026-12-05): redb keeps the pages of an unsynced commit in its write buffer, and reads
+/// of pages held there cost more than reads of its page cache; a synced commit also stalls
+/// the apply task for half as long.
+pub(crate) const SYNC_EVERY: Duration = Duration::from_millis(1000);
 
 /// Batches applied within this long share one transaction (see the module docs). Longer
 /// groups write a page that many puts change fewer times: at 256 clients on 10,000 keys,
-/// 1 s instead of 200 ms (with [`SYNC_EVERY`] 2 s instead of 500 ms) bought 39% more puts
-/// per second and cut the servers' CPU per put by a third (docs/benchmarks.md, 2026-12-04).
+/// 1 s instead of 200 ms (with syncs every 2 s instead of 500 ms) bought 39% more puts per
+/// second and cut the servers' CPU per put by a third (docs/benchmarks.md, 2026-12-04);
+/// 500 ms with [`SYNC_EVERY`] 500 ms did no better than 1 s (2026-12-05).
 /// redb keeps a transaction's dirty pages within half of its page cache (it writes the rest
 /// out early), so memory stays bounded however long the group is.
 const GROUP_FOR: Duration = Duration::from_millis(1000);
