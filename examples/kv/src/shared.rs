@@ -78,10 +78,17 @@ impl<B: KvBackend> Shared<B> {
         op: command::Op,
         user: Option<String>,
     ) -> Result<command_response::Result, Status> {
-        let needs = Needs::command(&op);
         // Auth and alarm commands are the ones without key-value needs: answered once this
         // member has applied them too.
-        let auth_change = needs.is_none();
+        let auth_change = !Needs::has_needs(&op);
+        // While auth is off everything is allowed: the needs (a copy of every key touched)
+        // are not worked out.
+        let auth = self.auth.store();
+        let needs = if auth.is_enabled() {
+            Needs::command(&op)
+        } else {
+            None
+        };
         let adds_data = quota::adds_data(&op);
         let command = Command {
             op: Some(op),
@@ -92,7 +99,7 @@ impl<B: KvBackend> Shared<B> {
         // The request's shape first, then its user's permissions, as etcd does.
         validate::check_command(&command, &self.config)?;
         if let Some(needs) = &needs {
-            self.auth.store().authorize(user_of(&command.user), needs)?;
+            auth.authorize(user_of(&command.user), needs)?;
         }
         let encoded = Bytes::from(command.encode_to_vec());
         if adds_data {

@@ -109,6 +109,18 @@ impl Needs {
         }
     }
 
+    /// Whether `op` is a key-value write command or a compaction: one that
+    /// [`command`](Self::command) has needs for (the others are the auth and alarm commands).
+    pub(crate) fn has_needs(op: &command::Op) -> bool {
+        matches!(
+            op,
+            command::Op::Put(_)
+                | command::Op::DeleteRange(_)
+                | command::Op::Txn(_)
+                | command::Op::Compact(_)
+        )
+    }
+
     /// A key-value write command (Put, DeleteRange, Txn) or a compaction (root only). `None`
     /// for the auth commands, whose rules are the auth store's own.
     pub(crate) fn command(op: &command::Op) -> Option<Self> {
