@@ -61,7 +61,7 @@ const FORMAT: u32 = 2;
 
 /// At most this long between synced commits (see the module docs). With [`GROUP_FOR`] as
 /// long, every group's commit is synced. Against 2 s (every other group's commit synced),
-/// at 256 clients this bought 4.5% more puts per second, 6% less of the servers' CPU per put
+/// at 256 clients this bought 6% more puts per second, 6% less of the servers' CPU per put
 /// and a quarter off the p99.9 latency (three alternating pairs of runs, docs/benchmarks.md,
 /// 2026-12-05): redb keeps the pages of an unsynced commit in its write buffer, and reads
 /// of pages held there cost more than reads of its page cache; a synced commit also stalls
