@@ -16,7 +16,12 @@ need() {
 # kv_bin: builds dengine-kv (debug) and sets BIN to its absolute path.
 kv_bin() {
     cargo build --quiet -p dengine-kv --bin dengine-kv
-    BIN="$PWD/${CARGO_TARGET_DIR:-target}/debug/dengine-kv"
+    # CARGO_TARGET_DIR may be absolute or relative to here.
+    BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/dengine-kv"
+    if [ ! -x "$BIN" ]; then
+        echo "dengine-kv was built but is not at $BIN" >&2
+        exit 1
+    fi
 }
 
 # etcdctl_setup NAME: what a script that drives dengine-kv with the real etcdctl needs: etcdctl
@@ -84,7 +89,9 @@ wait_leader() {
 
 # leader: the client address of the member that leads (members that are down are skipped).
 leader() {
-    { etcdctl --endpoints="$ENDPOINTS" endpoint status 2>/dev/null || true; } |
+    # Short timeouts, so that wait_leader's 30 s bound holds while members are down.
+    { etcdctl --endpoints="$ENDPOINTS" --dial-timeout=1s --command-timeout=2s endpoint status \
+        2>/dev/null || true; } |
         awk -F', ' '$5 == "true" {print $1}' | head -1
 }
 
