@@ -183,6 +183,32 @@ impl Needs {
 mod tests {
     use super::*;
 
+    #[test]
+    fn has_needs_says_exactly_which_commands_have_needs() {
+        // The service decides from `has_needs` (without building the needs while auth is
+        // off) whether a command is an auth change; the needs come from `command`. The two
+        // lists must agree, or a write would skip its permission check.
+        use crate::proto::etcdserverpb::{
+            AlarmRequest, AuthEnableRequest, CompactionRequest, LeaseGrantRequest,
+            LeaseRevokeRequest,
+        };
+        let ops = [
+            command::Op::Put(PutRequest::default()),
+            command::Op::DeleteRange(DeleteRangeRequest::default()),
+            command::Op::Txn(TxnRequest::default()),
+            command::Op::Compact(CompactionRequest::default()),
+            command::Op::AutoCompact(CompactionRequest::default()),
+            command::Op::AuthEnable(AuthEnableRequest::default()),
+            command::Op::Alarm(AlarmRequest::default()),
+            command::Op::LeaseGrant(LeaseGrantRequest::default()),
+            command::Op::LeaseRevoke(LeaseRevokeRequest::default()),
+        ];
+        for op in &ops {
+            assert_eq!(Needs::has_needs(op), Needs::command(op).is_some(), "{op:?}");
+        }
+        assert_eq!(ops.iter().filter(|op| Needs::has_needs(op)).count(), 4);
+    }
+
     fn iv(key: &str, end: &str) -> Interval {
         Interval::of(
             &Bytes::copy_from_slice(key.as_bytes()),
