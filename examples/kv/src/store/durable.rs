@@ -20,15 +20,23 @@
 //! * `keys`: key → current record (create revision, mod revision, version, value);
 //! * `past`: (revision that replaced it, key) → a replaced version (mod revision, create
 //!   revision, version, value). Its order is the order versions are replaced and compacted
-//!   in, so both write at the ends of the tree (format 2);
-//! * `past_by_key`: (key, mod revision) → the revision that replaced it: the index that
-//!   finds a key's past versions, small entries in key order;
+//!   in, so both write at the ends of the tree;
 //! * `meta`: the [`DurableState`], the file format, and the cluster state (auth, alarms).
 //!
+//! What finds a key's past versions, [`PastIndex`], is in memory (as etcd's key index is):
+//! per key with kept versions, their (mod revision, replaced at), built from `past` when the
+//! file is opened. Memory is therefore the page cache plus about 16 bytes per kept past
+//! version and one copy of each key that has some — bounded by the history kept, which the
+//! auto-compaction bounds (10,000 revisions by default).
+//!
 //! Format 1 kept the values in a (key, mod revision) table and the order in a small one, so
-//! every put and every compacted version wrote a large entry at a random place of the tree;
-//! a format-1 file is converted when it is opened.
+//! every put and every compacted version wrote a large entry at a random place of the tree.
+//! Format 2 kept the index as a table too, `past_by_key`: (key, mod revision) → replaced at;
+//! its inserts and removes, at random places of a tree, were about a tenth of a member's
+//! CPU at 256 clients (docs/benchmarks.md, 2026-12-05). Files of both are converted when
+//! opened.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -46,7 +54,6 @@ use crate::key_range::KeyBounds;
 
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
 const PAST: TableDefinition<(i64, &[u8]), &[u8]> = TableDefinition::new("past");
-const BY_KEY: TableDefinition<(&[u8], i64), i64> = TableDefinition::new("past_by_key");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Format 1's past versions: (key, mod revision) → (replaced at, create revision, version,
@@ -54,10 +61,12 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const FORMAT_1_HISTORY: TableDefinition<(&[u8], i64), &[u8]> = TableDefinition::new("history");
 /// Format 1's order of replacement: (replaced at, key) → mod revision.
 const FORMAT_1_REPLACED: TableDefinition<(i64, &[u8]), i64> = TableDefinition::new("replaced");
+/// Format 2's index of past versions: (key, mod revision) → replaced at.
+const FORMAT_2_BY_KEY: TableDefinition<(&[u8], i64), i64> = TableDefinition::new("past_by_key");
 
 /// The layout of the file written by this build; a file of another is refused, except
-/// format 1, which is converted.
-const FORMAT: u32 = 2;
+/// formats 1 and 2, which are converted.
+const FORMAT: u32 = 3;
 
 /// At most this long between synced commits (see the module docs). With [`GROUP_FOR`] as
 /// long, every group's commit is synced. Against 2 s (every other group's commit synced),
@@ -83,7 +92,6 @@ const GROUP_FOR: Duration = Duration::from_millis(1000);
 struct Tables<'t> {
     keys: redb::Table<'t, &'static [u8], &'static [u8]>,
     past: redb::Table<'t, (i64, &'static [u8]), &'static [u8]>,
-    by_key: redb::Table<'t, (&'static [u8], i64), i64>,
 }
 
 self_cell::self_cell!(
@@ -102,7 +110,6 @@ impl OpenWrite {
             Ok(Tables {
                 keys: txn.open_table(KEYS)?,
                 past: txn.open_table(PAST)?,
-                by_key: txn.open_table(BY_KEY)?,
             })
         })
     }
@@ -122,8 +129,6 @@ trait Pick {
 struct Keys;
 /// The `past` table.
 struct Past;
-/// The `past_by_key` table.
-struct ByKey;
 
 /// Implements [`Pick`] for `$name`: table `$def`, field `$field` of [`Tables`].
 macro_rules! pick {
@@ -146,10 +151,69 @@ macro_rules! pick {
 
 pick!(Keys, keys, KEYS, &'static [u8], &'static [u8]);
 pick!(Past, past, PAST, (i64, &'static [u8]), &'static [u8]);
-pick!(ByKey, by_key, BY_KEY, (&'static [u8], i64), i64);
 
 /// Keys and past versions read per step of a range scan (each step reads from the table again).
 const PAGE: usize = 512;
+
+/// Where each key's kept past versions are in the `past` table (see the module docs): kept
+/// in memory, in step with the open transaction, and built from the table on open.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PastIndex {
+    /// Per key with kept versions, (mod revision, replaced at) of each, oldest first (the
+    /// order they were replaced in, which is also their mod revisions' order).
+    by_key: BTreeMap<Bytes, VecDeque<(i64, i64)>>,
+    /// Number of kept versions.
+    count: u64,
+}
+
+impl PastIndex {
+    /// Reads the index of every version in `past`.
+    fn read(
+        past: &dyn ReadTable<(i64, &'static [u8]), &'static [u8]>,
+    ) -> Result<Self, redb::Error> {
+        let mut index = PastIndex::default();
+        for item in past.range_of((Bound::Unbounded, Bound::Unbounded))? {
+            let (k, v) = item?;
+            let (at, key) = k.value();
+            let mod_revision = le_word(v.value(), 0)
+                .map(i64::from_le_bytes)
+                .ok_or_else(|| damaged("past", key))?;
+            index.push(key, mod_revision, at);
+        }
+        Ok(index)
+    }
+
+    /// Notes a version of `key` at `mod_revision`, replaced at `superseded_at`, newer than
+    /// every version of `key` noted before.
+    fn push(&mut self, key: &[u8], mod_revision: i64, superseded_at: i64) {
+        match self.by_key.get_mut(key) {
+            Some(versions) => versions.push_back((mod_revision, superseded_at)),
+            // A copy: the caller's key may share a much larger buffer (the request's).
+            None => {
+                let versions = VecDeque::from([(mod_revision, superseded_at)]);
+                self.by_key.insert(Bytes::copy_from_slice(key), versions);
+            }
+        }
+        self.count += 1;
+    }
+
+    /// Forgets the oldest version of `key`, which must be the one at `mod_revision`; false
+    /// (and nothing forgotten) if it is not.
+    fn pop_oldest(&mut self, key: &[u8], mod_revision: i64) -> bool {
+        let Some(versions) = self.by_key.get_mut(key) else {
+            return false;
+        };
+        if versions.front().map(|(m, _)| *m) != Some(mod_revision) {
+            return false;
+        }
+        versions.pop_front();
+        if versions.is_empty() {
+            self.by_key.remove(key);
+        }
+        self.count -= 1;
+        true
+    }
+}
 
 /// What [`DurableKeyspace::open`] found in the file.
 #[derive(Debug)]
@@ -181,6 +245,8 @@ pub(crate) struct DurableKeyspace {
     /// The first storage error since it was last taken.
     error: Mutex<Option<String>>,
     last_sync: Instant,
+    /// The index of `past`, as of the open transaction if there is one.
+    index: PastIndex,
 }
 
 impl std::fmt::Debug for DurableKeyspace {
@@ -194,7 +260,7 @@ impl std::fmt::Debug for DurableKeyspace {
 
 impl DurableKeyspace {
     /// Opens (or creates) the keyspace file at `path` with a page cache of `cache_bytes`.
-    /// A format-1 file is converted to format 2 first (in the same transaction). A file of
+    /// A file of format 1 or 2 is converted first (in the same transaction). A file of
     /// another format, or whose state record is damaged, is refused with a message naming it.
     pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<Opened, String> {
         let named = |e: &dyn std::fmt::Display| e.to_string();
@@ -210,7 +276,6 @@ impl DurableKeyspace {
             let mut meta = txn.open_table(META).map_err(|e| named(&e))?;
             txn.open_table(KEYS).map_err(|e| named(&e))?;
             txn.open_table(PAST).map_err(|e| named(&e))?;
-            txn.open_table(BY_KEY).map_err(|e| named(&e))?;
             let format = meta
                 .get("format")
                 .map_err(|e| named(&e))?
@@ -221,6 +286,11 @@ impl DurableKeyspace {
                         .map_err(|e| named(&e))?;
                 }
                 Some(f) if f == FORMAT.to_le_bytes() => {}
+                Some(f) if f == 2u32.to_le_bytes() => {
+                    txn.delete_table(FORMAT_2_BY_KEY).map_err(|e| named(&e))?;
+                    meta.insert("format", FORMAT.to_le_bytes().as_slice())
+                        .map_err(|e| named(&e))?;
+                }
                 Some(f) if f == 1u32.to_le_bytes() => {
                     convert_format_1(&txn).map_err(|e| {
                         named(&format!(
@@ -255,6 +325,16 @@ impl DurableKeyspace {
                 .map(|v| v.value().to_vec());
             (state, cluster)
         };
+        let index = txn
+            .open_table(PAST)
+            .map_err(redb::Error::from)
+            .and_then(|past| PastIndex::read(&past))
+            .map_err(|e| {
+                named(&format!(
+                    "reading the index of past versions: {e} (remove the file to rebuild the \
+                     state from the member's snapshot and log)"
+                ))
+            })?;
         txn.commit().map_err(|e| named(&e))?;
         Ok(Opened {
             keyspace: DurableKeyspace {
@@ -266,6 +346,7 @@ impl DurableKeyspace {
                 read: Mutex::new(None),
                 error: Mutex::new(None),
                 last_sync: Instant::now(),
+                index,
             },
             state,
             cluster,
@@ -295,7 +376,7 @@ impl DurableKeyspace {
         sync: bool,
     ) -> Result<(), String> {
         if let Some(e) = self.take_error() {
-            self.write = None; // aborted
+            self.abandon();
             return Err(e);
         }
         self.begin()?;
@@ -338,6 +419,17 @@ impl DurableKeyspace {
             self.last_sync = Instant::now();
         }
         Ok(())
+    }
+
+    /// Drops the open transaction (its batches never happened) and rebuilds the index from
+    /// the file to match.
+    fn abandon(&mut self) {
+        self.write = None;
+        *self.lock_read() = None;
+        let index = self
+            .read_table::<Past, _>(|t| PastIndex::read(t))
+            .unwrap_or_default();
+        self.index = index;
     }
 
     fn named(&self, e: &dyn std::fmt::Display) -> String {
@@ -420,27 +512,6 @@ impl DurableKeyspace {
         })
         .unwrap_or_default()
     }
-
-    /// Up to [`PAGE`] (key, mod revision) of past versions within `bounds`.
-    fn by_key_page(
-        &self,
-        lower: Bound<(Bytes, i64)>,
-        upper: Bound<(Bytes, i64)>,
-    ) -> Vec<(Bytes, i64)> {
-        self.read_table::<ByKey, _>(|t| {
-            let mut out = Vec::new();
-            for item in t.range_of((bound_ref(&lower), bound_ref(&upper)))? {
-                let (k, _) = item?;
-                let (key, at) = k.value();
-                out.push((Bytes::copy_from_slice(key), at));
-                if out.len() == PAGE {
-                    break;
-                }
-            }
-            Ok(out)
-        })
-        .unwrap_or_default()
-    }
 }
 
 impl DurableKeyspace {
@@ -508,14 +579,6 @@ where
     }
 }
 
-fn bound_ref(b: &Bound<(Bytes, i64)>) -> Bound<(&[u8], i64)> {
-    match b {
-        Bound::Included((k, r)) => Bound::Included((k.as_ref(), *r)),
-        Bound::Excluded((k, r)) => Bound::Excluded((k.as_ref(), *r)),
-        Bound::Unbounded => Bound::Unbounded,
-    }
-}
-
 fn damaged(table: &str, key: &[u8]) -> redb::Error {
     redb::Error::Corrupted(format!(
         "damaged record in table {table} for key {:?}",
@@ -580,13 +643,12 @@ fn decode_format_1_past(mod_revision: i64, bytes: &[u8]) -> Option<PastVersion> 
     })
 }
 
-/// Rewrites format 1's past versions into format 2's tables, in `txn` (which the caller
+/// Rewrites format 1's past versions into the `past` table, in `txn` (which the caller
 /// commits, or drops on an error: then the file is as it was).
 fn convert_format_1(txn: &WriteTransaction) -> Result<(), redb::Error> {
     {
         let old = txn.open_table(FORMAT_1_HISTORY)?;
         let mut past = txn.open_table(PAST)?;
-        let mut by_key = txn.open_table(BY_KEY)?;
         for item in old.iter()? {
             let (k, v) = item?;
             let (key, mod_revision) = k.value();
@@ -596,7 +658,6 @@ fn convert_format_1(txn: &WriteTransaction) -> Result<(), redb::Error> {
                 (version.superseded_at, key),
                 encode_past(&version).as_slice(),
             )?;
-            by_key.insert((key, mod_revision), version.superseded_at)?;
         }
     }
     txn.delete_table(FORMAT_1_HISTORY)?;
@@ -607,27 +668,9 @@ fn convert_format_1(txn: &WriteTransaction) -> Result<(), redb::Error> {
 /// Bounds on the `past` table's (replaced at, key).
 type PastBounds<'a> = (Bound<(i64, &'a [u8])>, Bound<(i64, &'a [u8])>);
 
-/// Owned bounds on the `past_by_key` table's (key, mod revision).
-type HistoryBounds = (Bound<(Bytes, i64)>, Bound<(Bytes, i64)>);
-
 /// A bound on keys, owned, for a scan that resumes page by page.
 fn owned(b: Bound<&[u8]>) -> Bound<Bytes> {
     b.map(Bytes::copy_from_slice)
-}
-
-/// The `past_by_key` bounds for the keys within `bounds`: every version of those keys.
-fn history_bounds(bounds: KeyBounds<'_>) -> HistoryBounds {
-    let lower = match bounds.0 {
-        Bound::Included(k) => Bound::Included((Bytes::copy_from_slice(k), i64::MIN)),
-        Bound::Excluded(k) => Bound::Excluded((Bytes::copy_from_slice(k), i64::MAX)),
-        Bound::Unbounded => Bound::Unbounded,
-    };
-    let upper = match bounds.1 {
-        Bound::Included(k) => Bound::Included((Bytes::copy_from_slice(k), i64::MAX)),
-        Bound::Excluded(k) => Bound::Excluded((Bytes::copy_from_slice(k), i64::MIN)),
-        Bound::Unbounded => Bound::Unbounded,
-    };
-    (lower, upper)
 }
 
 impl Keyspace for DurableKeyspace {
@@ -665,62 +708,30 @@ impl Keyspace for DurableKeyspace {
         &'a self,
         bounds: KeyBounds<'a>,
     ) -> Box<dyn Iterator<Item = Bytes> + 'a> {
-        let (mut lower, upper) = history_bounds(bounds);
-        let mut page = std::collections::VecDeque::new();
-        let mut done = false;
-        let mut last_key: Option<Bytes> = None;
-        Box::new(std::iter::from_fn(move || {
-            loop {
-                if page.is_empty() {
-                    if done {
-                        return None;
-                    }
-                    let got = self.by_key_page(lower.clone(), upper.clone());
-                    done = got.len() < PAGE;
-                    if let Some((key, _)) = got.last() {
-                        // Resume after every version of the last key seen.
-                        lower = Bound::Excluded((key.clone(), i64::MAX));
-                    }
-                    page.extend(got);
-                    if page.is_empty() {
-                        return None;
-                    }
-                }
-                let (key, _) = page.pop_front()?;
-                if last_key.as_ref() != Some(&key) {
-                    last_key = Some(key.clone());
-                    return Some(key);
-                }
-            }
-        }))
+        Box::new(
+            self.index
+                .by_key
+                .range::<[u8], _>(bounds)
+                .map(|(k, _)| k.clone()),
+        )
     }
 
     fn history(&self, key: &[u8]) -> Vec<PastVersion> {
-        // The index gives when each version was replaced, in mod revision order (which is
-        // also the order they were replaced in); the versions are read from `past`.
-        let replaced_at: Vec<i64> = self
-            .read_table::<ByKey, _>(|t| {
-                let range = (
-                    Bound::Included((key, i64::MIN)),
-                    Bound::Included((key, i64::MAX)),
-                );
-                let mut out = Vec::new();
-                for item in t.range_of(range)? {
-                    out.push(item?.1.value());
-                }
-                Ok(out)
-            })
-            .unwrap_or_default();
-        if replaced_at.is_empty() {
+        // The index gives when each version was replaced, oldest first; the versions are
+        // read from `past`.
+        let Some(versions) = self.index.by_key.get(key) else {
             return Vec::new();
-        }
+        };
         self.read_table::<Past, _>(|t| {
-            let mut out = Vec::with_capacity(replaced_at.len());
-            for at in &replaced_at {
+            let mut out = Vec::with_capacity(versions.len());
+            for (mod_revision, at) in versions {
                 let v = t
                     .get_value((*at, key))?
-                    .ok_or_else(|| damaged("past_by_key", key))?;
-                out.push(decode_past(*at, v.value()).ok_or_else(|| damaged("past", key))?);
+                    .ok_or_else(|| damaged("past", key))?;
+                let past = decode_past(*at, v.value())
+                    .filter(|p| p.record.mod_revision == *mod_revision)
+                    .ok_or_else(|| damaged("past", key))?;
+                out.push(past);
             }
             Ok(out)
         })
@@ -753,7 +764,7 @@ impl Keyspace for DurableKeyspace {
     }
 
     fn past_count(&self) -> u64 {
-        self.read_table::<Past, _>(|t| t.count()).unwrap_or(0)
+        self.index.count
     }
 
     fn insert(&mut self, key: Bytes, record: KeyRecord) {
@@ -773,25 +784,24 @@ impl Keyspace for DurableKeyspace {
     }
 
     fn push_past(&mut self, key: Bytes, past: PastVersion) {
-        // At the end of `past` (replaced at the newest revision), and a small entry in the
-        // index.
-        self.write_table::<Past, _>(|t| {
+        // At the end of `past` (replaced at the newest revision), and in the index.
+        let written = self.write_table::<Past, _>(|t| {
             t.insert(
                 (past.superseded_at, key.as_ref()),
                 encode_past(&past).as_slice(),
             )?;
             Ok(())
         });
-        self.write_table::<ByKey, _>(|t| {
-            t.insert((key.as_ref(), past.record.mod_revision), past.superseded_at)?;
-            Ok(())
-        });
+        if written.is_some() {
+            self.index
+                .push(&key, past.record.mod_revision, past.superseded_at);
+        }
     }
 
     fn drop_past_through(&mut self, revision: i64, dropped: &mut dyn FnMut(&[u8], &KeyRecord)) {
         // Every (superseded_at, key) with superseded_at <= revision: the empty key is the
         // smallest, so this bound excludes exactly the later ones. They are the first
-        // entries of `past`, removed from its start.
+        // entries of `past`, removed from its start, and each its key's oldest in the index.
         let after = revision.saturating_add(1);
         loop {
             let page = self.past_page((Bound::Unbounded, Bound::Excluded((after, &b""[..]))));
@@ -799,38 +809,25 @@ impl Keyspace for DurableKeyspace {
                 return;
             };
             let through = (last.superseded_at, last_key.clone());
-            let (full, count) = (page.len() == PAGE, page.len());
-            let removed: Vec<(Bytes, KeyRecord)> = self
-                .write_table::<ByKey, _>(|t| {
-                    for (key, past) in &page {
-                        if t.remove((key.as_ref(), past.record.mod_revision))?
-                            .is_none()
-                        {
-                            return Err(damaged("past", key));
-                        }
-                    }
-                    Ok(())
-                })
-                .and_then(|()| {
-                    self.write_table::<Past, _>(|t| {
-                        let bounds = (
-                            Bound::Unbounded,
-                            Bound::Included((through.0, through.1.as_ref())),
-                        );
-                        t.retain_in::<(i64, &[u8]), _>(bounds, |_, _| false)?;
-                        Ok(())
-                    })
-                })
-                .map(|()| {
-                    page.into_iter()
-                        .map(|(key, past)| (key, past.record))
-                        .collect()
-                })
-                .unwrap_or_default();
-            for (key, record) in &removed {
-                dropped(key, record);
+            let removed = self.write_table::<Past, _>(|t| {
+                let bounds = (
+                    Bound::Unbounded,
+                    Bound::Included((through.0, through.1.as_ref())),
+                );
+                t.retain_in::<(i64, &[u8]), _>(bounds, |_, _| false)?;
+                Ok(())
+            });
+            if removed.is_none() {
+                return;
             }
-            if !full || removed.len() != count {
+            for (key, past) in &page {
+                if !self.index.pop_oldest(key, past.record.mod_revision) {
+                    self.fail(damaged("past", key));
+                    return;
+                }
+                dropped(key, &past.record);
+            }
+            if page.len() < PAGE {
                 return;
             }
         }
@@ -846,9 +843,9 @@ impl Keyspace for DurableKeyspace {
         let result = (|| -> Result<(), redb::Error> {
             txn.delete_table(KEYS)?;
             txn.delete_table(PAST)?;
-            txn.delete_table(BY_KEY)?;
             Ok(())
         })();
+        self.index = PastIndex::default();
         if let Err(e) = result {
             self.fail(e);
         }
@@ -885,8 +882,8 @@ impl Keyspace for DurableKeyspace {
     }
 
     fn abort_batch(&mut self) {
-        self.write = None;
         self.take_error();
+        self.abandon();
     }
 }
 
@@ -923,6 +920,8 @@ impl Drop for DurableKeyspace {
 #[cfg(test)]
 mod tests {
     use redb::TableHandle;
+
+    use crate::store::MemoryKeyspace;
 
     use super::*;
 
@@ -1066,7 +1065,8 @@ mod tests {
         assert!(versions_of(&ks, "b").is_empty());
         drop(ks);
 
-        // Reopened, it is a format-2 file with the same content, and the old tables are gone.
+        // Reopened, it is a file of this format with the same content, and the old tables are
+        // gone.
         let again = DurableKeyspace::open(&path, 1 << 20).unwrap().keyspace;
         assert_eq!(versions_of(&again, "a"), [(5, 3, "a2".to_string())]);
         assert_eq!(again.past_count(), 1);
@@ -1076,10 +1076,218 @@ mod tests {
             .unwrap()
             .map(|t| t.name().to_string())
             .collect();
-        assert!(!names.contains(&"history".to_string()), "{names:?}");
-        assert!(!names.contains(&"replaced".to_string()), "{names:?}");
+        for old in ["history", "replaced", "past_by_key"] {
+            assert!(!names.contains(&old.to_string()), "{names:?}");
+        }
         let meta = txn.open_table(META).unwrap();
         let format = meta.get("format").unwrap().unwrap().value().to_vec();
         assert_eq!(format, FORMAT.to_le_bytes());
+    }
+
+    /// Writes a file as a format-2 build did: a live key `a` and the given past versions as
+    /// (key, replaced at, mod revision, value), with the `past_by_key` index table.
+    fn write_format_2(path: &Path, state: &DurableState, versions: &[(&str, i64, i64, &str)]) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("format", 2u32.to_le_bytes().as_slice())
+                .unwrap();
+            meta.insert("state", state.encode().as_slice()).unwrap();
+            let mut keys = txn.open_table(KEYS).unwrap();
+            let live = KeyRecord {
+                create_revision: 1,
+                mod_revision: 9,
+                version: 3,
+                value: Bytes::from("a3"),
+            };
+            keys.insert(b"a".as_slice(), encode_record(&live).as_slice())
+                .unwrap();
+            let mut past = txn.open_table(PAST).unwrap();
+            let mut by_key = txn.open_table(FORMAT_2_BY_KEY).unwrap();
+            for (key, at, mod_revision, value) in versions {
+                let version = PastVersion {
+                    superseded_at: *at,
+                    record: KeyRecord {
+                        create_revision: 1,
+                        mod_revision: *mod_revision,
+                        version: 1,
+                        value: Bytes::from(value.to_string()),
+                    },
+                };
+                past.insert((*at, key.as_bytes()), encode_past(&version).as_slice())
+                    .unwrap();
+                by_key.insert((key.as_bytes(), *mod_revision), *at).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_format_2_file_is_converted_and_its_history_found_through_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let state = DurableState {
+            applied: 12,
+            revision: 9,
+            compact_revision: 0,
+            size_bytes: 12,
+        };
+        write_format_2(
+            &path,
+            &state,
+            &[("a", 4, 1, "a1"), ("b", 5, 2, "b1"), ("a", 9, 4, "a2")],
+        );
+        let opened = DurableKeyspace::open(&path, 1 << 20).unwrap();
+        assert_eq!(opened.state, state);
+        let ks = opened.keyspace;
+        assert_eq!(
+            versions_of(&ks, "a"),
+            [(4, 1, "a1".to_string()), (9, 4, "a2".to_string())]
+        );
+        assert_eq!(versions_of(&ks, "b"), [(5, 2, "b1".to_string())]);
+        let with_history: Vec<Bytes> = ks
+            .keys_with_history((Bound::Excluded(b"a".as_slice()), Bound::Unbounded))
+            .collect();
+        assert_eq!(with_history, [Bytes::from("b")]);
+        assert_eq!(ks.past_count(), 3);
+        let txn = ks.db.begin_read().unwrap();
+        let names: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_string())
+            .collect();
+        assert!(!names.contains(&"past_by_key".to_string()), "{names:?}");
+        let meta = txn.open_table(META).unwrap();
+        let format = meta.get("format").unwrap().unwrap().value().to_vec();
+        assert_eq!(format, FORMAT.to_le_bytes());
+    }
+
+    /// A small deterministic generator (xorshift), so a failure names its seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// Everything a reader can learn from `ks`, to compare two keyspaces.
+    fn contents(ks: &dyn Keyspace) -> String {
+        let all = (Bound::Unbounded, Bound::Unbounded);
+        let live: Vec<_> = ks.live(all).collect();
+        let with_history: Vec<Bytes> = ks.keys_with_history(all).collect();
+        let histories: Vec<_> = with_history.iter().map(|k| ks.history(k)).collect();
+        let in_order: Vec<_> = ks.past_in_order().collect();
+        format!(
+            "live {live:?}\nwith history {with_history:?}\nhistories {histories:?}\n\
+             in order {in_order:?}\ncounts {} {}",
+            ks.live_count(),
+            ks.past_count()
+        )
+    }
+
+    /// One write at `revision` to both keyspaces, as the store makes it: a put or a delete
+    /// of one of 12 keys, the replaced version kept.
+    fn write(rng: &mut Rng, revision: i64, both: [&mut dyn Keyspace; 2]) {
+        let key = Bytes::from(format!("k{:02}", rng.below(12)));
+        let delete = rng.below(5) == 0;
+        for ks in both {
+            let prev = ks.get(&key);
+            if delete {
+                ks.remove(&key);
+            } else {
+                let (create_revision, version) = prev
+                    .as_ref()
+                    .map_or((revision, 1), |p| (p.create_revision, p.version + 1));
+                let value = Bytes::from(format!("v{revision}"));
+                let record = KeyRecord {
+                    value,
+                    create_revision,
+                    mod_revision: revision,
+                    version,
+                };
+                ks.insert(key.clone(), record);
+            }
+            if let Some(record) = prev {
+                let past = PastVersion {
+                    record,
+                    superseded_at: revision,
+                };
+                ks.push_past(key.clone(), past);
+            }
+        }
+    }
+
+    #[test]
+    fn the_index_agrees_with_the_memory_keyspace_through_compactions_aborts_and_restarts() {
+        for seed in 1..=8u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("kv.redb");
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut memory = MemoryKeyspace::default();
+            let mut durable = DurableKeyspace::open(&path, 1 << 20).unwrap().keyspace;
+            let mut revision = 1i64;
+            let mut compacted = 0i64;
+            for step in 0..300 {
+                let state = DurableState {
+                    applied: step,
+                    revision,
+                    compact_revision: compacted,
+                    size_bytes: 0,
+                };
+                match rng.below(20) {
+                    // A clean stop and a restart: the index is built from the file.
+                    0 => {
+                        durable.commit(&state, None, true).unwrap();
+                        drop(durable);
+                        durable = DurableKeyspace::open(&path, 1 << 20).unwrap().keyspace;
+                    }
+                    // A batch that fails: its writes never happened, in the index either.
+                    1 => {
+                        durable.commit(&state, None, true).unwrap();
+                        durable.begin().unwrap();
+                        for _ in 0..3 {
+                            revision += 1;
+                            write(&mut rng, revision, [&mut memory.clone(), &mut durable]);
+                        }
+                        durable.abort_batch();
+                    }
+                    // A compaction through a recent revision.
+                    2..=4 => {
+                        compacted = compacted.max(revision - rng.below(8) as i64);
+                        durable.begin().unwrap();
+                        let (mut a, mut b) = (Vec::new(), Vec::new());
+                        memory.drop_past_through(compacted, &mut |k, r| {
+                            a.push((k.to_vec(), r.clone()))
+                        });
+                        durable.drop_past_through(compacted, &mut |k, r| {
+                            b.push((k.to_vec(), r.clone()))
+                        });
+                        assert_eq!(a, b, "seed {seed} step {step}: what compaction dropped");
+                        durable.commit(&state, None, false).unwrap();
+                    }
+                    // A batch of writes, committed (synced now and then).
+                    _ => {
+                        durable.begin().unwrap();
+                        for _ in 0..=rng.below(4) {
+                            revision += 1;
+                            write(&mut rng, revision, [&mut memory, &mut durable]);
+                        }
+                        let sync = rng.below(4) == 0;
+                        durable.commit(&state, None, sync).unwrap();
+                    }
+                }
+                assert_eq!(durable.take_error(), None, "seed {seed} step {step}");
+                assert_eq!(
+                    contents(&durable),
+                    contents(&memory),
+                    "seed {seed} step {step}"
+                );
+            }
+        }
     }
 }
