@@ -11,7 +11,10 @@
 //! then committed: a page that many batches change is written once. Commits are not synced
 //! each time (the Raft log is: what a crash loses here is replayed from it); one every
 //! [`SYNC_EVERY`] is, and the last one when the keyspace is dropped, so a restart replays at
-//! most about that much of the log.
+//! most about that much of the log. That sync is an empty commit on a thread of its own,
+//! which makes the commits before it durable; while it runs (it holds redb's one write
+//! transaction), batches are applied into memory and written into the next transaction
+//! when it ends (`pending.rs`).
 //!
 //! Memory is redb's page cache, bounded by the cache size given to
 //! [`open`](DurableKeyspace::open), not by the data set.
@@ -39,7 +42,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -51,6 +54,9 @@ use redb::{
 use super::keyspace::{DurableState, Keyspace};
 use super::record::{KeyRecord, PastVersion, le_word};
 use crate::key_range::KeyBounds;
+use pending::Pending;
+
+mod pending;
 
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
 const PAST: TableDefinition<(i64, &[u8]), &[u8]> = TableDefinition::new("past");
@@ -229,7 +235,7 @@ pub(crate) struct Opened {
 
 /// A keyspace in a redb file (see the module docs).
 pub(crate) struct DurableKeyspace {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
     /// The open transaction: the batch being applied, and the batches applied since
     /// `opened` that were not committed yet.
@@ -247,7 +253,56 @@ pub(crate) struct DurableKeyspace {
     last_sync: Instant,
     /// The index of `past`, as of the open transaction if there is one.
     index: PastIndex,
+    /// A synced commit running on a thread of its own, and what was applied meanwhile.
+    syncing: Option<Syncing>,
+    /// Tests: while this is set, the sync thread waits (up to 20 s) before it syncs, so the
+    /// keyspace goes on applying into [`Pending`].
+    #[cfg(test)]
+    hold: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    /// Tests: the next commit hands its sync to a thread whatever the time.
+    #[cfg(test)]
+    sync_next: bool,
 }
+
+/// A synced commit running on a thread of its own (see `pending.rs`).
+struct Syncing {
+    /// Its outcome, when it ends (in a mutex only to make the keyspace `Sync`: it is used
+    /// through `&mut` alone).
+    done: Mutex<mpsc::Receiver<Result<(), String>>>,
+    /// Its outcome, once received.
+    ended: Option<Result<(), String>>,
+    /// What was applied since it began: not in the file yet.
+    pending: Pending,
+}
+
+impl Syncing {
+    /// Whether the sync has ended (without waiting).
+    fn has_ended(&mut self) -> bool {
+        if self.ended.is_none() {
+            let done = self.done.get_mut().unwrap_or_else(|p| p.into_inner());
+            self.ended = match done.try_recv() {
+                Ok(outcome) => Some(outcome),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => Some(Err(NO_ANSWER.to_string())),
+            };
+        }
+        self.ended.is_some()
+    }
+
+    /// Waits for the sync to end; its outcome.
+    fn wait(&mut self) -> Result<(), String> {
+        match self.ended.take() {
+            Some(outcome) => outcome,
+            None => {
+                let done = self.done.get_mut().unwrap_or_else(|p| p.into_inner());
+                done.recv().unwrap_or_else(|_| Err(NO_ANSWER.to_string()))
+            }
+        }
+    }
+}
+
+/// What a sync thread that ended without saying how it went (it panicked) is taken to say.
+const NO_ANSWER: &str = "the state file's sync thread ended without an answer";
 
 impl std::fmt::Debug for DurableKeyspace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -338,7 +393,7 @@ impl DurableKeyspace {
         txn.commit().map_err(|e| named(&e))?;
         Ok(Opened {
             keyspace: DurableKeyspace {
-                db,
+                db: Arc::new(db),
                 path: path.to_path_buf(),
                 write: None,
                 opened: Instant::now(),
@@ -347,14 +402,27 @@ impl DurableKeyspace {
                 error: Mutex::new(None),
                 last_sync: Instant::now(),
                 index,
+                syncing: None,
+                #[cfg(test)]
+                hold: Arc::default(),
+                #[cfg(test)]
+                sync_next: false,
             },
             state,
             cluster,
         })
     }
 
-    /// Starts a batch: the writes until [`commit`](Self::commit) are one transaction.
+    /// Starts a batch: the writes until [`commit`](Self::commit) are one transaction (or,
+    /// while a sync runs on its thread, kept in [`Pending`] until it ends).
     pub(crate) fn begin(&mut self) -> Result<(), String> {
+        if let Some(syncing) = &mut self.syncing {
+            if !syncing.has_ended() {
+                self.in_batch = true;
+                return Ok(());
+            }
+            self.finish_sync()?;
+        }
         if self.write.is_none() {
             let txn = self.db.begin_write().map_err(|e| self.named(&e))?;
             self.write = Some(OpenWrite::open(txn).map_err(|e| self.named(&e))?);
@@ -366,9 +434,11 @@ impl DurableKeyspace {
 
     /// Ends the batch: writes `state` (and `cluster`, the auth state and alarms, if given)
     /// with its changes, and commits the transaction if it is older than [`GROUP_FOR`] (else
-    /// a later batch commits it; reads see it meanwhile, through the transaction) — synced
-    /// if the last synced commit is older than [`SYNC_EVERY`] or `sync` is set (which also
-    /// commits at once).
+    /// a later batch commits it; reads see it meanwhile, through the transaction). If the
+    /// last sync is older than [`SYNC_EVERY`], the transaction is committed and then synced
+    /// on a thread of its own ([`sync_elsewhere`](Self::sync_elsewhere)); if `sync` is set,
+    /// it is committed and synced here, at once (after waiting for a sync still running).
+    /// While a sync runs on its thread, the batch stays in [`Pending`] with `state`.
     pub(crate) fn commit(
         &mut self,
         state: &DurableState,
@@ -379,12 +449,27 @@ impl DurableKeyspace {
             self.abandon();
             return Err(e);
         }
+        if let Some(syncing) = &mut self.syncing {
+            if !sync && !syncing.has_ended() {
+                // The batch stays in `Pending` with its state record, written when the sync
+                // ends.
+                syncing.pending.state = Some(*state);
+                if let Some(cluster) = cluster {
+                    syncing.pending.cluster = Some(cluster.to_vec());
+                }
+                self.in_batch = false;
+                return Ok(());
+            }
+            self.finish_sync()?;
+        }
         self.begin()?;
         let Some(open) = self.write.take() else {
             return Err(self.named(&"no batch to commit"));
         };
         self.in_batch = false;
-        let sync = sync || self.last_sync.elapsed() >= SYNC_EVERY;
+        let due = self.last_sync.elapsed() >= SYNC_EVERY;
+        #[cfg(test)]
+        let due = due || std::mem::take(&mut self.sync_next);
         let recorded = (|| -> Result<(), redb::Error> {
             let mut meta = open.borrow_owner().open_table(META)?;
             meta.insert("state", state.encode().as_slice())?;
@@ -396,10 +481,12 @@ impl DurableKeyspace {
         if let Err(e) = recorded {
             return Err(self.named(&e));
         }
-        if !sync && self.opened.elapsed() < GROUP_FOR {
+        if !sync && !due && self.opened.elapsed() < GROUP_FOR {
             self.write = Some(open);
             return Ok(());
         }
+        // A sync that is due but not asked for runs on a thread of its own, after this
+        // commit (see `pending.rs`); one asked for runs here.
         let mut txn = open.into_owner();
         let result = (|| -> Result<(), redb::Error> {
             if sync {
@@ -417,14 +504,119 @@ impl DurableKeyspace {
         result.map_err(|e| self.named(&e))?;
         if sync {
             self.last_sync = Instant::now();
+        } else if due {
+            self.sync_elsewhere();
         }
         Ok(())
+    }
+
+    /// Starts a synced empty commit on a thread of its own: it makes every commit before it
+    /// durable (redb's contract for commits without durability). Until it ends, the write
+    /// transaction is the thread's: batches are applied into [`Pending`]. If no thread can
+    /// be started, the commit runs here.
+    fn sync_elsewhere(&mut self) {
+        self.last_sync = Instant::now();
+        let (tell, done) = mpsc::channel();
+        let db = Arc::clone(&self.db);
+        #[cfg(test)]
+        let hold = Arc::clone(&self.hold);
+        let started = std::thread::Builder::new()
+            .name("kv-state-sync".into())
+            .spawn(move || {
+                // (At most 20 s: a test that fails while holding it then ends instead of
+                // hanging in the keyspace's drop, which waits for this.)
+                #[cfg(test)]
+                {
+                    let (held, wake) = &*hold;
+                    let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+                    let until = Instant::now() + Duration::from_secs(20);
+                    while *held && Instant::now() < until {
+                        let left = until.saturating_duration_since(Instant::now());
+                        held = wake
+                            .wait_timeout(held, left)
+                            .map(|(held, _)| held)
+                            .unwrap_or_else(|p| p.into_inner().0);
+                    }
+                }
+                let _ = tell.send(sync_empty(&db));
+            });
+        match started {
+            Ok(_) => {
+                self.syncing = Some(Syncing {
+                    done: Mutex::new(done),
+                    ended: None,
+                    pending: Pending::default(),
+                });
+            }
+            Err(e) => {
+                tracing::debug!(file = %self.path.display(), "no thread for the state file's sync ({e}): syncing on the apply task");
+                if let Err(e) = sync_empty(&self.db) {
+                    self.fail(e);
+                }
+            }
+        }
+    }
+
+    /// Waits for the sync running on its thread, if any, and writes what was applied
+    /// meanwhile into a new open transaction (with the state record of its last batch).
+    fn finish_sync(&mut self) -> Result<(), String> {
+        let Some(mut syncing) = self.syncing.take() else {
+            return Ok(());
+        };
+        let synced = syncing.wait();
+        *self.lock_read() = None;
+        synced.map_err(|e| format!("syncing the state file: {e}"))?;
+        let txn = self.db.begin_write().map_err(|e| self.named(&e))?;
+        let mut open = OpenWrite::open(txn).map_err(|e| self.named(&e))?;
+        let pending = syncing.pending;
+        let written = open.with_dependent_mut(|_, tables| -> Result<(), redb::Error> {
+            for (key, record) in &pending.keys {
+                match record {
+                    Some(record) => {
+                        tables
+                            .keys
+                            .insert(key.as_ref(), encode_record(record).as_slice())?;
+                    }
+                    None => {
+                        tables.keys.remove(key.as_ref())?;
+                    }
+                }
+            }
+            for ((at, key), past) in &pending.past {
+                tables
+                    .past
+                    .insert((*at, key.as_ref()), encode_past(past).as_slice())?;
+            }
+            Ok(())
+        });
+        let recorded = written.and_then(|()| {
+            let mut meta = open.borrow_owner().open_table(META)?;
+            if let Some(state) = &pending.state {
+                meta.insert("state", state.encode().as_slice())?;
+            }
+            if let Some(cluster) = &pending.cluster {
+                meta.insert("cluster", cluster.as_slice())?;
+            }
+            Ok(())
+        });
+        recorded.map_err(|e| self.named(&e))?;
+        self.write = Some(open);
+        self.opened = Instant::now();
+        Ok(())
+    }
+
+    /// The changes applied while a sync runs on its thread, if one does.
+    fn pending(&self) -> Option<&Pending> {
+        self.syncing.as_ref().map(|s| &s.pending)
     }
 
     /// Drops the open transaction (its batches never happened) and rebuilds the index from
     /// the file to match.
     fn abandon(&mut self) {
         self.write = None;
+        if let Some(syncing) = &mut self.syncing {
+            syncing.pending = Pending::default();
+        }
         *self.lock_read() = None;
         let index = self
             .read_table::<Past, _>(|t| PastIndex::read(t))
@@ -665,6 +857,15 @@ fn convert_format_1(txn: &WriteTransaction) -> Result<(), redb::Error> {
     Ok(())
 }
 
+/// A synced empty commit: it makes every commit before it durable.
+fn sync_empty(db: &Database) -> Result<(), String> {
+    let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| e.to_string())?;
+    txn.set_quick_repair(true);
+    txn.commit().map_err(|e| e.to_string())
+}
+
 /// Bounds on the `past` table's (replaced at, key).
 type PastBounds<'a> = (Bound<(i64, &'a [u8])>, Bound<(i64, &'a [u8])>);
 
@@ -675,6 +876,9 @@ fn owned(b: Bound<&[u8]>) -> Bound<Bytes> {
 
 impl Keyspace for DurableKeyspace {
     fn get(&self, key: &[u8]) -> Option<KeyRecord> {
+        if let Some(changed) = self.pending().and_then(|p| p.get(key)) {
+            return changed;
+        }
         self.read_table::<Keys, _>(|t| {
             t.get_value(key)?
                 .map(|v| decode_record(v.value()).ok_or_else(|| damaged("keys", key)))
@@ -691,7 +895,7 @@ impl Keyspace for DurableKeyspace {
         let mut lower = owned(bounds.0);
         let mut page = std::collections::VecDeque::new();
         let mut done = false;
-        Box::new(std::iter::from_fn(move || {
+        let file = Box::new(std::iter::from_fn(move || {
             if page.is_empty() && !done {
                 let got = self.live_page((lower.clone(), upper.clone()));
                 done = got.len() < PAGE;
@@ -701,7 +905,11 @@ impl Keyspace for DurableKeyspace {
                 page.extend(got);
             }
             page.pop_front()
-        }))
+        }));
+        match self.pending() {
+            Some(pending) => pending.merge_live(file, bounds),
+            None => file,
+        }
     }
 
     fn keys_with_history<'a>(
@@ -722,9 +930,14 @@ impl Keyspace for DurableKeyspace {
         let Some(versions) = self.index.by_key.get(key) else {
             return Vec::new();
         };
+        let pending = self.pending();
         self.read_table::<Past, _>(|t| {
             let mut out = Vec::with_capacity(versions.len());
             for (mod_revision, at) in versions {
+                if let Some(past) = pending.and_then(|p| p.past_of(*at, key)) {
+                    out.push(past);
+                    continue;
+                }
                 let v = t
                     .get_value((*at, key))?
                     .ok_or_else(|| damaged("past", key))?;
@@ -742,7 +955,7 @@ impl Keyspace for DurableKeyspace {
         let mut lower: Bound<(i64, Bytes)> = Bound::Unbounded;
         let mut page = std::collections::VecDeque::new();
         let mut done = false;
-        Box::new(std::iter::from_fn(move || {
+        let file = std::iter::from_fn(move || {
             if page.is_empty() && !done {
                 let low = match &lower {
                     Bound::Excluded((at, k)) => Bound::Excluded((*at, k.as_ref())),
@@ -756,11 +969,15 @@ impl Keyspace for DurableKeyspace {
                 page.extend(got);
             }
             page.pop_front()
-        }))
+        });
+        // Versions kept while a sync runs were all replaced after those in the file.
+        Box::new(file.chain(self.pending().into_iter().flat_map(Pending::past_in_order)))
     }
 
     fn live_count(&self) -> u64 {
-        self.read_table::<Keys, _>(|t| t.count()).unwrap_or(0)
+        let in_file = self.read_table::<Keys, _>(|t| t.count()).unwrap_or(0);
+        let delta = self.pending().map_or(0, |p| p.live_delta);
+        in_file.saturating_add_signed(delta)
     }
 
     fn past_count(&self) -> u64 {
@@ -768,6 +985,13 @@ impl Keyspace for DurableKeyspace {
     }
 
     fn insert(&mut self, key: Bytes, record: KeyRecord) {
+        if self.syncing.is_some() {
+            let was_live = self.get(&key).is_some();
+            if let Some(syncing) = &mut self.syncing {
+                syncing.pending.set(key, Some(record), was_live);
+            }
+            return;
+        }
         self.write_table::<Keys, _>(|t| {
             t.insert(key.as_ref(), encode_record(&record).as_slice())?;
             Ok(())
@@ -775,6 +999,14 @@ impl Keyspace for DurableKeyspace {
     }
 
     fn remove(&mut self, key: &[u8]) -> Option<KeyRecord> {
+        if self.syncing.is_some() {
+            let old = self.get(key);
+            if let Some(syncing) = &mut self.syncing {
+                let key = Bytes::copy_from_slice(key);
+                syncing.pending.set(key, None, old.is_some());
+            }
+            return old;
+        }
         self.write_table::<Keys, _>(|t| {
             t.remove(key)?
                 .map(|v| decode_record(v.value()).ok_or_else(|| damaged("keys", key)))
@@ -785,6 +1017,12 @@ impl Keyspace for DurableKeyspace {
 
     fn push_past(&mut self, key: Bytes, past: PastVersion) {
         // At the end of `past` (replaced at the newest revision), and in the index.
+        if let Some(syncing) = &mut self.syncing {
+            let (mod_revision, at) = (past.record.mod_revision, past.superseded_at);
+            syncing.pending.push_past(key.clone(), past);
+            self.index.push(&key, mod_revision, at);
+            return;
+        }
         let written = self.write_table::<Past, _>(|t| {
             t.insert(
                 (past.superseded_at, key.as_ref()),
@@ -802,6 +1040,12 @@ impl Keyspace for DurableKeyspace {
         // Every (superseded_at, key) with superseded_at <= revision: the empty key is the
         // smallest, so this bound excludes exactly the later ones. They are the first
         // entries of `past`, removed from its start, and each its key's oldest in the index.
+        // A sync running on its thread is waited for first (compactions come once a second,
+        // syncs take milliseconds).
+        if let Err(e) = self.finish_sync() {
+            self.fail(e);
+            return;
+        }
         let after = revision.saturating_add(1);
         loop {
             let page = self.past_page((Bound::Unbounded, Bound::Excluded((after, &b""[..]))));
@@ -834,6 +1078,10 @@ impl Keyspace for DurableKeyspace {
     }
 
     fn clear(&mut self) {
+        if let Err(e) = self.finish_sync() {
+            self.fail(e);
+            return;
+        }
         let Some(open) = self.write.take() else {
             self.fail("clear outside a batch (a bug: begin() first)");
             return;
@@ -890,8 +1138,18 @@ impl Keyspace for DurableKeyspace {
 impl Drop for DurableKeyspace {
     /// A synced empty commit makes every unsynced one durable: a clean stop replays nothing.
     fn drop(&mut self) {
-        // The open transaction holds whole batches with their state record, unless a batch
-        // was left unfinished (a failed apply): then it is abandoned, replayed from the log.
+        // The open transaction (and what was applied while a sync ran on its thread, written
+        // into it once that sync ends) holds whole batches with their state record, unless a
+        // batch was left unfinished (a failed apply): then all of it is abandoned, replayed
+        // from the log.
+        if let Some(syncing) = &mut self.syncing {
+            if self.in_batch {
+                syncing.pending = Pending::default();
+            }
+            if let Err(e) = self.finish_sync() {
+                tracing::warn!(file = %self.path.display(), "could not sync the state file at stop: {e}");
+            }
+        }
         let open = self
             .write
             .take()
@@ -1222,8 +1480,15 @@ mod tests {
         }
     }
 
+    /// Holds (`true`) or lets go (`false`) the syncs `ks` hands to a thread.
+    fn hold_syncs(ks: &DurableKeyspace, held: bool) {
+        let (flag, wake) = &*ks.hold;
+        *flag.lock().unwrap_or_else(|p| p.into_inner()) = held;
+        wake.notify_all();
+    }
+
     #[test]
-    fn the_index_agrees_with_the_memory_keyspace_through_compactions_aborts_and_restarts() {
+    fn the_keyspace_agrees_with_the_memory_one_through_syncs_compactions_aborts_and_restarts() {
         for seed in 1..=8u64 {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("kv.redb");
@@ -1232,6 +1497,7 @@ mod tests {
             let mut durable = DurableKeyspace::open(&path, 1 << 20).unwrap().keyspace;
             let mut revision = 1i64;
             let mut compacted = 0i64;
+            let mut held = false;
             for step in 0..300 {
                 let state = DurableState {
                     applied: step,
@@ -1239,7 +1505,24 @@ mod tests {
                     compact_revision: compacted,
                     size_bytes: 0,
                 };
-                match rng.below(20) {
+                let choice = rng.below(24);
+                // What waits for a sync running on its thread lets a held one go first.
+                if held && choice < 5 {
+                    hold_syncs(&durable, false);
+                    held = false;
+                }
+                match choice {
+                    // The next sync is handed to a thread and held there: the batches after
+                    // it are applied into `Pending` and read through it.
+                    20 if !held => {
+                        hold_syncs(&durable, true);
+                        held = true;
+                        durable.sync_next = true;
+                    }
+                    21 if held => {
+                        hold_syncs(&durable, false);
+                        held = false;
+                    }
                     // A clean stop and a restart: the index is built from the file.
                     0 => {
                         durable.commit(&state, None, true).unwrap();
@@ -1277,7 +1560,8 @@ mod tests {
                             revision += 1;
                             write(&mut rng, revision, [&mut memory, &mut durable]);
                         }
-                        let sync = rng.below(4) == 0;
+                        // (A sync asked for waits for one running: not while it is held.)
+                        let sync = rng.below(4) == 0 && !held;
                         durable.commit(&state, None, sync).unwrap();
                     }
                 }
@@ -1288,6 +1572,98 @@ mod tests {
                     "seed {seed} step {step}"
                 );
             }
+            hold_syncs(&durable, false);
         }
+    }
+
+    /// Writes one batch of puts at `revisions` and hands its sync to a thread that is held.
+    fn puts_then_held_sync(ks: &mut DurableKeyspace, revisions: std::ops::Range<i64>) {
+        hold_syncs(ks, true);
+        ks.sync_next = true;
+        ks.begin().unwrap();
+        for revision in revisions.clone() {
+            let mut rng = Rng(revision as u64);
+            write(&mut rng, revision, [&mut MemoryKeyspace::default(), ks]);
+        }
+        let state = DurableState {
+            applied: revisions.end as u64,
+            revision: revisions.end - 1,
+            ..DurableState::default()
+        };
+        ks.commit(&state, None, false).unwrap();
+        assert!(ks.syncing.is_some(), "the sync runs on its thread");
+    }
+
+    #[test]
+    fn what_is_applied_while_a_sync_runs_is_kept_at_a_stop_unless_a_batch_was_unfinished() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let mut ks = DurableKeyspace::open(&path, 1 << 20).unwrap().keyspace;
+        puts_then_held_sync(&mut ks, 1..20);
+        // A finished batch while the sync is held, then a clean stop.
+        ks.begin().unwrap();
+        ks.insert(
+            Bytes::from("late"),
+            KeyRecord {
+                value: Bytes::from("v"),
+                create_revision: 20,
+                mod_revision: 20,
+                version: 1,
+            },
+        );
+        let finished = DurableState {
+            applied: 21,
+            revision: 20,
+            ..DurableState::default()
+        };
+        ks.commit(&finished, Some(&b"cluster"[..]), false).unwrap();
+        assert!(ks.syncing.is_some(), "still held");
+        let before = contents(&ks);
+        hold_syncs(&ks, false);
+        drop(ks);
+        let opened = DurableKeyspace::open(&path, 1 << 20).unwrap();
+        assert_eq!(opened.state, finished);
+        assert_eq!(opened.cluster.as_deref(), Some(&b"cluster"[..]));
+        assert_eq!(contents(&opened.keyspace), before);
+        let mut ks = opened.keyspace;
+
+        // Now a batch left unfinished while the sync is held: at the stop, everything since
+        // the sync began is abandoned (the log replays it), the file is as of the sync.
+        puts_then_held_sync(&mut ks, 21..30);
+        let as_of_sync = contents(&ks);
+        ks.begin().unwrap();
+        ks.remove(b"late");
+        hold_syncs(&ks, false);
+        drop(ks);
+        let opened = DurableKeyspace::open(&path, 1 << 20).unwrap();
+        assert_eq!(opened.state.applied, 30);
+        assert_eq!(contents(&opened.keyspace), as_of_sync);
+    }
+
+    #[test]
+    fn a_batch_abandoned_while_a_sync_runs_leaves_the_keyspace_as_of_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let mut ks = DurableKeyspace::open(&path, 1 << 20).unwrap().keyspace;
+        puts_then_held_sync(&mut ks, 1..40);
+        let as_of_sync = contents(&ks);
+        ks.begin().unwrap();
+        for revision in 40..50 {
+            let mut rng = Rng(revision as u64);
+            write(
+                &mut rng,
+                revision,
+                [&mut MemoryKeyspace::default(), &mut ks],
+            );
+        }
+        assert_ne!(contents(&ks), as_of_sync);
+        ks.abort_batch();
+        assert_eq!(contents(&ks), as_of_sync);
+        hold_syncs(&ks, false);
+        // Applying goes on once the sync ends, into a transaction again.
+        ks.begin().unwrap();
+        ks.commit(&DurableState::default(), None, true).unwrap();
+        assert!(ks.syncing.is_none() && ks.write.is_none());
+        assert_eq!(contents(&ks), as_of_sync);
     }
 }
