@@ -1183,6 +1183,24 @@ mod tests {
 
     use super::*;
 
+    /// Starts a file as a build of `format` wrote it: the format, `state`, and a live key `a`
+    /// (version 3, modified at `mod_revision`).
+    fn write_start(txn: &WriteTransaction, format: u32, state: &DurableState, mod_revision: i64) {
+        let mut meta = txn.open_table(META).unwrap();
+        meta.insert("format", format.to_le_bytes().as_slice())
+            .unwrap();
+        meta.insert("state", state.encode().as_slice()).unwrap();
+        let mut keys = txn.open_table(KEYS).unwrap();
+        let live = KeyRecord {
+            create_revision: 1,
+            mod_revision,
+            version: 3,
+            value: Bytes::from("a3"),
+        };
+        keys.insert(b"a".as_slice(), encode_record(&live).as_slice())
+            .unwrap();
+    }
+
     /// Writes a file as a format-1 build did: a live key `a`, and past versions of `a` and `b`
     /// as (key, replaced at, mod revision, create revision, version, value).
     fn write_format_1(
@@ -1192,20 +1210,8 @@ mod tests {
     ) {
         let db = Database::create(path).unwrap();
         let txn = db.begin_write().unwrap();
+        write_start(&txn, 1, state, 5);
         {
-            let mut meta = txn.open_table(META).unwrap();
-            meta.insert("format", 1u32.to_le_bytes().as_slice())
-                .unwrap();
-            meta.insert("state", state.encode().as_slice()).unwrap();
-            let mut keys = txn.open_table(KEYS).unwrap();
-            let live = KeyRecord {
-                create_revision: 1,
-                mod_revision: 5,
-                version: 3,
-                value: Bytes::from("a3"),
-            };
-            keys.insert(b"a".as_slice(), encode_record(&live).as_slice())
-                .unwrap();
             let mut history = txn.open_table(FORMAT_1_HISTORY).unwrap();
             let mut replaced = txn.open_table(FORMAT_1_REPLACED).unwrap();
             for (key, at, mod_revision, create, version, value) in versions {
@@ -1347,20 +1353,8 @@ mod tests {
     fn write_format_2(path: &Path, state: &DurableState, versions: &[(&str, i64, i64, &str)]) {
         let db = Database::create(path).unwrap();
         let txn = db.begin_write().unwrap();
+        write_start(&txn, 2, state, 9);
         {
-            let mut meta = txn.open_table(META).unwrap();
-            meta.insert("format", 2u32.to_le_bytes().as_slice())
-                .unwrap();
-            meta.insert("state", state.encode().as_slice()).unwrap();
-            let mut keys = txn.open_table(KEYS).unwrap();
-            let live = KeyRecord {
-                create_revision: 1,
-                mod_revision: 9,
-                version: 3,
-                value: Bytes::from("a3"),
-            };
-            keys.insert(b"a".as_slice(), encode_record(&live).as_slice())
-                .unwrap();
             let mut past = txn.open_table(PAST).unwrap();
             let mut by_key = txn.open_table(FORMAT_2_BY_KEY).unwrap();
             for (key, at, mod_revision, value) in versions {
