@@ -470,15 +470,7 @@ impl DurableKeyspace {
         let due = self.last_sync.elapsed() >= SYNC_EVERY;
         #[cfg(test)]
         let due = due || std::mem::take(&mut self.sync_next);
-        let recorded = (|| -> Result<(), redb::Error> {
-            let mut meta = open.borrow_owner().open_table(META)?;
-            meta.insert("state", state.encode().as_slice())?;
-            if let Some(cluster) = cluster {
-                meta.insert("cluster", cluster)?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = recorded {
+        if let Err(e) = write_meta(open.borrow_owner(), state, cluster) {
             return Err(self.named(&e));
         }
         if !sync && !due && self.opened.elapsed() < GROUP_FOR {
@@ -488,18 +480,16 @@ impl DurableKeyspace {
         // A sync that is due but not asked for runs on a thread of its own, after this
         // commit (see `pending.rs`); one asked for runs here.
         let mut txn = open.into_owner();
-        let result = (|| -> Result<(), redb::Error> {
-            if sync {
-                txn.set_durability(Durability::Immediate)
-                    .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
-                txn.set_quick_repair(true);
-            } else {
+        let result = if sync {
+            commit_synced(txn)
+        } else {
+            (|| -> Result<(), redb::Error> {
                 txn.set_durability(Durability::None)
                     .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
-            }
-            txn.commit()?;
-            Ok(())
-        })();
+                txn.commit()?;
+                Ok(())
+            })()
+        };
         *self.lock_read() = None;
         result.map_err(|e| self.named(&e))?;
         if sync {
@@ -538,7 +528,7 @@ impl DurableKeyspace {
                             .unwrap_or_else(|p| p.into_inner().0);
                     }
                 }
-                let _ = tell.send(sync_empty(&db));
+                let _ = tell.send(sync_empty(&db).map_err(|e| e.to_string()));
             });
         match started {
             Ok(_) => {
@@ -589,15 +579,10 @@ impl DurableKeyspace {
             }
             Ok(())
         });
-        let recorded = written.and_then(|()| {
-            let mut meta = open.borrow_owner().open_table(META)?;
-            if let Some(state) = &pending.state {
-                meta.insert("state", state.encode().as_slice())?;
-            }
-            if let Some(cluster) = &pending.cluster {
-                meta.insert("cluster", cluster.as_slice())?;
-            }
-            Ok(())
+        // A batch ended meanwhile left its state record (the cluster record comes with one).
+        let recorded = written.and_then(|()| match &pending.state {
+            Some(state) => write_meta(open.borrow_owner(), state, pending.cluster.as_deref()),
+            None => Ok(()),
         });
         recorded.map_err(|e| self.named(&e))?;
         self.write = Some(open);
@@ -858,12 +843,31 @@ fn convert_format_1(txn: &WriteTransaction) -> Result<(), redb::Error> {
 }
 
 /// A synced empty commit: it makes every commit before it durable.
-fn sync_empty(db: &Database) -> Result<(), String> {
-    let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+fn sync_empty(db: &Database) -> Result<(), redb::Error> {
+    commit_synced(db.begin_write()?)
+}
+
+/// Commits `txn` and syncs it (with everything committed before it).
+fn commit_synced(mut txn: WriteTransaction) -> Result<(), redb::Error> {
     txn.set_durability(Durability::Immediate)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
     txn.set_quick_repair(true);
-    txn.commit().map_err(|e| e.to_string())
+    txn.commit()?;
+    Ok(())
+}
+
+/// Writes a batch's state record, and the cluster record if given, into `txn`.
+fn write_meta(
+    txn: &WriteTransaction,
+    state: &DurableState,
+    cluster: Option<&[u8]>,
+) -> Result<(), redb::Error> {
+    let mut meta = txn.open_table(META)?;
+    meta.insert("state", state.encode().as_slice())?;
+    if let Some(cluster) = cluster {
+        meta.insert("cluster", cluster)?;
+    }
+    Ok(())
 }
 
 /// Bounds on the `past` table's (replaced at, key).
@@ -1156,21 +1160,12 @@ impl Drop for DurableKeyspace {
             .filter(|_| !self.in_batch)
             .map(OpenWrite::into_owner);
         *self.lock_read() = None;
-        let synced = open
-            .map_or_else(|| self.db.begin_write(), Ok)
-            .map(|mut txn| {
-                let _ = txn.set_durability(Durability::Immediate);
-                txn.set_quick_repair(true);
-                txn.commit()
-            });
-        match synced {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(file = %self.path.display(), "could not sync the state file at stop: {e}")
-            }
-            Err(e) => {
-                tracing::warn!(file = %self.path.display(), "could not sync the state file at stop: {e}")
-            }
+        let synced = match open {
+            Some(txn) => commit_synced(txn),
+            None => sync_empty(&self.db),
+        };
+        if let Err(e) = synced {
+            tracing::warn!(file = %self.path.display(), "could not sync the state file at stop: {e}");
         }
     }
 }
@@ -1258,6 +1253,30 @@ mod tests {
         assert!(e.contains("converting the state file from format 1"), "{e}");
         assert!(e.contains("remove the file"), "{e}");
         assert_eq!(format_of(&path), 1u32.to_le_bytes());
+    }
+
+    #[test]
+    fn a_past_version_too_short_for_the_index_is_refused_at_open_with_the_file_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        drop(DurableKeyspace::open(&path, 1 << 20).unwrap());
+        {
+            // Too short to hold the mod revision the index is built from.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(PAST)
+                .unwrap()
+                .insert((4, b"b".as_slice()), [0u8; 5].as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let e = DurableKeyspace::open(&path, 1 << 20).unwrap_err();
+        assert!(e.contains("reading the index of past versions"), "{e}");
+        assert!(e.contains("damaged record in table past"), "{e}");
+        assert!(e.contains("remove the file"), "{e}");
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        assert_eq!(txn.open_table(PAST).unwrap().count().unwrap(), 1);
     }
 
     fn versions_of(ks: &DurableKeyspace, key: &str) -> Vec<(i64, i64, String)> {
