@@ -15,6 +15,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::auth::{PeerAuth, SECRET_METADATA};
 use crate::config::GrpcConfig;
 use crate::convert::{self, DecodeLimits};
+use crate::cork::CorkedConnector;
 use crate::error::GrpcError;
 use crate::listener::{CONNECTION_WINDOW, STREAM_WINDOW, ServerTls};
 use crate::proto::pb;
@@ -256,7 +257,7 @@ impl Common {
     pub(crate) async fn connect(&self, address: &str) -> Result<PeerClient<Channel>, GrpcError> {
         let channel = self
             .endpoint(address)?
-            .connect()
+            .connect_with_connector(CorkedConnector)
             .await
             .map_err(|e| GrpcError::Connect {
                 address: address.to_string(),

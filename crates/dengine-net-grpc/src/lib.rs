@@ -86,6 +86,7 @@ mod authority;
 mod common;
 mod config;
 pub mod convert;
+mod cork;
 mod error;
 pub mod fault;
 mod files;

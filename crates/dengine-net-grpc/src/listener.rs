@@ -39,6 +39,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::authority::AuthorityFix;
 use crate::config::{ListenerLimits, TlsConfig};
+use crate::cork::WriteCork;
 use crate::error::GrpcError;
 use crate::files::read_file;
 
@@ -418,6 +419,8 @@ pub(crate) struct LimitedConn<IO> {
     /// The client closed its side (with a filter: once its last bytes are handed over, reads
     /// answer end of stream).
     eof: bool,
+    /// The server's writes, gathered until its flush (`cork.rs`).
+    cork: WriteCork,
 }
 
 impl<IO> LimitedConn<IO> {
@@ -429,6 +432,7 @@ impl<IO> LimitedConn<IO> {
             name,
             fix: None,
             eof: false,
+            cork: WriteCork::default(),
         }
     }
 }
@@ -520,7 +524,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for LimitedConn<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        this.cork.poll_write(&mut this.io, cx, buf)
     }
 
     fn poll_write_vectored(
@@ -528,19 +533,23 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for LimitedConn<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        this.cork.poll_write_vectored(&mut this.io, cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        // Slices are gathered into the cork's buffer: one copy, whatever the socket supports.
+        true
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let this = &mut *self;
+        this.cork.poll_flush(&mut this.io, cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let this = &mut *self;
+        this.cork.poll_shutdown(&mut this.io, cx)
     }
 }
 

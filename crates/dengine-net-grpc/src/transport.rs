@@ -231,7 +231,11 @@ impl GrpcTransport {
     /// forwarding. Connects on first use. Send requests built with
     /// [`peer_request`](Self::peer_request), which adds the cluster secret.
     pub fn peer_channel(&self, address: &str) -> Result<Channel, GrpcError> {
-        Ok(self.shared.common.endpoint(address)?.connect_lazy())
+        Ok(self
+            .shared
+            .common
+            .endpoint(address)?
+            .connect_with_connector_lazy(crate::cork::CorkedConnector))
     }
 
     /// `message` as a request to another member: with the cluster secret, if configured.
