@@ -24,6 +24,9 @@
 //!   connections and streams, a handshake deadline, keep-alive pings, back-off when `accept`
 //!   fails. Snapshots being received are spooled to disk, one upload per sender, within a
 //!   total byte bound.
+//! * **Few system calls under load.** Every HTTP/2 connection (served, and opened to other
+//!   members) gathers its writes until its flush and gives its task one turn first, so the
+//!   responses and messages that are ready together leave in one write.
 //! * **TLS and mutual TLS** (rustls) from PEM files; optional gzip compression.
 //! * The wire types of the admin API (`dengine.admin.v1.Admin`, [`admin_pb`]) and of the
 //!   client API (`dengine.client.v1.Client`, [`client_pb`]); the services on a node live in
