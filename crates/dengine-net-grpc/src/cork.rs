@@ -10,10 +10,10 @@
 //! the responses that are ready meanwhile go out in the same write. An idle connection pays
 //! one extra poll of its task (microseconds) per flush, not a timer.
 //!
-//! [`WriteCork`] holds the buffer and the rule; the server's connection type
-//! ([`LimitedConn`](crate::listener::LimitedConn)) forwards its `AsyncWrite` calls to it. The
-//! connections this member opens to the others (Raft messages, forwarded writes) go through
-//! [`Corked`], made by [`CorkedConnector`].
+//! [`WriteCork`] holds the buffer and the rule; [`Corked`] is a socket whose writes go
+//! through one. The server's connections ([`LimitedConn`](crate::listener::LimitedConn)) wrap
+//! theirs in it, and so do the connections this member opens to the others (Raft messages,
+//! forwarded writes), made by [`CorkedConnector`].
 
 use std::future::Future;
 use std::io;
@@ -155,6 +155,11 @@ impl<IO> Corked<IO> {
             io,
             cork: WriteCork::default(),
         }
+    }
+
+    /// The socket.
+    pub(crate) fn get_ref(&self) -> &IO {
+        &self.io
     }
 }
 

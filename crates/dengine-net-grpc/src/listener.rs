@@ -39,7 +39,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::authority::AuthorityFix;
 use crate::config::{ListenerLimits, TlsConfig};
-use crate::cork::WriteCork;
+use crate::cork::Corked;
 use crate::error::GrpcError;
 use crate::files::read_file;
 
@@ -409,7 +409,8 @@ fn is_transient(e: &io::Error) -> bool {
 /// An accepted connection that holds one of the listener's connection permits while it
 /// lives, and is closed if the client has not sent the HTTP/2 preface by `deadline`.
 pub(crate) struct LimitedConn<IO> {
-    io: IO,
+    /// The socket; the server's writes are gathered until its flush (`cork.rs`).
+    io: Corked<IO>,
     _permit: OwnedSemaphorePermit,
     /// Until the preface arrived: the deadline and the bytes read so far.
     handshake: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
@@ -419,20 +420,17 @@ pub(crate) struct LimitedConn<IO> {
     /// The client closed its side (with a filter: once its last bytes are handed over, reads
     /// answer end of stream).
     eof: bool,
-    /// The server's writes, gathered until its flush (`cork.rs`).
-    cork: WriteCork,
 }
 
 impl<IO> LimitedConn<IO> {
     fn new(io: IO, permit: OwnedSemaphorePermit, deadline: Instant, name: &'static str) -> Self {
         LimitedConn {
-            io,
+            io: Corked::new(io),
             _permit: permit,
             handshake: Some((Box::pin(tokio::time::sleep_until(deadline.into())), 0)),
             name,
             fix: None,
             eof: false,
-            cork: WriteCork::default(),
         }
     }
 }
@@ -524,8 +522,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for LimitedConn<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        this.cork.poll_write(&mut this.io, cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -533,23 +530,19 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for LimitedConn<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        this.cork.poll_write_vectored(&mut this.io, cx, bufs)
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        // Slices are gathered into the cork's buffer: one copy, whatever the socket supports.
-        true
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        this.cork.poll_flush(&mut this.io, cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        this.cork.poll_shutdown(&mut this.io, cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -557,7 +550,7 @@ impl Connected for LimitedConn<TcpStream> {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        self.io.get_ref().connect_info()
     }
 }
 
@@ -565,7 +558,7 @@ impl Connected for LimitedConn<TlsStream<TcpStream>> {
     type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        self.io.get_ref().connect_info()
     }
 }
 
