@@ -1,6 +1,6 @@
-//! Write coalescing for a server connection: the HTTP/2 connection's writes are gathered in
-//! a small buffer and reach the socket at its flush, after the connection task has given the
-//! other tasks one turn to add theirs.
+//! Write coalescing for HTTP/2 connections: a connection's writes are gathered in a small
+//! buffer and reach the socket at its flush, after the connection task has given the other
+//! tasks one turn to add theirs. The price is one copy of each small write into the buffer.
 //!
 //! Why: the HTTP/2 server flushes at the end of every poll of its connection task, and under
 //! load each response (written by its own request task) wakes that task on its own, so a
@@ -51,16 +51,7 @@ impl WriteCork {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.pending() + data.len() <= CORK_BYTES {
-            self.buf.extend_from_slice(data);
-            return Poll::Ready(Ok(data.len()));
-        }
-        std::task::ready!(self.poll_drain(io, cx))?;
-        if data.len() <= CORK_BYTES {
-            self.buf.extend_from_slice(data);
-            return Poll::Ready(Ok(data.len()));
-        }
-        Pin::new(io).poll_write(cx, data)
+        self.poll_write_vectored(io, cx, &[io::IoSlice::new(data)])
     }
 
     /// [`poll_write`](Self::poll_write) of several slices, gathered as one.
@@ -226,19 +217,25 @@ impl Service<Uri> for CorkedConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         Box::pin(async move {
-            let host = uri.host().ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: no host"))
-            })?;
-            let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
-                Some("https") => 443,
-                _ => 80,
-            });
-            // `host` keeps the brackets of an IPv6 address, as the socket address syntax wants.
-            let tcp = TcpStream::connect(format!("{host}:{port}")).await?;
+            let tcp = TcpStream::connect(socket_address(&uri)?).await?;
             tcp.set_nodelay(true)?;
             Ok(TokioIo::new(Corked::new(tcp)))
         })
     }
+}
+
+/// `host:port` of `uri` for [`TcpStream::connect`] (which resolves names): the port of the
+/// URI, else the scheme's (443 for `https`, 80 otherwise).
+fn socket_address(uri: &Uri) -> io::Result<String> {
+    let host = uri
+        .host()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: no host")))?;
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    // `host` keeps the brackets of an IPv6 address, as the socket address syntax wants.
+    Ok(format!("{host}:{port}"))
 }
 
 #[cfg(test)]
@@ -460,6 +457,23 @@ mod tests {
         drop(free);
         let uri: Uri = format!("http://{closed}").parse().unwrap();
         assert!(CorkedConnector.call(uri).await.is_err());
+    }
+
+    #[test]
+    fn the_socket_address_of_a_uri_keeps_ipv6_brackets_and_defaults_the_port_by_scheme() {
+        let of = |u: &str| socket_address(&u.parse().unwrap()).unwrap();
+        assert_eq!(of("http://127.0.0.1:2380"), "127.0.0.1:2380");
+        assert_eq!(of("https://[::1]:2380"), "[::1]:2380");
+        assert!(
+            of("https://[::1]:2380")
+                .parse::<std::net::SocketAddr>()
+                .is_ok()
+        );
+        assert_eq!(of("http://node-2.example:2380"), "node-2.example:2380");
+        assert_eq!(of("https://node-2.example"), "node-2.example:443");
+        assert_eq!(of("http://node-2.example"), "node-2.example:80");
+        let no_host = socket_address(&"/only/a/path".parse().unwrap()).unwrap_err();
+        assert_eq!(no_host.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]
