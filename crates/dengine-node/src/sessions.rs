@@ -39,7 +39,7 @@ use dengine_core::sessions::{
     SessionDecodeError, SessionEntry, SessionId, SessionLimits, SessionRefusal, SessionTable,
     Verdict,
 };
-use dengine_core::store::{Command, SnapshotData, SnapshotIoError};
+use dengine_core::store::{Command, SnapshotData, SnapshotIoError, SnapshotView};
 use dengine_core::{LogIndex, LogLimiter, StateMachine};
 
 /// First bytes of a snapshot that carries a session table.
@@ -389,6 +389,20 @@ impl<M: StateMachine> StateMachine for SessionMachine<M> {
         self.inner.write_snapshot(out).await
     }
 
+    fn snapshot_view(&mut self) -> Result<Option<Box<dyn SnapshotView>>, SnapshotIoError> {
+        let Some(inner) = self.inner.snapshot_view()? else {
+            return Ok(None);
+        };
+        Ok(Some(match &self.table {
+            // The table as of the view: it changes with every command applied after.
+            Some(table) => Box::new(WithHeader {
+                header: header(table),
+                inner,
+            }),
+            None => inner,
+        }))
+    }
+
     async fn install_snapshot_from(
         &mut self,
         data: SnapshotData,
@@ -416,6 +430,20 @@ impl<M: StateMachine> StateMachine for SessionMachine<M> {
         // The inner future only: `&self` is not `Sync` when the state machine is not.
         let answer = self.inner.query(request);
         async move { answer.await.map_err(SessionMachineError::Inner) }
+    }
+}
+
+/// A state machine's view behind the session table's header, as
+/// [`write_snapshot`](StateMachine::write_snapshot) writes them.
+struct WithHeader {
+    header: Vec<u8>,
+    inner: Box<dyn SnapshotView>,
+}
+
+impl SnapshotView for WithHeader {
+    fn write_to(self: Box<Self>, out: &mut (dyn io::Write + Send)) -> Result<(), SnapshotIoError> {
+        out.write_all(&self.header)?;
+        self.inner.write_to(out)
     }
 }
 

@@ -94,5 +94,5 @@ pub use log_store::{LogReader, LogStore, StoredState};
 pub use memory::{MemoryStateMachine, MemoryStore};
 pub use persist::{PersistRequest, Persisted};
 pub use snapshot_data::{SnapshotData, SnapshotReader, SnapshotSource};
-pub use state_machine::{Command, Snapshot, SnapshotIoError, StateMachine};
+pub use state_machine::{Command, Snapshot, SnapshotIoError, SnapshotView, StateMachine};
 pub use validate::{validate_persist, validate_range, validate_snapshot};

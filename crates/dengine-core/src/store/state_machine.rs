@@ -13,6 +13,15 @@ use crate::types::{LogIndex, SnapshotMeta};
 /// the snapshot's file, boxed. The runtime treats it as it treats [`StateMachine::Error`].
 pub type SnapshotIoError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// A frozen view of a state machine's state (a database's read transaction, a clone of a
+/// persistent data structure), taken by [`StateMachine::snapshot_view`] and written out by
+/// the runtime on another thread while the state machine goes on applying commands.
+pub trait SnapshotView: Send + 'static {
+    /// Writes the state as of the moment the view was taken to `out` (blocking writes into
+    /// the snapshot file), in the format [`StateMachine::install_snapshot_from`] reads.
+    fn write_to(self: Box<Self>, out: &mut (dyn io::Write + Send)) -> Result<(), SnapshotIoError>;
+}
+
 /// A snapshot as the runtime keeps and ships it: the state machine's serialized state and
 /// what it covers (the last entry folded in, and the cluster configuration at that point).
 #[derive(Clone, Debug, PartialEq)]
@@ -223,6 +232,18 @@ pub trait StateMachine: Send + 'static {
             out.write_all(&data)?;
             Ok(())
         }
+    }
+
+    /// A frozen view of the current state (everything applied so far) that can be written
+    /// out while commands go on being applied: the runtime then writes the snapshot on a
+    /// thread of its own from the view ([`SnapshotView::write_to`]) instead of calling
+    /// [`write_snapshot`](Self::write_snapshot), so a large state's snapshot does not hold up
+    /// writes. Taking the view must be quick (a commit and a read transaction, not a copy of
+    /// the data). An `Err` is a failed snapshot (the runtime logs it and tries again later).
+    /// Default: `Ok(None)`, no view; the snapshot is written by
+    /// [`write_snapshot`](Self::write_snapshot) between two applies.
+    fn snapshot_view(&mut self) -> Result<Option<Box<dyn SnapshotView>>, SnapshotIoError> {
+        Ok(None)
     }
 
     /// [`install_snapshot`](Self::install_snapshot) from a [`SnapshotData`], which may lie in

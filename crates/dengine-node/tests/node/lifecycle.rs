@@ -481,3 +481,137 @@ async fn a_state_machine_ahead_of_the_log_is_refused_with_the_reason() {
         other => panic!("expected StateMachineAheadOfLog, got {other:?}"),
     }
 }
+
+/// A gate a test holds shut: opened by the test, waited on (at most 10 s) by the view.
+#[derive(Clone, Default)]
+struct Gate(std::sync::Arc<(parking_lot::Mutex<(bool, bool)>, parking_lot::Condvar)>);
+
+impl Gate {
+    /// (the view began writing, the gate is open)
+    fn state(&self) -> (bool, bool) {
+        *self.0.0.lock()
+    }
+
+    fn open(&self) {
+        self.0.0.lock().1 = true;
+        self.0.1.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut state = self.0.0.lock();
+        state.0 = true;
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !state.1 && std::time::Instant::now() < until {
+            self.0.1.wait_until(&mut state, until);
+        }
+    }
+}
+
+/// A counter of applied commands that gives a [`SnapshotView`]: the count as of the view,
+/// written (once the gate opens) on the runtime's thread.
+#[derive(Clone, Default)]
+struct ViewedCounter {
+    count: u64,
+    gate: Gate,
+}
+
+struct CountView {
+    count: u64,
+    gate: Gate,
+}
+
+impl dengine_core::store::SnapshotView for CountView {
+    fn write_to(
+        self: Box<Self>,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<(), dengine_core::store::SnapshotIoError> {
+        self.gate.pass();
+        out.write_all(self.count.to_string().as_bytes())?;
+        Ok(())
+    }
+}
+
+impl dengine_core::StateMachine for ViewedCounter {
+    type Error = std::convert::Infallible;
+
+    async fn apply(
+        &mut self,
+        commands: &[dengine_core::store::Command],
+        _: u64,
+    ) -> Result<Vec<Bytes>, Self::Error> {
+        self.count += commands.len() as u64;
+        Ok(vec![Bytes::new(); commands.len()])
+    }
+
+    async fn snapshot(&mut self) -> Result<Bytes, Self::Error> {
+        unreachable!("the runtime writes snapshots from the view")
+    }
+
+    async fn install_snapshot(&mut self, _: Bytes, _: u64) -> Result<(), Self::Error> {
+        unreachable!("a single member never receives a snapshot")
+    }
+
+    fn snapshot_view(
+        &mut self,
+    ) -> Result<
+        Option<Box<dyn dengine_core::store::SnapshotView>>,
+        dengine_core::store::SnapshotIoError,
+    > {
+        Ok(Some(Box::new(CountView {
+            count: self.count,
+            gate: self.gate.clone(),
+        })))
+    }
+
+    async fn query(&self, _: Bytes) -> Result<Bytes, Self::Error> {
+        Ok(Bytes::from(self.count.to_string()))
+    }
+}
+
+/// A state machine with a [`SnapshotView`] has its snapshot written from the view on another
+/// thread: writes go on being applied and answered while it is written, and the snapshot is
+/// the state as of the view, recorded at the index the view was taken at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_on_while_a_snapshot_is_written_from_a_view() {
+    let sm = ViewedCounter::default();
+    let gate = sm.gate.clone();
+    let net = LocalNetwork::new();
+    let b = NodeBuilder::new(settings(1))
+        .log_store(MemoryStore::new())
+        .state_machine(sm)
+        .transport(net.transport(1));
+    net.register(1, b.inbox());
+    let node = b.bootstrap([(1, address(1))].into()).await.unwrap();
+    wait_leader(&node).await;
+    node.propose(Bytes::from("a")).await.unwrap();
+    node.propose(Bytes::from("b")).await.unwrap();
+    let building = tokio::spawn({
+        let node = node.clone();
+        async move { node.snapshot().await }
+    });
+    eventually("the view is written", || async {
+        gate.state().0.then_some(())
+    })
+    .await;
+    // The view is being written, and held: a write is applied and answered meanwhile.
+    tokio::time::timeout(Duration::from_secs(5), node.propose(Bytes::from("c")))
+        .await
+        .expect("a write is applied while the snapshot is written")
+        .unwrap();
+    let count = node
+        .read(Bytes::new(), dengine_node::Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(count, Bytes::from("3"));
+    assert!(!building.is_finished(), "the snapshot waits for the gate");
+    gate.open();
+    let snapshot = building.await.unwrap().unwrap();
+    assert_eq!(snapshot.data.to_bytes().unwrap(), Bytes::from("2"));
+    let applied_c = node.status().await.unwrap().applied_index;
+    assert!(
+        snapshot.meta.last_included.index < applied_c,
+        "the snapshot covers the log up to the view, not what was applied after: {:?} vs {applied_c}",
+        snapshot.meta
+    );
+    node.shutdown().await;
+}
