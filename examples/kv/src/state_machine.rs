@@ -12,7 +12,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dengine_core::store::{Command as Committed, SnapshotData, SnapshotIoError, StorageError};
+use dengine_core::store::{
+    Command as Committed, SnapshotData, SnapshotIoError, SnapshotView, StorageError,
+};
 use dengine_core::{LogIndex, StateMachine};
 use prost::Message;
 
@@ -560,6 +562,15 @@ impl StateMachine for KvStateMachine {
         applied_up_to: LogIndex,
     ) -> Result<(), SnapshotIoError> {
         Ok(self.install(&data, applied_up_to)?)
+    }
+
+    /// A durable store's snapshots are written from a read transaction on another thread,
+    /// while writes go on being applied; a store in memory writes them between applies.
+    fn snapshot_view(&mut self) -> Result<Option<Box<dyn SnapshotView>>, SnapshotIoError> {
+        match self.frozen_view() {
+            Some(view) => Ok(Some(Box::new(view?))),
+            None => Ok(None),
+        }
     }
 
     async fn query(&self, request: Bytes) -> Result<Bytes, StorageError> {

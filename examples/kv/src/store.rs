@@ -31,7 +31,7 @@ use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
 use crate::validate::{check_delete, check_put, check_range, check_txn};
 
 pub(crate) use durable::{DurableKeyspace, Opened};
-pub(crate) use keyspace::{DurableState, Keyspace, MemoryKeyspace};
+pub(crate) use keyspace::{DurableState, FrozenKeyspace, Keyspace, MemoryKeyspace};
 pub(crate) use leases::{Leases, MAX_LEASE_TTL};
 pub(crate) use record::{KeyRecord, PastVersion};
 

@@ -13,8 +13,8 @@ use dengine_kv::proto::dengine::kv::v1::{
     HashRequest, StoreSnapshot, command, query, query_response,
 };
 use dengine_kv::proto::etcdserverpb::{
-    AlarmRequest, AlarmType, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
-    RangeRequest, RequestOp, TxnRequest,
+    AlarmRequest, AlarmType, CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest,
+    PutRequest, RangeRequest, RequestOp, TxnRequest,
     alarm_request::AlarmAction,
     compare::{CompareResult, CompareTarget, TargetUnion},
     request_op::Request,
@@ -353,6 +353,71 @@ async fn a_snapshot_streams_through_a_file_and_a_cut_one_is_refused() {
             "revision {revision}"
         );
     }
+}
+
+/// A durable store's snapshot is written from a frozen view on another thread while writes
+/// go on (`snapshot_view`): the same bytes as `write_snapshot` at the moment of the view —
+/// keys, history, leases and their keys — whatever is applied after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_from_a_frozen_view_is_the_state_as_of_the_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut source = open(&dir.path().join("source.redb"));
+    source
+        .apply_next(encode_command(command::Op::LeaseGrant(LeaseGrantRequest {
+            ttl: 60,
+            id: 7,
+        })))
+        .await
+        .unwrap();
+    for i in 0..2000 {
+        let key = format!("k/{:04}", i % 700);
+        let mut op = put(&key, &"v".repeat(i % 40));
+        if let command::Op::Put(p) = &mut op {
+            p.lease = if i % 9 == 0 { 7 } else { 0 };
+        }
+        source.apply_next(encode_command(op)).await.unwrap();
+    }
+    let expected = source.snapshot().await.unwrap();
+    let view = source
+        .snapshot_view()
+        .unwrap()
+        .expect("a durable store gives a view");
+    for i in 0..500 {
+        source
+            .apply_next(encode_command(put(&format!("k/{:04}", i), "after")))
+            .await
+            .unwrap();
+    }
+    let written = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        view.write_to(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        written, expected,
+        "the view's snapshot is the state as of the view"
+    );
+    let head = StoreSnapshot::decode(written.as_slice()).unwrap();
+    assert!(head.complete && head.key_count == 700 && head.history_count > 0);
+    assert!(
+        head.kvs.iter().any(|kv| kv.lease == 7),
+        "keys keep their lease"
+    );
+    assert_ne!(
+        source.snapshot().await.unwrap(),
+        expected,
+        "the state moved on"
+    );
+}
+
+/// A store in memory has no view: its snapshots are written between applies.
+#[tokio::test]
+async fn a_store_in_memory_gives_no_view() {
+    let mut sm = KvStateMachine::new(WatchHub::default());
+    sm.apply_next(encode_command(put("a", "1"))).await.unwrap();
+    assert!(sm.snapshot_view().unwrap().is_none());
 }
 
 #[tokio::test]

@@ -14,7 +14,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use dengine_core::LogIndex;
-use dengine_core::store::{SnapshotData, SnapshotReader, StorageError};
+use dengine_core::store::{
+    SnapshotData, SnapshotIoError, SnapshotReader, SnapshotView, StorageError,
+};
 use prost::Message as _;
 
 use super::{KvStateMachine, OLDEST_SNAPSHOT_FORMAT, SNAPSHOT_FORMAT, corrupt_snapshot};
@@ -38,10 +40,38 @@ const READ_BUFFER: usize = 256 << 10;
 
 impl KvStateMachine {
     /// Writes the state as a [`StoreSnapshot`] into `out`, one key at a time: the keys and
-    /// past versions are never all decoded or encoded at once. The fields come in another
-    /// order than `encode_to_vec` writes them, which protobuf readers accept.
+    /// past versions are never all decoded or encoded at once.
     pub(super) fn write_snapshot_into(&self, out: &mut dyn Write) -> io::Result<()> {
-        let head = StoreSnapshot {
+        let mut stream = Stream::start(&self.snapshot_head(), out);
+        for kv in self.store.key_values() {
+            stream.key(&kv)?;
+        }
+        for (kv, superseded_revision) in self.store.past_versions() {
+            stream.past(kv, superseded_revision)?;
+        }
+        stream.finish()
+    }
+
+    /// A frozen view of the state that writes the same snapshot as
+    /// [`write_snapshot_into`](Self::write_snapshot_into) on another thread, while commands
+    /// go on being applied; `None` for a store in memory.
+    pub(super) fn frozen_view(&mut self) -> Option<Result<KvView, StorageError>> {
+        let head = self.snapshot_head();
+        let leases = self.store.leases().clone();
+        let frozen = match self.store.data_mut().freeze()? {
+            Ok(frozen) => frozen,
+            Err(e) => return Some(Err(self.store_error("freezing a view of", e))),
+        };
+        Some(Ok(KvView {
+            head,
+            leases,
+            frozen,
+        }))
+    }
+
+    /// Every field of the snapshot but the keys and the history.
+    fn snapshot_head(&self) -> StoreSnapshot {
+        StoreSnapshot {
             format: SNAPSHOT_FORMAT,
             applied_index: self.applied,
             // Before format 3 the snapshot also held the entry's term and the cluster
@@ -55,41 +85,11 @@ impl KvStateMachine {
             auth: Some(self.auth.to_snapshot()),
             alarms: self.alarm_members(0, 0),
             leases: self.store.leases().to_states(),
-            // Written after the keys and history, below.
+            // Written after the keys and history (see `Stream`).
             key_count: 0,
             history_count: 0,
             complete: false,
-        };
-        let mut buf = Vec::with_capacity(WRITE_BATCH + 4096);
-        head.encode_raw(&mut buf);
-        let mut flush = |buf: &mut Vec<u8>, force: bool| -> io::Result<()> {
-            if force || buf.len() >= WRITE_BATCH {
-                out.write_all(buf)?;
-                buf.clear();
-            }
-            Ok(())
-        };
-        let mut key_count = 0;
-        for kv in self.store.key_values() {
-            prost::encoding::message::encode(KVS_TAG, &kv, &mut buf);
-            key_count += 1;
-            flush(&mut buf, false)?;
         }
-        let mut history_count = 0;
-        for (kv, superseded_revision) in self.store.past_versions() {
-            let past = PastKeyValue {
-                kv: Some(kv),
-                superseded_revision,
-            };
-            prost::encoding::message::encode(HISTORY_TAG, &past, &mut buf);
-            history_count += 1;
-            flush(&mut buf, false)?;
-        }
-        // The closing fields: what a reader counts, and the mark that nothing was cut.
-        prost::encoding::uint64::encode(KEY_COUNT_TAG, &key_count, &mut buf);
-        prost::encoding::uint64::encode(HISTORY_COUNT_TAG, &history_count, &mut buf);
-        prost::encoding::bool::encode(COMPLETE_TAG, &true, &mut buf);
-        flush(&mut buf, true)
     }
 
     /// Replaces the state with a snapshot, read field by field from `data` (which may lie in
@@ -422,6 +422,90 @@ impl<M: prost::Message + Default> Iterator for Scan<M> {
                 None
             }
         }
+    }
+}
+
+/// A snapshot being written: the head first, then the keys and the history one at a time,
+/// gathered into writes of [`WRITE_BATCH`] bytes, and the closing counts. The fields come in
+/// another order than `encode_to_vec` writes them, which protobuf readers accept.
+struct Stream<'a> {
+    out: &'a mut dyn Write,
+    buf: Vec<u8>,
+    key_count: u64,
+    history_count: u64,
+}
+
+impl<'a> Stream<'a> {
+    fn start(head: &StoreSnapshot, out: &'a mut dyn Write) -> Self {
+        let mut buf = Vec::with_capacity(WRITE_BATCH + 4096);
+        head.encode_raw(&mut buf);
+        Stream {
+            out,
+            buf,
+            key_count: 0,
+            history_count: 0,
+        }
+    }
+
+    fn key(&mut self, kv: &KeyValue) -> io::Result<()> {
+        prost::encoding::message::encode(KVS_TAG, kv, &mut self.buf);
+        self.key_count += 1;
+        self.flush(false)
+    }
+
+    fn past(&mut self, kv: KeyValue, superseded_revision: i64) -> io::Result<()> {
+        let past = PastKeyValue {
+            kv: Some(kv),
+            superseded_revision,
+        };
+        prost::encoding::message::encode(HISTORY_TAG, &past, &mut self.buf);
+        self.history_count += 1;
+        self.flush(false)
+    }
+
+    /// The closing fields: what a reader counts, and the mark that nothing was cut.
+    fn finish(mut self) -> io::Result<()> {
+        prost::encoding::uint64::encode(KEY_COUNT_TAG, &self.key_count, &mut self.buf);
+        prost::encoding::uint64::encode(HISTORY_COUNT_TAG, &self.history_count, &mut self.buf);
+        prost::encoding::bool::encode(COMPLETE_TAG, &true, &mut self.buf);
+        self.flush(true)
+    }
+
+    fn flush(&mut self, force: bool) -> io::Result<()> {
+        if force || self.buf.len() >= WRITE_BATCH {
+            self.out.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// [`KvStateMachine::frozen_view`]: the head and the leases as of the view, and the
+/// keyspace's frozen view.
+pub(super) struct KvView {
+    head: StoreSnapshot,
+    leases: store::Leases,
+    frozen: Box<dyn store::FrozenKeyspace>,
+}
+
+impl SnapshotView for KvView {
+    fn write_to(self: Box<Self>, out: &mut (dyn Write + Send)) -> Result<(), SnapshotIoError> {
+        let KvView {
+            head,
+            leases,
+            frozen,
+        } = *self;
+        let mut stream = Stream::start(&head, out);
+        frozen.each_live(&mut |key, record| {
+            let mut kv = store::to_kv(&key, &record);
+            kv.lease = leases.lease_of(&key, record.mod_revision);
+            stream.key(&kv)
+        })?;
+        frozen.each_past(&mut |key, past| {
+            stream.past(store::to_kv(&key, &past.record), past.superseded_at)
+        })?;
+        stream.finish()?;
+        Ok(())
     }
 }
 

@@ -51,7 +51,7 @@ use redb::{
     WriteTransaction,
 };
 
-use super::keyspace::{DurableState, Keyspace};
+use super::keyspace::{DurableState, FrozenKeyspace, Keyspace};
 use super::record::{KeyRecord, PastVersion, le_word};
 use crate::key_range::KeyBounds;
 use pending::Pending;
@@ -590,6 +590,26 @@ impl DurableKeyspace {
         Ok(())
     }
 
+    /// A read transaction that holds every batch ended so far: a sync still running is
+    /// waited for, and the open transaction committed (unsynced, as the group's commit would
+    /// be; the Raft log holds what a crash loses).
+    fn freeze_now(&mut self) -> Result<ReadTransaction, String> {
+        if self.in_batch {
+            return Err(self.named(&"a view taken inside a batch (a bug: between batches only)"));
+        }
+        self.finish_sync()?;
+        if let Some(open) = self.write.take() {
+            let mut txn = open.into_owner();
+            let committed = txn
+                .set_durability(Durability::None)
+                .map_err(|e| redb::Error::Corrupted(e.to_string()))
+                .and_then(|()| txn.commit().map_err(redb::Error::from));
+            *self.lock_read() = None;
+            committed.map_err(|e| self.named(&e))?;
+        }
+        self.db.begin_read().map_err(|e| self.named(&e))
+    }
+
     /// The changes applied while a sync runs on its thread, if one does.
     fn pending(&self) -> Option<&Pending> {
         self.syncing.as_ref().map(|s| &s.pending)
@@ -870,6 +890,49 @@ fn write_meta(
     Ok(())
 }
 
+/// [`DurableKeyspace`]'s frozen view: a read transaction of the file.
+struct Frozen {
+    txn: ReadTransaction,
+    path: PathBuf,
+}
+
+impl Frozen {
+    fn failed(&self, e: impl std::fmt::Display) -> std::io::Error {
+        std::io::Error::other(format!("reading {}: {e}", self.path.display()))
+    }
+}
+
+impl FrozenKeyspace for Frozen {
+    fn each_live(
+        &self,
+        each: &mut dyn FnMut(Bytes, KeyRecord) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let table = self.txn.open_table(KEYS).map_err(|e| self.failed(e))?;
+        for row in table.iter().map_err(|e| self.failed(e))? {
+            let (key, value) = row.map_err(|e| self.failed(e))?;
+            let record = decode_record(value.value())
+                .ok_or_else(|| self.failed(damaged("keys", key.value())))?;
+            each(Bytes::copy_from_slice(key.value()), record)?;
+        }
+        Ok(())
+    }
+
+    fn each_past(
+        &self,
+        each: &mut dyn FnMut(Bytes, PastVersion) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let table = self.txn.open_table(PAST).map_err(|e| self.failed(e))?;
+        for row in table.iter().map_err(|e| self.failed(e))? {
+            let (at_key, value) = row.map_err(|e| self.failed(e))?;
+            let (at, key) = at_key.value();
+            let past =
+                decode_past(at, value.value()).ok_or_else(|| self.failed(damaged("past", key)))?;
+            each(Bytes::copy_from_slice(key), past)?;
+        }
+        Ok(())
+    }
+}
+
 /// Bounds on the `past` table's (replaced at, key).
 type PastBounds<'a> = (Bound<(i64, &'a [u8])>, Bound<(i64, &'a [u8])>);
 
@@ -1106,6 +1169,15 @@ impl Keyspace for DurableKeyspace {
             // The transaction is gone with the error: the batch fails (take_error).
             Err(e) => self.fail(e),
         }
+    }
+
+    fn freeze(&mut self) -> Option<Result<Box<dyn FrozenKeyspace>, String>> {
+        Some(self.freeze_now().map(|txn| {
+            Box::new(Frozen {
+                txn,
+                path: self.path.clone(),
+            }) as Box<dyn FrozenKeyspace>
+        }))
     }
 
     fn take_error(&self) -> Option<String> {
@@ -1605,6 +1677,91 @@ mod tests {
         };
         ks.commit(&state, None, false).unwrap();
         assert!(ks.syncing.is_some(), "the sync runs on its thread");
+    }
+
+    #[test]
+    fn a_frozen_view_holds_every_ended_batch_and_nothing_applied_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let mut ks = DurableKeyspace::open(&path, 1 << 20).unwrap().keyspace;
+        // Batches in the open transaction, then more applied while a sync runs (`Pending`):
+        // the view waits for the sync and holds both.
+        puts_then_held_sync(&mut ks, 1..40);
+        ks.begin().unwrap();
+        for revision in 40..60 {
+            let mut rng = Rng(revision as u64);
+            write(
+                &mut rng,
+                revision,
+                [&mut MemoryKeyspace::default(), &mut ks],
+            );
+        }
+        let state = DurableState {
+            applied: 60,
+            revision: 59,
+            ..DurableState::default()
+        };
+        ks.commit(&state, None, false).unwrap();
+        assert!(ks.syncing.is_some(), "held");
+        let releaser = {
+            let hold = Arc::clone(&ks.hold);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                let (flag, wake) = &*hold;
+                *flag.lock().unwrap_or_else(|p| p.into_inner()) = false;
+                wake.notify_all();
+            })
+        };
+        let live: Vec<_> = ks.live((Bound::Unbounded, Bound::Unbounded)).collect();
+        let past: Vec<_> = ks.past_in_order().collect();
+        let frozen = ks.freeze().unwrap().unwrap();
+        releaser.join().unwrap();
+        // Later batches change the keyspace, not the view.
+        ks.begin().unwrap();
+        for revision in 60..90 {
+            let mut rng = Rng(revision as u64);
+            write(
+                &mut rng,
+                revision,
+                [&mut MemoryKeyspace::default(), &mut ks],
+            );
+        }
+        let later = DurableState {
+            applied: 90,
+            revision: 89,
+            ..DurableState::default()
+        };
+        ks.commit(&later, None, false).unwrap();
+        let read_back = |frozen: &dyn FrozenKeyspace| {
+            let (mut l, mut p) = (Vec::new(), Vec::new());
+            frozen
+                .each_live(&mut |k, r| {
+                    l.push((k, r));
+                    Ok(())
+                })
+                .unwrap();
+            frozen
+                .each_past(&mut |k, v| {
+                    p.push((k, v));
+                    Ok(())
+                })
+                .unwrap();
+            (l, p)
+        };
+        let (frozen_live, frozen_past) = read_back(frozen.as_ref());
+        assert!(!frozen_past.is_empty(), "the writes replaced versions");
+        assert_eq!(frozen_live, live);
+        assert_eq!(frozen_past, past);
+        assert_ne!(
+            ks.past_in_order().count(),
+            frozen_past.len(),
+            "the later batches replaced more versions"
+        );
+        // A failure of the caller's writer stops the walk and comes back.
+        let err = frozen
+            .each_live(&mut |_, _| Err(std::io::Error::other("disk full")))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "disk full");
     }
 
     #[test]

@@ -94,6 +94,30 @@ pub(crate) trait Keyspace: Debug + Send + Sync {
 
     /// Abandons the batch: none of its writes happened.
     fn abort_batch(&mut self) {}
+
+    /// A frozen view of every batch committed so far, readable on another thread while
+    /// batches go on being applied (a snapshot written beside the applying). `None`: this
+    /// keyspace has none (in memory); an `Err` is a storage error. Called between batches.
+    fn freeze(&mut self) -> Option<Result<Box<dyn FrozenKeyspace>, String>> {
+        None
+    }
+}
+
+/// What [`Keyspace::freeze`] gives: the keys and past versions as they were, read in the
+/// orders of [`Keyspace::live`] and [`Keyspace::past_in_order`].
+pub(crate) trait FrozenKeyspace: Send {
+    /// Calls `each` with every live key, in key order, until it fails.
+    fn each_live(
+        &self,
+        each: &mut dyn FnMut(Bytes, KeyRecord) -> std::io::Result<()>,
+    ) -> std::io::Result<()>;
+
+    /// Calls `each` with every kept past version, in the order they were replaced, until it
+    /// fails.
+    fn each_past(
+        &self,
+        each: &mut dyn FnMut(Bytes, PastVersion) -> std::io::Result<()>,
+    ) -> std::io::Result<()>;
 }
 
 /// What a durable keyspace's state covers, written with every batch.
