@@ -1567,9 +1567,28 @@ mod tests {
 
     /// Holds (`true`) or lets go (`false`) the syncs `ks` hands to a thread.
     fn hold_syncs(ks: &DurableKeyspace, held: bool) {
-        let (flag, wake) = &*ks.hold;
+        set_hold(&ks.hold, held);
+    }
+
+    fn set_hold(hold: &(Mutex<bool>, std::sync::Condvar), held: bool) {
+        let (flag, wake) = hold;
         *flag.lock().unwrap_or_else(|p| p.into_inner()) = held;
         wake.notify_all();
+    }
+
+    /// One ended batch of random writes at `revisions` (as the memory keyspace gets them).
+    fn random_batch(ks: &mut DurableKeyspace, revisions: std::ops::Range<i64>) {
+        ks.begin().unwrap();
+        for revision in revisions.clone() {
+            let mut rng = Rng(revision as u64);
+            write(&mut rng, revision, [&mut MemoryKeyspace::default(), ks]);
+        }
+        let state = DurableState {
+            applied: revisions.end as u64,
+            revision: revisions.end - 1,
+            ..DurableState::default()
+        };
+        ks.commit(&state, None, false).unwrap();
     }
 
     #[test]
@@ -1665,17 +1684,7 @@ mod tests {
     fn puts_then_held_sync(ks: &mut DurableKeyspace, revisions: std::ops::Range<i64>) {
         hold_syncs(ks, true);
         ks.sync_next = true;
-        ks.begin().unwrap();
-        for revision in revisions.clone() {
-            let mut rng = Rng(revision as u64);
-            write(&mut rng, revision, [&mut MemoryKeyspace::default(), ks]);
-        }
-        let state = DurableState {
-            applied: revisions.end as u64,
-            revision: revisions.end - 1,
-            ..DurableState::default()
-        };
-        ks.commit(&state, None, false).unwrap();
+        random_batch(ks, revisions);
         assert!(ks.syncing.is_some(), "the sync runs on its thread");
     }
 
@@ -1687,29 +1696,13 @@ mod tests {
         // Batches in the open transaction, then more applied while a sync runs (`Pending`):
         // the view waits for the sync and holds both.
         puts_then_held_sync(&mut ks, 1..40);
-        ks.begin().unwrap();
-        for revision in 40..60 {
-            let mut rng = Rng(revision as u64);
-            write(
-                &mut rng,
-                revision,
-                [&mut MemoryKeyspace::default(), &mut ks],
-            );
-        }
-        let state = DurableState {
-            applied: 60,
-            revision: 59,
-            ..DurableState::default()
-        };
-        ks.commit(&state, None, false).unwrap();
+        random_batch(&mut ks, 40..60);
         assert!(ks.syncing.is_some(), "held");
         let releaser = {
             let hold = Arc::clone(&ks.hold);
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(50));
-                let (flag, wake) = &*hold;
-                *flag.lock().unwrap_or_else(|p| p.into_inner()) = false;
-                wake.notify_all();
+                set_hold(&hold, false);
             })
         };
         let live: Vec<_> = ks.live((Bound::Unbounded, Bound::Unbounded)).collect();
@@ -1717,21 +1710,7 @@ mod tests {
         let frozen = ks.freeze().unwrap().unwrap();
         releaser.join().unwrap();
         // Later batches change the keyspace, not the view.
-        ks.begin().unwrap();
-        for revision in 60..90 {
-            let mut rng = Rng(revision as u64);
-            write(
-                &mut rng,
-                revision,
-                [&mut MemoryKeyspace::default(), &mut ks],
-            );
-        }
-        let later = DurableState {
-            applied: 90,
-            revision: 89,
-            ..DurableState::default()
-        };
-        ks.commit(&later, None, false).unwrap();
+        random_batch(&mut ks, 60..90);
         let read_back = |frozen: &dyn FrozenKeyspace| {
             let (mut l, mut p) = (Vec::new(), Vec::new());
             frozen
