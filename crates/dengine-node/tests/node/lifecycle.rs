@@ -508,16 +508,28 @@ impl Gate {
 }
 
 /// A counter of applied commands that gives a [`SnapshotView`]: the count as of the view,
-/// written (once the gate opens) on the runtime's thread.
+/// written (once the gate opens) on the runtime's thread; or a view that fails as `fails`
+/// says.
 #[derive(Clone, Default)]
 struct ViewedCounter {
     count: u64,
     gate: Gate,
+    fails: Option<ViewFailure>,
+}
+
+/// How [`ViewedCounter`]'s view fails.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ViewFailure {
+    /// `snapshot_view` refuses.
+    Refused,
+    /// The view panics while it writes.
+    Panics,
 }
 
 struct CountView {
     count: u64,
     gate: Gate,
+    panics: bool,
 }
 
 impl dengine_core::store::SnapshotView for CountView {
@@ -526,6 +538,7 @@ impl dengine_core::store::SnapshotView for CountView {
         out: &mut (dyn std::io::Write + Send),
     ) -> Result<(), dengine_core::store::SnapshotIoError> {
         self.gate.pass();
+        assert!(!self.panics, "a view that panics while it writes");
         out.write_all(self.count.to_string().as_bytes())?;
         Ok(())
     }
@@ -557,9 +570,13 @@ impl dengine_core::StateMachine for ViewedCounter {
         Option<Box<dyn dengine_core::store::SnapshotView>>,
         dengine_core::store::SnapshotIoError,
     > {
+        if self.fails == Some(ViewFailure::Refused) {
+            return Err("the state cannot be frozen (injected)".into());
+        }
         Ok(Some(Box::new(CountView {
             count: self.count,
             gate: self.gate.clone(),
+            panics: self.fails == Some(ViewFailure::Panics),
         })))
     }
 
@@ -614,4 +631,38 @@ async fn writes_go_on_while_a_snapshot_is_written_from_a_view() {
         snapshot.meta
     );
     node.shutdown().await;
+}
+
+/// A view that cannot be taken, or that panics while it is written, fails that snapshot with
+/// what went wrong; the node goes on applying and answering writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_that_fails_or_panics_fails_the_snapshot_not_the_node() {
+    for (failure, says) in [
+        (ViewFailure::Refused, "cannot be frozen"),
+        (ViewFailure::Panics, "panicked"),
+    ] {
+        let sm = ViewedCounter {
+            fails: Some(failure),
+            ..ViewedCounter::default()
+        };
+        sm.gate.open();
+        let net = LocalNetwork::new();
+        let b = NodeBuilder::new(settings(1))
+            .log_store(MemoryStore::new())
+            .state_machine(sm)
+            .transport(net.transport(1));
+        net.register(1, b.inbox());
+        let node = b.bootstrap([(1, address(1))].into()).await.unwrap();
+        wait_leader(&node).await;
+        node.propose(Bytes::from("a")).await.unwrap();
+        let err = node.snapshot().await.unwrap_err();
+        assert!(err.to_string().contains(says), "{failure:?}: {err}");
+        node.propose(Bytes::from("b")).await.unwrap();
+        let count = node
+            .read(Bytes::new(), dengine_node::Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(count, Bytes::from("2"), "{failure:?}");
+        node.shutdown().await;
+    }
 }

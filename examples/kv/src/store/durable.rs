@@ -479,16 +479,11 @@ impl DurableKeyspace {
         }
         // A sync that is due but not asked for runs on a thread of its own, after this
         // commit (see `pending.rs`); one asked for runs here.
-        let mut txn = open.into_owner();
+        let txn = open.into_owner();
         let result = if sync {
             commit_synced(txn)
         } else {
-            (|| -> Result<(), redb::Error> {
-                txn.set_durability(Durability::None)
-                    .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
-                txn.commit()?;
-                Ok(())
-            })()
+            commit_unsynced(txn)
         };
         *self.lock_read() = None;
         result.map_err(|e| self.named(&e))?;
@@ -599,11 +594,7 @@ impl DurableKeyspace {
         }
         self.finish_sync()?;
         if let Some(open) = self.write.take() {
-            let mut txn = open.into_owner();
-            let committed = txn
-                .set_durability(Durability::None)
-                .map_err(|e| redb::Error::Corrupted(e.to_string()))
-                .and_then(|()| txn.commit().map_err(redb::Error::from));
+            let committed = commit_unsynced(open.into_owner());
             *self.lock_read() = None;
             committed.map_err(|e| self.named(&e))?;
         }
@@ -872,6 +863,14 @@ fn commit_synced(mut txn: WriteTransaction) -> Result<(), redb::Error> {
     txn.set_durability(Durability::Immediate)
         .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
     txn.set_quick_repair(true);
+    txn.commit()?;
+    Ok(())
+}
+
+/// Commits `txn` without a sync: durable with the next synced commit (redb's contract).
+fn commit_unsynced(mut txn: WriteTransaction) -> Result<(), redb::Error> {
+    txn.set_durability(Durability::None)
+        .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
     txn.commit()?;
     Ok(())
 }
