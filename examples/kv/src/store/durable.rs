@@ -6,13 +6,14 @@
 //! applied log index, the revision, the compaction point) into one write transaction, as the
 //! durable-state-machine contract asks (`dengine_core::store::StateMachine`): after a crash
 //! the file holds the state as of some earlier batch, never part of one, and the runtime
-//! resumes with the command after that batch's index. Batches applied within [`GROUP_FOR`]
-//! share the transaction (reads go through it, so they see every applied batch), which is
-//! then committed: a page that many batches change is written once. Commits are not synced
-//! each time (the Raft log is: what a crash loses here is replayed from it); one every
-//! [`SYNC_EVERY`] is, and the last one when the keyspace is dropped, so a restart replays at
-//! most about that much of the log. That sync is an empty commit on a thread of its own,
-//! which makes the commits before it durable; while it runs (it holds redb's one write
+//! resumes with the command after that batch's index. Batches share the transaction until
+//! the group ends — at [`GROUP_FOR`] once it holds [`GROUP_CHANGES`] changes, else at
+//! [`GROUP_AT_MOST`] — (reads go through it, so they see every applied batch); it is then
+//! committed: a page that many batches change is written once. The group's commit is not
+//! synced on the apply task (the Raft log is synced: what a crash loses here is replayed
+//! from it) but by an empty synced commit on a thread of its own right after, which makes
+//! it durable; so is the last one when the keyspace is dropped, and a restart replays at
+//! most about one group of the log. While that sync runs (it holds redb's one write
 //! transaction), batches are applied into memory and written into the next transaction
 //! when it ends (`pending.rs`).
 //!
@@ -74,23 +75,32 @@ const FORMAT_2_BY_KEY: TableDefinition<(&[u8], i64), i64> = TableDefinition::new
 /// formats 1 and 2, which are converted.
 const FORMAT: u32 = 3;
 
-/// At most this long between synced commits (see the module docs). With [`GROUP_FOR`] as
-/// long, every group's commit is synced. Against 2 s (every other group's commit synced),
-/// at 256 clients this bought 6% more puts per second, 6% less of the servers' CPU per put
-/// and a quarter off the p99.9 latency (three alternating pairs of runs, docs/benchmarks.md,
-/// 2026-12-05): redb keeps the pages of an unsynced commit in its write buffer, and reads
-/// of pages held there cost more than reads of its page cache; a synced commit also stalls
-/// the apply task for half as long.
-pub(crate) const SYNC_EVERY: Duration = Duration::from_millis(1000);
+/// A group of batches (one transaction, see the module docs) that holds [`GROUP_CHANGES`]
+/// changes ends once it is this old. Longer groups write a page that many puts change fewer
+/// times: at 256 clients on 10,000 keys, 1 s instead of 200 ms (synced every 2 s instead of
+/// 500 ms) bought 39% more puts per second and cut the servers' CPU per put by a third
+/// (docs/benchmarks.md, 2026-12-04); 500 ms did no better than 1 s (2026-12-05). Every
+/// group's commit is synced: against a sync after every other group, at 256 clients that
+/// bought 6% more puts per second, 6% less of the servers' CPU per put and a quarter off the
+/// p99.9 (three alternating pairs, 2026-12-05): redb keeps the pages of an unsynced commit
+/// in its write buffer, where reading them costs more than in its page cache.
+const GROUP_FOR: Duration = Duration::from_millis(1000);
 
-/// Batches applied within this long share one transaction (see the module docs). Longer
-/// groups write a page that many puts change fewer times: at 256 clients on 10,000 keys,
-/// 1 s instead of 200 ms (with syncs every 2 s instead of 500 ms) bought 39% more puts per
-/// second and cut the servers' CPU per put by a third (docs/benchmarks.md, 2026-12-04);
-/// 500 ms with [`SYNC_EVERY`] 500 ms did no better than 1 s (2026-12-05).
+/// Changes (keys set or removed) that end a group [`GROUP_FOR`] old. At a lower rate a group
+/// lasts longer, up to [`GROUP_AT_MOST`]: at one client (950 puts a second over 10,000 keys)
+/// a group of 1 s rewrote most leaf pages of the `keys` table each second, and the page
+/// writes slowed the members' log writes beside them; ending groups this way cut the
+/// one-client p99 of a put by 14% and the servers' CPU per put by 6%, and at 16 clients (2 s
+/// groups) gave 6% more puts per second (alternating pairs, docs/benchmarks.md, 2026-12-05
+/// 19:21). A crash replays at most the last group: about 10,000 changes, or one second of
+/// writes when there are more.
+const GROUP_CHANGES: u64 = 10_000;
+
+/// The longest a group lasts however few changes it holds (checked as each batch ends: a
+/// group open when writes stop ends with the next batch, or is synced at a clean stop).
 /// redb keeps a transaction's dirty pages within half of its page cache (it writes the rest
 /// out early), so memory stays bounded however long the group is.
-const GROUP_FOR: Duration = Duration::from_millis(1000);
+const GROUP_AT_MOST: Duration = Duration::from_secs(10);
 
 /// The tables of the open write transaction. They are opened once per transaction, not per
 /// operation: opening a table looks it up in redb's table tree and allocates, which cost
@@ -250,7 +260,9 @@ pub(crate) struct DurableKeyspace {
     read: Mutex<Option<ReadTransaction>>,
     /// The first storage error since it was last taken.
     error: Mutex<Option<String>>,
-    last_sync: Instant,
+    /// Keys set or removed since the last group ended (those applied while its sync ran
+    /// belong to the next group).
+    changes: u64,
     /// The index of `past`, as of the open transaction if there is one.
     index: PastIndex,
     /// A synced commit running on a thread of its own, and what was applied meanwhile.
@@ -400,7 +412,7 @@ impl DurableKeyspace {
                 in_batch: false,
                 read: Mutex::new(None),
                 error: Mutex::new(None),
-                last_sync: Instant::now(),
+                changes: 0,
                 index,
                 syncing: None,
                 #[cfg(test)]
@@ -433,12 +445,12 @@ impl DurableKeyspace {
     }
 
     /// Ends the batch: writes `state` (and `cluster`, the auth state and alarms, if given)
-    /// with its changes, and commits the transaction if it is older than [`GROUP_FOR`] (else
-    /// a later batch commits it; reads see it meanwhile, through the transaction). If the
-    /// last sync is older than [`SYNC_EVERY`], the transaction is committed and then synced
-    /// on a thread of its own ([`sync_elsewhere`](Self::sync_elsewhere)); if `sync` is set,
-    /// it is committed and synced here, at once (after waiting for a sync still running).
-    /// While a sync runs on its thread, the batch stays in [`Pending`] with `state`.
+    /// with its changes, and, if that ends the group ([`group_ends`](Self::group_ends)),
+    /// commits the transaction and syncs it on a thread of its own
+    /// ([`sync_elsewhere`](Self::sync_elsewhere)); else a later batch commits it (reads see
+    /// it meanwhile, through the transaction). If `sync` is set, it is committed and synced
+    /// here, at once (after waiting for a sync still running). While a sync runs on its
+    /// thread, the batch stays in [`Pending`] with `state`.
     pub(crate) fn commit(
         &mut self,
         state: &DurableState,
@@ -467,18 +479,19 @@ impl DurableKeyspace {
             return Err(self.named(&"no batch to commit"));
         };
         self.in_batch = false;
-        let due = self.last_sync.elapsed() >= SYNC_EVERY;
+        let ends = self.group_ends();
         #[cfg(test)]
-        let due = due || std::mem::take(&mut self.sync_next);
+        let ends = ends || std::mem::take(&mut self.sync_next);
         if let Err(e) = write_meta(open.borrow_owner(), state, cluster) {
             return Err(self.named(&e));
         }
-        if !sync && !due && self.opened.elapsed() < GROUP_FOR {
+        if !sync && !ends {
             self.write = Some(open);
             return Ok(());
         }
-        // A sync that is due but not asked for runs on a thread of its own, after this
-        // commit (see `pending.rs`); one asked for runs here.
+        // The sync of a group that ended runs on a thread of its own, after this commit
+        // (see `pending.rs`); one asked for runs here.
+        self.changes = 0;
         let txn = open.into_owner();
         let result = if sync {
             commit_synced(txn)
@@ -487,12 +500,15 @@ impl DurableKeyspace {
         };
         *self.lock_read() = None;
         result.map_err(|e| self.named(&e))?;
-        if sync {
-            self.last_sync = Instant::now();
-        } else if due {
+        if !sync {
             self.sync_elsewhere();
         }
         Ok(())
+    }
+
+    /// Whether the open group ends with the batch being committed (see [`group_ends`]).
+    fn group_ends(&self) -> bool {
+        group_ends(self.opened.elapsed(), self.changes)
     }
 
     /// Starts a synced empty commit on a thread of its own: it makes every commit before it
@@ -500,7 +516,6 @@ impl DurableKeyspace {
     /// transaction is the thread's: batches are applied into [`Pending`]. If no thread can
     /// be started, the commit runs here.
     fn sync_elsewhere(&mut self) {
-        self.last_sync = Instant::now();
         let (tell, done) = mpsc::channel();
         let db = Arc::clone(&self.db);
         #[cfg(test)]
@@ -853,6 +868,12 @@ fn convert_format_1(txn: &WriteTransaction) -> Result<(), redb::Error> {
     Ok(())
 }
 
+/// Whether a group `age` old holding `changes` changes ends: it is [`GROUP_FOR`] old and
+/// holds [`GROUP_CHANGES`] changes, or it is [`GROUP_AT_MOST`] old.
+fn group_ends(age: Duration, changes: u64) -> bool {
+    age >= GROUP_AT_MOST || (age >= GROUP_FOR && changes >= GROUP_CHANGES)
+}
+
 /// A synced empty commit: it makes every commit before it durable.
 fn sync_empty(db: &Database) -> Result<(), redb::Error> {
     commit_synced(db.begin_write()?)
@@ -1051,6 +1072,7 @@ impl Keyspace for DurableKeyspace {
     }
 
     fn insert(&mut self, key: Bytes, record: KeyRecord) {
+        self.changes += 1;
         if self.syncing.is_some() {
             let was_live = self.get(&key).is_some();
             if let Some(syncing) = &mut self.syncing {
@@ -1065,6 +1087,7 @@ impl Keyspace for DurableKeyspace {
     }
 
     fn remove(&mut self, key: &[u8]) -> Option<KeyRecord> {
+        self.changes += 1;
         if self.syncing.is_some() {
             let old = self.get(key);
             if let Some(syncing) = &mut self.syncing {
@@ -1813,5 +1836,48 @@ mod tests {
         ks.commit(&DurableState::default(), None, true).unwrap();
         assert!(ks.syncing.is_none() && ks.write.is_none());
         assert_eq!(contents(&ks), as_of_sync);
+    }
+
+    #[test]
+    fn a_group_ends_at_a_second_with_enough_changes_else_at_ten_seconds() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert!(!group_ends(ms(999), 1_000_000), "never before a second");
+        assert!(!group_ends(s(1), GROUP_CHANGES - 1));
+        assert!(group_ends(s(1), GROUP_CHANGES));
+        assert!(!group_ends(ms(9_999), 0));
+        assert!(group_ends(s(10), 0));
+
+        // The keyspace counts its changes: a group a second old ends at the batch that
+        // brings it to GROUP_CHANGES, not before.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let mut ks = DurableKeyspace::open(&path, 1 << 20).unwrap().keyspace;
+        let batch = |ks: &mut DurableKeyspace, from: u64, n: u64| {
+            ks.begin().unwrap();
+            for i in from..from + n {
+                let record = KeyRecord {
+                    value: Bytes::from_static(b"v"),
+                    create_revision: 1,
+                    mod_revision: 1,
+                    version: 1,
+                };
+                ks.insert(Bytes::from(format!("k{}", i % 100)), record);
+            }
+            ks.commit(&DurableState::default(), None, false).unwrap();
+        };
+        batch(&mut ks, 0, GROUP_CHANGES - 1);
+        ks.opened = Instant::now() - s(1);
+        batch(&mut ks, 0, 0);
+        assert!(
+            ks.write.is_some() && ks.syncing.is_none(),
+            "the group goes on"
+        );
+        batch(&mut ks, 0, 1);
+        assert!(
+            ks.write.is_none() && ks.syncing.is_some(),
+            "the group ended"
+        );
+        assert_eq!(ks.changes, 0);
     }
 }
