@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dengine_core::store::{MemoryStateMachine, MemoryStore};
+use dengine_core::store::{MemoryStateMachine, MemoryStore, StateMachine};
 use dengine_core::{LogStore, NodeId, Role};
 use dengine_node::testing::LocalNetwork;
 use dengine_node::{
@@ -279,10 +279,21 @@ pub(crate) async fn single_with<S: LogStore>(
     s: NodeConfig,
     bootstrap: bool,
 ) -> Result<Node, StartError> {
+    single_running(store, MemoryStateMachine::new(), s, bootstrap).await
+}
+
+/// Member 1 of a single-member cluster on `store` running `machine`: bootstrapped, or
+/// restarted from the store.
+pub(crate) async fn single_running<S: LogStore, M: StateMachine>(
+    store: S,
+    machine: M,
+    s: NodeConfig,
+    bootstrap: bool,
+) -> Result<Node, StartError> {
     let net = LocalNetwork::new();
     let b = NodeBuilder::new(s)
         .log_store(store)
-        .state_machine(MemoryStateMachine::new())
+        .state_machine(machine)
         .transport(net.transport(1));
     net.register(1, b.inbox());
     if bootstrap {

@@ -9,7 +9,9 @@ use dengine_core::{Inbox, InboxError, LogStore, Message, MessageBody};
 use dengine_node::testing::LocalNetwork;
 use dengine_node::{Node, NodeBuilder, ProposeError, StartError};
 
-use crate::common::{address, compacting, eventually, settings, single, wait_leader};
+use crate::common::{
+    address, compacting, eventually, settings, single, single_running, wait_leader,
+};
 use crate::test_store::TestStore;
 
 #[test]
@@ -592,13 +594,9 @@ impl dengine_core::StateMachine for ViewedCounter {
 async fn writes_go_on_while_a_snapshot_is_written_from_a_view() {
     let sm = ViewedCounter::default();
     let gate = sm.gate.clone();
-    let net = LocalNetwork::new();
-    let b = NodeBuilder::new(settings(1))
-        .log_store(MemoryStore::new())
-        .state_machine(sm)
-        .transport(net.transport(1));
-    net.register(1, b.inbox());
-    let node = b.bootstrap([(1, address(1))].into()).await.unwrap();
+    let node = single_running(MemoryStore::new(), sm, settings(1), true)
+        .await
+        .unwrap();
     wait_leader(&node).await;
     node.propose(Bytes::from("a")).await.unwrap();
     node.propose(Bytes::from("b")).await.unwrap();
@@ -646,13 +644,9 @@ async fn a_view_that_fails_or_panics_fails_the_snapshot_not_the_node() {
             ..ViewedCounter::default()
         };
         sm.gate.open();
-        let net = LocalNetwork::new();
-        let b = NodeBuilder::new(settings(1))
-            .log_store(MemoryStore::new())
-            .state_machine(sm)
-            .transport(net.transport(1));
-        net.register(1, b.inbox());
-        let node = b.bootstrap([(1, address(1))].into()).await.unwrap();
+        let node = single_running(MemoryStore::new(), sm, settings(1), true)
+            .await
+            .unwrap();
         wait_leader(&node).await;
         node.propose(Bytes::from("a")).await.unwrap();
         let err = node.snapshot().await.unwrap_err();
