@@ -235,7 +235,11 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     next_read_ctx: ReadCtx,
     snapshot_waiters: Vec<oneshot::Sender<Result<Snapshot, AdminError>>>,
     building_snapshot: bool,
-    since_snapshot_entries: u64,
+    /// The applied index at which the next snapshot by count is due
+    /// ([`SnapshotSettings::next_point`](crate::config::SnapshotSettings::next_point)): set from the
+    /// first batch applied after start and after each snapshot built or installed (`None`
+    /// until then, and when snapshots by count are off).
+    snapshot_due_at: Option<LogIndex>,
     since_snapshot_bytes: u64,
     /// The newest snapshot's data, streamed to followers that need compacted entries.
     snapshot_cache: Option<Snapshot>,
@@ -386,7 +390,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
             next_read_ctx: 1,
             snapshot_waiters: Vec::new(),
             building_snapshot: false,
-            since_snapshot_entries: 0,
+            snapshot_due_at: None,
             since_snapshot_bytes: 0,
             snapshot_cache: parts.initial_snapshot,
             durable_state_machine: parts.durable_state_machine,
@@ -1130,15 +1134,26 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
                 tracing::info!(index = entry.index, voters = ?m.voters, learners = ?m.learners, "configuration committed");
             }
         }
-        self.since_snapshot_entries += entries.len() as u64;
         self.since_snapshot_bytes += bytes;
+        let span = entries
+            .first()
+            .zip(entries.last())
+            .map(|(f, l)| (f.index, l.index));
         self.send_apply(ApplyCmd::Apply {
             entries,
             responders,
         })
         .await?;
         let policy = &self.settings.snapshot;
-        let due = (policy.every_entries > 0 && self.since_snapshot_entries >= policy.every_entries)
+        let due_by_count = match (span, self.snapshot_due_at) {
+            (Some((_, last)), Some(at)) => last >= at,
+            (Some((first, last)), None) => {
+                self.snapshot_due_at = policy.next_point(self.id, first.saturating_sub(1));
+                self.snapshot_due_at.is_some_and(|at| last >= at)
+            }
+            (None, _) => false,
+        };
+        let due = due_by_count
             || (policy.every_bytes > 0 && self.since_snapshot_bytes >= policy.every_bytes);
         if due && !self.building_snapshot {
             self.build_snapshot().await?;

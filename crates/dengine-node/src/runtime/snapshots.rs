@@ -106,7 +106,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         self.raft.on_snapshot_installed(last);
         metrics::counter!(m::SNAPSHOTS_INSTALLED_TOTAL).increment(1);
         tracing::info!(index = last.index, term = last.term, "snapshot installed");
-        self.since_snapshot_entries = 0;
+        self.snapshot_due_at = None;
         self.since_snapshot_bytes = 0;
         // Entries folded into the snapshot were never handed out here: their waiters cannot
         // learn their fate.
@@ -225,7 +225,7 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
 
     pub(super) async fn build_snapshot(&mut self) -> Result<(), Fatal> {
         self.building_snapshot = true;
-        self.since_snapshot_entries = 0;
+        self.snapshot_due_at = None;
         self.since_snapshot_bytes = 0;
         self.send_apply(ApplyCmd::BuildSnapshot).await
     }

@@ -230,3 +230,46 @@ async fn an_isolated_leader_is_replaced_and_rejoins_as_follower() {
     assert_eq!(c.read(leader, "x", Consistency::Lease).await, "2");
     c.shutdown_all().await;
 }
+
+fn snapshot_every_20(id: NodeId) -> NodeConfig {
+    let mut s = settings(id);
+    s.snapshot.every_entries = 20;
+    s
+}
+
+/// Members snapshot by count at their own points of the log (`SnapshotSettings::next_point`),
+/// not all at the same index: with 20 entries a period, members 1, 2 and 3 at indexes 12, 4
+/// and 17 of every period (a snapshot covers the batch that reached the point, so it may be
+/// an index or two past it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_snapshot_at_staggered_points_of_the_log() {
+    let mut c = Cluster::with_settings(3, snapshot_every_20).await;
+    for i in 0..70 {
+        c.propose(&format!("k{i}=v")).await;
+    }
+    let leader = c.leader().await;
+    let commit = c.status(leader).await.unwrap().commit_index;
+    let mut phases = Vec::new();
+    for id in 1..=3 {
+        c.wait_applied(id, commit).await;
+        let phase = snapshot_every_20(id).snapshot.next_point(id, 0).unwrap() % 20;
+        phases.push(phase);
+        // Its newest snapshot by count is the last of its points that it has applied.
+        let newest = (commit - phase) / 20 * 20 + phase;
+        let c = &c;
+        let at = eventually(
+            &format!("node {id} to snapshot at {newest}"),
+            || async move {
+                let index = c.status(id).await?.snapshot?.last_included.index;
+                (index >= newest).then_some(index)
+            },
+        )
+        .await;
+        assert!(
+            at - newest < 3,
+            "node {id}: snapshot at {at}, its point {newest}"
+        );
+    }
+    assert_eq!(phases, [12, 4, 17]);
+    c.shutdown_all().await;
+}
