@@ -18,7 +18,14 @@
 //!   with `dd oflag=dsync` (4 KiB writes): appending ~5,300/s, overwriting a `fallocate`d
 //!   file ~5,850/s, overwriting a zero-filled file ~8,350/s. A purged segment is
 //!   **recycled** (renamed to a spare and reused by a later segment), so its zeros need not
-//!   be written again.
+//!   be written again. A new store also preallocates one spare (`…000.spare`) beside its
+//!   first segment. Writing 64 MiB of zeros and syncing them takes about 50 ms on an idle
+//!   disk of the development machine, more under load, and the member's writes wait
+//!   meanwhile; the members of a new cluster all reach their first roll at the same entry,
+//!   about 200,000 small writes in (the p99.9 of writes at 64 clients there was 44–79 ms,
+//!   20–23 ms with the spare: docs/benchmarks.md, 2026-12-06 00:08). A roll with no spare
+//!   (compaction dropped no segment since the last one: snapshots off, or far apart) still
+//!   preallocates in place.
 //! * **Records** are frames `crc32c | len | segment life | kind | flags | body`, 8-byte
 //!   aligned, little-endian (see `format.rs`): an entry carries its index and term, a hard
 //!   state is a record of its own, and the last frame of each batch carries a `COMMIT` flag,

@@ -42,6 +42,17 @@ pub(crate) fn create<V: Vfs>(
         },
     )?;
     preallocate(&vfs, dir, &segment_path(dir, 1), options.segment_len())?;
+    if options.max_spare_segments > 0 {
+        // A spare beside it (named for life 0, which no segment has): the first roll renames
+        // it instead of writing a new segment's zeros while the writes wait. Later rolls find
+        // the segments that compaction dropped.
+        preallocate(
+            &vfs,
+            dir,
+            &segment::spare_path(dir, 0),
+            options.segment_len(),
+        )?;
+    }
     vfs.sync_dir(dir)
         .map_err(io_error(dir, "syncing the directory"))?;
     open(vfs, dir, options)

@@ -54,3 +54,51 @@ fn conformance_with_tiny_segments_and_cache() {
         WalStore::open_or_create_with(dir, options)
     });
 }
+
+/// The files of `dir` whose names end with `.spare`, by name.
+fn spares(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".spare"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A new store preallocates a spare beside its first segment, and its first roll renames
+/// that spare into place (no segment's zeros written while a write waits); a store made
+/// without spares has none.
+#[test]
+fn a_new_store_has_a_spare_that_its_first_roll_takes() {
+    use dengine_core::{Entry, EntryPayload, HardState, LogStore, PersistRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions::default().segment_bytes(4096);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = WalStore::open_or_create_with(dir.path(), options.clone()).unwrap();
+        assert_eq!(spares(dir.path()), ["00000000000000000000.spare"]);
+        let spare = fs::metadata(dir.path().join("00000000000000000000.spare")).unwrap();
+        assert_eq!(spare.len(), 4096);
+        let hard_state = HardState {
+            term: 1,
+            vote: Some(1),
+            commit: 0,
+        };
+        let mut index = 0;
+        while !dir.path().join(segment_file_name(2)).exists() {
+            index += 1;
+            let entry = Entry::new(index, 1, EntryPayload::Normal(vec![7; 300].into()));
+            let write = PersistRequest::new(Some(hard_state), vec![entry], true);
+            store.persist(&write).await.unwrap();
+            assert!(index < 100, "no roll after {index} entries of 300 bytes");
+        }
+        assert!(spares(dir.path()).is_empty(), "{:?}", spares(dir.path()));
+        let segment = fs::metadata(dir.path().join(segment_file_name(2))).unwrap();
+        assert_eq!(segment.len(), 4096);
+    });
+
+    let none = tempfile::tempdir().unwrap();
+    let _store = WalStore::open_or_create_with(none.path(), options.max_spare_segments(0)).unwrap();
+    assert!(spares(none.path()).is_empty());
+}
