@@ -139,7 +139,7 @@ impl SnapshotSettings {
     /// this holds across restarts. Building a snapshot takes a member's CPU and disk for a
     /// moment; when the three members of a cluster on one machine all built theirs from the
     /// same index, the p99 of writes at 256 clients was 7% and the p99.9 16% higher than with
-    /// them staggered (docs/benchmarks.md, 2026-12-05 23:24); on separate machines, a
+    /// them staggered (docs/benchmarks.md, 2026-12-05 22:45); on separate machines, a
     /// majority that is not snapshotting keeps committing at full speed. The point is at
     /// least half a period after `from`, so that a snapshot installed from the leader just
     /// before a member's point does not make it build another at once: a member's snapshots
@@ -372,6 +372,8 @@ impl NodeConfig {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// The snapshot points of `every` entries for member `id` after `from`.
     fn point(every: u64, id: NodeId, from: LogIndex) -> LogIndex {
         let s = SnapshotSettings {
@@ -426,8 +428,6 @@ mod tests {
         // Near the end of the index space it saturates instead of overflowing.
         assert_eq!(point(100, 1, u64::MAX - 10), u64::MAX);
     }
-
-    use super::*;
 
     #[test]
     fn defaults_convert_to_a_valid_core_config() {

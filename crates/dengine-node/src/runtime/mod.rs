@@ -236,9 +236,9 @@ pub(crate) struct Runtime<S: LogStore, T: Transport> {
     snapshot_waiters: Vec<oneshot::Sender<Result<Snapshot, AdminError>>>,
     building_snapshot: bool,
     /// The applied index at which the next snapshot by count is due
-    /// ([`SnapshotSettings::next_point`](crate::config::SnapshotSettings::next_point)): set from the
-    /// first batch applied after start and after each snapshot built or installed (`None`
-    /// until then, and when snapshots by count are off).
+    /// ([`SnapshotSettings::next_point`](crate::config::SnapshotSettings::next_point)): set
+    /// from the first batch applied after start and after each snapshot built or installed
+    /// (`None` until then, and when snapshots by count are off).
     snapshot_due_at: Option<LogIndex>,
     since_snapshot_bytes: u64,
     /// The newest snapshot's data, streamed to followers that need compacted entries.
