@@ -50,6 +50,12 @@ impl Sequencer {
         self.next_ticket.fetch_add(1, Ordering::SeqCst)
     }
 
+    /// Whether `ticket`'s turn has come (no earlier write is running or waiting). It stays
+    /// so until that turn is taken and given back.
+    fn is_turn(&self, ticket: u64) -> bool {
+        *self.serving.lock() == ticket
+    }
+
     fn wait_turn(&self, ticket: u64) -> Turn<'_> {
         let mut serving = self.serving.lock();
         while *serving != ticket {
@@ -117,7 +123,7 @@ fn task_failed(path: &Path, op: &'static str, e: tokio::task::JoinError) -> Stor
 }
 
 /// A write started by [`ordered_write`]: finished in place, or running on the blocking pool.
-enum Started<T> {
+pub(crate) enum Started<T> {
     Done(Result<T, StorageError>),
     Pooled(Result<tokio::task::JoinHandle<Result<T, StorageError>>, StorageError>),
 }
@@ -133,24 +139,76 @@ pub(crate) fn ordered_write<B: Blocking, T: Send + 'static>(
     op: &'static str,
     f: impl FnOnce(&B) -> Result<T, StorageError> + Send + 'static,
 ) -> impl Future<Output = Result<T, StorageError>> + Send + 'static {
-    let started = match tokio::runtime::Handle::try_current() {
+    finish(shared, op, start_write(shared, op, f))
+}
+
+/// Starts a write for [`finish`] (see [`ordered_write`]).
+pub(crate) fn start_write<B: Blocking, T: Send + 'static>(
+    shared: &Arc<B>,
+    op: &'static str,
+    f: impl FnOnce(&B) -> Result<T, StorageError> + Send + 'static,
+) -> Started<T> {
+    match tokio::runtime::Handle::try_current() {
         Err(e) => Started::Pooled(Err(no_runtime(&**shared, op, e))),
-        Ok(handle) => {
-            let ticket = shared.sequencer().ticket();
-            if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-                Started::Done(tokio::task::block_in_place(|| {
-                    let _turn = shared.sequencer().wait_turn(ticket);
-                    guarded(&**shared, op, f)
-                }))
-            } else {
-                let task_shared = Arc::clone(shared);
-                Started::Pooled(Ok(handle.spawn_blocking(move || {
-                    let _turn = task_shared.sequencer().wait_turn(ticket);
-                    guarded(&*task_shared, op, f)
-                })))
-            }
+        Ok(handle) => start(&handle, shared, op, shared.sequencer().ticket(), f),
+    }
+}
+
+/// Starts a write for [`finish`] that may not need to wait on the disk: when no earlier
+/// write is running or waiting and `in_place` says this one only copies bytes into memory (see
+/// [`SyncLog::writes_in_place`](crate::SyncLog::writes_in_place)), it runs right here on the
+/// calling thread, without first handing the thread's other tasks to another thread (a
+/// thread wake-up, which costs more than such a write). Otherwise it is an [`ordered_write`].
+pub(crate) fn start_small_write<B: Blocking, T: Send + 'static>(
+    shared: &Arc<B>,
+    op: &'static str,
+    in_place: impl FnOnce(&B) -> bool,
+    f: impl FnOnce(&B) -> Result<T, StorageError> + Send + 'static,
+) -> Started<T> {
+    let ticket = shared.sequencer().ticket();
+    if shared.sequencer().is_turn(ticket) && in_place(shared) {
+        let _turn = shared.sequencer().wait_turn(ticket);
+        return Started::Done(guarded(&**shared, op, f));
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => start(&handle, shared, op, ticket, f),
+        Err(e) => {
+            // Outside a runtime (a plain thread): take and give up the turn, so that the
+            // writes after this one are not held up by a ticket nobody serves.
+            drop(shared.sequencer().wait_turn(ticket));
+            Started::Pooled(Err(no_runtime(&**shared, op, e)))
         }
-    };
+    }
+}
+
+/// Starts the write holding `ticket` (see [`ordered_write`]).
+fn start<B: Blocking, T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    shared: &Arc<B>,
+    op: &'static str,
+    ticket: u64,
+    f: impl FnOnce(&B) -> Result<T, StorageError> + Send + 'static,
+) -> Started<T> {
+    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+        Started::Done(tokio::task::block_in_place(|| {
+            let _turn = shared.sequencer().wait_turn(ticket);
+            guarded(&**shared, op, f)
+        }))
+    } else {
+        let task_shared = Arc::clone(shared);
+        Started::Pooled(Ok(handle.spawn_blocking(move || {
+            let _turn = task_shared.sequencer().wait_turn(ticket);
+            guarded(&*task_shared, op, f)
+        })))
+    }
+}
+
+/// The future of a started write: its result.
+pub(crate) fn finish<B: Blocking, T: Send + 'static>(
+    shared: &Arc<B>,
+    op: &'static str,
+    started: Started<T>,
+) -> impl Future<Output = Result<T, StorageError>> + Send + 'static {
     let path = shared.path().to_path_buf();
     async move {
         match started {
@@ -271,6 +329,128 @@ mod tests {
         ticker.abort();
         // ~40 ticks of 5 ms fit in the 200 ms write; a stalled thread would allow none.
         assert!(ticked >= 5, "only {ticked} ticks while the write blocked");
+    }
+
+    /// Starts a ticker on the only worker; returns its tick count.
+    async fn ticker() -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticking = Arc::clone(&ticks);
+        let task = tokio::spawn(async move {
+            loop {
+                ticking.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        (ticks, task)
+    }
+
+    /// Ticks of `ticks` while a small write of 100 ms runs, `in_place` or not.
+    async fn ticks_during_small_write(shared: &Arc<Log>, ticks: &AtomicU64, in_place: bool) -> u64 {
+        let before = ticks.load(Ordering::SeqCst);
+        let started = start_small_write(
+            shared,
+            "writing",
+            |_| in_place,
+            |s: &Log| {
+                std::thread::sleep(Duration::from_millis(100));
+                s.order.lock().push(1);
+                Ok(())
+            },
+        );
+        let during = ticks.load(Ordering::SeqCst) - before;
+        finish(shared, "writing", started).await.unwrap();
+        during
+    }
+
+    /// A write its backend calls small runs right on the calling thread, without handing the
+    /// thread's tasks to another (so, on the only worker, nothing else runs meanwhile); one it
+    /// does not goes through `block_in_place` like any write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_small_write_runs_on_the_calling_thread_without_handing_its_tasks_over() {
+        let shared = log();
+        let (ticks, task) = ticker().await;
+        // The writes run in a task, on the worker (the test's own body runs on another thread).
+        let on_worker = |in_place| {
+            let (shared, ticks) = (Arc::clone(&shared), Arc::clone(&ticks));
+            tokio::spawn(async move { ticks_during_small_write(&shared, &ticks, in_place).await })
+        };
+        assert_eq!(on_worker(true).await.unwrap(), 0);
+        let handed_over = on_worker(false).await.unwrap();
+        task.abort();
+        assert!(
+            handed_over >= 5,
+            "only {handed_over} ticks while the write ran"
+        );
+        assert_eq!(*shared.order.lock(), [1, 1]);
+    }
+
+    /// A small write called while another write runs waits for it (call order holds) and does
+    /// not even ask whether it is small; a write after it still gets its turn.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_write_behind_a_running_write_waits_its_turn() {
+        let shared = log();
+        let asked = Arc::new(AtomicU64::new(0));
+        let slow_shared = Arc::clone(&shared);
+        let slow = tokio::spawn(async move {
+            ordered_write(&slow_shared, "writing", |s: &Log| {
+                std::thread::sleep(Duration::from_millis(200));
+                s.order.lock().push(1);
+                Ok(())
+            })
+            .await
+        });
+        // Let the slow write take its turn.
+        while shared.sequencer.next_ticket.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let asking = Arc::clone(&asked);
+        let started = start_small_write(
+            &shared,
+            "writing",
+            move |_| {
+                asking.fetch_add(1, Ordering::SeqCst);
+                true
+            },
+            |s: &Log| {
+                s.order.lock().push(2);
+                Ok(())
+            },
+        );
+        finish(&shared, "writing", started).await.unwrap();
+        ordered_write(&shared, "writing", |s: &Log| {
+            s.order.lock().push(3);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        slow.await.unwrap().unwrap();
+        assert_eq!(*shared.order.lock(), [1, 2, 3]);
+        assert_eq!(asked.load(Ordering::SeqCst), 0);
+    }
+
+    /// Outside a runtime a small write still runs (it needs no thread of the runtime); one that
+    /// is not small fails as any write does there, and gives its turn back for the next.
+    #[test]
+    fn outside_a_runtime_a_small_write_runs_and_a_large_one_fails_without_blocking_the_next() {
+        let shared = log();
+        let write = |in_place: bool, mark: u32| {
+            let started = start_small_write(
+                &shared,
+                "writing",
+                |_| in_place,
+                move |s: &Log| {
+                    s.order.lock().push(mark);
+                    Ok(())
+                },
+            );
+            futures_lite_block_on(finish(&shared, "writing", started))
+        };
+        write(true, 1).unwrap();
+        let err = write(false, 2).unwrap_err().to_string();
+        assert!(err.contains("inside a tokio runtime"), "{err}");
+        write(true, 3).unwrap();
+        assert_eq!(*shared.order.lock(), [1, 3]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

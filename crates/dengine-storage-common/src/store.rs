@@ -111,6 +111,16 @@ pub trait SyncLog: Send + Sync + Sized + 'static {
 
     /// [`LogStore::persist`].
     fn persist(&self, req: &PersistRequest) -> Result<(), StorageError>;
+    /// Whether `persist(req)`, if it ran now, would only copy a few bytes into memory or the
+    /// page cache: no sync, no file created, grown or renamed. [`Store`] then runs it on the
+    /// caller's thread when no other write is in progress, instead of first handing that
+    /// thread's other tasks to another thread (a thread wake-up, which costs more than such
+    /// a write). Called only when no other write is running. The default, `false`, is always
+    /// safe.
+    fn writes_in_place(&self, req: &PersistRequest) -> bool {
+        let _ = req;
+        false
+    }
     /// [`LogStore::purge`].
     fn purge(&self, up_to: LogIndex) -> Result<(), StorageError>;
     /// [`LogStore::save_snapshot_meta`] (`reset == false`) or [`LogStore::reset_to_snapshot`]
@@ -274,8 +284,19 @@ impl<B: SyncLog> LogStore for Store<B> {
         req: &PersistRequest,
     ) -> impl Future<Output = Result<(), StorageError>> + Send {
         // Cloning is cheap: payloads are reference-counted `Bytes`.
-        let req = req.clone();
-        ordered_write(&self.shared, "persisting to", move |s| s.log.persist(&req))
+        let owned = req.clone();
+        let op = "persisting to";
+        let started = if req.must_sync {
+            blocking::start_write(&self.shared, op, move |s| s.log.persist(&owned))
+        } else {
+            blocking::start_small_write(
+                &self.shared,
+                op,
+                |s| s.log.writes_in_place(req),
+                move |s| s.log.persist(&owned),
+            )
+        };
+        blocking::finish(&self.shared, op, started)
     }
 
     fn read_entries(

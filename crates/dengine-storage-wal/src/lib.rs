@@ -231,6 +231,10 @@ impl SyncLog for WalLog {
         self.wal.persist(req)
     }
 
+    fn writes_in_place(&self, req: &PersistRequest) -> bool {
+        self.wal.writes_in_place(req)
+    }
+
     fn purge(&self, up_to: LogIndex) -> Result<(), StorageError> {
         self.wal.purge(up_to)
     }

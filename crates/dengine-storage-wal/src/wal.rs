@@ -159,6 +159,27 @@ impl<V: Vfs> Wal<V> {
         })
     }
 
+    /// Whether `persist(req)` would only write a record into the active segment's page
+    /// cache: no sync, no entries, and room in the segment (no roll, no growth).
+    pub(crate) fn writes_in_place(&self, req: &PersistRequest) -> bool {
+        if req.must_sync || !req.entries.is_empty() {
+            return false;
+        }
+        let w = self.writer();
+        let a = &w.active;
+        let need = if req.hard_state.is_some() {
+            format::frame_len(24) as u64 + END_FRAME as u64
+        } else {
+            0
+        };
+        let start = if a.started {
+            0
+        } else {
+            format::START_FRAME as u64
+        };
+        w.failed.is_none() && a.offset + start + need <= a.capacity
+    }
+
     pub(crate) fn purge(&self, up_to: LogIndex) -> Result<(), StorageError> {
         self.write("purging", |w, wal| w.purge(up_to, wal))
     }

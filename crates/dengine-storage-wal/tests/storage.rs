@@ -69,6 +69,54 @@ fn spares(dir: &Path) -> Vec<String> {
 /// A new store preallocates a spare beside its first segment, and its first roll renames
 /// that spare into place (no segment's zeros written while a write waits); a store made
 /// without spares has none.
+/// The writes the WAL lets run on the caller's thread: only an unsynced record of the hard
+/// state (a new commit index) with room for it in the active segment.
+#[test]
+fn only_an_unsynced_hard_state_record_that_fits_the_segment_is_written_in_place() {
+    use dengine_core::{Entry, EntryPayload, HardState, PersistRequest};
+    use dengine_storage_common::SyncLog;
+    use dengine_storage_common::marker::DirState;
+    let dir = tempfile::tempdir().unwrap();
+    let log = WalLog::open(
+        dir.path(),
+        DirState::New,
+        WalOptions::default().segment_bytes(4096),
+    )
+    .unwrap();
+    let hard_state = |commit| HardState {
+        term: 1,
+        vote: Some(1),
+        commit,
+    };
+    let commit = |c| PersistRequest::new(Some(hard_state(c)), Vec::new(), false);
+    let entry = |i| Entry::new(i, 1, EntryPayload::Normal(vec![7; 300].into()));
+    assert!(log.writes_in_place(&commit(0)));
+    assert!(log.writes_in_place(&PersistRequest::new(None, Vec::new(), false)));
+    assert!(!log.writes_in_place(&PersistRequest::new(Some(hard_state(0)), Vec::new(), true)));
+    assert!(!log.writes_in_place(&PersistRequest::new(None, vec![entry(1)], false)));
+    log.persist(&PersistRequest::new(
+        Some(hard_state(0)),
+        vec![entry(1)],
+        true,
+    ))
+    .unwrap();
+    // Fill the segment with commit records until one no longer fits: that write would roll.
+    let mut index = 0;
+    while log.writes_in_place(&commit(index)) {
+        log.persist(&commit(index)).unwrap();
+        index += 1;
+        assert!(index < 200, "the segment never filled");
+    }
+    assert!(index > 20, "only {index} commit records fit in 4 KiB");
+    assert!(!dir.path().join(segment_file_name(2)).exists());
+    log.persist(&commit(index)).unwrap();
+    assert!(
+        dir.path().join(segment_file_name(2)).exists(),
+        "the commit record rolled the log"
+    );
+    assert!(log.writes_in_place(&commit(index)));
+}
+
 #[test]
 fn a_new_store_has_a_spare_that_its_first_roll_takes() {
     use dengine_core::{Entry, EntryPayload, HardState, LogStore, PersistRequest};
