@@ -16,7 +16,7 @@
 //! client, one request at a time) writes at once instead, and tries a turn again every
 //! [`PROBE_EVERY`] flushes to notice when it gets busy (docs/benchmarks.md, "2026-12-06
 //! 02:05–03:40 UTC": with in-place commit-index writes, 8 fewer context switches per put and
-//! an 8% lower p50 at one client).
+//! a 9% lower p50 at one client).
 //!
 //! [`WriteCork`] holds the buffer and the rule; [`Corked`] is a socket whose writes go
 //! through one. The server's connections ([`LimitedConn`](crate::listener::LimitedConn)) wrap

@@ -300,16 +300,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_write_in_place_runs_at_call_time_and_does_not_stall_other_tasks() {
         let shared = log();
-        let ticks = Arc::new(AtomicU64::new(0));
-        let ticking = Arc::clone(&ticks);
-        let ticker = tokio::spawn(async move {
-            loop {
-                ticking.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        // Let the ticker start on the only worker.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (ticks, ticker) = ticker().await;
         let writer = Arc::clone(&shared);
         let seen_during_write = tokio::spawn(async move {
             let before = Arc::new(AtomicU64::new(0));
@@ -331,7 +322,8 @@ mod tests {
         assert!(ticked >= 5, "only {ticked} ticks while the write blocked");
     }
 
-    /// Starts a ticker on the only worker; returns its tick count.
+    /// Starts a task that counts every 5 ms, and lets it start (on the only worker, in the
+    /// tests that have one); returns its count and the task.
     async fn ticker() -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
         let ticks = Arc::new(AtomicU64::new(0));
         let ticking = Arc::clone(&ticks);
