@@ -7,8 +7,9 @@
 //!   database) and names `Store<ItsLog>` its store. `Store` implements `LogStore` and the
 //!   core's `LogReader` once for all backends: the marker check on open, database calls that
 //!   never stall other tasks (writes in place via `block_in_place` on a multi-thread runtime,
-//!   otherwise on tokio's blocking pool), writes in call order, database panics turned into
-//!   errors.
+//!   otherwise on tokio's blocking pool; a write the backend says only copies bytes,
+//!   [`SyncLog::writes_in_place`], straight on the calling thread when no other write is in
+//!   progress), writes in call order, database panics turned into errors.
 //! - [`Bounds`]: the log's shape kept in memory, with the checks every write and read makes
 //!   against it; [`engine_error`] and [`io_error`] build errors that name the file.
 //! - [`codec`]: the versioned, checksummed record encoding of entries, hard state, compaction

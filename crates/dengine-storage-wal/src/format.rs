@@ -39,6 +39,10 @@ pub(crate) const ALIGN: usize = 8;
 pub(crate) const START_FRAME: usize = frame_len(16);
 /// Size of an `END` frame (header only).
 pub(crate) const END_FRAME: usize = HEADER;
+/// Size of a `HARD_STATE` frame's body: term, vote, commit.
+const HARD_STATE_BODY: usize = 24;
+/// Size of a `HARD_STATE` frame.
+pub(crate) const HARD_STATE_FRAME: usize = frame_len(HARD_STATE_BODY);
 
 pub(crate) const KIND_SEGMENT_START: u8 = 1;
 pub(crate) const KIND_ENTRY: u8 = 2;
@@ -199,7 +203,7 @@ pub(crate) fn decode(frame: &RawFrame<'_>) -> Result<Record, String> {
         }
         KIND_ENTRY => decode_entry(body).map(Record::Entry),
         KIND_HARD_STATE => {
-            need(body, 24, "hard state")?;
+            need(body, HARD_STATE_BODY, "hard state")?;
             let vote = u64_at(body, 8);
             Ok(Record::HardState(HardState {
                 term: u64_at(body, 0),
@@ -304,7 +308,7 @@ impl Encoder {
 
     pub(crate) fn hard_state(&mut self, hs: &HardState, commit: bool) {
         let flags = if commit { FLAG_COMMIT } else { 0 };
-        self.frame(KIND_HARD_STATE, flags, 24, |b| {
+        self.frame(KIND_HARD_STATE, flags, HARD_STATE_BODY, |b| {
             b.extend_from_slice(&hs.term.to_le_bytes());
             b.extend_from_slice(&hs.vote.unwrap_or(0).to_le_bytes());
             b.extend_from_slice(&hs.commit.to_le_bytes());

@@ -23,7 +23,7 @@ use dengine_core::{EntryId, HardState, LogIndex, PersistRequest, StorageError, S
 use dengine_storage_common::io_error;
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::format::{self, END_FRAME, Encoder, PreparedEntry};
+use crate::format::{self, END_FRAME, Encoder, HARD_STATE_FRAME, PreparedEntry};
 use crate::meta::{MetaFile, MetaRecord};
 use crate::options::WalOptions;
 use crate::segment::{preallocate, segment_path, spare_path};
@@ -44,6 +44,24 @@ pub(crate) struct Active<F> {
     pub(crate) dirty: bool,
     /// Where the log ended in the previous segment (for the `SEGMENT_START`).
     pub(crate) prev_end: u64,
+}
+
+impl<F> Active<F> {
+    /// Whether a batch of `need` bytes (with its `END` frame) fits after the last one, with
+    /// the segment's `SEGMENT_START` before it if that is not written yet. (An unstarted
+    /// segment is empty: its `offset` is 0.)
+    fn has_room(&self, need: u64) -> bool {
+        debug_assert!(
+            self.started || self.offset == 0,
+            "an unstarted segment holds bytes"
+        );
+        let start = if self.started {
+            0
+        } else {
+            format::START_FRAME as u64
+        };
+        self.offset + start + need <= self.capacity
+    }
 }
 
 /// A segment brought into place, and its size.
@@ -165,19 +183,13 @@ impl<V: Vfs> Wal<V> {
         if req.must_sync || !req.entries.is_empty() {
             return false;
         }
-        let w = self.writer();
-        let a = &w.active;
         let need = if req.hard_state.is_some() {
-            format::frame_len(24) as u64 + END_FRAME as u64
+            (HARD_STATE_FRAME + END_FRAME) as u64
         } else {
             0
         };
-        let start = if a.started {
-            0
-        } else {
-            format::START_FRAME as u64
-        };
-        w.failed.is_none() && a.offset + start + need <= a.capacity
+        let w = self.writer();
+        w.failed.is_none() && w.active.has_room(need)
     }
 
     pub(crate) fn purge(&self, up_to: LogIndex) -> Result<(), StorageError> {
@@ -231,7 +243,7 @@ impl<V: Vfs> Writer<V> {
     fn persist(&mut self, req: &PersistRequest, wal: &Wal<V>) -> Result<(), StorageError> {
         let prepared: Vec<PreparedEntry<'_>> = req.entries.iter().map(PreparedEntry::new).collect();
         let hs_len = if req.hard_state.is_some() {
-            format::frame_len(24)
+            HARD_STATE_FRAME
         } else {
             0
         };
@@ -254,10 +266,12 @@ impl<V: Vfs> Writer<V> {
                 "a batch of {need} bytes exceeds the WAL's 4 GiB segment limit"
             )));
         }
-        if self.active.started && self.active.offset + need > self.active.capacity {
-            self.roll(need + start_len, wal)?;
-        } else if !self.active.started && need + start_len > self.active.capacity {
-            self.grow_active(need + start_len)?;
+        if !self.active.has_room(need) {
+            if self.active.started {
+                self.roll(need + start_len, wal)?;
+            } else {
+                self.grow_active(need + start_len)?;
+            }
         }
         let a = &mut self.active;
         let mut enc = Encoder::new(a.seq, need as usize + start_len as usize);

@@ -66,9 +66,6 @@ fn spares(dir: &Path) -> Vec<String> {
     names
 }
 
-/// A new store preallocates a spare beside its first segment, and its first roll renames
-/// that spare into place (no segment's zeros written while a write waits); a store made
-/// without spares has none.
 /// The writes the WAL lets run on the caller's thread: only an unsynced record of the hard
 /// state (a new commit index) with room for it in the active segment.
 #[test]
@@ -117,6 +114,9 @@ fn only_an_unsynced_hard_state_record_that_fits_the_segment_is_written_in_place(
     assert!(log.writes_in_place(&commit(index)));
 }
 
+/// A new store preallocates a spare beside its first segment, and its first roll renames
+/// that spare into place (no segment's zeros written while a write waits); a store made
+/// without spares has none.
 #[test]
 fn a_new_store_has_a_spare_that_its_first_roll_takes() {
     use dengine_core::{Entry, EntryPayload, HardState, LogStore, PersistRequest};
