@@ -80,6 +80,11 @@ pub struct KvStateMachine {
     /// The raised alarms, as (member id, `AlarmType`): replicated through the log and kept in
     /// snapshots (`alarm.rs`).
     alarms: BTreeSet<(u64, i32)>,
+    /// The events of the writes applied in the current batch, not yet published to `hub`:
+    /// published once per batch (one lock, one wake-up of the watchers), and before a
+    /// compaction, which drops the revisions before it from the hub (published after it,
+    /// they would stay until the history's bounds dropped them).
+    unpublished: Vec<(i64, Vec<crate::proto::mvccpb::Event>)>,
 }
 
 impl KvStateMachine {
@@ -102,6 +107,7 @@ impl KvStateMachine {
             lease_hub: LeaseHub::default(),
             applied: 0,
             alarms: BTreeSet::new(),
+            unpublished: Vec::new(),
         }
     }
 
@@ -336,6 +342,7 @@ impl KvStateMachine {
             }),
             command::Op::Compact(req) | command::Op::AutoCompact(req) => {
                 self.store.compact(req.revision).map(|revision| {
+                    self.publish_events();
                     self.hub.compact(req.revision);
                     R::Compact(CompactionResponse {
                         header: Some(store::header(revision)),
@@ -353,9 +360,19 @@ impl KvStateMachine {
         }
     }
 
-    fn hub_publish(&self, revision: i64, events: Vec<crate::proto::mvccpb::Event>) {
+    /// Keeps the events of a write at `revision` for [`publish_events`](Self::publish_events).
+    fn hub_publish(&mut self, revision: i64, events: Vec<crate::proto::mvccpb::Event>) {
         if !events.is_empty() {
-            self.hub.publish(revision, events);
+            self.unpublished.push((revision, events));
+        }
+    }
+
+    /// Publishes the events kept since the last call to the watch hub. Called at the end of
+    /// each batch, before its responses are returned: a client that wrote and then watches
+    /// from its write's revision finds it in the hub.
+    fn publish_events(&mut self) {
+        if !self.unpublished.is_empty() {
+            self.hub.publish_all(std::mem::take(&mut self.unpublished));
         }
     }
 
@@ -510,6 +527,7 @@ impl StateMachine for KvStateMachine {
             // order would make this replica diverge, so refuse loudly (the runtime stops the
             // node).
             if c.index <= self.applied || c.index > applied_up_to {
+                self.publish_events();
                 return Err(StorageError::InvalidArgument(format!(
                     "kv state machine: command at index {} applied after index {} (in a batch \
                      up to {applied_up_to}); commands must come once, in log order",
@@ -520,6 +538,7 @@ impl StateMachine for KvStateMachine {
             self.applied = c.index;
         }
         self.applied = self.applied.max(applied_up_to);
+        self.publish_events();
         self.commit_batch(false)?;
         self.hub.set_usage(self.store.size_bytes(), self.no_space());
         Ok(responses)

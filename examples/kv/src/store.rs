@@ -899,21 +899,30 @@ struct WriteTxn<'a> {
 
 impl WriteTxn<'_> {
     fn put(&mut self, req: &PutRequest) -> PutResponse {
-        let prev = self.store.data.get(&req.key);
-        let (create_revision, version) = match &prev {
-            Some(p) => (p.create_revision, p.version + 1),
-            None => (self.revision, 1),
+        let revision = self.revision;
+        let after = |prev: Option<&KeyRecord>| {
+            let (create_revision, version) = match prev {
+                Some(p) => (p.create_revision, p.version + 1),
+                None => (revision, 1),
+            };
+            let value = match (prev, req.ignore_value) {
+                (Some(p), true) => p.value.clone(),
+                _ => req.value.clone(),
+            };
+            KeyRecord {
+                value,
+                create_revision,
+                mod_revision: revision,
+                version,
+            }
         };
-        let value = match (&prev, req.ignore_value) {
-            (Some(p), true) => p.value.clone(),
-            _ => req.value.clone(),
-        };
-        let record = KeyRecord {
-            value,
-            create_revision,
-            mod_revision: self.revision,
-            version,
-        };
+        // One lookup of the key sets the new record and yields the one it replaces; the new
+        // one, a function of that alone, is built again for the event (a refcount, not a copy).
+        let prev = self
+            .store
+            .data
+            .replace(req.key.clone(), &mut |prev| after(prev));
+        let record = after(prev.as_ref());
         if let Some(p) = &prev {
             self.store.size_bytes -= record_size(&req.key, &p.value);
         }
@@ -937,7 +946,6 @@ impl WriteTxn<'_> {
             kv: Some(kv),
             prev_kv: prev_kv.clone(),
         });
-        self.store.data.insert(req.key.clone(), record);
         PutResponse {
             header: None,
             prev_kv: if req.prev_kv { prev_kv } else { None },

@@ -305,18 +305,37 @@ impl WatchHub {
         self.revision_tx.subscribe()
     }
 
-    /// Records the events of one write at `revision` (called by the state machine, in
-    /// revision order) and wakes the watchers. Old revisions beyond the bounds are dropped,
-    /// whole; the newest one is always kept.
+    /// Records the events of one write at `revision` and wakes the watchers: [`publish_all`]
+    /// of one write.
+    ///
+    /// [`publish_all`]: Self::publish_all
+    #[cfg(test)]
     pub(crate) fn publish(&self, revision: i64, events: Vec<Event>) {
+        self.publish_all(vec![(revision, events)]);
+    }
+
+    /// Records the events of consecutive writes, each as (revision, events), in revision
+    /// order (the state machine calls it once per applied batch), and wakes the watchers
+    /// once. Old revisions beyond the bounds are dropped, whole; the newest one is always
+    /// kept (trimming once after all of them keeps what trimming after each would: the
+    /// longest run of newest revisions within the bounds). One call per batch instead of per
+    /// write: the lock and the wake-up (eight `Notify`s, each locked even with no watcher)
+    /// per write had cost about a tenth of the state machine's apply of a put (`cargo bench
+    /// -p dengine-kv --bench apply`: 4.90 against 4.38 µs of CPU per put, 2026-12-06).
+    pub(crate) fn publish_all(&self, writes: Vec<(i64, Vec<Event>)>) {
+        let Some(&(newest, _)) = writes.last() else {
+            return;
+        };
         {
             let mut s = self.lock();
-            debug_assert!(revision > s.revision, "revisions are published in order");
-            s.push(revision, events);
-            s.revision = revision;
+            for (revision, events) in writes {
+                debug_assert!(revision > s.revision, "revisions are published in order");
+                s.push(revision, events);
+                s.revision = revision;
+            }
             s.trim(&self.config);
         }
-        self.revision_tx.send_replace(revision);
+        self.revision_tx.send_replace(newest);
     }
 
     /// The store was compacted at `revision`: watching from before it is refused, as in etcd.

@@ -1075,6 +1075,64 @@ async fn writes_publish_events_to_the_hub() {
 }
 
 #[tokio::test]
+async fn a_batch_publishes_its_writes_to_the_hub_by_the_time_it_returns() {
+    let hub = WatchHub::default();
+    let mut h = Harness::durable(hub.clone());
+    h.put("p/a", "0").await; // rev 1
+    let mut woken = hub.subscribe();
+    woken.mark_unchanged();
+    let put = |key: &str, value: &str| {
+        command::Op::Put(PutRequest {
+            key: b(key),
+            value: b(value),
+            ..Default::default()
+        })
+    };
+    let commands: Vec<_> = [
+        put("p/a", "1"), // rev 2
+        put("p/b", "2"), // rev 3
+        command::Op::Compact(CompactionRequest {
+            revision: 3,
+            physical: false,
+        }),
+        put("p/a", "3"), // rev 4
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, op)| Committed {
+        index: h.sm.applied_index() + 1 + i as u64,
+        data: encode_command(op),
+    })
+    .collect();
+    let last = commands.last().unwrap().index;
+    h.sm.apply(&commands, last).await.unwrap();
+    // Once the batch's responses are out, every write in it is in the hub.
+    assert_eq!(hub.revision(), 4);
+    assert!(woken.has_changed().unwrap());
+    assert_eq!(
+        *woken.borrow_and_update(),
+        4,
+        "the watchers are woken at the newest revision"
+    );
+    let filter = WatchFilter::new(b("p/"), b("p0"));
+    let events = hub.read_events(3, &filter, 100).unwrap().events;
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| {
+            let kv = e.kv.as_ref().unwrap();
+            (kv.key.clone(), kv.mod_revision)
+        })
+        .collect();
+    assert_eq!(seen, [(b("p/b"), 3), (b("p/a"), 4)]);
+    // The compaction inside the batch applied to the hub after the writes before it.
+    assert_eq!(hub.compact_revision(), 3);
+    assert!(
+        hub.read_events(2, &filter, 100).is_err(),
+        "revision 2 is compacted"
+    );
+}
+
+#[tokio::test]
 async fn a_nospace_alarm_caps_writes_on_every_replica_and_survives_snapshots() {
     use dengine_kv::proto::etcdserverpb::{AlarmRequest, AlarmType, alarm_request::AlarmAction};
     async fn alarm(h: &mut Harness, action: AlarmAction) -> usize {

@@ -1086,6 +1086,33 @@ impl Keyspace for DurableKeyspace {
         });
     }
 
+    fn replace(
+        &mut self,
+        key: Bytes,
+        make: &mut dyn FnMut(Option<&KeyRecord>) -> KeyRecord,
+    ) -> Option<KeyRecord> {
+        if self.syncing.is_some() {
+            // Applied into memory while the sync holds the transaction.
+            let prev = self.get(&key);
+            self.insert(key, make(prev.as_ref()));
+            return prev;
+        }
+        self.changes += 1;
+        // One descent for both: `get_mut` copies the path to the key's leaf (as an insert
+        // would) and the new record replaces the old there. A separate get before the insert
+        // was about 5% of a member's CPU at 256 clients (docs/benchmarks.md, 2026-12-06).
+        self.write_table::<Keys, _>(|t| {
+            if let Some(mut slot) = t.get_mut(key.as_ref())? {
+                let prev = decode_record(slot.value()).ok_or_else(|| damaged("keys", &key))?;
+                slot.insert(encode_record(&make(Some(&prev))).as_slice())?;
+                return Ok(Some(prev));
+            }
+            t.insert(key.as_ref(), encode_record(&make(None)).as_slice())?;
+            Ok(None)
+        })
+        .flatten()
+    }
+
     fn remove(&mut self, key: &[u8]) -> Option<KeyRecord> {
         self.changes += 1;
         if self.syncing.is_some() {
@@ -1560,23 +1587,30 @@ mod tests {
     fn write(rng: &mut Rng, revision: i64, both: [&mut dyn Keyspace; 2]) {
         let key = Bytes::from(format!("k{:02}", rng.below(12)));
         let delete = rng.below(5) == 0;
-        for ks in both {
-            let prev = ks.get(&key);
-            if delete {
-                ks.remove(&key);
-            } else {
-                let (create_revision, version) = prev
-                    .as_ref()
-                    .map_or((revision, 1), |p| (p.create_revision, p.version + 1));
-                let value = Bytes::from(format!("v{revision}"));
-                let record = KeyRecord {
-                    value,
-                    create_revision,
-                    mod_revision: revision,
-                    version,
-                };
-                ks.insert(key.clone(), record);
+        // A put through `replace` (one lookup) or through `get` then `insert`.
+        let replace = rng.below(2) == 0;
+        let after = |prev: Option<&KeyRecord>| {
+            let (create_revision, version) =
+                prev.map_or((revision, 1), |p| (p.create_revision, p.version + 1));
+            KeyRecord {
+                value: Bytes::from(format!("v{revision}")),
+                create_revision,
+                mod_revision: revision,
+                version,
             }
+        };
+        for ks in both {
+            let prev = if delete {
+                let prev = ks.get(&key);
+                ks.remove(&key);
+                prev
+            } else if replace {
+                ks.replace(key.clone(), &mut |prev| after(prev))
+            } else {
+                let prev = ks.get(&key);
+                ks.insert(key.clone(), after(prev.as_ref()));
+                prev
+            };
             if let Some(record) = prev {
                 let past = PastVersion {
                     record,

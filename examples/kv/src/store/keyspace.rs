@@ -2,6 +2,7 @@
 //! in memory ([`MemoryKeyspace`]) or on disk (`durable.rs`). The store's rules (revisions,
 //! ranges, transactions, compaction) are written once, over this trait.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 
@@ -46,6 +47,21 @@ pub(crate) trait Keyspace: Debug + Send + Sync {
 
     /// Sets the current record of `key`.
     fn insert(&mut self, key: Bytes, record: KeyRecord);
+
+    /// Sets the current record of `key` to what `make` builds from the one it replaces (if
+    /// any), and returns that one: a [`get`](Keyspace::get) and an
+    /// [`insert`](Keyspace::insert) in one, which a keyspace can do with one lookup of the key
+    /// (a put is the most common write, and on disk each lookup is a descent of a B-tree).
+    fn replace(
+        &mut self,
+        key: Bytes,
+        make: &mut dyn FnMut(Option<&KeyRecord>) -> KeyRecord,
+    ) -> Option<KeyRecord> {
+        let prev = self.get(&key);
+        let record = make(prev.as_ref());
+        self.insert(key, record);
+        prev
+    }
 
     /// Removes `key`, returning its record.
     fn remove(&mut self, key: &[u8]) -> Option<KeyRecord>;
@@ -224,6 +240,23 @@ impl Keyspace for MemoryKeyspace {
 
     fn insert(&mut self, key: Bytes, record: KeyRecord) {
         self.keys.insert(key, record);
+    }
+
+    fn replace(
+        &mut self,
+        key: Bytes,
+        make: &mut dyn FnMut(Option<&KeyRecord>) -> KeyRecord,
+    ) -> Option<KeyRecord> {
+        match self.keys.entry(key) {
+            Entry::Occupied(mut slot) => {
+                let record = make(Some(slot.get()));
+                Some(slot.insert(record))
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(make(None));
+                None
+            }
+        }
     }
 
     fn remove(&mut self, key: &[u8]) -> Option<KeyRecord> {
