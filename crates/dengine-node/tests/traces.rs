@@ -1,5 +1,6 @@
 //! The runtime's spans: elections (with their outcome), snapshots built, sent and installed,
-//! and the admin operations, seen by a `tracing` layer (what an OTLP exporter would export).
+//! and the admin operations, seen by a `tracing` layer (what an OTLP exporter would export);
+//! and its log lines when a member's leader changes.
 //!
 //! A test binary of its own, with the subscriber installed for the whole process: `tracing`
 //! caches per call site whether anyone is interested, and with a thread-scoped subscriber
@@ -22,11 +23,23 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
 
 use crate::common::{Cluster, catch_up_by_snapshot, compacting};
 
-/// Remembers every span created (by name) and every `outcome` recorded on one.
+/// Remembers every span created (by name), every `outcome` recorded on one, and the message
+/// of every event.
 #[derive(Clone, Default)]
 struct Spans {
     names: Arc<Mutex<Vec<String>>>,
     outcomes: Arc<Mutex<Vec<String>>>,
+    messages: Arc<Mutex<Vec<String>>>,
+}
+
+struct Message<'a>(&'a Mutex<Vec<String>>);
+
+impl Visit for Message<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.lock().unwrap().push(format!("{value:?}"));
+        }
+    }
 }
 
 struct Outcome<'a>(&'a Mutex<Vec<String>>);
@@ -49,6 +62,9 @@ impl Layer<Registry> for Spans {
     }
     fn on_record(&self, _: &Id, values: &Record<'_>, _: Context<'_, Registry>) {
         values.record(&mut Outcome(&self.outcomes));
+    }
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, Registry>) {
+        event.record(&mut Message(&self.messages));
     }
 }
 
@@ -93,4 +109,15 @@ fn elections_snapshots_and_admin_operations_have_spans() {
     }
     let outcomes = spans.outcomes.lock().unwrap().clone();
     assert!(outcomes.iter().any(|o| o == "won"), "{outcomes:?}");
+    // The members that followed the first leader said so; at the transfer the old leader
+    // stepped down to a higher term before it heard who won, and said that too.
+    let messages = spans.messages.lock().unwrap().clone();
+    for expected in [
+        "became leader",
+        "following a new leader",
+        "no leader known: an election is under way or this member is cut off",
+    ] {
+        let seen = messages.iter().filter(|m| *m == expected).count();
+        assert!(seen > 0, "no {expected:?} line among {messages:?}");
+    }
 }

@@ -1085,9 +1085,20 @@ impl<S: LogStore, T: Transport> Runtime<S, T> {
         self.publish_leadership();
         if soft.leader != self.last_leader {
             metrics::counter!(m::LEADER_CHANGES_TOTAL).increment(1);
-            self.last_leader = soft.leader;
-            if soft.leader == Some(self.id) {
-                tracing::info!(term = soft.term, "became leader");
+            // One line per change of leader (elections are at least an election timeout
+            // apart, so these cannot flood): an operator reading one member's log sees when
+            // it lost its leader and whom it followed next.
+            let previous = std::mem::replace(&mut self.last_leader, soft.leader);
+            match soft.leader {
+                Some(leader) if leader == self.id => {
+                    tracing::info!(term = soft.term, "became leader");
+                }
+                Some(leader) => tracing::info!(term = soft.term, leader, "following a new leader"),
+                None => tracing::info!(
+                    term = soft.term,
+                    previous = ?previous,
+                    "no leader known: an election is under way or this member is cut off"
+                ),
             }
         }
     }
