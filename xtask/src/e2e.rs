@@ -195,7 +195,17 @@ fn run(opts: &Options, interrupted: &AtomicBool) -> Result<(), String> {
             )
         });
         match run {
-            Ok(r) => all.push(r),
+            Ok(r) => {
+                // A point with failed requests keeps the members' logs: what failed (a lost
+                // leader, say) is in them, and a rerun may not show it again.
+                let errors: u64 = r.points.iter().map(|p| p.errors).sum();
+                all.push(r);
+                cluster.stop_all();
+                if errors > 0 {
+                    cluster.keep_dir = true;
+                    println!("{errors} requests failed: keeping the members' logs (node-N.log)");
+                }
+            }
             Err(e) => {
                 if !interrupted.load(Ordering::SeqCst) {
                     cluster.keep_dir = true;
@@ -204,7 +214,6 @@ fn run(opts: &Options, interrupted: &AtomicBool) -> Result<(), String> {
                 return Err(e);
             }
         }
-        cluster.stop_all();
     }
     if let Some(version) = &etcd_version {
         println!("\n== etcd: 3 members, default settings ({version})");

@@ -495,8 +495,17 @@ fn address_of(peer_url: &str) -> Result<String, BackendError> {
     Ok(hostport.to_string())
 }
 
-impl KvBackend for NodeBackend {
-    async fn propose(&self, command: Bytes) -> Result<Bytes, BackendError> {
+/// How long a write to a member that knows no leader waits for one before it fails with
+/// "no leader": an election normally ends within one to two election timeouts (0.5–1 s with
+/// the default settings), and etcd too has a write wait out an election. A client's own
+/// deadline (`grpc-timeout`) ends the wait sooner.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// Writes through the leader.
+impl NodeBackend {
+    /// One attempt at a write: forwarded to the leader this member knows, else proposed to
+    /// its own node (which takes it if it leads, or names the leader to forward to).
+    async fn propose_once(&self, command: Bytes) -> Result<Bytes, BackendError> {
         // A follower that knows where the leader is forwards at once: its own node would only
         // refuse the write (and count a refused proposal). If the leader has just changed, the
         // one forwarded to refuses it in turn, as the node would have.
@@ -520,6 +529,38 @@ impl KvBackend for NodeBackend {
                 }
                 _ => Err(propose_error(e)),
             },
+        }
+    }
+
+    /// Waits until this member knows a leader, or `deadline`; whether it knows one.
+    async fn wait_for_leader(&self, deadline: Instant) -> bool {
+        let mut leadership = self.leadership.clone();
+        let wait = async {
+            if leadership.borrow_and_update().leader.is_some() {
+                // The node found no leader after this was published: wait for the news
+                // rather than try again at once.
+                leadership.changed().await?;
+            }
+            leadership
+                .wait_for(|l| l.leader.is_some())
+                .await
+                .map(|_| ())
+        };
+        matches!(tokio::time::timeout_at(deadline, wait).await, Ok(Ok(())))
+    }
+}
+
+impl KvBackend for NodeBackend {
+    /// Carries out a write through the leader; while this member knows no leader (an
+    /// election is under way, or it has just started) it waits up to [`LEADER_WAIT`] for one
+    /// instead of failing at once, as a write to etcd waits out an election.
+    async fn propose(&self, command: Bytes) -> Result<Bytes, BackendError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            match self.propose_once(command.clone()).await {
+                Err(BackendError::NoLeader) if self.wait_for_leader(deadline).await => {}
+                answer => return answer,
+            }
         }
     }
 

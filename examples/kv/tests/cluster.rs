@@ -1,8 +1,8 @@
 //! A three-member `dengine-kv` cluster (real Raft, redb logs, gRPC on loopback) driven with the
 //! `etcd-client` crate: reads and writes through the leader and through followers (write
 //! forwarding, linearizable and serializable reads on followers), watches on followers, a
-//! leader crash with writes and watches in flight, a restarted member catching up, and the
-//! Cluster/Maintenance APIs.
+//! leader crash with writes and watches in flight, a restarted member catching up, a write
+//! that waits out an election, and the Cluster/Maintenance APIs.
 //!
 //! The tests take turns (one cluster at a time): the machines that run them may have two
 //! cores, and three clusters electing at once with 300 ms election timeouts could flap.
@@ -292,6 +292,37 @@ async fn reads_and_writes_through_the_leader_and_through_followers() {
     .await;
 
     drop((cl, c1, c2));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_member_that_knows_no_leader_waits_for_an_election() {
+    let _turn = SERIAL.lock().await;
+    // Member 1 alone of three cannot elect a leader: a put to it waits (it used to fail at
+    // once with "etcdserver: no leader") and goes through once member 2 starts and the two
+    // elect one.
+    let mut cluster = TestCluster::start_only(&[1]).await;
+    let mut c1 = cluster.client(1).await;
+    let put = tokio::spawn(async move { c1.put("waited", "1", None).await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!put.is_finished(), "the put waits while no leader is known");
+    cluster.start_member(2).await;
+    let revision = timeout(PATIENCE, put)
+        .await
+        .expect("the put ends once a leader is elected")
+        .unwrap()
+        .expect("the put succeeds")
+        .header()
+        .unwrap()
+        .revision();
+    assert_eq!(revision, 1, "the put is the first revision");
+    let mut c2 = cluster.client(2).await;
+    let got = read("the waited put, on member 2", async || {
+        c2.get("waited", None).await
+    })
+    .await;
+    assert_eq!(values(&got), pairs(&[("waited", "1")]));
+    cluster.start_member(3).await;
     cluster.stop().await;
 }
 

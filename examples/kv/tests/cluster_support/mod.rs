@@ -111,10 +111,25 @@ impl TestCluster {
         Self::start_configured(None, kv, true).await
     }
 
+    /// A new cluster of three members of which only `ids` are started (the others can be
+    /// started later with [`start_member`](Self::start_member)).
+    pub(crate) async fn start_only(ids: &[u64]) -> Self {
+        Self::start_some(None, KvConfig::default(), false, ids).await
+    }
+
     async fn start_configured(
         restore_from: Option<std::path::PathBuf>,
         kv: KvConfig,
         sessions: bool,
+    ) -> Self {
+        Self::start_some(restore_from, kv, sessions, &[1, 2, 3]).await
+    }
+
+    async fn start_some(
+        restore_from: Option<std::path::PathBuf>,
+        kv: KvConfig,
+        sessions: bool,
+        ids: &[u64],
     ) -> Self {
         let dir = TempDir::new();
         let ports = free_ports(6);
@@ -133,7 +148,7 @@ impl TestCluster {
             sessions,
             dir,
         };
-        for id in 1..=3 {
+        for &id in ids {
             cluster.start_member(id).await;
         }
         cluster
