@@ -22,6 +22,10 @@ use dengine_kv::proto::etcdserverpb::{CompactionRequest, PutRequest};
 use dengine_kv::{AuthHub, KvStateMachine, WatchHub, encode_command};
 use mimalloc::MiMalloc;
 
+#[path = "../tests/support/xorshift.rs"]
+mod xorshift;
+use xorshift::Rng;
+
 /// The server's allocator (examples/kv/src/main.rs), so that allocation costs what it does
 /// there.
 #[global_allocator]
@@ -31,18 +35,6 @@ const KEYS: u64 = 10_000;
 const PUTS_PER_ROUND: u64 = 100_000;
 const BATCH: u64 = 64;
 const KEEP: i64 = 10_000;
-
-/// xorshift: the same keys in every build.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 fn put(key: u64, value: &Bytes) -> Bytes {
     encode_command(command::Op::Put(PutRequest {

@@ -25,28 +25,17 @@ use dengine_kv::{
 use dengine_storage_common::FileRegion;
 use prost::Message;
 
+#[path = "support/xorshift.rs"]
+mod xorshift;
+use xorshift::Rng;
+
 fn open(path: &Path) -> KvStateMachine {
     KvStateMachine::open(WatchHub::default(), AuthHub::default(), path, 4 << 20).unwrap()
 }
 
-/// A small deterministic generator (xorshift), so a failure names its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn key(&mut self) -> Bytes {
-        Bytes::from(format!("k/{:02}", self.below(40)))
-    }
+/// One of 40 keys.
+fn random_key(rng: &mut Rng) -> Bytes {
+    Bytes::from(format!("k/{:02}", rng.below(40)))
 }
 
 /// A random command over 40 keys: puts (some with prev_kv), range deletes, transactions that
@@ -54,13 +43,13 @@ impl Rng {
 fn random_command(rng: &mut Rng, revision: i64) -> command::Op {
     match rng.below(10) {
         0..=4 => command::Op::Put(PutRequest {
-            key: rng.key(),
+            key: random_key(rng),
             value: Bytes::from(vec![b'v'; rng.below(30) as usize]),
             prev_kv: rng.below(2) == 0,
             ..Default::default()
         }),
         5 => {
-            let (a, b) = (rng.key(), rng.key());
+            let (a, b) = (random_key(rng), random_key(rng));
             command::Op::DeleteRange(DeleteRangeRequest {
                 key: a.clone().min(b.clone()),
                 range_end: if rng.below(3) == 0 {
@@ -72,17 +61,17 @@ fn random_command(rng: &mut Rng, revision: i64) -> command::Op {
             })
         }
         6..=8 => {
-            let key = rng.key();
+            let key = random_key(rng);
             let put = RequestOp {
                 request: Some(Request::RequestPut(PutRequest {
-                    key: rng.key(),
+                    key: random_key(rng),
                     value: Bytes::from_static(b"txn"),
                     ..Default::default()
                 })),
             };
             let delete = RequestOp {
                 request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
-                    key: rng.key(),
+                    key: random_key(rng),
                     ..Default::default()
                 })),
             };

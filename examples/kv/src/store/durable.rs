@@ -1291,6 +1291,11 @@ impl Drop for DurableKeyspace {
     }
 }
 
+/// The tests' deterministic generator, shared with the integration tests and benchmarks.
+#[cfg(test)]
+#[path = "../../tests/support/xorshift.rs"]
+mod xorshift;
+
 #[cfg(test)]
 mod tests {
     use redb::TableHandle;
@@ -1555,17 +1560,7 @@ mod tests {
         assert_eq!(format, FORMAT.to_le_bytes());
     }
 
-    /// A small deterministic generator (xorshift), so a failure names its seed.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
+    use super::xorshift::Rng;
 
     /// Everything a reader can learn from `ks`, to compare two keyspaces.
     fn contents(ks: &dyn Keyspace) -> String {
