@@ -568,6 +568,54 @@ mod tests {
     }
 
     #[test]
+    fn publishing_a_batch_keeps_what_publishing_each_write_would() {
+        let all = WatchFilter::new(Bytes::from_static(b"\0"), Bytes::from_static(b"\0"));
+        for bound in 1..=8 {
+            let config = WatchConfig {
+                max_history_events: bound,
+                ..WatchConfig::default()
+            };
+            let hub = WatchHub::new(config);
+            // Every write so far as (revision, events); the model keeps what trimming after
+            // each write keeps: the newest revisions, whole, while they fit the bound, and
+            // always the newest one.
+            let mut written: Vec<(i64, usize)> = Vec::new();
+            let mut revision = 0;
+            // Batches of 1 to 5 writes of 1 to 4 events each.
+            for size in [1, 3, 5, 2, 4, 1, 5, 3] {
+                let writes: Vec<(i64, Vec<Event>)> = (0..size)
+                    .map(|_| {
+                        revision += 1;
+                        let events = (0..1 + revision % 4).map(|_| put("k", revision)).collect();
+                        (revision, events)
+                    })
+                    .collect();
+                written.extend(writes.iter().map(|(r, e)| (*r, e.len())));
+                hub.publish_all(writes);
+                let mut kept: Vec<i64> = Vec::new();
+                let mut total = 0;
+                for &(r, n) in written.iter().rev() {
+                    if !kept.is_empty() && total + n > bound {
+                        break;
+                    }
+                    total += n;
+                    kept.extend(std::iter::repeat_n(r, n));
+                }
+                kept.reverse();
+                let got: Vec<i64> = hub
+                    .read_events(hub.oldest_revision(), &all, usize::MAX)
+                    .unwrap()
+                    .events
+                    .iter()
+                    .map(|e| e.kv.as_ref().unwrap().mod_revision)
+                    .collect();
+                assert_eq!(got, kept, "bound {bound}, through revision {revision}");
+                assert_eq!(hub.oldest_revision(), kept[0], "bound {bound}");
+            }
+        }
+    }
+
+    #[test]
     fn future_start_waits_and_compaction_moves_the_floor() {
         let hub = WatchHub::default();
         let f = WatchFilter::new(Bytes::from_static(b"k"), Bytes::new());
