@@ -6,7 +6,8 @@
 //! (docs/benchmarks.md, 2026-12-05), during which the apply task, and every response waiting
 //! on it, used to stand still. Now the group is committed without a sync on the apply task
 //! and synced by an empty commit on another thread; meanwhile the apply task keeps its
-//! changes here, reads through them over the file's last commit, and writes them into the
+//! changes of keys here (the versions they replace are kept in memory in any case,
+//! `recent.rs`), reads through them over the file's last commit, and writes them into the
 //! next transaction once the sync is done.
 
 use std::cmp::Ordering;
@@ -16,16 +17,13 @@ use bytes::Bytes;
 
 use crate::key_range::KeyBounds;
 use crate::store::keyspace::DurableState;
-use crate::store::record::{KeyRecord, PastVersion};
+use crate::store::record::KeyRecord;
 
 /// Changes not in the file yet (see the module docs).
 #[derive(Debug, Default)]
 pub(super) struct Pending {
     /// Current records set (`Some`) or removed (`None`).
     pub(super) keys: BTreeMap<Bytes, Option<KeyRecord>>,
-    /// Kept past versions by (replaced at, key), as the `past` table keys them. Each was
-    /// replaced after every version in the file.
-    pub(super) past: BTreeMap<(i64, Bytes), PastVersion>,
     /// Live keys added less live keys removed.
     pub(super) live_delta: i64,
     /// The state record of the last batch ended here.
@@ -44,21 +42,6 @@ impl Pending {
     pub(super) fn set(&mut self, key: Bytes, record: Option<KeyRecord>, was_live: bool) {
         self.live_delta += i64::from(record.is_some()) - i64::from(was_live);
         self.keys.insert(key, record);
-    }
-
-    /// Keeps a replaced version of `key`.
-    pub(super) fn push_past(&mut self, key: Bytes, past: PastVersion) {
-        self.past.insert((past.superseded_at, key), past);
-    }
-
-    /// The version of `key` replaced at `at`, if it was kept here.
-    pub(super) fn past_of(&self, at: i64, key: &[u8]) -> Option<PastVersion> {
-        self.past.get(&(at, Bytes::copy_from_slice(key))).cloned()
-    }
-
-    /// The past versions kept here, in the order they were replaced.
-    pub(super) fn past_in_order(&self) -> impl Iterator<Item = (Bytes, PastVersion)> + '_ {
-        self.past.iter().map(|((_, k), p)| (k.clone(), p.clone()))
     }
 
     /// The live keys within `bounds`: `file`'s (in key order), with the changes made here

@@ -1,0 +1,152 @@
+//! [`RecentPast`]: the past versions a durable keyspace replaced since its open group began,
+//! kept in memory until the group's commit writes them into the `past` table — or until a
+//! compaction drops them, in which case they are never written at all.
+//!
+//! Every put replaces a version, and the auto-compaction (by default down to the last 10,000
+//! revisions, once a second) drops most of them within about a second at high load, which is
+//! also about how long a group lasts. Inserting each into the `past` B-tree as it was replaced,
+//! then removing it again, was about 7% of a member's CPU at 256 clients (docs/benchmarks.md,
+//! 2026-12-06 08:50); kept here, a version costs a push at the end of a queue, and the ones
+//! still kept when the group ends are written in one pass, in the table's order.
+//!
+//! What is here is in no commit yet, so a crash loses it with the rest of the group's
+//! batches, which the Raft log replays (see the module docs of `durable.rs`).
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::store::record::PastVersion;
+
+/// Past versions not written to the file yet, in the order they were replaced (see the
+/// module docs). Every one was replaced after every version in the file.
+#[derive(Debug, Default)]
+pub(super) struct RecentPast {
+    /// (key, version), oldest first: `superseded_at` never decreases along it.
+    versions: VecDeque<(Bytes, PastVersion)>,
+}
+
+impl RecentPast {
+    /// Keeps a version of `key`, replaced at or after every version kept here.
+    pub(super) fn push(&mut self, key: Bytes, past: PastVersion) {
+        debug_assert!(
+            self.versions
+                .back()
+                .is_none_or(|(_, last)| last.superseded_at <= past.superseded_at),
+            "past versions kept out of order"
+        );
+        self.versions.push_back((key, past));
+    }
+
+    /// The version of `key` replaced at `at`, if it is kept here.
+    pub(super) fn get(&self, at: i64, key: &[u8]) -> Option<&PastVersion> {
+        // Several keys can be replaced at one revision (a transaction, a range delete).
+        let first = self.versions.partition_point(|(_, p)| p.superseded_at < at);
+        self.versions
+            .range(first..)
+            .take_while(|(_, p)| p.superseded_at == at)
+            .find(|(k, _)| k.as_ref() == key)
+            .map(|(_, p)| p)
+    }
+
+    /// Drops every version replaced at or before `revision`, oldest first, telling `dropped`
+    /// of each; stops (and keeps that version) when `dropped` returns false.
+    pub(super) fn drop_through(
+        &mut self,
+        revision: i64,
+        mut dropped: impl FnMut(&Bytes, &PastVersion) -> bool,
+    ) {
+        while let Some((key, past)) = self.versions.front() {
+            if past.superseded_at > revision || !dropped(key, past) {
+                return;
+            }
+            self.versions.pop_front();
+        }
+    }
+
+    /// The versions kept here, oldest first.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &(Bytes, PastVersion)> {
+        self.versions.iter()
+    }
+
+    /// Takes every version kept here, leaving none.
+    pub(super) fn take(&mut self) -> RecentPast {
+        std::mem::take(self)
+    }
+
+    /// Forgets every version kept here (their batches were abandoned, or the keyspace
+    /// cleared).
+    pub(super) fn clear(&mut self) {
+        self.versions.clear();
+    }
+
+    /// Number of versions kept here.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.versions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::record::KeyRecord;
+
+    fn past(value: &str, mod_revision: i64, superseded_at: i64) -> PastVersion {
+        PastVersion {
+            record: KeyRecord {
+                value: Bytes::from(value.to_string()),
+                create_revision: 1,
+                mod_revision,
+                version: 1,
+            },
+            superseded_at,
+        }
+    }
+
+    #[test]
+    fn finds_each_version_by_when_it_was_replaced_and_its_key() {
+        let mut r = RecentPast::default();
+        r.push(Bytes::from("a"), past("a1", 1, 3));
+        // b and c replaced together at 4 (one transaction).
+        r.push(Bytes::from("b"), past("b1", 2, 4));
+        r.push(Bytes::from("c"), past("c1", 2, 4));
+        r.push(Bytes::from("a"), past("a2", 3, 5));
+        assert_eq!(r.get(3, b"a"), Some(&past("a1", 1, 3)));
+        assert_eq!(r.get(4, b"b"), Some(&past("b1", 2, 4)));
+        assert_eq!(r.get(4, b"c"), Some(&past("c1", 2, 4)));
+        assert_eq!(r.get(5, b"a"), Some(&past("a2", 3, 5)));
+        assert_eq!(r.get(4, b"a"), None);
+        assert_eq!(r.get(6, b"a"), None);
+        assert_eq!(r.get(2, b"a"), None);
+    }
+
+    #[test]
+    fn drops_the_oldest_through_a_revision_and_stops_when_told() {
+        let mut r = RecentPast::default();
+        for (i, at) in [3, 4, 4, 5, 7].into_iter().enumerate() {
+            r.push(Bytes::from(format!("k{i}")), past("v", 1, at));
+        }
+        let mut seen = Vec::new();
+        r.drop_through(4, |k, p| {
+            seen.push((k.clone(), p.superseded_at));
+            true
+        });
+        assert_eq!(
+            seen,
+            [
+                (Bytes::from("k0"), 3),
+                (Bytes::from("k1"), 4),
+                (Bytes::from("k2"), 4)
+            ]
+        );
+        assert_eq!(r.len(), 2);
+        // A refusal keeps the version it refused, and those after it.
+        r.drop_through(10, |_, p| p.superseded_at < 7);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.get(7, b"k4").map(|p| p.superseded_at), Some(7));
+        let all: Vec<_> = r.take().iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(all, [Bytes::from("k4")]);
+        assert_eq!(r.len(), 0);
+    }
+}
