@@ -10,7 +10,9 @@
 //! still kept when the group ends are written in one pass, in the table's order.
 //!
 //! What is here is in no commit yet, so a crash loses it with the rest of the group's
-//! batches, which the Raft log replays (see the module docs of `durable.rs`).
+//! batches, which the Raft log replays (see the module docs of `durable.rs`). What it holds
+//! is bounded by the keyspace: past [`RECENT_BYTES`](super::RECENT_BYTES) (a group of large
+//! values), the oldest versions go into the open transaction at once.
 
 use std::collections::VecDeque;
 
@@ -24,6 +26,13 @@ use crate::store::record::PastVersion;
 pub(super) struct RecentPast {
     /// (key, version), oldest first: `superseded_at` never decreases along it.
     versions: VecDeque<(Bytes, PastVersion)>,
+    /// The keys' and values' bytes of `versions`.
+    bytes: usize,
+}
+
+/// The bytes of one kept version.
+fn size(key: &Bytes, past: &PastVersion) -> usize {
+    key.len() + past.record.value.len()
 }
 
 impl RecentPast {
@@ -35,7 +44,27 @@ impl RecentPast {
                 .is_none_or(|(_, last)| last.superseded_at <= past.superseded_at),
             "past versions kept out of order"
         );
+        self.bytes += size(&key, &past);
         self.versions.push_back((key, past));
+    }
+
+    /// The keys' and values' bytes of the versions kept here.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Takes the oldest versions off until those left hold at most `bytes`; returns them
+    /// (oldest first).
+    pub(super) fn split_oldest(&mut self, bytes: usize) -> RecentPast {
+        let mut oldest = RecentPast::default();
+        while self.bytes > bytes {
+            let Some((key, past)) = self.versions.pop_front() else {
+                break;
+            };
+            self.bytes -= size(&key, &past);
+            oldest.push(key, past);
+        }
+        oldest
     }
 
     /// The version of `key` replaced at `at`, if it is kept here.
@@ -60,6 +89,7 @@ impl RecentPast {
             if past.superseded_at > revision || !dropped(key, past) {
                 return;
             }
+            self.bytes -= size(key, past);
             self.versions.pop_front();
         }
     }
@@ -78,6 +108,7 @@ impl RecentPast {
     /// cleared).
     pub(super) fn clear(&mut self) {
         self.versions.clear();
+        self.bytes = 0;
     }
 
     /// Number of versions kept here.
@@ -140,13 +171,32 @@ mod tests {
                 (Bytes::from("k2"), 4)
             ]
         );
-        assert_eq!(r.len(), 2);
+        assert_eq!((r.len(), r.bytes()), (2, 2 * 3));
         // A refusal keeps the version it refused, and those after it.
         r.drop_through(10, |_, p| p.superseded_at < 7);
         assert_eq!(r.len(), 1);
         assert_eq!(r.get(7, b"k4").map(|p| p.superseded_at), Some(7));
         let all: Vec<_> = r.take().iter().map(|(k, _)| k.clone()).collect();
         assert_eq!(all, [Bytes::from("k4")]);
-        assert_eq!(r.len(), 0);
+        assert_eq!((r.len(), r.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn splits_off_the_oldest_until_the_rest_fits() {
+        let mut r = RecentPast::default();
+        for at in 1..=5 {
+            // 2 + 8 bytes each.
+            r.push(Bytes::from(format!("k{at}")), past("12345678", 1, at));
+        }
+        assert_eq!(r.bytes(), 50);
+        let oldest = r.split_oldest(25);
+        let taken: Vec<i64> = oldest.iter().map(|(_, p)| p.superseded_at).collect();
+        assert_eq!(taken, [1, 2, 3]);
+        assert_eq!((oldest.bytes(), r.bytes()), (30, 20));
+        assert_eq!(r.get(4, b"k4").map(|p| p.superseded_at), Some(4));
+        assert_eq!(r.get(3, b"k3"), None);
+        assert_eq!(r.split_oldest(100).len(), 0);
+        assert_eq!(r.split_oldest(0).len(), 2);
+        assert_eq!(r.bytes(), 0);
     }
 }
