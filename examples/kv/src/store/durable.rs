@@ -674,29 +674,26 @@ impl DurableKeyspace {
     fn abandon(&mut self) {
         self.write = None;
         self.recent.clear();
-        match &mut self.syncing {
-            // The file as of the group's commit (the read transaction begun then), and the
-            // past versions the sync writes after it.
+        self.unremoved_through = None;
+        // While a sync runs: the file as of the group's commit (the read transaction begun
+        // then), and the past versions the sync writes after it.
+        let writing = match &mut self.syncing {
             Some(syncing) => {
                 syncing.pending = Pending::default();
-                self.unremoved_through = None;
-                let writing = Arc::clone(&syncing.writing);
-                let mut index = self
-                    .read_table::<Past, _>(|t| PastIndex::read(t))
-                    .unwrap_or_default();
-                for (key, past) in writing.iter() {
-                    index.push(key, past.record.mod_revision, past.superseded_at);
-                }
-                self.index = index;
+                Some(Arc::clone(&syncing.writing))
             }
             None => {
                 *self.lock_read() = None;
-                let index = self
-                    .read_table::<Past, _>(|t| PastIndex::read(t))
-                    .unwrap_or_default();
-                self.index = index;
+                None
             }
+        };
+        let mut index = self
+            .read_table::<Past, _>(|t| PastIndex::read(t))
+            .unwrap_or_default();
+        for (key, past) in writing.iter().flat_map(|w| w.iter()) {
+            index.push(key, past.record.mod_revision, past.superseded_at);
         }
+        self.index = index;
     }
 
     /// The version of `key` replaced at `at`, if it is not in the file yet: kept in
@@ -944,6 +941,23 @@ fn convert_format_1(txn: &WriteTransaction) -> Result<(), redb::Error> {
 /// holds [`GROUP_CHANGES`] changes, or it is [`GROUP_AT_MOST`] old.
 fn group_ends(age: Duration, changes: u64) -> bool {
     age >= GROUP_AT_MOST || (age >= GROUP_FOR && changes >= GROUP_CHANGES)
+}
+
+/// Forgets `versions` (dropped by a compaction, oldest first) in `index`, each its key's
+/// oldest there, telling `dropped` of each; an error if one is not (the index and the
+/// versions are out of step: the file is damaged).
+fn forget<'a>(
+    index: &mut PastIndex,
+    versions: impl Iterator<Item = &'a (Bytes, PastVersion)>,
+    dropped: &mut dyn FnMut(&[u8], &KeyRecord),
+) -> Result<(), redb::Error> {
+    for (key, past) in versions {
+        if !index.pop_oldest(key, past.record.mod_revision) {
+            return Err(damaged("past", key));
+        }
+        dropped(key, &past.record);
+    }
+    Ok(())
 }
 
 /// Writes the past versions kept in `recent` into `open`'s `past` table (each at its end, as
@@ -1263,10 +1277,17 @@ impl Keyspace for DurableKeyspace {
 
     fn push_past(&mut self, key: Bytes, past: PastVersion) {
         // In the index now; in `past` when the group is committed, unless a compaction drops
-        // it first (`recent.rs`).
+        // it first (`recent.rs`). What is kept owns its bytes, so that the bound below counts
+        // what it holds: the key is a slice of the applied entry (which holds the new value
+        // too), and so is the value of a record replaced while a sync runs, which can come
+        // from `Pending` as it was applied (otherwise it was just decoded from the file).
         self.index
             .push(&key, past.record.mod_revision, past.superseded_at);
-        self.recent.push(key, past);
+        let mut past = past;
+        if self.syncing.is_some() {
+            past.record.value = Bytes::copy_from_slice(&past.record.value);
+        }
+        self.recent.push(Bytes::copy_from_slice(&key), past);
         // Too many bytes to hold until the group's commit: the oldest half go into the open
         // transaction now (while a sync runs there is none; they wait the few milliseconds
         // until it ends).
@@ -1302,11 +1323,7 @@ impl Keyspace for DurableKeyspace {
             None => Bound::Unbounded,
         };
         loop {
-            let low = match &lower {
-                Bound::Included((at, k)) => Bound::Included((*at, k.as_ref())),
-                Bound::Excluded((at, k)) => Bound::Excluded((*at, k.as_ref())),
-                Bound::Unbounded => Bound::Unbounded,
-            };
+            let low = lower.as_ref().map(|(at, k)| (*at, k.as_ref()));
             let page = self.past_page((low, Bound::Excluded((after, &b""[..]))));
             let Some((last_key, last)) = page.last() else {
                 break;
@@ -1326,12 +1343,9 @@ impl Keyspace for DurableKeyspace {
                     return;
                 }
             }
-            for (key, past) in &page {
-                if !self.index.pop_oldest(key, past.record.mod_revision) {
-                    self.fail(damaged("past", key));
-                    return;
-                }
-                dropped(key, &past.record);
+            if let Err(e) = forget(&mut self.index, page.iter(), dropped) {
+                self.fail(e);
+                return;
             }
             if page.len() < PAGE {
                 break;
@@ -1345,28 +1359,15 @@ impl Keyspace for DurableKeyspace {
                 .iter()
                 .skip_while(|(_, p)| p.superseded_at <= forgotten)
                 .take_while(|(_, p)| p.superseded_at <= revision);
-            for (key, past) in now {
-                if !self.index.pop_oldest(key, past.record.mod_revision) {
-                    self.fail(damaged("past", key));
-                    return;
-                }
-                dropped(key, &past.record);
+            if let Err(e) = forget(&mut self.index, now, dropped) {
+                self.fail(e);
+                return;
             }
             self.unremoved_through = Some(forgotten.max(revision));
         }
-        let index = &mut self.index;
-        let mut out_of_step = None;
-        self.recent.drop_through(revision, |key, past| {
-            let popped = index.pop_oldest(key, past.record.mod_revision);
-            if popped {
-                dropped(key, &past.record);
-            } else {
-                out_of_step = Some(key.clone());
-            }
-            popped
-        });
-        if let Some(key) = out_of_step {
-            self.fail(damaged("past", &key));
+        let dropping = self.recent.split_through(revision);
+        if let Err(e) = forget(&mut self.index, dropping.iter(), dropped) {
+            self.fail(e);
         }
     }
 
@@ -2033,6 +2034,42 @@ mod tests {
         let opened = DurableKeyspace::open(&path, 1 << 20).unwrap();
         assert_eq!(opened.state.applied, 30);
         assert_eq!(contents(&opened.keyspace), as_of_sync);
+    }
+
+    #[test]
+    fn kept_past_versions_hold_no_part_of_the_applied_entries() {
+        // The key (and, while a sync runs, the value) of a replaced version can be a slice of
+        // a large applied entry; what the keyspace keeps until the group's commit must not
+        // hold that entry alive, or its bound would count a few bytes for a megabyte.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let mut ks = DurableKeyspace::open(&path, 1 << 20).unwrap().keyspace;
+        let version = |value: Bytes, at: i64| PastVersion {
+            record: KeyRecord {
+                value,
+                create_revision: 1,
+                mod_revision: at - 1,
+                version: 1,
+            },
+            superseded_at: at,
+        };
+        // Outside a sync the replaced value was decoded from the file (its own bytes).
+        let entry = Bytes::from(vec![7u8; 1 << 20]);
+        ks.begin().unwrap();
+        ks.push_past(entry.slice(0..4), version(Bytes::from("old"), 2));
+        assert!(entry.is_unique(), "a kept version holds the applied entry");
+        // While a sync runs it can be a slice of the entry that set it.
+        puts_then_held_sync(&mut ks, 3..5);
+        let entry = Bytes::from(vec![9u8; 1 << 20]);
+        ks.begin().unwrap();
+        ks.push_past(entry.slice(0..4), version(entry.slice(8..16), 6));
+        assert!(entry.is_unique(), "a kept version holds the applied entry");
+        let history = ks.history(&entry[0..4]);
+        assert_eq!(
+            history.last().map(|p| p.record.value.clone()),
+            Some(entry.slice(8..16))
+        );
+        hold_syncs(&ks, false);
     }
 
     #[test]

@@ -5,10 +5,10 @@
 //! writes the group's pages and syncs them: 12–42 ms once a second per member under load
 //! (docs/benchmarks.md, 2026-12-05), during which the apply task, and every response waiting
 //! on it, used to stand still. Now the group is committed without a sync on the apply task
-//! and synced by an empty commit on another thread; meanwhile the apply task keeps its
-//! changes of keys here (the versions they replace are kept in memory in any case,
-//! `recent.rs`), reads through them over the file's last commit, and writes them into the
-//! next transaction once the sync is done.
+//! and synced by a commit on another thread, which writes only the group's past versions
+//! (`recent.rs`); meanwhile the apply task keeps its changes of keys here, reads through them
+//! over the file's last commit, and writes them into the next transaction once the sync is
+//! done.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;

@@ -6,7 +6,7 @@
 //! revisions, once a second) drops most of them within about a second at high load, which is
 //! also about how long a group lasts. Inserting each into the `past` B-tree as it was replaced,
 //! then removing it again, was about 7% of a member's CPU at 256 clients (docs/benchmarks.md,
-//! 2026-12-06 08:50); kept here, a version costs a push at the end of a queue, and the ones
+//! 2026-12-06 08:45); kept here, a version costs a push at the end of a queue, and the ones
 //! still kept when the group ends are written in one pass, in the table's order.
 //!
 //! What is here is in no commit yet, so a crash loses it with the rest of the group's
@@ -56,15 +56,28 @@ impl RecentPast {
     /// Takes the oldest versions off until those left hold at most `bytes`; returns them
     /// (oldest first).
     pub(super) fn split_oldest(&mut self, bytes: usize) -> RecentPast {
-        let mut oldest = RecentPast::default();
-        while self.bytes > bytes {
+        self.split_front(|left, _| left > bytes)
+    }
+
+    /// Takes off every version replaced at or before `revision` (a compaction drops them);
+    /// returns them (oldest first).
+    pub(super) fn split_through(&mut self, revision: i64) -> RecentPast {
+        self.split_front(|_, past| past.superseded_at <= revision)
+    }
+
+    /// Takes the oldest versions off while `more(bytes held, oldest)` says so.
+    fn split_front(&mut self, mut more: impl FnMut(usize, &PastVersion) -> bool) -> RecentPast {
+        let mut front = RecentPast::default();
+        while let Some((_, oldest)) = self.versions.front()
+            && more(self.bytes, oldest)
+        {
             let Some((key, past)) = self.versions.pop_front() else {
                 break;
             };
             self.bytes -= size(&key, &past);
-            oldest.push(key, past);
+            front.push(key, past);
         }
-        oldest
+        front
     }
 
     /// The version of `key` replaced at `at`, if it is kept here.
@@ -76,22 +89,6 @@ impl RecentPast {
             .take_while(|(_, p)| p.superseded_at == at)
             .find(|(k, _)| k.as_ref() == key)
             .map(|(_, p)| p)
-    }
-
-    /// Drops every version replaced at or before `revision`, oldest first, telling `dropped`
-    /// of each; stops (and keeps that version) when `dropped` returns false.
-    pub(super) fn drop_through(
-        &mut self,
-        revision: i64,
-        mut dropped: impl FnMut(&Bytes, &PastVersion) -> bool,
-    ) {
-        while let Some((key, past)) = self.versions.front() {
-            if past.superseded_at > revision || !dropped(key, past) {
-                return;
-            }
-            self.bytes -= size(key, past);
-            self.versions.pop_front();
-        }
     }
 
     /// The versions kept here, oldest first.
@@ -153,16 +150,16 @@ mod tests {
     }
 
     #[test]
-    fn drops_the_oldest_through_a_revision_and_stops_when_told() {
+    fn splits_off_the_oldest_through_a_revision() {
         let mut r = RecentPast::default();
         for (i, at) in [3, 4, 4, 5, 7].into_iter().enumerate() {
             r.push(Bytes::from(format!("k{i}")), past("v", 1, at));
         }
-        let mut seen = Vec::new();
-        r.drop_through(4, |k, p| {
-            seen.push((k.clone(), p.superseded_at));
-            true
-        });
+        let seen: Vec<_> = r
+            .split_through(4)
+            .iter()
+            .map(|(k, p)| (k.clone(), p.superseded_at))
+            .collect();
         assert_eq!(
             seen,
             [
@@ -172,8 +169,8 @@ mod tests {
             ]
         );
         assert_eq!((r.len(), r.bytes()), (2, 2 * 3));
-        // A refusal keeps the version it refused, and those after it.
-        r.drop_through(10, |_, p| p.superseded_at < 7);
+        assert_eq!(r.split_through(4).len(), 0);
+        assert_eq!(r.split_through(6).len(), 1);
         assert_eq!(r.len(), 1);
         assert_eq!(r.get(7, b"k4").map(|p| p.superseded_at), Some(7));
         let all: Vec<_> = r.take().iter().map(|(k, _)| k.clone()).collect();
