@@ -506,7 +506,7 @@ impl KvStore {
     fn keys_in<'a>(&'a self, bounds: KeyBounds<'a>) -> impl Iterator<Item = Bytes> + 'a {
         MergeKeys {
             a: self.data.live(bounds).map(|(k, _)| k).peekable(),
-            b: self.data.keys_with_history(bounds).peekable(),
+            b: self.data.dead_keys_with_history(bounds).peekable(),
         }
     }
 

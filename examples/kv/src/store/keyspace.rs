@@ -27,8 +27,11 @@ pub(crate) trait Keyspace: Debug + Send + Sync {
         bounds: KeyBounds<'a>,
     ) -> Box<dyn Iterator<Item = (Bytes, KeyRecord)> + 'a>;
 
-    /// The keys within `bounds` that have kept past versions, in key order.
-    fn keys_with_history<'a>(
+    /// In key order, every key within `bounds` that has kept past versions and is not live;
+    /// a keyspace may yield live keys with kept versions too (the caller merges these keys
+    /// with the live ones). The durable keyspace keeps only the keys that may not be live in
+    /// key order, so that a put does not touch an ordered set (`durable/index.rs`).
+    fn dead_keys_with_history<'a>(
         &'a self,
         bounds: KeyBounds<'a>,
     ) -> Box<dyn Iterator<Item = Bytes> + 'a>;
@@ -201,10 +204,11 @@ impl Keyspace for MemoryKeyspace {
         )
     }
 
-    fn keys_with_history<'a>(
+    fn dead_keys_with_history<'a>(
         &'a self,
         bounds: KeyBounds<'a>,
     ) -> Box<dyn Iterator<Item = Bytes> + 'a> {
+        // Every key with kept versions, the live ones too (allowed).
         Box::new(
             self.history
                 .range::<[u8], _>(bounds)
