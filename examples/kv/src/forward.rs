@@ -425,7 +425,7 @@ fn answer_of(outcome: Option<forward_result::Outcome>) -> Answered {
 
 /// What the leader does with one forwarded write: `(id, command, trace context)` to its
 /// answer. Implemented by the backend (checks the command, proposes it).
-pub(crate) trait ProposeForwarded: Clone + Send + Sync + 'static {
+pub(crate) trait ProposeForwarded: Send + Sync + 'static {
     /// Proposes one forwarded write from member `from` (in its `session`, if any). A
     /// session's refusal carries its kind in the status's [`FORWARD_KIND`] metadata.
     fn propose_forwarded(
@@ -453,6 +453,8 @@ pub(crate) fn serve<P: ProposeForwarded>(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(ForwardResult, OwnedSemaphorePermit)>();
     let from = first.from;
     let failed = out_tx.clone();
+    // Shared by the writes' tasks: a clone of the backend itself costs allocations.
+    let proposer = Arc::new(proposer);
     tokio::spawn(async move {
         let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let mut batch = Some(first);
@@ -476,7 +478,7 @@ pub(crate) fn serve<P: ProposeForwarded>(
                 let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                     return;
                 };
-                let proposer = proposer.clone();
+                let proposer = Arc::clone(&proposer);
                 let done = done_tx.clone();
                 tokio::spawn(async move {
                     let outcome = match proposer
