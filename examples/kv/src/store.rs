@@ -276,7 +276,14 @@ impl KvStore {
             }
             last = superseded_at;
             key_lasts.insert(key.clone(), superseded_at);
-            store.push_past(key, record, superseded_at);
+            store.size_bytes += record_size(&key, &record.value);
+            store.data.push_restored_past(
+                key,
+                PastVersion {
+                    record,
+                    superseded_at,
+                },
+            );
         }
         Ok(store)
     }

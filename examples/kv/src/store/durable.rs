@@ -655,6 +655,29 @@ impl DurableKeyspace {
         self.index = index;
     }
 
+    /// Keeps `past`, a version of `key` just noted in the index, until the group's commit
+    /// (`recent.rs`). In the index now; in `past` when the group is committed, unless a
+    /// compaction drops it first. What is kept owns its bytes, so that the bound below counts
+    /// what it holds: the key is a slice of the applied entry (which holds the new value
+    /// too), and so is the value of a record replaced while a sync runs, which can come from
+    /// `Pending` as it was applied (otherwise it was just decoded from the file).
+    fn keep_past(&mut self, key: Bytes, mut past: PastVersion) {
+        if self.syncing.is_some() {
+            past.record.value = Bytes::copy_from_slice(&past.record.value);
+        }
+        self.recent.push(Bytes::copy_from_slice(&key), past);
+        // Too many bytes to hold until the group's commit: the oldest half go into the open
+        // transaction now (while a sync runs there is none; they wait the few milliseconds
+        // until it ends).
+        if self.recent.bytes() > self.recent_limit && self.write.is_some() {
+            let oldest = self.recent.split_oldest(self.recent_limit / 2);
+            let written = self.write.as_mut().map(|open| write_past(open, &oldest));
+            if let Some(Err(e)) = written {
+                self.fail(e);
+            }
+        }
+    }
+
     /// The version of `key` replaced at `at`, if it is not in the file yet: kept in
     /// `recent`, or being written by the sync running on its thread.
     fn unwritten_past(&self, at: i64, key: &[u8]) -> Option<&PastVersion> {
@@ -1236,28 +1259,15 @@ impl Keyspace for DurableKeyspace {
     }
 
     fn push_past(&mut self, key: Bytes, past: PastVersion) {
-        // In the index now; in `past` when the group is committed, unless a compaction drops
-        // it first (`recent.rs`). What is kept owns its bytes, so that the bound below counts
-        // what it holds: the key is a slice of the applied entry (which holds the new value
-        // too), and so is the value of a record replaced while a sync runs, which can come
-        // from `Pending` as it was applied (otherwise it was just decoded from the file).
         self.index
             .push(&key, past.record.mod_revision, past.superseded_at);
-        let mut past = past;
-        if self.syncing.is_some() {
-            past.record.value = Bytes::copy_from_slice(&past.record.value);
-        }
-        self.recent.push(Bytes::copy_from_slice(&key), past);
-        // Too many bytes to hold until the group's commit: the oldest half go into the open
-        // transaction now (while a sync runs there is none; they wait the few milliseconds
-        // until it ends).
-        if self.recent.bytes() > self.recent_limit && self.write.is_some() {
-            let oldest = self.recent.split_oldest(self.recent_limit / 2);
-            let written = self.write.as_mut().map(|open| write_past(open, &oldest));
-            if let Some(Err(e)) = written {
-                self.fail(e);
-            }
-        }
+        self.keep_past(key, past);
+    }
+
+    fn push_restored_past(&mut self, key: Bytes, past: PastVersion) {
+        self.index
+            .push_read(&key, past.record.mod_revision, past.superseded_at);
+        self.keep_past(key, past);
     }
 
     fn drop_past_through(&mut self, revision: i64, dropped: &mut dyn FnMut(&[u8], &KeyRecord)) {
@@ -1696,6 +1706,39 @@ mod tests {
         let meta = txn.open_table(META).unwrap();
         let format = meta.get("format").unwrap().unwrap().value().to_vec();
         assert_eq!(format, FORMAT.to_le_bytes());
+    }
+
+    /// A snapshot's history restored into the keyspace: a key deleted before the snapshot,
+    /// with kept versions, is found by reads at past revisions (the keyspace was never told
+    /// of its removal).
+    #[test]
+    fn a_restored_history_finds_the_keys_deleted_before_the_snapshot() {
+        use crate::proto::mvccpb::KeyValue;
+        use crate::store::KvStore;
+
+        let kv = |key: &str, mod_revision: i64, value: &str| KeyValue {
+            key: Bytes::from(key.to_string()),
+            create_revision: 2,
+            mod_revision,
+            version: 1,
+            value: Bytes::from(value.to_string()),
+            lease: 0,
+        };
+        let restore = |mut data: Box<dyn Keyspace>| {
+            data.begin_batch().unwrap();
+            // `live` was put at 2; `gone` was put at 2 and deleted at 3.
+            KvStore::restore(data, [kv("live", 2, "l")], [(kv("gone", 2, "g"), 3)], 3, 0).unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let durable = DurableKeyspace::open(&dir.path().join("kv.redb"), 1 << 20)
+            .unwrap()
+            .keyspace;
+        let durable = restore(Box::new(durable));
+        let memory = restore(Box::<MemoryKeyspace>::default());
+        let all = (Bound::Unbounded, Bound::Unbounded);
+        let keys: Vec<Bytes> = durable.keys_in(all).collect();
+        assert_eq!(keys, [Bytes::from("gone"), Bytes::from("live")]);
+        assert_eq!(contents(&*durable.data), contents(&*memory.data));
     }
 
     use super::xorshift::Rng;

@@ -73,6 +73,13 @@ pub(crate) trait Keyspace: Debug + Send + Sync {
     /// one's.
     fn push_past(&mut self, key: Bytes, past: PastVersion);
 
+    /// Keeps a past version restored from a snapshot, whose key may be live or not (the
+    /// keyspace was not told of its removal); as [`push_past`](Keyspace::push_past)
+    /// otherwise.
+    fn push_restored_past(&mut self, key: Bytes, past: PastVersion) {
+        self.push_past(key, past);
+    }
+
     /// Drops every past version replaced at or before `revision`; calls `dropped` with each.
     fn drop_past_through(&mut self, revision: i64, dropped: &mut dyn FnMut(&[u8], &KeyRecord));
 
