@@ -163,7 +163,7 @@ pub struct StatusInfo {
 }
 
 /// What the KV gRPC services need from the replication layer. Commands and queries are the
-/// encoded [`KvStateMachine`](crate::KvStateMachine) messages; responses are what its
+/// encoded [`KvStateMachine`] messages; responses are what its
 /// `apply` and `query` return.
 pub trait KvBackend: Send + Sync + 'static {
     /// Replicates and applies a write command; resolves to the state machine's response for
@@ -238,7 +238,7 @@ pub trait KvBackend: Send + Sync + 'static {
         command: Bytes,
     ) -> impl Future<Output = Result<Bytes, BackendError>> + Send;
 
-    /// The leases the [`KvStateMachine`](crate::KvStateMachine) publishes to.
+    /// The leases the [`KvStateMachine`] publishes to.
     fn lease_hub(&self) -> &LeaseHub;
 
     /// The leader's answer for lease `id` (its clock decides expiry): a renewal

@@ -136,7 +136,7 @@ pub(crate) fn local(result: Result<Bytes, ProposeError>) -> Attempt {
 }
 
 /// What the leader's answer to a forwarded write in a session means (`kind`: what the
-/// session said, [`FORWARD_KIND`]).
+/// session said, [`FORWARD_KIND`](crate::forward::FORWARD_KIND)).
 pub(crate) fn remote(answer: Result<Bytes, BackendError>, kind: &str) -> Attempt {
     match (answer, kind) {
         (Ok(response), _) => Attempt::Done(Ok(response)),

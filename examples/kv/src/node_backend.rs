@@ -552,7 +552,7 @@ impl NodeBackend {
 
 impl KvBackend for NodeBackend {
     /// Carries out a write through the leader; while this member knows no leader (an
-    /// election is under way, or it has just started) it waits up to [`LEADER_WAIT`] for one
+    /// election is under way, or it has just started) it waits up to `LEADER_WAIT` for one
     /// instead of failing at once, as a write to etcd waits out an election.
     async fn propose(&self, command: Bytes) -> Result<Bytes, BackendError> {
         let deadline = Instant::now() + LEADER_WAIT;

@@ -426,7 +426,7 @@ impl KvStore {
     }
 
     /// Serves a Range request at the current revision, refusing it if the keys it would
-    /// collect take more than `max_bytes` (see [`check_range_size`](Self::check_range_size)).
+    /// collect take more than `max_bytes` (see [`range_size`](Self::range_size)).
     pub(crate) fn range(
         &self,
         req: &RangeRequest,

@@ -15,8 +15,12 @@
 //! replaced, and leaves when its last kept version is dropped. Most keys with kept versions
 //! are live (a put keeps the version it replaces), so a put and a compaction touch only the
 //! hash map. The set may also hold live keys (a key deleted and then put again, and every key
-//! read from the file, whose liveness is not looked up): the caller merges it with the live
-//! keys, so an extra key costs a comparison and nothing else.
+//! read from the file or restored from a snapshot, whose liveness is not looked up): the
+//! caller merges it with the live keys, so an extra key costs a comparison and nothing else.
+//!
+//! (A hash map beside an ordered set of every key with kept versions was measured on
+//! 2026-12-05 and not kept: a key that loses its last kept version and gains one again, about
+//! a third of the puts at 256 clients, left and entered the set.)
 //!
 //! Keys come from clients: the map uses the standard library's keyed hash (SipHash with a
 //! random key per map), so they cannot be chosen to collide.
@@ -61,8 +65,8 @@ impl PastIndex {
         self.note(key, mod_revision, superseded_at, removed);
     }
 
-    /// Notes a version read from the file (whether its key is live is not known here), as
-    /// [`push`](Self::push) does.
+    /// Notes a version read from the file or restored from a snapshot (whether its key is
+    /// live is not known here), as [`push`](Self::push) does.
     pub(super) fn push_read(&mut self, key: &[u8], mod_revision: i64, superseded_at: i64) {
         self.note(key, mod_revision, superseded_at, true);
     }
