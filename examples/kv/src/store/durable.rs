@@ -1747,13 +1747,16 @@ mod tests {
     fn contents(ks: &dyn Keyspace) -> String {
         let all = (Bound::Unbounded, Bound::Unbounded);
         let live: Vec<_> = ks.live(all).collect();
-        // Which keys a keyspace yields as maybe dead may differ (live ones are allowed):
-        // compared are the keys with kept versions among those and the live ones.
+        // Which keys a keyspace yields as maybe dead may differ (live ones are allowed), but
+        // each must have kept versions; compared are those and the live keys that have some.
+        let maybe_dead: Vec<Bytes> = ks.dead_keys_with_history(all).collect();
+        let without = maybe_dead.iter().find(|k| ks.history(k).is_empty());
+        assert!(without.is_none(), "{without:?} has no kept versions");
         let mut with_history: Vec<Bytes> = live
             .iter()
             .map(|(k, _)| k.clone())
-            .chain(ks.dead_keys_with_history(all))
             .filter(|k| !ks.history(k).is_empty())
+            .chain(maybe_dead)
             .collect();
         with_history.sort();
         with_history.dedup();
