@@ -18,7 +18,7 @@ use crate::{env::workspace_root, machine};
 
 const USAGE: &str = "usage: cargo xtask bench e2e [--vs-etcd] [--seconds N] [--warmup N]
        [--clients 1,16,64,256] [--read-clients 1,16,64,256] [--no-reads] [--conns C]
-       [--keys K] [--dir DIR] [--chart PATH] [--server-bin PATH]";
+       [--keys K] [--dir DIR] [--chart PATH] [--server-bin PATH] [--client h2|etcd-client]";
 
 /// Options of `bench e2e`.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +44,8 @@ pub(crate) struct Options {
     /// A `dengine-kv` binary to run instead of building one (to compare two builds, one run
     /// after the other).
     pub(crate) server_bin: Option<PathBuf>,
+    /// The load generator's client (its `--client`; default: its own, `h2`).
+    pub(crate) client: Option<String>,
 }
 
 fn list(flag: &str, text: &str) -> Result<Vec<u64>, String> {
@@ -69,6 +71,7 @@ pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
         dir: std::env::temp_dir(),
         chart: workspace_root().join("docs").join("img").join("e2e.svg"),
         server_bin: None,
+        client: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -95,6 +98,10 @@ pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
             "--dir" => o.dir = PathBuf::from(value()?),
             "--chart" => o.chart = PathBuf::from(value()?),
             "--server-bin" => o.server_bin = Some(PathBuf::from(value()?)),
+            "--client" => match value()? {
+                c @ ("h2" | "etcd-client") => o.client = Some(c.to_string()),
+                c => return Err(format!("--client {c:?}: expected h2 or etcd-client")),
+            },
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -347,6 +354,9 @@ fn run_points(
         if let Some(c) = opts.conns {
             args.extend(["--conns".into(), c.min(clients).to_string()]);
         }
+        if let Some(c) = &opts.client {
+            args.extend(["--client".into(), c.clone()]);
+        }
         if op != "put" && !preloaded {
             args.push("--preload".into());
             preloaded = true;
@@ -368,13 +378,16 @@ fn run_points(
         }
         println!(
             "  {name:<7} {op:<16} {clients:>4} clients: {:>9.0} ops/s  p50 {:>7.2} ms  \
-             p99 {:>7.2} ms  p99.9 {:>7.2} ms  CPU {} µs/op  syncs {}/op  errors {}  ({:.0} s)",
+             p99 {:>7.2} ms  p99.9 {:>7.2} ms  CPU {} µs/op  syncs {}/op  loadgen CPU {} µs/op  \
+             errors {}  ({:.0} s)",
             r.throughput,
             r.p50_us / 1000.0,
             r.p99_us / 1000.0,
             r.p999_us / 1000.0,
             r.cpu_us_per_op.map_or("-".into(), |v| format!("{v:.0}")),
             r.syncs_per_op.map_or("-".into(), |v| format!("{v:.3}")),
+            r.client_cpu_us_per_op
+                .map_or("-".into(), |v| format!("{v:.0}")),
             r.errors,
             t.elapsed().as_secs_f64()
         );
@@ -451,6 +464,7 @@ fn write_table(all: &[Results], clients: &[u64]) -> String {
         "p99.9 ms",
         "CPU µs/put",
         "syncs/put",
+        "loadgen CPU µs/put",
     ] {
         for n in &names {
             header.push(format!("{n} {metric}"));
@@ -463,13 +477,14 @@ fn write_table(all: &[Results], clients: &[u64]) -> String {
     t.push_str(&format!("|{}\n", "---:|".repeat(header.len())));
     for &c in clients {
         let mut row = vec![c.to_string()];
-        let fields: [(Field, Format); 6] = [
+        let fields: [(Field, Format); 7] = [
             (|r| Some(r.throughput), Format::Count),
             (|r| Some(r.p50_us), Format::Latency),
             (|r| Some(r.p99_us), Format::Latency),
             (|r| Some(r.p999_us), Format::Latency),
             (|r| r.cpu_us_per_op, Format::Count),
             (|r| r.syncs_per_op, Format::Fraction),
+            (|r| r.client_cpu_us_per_op, Format::Count),
         ];
         push_cells(&mut row, all, "put", c, &fields);
         t.push_str(&format!("| {} |\n", row.join(" | ")));
@@ -675,7 +690,11 @@ mod tests {
         assert!(o.read_clients.is_empty());
         assert_eq!(o.dir, PathBuf::from("/x"));
         assert_eq!(o.chart, PathBuf::from("c.svg"));
+        assert_eq!(o.client, None);
+        let o = parse(&args("--client etcd-client")).unwrap();
+        assert_eq!(o.client.as_deref(), Some("etcd-client"));
         for bad in [
+            "--client tonic",
             "--clients 1,x",
             "--clients 0",
             "--seconds 0",
@@ -696,6 +715,7 @@ mod tests {
             p999_us: p99_us * 2.0,
             cpu_us_per_op: Some(1_000_000.0 / throughput),
             syncs_per_op: (op == "put").then_some(0.125),
+            client_cpu_us_per_op: Some(20.0),
             ..LoadResult::default()
         }
     }
@@ -722,9 +742,10 @@ mod tests {
         assert!(w.contains("| 64 | 30,000 | 6,000 | 5.00x |"), "{w}");
         assert!(w.contains("| 5.00 | 26.00 | 0.19x |"), "{w}");
         assert!(
-            w.contains("| 33 | 167 | 0.20x | 0.125 | 0.125 | 1.00x |"),
+            w.contains("| 33 | 167 | 0.20x | 0.125 | 0.125 | 1.00x | 20 | 20 | 1.00x |"),
             "{w}"
         );
+        assert!(w.contains("| dengine loadgen CPU µs/put | etcd loadgen CPU µs/put |"));
         let r = read_table(&all, &[64]);
         assert!(
             r.contains("| linearizable | 64 | 8,000 | 4,000 | 2.00x |"),

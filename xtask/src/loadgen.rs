@@ -46,6 +46,9 @@ pub(crate) struct LoadResult {
     pub(crate) syncs_per_op: Option<f64>,
     /// Likewise (dengine only): the mean durations of a write's stages on the servers.
     pub(crate) stages: Option<crate::probe::Stages>,
+    /// The load generator's own CPU time per successful request over the window, µs (it
+    /// shares the machine with the servers: what it spends, they cannot).
+    pub(crate) client_cpu_us_per_op: Option<f64>,
 }
 
 impl LoadResult {
@@ -77,12 +80,14 @@ impl LoadResult {
             cpu_us_per_op: None,
             syncs_per_op: None,
             stages: None,
+            client_cpu_us_per_op: None,
         }
     }
 }
 
 /// Runs `bin` with `args`; calls `on_progress` with every progress line; returns the result
-/// line. Ctrl-C (`interrupted`) kills the load generator and returns an error.
+/// line, with the load generator's own CPU time per request over the measured window. Ctrl-C
+/// (`interrupted`) kills the load generator and returns an error.
 pub(crate) fn run(
     bin: &Path,
     args: &[String],
@@ -100,6 +105,8 @@ pub(crate) fn run(
         .stdout
         .take()
         .ok_or("the load generator has no stdout")?;
+    let pid = child.id();
+    let (mut window_start, mut window_end) = (None, None);
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -124,6 +131,15 @@ pub(crate) fn run(
                 };
                 match v.get("event").and_then(Value::as_str) {
                     Some("result") => result = Some(LoadResult::from_json(&v)),
+                    Some("window") => {
+                        let cpu = crate::probe::process_cpu_us(pid);
+                        match v.get("edge").and_then(Value::as_str) {
+                            Some("start") => window_start = cpu,
+                            Some("end") => window_end = cpu,
+                            _ => {}
+                        }
+                        on_progress(&v);
+                    }
                     _ => on_progress(&v),
                 }
             }
@@ -138,6 +154,12 @@ pub(crate) fn run(
     if interrupted.load(Ordering::SeqCst) {
         // A terminal's Ctrl-C reaches the load generator too; say what happened.
         return Err("interrupted".into());
+    }
+    if let (Some(r), Some(start), Some(end)) = (&mut result, window_start, window_end)
+        && r.ops > 0
+        && end >= start
+    {
+        r.client_cpu_us_per_op = Some((end - start) / r.ops as f64);
     }
     match (status.success(), result) {
         (true, Some(r)) => Ok(r),

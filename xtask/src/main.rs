@@ -62,13 +62,16 @@ commands:
                  survivor acknowledges a write; median and max
   bench e2e [--vs-etcd] [--seconds N] [--warmup N] [--clients 1,16,64,256]
             [--read-clients 1,16,64,256] [--no-reads] [--conns C] [--keys K] [--dir DIR]
-            [--chart PATH]
+            [--chart PATH] [--server-bin PATH] [--client h2|etcd-client]
                  a 3-member dengine-kv cluster (release, default settings: the WAL,
                  fsync before ack) on loopback driven by dengine-loadgen through the etcd v3 KV
                  API: puts, linearizable and serializable gets, N clients each with one
                  request at a time; with --vs-etcd the same against a 3-member etcd 3.4
                  (apt-get install -y etcd-server if missing), afterwards, then both side by
-                 side with ratios; writes the chart to docs/img/e2e.svg (or --chart)
+                 side with ratios, the servers' and the load generator's CPU per request;
+                 writes the chart to docs/img/e2e.svg (or --chart). --server-bin runs that
+                 dengine-kv binary instead of building one; --client picks the load
+                 generator's gRPC client (default h2, its own; etcd-client, the crate)
   bench soak [--entries N] [--clients N] [--keys K] [--report-every S] [--max-seconds S]
              [--dir DIR]
                  N puts (default 5,000,000) to a 3-member dengine-kv cluster (default

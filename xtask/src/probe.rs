@@ -139,6 +139,11 @@ pub(crate) fn per_op(before: &Sample, after: &Sample, ops: u64) -> (Option<f64>,
     (cpu, syncs)
 }
 
+/// CPU time (user + system) `pid` has used so far, µs.
+pub(crate) fn process_cpu_us(pid: u32) -> Option<f64> {
+    cpu_ticks(pid).map(|t| t as f64 * 1e6 / clock_ticks_per_second())
+}
+
 /// utime + stime of `pid`, in clock ticks (fields 14 and 15 of `/proc/PID/stat`, counted
 /// after the parenthesised command name, which may contain spaces).
 fn cpu_ticks(pid: u32) -> Option<u64> {

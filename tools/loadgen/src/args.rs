@@ -27,7 +27,19 @@ options:
                         --total)
   --total N             run exactly N successful ops instead of a timed window (soak)
   --report-every S      seconds between progress lines (default 1)
-  --timeout-ms MS       per-request timeout; a timed-out request is an error (default 10000)";
+  --timeout-ms MS       per-request timeout; a timed-out request is an error (default 10000)
+  --client C            h2 (gRPC straight on HTTP/2, light on CPU) | etcd-client (the
+                        etcd-client crate, an independent cross-check; about twice the CPU
+                        per request) (default h2)";
+
+/// The gRPC client the load is sent through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ClientKind {
+    /// `grpc.rs`: gRPC straight on an h2 connection.
+    H2,
+    /// The `etcd-client` crate (tonic 0.6, hyper 0.14).
+    EtcdClient,
+}
 
 /// The operation every client repeats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +92,8 @@ pub(crate) struct Options {
     pub(crate) report_every: Duration,
     /// Per-request timeout.
     pub(crate) timeout: Duration,
+    /// The client the requests go through.
+    pub(crate) client: ClientKind,
 }
 
 /// Parses the arguments after the program name; `Ok(None)` for `--help`.
@@ -97,6 +111,7 @@ pub(crate) fn parse(args: &[String]) -> Result<Option<Options>, String> {
     let mut total = None;
     let mut report_every = 1.0f64;
     let mut timeout_ms = 10_000u64;
+    let mut client = ClientKind::H2;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -138,6 +153,15 @@ pub(crate) fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--total" => total = Some(number(flag, value()?)?),
             "--report-every" => report_every = seconds_value(flag, value()?)?,
             "--timeout-ms" => timeout_ms = number(flag, value()?)?,
+            "--client" => {
+                client = match value()? {
+                    "h2" => ClientKind::H2,
+                    "etcd-client" => ClientKind::EtcdClient,
+                    other => {
+                        return Err(format!("--client {other:?}: expected h2 or etcd-client"));
+                    }
+                }
+            }
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -192,6 +216,7 @@ pub(crate) fn parse(args: &[String]) -> Result<Option<Options>, String> {
         total,
         report_every: Duration::from_secs_f64(report_every),
         timeout: Duration::from_millis(timeout_ms),
+        client,
     }))
 }
 
@@ -225,6 +250,7 @@ mod tests {
         assert_eq!(o.warmup, Duration::from_secs(2));
         assert_eq!(o.total, None);
         assert!(!o.preload);
+        assert_eq!(o.client, ClientKind::H2);
     }
 
     #[test]
@@ -240,7 +266,7 @@ mod tests {
         let o = parse(&args(
             "--endpoints a:1 --clients 64 --conns 4 --op get-serializable --key-size 20 \
              --value-size 10 --keys 5 --preload --seconds 1.5 --warmup 0.5 --report-every 2 \
-             --timeout-ms 300",
+             --timeout-ms 300 --client etcd-client",
         ))
         .unwrap()
         .unwrap();
@@ -251,6 +277,7 @@ mod tests {
         assert_eq!(o.warmup, Duration::from_millis(500));
         assert_eq!(o.report_every, Duration::from_secs(2));
         assert_eq!(o.timeout, Duration::from_millis(300));
+        assert_eq!(o.client, ClientKind::EtcdClient);
     }
 
     #[test]
@@ -277,6 +304,7 @@ mod tests {
             "--endpoints a:1 --seconds -1",
             "--endpoints a:1 --total 0",
             "--endpoints a:1 --bogus",
+            "--endpoints a:1 --client grpc",
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad:?} was accepted");
         }

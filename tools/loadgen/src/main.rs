@@ -1,7 +1,8 @@
 //! `dengine-loadgen`: the load generator of `cargo xtask bench e2e` and `bench soak`.
 //!
-//! It speaks only the etcd v3 KV API (through the `etcd-client` crate), so the very same
-//! binary, options and code path drive dengine-kv and etcd: N clients, each with one request
+//! It speaks only the etcd v3 KV API (its own lean gRPC client, `grpc.rs`, or with `--client
+//! etcd-client` the `etcd-client` crate), so the very same binary, options and code path
+//! drive dengine-kv and etcd: N clients, each with one request
 //! at a time, share C connections spread round-robin over the endpoints; every successful
 //! request's latency is recorded, errors are counted apart. Output is JSON lines on stdout
 //! (`"event": "progress"` per report period, `"event": "window"` with `"edge": "start"` and
@@ -9,6 +10,7 @@
 //! `--help` lists the options.
 
 mod args;
+mod grpc;
 mod run;
 mod stats;
 

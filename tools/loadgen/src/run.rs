@@ -4,10 +4,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use etcd_client::{Client, GetOptions, KvClient};
 use serde_json::json;
 
-use crate::args::{Op, Options};
+use crate::args::{ClientKind, Op, Options};
+use crate::grpc;
 use crate::stats::summarize;
 
 /// State shared by the client tasks and the reporter.
@@ -29,15 +31,42 @@ struct Shared {
     start: Instant,
 }
 
+/// One shared connection, of the client `--client` names.
+enum Conn {
+    H2(Arc<grpc::Connection>),
+    Etcd(KvClient),
+}
+
+impl Conn {
+    /// A client of this connection, for one task.
+    async fn client(&self) -> Kv {
+        match self {
+            Conn::H2(conn) => Kv::H2(conn.client().await),
+            Conn::Etcd(kv) => Kv::Etcd(kv.clone()),
+        }
+    }
+}
+
+/// One task's client.
+enum Kv {
+    H2(grpc::Client),
+    Etcd(KvClient),
+}
+
 /// One connection per `--conns`, spread round-robin over the endpoints.
-async fn connect(opts: &Options) -> Result<Vec<KvClient>, String> {
+async fn connect(opts: &Options) -> Result<Vec<Conn>, String> {
     let mut conns = Vec::with_capacity(opts.conns);
     for i in 0..opts.conns {
         let endpoint = &opts.endpoints[i % opts.endpoints.len()];
-        let client = Client::connect([endpoint.as_str()], None)
-            .await
-            .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
-        conns.push(client.kv_client());
+        conns.push(match opts.client {
+            ClientKind::H2 => Conn::H2(grpc::Connection::open(endpoint).await?),
+            ClientKind::EtcdClient => {
+                let client = Client::connect([endpoint.as_str()], None)
+                    .await
+                    .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+                Conn::Etcd(client.kv_client())
+            }
+        });
     }
     Ok(conns)
 }
@@ -59,16 +88,25 @@ impl Rng {
     }
 }
 
-async fn one_op(kv: &mut KvClient, op: Op, key: Vec<u8>, value: &[u8]) -> Result<(), String> {
-    let result = match op {
-        Op::Put => kv.put(key, value.to_vec(), None).await.map(|_| ()),
-        Op::Get => kv.get(key, None).await.map(|_| ()),
-        Op::GetSerializable => kv
-            .get(key, Some(GetOptions::new().with_serializable()))
-            .await
-            .map(|_| ()),
-    };
-    result.map_err(|e| e.to_string())
+async fn one_op(kv: &mut Kv, op: Op, key: Vec<u8>, value: &Bytes) -> Result<(), String> {
+    match kv {
+        Kv::H2(kv) => match op {
+            Op::Put => kv.put(key, value.clone()).await.map(drop),
+            Op::Get => kv.get(key, false).await.map(drop),
+            Op::GetSerializable => kv.get(key, true).await.map(drop),
+        },
+        Kv::Etcd(kv) => {
+            let result = match op {
+                Op::Put => kv.put(key, value.to_vec(), None).await.map(drop),
+                Op::Get => kv.get(key, None).await.map(drop),
+                Op::GetSerializable => kv
+                    .get(key, Some(GetOptions::new().with_serializable()))
+                    .await
+                    .map(drop),
+            };
+            result.map_err(|e| e.to_string())
+        }
+    }
 }
 
 /// One client: one request at a time until told to stop; returns its latencies (µs) of
@@ -76,10 +114,10 @@ async fn one_op(kv: &mut KvClient, op: Op, key: Vec<u8>, value: &[u8]) -> Result
 async fn client(
     shared: Arc<Shared>,
     opts: Arc<Options>,
-    mut kv: KvClient,
+    mut kv: Kv,
     seed: u64,
 ) -> (Vec<u32>, Option<String>) {
-    let value = vec![b'v'; opts.value_size];
+    let value = Bytes::from(vec![b'v'; opts.value_size]);
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut latencies = Vec::new();
     let mut last_error = None;
@@ -132,12 +170,12 @@ async fn client(
 /// How many times the preload tries one key before it gives up.
 const PRELOAD_ATTEMPTS: u32 = 100;
 
-async fn preload(opts: &Options, conns: &[KvClient]) -> Result<(), String> {
+async fn preload(opts: &Options, conns: &[Conn]) -> Result<(), String> {
     let next = Arc::new(AtomicU64::new(0));
-    let value = Arc::new(vec![b'v'; opts.value_size]);
+    let value = Bytes::from(vec![b'v'; opts.value_size]);
     let mut tasks = Vec::new();
     for i in 0..opts.clients.clamp(16, 64) {
-        let mut kv = conns[i % conns.len()].clone();
+        let mut kv = conns[i % conns.len()].client().await;
         let (next, value, keys, key_size, timeout) = (
             next.clone(),
             value.clone(),
@@ -204,16 +242,16 @@ pub(crate) async fn run(opts: Options) -> Result<(), String> {
         decile_ns: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
         start: Instant::now(),
     });
-    let tasks: Vec<_> = (0..opts.clients)
-        .map(|i| {
-            tokio::spawn(client(
-                shared.clone(),
-                opts.clone(),
-                conns[i % conns.len()].clone(),
-                i as u64 + 1,
-            ))
-        })
-        .collect();
+    let mut tasks = Vec::with_capacity(opts.clients);
+    for i in 0..opts.clients {
+        let kv = conns[i % conns.len()].client().await;
+        tasks.push(tokio::spawn(client(
+            shared.clone(),
+            opts.clone(),
+            kv,
+            i as u64 + 1,
+        )));
+    }
 
     // Reporter: warm-up, then the window (or until the total is done), a line per period.
     let mut window_start = shared.start;
