@@ -5,7 +5,7 @@
 //! spends on a request is taken from them. Through `etcd-client` (tonic 0.6 and hyper 0.14:
 //! a request crosses a buffer task and hyper's dispatch task before reaching the connection)
 //! it spent 27–31 µs of CPU per put at 256 clients, about a third of what a dengine-kv
-//! cluster spent serving it (docs/benchmarks.md, 2026-12-06 16:40). Here a client task
+//! cluster spent serving it (docs/benchmarks.md, 2026-12-06 15:40). Here a client task
 //! writes its request onto the connection's stream itself; the connection's task only frames
 //! and flushes. Both systems see the same bytes on the wire either way; `--client
 //! etcd-client` still drives them through the independent client.
