@@ -29,7 +29,7 @@ options:
   --report-every S      seconds between progress lines (default 1)
   --timeout-ms MS       per-request timeout; a timed-out request is an error (default 10000)
   --client C            h2 (gRPC straight on HTTP/2, light on CPU) | etcd-client (the
-                        etcd-client crate, an independent cross-check; about twice the CPU
+                        etcd-client crate, an independent cross-check; about 1.5x the CPU
                         per request) (default h2)";
 
 /// The gRPC client the load is sent through.
