@@ -129,19 +129,20 @@ pub(crate) fn run(
                     eprintln!("loadgen: {line}");
                     continue;
                 };
-                match v.get("event").and_then(Value::as_str) {
-                    Some("result") => result = Some(LoadResult::from_json(&v)),
-                    Some("window") => {
-                        let cpu = crate::probe::process_cpu_us(pid);
-                        match v.get("edge").and_then(Value::as_str) {
-                            Some("start") => window_start = cpu,
-                            Some("end") => window_end = cpu,
-                            _ => {}
-                        }
-                        on_progress(&v);
-                    }
-                    _ => on_progress(&v),
+                let event = v.get("event").and_then(Value::as_str);
+                if event == Some("result") {
+                    result = Some(LoadResult::from_json(&v));
+                    continue;
                 }
+                if event == Some("window") {
+                    let cpu = crate::probe::process_cpu_us(pid);
+                    match v.get("edge").and_then(Value::as_str) {
+                        Some("start") => window_start = cpu,
+                        Some("end") => window_end = cpu,
+                        _ => {}
+                    }
+                }
+                on_progress(&v);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,

@@ -85,12 +85,10 @@ pub(crate) fn stages(before: &Sample, after: &Sample) -> Option<Stages> {
 impl ServerProbe {
     /// Reads CPU time and sync counters now.
     pub(crate) fn sample(&self) -> Sample {
-        let ticks_per_s = clock_ticks_per_second();
         let cpu_us = self
             .pids
             .iter()
-            .filter_map(|&pid| cpu_ticks(pid))
-            .map(|t| t as f64 * 1e6 / ticks_per_s)
+            .filter_map(|&pid| process_cpu_us(pid))
             .sum();
         let texts: Vec<Option<String>> = self.metrics.iter().map(|addr| scrape(addr)).collect();
         let syncs = texts

@@ -453,12 +453,23 @@ mod tests {
         );
     }
 
-    /// A gRPC server on h2 that answers each call with `answer(path, request message)`:
-    /// `Ok` a message, `Err` a status code sent Trailers-Only. It drops each connection after
-    /// `calls_per_connection` calls.
+    /// How the test server answers a call.
+    enum Answer {
+        /// The framed message, then `grpc-status: 0`.
+        Message(Bytes),
+        /// Trailers-Only: this `grpc-status` with `grpc-message: refused`.
+        Status(u32),
+        /// This HTTP status, nothing else.
+        Http(u16),
+        /// The body, then the end of the stream without trailers.
+        NoStatus(Bytes),
+    }
+
+    /// A gRPC server on h2 that answers each call with `answer(path, request message)`. It
+    /// drops each connection after `calls_per_connection` calls.
     async fn server(
         calls_per_connection: usize,
-        answer: fn(&str, Bytes) -> Result<Bytes, u32>,
+        answer: fn(&str, Bytes) -> Answer,
     ) -> (String, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -481,7 +492,7 @@ mod tests {
                     let path = head.uri.path().to_string();
                     let response = http::Response::builder().status(200);
                     match answer(&path, got.freeze()) {
-                        Ok(message) => {
+                        Answer::Message(message) => {
                             let head = response.body(()).unwrap();
                             let mut send = respond.send_response(head, false).unwrap();
                             send.send_data(message, false).unwrap();
@@ -489,13 +500,22 @@ mod tests {
                             trailers.insert("grpc-status", "0".parse().unwrap());
                             send.send_trailers(trailers).unwrap();
                         }
-                        Err(code) => {
+                        Answer::Status(code) => {
                             let head = response
                                 .header("grpc-status", code.to_string())
                                 .header("grpc-message", "refused")
                                 .body(())
                                 .unwrap();
                             respond.send_response(head, true).unwrap();
+                        }
+                        Answer::Http(code) => {
+                            let head = response.status(code).body(()).unwrap();
+                            respond.send_response(head, true).unwrap();
+                        }
+                        Answer::NoStatus(body) => {
+                            let head = response.body(()).unwrap();
+                            let mut send = respond.send_response(head, false).unwrap();
+                            send.send_data(body, true).unwrap();
                         }
                     }
                 }
@@ -512,25 +532,33 @@ mod tests {
     }
 
     /// Answers a put with its key's length as the revision, a range with the key it asked
-    /// for; refuses a key "no".
-    fn echo(path: &str, framed: Bytes) -> Result<Bytes, u32> {
+    /// for; a put of key "no" is refused (grpc-status 9), of "http" answered HTTP 503, of
+    /// "bare" without a grpc-status, of "junk" with a message that does not decode.
+    fn echo(path: &str, framed: Bytes) -> Answer {
         match path {
             PUT => {
                 let put: PutRequest = unframe(framed).unwrap();
-                if put.key == b"no" {
-                    return Err(9);
+                match put.key.as_slice() {
+                    b"no" => return Answer::Status(9),
+                    b"http" => return Answer::Http(503),
+                    b"bare" => return Answer::NoStatus(frame(&PutResponse::default())),
+                    // Field 1 (a message) whose length runs past the end.
+                    b"junk" => {
+                        return Answer::Message(Bytes::from_static(&[0, 0, 0, 0, 2, 0x0a, 9]));
+                    }
+                    _ => {}
                 }
                 let header = ResponseHeader {
                     revision: put.key.len() as i64,
                     ..Default::default()
                 };
-                Ok(frame(&PutResponse {
+                Answer::Message(frame(&PutResponse {
                     header: Some(header),
                 }))
             }
             RANGE => {
                 let get: RangeRequest = unframe(framed).unwrap();
-                Ok(frame(&RangeResponse {
+                Answer::Message(frame(&RangeResponse {
                     kvs: vec![KeyValue {
                         key: Bytes::from(get.key),
                         mod_revision: i64::from(get.serializable),
@@ -559,6 +587,26 @@ mod tests {
         assert_eq!(got.kvs[0].mod_revision, 1);
         let refused = client.put(b"no".to_vec(), Bytes::new()).await;
         assert_eq!(refused.unwrap_err(), "grpc status 9: refused");
+        let http = client
+            .put(b"http".to_vec(), Bytes::new())
+            .await
+            .unwrap_err();
+        assert_eq!(http, format!("{addr}: HTTP status 503 Service Unavailable"));
+        let bare = client
+            .put(b"bare".to_vec(), Bytes::new())
+            .await
+            .unwrap_err();
+        assert_eq!(bare, format!("{addr}: a response without grpc-status"));
+        let junk = client
+            .put(b"junk".to_vec(), Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(
+            junk.starts_with("a response that does not decode"),
+            "{junk}"
+        );
+        // Each failure ended its own stream only: the connection still serves.
+        assert!(client.put(b"k".to_vec(), Bytes::new()).await.is_ok());
         server.abort();
     }
 
