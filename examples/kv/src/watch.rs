@@ -12,6 +12,17 @@
 //! newest revision, so every watcher can still read it. A watcher holds on to the revision it
 //! is delivering ([`WatchHub::revision_events`] hands out a shared reference), so an eviction
 //! in the middle of a large revision does not cut its delivery short.
+//!
+//! The history is kept only while someone follows it: every reader (a Watch stream, an
+//! election's observer, a lock waiting for older keys) first takes a receiver from
+//! [`WatchHub::subscribe`], and while nobody holds one, publishing keeps nothing and moves
+//! the floor past what it published. Keeping it with nobody watching cost a third of the
+//! apply's CPU per put (the events' allocations, and freeing them, cold, 10,000 revisions
+//! later, with the applied entries they hold alive) and 17% of the servers' CPU per put at
+//! 256 clients (docs/benchmarks.md, 2026-12-06 18:40). A reader that starts behind the floor
+//! is told so, as a slow one is, and the Watch service then replays those revisions from the
+//! store's MVCC history (`watch_service.rs`), the compaction revision itself included
+//! (`KvStore::compact`).
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -169,6 +180,10 @@ struct HubState {
     floor: i64,
     /// The store's compaction revision (0: never compacted).
     compacted: i64,
+    /// The store made that compaction itself since it was opened or restored (it was
+    /// published by [`WatchHub::compact`], not [`WatchHub::reset`]): its MVCC history
+    /// rebuilds the compaction revision's events whole (`KvStore::first_replayable`).
+    compacted_here: bool,
 }
 
 impl HubState {
@@ -182,6 +197,15 @@ impl HubState {
             events,
             bytes,
         }));
+    }
+
+    /// Drops the whole history (nobody follows it): every revision up to the current one is
+    /// below the floor. Returns what was dropped, to be freed outside the lock.
+    fn forget_all(&mut self) -> VecDeque<Arc<RevisionEvents>> {
+        self.history_events = 0;
+        self.history_bytes = 0;
+        self.floor = self.floor.max(self.revision.saturating_add(1));
+        std::mem::take(&mut self.history)
     }
 
     /// Drops the oldest revisions, whole, while the history is over its bounds; the newest
@@ -239,6 +263,7 @@ impl WatchHub {
                 revision: 0,
                 floor: 1,
                 compacted: 0,
+                compacted_here: false,
             })),
             revision_tx: Arc::new(revision_tx),
             closed: Arc::new(watch::channel(false).0),
@@ -283,6 +308,13 @@ impl WatchHub {
         self.lock().compacted
     }
 
+    /// The oldest revision whose events the store's MVCC history rebuilds whole, for a
+    /// watcher behind the event history (as the state machine's `first_replayable`).
+    pub(crate) fn first_replayable(&self) -> i64 {
+        let s = self.lock();
+        crate::store::first_replayable(s.compacted, s.compacted_here)
+    }
+
     /// The oldest revision a new watcher may start from.
     pub fn oldest_revision(&self) -> i64 {
         self.lock().floor
@@ -300,7 +332,8 @@ impl WatchHub {
         let _ = rx.wait_for(|closed| *closed).await;
     }
 
-    /// A receiver that changes whenever a new revision is published.
+    /// A receiver that changes whenever a new revision is published. While one is held, the
+    /// hub keeps its history of recent events (see the module docs).
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.revision_tx.subscribe()
     }
@@ -322,19 +355,35 @@ impl WatchHub {
     /// write: the lock and the wake-up (eight `Notify`s, each locked even with no watcher)
     /// per write had cost about a tenth of the state machine's apply of a put (`cargo bench
     /// -p dengine-kv --bench apply`: 4.90 against 4.38 µs of CPU per put, 2026-12-06).
+    ///
+    /// While nobody holds a receiver from [`subscribe`](Self::subscribe), nothing is kept:
+    /// the history is emptied and its floor moves past `writes`, as if they had been trimmed
+    /// (see the module docs).
     pub(crate) fn publish_all(&self, writes: Vec<(i64, Vec<Event>)>) {
         let Some(&(newest, _)) = writes.last() else {
             return;
         };
-        {
+        // Read before the lock: a reader that subscribes after this read finds either the
+        // writes in the history or a floor past them, never a gap it is not told of.
+        let followed = self.revision_tx.receiver_count() > 0;
+        let dropped = {
             let mut s = self.lock();
-            for (revision, events) in writes {
-                debug_assert!(revision > s.revision, "revisions are published in order");
-                s.push(revision, events);
-                s.revision = revision;
+            if followed {
+                for (revision, events) in writes {
+                    debug_assert!(revision > s.revision, "revisions are published in order");
+                    s.push(revision, events);
+                    s.revision = revision;
+                }
+                s.trim(&self.config);
+                None
+            } else {
+                debug_assert!(newest > s.revision, "revisions are published in order");
+                s.revision = newest;
+                Some((s.forget_all(), writes))
             }
-            s.trim(&self.config);
-        }
+        };
+        // (Freed outside the lock.)
+        drop(dropped);
         self.revision_tx.send_replace(newest);
     }
 
@@ -342,6 +391,7 @@ impl WatchHub {
     pub(crate) fn compact(&self, revision: i64) {
         let mut s = self.lock();
         s.compacted = s.compacted.max(revision);
+        s.compacted_here = true;
         s.floor = s.floor.max(revision);
         while s.history.front().is_some_and(|e| e.revision < revision) {
             if let Some(old) = s.history.pop_front() {
@@ -369,6 +419,7 @@ impl WatchHub {
             s.history_bytes = 0;
             s.revision = revision;
             s.compacted = compact_revision;
+            s.compacted_here = false;
             // Not `clamp`: it panics on inverted bounds, and a snapshot is input.
             s.floor = from
                 .max(compact_revision.max(1))
@@ -406,6 +457,8 @@ impl WatchHub {
     /// Reads the events matching `filter` from revision `from` on, at most about `max_events`
     /// of them (whole revisions only: a revision with more goes whole). `from` beyond the
     /// current revision gives an empty batch; `from` older than the history is [`Compacted`].
+    /// The history holds only what was published while a receiver from
+    /// [`subscribe`](Self::subscribe) was held: subscribe first, and keep it while reading.
     pub fn read_events(
         &self,
         from: i64,
@@ -485,6 +538,7 @@ mod tests {
     #[test]
     fn reads_from_a_past_revision_within_the_history() {
         let hub = WatchHub::default();
+        let _follow = hub.subscribe();
         for (i, k) in ["a", "b", "a", "c"].into_iter().enumerate() {
             hub.publish(i as i64 + 1, vec![put(k, i as i64 + 1)]);
         }
@@ -505,6 +559,7 @@ mod tests {
     #[test]
     fn batches_stop_at_revision_boundaries() {
         let hub = WatchHub::default();
+        let _follow = hub.subscribe();
         hub.publish(1, vec![put("a", 1), put("b", 1), put("c", 1)]);
         hub.publish(2, vec![put("d", 2)]);
         let all = WatchFilter::new(Bytes::from_static(b"\0"), Bytes::from_static(b"\0"));
@@ -524,6 +579,7 @@ mod tests {
             ..WatchConfig::default()
         };
         let hub = WatchHub::new(config);
+        let _follow = hub.subscribe();
         for r in 1..=5 {
             hub.publish(r, vec![put("k", r)]);
         }
@@ -545,6 +601,7 @@ mod tests {
             ..WatchConfig::default()
         };
         let hub = WatchHub::new(config);
+        let _follow = hub.subscribe();
         hub.publish(1, vec![put("a", 1)]);
         hub.publish(2, (0..10).map(|_| put("b", 2)).collect());
         // Revision 1 made room; revision 2 stays whole although it alone passes the bound.
@@ -576,6 +633,7 @@ mod tests {
                 ..WatchConfig::default()
             };
             let hub = WatchHub::new(config);
+            let _follow = hub.subscribe();
             // Every write so far as (revision, events); the model keeps what trimming after
             // each write keeps: the newest revisions, whole, while they fit the bound, and
             // always the newest one.
@@ -618,6 +676,7 @@ mod tests {
     #[test]
     fn future_start_waits_and_compaction_moves_the_floor() {
         let hub = WatchHub::default();
+        let _follow = hub.subscribe();
         let f = WatchFilter::new(Bytes::from_static(b"k"), Bytes::new());
         let batch = hub.read_events(5, &f, 10).unwrap();
         assert!(batch.events.is_empty());
@@ -658,6 +717,7 @@ mod tests {
     #[test]
     fn filters_drop_puts_or_deletes() {
         let hub = WatchHub::default();
+        let _follow = hub.subscribe();
         let mut del = put("k", 2);
         del.r#type = EventType::Delete as i32;
         hub.publish(1, vec![put("k", 1)]);
@@ -673,5 +733,54 @@ mod tests {
             keys(&hub.read_events(1, &no_delete, 10).unwrap()),
             [("k".to_string(), 1)]
         );
+    }
+
+    #[test]
+    fn nothing_is_kept_while_nobody_follows_and_a_late_reader_is_told_where_it_starts() {
+        let hub = WatchHub::default();
+        let all = WatchFilter::new(Bytes::from_static(b"\0"), Bytes::from_static(b"\0"));
+        hub.publish_all(vec![(1, vec![put("a", 1)]), (2, vec![put("b", 2)])]);
+        assert_eq!(hub.revision(), 2);
+        assert_eq!(
+            hub.oldest_revision(),
+            3,
+            "nobody followed revisions 1 and 2"
+        );
+        assert_eq!(
+            hub.read_events(1, &all, 10),
+            Err(Compacted {
+                compact_revision: 3
+            })
+        );
+        // A reader arrives: what is published from now on is kept.
+        let mut follow = hub.subscribe();
+        hub.publish(3, vec![put("c", 3)]);
+        assert!(follow.has_changed().unwrap(), "the reader is woken");
+        assert_eq!(*follow.borrow_and_update(), 3);
+        assert_eq!(
+            keys(&hub.read_events(3, &all, 10).unwrap()),
+            [("c".into(), 3)]
+        );
+        // It leaves: the next publish drops what was kept, and the floor moves past it.
+        drop(follow);
+        hub.publish(4, vec![put("d", 4)]);
+        assert_eq!(hub.oldest_revision(), 5);
+        assert!(hub.state.lock().history.is_empty());
+        assert_eq!(
+            hub.revision_events(4).unwrap_err(),
+            Compacted {
+                compact_revision: 5
+            }
+        );
+        // A reader holding a revision keeps it although the hub dropped it.
+        let _follow = hub.subscribe();
+        hub.publish(5, vec![put("e", 5)]);
+        let held = hub.revision_events(5).unwrap().unwrap();
+        drop(_follow);
+        hub.publish(6, vec![put("f", 6)]);
+        assert_eq!(held.events.len(), 1);
+        // Compaction after an unfollowed stretch keeps the floor where it is.
+        hub.compact(3);
+        assert_eq!((hub.oldest_revision(), hub.compact_revision()), (7, 3));
     }
 }

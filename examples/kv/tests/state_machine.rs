@@ -7,8 +7,8 @@ use bytes::Bytes;
 use dengine_core::StateMachine;
 use dengine_core::store::Command as Committed;
 use dengine_kv::proto::dengine::kv::v1::{
-    HashRequest, Stats, StatsRequest, StoreSnapshot, command, command_response, query,
-    query_response,
+    HashRequest, Stats, StatsRequest, StoreSnapshot, WatchHistoryRequest, command,
+    command_response, query, query_response,
 };
 use dengine_kv::proto::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
@@ -18,7 +18,7 @@ use dengine_kv::proto::etcdserverpb::{
     request_op::Request,
     response_op::Response,
 };
-use dengine_kv::proto::mvccpb::{KeyValue, event::EventType};
+use dengine_kv::proto::mvccpb::{Event, KeyValue, event::EventType};
 use dengine_kv::{
     AuthHub, KvError, KvStateMachine, WatchFilter, WatchHub, decode_command_response,
     decode_query_response, encode_command, encode_query,
@@ -653,6 +653,12 @@ impl Harness {
         }
     }
 
+    /// The events of revisions `from` to `through` as a watcher behind the event history
+    /// gets them (`WatchHistory`), for every key.
+    async fn watch_history(&self, from: i64, through: i64) -> Result<Vec<Event>, KvError> {
+        history_of(&self.sm, from, through).await
+    }
+
     async fn hash(&self, revision: i64) -> Result<u32, KvError> {
         let response = self
             .sm
@@ -797,11 +803,17 @@ async fn reads_at_past_revisions_see_the_key_space_as_it_was() {
     assert_eq!(h.hash(3).await.unwrap(), stopped.hash(0).await.unwrap());
     assert_ne!(h.hash(3).await.unwrap(), h.hash(0).await.unwrap());
 
-    // Compaction frees what no read from it on can see, and nothing else.
+    // Compaction frees what no read or watcher from it on needs, and nothing else: the
+    // versions replaced before it (those replaced at it are the previous values of its
+    // events, for a watcher starting there; they go at the next compaction).
     let stats = h.stats().await;
     assert_eq!(stats.past_versions, 3, "a=1, b=1 and a=2 were replaced");
     h.compact(3).await.unwrap();
-    assert_eq!(h.stats().await.past_versions, 2, "a=1 went at 3");
+    assert_eq!(
+        h.stats().await.past_versions,
+        3,
+        "a=1, replaced at 3, is kept for watchers starting at 3"
+    );
     assert_eq!(
         rows(&h.range(all_at(3)).await.unwrap()),
         [row("a", "2", 1, 3, 2), row("b", "1", 2, 2, 1)]
@@ -810,10 +822,112 @@ async fn reads_at_past_revisions_see_the_key_space_as_it_was() {
     assert_eq!(h.hash(2).await, Err(KvError::Compacted));
     h.compact(6).await.unwrap();
     let stats = h.stats().await;
-    assert_eq!(stats.past_versions, 0);
-    // Only the live keys are left in the size: b=again and c=x, 48 bytes of overhead each.
-    assert_eq!(stats.size_bytes, (1 + 5 + 48) + (1 + 1 + 48));
+    assert_eq!(stats.past_versions, 1, "a=2, deleted at 6");
+    // Left in the size: b=again and c=x, and a=2 until the next compaction, 48 bytes of
+    // overhead each.
+    assert_eq!(stats.size_bytes, (1 + 5 + 48) + (1 + 1 + 48) + (1 + 1 + 48));
     assert_eq!(keys(&h.range(all_at(6)).await.unwrap()), ["b", "c"]);
+}
+
+/// [`Harness::watch_history`] of `sm`.
+async fn history_of(sm: &KvStateMachine, from: i64, through: i64) -> Result<Vec<Event>, KvError> {
+    let response = sm
+        .query(encode_query(query::Op::WatchHistory(WatchHistoryRequest {
+            key: b("\0"),
+            range_end: b("\0"),
+            from,
+            through,
+        })))
+        .await
+        .unwrap();
+    match decode_query_response(&response)? {
+        query_response::Result::WatchHistory(h) => Ok(h.events),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// (type, key, value, mod revision, previous value) of each event.
+fn event_rows(events: &[Event]) -> Vec<(i32, String, String, i64, Option<String>)> {
+    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+    events
+        .iter()
+        .map(|e| {
+            let kv = e.kv.clone().unwrap_or_default();
+            (
+                e.r#type,
+                text(&kv.key),
+                text(&kv.value),
+                kv.mod_revision,
+                e.prev_kv.as_ref().map(|p| text(&p.value)),
+            )
+        })
+        .collect()
+}
+
+// etcd lets a watcher start at the compaction revision itself. Nobody follows the event
+// history here, so it keeps nothing: the events come from the MVCC history, which keeps
+// the versions replaced at the compaction revision (its deletes, its puts' previous values)
+// until the next compaction. A member that did not make the compaction itself (restored
+// from a snapshot, which does not carry them) starts watchers one revision later.
+#[tokio::test]
+async fn a_watcher_may_start_at_the_compaction_revision_with_every_event_of_it() {
+    let mut h = Harness::new();
+    h.put("a", "1").await; // 1
+    h.put("a", "2").await; // 2
+    h.put("b", "1").await; // 3
+    h.txn(TxnRequest {
+        success: vec![
+            put_op("b", "2"),
+            RequestOp {
+                request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: b("a"),
+                    ..Default::default()
+                })),
+            },
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap(); // 4
+    h.put("c", "1").await; // 5
+    assert_eq!(
+        h.sm.watch_hub().oldest_revision(),
+        6,
+        "nobody followed: the event history is empty"
+    );
+    h.compact(4).await.unwrap();
+    let (put, delete) = (EventType::Put as i32, EventType::Delete as i32);
+    let at_4 = vec![
+        (delete, "a".into(), "".into(), 4, Some("2".into())),
+        (put, "b".into(), "2".into(), 4, Some("1".into())),
+    ];
+    let mut through_5 = at_4.clone();
+    through_5.push((put, "c".into(), "1".into(), 5, None));
+    assert_eq!(event_rows(&h.watch_history(4, 5).await.unwrap()), through_5);
+    assert_eq!(h.watch_history(3, 5).await, Err(KvError::Compacted));
+    // A restored copy: from 5 on.
+    let snapshot = h.sm.snapshot().await.unwrap();
+    let mut copy = KvStateMachine::new(WatchHub::default());
+    copy.install_snapshot(snapshot, h.sm.applied_index())
+        .await
+        .unwrap();
+    assert_eq!(history_of(&copy, 4, 5).await, Err(KvError::Compacted));
+    assert_eq!(
+        event_rows(&history_of(&copy, 5, 5).await.unwrap()),
+        through_5[2..]
+    );
+    // The next compaction drops them.
+    h.put("c", "2").await; // 6
+    h.compact(5).await.unwrap();
+    assert_eq!(h.watch_history(4, 6).await, Err(KvError::Compacted));
+    assert_eq!(
+        event_rows(&h.watch_history(5, 6).await.unwrap()),
+        [
+            (put, "c".into(), "1".into(), 5, None),
+            (put, "c".into(), "2".into(), 6, Some("1".into())),
+        ]
+    );
+    assert_eq!(h.stats().await.past_versions, 1, "c=1, replaced at 6");
 }
 
 async fn build_state(h: &mut Harness) {
@@ -836,6 +950,8 @@ async fn build_state(h: &mut Harness) {
 #[tokio::test]
 async fn snapshot_install_round_trip_gives_identical_answers() {
     let mut h = Harness::new();
+    // (The hub keeps its event history while someone follows it.)
+    let _follow = h.sm.watch_hub().subscribe();
     build_state(&mut h).await;
     let snapshot = h.sm.snapshot().await.unwrap();
     let index = h.sm.applied_index();
@@ -1030,6 +1146,7 @@ async fn commands_out_of_order_or_twice_are_refused() {
 #[tokio::test]
 async fn writes_publish_events_to_the_hub() {
     let hub = WatchHub::default();
+    let _follow = hub.subscribe();
     let mut h = Harness::durable(hub.clone());
     h.put("w/a", "1").await; // rev 1
     h.txn(TxnRequest {
