@@ -457,7 +457,7 @@ impl KvStateMachine {
 
     /// The events a watcher behind the watch event history needs, from the MVCC history.
     fn watch_history(&self, req: &WatchHistoryRequest) -> Result<query_response::Result, KvError> {
-        if req.from < self.store.first_replayable() {
+        if req.from <= self.store.compact_revision() {
             return Err(KvError::Compacted);
         }
         let range = crate::key_range::KeyRange::new(&req.key, &req.range_end);

@@ -63,10 +63,6 @@ pub(crate) struct KvStore {
     revision: i64,
     /// The last compaction revision (0: never compacted).
     compact_revision: i64,
-    /// This store made its last compaction itself (since it was opened or restored), so it
-    /// still has the versions replaced at the compaction revision, and the events of that
-    /// revision can be rebuilt whole ([`first_replayable`](Self::first_replayable)).
-    compacted_here: bool,
     /// Sum over keys and kept past versions of key + value length + [`KEY_OVERHEAD_BYTES`].
     size_bytes: u64,
     /// The leases and the keys attached to them.
@@ -90,7 +86,6 @@ impl KvStore {
             data,
             revision: 0,
             compact_revision: 0,
-            compacted_here: false,
             size_bytes: 0,
             leases: Leases::default(),
         }
@@ -103,8 +98,6 @@ impl KvStore {
             data,
             revision: state.revision,
             compact_revision: state.compact_revision,
-            // (A file compacted by an earlier version may lack the versions replaced at it.)
-            compacted_here: false,
             size_bytes: state.size_bytes,
             leases: Leases::default(),
         }
@@ -195,13 +188,6 @@ impl KvStore {
     /// The last compaction revision.
     pub(crate) fn compact_revision(&self) -> i64 {
         self.compact_revision
-    }
-
-    /// The oldest revision whose events [`events_between`](Self::events_between) rebuilds
-    /// whole: the compaction revision if this store compacted there itself, else the one
-    /// after it (revision 1 when never compacted).
-    pub(crate) fn first_replayable(&self) -> i64 {
-        first_replayable(self.compact_revision, self.compacted_here)
     }
 
     /// Number of live keys.
@@ -306,8 +292,8 @@ impl KvStore {
     /// watch event history after a snapshot was installed), oldest revision first. Every put
     /// and delete the history still shows is there, with its previous version as `prev_kv`;
     /// within one revision the events are in key order (the order the write made them in is
-    /// not kept). Revisions before [`first_replayable`](Self::first_replayable) are
-    /// incomplete (their deletes are gone), so `from` should be at or after it.
+    /// not kept). Revisions at or before the compaction point are incomplete (their deletes
+    /// are gone), so `from` should be after it.
     pub(crate) fn events_since(&self, from: i64) -> Vec<(i64, Vec<Event>)> {
         self.events_between(&KeyRange::all(), from, i64::MAX)
     }
@@ -665,8 +651,8 @@ impl KvStore {
     }
 
     /// Compacts at `revision`: reads and watches before it are refused from now on, and the
-    /// past versions no read or watcher at or after it needs are dropped: those replaced
-    /// before it. The revision does not change. Returns the header revision.
+    /// past versions no read at or after it can see (those replaced at or before it) are
+    /// dropped. The revision does not change. Returns the header revision.
     pub(crate) fn compact(&mut self, revision: i64) -> Result<i64, KvError> {
         if revision > self.revision {
             return Err(KvError::FutureRevision);
@@ -675,12 +661,8 @@ impl KvStore {
             return Err(KvError::Compacted);
         }
         self.compact_revision = revision;
-        self.compacted_here = true;
         let mut freed = 0;
-        // Those replaced at `revision` itself stay until the next compaction: no read at or
-        // after it sees them, but a watcher may start at the compaction revision (as in
-        // etcd), and its deletes and its puts' previous values are made of them.
-        self.data.drop_past_through(revision - 1, &mut |key, old| {
+        self.data.drop_past_through(revision, &mut |key, old| {
             freed += record_size(key, &old.value)
         });
         self.size_bytes = self.size_bytes.saturating_sub(freed);
@@ -1070,17 +1052,6 @@ impl WriteTxn<'_> {
             self.store.revision = self.revision;
         }
         (self.store.revision, self.events)
-    }
-}
-
-/// The oldest revision whose events can be rebuilt whole from a history compacted at
-/// `compact_revision`: that revision itself if the versions replaced at it were kept
-/// (`exact`), else the next one.
-pub(crate) fn first_replayable(compact_revision: i64, exact: bool) -> i64 {
-    if exact && compact_revision > 0 {
-        compact_revision
-    } else {
-        compact_revision.saturating_add(1)
     }
 }
 

@@ -21,8 +21,11 @@
 //! later, with the applied entries they hold alive) and 17% of the servers' CPU per put at
 //! 256 clients (docs/benchmarks.md, 2026-12-06 18:40). A reader that starts behind the floor
 //! is told so, as a slow one is, and the Watch service then replays those revisions from the
-//! store's MVCC history (`watch_service.rs`), the compaction revision itself included
-//! (`KvStore::compact`).
+//! store's MVCC history (`watch_service.rs`) if they are after the compaction point. (So a
+//! watch may start at the compaction revision itself, as etcd allows, only while the history
+//! holds it: the MVCC history has lost that revision's deletes. Keeping the versions the
+//! compaction revision replaced would rebuild them, but then compacting at the current
+//! revision would not free a deleted range, as etcd's recovery from `NOSPACE` needs.)
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -180,10 +183,6 @@ struct HubState {
     floor: i64,
     /// The store's compaction revision (0: never compacted).
     compacted: i64,
-    /// The store made that compaction itself since it was opened or restored (it was
-    /// published by [`WatchHub::compact`], not [`WatchHub::reset`]): its MVCC history
-    /// rebuilds the compaction revision's events whole (`KvStore::first_replayable`).
-    compacted_here: bool,
 }
 
 impl HubState {
@@ -263,7 +262,6 @@ impl WatchHub {
                 revision: 0,
                 floor: 1,
                 compacted: 0,
-                compacted_here: false,
             })),
             revision_tx: Arc::new(revision_tx),
             closed: Arc::new(watch::channel(false).0),
@@ -306,13 +304,6 @@ impl WatchHub {
     /// The store's last compaction revision (0: never compacted), as last published.
     pub fn compact_revision(&self) -> i64 {
         self.lock().compacted
-    }
-
-    /// The oldest revision whose events the store's MVCC history rebuilds whole, for a
-    /// watcher behind the event history (as the state machine's `first_replayable`).
-    pub(crate) fn first_replayable(&self) -> i64 {
-        let s = self.lock();
-        crate::store::first_replayable(s.compacted, s.compacted_here)
     }
 
     /// The oldest revision a new watcher may start from.
@@ -391,7 +382,6 @@ impl WatchHub {
     pub(crate) fn compact(&self, revision: i64) {
         let mut s = self.lock();
         s.compacted = s.compacted.max(revision);
-        s.compacted_here = true;
         s.floor = s.floor.max(revision);
         while s.history.front().is_some_and(|e| e.revision < revision) {
             if let Some(old) = s.history.pop_front() {
@@ -419,7 +409,6 @@ impl WatchHub {
             s.history_bytes = 0;
             s.revision = revision;
             s.compacted = compact_revision;
-            s.compacted_here = false;
             // Not `clamp`: it panics on inverted bounds, and a snapshot is input.
             s.floor = from
                 .max(compact_revision.max(1))

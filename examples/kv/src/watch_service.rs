@@ -336,14 +336,14 @@ impl<B: KvBackend> StreamTask<B> {
                         .unwrap_or(i64::MAX)
                         .max(1);
                     let through = (oldest - 1).min(wanted.saturating_add(window - 1));
-                    if wanted >= self.hub.first_replayable()
+                    if wanted > self.hub.compact_revision()
                         && self.replay(id, wanted, through).await?
                     {
                         continue;
                     }
                     // The oldest revision a new watcher can start from: in the event
-                    // history, or the first the MVCC history rebuilds whole.
-                    let oldest = oldest.min(self.hub.first_replayable());
+                    // history, or right after the compaction point from the MVCC history.
+                    let oldest = oldest.min(self.hub.compact_revision() + 1);
                     self.watchers.remove(&id);
                     tracing::debug!(
                         watch_id = id,

@@ -803,17 +803,11 @@ async fn reads_at_past_revisions_see_the_key_space_as_it_was() {
     assert_eq!(h.hash(3).await.unwrap(), stopped.hash(0).await.unwrap());
     assert_ne!(h.hash(3).await.unwrap(), h.hash(0).await.unwrap());
 
-    // Compaction frees what no read or watcher from it on needs, and nothing else: the
-    // versions replaced before it (those replaced at it are the previous values of its
-    // events, for a watcher starting there; they go at the next compaction).
+    // Compaction frees what no read from it on can see, and nothing else.
     let stats = h.stats().await;
     assert_eq!(stats.past_versions, 3, "a=1, b=1 and a=2 were replaced");
     h.compact(3).await.unwrap();
-    assert_eq!(
-        h.stats().await.past_versions,
-        3,
-        "a=1, replaced at 3, is kept for watchers starting at 3"
-    );
+    assert_eq!(h.stats().await.past_versions, 2, "a=1 went at 3");
     assert_eq!(
         rows(&h.range(all_at(3)).await.unwrap()),
         [row("a", "2", 1, 3, 2), row("b", "1", 2, 2, 1)]
@@ -822,10 +816,9 @@ async fn reads_at_past_revisions_see_the_key_space_as_it_was() {
     assert_eq!(h.hash(2).await, Err(KvError::Compacted));
     h.compact(6).await.unwrap();
     let stats = h.stats().await;
-    assert_eq!(stats.past_versions, 1, "a=2, deleted at 6");
-    // Left in the size: b=again and c=x, and a=2 until the next compaction, 48 bytes of
-    // overhead each.
-    assert_eq!(stats.size_bytes, (1 + 5 + 48) + (1 + 1 + 48) + (1 + 1 + 48));
+    assert_eq!(stats.past_versions, 0);
+    // Only the live keys are left in the size: b=again and c=x, 48 bytes of overhead each.
+    assert_eq!(stats.size_bytes, (1 + 5 + 48) + (1 + 1 + 48));
     assert_eq!(keys(&h.range(all_at(6)).await.unwrap()), ["b", "c"]);
 }
 
@@ -864,13 +857,12 @@ fn event_rows(events: &[Event]) -> Vec<(i32, String, String, i64, Option<String>
         .collect()
 }
 
-// etcd lets a watcher start at the compaction revision itself. Nobody follows the event
-// history here, so it keeps nothing: the events come from the MVCC history, which keeps
-// the versions replaced at the compaction revision (its deletes, its puts' previous values)
-// until the next compaction. A member that did not make the compaction itself (restored
-// from a snapshot, which does not carry them) starts watchers one revision later.
+// Nobody follows the event history here, so it keeps nothing: a watcher starting at an
+// earlier revision is served from the MVCC history, every event of every revision after the
+// compaction point, previous values included; at or before it, "compacted" (the
+// compaction revision's own deletes are gone with the versions they removed).
 #[tokio::test]
-async fn a_watcher_may_start_at_the_compaction_revision_with_every_event_of_it() {
+async fn with_nobody_following_the_events_come_from_the_mvcc_history() {
     let mut h = Harness::new();
     h.put("a", "1").await; // 1
     h.put("a", "2").await; // 2
@@ -895,39 +887,28 @@ async fn a_watcher_may_start_at_the_compaction_revision_with_every_event_of_it()
         6,
         "nobody followed: the event history is empty"
     );
-    h.compact(4).await.unwrap();
     let (put, delete) = (EventType::Put as i32, EventType::Delete as i32);
-    let at_4 = vec![
+    let through_5 = vec![
+        (put, "a".into(), "2".into(), 2, Some("1".into())),
+        (put, "b".into(), "1".into(), 3, None),
         (delete, "a".into(), "".into(), 4, Some("2".into())),
         (put, "b".into(), "2".into(), 4, Some("1".into())),
+        (put, "c".into(), "1".into(), 5, None),
     ];
-    let mut through_5 = at_4.clone();
-    through_5.push((put, "c".into(), "1".into(), 5, None));
-    assert_eq!(event_rows(&h.watch_history(4, 5).await.unwrap()), through_5);
+    assert_eq!(event_rows(&h.watch_history(2, 5).await.unwrap()), through_5);
+    h.compact(3).await.unwrap();
     assert_eq!(h.watch_history(3, 5).await, Err(KvError::Compacted));
-    // A restored copy: from 5 on.
-    let snapshot = h.sm.snapshot().await.unwrap();
-    let mut copy = KvStateMachine::new(WatchHub::default());
-    copy.install_snapshot(snapshot, h.sm.applied_index())
-        .await
-        .unwrap();
-    assert_eq!(history_of(&copy, 4, 5).await, Err(KvError::Compacted));
     assert_eq!(
-        event_rows(&history_of(&copy, 5, 5).await.unwrap()),
+        event_rows(&h.watch_history(4, 5).await.unwrap()),
         through_5[2..]
     );
-    // The next compaction drops them.
+    // Once someone follows, the history keeps what is published.
+    let _follow = h.sm.watch_hub().subscribe();
     h.put("c", "2").await; // 6
-    h.compact(5).await.unwrap();
-    assert_eq!(h.watch_history(4, 6).await, Err(KvError::Compacted));
-    assert_eq!(
-        event_rows(&h.watch_history(5, 6).await.unwrap()),
-        [
-            (put, "c".into(), "1".into(), 5, None),
-            (put, "c".into(), "2".into(), 6, Some("1".into())),
-        ]
-    );
-    assert_eq!(h.stats().await.past_versions, 1, "c=1, replaced at 6");
+    let all = WatchFilter::new(b("\0"), b("\0"));
+    let kept = h.sm.watch_hub().read_events(6, &all, 10).unwrap();
+    assert_eq!(kept.events.len(), 1);
+    assert!(h.sm.watch_hub().read_events(5, &all, 10).is_err());
 }
 
 async fn build_state(h: &mut Harness) {

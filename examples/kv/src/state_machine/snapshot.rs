@@ -430,8 +430,6 @@ impl<M: prost::Message + Default> Iterator for Scan<M> {
 /// another order than `encode_to_vec` writes them, which protobuf readers accept.
 struct Stream<'a> {
     out: &'a mut dyn Write,
-    /// The snapshot's compaction revision.
-    compacted: i64,
     buf: Vec<u8>,
     key_count: u64,
     history_count: u64,
@@ -443,7 +441,6 @@ impl<'a> Stream<'a> {
         head.encode_raw(&mut buf);
         Stream {
             out,
-            compacted: head.compact_revision,
             buf,
             key_count: 0,
             history_count: 0,
@@ -456,15 +453,7 @@ impl<'a> Stream<'a> {
         self.flush(false)
     }
 
-    /// Writes a past version, unless it was replaced at or before the compaction revision:
-    /// the member that compacted keeps those replaced at the compaction revision itself
-    /// until the next one (for watchers starting there, `KvStore::compact`), but a member
-    /// that restores the snapshot starts watchers after it, and members of earlier versions
-    /// refuse a snapshot that has them.
     fn past(&mut self, kv: KeyValue, superseded_revision: i64) -> io::Result<()> {
-        if superseded_revision <= self.compacted {
-            return Ok(());
-        }
         let past = PastKeyValue {
             kv: Some(kv),
             superseded_revision,
