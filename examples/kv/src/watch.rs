@@ -18,8 +18,8 @@
 //! [`WatchHub::subscribe`], and while nobody holds one, publishing keeps nothing and moves
 //! the floor past what it published. Keeping it with nobody watching cost a third of the
 //! apply's CPU per put (the events' allocations, and freeing them, cold, 10,000 revisions
-//! later, with the applied entries they hold alive) and 17% of the servers' CPU per put at
-//! 256 clients (docs/benchmarks.md, 2026-12-06 18:40). A reader that starts behind the floor
+//! later, with the applied entries they hold alive) and, end to end, about 8% of the servers'
+//! CPU per put at 256 clients (eight alternating pairs; docs/benchmarks.md, 2026-12-06 18:40). A reader that starts behind the floor
 //! is told so, as a slow one is, and the Watch service then replays those revisions from the
 //! store's MVCC history (`watch_service.rs`) if they are after the compaction point. (So a
 //! watch may start at the compaction revision itself, as etcd allows, only while the history
