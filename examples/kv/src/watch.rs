@@ -16,12 +16,13 @@
 //! The history is kept only while someone follows it: every reader (a Watch stream, an
 //! election's observer, a lock waiting for older keys) first takes a receiver from
 //! [`WatchHub::subscribe`], and while nobody holds one, publishing keeps nothing and moves
-//! the floor past what it published. Keeping it with nobody watching cost a third of the
-//! apply's CPU per put (the events' allocations, and freeing them, cold, 10,000 revisions
-//! later, with the applied entries they hold alive) and, end to end, about 8% of the servers'
-//! CPU per put at 256 clients (eight alternating pairs; docs/benchmarks.md, 2026-12-06 18:40). A reader that starts behind the floor
-//! is told so, as a slow one is, and the Watch service then replays those revisions from the
-//! store's MVCC history (`watch_service.rs`) if they are after the compaction point. (So a
+//! the floor past what it published (and a snapshot's install rebuilds none). Keeping it with
+//! nobody watching cost a third of the apply's CPU per put (the events' allocations, and
+//! freeing them, cold, 10,000 revisions later, with the applied entries they hold alive) and,
+//! end to end, about 8% of the servers' CPU per put at 256 clients (eight alternating pairs;
+//! docs/benchmarks.md, 2026-12-06 18:40). A reader that starts behind the floor is told so,
+//! as a slow one is, and the Watch service then replays those revisions from the store's
+//! MVCC history (`watch_service.rs`) if they are after the compaction point. (So a
 //! watch may start at the compaction revision itself, as etcd allows, only while the history
 //! holds it: the MVCC history has lost that revision's deletes. Keeping the versions the
 //! compaction revision replaced would rebuild them, but then compacting at the current
@@ -329,6 +330,12 @@ impl WatchHub {
         self.revision_tx.subscribe()
     }
 
+    /// Whether someone holds a receiver from [`subscribe`](Self::subscribe): only then is
+    /// the history kept.
+    pub(crate) fn is_followed(&self) -> bool {
+        self.revision_tx.receiver_count() > 0
+    }
+
     /// Records the events of one write at `revision` and wakes the watchers: [`publish_all`]
     /// of one write.
     ///
@@ -356,7 +363,7 @@ impl WatchHub {
         };
         // Read before the lock: a reader that subscribes after this read finds either the
         // writes in the history or a floor past them, never a gap it is not told of.
-        let followed = self.revision_tx.receiver_count() > 0;
+        let followed = self.is_followed();
         let dropped = {
             let mut s = self.lock();
             if followed {

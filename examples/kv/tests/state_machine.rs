@@ -942,6 +942,8 @@ async fn snapshot_install_round_trip_gives_identical_answers() {
     );
 
     let hub = WatchHub::default();
+    // A watch open on the copy: its event history is rebuilt from the snapshot.
+    let _follow_copy = hub.subscribe();
     let mut copy = KvStateMachine::new(hub.clone());
     copy.install_snapshot(snapshot.clone(), index)
         .await
@@ -985,6 +987,16 @@ async fn snapshot_install_round_trip_gives_identical_answers() {
     );
     assert_eq!(replayed, original);
     assert!(hub.read_events(10, &all, 1_000).is_err(), "compacted at 10");
+    // With nobody watching, none is rebuilt (the hub would drop them at its next publish): a
+    // watcher that comes later gets the same events from the MVCC history.
+    let unfollowed = WatchHub::default();
+    let mut bare = KvStateMachine::new(unfollowed.clone());
+    bare.install_snapshot(snapshot.clone(), index)
+        .await
+        .unwrap();
+    assert_eq!(unfollowed.oldest_revision(), h.sm.revision() + 1);
+    let from_history = history_of(&bare, 11, h.sm.revision()).await.unwrap();
+    assert_eq!(from_history, replayed.events);
 
     // Both continue identically.
     let mut c = Harness::memory(copy);

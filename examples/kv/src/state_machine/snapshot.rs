@@ -201,22 +201,25 @@ impl KvStateMachine {
         self.applied = index;
         self.persisted_cluster = None;
         self.commit_batch(true)?;
-        // Watchers may resume from a revision before the snapshot: rebuild the events of the
-        // revisions after the compaction point (at the compaction point itself its deletes
-        // are gone) from the history, as many as the hub can hold (each revision has at least
-        // one event).
-        let window = i64::try_from(self.hub.config().max_history_events).unwrap_or(i64::MAX);
-        let from = self
-            .store
-            .compact_revision()
-            .saturating_add(1)
-            .max(head.revision.saturating_sub(window).saturating_add(1));
-        self.hub.reset(
-            head.revision,
-            head.compact_revision,
-            from,
-            self.store.events_since(from),
-        );
+        // Watchers following the hub may resume from a revision before the snapshot: rebuild
+        // the events of the revisions after the compaction point (at the compaction point
+        // itself its deletes are gone) from the history, as many as the hub can hold (each
+        // revision has at least one event). With nobody following, the hub would drop them
+        // at its next publish: none are rebuilt, and a watcher that comes later is served
+        // from the MVCC history.
+        let (from, replayed) = if self.hub.is_followed() {
+            let window = i64::try_from(self.hub.config().max_history_events).unwrap_or(i64::MAX);
+            let from = self
+                .store
+                .compact_revision()
+                .saturating_add(1)
+                .max(head.revision.saturating_sub(window).saturating_add(1));
+            (from, self.store.events_since(from))
+        } else {
+            (head.revision.saturating_add(1), Vec::new())
+        };
+        self.hub
+            .reset(head.revision, head.compact_revision, from, replayed);
         self.hub.set_usage(self.store.size_bytes(), self.no_space());
         Ok(())
     }
