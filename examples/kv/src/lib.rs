@@ -72,6 +72,7 @@ mod service;
 mod shared;
 mod state_machine;
 mod store;
+mod unary;
 mod unsupported;
 mod validate;
 mod watch;

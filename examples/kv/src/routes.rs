@@ -13,13 +13,14 @@ use crate::lease;
 use crate::lease_service::LeaseService;
 use crate::lock_service::LockService;
 use crate::proto::etcdserverpb::{
-    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::service::{ClusterService, KvService, MaintenanceService};
 use crate::shared::Shared;
+use crate::unary::LeanKv;
 use crate::unsupported::NamesMissing;
 use crate::watch::WatchHub;
 use crate::watch_service::WatchService;
@@ -80,9 +81,9 @@ pub fn add_kv_services<B: KvBackend>(
         config,
     });
     routes
-        .add_service(NamesMissing(KvServer::new(KvService {
+        .add_service(LeanKv::new(KvService {
             shared: shared.clone(),
-        })))
+        }))
         .add_service(NamesMissing(WatchServer::new(WatchService::new(
             shared.clone(),
         ))))
