@@ -22,8 +22,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".")
         // Ordered maps, so that encoded snapshots are deterministic.
         .btree_map(".")
-        // Buffers sized for etcd's messages (`proto.rs`).
-        .codec_path("crate::proto::Codec")
         .compile_fds(fds)?;
     Ok(())
 }
