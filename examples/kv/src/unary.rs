@@ -11,7 +11,6 @@
 //! the trailers. A call this does not frame itself — a compressed one (`grpc-encoding`), a
 //! method `KV` does not have — goes to the generated server, so its answer is tonic's.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -162,43 +161,45 @@ async fn read_message<Q: Message + Default>(mut body: Body, limit: usize) -> Res
 }
 
 /// The data of a body received so far: the first chunk alone while it is the only one (a
-/// message that arrives in one frame is decoded from it without a copy), else joined.
+/// message that arrives in one frame is decoded from it, with no allocation and no copy),
+/// else all of it joined in one buffer.
 #[derive(Default)]
 struct Gathered {
-    chunks: VecDeque<Bytes>,
-    len: usize,
+    first: Bytes,
+    joined: Option<BytesMut>,
 }
 
 impl Gathered {
     fn is_empty(&self) -> bool {
-        self.len == 0
+        self.first.is_empty() && self.joined.is_none()
     }
 
     fn push(&mut self, chunk: Bytes) {
-        if !chunk.is_empty() {
-            self.len += chunk.len();
-            self.chunks.push_back(chunk);
+        if chunk.is_empty() {
+            return;
+        }
+        if let Some(joined) = &mut self.joined {
+            joined.put(chunk);
+        } else if self.first.is_empty() {
+            self.first = chunk;
+        } else {
+            let mut joined = BytesMut::with_capacity(self.first.len() + chunk.len());
+            joined.put(std::mem::take(&mut self.first));
+            joined.put(chunk);
+            self.joined = Some(joined);
         }
     }
 
-    /// Joins the chunks into one once there are several.
-    fn joined(&mut self) -> &Bytes {
-        if self.chunks.len() > 1 {
-            let mut all = BytesMut::with_capacity(self.len);
-            for chunk in self.chunks.drain(..) {
-                all.put(chunk);
-            }
-            self.chunks.push_back(all.freeze());
-        }
-        &self.chunks[0]
+    /// Everything received, contiguous.
+    fn bytes(&self) -> &[u8] {
+        self.joined.as_deref().unwrap_or(&self.first)
     }
 
     /// The message's length once its prefix is here.
-    fn message_len(&mut self, limit: usize) -> Result<Option<usize>, Status> {
-        if self.len < PREFIX {
+    fn message_len(&self, limit: usize) -> Result<Option<usize>, Status> {
+        let Some(prefix) = self.bytes().get(..PREFIX) else {
             return Ok(None);
-        }
-        let prefix = &self.joined()[..PREFIX];
+        };
         match prefix[0] {
             0 => {}
             1 => {
@@ -226,10 +227,13 @@ impl Gathered {
 
     /// The message of `len` bytes after the prefix, once all of it is here.
     fn take(&mut self, len: usize) -> Option<Bytes> {
-        if self.len < PREFIX + len {
+        if self.bytes().len() < PREFIX + len {
             return None;
         }
-        let mut all = self.joined().clone();
+        let mut all = match self.joined.take() {
+            Some(joined) => joined.freeze(),
+            None => std::mem::take(&mut self.first),
+        };
         all.advance(PREFIX);
         all.truncate(len);
         Some(all)
@@ -314,6 +318,8 @@ impl http_body::Body for OneMessage {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use super::*;
     use crate::proto::etcdserverpb::{PutRequest, PutResponse, ResponseHeader};
 
