@@ -133,10 +133,12 @@ where
     })
 }
 
-/// Reads the first message of a unary call's `body` (a unary call has one; anything after
-/// it is not read, as tonic does not): refuses a length over `limit` before reading it, a
-/// compressed message (no encoding was agreed), a body that ends early and bytes that do not
-/// decode, each with the status tonic gives.
+/// Reads the message of a unary call's `body`: refuses a length over `limit` before reading
+/// it, a compressed message (no encoding was agreed), a body that ends early and bytes that
+/// do not decode, each with the status tonic gives. The call is answered once its message is
+/// here; what the client sends after it is not read (tonic reads on to the end of the body,
+/// decoding and dropping further messages and adding request trailers to the metadata; gRPC
+/// clients send neither on a unary call, and send the end of the stream with the message).
 async fn read_message<Q: Message + Default>(mut body: Body, limit: usize) -> Result<Q, Status> {
     let mut gathered = Gathered::default();
     loop {
