@@ -31,7 +31,7 @@ use crate::service::KvService;
 use crate::unsupported::NamesMissing;
 
 /// The largest request message accepted, as tonic's server default (4 MiB): a larger one is
-/// refused `OUT_OF_RANGE` before its body is read.
+/// refused `OUT_OF_RANGE` from its prefix, before the rest of its body is read.
 const MAX_REQUEST: usize = 4 * 1024 * 1024;
 
 /// The five bytes before a message in a gRPC body: a compression flag and the length.
