@@ -47,8 +47,49 @@ _cleanup() {
     if [ "${KEEP:-0}" = 1 ]; then echo "files kept in $DIR"; else rm -rf "$DIR"; fi
 }
 
-# port: a free loopback port.
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# port: a loopback port that was free a moment ago, never the same twice in one scratch
+# directory. Picked below the kernel's ephemeral range (net.ipv4.ip_local_port_range), as
+# `cargo xtask` picks its ports (xtask/src/cluster.rs, `free_port`): a port found by binding
+# port 0 comes from that range, where outgoing connections (a peer's, etcdctl's) get their
+# local ports too, so one could take it before the member binds it, and the member would not
+# start (it happened to admin-cli.sh's member 1 on 2026-12-06).
+port() {
+    python3 - "${DIR:+$DIR/.ports}" <<'PY'
+import random, socket, sys
+given_file = sys.argv[1]
+try:
+    given = set(open(given_file).read().split()) if given_file else set()
+except FileNotFoundError:
+    given = set()
+try:
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    low = 32768
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        return s.getsockname()[1]
+    except OSError:
+        return None
+    finally:
+        s.close()
+port = None
+for _ in range(500):
+    if low <= 11000:
+        break
+    p = random.randint(10000, low - 1)
+    if str(p) not in given and free(p):
+        port = p
+        break
+if port is None:  # no room below the ephemeral range: any free port
+    port = free(0)
+if given_file:
+    with open(given_file, "a") as f:
+        f.write(f"{port}\n")
+print(port)
+PY
+}
 
 # cluster3: ports for three members (C: client, P: peer), MEMBERS (peer addresses) and
 # ENDPOINTS (client addresses).
