@@ -1,6 +1,7 @@
 # Shared by the .ci/*.sh scripts (sourced, not run): installing what is missing, a scratch
-# directory and the processes started in it (stopped and removed on exit, kept on failure),
-# free ports, a 3-member dengine-kv cluster on loopback, and assertions.
+# directory and the processes started in it (stopped on exit; the directory removed, or kept
+# with its logs printed on failure), free ports, a 3-member dengine-kv cluster on loopback, and
+# assertions.
 
 # need COMMAND DEBIAN-PACKAGE: installs the package if the command is missing (root only).
 need() {
@@ -34,7 +35,9 @@ etcdctl_setup() {
 }
 
 # scratch NAME: a fresh directory DIR; every pid in PIDS (an associative array, so that a
-# member's process can be replaced) is stopped on exit; DIR is removed unless a command failed.
+# member's process can be replaced) is stopped on exit; DIR is removed when the script
+# succeeds, else kept with the tail of every log in it printed (a failed check exits 1 and
+# trips no ERR trap, so the exit status decides, not the trap alone).
 scratch() {
     DIR=$(mktemp -d "/tmp/dengine-$1.XXXXXX")
     declare -gA PIDS=()
@@ -42,9 +45,22 @@ scratch() {
     trap 'KEEP=1' ERR
 }
 _cleanup() {
+    local status=$?
+    # Only the script's own shell cleans up: a subshell that exits must not stop the members
+    # or remove the directory under the script.
+    [ "$BASHPID" = "$$" ] || return 0
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ "${KEEP:-0}" = 1 ]; then echo "files kept in $DIR"; else rm -rf "$DIR"; fi
+    if [ "$status" -eq 0 ] && [ "${KEEP:-0}" != 1 ]; then
+        rm -rf "$DIR"
+        return 0
+    fi
+    local log
+    for log in $(find "$DIR" -name '*.log' -type f 2>/dev/null | sort); do
+        echo "--- last 40 lines of $log ---" >&2
+        tail -n 40 "$log" >&2
+    done
+    echo "exit status $status; files kept in $DIR" >&2
 }
 
 # port: a loopback port that was free a moment ago, never the same twice in one scratch
