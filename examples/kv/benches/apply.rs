@@ -20,7 +20,6 @@ use dengine_core::store::Command as Committed;
 use dengine_kv::proto::dengine::kv::v1::command;
 use dengine_kv::proto::etcdserverpb::{CompactionRequest, PutRequest};
 use dengine_kv::{AuthHub, KvStateMachine, WatchHub, encode_command};
-use mimalloc::MiMalloc;
 
 #[path = "../tests/support/xorshift.rs"]
 mod xorshift;
@@ -28,8 +27,14 @@ use xorshift::Rng;
 
 /// The server's allocator (examples/kv/src/main.rs), so that allocation costs what it does
 /// there.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
-static GLOBAL: MiMalloc = MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// The server's allocator without the `jemalloc` feature.
+#[cfg(not(all(feature = "jemalloc", not(target_env = "msvc"))))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const KEYS: u64 = 10_000;
 const PUTS_PER_ROUND: u64 = 100_000;
