@@ -33,8 +33,8 @@ use dengine_kv::{
 /// before, hands a freed block out again only once its page's free list has run out, by which
 /// time the block has left the CPU's caches: at 256 clients its allocation path was 13.9% of
 /// the servers' CPU, nearly all of it one load (a freed block's link) missing the cache.
-/// jemalloc's per-thread caches hand out the block freed last first: 4.0%, and 8-9% more puts
-/// per second with 9-12% less CPU per put (docs/benchmarks.md, 2026-12-07).
+/// jemalloc's per-thread caches hand out the block freed last first: 4.0%, and 8.5% more puts
+/// per second with 10% less CPU per put (12 alternating pairs; docs/benchmarks.md, 2026-12-07).
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
