@@ -25,16 +25,10 @@ use dengine_kv::{AuthHub, KvStateMachine, WatchHub, encode_command};
 mod xorshift;
 use xorshift::Rng;
 
-/// The server's allocator (examples/kv/src/main.rs), so that allocation costs what it does
-/// there.
-#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+/// The server's allocator ([`dengine_kv::ServerAllocator`]), so that allocation costs what it
+/// does there.
 #[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// The server's allocator without the `jemalloc` feature.
-#[cfg(not(all(feature = "jemalloc", not(target_env = "msvc"))))]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: dengine_kv::ServerAllocator = dengine_kv::ServerAllocator;
 
 const KEYS: u64 = 10_000;
 const PUTS_PER_ROUND: u64 = 100_000;

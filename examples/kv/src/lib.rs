@@ -101,3 +101,21 @@ pub use state_machine::{
     KvStateMachine, decode_command_response, decode_query_response, encode_command, encode_query,
 };
 pub use watch::{Compacted, EventBatch, WatchConfig, WatchFilter, WatchHub};
+
+/// The allocator the `dengine-kv` binary (and `benches/apply.rs`) run on, for
+/// `#[global_allocator]`: jemalloc with the `jemalloc` feature (on by default), else mimalloc
+/// (also on MSVC, which jemalloc does not support). A put allocates and frees dozens of small
+/// buffers across threads (request decoding, the log entry, the response), where glibc's free
+/// lists and consolidation cost ~16% of the servers' CPU in `cargo xtask bench e2e`. mimalloc
+/// hands a freed block out again only once its page's free list has run out, by which time the
+/// block has left the CPU's caches: at 256 clients its allocation path was 13.9% of the
+/// servers' CPU, nearly all of it one load (a freed block's link) missing the cache. jemalloc's
+/// per-thread caches hand out the block freed last first: 4.0%, and 8.5% more puts per second
+/// with 10% less CPU per put (12 alternating pairs; docs/benchmarks.md, 2026-12-07).
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+pub use tikv_jemallocator::Jemalloc as ServerAllocator;
+
+/// The allocator the `dengine-kv` binary (and `benches/apply.rs`) run on, for
+/// `#[global_allocator]`: mimalloc, since the `jemalloc` feature is off or the target is MSVC.
+#[cfg(not(all(feature = "jemalloc", not(target_env = "msvc"))))]
+pub use mimalloc::MiMalloc as ServerAllocator;

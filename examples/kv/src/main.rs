@@ -27,22 +27,9 @@ use dengine_kv::{
     DEFAULT_QUOTA_BYTES, DEFAULT_STATE_CACHE_BYTES, KvConfig, LeaseConfig, Member, StateStorage,
 };
 
-/// jemalloc, not the system allocator: a put allocates and frees dozens of small buffers across
-/// threads (request decoding, the log entry, the response), where glibc's free lists and
-/// consolidation cost ~16% of the servers' CPU in `cargo xtask bench e2e`. mimalloc, used here
-/// before, hands a freed block out again only once its page's free list has run out, by which
-/// time the block has left the CPU's caches: at 256 clients its allocation path was 13.9% of
-/// the servers' CPU, nearly all of it one load (a freed block's link) missing the cache.
-/// jemalloc's per-thread caches hand out the block freed last first: 4.0%, and 8.5% more puts
-/// per second with 10% less CPU per put (12 alternating pairs; docs/benchmarks.md, 2026-12-07).
-#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+/// [`dengine_kv::ServerAllocator`]: jemalloc by default (why: its docs).
 #[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// mimalloc where jemalloc is not built (the `jemalloc` feature off, or MSVC).
-#[cfg(not(all(feature = "jemalloc", not(target_env = "msvc"))))]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: dengine_kv::ServerAllocator = dengine_kv::ServerAllocator;
 
 #[derive(Parser)]
 #[command(
