@@ -96,7 +96,7 @@ impl Eq for IndexKey {}
 
 impl std::fmt::Debug for IndexKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", Bytes::copy_from_slice(self.as_bytes()))
+        write!(f, "b\"{}\"", self.as_bytes().escape_ascii())
     }
 }
 
@@ -105,7 +105,7 @@ impl std::fmt::Debug for IndexKey {
 /// place; a third moves them all to a queue on the heap, and they come back in place once
 /// one is left (not at two, so that a key going between two and three versions does not
 /// allocate each time).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub(super) enum Versions {
     /// `len` (1 or 2, 0 only transiently) versions, the oldest first.
     Inline { len: u8, items: [(i64, i64); 2] },
