@@ -115,20 +115,21 @@ impl EtcdCluster {
                 .map_err(|e| format!("cannot start etcd: {e}"))?;
             cluster.members[i].child = Some(child);
         }
-        let endpoints = cluster.endpoints().join(",");
+        let endpoints = cluster.endpoints();
+        // etcd 3.4's `/health` on a client port answers `"health":"true"` once a quorum read
+        // through Raft succeeds on that member (what `etcdctl endpoint health` checks, without
+        // needing `etcdctl` installed).
         wait_until(
             "the etcd cluster to accept writes",
             Duration::from_secs(30),
             interrupted,
             || {
-                Command::new("etcdctl")
-                    .env("ETCDCTL_API", "3")
-                    .args(["--endpoints", &endpoints, "--command-timeout=2s"])
-                    .args(["endpoint", "health"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
+                endpoints
+                    .iter()
+                    .all(|e| {
+                        crate::probe::http_get(e, "/health")
+                            .is_some_and(|body| body.contains("\"health\":\"true\""))
+                    })
                     .then_some(())
             },
         )

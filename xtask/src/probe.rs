@@ -175,12 +175,17 @@ fn clock_ticks_per_second() -> f64 {
 
 /// The body of `GET /metrics` from `addr`, or `None`.
 pub(crate) fn scrape(addr: &str) -> Option<String> {
+    http_get(addr, "/metrics")
+}
+
+/// The body of `GET path` (HTTP/1.0) from `addr` if it answered 200, or `None`.
+pub(crate) fn http_get(addr: &str, path: &str) -> Option<String> {
     let socket = addr.parse().ok()?;
     let mut stream = TcpStream::connect_timeout(&socket, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         stream,
-        "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = String::new();
