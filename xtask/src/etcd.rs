@@ -20,14 +20,14 @@ pub(crate) fn ensure_installed() -> Result<String, String> {
     }
     eprintln!("etcd not found: installing Debian's etcd-server (apt-get install -y etcd-server)");
     let installed = Command::new("apt-get")
-        .args(["install", "-y", "etcd-server", "etcd-client"])
+        .args(["install", "-y", "etcd-server"])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .is_ok_and(|s| s.success());
     if !installed {
         let _ = Command::new("apt-get").arg("update").status();
         let _ = Command::new("apt-get")
-            .args(["install", "-y", "etcd-server", "etcd-client"])
+            .args(["install", "-y", "etcd-server"])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status();
     }
