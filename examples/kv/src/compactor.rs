@@ -24,12 +24,26 @@ use crate::watch::WatchHub;
 
 impl AutoCompaction {
     /// How often the leader looks.
+    ///
+    /// In revision mode, ten times a second: at high load a check once a second let the
+    /// history grow to the revisions kept plus a second of writes before each compaction, and
+    /// every version a state file's group commit found still kept was written to the file and
+    /// deleted again soon after (`store/durable/recent.rs`). [`Planner::plan`] proposes only
+    /// steps of [`revision_step`], so at low load this is no more compactions than before.
     fn check_every(self) -> Duration {
         match self {
             AutoCompaction::Periodic(keep) => (keep / 10).max(Duration::from_secs(1)),
-            AutoCompaction::Off | AutoCompaction::Revisions(_) => Duration::from_secs(1),
+            AutoCompaction::Revisions(_) => Duration::from_millis(100),
+            AutoCompaction::Off => Duration::from_secs(1),
         }
     }
+}
+
+/// The fewest revisions a revision-mode compaction drops: a tenth of those kept (at least
+/// one), so that the history holds between `keep` and about `1.1 * keep` revisions, and the
+/// log gets a compaction command at most once per `keep / 10` writes.
+fn revision_step(keep: u64) -> i64 {
+    i64::try_from(keep / 10).unwrap_or(i64::MAX).max(1)
 }
 
 /// The leader's decisions: where to compact next, from what it sees at each check.
@@ -58,7 +72,11 @@ impl Planner {
         let target = match self.mode {
             AutoCompaction::Off => return None,
             AutoCompaction::Revisions(keep) => {
-                current.saturating_sub(i64::try_from(keep).unwrap_or(i64::MAX))
+                let target = current.saturating_sub(i64::try_from(keep).unwrap_or(i64::MAX));
+                if target.saturating_sub(compacted) < revision_step(keep) {
+                    return None;
+                }
+                target
             }
             AutoCompaction::Periodic(keep) => {
                 self.samples.push_back((now, current));
@@ -146,6 +164,12 @@ mod tests {
         assert_eq!(p.plan(now, true, 150, 0), Some(50));
         assert_eq!(p.plan(now, true, 150, 50), None, "already compacted there");
         assert_eq!(
+            p.plan(now, true, 159, 50),
+            None,
+            "9 revisions past the point: less than a tenth of those kept"
+        );
+        assert_eq!(p.plan(now, true, 160, 50), Some(60), "a tenth: compacted");
+        assert_eq!(
             p.plan(now, false, 1_000, 50),
             None,
             "a follower proposes nothing"
@@ -153,6 +177,21 @@ mod tests {
         assert_eq!(
             Planner::new(AutoCompaction::Off).plan(now, true, 1_000, 0),
             None
+        );
+    }
+
+    #[test]
+    fn revision_mode_checks_often_and_steps_by_a_tenth() {
+        let keep = AutoCompaction::Revisions(10_000);
+        assert_eq!(keep.check_every(), Duration::from_millis(100));
+        assert_eq!(revision_step(10_000), 1_000);
+        assert_eq!(revision_step(5), 1, "at least one revision");
+        let now = Instant::now();
+        let mut p = Planner::new(AutoCompaction::Revisions(1));
+        assert_eq!(
+            p.plan(now, true, 3, 1),
+            Some(2),
+            "keep 1: every new revision"
         );
     }
 

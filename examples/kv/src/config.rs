@@ -207,8 +207,10 @@ pub enum AutoCompaction {
     /// Never compacted automatically: the history grows until a client compacts
     /// (`etcdctl compaction REV`), as etcd's default.
     Off,
-    /// Keep this many revisions: the leader compacts to `current - n`, checking every second
-    /// (etcd's `--auto-compaction-mode=revision`, which checks every 5 minutes).
+    /// Keep this many revisions: the leader compacts to `current - n` once that drops at
+    /// least `n / 10` more, checking ten times a second, so the history holds between `n` and
+    /// about `1.1 * n` revisions (etcd's `--auto-compaction-mode=revision`, which checks every
+    /// 5 minutes).
     Revisions(u64),
     /// Keep this much time: the leader compacts to the revision the store had that long ago,
     /// sampled every tenth of the period (at least every second), as etcd's
