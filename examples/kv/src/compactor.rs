@@ -42,8 +42,8 @@ impl AutoCompaction {
 /// The fewest revisions a revision-mode compaction drops: a tenth of those kept (at least
 /// one), so that the history holds between `keep` and about `1.1 * keep` revisions, and the
 /// log gets a compaction command at most once per `keep / 10` writes.
-fn revision_step(keep: u64) -> i64 {
-    i64::try_from(keep / 10).unwrap_or(i64::MAX).max(1)
+fn revision_step(keep: i64) -> i64 {
+    (keep / 10).max(1)
 }
 
 /// The leader's decisions: where to compact next, from what it sees at each check.
@@ -72,7 +72,8 @@ impl Planner {
         let target = match self.mode {
             AutoCompaction::Off => return None,
             AutoCompaction::Revisions(keep) => {
-                let target = current.saturating_sub(i64::try_from(keep).unwrap_or(i64::MAX));
+                let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+                let target = current.saturating_sub(keep);
                 if target.saturating_sub(compacted) < revision_step(keep) {
                     return None;
                 }

@@ -4,10 +4,11 @@
 //!
 //! Every put replaces a version, and the auto-compaction (by default down to the last 10,000
 //! revisions, in steps of 1,000 checked ten times a second) drops most of them well within a
-//! second at high load, which is about how long a group lasts. Inserting each into the `past` B-tree as it was replaced,
-//! then removing it again, was about 7% of a member's CPU at 256 clients (docs/benchmarks.md,
-//! 2026-12-06 08:45); kept here, a version costs a push at the end of a queue, and the ones
-//! still kept when the group ends are written in one pass, in the table's order.
+//! second at high load, which is about how long a group lasts. Inserting each into the `past`
+//! B-tree as it was replaced, then removing it again, was about 7% of a member's CPU at 256
+//! clients (docs/benchmarks.md, 2026-12-06 08:45); kept here, a version costs a push at the
+//! end of a queue, and the ones still kept when the group ends are written in one pass, in the
+//! table's order.
 //!
 //! What is here is in no commit yet, so a crash loses it with the rest of the group's
 //! batches, which the Raft log replays (see the module docs of `durable.rs`). What it holds
