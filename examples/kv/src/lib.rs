@@ -112,6 +112,15 @@ pub use watch::{Compacted, EventBatch, WatchConfig, WatchFilter, WatchHub};
 /// servers' CPU, nearly all of it one load (a freed block's link) missing the cache. jemalloc's
 /// per-thread caches hand out the block freed last first: 4.0%, and 8.5% more puts per second
 /// with 10% less CPU per put (12 alternating pairs; docs/benchmarks.md, 2026-12-07).
+///
+/// Built from this workspace, jemalloc has `tcache_max:262144` built in (`.cargo/config.toml`
+/// sets `JEMALLOC_SYS_WITH_MALLOC_CONF`): a thread keeps freed blocks of up to 256 KiB, where
+/// jemalloc's default stops at 32 KiB. The buffers of a batch of puts (the log record, the
+/// entries sent to a follower, a connection's frames) are often tens of KiB, and above 32 KiB
+/// each one went through the shared arena, under its lock, splitting and merging extents. In
+/// six alternating pairs of `cargo xtask bench e2e` runs it cut the servers' CPU per put by
+/// 7.6% at 64 clients and 3.7% at 256, without more resident memory (docs/benchmarks.md,
+/// 2026-12-07 15:17).
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 pub use tikv_jemallocator::Jemalloc as ServerAllocator;
 

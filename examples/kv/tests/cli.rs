@@ -89,3 +89,27 @@ fn dengine_log_is_the_log_filter_and_a_bad_one_is_refused() {
     );
     assert!(!data.exists(), "a refused start wrote its data directory");
 }
+
+/// The server binary's jemalloc has its options built in (`.cargo/config.toml`): freed
+/// blocks of up to 256 KiB stay in the thread's cache. Checked from jemalloc's own report of
+/// its options, which it prints at exit when asked to through the environment.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[test]
+fn the_server_binary_starts_jemalloc_with_its_options() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dengine-kv"))
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let options: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.trim_start().starts_with("opt.tcache_max"))
+        .collect();
+    assert_eq!(
+        options,
+        ["  opt.tcache_max: 262144"],
+        "jemalloc did not report the binary's tcache_max:\n{stderr}"
+    );
+}
