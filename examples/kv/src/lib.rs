@@ -118,8 +118,8 @@ pub use watch::{Compacted, EventBatch, WatchConfig, WatchFilter, WatchHub};
 /// jemalloc's default stops at 32 KiB. The buffers of a batch of puts (the log record, the
 /// entries sent to a follower, a connection's frames) are often tens of KiB, and above 32 KiB
 /// each one went through the shared arena, under its lock, splitting and merging extents. In
-/// six alternating pairs of `cargo xtask bench e2e` runs it cut the servers' CPU per put by
-/// 7.6% at 64 clients and 3.7% at 256, without more resident memory (docs/benchmarks.md,
+/// nine alternating pairs of `cargo xtask bench e2e` runs it cut the servers' CPU per put by
+/// 6.7% at 64 clients and 3.6% at 256, without more resident memory (docs/benchmarks.md,
 /// 2026-12-07 15:17).
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 pub use tikv_jemallocator::Jemalloc as ServerAllocator;

@@ -105,11 +105,12 @@ fn the_server_binary_starts_jemalloc_with_its_options() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let options: Vec<&str> = stderr
         .lines()
-        .filter(|l| l.trim_start().starts_with("opt.tcache_max"))
+        .map(str::trim)
+        .filter(|l| l.starts_with("opt.tcache_max"))
         .collect();
     assert_eq!(
         options,
-        ["  opt.tcache_max: 262144"],
+        ["opt.tcache_max: 262144"],
         "jemalloc did not report the binary's tcache_max:\n{stderr}"
     );
 }
