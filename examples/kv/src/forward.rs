@@ -7,8 +7,9 @@
 //! message, and the leader answers them as they commit, also batched.
 //!
 //! The follower side is [`ForwardStreams`]: one task per leader address owns the stream and
-//! the writes in flight on it. The leader side is [`serve`]: it proposes every write of the
-//! stream concurrently (at most [`MAX_IN_FLIGHT`] at a time) and sends the answers back.
+//! the writes in flight on it. The leader side is [`serve`]: one task per stream proposes its
+//! writes concurrently (at most [`MAX_IN_FLIGHT`] at a time) and sends the answers back, those
+//! ready together in one message.
 //!
 //! Outcomes follow the unary call's: the leader's refusal is passed on as it came; a write
 //! sent on a stream that then broke, or not answered within [`FORWARD_DEADLINE`], has an
@@ -22,13 +23,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use dengine_core::NodeId;
 use dengine_net_grpc::GrpcTransport;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use parking_lot::Mutex;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::transport::Channel;
@@ -440,98 +444,135 @@ pub(crate) trait ProposeForwarded: Send + Sync + 'static {
 /// The leader side of a stream whose first message is `first` and whose credentials were
 /// checked against it by `authorize` (called again for every later message, with its
 /// sender, so a member removed meanwhile is cut off). The answers stream.
+///
+/// One task serves the stream: it reads the follower's messages, drives every write's
+/// proposal as a future of its own set (at most [`MAX_IN_FLIGHT`] at a time), and sends the
+/// answers that are ready together as one message. A task per write, and a second task
+/// batching their answers from a channel, cost a spawn and two wake-ups per forwarded write
+/// (docs/benchmarks.md, 2026-12-07 18:19). While the follower does not read the answers, the
+/// task waits to send them and reads nothing more: the follower's writes stall instead of
+/// queueing answers without bound.
 pub(crate) fn serve<P: ProposeForwarded>(
     proposer: P,
     first: ForwardBatch,
-    mut inbound: Streaming<ForwardBatch>,
+    inbound: Streaming<ForwardBatch>,
     authorize: impl Fn(NodeId) -> Result<(), Status> + Send + 'static,
 ) -> ReceiverStream<Result<ForwardReplyBatch, Status>> {
     let (out_tx, out_rx) = mpsc::channel::<Result<ForwardReplyBatch, Status>>(64);
-    // Each answer carries its write's permit until it is handed to the stream: a follower
-    // that sends writes but never reads the answers stalls this member's reading at
-    // MAX_IN_FLIGHT, instead of queueing answers without bound.
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(ForwardResult, OwnedSemaphorePermit)>();
+    tokio::spawn(serve_stream(proposer, first, inbound, authorize, out_tx));
+    ReceiverStream::new(out_rx)
+}
+
+/// The task of [`serve`].
+async fn serve_stream<P: ProposeForwarded>(
+    proposer: P,
+    first: ForwardBatch,
+    mut inbound: impl futures_util::Stream<Item = Result<ForwardBatch, Status>> + Unpin,
+    authorize: impl Fn(NodeId) -> Result<(), Status>,
+    out_tx: mpsc::Sender<Result<ForwardReplyBatch, Status>>,
+) {
     let from = first.from;
-    let failed = out_tx.clone();
-    // Shared by the writes' tasks: a clone of the backend itself costs allocations.
-    let proposer = Arc::new(proposer);
-    tokio::spawn(async move {
-        let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let mut batch = Some(first);
-        loop {
-            let Some(b) = batch.take() else { break };
+    let proposer = &proposer;
+    let propose = |item: ForwardItem| async move {
+        let outcome = match proposer
+            .propose_forwarded(from, item.command, item.trace, item.session)
+            .await
+        {
+            Ok(response) => forward_result::Outcome::Response(response),
+            Err(status) => forward_result::Outcome::Failure(ForwardFailure {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+                kind: status
+                    .metadata()
+                    .get(FORWARD_KIND)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
+            }),
+        };
+        ForwardResult {
+            id: item.id,
+            outcome: Some(outcome),
+        }
+    };
+    let mut pending = FuturesUnordered::new();
+    // Items of a message not proposed yet: taken in as room frees up.
+    let mut waiting: std::vec::IntoIter<ForwardItem> = Vec::new().into_iter();
+    let mut next = Some(first);
+    // Whether the follower may still send (false once its half ended, broke or was refused).
+    let mut reading = true;
+    // Whether answers still reach the follower (false once the answers' stream is gone: the
+    // writes in flight are still driven to their end, as if answered).
+    let mut answering = true;
+    loop {
+        if let Some(b) = next.take() {
             if b.from != from {
-                let _ = failed
+                let _ = out_tx
                     .send(Err(Status::permission_denied(format!(
                         "a forwarding stream opened by member {from} carried a message from \
                          member {}",
                         b.from
                     ))))
                     .await;
-                break;
+                reading = false;
+            } else if let Err(status) = authorize(from) {
+                let _ = out_tx.send(Err(status)).await;
+                reading = false;
+            } else {
+                waiting = b.items.into_iter();
             }
-            if let Err(status) = authorize(from) {
-                let _ = failed.send(Err(status)).await;
-                break;
-            }
-            for item in b.items {
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                    return;
-                };
-                let proposer = Arc::clone(&proposer);
-                let done = done_tx.clone();
-                tokio::spawn(async move {
-                    let outcome = match proposer
-                        .propose_forwarded(from, item.command, item.trace, item.session)
-                        .await
-                    {
-                        Ok(response) => forward_result::Outcome::Response(response),
-                        Err(status) => forward_result::Outcome::Failure(ForwardFailure {
-                            code: status.code() as i32,
-                            message: status.message().to_string(),
-                            kind: status
-                                .metadata()
-                                .get(FORWARD_KIND)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or_default()
-                                .to_string(),
-                        }),
-                    };
-                    let result = ForwardResult {
-                        id: item.id,
-                        outcome: Some(outcome),
-                    };
-                    let _ = done.send((result, permit));
-                });
-            }
-            batch = inbound.message().await.unwrap_or_default();
         }
-        // The follower closed its half (or broke it): the writes still in flight are answered
-        // as they complete, then the answers' stream ends.
-    });
-    tokio::spawn(async move {
-        while let Some((first, permit)) = done_rx.recv().await {
-            let (mut results, mut permits) = (vec![first], vec![permit]);
-            while results.len() < MAX_BATCH {
-                match done_rx.try_recv() {
-                    Ok((r, p)) => {
-                        results.push(r);
-                        permits.push(p);
-                    }
-                    Err(_) => break,
+        while pending.len() < MAX_IN_FLIGHT {
+            let Some(item) = waiting.next() else { break };
+            pending.push(propose(item));
+        }
+        let room = pending.len() < MAX_IN_FLIGHT && waiting.len() == 0;
+        if !reading && pending.is_empty() && waiting.len() == 0 {
+            // The follower closed its half (or broke it, or was refused) and every write it
+            // sent is answered: the answers' stream ends.
+            return;
+        }
+        tokio::select! {
+            results = ready_results(&mut pending), if !pending.is_empty() => {
+                if answering
+                    && out_tx.send(Ok(ForwardReplyBatch { results })).await.is_err()
+                {
+                    answering = false;
+                    reading = false;
                 }
             }
-            if out_tx
-                .send(Ok(ForwardReplyBatch { results }))
-                .await
-                .is_err()
-            {
-                break;
-            }
-            drop(permits);
+            message = inbound.next(), if reading && room => match message {
+                Some(Ok(b)) => next = Some(b),
+                // The follower closed its half (or broke it): the writes still in flight are
+                // answered as they complete.
+                None | Some(Err(_)) => reading = false,
+            },
+            // Not reached: with nothing in flight and nothing to read the loop returned above.
+            else => return,
         }
-    });
-    ReceiverStream::new(out_rx)
+    }
+}
+
+/// The answers of the writes in `pending` that are ready, at least one (`pending` is not
+/// empty) and at most [`MAX_BATCH`].
+async fn ready_results<F: Future<Output = ForwardResult>>(
+    pending: &mut FuturesUnordered<F>,
+) -> Vec<ForwardResult> {
+    std::future::poll_fn(|cx| {
+        let mut results = Vec::new();
+        while results.len() < MAX_BATCH {
+            match pending.poll_next_unpin(cx) {
+                Poll::Ready(Some(result)) => results.push(result),
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        if results.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(results)
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -778,5 +819,220 @@ mod tests {
         // A transport failure (no etcd message) is an unknown outcome, said so.
         let broken = from_status(&Status::unavailable("connection reset"));
         assert!(matches!(broken, BackendError::Timeout(_)), "{broken}");
+    }
+
+    /// A leader whose proposals finish when the test says so: each write's command names it,
+    /// and it is answered with its command reversed once released.
+    #[derive(Clone, Default)]
+    struct Gated {
+        /// Writes proposed and not yet finished, by command.
+        open: Arc<Mutex<HashMap<Bytes, oneshot::Sender<()>>>>,
+        /// Writes whose proposal ran to its end, answered or not.
+        finished: Arc<Mutex<Vec<Bytes>>>,
+    }
+
+    impl ProposeForwarded for Gated {
+        async fn propose_forwarded(
+            &self,
+            _from: NodeId,
+            command: Bytes,
+            _trace: BTreeMap<String, String>,
+            _session: Option<ForwardSession>,
+        ) -> Result<Bytes, Status> {
+            let (tx, rx) = oneshot::channel();
+            self.open.lock().insert(command.clone(), tx);
+            let _ = rx.await;
+            self.finished.lock().push(command.clone());
+            Ok(reversed(&command))
+        }
+    }
+
+    impl Gated {
+        /// Finishes the proposal of `command` once it has started.
+        async fn release(&self, command: &[u8]) {
+            for _ in 0..500 {
+                if let Some(tx) = self.open.lock().remove(command) {
+                    let _ = tx.send(());
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            panic!("the write {command:?} was never proposed");
+        }
+
+        fn open_count(&self) -> usize {
+            self.open.lock().len()
+        }
+    }
+
+    fn batch(from: NodeId, ids: std::ops::RangeInclusive<u64>) -> ForwardBatch {
+        ForwardBatch {
+            from,
+            items: ids
+                .map(|id| ForwardItem {
+                    id,
+                    command: Bytes::from(format!("w{id}")),
+                    trace: BTreeMap::new(),
+                    session: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// What the follower sends on a stream after its first message.
+    type FollowerHalf = mpsc::UnboundedSender<Result<ForwardBatch, Status>>;
+    /// The leader's answers on a stream.
+    type AnswersHalf = mpsc::Receiver<Result<ForwardReplyBatch, Status>>;
+
+    /// Starts the leader side of a stream opened by member 2 with `first`; the follower's
+    /// further messages go on the returned sender, the answers come on the receiver.
+    fn serve_gated(gated: &Gated, first: ForwardBatch) -> (FollowerHalf, AnswersHalf) {
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::channel(64);
+        tokio::spawn(serve_stream(
+            gated.clone(),
+            first,
+            UnboundedReceiverStream::new(in_rx),
+            |from| {
+                if from == 2 {
+                    Ok(())
+                } else {
+                    Err(Status::permission_denied("not a member"))
+                }
+            },
+            out_tx,
+        ));
+        (in_tx, out_rx)
+    }
+
+    async fn next_answers(out: &mut AnswersHalf) -> Option<Result<ForwardReplyBatch, Status>> {
+        tokio::time::timeout(Duration::from_secs(5), out.recv())
+            .await
+            .expect("the leader side answered or ended within 5 s")
+    }
+
+    fn answered(results: &[ForwardResult]) -> Vec<(u64, Bytes)> {
+        results
+            .iter()
+            .map(|r| match &r.outcome {
+                Some(forward_result::Outcome::Response(b)) => (r.id, b.clone()),
+                other => panic!("write {} was not answered: {other:?}", r.id),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_leader_answers_each_write_as_it_commits_and_ready_answers_together() {
+        let gated = Gated::default();
+        let (in_tx, mut out) = serve_gated(&gated, batch(2, 1..=3));
+        // The second write finishes first: its answer does not wait for the first's.
+        gated.release(b"w2").await;
+        let first = next_answers(&mut out).await.unwrap().unwrap();
+        assert_eq!(answered(&first.results), vec![(2, reversed(b"w2"))]);
+        // Writes of a later message are proposed while earlier ones are still open.
+        in_tx.send(Ok(batch(2, 4..=4))).unwrap();
+        gated.release(b"w4").await;
+        let second = next_answers(&mut out).await.unwrap().unwrap();
+        assert_eq!(answered(&second.results), vec![(4, reversed(b"w4"))]);
+        // Two that finish while the task is busy elsewhere leave as one message.
+        let gates: Vec<_> = {
+            let mut open = gated.open.lock();
+            [&b"w1"[..], &b"w3"[..]]
+                .iter()
+                .map(|c| open.remove(*c).unwrap())
+                .collect()
+        };
+        // (A test's runtime has one thread: both are released before the task runs again.)
+        for gate in gates {
+            gate.send(()).unwrap();
+        }
+        let together = next_answers(&mut out).await.unwrap().unwrap();
+        let mut ids: Vec<u64> = answered(&together.results)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 3]);
+        // The follower closes its half with nothing in flight: the answers' stream ends.
+        drop(in_tx);
+        assert!(next_answers(&mut out).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_leader_proposes_at_most_max_in_flight_writes_of_one_stream_at_once() {
+        let gated = Gated::default();
+        let total = MAX_IN_FLIGHT as u64 + 10;
+        let (in_tx, mut out) = serve_gated(&gated, batch(2, 1..=total));
+        for _ in 0..500 {
+            if gated.open_count() == MAX_IN_FLIGHT {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            gated.open_count(),
+            MAX_IN_FLIGHT,
+            "proposed beyond the bound"
+        );
+        // One finishes: one more of the waiting ones is proposed, and so on to the last.
+        gated.release(b"w1").await;
+        gated
+            .release(&Bytes::from(format!("w{}", MAX_IN_FLIGHT + 1)))
+            .await;
+        let mut answers = 0;
+        while answers < 2 {
+            answers += next_answers(&mut out).await.unwrap().unwrap().results.len();
+        }
+        for id in 2..=total {
+            if id != MAX_IN_FLIGHT as u64 + 1 {
+                gated.release(&Bytes::from(format!("w{id}"))).await;
+            }
+        }
+        while answers < total as usize {
+            answers += next_answers(&mut out).await.unwrap().unwrap().results.len();
+        }
+        assert_eq!(answers, total as usize);
+        drop(in_tx);
+        assert!(next_answers(&mut out).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_message_from_another_member_is_refused_and_the_writes_in_flight_still_end() {
+        let gated = Gated::default();
+        let (in_tx, mut out) = serve_gated(&gated, batch(2, 1..=1));
+        in_tx.send(Ok(batch(3, 2..=2))).unwrap();
+        let refused = next_answers(&mut out).await.unwrap().unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused.message().contains("member 3"),
+            "{}",
+            refused.message()
+        );
+        // Nothing of the other member's message is proposed; the first write still ends.
+        gated.release(b"w1").await;
+        let m = next_answers(&mut out).await.unwrap().unwrap();
+        assert_eq!(answered(&m.results), vec![(1, reversed(b"w1"))]);
+        assert!(next_answers(&mut out).await.is_none());
+        assert_eq!(*gated.finished.lock(), vec![Bytes::from_static(b"w1")]);
+    }
+
+    #[tokio::test]
+    async fn writes_in_flight_are_driven_to_their_end_when_nobody_reads_the_answers() {
+        let gated = Gated::default();
+        let (in_tx, out) = serve_gated(&gated, batch(2, 1..=2));
+        gated.release(b"w1").await;
+        // The follower's stream is gone: its answers cannot be sent, but the proposal of the
+        // write still open is not abandoned half-way.
+        drop(out);
+        drop(in_tx);
+        gated.release(b"w2").await;
+        for _ in 0..500 {
+            if gated.finished.lock().len() == 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("finished: {:?}", gated.finished.lock());
     }
 }
