@@ -499,11 +499,9 @@ async fn serve_stream<P: ProposeForwarded>(
     // Items of a message not proposed yet: taken in as room frees up.
     let mut waiting: std::vec::IntoIter<ForwardItem> = Vec::new().into_iter();
     let mut next = Some(first);
-    // Whether the follower may still send (false once its half ended, broke or was refused).
+    // Whether the follower may still send (false once its half ended, broke or was refused,
+    // or its answers' stream is gone).
     let mut reading = true;
-    // Whether answers still reach the follower (false once the answers' stream is gone: the
-    // writes in flight are still driven to their end, as if answered).
-    let mut answering = true;
     loop {
         if let Some(b) = next.take() {
             if b.from != from {
@@ -534,10 +532,9 @@ async fn serve_stream<P: ProposeForwarded>(
         }
         tokio::select! {
             results = ready_results(&mut pending), if !pending.is_empty() => {
-                if answering
-                    && out_tx.send(Ok(ForwardReplyBatch { results })).await.is_err()
-                {
-                    answering = false;
+                // Once the answers' stream is gone every send fails at once: the writes in
+                // flight are still driven to their end, their answers dropped.
+                if out_tx.send(Ok(ForwardReplyBatch { results })).await.is_err() {
                     reading = false;
                 }
             }
@@ -829,6 +826,8 @@ mod tests {
         open: Arc<Mutex<HashMap<Bytes, oneshot::Sender<()>>>>,
         /// Writes whose proposal ran to its end, answered or not.
         finished: Arc<Mutex<Vec<Bytes>>>,
+        /// Member 2 was removed: its credentials are refused from now on.
+        removed: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl ProposeForwarded for Gated {
@@ -848,16 +847,22 @@ mod tests {
     }
 
     impl Gated {
-        /// Finishes the proposal of `command` once it has started.
-        async fn release(&self, command: &[u8]) {
+        /// Waits until the proposal of `command` has started.
+        async fn proposed(&self, command: &[u8]) {
             for _ in 0..500 {
-                if let Some(tx) = self.open.lock().remove(command) {
-                    let _ = tx.send(());
+                if self.open.lock().contains_key(command) {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             panic!("the write {command:?} was never proposed");
+        }
+
+        /// Finishes the proposal of `command` once it has started.
+        async fn release(&self, command: &[u8]) {
+            self.proposed(command).await;
+            let tx = self.open.lock().remove(command);
+            let _ = tx.expect("proposed").send(());
         }
 
         fn open_count(&self) -> usize {
@@ -889,12 +894,13 @@ mod tests {
     fn serve_gated(gated: &Gated, first: ForwardBatch) -> (FollowerHalf, AnswersHalf) {
         let (in_tx, in_rx) = mpsc::unbounded_channel();
         let (out_tx, out_rx) = mpsc::channel(64);
+        let removed = Arc::clone(&gated.removed);
         tokio::spawn(serve_stream(
             gated.clone(),
             first,
             UnboundedReceiverStream::new(in_rx),
-            |from| {
-                if from == 2 {
+            move |from| {
+                if from == 2 && !removed.load(std::sync::atomic::Ordering::SeqCst) {
                     Ok(())
                 } else {
                     Err(Status::permission_denied("not a member"))
@@ -1015,6 +1021,33 @@ mod tests {
         assert_eq!(answered(&m.results), vec![(1, reversed(b"w1"))]);
         assert!(next_answers(&mut out).await.is_none());
         assert_eq!(*gated.finished.lock(), vec![Bytes::from_static(b"w1")]);
+    }
+
+    #[tokio::test]
+    async fn a_member_removed_meanwhile_is_cut_off_and_its_writes_in_flight_still_end() {
+        let gated = Gated::default();
+        let (in_tx, mut out) = serve_gated(&gated, batch(2, 1..=1));
+        gated.release(b"w1").await;
+        let m = next_answers(&mut out).await.unwrap().unwrap();
+        assert_eq!(answered(&m.results), vec![(1, reversed(b"w1"))]);
+        // A write in flight when the member is removed, then a message after it.
+        in_tx.send(Ok(batch(2, 2..=2))).unwrap();
+        gated.proposed(b"w2").await;
+        gated
+            .removed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        in_tx.send(Ok(batch(2, 3..=3))).unwrap();
+        let refused = next_answers(&mut out).await.unwrap().unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        // Nothing of the refused message is proposed; the write in flight still ends.
+        gated.release(b"w2").await;
+        let m = next_answers(&mut out).await.unwrap().unwrap();
+        assert_eq!(answered(&m.results), vec![(2, reversed(b"w2"))]);
+        assert!(next_answers(&mut out).await.is_none());
+        assert_eq!(
+            *gated.finished.lock(),
+            vec![Bytes::from_static(b"w1"), Bytes::from_static(b"w2")]
+        );
     }
 
     #[tokio::test]
