@@ -142,22 +142,29 @@ fn run(opts: &Options, interrupted: &AtomicBool) -> Result<(), String> {
     } else {
         None
     };
-    let bins = build_bins(
-        true,
-        &[
-            ("dengine-kv", "dengine-kv"),
-            ("dengine-loadgen", "dengine-loadgen"),
-        ],
-        &[],
-    )?;
-    let (mut server, loadgen_bin) = (bins[0].clone(), bins[1].clone());
-    if let Some(bin) = &opts.server_bin {
-        if !bin.is_file() {
-            return Err(format!("--server-bin {}: no such file", bin.display()));
+    // With --server-bin only the load generator is built (it does not depend on
+    // dengine-kv): a server built from another tree is not rebuilt from this one first.
+    let (server, loadgen_bin) = match &opts.server_bin {
+        Some(bin) => {
+            if !bin.is_file() {
+                return Err(format!("--server-bin {}: no such file", bin.display()));
+            }
+            println!("dengine-kv binary: {} (--server-bin)", bin.display());
+            let loadgen = build_bins(true, &[("dengine-loadgen", "dengine-loadgen")], &[])?;
+            (bin.clone(), loadgen[0].clone())
         }
-        println!("dengine-kv binary: {} (--server-bin)", bin.display());
-        server = bin.clone();
-    }
+        None => {
+            let bins = build_bins(
+                true,
+                &[
+                    ("dengine-kv", "dengine-kv"),
+                    ("dengine-loadgen", "dengine-loadgen"),
+                ],
+                &[],
+            )?;
+            (bins[0].clone(), bins[1].clone())
+        }
+    };
     println!("bench e2e, {}", now_utc());
     for line in machine::describe(&opts.dir) {
         println!("  {line}");
