@@ -370,9 +370,15 @@ impl KvStateMachine {
     /// Publishes the events kept since the last call to the watch hub. Called at the end of
     /// each batch, before its responses are returned: a client that wrote and then watches
     /// from its write's revision finds it in the hub.
+    ///
+    /// A batch applied while nobody followed the hub made no events (`apply` turns the
+    /// store's recording off for it): the hub is only told how far the revisions went.
     fn publish_events(&mut self) {
         if !self.unpublished.is_empty() {
             self.hub.publish_all(std::mem::take(&mut self.unpublished));
+        }
+        if !self.store.records_events() {
+            self.hub.pass(self.store.revision());
         }
     }
 
@@ -522,6 +528,9 @@ impl StateMachine for KvStateMachine {
             .data_mut()
             .begin_batch()
             .map_err(|e| self.store_error("starting a batch in", e))?;
+        // Events only for a hub someone follows (see `WatchHub::pass` for one who comes
+        // while the batch is applied).
+        self.store.record_events(self.hub.is_followed());
         for c in commands {
             // The contract: each command once, in log order. Applying one twice or out of
             // order would make this replica diverge, so refuse loudly (the runtime stops the

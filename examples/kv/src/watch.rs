@@ -20,7 +20,9 @@
 //! nobody watching cost a third of the apply's CPU per put (the events' allocations, and
 //! freeing them, cold, 10,000 revisions later, with the applied entries they hold alive) and,
 //! end to end, about 8% of the servers' CPU per put at 256 clients (eight alternating pairs;
-//! docs/benchmarks.md, 2026-12-06 18:40). A reader that starts behind the floor is told so,
+//! docs/benchmarks.md, 2026-12-06 18:40). A batch of writes that begins while nobody follows
+//! does not even make its events: the hub is only told how far its revisions went
+//! ([`WatchHub::pass`]). A reader that starts behind the floor is told so,
 //! as a slow one is, and the Watch service then replays those revisions from the store's
 //! MVCC history (`watch_service.rs`) if they are after the compaction point. (So a
 //! watch may start at the compaction revision itself, as etcd allows, only while the history
@@ -356,33 +358,50 @@ impl WatchHub {
     ///
     /// While nobody holds a receiver from [`subscribe`](Self::subscribe), nothing is kept:
     /// the history is emptied and its floor moves past `writes`, as if they had been trimmed
-    /// (see the module docs).
+    /// ([`pass`](Self::pass); see the module docs).
     pub(crate) fn publish_all(&self, writes: Vec<(i64, Vec<Event>)>) {
         let Some(&(newest, _)) = writes.last() else {
             return;
         };
         // Read before the lock: a reader that subscribes after this read finds either the
         // writes in the history or a floor past them, never a gap it is not told of.
-        let followed = self.is_followed();
+        if !self.is_followed() {
+            // (Freed before `pass` takes the lock.)
+            drop(writes);
+            self.pass(newest);
+            return;
+        }
+        {
+            let mut s = self.lock();
+            for (revision, events) in writes {
+                debug_assert!(revision > s.revision, "revisions are published in order");
+                s.push(revision, events);
+                s.revision = revision;
+            }
+            s.trim(&self.config);
+        }
+        self.revision_tx.send_replace(newest);
+    }
+
+    /// The writes through `revision` were applied and nobody follows the hub, or nobody did
+    /// when their batch began, so they made no events (`KvStore::record_events`): nothing is
+    /// kept, the floor moves past them, and readers are woken. A reader that subscribed
+    /// meanwhile finds the floor past its revisions, never a gap it is not told of, and the
+    /// Watch service replays them from the store's MVCC history. Nothing happens if the hub
+    /// is already at `revision` (a batch that changed nothing).
+    pub(crate) fn pass(&self, revision: i64) {
         let dropped = {
             let mut s = self.lock();
-            if followed {
-                for (revision, events) in writes {
-                    debug_assert!(revision > s.revision, "revisions are published in order");
-                    s.push(revision, events);
-                    s.revision = revision;
-                }
-                s.trim(&self.config);
-                None
-            } else {
-                debug_assert!(newest > s.revision, "revisions are published in order");
-                s.revision = newest;
-                Some((s.forget_all(), writes))
+            debug_assert!(revision >= s.revision, "revisions are published in order");
+            if revision <= s.revision {
+                return;
             }
+            s.revision = revision;
+            s.forget_all()
         };
         // (Freed outside the lock.)
         drop(dropped);
-        self.revision_tx.send_replace(newest);
+        self.revision_tx.send_replace(revision);
     }
 
     /// The store was compacted at `revision`: watching from before it is refused, as in etcd.
@@ -729,6 +748,39 @@ mod tests {
             keys(&hub.read_events(1, &no_delete, 10).unwrap()),
             [("k".to_string(), 1)]
         );
+    }
+
+    #[test]
+    fn writes_applied_without_events_move_the_floor_past_them_and_wake_readers() {
+        let hub = WatchHub::default();
+        let all = WatchFilter::new(Bytes::from_static(b"\0"), Bytes::from_static(b"\0"));
+        let mut early = hub.subscribe();
+        hub.publish(1, vec![put("a", 1)]);
+        early.mark_unchanged();
+        // A reader who came while revisions 2 and 3 were applied without their events (the
+        // batch began with nobody following): it is woken, and told they are not here.
+        hub.pass(3);
+        assert!(early.has_changed().unwrap(), "the reader is woken");
+        assert_eq!(*early.borrow_and_update(), 3);
+        assert_eq!(hub.revision(), 3);
+        assert_eq!(
+            hub.read_events(2, &all, 10),
+            Err(Compacted {
+                compact_revision: 4
+            })
+        );
+        assert!(hub.state.lock().history.is_empty(), "nothing older kept");
+        // The next write with events is kept after them.
+        hub.publish(4, vec![put("b", 4)]);
+        assert_eq!(
+            keys(&hub.read_events(4, &all, 10).unwrap()),
+            [("b".into(), 4)]
+        );
+        // At the hub's revision, nothing happens (a batch that wrote nothing).
+        early.mark_unchanged();
+        hub.pass(4);
+        assert!(!early.has_changed().unwrap());
+        assert_eq!(hub.oldest_revision(), 4);
     }
 
     #[test]

@@ -1309,3 +1309,95 @@ async fn a_nospace_alarm_caps_writes_on_every_replica_and_survives_snapshots() {
     assert!(copy.put_req(put).await.is_ok());
     assert!(h.txn(nested).await.is_ok());
 }
+
+/// Writes applied while nobody follows the hub make no events (`KvStore::record_events`), yet
+/// answer exactly as watched ones do: the same responses (the replaced versions when asked),
+/// revisions and state. The hub moves past their revisions, so a reader who comes later is
+/// told so, and the MVCC history (which the Watch service replays from) has every event.
+#[tokio::test]
+async fn writes_nobody_watches_answer_as_watched_ones_and_the_hub_moves_past_them() {
+    let watched_hub = WatchHub::default();
+    let _follow = watched_hub.subscribe();
+    let unwatched_hub = WatchHub::default();
+    let mut watched = Harness::durable(watched_hub.clone());
+    let mut unwatched = Harness::durable(unwatched_hub.clone());
+    let mut answers: [Vec<String>; 2] = Default::default();
+    for (h, out) in [&mut watched, &mut unwatched].into_iter().zip(&mut answers) {
+        for (key, value) in [("u/a", "1"), ("u/b", "2"), ("u/a", "3")] {
+            let put = h
+                .put_req(PutRequest {
+                    key: b(key),
+                    value: b(value),
+                    prev_kv: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            out.push(format!("{put:?}"));
+        }
+        let txn = h
+            .txn(TxnRequest {
+                success: vec![put_op("u/b", "4"), put_op("u/c", "5")],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        out.push(format!("{txn:?}"));
+        let deleted = h
+            .delete(DeleteRangeRequest {
+                key: b("u/a"),
+                range_end: b("u/b\0"),
+                prev_kv: true,
+            })
+            .await
+            .unwrap();
+        out.push(format!("{deleted:?}"));
+        let all = h.range(range("\0", "\0")).await.unwrap();
+        out.push(format!("{all:?}"));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert!(
+        answers[0][2].contains("prev_kv: Some"),
+        "the replaced version is answered when asked: {}",
+        answers[0][2]
+    );
+    assert_eq!(unwatched.sm.revision(), 5);
+    assert_eq!((watched_hub.revision(), unwatched_hub.revision()), (5, 5));
+
+    // The watched hub kept the events; the other moved its floor past them, so a reader who
+    // comes now is told to look elsewhere, never handed a gap.
+    let filter = WatchFilter::new(b("u/"), b("u0")).with_prev_kv(true);
+    assert_eq!(
+        watched_hub
+            .read_events(1, &filter, 100)
+            .unwrap()
+            .events
+            .len(),
+        7
+    );
+    let _late = unwatched_hub.subscribe();
+    assert_eq!(
+        unwatched_hub
+            .read_events(1, &filter, 100)
+            .unwrap_err()
+            .compact_revision,
+        6
+    );
+    // The MVCC history rebuilds the same events for it.
+    let rebuilt = unwatched.watch_history(1, 5).await.unwrap();
+    assert_eq!(
+        event_rows(&rebuilt),
+        event_rows(&watched.watch_history(1, 5).await.unwrap())
+    );
+    assert_eq!(rebuilt.len(), 7);
+    // With a reader now, the next write's events are kept.
+    unwatched.put("u/d", "6").await;
+    assert_eq!(
+        unwatched_hub
+            .read_events(6, &filter, 100)
+            .unwrap()
+            .events
+            .len(),
+        1
+    );
+}
