@@ -929,6 +929,15 @@ struct WriteTxn<'a> {
     changed: bool,
 }
 
+/// The value a put leaves on its key: the request's, or the replaced one's if the request
+/// keeps it (`ignore_value`; etcd refuses that on a missing key before the put is applied).
+fn put_value<'a>(req: &'a PutRequest, prev: Option<&'a KeyRecord>) -> &'a Bytes {
+    match (prev, req.ignore_value) {
+        (Some(p), true) => &p.value,
+        _ => &req.value,
+    }
+}
+
 impl WriteTxn<'_> {
     fn put(&mut self, req: &PutRequest) -> PutResponse {
         let revision = self.revision;
@@ -937,12 +946,8 @@ impl WriteTxn<'_> {
                 Some(p) => (p.create_revision, p.version + 1),
                 None => (revision, 1),
             };
-            let value = match (prev, req.ignore_value) {
-                (Some(p), true) => p.value.clone(),
-                _ => req.value.clone(),
-            };
             KeyRecord {
-                value,
+                value: put_value(req, prev).clone(),
                 create_revision,
                 mod_revision: revision,
                 version,
@@ -956,15 +961,10 @@ impl WriteTxn<'_> {
             .replace(req.key.clone(), &mut |prev| after(prev));
         self.changed = true;
         let recording = self.store.recording;
-        let value = match (&prev, req.ignore_value) {
-            (Some(p), true) => &p.value,
-            _ => &req.value,
-        };
-        let size = record_size(&req.key, value);
+        self.store.size_bytes += record_size(&req.key, put_value(req, prev.as_ref()));
         if let Some(p) = &prev {
             self.store.size_bytes -= record_size(&req.key, &p.value);
         }
-        self.store.size_bytes += size;
         // The replaced version as clients see it, for the response if asked and the event.
         let prev_kv = if req.prev_kv || recording {
             prev.as_ref().map(|p| self.store.kv(&req.key, p))
