@@ -30,6 +30,9 @@ pub(crate) struct Loc {
 /// Reads from a segment file span at most this many bytes at once.
 const READ_SPAN: u64 = 1024 * 1024;
 
+/// A read reserves room for at most this many entries up front (more grow as it goes).
+const READ_RESERVE_MAX: u64 = 1024;
+
 /// A live segment file, shared by the writer and the readers.
 pub(crate) struct SegFile<F> {
     pub(crate) path: PathBuf,
@@ -171,7 +174,10 @@ impl<F: VFile> View<F> {
     ) -> Result<Vec<Entry>, StorageError> {
         let (low, high) = (range.start, range.end);
         validate_range(low, high, self.first_index(), self.last_index())?;
-        let mut out = Vec::new();
+        // Sized for the whole range (up to a bound, since `max_bytes` may stop it much
+        // earlier): growing it one push at a time was about 0.3% of a member's CPU at 256
+        // clients, where the leader reads every entry it sends.
+        let mut out = Vec::with_capacity((high - low).min(READ_RESERVE_MAX) as usize);
         let mut bytes = 0u64;
         let mut index = low;
         let cache_first = self.cache_first();
